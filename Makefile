@@ -1,0 +1,32 @@
+# One command sets up and runs the demo; one sets up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lode-installed
+OUT ?= demo_out
+
+.PHONY: venv demo test test-all bench clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/lode demo --out $(OUT)
+
+test: venv
+	$(PY) -m pytest -q -m "not slow" --durations=15
+
+test-all: venv
+	$(PY) -m pytest -q --durations=25
+
+bench: venv
+	$(VENV)/bin/lode bench --out bench_out
+
+clean:
+	rm -rf $(VENV) $(OUT) bench_out .pytest_cache

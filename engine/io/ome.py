@@ -1,0 +1,226 @@
+"""OME-Zarr (NGFF 0.5, zarr v3 with sharding) images and label images.
+
+Every array of a pyramid is sharded so that one output block owns whole shards at
+every level: a block of ``block`` pixels at level 0 covers ``block / 2**k`` pixels
+at level k, and that is the shard shape there. Writers fill whole blocks only, so
+no two processes ever write the same shard (partial-shard writes from two processes
+lose data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+
+from engine.classes import ClassSet
+from engine.errors import LodeInputError
+
+NGFF_VERSION = "0.5"
+LABELS_GROUP = "labels"
+
+
+@dataclass(frozen=True)
+class PyramidLayout:
+    """Sharding of a pyramid: level-0 block (= shard) shape, chunk shape, level count."""
+
+    block: tuple[int, int]
+    chunk: int = 512
+    levels: int = 3
+
+    def __post_init__(self) -> None:
+        step = 2 ** (self.levels - 1)
+        for b in self.block:
+            if b % step:
+                raise ValueError(f"block {self.block} must be divisible by 2**(levels-1) = {step}")
+
+    def level_shape(self, shape: tuple[int, int], k: int) -> tuple[int, int]:
+        return (-(-shape[0] // 2**k), -(-shape[1] // 2**k))
+
+    def level_block(self, k: int) -> tuple[int, int]:
+        return (self.block[0] // 2**k, self.block[1] // 2**k)
+
+    def level_chunk(self, k: int) -> tuple[int, int]:
+        by, bx = self.level_block(k)
+        return (_largest_divisor_at_most(by, self.chunk), _largest_divisor_at_most(bx, self.chunk))
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    for d in range(min(n, cap), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _axes(channels: bool, unit: str | None) -> list[dict[str, str]]:
+    space = [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in ("y", "x")]
+    return ([{"name": "c", "type": "channel"}] if channels else []) + space
+
+
+def _multiscales(name: str, levels: int, channels: bool, pixel_size: float, unit: str | None) -> list[dict]:
+    datasets = []
+    for k in range(levels):
+        s = pixel_size * 2**k
+        scale = ([1.0] if channels else []) + [s, s]
+        datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    return [{"name": name, "axes": _axes(channels, unit), "datasets": datasets}]
+
+
+def create_image(
+    parent: zarr.Group,
+    name: str,
+    shape: tuple[int, int, int],
+    layout: PyramidLayout,
+    dtype: Any = np.uint8,
+    channel_names: Sequence[str] | None = None,
+    pixel_size_um: float | None = None,
+    attributes: dict | None = None,
+    overwrite: bool = False,
+) -> zarr.Group:
+    """Create an NGFF multiscale image group ``(c, y, x)`` with empty sharded levels."""
+    c, h, w = shape
+    grp = parent.create_group(name, overwrite=overwrite)
+    for k in range(layout.levels):
+        ly, lx = layout.level_shape((h, w), k)
+        by, bx = layout.level_block(k)
+        cy, cx = layout.level_chunk(k)
+        grp.create_array(
+            str(k), shape=(c, ly, lx), dtype=dtype, chunks=(c, cy, cx), shards=(c, by, bx),
+            dimension_names=("c", "y", "x"), fill_value=0,
+        )
+    names = list(channel_names) if channel_names else [f"c{i}" for i in range(c)]
+    if len(names) != c:
+        raise ValueError(f"{len(names)} channel names for {c} channels")
+    colours = ["FF0000", "00FF00", "0000FF"] if c == 3 else ["FFFFFF"] * c
+    maxv = 255 if np.dtype(dtype) == np.uint8 else 65535 if np.dtype(dtype) == np.uint16 else 1.0
+    ome = {
+        "version": NGFF_VERSION,
+        "multiscales": _multiscales(name, layout.levels, True, pixel_size_um or 1.0,
+                                    "micrometer" if pixel_size_um else None),
+        "omero": {
+            "channels": [
+                {"label": n, "color": colours[i], "active": True,
+                 "window": {"start": 0, "end": maxv, "min": 0, "max": maxv}}
+                for i, n in enumerate(names)
+            ],
+        },
+    }
+    grp.attrs.update({"ome": ome, "lode": {"layout": layout_to_dict(layout), **(attributes or {})}})
+    return grp
+
+
+def create_labels(
+    image: zarr.Group,
+    name: str,
+    classes: ClassSet,
+    layout: PyramidLayout,
+    pixel_size_um: float | None = None,
+    overwrite: bool = False,
+) -> zarr.Group:
+    """Create an NGFF label image ``labels/<name>`` (y, x) uint8 with class colours and names."""
+    level0 = image["0"]
+    h, w = level0.shape[-2:]
+    labels = image.require_group(LABELS_GROUP)
+    existing = list(labels.attrs.get("ome", {}).get("labels", []))
+    if name not in existing:
+        existing.append(name)
+    labels.attrs.update({"ome": {"version": NGFF_VERSION, "labels": existing}})
+    grp = labels.create_group(name, overwrite=overwrite)
+    for k in range(layout.levels):
+        ly, lx = layout.level_shape((h, w), k)
+        grp.create_array(
+            str(k), shape=(ly, lx), dtype=np.uint8, chunks=layout.level_chunk(k),
+            shards=layout.level_block(k), dimension_names=("y", "x"), fill_value=0,
+        )
+    ome = {
+        "version": NGFF_VERSION,
+        "multiscales": _multiscales(name, layout.levels, False, pixel_size_um or 1.0,
+                                    "micrometer" if pixel_size_um else None),
+        "image-label": {
+            "version": NGFF_VERSION,
+            "colors": [{"label-value": c.code, "rgba": [*c.color, 255]} for c in classes.classes],
+            "properties": [{"label-value": c.code, "name": c.name} for c in classes.classes],
+            "source": {"image": "../../"},
+        },
+    }
+    grp.attrs.update({"ome": ome, "lode": {"layout": layout_to_dict(layout), "classes": classes.to_dicts()}})
+    return grp
+
+
+def layout_to_dict(layout: PyramidLayout) -> dict:
+    return {"block": list(layout.block), "chunk": layout.chunk, "levels": layout.levels}
+
+
+def layout_of(group: zarr.Group) -> PyramidLayout:
+    d = group.attrs["lode"]["layout"]
+    return PyramidLayout(tuple(d["block"]), d["chunk"], d["levels"])  # type: ignore[arg-type]
+
+
+def downsample(data: np.ndarray, kind: str) -> np.ndarray:
+    """Halve the last two axes: mean of 2×2 for images, top-left sample for labels."""
+    if kind == "label":
+        return data[..., ::2, ::2]
+    h, w = data.shape[-2:]
+    if h % 2 or w % 2:
+        pad = [(0, 0)] * (data.ndim - 2) + [(0, h % 2), (0, w % 2)]
+        data = np.pad(data, pad, mode="edge")
+    h2, w2 = data.shape[-2] // 2, data.shape[-1] // 2
+    v = data.reshape(*data.shape[:-2], h2, 2, w2, 2).astype(np.float32).mean(axis=(-3, -1))
+    if np.issubdtype(data.dtype, np.integer):
+        v = np.rint(v)
+    return v.astype(data.dtype)
+
+
+def write_block(group: zarr.Group, data: np.ndarray, y0: int, x0: int, kind: str) -> None:
+    """Write a level-0 block at (y0, x0) and its downsampled copies at every level.
+
+    ``data`` is ``(c, h, w)`` for images and ``(h, w)`` for labels; (y0, x0) must sit on
+    the block grid and the block must fill its shards (or reach the array edge).
+    """
+    layout = layout_of(group)
+    by, bx = layout.block
+    if y0 % by or x0 % bx:
+        raise ValueError(f"block origin ({y0}, {x0}) is not on the {layout.block} block grid")
+    for k in range(layout.levels):
+        arr = group[str(k)]
+        ky, kx = y0 >> k, x0 >> k
+        h, w = data.shape[-2:]
+        full_h, full_w = arr.shape[-2:]
+        if ky + h > full_h or kx + w > full_w:
+            raise ValueError(f"block ({ky}, {kx}, {h}, {w}) outside level {k} of shape {arr.shape}")
+        edge_ok_h = h == min(layout.level_block(k)[0], full_h - ky)
+        edge_ok_w = w == min(layout.level_block(k)[1], full_w - kx)
+        if not (edge_ok_h and edge_ok_w):
+            raise ValueError(f"block at level {k} of shape {(h, w)} does not fill its shard")
+        arr[..., ky:ky + h, kx:kx + w] = data
+        if k + 1 < layout.levels:
+            data = downsample(data, kind)
+
+
+def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+    p = Path(path)
+    if mode == "r" and not p.exists():
+        raise LodeInputError(p, "no such zarr store")
+    try:
+        return zarr.open_group(str(p), mode=mode)
+    except Exception as exc:  # zarr raises several types for unreadable stores
+        raise LodeInputError(p, f"cannot open as a zarr group: {exc}") from exc
+
+
+def image_groups(root: zarr.Group) -> dict[str, zarr.Group]:
+    """Every NGFF multiscale image group directly below (or at) ``root``, by name."""
+    out: dict[str, zarr.Group] = {}
+    if "multiscales" in root.attrs.get("ome", {}):
+        out[Path(str(root.store_path)).name or "image"] = root
+        return out
+    for name, child in sorted(root.groups()):
+        if "multiscales" in child.attrs.get("ome", {}):
+            out[name] = child
+    return out
+
+
+def labels_of(image: zarr.Group, name: str = "minerals") -> zarr.Group:
+    return image[f"{LABELS_GROUP}/{name}"]  # type: ignore[return-value]

@@ -1,0 +1,46 @@
+"""The ``lode`` console script: one subcommand per job module.
+
+Each job module ``jobs.<name>`` defines ``add_arguments(parser)`` and ``run(args) -> int``
+and is also runnable as ``python -m jobs.<name>`` (what ``ray job submit`` calls).
+Modules are imported only when their subcommand runs, so ``lode <cmd> --help`` is
+fast and never needs Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("jobs.demo", "generate a synthetic collection, train, segment and score it end to end"),
+    "synth": ("jobs.synth", "generate synthetic sections, collections and panoramas with exact truth"),
+    "segment": ("jobs.segment", "segment panoramas or image folders into mineral label images"),
+    "train": ("jobs.train", "train a segmentation model with Ray Train"),
+    "bench": ("jobs.bench", "run every benchmark and write a Markdown report"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lode", description="Lode: measured geology from geoscience imagery.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS and not any(a in ("-h", "--help") for a in argv[:1]):
+        module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+        parser = argparse.ArgumentParser(prog=f"lode {argv[0]}", description=SUBCOMMANDS[argv[0]][1])
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(argv[1:])) or 0)
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
