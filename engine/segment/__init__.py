@@ -1,1 +1,1 @@
-
+"""Segmentation models, checkpoints and the blocked sliding-window predictor."""

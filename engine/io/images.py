@@ -1,0 +1,73 @@
+"""Reading image files with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from engine.errors import LodeInputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LodeInputError(folder, "no such folder")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def image_header(path: str | Path) -> tuple[int, int, int]:
+    """``(height, width, channels)`` from the file header, checking it is 8-bit grey/RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise LodeInputError(path, "image file not found")
+    if path.stat().st_size == 0:
+        raise LodeInputError(path, "image file is empty")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            mode = im.mode
+    except Exception as exc:
+        raise LodeInputError(path, f"unreadable image: {exc}") from exc
+    channels = {"L": 1, "P": 3, "RGB": 3, "RGBA": 4, "CMYK": 4}.get(mode)
+    if channels is None:
+        raise LodeInputError(path, f"unsupported image mode {mode!r} (expected 8-bit RGB or grey)")
+    return h, w, channels
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an 8-bit RGB image to ``(h, w, 3)`` uint8; grey, 16-bit, corrupt files raise."""
+    path = Path(path)
+    if not path.is_file():
+        raise LodeInputError(path, "image file not found")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise LodeInputError(path, "unreadable or corrupt image")
+    if img.dtype != np.uint8:
+        raise LodeInputError(path, f"expected an 8-bit image, got {img.dtype}")
+    if img.ndim != 3 or img.shape[2] != 3:
+        ch = 1 if img.ndim == 2 else img.shape[2]
+        raise LodeInputError(path, f"expected 3 colour channels (RGB), got {ch}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as exc:
+        raise LodeInputError(path, f"corrupt image data: {exc}") from exc
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a class-code mask (single channel uint8)."""
+    path = Path(path)
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if m is None:
+        raise LodeInputError(path, "mask missing, unreadable or corrupt")
+    if m.ndim != 2 or m.dtype != np.uint8:
+        raise LodeInputError(path, f"mask must be single-channel 8-bit, got shape {m.shape} {m.dtype}")
+    if shape is not None and m.shape != tuple(shape):
+        raise LodeInputError(path, f"mask size {m.shape} does not match its image {tuple(shape)}")
+    return m

@@ -1,0 +1,262 @@
+"""The segmentation job as a Ray Data pipeline.
+
+block descriptors → read block + halo (CPU read tasks) → windows, model, blend
+(actor pool, GPU when the cluster has one) → whole-shard writes (Datasink), each
+block recorded as done only after its shards are written. Reruns skip done blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from engine.errors import LodeInputError
+from engine.io.manifest import BlockStatus, RunManifest
+from engine.io.ome import PyramidLayout, create_image, create_labels, labels_of, layout_of, write_block
+from engine.io.sources import SectionSource, discover
+from engine.segment.checkpoint import ModelCard, load_checkpoint
+from engine.segment.predictor import PaddedGrid
+from engine.tiling.grid import Block, auto_block, block_grid
+from schemas.config import SegmentConfig
+
+log = logging.getLogger("lode.segment")
+
+STORE_NAME = "lode.ome.zarr"
+LABELS = "minerals"
+PROBABILITIES = "probabilities"
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    source: SectionSource
+    block: Block
+
+
+def _table(row: dict[str, Any]):
+    import pyarrow as pa
+    from ray.data.extensions import ArrowTensorArray
+
+    cols = {}
+    for k, v in row.items():
+        if isinstance(v, np.ndarray):
+            cols[k] = ArrowTensorArray.from_numpy(v[None])
+        else:
+            cols[k] = pa.array([v])
+    return pa.table(cols)
+
+
+def read_block(task: BlockTask, window: int, overlap: float) -> dict[str, Any]:
+    src, b = task.source, task.block
+    y0, y1, x0, x1 = PaddedGrid(src.height, src.width, window, overlap).input_region(b)
+    region = src.read(y0, y1, x0, x1)
+    if region.shape[0] != src.channels:
+        raise LodeInputError(src.path, f"expected {src.channels} channels, read {region.shape[0]}")
+    return {"section": src.section, "key": b.key, "index": b.index, "y0": b.y0, "x0": b.x0, "h": b.h, "w": b.w,
+            "ry0": y0, "rx0": x0, "height": src.height, "width": src.width, "region": region}
+
+
+class BlockDatasource:
+    """Ray Data source: one read task per pending block, yielding its pixels plus halo."""
+
+    def __new__(cls, tasks: list[BlockTask], window: int, overlap: float):
+        from ray.data.datasource import Datasource, ReadTask
+        from ray.data.block import BlockMetadata
+
+        class _Source(Datasource):
+            def estimate_inmemory_data_size(self) -> int:
+                return sum(t.source.channels * (t.block.h + window) * (t.block.w + window) for t in tasks)
+
+            def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+                out = []
+                for t in tasks:
+                    size = t.source.channels * (t.block.h + window) * (t.block.w + window)
+                    meta = BlockMetadata(num_rows=1, size_bytes=size, input_files=None, exec_stats=None)
+                    out.append(ReadTask(lambda t=t: [_table(read_block(t, window, overlap))], meta,
+                                        per_task_row_limit=per_task_row_limit))
+                return out
+
+            def get_name(self) -> str:
+                return "PanoramaBlocks"
+
+        return _Source()
+
+
+class SegmentActor:
+    """Holds the model on its device; turns a block's pixels into blended labels/probabilities."""
+
+    def __init__(self, checkpoint: str, window: int, overlap: float, batch_size: int, device: str,
+                 probabilities: str, threads: int | None):
+        import torch
+
+        from engine.segment.predictor import BlockPredictor
+
+        if device == "cpu":
+            torch.set_num_threads(threads or os.cpu_count() or 1)
+        model, card = load_checkpoint(checkpoint, device=device)
+        self.card = card
+        self.codes = np.array(card.class_set(checkpoint).codes, dtype=np.uint8)
+        self.num_classes = len(self.codes)
+        self.probabilities = probabilities
+        self.predictor = BlockPredictor(model, card.mean, card.std, window, overlap, batch_size, device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        region = batch["region"][0]
+        b = Block(int(batch["index"][0]), int(batch["y0"][0]), int(batch["x0"][0]), int(batch["h"][0]),
+                  int(batch["w"][0]))
+        ry0, rx0 = int(batch["ry0"][0]), int(batch["rx0"][0])
+        before = self.predictor.windows_run
+        probs, idx = self.predictor.predict(region, (ry0, rx0), (int(batch["height"][0]), int(batch["width"][0])),
+                                            b, self.num_classes)
+        out = {k: batch[k] for k in ("section", "key", "index", "y0", "x0", "h", "w")}
+        out["labels"] = self.codes[idx.cpu().numpy()][None]
+        oy, ox = b.y0 - ry0, b.x0 - rx0
+        out["image"] = np.ascontiguousarray(region[:, oy:oy + b.h, ox:ox + b.w])[None]
+        if self.probabilities != "none":
+            p = probs.cpu().numpy()
+            if self.probabilities == "uint8":
+                p = np.rint(p * 255).astype(np.uint8)
+            out["probabilities"] = p.astype(self.probabilities)[None]
+        out["windows"] = np.array([self.predictor.windows_run - before])
+        out["seconds"] = np.array([time.perf_counter() - t0])
+        return out
+
+
+class ShardSink:
+    """Ray Data sink writing whole shards of every pyramid level, then the block's status."""
+
+    def __new__(cls, out: str, copy_image: bool):
+        from ray.data.datasource import Datasink
+
+        class _Sink(Datasink):
+            def write(self, blocks: Iterable, ctx) -> list[str]:
+                import pandas as pd  # noqa: F401  (Ray hands pandas or arrow blocks)
+                from ray.data.block import BlockAccessor
+
+                done = []
+                store = _open_out(out)
+                for blk in blocks:
+                    for row in BlockAccessor.for_block(blk).iter_rows(public_row_format=False):
+                        done.append(_write_row(store, out, dict(row), copy_image))
+                return done
+
+            def get_name(self) -> str:
+                return "OmeZarrShards"
+
+        return _Sink()
+
+
+def _open_out(out: str):
+    import zarr
+
+    return zarr.open_group(str(Path(out) / STORE_NAME), mode="r+")
+
+
+def _write_row(store, out: str, row: dict[str, Any], copy_image: bool) -> str:
+    section, key = str(row["section"]), str(row["key"])
+    y0, x0 = int(row["y0"]), int(row["x0"])
+    img = store[section]
+    if copy_image:
+        write_block(img, np.asarray(row["image"]), y0, x0, "image")
+    write_block(labels_of(img, LABELS), np.asarray(row["labels"]), y0, x0, "label")
+    if row.get("probabilities") is not None:
+        write_block(img[PROBABILITIES], np.asarray(row["probabilities"]), y0, x0, "image")
+    status = BlockStatus(section=section, key=key, index=int(row["index"]), y0=y0, x0=x0, h=int(row["h"]),
+                         w=int(row["w"]), windows=int(row["windows"]), seconds=float(row["seconds"]))
+    RunManifest(out).mark_done(status)
+    return f"{section}/{key}"
+
+
+def plan(cfg: SegmentConfig, card: ModelCard) -> tuple[list[SectionSource], dict[str, PyramidLayout], int, float]:
+    window = cfg.window or card.window
+    overlap = card.overlap if cfg.overlap is None else cfg.overlap
+    sources = discover(cfg.inputs)
+    layouts = {}
+    for s in sources:
+        if s.channels != card.in_channels:
+            raise LodeInputError(s.path, f"has {s.channels} channels; the model expects {card.in_channels} "
+                                         f"({', '.join(card.channels)})")
+        step = cfg.chunk * 2 ** (cfg.levels - 1) if cfg.chunk * 2 ** (cfg.levels - 1) <= 4096 else 2 ** (cfg.levels - 1)
+        block = tuple(cfg.block) if cfg.block else auto_block(s.height, s.width, window, shard=max(step, 256))
+        layouts[s.section] = PyramidLayout(block, chunk=cfg.chunk, levels=cfg.levels)  # type: ignore[arg-type]
+    return sources, layouts, window, overlap
+
+
+def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSource],
+                   layouts: dict[str, PyramidLayout], fresh: bool) -> None:
+    import zarr
+
+    path = Path(cfg.out) / STORE_NAME
+    root = zarr.open_group(str(path), mode="w" if fresh else "a")
+    classes = card.class_set()
+    for s in sources:
+        lay = layouts[s.section]
+        if s.section in root and not fresh:
+            if layout_of(root[s.section]) != lay:
+                raise LodeInputError(path, f"section {s.section} exists with another block layout; use a new --out")
+            continue
+        img = create_image(root, s.section, (s.channels, s.height, s.width), lay, channel_names=card.channels,
+                           pixel_size_um=s.pixel_size_um, overwrite=True,
+                           attributes={"model_id": card.model_id, "source": {"path": s.path, "group": s.group}})
+        create_labels(img, LABELS, classes, lay, pixel_size_um=s.pixel_size_um, overwrite=True)
+        if cfg.probabilities != "none":
+            create_image(img, PROBABILITIES, (len(classes), s.height, s.width),
+                         PyramidLayout(lay.block, lay.chunk, 1), dtype=cfg.probabilities,
+                         channel_names=classes.names, pixel_size_um=s.pixel_size_um, overwrite=True,
+                         attributes={"quantised": cfg.probabilities == "uint8"})
+    root.attrs.update({"lode": {"model_id": card.model_id, "model_card": card.model_dump()}})
+
+
+def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
+    """Run (or resume) a segmentation job; returns the written manifest."""
+    import ray
+
+    from engine.runtime import has_gpu, init_ray
+
+    t_start = time.perf_counter()
+    _, card = load_checkpoint(cfg.checkpoint)
+    sources, layouts, window, overlap = plan(cfg, card)
+    manifest = RunManifest(cfg.out)
+    manifest.check_writable()
+    fingerprint = {"model_id": card.model_id, "window": window, "overlap": overlap,
+                   "layouts": {k: asdict(v) for k, v in layouts.items()}, "probabilities": cfg.probabilities,
+                   "inputs": [s.path + ("/" + s.group if s.group else "") for s in sources]}
+    fresh = manifest.begin("segment", cfg.model_dump(), fingerprint)
+    _prepare_store(cfg, card, sources, layouts, fresh)
+
+    done = manifest.done_keys()
+    tasks = [BlockTask(s, b) for s in sources for b in block_grid(s.height, s.width, layouts[s.section].block)
+             if f"{s.section}/{b.key}" not in done]
+    skipped = sum(len(block_grid(s.height, s.width, layouts[s.section].block)) for s in sources) - len(tasks)
+    if cfg.max_blocks is not None:
+        tasks = tasks[:cfg.max_blocks]
+    log.info("segment: %d sections, %d blocks to run, %d already done", len(sources), len(tasks), skipped)
+
+    t_ray = time.perf_counter()
+    if tasks:
+        init_ray()
+        gpu = cfg.device == "cuda" or (cfg.device == "auto" and has_gpu())
+        n_actors = cfg.num_actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
+        device = "cuda" if gpu else "cpu"
+        ds = ray.data.read_datasource(BlockDatasource(tasks, window, overlap), override_num_blocks=len(tasks))
+        ds = ds.map_batches(
+            SegmentActor,
+            fn_constructor_kwargs=dict(checkpoint=str(Path(cfg.checkpoint).resolve()), window=window, overlap=overlap,
+                                       batch_size=cfg.batch_size, device=device, probabilities=cfg.probabilities,
+                                       threads=cfg.threads),
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            batch_size=1, batch_format="numpy", num_gpus=1 if gpu else 0, num_cpus=0.5 if not gpu else 1,
+        )
+        ds.write_datasink(ShardSink(str(Path(cfg.out).resolve()), cfg.copy_image))
+    timings = {"plan_s": t_ray - t_start, "pipeline_s": time.perf_counter() - t_ray,
+               "total_s": time.perf_counter() - t_start}
+    return manifest.finish(timings, expected=[f"{s.section}/{b.key}" for s in sources
+                                              for b in block_grid(s.height, s.width, layouts[s.section].block)],
+                           skipped=skipped)

@@ -1,0 +1,142 @@
+"""Blocked sliding-window prediction with Gaussian blending.
+
+For one output block, every window of the global grid that touches the block runs
+through the model, and the softmax outputs are blended with Gaussian weights. The
+block is swept column of windows by column of windows: a column's pixels are final
+once the next column starts, so the accumulators hold one window width of the block
+(``classes × block_h × window`` floats) however wide the block is. The result equals
+a global sliding window over the whole image (MONAI's ``sliding_window_inference``,
+gaussian mode), including its symmetric zero padding of images smaller than a window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.tiling.blend import gaussian_weights
+from engine.tiling.grid import Block, WindowGrid
+
+
+@dataclass(frozen=True)
+class PaddedGrid:
+    """The window grid over an image padded (symmetrically) to at least one window."""
+
+    height: int
+    width: int
+    window: int
+    overlap: float
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        return (max(self.window - self.height, 0) // 2, max(self.window - self.width, 0) // 2)
+
+    @property
+    def grid(self) -> WindowGrid:
+        return WindowGrid(max(self.height, self.window), max(self.width, self.window), self.window, self.overlap)
+
+    def input_region(self, block: Block) -> tuple[int, int, int, int]:
+        """Image rows/cols ``(y0, y1, x0, x1)`` that the windows touching ``block`` read."""
+        py, px = self.pad
+        ys, xs = self.grid.touching(block.y0 + py, block.y0 + block.h + py, block.x0 + px, block.x0 + block.w + px)
+        w = self.window
+        return (max(ys[0] - py, 0), min(ys[-1] + w - py, self.height),
+                max(xs[0] - px, 0), min(xs[-1] + w - px, self.width))
+
+
+class BlockPredictor:
+    """Runs a model over the windows of a block and blends them.
+
+    Args:
+        model: maps ``(n, in_channels, window, window)`` to class logits of the same size.
+        mean, std: per-channel normalisation on the 0..1 scale.
+        window, overlap: the global window grid.
+        batch_size: windows per forward pass.
+        device: torch device; AMP (fp16 autocast) is used on CUDA when ``amp``.
+    """
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float], window: int, overlap: float,
+                 batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = True):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.window = window
+        self.overlap = overlap
+        self.batch_size = batch_size
+        self.amp = amp and self.device.type == "cuda"
+        self.scale = torch.tensor([1 / (255.0 * s) for s in std], device=self.device).view(1, -1, 1, 1)
+        self.shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(1, -1, 1, 1)
+        self.weights = gaussian_weights(window, device=self.device)
+        self.windows_run = 0
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1)
+
+    def _windows(self, region: torch.Tensor, origin: tuple[int, int], pad: tuple[int, int],
+                 starts: list[tuple[int, int]], size: tuple[int, int]) -> torch.Tensor:
+        """Normalised windows (n, c, w, w); pixels outside the image are 0 after normalisation."""
+        w = self.window
+        c = region.shape[0]
+        out = torch.zeros((len(starts), c, w, w), dtype=torch.float32, device=self.device)
+        h_img, w_img = size
+        for i, (sy, sx) in enumerate(starts):
+            iy0, ix0 = sy - pad[0], sx - pad[1]
+            y0, y1 = max(iy0, 0), min(iy0 + w, h_img)
+            x0, x1 = max(ix0, 0), min(ix0 + w, w_img)
+            patch = region[:, y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]]
+            out[i, :, y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0] = patch.float() * self.scale[0] - self.shift[0]
+        return out
+
+    def predict(self, region: np.ndarray, origin: tuple[int, int], image_size: tuple[int, int],
+                block: Block, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blend every window touching ``block``.
+
+        Args:
+            region: ``(c, rh, rw)`` uint8 image pixels starting at image coordinates ``origin``
+                and covering ``PaddedGrid.input_region(block)``.
+            image_size: full image ``(height, width)``.
+
+        Returns:
+            ``(probabilities (classes, h, w) float32, labels (h, w) int64 channel index)`` on the device.
+        """
+        pg = PaddedGrid(image_size[0], image_size[1], self.window, self.overlap)
+        py, px = pg.pad
+        w = self.window
+        by0, bx0 = block.y0 + py, block.x0 + px
+        by1, bx1 = by0 + block.h, bx0 + block.w
+        ys, xs = pg.grid.touching(by0, by1, bx0, bx1)
+        reg = torch.from_numpy(np.array(region, copy=True)).to(self.device)
+
+        probs = torch.empty((num_classes, block.h, block.w), dtype=torch.float32, device=self.device)
+        acc = torch.zeros((num_classes, block.h, w), dtype=torch.float32, device=self.device)
+        cnt = torch.zeros((block.h, w), dtype=torch.float32, device=self.device)
+        for j, sx in enumerate(xs):
+            starts = [(sy, sx) for sy in ys]
+            for b in range(0, len(starts), self.batch_size):
+                chunk = starts[b:b + self.batch_size]
+                out = self._forward(self._windows(reg, origin, (py, px), chunk, image_size))
+                self.windows_run += len(chunk)
+                for (sy, _), p in zip(chunk, out):
+                    r0, r1 = max(sy, by0), min(sy + w, by1)
+                    c0, c1 = max(sx, bx0), min(sx + w, bx1)
+                    wts = self.weights[r0 - sy:r1 - sy, c0 - sx:c1 - sx]
+                    acc[:, r0 - by0:r1 - by0, c0 - sx:c1 - sx] += p[:, r0 - sy:r1 - sy, c0 - sx:c1 - sx] * wts
+                    cnt[r0 - by0:r1 - by0, c0 - sx:c1 - sx] += wts
+            nxt = xs[j + 1] if j + 1 < len(xs) else bx1
+            f0, f1 = max(sx, bx0), min(nxt, bx1)
+            if f1 > f0:
+                probs[:, :, f0 - bx0:f1 - bx0] = acc[:, :, f0 - sx:f1 - sx] / cnt[:, f0 - sx:f1 - sx]
+            shift = nxt - sx
+            if shift < w:
+                acc[:, :, :w - shift] = acc[:, :, shift:].clone()
+                cnt[:, :w - shift] = cnt[:, shift:].clone()
+                acc[:, :, w - shift:] = 0
+                cnt[:, w - shift:] = 0
+            else:
+                acc.zero_()
+                cnt.zero_()
+        return probs, probs.argmax(dim=0)

@@ -1,0 +1,103 @@
+"""One global window grid over an image, and output blocks aligned to it.
+
+The window grid follows MONAI's ``sliding_window_inference`` exactly (scan interval
+``int(window * (1 - overlap))``, the last window clamped to the image edge), so that a
+blocked run over output blocks equals one global sliding window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Start offsets of windows along one axis of length ``size`` (``size >= window``)."""
+    if size < window:
+        raise ValueError(f"axis of {size} px is shorter than the {window} px window")
+    if size == window:
+        return [0]
+    interval = max(int(window * (1 - overlap)), 1)
+    num = int(math.ceil(size / interval))
+    count = next((d + 1 for d in range(num) if d * interval + window >= size), 1)
+    return [i * interval - max(i * interval + window - size, 0) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """The global grid of square windows over an ``height × width`` image."""
+
+    height: int
+    width: int
+    window: int
+    overlap: float
+
+    @property
+    def ys(self) -> list[int]:
+        return window_starts(self.height, self.window, self.overlap)
+
+    @property
+    def xs(self) -> list[int]:
+        return window_starts(self.width, self.window, self.overlap)
+
+    @property
+    def count(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    def touching(self, y0: int, y1: int, x0: int, x1: int) -> tuple[list[int], list[int]]:
+        """Window starts (rows, columns) of every window that overlaps ``[y0,y1) × [x0,x1)``."""
+        w = self.window
+        return ([s for s in self.ys if s < y1 and s + w > y0],
+                [s for s in self.xs if s < x1 and s + w > x0])
+
+
+@dataclass(frozen=True)
+class Block:
+    """An output block ``[y0, y0+h) × [x0, x0+w)``; it owns whole shards of the output."""
+
+    index: int
+    y0: int
+    x0: int
+    h: int
+    w: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.y0:06d}_{self.x0:06d}"
+
+
+def block_grid(height: int, width: int, block: tuple[int, int]) -> list[Block]:
+    """Row-major blocks of ``block`` size (edge blocks cropped to the image)."""
+    bh, bw = block
+    out = []
+    for y0 in range(0, height, bh):
+        for x0 in range(0, width, bw):
+            out.append(Block(len(out), y0, x0, min(bh, height - y0), min(bw, width - x0)))
+    return out
+
+
+def auto_block(height: int, width: int, window: int, shard: int = 1024, target: int = 4096,
+               max_block_pixels: int = 4096 * 12288) -> tuple[int, int]:
+    """Block geometry: full-width strips about ``target`` high, rounded to whole shards.
+
+    Strips only recompute windows along y, so redundant work per block is about
+    ``(block + window) / block``; very wide images are split into columns too so a
+    block's input stays bounded.
+    """
+    def round_up(v: int) -> int:
+        return max(shard, -(-v // shard) * shard)
+
+    bh = min(round_up(height), round_up(target))
+    bw = round_up(width)
+    while bh * bw > max_block_pixels and bw > shard:
+        bw = round_up(bw // 2)
+    return bh, bw
+
+
+def redundancy(grid: WindowGrid, blocks: list[Block]) -> float:
+    """Windows run by a blocked pass divided by the windows of one global pass."""
+    total = 0
+    for b in blocks:
+        ys, xs = grid.touching(b.y0, b.y0 + b.h, b.x0, b.x0 + b.w)
+        total += len(ys) * len(xs)
+    return total / grid.count
