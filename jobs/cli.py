@@ -22,24 +22,24 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Top-level parser listing the subcommands (their own options are parsed by their modules)."""
     parser = argparse.ArgumentParser(prog="lode", description="Lode: measured geology from geoscience imagery.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in SUBCOMMANDS and not any(a in ("-h", "--help") for a in argv[:1]):
-        module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-        parser = argparse.ArgumentParser(prog=f"lode {argv[0]}", description=SUBCOMMANDS[argv[0]][1])
-        module.add_arguments(parser)
-        return int(module.run(parser.parse_args(argv[1:])) or 0)
-    args = build_parser().parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        build_parser().parse_args(argv or ["--help"])
+        return 2
+    name = argv[0]
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"lode {name}", description=SUBCOMMANDS[name][1])
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv[1:])) or 0)
 
 
 if __name__ == "__main__":

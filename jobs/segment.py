@@ -1,0 +1,52 @@
+"""Segment panoramas (OME-Zarr) or image folders into mineral label images, block by block on Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs.common import add_config_argument, guarded, setup_logging
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="*", help="OME-Zarr stores, image folders or image files")
+    p.add_argument("--out", help="output directory (lode.ome.zarr, manifest.json)")
+    p.add_argument("--checkpoint", "--model", dest="checkpoint", help="model checkpoint (.pt)")
+    p.add_argument("--window", type=int, help="window size (default: model card)")
+    p.add_argument("--overlap", type=float, help="window overlap 0..1 (default: model card)")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass (default 8)")
+    p.add_argument("--block", type=int, nargs=2, metavar=("H", "W"), help="output block (= shard) size")
+    p.add_argument("--probabilities", choices=["none", "uint8", "float16", "float32"],
+                   help="also store class probabilities")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--num-actors", type=int, help="segmentation actors (default: one per GPU, else 1)")
+    p.add_argument("--max-blocks", type=int, help="stop after this many blocks (resume later)")
+    add_config_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    from engine.segment.pipeline import run_segmentation
+    from schemas.config import SegmentConfig
+
+    def body() -> int:
+        cfg = SegmentConfig.from_file(args.config, inputs=args.inputs or None, out=args.out,
+                                      checkpoint=args.checkpoint, window=args.window, overlap=args.overlap,
+                                      batch_size=args.batch_size, block=args.block,
+                                      probabilities=args.probabilities, device=args.device,
+                                      num_actors=args.num_actors, max_blocks=args.max_blocks)
+        manifest = run_segmentation(cfg)
+        done = sum(b["status"] == "done" for b in manifest["blocks"])
+        print(json.dumps({"status": manifest["status"], "blocks_done": done, "blocks": len(manifest["blocks"]),
+                          "skipped_already_done": manifest["skipped_already_done"], "out": cfg.out,
+                          "timings": manifest["timings"]}, indent=1))
+        return 0
+
+    return guarded(body)
+
+
+if __name__ == "__main__":
+    from jobs._entry import run_module
+
+    run_module(sys.modules[__name__])

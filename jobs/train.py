@@ -1,0 +1,47 @@
+"""Train a segmentation model with Ray Train on patches of a LumenStone-layout collection."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.common import add_config_argument, guarded, setup_logging
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="?", help="LumenStone-layout folder (imgs/, masks/)")
+    p.add_argument("--out", help="output directory (model.pt)")
+    p.add_argument("--arch", help="pspnet, unet, upernet, fpn, ... (default pspnet)")
+    p.add_argument("--encoder", help="smp encoder (default resnet18)")
+    p.add_argument("--classes", type=int, nargs="+", help="class codes (default: codes in the masks)")
+    p.add_argument("--patch", type=int, help="patch size (default 256)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 8)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 200)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--workers", type=int, help="data-parallel workers (default 1)")
+    p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--window", type=int, help="inference window recorded in the model card (default 512)")
+    add_config_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    from engine.train.loop import train
+    from schemas.config import TrainConfig
+
+    def body() -> int:
+        cfg = TrainConfig.from_file(args.config, data=args.data, out=args.out, arch=args.arch, encoder=args.encoder,
+                                    classes=args.classes, patch=args.patch, batch_size=args.batch_size,
+                                    steps=args.steps, lr=args.lr, workers=args.workers, gpu=args.gpu,
+                                    seed=args.seed, window=args.window)
+        print(f"checkpoint: {train(cfg)}")
+        return 0
+
+    return guarded(body)
+
+
+if __name__ == "__main__":
+    from jobs._entry import run_module
+
+    run_module(sys.modules[__name__])
