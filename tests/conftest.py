@@ -1,0 +1,51 @@
+"""Shared fixtures: a local Ray started once, a tiny checkpoint, a small synthetic panorama."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained UNet-ResNet18 over the LumenStone classes, window 128."""
+    import torch
+
+    from engine.classes import LUMENSTONE
+    from engine.segment.checkpoint import ModelCard, save_checkpoint
+    from engine.segment.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    model = create_model("unet", "resnet18", 3, len(LUMENSTONE))
+    save_checkpoint(path, model, ModelCard(arch="unet", encoder="resnet18", classes=LUMENSTONE.to_dicts(),
+                                           mean=[0.45, 0.42, 0.40], std=[0.25, 0.24, 0.26], window=128,
+                                           overlap=0.25))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_panorama(tmp_path_factory) -> Path:
+    """A 300×420 synthetic section stored as OME-Zarr (section id ``sec-a``) with truth labels."""
+    from engine.io.ome import PyramidLayout
+    from engine.synth import SectionSpec, write_panorama
+
+    store = tmp_path_factory.mktemp("pano") / "in.zarr"
+    write_panorama(store, "sec-a", 300, 420, SectionSpec(seed=5, grain_diameter=30),
+                   PyramidLayout((128, 128), chunk=64, levels=2))
+    return store

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from engine.classes import LUMENSTONE, ClassSet
+from engine.errors import LodeInputError
+from engine.segment.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from engine.segment.models import create_model
+
+
+def test_roundtrip_rebuilds_model_from_card_alone(tmp_path):
+    torch.manual_seed(0)
+    classes = ClassSet.from_codes([0, 1, 6, 8])
+    m = create_model("fpn", "resnet18", 5, len(classes)).eval()
+    card = save_checkpoint(tmp_path / "m.pt", m, ModelCard(arch="fpn", classes=classes.to_dicts(), in_channels=5,
+                                                            channels=list("RGBXY"), mean=[0.5] * 5, std=[0.2] * 5))
+    m2, card2 = load_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(1, 5, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(m(x), m2(x))
+    assert card2.model_id == card.model_id and card2.class_set().codes == [0, 1, 6, 8]
+
+
+@pytest.mark.parametrize("arch", ["pspnet", "unet", "upernet", "fpn"])
+def test_factory_builds_each_architecture(arch):
+    m = create_model(arch, "resnet18", 4, 7).eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 4, 128, 128)).shape == (1, 7, 128, 128)
+
+
+def test_unknown_class_code_in_checkpoint_names_the_file(tmp_path):
+    m = create_model("unet", "resnet18", 3, 2)
+    classes = LUMENSTONE.to_dicts()[:1] + [{"code": 99, "name": "unobtainium", "color": [1, 2, 3]}]
+    torch.save({"state_dict": m.state_dict(), "card": ModelCard(arch="unet", classes=classes).model_dump()},
+               tmp_path / "bad.pt")
+    with pytest.raises(LodeInputError, match=r"bad\.pt.*unknown class code 99"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_garbage_checkpoint_names_the_file(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(LodeInputError, match=r"junk\.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
