@@ -49,3 +49,22 @@ def small_panorama(tmp_path_factory) -> Path:
     write_panorama(store, "sec-a", 300, 420, SectionSpec(seed=5, grain_diameter=30),
                    PyramidLayout((128, 128), chunk=64, levels=2))
     return store
+
+
+def monai_reference(store: Path, section: str, checkpoint: Path):
+    """Class probabilities of MONAI's gaussian sliding_window_inference over a whole stored image."""
+    import torch
+    import zarr
+    from monai.inferers import sliding_window_inference
+
+    from engine.segment.checkpoint import load_checkpoint
+
+    model, card = load_checkpoint(checkpoint)
+    img = zarr.open_group(str(store), mode="r")[f"{section}/0"][:]
+    mean = torch.tensor(card.mean).view(-1, 1, 1)
+    std = torch.tensor(card.std).view(-1, 1, 1)
+    x = (torch.from_numpy(img).float() / 255 - mean) / std
+    with torch.no_grad():
+        return sliding_window_inference(x[None], (card.window, card.window), 4,
+                                        lambda t: torch.softmax(model(t), 1), overlap=card.overlap,
+                                        mode="gaussian")[0].numpy()

@@ -20,19 +20,9 @@ from engine.errors import LodeInputError
 from engine.segment.checkpoint import load_checkpoint
 from engine.segment.pipeline import STORE_NAME, run_segmentation
 from schemas.config import SegmentConfig
+from tests.conftest import monai_reference
 
 pytestmark = pytest.mark.ray
-
-
-def _monai_reference(store: Path, checkpoint: Path) -> np.ndarray:
-    from monai.inferers import sliding_window_inference
-
-    model, card = load_checkpoint(checkpoint)
-    img = zarr.open_group(str(store), mode="r")["sec-a/0"][:]
-    x = (torch.from_numpy(img).float() / 255 - torch.tensor(card.mean).view(3, 1, 1)) / torch.tensor(card.std).view(3, 1, 1)
-    with torch.no_grad():
-        return sliding_window_inference(x[None], (card.window, card.window), 4, lambda t: torch.softmax(model(t), 1),
-                                        overlap=card.overlap, mode="gaussian")[0].numpy()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +36,7 @@ def segmented(ray_local, small_panorama, tiny_checkpoint, tmp_path_factory):
 
 def test_engine_equals_global_sliding_window(segmented, small_panorama, tiny_checkpoint):
     out, manifest = segmented
-    ref = _monai_reference(small_panorama, tiny_checkpoint)
+    ref = monai_reference(small_panorama, "sec-a", tiny_checkpoint)
     store = zarr.open_group(str(out / STORE_NAME), mode="r")
     probs = store["sec-a/probabilities/0"][:]
     labels = store["sec-a/labels/minerals/0"][:]
