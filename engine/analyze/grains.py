@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterable, Sequence
 import cv2
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.measure import label as sk_label
@@ -32,6 +31,7 @@ _AXIS = ((0, 1), (0, -1), (1, 0), (-1, 0))
 _DIAG = ((1, 1), (1, -1), (-1, 1), (-1, -1))
 CROFTON = math.pi / 8.0
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_CORNERS = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.int32)
 
 
 @dataclass(frozen=True)
@@ -108,24 +108,48 @@ def read_padded(array: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:
 
 def feret_diameters(hull: np.ndarray) -> tuple[float, float]:
     """Max and min caliper width of a convex polygon given as ordered (k, 2) vertices."""
-    p = hull.astype(np.float64)
-    d = p[:, None, :] - p[None, :, :]
-    fmax = float(np.sqrt((d * d).sum(-1).max()))
-    e = np.roll(p, -1, axis=0) - p
-    ln = np.hypot(e[:, 0], e[:, 1])
-    ok = ln > 0
-    n = np.stack([-e[ok, 1], e[ok, 0]], 1) / ln[ok, None]
-    widths = np.abs(((p[None, :, :] - p[ok][:, None, :]) * n[:, None, :]).sum(-1)).max(1)
-    return fmax, float(widths.min())
+    out = feret_batch([hull])
+    return float(out[0, 0]), float(out[0, 1])
 
 
-_CORNERS = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.int32)
+def _feret_padded(p: np.ndarray, valid_edge: np.ndarray) -> np.ndarray:
+    d = p[:, :, None, :] - p[:, None, :, :]
+    fmax = np.sqrt((d * d).sum(-1).max(axis=(1, 2)))
+    e = np.roll(p, -1, axis=1) - p
+    ln = np.hypot(e[..., 0], e[..., 1])
+    ok = valid_edge & (ln > 0)
+    n = np.stack([-e[..., 1], e[..., 0]], -1) / np.where(ok, ln, 1.0)[..., None]
+    widths = np.abs((d * n[:, None, :, :]).sum(-1)).max(axis=1)
+    widths[~ok] = np.inf
+    return np.stack([fmax, widths.min(axis=1)], 1)
 
 
-def _corner_hull(points_xy: np.ndarray) -> np.ndarray:
-    h = cv2.convexHull(points_xy.astype(np.int32).reshape(-1, 1, 2)).reshape(-1, 2)
-    corners = (h[:, None, :] + _CORNERS[None]).reshape(-1, 1, 2)
-    return cv2.convexHull(corners).reshape(-1, 2)
+def feret_batch(hulls: Sequence[np.ndarray]) -> np.ndarray:
+    """(n, 2) max and min Feret diameters of convex polygons (ordered vertices), vectorised by size."""
+    out = np.zeros((len(hulls), 2))
+    sizes = np.array([len(h) for h in hulls], np.int64)
+    for lo, hi in ((0, 8), (8, 16), (16, 32), (32, 64), (64, 128)):
+        idx = np.nonzero((sizes > lo) & (sizes <= hi))[0]
+        for chunk in np.array_split(idx, max(1, len(idx) * hi * hi // 2_000_000 + 1)):
+            if not len(chunk):
+                continue
+            p = np.empty((len(chunk), hi, 2))
+            valid = np.zeros((len(chunk), hi), bool)
+            for r, i in enumerate(chunk):
+                k = sizes[i]
+                p[r, :k] = hulls[i]
+                p[r, k:] = hulls[i][0]
+                valid[r, :k] = True
+            out[chunk] = _feret_padded(p, valid)
+    for i in np.nonzero(sizes > 128)[0]:
+        out[i] = _feret_padded(np.asarray(hulls[i], np.float64)[None], np.ones((1, sizes[i]), bool))[0]
+    return out
+
+
+def _corner_hull(centres: np.ndarray) -> np.ndarray:
+    """Convex hull (x, y vertices) of the unit pixel squares whose top-left corners are ``centres``."""
+    h = cv2.convexHull(centres.reshape(-1, 1, 2)).reshape(-1, 1, 2)
+    return cv2.convexHull((h + _CORNERS[None]).reshape(-1, 1, 2)).reshape(-1, 2)
 
 
 def measure_block(padded: np.ndarray, y0: int, x0: int, grain_lut: np.ndarray, connectivity: int = 2) -> BlockResult:
@@ -156,13 +180,7 @@ def measure_block(padded: np.ndarray, y0: int, x0: int, grain_lut: np.ndarray, c
     cols = np.tile(np.arange(x0, x0 + w, dtype=np.float64), h)
     sum_x = np.bincount(flat, weights=cols, minlength=n + 1)
     del cols
-    bbox = np.zeros((n, 4), np.int64)
-    for i, sl in enumerate(ndi.find_objects(lab)):
-        bbox[i] = (sl[0].start + y0, sl[1].start + x0, sl[0].stop + y0, sl[1].stop + x0)
-
-    is_ore_pad = np.zeros(padded.shape, bool)
-    inside = padded >= 0
-    is_ore_pad[inside] = grain_lut[padded[inside].astype(np.uint8)]
+    ore_lut = np.append(grain_lut, False)  # index -1 (outside) maps to False
     n_axis = np.zeros(n + 1, np.int64)
     n_diag = np.zeros(n + 1, np.int64)
     touches = np.zeros(n + 1, bool)
@@ -170,15 +188,17 @@ def measure_block(padded: np.ndarray, y0: int, x0: int, grain_lut: np.ndarray, c
     boundary = np.zeros((h, w), bool)
     for offsets, counter, weight in ((_AXIS, n_axis, 1.0), (_DIAG, n_diag, INV_SQRT2)):
         for dy, dx in offsets:
-            q = padded[1 + dy:h + 1 + dy, 1 + dx:w + 1 + dx]
-            diff = core != q
+            diff = core != padded[1 + dy:h + 1 + dy, 1 + dx:w + 1 + dx]
             if weight == 1.0:
                 boundary |= diff
-            counter += np.bincount(lab[diff], minlength=n + 1)
-            t = diff & is_ore_pad[1 + dy:h + 1 + dy, 1 + dx:w + 1 + dx]
-            touches[np.unique(lab[t])] = True
-            real = diff & (q >= 0)
-            crossings += weight * np.bincount(core_u8[real].astype(np.int64) * 256 + q[real], minlength=256 * 256)
+            ys, xs = np.nonzero(diff)
+            lv = lab[ys, xs]
+            cv = core_u8[ys, xs].astype(np.int64)
+            qv = padded[ys + 1 + dy, xs + 1 + dx].astype(np.int64)
+            counter += np.bincount(lv, minlength=n + 1)
+            touches[lv[ore_lut[qv]]] = True
+            real = qv >= 0
+            crossings += weight * np.bincount(cv[real] * 256 + qv[real], minlength=256 * 256)
     touches[0] = False
 
     boundary[0, :] = boundary[-1, :] = True
@@ -187,18 +207,19 @@ def measure_block(padded: np.ndarray, y0: int, x0: int, grain_lut: np.ndarray, c
     ys, xs = np.nonzero(boundary)
     bl = lab[ys, xs]
     order = np.argsort(bl, kind="stable")
-    ys, xs, bl = ys[order], xs[order], bl[order]
-    starts = np.searchsorted(bl, np.arange(1, n + 2))
-    hulls: list[np.ndarray] = []
+    pts = np.stack([xs[order] + x0, ys[order] + y0], 1).astype(np.int32)
+    first = np.searchsorted(bl[order], np.arange(1, n + 1))
+    bbox = np.zeros((n, 4), np.int64)
+    if n:
+        bbox[:, 0] = np.minimum.reduceat(pts[:, 1], first)
+        bbox[:, 1] = np.minimum.reduceat(pts[:, 0], first)
+        bbox[:, 2] = np.maximum.reduceat(pts[:, 1], first) + 1
+        bbox[:, 3] = np.maximum.reduceat(pts[:, 0], first) + 1
+    starts = np.append(first, len(pts))
+    hulls = [_corner_hull(pts[starts[i]:starts[i + 1]]) for i in range(n)]
+    inner = np.nonzero((bbox[:, 0] > y0) & (bbox[:, 1] > x0) & (bbox[:, 2] < y0 + h) & (bbox[:, 3] < x0 + w))[0]
     feret = np.full((n, 2), np.nan)
-    for i in range(n):
-        a, b = starts[i], starts[i + 1]
-        pts = np.stack([xs[a:b] + x0, ys[a:b] + y0], 1)
-        hull = _corner_hull(pts)
-        hulls.append(hull)
-        by0, bx0, by1, bx1 = bbox[i]
-        if by0 > y0 and bx0 > x0 and by1 < y0 + h and bx1 < x0 + w:
-            feret[i] = feret_diameters(hull)
+    feret[inner] = feret_batch([hulls[i] for i in inner])
 
     class_px = np.bincount(core_u8.ravel(), minlength=256).astype(np.int64)
     return BlockResult(
@@ -304,11 +325,13 @@ def merge_blocks(results: Sequence[BlockResult], shape: tuple[int, int], block: 
     if todo.any():
         comp_order = np.argsort(grain_of, kind="stable")
         starts = np.searchsorted(grain_of[comp_order], np.arange(ng + 1))
-        for g in np.nonzero(todo)[0]:
+        todo_ids = np.nonzero(todo)[0]
+        merged = []
+        for g in todo_ids:
             comps = comp_order[starts[g]:starts[g + 1]]
-            pts = hulls[comps[0]] if len(comps) == 1 else cv2.convexHull(
-                np.concatenate([hulls[c] for c in comps]).reshape(-1, 1, 2)).reshape(-1, 2)
-            feret[g] = feret_diameters(pts)
+            merged.append(hulls[comps[0]] if len(comps) == 1 else cv2.convexHull(
+                np.concatenate([hulls[c] for c in comps]).reshape(-1, 1, 2)).reshape(-1, 2))
+        feret[todo_ids] = feret_batch(merged)
 
     tally = Tally()
     for r in results:
