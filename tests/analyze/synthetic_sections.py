@@ -6,8 +6,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
+from scipy import ndimage as ndi
 from skimage.draw import disk, polygon
+from skimage.measure import label, regionprops
 
 from engine.classes import LUMENSTONE, ClassSet
 from engine.io.ome import PyramidLayout, create_image, create_labels, open_store, write_block
@@ -94,3 +97,42 @@ def write_store(path: Path, sections: dict[str, np.ndarray], classes: ClassSet =
                 if prob is not None:
                     write_block(prob, probabilities[name][(slice(None), *sl)], y0, x0, "image")
     return path
+
+
+def scribbles_for(truth: np.ndarray, seed: int, grain_share: float = 0.7) -> np.ndarray:
+    """A user's strokes: a short line through the middle of most grains, and some strokes on background."""
+    rng = np.random.default_rng(seed)
+    sc = np.full(truth.shape, 255, np.uint8)
+    regions = label(truth, background=-1, connectivity=1)
+    for r in regionprops(regions):
+        if r.area < 30 or rng.random() > grain_share:
+            continue
+        dist = ndi.distance_transform_edt(regions == r.label)
+        cy, cx = (int(v) for v in r.centroid)
+        if dist[cy, cx] < 2:
+            continue
+        half = max(2, int(dist[cy, cx] * 0.6))
+        xs = np.arange(cx - half, cx + half + 1)
+        sc[cy, xs[dist[cy, xs] >= 2]] = truth[cy, cx]
+    inside_bg = ndi.distance_transform_edt(truth == 0) >= 4
+    for _ in range(40):
+        y, x = int(rng.integers(0, truth.shape[0])), int(rng.integers(0, truth.shape[1] - 30))
+        sc[y, x:x + 30][inside_bg[y, x:x + 30]] = 0
+    return sc
+
+
+def gaussian_colour_model(labels: np.ndarray, seed: int, noise: float = 30.0):
+    """Synthetic image with two pairs of look-alike minerals and a Gaussian colour classifier with spatial context."""
+    rng = np.random.default_rng(seed)
+    colours = {0: (40, 40, 40), 1: (200, 170, 60), 2: (170, 170, 230), 5: (210, 150, 90), 6: (225, 215, 120),
+               8: (90, 110, 140)}
+    codes = np.array(sorted(colours))
+    img = np.zeros(labels.shape + (3,), np.float32)
+    for c in codes:
+        img[labels == c] = colours[c]
+    img = cv2.GaussianBlur(img + rng.normal(0, noise, img.shape).astype(np.float32), (0, 0), 2.0)
+    var = noise ** 2 / (4 * np.pi * 4.0)
+    ll = np.stack([-((img - np.array(colours[c], np.float32)) ** 2).sum(-1) / (2 * var) for c in codes])
+    p = np.exp(ll - ll.max(0))
+    p /= p.sum(0)
+    return np.clip(img, 0, 255).astype(np.uint8), (p * 255).round().astype(np.uint8), codes[p.argmax(0)]
