@@ -79,3 +79,25 @@ def test_ray_executor_equals_serial(two_sections, tmp_path):
     sa = pq.read_table(r_ray.statistics_path).to_pandas().value.to_numpy()
     sb = pq.read_table(r_ser.statistics_path).to_pandas().value.to_numpy()
     np.testing.assert_allclose(sa, sb, rtol=1e-12)
+
+
+def test_empty_section_and_unknown_pixel_size(tmp_path):
+    from engine.analyze.collection import analyze_store
+
+    from .synthetic_sections import write_store
+
+    lab = np.zeros((130, 140), np.uint8)
+    lab[10:20, 10:20] = 6
+    store = write_store(tmp_path / "s.zarr", {"empty": np.zeros((64, 64), np.uint8), "one": lab}, pixel_size_um=None,
+                        block=64)
+    res = analyze_store(store, tmp_path, report=True)
+    grains = pq.read_table(res.grains_path).to_pandas()
+    stats = pq.read_table(res.statistics_path).to_pandas()
+    assert len(grains) == 1 and grains.area_px.item() == 100 and grains.area_um2.isna().all()
+    # 10×10 square: 40 axis crossings, 4 × 19 diagonal ones
+    assert grains.perimeter_px.item() == pytest.approx(np.pi / 8 * (40 + 76 / 2 ** 0.5))
+    assert grains.feret_max_px.item() == pytest.approx(200 ** 0.5) and grains.feret_min_px.item() == 10
+    counts = stats[(stats.statistic == "grain_count") & (stats.class_code == 6) & (stats.scope == "section")]
+    assert counts.set_index("section").value.to_dict() == {"empty": 0, "one": 1}
+    assert set(stats[stats.statistic == "mean_ecd"].unit) == {"px"}
+    assert (tmp_path / "report.html").exists()
