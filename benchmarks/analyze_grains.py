@@ -102,7 +102,9 @@ def main() -> int:
             if ex == "ray":
                 import ray
 
+                t0 = time.perf_counter()
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                out["ray_init_s"] = time.perf_counter() - t0
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
                 res = analyze_store(store, Path(tmp) / ex, executor=ex, report=False)
