@@ -2,7 +2,9 @@
 
 ``python -m benchmarks.analyze_grains --json OUT`` writes a synthetic label store, runs
 ``analyze_store`` serially and with Ray tasks in one process, and reports wall time,
-peak resident memory (this process plus its children) and grains per second.
+CPU seconds (this process and its descendants: on a shared machine wall time mostly
+measures the contention, cpu_s / cores bounds the uncontended time), peak resident
+memory (this process plus its children) and grains per second.
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ def write_label_store(path: Path, lab: np.ndarray, block: int = 2048) -> None:
     for y0 in range(0, H, block):
         for x0 in range(0, W, block):
             write_block(lbl, lab[y0:y0 + block, x0:x0 + block], y0, x0, "label")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and all its live descendants (Ray workers included)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for c in me.children(recursive=True):
+        try:
+            total += sum(c.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 
 
 class PeakRSS:
@@ -106,13 +120,15 @@ def main() -> int:
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
                 out["ray_init_s"] = time.perf_counter() - t0
             with PeakRSS() as mem:
+                c0 = cpu_seconds()
                 t0 = time.perf_counter()
                 res = analyze_store(store, Path(tmp) / ex, executor=ex, report=False)
                 wall = time.perf_counter() - t0
+                cpu = cpu_seconds() - c0
             import pyarrow.parquet as pq
 
             n = pq.read_metadata(res.grains_path).num_rows
-            out[ex] = {"wall_s": wall, "peak_rss_gib": mem.peak / 2**30, "grains": n,
+            out[ex] = {"wall_s": wall, "cpu_s": cpu, "peak_rss_gib": mem.peak / 2**30, "grains": n,
                        "grains_per_s": n / wall, "timings": res.timings}
             if ex == "ray":
                 ray.shutdown()
