@@ -95,7 +95,7 @@ def association_plot(stats: pd.DataFrame, classes: ClassSet) -> bytes:
         i, j = idx[int(r.class_code)], idx[int(r.other_code)]
         m[i, j] = m[j, i] = r.value
     share = m / np.maximum(m.sum(1, keepdims=True), 1e-12) * 100
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * max(len(present), 2), 0.8 + 0.5 * max(len(present), 2)))
+    fig, ax = plt.subplots(figsize=(2.5 + 0.55 * max(len(present), 2), 1.2 + 0.5 * max(len(present), 2)))
     im = ax.imshow(share, cmap="viridis", vmin=0, vmax=100)
     ax.set_xticks(range(len(present)), [names[c] for c in present], rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(present)), [names[c] for c in present], fontsize=8)
@@ -105,7 +105,7 @@ def association_plot(stats: pd.DataFrame, classes: ClassSet) -> bytes:
                 ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=7,
                         color="white" if share[i, j] < 60 else "black")
     fig.colorbar(im, ax=ax, label="% of row mineral's boundary")
-    ax.set_title("Mineral association (shared boundary)")
+    ax.set_title("Mineral association (shared boundary)", pad=12)
     return _png(fig)
 
 
