@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-size-um", type=float, default=None,
                         help="pixel size when the store has none (or to override it)")
     parser.add_argument("--block", type=int, default=None, help="block edge in pixels (default: the shard shape)")
+    parser.add_argument("--labels", default="minerals",
+                        help="label image to measure under each section's labels/ (default minerals; "
+                             "'truth' for synthetic ground truth)")
     parser.add_argument("--no-report", action="store_true", help="write only the Parquet tables")
 
 
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             non_grain=[int(v) for v in _codes(args.non_grain, "--non-grain")], densities=args.densities,
             size_edges=_codes(args.size_classes, "--size-classes") if args.size_classes else None,
             pixel_size_um=args.pixel_size_um, block=(args.block, args.block) if args.block else None,
-            report=not args.no_report,
+            report=not args.no_report, label_name=args.labels,
         )
     except LodeInputError as exc:
         print(f"lode analyze: {exc}", file=sys.stderr)

@@ -56,7 +56,8 @@ def union_classes(sections: Sequence[Section]) -> ClassSet:
 def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, executor: str = "serial",
                   connectivity: int = 2, non_grain: Sequence[int] = (0,), densities: str | Path | None = None,
                   size_edges: Sequence[float] | None = None, pixel_size_um: float | None = None,
-                  block: tuple[int, int] | None = None, report: bool = True) -> AnalysisResult:
+                  block: tuple[int, int] | None = None, report: bool = True,
+                  label_name: str = "minerals") -> AnalysisResult:
     """Measure every section of ``store`` and write grains.parquet, statistics.parquet and report.html."""
     from schemas.tables import GRAINS_SCHEMA, STATISTICS_SCHEMA
 
@@ -64,7 +65,7 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
     out = Path(out_dir) if out_dir else store.resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     dens = load_densities(densities)
-    sections = open_sections(store)
+    sections = open_sections(store, label_name)
     classes = union_classes(sections)
     lut = grain_lut_for(classes.codes, non_grain)
     grain_codes = [c for c in classes.codes if lut[c]]

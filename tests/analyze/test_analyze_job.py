@@ -63,13 +63,16 @@ def test_ray_executor_equals_serial(two_sections, tmp_path):
     from engine.analyze.collection import analyze_store
 
     store, _ = two_sections
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    own = not ray.is_initialized()  # reuse a session cluster when another fixture started one
     ray_tmp = tempfile.mkdtemp(prefix="lode-ray-")  # short: Ray's socket paths must stay under 107 bytes
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
+    if own:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
     try:
         r_ray = analyze_store(store, tmp_path / "ray_out", executor="ray", report=False, block=(64, 64))
     finally:
-        ray.shutdown()
+        if own:
+            ray.shutdown()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     r_ser = analyze_store(store, tmp_path / "ser_out", executor="serial", report=False)
     a = pq.read_table(r_ray.grains_path).to_pandas()
