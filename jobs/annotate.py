@@ -1,0 +1,173 @@
+"""``lode annotate``: annotation aids.
+
+``lode annotate expand --image IMG --scribbles SCRIB --out LABELS.png`` turns sparse
+scribbles (a PNG of class codes, 255 where nothing is drawn) into a full label map.
+``lode annotate uncertain STORE`` picks the regions of each section where the model is
+least sure, covering at most ``--share`` of the image, and writes a mask PNG and a ranked
+region list (JSON, level-0 pixel boxes) per section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+MAX_PIXELS = 4_000_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    e = sub.add_parser("expand", help="expand sparse scribbles into a full label map through superpixels")
+    e.add_argument("--image", required=True, help="RGB image (PNG/JPEG/TIFF)")
+    e.add_argument("--scribbles", required=True, help="PNG of class codes, --unlabelled where nothing is drawn")
+    e.add_argument("--out", required=True, help="output label PNG (class codes)")
+    e.add_argument("--unlabelled", type=int, default=255, help="scribble value meaning 'not drawn' (default 255)")
+    u = sub.add_parser("uncertain", help="select the most uncertain regions to annotate next")
+    u.add_argument("store", help="segmentation store with per-section 'probabilities'")
+    u.add_argument("--section", action="append", default=None, help="section name (repeatable; default all)")
+    u.add_argument("--share", type=float, default=0.10, help="largest share of the image to select (default 0.10)")
+    u.add_argument("--measure", choices=("least_confidence", "margin", "entropy"), default="least_confidence")
+    u.add_argument("--region-px", type=float, default=150.0, help="mean superpixel size in pixels at the analysed level")
+    u.add_argument("--out", default=None, help="output directory (default: beside the store)")
+
+
+def _write_png(path: Path, array) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)
+
+
+def _read(path: str, flags: int, what: str):
+    import cv2
+
+    from engine.errors import LodeInputError
+
+    if not Path(path).is_file():
+        raise LodeInputError(path, f"no such {what} file")
+    img = cv2.imread(path, flags)
+    if img is None:
+        raise LodeInputError(path, f"cannot decode the {what} image")
+    return img
+
+
+def run_expand(args: argparse.Namespace) -> dict:
+    import cv2
+    import numpy as np
+
+    from engine.analyze.annotate import expand_scribbles
+    from engine.classes import LUMENSTONE_CATALOGUE
+    from engine.errors import LodeInputError
+
+    img = _read(args.image, cv2.IMREAD_COLOR, "image")[..., ::-1].copy()
+    sc = _read(args.scribbles, cv2.IMREAD_UNCHANGED, "scribbles")
+    if sc.ndim != 2 or sc.dtype != np.uint8:
+        raise LodeInputError(args.scribbles, f"scribbles must be a single-channel 8-bit PNG, got {sc.dtype} {sc.shape}")
+    if sc.shape != img.shape[:2]:
+        raise LodeInputError(args.scribbles, f"shape {sc.shape} differs from the image's {img.shape[:2]}")
+    codes = set(np.unique(sc).tolist()) - {args.unlabelled}
+    if not codes:
+        raise LodeInputError(args.scribbles, "holds no scribbles")
+    unknown = sorted(codes - set(LUMENSTONE_CATALOGUE))
+    if unknown:
+        raise LodeInputError(args.scribbles, f"unknown class codes {unknown}")
+    out = expand_scribbles(img, sc, unlabelled=args.unlabelled)
+    _write_png(Path(args.out), out)
+    return {"labels": args.out, "scribbled_share": float((sc != args.unlabelled).mean()),
+            "classes": sorted(int(c) for c in codes)}
+
+
+def _level_arrays(section, max_pixels: int):
+    """Probabilities (c, y, x) and the RGB image (y, x, 3) or None, at the finest level within ``max_pixels``."""
+    import numpy as np
+    import zarr
+
+    from engine.errors import LodeInputError
+
+    node = section.image["probabilities"]
+    levels = sorted(int(k) for k in node.array_keys() if k.isdigit()) if isinstance(node, zarr.Group) else [0]
+    if not levels:
+        raise LodeInputError(f"{section.source}/probabilities", "no probability arrays")
+    H, W = section.shape
+    k = next((k for k in levels if (H >> k) * (W >> k) <= max_pixels), levels[-1])
+    prob_arr = node[str(k)] if isinstance(node, zarr.Group) else node
+    if prob_arr.ndim != 3:
+        raise LodeInputError(f"{section.source}/probabilities", f"expected (c, y, x), got shape {prob_arr.shape}")
+    stride = 1
+    while (prob_arr.shape[1] // stride) * (prob_arr.shape[2] // stride) > max_pixels:
+        stride *= 2
+    prob = np.asarray(prob_arr[:, ::stride, ::stride])
+    img = None
+    if str(k) in section.image and section.image[str(k)].shape[0] == 3:
+        cand = np.asarray(section.image[str(k)][:, ::stride, ::stride]).transpose(1, 2, 0)
+        if cand.shape[:2] == prob.shape[1:] and cand.dtype == np.uint8:
+            img = np.ascontiguousarray(cand)
+    return prob, img, (2 ** k) * stride
+
+
+def run_uncertain(args: argparse.Namespace) -> dict:
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from engine.analyze.annotate import select_uncertain
+    from engine.analyze.sections import open_sections
+    from engine.errors import LodeInputError
+
+    if not 0 < args.share <= 1:
+        raise LodeInputError("--share", f"must be in (0, 1], got {args.share}")
+    store = Path(args.store)
+    out = Path(args.out) if args.out else store.resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    sections = open_sections(store)
+    if args.section:
+        missing = sorted(set(args.section) - {s.name for s in sections})
+        if missing:
+            raise LodeInputError(store, f"no sections {missing}")
+        sections = [s for s in sections if s.name in args.section]
+    report = {}
+    for s in sections:
+        if s.probabilities() is None:
+            raise LodeInputError(s.source, "has no stored probabilities")
+        prob, img, scale = _level_arrays(s, MAX_PIXELS)
+        sel = select_uncertain(prob, args.share, image=img, region_px=args.region_px, measure=args.measure)
+        boxes = ndi.find_objects(sel.regions + 1)
+        sizes = np.bincount(sel.regions.ravel())
+        regions = []
+        for rank, (r, score) in enumerate(zip(sel.ranked, sel.scores)):
+            ys, xs = boxes[r]
+            regions.append({"rank": rank, "score": float(score), "pixels": int(sizes[r] * scale * scale),
+                            "bbox_level0": [ys.start * scale, xs.start * scale, ys.stop * scale, xs.stop * scale]})
+        _write_png(out / f"uncertain_{s.name}.png", sel.mask.astype(np.uint8) * 255)
+        doc = {"section": s.name, "measure": args.measure, "share": sel.share, "downsample": scale,
+               "mask": f"uncertain_{s.name}.png", "regions": regions}
+        path = out / f"uncertain_{s.name}.json"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+        report[s.name] = {"share": sel.share, "regions": len(regions), "json": str(path)}
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.errors import LodeInputError
+
+    try:
+        result = run_expand(args) if args.action == "expand" else run_uncertain(args)
+    except LodeInputError as exc:
+        print(f"lode annotate {args.action}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    from jobs._entry import run_module
+
+    run_module(sys.modules[__name__])

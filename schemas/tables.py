@@ -1,0 +1,72 @@
+"""pyarrow schemas of the tables written by ``lode analyze``.
+
+``grains.parquet`` holds one row per grain (a connected region of one mineral);
+``statistics.parquet`` is a long table: one row per (scope, section, statistic,
+class[, other class | size class]) with a single ``value``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+GRAINS_SCHEMA = pa.schema(
+    [
+        pa.field("section", pa.string(), nullable=False),
+        pa.field("grain_id", pa.int64(), nullable=False),
+        pa.field("class_code", pa.uint8(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("area_px", pa.int64(), nullable=False),
+        pa.field("area_um2", pa.float64()),
+        pa.field("ecd_px", pa.float64(), nullable=False),
+        pa.field("ecd_um", pa.float64()),
+        pa.field("perimeter_px", pa.float64(), nullable=False),
+        pa.field("perimeter_um", pa.float64()),
+        pa.field("feret_max_px", pa.float64(), nullable=False),
+        pa.field("feret_min_px", pa.float64(), nullable=False),
+        pa.field("feret_max_um", pa.float64()),
+        pa.field("feret_min_um", pa.float64()),
+        pa.field("centroid_y_px", pa.float64(), nullable=False),
+        pa.field("centroid_x_px", pa.float64(), nullable=False),
+        pa.field("bbox_y0", pa.int64(), nullable=False),
+        pa.field("bbox_x0", pa.int64(), nullable=False),
+        pa.field("bbox_y1", pa.int64(), nullable=False),
+        pa.field("bbox_x1", pa.int64(), nullable=False),
+        pa.field("touches_edge", pa.bool_(), nullable=False),
+        pa.field("touches_ore", pa.bool_(), nullable=False),
+        pa.field("pixel_size_um", pa.float64()),
+    ],
+    metadata={
+        "description": "one row per grain; bbox is half-open [y0, y1) x [x0, x1) in level-0 pixels; "
+        "perimeter is the 4-direction Crofton estimate; Feret diameters span pixel corners; "
+        "touches_ore: the grain shares a boundary with another ore mineral; "
+        "*_um columns are null when the section has no physical pixel size",
+    },
+)
+
+STATISTICS_SCHEMA = pa.schema(
+    [
+        pa.field("scope", pa.string(), nullable=False),
+        pa.field("section", pa.string()),
+        pa.field("statistic", pa.string(), nullable=False),
+        pa.field("class_code", pa.int16(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("other_code", pa.int16()),
+        pa.field("other_name", pa.string()),
+        pa.field("size_lo", pa.float64()),
+        pa.field("size_hi", pa.float64()),
+        pa.field("unit", pa.string()),
+        pa.field("value", pa.float64(), nullable=False),
+    ],
+    metadata={
+        "description": "scope is 'section' (section set) or 'collection' (section null). statistic is one of "
+        "area_px, area_fraction, weight_percent, grain_count, mean_ecd, size_count, size_area_fraction "
+        "(size_lo <= ECD < size_hi), boundary_length (shared boundary of the class/other pair, each "
+        "unordered pair once with class_code < other_code), liberation (share of the class's grain area in grains "
+        "touching no other ore mineral)",
+    },
+)
+
+STATISTICS = (
+    "area_px", "area_fraction", "weight_percent", "grain_count", "mean_ecd",
+    "size_count", "size_area_fraction", "boundary_length", "liberation",
+)
