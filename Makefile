@@ -5,7 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lode-installed
 OUT ?= demo_out
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv sysdeps demo test test-all bench clean
+
+# Headless Chromium renders report.html in the report test (Debian package).
+sysdeps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian) for the report test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,10 +26,10 @@ venv: $(STAMP)
 demo: venv
 	$(VENV)/bin/lode demo --out $(OUT)
 
-test: venv
+test: venv sysdeps
 	$(PY) -m pytest -q -m "not slow" --durations=15
 
-test-all: venv
+test-all: venv sysdeps
 	$(PY) -m pytest -q --durations=25
 
 bench: venv

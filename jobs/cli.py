@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("jobs.synth", "generate synthetic sections, collections and panoramas with exact truth"),
     "segment": ("jobs.segment", "segment panoramas or image folders into mineral label images"),
     "train": ("jobs.train", "train a segmentation model with Ray Train"),
+    "analyze": ("jobs.analyze", "grain table, modal statistics and HTML report of a segmentation store"),
+    "annotate": ("jobs.annotate", "annotation aids: expand scribbles to a label map, pick uncertain regions"),
     "bench": ("jobs.bench", "run every benchmark and write a Markdown report"),
 }
 
