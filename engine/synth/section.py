@@ -133,12 +133,13 @@ class Section:
         grains.sort(key=lambda g: g.priority)
         return grains
 
-    def labels(self, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        """Class codes and a per-pixel grain id (0 = background) for the window."""
+    def labels(self, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Class codes, a per-pixel grain id (0 = background) and each id's colour tint (ids+1, 3)."""
         lab = np.zeros((h, w), np.uint8)
         gid = np.zeros((h, w), np.int32)
-        self._tints: dict[int, tuple[float, float, float]] = {}
-        for i, g in enumerate(self.grains_near(y0, x0, h, w), start=1):
+        grains = self.grains_near(y0, x0, h, w)
+        tints = np.zeros((len(grains) + 1, 3), np.float32)
+        for i, g in enumerate(grains, start=1):
             rmax = g.radius * (1 + sum(abs(a) for a, _ in g.harmonics))
             ya, yb = int(max(math.floor(g.cy - rmax), y0)), int(min(math.ceil(g.cy + rmax) + 1, y0 + h))
             xa, xb = int(max(math.floor(g.cx - rmax), x0)), int(min(math.ceil(g.cx + rmax) + 1, x0 + w))
@@ -153,20 +154,17 @@ class Section:
             inside = yy * yy + xx * xx <= (g.radius * rad) ** 2
             lab[ya - y0:yb - y0, xa - x0:xb - x0][inside] = g.code
             gid[ya - y0:yb - y0, xa - x0:xb - x0][inside] = i
-            self._tints[i] = g.tint
-        return lab, gid
+            tints[i] = g.tint
+        return lab, gid, tints
 
     def render(self, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.spec
         halo = 12
-        lab_h, gid_h = self.labels(y0 - halo, x0 - halo, h + 2 * halo, w + 2 * halo)
+        lab_h, gid_h, tints = self.labels(y0 - halo, x0 - halo, h + 2 * halo, w + 2 * halo)
         lut = np.zeros((256, 3), np.float32)
         for code, rgb in s.colors.items():
             lut[code] = rgb
         rgb = lut[lab_h].copy()
-        tints = np.zeros((int(gid_h.max()) + 1, 3), np.float32)
-        for i, t in self._tints.items():
-            tints[i] = t
         rgb *= 1.0 + tints[gid_h]
         edges = (cv2.morphologyEx(gid_h.astype(np.float32), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0)
         dist = cv2.distanceTransform((~edges).astype(np.uint8), cv2.DIST_L2, 3)

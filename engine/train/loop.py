@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.classes import ClassSet
+from engine.classes import LUMENSTONE, ClassSet
 from engine.segment.checkpoint import ModelCard, save_checkpoint
 from engine.train.data import channel_stats, codes_present, load_split, random_patches
 from schemas.config import TrainConfig
@@ -50,7 +50,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     mean = torch.tensor(card.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(card.std, device=device).view(1, -1, 1, 1)
     log_every = max(1, cfg.steps // 20)
-    running = []
+    running: list[float] = []
+    first_loss = None
     t0 = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         xs, ys = random_patches(samples, lut, cfg.patch, local_batch, rng)
@@ -66,9 +67,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
         running.append(loss.item())
         if step % log_every == 0 or step == cfg.steps:
             avg = float(np.mean(running))
+            first_loss = avg if first_loss is None else first_loss
             sched.step(avg)
             running = []
-            metrics = {"step": step, "loss": avg, "lr": opt.param_groups[0]["lr"],
+            metrics = {"step": step, "loss": avg, "first_loss": first_loss, "lr": opt.param_groups[0]["lr"],
                        "seconds": time.perf_counter() - t0}
             if step == cfg.steps and rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -101,10 +103,12 @@ def train(cfg: TrainConfig) -> Path:
 
     from engine.runtime import init_ray
 
-    samples = load_split(cfg.data, "train")
-    codes = cfg.classes or codes_present(samples)
-    classes = ClassSet.from_codes(codes, source=f"{cfg.data} masks")
-    load_split(cfg.data, "train", classes)
+    if cfg.classes:
+        classes = ClassSet.from_codes(cfg.classes, source="--classes")
+        samples = load_split(cfg.data, "train", classes)
+    else:
+        samples = load_split(cfg.data, "train", LUMENSTONE)
+        classes = ClassSet.from_codes(codes_present(samples))
     mean, std = channel_stats(samples)
     card = ModelCard(arch=cfg.arch, encoder=cfg.encoder, classes=classes.to_dicts(), mean=mean, std=std,
                      window=cfg.window, overlap=cfg.overlap, reference_colors=reference_colors(samples, classes),

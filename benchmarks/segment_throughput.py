@@ -1,0 +1,253 @@
+"""Segmentation throughput: the Lode engine against the bare model and MONAI, side by side.
+
+    python -m benchmarks.segment_throughput --json OUT [--size HxW] [--classes N]
+
+On one synthetic panorama and one model (PSPNet-ResNet18 by default, random weights:
+throughput does not depend on them), measures in one run:
+
+- ``engine_mpx_s``: the whole Lode job (read blocks, segment, blend, write the OME-Zarr store),
+  unique panorama megapixels per second, Ray already started;
+- ``bare_model_mpx_s``: the model alone over the same global windows, pre-batched in memory;
+- ``monai_mpx_s``: MONAI ``sliding_window_inference`` (gaussian) over the whole image in memory;
+- ``max_abs_prob_diff_vs_monai``: engine probabilities (a second engine run storing float32
+  probabilities) against MONAI's;
+- peak memory of the engine (all Ray processes: sum of RSS and of PSS over the process tree)
+  and of MONAI. Each part runs in its own subprocess so peaks do not mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _tree_memory(pid: int) -> tuple[float, float]:
+    import psutil
+
+    rss = pss = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0, 0.0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return rss / 2**20, pss / 2**20
+
+
+class PeakSampler:
+    """Samples the memory of this process and all its descendants in a thread."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.peak_rss = self.peak_pss = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss, pss = _tree_memory(os.getpid())
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _setup(work: Path, h: int, w: int, classes: int, arch: str, encoder: str, window: int, overlap: float) -> None:
+    import torch
+
+    from engine.classes import LUMENSTONE, ClassSet
+    from engine.io.ome import PyramidLayout
+    from engine.segment.checkpoint import ModelCard, save_checkpoint
+    from engine.segment.models import create_model
+    from engine.synth import SectionSpec, write_panorama
+
+    if classes > len(LUMENSTONE):
+        raise SystemExit(f"--classes at most {len(LUMENSTONE)}")
+    cs = ClassSet(LUMENSTONE.classes[:classes], name="bench")
+    torch.manual_seed(0)
+    model = create_model(arch, encoder, 3, classes)
+    save_checkpoint(work / "model.pt", model, ModelCard(arch=arch, encoder=encoder, classes=cs.to_dicts(),
+                                                        window=window, overlap=overlap))
+    write_panorama(work / "pano.zarr", "bench", h, w, SectionSpec(seed=7), PyramidLayout((1024, 1024), 512, 3))
+
+
+def _load(work: Path):
+    import zarr
+
+    from engine.segment.checkpoint import load_checkpoint
+
+    model, card = load_checkpoint(work / "model.pt")
+    img = zarr.open_group(str(work / "pano.zarr"), mode="r")["bench/0"][:]
+    return model, card, img
+
+
+def _normalised(img: np.ndarray, card):
+    import torch
+
+    mean = torch.tensor(card.mean).view(-1, 1, 1)
+    std = torch.tensor(card.std).view(-1, 1, 1)
+    return (torch.from_numpy(img).float() / 255 - mean) / std
+
+
+def part_bare(work: Path, batch: int) -> dict:
+    import torch
+
+    from engine.tiling.grid import WindowGrid
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model, card, img = _load(work)
+    h, w = img.shape[1:]
+    grid = WindowGrid(h, w, card.window, card.overlap)
+    starts = [(y, x) for y in grid.ys for x in grid.xs]
+    x = _normalised(img, card)
+    batches = [torch.stack([x[:, y:y + card.window, xx:xx + card.window] for y, xx in starts[i:i + batch]])
+               for i in range(0, len(starts), batch)]
+    del x
+    with torch.inference_mode():
+        model(batches[0][:1])
+        t = time.perf_counter()
+        for b in batches:
+            torch.softmax(model(b), 1)
+        dt = time.perf_counter() - t
+    return {"bare_model_s": dt, "bare_model_mpx_s": h * w / 1e6 / dt, "windows": len(starts)}
+
+
+def part_monai(work: Path, batch: int) -> dict:
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    with PeakSampler() as mem:
+        model, card, img = _load(work)
+        h, w = img.shape[1:]
+        x = _normalised(img, card)[None]
+        with torch.inference_mode():
+            model(x[:, :, :card.window, :card.window])
+            t = time.perf_counter()
+            probs = sliding_window_inference(x, (card.window, card.window), batch,
+                                             lambda v: torch.softmax(model(v), 1), overlap=card.overlap,
+                                             mode="gaussian")[0].numpy()
+            dt = time.perf_counter() - t
+        np.save(work / "monai_probs.npy", probs)
+    return {"monai_s": dt, "monai_mpx_s": h * w / 1e6 / dt, "monai_peak_rss_mb": mem.peak_rss}
+
+
+def part_engine(work: Path, batch: int, probabilities: str, out_name: str) -> dict:
+    import ray
+
+    from engine.runtime import init_ray
+    from engine.segment.pipeline import run_segmentation
+    from schemas.config import SegmentConfig
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    with PeakSampler() as mem:
+        init_ray()
+        cfg = SegmentConfig(inputs=[str(work / "pano.zarr")], out=str(work / out_name),
+                            checkpoint=str(work / "model.pt"), batch_size=batch, probabilities=probabilities)
+        t = time.perf_counter()
+        manifest = run_segmentation(cfg)
+        dt = time.perf_counter() - t
+        ray.shutdown()
+    import zarr
+
+    arr = zarr.open_group(str(work / "pano.zarr"), mode="r")["bench/0"]
+    h, w = arr.shape[1:]
+    windows = sum(b.get("windows", 0) for b in manifest["blocks"])
+    return {"engine_s": dt, "engine_mpx_s": h * w / 1e6 / dt, "engine_peak_rss_mb": mem.peak_rss,
+            "engine_peak_pss_mb": mem.peak_pss, "engine_windows": windows, "blocks": len(manifest["blocks"])}
+
+
+def _run_part(part: str, work: Path, batch: int, extra: list[str] | None = None) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.segment_throughput", "--part", part, "--work", str(work),
+           "--batch-size", str(batch), *(extra or [])]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"part {part} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--size", default="4096x4096", help="HxW of the synthetic panorama")
+    ap.add_argument("--classes", type=int, default=15)
+    ap.add_argument("--arch", default="pspnet")
+    ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--overlap", type=float, default=0.25)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--engine-only", action="store_true", help="only the engine (e.g. memory at 12000×8000)")
+    ap.add_argument("--part", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--probabilities", default="none", help=argparse.SUPPRESS)
+    ap.add_argument("--out-name", default="engine_out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.part:
+        work = Path(args.work)
+        fn = {"bare": lambda: part_bare(work, args.batch_size), "monai": lambda: part_monai(work, args.batch_size),
+              "engine": lambda: part_engine(work, args.batch_size, args.probabilities, args.out_name)}[args.part]
+        print(json.dumps(fn()))
+        return 0
+
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory(prefix="lode-bench-") as tmp:
+        work = Path(tmp)
+        t = time.perf_counter()
+        _setup(work, h, w, args.classes, args.arch, args.encoder, args.window, args.overlap)
+        res: dict = {"benchmark": "segment_throughput", "size": [h, w], "classes": args.classes, "arch": args.arch,
+                     "encoder": args.encoder, "window": args.window, "overlap": args.overlap,
+                     "batch_size": args.batch_size, "setup_s": time.perf_counter() - t,
+                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                 "device": _device()}}
+        res.update(_run_part("engine", work, args.batch_size))
+        if not args.engine_only:
+            res.update(_run_part("bare", work, args.batch_size))
+            res.update(_run_part("monai", work, args.batch_size))
+            check = _run_part("engine", work, args.batch_size, ["--probabilities", "float32", "--out-name", "check"])
+            import zarr
+
+            probs = zarr.open_group(str(work / "check" / "lode.ome.zarr"), mode="r")["bench/probabilities/0"][:]
+            monai = np.load(work / "monai_probs.npy", mmap_mode="r")
+            res["max_abs_prob_diff_vs_monai"] = float(np.abs(probs - monai).max())
+            res["argmax_identical_vs_monai"] = bool(np.array_equal(probs.argmax(0), monai.argmax(0)))
+            res["engine_vs_bare"] = res["engine_mpx_s"] / res["bare_model_mpx_s"]
+            res["engine_vs_monai"] = res["engine_mpx_s"] / res["monai_mpx_s"]
+            res["redundant_window_fraction"] = res["engine_windows"] / res["windows"] - 1
+    print(json.dumps(res, indent=1))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

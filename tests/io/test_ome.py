@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+import zarr
+
+from engine.classes import LUMENSTONE
+from engine.io.ome import PyramidLayout, create_image, create_labels, downsample, write_block
+
+
+def test_pyramid_levels_are_block_means_and_label_samples(tmp_path):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    lay = PyramidLayout((64, 128), chunk=32, levels=3)
+    img = create_image(root, "a", (3, 150, 300), lay)
+    lab = create_labels(img, "minerals", LUMENSTONE, lay)
+    rng = np.random.default_rng(0)
+    full = rng.integers(0, 255, (3, 150, 300), dtype=np.uint8)
+    labels = rng.integers(0, 15, (150, 300), dtype=np.uint8)
+    for y0 in range(0, 150, 64):
+        for x0 in range(0, 300, 128):
+            write_block(img, full[:, y0:y0 + 64, x0:x0 + 128], y0, x0, "image")
+            write_block(lab, labels[y0:y0 + 64, x0:x0 + 128], y0, x0, "label")
+    assert np.array_equal(img["0"][:], full)
+    level1 = np.rint(full.reshape(3, 75, 2, 150, 2).astype(np.float32).mean(axis=(2, 4))).astype(np.uint8)
+    assert np.array_equal(img["1"][:], level1)
+    assert np.array_equal(lab["2"][:], labels[::4, ::4])
+    assert img["2"].shape == (3, 38, 75)
+
+
+def test_write_refuses_blocks_off_the_grid(tmp_path):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    img = create_image(root, "a", (1, 100, 100), PyramidLayout((32, 32), 16, 2))
+    with pytest.raises(ValueError, match="block grid"):
+        write_block(img, np.zeros((1, 32, 32), np.uint8), 16, 0, "image")
+    with pytest.raises(ValueError, match="does not fill"):
+        write_block(img, np.zeros((1, 16, 32), np.uint8), 0, 0, "image")
+
+
+def test_downsample_odd_edges_replicate():
+    a = np.arange(9, dtype=np.uint8).reshape(1, 3, 3)
+    assert downsample(a, "image").shape == (1, 2, 2)
+    assert downsample(a, "image")[0, 1, 1] == 8
