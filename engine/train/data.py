@@ -43,7 +43,7 @@ def load_split(root: str | Path, split: str, classes: ClassSet | None = None) ->
         if allowed is not None:
             unknown = sorted(set(np.unique(mask).tolist()) - allowed)
             if unknown:
-                raise LodeInputError(mp, f"unknown class codes {unknown} (class set: {sorted(allowed)})")
+                raise LodeInputError(mp, f"unknown class code{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))} (class set: {sorted(allowed)})")
         out.append(Sample(ip.stem, img, mask))
     return out
 
