@@ -67,23 +67,31 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> Mode
     return card
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Rebuild the model from a checkpoint; errors name the file."""
-    path = Path(path)
+def _read(path: Path) -> tuple[dict, ModelCard]:
     if not path.is_file():
         raise LodeInputError(path, "checkpoint not found")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         card = ModelCard.model_validate(blob["card"])
         state = blob["state_dict"]
-    except LodeInputError:
-        raise
     except Exception as exc:
         raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
-    classes = card.class_set(source=str(path))
+    card.class_set(source=str(path))
     if len(card.channels) != card.in_channels or len(card.mean) != card.in_channels or len(card.std) != card.in_channels:
         raise LodeInputError(path, f"model card channels/mean/std do not match in_channels={card.in_channels}")
-    model = create_model(card.arch, card.encoder, card.in_channels, len(classes))
+    return state, card
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The validated model card of a checkpoint, without building the model."""
+    return _read(Path(path))[1]
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Rebuild the model from a checkpoint; errors name the file."""
+    path = Path(path)
+    state, card = _read(path)
+    model = create_model(card.arch, card.encoder, card.in_channels, len(card.classes))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

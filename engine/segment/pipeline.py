@@ -21,7 +21,7 @@ from engine.errors import LodeInputError
 from engine.io.manifest import BlockStatus, RunManifest
 from engine.io.ome import PyramidLayout, create_image, create_labels, labels_of, layout_of, write_block
 from engine.io.sources import SectionSource, discover
-from engine.segment.checkpoint import ModelCard, load_checkpoint
+from engine.segment.checkpoint import ModelCard, load_checkpoint, read_card
 from engine.segment.predictor import PaddedGrid
 from engine.tiling.grid import Block, auto_block, block_grid
 from schemas.config import SegmentConfig
@@ -113,17 +113,15 @@ class SegmentActor:
                   int(batch["w"][0]))
         ry0, rx0 = int(batch["ry0"][0]), int(batch["rx0"][0])
         before = self.predictor.windows_run
-        probs, idx = self.predictor.predict(region, (ry0, rx0), (int(batch["height"][0]), int(batch["width"][0])),
-                                            b, self.num_classes)
+        idx, probs = self.predictor.predict(region, (ry0, rx0), (int(batch["height"][0]), int(batch["width"][0])),
+                                            b, self.num_classes,
+                                            None if self.probabilities == "none" else self.probabilities)
         out = {k: batch[k] for k in ("section", "key", "index", "y0", "x0", "h", "w")}
-        out["labels"] = self.codes[idx.cpu().numpy()][None]
+        out["labels"] = self.codes[idx][None]
         oy, ox = b.y0 - ry0, b.x0 - rx0
         out["image"] = np.ascontiguousarray(region[:, oy:oy + b.h, ox:ox + b.w])[None]
-        if self.probabilities != "none":
-            p = probs.cpu().numpy()
-            if self.probabilities == "uint8":
-                p = np.rint(p * 255).astype(np.uint8)
-            out["probabilities"] = p.astype(self.probabilities)[None]
+        if probs is not None:
+            out["probabilities"] = probs[None]
         out["windows"] = np.array([self.predictor.windows_run - before])
         out["seconds"] = np.array([time.perf_counter() - t0])
         return out
@@ -221,7 +219,7 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     from engine.runtime import has_gpu, init_ray
 
     t_start = time.perf_counter()
-    _, card = load_checkpoint(cfg.checkpoint)
+    card = read_card(cfg.checkpoint)
     sources, layouts, window, overlap = plan(cfg, card)
     manifest = RunManifest(cfg.out)
     manifest.check_writable()

@@ -92,16 +92,21 @@ class BlockPredictor:
         return out
 
     def predict(self, region: np.ndarray, origin: tuple[int, int], image_size: tuple[int, int],
-                block: Block, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+                block: Block, num_classes: int, probabilities: str | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
         """Blend every window touching ``block``.
 
         Args:
             region: ``(c, rh, rw)`` uint8 image pixels starting at image coordinates ``origin``
                 and covering ``PaddedGrid.input_region(block)``.
             image_size: full image ``(height, width)``.
+            probabilities: ``None``, or the dtype to return blended probabilities in
+                (``uint8`` quantises ×255).
 
         Returns:
-            ``(probabilities (classes, h, w) float32, labels (h, w) int64 channel index)`` on the device.
+            ``labels (h, w) uint8`` (channel index of the most probable class) and the
+            probabilities ``(classes, h, w)`` or ``None``. Only a window-wide slab of
+            float accumulators lives at any time.
         """
         pg = PaddedGrid(image_size[0], image_size[1], self.window, self.overlap)
         py, px = pg.pad
@@ -111,7 +116,8 @@ class BlockPredictor:
         ys, xs = pg.grid.touching(by0, by1, bx0, bx1)
         reg = torch.from_numpy(np.array(region, copy=True)).to(self.device)
 
-        probs = torch.empty((num_classes, block.h, block.w), dtype=torch.float32, device=self.device)
+        labels = np.empty((block.h, block.w), np.uint8)
+        probs = None if probabilities is None else np.empty((num_classes, block.h, block.w), probabilities)
         acc = torch.zeros((num_classes, block.h, w), dtype=torch.float32, device=self.device)
         cnt = torch.zeros((block.h, w), dtype=torch.float32, device=self.device)
         for j, sx in enumerate(xs):
@@ -129,7 +135,12 @@ class BlockPredictor:
             nxt = xs[j + 1] if j + 1 < len(xs) else bx1
             f0, f1 = max(sx, bx0), min(nxt, bx1)
             if f1 > f0:
-                probs[:, :, f0 - bx0:f1 - bx0] = acc[:, :, f0 - sx:f1 - sx] / cnt[:, f0 - sx:f1 - sx]
+                slab = acc[:, :, f0 - sx:f1 - sx] / cnt[:, f0 - sx:f1 - sx]
+                labels[:, f0 - bx0:f1 - bx0] = slab.argmax(dim=0).to(torch.uint8).cpu().numpy()
+                if probs is not None:
+                    if probabilities == "uint8":
+                        slab = torch.round(slab * 255)
+                    probs[:, :, f0 - bx0:f1 - bx0] = slab.cpu().numpy().astype(probabilities)
             shift = nxt - sx
             if shift < w:
                 acc[:, :, :w - shift] = acc[:, :, shift:].clone()
@@ -139,4 +150,4 @@ class BlockPredictor:
             else:
                 acc.zero_()
                 cnt.zero_()
-        return probs, probs.argmax(dim=0)
+        return labels, probs

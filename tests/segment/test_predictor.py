@@ -30,8 +30,8 @@ def test_blocked_equals_monai(h, w, window, overlap, block):
     pg = PaddedGrid(h, w, window, overlap)
     for b in block_grid(h, w, block):
         y0, y1, x0, x1 = pg.input_region(b)
-        p, lab = pred.predict(img[:, y0:y1, x0:x1], (y0, x0), (h, w), b, 5)
-        out[:, b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] = p
-        labels[b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] = lab
+        lab, p = pred.predict(img[:, y0:y1, x0:x1], (y0, x0), (h, w), b, 5, "float32")
+        out[:, b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] = torch.from_numpy(p)
+        labels[b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] = torch.from_numpy(lab.astype(np.int64))
     assert (out - ref).abs().max().item() <= 1e-4
     assert torch.equal(labels, ref.argmax(0))
