@@ -1,8 +1,9 @@
 """The segmentation job as a Ray Data pipeline.
 
-block descriptors → read block + halo (CPU read tasks) → windows, model, blend
-(actor pool, GPU when the cluster has one) → whole-shard writes (Datasink), each
-block recorded as done only after its shards are written. Reruns skip done blocks.
+block descriptors → read block + halo, stage the block's image shards (CPU read tasks)
+→ windows, model, blend (actor pool, GPU when the cluster has one) → whole-shard label
+writes (Datasink). A block is recorded as done only after all its shards are written;
+reruns skip done blocks.
 """
 
 from __future__ import annotations
@@ -52,12 +53,17 @@ def _table(row: dict[str, Any]):
     return pa.table(cols)
 
 
-def read_block(task: BlockTask, window: int, overlap: float) -> dict[str, Any]:
+def read_block(task: BlockTask, window: int, overlap: float, copy_to: str | None) -> dict[str, Any]:
+    """Read a block plus the halo its windows need; optionally stage the block's image shards
+    into the output store (the block is only marked done once its labels are written too)."""
     src, b = task.source, task.block
     y0, y1, x0, x1 = PaddedGrid(src.height, src.width, window, overlap).input_region(b)
     region = src.read(y0, y1, x0, x1)
     if region.shape[0] != src.channels:
         raise LodeInputError(src.path, f"expected {src.channels} channels, read {region.shape[0]}")
+    if copy_to is not None:
+        oy, ox = b.y0 - y0, b.x0 - x0
+        write_block(_open_out(copy_to)[src.section], region[:, oy:oy + b.h, ox:ox + b.w], b.y0, b.x0, "image")
     return {"section": src.section, "key": b.key, "index": b.index, "y0": b.y0, "x0": b.x0, "h": b.h, "w": b.w,
             "ry0": y0, "rx0": x0, "height": src.height, "width": src.width, "region": region}
 
@@ -65,7 +71,7 @@ def read_block(task: BlockTask, window: int, overlap: float) -> dict[str, Any]:
 class BlockDatasource:
     """Ray Data source: one read task per pending block, yielding its pixels plus halo."""
 
-    def __new__(cls, tasks: list[BlockTask], window: int, overlap: float):
+    def __new__(cls, tasks: list[BlockTask], window: int, overlap: float, copy_to: str | None = None):
         from ray.data.datasource import Datasource, ReadTask
         from ray.data.block import BlockMetadata
 
@@ -78,7 +84,7 @@ class BlockDatasource:
                 for t in tasks:
                     size = t.source.channels * (t.block.h + window) * (t.block.w + window)
                     meta = BlockMetadata(num_rows=1, size_bytes=size, input_files=None, exec_stats=None)
-                    out.append(ReadTask(lambda t=t: [_table(read_block(t, window, overlap))], meta,
+                    out.append(ReadTask(lambda t=t: [_table(read_block(t, window, overlap, copy_to))], meta,
                                         per_task_row_limit=per_task_row_limit))
                 return out
 
@@ -118,8 +124,6 @@ class SegmentActor:
                                             None if self.probabilities == "none" else self.probabilities)
         out = {k: batch[k] for k in ("section", "key", "index", "y0", "x0", "h", "w")}
         out["labels"] = self.codes[idx][None]
-        oy, ox = b.y0 - ry0, b.x0 - rx0
-        out["image"] = np.ascontiguousarray(region[:, oy:oy + b.h, ox:ox + b.w])[None]
         if probs is not None:
             out["probabilities"] = probs[None]
         out["windows"] = np.array([self.predictor.windows_run - before])
@@ -130,7 +134,7 @@ class SegmentActor:
 class ShardSink:
     """Ray Data sink writing whole shards of every pyramid level, then the block's status."""
 
-    def __new__(cls, out: str, copy_image: bool):
+    def __new__(cls, out: str):
         from ray.data.datasource import Datasink
 
         class _Sink(Datasink):
@@ -142,7 +146,7 @@ class ShardSink:
                 store = _open_out(out)
                 for blk in blocks:
                     for row in BlockAccessor.for_block(blk).iter_rows(public_row_format=False):
-                        done.append(_write_row(store, out, dict(row), copy_image))
+                        done.append(_write_row(store, out, dict(row)))
                 return done
 
             def get_name(self) -> str:
@@ -157,12 +161,10 @@ def _open_out(out: str):
     return zarr.open_group(str(Path(out) / STORE_NAME), mode="r+")
 
 
-def _write_row(store, out: str, row: dict[str, Any], copy_image: bool) -> str:
+def _write_row(store, out: str, row: dict[str, Any]) -> str:
     section, key = str(row["section"]), str(row["key"])
     y0, x0 = int(row["y0"]), int(row["x0"])
     img = store[section]
-    if copy_image:
-        write_block(img, np.asarray(row["image"]), y0, x0, "image")
     write_block(labels_of(img, LABELS), np.asarray(row["labels"]), y0, x0, "label")
     if row.get("probabilities") is not None:
         write_block(img[PROBABILITIES], np.asarray(row["probabilities"]), y0, x0, "image")
@@ -243,7 +245,9 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         gpu = cfg.device == "cuda" or (cfg.device == "auto" and has_gpu())
         n_actors = cfg.num_actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
         device = "cuda" if gpu else "cpu"
-        ds = ray.data.read_datasource(BlockDatasource(tasks, window, overlap), override_num_blocks=len(tasks))
+        out_abs = str(Path(cfg.out).resolve())
+        ds = ray.data.read_datasource(BlockDatasource(tasks, window, overlap, out_abs if cfg.copy_image else None),
+                                      override_num_blocks=len(tasks))
         ds = ds.map_batches(
             SegmentActor,
             fn_constructor_kwargs=dict(checkpoint=str(Path(cfg.checkpoint).resolve()), window=window, overlap=overlap,
@@ -252,7 +256,7 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
             compute=ray.data.ActorPoolStrategy(size=n_actors),
             batch_size=1, batch_format="numpy", num_gpus=1 if gpu else 0, num_cpus=0.5 if not gpu else 1,
         )
-        ds.write_datasink(ShardSink(str(Path(cfg.out).resolve()), cfg.copy_image))
+        ds.write_datasink(ShardSink(out_abs))
     timings = {"plan_s": t_ray - t_start, "pipeline_s": time.perf_counter() - t_ray,
                "total_s": time.perf_counter() - t_start}
     return manifest.finish(timings, expected=[f"{s.section}/{b.key}" for s in sources
