@@ -18,7 +18,8 @@ def test_area_maps_equal_brute_force_patch_counts():
     for cy, cx in [(8, 8), (20, 33), (48, 71), (56, 40)]:
         for i in range(3):
             assert maps[i, cy, cx] == (mask[cy - 8:cy + 8, cx - 8:cx + 8] == i).sum()
-    assert maps[:, :8, :].sum() == 0 and maps[:, :, 72:].sum() == 0 and maps[:, 57:, :].sum() == 0
+    assert maps[:, :8, :].sum() == 0 and maps[:, :, 73:].sum() == 0 and maps[:, 57:, :].sum() == 0
+    assert maps[:, 8, 8].sum() == 256 and maps[:, 56, 72].sum() == 256
 
 
 def test_two_seeds_share_no_patch():
