@@ -179,8 +179,12 @@ def _robust(arr, max_samples: int = 2_000_000) -> tuple[float, float]:
 
 
 def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, block: int = 512, sigma: float = 0.0,
-              attrs: dict | None = None, progress=None) -> Path:
-    """Write component maps and ``prospectivity`` (northing, easting) to zarr store ``out``."""
+              attrs: dict | None = None, progress=None, max_blocks: int | None = None) -> Path:
+    """Write component maps and ``prospectivity`` (northing, easting) to zarr store ``out``.
+
+    ``max_blocks`` scores only the first blocks (row-major) and leaves the rest NaN:
+    for measuring time and memory per block on large regions.
+    """
     stack = open_stack(stack_path)
     h, w = stack.shape
     out = Path(out)
@@ -196,7 +200,7 @@ def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, blo
                                  dimension_names=("northing", "easting"))
             for n in names + [SCORE]
         }
-        blocks = [(y, x) for y in range(0, h, block) for x in range(0, w, block)]
+        blocks = [(y, x) for y in range(0, h, block) for x in range(0, w, block)][:max_blocks]
         for i, (y, x) in enumerate(blocks):
             comps = score_block(stack, scorer, y, min(h, y + block), x, min(w, x + block), sigma)
             for n, c in zip(names, comps):

@@ -95,6 +95,13 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float
     return big
 
 
+def _lookup(table: dict[int, float], codes: np.ndarray) -> np.ndarray:
+    lut = np.zeros(max(table) + 1, dtype=np.float32)
+    for k, v in table.items():
+        lut[k] = v
+    return lut[codes]
+
+
 def _geology(rng: np.random.Generator, n: int) -> np.ndarray:
     fields = np.stack([_smooth_field(rng, (n, n), 96.0) for _ in UNITS])
     fields[FAVOURABLE_UNIT - 1] += 0.15
@@ -221,12 +228,12 @@ def synth_region(
 
     log10 = {}
     for el in ELEMENTS:
-        base = np.vectorize(_UNIT_LOG10[el].get, otypes=[np.float32])(geology)
+        base = _lookup(_UNIT_LOG10[el], geology)
         log10[el] = base + 0.18 * _smooth_field(rng, (n, n), 40.0) + 0.05 * rng.standard_normal((n, n)).astype(np.float32)
-    mag = np.vectorize(_UNIT_MAG.get, otypes=[np.float32])(geology)
+    mag = _lookup(_UNIT_MAG, geology)
     mag = ndimage.gaussian_filter(mag, 3.0) + 60.0 * _smooth_field(rng, (n, n), 120.0) + 25.0 * _smooth_field(rng, (n, n), 12.0)
-    k = np.vectorize(_UNIT_K.get, otypes=[np.float32])(geology) + 0.25 * _smooth_field(rng, (n, n), 30.0)
-    th = np.vectorize(_UNIT_TH.get, otypes=[np.float32])(geology) + 1.5 * _smooth_field(rng, (n, n), 30.0)
+    k = _lookup(_UNIT_K, geology) + 0.25 * _smooth_field(rng, (n, n), 30.0)
+    th = _lookup(_UNIT_TH, geology) + 1.5 * _smooth_field(rng, (n, n), 30.0)
     continuous = {**log10, "mag": mag, "K": k}
 
     for r, c in deposits:
