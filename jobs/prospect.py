@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--stack", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--kind", choices=("mae", "cae"), default="mae")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ray", action="store_true", help="train in this process instead of a Ray Train worker")
@@ -56,9 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--region", required=True, type=Path, help="folder with layers.json and deposits.csv")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--block", type=int, default=512)
-    p.add_argument("--sigma", type=float, default=4.0)
+    p.add_argument("--sigma", type=float, default=0.0)
     p.add_argument("--no-ray", action="store_true")
 
 
@@ -67,7 +67,7 @@ def _map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default="mae")
     p.add_argument("--model", type=Path, help="checkpoint for mae / cae")
     p.add_argument("--block", type=int, default=512)
-    p.add_argument("--sigma", type=float, default=None, help="smoothing in cells (default 4 for mae/cae, 0 for per-cell baselines)")
+    p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the component maps, in cells")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -100,11 +100,10 @@ def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float,
     return train_with_ray(stack, out, kind, steps, batch, lr, seed)
 
 
-def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, sigma: float | None, seed: int) -> Path:
+def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, sigma: float, seed: int) -> Path:
     from engine.prospect.score import score_map
 
-    sig = sigma if sigma is not None else (4.0 if method in ("mae", "cae") else 0.0)
-    return score_map(stack, make_scorer(method, stack, model, seed), out, block=block, sigma=sig, attrs={"method": method})
+    return score_map(stack, make_scorer(method, stack, model, seed), out, block=block, sigma=sigma, attrs={"method": method})
 
 
 def _score(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
@@ -199,8 +198,8 @@ def _run_all(args: argparse.Namespace) -> None:
         model = None
         if method in ("mae", "cae"):
             model = out / f"{method}.pt"
-            _train(stack, model, method, args.steps, 64, 1e-3, 0, args.no_ray)
-        maps.append(_map(stack, method, model, out / f"map_{method}.zarr", args.block, None if method != "mae" else args.sigma, 0))
+            _train(stack, model, method, args.steps, 32, 1e-3, 0, args.no_ray)
+        maps.append(_map(stack, method, model, out / f"map_{method}.zarr", args.block, args.sigma, 0))
         timings[method] = time.perf_counter() - t
     write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif") if (out / "map_mae.zarr").exists() else None
     _score(maps, args.region / "deposits.csv", "heldout", out / "eval")

@@ -11,12 +11,19 @@
   shrinkage). It flags token *combinations* rare in the region, even those the
   decoder can reproduce.
 
-Both are blended across overlapping windows and smoothed with a Gaussian of
-``sigma`` cells (a deposit's footprint is tens of cells wide; single-cell spikes
-are noise, not footprints). The prospectivity is the sum of the two components,
-each standardised by its own median and inter-quartile range over the region's
-valid cells: neither scale dominates, and a cell must be unusual on both to rank
-at the top. Baselines give one component each, which is their prospectivity.
+Both are blended across overlapping windows (optionally smoothed with a Gaussian
+of ``sigma`` cells; default 0: smoothing lowered every method's AUC on the
+training deposits). The prospectivity is a weighted sum of the components, each
+standardised by its own median and inter-quartile range over the region's valid
+cells so that their scales are comparable: ``z(recon_error) + 0.25 *
+z(latent_distance)``. The weight was chosen on the *training* deposits of the
+development region (seed 0; held-out deposits never used): latent distance alone
+is a weak detector there (AUC 0.81 against 0.96 for the reconstruction error; a
+footprint is a few tokens among many ordinary ones, and the Gaussian on 64-d
+latents is broad), and weights 0 / 0.25 / 0.5 / 1 gave training-deposit AUC 0.956
+/ 0.951 / 0.945 / 0.932. It keeps a small say because it also ranks broad
+departures the decoder reproduces well. Baselines give one component each, which
+is their prospectivity.
 
 **Blocks.** The map is computed block by block (default 512 cells); windows sit
 on one global lattice (stride = window / 2, sin^2 weights that sum to one), and a
@@ -62,7 +69,9 @@ def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
 class MAEScorer:
     components = ("recon_error", "latent_distance")
 
-    def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str | None = None, batch: int = 128):
+    def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str | None = None, batch: int = 128,
+                 latent_weight: float = 0.25):
+        self.weights = {"recon_error": 1.0, "latent_distance": latent_weight}
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.window, self.stride, self.batch = model.window, model.window // 2, batch
@@ -208,16 +217,17 @@ def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, blo
             if progress:
                 progress(i + 1, len(blocks))
         stats = {n: _robust(arrays[n]) for n in names}
+        weights = {n: float(getattr(scorer, "weights", {}).get(n, 1.0)) for n in names}
         for y, x in blocks:
             sl = (slice(y, min(h, y + block)), slice(x, min(w, x + block)))
             total = None
             for n in names:
                 med, iqr = stats[n]
-                z = (arrays[n][sl] - np.float32(med)) / np.float32(iqr)
+                z = np.float32(weights[n]) * (arrays[n][sl] - np.float32(med)) / np.float32(iqr)
                 total = z if total is None else total + z
             arrays[SCORE][sl] = total.astype(np.float32)
         root.attrs.update({"crs": stack.grid.crs, "grid": stack.grid.to_dict(), "components": names,
-                           "standardisation": {n: {"median": m, "iqr": q} for n, (m, q) in stats.items()},
+                           "standardisation": {n: {"median": m, "iqr": q, "weight": weights[n]} for n, (m, q) in stats.items()},
                            "sigma": sigma, "block": block, **(attrs or {})})
         zarr.consolidate_metadata(tmp)
         if out.exists():
