@@ -125,7 +125,10 @@ def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
     ``blocks`` limits the MAE to the first N blocks of the map (0 = all): peak memory
     of blocked scoring does not grow with the block count; time does.
     """
-    from engine.prospect.score import MAEScorer, score_map
+    import pandas as pd
+
+    from engine.prospect import evaluate as ev
+    from engine.prospect.score import MAEScorer, read_score, score_map
     from engine.prospect.stack import build_stack, open_stack
     from engine.prospect.synth import synth_region, write_region
     from engine.prospect.train import load_checkpoint, train_local
@@ -146,8 +149,13 @@ def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
         t = time.perf_counter()
         score_map(stack, scorer, work / "big_map.zarr", max_blocks=blocks or None)
         t_map = time.perf_counter() - t
+        t = time.perf_counter()
+        dep = pd.read_csv(rdir / "deposits.csv")
+        metrics = ev.evaluate(read_score(work / "big_map.zarr"), dep.row.values, dep.col.values)
+        t_eval = time.perf_counter() - t
     return {"size": size, "layers": 10, "channels": len(st.channels), "peak_rss_gib": mem.peak / 2**30,
-            "seconds": {"synth": t_synth, "stack": t_stack, "train": t_train, "map": t_map}, "blocks_scored": blocks or "all"}
+            "seconds": {"synth": t_synth, "stack": t_stack, "train": t_train, "map": t_map, "evaluate": t_eval},
+            "blocks_scored": blocks or "all", "blocks_total": (size // 512) ** 2, "deposits_evaluable": metrics.n_deposits}
 
 
 def main() -> None:
