@@ -59,7 +59,7 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
-def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigma: float) -> dict:
+def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigma: float, reuse: bool = False) -> dict:
     from engine.prospect import evaluate as ev
     from engine.prospect.score import read_score, score_map
     from engine.prospect.stack import build_stack
@@ -77,7 +77,8 @@ def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigm
         model = None
         if method in ("mae", "cae"):
             model = work / f"{method}{seed}.pt"
-            (train_with_ray if use_ray else train_local)(stack, model, method, steps, 32, 1e-3, seed)
+            if not (reuse and model.exists()):
+                (train_with_ray if use_ray else train_local)(stack, model, method, steps, 32, 1e-3, seed)
         maps = {"": score_map(stack, make_scorer(method, stack, model, seed), work / f"map_{method}{seed}.zarr", sigma=sigma)}
         for suffix, path in maps.items():
             s = read_score(path)
@@ -169,13 +170,14 @@ def main() -> None:
     p.add_argument("--memory-size", type=int, default=0)
     p.add_argument("--memory-blocks", type=int, default=0)
     p.add_argument("--work", type=Path)
+    p.add_argument("--reuse-models", action="store_true", help="keep checkpoints already in --work (rescore only)")
     a = p.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="lode-bench-prospect-"))
     work.mkdir(parents=True, exist_ok=True)
     if a.memory_size:
         result = {"memory": run_memory(a.memory_size, a.memory_blocks, work, a.steps)}
     else:
-        regions = [run_region(a.size, int(s), a.steps, work, not a.no_ray, a.sigma) for s in a.seeds.split(",")]
+        regions = [run_region(a.size, int(s), a.steps, work, not a.no_ray, a.sigma, a.reuse_models) for s in a.seeds.split(",")]
         result = {"size": a.size, "steps": a.steps, "regions": regions, **summarise(regions)}
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(result, indent=2))

@@ -84,12 +84,17 @@ def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: 
         net, ck = load_checkpoint(model)
         if ck["kind"] != method:
             raise LodeInputError(model, f"checkpoint is a {ck['kind']} model, not {method}")
-        if ck["channels"] != open_stack(stack_path).channels:
+        st = open_stack(stack_path)
+        if ck["channels"] != st.channels:
             raise LodeInputError(model, "checkpoint channels differ from the stack's")
-        return score.MAEScorer(net, ck["latent"]) if method == "mae" else score.CAEScorer(net)
-    cells = baselines.sample_cells(open_stack(stack_path), seed=seed)
-    cls = baselines.IsolationForestScorer if method == "iforest" else baselines.PCAScorer
-    return score.CellScorer(cls(cells, seed=seed) if method == "iforest" else cls(cells))
+        if method == "mae":
+            return score.MAEScorer(net, ck["latent"], score_channels=st.measured)
+        return score.CAEScorer(net, score_channels=st.measured)
+    st = open_stack(stack_path)
+    cells = baselines.sample_cells(st, seed=seed)
+    if method == "iforest":
+        return score.CellScorer(baselines.IsolationForestScorer(cells, seed=seed, channels=st.measured))
+    return score.CellScorer(baselines.PCAScorer(cells, channels=st.measured))
 
 
 def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float, seed: int, no_ray: bool) -> dict:

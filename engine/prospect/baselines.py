@@ -20,17 +20,22 @@ def sample_cells(stack: Stack, n: int = 100_000, seed: int = 0, pool_blocks: int
 
 
 class IsolationForestScorer:
-    """Anomaly score = ``-score_samples`` of an isolation forest (higher = more anomalous)."""
+    """Anomaly score = ``-score_samples`` of an isolation forest (higher = more anomalous).
+
+    ``channels`` selects the features (default all); the job passes the measured
+    channels, the same rule as the MAE's score (one-hot geology left out).
+    """
 
     components = ("iforest",)
 
-    def __init__(self, cells: np.ndarray, seed: int = 0, n_estimators: int = 200):
+    def __init__(self, cells: np.ndarray, seed: int = 0, n_estimators: int = 200, channels: list[int] | None = None):
         from sklearn.ensemble import IsolationForest
 
-        self.model = IsolationForest(n_estimators=n_estimators, max_samples=256, random_state=seed).fit(cells)
+        self.channels = list(channels) if channels is not None else list(range(cells.shape[1]))
+        self.model = IsolationForest(n_estimators=n_estimators, max_samples=256, random_state=seed).fit(cells[:, self.channels])
 
     def cells(self, x: np.ndarray) -> np.ndarray:
-        return -self.model.score_samples(x)
+        return -self.model.score_samples(x[:, self.channels])
 
 
 class PCAScorer:
@@ -38,11 +43,13 @@ class PCAScorer:
 
     components = ("pca",)
 
-    def __init__(self, cells: np.ndarray, variance: float = 0.9):
+    def __init__(self, cells: np.ndarray, variance: float = 0.9, channels: list[int] | None = None):
         from sklearn.decomposition import PCA
 
-        self.model = PCA(n_components=variance, svd_solver="full").fit(cells)
+        self.channels = list(channels) if channels is not None else list(range(cells.shape[1]))
+        self.model = PCA(n_components=variance, svd_solver="full").fit(cells[:, self.channels])
 
     def cells(self, x: np.ndarray) -> np.ndarray:
+        x = x[:, self.channels]
         rec = self.model.inverse_transform(self.model.transform(x))
         return ((x - rec) ** 2).sum(axis=1)

@@ -2,10 +2,14 @@
 
 **The score.** For the MAE two components, each a map:
 
-- ``recon_error``: the mean squared error over channels of each cell when its
-  patch group is masked and predicted from the surrounding visible patches (two
-  complementary checkerboard masks, so every cell is predicted exactly once).
-  It flags where the sources depart from what their spatial context predicts.
+- ``recon_error``: the mean squared error over the *measured* channels of each
+  cell when its patch group is masked and predicted from the surrounding visible
+  patches (two complementary checkerboard masks, so every cell is predicted
+  exactly once). It flags where the sources depart from what their spatial
+  context predicts. One-hot geology is input context but not scored: its error
+  marks unit contacts, whose course no context can predict, not mineralisation
+  (on the dev region's training deposits, scoring all channels gave AUC 0.956,
+  measured channels 0.969; every baseline gets the same rule).
 - ``latent_distance``: the Mahalanobis distance of the cell's token latent (all
   tokens visible) from a Gaussian fitted to training latents (Ledoit-Wolf
   shrinkage). It flags token *combinations* rare in the region, even those the
@@ -70,8 +74,9 @@ class MAEScorer:
     components = ("recon_error", "latent_distance")
 
     def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str | None = None, batch: int = 128,
-                 latent_weight: float = 0.25):
+                 latent_weight: float = 0.25, score_channels: list[int] | None = None):
         self.weights = {"recon_error": 1.0, "latent_distance": latent_weight}
+        self.score_channels = list(score_channels) if score_channels is not None else list(range(model.channels))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.window, self.stride, self.batch = model.window, model.window // 2, batch
@@ -88,7 +93,7 @@ class MAEScorer:
         for mask in self.masks:
             tm = mask[None].expand(n, -1)
             pred = m(xt, vt, tm)
-            err += ((pred - xt) ** 2).mean(dim=1) * m._pixel_mask(tm)[:, 0]
+            err += ((pred - xt)[:, self.score_channels] ** 2).mean(dim=1) * m._pixel_mask(tm)[:, 0]
         lat = m.encode(xt, vt) - self.mean
         d = torch.sqrt(torch.einsum("ntd,de,nte->nt", lat, self.precision, lat).clamp_min(0))
         d = d.reshape(n, 1, m.grid, m.grid)
@@ -102,7 +107,8 @@ class MAEScorer:
 class CAEScorer:
     components = ("cae_error",)
 
-    def __init__(self, model: ConvAutoencoder, device: str | None = None, batch: int = 128):
+    def __init__(self, model: ConvAutoencoder, device: str | None = None, batch: int = 128, score_channels: list[int] | None = None):
+        self.score_channels = list(score_channels) if score_channels is not None else list(range(model.channels))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.window, self.stride, self.batch = model.window, model.window // 2, batch
@@ -110,7 +116,7 @@ class CAEScorer:
     @torch.no_grad()
     def _run(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         xt, vt = torch.from_numpy(x).to(self.device), torch.from_numpy(v).to(self.device)
-        return ((self.model(xt, vt) - xt) ** 2).mean(dim=1, keepdim=True).cpu().numpy()
+        return ((self.model(xt, vt) - xt)[:, self.score_channels] ** 2).mean(dim=1, keepdim=True).cpu().numpy()
 
     def __call__(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         return _batched(self._run, x, v, self.batch)

@@ -288,10 +288,16 @@ class Stack:
     valid: Any
     channels: list[str]
     grid: Grid
+    kinds: list[str]
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.grid.shape
+
+    @property
+    def measured(self) -> list[int]:
+        """Indices of measured channels (all but the one-hot categorical ones)."""
+        return [i for i, k in enumerate(self.kinds) if k != "categorical"]
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """Channels (C, h, w) and validity (h, w) of a window, NaN-/False-padded outside the grid."""
@@ -312,6 +318,7 @@ def open_stack(path: str | Path) -> Stack:
         raise LodeInputError(path, "stack store not found")
     try:
         root = zarr.open_group(path, mode="r")
-        return Stack(path, root["stack"], root["valid"], list(root.attrs["channels"]), Grid.from_dict(root.attrs["grid"]))
+        kinds = [m["kind"] for m in root.attrs["layers"]]
+        return Stack(path, root["stack"], root["valid"], list(root.attrs["channels"]), Grid.from_dict(root.attrs["grid"]), kinds)
     except Exception as exc:
         raise LodeInputError(path, f"not a prospect stack: {exc}") from exc

@@ -155,16 +155,23 @@ def _add_halo(grid: np.ndarray, row: float, col: float, amp: float, sigma: float
 
 
 def _pick_deposits(
-    rng: np.random.Generator, candidates: np.ndarray, count: int, spacing: float
+    rng: np.random.Generator, candidates: np.ndarray, count: int, spacing: float, shape: tuple[int, int]
 ) -> np.ndarray:
-    order = rng.permutation(len(candidates))
+    """Random candidates, each at least ``spacing`` cells from those already taken."""
+    r = int(np.ceil(spacing))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = np.hypot(dy, dx) < spacing
+    blocked = np.zeros((shape[0] + 2 * r, shape[1] + 2 * r), dtype=bool)
     chosen: list[np.ndarray] = []
-    for idx in order:
+    for idx in rng.permutation(len(candidates)):
         p = candidates[idx]
-        if all(np.hypot(*(p - q)) >= spacing for q in chosen):
-            chosen.append(p)
-            if len(chosen) == count:
-                break
+        y, x = int(p[0]), int(p[1])
+        if blocked[y + r, x + r]:
+            continue
+        chosen.append(p)
+        blocked[y : y + 2 * r + 1, x : x + 2 * r + 1] |= disk
+        if len(chosen) == count:
+            break
     return np.array(chosen, dtype=np.float64).reshape(-1, 2)
 
 
@@ -220,7 +227,7 @@ def synth_region(
     favourable[:, min(n - margin, as_missing_col - margin):] = False
     cand = np.argwhere(favourable).astype(np.float64) + 0.5
     n_dep = max(4, int(round(deposit_density * n * n)))
-    deposits = _pick_deposits(rng, cand, n_dep, spacing=22.0)
+    deposits = _pick_deposits(rng, cand, n_dep, spacing=22.0, shape=(n, n))
 
     n_decoy = int(round(decoy_ratio * len(deposits)))
     decoy_layers = rng.choice(list(_DECOYS), size=n_decoy)
