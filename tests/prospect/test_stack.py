@@ -111,6 +111,7 @@ def test_alignment_with_known_offsets(region, tmp_path):
     assert (valid[:, 1:44] == expected_valid[:, 1:44]).all()
     s = open_stack(out)
     assert s.grid == GRID and s.channels == list(root.attrs["channels"])
+    assert s.measured == [0, 1, 5]
 
 
 def test_bad_inputs_raise_named_errors(region, tmp_path):
