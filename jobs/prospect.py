@@ -128,7 +128,7 @@ def _score(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
         raise LodeInputError(deposits, "needs easting and northing columns")
     if split != "all":
         if "split" not in dep.columns:
-            raise LodeInputError(deposits, f"no split column; use --split all")
+            raise LodeInputError(deposits, "no split column; use --split all")
         dep = dep[dep["split"] == split]
     if dep.empty:
         raise LodeInputError(deposits, f"no deposits in split {split!r}")
@@ -206,7 +206,8 @@ def _run_all(args: argparse.Namespace) -> None:
             _train(stack, model, method, args.steps, 32, 1e-3, 0, args.no_ray)
         maps.append(_map(stack, method, model, out / f"map_{method}.zarr", args.block, args.sigma, 0))
         timings[method] = time.perf_counter() - t
-    write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif") if (out / "map_mae.zarr").exists() else None
+    if (out / "map_mae.zarr").exists():
+        write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif")
     _score(maps, args.region / "deposits.csv", "heldout", out / "eval")
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
