@@ -156,7 +156,7 @@ def plot_prediction_area(score: np.ndarray, rows: np.ndarray, cols: np.ndarray, 
     ax2.set_ylim(100, 0)
     ax2.set_ylabel("area occupied (%)")
     ax.set_title(f"{title} P-A intersection: {100 * p:.0f}% deposits / {100 * a:.0f}% area")
-    fig.legend(loc="lower center", fontsize=7, ncol=2)
+    fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.86), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
