@@ -1,0 +1,188 @@
+"""Prospectivity benchmark: the MAE against isolation forest, PCA reconstruction error
+and a small convolutional autoencoder, on held-out deposits of synthetic regions.
+
+    python -m benchmarks.prospect --json OUT.json [--size 512] [--seeds 1,2,3] [--steps 400]
+    python -m benchmarks.prospect --json OUT.json --memory-size 4096 --memory-blocks 4
+
+Per region: synthesise, stack, train the MAE and the conv AE on that region without
+labels (Ray Train unless ``--no-ray``), fit the per-cell baselines, map, and score
+each map on the region's held-out deposits. The table gives the mean over regions
+and the pooled figures (all held-out deposits of all regions ranked within their
+own region). ``--memory-size`` instead runs stack + scoring on one large 10-layer
+region and reports the peak resident memory of this process and its children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("mae", "cae", "iforest", "pca")
+
+
+class PeakRSS:
+    """Samples resident memory of this process and its children every 0.2 s."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+
+    def _rss(self) -> int:
+        total = self.proc.memory_info().rss
+        for c in self.proc.children(recursive=True):
+            try:
+                total += c.memory_info().rss
+            except Exception:
+                pass
+        return total
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigma: float, reuse: bool = False) -> dict:
+    from engine.prospect import evaluate as ev
+    from engine.prospect.score import read_score, score_map
+    from engine.prospect.stack import build_stack
+    from engine.prospect.synth import synth_region, write_region
+    from engine.prospect.train import train_local, train_with_ray
+    from jobs.prospect import make_scorer
+
+    region = synth_region(size, seed)
+    rdir = write_region(region, work / f"region{seed}")
+    stack = build_stack(rdir / "layers.json", work / f"stack{seed}.zarr")
+    held = region.deposits[region.deposits.split == "heldout"]
+    out: dict = {"seed": seed, "n_heldout": len(held), "n_decoys": len(region.decoys), "methods": {}}
+    for method in METHODS:
+        t = time.perf_counter()
+        model = None
+        if method in ("mae", "cae"):
+            model = work / f"{method}{seed}.pt"
+            if not (reuse and model.exists()):
+                (train_with_ray if use_ray else train_local)(stack, model, method, steps, 32, 1e-3, seed)
+        maps = {"": score_map(stack, make_scorer(method, stack, model, seed), work / f"map_{method}{seed}.zarr", sigma=sigma)}
+        for suffix, path in maps.items():
+            s = read_score(path)
+            m = ev.evaluate(s, held.row.values, held.col.values)
+            out["methods"][method + suffix] = {"auc": m.auc, "capture_top10": m.capture_top10, "success_rate_area": m.success_rate_area,
+                                               "pa_prediction": m.pa_intersection_prediction, "pa_area": m.pa_intersection_area,
+                                               "area_ranks": m.area_ranks, "seconds": time.perf_counter() - t}
+        if method == "mae":
+            for comp in ("recon_error", "latent_distance"):
+                m = ev.evaluate(read_score(maps[""], comp), held.row.values, held.col.values)
+                out["methods"][f"mae:{comp}"] = {"auc": m.auc, "capture_top10": m.capture_top10, "success_rate_area": m.success_rate_area,
+                                                 "pa_prediction": m.pa_intersection_prediction, "pa_area": m.pa_intersection_area,
+                                                 "area_ranks": m.area_ranks}
+    return out
+
+
+def summarise(regions: list[dict]) -> dict:
+    names = list(regions[0]["methods"])
+    table = {}
+    for n in names:
+        rows = [r["methods"][n] for r in regions]
+        ranks = np.concatenate([r["area_ranks"] for r in rows])
+        table[n] = {
+            "auc_mean": float(np.mean([r["auc"] for r in rows])),
+            "auc_min": float(np.min([r["auc"] for r in rows])),
+            "capture_top10_mean": float(np.mean([r["capture_top10"] for r in rows])),
+            "capture_top10_pooled": float((ranks <= 0.1).mean()),
+            "success_rate_area_mean": float(np.mean([r["success_rate_area"] for r in rows])),
+            "pa_prediction_mean": float(np.mean([r["pa_prediction"] for r in rows])),
+            "pa_area_mean": float(np.mean([r["pa_area"] for r in rows])),
+        }
+    baselines = [n for n in names if n.split("+")[0] in ("cae", "iforest", "pca")]
+    best = max(baselines, key=lambda n: table[n]["auc_mean"])
+    return {
+        "table": table,
+        "best_baseline": best,
+        "mae_minus_best_baseline_auc": table["mae"]["auc_mean"] - table[best]["auc_mean"],
+        "mae_over_best_baseline_auc_ratio": table["mae"]["auc_mean"] / table[best]["auc_mean"],
+    }
+
+
+def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
+    """Stack a ``size``² 10-layer region and map it with the MAE, measuring peak memory.
+
+    ``blocks`` limits the MAE to the first N blocks of the map (0 = all): peak memory
+    of blocked scoring does not grow with the block count; time does.
+    """
+    import pandas as pd
+
+    from engine.prospect import evaluate as ev
+    from engine.prospect.score import MAEScorer, read_score, score_map
+    from engine.prospect.stack import build_stack, open_stack
+    from engine.prospect.synth import synth_region, write_region
+    from engine.prospect.train import load_checkpoint, train_local
+
+    t0 = time.perf_counter()
+    rdir = write_region(synth_region(size, 0), work / "big")
+    t_synth = time.perf_counter() - t0
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        stack = build_stack(rdir / "layers.json", work / "big.zarr")
+        t_stack = time.perf_counter() - t
+        t = time.perf_counter()
+        train_local(stack, work / "big.pt", "mae", steps, 32, 1e-3, 0, pool_blocks=8)
+        t_train = time.perf_counter() - t
+        net, ck = load_checkpoint(work / "big.pt")
+        scorer = MAEScorer(net, ck["latent"])
+        st = open_stack(stack)
+        t = time.perf_counter()
+        score_map(stack, scorer, work / "big_map.zarr", max_blocks=blocks or None)
+        t_map = time.perf_counter() - t
+        t = time.perf_counter()
+        dep = pd.read_csv(rdir / "deposits.csv")
+        metrics = ev.evaluate(read_score(work / "big_map.zarr"), dep.row.values, dep.col.values)
+        t_eval = time.perf_counter() - t
+    return {"size": size, "layers": 10, "channels": len(st.channels), "peak_rss_gib": mem.peak / 2**30,
+            "seconds": {"synth": t_synth, "stack": t_stack, "train": t_train, "map": t_map, "evaluate": t_eval},
+            "blocks_scored": blocks or "all", "blocks_total": (size // 512) ** 2, "deposits_evaluable": metrics.n_deposits}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", required=True, type=Path)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seeds", default="1,2,3", help="region seeds (seed 0 was the development region)")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--sigma", type=float, default=0.0)
+    p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--memory-size", type=int, default=0)
+    p.add_argument("--memory-blocks", type=int, default=0)
+    p.add_argument("--work", type=Path)
+    p.add_argument("--reuse-models", action="store_true", help="keep checkpoints already in --work (rescore only)")
+    a = p.parse_args()
+    work = a.work or Path(tempfile.mkdtemp(prefix="lode-bench-prospect-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if a.memory_size:
+        result = {"memory": run_memory(a.memory_size, a.memory_blocks, work, a.steps)}
+    else:
+        regions = [run_region(a.size, int(s), a.steps, work, not a.no_ray, a.sigma, a.reuse_models) for s in a.seeds.split(",")]
+        result = {"size": a.size, "steps": a.steps, "regions": regions, **summarise(regions)}
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "regions"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Prospectivity maps by blocked sliding window, written to zarr (and GeoTIFF).
+
+**The score.** For the MAE two components, each a map:
+
+- ``recon_error``: the mean squared error over the *measured* channels of each
+  cell when its patch group is masked and predicted from the surrounding visible
+  patches (two complementary checkerboard masks, so every cell is predicted
+  exactly once). It flags where the sources depart from what their spatial
+  context predicts. One-hot geology is input context but not scored: its error
+  marks unit contacts, whose course no context can predict, not mineralisation
+  (on the dev region's training deposits, scoring all channels gave AUC 0.956,
+  measured channels 0.969; every baseline gets the same rule).
+- ``latent_distance``: the Mahalanobis distance of the cell's token latent (all
+  tokens visible) from a Gaussian fitted to training latents (Ledoit-Wolf
+  shrinkage). It flags token *combinations* rare in the region, even those the
+  decoder can reproduce.
+
+Both are blended across overlapping windows (optionally smoothed with a Gaussian
+of ``sigma`` cells; default 0: smoothing lowered every method's AUC on the
+training deposits). The prospectivity is a weighted sum of the components, each
+standardised by its own median and inter-quartile range over the region's valid
+cells so that their scales are comparable: ``z(recon_error) + 0.25 *
+z(latent_distance)``. The weight was chosen on the *training* deposits of the
+development region (seed 0; held-out deposits never used): latent distance alone
+is a weak detector there (AUC 0.81 against 0.96 for the reconstruction error; a
+footprint is a few tokens among many ordinary ones, and the Gaussian on 64-d
+latents is broad), and weights 0 / 0.25 / 0.5 / 1 gave training-deposit AUC 0.956
+/ 0.951 / 0.945 / 0.932. It keeps a small say because it also ranks broad
+departures the decoder reproduces well. Baselines give one component each, which
+is their prospectivity.
+
+**Blocks.** The map is computed block by block (default 512 cells); windows sit
+on one global lattice (stride = window / 2, sin^2 weights that sum to one), and a
+block reads its windows plus the smoothing halo, so the result equals a global
+sliding window while memory is bounded by the block. Invalid cells are NaN in
+every output and are never ranked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import zarr
+from scipy import ndimage
+
+from engine.errors import LodeInputError
+from engine.prospect.model import ConvAutoencoder, ProspectMAE
+from engine.prospect.stack import Stack, open_stack
+
+SCORE = "prospectivity"
+
+
+class WindowScorer(Protocol):
+    window: int
+    stride: int
+    components: tuple[str, ...]
+
+    def __call__(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(N, C, W, W) filled inputs and (N, W, W) validity -> (N, K, W, W) component maps."""
+
+
+def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([fn(x[i : i + batch], v[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+class MAEScorer:
+    components = ("recon_error", "latent_distance")
+
+    def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str | None = None, batch: int = 128,
+                 latent_weight: float = 0.25, score_channels: list[int] | None = None):
+        self.weights = {"recon_error": 1.0, "latent_distance": latent_weight}
+        self.score_channels = list(score_channels) if score_channels is not None else list(range(model.channels))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()
+        self.window, self.stride, self.batch = model.window, model.window // 2, batch
+        self.mean = torch.as_tensor(latent["mean"], device=self.device)
+        self.precision = torch.as_tensor(latent["precision"], device=self.device)
+        self.masks = model.scoring_masks().to(self.device)
+
+    @torch.no_grad()
+    def _run(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        m = self.model
+        xt, vt = torch.from_numpy(x).to(self.device), torch.from_numpy(v).to(self.device)
+        n = xt.shape[0]
+        err = torch.zeros(n, m.window, m.window, device=self.device)
+        for mask in self.masks:
+            tm = mask[None].expand(n, -1)
+            pred = m(xt, vt, tm)
+            err += ((pred - xt)[:, self.score_channels] ** 2).mean(dim=1) * m._pixel_mask(tm)[:, 0]
+        lat = m.encode(xt, vt) - self.mean
+        d = torch.sqrt(torch.einsum("ntd,de,nte->nt", lat, self.precision, lat).clamp_min(0))
+        d = d.reshape(n, 1, m.grid, m.grid)
+        dist = torch.nn.functional.interpolate(d, scale_factor=m.patch, mode="nearest")[:, 0]
+        return torch.stack([err, dist], dim=1).cpu().numpy()
+
+    def __call__(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return _batched(self._run, x, v, self.batch)
+
+
+class CAEScorer:
+    components = ("cae_error",)
+
+    def __init__(self, model: ConvAutoencoder, device: str | None = None, batch: int = 128, score_channels: list[int] | None = None):
+        self.score_channels = list(score_channels) if score_channels is not None else list(range(model.channels))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()
+        self.window, self.stride, self.batch = model.window, model.window // 2, batch
+
+    @torch.no_grad()
+    def _run(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        xt, vt = torch.from_numpy(x).to(self.device), torch.from_numpy(v).to(self.device)
+        return ((self.model(xt, vt) - xt)[:, self.score_channels] ** 2).mean(dim=1, keepdim=True).cpu().numpy()
+
+    def __call__(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return _batched(self._run, x, v, self.batch)
+
+
+class CellScorer:
+    """Adapts a per-cell scorer (``.cells(X) -> scores``) to windows without overlap."""
+
+    def __init__(self, scorer, window: int = 64):
+        self.scorer, self.window, self.stride, self.components = scorer, window, window, scorer.components
+
+    def __call__(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out = np.zeros((x.shape[0], 1) + x.shape[2:], dtype=np.float32)
+        sel = v > 0
+        if sel.any():
+            feats = np.moveaxis(x, 1, -1)[sel]
+            out[:, 0][sel] = self.scorer.cells(feats)
+        return out
+
+
+def _weights(window: int, stride: int) -> np.ndarray:
+    if stride == window:
+        return np.ones((window, window), dtype=np.float32)
+    t = np.sin(np.pi * (np.arange(window) + 0.5) / window) ** 2
+    return np.outer(t, t).astype(np.float32)
+
+
+def score_block(stack: Stack, scorer: WindowScorer, y0: int, y1: int, x0: int, x1: int, sigma: float = 0.0,
+                max_windows: int = 1024) -> np.ndarray:
+    """Component maps (K, y1 - y0, x1 - x0) of one block, equal to a global sliding window."""
+    w, s = scorer.window, scorer.stride
+    halo = int(math.ceil(3 * sigma)) if sigma > 0 else 0
+    ey0, ey1, ex0, ex1 = y0 - halo, y1 + halo, x0 - halo, x1 + halo
+    oy = np.arange(math.floor((ey0 - w + 1) / s) * s, ey1, s)
+    ox = np.arange(math.floor((ex0 - w + 1) / s) * s, ex1, s)
+    oy, ox = oy[oy + w > ey0], ox[ox + w > ex0]
+    ry0, rx0 = int(oy[0]), int(ox[0])
+    data, valid = stack.read(ry0, int(oy[-1]) + w, rx0, int(ox[-1]) + w)
+    data = np.nan_to_num(data, nan=0.0)
+    vf = valid.astype(np.float32)
+    k = len(scorer.components)
+    acc = np.zeros((k,) + valid.shape, dtype=np.float32)
+    wsum = np.zeros(valid.shape, dtype=np.float32)
+    wt = _weights(w, s)
+    origins = [(int(a) - ry0, int(b) - rx0) for a in oy for b in ox]
+    origins = [(a, b) for a, b in origins if valid[a : a + w, b : b + w].any()]
+    for i in range(0, len(origins), max_windows):
+        chunk = origins[i : i + max_windows]
+        xs = np.stack([data[:, a : a + w, b : b + w] for a, b in chunk])
+        vs = np.stack([vf[a : a + w, b : b + w] for a, b in chunk])
+        comps = scorer(xs, vs)
+        for (a, b), c in zip(chunk, comps):
+            acc[:, a : a + w, b : b + w] += c * wt
+            wsum[a : a + w, b : b + w] += wt
+    comp = acc / np.maximum(wsum, 1e-6)
+    if sigma > 0:
+        norm = ndimage.gaussian_filter(vf, sigma, mode="constant")
+        for i in range(k):
+            comp[i] = ndimage.gaussian_filter(comp[i] * vf, sigma, mode="constant") / np.maximum(norm, 1e-6)
+    cy, cx = y0 - ry0, x0 - rx0
+    out = comp[:, cy : cy + (y1 - y0), cx : cx + (x1 - x0)]
+    out[:, ~valid[cy : cy + (y1 - y0), cx : cx + (x1 - x0)]] = np.nan
+    return out
+
+
+def _robust(arr, max_samples: int = 2_000_000) -> tuple[float, float]:
+    h, w = arr.shape
+    step = max(1, int(math.ceil(math.sqrt(h * w / max_samples))))
+    v = np.asarray(arr[::step, ::step]) if step > 1 else np.asarray(arr[:, :])
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0.0, 1.0
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return float(med), float(q3 - q1) if q3 > q1 else float(v.std() or 1.0)
+
+
+def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, block: int = 512, sigma: float = 0.0,
+              attrs: dict | None = None, progress=None, max_blocks: int | None = None) -> Path:
+    """Write component maps and ``prospectivity`` (northing, easting) to zarr store ``out``.
+
+    ``max_blocks`` scores only the first blocks (row-major) and leaves the rest NaN:
+    for measuring time and memory per block on large regions.
+    """
+    stack = open_stack(stack_path)
+    h, w = stack.shape
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        root = zarr.open_group(tmp, mode="w")
+        root.create_array("northing", data=stack.grid.northing, dimension_names=("northing",))
+        root.create_array("easting", data=stack.grid.easting, dimension_names=("easting",))
+        names = list(scorer.components)
+        arrays = {
+            n: root.create_array(n, shape=(h, w), chunks=(min(block, h), min(block, w)), dtype="float32", fill_value=np.nan,
+                                 dimension_names=("northing", "easting"))
+            for n in names + [SCORE]
+        }
+        blocks = [(y, x) for y in range(0, h, block) for x in range(0, w, block)][:max_blocks]
+        for i, (y, x) in enumerate(blocks):
+            comps = score_block(stack, scorer, y, min(h, y + block), x, min(w, x + block), sigma)
+            for n, c in zip(names, comps):
+                arrays[n][y : y + c.shape[0], x : x + c.shape[1]] = c
+            if progress:
+                progress(i + 1, len(blocks))
+        stats = {n: _robust(arrays[n]) for n in names}
+        weights = {n: float(getattr(scorer, "weights", {}).get(n, 1.0)) for n in names}
+        for y, x in blocks:
+            sl = (slice(y, min(h, y + block)), slice(x, min(w, x + block)))
+            total = None
+            for n in names:
+                med, iqr = stats[n]
+                z = np.float32(weights[n]) * (arrays[n][sl] - np.float32(med)) / np.float32(iqr)
+                total = z if total is None else total + z
+            arrays[SCORE][sl] = total.astype(np.float32)
+        root.attrs.update({"crs": stack.grid.crs, "grid": stack.grid.to_dict(), "components": names,
+                           "standardisation": {n: {"median": m, "iqr": q, "weight": weights[n]} for n, (m, q) in stats.items()},
+                           "sigma": sigma, "block": block, **(attrs or {})})
+        zarr.consolidate_metadata(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_score(path: str | Path, name: str = SCORE) -> np.ndarray:
+    path = Path(path)
+    if not path.exists():
+        raise LodeInputError(path, "prospectivity map not found")
+    try:
+        return np.asarray(zarr.open_group(path, mode="r")[name][:, :])
+    except Exception as exc:
+        raise LodeInputError(path, f"no {name!r} map in store: {exc}") from exc
+
+
+def write_geotiff(map_path: str | Path, out: str | Path, name: str = SCORE, block: int = 512) -> Path:
+    """Copy one map of a score store to a tiled float32 GeoTIFF, block by block."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    root = zarr.open_group(map_path, mode="r")
+    g = root.attrs["grid"]
+    arr = root[name]
+    h, w = arr.shape
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.tif")
+    profile = dict(driver="GTiff", height=h, width=w, count=1, dtype="float32", crs=g["crs"], nodata=np.nan,
+                   transform=from_origin(g["west"], g["north"], g["cell_size"], g["cell_size"]),
+                   tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for y in range(0, h, block):
+            for x in range(0, w, block):
+                tile = np.asarray(arr[y : y + block, x : x + block])
+                dst.write(tile, 1, window=rasterio.windows.Window(x, y, tile.shape[1], tile.shape[0]))
+    os.replace(tmp, out)
+    return out

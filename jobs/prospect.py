@@ -1,0 +1,218 @@
+"""Unsupervised mineral prospectivity: stack source grids, train without labels, map, score.
+
+    lode prospect stack  --spec REGION/layers.json --out stack.zarr
+    lode prospect train  --stack stack.zarr --out mae.pt [--kind mae|cae] [--steps N] [--no-ray]
+    lode prospect map    --stack stack.zarr --method mae --model mae.pt --out map.zarr [--geotiff map.tif]
+    lode prospect score  --map map.zarr --deposits REGION/deposits.csv [--split heldout] --out eval/
+    lode prospect run    --region REGION --out OUT   (all of the above, MAE and baselines)
+    lode prospect synth  --out REGION [--size 512] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+METHODS = ("mae", "cae", "iforest", "pca")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = sub.add_parser("synth", help="write a synthetic region with planted deposits (layers, faults, deposits.csv)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--size", type=int, default=512, help="cells per side (25 m cells)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("stack", help="align, transform and stack the layers of a spec into zarr")
+    p.add_argument("--spec", required=True, type=Path, help="layers.json")
+    p.add_argument("--out", required=True, type=Path)
+
+    p = sub.add_parser("train", help="train the MAE (or the conv-AE baseline) without labels, with Ray Train")
+    p.add_argument("--stack", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--kind", choices=("mae", "cae"), default="mae")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ray", action="store_true", help="train in this process instead of a Ray Train worker")
+
+    p = sub.add_parser("map", help="prospectivity map by blocked sliding window")
+    _map_args(p)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--geotiff", type=Path, help="also write the prospectivity as a GeoTIFF")
+
+    p = sub.add_parser("score", help="ROC AUC, success-rate curve, top-10%% capture, prediction-area plot (PNG + JSON)")
+    p.add_argument("--map", required=True, type=Path, action="append", help="score store(s); repeat to compare")
+    p.add_argument("--deposits", required=True, type=Path, help="CSV with easting, northing (and optional split)")
+    p.add_argument("--split", default="heldout", help="deposit split to score on ('all' for every deposit)")
+    p.add_argument("--out", required=True, type=Path)
+
+    p = sub.add_parser("run", help="stack, train, map with the MAE and every baseline, and score a region folder")
+    p.add_argument("--region", required=True, type=Path, help="folder with layers.json and deposits.csv")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--block", type=int, default=512)
+    p.add_argument("--sigma", type=float, default=0.0)
+    p.add_argument("--no-ray", action="store_true")
+
+
+def _map_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stack", required=True, type=Path)
+    p.add_argument("--method", choices=METHODS, default="mae")
+    p.add_argument("--model", type=Path, help="checkpoint for mae / cae")
+    p.add_argument("--block", type=int, default=512)
+    p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the component maps, in cells")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: int = 0):
+    """The window scorer for a method: a trained checkpoint for mae/cae, fitted here for iforest/pca."""
+    from engine.errors import LodeInputError
+    from engine.prospect import baselines, score
+    from engine.prospect.stack import open_stack
+    from engine.prospect.train import load_checkpoint
+
+    if method in ("mae", "cae"):
+        if model is None:
+            raise LodeInputError("--model", f"method {method} needs a checkpoint")
+        net, ck = load_checkpoint(model)
+        if ck["kind"] != method:
+            raise LodeInputError(model, f"checkpoint is a {ck['kind']} model, not {method}")
+        st = open_stack(stack_path)
+        if ck["channels"] != st.channels:
+            raise LodeInputError(model, "checkpoint channels differ from the stack's")
+        if method == "mae":
+            return score.MAEScorer(net, ck["latent"], score_channels=st.measured)
+        return score.CAEScorer(net, score_channels=st.measured)
+    st = open_stack(stack_path)
+    cells = baselines.sample_cells(st, seed=seed)
+    if method == "iforest":
+        return score.CellScorer(baselines.IsolationForestScorer(cells, seed=seed, channels=st.measured))
+    return score.CellScorer(baselines.PCAScorer(cells, channels=st.measured))
+
+
+def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float, seed: int, no_ray: bool) -> dict:
+    from engine.prospect.train import train_local, train_with_ray
+
+    if no_ray:
+        return train_local(stack, out, kind, steps, batch, lr, seed, log=lambda s, l: print(f"step {s} loss {l:.4f}", flush=True))
+    return train_with_ray(stack, out, kind, steps, batch, lr, seed)
+
+
+def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, sigma: float, seed: int) -> Path:
+    from engine.prospect.score import score_map
+
+    return score_map(stack, make_scorer(method, stack, model, seed), out, block=block, sigma=sigma, attrs={"method": method})
+
+
+def _score(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
+    import numpy as np
+    import pandas as pd
+    import zarr
+
+    from engine.errors import LodeInputError
+    from engine.prospect import evaluate as ev
+    from engine.prospect.score import read_score
+    from engine.prospect.stack import Grid
+
+    if not deposits.exists():
+        raise LodeInputError(deposits, "deposits file not found")
+    dep = pd.read_csv(deposits)
+    if not {"easting", "northing"} <= set(dep.columns):
+        raise LodeInputError(deposits, "needs easting and northing columns")
+    if split != "all":
+        if "split" not in dep.columns:
+            raise LodeInputError(deposits, "no split column; use --split all")
+        dep = dep[dep["split"] == split]
+    if dep.empty:
+        raise LodeInputError(deposits, f"no deposits in split {split!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for m in maps:
+        s = read_score(m)
+        grid = Grid.from_dict(zarr.open_group(m, mode="r").attrs["grid"])
+        rows, cols = grid.rowcol(dep["easting"].to_numpy(), dep["northing"].to_numpy())
+        name = zarr.open_group(m, mode="r").attrs.get("method", m.stem)
+        results[name] = ev.evaluate(s, rows, cols)
+        ev.plot_prediction_area(s, rows, cols, out / f"prediction_area_{name}.png", title=name)
+        ev.plot_map(s, rows, cols, out / f"map_{name}.png", title=f"{name} prospectivity, {split} deposits")
+    ev.plot_success(results, out / "success_rate.png")
+    ev.write_report(results, out / "metrics.json", {"deposits": str(deposits), "split": split})
+    table = {k: {"auc": v.auc, "success_rate_area": v.success_rate_area, "capture_top10": v.capture_top10,
+                 "pa_prediction": v.pa_intersection_prediction, "pa_area": v.pa_intersection_area, "n": v.n_deposits}
+             for k, v in results.items()}
+    print(json.dumps(table, indent=2))
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.errors import LodeInputError
+
+    try:
+        return _run(args)
+    except LodeInputError as exc:
+        print(f"lode prospect: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.action == "synth":
+        from engine.prospect.synth import synth_region, write_region
+
+        out = write_region(synth_region(args.size, args.seed), args.out)
+        print(f"region written to {out}")
+    elif args.action == "stack":
+        from engine.prospect.stack import build_stack
+
+        print(f"stack written to {build_stack(args.spec, args.out)}")
+    elif args.action == "train":
+        print(json.dumps(_train(args.stack, args.out, args.kind, args.steps, args.batch, args.lr, args.seed, args.no_ray), indent=2, default=str))
+    elif args.action == "map":
+        out = _map(args.stack, args.method, args.model, args.out, args.block, args.sigma, args.seed)
+        if args.geotiff:
+            from engine.prospect.score import write_geotiff
+
+            write_geotiff(out, args.geotiff)
+        print(f"map written to {out}")
+    elif args.action == "score":
+        _score(args.map, args.deposits, args.split, args.out)
+    elif args.action == "run":
+        _run_all(args)
+    return 0
+
+
+def _run_all(args: argparse.Namespace) -> None:
+    from engine.prospect.score import write_geotiff
+    from engine.prospect.stack import build_stack
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    t = time.perf_counter()
+    stack = build_stack(args.region / "layers.json", out / "stack.zarr")
+    timings["stack"] = time.perf_counter() - t
+    maps = []
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        t = time.perf_counter()
+        model = None
+        if method in ("mae", "cae"):
+            model = out / f"{method}.pt"
+            _train(stack, model, method, args.steps, 32, 1e-3, 0, args.no_ray)
+        maps.append(_map(stack, method, model, out / f"map_{method}.zarr", args.block, args.sigma, 0))
+        timings[method] = time.perf_counter() - t
+    if (out / "map_mae.zarr").exists():
+        write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif")
+    _score(maps, args.region / "deposits.csv", "heldout", out / "eval")
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+
+
+if __name__ == "__main__":
+    from jobs._entry import run_module
+
+    run_module(sys.modules[__name__])

@@ -1,0 +1,38 @@
+import argparse
+import json
+
+import pandas as pd
+import pytest
+
+from jobs import prospect
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser()
+    prospect.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_help_without_ray(capsys):
+    with pytest.raises(SystemExit) as e:
+        _parse(["score", "--help"])
+    assert e.value.code == 0
+    assert "--deposits" in capsys.readouterr().out
+
+
+def test_synth_stack_map_score(tmp_path):
+    r, s, m, ev = tmp_path / "r", tmp_path / "s.zarr", tmp_path / "m.zarr", tmp_path / "eval"
+    assert prospect.run(_parse(["synth", "--out", str(r), "--size", "96", "--seed", "4"])) == 0
+    assert prospect.run(_parse(["stack", "--spec", str(r / "layers.json"), "--out", str(s)])) == 0
+    assert prospect.run(_parse(["map", "--stack", str(s), "--method", "pca", "--out", str(m), "--geotiff", str(tmp_path / "m.tif")])) == 0
+    assert prospect.run(_parse(["score", "--map", str(m), "--deposits", str(r / "deposits.csv"), "--split", "all", "--out", str(ev)])) == 0
+    data = json.loads((ev / "metrics.json").read_text())
+    n = len(pd.read_csv(r / "deposits.csv"))
+    assert data["maps"]["pca"]["n_deposits"] == n
+    assert 0.0 <= data["maps"]["pca"]["auc"] <= 1.0
+    assert (ev / "success_rate.png").exists() and (ev / "prediction_area_pca.png").exists() and (tmp_path / "m.tif").exists()
+
+
+def test_bad_input_exit_code(tmp_path, capsys):
+    assert prospect.run(_parse(["stack", "--spec", str(tmp_path / "nope.json"), "--out", str(tmp_path / "s.zarr")])) == 2
+    assert "nope.json" in capsys.readouterr().err
