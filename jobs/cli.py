@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jobs.train", "train a segmentation model with Ray Train"),
     "analyze": ("jobs.analyze", "grain table, modal statistics and HTML report of a segmentation store"),
     "annotate": ("jobs.annotate", "annotation aids: expand scribbles to a label map, pick uncertain regions"),
+    "prospect": ("jobs.prospect", "unsupervised mineral prospectivity: stack grids, train the ViT MAE, map and "
+                                  "score against deposits"),
     "bench": ("jobs.bench", "run every benchmark and write a Markdown report"),
 }
 

@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--grain", type=float, default=60.0)
     q.add_argument("--block", type=int, default=1024, help="shard edge of the written pyramid")
     q.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("region", help="multi-source geoscience grids with planted deposits (prospectivity)")
+    r.add_argument("out", help="output folder (layers, faults.geojson, deposits.csv, layers.json)")
+    r.add_argument("--size", type=int, default=512, help="cells per side")
+    r.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from engine.synth import SectionSpec, write_lumenstone, write_panorama
 
     def body() -> int:
-        if args.what == "collection":
+        if args.what == "region":
+            from engine.prospect.synth import synth_region, write_region
+
+            print(f"region: {write_region(synth_region(args.size, args.seed), args.out)}")
+        elif args.what == "collection":
             root = write_lumenstone(args.out, args.train, args.test, tuple(args.size), args.associations,
                                     args.seed, args.grain)
             print(f"collection: {root}")
