@@ -49,7 +49,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     mean = torch.tensor(card.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(card.std, device=device).view(1, -1, 1, 1)
-    log_every = max(1, cfg.steps // 20)
+    log_every = max(1, cfg.steps // 5)
     running: list[float] = []
     first_loss = None
     t0 = time.perf_counter()
