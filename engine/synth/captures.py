@@ -115,12 +115,21 @@ class Captures:
     config: CaptureConfig
     names: list[str] = field(default_factory=list)
 
+    def extent_hw(self) -> tuple[float, float]:
+        """Height and width of the box that the placed frames' ideal grids cover in the source."""
+        h, w = self.config.frame_hw
+        rect = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+        pts = np.concatenate([rect @ m[:, :2].T + m[:, 2] for m in self.transforms if m is not None])
+        span = pts.max(0) - pts.min(0) + 1
+        return float(span[1]), float(span[0])
+
     def truth_dict(self) -> dict:
         return {
             "transforms": {n: (None if m is None else m.tolist()) for n, m in zip(self.names, self.transforms)},
             "gains": {n: g.tolist() for n, g in zip(self.names, self.gains)},
             "lens": asdict(self.lens),
             "mosaic_hw": list(self.config.mosaic_hw),
+            "extent_hw": list(self.extent_hw()),
             "margin": self.config.margin,
             "frame_hw": list(self.config.frame_hw),
             "config": {k: v for k, v in asdict(self.config).items()},
