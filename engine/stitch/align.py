@@ -26,16 +26,24 @@ class AlignOptions:
     reject_factor: float = 4.0
     loss: str = "soft_l1"
     loss_scale_px: float = 0.5
+    residual_gate_px: float = 10.0
+    residual_trim: float = 0.1
 
 
 @dataclass
 class Alignment:
-    """Solved transforms (``None`` for unplaced frames), per-edge residuals and the rejected edges."""
+    """Solved transforms (``None`` for unplaced frames), per-edge residuals and the rejected edges.
+
+    Edge residuals are measured on every match within ``residual_gate_px`` of the
+    global solution (not just the RANSAC inliers), so an unmodelled lens shows; the
+    RMS leaves out the worst ``residual_trim`` of them (stray mismatches).
+    """
 
     transforms: list[np.ndarray | None]
     reference: int
     edge_rms_px: dict[tuple[int, int], float] = field(default_factory=dict)
     edge_max_px: dict[tuple[int, int], float] = field(default_factory=dict)
+    edge_points: dict[tuple[int, int], int] = field(default_factory=dict)
     rejected: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
@@ -133,8 +141,12 @@ def solve(n: int, edges: list[Edge], reference: int | None = None, reference_M: 
             transforms[k] = mats[c]
         al = Alignment(transforms, ref, rejected=rejected)
         for e in active:
-            r = apply(transforms[e.i], e.pts_i) - apply(transforms[e.j], e.pts_j)  # type: ignore[arg-type]
+            pi, pj = (e.all_i, e.all_j) if len(e.all_i) else (e.pts_i, e.pts_j)
+            r = apply(transforms[e.i], pi) - apply(transforms[e.j], pj)  # type: ignore[arg-type]
             d = np.sqrt(np.sum(r**2, axis=1))
+            d = np.sort(d[d < opts.residual_gate_px])
+            d = d[:max(1, int(np.ceil(len(d) * (1 - opts.residual_trim))))] if len(d) else np.array([np.inf])
+            al.edge_points[(e.i, e.j)] = len(d)
             al.edge_rms_px[(e.i, e.j)] = float(np.sqrt(np.mean(d**2)))
             al.edge_max_px[(e.i, e.j)] = float(d.max())
         return al

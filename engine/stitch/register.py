@@ -30,7 +30,12 @@ class RegisterOptions:
 
 @dataclass
 class Edge:
-    """A registered (or failed) pair. ``pts_i``/``pts_j``: inlier keypoints in each frame."""
+    """A registered (or failed) pair.
+
+    ``pts_i``/``pts_j``: RANSAC inliers; ``all_i``/``all_j``: every ratio-test match,
+    kept so residuals can be judged against the global solution rather than the
+    pairwise model that selected them.
+    """
 
     i: int
     j: int
@@ -44,6 +49,8 @@ class Edge:
     phase_shift: tuple[float, float] = (0.0, 0.0)
     pts_i: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     pts_j: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    all_i: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    all_j: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
 
 def to_grey(img: np.ndarray) -> np.ndarray:
@@ -187,6 +194,7 @@ def register_pair(i: int, j: int, img_i: np.ndarray, valid_i: np.ndarray, img_j:
     if opts.phase_refine:
         M, edge.phase_shift = phase_refine(gi, valid_i, gj, valid_j, M, opts.max_phase_px,
                                            opts.min_phase_overlap_px)
+    edge.all_i, edge.all_j = a, b
     a, b = a[inl], b[inl]
     edge.M, edge.pts_i, edge.pts_j, edge.ok = M, a, b, True
     edge.fit_rms_px = float(np.sqrt(np.mean(np.sum((apply(M, b) - a) ** 2, axis=1))))

@@ -242,10 +242,10 @@ def build_report(sec, hw, edges: list[Edge], al, mats, gains, shape, placed, opt
         if key in al.edge_rms_px:
             row["rms_px"] = round(al.edge_rms_px[key], 4)
             row["max_px"] = round(al.edge_max_px[key], 4)
+            row["residual_points"] = al.edge_points[key]
         edge_rows.append(row)
-    used = [(k, v) for k, v in al.edge_rms_px.items()]
-    sq = sum(v**2 * len(next(e for e in edges if (e.i, e.j) == k).pts_i) for k, v in used)
-    npts = sum(len(next(e for e in edges if (e.i, e.j) == k).pts_i) for k, _ in used)
+    sq = sum(v**2 * al.edge_points[k] for k, v in al.edge_rms_px.items())
+    npts = sum(al.edge_points.values())
     rms = float(np.sqrt(sq / npts)) if npts else None
     frames, flagged = [], []
     for k in range(n):
