@@ -129,11 +129,13 @@ def similarity_ok(M: np.ndarray, prior: np.ndarray | None, hw_j: tuple[int, int]
 
 
 def phase_refine(grey_i: np.ndarray, valid_i: np.ndarray, grey_j: np.ndarray, valid_j: np.ndarray, M: np.ndarray,
-                 max_px: float, min_side: int = 256) -> tuple[np.ndarray, tuple[float, float]]:
+                 max_px: float, min_side: int = 256, iterations: int = 4) -> tuple[np.ndarray, tuple[float, float]]:
     """Residual translation of warped ``j`` against ``i`` over their overlap (phase correlation).
 
-    Overlaps narrower than ``min_side`` are left alone: there the windowed correlation
-    peak is biased by more than the keypoint fit is uncertain.
+    The correlation is repeated on the re-warped frame until the shift vanishes, so
+    the sub-pixel peak estimate (biased away from zero shift) is only used near zero.
+    Overlaps narrower than ``min_side`` are left alone: there the windowed peak is
+    less certain than the keypoint fit.
     """
     h, w = grey_i.shape
     wv = cv2.warpAffine(valid_j, M, (w, h), flags=cv2.INTER_NEAREST)
@@ -144,14 +146,24 @@ def phase_refine(grey_i: np.ndarray, valid_i: np.ndarray, grey_j: np.ndarray, va
     x0, x1, y0, y1 = xs.min() + 4, xs.max() - 4, ys.min() + 4, ys.max() - 4
     if x1 - x0 < min_side or y1 - y0 < min_side:
         return M, (0.0, 0.0)
-    warped = cv2.warpAffine(grey_j.astype(np.float32), compose(translation(-x0, -y0), M), (x1 - x0, y1 - y0),
-                            flags=cv2.INTER_CUBIC)
     ref = grey_i[y0:y1, x0:x1].astype(np.float32)
+    ref -= ref.mean()
+    src = grey_j.astype(np.float32)
     win = cv2.createHanningWindow((x1 - x0, y1 - y0), cv2.CV_32F)
-    (dx, dy), resp = cv2.phaseCorrelate(ref - ref.mean(), warped - warped.mean(), win)
-    if not np.isfinite(dx) or np.hypot(dx, dy) > max_px or resp < 0.05:
+    total = np.zeros(2)
+    out = M
+    for _ in range(iterations):
+        warped = cv2.warpAffine(src, compose(translation(-x0, -y0), out), (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC)
+        (dx, dy), resp = cv2.phaseCorrelate(ref, warped - warped.mean(), win)
+        if not np.isfinite(dx) or resp < 0.05:
+            return M, (0.0, 0.0)
+        total += (dx, dy)
+        out = compose(translation(-total[0], -total[1]), M)
+        if np.hypot(dx, dy) < 0.005:
+            break
+    if np.hypot(*total) > max_px:
         return M, (0.0, 0.0)
-    return compose(translation(-dx, -dy), M), (float(dx), float(dy))
+    return out, (float(total[0]), float(total[1]))
 
 
 def register_pair(i: int, j: int, img_i: np.ndarray, valid_i: np.ndarray, img_j: np.ndarray, valid_j: np.ndarray,

@@ -239,6 +239,7 @@ def capture_grid(source: np.ndarray | None, cfg: CaptureConfig) -> Captures:
     exposure = _drift(n, cfg.exposure_drift, rng)
     wb = np.stack([_drift(n, cfg.wb_drift, rng) for _ in range(3)], axis=1)
     gains = exposure[:, None] * wb
+    gains /= gains.mean(axis=0)
     ideal = observed_to_ideal_map(cfg.lens, cfg.frame_hw)
     vig = vignette(cfg.frame_hw, cfg.vignetting)
     src = source.astype(np.float32)
