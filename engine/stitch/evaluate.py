@@ -90,3 +90,11 @@ def gradient_ratio(pano: np.ndarray, on_seam: np.ndarray, interior: np.ndarray) 
     g = cv2.cvtColor(pano, cv2.COLOR_RGB2GRAY).astype(np.float32)
     mag = cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
     return float(mag[on_seam].mean() / mag[interior].mean())
+
+
+def truth_in_panorama(source: np.ndarray, G: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The source resampled onto the panorama grid (``G``: panorama → source)."""
+    import cv2
+
+    return cv2.warpAffine(source, G, (shape[1], shape[0]), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT)

@@ -116,6 +116,18 @@ def _coarse_pairs(img_refs, valid_refs, hw, opts: StitchOptions) -> list[tuple[i
     return out
 
 
+def level_axes(mats: list[np.ndarray | None], hw: tuple[int, int]) -> list[np.ndarray | None]:
+    """Turn and scale the panorama so the frames' mean rotation is 0 and mean scale 1 (stage axes)."""
+    placed = [m for m in mats if m is not None]
+    if not placed:
+        return mats
+    ang = float(np.mean([np.arctan2(m[1, 0], m[0, 0]) for m in placed]))
+    sc = float(np.mean([np.hypot(m[0, 0], m[1, 0]) for m in placed]))
+    c, s = np.cos(-ang) / sc, np.sin(-ang) / sc
+    G = np.array([[c, -s, 0.0], [s, c, 0.0]])
+    return [None if m is None else compose(G, m) for m in mats]
+
+
 def _seam_scale(n: int, hw: tuple[int, int], megapixels: float) -> float:
     return float(min(0.5, np.sqrt(megapixels * 1e6 / (n * hw[0] * hw[1]))))
 
@@ -153,6 +165,7 @@ def stitch_section(section_dir: str | Path, store: str | Path, correction: Corre
     placed = [m is not None for m in al.transforms]
     if not any(placed):
         raise LodeInputError(Path(section_dir) / "tiles", f"no pair of its {n} frames could be registered")
+    al.transforms = level_axes(al.transforms, hw)
     boxes = [frame_box(m, hw) for m in al.transforms if m is not None]
     x0 = min(b[0] for b in boxes)
     y0 = min(b[1] for b in boxes)
