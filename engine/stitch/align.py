@@ -3,7 +3,8 @@
 Frame ``k`` gets ``M_k`` (frame pixels → panorama pixels) with parameters
 ``(a, b, tx, ty)``: ``x' = a x - b y + tx``, ``y' = b x + a y + ty``. An edge (i, j)
 with pairwise ``M_ij`` (j → i) asks ``M_i(M_ij q) = M_j(q)`` at points ``q`` of its
-overlap; the residuals are linear in the parameters. Edges whose residual stays far
+overlap; the residuals are linear in the parameters, so the exact linear least-squares
+solution starts a robust (soft-L1) refinement. Edges whose residual stays far
 above the rest (inconsistent loops) are dropped one at a time and the solve repeated.
 """
 
@@ -76,7 +77,10 @@ def _solve_once(n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: Al
                 ) -> tuple[np.ndarray, dict]:
     var = [k for k in range(n) if k != ref]
     col = {k: 4 * c for c, k in enumerate(var)}
-    rows, cols, vals, rhs, spans = [], [], [], [], {}
+    rows: list = []
+    cols: list = []
+    vals: list = []
+    rhs, spans = [], {}
     row = 0
     fixed = np.array([ref_M[0, 0], ref_M[1, 0], ref_M[0, 2], ref_M[1, 2]])
     for e in edges:
@@ -96,7 +100,9 @@ def _solve_once(n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: Al
         row += 2 * m
     A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(row, 4 * len(var)))
     y = np.concatenate(rhs)
-    x0 = np.tile([1.0, 0.0, 0.0, 0.0], len(var))
+    d = 1.0 / np.maximum(np.sqrt(np.asarray(A.multiply(A).sum(axis=0))).ravel(), 1e-12)
+    As = A @ sp.diags(d)
+    x0 = d * np.linalg.solve((As.T @ As).toarray(), As.T @ y)
     sol = least_squares(lambda x: A @ x - y, x0, jac=lambda x: A, loss=opts.loss, f_scale=opts.loss_scale_px,
                         method="trf", tr_solver="lsmr", x_scale="jac")
     params = np.zeros((n, 4))

@@ -129,7 +129,7 @@ def similarity_ok(M: np.ndarray, prior: np.ndarray | None, hw_j: tuple[int, int]
 
 
 def phase_refine(grey_i: np.ndarray, valid_i: np.ndarray, grey_j: np.ndarray, valid_j: np.ndarray, M: np.ndarray,
-                 max_px: float, min_side: int = 256, iterations: int = 4) -> tuple[np.ndarray, tuple[float, float]]:
+                 max_px: float, min_side: int = 256, iterations: int = 3) -> tuple[np.ndarray, tuple[float, float]]:
     """Residual translation of warped ``j`` against ``i`` over their overlap (phase correlation).
 
     The correlation is repeated on the re-warped frame until the shift vanishes, so

@@ -182,7 +182,9 @@ def stitch_section(section_dir: str | Path, store: str | Path, correction: Corre
     warped, wmasks, corners = [], [], []
     for k, m in enumerate(mats):
         if m is None:
-            warped.append(None), wmasks.append(None), corners.append((0, 0))
+            warped.append(None)
+            wmasks.append(None)
+            corners.append((0, 0))
             continue
         Ml = compose(compose(S, m), invert(S))
         th, tv = thumbs[k]
