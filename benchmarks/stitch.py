@@ -50,7 +50,11 @@ def _tree_rss(pid: int) -> int:
 
 
 def _measured(cmd: list[str], timeout: float) -> dict:
-    """Run ``cmd``; wall time, exit code, peak RSS of its process tree, last stdout line as JSON if any."""
+    """Run ``cmd``; wall time, CPU time of reaped descendants, exit code, peak RSS of its process tree,
+    and the last stdout line as JSON if any."""
+    import resource
+
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")})
@@ -71,8 +75,10 @@ def _measured(cmd: list[str], timeout: float) -> dict:
         out, err = proc.communicate()
     done.set()
     th.join()
-    res = {"wall_s": round(time.perf_counter() - t, 2), "peak_rss_gib": round(peak[0] / 2**30, 3),
-           "returncode": proc.returncode}
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    res = {"wall_s": round(time.perf_counter() - t, 2), "cpu_s": round(cpu, 1),
+           "peak_rss_gib": round(peak[0] / 2**30, 3), "returncode": proc.returncode}
     lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
     if lines:
         res["child"] = json.loads(lines[-1])
