@@ -70,15 +70,23 @@ class LensModel:
             raise LodeInputError(p, f"cannot read lens model: {exc}") from exc
 
 
-def find_corners(image: np.ndarray, pattern: tuple[int, int]) -> np.ndarray | None:
-    """Sub-pixel inner corners ``(n, 2)`` of a checkerboard, or ``None`` if not found."""
+def find_corners(image: np.ndarray, pattern: tuple[int, int], detect_px: int = 1280) -> np.ndarray | None:
+    """Sub-pixel inner corners ``(n, 2)`` of a checkerboard, or ``None`` if not found.
+
+    The pattern is found on a copy at most ``detect_px`` wide, then every corner is
+    refined on the full-resolution frame.
+    """
     grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    scale = min(1.0, detect_px / max(grey.shape))
+    small = grey if scale == 1.0 else cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     flags = cv2.CALIB_CB_ADAPTIVE_THRESH | cv2.CALIB_CB_NORMALIZE_IMAGE
-    ok, corners = cv2.findChessboardCorners(grey, pattern, flags=flags)
+    ok, corners = cv2.findChessboardCorners(small, pattern, flags=flags)
     if not ok:
         return None
+    corners = ((corners + 0.5) / scale - 0.5).astype(np.float32)
+    win = max(5, int(round(5 / scale)))
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-4)
-    corners = cv2.cornerSubPix(grey, corners, (5, 5), (-1, -1), crit)
+    corners = cv2.cornerSubPix(grey, corners, (win, win), (-1, -1), crit)
     return corners.reshape(-1, 2)
 
 
