@@ -133,10 +133,10 @@ def _opencv_child(collection: str) -> None:
     if status == cv2.Stitcher_OK:
         kept = [int(k) for k in np.asarray(st.component()).ravel()]
         res.update(kept=kept, frames_kept=len(kept), panorama_hw=list(pano.shape[:2]))
-        warper = cv2.PyRotationWarper("affine", 1.0)
+        warper = cv2.PyRotationWarper("affine", 1.0)  # cameras stay at the registration (work) scale
         h, w = imgs[0].shape[:2]
         xs, ys = np.linspace(0.05 * w, 0.95 * w, 12), np.linspace(0.05 * h, 0.95 * h, 12)
-        grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+        grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2) * st.workScale()
         mapped = {}
         for k, cam in zip(kept, st.cameras()):
             K = cam.K().astype(np.float32)
