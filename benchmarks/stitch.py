@@ -50,7 +50,7 @@ def _tree_rss(pid: int) -> int:
 
 
 def _measured(cmd: list[str], timeout: float) -> dict:
-    """Run ``cmd``; wall time, CPU time of reaped descendants, exit code, peak RSS of its process tree,
+    """Run ``cmd``; wall time, CPU time of reaped descendants (not Ray workers), exit code, peak RSS of its tree,
     and the last stdout line as JSON if any."""
     import resource
 
@@ -77,7 +77,7 @@ def _measured(cmd: list[str], timeout: float) -> dict:
     th.join()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    res = {"wall_s": round(time.perf_counter() - t, 2), "cpu_s": round(cpu, 1),
+    res = {"wall_s": round(time.perf_counter() - t, 2), "cpu_s_reaped": round(cpu, 1),
            "peak_rss_gib": round(peak[0] / 2**30, 3), "returncode": proc.returncode}
     lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
     if lines:
