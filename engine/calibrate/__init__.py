@@ -1,1 +1,1 @@
-
+"""Capture calibration: lens distortion and flat field (``lens``, ``flat``)."""

@@ -1,0 +1,99 @@
+"""Flat-field and dark-frame correction.
+
+``corrected = (raw - dark) / flat`` where ``flat`` is the dark-subtracted white
+reference, fitted by a smooth 2-D polynomial (vignetting is smooth; noise and dust
+are not) and normalised to 1 at the optical centre, so the centre keeps its level
+and the falloff towards the corners is undone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from engine.errors import LodeInputError
+
+
+@dataclass(frozen=True)
+class FlatField:
+    """Per-pixel, per-channel gain ``flat`` (h, w, c) float32 and ``dark`` offset (h, w, c) float32."""
+
+    flat: np.ndarray
+    dark: np.ndarray
+
+    @property
+    def frame_hw(self) -> tuple[int, int]:
+        return self.flat.shape[:2]  # type: ignore[return-value]
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        tmp = p.with_name(p.stem + ".tmp.npz")
+        np.savez_compressed(tmp, flat=self.flat, dark=self.dark)
+        os.replace(tmp, p)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FlatField":
+        p = Path(path)
+        try:
+            with np.load(p) as z:
+                flat, dark = z["flat"].astype(np.float32), z["dark"].astype(np.float32)
+        except (OSError, KeyError, ValueError) as exc:
+            raise LodeInputError(p, f"cannot read flat field: {exc}") from exc
+        if flat.shape != dark.shape or flat.ndim != 3 or not np.all(np.isfinite(flat)) or flat.min() <= 0:
+            raise LodeInputError(p, "flat field needs finite positive flat and dark of the same (h, w, c) shape")
+        return cls(flat, dark)
+
+
+def _mean_stack(frames: Sequence[np.ndarray], source: str | Path, hw: tuple[int, ...] | None) -> np.ndarray:
+    if not frames:
+        raise LodeInputError(source, "no frames")
+    shape = frames[0].shape if hw is None else hw
+    acc = np.zeros(shape, np.float64)
+    for f in frames:
+        if f.shape != shape:
+            raise LodeInputError(source, f"frame of shape {f.shape}, expected {shape}")
+        acc += f
+    return (acc / len(frames)).astype(np.float32)
+
+
+def smooth_surface(img: np.ndarray, degree: int = 4, step: int = 4) -> np.ndarray:
+    """Least-squares 2-D polynomial of ``degree`` fitted to each channel of ``img`` (h, w, c)."""
+    h, w, c = img.shape
+    def basis(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        u, v = xs / max(w - 1, 1) * 2 - 1, ys / max(h - 1, 1) * 2 - 1
+        return np.stack([u**i * v**j for i in range(degree + 1) for j in range(degree + 1 - i)], axis=-1)
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    coef, *_ = np.linalg.lstsq(basis(ys.ravel(), xs.ravel()), img[::step, ::step].reshape(-1, c), rcond=None)
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (basis(yy.astype(np.float32), xx.astype(np.float32)) @ coef.astype(np.float32)).reshape(h, w, c)
+
+
+def fit_flat(flat_frames: Sequence[np.ndarray], dark_frames: Sequence[np.ndarray] | None = None,
+             degree: int = 4, source: str | Path = "calibration") -> FlatField:
+    """Average white references (and darks), subtract the dark, fit a smooth surface, normalise at the centre."""
+    flat = _mean_stack(flat_frames, Path(source) / "flat", None)
+    if flat.ndim == 2:
+        flat = flat[..., None]
+    dark = (_mean_stack(dark_frames, Path(source) / "dark", None).reshape(flat.shape) if dark_frames
+            else np.zeros_like(flat))
+    gain = flat - dark
+    if degree:
+        gain = smooth_surface(gain, degree)
+    h, w = gain.shape[:2]
+    cy, cx, r = h // 2, w // 2, max(2, min(h, w) // 20)
+    centre = gain[cy - r:cy + r, cx - r:cx + r].reshape(-1, gain.shape[2]).mean(axis=0)
+    if np.any(centre <= 0) or gain.min() <= 0:
+        raise LodeInputError(Path(source) / "flat", "flat frames are not brighter than the dark frames")
+    return FlatField((gain / centre).astype(np.float32), dark.astype(np.float32))
+
+
+def apply_flat(raw: np.ndarray, ff: FlatField) -> np.ndarray:
+    """Flat- and dark-corrected float32 frame (same shape as ``raw``)."""
+    if raw.shape[:2] != ff.frame_hw:
+        raise ValueError(f"frame of shape {raw.shape[:2]} vs flat field {ff.frame_hw}")
+    return ((raw.astype(np.float32) - ff.dark.reshape(raw.shape)) / ff.flat.reshape(raw.shape)).astype(np.float32)

@@ -1,0 +1,51 @@
+"""A collection of sections to stitch, and the calibration that comes with it.
+
+Layout: ``<collection>/<section_id>/tiles/*`` (+ ``positions.csv``) and an optional
+``<collection>/calibration/`` holding ``lens.json`` and ``flat.npz`` (fitted) or raw
+``checkerboard/``, ``flat/`` and ``dark/`` frames (fitted here on the fly).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.calibrate.flat import FlatField, fit_flat
+from engine.calibrate.lens import LensModel, fit_lens
+from engine.errors import LodeInputError
+from engine.stitch.frames import Correction, read_images
+
+CALIBRATION = "calibration"
+
+
+def section_dirs(collection: str | Path) -> list[Path]:
+    root = Path(collection)
+    if not root.is_dir():
+        raise LodeInputError(root, "no such collection folder")
+    secs = sorted(p for p in root.iterdir() if p.is_dir() and p.name != CALIBRATION and (p / "tiles").is_dir())
+    if not secs:
+        raise LodeInputError(root, "no <section>/tiles/ folders")
+    return secs
+
+
+def load_correction(collection: str | Path, lens: str | Path | None = None, flat: str | Path | None = None,
+                    pattern: tuple[int, int] = (9, 6), use_lens: bool = True, use_flat: bool = True) -> Correction:
+    """Lens and flat field from explicit files, else from ``<collection>/calibration``, else none."""
+    cal = Path(collection) / CALIBRATION
+    lens_model: LensModel | None = None
+    if use_lens:
+        if lens is not None:
+            lens_model = LensModel.load(lens)
+        elif (cal / "lens.json").exists():
+            lens_model = LensModel.load(cal / "lens.json")
+        elif (cal / "checkerboard").is_dir():
+            lens_model = fit_lens(read_images(cal / "checkerboard"), pattern, cal / "checkerboard")
+    ff: FlatField | None = None
+    if use_flat:
+        if flat is not None:
+            ff = FlatField.load(flat)
+        elif (cal / "flat.npz").exists():
+            ff = FlatField.load(cal / "flat.npz")
+        elif (cal / "flat").is_dir():
+            darks = read_images(cal / "dark") if (cal / "dark").is_dir() else None
+            ff = fit_flat(read_images(cal / "flat"), darks, source=cal)
+    return Correction(lens_model, ff)

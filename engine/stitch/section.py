@@ -1,0 +1,302 @@
+"""Stitch one section: correct, register pairs (Ray tasks), solve, gains, seams, render shards (Ray tasks).
+
+The stitch report (frames placed, per-edge residuals, RMS, gains, flagged frames) goes
+into the image group's ``attrs["lode"]["stitch"]`` and is returned.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import ray
+import zarr
+
+from engine.calibrate.lens import undistort_maps
+from engine.errors import LodeInputError
+from engine.io.ome import PyramidLayout, create_image, write_block
+from engine.stitch.align import AlignOptions, solve
+from engine.stitch.exposure import overlap_means, solve_gains
+from engine.stitch.frames import Correction, CorrectedFrame, correct, read_image, read_section
+from engine.stitch.register import (Edge, RegisterOptions, apply, compose, detect, invert, match, register_pair,
+                                    to_grey, translation)
+from engine.stitch.render import ShardFrame, frame_box, render_shard, touches
+from engine.stitch.seams import seam_labels
+
+
+@dataclass(frozen=True)
+class StitchOptions:
+    register: RegisterOptions = field(default_factory=RegisterOptions)
+    align: AlignOptions = field(default_factory=AlignOptions)
+    min_overlap: float = 0.1
+    seam_megapixels: float = 1.0
+    blend_sigma_low: float = 1.5
+    shard: int = 2048
+    levels: int = 3
+    coarse_px: int = 800
+    flag_residual_px: float = 1.0
+
+
+def _similarity(M: np.ndarray) -> tuple[float, float]:
+    return float(np.hypot(M[0, 0], M[1, 0])), float(np.degrees(np.arctan2(M[1, 0], M[0, 0])))
+
+
+@ray.remote(num_returns=3)
+def _correct_task(path: str, corr: Correction, thumb_scale: float):
+    raw = read_image(path)
+    maps = undistort_maps(corr.lens) if corr.lens is not None and not corr.lens.is_identity else None
+    cf = correct(raw, corr, maps, path)
+    thumb = cv2.resize(cf.image, None, fx=thumb_scale, fy=thumb_scale, interpolation=cv2.INTER_AREA)
+    tvalid = cv2.resize(cf.valid, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA)
+    return cf.image, cf.valid, (thumb, np.where(tvalid == 255, 255, 0).astype(np.uint8))
+
+
+@ray.remote
+def _coarse_features(img: np.ndarray, valid: np.ndarray, scale: float, max_features: int):
+    g = cv2.resize(to_grey(img), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    v = cv2.resize(valid, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_NEAREST)
+    pts, desc = detect(g, v, None, max_features)
+    return (pts + 0.5) / scale - 0.5, desc
+
+
+@ray.remote
+def _register_task(i: int, j: int, img_i, valid_i, img_j, valid_j, prior, opts: RegisterOptions) -> Edge:
+    return register_pair(i, j, img_i, valid_i, img_j, valid_j, prior, opts)
+
+
+@ray.remote
+def _render_task(store: str, group: str, y0: int, x0: int, h: int, w: int, frames: list[ShardFrame],
+                 labels: np.ndarray, scale: float, sigma_low: float, n: int, *arrays) -> dict:
+    t = time.perf_counter()
+    data = render_shard(y0, x0, h, w, frames, list(arrays[:n]), list(arrays[n:]), labels, scale, sigma_low)
+    write_block(zarr.open_group(store, mode="r+")[group], data, y0, x0, "image")
+    return {"y0": y0, "x0": x0, "h": h, "w": w, "frames": len(frames), "seconds": round(time.perf_counter() - t, 3)}
+
+
+def _nominal_pairs(xy: np.ndarray, hw: tuple[int, int], min_overlap: float) -> list[tuple[int, int, np.ndarray]]:
+    h, w = hw
+    out = []
+    for i in range(len(xy)):
+        for j in range(i + 1, len(xy)):
+            dx, dy = xy[j] - xy[i]
+            area = max(0.0, w - abs(dx)) * max(0.0, h - abs(dy))
+            if area >= min_overlap * h * w:
+                out.append((i, j, translation(dx, dy)))
+    return out
+
+
+def _coarse_pairs(img_refs, valid_refs, hw, opts: StitchOptions) -> list[tuple[int, int, np.ndarray]]:
+    """All-pairs overlap search on downscaled features when no positions are given."""
+    scale = min(1.0, opts.coarse_px / max(hw))
+    feats = ray.get([_coarse_features.remote(a, b, scale, 2000) for a, b in zip(img_refs, valid_refs)])
+    ro = opts.register
+    out = []
+    n = len(feats)
+    for i in range(n):
+        for j in range(i + 1, n):
+            (pi, di), (pj, dj) = feats[i], feats[j]
+            mt = match(di, dj, ro.ratio)
+            if len(mt) < ro.min_inliers:
+                continue
+            M, inl = cv2.estimateAffinePartial2D(pj[mt[:, 1]], pi[mt[:, 0]], method=cv2.RANSAC,
+                                                 ransacReprojThreshold=max(2.0, 1.5 / scale))
+            if M is None or int(inl.sum()) < ro.min_inliers:
+                continue
+            h, w = hw
+            c = apply(M, np.array([[0, 0], [w - 1, h - 1]], float))
+            ox = max(0.0, min(c[1, 0], w - 1) - max(c[0, 0], 0))
+            oy = max(0.0, min(c[1, 1], h - 1) - max(c[0, 1], 0))
+            if ox * oy >= opts.min_overlap * h * w:
+                out.append((i, j, M))
+    return out
+
+
+def level_axes(mats: list[np.ndarray | None], hw: tuple[int, int]) -> list[np.ndarray | None]:
+    """Turn and scale the panorama so the frames' mean rotation is 0 and mean scale 1 (stage axes)."""
+    placed = [m for m in mats if m is not None]
+    if not placed:
+        return mats
+    ang = float(np.mean([np.arctan2(m[1, 0], m[0, 0]) for m in placed]))
+    sc = float(np.mean([np.hypot(m[0, 0], m[1, 0]) for m in placed]))
+    c, s = np.cos(-ang) / sc, np.sin(-ang) / sc
+    G = np.array([[c, -s, 0.0], [s, c, 0.0]])
+    return [None if m is None else compose(G, m) for m in mats]
+
+
+def _seam_scale(n: int, hw: tuple[int, int], megapixels: float) -> float:
+    return float(min(0.5, np.sqrt(megapixels * 1e6 / (n * hw[0] * hw[1]))))
+
+
+def stitch_section(section_dir: str | Path, store: str | Path, correction: Correction = Correction(),
+                   opts: StitchOptions = StitchOptions()) -> dict:
+    """Stitch ``<section_dir>/tiles`` into image group ``<section_id>`` of the OME-Zarr ``store``.
+
+    Returns the stitch report (also stored in the group's attributes).
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    sec = read_section(section_dir)
+    n = len(sec.tiles)
+    hw = read_image(sec.tiles[0]).shape[:2]
+    thumb_scale = _seam_scale(n, hw, opts.seam_megapixels)
+    corr_ref = ray.put(correction)
+    outs = [_correct_task.remote(str(p), corr_ref, thumb_scale) for p in sec.tiles]
+    img_refs, valid_refs, thumb_refs = [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs]
+    if sec.nominal_xy is not None:
+        pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
+    else:
+        pairs = _coarse_pairs(img_refs, valid_refs, hw, opts)
+    ray.wait(img_refs, num_returns=len(img_refs))
+    timings["correct"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    edges: list[Edge] = ray.get([_register_task.remote(i, j, img_refs[i], valid_refs[i], img_refs[j], valid_refs[j],
+                                                       prior, opts.register) for i, j, prior in pairs])
+    timings["register"] = time.perf_counter() - t
+    t = time.perf_counter()
+    al = solve(n, edges, opts=opts.align)
+    timings["align"] = time.perf_counter() - t
+    if n == 1 and al.transforms[0] is None:
+        al.transforms[0], al.reference = np.eye(2, 3), 0
+    placed = [m is not None for m in al.transforms]
+    if not any(placed):
+        raise LodeInputError(Path(section_dir) / "tiles", f"no pair of its {n} frames could be registered")
+    al.transforms = level_axes(al.transforms, hw)
+    boxes = [frame_box(m, hw) for m in al.transforms if m is not None]
+    x0 = min(b[0] for b in boxes)
+    y0 = min(b[1] for b in boxes)
+    shift = translation(-np.floor(x0), -np.floor(y0))
+    mats: list[np.ndarray | None] = [None if m is None else compose(shift, m) for m in al.transforms]
+    W = int(np.ceil(max(b[2] for b in boxes) - np.floor(x0))) + 1
+    H = int(np.ceil(max(b[3] for b in boxes) - np.floor(y0))) + 1
+
+    t = time.perf_counter()
+    thumbs = ray.get(thumb_refs)
+    s = thumb_scale
+    S = np.array([[s, 0, 0.5 * s - 0.5], [0, s, 0.5 * s - 0.5]])
+    Lh, Lw = int(np.ceil(H * s)), int(np.ceil(W * s))
+    warped, wmasks, corners = [], [], []
+    for k, m in enumerate(mats):
+        if m is None:
+            warped.append(None)
+            wmasks.append(None)
+            corners.append((0, 0))
+            continue
+        Ml = compose(compose(S, m), invert(S))
+        th, tv = thumbs[k]
+        bx0, by0, bx1, by1 = frame_box(Ml, th.shape[:2])
+        cx, cy = int(np.floor(bx0)), int(np.floor(by0))
+        size = (int(np.ceil(bx1)) - cx + 2, int(np.ceil(by1)) - cy + 2)
+        Mc = compose(translation(-cx, -cy), Ml)
+        warped.append(cv2.warpAffine(th, Mc, size, flags=cv2.INTER_LINEAR))
+        wmasks.append(cv2.warpAffine(tv, Mc, size, flags=cv2.INTER_NEAREST))
+        corners.append((cx, cy))
+    pairs_means = overlap_means(warped, wmasks, corners)
+    gains = solve_gains(n, pairs_means, placed)
+    comp = [None if im is None else np.clip(im * gains[k], 0, 255).astype(np.uint8) for k, im in enumerate(warped)]
+    labels = seam_labels(comp, wmasks, corners, (Lh, Lw))
+    timings["gains_seams"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    store = Path(store)
+    root = zarr.open_group(str(store), mode="a")
+    tmp_name = f".{sec.section_id}.partial"
+    layout = PyramidLayout((opts.shard, opts.shard), levels=opts.levels)
+    create_image(root, tmp_name, (3, H, W), layout, channel_names=["R", "G", "B"], overwrite=True)
+    grp = root[tmp_name]
+    seams = grp.create_array("seam_labels", shape=labels.shape, dtype=np.int16, chunks=labels.shape, fill_value=-1)
+    seams[...] = labels
+    labels_ref = ray.put(labels)
+    tasks = []
+    for y in range(0, H, opts.shard):
+        for x in range(0, W, opts.shard):
+            h, w = min(opts.shard, H - y), min(opts.shard, W - x)
+            ks = [k for k, m in enumerate(mats) if m is not None and touches(m, hw, y, x, h, w)]
+            frames = [ShardFrame(k, mats[k], gains[k]) for k in ks]  # type: ignore[arg-type]
+            tasks.append(_render_task.remote(str(store), tmp_name, y, x, h, w, frames, labels_ref, s,
+                                             opts.blend_sigma_low, len(ks), *[img_refs[k] for k in ks],
+                                             *[valid_refs[k] for k in ks]))
+    shards = ray.get(tasks)
+    timings["render"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    report = build_report(sec, hw, edges, al, mats, gains, (H, W), placed, opts, timings, len(shards))
+    report["seam_labels"] = {"array": "seam_labels", "scale": s}
+    grp.attrs["lode"] = {**grp.attrs["lode"], "stitch": report}
+    ome = dict(grp.attrs["ome"])
+    ome["multiscales"] = [{**ome["multiscales"][0], "name": sec.section_id}]
+    grp.attrs["ome"] = ome
+    final = store / sec.section_id
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(store / tmp_name, final)
+    return report
+
+
+def build_report(sec, hw, edges: list[Edge], al, mats, gains, shape, placed, opts: StitchOptions,
+                 timings: dict, n_shards: int) -> dict:
+    names = [p.name for p in sec.tiles]
+    n = len(names)
+    by_frame: dict[int, list[Edge]] = {k: [] for k in range(n)}
+    for e in edges:
+        by_frame[e.i].append(e)
+        by_frame[e.j].append(e)
+    edge_rows = []
+    for e in edges:
+        key = (e.i, e.j)
+        row = {"i": e.i, "j": e.j, "frames": [names[e.i], names[e.j]], "registered": e.ok, "reason": e.reason,
+               "keypoints": list(e.keypoints), "matches": e.matches, "inliers": e.inliers,
+               "fit_rms_px": None if not np.isfinite(e.fit_rms_px) else round(e.fit_rms_px, 4),
+               "phase_shift_px": [round(v, 4) for v in e.phase_shift]}
+        if key in al.rejected:
+            row["rejected"] = al.rejected[key]
+        if key in al.edge_rms_px:
+            row["rms_px"] = round(al.edge_rms_px[key], 4)
+            row["max_px"] = round(al.edge_max_px[key], 4)
+            row["residual_points"] = al.edge_points[key]
+        edge_rows.append(row)
+    sq = sum(v**2 * al.edge_points[k] for k, v in al.edge_rms_px.items())
+    npts = sum(al.edge_points.values())
+    rms = float(np.sqrt(sq / npts)) if npts else None
+    frames, flagged = [], []
+    for k in range(n):
+        mine = by_frame[k]
+        flags = []
+        if not placed[k]:
+            side = [e.keypoints[0] if e.i == k else e.keypoints[1] for e in mine]
+            if mine and max(side) < opts.register.min_inliers:
+                flags.append("featureless: too few keypoints in its overlaps")
+            elif not mine:
+                flags.append("no neighbour at its nominal position")
+            else:
+                flags.append("no overlap found with any neighbour: not placed")
+        worst = max((al.edge_rms_px.get((e.i, e.j), 0.0) for e in mine), default=0.0)
+        if placed[k] and worst >= opts.flag_residual_px:
+            flags.append(f"edge residual {worst:.2f} px >= {opts.flag_residual_px} px (lens or motion?)")
+        row = {"file": names[k], "placed": placed[k], "gain": [round(float(g), 5) for g in gains[k]],
+               "flags": flags, "edges_used": sum(1 for e in mine if (e.i, e.j) in al.edge_rms_px)}
+        if mats[k] is not None:
+            sc, ang = _similarity(mats[k])
+            row.update(transform=np.round(mats[k], 6).tolist(), scale=round(sc, 6), rotation_deg=round(ang, 5))
+        frames.append(row)
+        if flags:
+            flagged.append(names[k])
+    return {
+        "section": sec.section_id, "frames_total": n, "frames_placed": int(sum(placed)), "flagged": flagged,
+        "rms_px": None if rms is None else round(rms, 4),
+        "max_edge_rms_px": round(max(al.edge_rms_px.values()), 4) if al.edge_rms_px else None,
+        "panorama_hw": list(shape), "reference_frame": names[al.reference] if al.reference >= 0 else None,
+        "positions": "nominal" if sec.nominal_xy is not None else "all-pairs search",
+        "edges": edge_rows, "frames": frames, "shards": n_shards,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "options": _options_dict(opts),
+    }
+
+
+def _options_dict(opts: StitchOptions) -> dict:
+    d = asdict(opts)
+    return {k: (v if not isinstance(v, tuple) else list(v)) for k, v in d.items()}

@@ -1,0 +1,95 @@
+"""Stitch every section of a collection into one OME-Zarr store (``lode stitch COLLECTION --out STORE``).
+
+Each section becomes a multiscale image group ``<section_id>`` with its stitch report in
+``attrs["lode"]["stitch"]``; all reports also go to ``<STORE>.stitch.json`` beside the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _pattern(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"pattern must look like 9x6, not {text!r}") from exc
+    return a, b
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("collection", help="folder with <section_id>/tiles/* (+ positions.csv) and calibration/")
+    parser.add_argument("--out", required=True, help="output OME-Zarr store (created or extended)")
+    parser.add_argument("--sections", nargs="*", help="only these section ids")
+    parser.add_argument("--lens", help="lens model JSON (default: calibration/lens.json or fit from checkerboard/)")
+    parser.add_argument("--flat", help="flat field .npz (default: calibration/flat.npz or fit from flat/, dark/)")
+    parser.add_argument("--no-lens", action="store_true", help="do not undistort")
+    parser.add_argument("--no-flat", action="store_true", help="do not flat-field correct")
+    parser.add_argument("--pattern", type=_pattern, default=(9, 6), help="checkerboard inner corners (default 9x6)")
+    parser.add_argument("--shard", type=int, default=2048, help="output shard (= render block) size in pixels")
+    parser.add_argument("--levels", type=int, default=3, help="pyramid levels")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
+
+
+def report_path(store: str | Path) -> Path:
+    p = Path(store)
+    return p.with_name(p.name + ".stitch.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from engine.errors import LodeInputError
+    from engine.stitch.collection import load_correction, section_dirs
+    from engine.stitch.runtime import ensure_ray
+    from engine.stitch.section import StitchOptions, stitch_section
+
+    t0 = time.perf_counter()
+    secs = section_dirs(args.collection)
+    if args.sections:
+        unknown = sorted(set(args.sections) - {s.name for s in secs})
+        if unknown:
+            raise LodeInputError(args.collection, f"no section(s) {', '.join(unknown)}")
+        secs = [s for s in secs if s.name in set(args.sections)]
+    corr = load_correction(args.collection, args.lens, args.flat, args.pattern, not args.no_lens, not args.no_flat)
+    opts = StitchOptions(shard=args.shard, levels=args.levels)
+    ensure_ray(args.num_cpus)
+    remote = ray.remote(num_cpus=0)(stitch_section)
+    futures = {s.name: remote.remote(str(s), args.out, corr, opts) for s in secs}
+    results: dict[str, dict] = {}
+    failed = 0
+    for name, fut in futures.items():
+        try:
+            results[name] = ray.get(fut)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause()
+            if not isinstance(cause, LodeInputError):
+                raise
+            results[name] = {"section": name, "error": str(cause)}
+            failed += 1
+    summary = {"collection": str(Path(args.collection).resolve()), "store": str(Path(args.out).resolve()),
+               "calibration": {"lens": None if corr.lens is None else corr.lens.to_dict(),
+                               "flat": corr.flat is not None},
+               "seconds": round(time.perf_counter() - t0, 3), "sections": results}
+    out = report_path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out)
+    for name, rep in results.items():
+        if "error" in rep:
+            print(f"{name}: FAILED {rep['error']}", file=sys.stderr)
+        else:
+            print(f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
+                  f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, flagged {rep['flagged'] or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    from jobs._entry import run_module
+
+    run_module(sys.modules[__name__])
