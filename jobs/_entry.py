@@ -8,6 +8,7 @@ from types import ModuleType
 
 
 def run_module(module: ModuleType, description: str | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m {module.__name__}", description=description or module.__doc__)
+    name = module.__spec__.name if module.__spec__ else module.__name__
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=description or module.__doc__)
     module.add_arguments(parser)
     sys.exit(int(module.run(parser.parse_args()) or 0))

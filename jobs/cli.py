@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "annotate": ("jobs.annotate", "annotation aids: expand scribbles to a label map, pick uncertain regions"),
     "prospect": ("jobs.prospect", "unsupervised mineral prospectivity: stack grids, train the ViT MAE, map and "
                                   "score against deposits"),
+    "stitch": ("jobs.stitch", "stitch every section of a collection into an OME-Zarr panorama store"),
+    "calibrate": ("jobs.calibrate", "fit capture calibration: lens (checkerboard) or flat field (flat + dark)"),
     "bench": ("jobs.bench", "run every benchmark and write a Markdown report"),
 }
 
