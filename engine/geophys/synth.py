@@ -35,7 +35,7 @@ class SurveyConfig:
     width: tuple[float, float] = (0.2, 2.0)
     top: tuple[float, float] = (1.0, 4.0)
     depth_extent: tuple[float, float] = (8.0, 40.0)
-    dip: tuple[float, float] = (50.0, 90.0)
+    dip: tuple[float, float] = (60.0, 90.0)
     magnetisation: tuple[float, float] = (1.0, 6.0)
     reversed_fraction: float = 0.2
     remanent_fraction: float = 0.25
@@ -141,7 +141,7 @@ def make_survey(seed: int | np.random.SeedSequence, config: SurveyConfig = Surve
             n_seg = int(rng.choice([1, 1, 2, 3]))
             width = float(np.exp(rng.uniform(*np.log(cfg.width))))
             top = round(float(rng.uniform(*cfg.top)) * 2) / 2 * h
-            bottom = top + round(float(rng.uniform(*cfg.depth_extent)) / 4) * 4 * h
+            bottom = top + max(8, round(float(rng.uniform(*cfg.depth_extent)) / 8) * 8) * h
             dip = np.deg2rad(rng.uniform(*cfg.dip)) * rng.choice([-1, 1])
             inc_m, dec_m, sign = direction()
             mag = sign * rng.uniform(*cfg.magnetisation)
@@ -155,8 +155,8 @@ def make_survey(seed: int | np.random.SeedSequence, config: SurveyConfig = Surve
                 p0 = centre + u * (a + gap) + v * offset
                 p1 = centre + u * b + v * offset
                 offset += rng.uniform(-3, 3)
-                mid = (top + bottom) / 2
-                for z0, z1 in ((top, mid), (mid, bottom)):
+                depths = (top, top + 2 * h, top + 8 * h, bottom)
+                for z0, z1 in zip(depths[:-1], depths[1:]):
                     shift = v * ((z0 + z1) / 2 - top) / h / np.tan(dip)
                     region, cov = _segment_coverage(ext, p0 + shift, p1 + shift, width)
                     add((z0, z1, inc_m, dec_m), region, mag * cov)
