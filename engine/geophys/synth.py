@@ -34,7 +34,7 @@ class SurveyConfig:
     length: tuple[float, float] = (20.0, 400.0)
     width: tuple[float, float] = (0.2, 2.0)
     top: tuple[float, float] = (1.0, 4.0)
-    depth_extent: tuple[float, float] = (8.0, 40.0)
+    depth_extent: tuple[float, float] = (16.0, 48.0)
     dip: tuple[float, float] = (60.0, 90.0)
     magnetisation: tuple[float, float] = (1.0, 6.0)
     reversed_fraction: float = 0.2
@@ -141,7 +141,7 @@ def make_survey(seed: int | np.random.SeedSequence, config: SurveyConfig = Surve
             n_seg = int(rng.choice([1, 1, 2, 3]))
             width = float(np.exp(rng.uniform(*np.log(cfg.width))))
             top = round(float(rng.uniform(*cfg.top)) * 2) / 2 * h
-            bottom = top + max(8, round(float(rng.uniform(*cfg.depth_extent)) / 8) * 8) * h
+            bottom = top + max(16, round(float(rng.uniform(*cfg.depth_extent)) / 8) * 8) * h
             dip = np.deg2rad(rng.uniform(*cfg.dip)) * rng.choice([-1, 1])
             inc_m, dec_m, sign = direction()
             mag = sign * rng.uniform(*cfg.magnetisation)
