@@ -18,6 +18,25 @@ from pathlib import Path
 import numpy as np
 
 
+def _cached_survey(seed: int, cfg, cache: str | None):
+    from engine.geophys.synth import Survey, make_survey
+
+    if cache is None:
+        return make_survey(seed, cfg)
+    path = Path(cache) / f"survey_{seed}_{cfg.shape[0]}x{cfg.shape[1]}.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        axes = [z[f"axis_{i}"] for i in range(int(z["n_axes"]))]
+        return Survey(z["anomaly"], float(z["spacing"]), float(z["inclination"]), float(z["declination"]), axes, z["target"])
+    s = make_survey(seed, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, anomaly=s.anomaly, target=s.target, spacing=s.spacing_m, inclination=s.inclination, declination=s.declination,
+             n_axes=len(s.axes), **{f"axis_{i}": a for i, a in enumerate(s.axes)})
+    tmp.replace(path)
+    return s
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", required=True)
@@ -28,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=0.5)
     p.add_argument("--threshold", type=float)
     p.add_argument("--stride", type=int)
+    p.add_argument("--cache", help="folder to keep generated surveys in (reused when present)")
+    p.add_argument("--skip-classical", action="store_true")
     args = p.parse_args(argv)
 
     import torch
@@ -47,14 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.n):
         seed = args.seed + i
         t0 = time.perf_counter()
-        s = make_survey(seed, cfg)
+        s = _cached_survey(seed, cfg, args.cache)
         da, truth = s.to_dataarray(), s.axes_lines()
         row: dict = {"seed": seed, "inclination": round(s.inclination, 1), "declination": round(s.declination, 1), "true_km": sum(t.length for t in truth) / 1000}
         t1 = time.perf_counter()
-        _, lines = classical_lineaments(da, params=ClassicalParams())
+        if not args.skip_classical:
+            _, lines = classical_lineaments(da, params=ClassicalParams())
+            for k in (1, 2):
+                row[f"classical_{k}"] = buffer_scores([ln.line for ln in lines], truth, k * s.spacing_m)
         t2 = time.perf_counter()
-        for k in (1, 2):
-            row[f"classical_{k}"] = buffer_scores([ln.line for ln in lines], truth, k * s.spacing_m)
         row["classical_s"] = t2 - t1
         if model is not None:
             vp = VectorParams(threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5)))
@@ -72,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{method}_{k}"
             if key in rows[0]:
                 summary[f"mean_{key}"] = {m: float(np.mean([r[key][m] for r in rows])) for m in ("precision", "recall", "f1")}
-    if "mean_unet_2" in summary:
+    if "mean_unet_2" in summary and "mean_classical_2" in summary:
         summary["unet_minus_classical_f1_2"] = summary["mean_unet_2"]["f1"] - summary["mean_classical_2"]["f1"]
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

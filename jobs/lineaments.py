@@ -122,29 +122,12 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_surveys(out: Path, n: int, size: int, spacing: float, noise: float, seed: int, inclination_range: tuple[float, float] = (30.0, 90.0)) -> list[Path]:
-    """Held-out style surveys: ``survey_XXX.nc`` grid + ``survey_XXX_truth.geojson`` axes."""
-    from engine.geophys.grid import write_grid
-    from engine.geophys.lineaments import write_geojson
-    from engine.geophys.synth import SurveyConfig, make_survey
-    from engine.geophys.vectorize import Lineament, axial_azimuth
-
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = SurveyConfig(shape=(size, size), spacing_m=spacing, noise_nt=noise, inclination_range=inclination_range, southern_fraction=0.0)
-    paths = []
-    for i in range(n):
-        s = make_survey(seed + i, cfg)
-        grid = write_grid(s.to_dataarray(), out / f"survey_{i:03d}.nc")
-        truth = [Lineament(ln, ln.length, axial_azimuth(ln)) for ln in s.axes_lines()]
-        write_geojson(truth, out / f"survey_{i:03d}_truth.geojson", None, {"cell_size": spacing, "seed": seed + i, "inclination": s.inclination, "declination": s.declination})
-        paths.append(grid)
-    return paths
-
-
 def run_synth(args: argparse.Namespace) -> int:
     _need(args, "out")
     if args.surveys:
-        paths = write_surveys(Path(args.out), args.n, args.size, args.spacing, args.noise, args.seed)
+        from engine.geophys.dataset import write_survey_files
+
+        paths = write_survey_files(Path(args.out), args.n, args.size, args.spacing, args.noise, args.seed)
         print(json.dumps({"surveys": len(paths), "out": args.out}))
         return 0
     from engine.geophys.dataset import generate_training_set

@@ -73,3 +73,25 @@ def generate_training_set(
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def write_survey_files(
+    out: Path, n: int, size: int = 1024, spacing: float = 50.0, noise: float = 0.5, seed: int = 100000, inclination_range: tuple[float, float] = (30.0, 90.0)
+) -> list[Path]:
+    """Held-out style surveys (northern field, inclination in ``inclination_range``, plain integer seeds
+    ``seed + i``): ``survey_XXX.nc`` grids with field angles in their attributes and
+    ``survey_XXX_truth.geojson`` axes."""
+    from engine.geophys.grid import write_grid
+    from engine.geophys.lineaments import write_geojson
+    from engine.geophys.vectorize import Lineament, axial_azimuth
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = SurveyConfig(shape=(size, size), spacing_m=spacing, noise_nt=noise, inclination_range=inclination_range, southern_fraction=0.0)
+    paths = []
+    for i in range(n):
+        s = make_survey(seed + i, cfg)
+        grid = write_grid(s.to_dataarray(), out / f"survey_{i:03d}.nc")
+        truth = [Lineament(ln, ln.length, axial_azimuth(ln)) for ln in s.axes_lines()]
+        write_geojson(truth, out / f"survey_{i:03d}_truth.geojson", None, {"cell_size": spacing, "seed": seed + i, "inclination": s.inclination, "declination": s.declination})
+        paths.append(grid)
+    return paths

@@ -27,7 +27,9 @@ from engine.geophys.vectorize import Lineament, mask_to_lineaments
 
 @dataclass(frozen=True)
 class ClassicalParams:
-    upward_cells: float = 1.0
+    """Baseline settings; defaults tuned on training-distribution surveys (never the held-out seeds)."""
+
+    upward_cells: float = 0.5
     min_directions: int = 2
     quantile: float = 0.8
     min_length_cells: float = 10.0
