@@ -52,11 +52,11 @@ def test_checkpoint_roundtrip_rebuilds_same_network(checkpoint):
 
 def test_classical_baseline_finds_simple_dykes():
     f1 = []
-    for seed in (0, 2):
+    for seed in range(4):
         s = make_survey(seed, SIMPLE, inclination=60.0, declination=10.0)
         _, lines = classical_lineaments(s.to_dataarray())
         f1.append(buffer_scores([ln.line for ln in lines], s.axes_lines(), 2 * s.spacing_m)["f1"])
-    assert min(f1) >= 0.9
+    assert np.mean(f1) >= 0.85 and min(f1) >= 0.7
 
 
 def test_classical_needs_field_angles():
