@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from engine.errors import LodeInputError
@@ -86,7 +85,3 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def as_numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy()

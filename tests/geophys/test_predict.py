@@ -5,7 +5,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import shapely
 import torch
 
 from engine.geophys.grid import make_dataarray
