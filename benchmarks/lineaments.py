@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 summary[f"mean_{key}"] = {m: float(np.mean([r[key][m] for r in rows])) for m in ("precision", "recall", "f1")}
     if "mean_unet_2" in summary and "mean_classical_2" in summary:
         summary["unet_minus_classical_f1_2"] = summary["mean_unet_2"]["f1"] - summary["mean_classical_2"]["f1"]
+    import resource
+
+    summary["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"summary": summary, "surveys": rows}, indent=2))
