@@ -1,0 +1,162 @@
+"""Survey-grid I/O: netCDF and zarr through xarray, GeoTIFF through rioxarray.
+
+In memory a grid is an ``xarray.DataArray`` with dims ``("northing", "easting")``, coordinates
+at cell centres in metres, northing ascending, and the CRS (when known) in ``attrs["crs"]``
+as WKT or an authority string. Readers normalise to that form; writers put the same
+coordinates (and for GeoTIFF the same transform and CRS) back on disk. Writes go to a
+temporary name in the same folder and are renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from engine.errors import LodeInputError
+
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
+_DIM_ALIASES = {"northing": ("northing", "y", "lat", "latitude", "north"), "easting": ("easting", "x", "lon", "longitude", "east")}
+
+
+def make_dataarray(values: np.ndarray, spacing: float | tuple[float, float], origin: tuple[float, float] = (0.0, 0.0), crs: str | None = None, attrs: dict | None = None, name: str = "anomaly") -> xr.DataArray:
+    """Wrap a (northing, easting) array with regular coordinates starting at ``origin`` (cell centres)."""
+    dn, de = (spacing, spacing) if np.isscalar(spacing) else spacing
+    attrs = dict(attrs or {})
+    if crs:
+        attrs["crs"] = crs
+    return xr.DataArray(
+        values, dims=("northing", "easting"), name=name, attrs=attrs,
+        coords={"northing": origin[0] + dn * np.arange(values.shape[0]), "easting": origin[1] + de * np.arange(values.shape[1])},
+    )
+
+
+def grid_spacing(da: xr.DataArray) -> tuple[float, float]:
+    """Cell sizes (northing, easting) of a regular grid; raises if irregular."""
+    out = []
+    for dim in ("northing", "easting"):
+        c = np.asarray(da[dim].values, dtype=np.float64)
+        if c.size < 2:
+            raise LodeInputError(da.name or "grid", f"{dim} has fewer than 2 cells")
+        d = np.diff(c)
+        if not np.allclose(d, d[0], rtol=1e-6, atol=1e-9 * abs(d[0])) or d[0] <= 0:
+            raise LodeInputError(da.name or "grid", f"{dim} coordinates are not regular and ascending")
+        out.append(float(d[0]))
+    return out[0], out[1]
+
+
+def _normalise(da: xr.DataArray, source: str | Path) -> xr.DataArray:
+    rename = {}
+    for target, aliases in _DIM_ALIASES.items():
+        for dim in da.dims:
+            if str(dim).lower() in aliases:
+                rename[dim] = target
+    da = da.rename(rename)
+    extra = [d for d in da.dims if d not in ("northing", "easting")]
+    for d in extra:
+        if da.sizes[d] != 1:
+            raise LodeInputError(source, f"grid must be 2-D (northing, easting); extra dimension {d!r} of size {da.sizes[d]}")
+        da = da.isel({d: 0}, drop=True)
+    if set(da.dims) != {"northing", "easting"}:
+        raise LodeInputError(source, f"cannot find northing/easting dimensions among {tuple(da.dims)}")
+    da = da.transpose("northing", "easting").sortby("northing").sortby("easting")
+    da = da.astype(np.float64)
+    if not np.isfinite(da.values).any():
+        raise LodeInputError(source, "grid has no finite values")
+    grid_spacing(da.rename(str(source)))
+    return da
+
+
+def read_grid(path: str | Path, variable: str | None = None) -> xr.DataArray:
+    """Read a survey grid (GeoTIFF, netCDF or zarr) as a normalised ``DataArray``.
+
+    Args:
+        path: ``.tif``/``.tiff``, ``.nc`` or a zarr store (``.zarr`` folder).
+        variable: data variable to take from a netCDF/zarr dataset (default: the only one).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LodeInputError(path, "no such file or folder")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in GEOTIFF_SUFFIXES:
+            import rioxarray
+
+            raw = rioxarray.open_rasterio(path, masked=True)
+            crs = raw.rio.crs
+            nodata = raw.rio.nodata
+            raw = raw.load()
+            da = raw.isel(band=0, drop=True) if "band" in raw.dims else raw
+            attrs = {k: v for k, v in raw.attrs.items() if k in ("units", "long_name", "inclination", "declination")}
+            if crs is not None:
+                attrs["crs"] = crs.to_wkt()
+            da = da.drop_vars([c for c in da.coords if c not in da.dims])
+            da.attrs = attrs
+            if nodata is not None:
+                da = da.where(da != nodata)
+        else:
+            is_zarr = suffix == ".zarr" or path.is_dir()
+            ds = xr.open_dataset(path, engine="zarr", consolidated=False) if is_zarr else xr.open_dataset(path)
+            names = list(ds.data_vars)
+            if variable is None:
+                names = [n for n in names if n not in ("spatial_ref", "crs")]
+                if len(names) != 1:
+                    raise LodeInputError(path, f"choose a variable, found {names}")
+                variable = names[0]
+            if variable not in ds:
+                raise LodeInputError(path, f"no variable {variable!r}")
+            da = ds[variable].load()
+            ds.close()
+            if "crs" not in da.attrs and "crs" in ds.attrs:
+                da.attrs["crs"] = ds.attrs["crs"]
+            da = da.drop_vars([c for c in da.coords if c not in da.dims])
+    except LodeInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
+        raise LodeInputError(path, f"cannot read grid: {exc}") from exc
+    da.name = da.name or "anomaly"
+    return _normalise(da, path)
+
+
+def _temp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def write_grid(da: xr.DataArray, path: str | Path) -> Path:
+    """Write a normalised grid to GeoTIFF, netCDF or zarr (by suffix), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(path)
+    suffix = path.suffix.lower()
+    crs = da.attrs.get("crs")
+    try:
+        if suffix in GEOTIFF_SUFFIXES:
+            import rioxarray  # noqa: F401
+
+            out = da.sortby("northing", ascending=False).rename({"northing": "y", "easting": "x"})
+            out = out.astype(np.float32)
+            out.attrs = {k: v for k, v in da.attrs.items() if k != "crs" and isinstance(v, (int, float, str))}
+            if crs:
+                out = out.rio.write_crs(crs)
+            out = out.rio.write_nodata(np.nan, encoded=False)
+            out.rio.to_raster(tmp, driver="GTiff", compress="DEFLATE", tiled=True)
+        elif suffix in NETCDF_SUFFIXES:
+            da.to_dataset(name=da.name or "grid").to_netcdf(tmp, engine="h5netcdf")
+        else:
+            da.to_dataset(name=da.name or "grid").to_zarr(tmp, mode="w", consolidated=False)
+        _replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    return path

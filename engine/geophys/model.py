@@ -1,0 +1,87 @@
+"""The lineament U-Net (smp, VGG-16 encoder by default), its input normalisation and checkpoints.
+
+A checkpoint is one ``torch.save`` file holding ``{"card": dict, "state_dict": dict}``; the card
+is JSON-able (architecture, encoder, input channels, normalisation, window) so a checkpoint
+loads with ``weights_only=True`` and rebuilds its own model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import LodeInputError
+
+DEFAULT_CARD: dict[str, Any] = {
+    "task": "magnetic-lineament-axes",
+    "architecture": "Unet",
+    "encoder": "vgg16_bn",
+    "in_channels": 1,
+    "channels": ["anomaly"],
+    "classes": 1,
+    "normalisation": "per-window: subtract mean, divide by standard deviation; NaN -> 0",
+    "window": 128,
+    "threshold": 0.5,
+}
+
+
+def build_model(card: dict[str, Any]) -> torch.nn.Module:
+    """Build the (untrained) network a model card describes; never downloads weights."""
+    import segmentation_models_pytorch as smp
+
+    return smp.create_model(card["architecture"], encoder_name=card["encoder"], encoder_weights=None, in_channels=card["in_channels"], classes=card["classes"])
+
+
+def normalise_windows(x: torch.Tensor) -> torch.Tensor:
+    """Per-window normalisation of a ``(B, C, H, W)`` batch: zero mean, unit std over finite cells, NaN -> 0."""
+    finite = torch.isfinite(x)
+    n = finite.sum(dim=(-2, -1), keepdim=True).clamp_min(1)
+    z = torch.where(finite, x, torch.zeros_like(x))
+    mean = z.sum(dim=(-2, -1), keepdim=True) / n
+    var = (torch.where(finite, x - mean, torch.zeros_like(x)) ** 2).sum(dim=(-2, -1), keepdim=True) / n
+    return torch.where(finite, (x - mean) / (var.sqrt() + 1e-6), torch.zeros_like(x))
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, card: dict[str, Any]) -> Path:
+    """Write the checkpoint atomically (and ``<path>.json`` with the card beside it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    json.dumps(card)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"card": card, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp)
+    os.replace(tmp, path)
+    card_path = path.with_suffix(path.suffix + ".json")
+    card_path.with_name(f".{card_path.name}.tmp").write_text(json.dumps(card, indent=2))
+    os.replace(card_path.with_name(f".{card_path.name}.tmp"), card_path)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint`; returns ``(model in eval mode, card)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise LodeInputError(path, "no such model checkpoint")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        card = dict(blob["card"])
+        model = build_model(card)
+        model.load_state_dict(blob["state_dict"])
+    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not load is bad input
+        raise LodeInputError(path, f"not a lineament model checkpoint: {exc}") from exc
+    return model.to(device).eval(), card
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE plus soft Dice (batch-global), the thin-structure loss."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    return bce + dice
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,163 @@
+"""Magnetic anomaly lineaments: axes of linear anomalies (dykes) as vector lines.
+
+  lode lineaments GRID --model CKPT --out OUT        U-Net axes of a survey grid
+  lode lineaments GRID --method classical --out OUT  classical baseline (RTP, TGA, Blakely-Simpson)
+  lode lineaments score PRED.geojson TRUTH.geojson   buffer precision/recall/F1 at 1 and 2 cells
+  lode lineaments synth --out SET.zarr [--n 500]     synthetic training set (parallel Ray tasks)
+  lode lineaments synth --surveys --out DIR          held-out survey grids (netCDF) + truth GeoJSON
+  lode lineaments train --data SET.zarr --out DIR    train the U-Net with Ray Train
+
+GRID is a GeoTIFF, netCDF or zarr grid (dims northing/easting or y/x, metres). OUT receives
+axis_probability (same format and georeferencing as GRID), lineaments.geojson, rose.png and
+summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ACTIONS = ("score", "synth", "train")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = __doc__
+    parser.add_argument("target", help="survey grid to process, or one of: score, synth, train")
+    parser.add_argument("inputs", nargs="*", help="for score: PRED.geojson TRUTH.geojson")
+    parser.add_argument("--out", help="output folder (grid, synth --surveys, train) or file (synth set, score JSON)")
+    parser.add_argument("--model", help="U-Net checkpoint (model.pt)")
+    parser.add_argument("--method", choices=("unet", "classical"), default=None, help="default: unet with --model, else classical")
+    parser.add_argument("--variable", help="data variable of a netCDF/zarr dataset")
+    parser.add_argument("--inclination", type=float, help="field inclination, degrees (classical; default from grid attributes)")
+    parser.add_argument("--declination", type=float, help="field declination, degrees (classical; default from grid attributes)")
+    parser.add_argument("--threshold", type=float, help="probability threshold for axis cells (default from model card)")
+    parser.add_argument("--min-length", type=float, default=10.0, help="shortest line kept, in cells")
+    parser.add_argument("--block", type=int, default=2048, help="inference block size in cells")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--cell", type=float, help="score: cell size in map units (default from PRED properties)")
+    parser.add_argument("--n", type=int, default=500, help="synth: number of examples or surveys")
+    parser.add_argument("--size", type=int, default=256, help="synth: survey size in cells")
+    parser.add_argument("--spacing", type=float, default=50.0, help="synth: cell size in metres")
+    parser.add_argument("--noise", type=float, default=0.5, help="synth: noise in nT")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--surveys", action="store_true", help="synth: write individual survey grids with truth")
+    parser.add_argument("--data", help="train: zarr training set")
+    parser.add_argument("--encoder", default="vgg16_bn", help="train: smp encoder")
+    parser.add_argument("--window", type=int, default=128, help="train: window size")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--steps-per-epoch", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-minutes", type=float, help="train: stop after the epoch that passes this time")
+
+
+def _need(args: argparse.Namespace, *names: str) -> None:
+    from engine.errors import LodeInputError
+
+    for name in names:
+        if getattr(args, name) in (None, ""):
+            raise LodeInputError(f"--{name.replace('_', '-')}", f"required for 'lode lineaments {args.target}'")
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    from engine.geophys.grid import read_grid, write_grid
+    from engine.geophys.lineaments import ClassicalParams, VectorParams, classical_lineaments, unet_lineaments, write_geojson, write_rose
+
+    _need(args, "out")
+    source = Path(args.target)
+    da = read_grid(source, args.variable)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    method = args.method or ("unet" if args.model else "classical")
+    t0 = time.perf_counter()
+    if method == "unet":
+        _need(args, "model")
+        from engine.geophys.model import load_checkpoint, pick_device
+
+        model, card = load_checkpoint(args.model, pick_device())
+        params = VectorParams(threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5)), min_length_cells=args.min_length)
+        result, lines = unet_lineaments(da, model, card, params, block=args.block, batch_size=args.batch_size)
+        name = "axis_probability"
+    else:
+        result, lines = classical_lineaments(da, args.inclination, args.declination, ClassicalParams(min_length_cells=args.min_length))
+        name = "total_gradient_amplitude"
+    suffix = source.suffix.lower() if source.suffix.lower() in (".tif", ".tiff", ".nc", ".zarr") else ".zarr"
+    grid_path = write_grid(result, out / f"{name}{suffix}")
+    crs = da.attrs.get("crs")
+    cell = float(abs(da.easting.values[1] - da.easting.values[0]))
+    write_geojson(lines, out / "lineaments.geojson", crs, {"cell_size": cell, "method": method, "source": str(source)})
+    write_rose(lines, out / "rose.png")
+    summary = {
+        "grid": str(source), "method": method, "shape": list(da.shape), "cell_size": cell, "lines": len(lines),
+        "total_length_m": float(sum(ln.length_m for ln in lines)), "seconds": round(time.perf_counter() - t0, 2),
+        "outputs": [str(grid_path), str(out / "lineaments.geojson"), str(out / "rose.png")],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from engine.errors import LodeInputError
+    from engine.geophys.lineaments import read_geojson_lines
+    from engine.geophys.score import buffer_scores
+
+    if len(args.inputs) != 2:
+        raise LodeInputError("score", "expected PRED.geojson TRUTH.geojson")
+    pred_path, truth_path = map(Path, args.inputs)
+    cell = args.cell
+    if cell is None:
+        cell = json.loads(pred_path.read_text()).get("properties", {}).get("cell_size") if pred_path.is_file() else None
+    if cell is None:
+        raise LodeInputError(pred_path, "no cell_size property: pass --cell")
+    pred, truth = read_geojson_lines(pred_path), read_geojson_lines(truth_path)
+    scores = {f"{k}_cells": buffer_scores(pred, truth, k * float(cell)) for k in (1, 2)}
+    text = json.dumps({"pred": str(pred_path), "truth": str(truth_path), "cell_size": cell, **scores}, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    _need(args, "out")
+    if args.surveys:
+        from engine.geophys.dataset import write_survey_files
+
+        paths = write_survey_files(Path(args.out), args.n, args.size, args.spacing, args.noise, args.seed)
+        print(json.dumps({"surveys": len(paths), "out": args.out}))
+        return 0
+    from engine.geophys.dataset import generate_training_set
+    from engine.geophys.synth import SurveyConfig
+
+    path = generate_training_set(args.out, args.n, SurveyConfig(shape=(args.size, args.size), spacing_m=args.spacing, noise_nt=args.noise), args.seed)
+    print(json.dumps({"training_set": str(path), "n": args.n}))
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from engine.geophys.train import TrainConfig, train
+
+    _need(args, "data", "out")
+    cfg = TrainConfig(data=args.data, out=args.out, encoder=args.encoder, window=args.window, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes)
+    print(json.dumps({"checkpoint": str(train(cfg))}))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.target == "score":
+        return run_score(args)
+    if args.target == "synth":
+        return run_synth(args)
+    if args.target == "train":
+        return run_train(args)
+    return run_grid(args)
+
+
+if __name__ == "__main__":
+    from jobs._entry import run_module
+
+    run_module(sys.modules[__name__])

@@ -1,0 +1,121 @@
+import argparse
+import json
+
+import numpy as np
+import pytest
+import rasterio
+
+from engine.errors import LodeInputError
+from engine.geophys.grid import read_grid, write_grid
+from engine.geophys.lineaments import classical_lineaments, read_geojson_lines
+from engine.geophys.model import DEFAULT_CARD, build_model, load_checkpoint, save_checkpoint
+from engine.geophys.score import buffer_scores
+from engine.geophys.synth import SurveyConfig, make_survey
+from jobs import lineaments as job
+
+SIMPLE = SurveyConfig(
+    shape=(128, 128), families=(1, 1), dykes_per_256=(4, 4), plugs_per_256=(0, 0), contacts=(0, 0), regional_nt=(0.0, 0.0),
+    remanent_fraction=0.0, reversed_fraction=0.0, width=(0.5, 1.0), length=(60.0, 100.0), top=(1.5, 2.0),
+)
+
+
+def _args(target: str, *inputs: str, **kw) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    job.add_arguments(parser)
+    argv = [target, *inputs]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)] if v is not True else [f"--{k.replace('_', '-')}"]
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    torch.manual_seed(0)
+    card = {**DEFAULT_CARD, "window": 64}
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    return save_checkpoint(path, build_model(card), card)
+
+
+def test_checkpoint_roundtrip_rebuilds_same_network(checkpoint):
+    import torch
+
+    model, card = load_checkpoint(checkpoint)
+    assert card["encoder"] == "vgg16_bn" and card["window"] == 64
+    assert json.loads(checkpoint.with_suffix(".pt.json").read_text()) == card
+    again, _ = load_checkpoint(checkpoint)
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
+def test_classical_baseline_finds_simple_dykes():
+    f1 = []
+    for seed in range(4):
+        s = make_survey(seed, SIMPLE, inclination=60.0, declination=10.0)
+        _, lines = classical_lineaments(s.to_dataarray())
+        f1.append(buffer_scores([ln.line for ln in lines], s.axes_lines(), 2 * s.spacing_m)["f1"])
+    assert np.mean(f1) >= 0.85 and min(f1) >= 0.7
+
+
+def test_classical_needs_field_angles():
+    da = make_survey(0, SIMPLE).to_dataarray()
+    da.attrs.pop("inclination")
+    with pytest.raises(LodeInputError, match="inclination"):
+        classical_lineaments(da)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".nc"])
+def test_unet_job_preserves_georeferencing(tmp_path, checkpoint, suffix):
+    s = make_survey(1, SurveyConfig(shape=(96, 80)))
+    da = s.to_dataarray(crs="EPSG:32636")
+    da = da.assign_coords(northing=da.northing + 7_100_000.0, easting=da.easting + 410_000.0)
+    da.values[30:40, 30:45] = np.nan
+    grid = write_grid(da, tmp_path / f"survey{suffix}")
+    assert job.run(_args(str(grid), out=tmp_path / "out", model=checkpoint, block=48)) == 0
+    prob = read_grid(tmp_path / "out" / f"axis_probability{suffix}")
+    np.testing.assert_allclose(prob.northing.values, da.northing.values)
+    np.testing.assert_allclose(prob.easting.values, da.easting.values)
+    assert np.isnan(prob.values[30:40, 30:45]).all()
+    assert np.isfinite(prob.values[:30]).all()
+    if suffix == ".tif":
+        with rasterio.open(grid) as a, rasterio.open(tmp_path / "out" / "axis_probability.tif") as b:
+            assert a.transform == b.transform and a.crs == b.crs and a.shape == b.shape
+    else:
+        assert "32636" in prob.attrs["crs"]
+    doc = json.loads((tmp_path / "out" / "lineaments.geojson").read_text())
+    assert doc["type"] == "FeatureCollection" and doc["properties"]["cell_size"] == 50.0
+    assert (tmp_path / "out" / "rose.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_synth_surveys_then_classical_then_score(tmp_path):
+    assert job.run(_args("synth", out=tmp_path / "surveys", surveys=True, n=1, size=96, seed=5)) == 0
+    grid = tmp_path / "surveys" / "survey_000.nc"
+    truth = tmp_path / "surveys" / "survey_000_truth.geojson"
+    assert job.run(_args(str(grid), out=tmp_path / "cl", method="classical")) == 0
+    assert read_geojson_lines(tmp_path / "cl" / "lineaments.geojson")
+    assert job.run(_args("score", str(truth), str(truth), out=tmp_path / "self.json")) == 0
+    self_score = json.loads((tmp_path / "self.json").read_text())
+    assert self_score["2_cells"]["f1"] == pytest.approx(1.0)
+    assert job.run(_args("score", str(tmp_path / "cl" / "lineaments.geojson"), str(truth), out=tmp_path / "cl.json")) == 0
+    scores = json.loads((tmp_path / "cl.json").read_text())
+    assert 0.0 <= scores["1_cells"]["f1"] <= scores["2_cells"]["f1"] <= 1.0
+
+
+def test_job_rejects_bad_inputs(tmp_path):
+    with pytest.raises(LodeInputError, match="missing.nc"):
+        job.run(_args(str(tmp_path / "missing.nc"), out=tmp_path / "o"))
+    with pytest.raises(LodeInputError, match="PRED"):
+        job.run(_args("score", "only_one.geojson"))
+    (tmp_path / "pts.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [0, 0]}, "properties": {}}]}))
+    with pytest.raises(LodeInputError, match="line"):
+        read_geojson_lines(tmp_path / "pts.geojson")
+
+
+def test_help_works_without_ray():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys; from jobs import lineaments as j; import argparse; p = argparse.ArgumentParser(); j.add_arguments(p); p.print_help(); print('ray' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert "score" in out.stdout and out.stdout.strip().endswith("False")
