@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from jobs.common import guarded, setup_logging
 
@@ -26,6 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--grain", type=float, default=60.0)
     q.add_argument("--block", type=int, default=1024, help="shard edge of the written pyramid")
     q.add_argument("--seed", type=int, default=0)
+    v = sub.add_parser("survey", help="synthetic magnetic surveys of dyke swarms with their axes as truth")
+    v.add_argument("out", help="zarr training set (default) or, with --files, a folder of netCDF grids")
+    v.add_argument("--n", type=int, default=500, help="number of surveys")
+    v.add_argument("--size", type=int, default=None, help="cells per side (default 256 for a training set, "
+                                                            "1024 for --files)")
+    v.add_argument("--files", action="store_true", help="write netCDF grids + truth GeoJSON instead of zarr")
+    v.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("region", help="multi-source geoscience grids with planted deposits (prospectivity)")
     r.add_argument("out", help="output folder (layers, faults.geojson, deposits.csv, layers.json)")
     r.add_argument("--size", type=int, default=512, help="cells per side")
@@ -38,7 +46,19 @@ def run(args: argparse.Namespace) -> int:
     from engine.synth import SectionSpec, write_lumenstone, write_panorama
 
     def body() -> int:
-        if args.what == "region":
+        if args.what == "survey":
+            from dataclasses import replace
+
+            from engine.geophys.dataset import generate_training_set, write_survey_files
+            from engine.geophys.synth import SurveyConfig
+
+            if args.files:
+                paths = write_survey_files(Path(args.out), args.n, size=args.size or 1024, seed=args.seed)
+                print(f"surveys: {len(paths)} files in {args.out}")
+            else:
+                cfg = SurveyConfig() if args.size is None else replace(SurveyConfig(), shape=(args.size, args.size))
+                print(f"training set: {generate_training_set(args.out, args.n, cfg, seed=args.seed)}")
+        elif args.what == "region":
             from engine.prospect.synth import synth_region, write_region
 
             print(f"region: {write_region(synth_region(args.size, args.seed), args.out)}")
