@@ -103,16 +103,24 @@ class SegmentActor:
 
         from engine.segment.predictor import BlockPredictor
 
-        if device == "cpu":
-            torch.set_num_threads(threads or os.cpu_count() or 1)
+        self.threads = (threads or os.cpu_count() or 1) if device == "cpu" else None
+        if self.threads:
+            torch.set_num_threads(self.threads)
         model, card = load_checkpoint(checkpoint, device=device)
         self.card = card
         self.codes = np.array(card.class_set(checkpoint).codes, dtype=np.uint8)
         self.num_classes = len(self.codes)
         self.probabilities = probabilities
         self.predictor = BlockPredictor(model, card.mean, card.std, window, overlap, batch_size, device)
+        self.predictor.warm_up()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.threads:
+            import torch
+
+            # Ray Data may call this from another thread than __init__; OpenMP's thread count is
+            # per calling thread (Ray workers start with OMP_NUM_THREADS=1).
+            torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
         region = batch["region"][0]
         b = Block(int(batch["index"][0]), int(batch["y0"][0]), int(batch["x0"][0]), int(batch["h"][0]),
