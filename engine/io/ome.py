@@ -160,18 +160,25 @@ def layout_of(group: zarr.Group) -> PyramidLayout:
 
 
 def downsample(data: np.ndarray, kind: str) -> np.ndarray:
-    """Halve the last two axes: mean of 2×2 for images, top-left sample for labels."""
+    """Halve the last two axes: the 2×2 mean (rounded half up) for images, the top-left sample
+    for labels. Odd edges repeat their last row/column. Integer images stay integer throughout."""
     if kind == "label":
         return data[..., ::2, ::2]
     h, w = data.shape[-2:]
     if h % 2 or w % 2:
         pad = [(0, 0)] * (data.ndim - 2) + [(0, h % 2), (0, w % 2)]
         data = np.pad(data, pad, mode="edge")
-    h2, w2 = data.shape[-2] // 2, data.shape[-1] // 2
-    v = data.reshape(*data.shape[:-2], h2, 2, w2, 2).astype(np.float32).mean(axis=(-3, -1))
-    if np.issubdtype(data.dtype, np.integer):
-        v = np.rint(v)
-    return v.astype(data.dtype)
+    if np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2:
+        acc = data[..., 0::2, 0::2].astype(np.uint32)
+        for dy, dx in ((0, 1), (1, 0), (1, 1)):
+            acc += data[..., dy::2, dx::2]
+        acc += 2
+        acc //= 4
+        return acc.astype(data.dtype)
+    acc = data[..., 0::2, 0::2].astype(np.float64)
+    for dy, dx in ((0, 1), (1, 0), (1, 1)):
+        acc += data[..., dy::2, dx::2]
+    return (acc / 4).astype(data.dtype)
 
 
 def write_block(group: zarr.Group, data: np.ndarray, y0: int, x0: int, kind: str) -> None:

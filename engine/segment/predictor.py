@@ -94,7 +94,7 @@ class BlockPredictor:
             logits = self.model(x)
         return torch.softmax(logits.float(), dim=1)
 
-    def _windows(self, region: torch.Tensor, origin: tuple[int, int], pad: tuple[int, int],
+    def _windows(self, region: np.ndarray, origin: tuple[int, int], pad: tuple[int, int],
                  starts: list[tuple[int, int]], size: tuple[int, int]) -> torch.Tensor:
         """Normalised windows (n, c, w, w); pixels outside the image are 0 after normalisation."""
         w = self.window
@@ -105,8 +105,9 @@ class BlockPredictor:
             iy0, ix0 = sy - pad[0], sx - pad[1]
             y0, y1 = max(iy0, 0), min(iy0 + w, h_img)
             x0, x1 = max(ix0, 0), min(ix0 + w, w_img)
-            patch = region[:, y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]]
-            out[i, :, y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0] = patch.float() * self.scale[0] - self.shift[0]
+            patch = np.array(region[:, y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]], copy=True)
+            patch_t = torch.from_numpy(patch).to(self.device)
+            out[i, :, y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0] = patch_t.float() * self.scale[0] - self.shift[0]
         return out
 
     def predict(self, region: np.ndarray, origin: tuple[int, int], image_size: tuple[int, int],
@@ -132,7 +133,6 @@ class BlockPredictor:
         by0, bx0 = block.y0 + py, block.x0 + px
         by1, bx1 = by0 + block.h, bx0 + block.w
         ys, xs = pg.grid.touching(by0, by1, bx0, bx1)
-        reg = torch.from_numpy(np.array(region, copy=True)).to(self.device)
 
         labels = np.empty((block.h, block.w), np.uint8)
         probs = None if probabilities is None else np.empty((num_classes, block.h, block.w), probabilities)
@@ -155,7 +155,7 @@ class BlockPredictor:
         starts = [(sy, sx) for sx in xs for sy in ys]
         for b in range(0, len(starts), self.batch_size):
             chunk = starts[b:b + self.batch_size]
-            out = self._forward(self._windows(reg, origin, (py, px), chunk, image_size))
+            out = self._forward(self._windows(region, origin, (py, px), chunk, image_size))
             self.windows_run += len(chunk)
             for (sy, sx), p in zip(chunk, out):
                 if sx + w > base + span:
