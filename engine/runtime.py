@@ -9,7 +9,8 @@ log = logging.getLogger("lode")
 
 
 def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
-    """Connect to the cluster named by RAY_ADDRESS, or start an embedded local Ray."""
+    """Connect to the cluster named by RAY_ADDRESS (``ray job submit`` sets it), or start an
+    embedded local Ray on this machine without token auth (it never writes ``~/.ray/auth_token``)."""
     import ray
 
     if ray.is_initialized():

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.errors import LodeInputError
     from engine.stitch.collection import load_correction, section_dirs
-    from engine.stitch.runtime import ensure_ray
+    from engine.runtime import init_ray
     from engine.stitch.section import StitchOptions, stitch_section
 
     t0 = time.perf_counter()
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         secs = [s for s in secs if s.name in set(args.sections)]
     corr = load_correction(args.collection, args.lens, args.flat, args.pattern, not args.no_lens, not args.no_flat)
     opts = StitchOptions(shard=args.shard, levels=args.levels)
-    ensure_ray(args.num_cpus)
+    init_ray(num_cpus=args.num_cpus)
     remote = ray.remote(num_cpus=0)(stitch_section)
     futures = {s.name: remote.remote(str(s), args.out, corr, opts) for s in secs}
     results: dict[str, dict] = {}

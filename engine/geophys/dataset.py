@@ -61,8 +61,9 @@ def generate_training_set(
     group.create_array("target", shape=(n, h, w), chunks=(1, h, w), dtype="uint8")
     group.create_array("inclination", shape=(n,), chunks=(1,), dtype="float32")
     group.create_array("declination", shape=(n,), chunks=(1,), dtype="float32")
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    from engine.runtime import init_ray
+
+    init_ray()
     num_tasks = num_tasks or max(1, min(n, int(ray.cluster_resources().get("CPU", 1)) * 4))
     task = ray.remote(num_cpus=1)(_write_examples)
     parts = [list(map(int, p)) for p in np.array_split(np.arange(n), num_tasks) if len(p)]

@@ -124,8 +124,9 @@ def train(config: TrainConfig) -> Path:
     out = Path(config.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
-    if not ray.is_initialized():
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    from engine.runtime import init_ray
+
+    init_ray()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dataclasses.asdict(config),

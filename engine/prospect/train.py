@@ -179,8 +179,9 @@ def train_with_ray(stack_path: str | Path, out: str | Path, kind: str = "mae", s
     from ray.train.torch import TorchTrainer
 
     open_stack(stack_path)
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    from engine.runtime import init_ray
+
+    init_ray()
     storage_dir = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="lode-prospect-train-"))
     trainer = TorchTrainer(
         _ray_worker,
