@@ -13,7 +13,7 @@ from jobs.common import guarded, setup_logging
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output directory")
-    p.add_argument("--steps", type=int, default=150, help="training steps")
+    p.add_argument("--steps", type=int, default=400, help="training steps")
     p.add_argument("--size", type=int, nargs=2, default=(1536, 2048), metavar=("H", "W"), help="panorama size")
     p.add_argument("--seed", type=int, default=0)
 
