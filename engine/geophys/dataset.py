@@ -80,8 +80,8 @@ def write_survey_files(
     out: Path, n: int, size: int = 1024, spacing: float = 50.0, noise: float = 0.5, seed: int = 100000, inclination_range: tuple[float, float] = (30.0, 90.0)
 ) -> list[Path]:
     """Held-out style surveys (northern field, inclination in ``inclination_range``, plain integer seeds
-    ``seed + i``): ``survey_XXX.nc`` grids with field angles in their attributes and
-    ``survey_XXX_truth.geojson`` axes."""
+    ``seed + i``): ``survey_NNN.nc`` grids with field angles in their attributes and
+    ``survey_NNN_truth.geojson`` axes."""
     from engine.geophys.grid import write_grid
     from engine.geophys.lineaments import write_geojson
     from engine.geophys.vectorize import Lineament, axial_azimuth
