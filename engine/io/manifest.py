@@ -17,15 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import LodeInputError
+from engine.io.atomic import atomic_write_text
 
 MIN_FREE_BYTES = 64 * 1024 * 1024
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +49,7 @@ import zarr
 from scipy import ndimage
 
 from engine.errors import LodeInputError
+from engine.io.atomic import staged_directory
 from engine.prospect.model import ConvAutoencoder, ProspectMAE
 from engine.prospect.stack import Stack, open_stack
 
@@ -203,9 +202,7 @@ def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, blo
     stack = open_stack(stack_path)
     h, w = stack.shape
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(out) as tmp:
         root = zarr.open_group(tmp, mode="w")
         root.create_array("northing", data=stack.grid.northing, dimension_names=("northing",))
         root.create_array("easting", data=stack.grid.easting, dimension_names=("easting",))
@@ -236,12 +233,6 @@ def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, blo
                            "standardisation": {n: {"median": m, "iqr": q, "weight": weights[n]} for n, (m, q) in stats.items()},
                            "sigma": sigma, "block": block, **(attrs or {})})
         zarr.consolidate_metadata(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -24,9 +24,6 @@ coordinates, attributes ``channels``, ``crs``, ``transform`` (west, cell, north)
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ import xarray as xr
 import zarr
 
 from engine.errors import LodeInputError
+from engine.io.atomic import staged_directory
 from engine.prospect import transforms as T
 
 KINDS = ("geochem", "continuous", "categorical", "lines", "fault_raster")
@@ -218,16 +216,8 @@ def build_stack(spec_path: str | Path, out: str | Path, grid: Grid | None = None
                 raise LodeInputError(spec_path, f"layer entry {layer} lacks {key!r}")
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(out) as tmp:
         _write_stack(layers, base, grid, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

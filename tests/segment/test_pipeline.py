@@ -80,7 +80,7 @@ def test_interrupted_run_resumes_byte_identical(segmented, small_panorama, tiny_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = {p.stem for p in status.glob("*.json")}
-    assert 1 <= len(done_before) < 12, "the run should have been killed part-way"
+    assert 0 < len(done_before) < 12, "the run should have been killed part-way"
 
     cfg = SegmentConfig(inputs=[str(small_panorama)], out=str(out), checkpoint=str(tiny_checkpoint),
                         block=(128, 128), chunk=64, levels=2, probabilities="float32")
