@@ -78,11 +78,12 @@ def _trace(model: nn.Module, card: ModelCard) -> bytes:
     import copy
 
     cpu = copy.deepcopy(model).cpu().eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # smp's input-size checks become constants at the traced size
-        program = torch.jit.trace(cpu, torch.zeros(1, card.in_channels, card.window, card.window))
     buf = io.BytesIO()
-    torch.jit.save(program, buf)
+    with torch.no_grad(), warnings.catch_warnings():
+        # smp's input-size checks become constants at the traced size; TorchScript is deprecated
+        # in favour of torch.export/compile, whose loaders import the compiler stack (seconds).
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(cpu, torch.zeros(1, card.in_channels, card.window, card.window)), buf)
     return buf.getvalue()
 
 
@@ -139,11 +140,10 @@ def load_inference_model(path: str | Path, window: int, device: str | torch.devi
     blob, card = _read(path)
     if device.type != "cpu" or "program" not in blob or window != card.window:
         return load_checkpoint(path, device)
-    try:
-        program = torch.jit.load(io.BytesIO(blob["program"]), map_location="cpu")
-    except Exception as exc:
-        raise LodeInputError(path, f"unreadable inference program: {exc}") from exc
-    program = program.eval().to(memory_format=torch.channels_last)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.freeze is deprecated for torch.compile, which needs a compiler
-        return torch.jit.freeze(program), card
+        warnings.simplefilter("ignore")  # deprecation of TorchScript: see _trace
+        try:
+            program = torch.jit.load(io.BytesIO(blob["program"]), map_location="cpu")
+        except Exception as exc:
+            raise LodeInputError(path, f"unreadable inference program: {exc}") from exc
+        return torch.jit.freeze(program.eval().to(memory_format=torch.channels_last)), card
