@@ -112,10 +112,16 @@ def output_of(args: argparse.Namespace) -> str | None:
 def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
     """Preflight the output (fail fast before any work), run the job, and record a manifest unless
     the job keeps its own (``OWN_MANIFEST``)."""
-    from engine.io.manifest import check_output, write_job_manifest
+    from engine.io.manifest import check_output, is_uri, write_job_manifest
 
     out = output_of(args)
     try:
+        if out is not None and out.startswith("file://"):
+            out = out.removeprefix("file://")
+            args.out = type(args.out)(out)
+        if out is not None and is_uri(out) and not getattr(module, "URI_OUTPUT", False):
+            raise LodeInputError(out, f"'lode {name}' writes to local or shared-filesystem paths (or file:// URIs), "
+                                      "not to object stores; write to a shared path and copy the result")
         if out is not None:
             check_output(out)
     except LodeInputError as exc:
