@@ -24,6 +24,7 @@ def test_zarr_store_from_the_memory_filesystem_reads_the_same_pixels(small_panor
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_segment_job_reads_and_writes_file_uris(small_panorama, tiny_checkpoint, tmp_path, monkeypatch):
     from engine.segment.checkpoint import load_checkpoint
     from tests.conftest import monai_reference
