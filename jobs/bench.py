@@ -79,7 +79,7 @@ QUICK: dict[str, list[str]] = {
     "stitch": ["--rows", "2", "--cols", "3", "--frame", "600x400"],
     "analyze_grains": ["--height", "2000", "--width", "1500"],
     "lineaments": ["--n", "2", "--size", "256"],
-    "prospect": ["--size", "128", "--seeds", "1", "--steps", "20"],
+    "prospect": ["--size", "256", "--seeds", "1", "--steps", "20"],
 }
 
 
@@ -161,9 +161,11 @@ def machine() -> str:
 
 
 def markdown(results: dict[str, dict], meta: dict) -> str:
+    runs = meta.get("runs", {})
+    modes = sorted({runs[n]["mode"] for n in results if n in runs})
     lines = [f"Machine: {meta['machine']}  ",
-             f"Mode: {meta['mode']}; run {meta['date']}; wall per benchmark: "
-             + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds"].items()) + "  "]
+             f"Mode: {', '.join(modes) or 'unknown'}; wall per benchmark: "
+             + ", ".join(f"{n} {runs[n]['seconds']:.0f} s ({runs[n]['date']})" for n in results if n in runs) + "  "]
     if meta.get("failed"):
         lines.append(f"Failed: {', '.join(meta['failed'])}  ")
     lines += ["", "| benchmark | figure | value | peer (same run) | peer value | ratio |",
@@ -203,18 +205,15 @@ def run(args: argparse.Namespace) -> int:
         key, _, value = item.partition("=")
         extra[key] = shlex.split(value)
     meta_path = out / "bench_meta.json"
-    results: dict[str, dict] = {}
-    if args.report_only:
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {
-            "machine": machine(), "mode": "unknown", "date": "unknown", "seconds": {}}
-        results = {n: json.loads((out / f"{n}.json").read_text()) for n in names if (out / f"{n}.json").exists()}
-    else:
-        meta = {"machine": machine(), "mode": "quick" if args.quick else "full",
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": {}, "failed": []}
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": {}}
+    meta.setdefault("runs", {})
+    if not args.report_only:
+        meta.update(machine=machine(), failed=[])
         env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
         for name in names:
             path = out / f"{name}.json"
             path.unlink(missing_ok=True)
+            meta["runs"].pop(name, None)
             cmd = [sys.executable, "-m", f"benchmarks.{name}", "--json", str(path),
                    *(QUICK.get(name, []) if args.quick else []), *extra.get(name, [])]
             print(f"benchmark {name}: {shlex.join(cmd[1:])}", flush=True)
@@ -223,13 +222,19 @@ def run(args: argparse.Namespace) -> int:
                 rc = subprocess.run(cmd, timeout=args.timeout, env=env).returncode
             except subprocess.TimeoutExpired:
                 rc = -1
-            meta["seconds"][name] = time.perf_counter() - t
+            seconds = time.perf_counter() - t
             if rc or not path.exists():
                 meta["failed"].append(name)
                 continue
-            results[name] = json.loads(path.read_text())
-            print(f"benchmark {name}: {meta['seconds'][name]:.0f} s", flush=True)
+            meta["runs"][name] = {"mode": "quick" if args.quick else "full", "seconds": seconds,
+                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            print(f"benchmark {name}: {seconds:.0f} s", flush=True)
         meta_path.write_text(json.dumps(meta, indent=1))
+    meta.setdefault("machine", machine())
+    results = {n: json.loads((out / f"{n}.json").read_text()) for n in _names(None)
+               if (out / f"{n}.json").exists() and (args.report_only or n in meta["runs"])}
+    if args.only and args.report_only:
+        results = {n: r for n, r in results.items() if n in args.only}
     report = markdown(results, meta)
     (out / "BENCHMARKS.md").write_text(report)
     if args.readme:
