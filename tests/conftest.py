@@ -51,15 +51,20 @@ def small_panorama(tmp_path_factory) -> Path:
     return store
 
 
-def monai_reference(store: Path, section: str, checkpoint: Path):
-    """Class probabilities of MONAI's gaussian sliding_window_inference over a whole stored image."""
+def monai_reference(store: Path, section: str, checkpoint: Path, program: bool = False):
+    """Class probabilities of MONAI's gaussian sliding_window_inference over a whole stored image,
+    with the eager model, or with the checkpoint's frozen channels-last program that the engine's
+    CPU actors run (``program=True``: then only the blending differs from the engine)."""
     import torch
     import zarr
     from monai.inferers import sliding_window_inference
 
-    from engine.segment.checkpoint import load_checkpoint
+    from engine.segment.checkpoint import load_checkpoint, load_inference_model
 
     model, card = load_checkpoint(checkpoint)
+    if program:
+        frozen, _ = load_inference_model(checkpoint, card.window)
+        model = lambda t: frozen(t.contiguous(memory_format=torch.channels_last))  # noqa: E731
     img = zarr.open_group(str(store), mode="r")[f"{section}/0"][:]
     mean = torch.tensor(card.mean).view(-1, 1, 1)
     std = torch.tensor(card.std).view(-1, 1, 1)

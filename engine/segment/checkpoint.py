@@ -1,10 +1,16 @@
-"""Checkpoints: a state dict plus a model card that inference reads back alone."""
+"""Checkpoints: a state dict plus a model card that inference reads back alone.
+
+A checkpoint also carries the model traced at its window size (TorchScript): inference
+actors load that program with torch alone, without importing segmentation-models-pytorch,
+timm and torchvision (several seconds per fresh process), and freeze it for the CPU.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,18 +66,38 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> Mode
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    torch.save({"state_dict": state, "card": card.model_dump()}, buf)
+    torch.save({"state_dict": state, "card": card.model_dump(), "program": _trace(model, card)}, buf)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
     return card
 
 
-def _read(path: Path) -> tuple[dict, ModelCard]:
+def _trace(model: nn.Module, card: ModelCard) -> bytes:
+    """The model traced on CPU at the card's window size, serialised (TorchScript)."""
+    import copy
+
+    cpu = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # smp's input-size checks become constants at the traced size
+        program = torch.jit.trace(cpu, torch.zeros(1, card.in_channels, card.window, card.window))
+    buf = io.BytesIO()
+    torch.jit.save(program, buf)
+    return buf.getvalue()
+
+
+def _read_blob(path: Path) -> dict:
     if not path.is_file():
         raise LodeInputError(path, "checkpoint not found")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
+
+
+def _read(path: Path) -> tuple[dict, ModelCard]:
+    blob = _read_blob(path)
+    try:
         card = ModelCard.model_validate(blob["card"])
         state = blob["state_dict"]
     except Exception as exc:
@@ -79,7 +105,7 @@ def _read(path: Path) -> tuple[dict, ModelCard]:
     card.class_set(source=str(path))
     if len(card.channels) != card.in_channels or len(card.mean) != card.in_channels or len(card.std) != card.in_channels:
         raise LodeInputError(path, f"model card channels/mean/std do not match in_channels={card.in_channels}")
-    return state, card
+    return blob, card
 
 
 def read_card(path: str | Path) -> ModelCard:
@@ -90,10 +116,34 @@ def read_card(path: str | Path) -> ModelCard:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild the model from a checkpoint; errors name the file."""
     path = Path(path)
-    state, card = _read(path)
+    blob, card = _read(path)
     model = create_model(card.arch, card.encoder, card.in_channels, len(card.classes))
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:
         raise LodeInputError(path, f"state dict does not fit the model card: {exc}") from exc
     return model.to(device).eval(), card
+
+
+def load_inference_model(path: str | Path, window: int, device: str | torch.device = "cpu"
+                         ) -> tuple[nn.Module, ModelCard]:
+    """The fastest exact form of a checkpoint's model for windows of ``window`` pixels.
+
+    On the CPU, the traced program when the checkpoint has one for this window size,
+    converted to channels-last and frozen (batch norm folded into the convolutions); it
+    matches the eager model to float rounding. Otherwise (GPU, where AMP needs the eager
+    model, or an older checkpoint) the rebuilt eager model.
+    """
+    path = Path(path)
+    device = torch.device(device)
+    blob, card = _read(path)
+    if device.type != "cpu" or "program" not in blob or window != card.window:
+        return load_checkpoint(path, device)
+    try:
+        program = torch.jit.load(io.BytesIO(blob["program"]), map_location="cpu")
+    except Exception as exc:
+        raise LodeInputError(path, f"unreadable inference program: {exc}") from exc
+    program = program.eval().to(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.freeze is deprecated for torch.compile, which needs a compiler
+        return torch.jit.freeze(program), card

@@ -22,7 +22,7 @@ from engine.errors import LodeInputError
 from engine.io.manifest import BlockStatus, RunManifest
 from engine.io.ome import PyramidLayout, create_image, create_labels, labels_of, layout_of, write_block
 from engine.io.sources import SectionSource, discover
-from engine.segment.checkpoint import ModelCard, load_checkpoint, read_card
+from engine.segment.checkpoint import ModelCard, load_inference_model, read_card
 from engine.segment.predictor import PaddedGrid
 from engine.tiling.grid import Block, auto_block, block_grid
 from schemas.config import SegmentConfig
@@ -106,7 +106,7 @@ class SegmentActor:
         self.threads = (threads or os.cpu_count() or 1) if device == "cpu" else None
         if self.threads:
             torch.set_num_threads(self.threads)
-        model, card = load_checkpoint(checkpoint, device=device)
+        model, card = load_inference_model(checkpoint, window, device=device)
         self.card = card
         self.codes = np.array(card.class_set(checkpoint).codes, dtype=np.uint8)
         self.num_classes = len(self.codes)

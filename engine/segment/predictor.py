@@ -8,6 +8,11 @@ two window widths of the block (``classes × block_h × 2 window`` floats) howev
 block is. The result equals
 a global sliding window over the whole image (MONAI's ``sliding_window_inference``,
 gaussian mode), including its symmetric zero padding of images smaller than a window.
+
+Everything runs channels-last: windows are cut from an interleaved copy of the block,
+the model runs on NHWC memory (faster convolutions on the CPU), and the accumulators are
+``(h, w, classes)`` so blending reads model outputs contiguously and the label of a pixel
+is an argmax over contiguous memory.
 """
 
 from __future__ import annotations
@@ -20,18 +25,6 @@ from torch import nn
 
 from engine.tiling.blend import gaussian_weights
 from engine.tiling.grid import Block, WindowGrid
-
-
-def _first_argmax(x: torch.Tensor) -> torch.Tensor:
-    """Index of the first maximum along dim 0 as uint8 (a running max: far faster than a
-    strided ``argmax(dim=0)`` on CPU)."""
-    best = x[0].clone()
-    idx = torch.zeros(x.shape[1:], dtype=torch.uint8, device=x.device)
-    for c in range(1, x.shape[0]):
-        better = x[c] > best
-        idx.masked_fill_(better, c)
-        torch.maximum(best, x[c], out=best)
-    return idx
 
 
 @dataclass(frozen=True)
@@ -64,7 +57,9 @@ class BlockPredictor:
     """Runs a model over the windows of a block and blends them.
 
     Args:
-        model: maps ``(n, in_channels, window, window)`` to class logits of the same size.
+        model: maps ``(n, in_channels, window, window)`` to class logits of the same size; an
+            ``nn.Module`` is moved to ``device`` and channels-last, a TorchScript module is used
+            as given (see ``checkpoint.load_inference_model``).
         mean, std: per-channel normalisation on the 0..1 scale.
         window, overlap: the global window grid.
         batch_size: windows per forward pass.
@@ -74,41 +69,47 @@ class BlockPredictor:
     def __init__(self, model: nn.Module, mean: list[float], std: list[float], window: int, overlap: float,
                  batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = True):
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        if not isinstance(model, torch.jit.ScriptModule):
+            model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.model = model
         self.window = window
         self.overlap = overlap
         self.batch_size = batch_size
         self.amp = amp and self.device.type == "cuda"
-        self.scale = torch.tensor([1 / (255.0 * s) for s in std], device=self.device).view(1, -1, 1, 1)
-        self.shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(1, -1, 1, 1)
+        self.scale = torch.tensor([1 / (255.0 * s) for s in std], device=self.device)
+        self.shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device)
         self.weights = gaussian_weights(window, device=self.device)
         self.windows_run = 0
 
     def warm_up(self) -> None:
-        """One full-size batch through the model, so kernel selection happens before real work."""
-        c = self.scale.shape[1]
-        self._forward(torch.zeros((self.batch_size, c, self.window, self.window), device=self.device))
+        """Two single windows through the model: allocation and (TorchScript) graph
+        optimisation happen before real work."""
+        c = self.scale.shape[0]
+        x = torch.zeros((1, self.window, self.window, c), device=self.device).permute(0, 3, 1, 2)
+        for _ in range(2):
+            self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax ``(n, h, w, classes)`` of channels-last windows ``(n, c, h, w)``."""
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
             logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1)
+        return torch.softmax(logits.float(), dim=1).permute(0, 2, 3, 1)
 
-    def _windows(self, region: np.ndarray, origin: tuple[int, int], pad: tuple[int, int],
+    def _windows(self, hwc: torch.Tensor, origin: tuple[int, int], pad: tuple[int, int],
                  starts: list[tuple[int, int]], size: tuple[int, int]) -> torch.Tensor:
-        """Normalised windows (n, c, w, w); pixels outside the image are 0 after normalisation."""
+        """Normalised channels-last windows ``(n, c, w, w)`` cut from the block's interleaved
+        pixels ``hwc``; pixels outside the image are 0 after normalisation."""
         w = self.window
-        c = region.shape[0]
-        out = torch.zeros((len(starts), c, w, w), dtype=torch.float32, device=self.device)
+        out = torch.zeros((len(starts), w, w, hwc.shape[-1]), dtype=torch.float32, device=self.device)
         h_img, w_img = size
         for i, (sy, sx) in enumerate(starts):
             iy0, ix0 = sy - pad[0], sx - pad[1]
             y0, y1 = max(iy0, 0), min(iy0 + w, h_img)
             x0, x1 = max(ix0, 0), min(ix0 + w, w_img)
-            patch = np.array(region[:, y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]], copy=True)
-            patch_t = torch.from_numpy(patch).to(self.device)
-            out[i, :, y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0] = patch_t.float() * self.scale[0] - self.shift[0]
-        return out
+            dst = out[i, y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0]
+            dst.copy_(hwc[y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]])
+            dst.mul_(self.scale).sub_(self.shift)
+        return out.permute(0, 3, 1, 2)
 
     def predict(self, region: np.ndarray, origin: tuple[int, int], image_size: tuple[int, int],
                 block: Block, num_classes: int, probabilities: str | None = None
@@ -137,39 +138,43 @@ class BlockPredictor:
         labels = np.empty((block.h, block.w), np.uint8)
         probs = None if probabilities is None else np.empty((num_classes, block.h, block.w), probabilities)
         span = 2 * w
-        acc = torch.zeros((num_classes, block.h, span), dtype=torch.float32, device=self.device)
+        acc = torch.zeros((block.h, span, num_classes), dtype=torch.float32, device=self.device)
         cnt = torch.zeros((block.h, span), dtype=torch.float32, device=self.device)
+        weights = self.weights[..., None]
+        hwc = torch.from_numpy(np.ascontiguousarray(np.moveaxis(region, 0, -1))).to(self.device)
         base = xs[0]
 
         def finalize(upto: int) -> None:
             f0, f1 = max(base, bx0), min(upto, bx1)
             if f1 <= f0:
                 return
-            slab = acc[:, :, f0 - base:f1 - base] / cnt[:, f0 - base:f1 - base]
-            labels[:, f0 - bx0:f1 - bx0] = _first_argmax(slab).cpu().numpy()
+            part = acc[:, f0 - base:f1 - base]
+            # The weight sum is positive and per pixel, so the argmax needs no division.
+            labels[:, f0 - bx0:f1 - bx0] = part.argmax(-1).to(torch.uint8).cpu().numpy()
             if probs is not None:
+                slab = part / cnt[:, f0 - base:f1 - base, None]
                 if probabilities == "uint8":
                     slab = torch.round(slab * 255)
-                probs[:, :, f0 - bx0:f1 - bx0] = slab.cpu().numpy().astype(probabilities)
+                probs[:, :, f0 - bx0:f1 - bx0] = slab.permute(2, 0, 1).cpu().numpy().astype(probabilities)
 
         starts = [(sy, sx) for sx in xs for sy in ys]
         for b in range(0, len(starts), self.batch_size):
             chunk = starts[b:b + self.batch_size]
-            out = self._forward(self._windows(region, origin, (py, px), chunk, image_size))
+            out = self._forward(self._windows(hwc, origin, (py, px), chunk, image_size))
             self.windows_run += len(chunk)
             for (sy, sx), p in zip(chunk, out):
                 if sx + w > base + span:
                     finalize(sx)
                     keep = base + span - sx
-                    acc[:, :, :keep] = acc[:, :, sx - base:].clone()
+                    acc[:, :keep] = acc[:, sx - base:].clone()
                     cnt[:, :keep] = cnt[:, sx - base:].clone()
-                    acc[:, :, keep:] = 0
+                    acc[:, keep:] = 0
                     cnt[:, keep:] = 0
                     base = sx
                 r0, r1 = max(sy, by0), min(sy + w, by1)
                 c0, c1 = max(sx, bx0), min(sx + w, bx1)
-                wts = self.weights[r0 - sy:r1 - sy, c0 - sx:c1 - sx]
-                acc[:, r0 - by0:r1 - by0, c0 - base:c1 - base].addcmul_(p[:, r0 - sy:r1 - sy, c0 - sx:c1 - sx], wts)
-                cnt[r0 - by0:r1 - by0, c0 - base:c1 - base] += wts
+                wts = weights[r0 - sy:r1 - sy, c0 - sx:c1 - sx]
+                acc[r0 - by0:r1 - by0, c0 - base:c1 - base].addcmul_(p[r0 - sy:r1 - sy, c0 - sx:c1 - sx], wts)
+                cnt[r0 - by0:r1 - by0, c0 - base:c1 - base] += wts[..., 0]
         finalize(bx1)
         return labels, probs

@@ -33,4 +33,4 @@ def test_segment_job_via_ray_job_submit(small_panorama, tiny_checkpoint, tmp_pat
     labels = zarr.open_group(str(out / "lode.ome.zarr"), mode="r")["sec-a/labels/minerals/0"][:]
     _, card = load_checkpoint(tiny_checkpoint)
     codes = np.array(card.class_set().codes)
-    assert np.array_equal(labels, codes[monai_reference(small_panorama, "sec-a", tiny_checkpoint).argmax(0)])
+    assert np.array_equal(labels, codes[monai_reference(small_panorama, "sec-a", tiny_checkpoint, program=True).argmax(0)])

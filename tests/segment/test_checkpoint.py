@@ -3,7 +3,7 @@ import torch
 
 from engine.classes import LUMENSTONE, ClassSet
 from engine.errors import LodeInputError
-from engine.segment.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from engine.segment.checkpoint import ModelCard, load_checkpoint, load_inference_model, save_checkpoint
 from engine.segment.models import create_model
 
 
@@ -18,6 +18,24 @@ def test_roundtrip_rebuilds_model_from_card_alone(tmp_path):
     with torch.no_grad():
         assert torch.allclose(m(x), m2(x))
     assert card2.model_id == card.model_id and card2.class_set().codes == [0, 1, 6, 8]
+
+
+@pytest.mark.parametrize("arch", ["pspnet", "unet"])
+def test_inference_program_matches_eager_model(tmp_path, arch):
+    torch.manual_seed(2)
+    classes = ClassSet.from_codes([0, 1, 2, 6, 8])
+    m = create_model(arch, "resnet18", 4, len(classes)).eval()
+    save_checkpoint(tmp_path / "m.pt", m, ModelCard(arch=arch, classes=classes.to_dicts(), in_channels=4,
+                                                    channels=list("RGBX"), mean=[0.5] * 4, std=[0.2] * 4, window=96))
+    program, _ = load_inference_model(tmp_path / "m.pt", 96)
+    assert isinstance(program, torch.jit.ScriptModule)
+    x = torch.randn(3, 4, 96, 96)
+    with torch.inference_mode():
+        ref = torch.softmax(m(x), 1)
+        got = torch.softmax(program(x.contiguous(memory_format=torch.channels_last)), 1)
+    assert (got - ref).abs().max().item() <= 1e-4
+    eager, _ = load_inference_model(tmp_path / "m.pt", 128)
+    assert not isinstance(eager, torch.jit.ScriptModule)
 
 
 @pytest.mark.parametrize("arch", ["pspnet", "unet", "upernet", "fpn"])
