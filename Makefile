@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lode-installed
 OUT ?= demo_out
 
-.PHONY: venv sysdeps demo test test-all bench clean
+.PHONY: venv sysdeps demo test test-all bench bench-readme clean
 
 # Headless Chromium renders report.html in the report test (Debian package).
 sysdeps:
@@ -34,6 +34,10 @@ test-all: venv sysdeps
 
 bench: venv
 	$(VENV)/bin/lode bench --out bench_out
+
+# Quick benchmark run; rewrites the generated table in README.md
+bench-readme: venv
+	$(VENV)/bin/lode bench --quick --out bench_out --readme README.md
 
 clean:
 	rm -rf $(VENV) $(OUT) bench_out .pytest_cache

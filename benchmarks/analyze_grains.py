@@ -116,8 +116,10 @@ def main() -> int:
             if ex == "ray":
                 import ray
 
+                from engine.runtime import init_ray
+
                 t0 = time.perf_counter()
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                init_ray(num_cpus=os.cpu_count())
                 out["ray_init_s"] = time.perf_counter() - t0
             with PeakRSS() as mem:
                 c0 = cpu_seconds()

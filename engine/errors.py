@@ -12,3 +12,7 @@ class LodeInputError(ValueError):
         self.source = str(source)
         self.reason = reason
         super().__init__(f"{self.source}: {reason}")
+
+    def __reduce__(self):
+        # Ray ships task errors between processes by pickling them
+        return type(self), (self.source, self.reason)

@@ -48,10 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.executor == "ray":
-        import ray
+        import os
 
-        if not ray.is_initialized():
-            ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
+        from engine.runtime import init_ray
+
+        if args.ray_address:
+            os.environ["RAY_ADDRESS"] = args.ray_address
+        init_ray()
     try:
         res = analyze_store(
             args.store, args.out, executor=args.executor, connectivity=2 if args.connectivity == 8 else 1,

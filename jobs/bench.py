@@ -1,22 +1,131 @@
-"""Run every benchmark module and write a Markdown table of their figures."""
+"""Run every benchmark module and write a Markdown report: headline figures, their ratio to
+the peer they were measured against in the same run, and the machine.
+
+    lode bench [--quick] [--only NAME ...] [--out bench_out] [--readme README.md]
+    lode bench --report-only --out bench_out --readme README.md   (re-render from the JSON files)
+
+Each benchmark runs as ``python -m benchmarks.<name> --json OUT/<name>.json``. ``--quick`` runs
+each on small inputs (minutes on 2 cores, same code paths); the default runs the full sizes.
+``--readme`` rewrites the part of the file between ``<!-- bench:begin -->`` and
+``<!-- bench:end -->`` with the report.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pkgutil
 import platform
+import re
+import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.common import setup_logging
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A figure of a benchmark's JSON (dotted path; ``{key}`` takes a top-level string of the
+    result) and, optionally, the peer it was measured against in the same run."""
+
+    figure: str
+    path: str
+    peer: str | None = None
+    peer_path: str | None = None
+
+
+HEADLINES: dict[str, list[Headline]] = {
+    "segment_throughput": [
+        Headline("engine, whole job (Mpx/s)", "engine_mpx_s", "bare model", "bare_model_mpx_s"),
+        Headline("engine, whole job (Mpx/s)", "engine_mpx_s", "MONAI sliding_window_inference", "monai_mpx_s"),
+        Headline("max abs prob difference vs MONAI", "max_abs_prob_diff_vs_monai"),
+        Headline("argmax mismatch pixels vs MONAI", "argmax_mismatch_pixels"),
+        Headline("engine peak PSS (MiB)", "engine_peak_pss_mb", "MONAI peak RSS (MiB)", "monai_peak_rss_mb"),
+    ],
+    "stitch": [
+        Headline("RMS vs truth, degraded frames (px)", "lode_degraded.rms_px", "cv2.Stitcher SCANS",
+                 "opencv_scans.rms_px"),
+        Headline("frames kept, degraded", "lode_degraded.frames_kept", "cv2.Stitcher SCANS",
+                 "opencv_scans.frames_kept"),
+        Headline("wall, degraded (s)", "lode_degraded.wall_s", "cv2.Stitcher SCANS", "opencv_scans.wall_s"),
+        Headline("RMS vs truth, clean frames (px)", "lode_clean.rms_px"),
+    ],
+    "analyze_grains": [
+        Headline("wall, Ray tasks (s)", "ray.wall_s", "serial", "serial.wall_s"),
+        Headline("peak RSS, Ray tasks (GiB)", "ray.peak_rss_gib", "serial", "serial.peak_rss_gib"),
+        Headline("grains", "ray.grains"),
+    ],
+    "lineaments": [
+        Headline("F1 at 2 cells, U-Net", "summary.mean_unet_2.f1", "classical", "summary.mean_classical_2.f1"),
+        Headline("F1 at 2 cells, classical", "summary.mean_classical_2.f1"),
+    ],
+    "prospect": [
+        Headline("AUC on held-out deposits, ViT MAE", "table.mae.auc_mean", "best baseline ({best_baseline})",
+                 "table.{best_baseline}.auc_mean"),
+        Headline("deposits in top 10 % of area, ViT MAE", "table.mae.capture_top10_pooled",
+                 "best baseline ({best_baseline})", "table.{best_baseline}.capture_top10_pooled"),
+    ],
+}
+
+QUICK: dict[str, list[str]] = {
+    "segment_throughput": ["--size", "1024x1024", "--window", "256", "--batch-size", "4"],
+    "stitch": ["--rows", "2", "--cols", "3", "--frame", "600x400"],
+    "analyze_grains": ["--height", "2000", "--width", "1500"],
+    "lineaments": ["--n", "2", "--size", "256"],
+    "prospect": ["--size", "256", "--seeds", "1", "--steps", "20"],
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench_out", help="folder for the JSON results and BENCHMARKS.md")
     p.add_argument("--only", nargs="+", help="benchmark module names to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="small inputs: the whole set in minutes on 2 cores")
+    p.add_argument("--args", action="append", default=[], metavar="NAME=ARGS",
+                   help="extra arguments for one benchmark, e.g. lineaments='--model model.pt'")
+    p.add_argument("--timeout", type=float, default=None, help="seconds allowed per benchmark")
+    p.add_argument("--readme", default=None, help="rewrite the bench markers of this Markdown file with the report")
+    p.add_argument("--report-only", action="store_true", help="render the report from the JSON files in --out")
+
+
+def lookup(result: dict, path: str) -> float | None:
+    strings = {k: v for k, v in result.items() if isinstance(v, str)}
+    try:
+        path = path.format_map(strings)
+    except KeyError:
+        return None
+    node = result
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4g}"
+
+
+def rows(name: str, result: dict) -> list[list[str]]:
+    out = []
+    for h in HEADLINES.get(name, []):
+        v = lookup(result, h.path)
+        if v is None:
+            continue
+        peer_v = lookup(result, h.peer_path) if h.peer_path else None
+        peer = h.peer.format_map({k: v for k, v in result.items() if isinstance(v, str)}) if h.peer else ""
+        ratio = _fmt(v / peer_v) if peer_v else "—"
+        out.append([name, h.figure, _fmt(v), peer if peer_v is not None else "", _fmt(peer_v), ratio])
+    if not out:
+        flat = _flatten(result)
+        out = [[name, k, _fmt(v), "", "—", "—"] for k, v in list(flat.items())[:12]]
+    return out
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
@@ -30,37 +139,109 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def markdown(results: dict[str, dict], machine: str) -> str:
-    lines = [f"Machine: {machine}", "", "| benchmark | figure | value |", "| --- | --- | --- |"]
+def machine() -> str:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = "no GPU"
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=20)
+        if r.returncode == 0 and r.stdout.strip():
+            gpu = "GPU " + "; ".join(r.stdout.strip().splitlines())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {gpu}; "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+
+
+def markdown(results: dict[str, dict], meta: dict) -> str:
+    runs = meta.get("runs", {})
+    modes = sorted({runs[n]["mode"] for n in results if n in runs})
+    lines = [f"Machine: {meta['machine']}  ",
+             f"Mode: {', '.join(modes) or 'unknown'}; wall per benchmark: "
+             + ", ".join(f"{n} {runs[n]['seconds']:.0f} s ({runs[n]['date']})" for n in results if n in runs) + "  "]
+    if meta.get("failed"):
+        lines.append(f"Failed: {', '.join(meta['failed'])}  ")
+    lines += ["", "| benchmark | figure | value | peer (same run) | peer value | ratio |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for name, res in results.items():
-        for k, v in _flatten(res).items():
-            lines.append(f"| {name} | {k} | {v:.4g} |")
+        lines += ["| " + " | ".join(r) + " |" for r in rows(name, res)]
     return "\n".join(lines) + "\n"
+
+
+def rewrite_readme(path: Path, report: str) -> None:
+    from engine.io.atomic import atomic_write_text
+
+    text = path.read_text()
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{path}: no {BEGIN} ... {END} markers")
+    atomic_write_text(path, pattern.sub(lambda _: f"{BEGIN}\n{report}{END}", text))
+
+
+def _names(only: list[str] | None) -> list[str]:
+    import benchmarks
+
+    found = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_"))
+    unknown = sorted(set(only or []) - set(found))
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; have {found}")
+    return only or found
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    import benchmarks
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = args.only or sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_"))
-    results: dict[str, dict] = {}
-    failed = []
-    for name in names:
-        path = out / f"{name}.json"
-        t = time.perf_counter()
-        print(f"benchmark {name} ...", flush=True)
-        r = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--json", str(path)])
-        if r.returncode or not path.exists():
-            failed.append(name)
-            continue
-        results[name] = json.loads(path.read_text())
-        print(f"benchmark {name}: {time.perf_counter() - t:.0f} s", flush=True)
-    machine = f"{platform.platform()}, {__import__('os').cpu_count()} CPUs"
-    (out / "BENCHMARKS.md").write_text(markdown(results, machine))
-    print(f"wrote {out / 'BENCHMARKS.md'}" + (f"; failed: {failed}" if failed else ""))
-    return 1 if failed else 0
+    names = _names(args.only)
+    extra = {}
+    for item in args.args:
+        key, _, value = item.partition("=")
+        extra[key] = shlex.split(value)
+    meta_path = out / "bench_meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": {}}
+    meta.setdefault("runs", {})
+    if not args.report_only:
+        meta.update(machine=machine(), failed=[])
+        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+        for name in names:
+            path = out / f"{name}.json"
+            path.unlink(missing_ok=True)
+            meta["runs"].pop(name, None)
+            cmd = [sys.executable, "-m", f"benchmarks.{name}", "--json", str(path),
+                   *(QUICK.get(name, []) if args.quick else []), *extra.get(name, [])]
+            print(f"benchmark {name}: {shlex.join(cmd[1:])}", flush=True)
+            t = time.perf_counter()
+            try:
+                rc = subprocess.run(cmd, timeout=args.timeout, env=env).returncode
+            except subprocess.TimeoutExpired:
+                rc = -1
+            seconds = time.perf_counter() - t
+            if rc or not path.exists():
+                meta["failed"].append(name)
+                continue
+            meta["runs"][name] = {"mode": "quick" if args.quick else "full", "seconds": seconds,
+                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            print(f"benchmark {name}: {seconds:.0f} s", flush=True)
+        meta_path.write_text(json.dumps(meta, indent=1))
+    meta.setdefault("machine", machine())
+    results = {n: json.loads((out / f"{n}.json").read_text()) for n in _names(None)
+               if (out / f"{n}.json").exists() and (args.report_only or n in meta["runs"])}
+    if args.only and args.report_only:
+        results = {n: r for n, r in results.items() if n in args.only}
+    report = markdown(results, meta)
+    (out / "BENCHMARKS.md").write_text(report)
+    if args.readme:
+        rewrite_readme(Path(args.readme), report)
+    print(report)
+    print(f"wrote {out / 'BENCHMARKS.md'}" + (f"; failed: {meta['failed']}" if meta.get("failed") else ""))
+    return 1 if meta.get("failed") else 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "lineaments": ("jobs.lineaments", "magnetic anomaly lineaments: U-Net or classical axes of survey grids, scoring, "
                                       "synthetic surveys, training"),
     "bench": ("jobs.bench", "run every benchmark and write a Markdown report"),
+    "config": ("jobs.config", "print a job's config JSON Schema, or validate a config file"),
 }
 
 
@@ -43,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in SUBCOMMANDS:
         build_parser().parse_args(argv or ["--help"])
         return 2
+    from jobs.common import parse_job_args, run_job
+
     name = argv[0]
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"lode {name}", description=SUBCOMMANDS[name][1])
-    module.add_arguments(parser)
-    return int(module.run(parser.parse_args(argv[1:])) or 0)
+    return run_job(name, module, parse_job_args(name, module, argv[1:], description=SUBCOMMANDS[name][1]))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""Helpers shared by job entry points: logging, config files with CLI overrides, clean errors."""
+"""Helpers shared by job entry points: parsing with config files, output preflight, run manifests, clean errors."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from typing import Callable
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
 
 from engine.errors import LodeInputError
 
@@ -16,7 +20,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="JSON config file (validated; CLI flags override it)")
+    parser.add_argument("--config", help="JSON or YAML config file, local or URI (validated; CLI flags override it)")
 
 
 def guarded(fn: Callable[[], int]) -> int:
@@ -26,3 +30,116 @@ def guarded(fn: Callable[[], int]) -> int:
     except LodeInputError as exc:
         print(f"lode: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    return [p for a in parser._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
+
+
+def job_parser(name: str, module: ModuleType, prog: str | None = None,
+               description: str | None = None) -> argparse.ArgumentParser:
+    """The job's parser with ``--config`` on it and on every action's parser."""
+    parser = argparse.ArgumentParser(prog=prog or f"lode {name}", description=description or module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    for i, p in enumerate([parser, *_subparsers(parser)]):
+        if not any(a.dest == "config" for a in p._actions):
+            p.add_argument("--config", default=None if i == 0 else argparse.SUPPRESS,
+                           help="JSON or YAML config file, local or URI (validated; CLI flags override it)")
+    return parser
+
+
+def _explicit_parser(parser: argparse.ArgumentParser) -> None:
+    """Make a parser report only what the command line gives, and require nothing (a config may supply it)."""
+    for p in [parser, *_subparsers(parser)]:
+        p._defaults.clear()
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction):
+                continue
+            a.default = argparse.SUPPRESS
+            a.required = False
+            if not a.option_strings and not isinstance(a, argparse._SubParsersAction):
+                a.nargs = "*" if a.nargs in ("+", "*") else "?"
+
+
+def config_model(name: str) -> Any:
+    """The pydantic model of a job's config: hand-written in ``schemas.config`` or derived from its options."""
+    from schemas.config import CONFIGS, model_from_parser
+
+    if name in CONFIGS:
+        return CONFIGS[name]
+    from jobs.cli import SUBCOMMANDS
+
+    return model_from_parser(name, job_parser(name, importlib.import_module(SUBCOMMANDS[name][0])))
+
+
+def parse_job_args(name: str, module: ModuleType, argv: list[str], prog: str | None = None,
+                   description: str | None = None) -> argparse.Namespace:
+    """Parse a job's command line; with ``--config FILE`` the file's values are validated by the job's
+    pydantic model, command-line flags override them, and the merged values land on the namespace."""
+    parser = job_parser(name, module, prog, description)
+    if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
+        return parser.parse_args(argv)
+    explicit_parser = job_parser(name, module, prog, description)
+    _explicit_parser(explicit_parser)
+    explicit = {k: v for k, v in vars(explicit_parser.parse_args(argv)).items() if v is not argparse.SUPPRESS}
+    path = explicit.pop("config")
+    from pydantic import ValidationError
+
+    from schemas.config import read_config_file
+
+    data = read_config_file(path)
+    data.update(explicit)
+    model = config_model(name)
+    try:
+        cfg = model.model_validate(data)
+    except ValidationError as exc:
+        parser.error(f"config {path} (with command-line overrides) is invalid:\n{exc}")
+    values = cfg.model_dump()
+    args = argparse.Namespace(**{a.dest: a.default for p in [parser, *_subparsers(parser)] for a in p._actions
+                                 if a.dest != argparse.SUPPRESS and a.default is not argparse.SUPPRESS})
+    for k, v in values.items():
+        setattr(args, k, tuple(v) if isinstance(v, list) and isinstance(getattr(args, k, None), tuple) else v)
+    args.config = path
+    return args
+
+
+def output_of(args: argparse.Namespace) -> str | None:
+    out = getattr(args, "out", None)
+    return None if out is None else str(out)
+
+
+def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
+    """Preflight the output (fail fast before any work), run the job, and record a manifest unless
+    the job keeps its own (``OWN_MANIFEST``)."""
+    from engine.io.manifest import check_output, is_uri, write_job_manifest
+
+    out = output_of(args)
+    try:
+        if out is not None and out.startswith("file://"):
+            out = out.removeprefix("file://")
+            args.out = type(args.out)(out)
+        if out is not None and is_uri(out) and not getattr(module, "URI_OUTPUT", False):
+            raise LodeInputError(out, f"'lode {name}' writes to local or shared-filesystem paths (or file:// URIs), "
+                                      "not to object stores; write to a shared path and copy the result")
+        if out is not None:
+            check_output(out)
+    except LodeInputError as exc:
+        print(f"lode {name}: error: {exc}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    status, error = "failed", None
+    try:
+        rc = int(module.run(args) or 0)
+        status = "complete" if rc == 0 else "failed"
+        return rc
+    except LodeInputError as exc:
+        error = str(exc)
+        print(f"lode {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if out is not None and not getattr(module, "OWN_MANIFEST", False):
+            write_job_manifest(out, name, vars(args), {"total_s": time.perf_counter() - t0}, status, error=error)

@@ -8,6 +8,8 @@ import sys
 
 from jobs.common import add_config_argument, guarded, setup_logging
 
+OWN_MANIFEST = True
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", help="OME-Zarr stores, image folders or image files")

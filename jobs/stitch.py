@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+OWN_MANIFEST = True
+
 
 def _pattern(text: str) -> tuple[int, int]:
     try:
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from engine.errors import LodeInputError
+    from engine.io.manifest import write_job_manifest
     from engine.stitch.collection import load_correction, section_dirs
     from engine.runtime import init_ray
     from engine.stitch.section import StitchOptions, stitch_section
@@ -80,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, out)
+    units = {name: ({"status": "failed", "reason": rep["error"]} if "error" in rep else
+                    {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]})
+             for name, rep in results.items()}
+    write_job_manifest(args.out, "stitch", vars(args), {"total_s": summary["seconds"]},
+                       "failed" if failed else "complete", units=units)
     for name, rep in results.items():
         if "error" in rep:
             print(f"{name}: FAILED {rep['error']}", file=sys.stderr)

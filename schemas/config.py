@@ -1,20 +1,51 @@
-"""Typed job configs (pydantic); ``lode <job> --config FILE`` validates against these."""
+"""Typed job configs (pydantic); ``lode <job> --config FILE`` validates against these.
+
+Jobs whose engine consumes a typed config (segment, train) have hand-written models here;
+every other job's model is derived from its argparse options by :func:`model_from_parser`,
+so the CLI and the config file can never disagree.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import typing
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, create_model, field_validator
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON or YAML config file from a local path or any fsspec URI (``s3://``, ``file://``, ``memory://``)."""
+    import fsspec
+    import yaml
+
+    from engine.errors import LodeInputError
+
+    try:
+        with fsspec.open(str(path), "rt") as f:
+            text = f.read()
+    except (OSError, ValueError) as exc:
+        raise LodeInputError(path, f"cannot read config file: {exc}") from exc
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise LodeInputError(path, f"config file is not valid JSON/YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LodeInputError(path, f"config file must hold a mapping of options, got {type(data).__name__}")
+    return data
 
 
 class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> "JobConfig":
-        data = json.loads(Path(path).read_text()) if path else {}
+    def from_file(cls, path: str | Path | None, **overrides) -> "JobConfig":
+        data = read_config_file(path) if path else {}
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(data)
 
@@ -67,3 +98,72 @@ class TrainConfig(JobConfig):
 
 
 CONFIGS: dict[str, type[JobConfig]] = {"segment": SegmentConfig, "train": TrainConfig}
+
+
+def _value_type(action: argparse.Action) -> Any:
+    if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
+        return Literal[tuple(action.choices)]
+    fn = action.type
+    if fn is None:
+        return str
+    if fn in (int, float, str, Path):
+        return fn
+    try:
+        ret = typing.get_type_hints(fn).get("return", Any)
+    except Exception:
+        ret = Any
+    # a config file may hold the typed value or the text the CLI takes ("9x6"), which is parsed here
+    return Annotated[Union[ret, str], BeforeValidator(partial(_parse_text, fn))]
+
+
+def _parse_text(fn: Any, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return fn(value)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _field(action: argparse.Action) -> tuple[Any, Any]:
+    description = None if action.help == argparse.SUPPRESS else action.help
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        kind: Any = bool
+    else:
+        kind = _value_type(action)
+        if isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*"):
+            kind = list[kind]
+        elif isinstance(action.nargs, int):
+            kind = Annotated[list[kind], Field(min_length=action.nargs, max_length=action.nargs)]
+    default = action.default
+    if isinstance(default, tuple):
+        default = list(default)
+    required = action.required and not (action.nargs in ("?", "*"))
+    if required:
+        return kind, Field(description=description)
+    if default is None:
+        kind = kind | None
+    return kind, Field(default=default, description=description)
+
+
+def _parser_fields(parser: argparse.ArgumentParser) -> dict[str, tuple[Any, Any]]:
+    return {a.dest: _field(a) for a in parser._actions
+            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction, argparse._VersionAction))
+            and a.dest not in ("config", argparse.SUPPRESS)}
+
+
+def model_from_parser(job: str, parser: argparse.ArgumentParser) -> type[BaseModel]:
+    """The pydantic model of a job's options: one field per argparse option (same name, type,
+    choices, default, help), and for jobs with actions a union discriminated by the action."""
+    title = "".join(p.capitalize() for p in job.split("_"))
+    fields = _parser_fields(parser)
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return create_model(f"{title}Config", __base__=JobConfig, __doc__=parser.description, **fields)
+    sub = subs[0]
+    variants = []
+    for choice, subparser in sub.choices.items():
+        vfields = {**fields, **_parser_fields(subparser), sub.dest: (Literal[choice], Field(description=f"{sub.dest}"))}
+        name = title + "".join(p.capitalize() for p in choice.split("-")) + "Config"
+        variants.append(create_model(name, __base__=JobConfig, __doc__=subparser.description, **vfields))
+    return RootModel[Annotated[Union[tuple(variants)], Field(discriminator=sub.dest)]]  # type: ignore[return-value]

@@ -66,6 +66,9 @@ def _normalise(da: xr.DataArray, source: str | Path) -> xr.DataArray:
         raise LodeInputError(source, f"cannot find northing/easting dimensions among {tuple(da.dims)}")
     da = da.transpose("northing", "easting").sortby("northing").sortby("easting")
     da = da.astype(np.float64)
+    n_inf = int(np.isinf(da.values).sum())
+    if n_inf:
+        raise LodeInputError(source, f"grid has {n_inf} infinite values (mark missing cells with NaN)")
     if not np.isfinite(da.values).any():
         raise LodeInputError(source, "grid has no finite values")
     grid_spacing(da.rename(str(source)))

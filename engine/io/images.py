@@ -31,12 +31,29 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
         with Image.open(path) as im:
             w, h = im.size
             mode = im.mode
+            fmt = im.format
     except Exception as exc:
         raise LodeInputError(path, f"unreadable image: {exc}") from exc
+    _check_complete(path, fmt)
     channels = {"L": 1, "P": 3, "RGB": 3, "RGBA": 4, "CMYK": 4}.get(mode)
     if channels is None:
         raise LodeInputError(path, f"unsupported image mode {mode!r} (expected 8-bit RGB or grey)")
     return h, w, channels
+
+
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def _check_complete(path: Path, fmt: str | None) -> None:
+    """A truncated JPEG or PNG lacks its end marker: found from the file's tail, without decoding."""
+    marker = _END_MARKERS.get(fmt or "")
+    if marker is None:
+        return
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 4096))
+        tail = f.read()
+    if marker not in tail:
+        raise LodeInputError(path, f"truncated {fmt} file (no end-of-image marker)")
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

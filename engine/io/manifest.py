@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,73 @@ from engine.errors import LodeInputError
 from engine.io.atomic import atomic_write_text
 
 MIN_FREE_BYTES = 64 * 1024 * 1024
+
+
+def is_uri(path: str | Path) -> bool:
+    """True for object-store and other fsspec URIs (``s3://``, ``gs://``, ``memory://``), not for ``file://``."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def check_output(out: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
+    """Fail fast, before any work, when an output cannot be written: the nearest existing folder
+    of ``out`` must take a file, and its disk must have ``min_free`` bytes free. Creates nothing."""
+    if is_uri(out):
+        return
+    target = Path(str(out).removeprefix("file://")).absolute()
+    probe_dir = target if target.is_dir() else target.parent
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise LodeInputError(out, f"output is not writable: {probe_dir} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise LodeInputError(out, f"output is not writable: {exc}") from exc
+    free = shutil.disk_usage(probe_dir).free
+    if free < min_free:
+        raise LodeInputError(out, f"output disk is full: only {free // 2**20} MiB free "
+                                  f"(need at least {min_free // 2**20} MiB)")
+
+
+def manifest_path(out: str | Path) -> Path:
+    """Where a job writes its manifest: inside an output folder, beside an output file or zarr store."""
+    p = Path(str(out).removeprefix("file://"))
+    if p.is_dir() and p.suffix != ".zarr" and not (p / "zarr.json").exists():
+        return p / "manifest.json"
+    return p.with_name(p.name + ".manifest.json")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def write_job_manifest(out: str | Path, job: str, config: dict, timings: dict[str, float], status: str,
+                       units: dict[str, dict] | None = None, error: str | None = None) -> Path | None:
+    """Record a run (versions, config, timings, status, per-unit status); a failed run keeps the
+    record of the run it replaces under ``previous``. Object-store outputs get no manifest here."""
+    if is_uri(out):
+        return None
+    path = manifest_path(out)
+    if not path.parent.exists():
+        return None
+    doc: dict[str, Any] = {"job": job, "status": status, "versions": versions(), "config": _jsonable(config),
+                           "timings": timings, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if units is not None:
+        doc["units"] = _jsonable(units)
+    if error:
+        doc["error"] = error
+    if status != "complete" and path.exists():
+        try:
+            prev = json.loads(path.read_text())
+            prev.pop("previous", None)
+            doc["previous"] = prev
+        except json.JSONDecodeError:
+            pass
+    atomic_write_text(path, json.dumps(doc, indent=1))
+    return path
 
 
 def versions() -> dict[str, str]:
@@ -54,16 +122,8 @@ class RunManifest:
         self.status_dir = self.out / "_status"
 
     def check_writable(self) -> None:
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / f".write-probe-{os.getpid()}"
-            probe.write_bytes(b"0")
-            probe.unlink()
-        except OSError as exc:
-            raise LodeInputError(self.out, f"output is not writable: {exc}") from exc
-        free = shutil.disk_usage(self.out).free
-        if free < MIN_FREE_BYTES:
-            raise LodeInputError(self.out, f"only {free // 2**20} MiB free on the output disk")
+        check_output(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
 
     def read(self) -> dict[str, Any] | None:
         if not self.path.exists():

@@ -208,13 +208,21 @@ def write_block(group: zarr.Group, data: np.ndarray, y0: int, x0: int, kind: str
 
 
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
-    p = Path(path)
-    if mode == "r" and not p.exists():
-        raise LodeInputError(p, "no such zarr store")
+    """A zarr group from a local path or an fsspec URI (``s3://``, ``gs://``, ``file://``, ``memory://``)."""
+    text = str(path)
+    if "://" in text:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(text)
+        exists = fs.exists(root)
+    else:
+        exists = Path(text).exists()
+    if mode == "r" and not exists:
+        raise LodeInputError(text, "no such zarr store")
     try:
-        return zarr.open_group(str(p), mode=mode)
+        return zarr.open_group(text, mode=mode)
     except Exception as exc:  # zarr raises several types for unreadable stores
-        raise LodeInputError(p, f"cannot open as a zarr group: {exc}") from exc
+        raise LodeInputError(text, f"cannot open as a zarr group: {exc}") from exc
 
 
 def image_groups(root: zarr.Group) -> dict[str, zarr.Group]:

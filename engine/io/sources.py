@@ -52,23 +52,14 @@ def discover(inputs: list[str]) -> list[SectionSource]:
     """Sections from OME-Zarr stores, image folders and image files; errors name the input."""
     out: list[SectionSource] = []
     for item in inputs:
+        if "://" in str(item):
+            out.extend(_zarr_sources(str(item)))
+            continue
         p = Path(item)
         if not p.exists():
             raise LodeInputError(p, "input not found")
         if p.is_dir() and (p / "zarr.json").exists():
-            root = open_store(p)
-            groups = image_groups(root)
-            if not groups:
-                raise LodeInputError(p, "zarr store holds no OME-NGFF multiscale image")
-            for name, grp in groups.items():
-                arr = grp["0"]
-                if arr.ndim != 3:
-                    raise LodeInputError(f"{p}/{name}", f"expected a (c, y, x) image, got shape {arr.shape}")
-                if arr.dtype != np.uint8:
-                    raise LodeInputError(f"{p}/{name}", f"expected 8-bit image data, got {arr.dtype}")
-                group = "" if grp.path == root.path else grp.path
-                out.append(SectionSource(name, "zarr", str(p), group, arr.shape[1], arr.shape[2], arr.shape[0],
-                                         _pixel_size(grp)))
+            out.extend(_zarr_sources(str(p)))
         elif p.is_dir():
             files = list_images(p)
             if not files:
@@ -82,6 +73,25 @@ def discover(inputs: list[str]) -> list[SectionSource]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise LodeInputError(", ".join(inputs), f"duplicate section ids: {dupes}")
+    return out
+
+
+def _zarr_sources(location: str) -> list[SectionSource]:
+    """Every OME-NGFF image of a zarr store at a local path or an fsspec URI."""
+    root = open_store(location)
+    groups = image_groups(root)
+    if not groups:
+        raise LodeInputError(location, "zarr store holds no OME-NGFF multiscale image")
+    out = []
+    for name, grp in groups.items():
+        arr = grp["0"]
+        if arr.ndim != 3:
+            raise LodeInputError(f"{location}/{name}", f"expected a (c, y, x) image, got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            raise LodeInputError(f"{location}/{name}", f"expected 8-bit image data, got {arr.dtype}")
+        group = "" if grp.path == root.path else grp.path
+        out.append(SectionSource(name, "zarr", location, group, arr.shape[1], arr.shape[2], arr.shape[0],
+                                 _pixel_size(grp)))
     return out
 
 

@@ -1,0 +1,171 @@
+"""Fault tolerance: a killed Ray worker changes nothing; one corrupt section fails alone with its
+reason in the manifest; an unwritable output or a full disk fails before any work.
+
+(A job killed mid-way and rerun resumes byte-identical: tests/segment/test_pipeline.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+import zarr
+
+from engine.segment.pipeline import STORE_NAME, run_segmentation
+from jobs.cli import main as lode
+from schemas.config import SegmentConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _segment_actor_processes(root_pid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if "SegmentActor" in " ".join(p.cmdline()):
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+@pytest.mark.ray
+def test_killed_segmentation_worker_is_retried_and_the_output_is_unchanged(ray_local, small_panorama,
+                                                                           tiny_checkpoint, tmp_path):
+    ref = tmp_path / "ref"
+    run_segmentation(SegmentConfig(inputs=[str(small_panorama)], out=str(ref), checkpoint=str(tiny_checkpoint),
+                                   block=(128, 128), probabilities="float32", batch_size=1))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jobs.segment", str(small_panorama), "--out", str(out), "--checkpoint",
+           str(tiny_checkpoint), "--block", "128", "128", "--probabilities", "float32", "--batch-size", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    status = out / "_status" / "sec-a"
+    killed: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            actors = _segment_actor_processes(proc.pid)
+            if actors and status.exists() and any(status.iterdir()):
+                done_at_kill = len(list(status.glob("*.json")))
+                for p in actors:
+                    p.send_signal(signal.SIGKILL)
+                    killed.append(p.pid)
+                break
+            time.sleep(0.05)
+        log, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert killed, "no segmentation actor process was found to kill"
+    assert done_at_kill < 12, "the worker should have been killed before the job ended"
+    assert proc.returncode == 0, log[-3000:]
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in killed)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["blocks"]) == 12
+    got, want = (zarr.open_group(str(d / STORE_NAME), mode="r")["sec-a"] for d in (out, ref))
+    for key in ("labels/minerals/0", "labels/minerals/1", "probabilities/0"):
+        assert got[key][:].tobytes() == want[key][:].tobytes(), key
+
+
+def _collection(root: Path) -> None:
+    from engine.synth.captures import CaptureConfig, capture_grid, write_section
+
+    for name, seed in (("secA", 41), ("secB", 42), ("secC", 43)):
+        write_section(root, name, capture_grid(None, CaptureConfig(frame_hw=(160, 220), seed=seed, rows=2, cols=2)))
+
+
+@pytest.mark.ray
+def test_one_corrupt_section_fails_alone_with_its_reason_in_the_manifest(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    coll = tmp_path / "coll"
+    _collection(coll)
+    bad_tile = sorted((coll / "secB" / "tiles").iterdir())[1]
+    data = bad_tile.read_bytes()
+    bad_tile.write_bytes(data[: len(data) // 3])
+    store = tmp_path / "out.zarr"
+    rc = lode(["stitch", str(coll), "--out", str(store), "--shard", "256", "--no-lens", "--no-flat"])
+    assert rc == 1
+    manifest = json.loads((tmp_path / "out.zarr.manifest.json").read_text())
+    assert manifest["job"] == "stitch" and manifest["status"] == "failed"
+    units = manifest["units"]
+    assert units["secB"]["status"] == "failed" and bad_tile.name in units["secB"]["reason"]
+    assert units["secA"]["status"] == units["secC"]["status"] == "done"
+    assert units["secA"]["frames_placed"] == units["secC"]["frames_placed"] == 4
+    root = zarr.open_group(str(store), mode="r")
+    assert sorted(n for n, _ in root.groups()) == ["secA", "secC"]
+    assert manifest["versions"]["ray"] and manifest["config"]["collection"] == str(coll)
+
+
+def _no_work_done(out: Path) -> None:
+    assert not out.exists() or not any(out.rglob("*")), f"{out} was written to"
+
+
+@pytest.mark.parametrize("job", ["segment", "stitch", "analyze", "lineaments", "prospect"])
+def test_unwritable_output_fails_before_any_work(job, tmp_path, capsys, monkeypatch, small_panorama,
+                                                 tiny_checkpoint):
+    import importlib
+
+    from jobs.cli import SUBCOMMANDS
+
+    started = []
+    monkeypatch.setattr(importlib.import_module(SUBCOMMANDS[job][0]), "run", lambda args: started.append(args))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "out"
+    argv = {"segment": ["segment", str(small_panorama), "--checkpoint", str(tiny_checkpoint), "--out", str(out)],
+            "stitch": ["stitch", str(tmp_path / "no-collection-needed"), "--out", str(out)],
+            "analyze": ["analyze", str(tmp_path / "no-store-needed"), "--out", str(out)],
+            "lineaments": ["lineaments", str(tmp_path / "no-grid-needed.nc"), "--out", str(out)],
+            "prospect": ["prospect", "stack", "--spec", str(tmp_path / "no-spec.json"), "--out", str(out)]}[job]
+    t = time.perf_counter()
+    assert lode(argv) == 2
+    assert time.perf_counter() - t < 5
+    err = capsys.readouterr().err
+    assert str(out) in err and "not writable" in err
+    assert not started, "the job body ran"
+
+
+@pytest.mark.parametrize("job", ["segment", "stitch"])
+def test_full_output_disk_fails_before_any_work(job, tmp_path, capsys, monkeypatch, small_panorama,
+                                                tiny_checkpoint):
+    import shutil
+    from collections import namedtuple
+
+    real = shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+
+    def full(path):
+        u = real(path)
+        return usage(u.total, u.total - 4096, 4096) if str(path).startswith(str(tmp_path)) else u
+
+    monkeypatch.setattr(shutil, "disk_usage", full)
+    import importlib
+
+    from jobs.cli import SUBCOMMANDS
+
+    started = []
+    monkeypatch.setattr(importlib.import_module(SUBCOMMANDS[job][0]), "run", lambda args: started.append(args))
+    out = tmp_path / "out"
+    coll = tmp_path / "coll"
+    if job == "stitch":
+        _collection(coll)
+    argv = {"segment": ["segment", str(small_panorama), "--checkpoint", str(tiny_checkpoint), "--out", str(out)],
+            "stitch": ["stitch", str(coll), "--out", str(out)]}[job]
+    assert lode(argv) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "disk is full" in err
+    assert not started, "the job body ran"
+    _no_work_done(out)
+    assert not (tmp_path / "out.manifest.json").exists()
