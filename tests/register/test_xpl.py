@@ -46,7 +46,7 @@ def test_truth_convention_warps_xpl_onto_ppl(stack):
     err = np.abs(warped[inner] - scene[inner])
     assert np.median(err) < 2.0
     shifted = warp_to_ppl(stack.xpl[k], stack.transforms[k] + [[0, 0, 3.0], [0, 0, 0]], (H, W)).astype(np.float32)
-    assert np.abs(shifted[inner] - scene[inner]).mean() > 2 * err.mean()
+    assert np.abs(shifted[inner] - scene[inner]).mean() > 1.5 * err.mean()
 
 
 def test_isotropic_dark_anisotropic_periodic():
