@@ -266,3 +266,56 @@ def load_matrices(path: str | Path) -> dict[str, ColourMatrix]:
         return {k: ColourMatrix.from_dict(v, str(p)) for k, v in blob["matrices"].items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LodeInputError(p, f"cannot read colour matrices: {exc}") from exc
+
+
+def reference_from_file(path: str | Path) -> dict[int, np.ndarray]:
+    """Reference colours from a checkpoint's model card (``.pt``) or a JSON ``{"code": [r, g, b]}`` (linear)."""
+    p = Path(path)
+    if p.suffix == ".pt":
+        from engine.segment.checkpoint import read_card
+
+        card = read_card(p)
+        if not card.reference_colors:
+            raise LodeInputError(p, "model card carries no reference colours (retrain, or give a JSON file)")
+        return reference_from_card(card.reference_colors)
+    try:
+        blob = json.loads(p.read_text())
+        return reference_from_card(blob.get("reference_colors", blob))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise LodeInputError(p, f"cannot read reference colours: {exc}") from exc
+
+
+def annotation_for(annotations: str | Path, stem: str) -> Path:
+    """The annotation mask of capture ``stem`` in a folder (``<stem>.png``)."""
+    p = Path(annotations) / f"{stem}.png"
+    if not p.is_file():
+        raise LodeInputError(p, f"annotation for {stem} not found")
+    return p
+
+
+def fit_captures(images: Sequence[str | Path], annotations: str | Path, reference: Mapping[int, Sequence[float]],
+                 mode: str = "per-image", gamma: float = GAMMA) -> dict[str, ColourMatrix]:
+    """Matrices for capture files (keyed by file stem): one each (``per-image``) or one shared (``series``).
+
+    In series mode captures without an annotation get the series matrix too.
+    """
+    from engine.io.images import read_mask, read_rgb
+
+    if mode not in ("per-image", "series"):
+        raise ValueError(f"unknown colour mode {mode!r}; use 'per-image' or 'series'")
+    means, stems, sources = [], [Path(p).stem for p in images], []
+    for path in map(Path, images):
+        ann = Path(annotations) / f"{path.stem}.png"
+        if not ann.is_file():
+            if mode == "per-image":
+                raise LodeInputError(ann, f"annotation for {path.name} not found (per-image mode needs one each)")
+            continue
+        img = read_rgb(path)
+        means.append(class_means(img, read_mask(ann, img.shape[:2]), gamma, source=str(ann)))
+        sources.append(str(ann))
+    if not means:
+        raise LodeInputError(annotations, "no annotation matches any capture")
+    if mode == "series":
+        m = fit_means(means, reference, gamma, sources)
+        return {s: m for s in stems}
+    return {s: fit_means([m], reference, gamma, [src]) for s, m, src in zip(stems, means, sources)}

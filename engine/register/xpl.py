@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
 
 from engine.errors import LodeInputError
 from engine.stitch.register import to_grey
+
+if TYPE_CHECKING:
+    from engine.io.sources import SectionSource
 
 
 @dataclass(frozen=True)
@@ -149,3 +153,79 @@ def register_stack(ppl: np.ndarray, xpl: Sequence[np.ndarray], options: XplOptio
                    sources: Sequence[str] | None = None) -> list[XplRegistration]:
     sources = list(sources or [f"xpl[{i}]" for i in range(len(xpl))])
     return [register_xpl(ppl, img, options, s) for img, s in zip(xpl, sources)]
+
+
+@dataclass(frozen=True)
+class XplStackSource:
+    """A section source whose pixels are its PPL RGB followed by its registered XPL captures (grey).
+
+    ``transforms[k]`` maps XPL capture ``files[k]`` to PPL pixels; reads warp only the region asked for.
+    """
+
+    base: "SectionSource"
+    files: tuple[str, ...]
+    transforms: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...]
+
+    section = property(lambda self: self.base.section)
+    kind = property(lambda self: self.base.kind)
+    path = property(lambda self: self.base.path)
+    group = property(lambda self: self.base.group)
+    height = property(lambda self: self.base.height)
+    width = property(lambda self: self.base.width)
+    pixel_size_um = property(lambda self: self.base.pixel_size_um)
+
+    @property
+    def channels(self) -> int:
+        return self.base.channels + len(self.files)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        from engine.io.images import read_rgb
+
+        chans = [self.base.read(y0, y1, x0, x1)]
+        shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+        for f, M in zip(self.files, self.transforms):
+            local = (shift @ np.vstack([np.asarray(M), [0.0, 0.0, 1.0]]))[:2]
+            chans.append(to_grey(warp_to_ppl(read_rgb(f), local, (y1 - y0, x1 - x0)))[None])
+        return np.concatenate(chans, axis=0)
+
+
+def xpl_files(folder: str | Path) -> list[Path]:
+    """XPL captures of one section, in channel order (sorted file names, e.g. ``000.png``, ``015.png``)."""
+    from engine.io.images import list_images
+
+    files = list_images(folder)
+    if not files:
+        raise LodeInputError(folder, "no XPL captures")
+    return files
+
+
+def attach_xpl(sources: Sequence["SectionSource"], xpl_root: str | Path, channels: Sequence[str],
+               options: XplOptions = XplOptions()) -> list[XplStackSource]:
+    """Register ``<xpl_root>/<section>/*`` to each section's PPL image; channel names must match ``channels``."""
+    out = []
+    for s in sources:
+        if s.kind != "image":
+            raise LodeInputError(s.path, "XPL channels need image-file sections (register them before stitching)")
+        folder = Path(xpl_root) / s.section
+        files = xpl_files(folder)
+        names = xpl_channel_names([f.stem for f in files])
+        if names != list(channels):
+            raise LodeInputError(folder, f"XPL captures give channels {names}; the model expects {list(channels)}")
+        ppl = np.moveaxis(s.read(0, s.height, 0, s.width), 0, -1)
+        from engine.io.images import read_rgb
+
+        regs = [register_xpl(ppl, read_rgb(f), options, str(f)) for f in files]
+        out.append(XplStackSource(s, tuple(str(f) for f in files),
+                                  tuple(tuple(map(tuple, r.M.tolist())) for r in regs)))  # type: ignore[arg-type]
+    return out
+
+
+def load_registered(ppl: np.ndarray, folder: str | Path, options: XplOptions = XplOptions()
+                    ) -> tuple[np.ndarray, list[str]]:
+    """PPL ``(h, w, 3)`` plus the registered XPL captures of ``folder``: ``(h, w, 3 + k)`` and channel names."""
+    from engine.io.images import read_rgb
+
+    files = xpl_files(folder)
+    regs = [register_xpl(ppl, read_rgb(f), options, str(f)) for f in files]
+    return (stack_channels(ppl, [read_rgb(f) for f in files], [r.M for r in regs]),
+            xpl_channel_names([f.stem for f in files]))

@@ -14,12 +14,16 @@ Its truth is the 2×3 matrix ``M_k`` mapping XPL capture pixels to PPL pixels.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from engine.io.atomic import atomic_write_text
+from engine.synth.collection import _imwrite
 from engine.synth.minerals import ANISOTROPIC, REFLECTANCE_RGB
 from engine.synth.section import Section, SectionSpec, _uniform
 
@@ -154,4 +158,26 @@ def s3_lookalike_spec(seed: int, grain_diameter: float = 40.0, pits_per_cell: fl
 
 
 __all__ = ["ANISOTROPIC", "ANISOTROPY", "GrainMap", "LOOKALIKE_RGB", "XplConfig", "XplStack", "render_xpl_stack",
-           "s3_lookalike_spec", "xpl_scene"]
+           "s3_lookalike_spec", "write_xpl_collection", "xpl_scene"]
+
+
+def write_xpl_collection(root: str | Path, n_train: int = 8, n_test: int = 2, size: tuple[int, int] = (512, 683),
+                         seed: int = 0, cfg: XplConfig = XplConfig(), grain_diameter: float = 40.0) -> Path:
+    """LumenStone layout of S3 look-alike sections plus ``xpl/{split}/<stem>/<angle>.png`` and ``xpl_truth.json``."""
+    root = Path(root)
+    truth = {}
+    for split, n, offset in (("train", n_train, 0), ("test", n_test, 10_000)):
+        for i in range(n):
+            spec = s3_lookalike_spec(seed * 100_003 + offset + i, grain_diameter)
+            st = render_xpl_stack(spec, size[0], size[1], replace(cfg, seed=cfg.seed + offset + i))
+            name = f"S3_{split}_{i:03d}"
+            xdir = root / "xpl" / split / name
+            for d in (root / "imgs" / split, root / "masks" / split, xdir):
+                d.mkdir(parents=True, exist_ok=True)
+            _imwrite(root / "imgs" / split / f"{name}.png", cv2.cvtColor(st.ppl, cv2.COLOR_RGB2BGR))
+            _imwrite(root / "masks" / split / f"{name}.png", st.labels)
+            for a, img in zip(st.angles, st.xpl):
+                _imwrite(xdir / f"{int(round(a)):03d}.png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            truth[name] = {"split": split, "angles": st.angles, "transforms": [m.tolist() for m in st.transforms]}
+    atomic_write_text(root / "xpl_truth.json", json.dumps(truth, indent=1))
+    return root
