@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.calibrate.colour import ColourMatrix, class_means, delta_e_linear, fit_image, fit_lstsq, fit_series
+from engine.calibrate.colour import GAMMA, ColourMatrix, class_means, delta_e_linear, fit_image, fit_lstsq, fit_series
 from engine.synth.casts import ColourCast, partial_annotation, random_cast
 from engine.synth.section import Section, SectionSpec
 
@@ -34,7 +34,23 @@ def reference_means(samples: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, n
     return {c: sums[c] / counts[c] for c in sums}
 
 
-def held_out_error(matrix: ColourMatrix, cast_rgb: np.ndarray, truth_rgb: np.ndarray, labels: np.ndarray,
+@dataclass(frozen=True)
+class EncodedAffine:
+    """Baseline: a least-squares affine map fitted on gamma-encoded (not linear) RGB."""
+
+    matrix: np.ndarray
+    gamma: float = GAMMA
+
+    @classmethod
+    def fit(cls, src: np.ndarray, ref: np.ndarray, gamma: float = GAMMA) -> "EncodedAffine":
+        return cls(fit_lstsq(np.asarray(src) ** (1 / gamma), np.asarray(ref) ** (1 / gamma)).matrix, gamma)
+
+    def apply_linear(self, linear: np.ndarray) -> np.ndarray:
+        enc = np.maximum(np.asarray(linear, np.float64), 0) ** (1 / self.gamma)
+        return np.maximum(enc @ self.matrix[:3] + self.matrix[3], 0) ** self.gamma
+
+
+def held_out_error(matrix: ColourMatrix | EncodedAffine, cast_rgb: np.ndarray, truth_rgb: np.ndarray, labels: np.ndarray,
                    held_out: list[int]) -> float:
     """Mean ΔE2000 over ``held_out`` classes between corrected cast means and the uncast means."""
     obs, truth = class_means(cast_rgb, labels), class_means(truth_rgb, labels)
@@ -49,6 +65,7 @@ class Trial:
     before: float
     delta_e_fit: float
     lstsq_fit: float
+    lstsq_encoded_fit: float
 
 
 def per_image_trials(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict[int, np.ndarray], n: int,
@@ -66,9 +83,12 @@ def per_image_trials(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict
         ccm = fit_image(cap, ann, reference)
         m = class_means(cap, ann)
         codes_a = sorted(m)
-        ls = fit_lstsq(np.array([m[c][0] for c in codes_a]), np.array([reference[c] for c in codes_a]))
-        out.append(Trial(cast, held, float((ann != 255).mean()), held_out_error(ColourMatrix.identity(), cap, rgb, lab, held),
-                         held_out_error(ccm, cap, rgb, lab, held), held_out_error(ls, cap, rgb, lab, held)))
+        src, ref = np.array([m[c][0] for c in codes_a]), np.array([reference[c] for c in codes_a])
+        out.append(Trial(cast, held, float((ann != 255).mean()),
+                         held_out_error(ColourMatrix.identity(), cap, rgb, lab, held),
+                         held_out_error(ccm, cap, rgb, lab, held),
+                         held_out_error(fit_lstsq(src, ref), cap, rgb, lab, held),
+                         held_out_error(EncodedAffine.fit(src, ref), cap, rgb, lab, held)))
     return out
 
 
