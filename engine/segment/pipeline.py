@@ -239,6 +239,7 @@ def _section_means(src: SectionSource, annotation: str, gamma: float) -> dict:
     from engine.calibrate.colour import class_means
     from engine.io.images import read_mask
 
+    src = getattr(src, "base", src)  # an XPL stack's PPL image: no need to warp its XPL captures here
     rgb = np.moveaxis(src.read(0, src.height, 0, src.width)[:3], 0, -1)
     return class_means(np.ascontiguousarray(rgb), read_mask(annotation, rgb.shape[:2]), gamma, source=annotation)
 
