@@ -55,7 +55,8 @@ def registration(n_stacks: int, size: tuple[int, int], seed: int) -> dict:
     return out
 
 
-def models(work: Path, steps: int, seed: int, n_train: int, n_test: int, size: tuple[int, int]) -> dict:
+def models(work: Path, steps: int, seed: int, n_train: int, n_test: int, size: tuple[int, int],
+           patch: int = 160) -> dict:
     from benchmarks._segment_eval import scores
     from engine.classes import LUMENSTONE_CATALOGUE
     from engine.synth.minerals import ANISOTROPIC
@@ -72,12 +73,12 @@ def models(work: Path, steps: int, seed: int, n_train: int, n_test: int, size: t
         os.symlink(ds / d, ppl / d)
     synth_s = time.perf_counter() - t0
     result: dict = {"train_sections": n_train, "test_sections": n_test, "size": list(size), "steps": steps,
-                    "arch": "pspnet-resnet18", "synth_s": synth_s}
+                    "patch": patch, "arch": "pspnet-resnet18", "synth_s": synth_s}
     per_class = {}
     for name, root in (("ppl", ppl), ("ppl_xpl6", ds)):
         t0 = time.perf_counter()
         ckpt = train(TrainConfig(data=str(root), out=str(work / f"model_{name}"), arch="pspnet", steps=steps,
-                                 patch=192, batch_size=8, window=256, seed=seed))
+                                 patch=patch, batch_size=8, window=256, seed=seed))
         train_s = time.perf_counter() - t0
         s = scores(ckpt, [(x.image, x.mask) for x in load_split(root, "test")])
         aniso = [i for i, c in enumerate(s.codes) if c in ANISOTROPIC]
@@ -95,7 +96,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", required=True, help="output JSON")
     p.add_argument("--stacks", type=int, default=4)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=250)
     p.add_argument("--train", type=int, default=8)
     p.add_argument("--test", type=int, default=3)
     p.add_argument("--size", type=int, nargs=2, default=(384, 512))
