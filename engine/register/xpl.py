@@ -81,7 +81,6 @@ def register_xpl(ppl: np.ndarray, xpl: np.ndarray, options: XplOptions = XplOpti
     if M is None or n_in < options.min_inliers:
         raise LodeInputError(source, f"no consistent affine transform to PPL ({n_in} inliers of {len(good)})")
     sel = inl.ravel().astype(bool)
-    M, _ = cv2.estimateAffine2D(src[sel], dst[sel], method=cv2.LMEDS) if n_in >= 6 else (M, None)
     resid = src[sel] @ M[:, :2].T + M[:, 2] - dst[sel]
     reg = XplRegistration(M.astype(np.float64), len(good), n_in, float(np.sqrt((resid ** 2).sum(1).mean())))
     if options.ecc:
