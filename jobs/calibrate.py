@@ -1,7 +1,5 @@
-"""Fit capture calibration: ``lode calibrate lens`` (checkerboard) and ``lode calibrate flat`` (flat + dark).
-
-Each kind is a subcommand; another kind (colour) plugs in by adding its own subparser.
-"""
+"""Fit capture calibration: ``lode calibrate lens`` (checkerboard), ``lode calibrate flat`` (flat + dark) and
+``lode calibrate colour`` (ΔE2000-fitted colour matrix from sparse annotations and reference colours)."""
 
 from __future__ import annotations
 
@@ -24,6 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flat.add_argument("--dark", help="folder of dark frames")
     flat.add_argument("--degree", type=int, default=4, help="degree of the smooth surface fitted to the flat")
     flat.add_argument("--out", required=True, help="flat field .npz to write")
+    col = sub.add_parser("colour", aliases=["color"],
+                         help="4x3 colour matrix (linear RGB) fitted by CIEDE2000 to reference colours")
+    col.add_argument("images", nargs="+", help="capture files or folders")
+    col.add_argument("--annotations", required=True,
+                     help="folder of sparse annotation masks <stem>.png (class codes; 255 = not annotated)")
+    col.add_argument("--reference", required=True,
+                     help="model checkpoint (.pt, reference colours in its card) or JSON {code: [r, g, b]} linear")
+    col.add_argument("--mode", choices=["per-image", "series"], default="per-image",
+                     help="one matrix per capture, or one for the whole series")
+    col.add_argument("--out", required=True, help="matrices JSON to write")
+    col.add_argument("--apply", metavar="DIR", help="also write corrected captures (PNG) into DIR")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +54,38 @@ def run(args: argparse.Namespace) -> int:
         ff.save(args.out)
         print(json.dumps({"out": args.out, "min_gain": float(ff.flat.min()), "dark_mean": float(ff.dark.mean())}))
         return 0
+    if args.kind in ("colour", "color"):
+        return _colour(args)
     raise SystemExit(f"unknown calibration kind {args.kind}")
+
+
+def _colour(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import cv2
+
+    from engine.calibrate.colour import fit_captures, reference_from_file, save_matrices
+    from engine.errors import LodeInputError
+    from engine.io.images import list_images, read_rgb
+
+    paths = [q for p in map(Path, args.images) for q in (list_images(p) if p.is_dir() else [p])]
+    if not paths:
+        raise LodeInputError(", ".join(args.images), "no captures")
+    matrices = fit_captures(paths, args.annotations, reference_from_file(args.reference), args.mode)
+    save_matrices(args.out, matrices, args.mode)
+    if args.apply:
+        out = Path(args.apply)
+        out.mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            target = out / f"{p.stem}.png"
+            tmp = out / f".{p.stem}.tmp.png"
+            if not cv2.imwrite(str(tmp), cv2.cvtColor(matrices[p.stem].apply(read_rgb(p)), cv2.COLOR_RGB2BGR)):
+                raise OSError(f"cannot write {target}")
+            tmp.replace(target)
+    print(json.dumps({"out": args.out, "mode": args.mode, "captures": len(paths),
+                      "mean_delta_e_fit": {k: round(m.info.get("mean_delta_e_fit", float("nan")), 4)
+                                           for k, m in matrices.items()}}))
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prospect": ("jobs.prospect", "unsupervised mineral prospectivity: stack grids, train the ViT MAE, map and "
                                   "score against deposits"),
     "stitch": ("jobs.stitch", "stitch every section of a collection into an OME-Zarr panorama store"),
-    "calibrate": ("jobs.calibrate", "fit capture calibration: lens (checkerboard) or flat field (flat + dark)"),
+    "calibrate": ("jobs.calibrate", "fit capture calibration: lens (checkerboard), flat field (flat + dark) or "
+                                    "colour matrix"),
     "lineaments": ("jobs.lineaments", "magnetic anomaly lineaments: U-Net or classical axes of survey grids, scoring, "
                                       "synthetic surveys, training"),
     "bench": ("jobs.bench", "run every benchmark and write a Markdown report"),

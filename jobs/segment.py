@@ -24,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-actors", type=int, help="segmentation actors (default: one per GPU, else 1)")
     p.add_argument("--max-blocks", type=int, help="stop after this many blocks (resume later)")
+    p.add_argument("--colour", "--color", dest="colour", choices=["none", "per-image", "series"],
+                   help="colour calibration stage before segmentation (default none)")
+    p.add_argument("--annotations", help="folder of sparse annotation masks <section>.png for --colour "
+                                         "(class codes, 255 = not annotated)")
+    p.add_argument("--xpl", help="folder of <section>/ subfolders of crossed-polar captures (extra channels)")
     add_config_argument(p)
 
 
@@ -37,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
                                       checkpoint=args.checkpoint, window=args.window, overlap=args.overlap,
                                       batch_size=args.batch_size, block=args.block,
                                       probabilities=args.probabilities, device=args.device,
-                                      num_actors=args.num_actors, max_blocks=args.max_blocks)
+                                      num_actors=args.num_actors, max_blocks=args.max_blocks, colour=args.colour,
+                                      annotations=args.annotations, xpl=args.xpl)
         manifest = run_segmentation(cfg)
         done = sum(b["status"] == "done" for b in manifest["blocks"])
         print(json.dumps({"status": manifest["status"], "blocks_done": done, "blocks": len(manifest["blocks"]),

@@ -19,6 +19,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--associations", nargs="+", default=["S1", "S2"], help="S1, S2, S3, paper")
     c.add_argument("--grain", type=float, default=60.0, help="mean grain diameter in px")
     c.add_argument("--seed", type=int, default=0)
+    x = sub.add_parser("xpl", help="S3-like LumenStone layout with crossed-polar stacks (xpl/{split}/<stem>/)")
+    x.add_argument("out")
+    x.add_argument("--train", type=int, default=8)
+    x.add_argument("--test", type=int, default=2)
+    x.add_argument("--size", type=int, nargs=2, default=(512, 683), metavar=("H", "W"))
+    x.add_argument("--angles", type=float, nargs="+", default=[0, 15, 30, 45, 60, 75], help="stage angles (deg)")
+    x.add_argument("--seed", type=int, default=0)
     q = sub.add_parser("panorama", help="a whole section as an OME-Zarr image with truth labels")
     q.add_argument("out", help="zarr store (created or extended)")
     q.add_argument("--section", default="section-001")
@@ -62,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
             from engine.prospect.synth import synth_region, write_region
 
             print(f"region: {write_region(synth_region(args.size, args.seed), args.out)}")
+        elif args.what == "xpl":
+            from engine.synth.xpl import XplConfig, write_xpl_collection
+
+            root = write_xpl_collection(args.out, args.train, args.test, tuple(args.size), args.seed,
+                                        XplConfig(angles=tuple(args.angles)))
+            print(f"collection: {root}")
         elif args.what == "collection":
             root = write_lumenstone(args.out, args.train, args.test, tuple(args.size), args.associations,
                                     args.seed, args.grain)

@@ -35,7 +35,9 @@ class ModelCard(BaseModel):
     window: int = 512
     overlap: float = 0.25
     reference_colors: dict[str, list[float]] = Field(default_factory=dict,
-                                                     description="mean linear-RGB colour per class code")
+                                                     description="mean linear-RGB colour per class code (colour "
+                                                                 "calibration targets)")
+    reference_gamma: float = Field(default=2.2, gt=0, description="gamma that linearised reference_colors")
     training: dict = Field(default_factory=dict)
     model_id: str = ""
 

@@ -186,6 +186,10 @@ def plan(cfg: SegmentConfig, card: ModelCard) -> tuple[list[SectionSource], dict
     window = cfg.window or card.window
     overlap = card.overlap if cfg.overlap is None else cfg.overlap
     sources = discover(cfg.inputs)
+    if cfg.xpl:
+        from engine.register.xpl import attach_xpl
+
+        sources = attach_xpl(sources, cfg.xpl, card.channels[3:])  # type: ignore[assignment]
     layouts = {}
     for s in sources:
         if s.channels != card.in_channels:
@@ -195,6 +199,15 @@ def plan(cfg: SegmentConfig, card: ModelCard) -> tuple[list[SectionSource], dict
         block = tuple(cfg.block) if cfg.block else auto_block(s.height, s.width, window, shard=max(step, 256))
         layouts[s.section] = PyramidLayout(block, chunk=cfg.chunk, levels=cfg.levels)  # type: ignore[arg-type]
     return sources, layouts, window, overlap
+
+
+def _record_colour(cfg: SegmentConfig, matrices: dict[str, Any]) -> None:
+    import zarr
+
+    root = zarr.open_group(str(Path(cfg.out) / STORE_NAME), mode="r+")
+    for section, m in matrices.items():
+        if section in root:
+            root[section].attrs.update({"colour_calibration": {"mode": cfg.colour, **m.to_dict()}})
 
 
 def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSource],
@@ -222,6 +235,58 @@ def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSou
     root.attrs.update({"lode": {"model_id": card.model_id, "model_card": card.model_dump()}})
 
 
+def _section_means(src: SectionSource, annotation: str, gamma: float) -> dict:
+    from engine.calibrate.colour import class_means
+    from engine.io.images import read_mask
+
+    src = getattr(src, "base", src)  # an XPL stack's PPL image: no need to warp its XPL captures here
+    rgb = np.moveaxis(src.read(0, src.height, 0, src.width)[:3], 0, -1)
+    return class_means(np.ascontiguousarray(rgb), read_mask(annotation, rgb.shape[:2]), gamma, source=annotation)
+
+
+def colour_matrices(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSource]) -> dict[str, Any]:
+    """Fit the colour stage's matrices (Ray tasks read each annotated section): ``{section: ColourMatrix}``."""
+    import ray
+
+    from engine.calibrate.colour import fit_means, reference_from_card
+
+    if cfg.colour == "none":
+        return {}
+    if not card.reference_colors:
+        raise LodeInputError(cfg.checkpoint, "model card carries no reference colours for --colour")
+    if not cfg.annotations:
+        raise LodeInputError("--annotations", f"--colour {cfg.colour} needs a folder of annotation masks")
+    anns = {s.section: Path(cfg.annotations) / f"{s.section}.png" for s in sources}
+    annotated = [s for s in sources if anns[s.section].is_file()]
+    missing = [str(anns[s.section]) for s in sources if s not in annotated]
+    if cfg.colour == "per-image" and missing:
+        raise LodeInputError(missing[0], "annotation not found (per-image colour mode needs one per section)")
+    if not annotated:
+        raise LodeInputError(cfg.annotations, "no annotation matches any section")
+    task = ray.remote(num_cpus=0.25)(_section_means)
+    means = ray.get([task.remote(s, str(anns[s.section]), card.reference_gamma) for s in annotated])
+    reference = reference_from_card(card.reference_colors)
+    if cfg.colour == "series":
+        m = fit_means(means, reference, card.reference_gamma, [str(anns[s.section]) for s in annotated])
+        return {s.section: m for s in sources}
+    return {s.section: fit_means([mm], reference, card.reference_gamma, [str(anns[s.section])])
+            for s, mm in zip(annotated, means)}
+
+
+def correct_colour(batch: dict[str, np.ndarray], matrices: dict[str, dict]) -> dict[str, np.ndarray]:
+    """Pipeline stage: apply the section's colour matrix to the RGB channels of a block region."""
+    from engine.calibrate.colour import ColourMatrix
+
+    region = batch["region"][0]
+    m = matrices.get(str(batch["section"][0]))
+    if m is not None:
+        rgb = np.ascontiguousarray(np.moveaxis(region[:3], 0, -1))
+        region = region.copy()
+        region[:3] = np.moveaxis(ColourMatrix.from_dict(m).apply(rgb), -1, 0)
+        batch["region"] = region[None]
+    return batch
+
+
 def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     """Run (or resume) a segmentation job; returns the written manifest."""
     import ray
@@ -235,7 +300,8 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     manifest.check_writable()
     fingerprint = {"model_id": card.model_id, "window": window, "overlap": overlap,
                    "layouts": {k: asdict(v) for k, v in layouts.items()}, "probabilities": cfg.probabilities,
-                   "inputs": [s.path + ("/" + s.group if s.group else "") for s in sources]}
+                   "inputs": [s.path + ("/" + s.group if s.group else "") for s in sources],
+                   "colour": cfg.colour, "annotations": cfg.annotations, "xpl": cfg.xpl}
     fresh = manifest.begin("segment", cfg.model_dump(), fingerprint)
     _prepare_store(cfg, card, sources, layouts, fresh)
 
@@ -256,6 +322,11 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         out_abs = str(Path(cfg.out).resolve())
         ds = ray.data.read_datasource(BlockDatasource(tasks, window, overlap, out_abs if cfg.copy_image else None),
                                       override_num_blocks=len(tasks))
+        matrices = colour_matrices(cfg, card, sources)
+        if matrices:
+            _record_colour(cfg, matrices)
+            ds = ds.map_batches(correct_colour, fn_kwargs={"matrices": {k: m.to_dict() for k, m in matrices.items()}},
+                                batch_size=1, batch_format="numpy", num_cpus=0.25)
         ds = ds.map_batches(
             SegmentActor,
             fn_constructor_kwargs=dict(checkpoint=str(Path(cfg.checkpoint).resolve()), window=window, overlap=overlap,

@@ -1,8 +1,12 @@
-"""LumenStone-layout collections: ``imgs/{split}/*`` with ``masks/{split}/*.png`` of class codes."""
+"""LumenStone-layout collections: ``imgs/{split}/*`` with ``masks/{split}/*.png`` of class codes.
+
+Optional crossed-polar captures ``xpl/{split}/<stem>/*`` are registered to their PPL image and
+stacked after its RGB channels.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +19,9 @@ from engine.io.images import list_images, read_mask, read_rgb
 @dataclass
 class Sample:
     name: str
-    image: np.ndarray  # (h, w, 3) uint8
+    image: np.ndarray  # (h, w, c) uint8: RGB, then registered XPL channels if any
     mask: np.ndarray  # (h, w) uint8 class codes
+    channels: list[str] = field(default_factory=lambda: ["R", "G", "B"])
 
 
 def pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
@@ -44,7 +49,16 @@ def load_split(root: str | Path, split: str, classes: ClassSet | None = None) ->
             unknown = sorted(set(np.unique(mask).tolist()) - allowed)
             if unknown:
                 raise LodeInputError(mp, f"unknown class code{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))} (class set: {sorted(allowed)})")
-        out.append(Sample(ip.stem, img, mask))
+        channels = ["R", "G", "B"]
+        xpl = Path(root) / "xpl" / split / ip.stem
+        if xpl.is_dir():
+            from engine.register.xpl import load_registered
+
+            img, names = load_registered(img, xpl)
+            channels += names
+        if out and channels != out[0].channels:
+            raise LodeInputError(xpl, f"channels {channels} differ from {out[0].name}'s {out[0].channels}")
+        out.append(Sample(ip.stem, img, mask, channels))
     return out
 
 
@@ -57,11 +71,12 @@ def codes_present(samples: list[Sample]) -> list[int]:
 
 def channel_stats(samples: list[Sample]) -> tuple[list[float], list[float]]:
     """Per-channel mean and std on the 0..1 scale."""
-    acc = np.zeros(3)
-    acc2 = np.zeros(3)
+    c = samples[0].image.shape[2]
+    acc = np.zeros(c)
+    acc2 = np.zeros(c)
     n = 0
     for s in samples:
-        px = s.image.reshape(-1, 3).astype(np.float64) / 255.0
+        px = s.image.reshape(-1, c).astype(np.float64) / 255.0
         acc += px.sum(0)
         acc2 += (px**2).sum(0)
         n += px.shape[0]
@@ -72,8 +87,8 @@ def channel_stats(samples: list[Sample]) -> tuple[list[float], list[float]]:
 
 def random_patches(samples: list[Sample], lut: np.ndarray, patch: int, n: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` uniformly placed patches with random flips/rot90: images (n,3,p,p) uint8, targets (n,p,p) uint8."""
-    xs = np.empty((n, 3, patch, patch), np.uint8)
+    """``n`` uniformly placed patches with random flips/rot90: images (n,c,p,p) uint8, targets (n,p,p) uint8."""
+    xs = np.empty((n, samples[0].image.shape[2], patch, patch), np.uint8)
     ys = np.empty((n, patch, patch), np.uint8)
     for i in range(n):
         s = samples[rng.integers(len(samples))]

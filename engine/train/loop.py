@@ -88,7 +88,7 @@ def reference_colors(samples, classes: ClassSet) -> dict[str, list[float]]:
         for s in samples:
             sel = s.mask == c
             if sel.any():
-                px = (s.image[sel].astype(np.float64) / 255.0) ** 2.2
+                px = (s.image[..., :3][sel].astype(np.float64) / 255.0) ** 2.2
                 acc += px.sum(0)
                 n += int(sel.sum())
         if n:
@@ -111,6 +111,7 @@ def train(cfg: TrainConfig) -> Path:
         classes = ClassSet.from_codes(codes_present(samples))
     mean, std = channel_stats(samples)
     card = ModelCard(arch=cfg.arch, encoder=cfg.encoder, classes=classes.to_dicts(), mean=mean, std=std,
+                     in_channels=len(samples[0].channels), channels=samples[0].channels,
                      window=cfg.window, overlap=cfg.overlap, reference_colors=reference_colors(samples, classes),
                      training={"data": str(cfg.data), "steps": cfg.steps, "patch": cfg.patch,
                                "batch_size": cfg.batch_size, "workers": cfg.workers, "seed": cfg.seed})

@@ -1,0 +1,167 @@
+"""The colour-calibration stage and XPL channels in the segmentation job, and ``lode calibrate colour``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from engine.calibrate.colour import fit_captures, load_matrices, reference_from_card
+from engine.classes import ClassSet
+from engine.errors import LodeInputError
+from engine.register.xpl import load_registered
+from engine.segment.checkpoint import ModelCard, save_checkpoint
+from engine.segment.models import create_model
+from engine.segment.pipeline import STORE_NAME, run_segmentation
+from engine.synth.casts import partial_annotation, random_cast
+from engine.synth.section import Section, SectionSpec
+from engine.synth.xpl import write_xpl_collection
+from engine.train.data import load_split
+from engine.train.loop import reference_colors
+from jobs.cli import main as lode
+from schemas.config import SegmentConfig
+
+CLASSES = ClassSet.from_codes([0, 1, 2, 4, 6, 8, 11])
+
+
+def _write_rgb(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+@pytest.fixture(scope="module")
+def cast_captures(tmp_path_factory):
+    """Two cast S1 captures with strip annotations, and a checkpoint whose card carries reference colours."""
+    from engine.train.data import Sample
+
+    root = tmp_path_factory.mktemp("casts")
+    train = [Section(SectionSpec(seed=s, grain_diameter=24)).render(0, 0, 256, 320) for s in (1, 2)]
+    ref = reference_colors([Sample(f"t{i}", r, m) for i, (r, m) in enumerate(train)], CLASSES)
+    torch.manual_seed(0)
+    ckpt = root / "model.pt"
+    save_checkpoint(ckpt, create_model("unet", "resnet18", 3, len(CLASSES)),
+                    ModelCard(arch="unet", encoder="resnet18", classes=CLASSES.to_dicts(), window=128,
+                              reference_colors=ref))
+    cast = random_cast(np.random.default_rng(7), filter_name="yellow")
+    for i, seed in enumerate((11, 12)):
+        rgb, lab = Section(SectionSpec(seed=seed, grain_diameter=24)).render(0, 0, 200, 260)
+        _write_rgb(root / "caps" / f"cap{i}.png", cast.apply(rgb))
+        (root / "ann").mkdir(exist_ok=True)
+        assert cv2.imwrite(str(root / "ann" / f"cap{i}.png"), partial_annotation(lab, 0.35))
+    return root, ckpt
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("mode", ["per-image", "series"])
+def test_colour_stage_equals_segmenting_corrected_captures(ray_local, cast_captures, tmp_path, mode):
+    root, ckpt = cast_captures
+    caps = sorted((root / "caps").glob("*.png"))
+    matrices = fit_captures(caps, root / "ann", reference_from_card(ModelCard.model_validate(
+        torch.load(ckpt, weights_only=True)["card"]).reference_colors), mode)
+    for p in caps:
+        _write_rgb(tmp_path / "corrected" / p.name, matrices[p.stem].apply(cv2.imread(str(p))[..., ::-1].copy()))
+    common = dict(checkpoint=str(ckpt), probabilities="float32", block=(128, 128), chunk=64, levels=1)
+    run_segmentation(SegmentConfig(inputs=[str(root / "caps")], out=str(tmp_path / "stage"), colour=mode,
+                                   annotations=str(root / "ann"), **common))
+    run_segmentation(SegmentConfig(inputs=[str(tmp_path / "corrected")], out=str(tmp_path / "direct"), **common))
+    a = zarr.open_group(str(tmp_path / "stage" / STORE_NAME), mode="r")
+    b = zarr.open_group(str(tmp_path / "direct" / STORE_NAME), mode="r")
+    for p in caps:
+        assert np.abs(a[f"{p.stem}/probabilities/0"][:] - b[f"{p.stem}/probabilities/0"][:]).max() < 1e-5
+        rec = a[p.stem].attrs["colour_calibration"]
+        assert rec["mode"] == mode
+        np.testing.assert_allclose(rec["matrix"], matrices[p.stem].matrix, atol=1e-9)
+    if mode == "series":
+        assert a["cap0"].attrs["colour_calibration"]["matrix"] == a["cap1"].attrs["colour_calibration"]["matrix"]
+    else:
+        assert a["cap0"].attrs["colour_calibration"]["matrix"] != a["cap1"].attrs["colour_calibration"]["matrix"]
+
+
+def test_colour_stage_needs_annotations(cast_captures, tmp_path):
+    root, ckpt = cast_captures
+    (tmp_path / "ann").mkdir()
+    cfg = SegmentConfig(inputs=[str(root / "caps")], out=str(tmp_path / "o"), checkpoint=str(ckpt),
+                        colour="per-image", annotations=str(tmp_path / "ann"))
+    from engine.segment.pipeline import colour_matrices
+    from engine.segment.checkpoint import read_card
+    from engine.io.sources import discover
+
+    with pytest.raises(LodeInputError, match="cap0.png"):
+        colour_matrices(cfg, read_card(ckpt), discover(cfg.inputs))
+
+
+def test_lode_calibrate_colour_writes_matrices_and_corrected_images(cast_captures, tmp_path, capsys):
+    root, ckpt = cast_captures
+    out = tmp_path / "ccm.json"
+    assert lode(["calibrate", "colour", str(root / "caps"), "--annotations", str(root / "ann"), "--reference",
+                 str(ckpt), "--mode", "series", "--out", str(out), "--apply", str(tmp_path / "fixed")]) == 0
+    mats = load_matrices(out)
+    assert set(mats) == {"cap0", "cap1"} and json.loads(out.read_text())["mode"] == "series"
+    raw = cv2.imread(str(root / "caps" / "cap1.png"))[..., ::-1].copy()
+    fixed = cv2.imread(str(tmp_path / "fixed" / "cap1.png"))[..., ::-1]
+    assert np.array_equal(fixed, mats["cap1"].apply(raw))
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["captures"] == 2
+
+
+@pytest.fixture(scope="module")
+def xpl_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("xplset")
+    write_xpl_collection(root, n_train=1, n_test=1, size=(384, 512), seed=3)
+    return root
+
+
+def test_training_reader_stacks_registered_xpl(xpl_set):
+    samples = load_split(xpl_set, "train")
+    s = samples[0]
+    assert s.channels == ["R", "G", "B", "XPL000", "XPL015", "XPL030", "XPL045", "XPL060", "XPL075"]
+    assert s.image.shape == (384, 512, 9)
+    truth = json.loads((xpl_set / "xpl_truth.json").read_text())[s.name]
+    k = 4
+    xpl = cv2.imread(str(xpl_set / "xpl" / "train" / s.name / "060.png"))
+    ideal = cv2.cvtColor(cv2.warpAffine(xpl, np.array(truth["transforms"][k]), (512, 384)), cv2.COLOR_BGR2GRAY)
+    inner = (slice(40, -40), slice(40, -40))
+    assert np.abs(s.image[..., 3 + k][inner].astype(int) - ideal[inner]).mean() < 1.0
+
+
+@pytest.mark.ray
+def test_segment_reads_xpl_folders(ray_local, xpl_set, tmp_path):
+    samples = load_split(xpl_set, "test")
+    classes = ClassSet.from_codes([0, 5, 6, 9, 12, 13])
+    torch.manual_seed(0)
+    ckpt = tmp_path / "xpl.pt"
+    save_checkpoint(ckpt, create_model("unet", "resnet18", 9, len(classes)),
+                    ModelCard(arch="unet", encoder="resnet18", classes=classes.to_dicts(), in_channels=9,
+                              channels=samples[0].channels, mean=[0.5] * 9, std=[0.25] * 9, window=128))
+    out = tmp_path / "run"
+    run_segmentation(SegmentConfig(inputs=[str(xpl_set / "imgs" / "test")], out=str(out), checkpoint=str(ckpt),
+                                   xpl=str(xpl_set / "xpl" / "test"), block=(128, 256), chunk=64, levels=1))
+    store = zarr.open_group(str(out / STORE_NAME), mode="r")
+    name = samples[0].name
+    stored = np.moveaxis(store[f"{name}/0"][:], 0, -1)
+    assert stored.shape == (384, 512, 9)
+    assert np.array_equal(stored[..., :3], samples[0].image[..., :3])
+    # blocks warp their own window of each XPL capture: same transform, fixed-point rounding may differ by 1
+    diff = np.abs(stored.astype(int) - samples[0].image)
+    assert diff.max() <= 1 and diff.mean() < 0.05
+    assert store[f"{name}/labels/minerals/0"].shape == (384, 512)
+    partial = tmp_path / "xpl2" / name
+    partial.mkdir(parents=True)
+    for f in ("000.png", "015.png"):
+        (partial / f).write_bytes((xpl_set / "xpl" / "test" / name / f).read_bytes())
+    with pytest.raises(LodeInputError, match="XPL captures give channels"):
+        run_segmentation(SegmentConfig(inputs=[str(xpl_set / "imgs" / "test")], out=str(tmp_path / "bad"),
+                                       checkpoint=str(ckpt), xpl=str(tmp_path / "xpl2")))
+    with pytest.raises(LodeInputError, match="no such folder"):
+        run_segmentation(SegmentConfig(inputs=[str(xpl_set / "imgs" / "test")], out=str(tmp_path / "bad"),
+                                       checkpoint=str(ckpt), xpl=str(xpl_set / "xpl" / "train")))
+
+
+def test_registered_stack_helper_matches_reader(xpl_set):
+    s = load_split(xpl_set, "test")[0]
+    stacked, names = load_registered(s.image[..., :3].copy(), xpl_set / "xpl" / "test" / s.name)
+    assert np.array_equal(stacked, s.image) and names == s.channels[3:]
