@@ -120,6 +120,7 @@ class RunManifest:
         self.out = Path(out)
         self.path = self.out / "manifest.json"
         self.status_dir = self.out / "_status"
+        self.failed_dir = self.out / "_failed"
 
     def check_writable(self) -> None:
         check_output(self.out)
@@ -142,6 +143,8 @@ class RunManifest:
         fresh = prev is None
         if fresh and self.status_dir.exists():
             shutil.rmtree(self.status_dir)
+        if self.failed_dir.exists():
+            shutil.rmtree(self.failed_dir)  # failed units are retried
         doc = {"job": job, "status": "running", "versions": versions(), "config": config, "fingerprint": fp,
                "started": prev.get("started") if prev else time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "attempts": (prev.get("attempts", 0) if prev else 0) + 1}
@@ -150,6 +153,16 @@ class RunManifest:
 
     def mark_done(self, status: BlockStatus) -> None:
         atomic_write_text(self.status_dir / status.section / f"{status.key}.json", json.dumps(asdict(status)))
+
+    def mark_failed(self, section: str, key: str, reason: str) -> None:
+        atomic_write_text(self.failed_dir / section / f"{key}.json", json.dumps({"reason": reason}))
+
+    def failed(self) -> dict[str, str]:
+        """Reason per failed unit ``section/key`` of this attempt."""
+        if not self.failed_dir.exists():
+            return {}
+        return {f"{p.parent.name}/{p.stem}": json.loads(p.read_text())["reason"]
+                for p in self.failed_dir.glob("*/*.json")}
 
     def done(self) -> dict[str, dict]:
         out = {}
@@ -163,10 +176,17 @@ class RunManifest:
 
     def finish(self, timings: dict[str, float], expected: list[str], skipped: int = 0) -> dict[str, Any]:
         doc = self.read() or {}
-        done = self.done()
-        blocks = [{"unit": k, "status": "done" if k in done else "pending", **done.get(k, {})} for k in expected]
+        done, failed = self.done(), self.failed()
+
+        def state(k: str) -> dict:
+            if k in done:
+                return {"status": "done", **done[k]}
+            return {"status": "failed", "reason": failed[k]} if k in failed else {"status": "pending"}
+
+        blocks = [{"unit": k, **state(k)} for k in expected]
         complete = all(b["status"] == "done" for b in blocks)
         doc.update({"status": "complete" if complete else "partial", "timings": timings, "blocks": blocks,
+                    "failed_sections": {k.split("/")[0]: r for k, r in sorted(failed.items())},
                     "skipped_already_done": skipped, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         atomic_write_text(self.path, json.dumps(doc, indent=1))
         return doc

@@ -30,7 +30,11 @@ class SectionSource:
         if self.kind == "zarr":
             root = open_store(self.path)
             arr = (root[self.group] if self.group else root)["0"]
-            return np.asarray(arr[:, y0:y1, x0:x1])
+            try:
+                return np.asarray(arr[:, y0:y1, x0:x1])
+            except (RuntimeError, ValueError) as exc:  # what zarr's codecs raise for corrupt chunks
+                name = f"{self.path}/{self.group}" if self.group else self.path
+                raise LodeInputError(name, f"corrupt pixels in rows {y0}:{y1}, columns {x0}:{x1}: {exc}") from exc
         img = read_rgb(self.path)
         if img.shape[:2] != (self.height, self.width):
             raise LodeInputError(self.path, f"image changed size since planning: {img.shape[:2]}")

@@ -55,17 +55,24 @@ def _table(row: dict[str, Any]):
 
 def read_block(task: BlockTask, window: int, overlap: float, copy_to: str | None) -> dict[str, Any]:
     """Read a block plus the halo its windows need; optionally stage the block's image shards
-    into the output store (the block is only marked done once its labels are written too)."""
+    into the output store (the block is only marked done once its labels are written too).
+
+    Pixels that turn out unreadable only now (a corrupt chunk, an image that changed) do not
+    fail the job: the row carries the error instead, and the block's section fails alone."""
     src, b = task.source, task.block
     y0, y1, x0, x1 = PaddedGrid(src.height, src.width, window, overlap).input_region(b)
-    region = src.read(y0, y1, x0, x1)
-    if region.shape[0] != src.channels:
-        raise LodeInputError(src.path, f"expected {src.channels} channels, read {region.shape[0]}")
+    row = {"section": src.section, "key": b.key, "index": b.index, "y0": b.y0, "x0": b.x0, "h": b.h, "w": b.w,
+           "ry0": y0, "rx0": x0, "height": src.height, "width": src.width, "error": ""}
+    try:
+        region = src.read(y0, y1, x0, x1)
+        if region.shape[0] != src.channels:
+            raise LodeInputError(src.path, f"expected {src.channels} channels, read {region.shape[0]}")
+    except LodeInputError as exc:
+        return {**row, "error": str(exc), "region": np.zeros((src.channels, 1, 1), np.uint8)}
     if copy_to is not None:
         oy, ox = b.y0 - y0, b.x0 - x0
         write_block(_open_out(copy_to)[src.section], region[:, oy:oy + b.h, ox:ox + b.w], b.y0, b.x0, "image")
-    return {"section": src.section, "key": b.key, "index": b.index, "y0": b.y0, "x0": b.x0, "h": b.h, "w": b.w,
-            "ry0": y0, "rx0": x0, "height": src.height, "width": src.width, "region": region}
+    return {**row, "region": region}
 
 
 class BlockDatasource:
@@ -121,6 +128,10 @@ class SegmentActor:
             # Ray Data may call this from another thread than __init__; OpenMP's thread count is
             # per calling thread (Ray workers start with OMP_NUM_THREADS=1).
             torch.set_num_threads(self.threads)
+        out = {k: batch[k] for k in ("section", "key", "index", "y0", "x0", "h", "w", "error")}
+        if batch["error"][0]:
+            return {**out, "labels": np.zeros((1, 1, 1), np.uint8), "windows": np.array([0]),
+                    "seconds": np.array([0.0])}
         t0 = time.perf_counter()
         region = batch["region"][0]
         b = Block(int(batch["index"][0]), int(batch["y0"][0]), int(batch["x0"][0]), int(batch["h"][0]),
@@ -130,7 +141,6 @@ class SegmentActor:
         idx, probs = self.predictor.predict(region, (ry0, rx0), (int(batch["height"][0]), int(batch["width"][0])),
                                             b, self.num_classes,
                                             None if self.probabilities == "none" else self.probabilities)
-        out = {k: batch[k] for k in ("section", "key", "index", "y0", "x0", "h", "w")}
         out["labels"] = self.codes[idx][None]
         if probs is not None:
             out["probabilities"] = probs[None]
@@ -172,6 +182,9 @@ def _open_out(out: str):
 def _write_row(store, out: str, row: dict[str, Any]) -> str:
     section, key = str(row["section"]), str(row["key"])
     y0, x0 = int(row["y0"]), int(row["x0"])
+    if row.get("error"):
+        RunManifest(out).mark_failed(section, key, str(row["error"]))
+        return f"{section}/{key}"
     img = store[section]
     write_block(labels_of(img, LABELS), np.asarray(row["labels"]), y0, x0, "label")
     if row.get("probabilities") is not None:
@@ -338,6 +351,14 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         ds.write_datasink(ShardSink(out_abs))
     timings = {"plan_s": t_ray - t_start, "pipeline_s": time.perf_counter() - t_ray,
                "total_s": time.perf_counter() - t_start}
-    return manifest.finish(timings, expected=[f"{s.section}/{b.key}" for s in sources
-                                              for b in block_grid(s.height, s.width, layouts[s.section].block)],
-                           skipped=skipped)
+    doc = manifest.finish(timings, expected=[f"{s.section}/{b.key}" for s in sources
+                                             for b in block_grid(s.height, s.width, layouts[s.section].block)],
+                          skipped=skipped)
+    if doc["failed_sections"]:
+        section, reason = next(iter(doc["failed_sections"].items()))
+        src = next(s for s in sources if s.section == section)
+        others = len({s.section for s in sources} - set(doc["failed_sections"]))
+        raise LodeInputError(f"{src.path}/{src.group}" if src.group else src.path,
+                             f"section {section} failed ({reason}); {len(doc['failed_sections']) - 1} other "
+                             f"section(s) failed, {others} unaffected: see {manifest.path}")
+    return doc

@@ -19,9 +19,11 @@ import psutil
 import pytest
 import zarr
 
+from engine.segment.checkpoint import read_card
 from engine.segment.pipeline import STORE_NAME, run_segmentation
 from jobs.cli import main as lode
 from schemas.config import SegmentConfig
+from tests.conftest import monai_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,6 +108,41 @@ def test_one_corrupt_section_fails_alone_with_its_reason_in_the_manifest(tmp_pat
     root = zarr.open_group(str(store), mode="r")
     assert sorted(n for n, _ in root.groups()) == ["secA", "secC"]
     assert manifest["versions"]["ray"] and manifest["config"]["collection"] == str(coll)
+
+
+@pytest.mark.ray
+def test_one_corrupt_section_fails_alone_in_segmentation(ray_local, tmp_path, tiny_checkpoint, capsys):
+    from engine.io.ome import PyramidLayout
+    from engine.synth import SectionSpec, write_panorama
+
+    store = tmp_path / "in.zarr"
+    for name, seed in (("sec-a", 5), ("sec-b", 6)):
+        write_panorama(store, name, 200, 256, SectionSpec(seed=seed, grain_diameter=30),
+                       PyramidLayout((128, 128), chunk=64, levels=2))
+    shard = store / "sec-b" / "0" / "c" / "0" / "1" / "0"
+    original = shard.read_bytes()
+    shard.write_bytes(original[:16] + bytes(b ^ 0xFF for b in original[16:-64]) + original[-64:])
+    out = tmp_path / "run"
+    argv = ["segment", str(store), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--block", "128", "128"]
+    assert lode(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{store}/sec-b" in err and "corrupt pixels" in err and "Traceback" not in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "partial" and list(manifest["failed_sections"]) == ["sec-b"]
+    status = {b["unit"]: b["status"] for b in manifest["blocks"]}
+    failed = [b for b in manifest["blocks"] if b["status"] == "failed"]
+    assert failed and all(b["unit"].startswith("sec-b/") and "corrupt" in b["reason"] for b in failed)
+    assert "sec-b/000128_000000" in {b["unit"] for b in failed}
+    assert all(v == "done" for k, v in status.items() if k.startswith("sec-a/"))
+    codes = np.array([c["code"] for c in read_card(tiny_checkpoint).classes])
+    labels = zarr.open_group(str(out / STORE_NAME), mode="r")["sec-a/labels/minerals/0"][:]
+    assert np.array_equal(labels, codes[monai_reference(store, "sec-a", tiny_checkpoint, program=True).argmax(0)])
+
+    shard.write_bytes(original)
+    assert lode(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["failed_sections"] == {}
+    assert manifest["skipped_already_done"] == len(status) - len(failed)
 
 
 def _no_work_done(out: Path) -> None:
