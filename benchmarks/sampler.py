@@ -33,6 +33,12 @@ PETROSCOPE = "petroscope==0.0.12"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _torch_pins() -> list[str]:
+    """petroscope's package imports torch and torchvision (an optional extra of it): the lock's pins."""
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    return [next((ln.strip() for ln in lock if ln.startswith(f"{n}==")), n) for n in ("torch", "torchvision")]
+
+
 def collection(root: Path, images: int, size: tuple[int, int], seed: int) -> Path:
     from engine.synth import write_lumenstone
 
@@ -56,24 +62,29 @@ def run_lode(masks, images, codes, patch: int, n: int, seed: int, strength: floa
     t0 = time.perf_counter()
     s = BalancedPatchSampler(masks, SamplerParams(classes=tuple(codes), patch=patch, strength=strength), seed=seed)
     t1 = time.perf_counter()
+    seen = set()
     for _ in range(n):
         i, y0, x0 = s.draw()
+        seen.add((i, y0, x0))
         np.ascontiguousarray(images[i][y0:y0 + patch, x0:x0 + patch])
         np.ascontiguousarray(masks[i][y0:y0 + patch, x0:x0 + patch])
     t2 = time.perf_counter()
     out = summary(dict(zip(codes, s.tally.pixels.tolist())), codes, n, t2 - t1)
-    rarest = int(np.argmin(s.content.sum(0)))
+    population = np.sum([np.bincount(m.ravel(), minlength=256)[codes] for m in masks], axis=0)
+    rarest = int(np.argmin(population))
     best = max(float(mp[rarest].max()) for mp in s.maps) ** (1 / s.params.alpha) / patch**2
-    return out | {"rarest_class": codes[rarest], "rarest_class_best_patch_share": best, "setup_s": t1 - t0, "params": {"alpha": s.params.alpha, "strength": strength,
-                                                   "image_exponent": s.params.image_exponent,
-                                                   "downscale": s.params.downscale}}
+    return out | {"setup_s": t1 - t0, "distinct_patches": len(seen), "rarest_class": codes[rarest], "rarest_class_best_patch_share": best,
+                  "params": {"alpha": s.params.alpha, "strength": strength, "image_exponent": s.params.image_exponent,
+                             "downscale": s.params.downscale, "candidates": s.params.candidates}}
 
 
 def petroscope_python(venv: Path) -> Path:
     py = venv / "bin" / "python"
-    if not py.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", PETROSCOPE], check=True)
+    ready = py.exists() and subprocess.run([str(py), "-c", "import petroscope.segmentation.balancer"], capture_output=True).returncode == 0
+    if not ready:
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", PETROSCOPE, *_torch_pins()], check=True)
     return py
 
 
@@ -92,26 +103,34 @@ def run_petroscope(venv: Path, pairs, codes, patch: int, n: int, seed: int) -> d
                   "patch_positioning_accuracy 0.5, acceleration 8)"}
 
 
-def _maps_child(shape: tuple[int, int], classes: int, patch: int, downscale: int) -> dict:
-    from benchmarks.analyze_grains import synthetic_labels
+def _maps_child(mask_path: str, classes: int, patch: int, downscale: int) -> dict:
+    from engine.io.images import read_mask
     from engine.train.sampler import class_area_maps
 
-    mask = synthetic_labels(shape, classes, seed=3)
+    mask = read_mask(mask_path)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     maps = class_area_maps(mask, list(range(classes)), patch, downscale)
     secs = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"shape": list(shape), "classes": classes, "classes_present": int(len(np.unique(mask))),
-            "patch": patch, "downscale": downscale, "seconds": secs, "map_mib": maps.nbytes / 2**20,
-            "mask_mib": mask.nbytes / 2**20, "peak_rss_gib": peak / 2**20, "rss_before_gib": base / 2**20}
+    return {"shape": list(mask.shape), "classes": classes, "classes_present": int(len(np.unique(mask))),
+            "patch": patch, "downscale": downscale, "seconds": secs, "maps_mib": maps.nbytes / 2**20,
+            "mask_mib": mask.nbytes / 2**20, "peak_rss_gib": peak / 2**20, "rss_after_reading_mask_gib": base / 2**20}
 
 
-def map_build(shape: tuple[int, int], classes: int, patch: int, downscale: int) -> dict:
-    """Measured in a fresh process so that its peak resident memory is the map build's alone."""
+def map_build(shape: tuple[int, int], classes: int, patch: int, downscale: int, work: Path) -> dict:
+    """A fresh process reads the mask file and builds the maps: its peak resident memory is the whole
+    process's (interpreter, libraries, the mask, the maps)."""
+    import cv2
+
+    from benchmarks.analyze_grains import synthetic_labels
+
+    path = work / "big_mask.png"
+    cv2.imwrite(str(path), synthetic_labels(shape, classes, seed=3))
     code = ("import json, sys; from benchmarks.sampler import _maps_child; "
-            f"json.dump(_maps_child({tuple(shape)}, {classes}, {patch}, {downscale}), sys.stdout)")
+            f"json.dump(_maps_child({str(path)!r}, {classes}, {patch}, {downscale}), sys.stdout)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    path.unlink()
     if r.returncode:
         raise RuntimeError(f"map build failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout)
@@ -155,7 +174,7 @@ def main() -> None:
         "max_min_ratio": lo["max_min_ratio"] / pe["max_min_ratio"],
         "balancing_quality_diff": lo["balancing_quality"] - pe["balancing_quality"],
         "patches_per_s": lo["patches_per_s"] / pe["patches_per_s"]}
-    res["maps_big"] = map_build(tuple(args.big), 15, args.patch, 8)
+    res["maps_big"] = map_build(tuple(args.big), 15, args.patch, 8, Path(args.data))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

@@ -21,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="Adam learning rate, halved on a validation plateau (default 1e-3)")
     p.add_argument("--loss", choices=("ce", "ce+dice", "ce+focal"), help="loss (default ce, void pixels ignored)")
     p.add_argument("--sampler", choices=("balanced", "uniform"), help="patch sampler (default balanced)")
-    p.add_argument("--alpha", type=float, help="power of the sampler's class area maps (default 1)")
+    p.add_argument("--alpha", type=float, help="power of the sampler's class area maps (default 4)")
     p.add_argument("--strength", type=float, help="share of class-balanced draws (default 1)")
+    p.add_argument("--candidates", type=int, help="sampler keeps the best-balancing of this many positions (default 8)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no rotation/scale/flip/brightness/colour augmentation")
     p.add_argument("--streams", type=int, help="sampler read tasks per epoch (default 2 per worker)")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                                     classes=args.classes, patch=args.patch, batch_size=args.batch_size,
                                     steps=args.steps, epochs=args.epochs, lr=args.lr, loss=args.loss,
                                     sampler=args.sampler, alpha=args.alpha, strength=args.strength,
-                                    augment=args.augment, streams=args.streams, val_split=args.val_split,
+                                    candidates=args.candidates, augment=args.augment, streams=args.streams, val_split=args.val_split,
                                     void_border=args.void_border, resume=args.resume, workers=args.workers,
                                     gpu=args.gpu, seed=args.seed, window=args.window)
         print(f"checkpoint: {train(cfg)}")

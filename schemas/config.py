@@ -63,7 +63,8 @@ class TrainConfig(JobConfig):
     plateau_patience: int = Field(default=2, ge=0, description="epochs without improvement before lr is halved")
     loss: Literal["ce", "ce+dice", "ce+focal"] = "ce"
     sampler: Literal["balanced", "uniform"] = "balanced"
-    alpha: float = Field(default=1.0, gt=0, description="power of the sampler's class area maps")
+    alpha: float = Field(default=4.0, gt=0, description="power of the sampler's class area maps")
+    candidates: int = Field(default=8, ge=1, description="sampler keeps the best-balancing of this many positions")
     strength: float = Field(default=1.0, ge=0, le=1, description="share of balanced draws")
     image_exponent: float = Field(default=1.0, description="image choice ∝ its class content ** this")
     map_downscale: int = Field(default=8, ge=1, description="sampler maps are built this much coarser")

@@ -187,7 +187,8 @@ def stream_plan(cfg: TrainConfig, codes: list[int], epochs: range, cache_dir: Pa
     per_epoch = cfg.steps_per_epoch * (cfg.batch_size // cfg.workers) * cfg.workers
     params = SamplerParams(classes=tuple(codes), patch=cfg.patch, alpha=cfg.alpha,
                            strength=cfg.strength if cfg.sampler == "balanced" else 0.0,
-                           image_exponent=cfg.image_exponent, downscale=cfg.map_downscale)
+                           image_exponent=cfg.image_exponent, downscale=cfg.map_downscale,
+                           candidates=cfg.candidates)
     return StreamPlan(tuple(str(i) for i, _ in files), tuple(str(m) for _, m in files), params, cfg.seed,
                       tuple(epochs), tasks, -(-per_epoch // tasks), str(cache_dir))
 
