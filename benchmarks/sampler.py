@@ -92,7 +92,8 @@ def run_petroscope(venv: Path, pairs, codes, patch: int, n: int, seed: int) -> d
     py = petroscope_python(venv)
     args = {"pairs": [[str(i), str(m)] for i, m in pairs], "patch": patch, "patches": n, "seed": seed}
     r = subprocess.run([str(py), str(ROOT / "benchmarks" / "_petroscope_sampler.py")], input=json.dumps(args),
-                       capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": ""})
+                       capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": ""},
+                       cwd=tempfile.gettempdir())
     if r.returncode:
         raise RuntimeError(f"petroscope sampler failed:\n{r.stderr[-3000:]}")
     res = json.loads(r.stdout)
