@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def run_lode(masks, images, codes, patch: int, n: int, seed: int, strength: floa
     out = summary(dict(zip(codes, s.tally.pixels.tolist())), codes, n, t2 - t1)
     population = np.sum([np.bincount(m.ravel(), minlength=256)[codes] for m in masks], axis=0)
     rarest = int(np.argmin(population))
-    best = max(float(mp[rarest].max()) for mp in s.maps) ** (1 / s.params.alpha) / patch**2
+    best = max(float(mp[rarest].max()) for mp in s.maps) ** (1 / s.params.alpha)
     return out | {"setup_s": t1 - t0, "distinct_patches": len(seen), "rarest_class": codes[rarest], "rarest_class_best_patch_share": best,
                   "params": {"alpha": s.params.alpha, "strength": strength, "image_exponent": s.params.image_exponent,
                              "downscale": s.params.downscale, "candidates": s.params.candidates}}
@@ -110,13 +111,17 @@ def _maps_child(mask_path: str, classes: int, patch: int, downscale: int) -> dic
 
     mask = read_mask(mask_path)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
     t = time.perf_counter()
     maps = class_area_maps(mask, list(range(classes)), patch, downscale)
     secs = time.perf_counter() - t
+    traced = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"shape": list(mask.shape), "classes": classes, "classes_present": int(len(np.unique(mask))),
             "patch": patch, "downscale": downscale, "seconds": secs, "maps_mib": maps.nbytes / 2**20,
-            "mask_mib": mask.nbytes / 2**20, "peak_rss_gib": peak / 2**20, "rss_after_reading_mask_gib": base / 2**20}
+            "mask_mib": mask.nbytes / 2**20, "peak_rss_gib": peak / 2**20, "rss_after_reading_mask_gib": base / 2**20,
+            "build_peak_allocated_mib": traced / 2**20}
 
 
 def map_build(shape: tuple[int, int], classes: int, patch: int, downscale: int, work: Path) -> dict:

@@ -243,6 +243,14 @@ def _card(cfg: TrainConfig) -> ModelCard:
                                "sampler": cfg.sampler, "loss": cfg.loss, "augment": cfg.augment})
 
 
+def _cpus_per_worker(workers: int) -> float:
+    """CPU workers leave one CPU of the cluster to the sampler and augmentation tasks (else they starve)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return min(1.0, max(0.25, (total - 1) / workers))
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train and write ``<out>/model.pt`` (best validation mIoU), ``<out>/last/`` (to resume from),
     ``curves.csv``/``curves.png`` and ``train_metrics.json``; returns the path of ``model.pt``."""
@@ -277,7 +285,8 @@ def train(cfg: TrainConfig) -> Path:
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(), "card": card.model_dump(), "val_split": val_split,
                            "resume": str(Path(cfg.resume).resolve()) if cfg.resume else None},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
+                                     resources_per_worker=None if cfg.gpu else {"CPU": _cpus_per_worker(cfg.workers)}),
         datasets={"train": dataset},
         dataset_config=DataConfig(execution_options=ingest),
         run_config=RunConfig(name=f"lode-train-{int(time.time() * 1000)}", storage_path=str(out / "ray_results"),
