@@ -68,25 +68,3 @@ def channel_stats(samples: list[Sample]) -> tuple[list[float], list[float]]:
     mean = acc / n
     std = np.sqrt(np.maximum(acc2 / n - mean**2, 1e-8))
     return mean.tolist(), std.tolist()
-
-
-def random_patches(samples: list[Sample], lut: np.ndarray, patch: int, n: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` uniformly placed patches with random flips/rot90: images (n,3,p,p) uint8, targets (n,p,p) uint8."""
-    xs = np.empty((n, 3, patch, patch), np.uint8)
-    ys = np.empty((n, patch, patch), np.uint8)
-    for i in range(n):
-        s = samples[rng.integers(len(samples))]
-        h, w = s.mask.shape
-        if h < patch or w < patch:
-            raise LodeInputError(s.name, f"image {h}×{w} smaller than the {patch} px patch")
-        y0, x0 = rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1)
-        img = s.image[y0:y0 + patch, x0:x0 + patch]
-        tgt = lut[s.mask[y0:y0 + patch, x0:x0 + patch]]
-        k = int(rng.integers(4))
-        img, tgt = np.rot90(img, k), np.rot90(tgt, k)
-        if rng.random() < 0.5:
-            img, tgt = img[:, ::-1], tgt[:, ::-1]
-        xs[i] = np.moveaxis(img, -1, 0)
-        ys[i] = tgt
-    return xs, ys
