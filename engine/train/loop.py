@@ -92,6 +92,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
         state = torch.load(Path(config["resume"]) / STATE_NAME, map_location="cpu", weights_only=False)
         blob = torch.load(Path(config["resume"]) / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
         net.load_state_dict(blob["state_dict"])
+    if world > 1 and cfg.gpu:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     model = prepare_model(net)
     device = next(model.parameters()).device
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
