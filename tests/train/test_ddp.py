@@ -18,9 +18,8 @@ def test_two_workers_reach_the_test_miou_of_one(ray_local, tmp_path):
     test = load_split(data, "test")
     miou, worlds = {}, {}
     for workers in (1, 2):
-        ckpt = train(TrainConfig(data=str(data), out=str(tmp_path / f"w{workers}"), arch="unet",
-                                 encoder="mobilenet_v2", steps=80, epochs=1, patch=96, batch_size=8, workers=workers,
-                                 streams=2, seed=1, window=128))
+        ckpt = train(TrainConfig(data=str(data), out=str(tmp_path / f"w{workers}"), arch="unet", steps=200, epochs=1,
+                                 patch=64, batch_size=8, workers=workers, streams=2, seed=1, window=128))
         model, card = load_checkpoint(ckpt)
         miou[workers] = validate(model, card, test).mean_iou
         worlds[workers] = __import__("json").loads((tmp_path / f"w{workers}" / "train_metrics.json").read_text())
