@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("jobs.synth", "generate synthetic sections, collections and panoramas with exact truth"),
     "segment": ("jobs.segment", "segment panoramas or image folders into mineral label images"),
     "train": ("jobs.train", "train a segmentation model with Ray Train"),
+    "evaluate": ("jobs.evaluate", "score a segmentation store against truth masks: IoU table and JSON"),
     "analyze": ("jobs.analyze", "grain table, modal statistics and HTML report of a segmentation store"),
     "annotate": ("jobs.annotate", "annotation aids: expand scribbles to a label map, pick uncertain regions"),
     "prospect": ("jobs.prospect", "unsupervised mineral prospectivity: stack grids, train the ViT MAE, map and "

@@ -16,10 +16,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, nargs="+", help="class codes (default: codes in the masks)")
     p.add_argument("--patch", type=int, help="patch size (default 256)")
     p.add_argument("--batch-size", type=int, help="global batch size (default 8)")
-    p.add_argument("--steps", type=int, help="optimizer steps (default 200)")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--steps", type=int, help="optimizer steps in all (default 200)")
+    p.add_argument("--epochs", type=int, help="validation + checkpoint points, steps split equally (default 1)")
+    p.add_argument("--lr", type=float, help="Adam learning rate, halved on a validation plateau (default 1e-3)")
+    p.add_argument("--loss", choices=("ce", "ce+dice", "ce+focal"), help="loss (default ce, void pixels ignored)")
+    p.add_argument("--sampler", choices=("balanced", "uniform"), help="patch sampler (default balanced)")
+    p.add_argument("--alpha", type=float, help="power of the sampler's class area maps (default 4)")
+    p.add_argument("--strength", type=float, help="share of class-balanced draws (default 1)")
+    p.add_argument("--candidates", type=int, help="sampler keeps the best-balancing of this many positions (default 8)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="no rotation/scale/flip/brightness/colour augmentation")
+    p.add_argument("--streams", type=int, help="sampler read tasks per epoch (default 2 per worker)")
+    p.add_argument("--val-split", help="held-out split (default val/ if present, else test/)")
+    p.add_argument("--void-border", type=int, help="validation leaves out this band around class boundaries")
+    p.add_argument("--resume", help="checkpoint folder to continue from (OUT/last)")
     p.add_argument("--workers", type=int, help="data-parallel workers (default 1)")
-    p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
+    p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (AMP)")
     p.add_argument("--seed", type=int)
     p.add_argument("--window", type=int, help="inference window recorded in the model card (default 512)")
     add_config_argument(p)
@@ -33,8 +45,11 @@ def run(args: argparse.Namespace) -> int:
     def body() -> int:
         cfg = TrainConfig.from_file(args.config, data=args.data, out=args.out, arch=args.arch, encoder=args.encoder,
                                     classes=args.classes, patch=args.patch, batch_size=args.batch_size,
-                                    steps=args.steps, lr=args.lr, workers=args.workers, gpu=args.gpu,
-                                    seed=args.seed, window=args.window)
+                                    steps=args.steps, epochs=args.epochs, lr=args.lr, loss=args.loss,
+                                    sampler=args.sampler, alpha=args.alpha, strength=args.strength,
+                                    candidates=args.candidates, augment=args.augment, streams=args.streams, val_split=args.val_split,
+                                    void_border=args.void_border, resume=args.resume, workers=args.workers,
+                                    gpu=args.gpu, seed=args.seed, window=args.window)
         print(f"checkpoint: {train(cfg)}")
         return 0
 

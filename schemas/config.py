@@ -86,22 +86,41 @@ class SegmentConfig(JobConfig):
 
 
 class TrainConfig(JobConfig):
-    """Minimal data-parallel training on random patches of a LumenStone-layout folder."""
+    """Data-parallel training (Ray Train) on class-balanced, augmented patches of a LumenStone-layout folder."""
 
-    data: str = Field(description="LumenStone-layout folder (imgs/, masks/ with train/, test/)")
-    out: str = Field(description="output directory for checkpoints")
+    data: str = Field(description="LumenStone-layout folder (imgs/, masks/ with train/ and test/ or val/)")
+    out: str = Field(description="output directory: model.pt (best by validation mIoU), last/, curves")
     arch: str = "pspnet"
     encoder: str = "resnet18"
     classes: list[int] | None = Field(default=None, description="class codes; default: codes found in the masks")
     patch: int = Field(default=256, ge=32)
-    batch_size: int = Field(default=8, ge=1, description="global batch size")
-    steps: int = Field(default=200, ge=1, description="optimizer steps")
+    batch_size: int = Field(default=8, ge=1, description="global batch size (split equally over workers)")
+    steps: int = Field(default=200, ge=1, description="optimizer steps in all (split equally over epochs)")
+    epochs: int = Field(default=1, ge=1, description="validation + checkpoint points")
     lr: float = 1e-3
+    plateau_patience: int = Field(default=2, ge=0, description="epochs without improvement before lr is halved")
+    loss: Literal["ce", "ce+dice", "ce+focal"] = "ce"
+    sampler: Literal["balanced", "uniform"] = "balanced"
+    alpha: float = Field(default=4.0, gt=0, description="power of the sampler's class area maps")
+    candidates: int = Field(default=8, ge=1, description="sampler keeps the best-balancing of this many positions")
+    strength: float = Field(default=1.0, ge=0, le=1, description="share of balanced draws")
+    image_exponent: float = Field(default=1.0, description="image choice ∝ its class content ** this")
+    map_downscale: int = Field(default=8, ge=1, description="sampler maps are built this much coarser")
+    augment: bool = True
+    streams: int | None = Field(default=None, ge=1, description="sampler read tasks per epoch (default 2 per worker)")
+    val_split: str | None = Field(default=None, description="held-out split (default val/ if present, else test/)")
+    val_images: int | None = Field(default=None, ge=1, description="validate on the first N held-out images")
+    void_border: int = Field(default=0, ge=0, description="validation leaves out this band around class boundaries")
+    resume: str | None = Field(default=None, description="checkpoint folder (e.g. OUT/last) to continue from")
     workers: int = Field(default=1, ge=1)
     gpu: bool = False
     seed: int = 0
     window: int = Field(default=512, ge=32, description="inference window recorded in the model card")
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.steps // self.epochs)
 
 
 CONFIGS: dict[str, type[JobConfig]] = {"segment": SegmentConfig, "train": TrainConfig}

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+
+
+def void_border_mask(truth: np.ndarray, width: int) -> np.ndarray:
+    """``True`` where a pixel is counted: not within ``width`` px (chessboard distance) of a pixel
+    of another truth label. ``width`` 0 keeps every pixel."""
+    if width <= 0:
+        return np.ones(truth.shape, bool)
+    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    hi = cv2.dilate(truth, kernel, borderType=cv2.BORDER_REPLICATE)
+    lo = cv2.erode(truth, kernel, borderType=cv2.BORDER_REPLICATE)
+    return hi == lo
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, codes: list[int], valid: np.ndarray | None = None) -> np.ndarray:
@@ -54,8 +66,20 @@ class SegmentationScores:
         total = self.confusion.sum()
         return float(self.intersection.sum() / total) if total else float("nan")
 
-    def add(self, truth: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = None) -> None:
+    def add(self, truth: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = None, void_border: int = 0) -> None:
+        """Count one image; ``void_border`` > 0 leaves out a band that wide around truth class boundaries."""
+        if void_border > 0:
+            band = void_border_mask(truth, void_border)
+            valid = band if valid is None else band & valid.astype(bool)
         self.confusion = self.confusion + confusion(truth, pred, self.codes, valid)
+
+    def to_dict(self, names: dict[int, str] | None = None) -> dict:
+        names = names or {}
+        return {"mean_iou": self.mean_iou, "pixel_accuracy": self.pixel_accuracy, "pixels": int(self.confusion.sum()),
+                "classes": [{"code": c, "name": names.get(c, str(c)), "iou": None if np.isnan(v) else float(v),
+                             "truth_pixels": int(t)}
+                            for c, v, t in zip(self.codes, self.iou, self.confusion.sum(1))],
+                "confusion": self.confusion.tolist()}
 
     @classmethod
     def empty(cls, codes: list[int]) -> "SegmentationScores":

@@ -69,6 +69,18 @@ ASSOCIATIONS: dict[str, Association] = {
         {0: 40.0, 6: 22.0, 9: 16.0, 12: 8.0, 13: 8.0, 5: 6.0},
         {12: 0.7, 13: 0.8},
     ),
+    # Table 1 split into an S1-like and an S2-like half (each mineral only in its half's images, at
+    # twice its Table-1 share, so that an even mix of the two reproduces the collection's imbalance).
+    "T1-S1": Association(
+        "Table 1, S1-like half",
+        {0: 37.6, 8: 28.6, 2: 10.0, 1: 6.0, 4: 5.0, 11: 4.2, 12: 3.6},
+        {4: 0.6, 11: 0.55, 12: 0.5},
+    ),
+    "T1-S2": Association(
+        "Table 1, S2-like half",
+        {0: 37.6, 6: 29.6, 5: 17.8, 9: 7.8, 1: 6.0, 7: 4.8, 3: 1.0},
+        {3: 0.35, 7: 0.6, 9: 0.8},
+    ),
     "paper": Association(
         "Table 1 mixture",
         dict(PAPER_SHARES),

@@ -43,23 +43,32 @@ def load_split(root: str | Path, split: str, classes: ClassSet | None = None) ->
     out = []
     allowed = None if classes is None else set(classes.codes)
     for ip, mp in pairs(root, split):
-        img = read_rgb(ip)
-        mask = read_mask(mp, img.shape[:2])
+        img, mask, channels = load_pair(ip, mp)
         if allowed is not None:
             unknown = sorted(set(np.unique(mask).tolist()) - allowed)
             if unknown:
                 raise LodeInputError(mp, f"unknown class code{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))} (class set: {sorted(allowed)})")
-        channels = ["R", "G", "B"]
-        xpl = Path(root) / "xpl" / split / ip.stem
-        if xpl.is_dir():
-            from engine.register.xpl import load_registered
-
-            img, names = load_registered(img, xpl)
-            channels += names
         if out and channels != out[0].channels:
-            raise LodeInputError(xpl, f"channels {channels} differ from {out[0].name}'s {out[0].channels}")
+            raise LodeInputError(ip, f"channels {channels} differ from {out[0].name}'s {out[0].channels}")
         out.append(Sample(ip.stem, img, mask, channels))
     return out
+
+
+def load_pair(image: str | Path, mask: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """An image of a LumenStone-layout split (``ROOT/imgs/SPLIT/NAME``) with its crossed-polar
+    captures ``ROOT/xpl/SPLIT/STEM/*`` registered and stacked when present, its mask, and the
+    channel names."""
+    image = Path(image)
+    img = read_rgb(image)
+    m = read_mask(mask, img.shape[:2])
+    channels = ["R", "G", "B"]
+    xpl = image.parents[2] / "xpl" / image.parent.name / image.stem
+    if xpl.is_dir():
+        from engine.register.xpl import load_registered
+
+        img, names = load_registered(img, xpl)
+        channels += names
+    return img, m, channels
 
 
 def codes_present(samples: list[Sample]) -> list[int]:
@@ -83,25 +92,3 @@ def channel_stats(samples: list[Sample]) -> tuple[list[float], list[float]]:
     mean = acc / n
     std = np.sqrt(np.maximum(acc2 / n - mean**2, 1e-8))
     return mean.tolist(), std.tolist()
-
-
-def random_patches(samples: list[Sample], lut: np.ndarray, patch: int, n: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` uniformly placed patches with random flips/rot90: images (n,c,p,p) uint8, targets (n,p,p) uint8."""
-    xs = np.empty((n, samples[0].image.shape[2], patch, patch), np.uint8)
-    ys = np.empty((n, patch, patch), np.uint8)
-    for i in range(n):
-        s = samples[rng.integers(len(samples))]
-        h, w = s.mask.shape
-        if h < patch or w < patch:
-            raise LodeInputError(s.name, f"image {h}×{w} smaller than the {patch} px patch")
-        y0, x0 = rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1)
-        img = s.image[y0:y0 + patch, x0:x0 + patch]
-        tgt = lut[s.mask[y0:y0 + patch, x0:x0 + patch]]
-        k = int(rng.integers(4))
-        img, tgt = np.rot90(img, k), np.rot90(tgt, k)
-        if rng.random() < 0.5:
-            img, tgt = img[:, ::-1], tgt[:, ::-1]
-        xs[i] = np.moveaxis(img, -1, 0)
-        ys[i] = tgt
-    return xs, ys

@@ -1,10 +1,17 @@
-"""Minimal data-parallel training with Ray Train's TorchTrainer on random patches."""
+"""Ray Train loop: balanced patch streams from Ray Data, DDP, validation with the sliding-window
+predictor, checkpoints through ``ray.train.report`` (best by validation mIoU kept), resume.
+
+A checkpoint folder holds ``model.pt`` (state dict + model card, what ``lode segment`` reads) and
+``state.pt`` (optimizer, scheduler, scaler, epoch, curves).
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -13,17 +20,55 @@ from typing import Any
 import numpy as np
 
 from engine.classes import LUMENSTONE, ClassSet
+from engine.errors import LodeInputError
+from engine.io.atomic import atomic_write_text, staged_directory
 from engine.segment.checkpoint import ModelCard, save_checkpoint
-from engine.train.data import channel_stats, codes_present, load_split, random_patches
+from engine.train.augment import VOID, AugmentParams
+from engine.train.data import Sample, channel_stats, codes_present, load_split, pairs
+from engine.train.sampler import SamplerParams, Tally
+from engine.train.source import StreamPlan, patch_dataset
 from schemas.config import TrainConfig
 
 log = logging.getLogger("lode.train")
 CHECKPOINT_NAME = "model.pt"
+STATE_NAME = "state.pt"
+CURVE_KEYS = ("epoch", "step", "loss", "val_miou", "val_pixel_accuracy", "lr", "seconds")
+
+
+def _loss(kind: str):
+    import segmentation_models_pytorch as smp
+    import torch
+
+    ce = torch.nn.CrossEntropyLoss(ignore_index=VOID)
+    if kind == "ce":
+        return ce
+    extra = (smp.losses.DiceLoss("multiclass", ignore_index=VOID) if kind == "ce+dice"
+             else smp.losses.FocalLoss("multiclass", ignore_index=VOID))
+    return lambda logits, target: ce(logits, target) + extra(logits, target)
+
+
+def validate(model, card: ModelCard, samples: list[Sample], void_border: int = 0, batch_size: int = 4):
+    """Confusion over ``samples`` with the project's sliding-window predictor (``BlockPredictor``)."""
+    from engine.analyze.metrics import SegmentationScores
+    from engine.segment.predictor import BlockPredictor
+    from engine.tiling.grid import Block
+
+    device = next(model.parameters()).device
+    codes = card.class_set().codes
+    code_lut = np.asarray(codes, np.uint8)
+    pred = BlockPredictor(model, card.mean, card.std, card.window, card.overlap, batch_size, device)
+    scores = SegmentationScores.empty(codes)
+    for s in samples:
+        h, w = s.mask.shape
+        labels, _ = pred.predict(np.moveaxis(s.image, -1, 0), (0, 0), (h, w), Block(0, 0, 0, h, w), len(codes))
+        scores.add(s.mask, code_lut[labels], void_border=void_border)
+    return scores
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
     import torch
+    import torch.distributed as dist
     from ray.train.torch import prepare_model
 
     from engine.segment.models import create_model
@@ -36,48 +81,84 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if not cfg.gpu:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     classes = card.class_set()
-    samples = load_split(cfg.data, "train", classes)
-    lut = classes.index_lut()
-    rng = np.random.default_rng([cfg.seed, rank])
-    local_batch = max(1, cfg.batch_size // world)
+    codes = classes.codes
+    val = [s for i, s in enumerate(load_split(cfg.data, config["val_split"], classes)[:cfg.val_images])
+           if i % world == rank]
+    local_batch = cfg.batch_size // world
 
-    model = prepare_model(create_model(card.arch, card.encoder, card.in_channels, len(classes)))
+    net = create_model(card.arch, card.encoder, card.in_channels, len(codes))
+    state = None
+    if config["resume"]:
+        state = torch.load(Path(config["resume"]) / STATE_NAME, map_location="cpu", weights_only=False)
+        blob = torch.load(Path(config["resume"]) / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+        net.load_state_dict(blob["state_dict"])
+    if world > 1 and cfg.gpu:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    model = prepare_model(net)
     device = next(model.parameters()).device
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=5)
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=cfg.plateau_patience)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    history: list[dict] = []
+    start = 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, start = state["history"], state["epoch"] + 1
+        torch.set_rng_state(state["torch_rng"])
+    loss_fn = _loss(cfg.loss)
     mean = torch.tensor(card.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(card.std, device=device).view(1, -1, 1, 1)
-    log_every = max(1, cfg.steps // 5)
-    running: list[float] = []
-    first_loss = None
-    t0 = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
-        xs, ys = random_patches(samples, lut, cfg.patch, local_batch, rng)
-        x = (torch.from_numpy(xs).to(device).float() / 255 - mean) / std
-        y = torch.from_numpy(ys).to(device).long()
+
+    shard = ray.train.get_dataset_shard("train")
+    batches = iter(shard.iter_torch_batches(batch_size=local_batch, drop_last=True, local_shuffle_buffer_size=None))
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    for epoch in range(start, cfg.epochs):
         model.train()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        running.append(loss.item())
-        if step % log_every == 0 or step == cfg.steps:
-            avg = float(np.mean(running))
-            first_loss = avg if first_loss is None else first_loss
-            sched.step(avg)
-            running = []
-            metrics = {"step": step, "loss": avg, "first_loss": first_loss, "lr": opt.param_groups[0]["lr"],
-                       "seconds": time.perf_counter() - t0}
-            if step == cfg.steps and rank == 0:
-                with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint(Path(tmp) / CHECKPOINT_NAME, model, card)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(metrics)
+        losses, tally = [], torch.zeros(len(codes), dtype=torch.float64)
+        for _ in range(cfg.steps_per_epoch):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise RuntimeError(f"rank {rank}: patch stream ended early in epoch {epoch}") from None
+            x = (batch["image"].to(device).float() / 255 - mean) / std
+            y = batch["target"].to(device).long()
+            tally += batch["counts"].to("cpu", torch.float64).sum(0)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(loss.item())
+        scores = validate(getattr(model, "module", model), card, val, cfg.void_border)
+        conf = torch.from_numpy(scores.confusion)
+        stats = torch.tensor([float(np.sum(losses)), float(len(losses))], dtype=torch.float64)
+        if world > 1:
+            for t in (conf, stats, tally):
+                dist.all_reduce(t)
+        scores.confusion = conf.numpy()
+        sched.step(scores.mean_iou)
+        drawn = Tally(tuple(codes), tally.numpy().astype(np.int64))
+        row = {"epoch": epoch, "step": (epoch + 1) * cfg.steps_per_epoch, "loss": float(stats[0] / stats[1]),
+               "val_miou": scores.mean_iou, "val_pixel_accuracy": scores.pixel_accuracy,
+               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+               "val_iou": {str(c): (None if np.isnan(v) else float(v)) for c, v in zip(codes, scores.iou)},
+               "sampled_share": {str(c): float(v) for c, v in zip(codes, drawn.shares)},
+               "sampled_max_min_ratio": drawn.max_min_ratio()}
+        history.append(row)
+        metrics = {k: row[k] for k in CURVE_KEYS} | {"first_loss": history[0]["loss"], "world_size": world}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(Path(tmp) / CHECKPOINT_NAME, model, card)
+                torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
+                            "torch_rng": torch.get_rng_state()},
+                           Path(tmp) / STATE_NAME)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
 
 
 def reference_colors(samples, classes: ClassSet) -> dict[str, list[float]]:
@@ -96,13 +177,60 @@ def reference_colors(samples, classes: ClassSet) -> dict[str, list[float]]:
     return out
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train and write ``<out>/model.pt``; returns its path."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def held_out_split(data: str | Path, requested: str | None) -> str:
+    if requested:
+        return requested
+    return "val" if (Path(data) / "imgs" / "val").is_dir() else "test"
 
-    from engine.runtime import init_ray
 
+def stream_plan(cfg: TrainConfig, codes: list[int], epochs: range, cache_dir: Path) -> StreamPlan:
+    files = pairs(cfg.data, "train")
+    tasks = cfg.streams or 2 * cfg.workers
+    per_epoch = cfg.steps_per_epoch * (cfg.batch_size // cfg.workers) * cfg.workers
+    params = SamplerParams(classes=tuple(codes), patch=cfg.patch, alpha=cfg.alpha,
+                           strength=cfg.strength if cfg.sampler == "balanced" else 0.0,
+                           image_exponent=cfg.image_exponent, downscale=cfg.map_downscale,
+                           candidates=cfg.candidates)
+    return StreamPlan(tuple(str(i) for i, _ in files), tuple(str(m) for _, m in files), params, cfg.seed,
+                      tuple(epochs), tasks, -(-per_epoch // tasks), str(cache_dir))
+
+
+def write_curves(history: list[dict], out: Path) -> tuple[Path, Path]:
+    """``curves.csv`` (one row per epoch) and ``curves.png`` (loss and validation mIoU by step)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CURVE_KEYS))
+    w.writeheader()
+    for row in history:
+        w.writerow({k: row[k] for k in CURVE_KEYS})
+    atomic_write_text(out / "curves.csv", buf.getvalue())
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    steps = [r["step"] for r in history]
+    ax[0].plot(steps, [r["loss"] for r in history], "o-")
+    ax[0].set(xlabel="step", ylabel="training loss")
+    ax[1].plot(steps, [r["val_miou"] for r in history], "o-", label="mIoU")
+    ax[1].plot(steps, [r["val_pixel_accuracy"] for r in history], "s--", label="pixel accuracy")
+    ax[1].set(xlabel="step", ylabel="validation", ylim=(0, 1))
+    ax[1].legend()
+    fig.tight_layout()
+    tmp = out / ".curves.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out / "curves.png")
+    return out / "curves.csv", out / "curves.png"
+
+
+def _card(cfg: TrainConfig) -> ModelCard:
+    if cfg.resume:
+        from engine.segment.checkpoint import read_card
+
+        return read_card(Path(cfg.resume) / CHECKPOINT_NAME)
     if cfg.classes:
         classes = ClassSet.from_codes(cfg.classes, source="--classes")
         samples = load_split(cfg.data, "train", classes)
@@ -110,29 +238,82 @@ def train(cfg: TrainConfig) -> Path:
         samples = load_split(cfg.data, "train", LUMENSTONE)
         classes = ClassSet.from_codes(codes_present(samples))
     mean, std = channel_stats(samples)
-    card = ModelCard(arch=cfg.arch, encoder=cfg.encoder, classes=classes.to_dicts(), mean=mean, std=std,
+    return ModelCard(arch=cfg.arch, encoder=cfg.encoder, classes=classes.to_dicts(), mean=mean, std=std,
                      in_channels=len(samples[0].channels), channels=samples[0].channels,
                      window=cfg.window, overlap=cfg.overlap, reference_colors=reference_colors(samples, classes),
-                     training={"data": str(cfg.data), "steps": cfg.steps, "patch": cfg.patch,
-                               "batch_size": cfg.batch_size, "workers": cfg.workers, "seed": cfg.seed})
-    del samples
+                     training={"data": str(cfg.data), "steps": cfg.steps, "epochs": cfg.epochs, "patch": cfg.patch,
+                               "batch_size": cfg.batch_size, "workers": cfg.workers, "seed": cfg.seed,
+                               "sampler": cfg.sampler, "loss": cfg.loss, "augment": cfg.augment})
+
+
+def _cpus_per_worker(workers: int) -> float:
+    """CPU workers leave one CPU of the cluster to the sampler and augmentation tasks (else they starve)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return min(1.0, max(0.25, (total - 1) / workers))
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train and write ``<out>/model.pt`` (best validation mIoU), ``<out>/last/`` (to resume from),
+    ``curves.csv``/``curves.png`` and ``train_metrics.json``; returns the path of ``model.pt``."""
+    import torch
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from engine.runtime import init_ray
+
+    if cfg.batch_size % cfg.workers:
+        raise LodeInputError("--batch-size", f"global batch {cfg.batch_size} does not split equally over "
+                                             f"{cfg.workers} workers")
+    start = 0
+    if cfg.resume:
+        state_path = Path(cfg.resume) / STATE_NAME
+        if not state_path.is_file():
+            raise LodeInputError(cfg.resume, f"not a training checkpoint folder ({STATE_NAME} missing)")
+        start = int(torch.load(state_path, map_location="cpu", weights_only=False)["epoch"]) + 1
+        if start >= cfg.epochs:
+            raise LodeInputError(cfg.resume, f"checkpoint is at epoch {start} of {cfg.epochs}: nothing left to train")
+    card = _card(cfg)
+    val_split = held_out_split(cfg.data, cfg.val_split)
+    pairs(cfg.data, val_split)
     init_ray()
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    plan = stream_plan(cfg, card.class_set().codes, range(start, cfg.epochs), out / "sampler_cache")
+    dataset = patch_dataset(plan, AugmentParams() if cfg.augment else None)
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "card": card.model_dump()},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
-        run_config=RunConfig(name=f"lode-train-{int(time.time())}", storage_path=str(out / "ray_results")),
+        train_loop_config={"cfg": cfg.model_dump(), "card": card.model_dump(), "val_split": val_split,
+                           "resume": str(Path(cfg.resume).resolve()) if cfg.resume else None},
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
+                                     resources_per_worker=None if cfg.gpu else {"CPU": _cpus_per_worker(cfg.workers)}),
+        datasets={"train": dataset},
+        dataset_config=DataConfig(execution_options=ingest),
+        run_config=RunConfig(name=f"lode-train-{int(time.time() * 1000)}", storage_path=str(out / "ray_results"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_miou",
+                                                                checkpoint_score_order="max")),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as d:
+    best = max(result.best_checkpoints, key=lambda cm: cm[1]["val_miou"])[0] if result.best_checkpoints \
+        else result.checkpoint
+    with best.as_directory() as d:
         blob = (Path(d) / CHECKPOINT_NAME).read_bytes()
     target = out / CHECKPOINT_NAME
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(blob)
     tmp.replace(target)
-    (out / "train_metrics.json").write_text(json.dumps(result.metrics, indent=1, default=str))
+    with result.checkpoint.as_directory() as d, staged_directory(out / "last") as staged:
+        for f in (CHECKPOINT_NAME, STATE_NAME):
+            shutil.copy2(Path(d) / f, staged / f)
+    history = torch.load(out / "last" / STATE_NAME, map_location="cpu", weights_only=False)["history"]
+    write_curves(history, out)
+    best_row = max(history, key=lambda r: r["val_miou"])
+    atomic_write_text(out / "train_metrics.json", json.dumps(
+        {**result.metrics, "best_epoch": best_row["epoch"], "best_val_miou": best_row["val_miou"],
+         "history": history}, indent=1, default=str))
     return target

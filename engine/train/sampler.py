@@ -1,11 +1,14 @@
 """Class-balancing patch sampler (Korshunov et al.; petroscope's balancer, with its defects fixed).
 
-For every (image, class) a map gives, at each candidate patch centre, the area of that class
+For every (image, class) a map gives, at each candidate patch centre, the share of that class
 inside the patch, raised to ``alpha``; maps are built on a ``downscale``-times coarser grid
 from block sums of the class indicator and a box filter, so a 12000×8000 mask with 15 classes
 needs ~100 MB. Each draw takes the least represented class so far (for a ``strength`` share
 of draws; the rest are uniform), an image in proportion to its content of that class raised to
-``image_exponent``, a centre from the class map, and updates the per-class pixel tallies.
+``image_exponent``, a centre from the class map, and updates the per-class pixel tallies. With
+``candidates`` > 1 it draws that many (image, centre) pairs for the chosen class and keeps the one
+whose class areas (read from the maps) leave the smallest ratio of the largest to the smallest
+tally (1 = the paper's single draw).
 
 Unlike the public implementation: ``alpha`` is applied on every path (cached maps are stored
 before the power and keyed by every parameter that changes them), the class set is honoured,
@@ -31,13 +34,15 @@ from engine.errors import LodeInputError
 class SamplerParams:
     classes: tuple[int, ...]
     patch: int = 384
-    alpha: float = 1.0
+    alpha: float = 4.0
     strength: float = 1.0
     image_exponent: float = 1.0
     downscale: int = 8
+    candidates: int = 8
 
     def __post_init__(self) -> None:
-        if self.patch < 2 or self.downscale < 1 or self.alpha <= 0 or not 0 <= self.strength <= 1:
+        if (self.patch < 2 or self.downscale < 1 or self.alpha <= 0 or not 0 <= self.strength <= 1
+                or self.candidates < 1):
             raise ValueError(f"invalid sampler parameters: {self}")
 
 
@@ -159,10 +164,11 @@ class BalancedPatchSampler:
             if unknown:
                 raise LodeInputError(name, f"unknown class codes {unknown} (class set {sorted(allowed)})")
             raw = cache.get(m, params.classes, params.patch, params.downscale)
-            self.maps.append(np.power(raw, params.alpha, dtype=np.float32))
+            self.maps.append(np.power(raw / np.float32(params.patch ** 2), params.alpha, dtype=np.float32))
         self.content = np.array([[float(mp[i].sum()) for i in range(len(params.classes))] for mp in self.maps])
         self.present = self.content.sum(0) > 0
         self._cdf: dict[tuple[int, int], np.ndarray] = {}
+        self._codes = np.asarray(params.classes, np.int64)
 
     def _centre(self, img: int, cls: int) -> tuple[int, int]:
         key = (img, cls)
@@ -182,8 +188,14 @@ class BalancedPatchSampler:
             shares = np.where(self.present, self.tally.pixels, np.iinfo(np.int64).max)
             cls = int(np.argmin(shares))
             weights = self.content[:, cls] ** p.image_exponent
-            img = int(self.rng.choice(len(self.masks), p=weights / weights.sum()))
-            cy, cx = self._centre(img, cls)
+            weights = weights / weights.sum()
+            best = np.inf
+            for _ in range(p.candidates):
+                i = int(self.rng.choice(len(self.masks), p=weights))
+                y, x = self._centre(i, cls)
+                score = self._ratio_after(i, y, x) if p.candidates > 1 else 0.0
+                if score < best:
+                    best, img, cy, cx = score, i, y, x
         else:
             img = int(self.rng.integers(len(self.masks)))
             h, w = self.masks[img].shape
@@ -198,12 +210,17 @@ class BalancedPatchSampler:
         self._count(img, y0, x0)
         return img, y0, x0
 
+    def _ratio_after(self, img: int, cy: int, cx: int) -> float:
+        """Largest over smallest tally of the present classes if the patch centred at (cy, cx) were added
+        (its class areas read from the maps)."""
+        d = self.params.downscale
+        area = self.maps[img][:, cy // d, cx // d].astype(np.float64) ** (1 / self.params.alpha) * self.params.patch**2
+        after = (self.tally.pixels + area)[self.present]
+        return float(after.max() / max(after.min(), 1.0))
+
     def _count(self, img: int, y0: int, x0: int) -> None:
         cut = self.masks[img][y0:y0 + self.params.patch, x0:x0 + self.params.patch]
-        lut = np.full(256, len(self.params.classes), np.int64)
-        lut[list(self.params.classes)] = np.arange(len(self.params.classes))
-        counts = np.bincount(lut[cut].ravel(), minlength=len(self.params.classes) + 1)
-        self.tally.pixels += counts[:len(self.params.classes)]
+        self.tally.pixels += np.bincount(cut.ravel(), minlength=256)[self._codes]
         self.tally.patches += 1
 
     def patches(self, n: int) -> Iterator[tuple[int, int, int]]:

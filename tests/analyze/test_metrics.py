@@ -43,3 +43,37 @@ def test_void_pixels_are_neither_right_nor_wrong():
     valid = np.array([[True, False, True, False]])
     s = SegmentationScores([0, 1], confusion(truth, pred, [0, 1], valid))
     assert s.confusion.sum() == 2 and s.pixel_accuracy == 1.0
+
+
+def _brute_force_valid(truth: np.ndarray, width: int) -> np.ndarray:
+    h, w = truth.shape
+    out = np.zeros_like(truth, bool)
+    for y in range(h):
+        for x in range(w):
+            win = truth[max(y - width, 0):y + width + 1, max(x - width, 0):x + width + 1]
+            out[y, x] = (win == truth[y, x]).all()
+    return out
+
+
+def test_void_borders_leave_out_exactly_the_band_around_truth_boundaries():
+    from torchmetrics.functional.classification import multiclass_jaccard_index
+
+    from engine.analyze.metrics import void_border_mask
+
+    rng = np.random.default_rng(4)
+    codes = [0, 3, 5]
+    truth = np.kron(rng.choice(codes, size=(6, 7)), np.ones((5, 5), np.int64)).astype(np.uint8)
+    pred = np.where(rng.random(truth.shape) < 0.8, truth, rng.choice(codes, size=truth.shape)).astype(np.uint8)
+    for width in (1, 2):
+        valid = void_border_mask(truth, width)
+        assert np.array_equal(valid, _brute_force_valid(truth, width))
+        s = SegmentationScores.empty(codes)
+        s.add(truth, pred, void_border=width)
+        assert s.confusion.sum() == valid.sum() < truth.size
+        lut = np.zeros(256, np.int64)
+        lut[codes] = np.arange(3)
+        t = torch.from_numpy(np.where(valid, lut[truth], -1).ravel())
+        p = torch.from_numpy(lut[pred].ravel())
+        ref = multiclass_jaccard_index(p, t, num_classes=3, average="none", ignore_index=-1).numpy()
+        assert np.allclose(s.iou, ref)
+    assert void_border_mask(truth, 0).all()

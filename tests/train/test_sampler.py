@@ -67,3 +67,15 @@ def test_tallies_of_streams_add_to_the_union():
     union = s[0].tally + s[1].tally + s[2].tally
     assert union.patches == 150 and union.pixels.sum() == 150 * 96 * 96
     assert isinstance(union, Tally)
+
+
+def test_best_of_candidates_balances_better_than_single_draws():
+    masks = _masks()
+    present = tuple(sorted(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist())))
+    params = dict(classes=present, patch=96, downscale=4)
+    ratios = {}
+    for k in (1, 8):
+        s = BalancedPatchSampler(masks, SamplerParams(**params, candidates=k), seed=0)
+        list(s.patches(400))
+        ratios[k] = s.tally.max_min_ratio()
+    assert ratios[8] < 0.8 * ratios[1]

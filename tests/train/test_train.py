@@ -1,3 +1,4 @@
+import csv
 import json
 
 import numpy as np
@@ -7,26 +8,70 @@ import torch
 from engine.errors import LodeInputError
 from engine.segment.checkpoint import load_checkpoint
 from engine.synth import write_lumenstone
-from engine.train.loop import train
+from engine.train.loop import STATE_NAME, train
 from schemas.config import TrainConfig
 
 pytestmark = pytest.mark.ray
 
 
-def test_minimal_training_writes_a_usable_checkpoint(ray_local, tmp_path):
-    data = write_lumenstone(tmp_path / "ds", n_train=3, n_test=1, size=(160, 192), associations=("S2",), seed=4)
-    ckpt = train(TrainConfig(data=str(data), out=str(tmp_path / "m"), arch="unet", steps=16, patch=96,
-                             batch_size=4, window=128))
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_lumenstone(tmp_path_factory.mktemp("ds"), n_train=3, n_test=1, size=(160, 192),
+                            associations=("S2",), seed=4, grain_diameter=30)
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), arch="unet", steps=8, epochs=2, patch=64, batch_size=4, window=128,
+                streams=1, seed=3)
+    return TrainConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def full_run(ray_local, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    return train(_cfg(tiny_data, out)), out
+
+
+def test_training_writes_best_last_curves_and_a_usable_checkpoint(full_run, tiny_data):
+    ckpt, out = full_run
     model, card = load_checkpoint(ckpt)
-    masks = [np.unique(__import__("cv2").imread(str(p), -1)) for p in (data / "masks" / "train").glob("*.png")]
+    masks = [np.unique(__import__("cv2").imread(str(p), -1)) for p in (tiny_data / "masks" / "train").glob("*.png")]
     assert card.class_set().codes == sorted(set(np.concatenate(masks).tolist()))
-    assert card.window == 128 and card.model_id
+    assert card.window == 128 and card.model_id and card.training["sampler"] == "balanced"
     assert all(0 < m < 1 for m in card.mean) and all(0 < s < 0.5 for s in card.std)
-    assert set(card.reference_colors) <= {str(c) for c in card.class_set().codes}
-    metrics = json.loads((tmp_path / "m" / "train_metrics.json").read_text())
-    assert metrics["step"] == 16 and metrics["loss"] < metrics["first_loss"]
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    hist = metrics["history"]
+    assert [r["epoch"] for r in hist] == [0, 1] and [r["step"] for r in hist] == [4, 8]
+    assert all(0 <= r["val_miou"] <= 1 for r in hist)
+    assert metrics["best_val_miou"] == max(r["val_miou"] for r in hist)
+    best = hist[metrics["best_epoch"]]
+    assert card.model_id == load_checkpoint(ckpt)[1].model_id
+    assert abs(sum(best["sampled_share"].values()) - 1) < 1e-9
+    rows = list(csv.DictReader((out / "curves.csv").open()))
+    assert [float(r["val_miou"]) for r in rows] == pytest.approx([r["val_miou"] for r in hist])
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "last" / STATE_NAME).is_file()
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 128, 128)).shape == (1, len(card.classes), 128, 128)
+
+
+@pytest.mark.slow
+def test_resumed_run_continues_from_its_checkpoint(full_run, tiny_data, tmp_path):
+    """One epoch, then resume for the second: the same weights as two epochs straight through."""
+    train(_cfg(tiny_data, tmp_path / "part", epochs=1, steps=4))
+    train(_cfg(tiny_data, tmp_path / "resumed", resume=str(tmp_path / "part" / "last")))
+    full = torch.load(full_run[1] / "last" / "model.pt", weights_only=True)["state_dict"]
+    part = torch.load(tmp_path / "part" / "last" / "model.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "resumed" / "last" / "model.pt", weights_only=True)["state_dict"]
+    key = "segmentation_head.0.weight"
+    assert not torch.allclose(part[key], full[key], atol=1e-6)
+    for k in full:
+        assert torch.allclose(resumed[k].float(), full[k].float(), atol=1e-4), k
+    hist = json.loads((tmp_path / "resumed" / "train_metrics.json").read_text())["history"]
+    first = json.loads((tmp_path / "part" / "train_metrics.json").read_text())["history"]
+    assert len(hist) == 2 and hist[0] == first[0] and hist[1]["step"] == 8
+    with pytest.raises(LodeInputError, match="nothing left to train"):
+        train(_cfg(tiny_data, tmp_path / "again", resume=str(tmp_path / "resumed" / "last")))
 
 
 def test_unknown_class_code_in_masks_names_the_mask(tmp_path):

@@ -1,0 +1,46 @@
+"""``lode evaluate --pred STORE --truth DIR``: per-class IoU, mean IoU, pixel accuracy and confusion
+of a segmentation store against truth, summed over the whole dataset; prints a table, writes JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jobs.common import guarded
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="segmentation store (lode.ome.zarr: <section>/labels/minerals)")
+    p.add_argument("--truth", required=True,
+                   help="folder of masks named <section>.png (searched recursively) or a store with labels/truth")
+    p.add_argument("--classes", type=int, nargs="+", help="class codes scored (default: codes found)")
+    p.add_argument("--void-borders", type=int, default=0, metavar="PX",
+                   help="leave out a band this wide around truth class boundaries (default 0)")
+    p.add_argument("--json", dest="json_out", help="JSON output (default: evaluation.json beside the store)")
+
+
+def run(args: argparse.Namespace) -> int:
+    def body() -> int:
+        from engine.analyze.evaluate import evaluate_store
+        from engine.classes import LUMENSTONE_CATALOGUE
+        from engine.io.atomic import atomic_write_text
+
+        total, per = evaluate_store(args.pred, args.truth, args.classes, args.void_borders)
+        names = {c: m.name for c, m in LUMENSTONE_CATALOGUE.items()}
+        print(total.table(names))
+        out = Path(args.json_out) if args.json_out else Path(args.pred).resolve().parent / "evaluation.json"
+        doc = {"pred": str(args.pred), "truth": str(args.truth), "void_borders": args.void_borders,
+               **total.to_dict(names), "sections": {s: v.to_dict(names) for s, v in per.items()}}
+        atomic_write_text(out, json.dumps(doc, indent=1))
+        print(f"written: {out}")
+        return 0
+
+    return guarded(body)
+
+
+if __name__ == "__main__":
+    from jobs._entry import run_module
+
+    run_module(sys.modules[__name__])

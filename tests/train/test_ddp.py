@@ -1,0 +1,29 @@
+"""Two CPU workers (DDP over gloo) against one, at the same global batch, steps and patch streams."""
+
+import pytest
+
+from engine.segment.checkpoint import load_checkpoint
+from engine.synth import write_lumenstone
+from engine.train.data import load_split
+from engine.train.loop import train, validate
+from schemas.config import TrainConfig
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.mark.timeout(3600)
+def test_two_workers_reach_the_test_miou_of_one(ray_local, tmp_path):
+    data = write_lumenstone(tmp_path / "ds", n_train=4, n_test=2, size=(256, 320), associations=("S2",), seed=7,
+                            grain_diameter=30)
+    test = load_split(data, "test")
+    miou, worlds = {}, {}
+    for workers in (1, 2):
+        ckpt = train(TrainConfig(data=str(data), out=str(tmp_path / f"w{workers}"), arch="unet", steps=200, epochs=1,
+                                 patch=64, batch_size=8, workers=workers, streams=2, seed=1, window=128))
+        model, card = load_checkpoint(ckpt)
+        miou[workers] = validate(model, card, test).mean_iou
+        worlds[workers] = __import__("json").loads((tmp_path / f"w{workers}" / "train_metrics.json").read_text())
+    print(f"test mIoU: 1 worker {miou[1]:.4f}, 2 workers {miou[2]:.4f}, difference {abs(miou[1] - miou[2]):.4f}")
+    assert worlds[1]["world_size"] == 1 and worlds[2]["world_size"] == 2
+    assert miou[1] > 0.5
+    assert abs(miou[1] - miou[2]) <= 0.02
