@@ -129,6 +129,20 @@ def test_training_reader_stacks_registered_xpl(xpl_set):
 
 
 @pytest.mark.ray
+def test_training_patches_carry_the_registered_xpl_channels(ray_local, xpl_set):
+    from engine.train.source import augment_batch
+
+    samples = load_split(xpl_set, "train")
+    image = next((xpl_set / "imgs" / "train").iterdir())
+    mask = next((xpl_set / "masks" / "train").iterdir())
+    batch = {"image": np.array([str(image)]), "mask": np.array([str(mask)]), "y0": np.array([100]),
+             "x0": np.array([150]), "seed": np.array([7]), "counts": np.zeros((1, 2), np.int64)}
+    out = augment_batch(batch, 64, tuple(range(15)), None)
+    assert out["image"].shape == (1, 9, 64, 64)
+    assert np.array_equal(out["image"][0], np.moveaxis(samples[0].image[100:164, 150:214], -1, 0))
+
+
+@pytest.mark.ray
 def test_segment_reads_xpl_folders(ray_local, xpl_set, tmp_path):
     samples = load_split(xpl_set, "test")
     classes = ClassSet.from_codes([0, 5, 6, 9, 12, 13])
