@@ -143,6 +143,15 @@ def _weights(window: int, stride: int) -> np.ndarray:
     return np.outer(t, t).astype(np.float32)
 
 
+def smooth_valid(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing over valid cells only (normalised convolution); invalid cells get NaN."""
+    vf = valid.astype(np.float32)
+    norm = ndimage.gaussian_filter(vf, sigma, mode="constant")
+    out = ndimage.gaussian_filter(np.where(valid, values, 0).astype(np.float32), sigma, mode="constant") / np.maximum(norm, 1e-6)
+    out[~valid] = np.nan
+    return out
+
+
 def score_block(stack: Stack, scorer: WindowScorer, y0: int, y1: int, x0: int, x1: int, sigma: float = 0.0,
                 max_windows: int = 1024) -> np.ndarray:
     """Component maps (K, y1 - y0, x1 - x0) of one block, equal to a global sliding window."""
@@ -172,9 +181,8 @@ def score_block(stack: Stack, scorer: WindowScorer, y0: int, y1: int, x0: int, x
             wsum[a : a + w, b : b + w] += wt
     comp = acc / np.maximum(wsum, 1e-6)
     if sigma > 0:
-        norm = ndimage.gaussian_filter(vf, sigma, mode="constant")
         for i in range(k):
-            comp[i] = ndimage.gaussian_filter(comp[i] * vf, sigma, mode="constant") / np.maximum(norm, 1e-6)
+            comp[i] = smooth_valid(comp[i], valid, sigma)
     cy, cx = y0 - ry0, x0 - rx0
     out = comp[:, cy : cy + (y1 - y0), cx : cx + (x1 - x0)]
     out[:, ~valid[cy : cy + (y1 - y0), cx : cx + (x1 - x0)]] = np.nan
