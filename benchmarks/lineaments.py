@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-tile", type=int, default=1024)
     p.add_argument("--nice", type=int, default=0, help="memory mode: niceness of the measured routes")
     p.add_argument("--work", help="memory mode: working folder (default: a temporary one)")
+    p.add_argument("--reuse-grid", action="store_true", help="memory mode: keep a grid already in --work")
     p.add_argument("--time-limit", type=float, default=0.0, help="memory mode: stop each route after this many seconds (partial)")
     args = p.parse_args(argv)
     if args.memory_size:
@@ -211,7 +212,11 @@ def _memory_main(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     grid = work / f"survey_{args.memory_size}.tif"
     t = time.perf_counter()
-    result: dict = {"memory": {"grid": _mosaic_grid(args.memory_size, args.memory_tile, grid, args.seed), "synth_s": time.perf_counter() - t}}
+    if args.reuse_grid and grid.is_file():
+        info = {"size": args.memory_size, "reused": str(grid)}
+    else:
+        info = _mosaic_grid(args.memory_size, args.memory_tile, grid, args.seed)
+    result: dict = {"memory": {"grid": info, "synth_s": time.perf_counter() - t}}
     result["memory"]["time_limit_s"] = args.time_limit or None
     if not args.skip_unet:
         model = args.model

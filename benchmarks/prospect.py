@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -26,39 +25,6 @@ import numpy as np
 
 METHODS = ("mae", "cae", "iforest", "iforest_all", "pca")
 BASELINES = ("cae", "iforest", "iforest_all", "pca")
-
-
-class PeakRSS:
-    """Samples resident memory of this process and its children every 0.2 s."""
-
-    def __init__(self):
-        import psutil
-
-        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-
-    def _rss(self) -> int:
-        total = self.proc.memory_info().rss
-        for c in self.proc.children(recursive=True):
-            try:
-                total += c.memory_info().rss
-            except Exception:
-                pass
-        return total
-
-    def __enter__(self):
-        self._t = threading.Thread(target=self._loop, daemon=True)
-        self._t.start()
-        return self
-
-    def _loop(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.2)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self._rss())
 
 
 def _row(m) -> dict:
@@ -164,7 +130,9 @@ def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
     t0 = time.perf_counter()
     rdir = write_region(synth_region(size, 0), work / "big")
     t_synth = time.perf_counter() - t0
-    with PeakRSS() as mem:
+    from benchmarks.segment_throughput import PeakSampler
+
+    with PeakSampler() as mem:
         t = time.perf_counter()
         stack = build_stack(rdir / "layers.json", work / "big.zarr")
         t_stack = time.perf_counter() - t
@@ -181,7 +149,7 @@ def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
         dep = pd.read_csv(rdir / "deposits.csv")
         metrics = ev.evaluate(read_score(work / "big_map.zarr"), dep.row.values, dep.col.values)
         t_eval = time.perf_counter() - t
-    return {"size": size, "layers": 10, "channels": len(st.channels), "peak_rss_gib": mem.peak / 2**30,
+    return {"size": size, "layers": 10, "channels": len(st.channels), "peak_rss_gib": mem.peak_rss / 1024, "peak_pss_gib": mem.peak_pss / 1024,
             "seconds": {"synth": t_synth, "stack": t_stack, "train": t_train, "map": t_map, "evaluate": t_eval},
             "blocks_scored": blocks or "all", "blocks_total": (size // 512) ** 2, "deposits_evaluable": metrics.n_deposits}
 
@@ -206,8 +174,12 @@ def main() -> None:
         result = {"memory": run_memory(a.memory_size, a.memory_blocks, work, a.steps)}
     else:
         sigmas = [float(x) for x in a.sigmas.split(",")]
-        regions = [run_region(a.size, int(s), a.steps, work, not a.no_ray, sigmas, a.reuse_models) for s in a.seeds.split(",")]
-        result = {"size": a.size, "steps": a.steps, "sigmas": sigmas, "regions": regions, **summarise(regions, a.model_variant)}
+        regions = []
+        for s in a.seeds.split(","):
+            regions.append(run_region(a.size, int(s), a.steps, work, not a.no_ray, sigmas, a.reuse_models))
+            result = {"size": a.size, "steps": a.steps, "sigmas": sigmas, "regions": regions, **summarise(regions, a.model_variant)}
+            a.json.parent.mkdir(parents=True, exist_ok=True)
+            a.json.write_text(json.dumps(result, indent=2))
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "regions"}, indent=2))
