@@ -4,9 +4,7 @@ upward continuation and total gradient amplitude.
 Grids follow :mod:`engine.geophys.forward` (axis 0 = northing ascending, axis 1 = easting).
 NaN cells (unsurveyed holes) are filled with their nearest surveyed value before any Fourier
 filter, the grid is mirror-padded against edge effects, and the holes are NaN again in the
-result. Filters work in float32 on the half spectrum of a real FFT and apply the wavenumber
-response in row bands (a response is pointwise in the spectrum, so banding is exact), so an
-8192² grid is filtered in about 1.5 GiB.
+result.
 """
 
 from __future__ import annotations
@@ -17,19 +15,18 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
-from engine.geophys.forward import theta
+from engine.geophys.forward import theta, wavenumbers
 
 
 def fill_nan(grid: np.ndarray) -> np.ndarray:
-    """float32 copy of ``grid`` with every NaN replaced by its nearest finite neighbour."""
-    g = np.asarray(grid, dtype=np.float32)
-    holes = ~np.isfinite(g)
+    """Copy of ``grid`` with every NaN replaced by its nearest finite neighbour."""
+    holes = ~np.isfinite(grid)
     if not holes.any():
-        return g.copy()
+        return np.asarray(grid, dtype=np.float64)
     if holes.all():
         raise ValueError("grid has no finite values")
     idx = ndimage.distance_transform_edt(holes, return_distances=False, return_indices=True)
-    return g[tuple(idx)]
+    return np.asarray(grid, dtype=np.float64)[tuple(idx)]
 
 
 def _as_spacing(spacing: tuple[float, float] | float) -> tuple[float, float]:
@@ -41,33 +38,21 @@ def spectral_filter(
     spacing: tuple[float, float] | float,
     response: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
     pad: float = 0.25,
-    band: int = 512,
 ) -> np.ndarray:
-    """Apply a wavenumber response ``response(k_north, k_east, |k|)`` to a grid (float32 out).
-
-    The response is evaluated on ``band`` spectrum rows at a time (``k_north`` a column,
-    ``k_east`` a row of the half spectrum), never on the whole padded grid at once.
-    """
+    """Apply a wavenumber response ``response(k_north, k_east, |k|)`` to a grid."""
     spacing = _as_spacing(spacing)
-    holes = ~np.isfinite(np.asarray(grid))
+    holes = ~np.isfinite(grid)
     filled = fill_nan(grid)
-    mean = np.float32(filled.mean(dtype=np.float64))
-    filled -= mean
+    mean = filled.mean()
     pn, pe = (int(np.ceil(s * pad)) for s in filled.shape)
-    shape = tuple(sfft.next_fast_len(s + 2 * p, real=True) for s, p in zip(filled.shape, (pn, pe)))
-    padded = np.pad(filled, ((pn, shape[0] - filled.shape[0] - pn), (pe, shape[1] - filled.shape[1] - pe)), mode="symmetric")
-    del filled
-    spec = sfft.rfft2(padded, workers=-1)
-    del padded
-    kn = (2 * np.pi * sfft.fftfreq(shape[0], spacing[0]))[:, None]
-    ke = (2 * np.pi * sfft.rfftfreq(shape[1], spacing[1]))[None, :]
-    for r0 in range(0, shape[0], band):
-        kn_b = kn[r0 : r0 + band]
-        spec[r0 : r0 + band] *= response(kn_b, ke, np.hypot(kn_b, ke)).astype(np.complex64)
-    out = sfft.irfft2(spec, s=shape, workers=-1)[pn : pn + grid.shape[0], pe : pe + grid.shape[1]].astype(np.float32)
-    del spec
+    padded = np.pad(filled - mean, ((pn, pn), (pe, pe)), mode="symmetric")
+    shape = tuple(sfft.next_fast_len(s) for s in padded.shape)
+    padded = np.pad(padded, ((0, shape[0] - padded.shape[0]), (0, shape[1] - padded.shape[1])), mode="symmetric")
+    kn, ke, k = wavenumbers(shape, spacing)
+    spec = sfft.fft2(padded, workers=-1) * response(kn, ke, k)
+    out = sfft.ifft2(spec, workers=-1).real[pn : pn + grid.shape[0], pe : pe + grid.shape[1]]
     zero = np.zeros((1, 1))
-    out += np.float32(mean * complex(response(zero, zero, zero).item()).real)
+    out = out + mean * complex(response(zero, zero, zero).item()).real
     out[holes] = np.nan
     return out
 
@@ -89,19 +74,14 @@ def horizontal_derivatives(grid: np.ndarray, spacing: tuple[float, float] | floa
     holes = ~np.isfinite(grid)
     dn[holes] = np.nan
     de[holes] = np.nan
-    return dn.astype(np.float32, copy=False), de.astype(np.float32, copy=False)
+    return dn, de
 
 
 def total_gradient_amplitude(grid: np.ndarray, spacing: tuple[float, float] | float) -> np.ndarray:
-    """Total gradient amplitude (3-D analytic signal) ``sqrt(dT/dn^2 + dT/de^2 + dT/dz^2)``, float32."""
+    """Total gradient amplitude (3-D analytic signal) ``sqrt(dT/dn^2 + dT/de^2 + dT/dz^2)``."""
     dn, de = horizontal_derivatives(grid, spacing)
-    out = np.square(dn, out=dn)
-    out += np.square(de, out=de)
-    del de
     dz = vertical_derivative(grid, spacing)
-    out += np.square(dz, out=dz)
-    del dz
-    return np.sqrt(out, out=out)
+    return np.sqrt(dn**2 + de**2 + dz**2)
 
 
 def reduce_to_pole(

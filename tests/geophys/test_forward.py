@@ -75,14 +75,3 @@ def test_total_gradient_amplitude_peaks_over_thin_dyke_and_keeps_holes():
     out = total_gradient_amplitude(holed, CELL)
     assert np.isnan(out[10:20, 10:20]).all() and np.isfinite(out[30:, 30:]).all()
 
-
-def test_spectral_filter_in_row_bands_equals_one_pass():
-    from engine.geophys.transforms import spectral_filter
-
-    g = np.random.default_rng(2).standard_normal((90, 70)).astype(np.float32)
-    g[30:40, 5:15] = np.nan
-    up = lambda kn, ke, k: np.exp(-k * 80.0)  # noqa: E731
-    one = spectral_filter(g, 50.0, up, band=10**6)
-    for band in (1, 13):
-        np.testing.assert_array_equal(spectral_filter(g, 50.0, up, band=band), one)
-    assert one.dtype == np.float32 and np.isnan(one[30:40, 5:15]).all() and np.isfinite(one[:30]).all()
