@@ -15,8 +15,9 @@ broad and local fields; K and Th follow the units.
 within 12 cells of a fault or 8 cells of the granite contact (structural and
 intrusive controls), at least 36 cells apart. Each carries the zoned footprint of a hydrothermal
 system (porphyry / intrusion-related style), built so that its cells taken one by
-one stay inside the region's ordinary multivariate range while their *arrangement*
-is what no ordinary place shows:
+one are only moderately unusual while their *arrangement* is what no ordinary place
+shows (at the core, about a quarter of deposits reach the region's top 0.5 % of Cu
+values, as enrichment zones and spikes do; As and Zn cores are never extreme):
 
 - a Cu-Au core (Gaussian, sigma 6 and 4.5 cells, +0.4 log10 units, about the
   spread of the broad Cu-Au factor);
