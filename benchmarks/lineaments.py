@@ -6,6 +6,17 @@ Surveys use unseen seeds (training sets use SeedSequence([seed, i]) with small s
 plain integer seeds from --seed on), noise 0.5 nT, inclinations 30-90 degrees. Both methods
 are scored by buffer precision/recall/F1 at 1 and 2 cells against the true axes, on the same
 surveys in the same run.
+
+    python -m benchmarks.lineaments --json OUT --memory-size 8192 [--model CKPT] [--nice 19]
+
+Memory mode: a ``size``² survey grid (a mosaic of synthetic surveys of ``--memory-tile`` cells
+with one field geometry, a NaN hole in the middle) written as a GeoTIFF, then the whole route
+``lode lineaments GRID --model CKPT --out OUT`` (read, blocked U-Net inference, threshold,
+skeletonise, vectorise, write grid/GeoJSON/rose) and the classical route run each in their own
+subprocess while the peak RSS and PSS of that process tree are sampled. Without ``--model`` the
+U-Net is the architecture ``lode lineaments train`` builds (VGG-16-bn U-Net, window 128) with
+random weights: the inference buffers do not depend on the weights (the mask the vectoriser
+walks does; the figure reports its size).
 """
 
 from __future__ import annotations
@@ -49,7 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride", type=int)
     p.add_argument("--cache", help="folder to keep generated surveys in (reused when present)")
     p.add_argument("--skip-classical", action="store_true")
+    p.add_argument("--skip-unet", action="store_true", help="memory mode: classical route only")
+    p.add_argument("--memory-size", type=int, default=0, help="memory mode: grid size in cells")
+    p.add_argument("--memory-tile", type=int, default=1024)
+    p.add_argument("--nice", type=int, default=0, help="memory mode: niceness of the measured routes")
+    p.add_argument("--work", help="memory mode: working folder (default: a temporary one)")
+    p.add_argument("--reuse-grid", action="store_true", help="memory mode: keep a grid already in --work")
+    p.add_argument("--time-limit", type=float, default=0.0, help="memory mode: stop each route after this many seconds (partial)")
     args = p.parse_args(argv)
+    if args.memory_size:
+        return _memory_main(args)
 
     import torch
 
@@ -103,6 +123,124 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"summary": summary, "surveys": rows}, indent=2))
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _mosaic_grid(size: int, tile: int, path: Path, seed: int, unique: int = 4) -> dict:
+    """Write a ``size``² GeoTIFF mosaic of ``unique`` synthetic surveys (inclination 60, declination
+    10), each placed rotated/flipped in turn, with a NaN hole."""
+    from engine.geophys.grid import make_dataarray, write_grid
+    from engine.geophys.synth import SurveyConfig, make_survey
+
+    cfg = SurveyConfig(shape=(tile, tile), noise_nt=0.5)
+    tiles = [make_survey(seed + k, cfg, inclination=60.0, declination=10.0).anomaly for k in range(unique)]
+    grid = np.empty((size, size), np.float32)
+    k = 0
+    for r in range(0, size, tile):
+        for c in range(0, size, tile):
+            t = np.rot90(tiles[k % unique], k // unique)
+            grid[r : r + tile, c : c + tile] = (t if (k // (4 * unique)) % 2 == 0 else t[:, ::-1])[: size - r, : size - c]
+            k += 1
+    yy, xx = np.ogrid[:size, :size]
+    hole = (yy - size / 2) ** 2 + (xx - size / 3) ** 2 < (size / 16) ** 2
+    grid[hole] = np.nan
+    da = make_dataarray(grid, cfg.spacing_m, (0.0, 0.0), crs="EPSG:32633", attrs={"inclination": 60.0, "declination": 10.0, "units": "nT"})
+    write_grid(da, path)
+    return {"size": size, "tiles": k, "unique_surveys": unique, "hole_cells": int(hole.sum()), "spacing_m": cfg.spacing_m}
+
+
+def _measure_route(cmd: list[str], nice: int, time_limit: float = 0.0) -> dict:
+    """Run one ``jobs.lineaments`` route in a subprocess; peak RSS/PSS of its process tree, and a
+    timeline (seconds, RSS GiB, PSS GiB, inference blocks done) every ~10 s. With ``time_limit``
+    the route is stopped after that many seconds and reported as partial."""
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    from benchmarks.segment_throughput import PeakSampler, _tree_memory
+
+    full = (["nice", "-n", str(nice)] if nice else []) + [sys.executable, "-m", "jobs.lineaments", *cmd]
+    t = time.perf_counter()
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    blocks = {"done": 0, "total": 0}
+    err_tail: list[str] = []
+
+    def read_err() -> None:
+        for line in proc.stderr:
+            m = re.match(r"inference block (\d+)/(\d+)", line)
+            if m:
+                blocks["done"], blocks["total"] = int(m.group(1)), int(m.group(2))
+            err_tail.append(line)
+            del err_tail[:-50]
+
+    reader = threading.Thread(target=read_err, daemon=True)
+    reader.start()
+    timeline = []
+    stopped = False
+    with PeakSampler(interval=0.5, pid=proc.pid) as mem:
+        while proc.poll() is None:
+            rss, pss = _tree_memory(proc.pid)
+            timeline.append([round(time.perf_counter() - t, 1), round(rss / 1024, 3), round(pss / 1024, 3), blocks["done"]])
+            if time_limit and time.perf_counter() - t > time_limit:
+                proc.terminate()
+                proc.wait()
+                stopped = True
+                break
+            time.sleep(10)
+        out = proc.stdout.read()
+    reader.join(timeout=5)
+    res = {"seconds": time.perf_counter() - t, "peak_rss_gib": mem.peak_rss / 1024, "peak_pss_gib": mem.peak_pss / 1024,
+           "inference_blocks_done": blocks["done"], "inference_blocks_total": blocks["total"], "complete": not stopped,
+           "timeline_s_rss_pss_blocks": timeline, "command": " ".join(full)}
+    if stopped:
+        return res
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(full)} failed:\n{out[-2000:]}\n{''.join(err_tail)[-3000:]}")
+    summary = json.loads(out.strip().splitlines()[-1])
+    return {**res, "lines": summary["lines"], "total_length_km": summary["total_length_m"] / 1000}
+
+
+def _memory_main(args) -> int:
+    import tempfile
+
+    import torch
+
+    from engine.geophys.model import DEFAULT_CARD, build_model, save_checkpoint
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="lode-bench-lineaments-"))
+    work.mkdir(parents=True, exist_ok=True)
+    grid = work / f"survey_{args.memory_size}.tif"
+    t = time.perf_counter()
+    if args.reuse_grid and grid.is_file():
+        info = {"size": args.memory_size, "reused": str(grid)}
+    else:
+        info = _mosaic_grid(args.memory_size, args.memory_tile, grid, args.seed)
+    result: dict = {"memory": {"grid": info, "synth_s": time.perf_counter() - t}}
+    result["memory"]["time_limit_s"] = args.time_limit or None
+    if not args.skip_unet:
+        model = args.model
+        if model is None:
+            torch.manual_seed(0)
+            card = dict(DEFAULT_CARD)
+            model = str(save_checkpoint(work / "random_vgg16_unet.pt", build_model(card), {**card, "weights": "random (memory measurement)"}))
+        extra = ["--stride", str(args.stride)] if args.stride else []
+        route = _measure_route([str(grid), "--model", model, "--out", str(work / "unet"), *extra], args.nice, args.time_limit)
+        route["stride"] = args.stride or "default (window / 2)"
+        if route["complete"]:
+            import rasterio
+
+            with rasterio.open(next((work / "unet").glob("axis_probability.*"))) as src:
+                prob = src.read(1)
+            route["mask_fraction"] = float(np.nanmean(prob >= 0.5))
+        route["model"] = model
+        result["memory"]["unet"] = route
+    if not args.skip_classical:
+        result["memory"]["classical"] = _measure_route([str(grid), "--method", "classical", "--out", str(work / "classical")], args.nice, args.time_limit)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
     return 0
 
 

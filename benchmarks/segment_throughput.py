@@ -56,17 +56,18 @@ def _tree_memory(pid: int) -> tuple[float, float]:
 
 
 class PeakSampler:
-    """Samples the memory of this process and all its descendants in a thread."""
+    """Samples the memory of a process (default: this one) and all its descendants in a thread."""
 
-    def __init__(self, interval: float = 0.25):
+    def __init__(self, interval: float = 0.25, pid: int | None = None):
         self.interval = interval
+        self.pid = pid or os.getpid()
         self.peak_rss = self.peak_pss = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss, pss = _tree_memory(os.getpid())
+            rss, pss = _tree_memory(self.pid)
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
             self._stop.wait(self.interval)
 

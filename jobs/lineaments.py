@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-length", type=float, default=10.0, help="shortest line kept, in cells")
     parser.add_argument("--block", type=int, default=2048, help="inference block size in cells")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--stride", type=int, help="window step in cells (default: half the model window)")
     parser.add_argument("--cell", type=float, help="score: cell size in map units (default from PRED properties)")
     parser.add_argument("--n", type=int, default=500, help="synth: number of examples or surveys")
     parser.add_argument("--size", type=int, default=256, help="synth: survey size in cells")
@@ -79,7 +80,8 @@ def run_grid(args: argparse.Namespace) -> int:
 
         model, card = load_checkpoint(args.model, pick_device())
         params = VectorParams(threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5)), min_length_cells=args.min_length)
-        result, lines = unet_lineaments(da, model, card, params, block=args.block, batch_size=args.batch_size)
+        result, lines = unet_lineaments(da, model, card, params, block=args.block, batch_size=args.batch_size, stride=args.stride,
+                                        progress=lambda i, n: print(f"inference block {i}/{n}", file=sys.stderr, flush=True))
         name = "axis_probability"
     else:
         result, lines = classical_lineaments(da, args.inclination, args.declination, ClassicalParams(min_length_cells=args.min_length))

@@ -102,12 +102,14 @@ def unet_lineaments(
     block: int = 2048,
     batch_size: int = 16,
     stride: int | None = None,
+    progress=None,
 ) -> tuple[xr.DataArray, list[Lineament]]:
-    """U-Net axis probability grid (same coordinates and attributes as ``da``) and its lines."""
+    """U-Net axis probability grid (same coordinates and attributes as ``da``) and its lines
+    (``progress(blocks_done, blocks_total)`` is called after each inference block)."""
     from engine.geophys.predict import predict_grid
 
     params = params or VectorParams(threshold=float(card.get("threshold", 0.5)))
-    prob = predict_grid(model, da.values, window=int(card["window"]), stride=stride, block=block, batch_size=batch_size)
+    prob = predict_grid(model, da.values, window=int(card["window"]), stride=stride, block=block, batch_size=batch_size, progress=progress)
     out = xr.DataArray(prob, dims=da.dims, coords=da.coords, name="axis_probability", attrs={**{k: v for k, v in da.attrs.items() if k == "crs"}, "units": "1"})
     with np.errstate(invalid="ignore"):
         mask = prob >= params.threshold

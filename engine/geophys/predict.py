@@ -9,7 +9,7 @@ writes the block. Peak memory is the grid, the output and one block's buffers. N
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ def predict_grid(
     batch_size: int = 16,
     device: torch.device | str | None = None,
     out: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Axis probability (float32, NaN in holes) for a 2-D grid (array-like; sliced per block).
 
@@ -60,6 +61,7 @@ def predict_grid(
         batch_size: windows per forward pass.
         device: torch device (default: the model's).
         out: optional preallocated float32 output (e.g. a memmap) of the grid's shape.
+        progress: called as ``progress(blocks_done, blocks_total)`` after each block.
     """
     h, w = grid.shape
     stride = stride or window // 2
@@ -67,6 +69,7 @@ def predict_grid(
     weights = gaussian_weights(window)
     rows, cols = window_starts(h, window, stride), window_starts(w, window, stride)
     out = np.full((h, w), np.nan, np.float32) if out is None else out
+    total, done = len(range(0, h, block)) * len(range(0, w, block)), 0
     for r0, r1 in _blocks(h, block):
         wr = rows[(rows < r1) & (rows + window > r0)]
         for c0, c1 in _blocks(w, block):
@@ -91,4 +94,7 @@ def predict_grid(
                 blend = np.where(wsum > 0, acc / wsum, np.nan)
             blend[~np.isfinite(region)] = np.nan
             out[r0:r1, c0:c1] = blend[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
+            done += 1
+            if progress:
+                progress(done, total)
     return out

@@ -138,8 +138,8 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
 
 def default_config(kind: str, channels: int) -> dict:
     if kind == "mae":
-        return dict(channels=channels, window=32, patch=4, fused=32, dim=64, depth=4, heads=4, decoder_dim=64, decoder_depth=2, mask_ratio=0.5)
-    return dict(channels=channels, width=32, window=32)
+        return dict(channels=channels, window=64, patch=8, fused=32, dim=64, depth=4, heads=4, decoder_dim=64, decoder_depth=2, mask_ratio=0.5)
+    return dict(channels=channels, width=32, window=64)
 
 
 def train_local(stack_path: str | Path, out: str | Path, kind: str = "mae", steps: int = 1500, batch: int = 64,

@@ -74,3 +74,4 @@ def test_total_gradient_amplitude_peaks_over_thin_dyke_and_keeps_holes():
     holed[10:20, 10:20] = np.nan
     out = total_gradient_amplitude(holed, CELL)
     assert np.isnan(out[10:20, 10:20]).all() and np.isfinite(out[30:, 30:]).all()
+

@@ -72,3 +72,13 @@ def test_buffer_scores_exact_cases():
     assert s["precision"] == pytest.approx(overlap / 100, abs=1e-3)
     assert s["recall"] == pytest.approx(overlap / 100, abs=1e-3)
     assert buffer_scores([], truth, 1.0)["f1"] == 0.0
+
+
+def test_blakely_simpson_in_row_bands_equals_one_pass():
+    g = np.random.default_rng(4).standard_normal((97, 61)).cumsum(axis=1)
+    g[40:45, 10:20] = np.nan
+    count, peak = blakely_simpson(g, band=10**6)
+    for band in (1, 7, 32):
+        c, p = blakely_simpson(g, band=band)
+        np.testing.assert_array_equal(c, count)
+        np.testing.assert_array_equal(p, peak)

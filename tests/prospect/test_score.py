@@ -71,3 +71,4 @@ def test_mae_map_and_geotiff(small_stack, tmp_path):
     with rasterio.open(tif) as src:
         np.testing.assert_array_equal(np.isnan(src.read(1)), ~valid)
         assert src.transform.c == 500_000.0 and src.crs.to_epsg() == 32645
+

@@ -1,7 +1,7 @@
 import numpy as np
 
 from engine.prospect.stack import build_stack, open_stack
-from engine.prospect.synth import FAVOURABLE_UNIT, synth_region, write_region
+from engine.prospect.synth import FAVOURABLE_UNIT, DEPOSIT_SPACING, RING_RADIUS, synth_region, write_region
 
 
 def test_region_truth_and_split():
@@ -15,7 +15,7 @@ def test_region_truth_and_split():
     geology = a.layers["geology"][0].values
     assert (geology[dep.row, dep.col] == FAVOURABLE_UNIT).all()
     d = np.hypot(dep.row.values[:, None] - dep.row.values[None], dep.col.values[:, None] - dep.col.values[None])
-    assert d[np.triu_indices(len(dep), 1)].min() >= 21
+    assert d[np.triu_indices(len(dep), 1)].min() >= DEPOSIT_SPACING - 1
     cu = a.layers["Cu"][0]
     at_dep = cu.values[dep.row // 4, dep.col // 4]
     assert np.median(np.log10(at_dep)) > np.median(np.log10(cu.values)) + 0.3
@@ -33,3 +33,31 @@ def test_written_region_stacks_with_deposits_valid(tmp_path):
     valid = np.asarray(s.valid[:, :]) > 0
     assert valid[rows, cols].all()
     assert 0.6 < valid.mean() < 0.85  # As misses the east fifth, mag the north 3 %
+
+
+def test_footprints_are_zoned_and_cells_stay_in_range():
+    """Core cells are high in Cu, but most are not extreme in any layer; As peaks on the ring, not at the core."""
+    region = synth_region(512, seed=5)
+    dep = region.deposits
+    assert len(dep) >= 10
+    logs = {el: np.log10(region.layers[el][0].values) for el in ("Cu", "As")}
+    r, c = dep.row.values // 4, dep.col.values // 4
+    cu = logs["Cu"]
+    assert np.median(cu[r, c]) > np.median(cu) + 0.3
+    for el in ("Cu", "As", "Zn", "Au"):
+        v = region.layers[el][0].values
+        v = np.log10(v[v > 0])
+        assert np.mean(np.log10(region.layers[el][0].values[r, c]) > np.quantile(v, 0.995)) < 0.35, el
+    asr = logs["As"]
+    ring, core = [], []
+    for rr, cc in zip(dep.row.values, dep.col.values):
+        ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+        ry = ((rr + RING_RADIUS * np.sin(ang)) // 4).astype(int)
+        rx = ((cc + RING_RADIUS * np.cos(ang)) // 4).astype(int)
+        ok = (ry >= 0) & (ry < asr.shape[0]) & (rx >= 0) & (rx < asr.shape[1])
+        vals = asr[ry[ok], rx[ok]]
+        ring.append(np.median(vals[vals > -9]))
+        core.append(asr[rr // 4, cc // 4])
+    core, ring = np.array(core), np.array(ring)
+    fine = core > -9  # As no-data (-9999) east of 0.8 n
+    assert np.median(ring[fine] - core[fine]) > 0.15
