@@ -135,13 +135,14 @@ def load_inference_model(path: str | Path, window: int, device: str | torch.devi
     On the CPU, the traced program when the checkpoint has one for this window size,
     converted to channels-last and frozen (batch norm folded into the convolutions); it
     matches the eager model to float rounding. Otherwise (GPU, where AMP needs the eager
-    model, or an older checkpoint) the rebuilt eager model.
+    model, or an older checkpoint) the rebuilt eager model, channels-last.
     """
     path = Path(path)
     device = torch.device(device)
     blob, card = _read(path)
     if device.type != "cpu" or "program" not in blob or window != card.window:
-        return load_checkpoint(path, device)
+        model, card = load_checkpoint(path, device)
+        return model.to(memory_format=torch.channels_last), card
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation of TorchScript: see _trace
         try:

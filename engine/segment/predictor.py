@@ -58,8 +58,8 @@ class BlockPredictor:
 
     Args:
         model: maps ``(n, in_channels, window, window)`` to class logits of the same size; an
-            ``nn.Module`` is moved to ``device`` and channels-last, a TorchScript module is used
-            as given (see ``checkpoint.load_inference_model``).
+            ``nn.Module`` is moved to ``device`` (its memory format is the caller's: see
+            ``checkpoint.load_inference_model``), a TorchScript module is used as given.
         mean, std: per-channel normalisation on the 0..1 scale.
         window, overlap: the global window grid.
         batch_size: windows per forward pass.
@@ -69,9 +69,7 @@ class BlockPredictor:
     def __init__(self, model: nn.Module, mean: list[float], std: list[float], window: int, overlap: float,
                  batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = True):
         self.device = torch.device(device)
-        if not isinstance(model, torch.jit.ScriptModule):
-            model = model.to(self.device, memory_format=torch.channels_last).eval()
-        self.model = model
+        self.model = model if isinstance(model, torch.jit.ScriptModule) else model.to(self.device).eval()
         self.window = window
         self.overlap = overlap
         self.batch_size = batch_size
