@@ -9,47 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
-from engine.classes import ClassSet
 from engine.errors import LodeInputError
+from engine.segment.card import CARD_ENTRY, ModelCard, read_card, validate_card
 from engine.segment.models import create_model
 
-
-class ModelCard(BaseModel):
-    """Everything needed to rebuild a model and run it on new images."""
-
-    arch: str = "pspnet"
-    encoder: str = "resnet18"
-    classes: list[dict] = Field(description="ordered [{code, name, color}]; output channel i is classes[i]")
-    in_channels: int = 3
-    channels: list[str] = Field(default_factory=lambda: ["R", "G", "B"], description="input channel order")
-    mean: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5], description="per-channel mean on 0..1 scale")
-    std: list[float] = Field(default_factory=lambda: [0.25, 0.25, 0.25], description="per-channel std on 0..1 scale")
-    window: int = 512
-    overlap: float = 0.25
-    reference_colors: dict[str, list[float]] = Field(default_factory=dict,
-                                                     description="mean linear-RGB colour per class code (colour "
-                                                                 "calibration targets)")
-    reference_gamma: float = Field(default=2.2, gt=0, description="gamma that linearised reference_colors")
-    training: dict = Field(default_factory=dict)
-    model_id: str = ""
-
-    @field_validator("in_channels")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("in_channels must be positive")
-        return v
-
-    def class_set(self, source: str = "model card") -> ClassSet:
-        return ClassSet.from_dicts(self.classes, name="model", source=source)
+__all__ = ["ModelCard", "read_card", "save_checkpoint", "load_checkpoint", "load_inference_model", "read_blob"]
 
 
 def _state_hash(state: dict[str, torch.Tensor]) -> str:
@@ -69,6 +42,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> Mode
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save({"state_dict": state, "card": card.model_dump(), "program": _trace(model, card)}, buf)
+    with zipfile.ZipFile(buf, "a") as z:
+        z.writestr(f"{z.namelist()[0].split('/')[0]}/{CARD_ENTRY}", json.dumps(card.model_dump()))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
@@ -89,7 +64,7 @@ def _trace(model: nn.Module, card: ModelCard) -> bytes:
     return buf.getvalue()
 
 
-def _read_blob(path: Path) -> dict:
+def read_blob(path: Path) -> dict:
     if not path.is_file():
         raise LodeInputError(path, "checkpoint not found")
     try:
@@ -99,21 +74,10 @@ def _read_blob(path: Path) -> dict:
 
 
 def _read(path: Path) -> tuple[dict, ModelCard]:
-    blob = _read_blob(path)
-    try:
-        card = ModelCard.model_validate(blob["card"])
-        state = blob["state_dict"]
-    except Exception as exc:
-        raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
-    card.class_set(source=str(path))
-    if len(card.channels) != card.in_channels or len(card.mean) != card.in_channels or len(card.std) != card.in_channels:
-        raise LodeInputError(path, f"model card channels/mean/std do not match in_channels={card.in_channels}")
-    return blob, card
-
-
-def read_card(path: str | Path) -> ModelCard:
-    """The validated model card of a checkpoint, without building the model."""
-    return _read(Path(path))[1]
+    blob = read_blob(path)
+    if not isinstance(blob, dict) or "state_dict" not in blob:
+        raise LodeInputError(path, "not a Lode checkpoint: no state dict")
+    return blob, validate_card(blob.get("card"), path)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:

@@ -22,9 +22,8 @@ from engine.errors import LodeInputError
 from engine.io.manifest import BlockStatus, RunManifest
 from engine.io.ome import PyramidLayout, create_image, create_labels, labels_of, layout_of, write_block
 from engine.io.sources import SectionSource, discover
-from engine.segment.checkpoint import ModelCard, load_inference_model, read_card
-from engine.segment.predictor import PaddedGrid
-from engine.tiling.grid import Block, auto_block, block_grid
+from engine.segment.card import ModelCard, read_card
+from engine.tiling.grid import Block, PaddedGrid, auto_block, block_grid
 from schemas.config import SegmentConfig
 
 log = logging.getLogger("lode.segment")
@@ -108,6 +107,7 @@ class SegmentActor:
                  probabilities: str, threads: int | None):
         import torch
 
+        from engine.segment.checkpoint import load_inference_model
         from engine.segment.predictor import BlockPredictor
 
         self.threads = (threads or os.cpu_count() or 1) if device == "cpu" else None

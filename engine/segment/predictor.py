@@ -17,40 +17,12 @@ is an argmax over contiguous memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
 from engine.tiling.blend import gaussian_weights
-from engine.tiling.grid import Block, WindowGrid
-
-
-@dataclass(frozen=True)
-class PaddedGrid:
-    """The window grid over an image padded (symmetrically) to at least one window."""
-
-    height: int
-    width: int
-    window: int
-    overlap: float
-
-    @property
-    def pad(self) -> tuple[int, int]:
-        return (max(self.window - self.height, 0) // 2, max(self.window - self.width, 0) // 2)
-
-    @property
-    def grid(self) -> WindowGrid:
-        return WindowGrid(max(self.height, self.window), max(self.width, self.window), self.window, self.overlap)
-
-    def input_region(self, block: Block) -> tuple[int, int, int, int]:
-        """Image rows/cols ``(y0, y1, x0, x1)`` that the windows touching ``block`` read."""
-        py, px = self.pad
-        ys, xs = self.grid.touching(block.y0 + py, block.y0 + block.h + py, block.x0 + px, block.x0 + block.w + px)
-        w = self.window
-        return (max(ys[0] - py, 0), min(ys[-1] + w - py, self.height),
-                max(xs[0] - px, 0), min(xs[-1] + w - px, self.width))
+from engine.tiling.grid import Block, PaddedGrid
 
 
 class BlockPredictor:

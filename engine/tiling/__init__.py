@@ -1,6 +1,5 @@
-"""Window grids, output blocks and blend weights."""
+"""Window grids, output blocks and blend weights (``engine.tiling.blend``, which needs torch)."""
 
-from engine.tiling.blend import gaussian_weights
-from engine.tiling.grid import Block, WindowGrid, auto_block, block_grid, redundancy, window_starts
+from engine.tiling.grid import Block, PaddedGrid, WindowGrid, auto_block, block_grid, redundancy, window_starts
 
-__all__ = ["Block", "WindowGrid", "auto_block", "block_grid", "gaussian_weights", "redundancy", "window_starts"]
+__all__ = ["Block", "PaddedGrid", "WindowGrid", "auto_block", "block_grid", "redundancy", "window_starts"]

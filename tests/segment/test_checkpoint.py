@@ -1,9 +1,13 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from engine.classes import LUMENSTONE, ClassSet
 from engine.errors import LodeInputError
-from engine.segment.checkpoint import ModelCard, load_checkpoint, load_inference_model, save_checkpoint
+from engine.segment.checkpoint import ModelCard, load_checkpoint, load_inference_model, read_card, save_checkpoint
 from engine.segment.models import create_model
 
 
@@ -45,13 +49,37 @@ def test_factory_builds_each_architecture(arch):
         assert m(torch.randn(1, 4, 128, 128)).shape == (1, 7, 128, 128)
 
 
-def test_unknown_class_code_in_checkpoint_names_the_file(tmp_path):
+@pytest.mark.parametrize("read", [load_checkpoint, read_card])
+@pytest.mark.parametrize("writer", ["save_checkpoint", "bare torch.save"])
+def test_unknown_class_code_in_checkpoint_names_the_file(tmp_path, read, writer):
     m = create_model("unet", "resnet18", 3, 2)
     classes = LUMENSTONE.to_dicts()[:1] + [{"code": 99, "name": "unobtainium", "color": [1, 2, 3]}]
-    torch.save({"state_dict": m.state_dict(), "card": ModelCard(arch="unet", classes=classes).model_dump()},
-               tmp_path / "bad.pt")
+    card = ModelCard(arch="unet", classes=classes, window=64)
+    if writer == "save_checkpoint":
+        save_checkpoint(tmp_path / "bad.pt", m, card)
+    else:
+        torch.save({"state_dict": m.state_dict(), "card": card.model_dump()}, tmp_path / "bad.pt")
     with pytest.raises(LodeInputError, match=r"bad\.pt.*unknown class code 99"):
-        load_checkpoint(tmp_path / "bad.pt")
+        read(tmp_path / "bad.pt")
+
+
+def test_card_of_an_older_checkpoint_without_the_json_entry(tmp_path):
+    m = create_model("unet", "resnet18", 3, 3)
+    card = ModelCard(arch="unet", classes=ClassSet.from_codes([0, 4, 9]).to_dicts(), window=64, model_id="old")
+    torch.save({"state_dict": m.state_dict(), "card": card.model_dump()}, tmp_path / "old.pt")
+    assert read_card(tmp_path / "old.pt") == card
+
+
+def test_segmentation_driver_and_block_tasks_read_the_card_without_torch(tmp_path):
+    """Read and write tasks import the pipeline module; only the model actor needs torch."""
+    card = save_checkpoint(tmp_path / "m.pt", create_model("unet", "resnet18", 3, 2),
+                           ModelCard(arch="unet", classes=ClassSet.from_codes([0, 1]).to_dicts(), window=64))
+    code = ("import sys; import engine.segment.pipeline as p; c = p.read_card(sys.argv[1]); "
+            "print(c.model_id, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pt")], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [card.model_id, "False"]
 
 
 def test_garbage_checkpoint_names_the_file(tmp_path):

@@ -6,7 +6,8 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from engine.segment.models import create_model
-from engine.segment.predictor import BlockPredictor, PaddedGrid
+from engine.segment.predictor import BlockPredictor
+from engine.tiling.grid import PaddedGrid
 from engine.tiling import block_grid
 
 

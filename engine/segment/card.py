@@ -1,0 +1,82 @@
+"""The model card: everything needed to rebuild a model and run it on new images.
+
+A checkpoint (``engine.segment.checkpoint``) stores the card inside torch's pickle and,
+since the inference program was added, once more as a JSON entry of the same zip
+archive, so a job's driver and its read and write tasks learn the card without
+importing torch (about 400 MB resident per process).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+from engine.classes import ClassSet
+from engine.errors import LodeInputError
+
+CARD_ENTRY = "lode_card.json"
+
+
+class ModelCard(BaseModel):
+    """Everything needed to rebuild a model and run it on new images."""
+
+    arch: str = "pspnet"
+    encoder: str = "resnet18"
+    classes: list[dict] = Field(description="ordered [{code, name, color}]; output channel i is classes[i]")
+    in_channels: int = 3
+    channels: list[str] = Field(default_factory=lambda: ["R", "G", "B"], description="input channel order")
+    mean: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5], description="per-channel mean on 0..1 scale")
+    std: list[float] = Field(default_factory=lambda: [0.25, 0.25, 0.25], description="per-channel std on 0..1 scale")
+    window: int = 512
+    overlap: float = 0.25
+    reference_colors: dict[str, list[float]] = Field(default_factory=dict,
+                                                     description="mean linear-RGB colour per class code (colour "
+                                                                 "calibration targets)")
+    reference_gamma: float = Field(default=2.2, gt=0, description="gamma that linearised reference_colors")
+    training: dict = Field(default_factory=dict)
+    model_id: str = ""
+
+    @field_validator("in_channels")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("in_channels must be positive")
+        return v
+
+    def class_set(self, source: str = "model card") -> ClassSet:
+        return ClassSet.from_dicts(self.classes, name="model", source=source)
+
+
+def validate_card(raw: dict, path: Path) -> ModelCard:
+    """A card from a checkpoint, checked for consistency; errors name the checkpoint."""
+    try:
+        card = ModelCard.model_validate(raw)
+    except Exception as exc:
+        raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
+    card.class_set(source=str(path))
+    if len(card.channels) != card.in_channels or len(card.mean) != card.in_channels or len(card.std) != card.in_channels:
+        raise LodeInputError(path, f"model card channels/mean/std do not match in_channels={card.in_channels}")
+    return card
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The validated model card of a checkpoint, without building the model (and, for
+    checkpoints that carry the JSON entry, without importing torch)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LodeInputError(path, "checkpoint not found")
+    try:
+        with zipfile.ZipFile(path) as z:
+            entry = next((n for n in z.namelist() if n.rsplit("/", 1)[-1] == CARD_ENTRY), None)
+            raw = json.loads(z.read(entry)) if entry else None
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
+    if raw is None:
+        from engine.segment.checkpoint import read_blob
+
+        blob = read_blob(path)
+        raw = blob.get("card") if isinstance(blob, dict) else None
+    return validate_card(raw, path)
