@@ -53,8 +53,10 @@ def _table(row: dict[str, Any]):
 
 
 def read_block(task: BlockTask, window: int, overlap: float, copy_to: str | None) -> dict[str, Any]:
-    """Read a block plus the halo its windows need; optionally stage the block's image shards
-    into the output store (the block is only marked done once its labels are written too).
+    """Read a block plus the halo its windows need, interleaved ``(h, w, c)`` as the model
+    actor cuts its windows (so the actor blends straight from the object store, without a
+    copy); optionally stage the block's image shards into the output store (the block is
+    only marked done once its labels are written too).
 
     Pixels that turn out unreadable only now (a corrupt chunk, an image that changed) do not
     fail the job: the row carries the error instead, and the block's section fails alone."""
@@ -67,11 +69,11 @@ def read_block(task: BlockTask, window: int, overlap: float, copy_to: str | None
         if region.shape[0] != src.channels:
             raise LodeInputError(src.path, f"expected {src.channels} channels, read {region.shape[0]}")
     except LodeInputError as exc:
-        return {**row, "error": str(exc), "region": np.zeros((src.channels, 1, 1), np.uint8)}
+        return {**row, "error": str(exc), "region": np.zeros((1, 1, src.channels), np.uint8)}
     if copy_to is not None:
         oy, ox = b.y0 - y0, b.x0 - x0
         write_block(_open_out(copy_to)[src.section], region[:, oy:oy + b.h, ox:ox + b.w], b.y0, b.x0, "image")
-    return {**row, "region": region}
+    return {**row, "region": np.ascontiguousarray(np.moveaxis(region, 0, -1))}
 
 
 class BlockDatasource:
@@ -133,7 +135,7 @@ class SegmentActor:
             return {**out, "labels": np.zeros((1, 1, 1), np.uint8), "windows": np.array([0]),
                     "seconds": np.array([0.0])}
         t0 = time.perf_counter()
-        region = batch["region"][0]
+        region = np.moveaxis(batch["region"][0], -1, 0)
         b = Block(int(batch["index"][0]), int(batch["y0"][0]), int(batch["x0"][0]), int(batch["h"][0]),
                   int(batch["w"][0]))
         ry0, rx0 = int(batch["ry0"][0]), int(batch["rx0"][0])
@@ -293,9 +295,8 @@ def correct_colour(batch: dict[str, np.ndarray], matrices: dict[str, dict]) -> d
     region = batch["region"][0]
     m = matrices.get(str(batch["section"][0]))
     if m is not None:
-        rgb = np.ascontiguousarray(np.moveaxis(region[:3], 0, -1))
         region = region.copy()
-        region[:3] = np.moveaxis(ColourMatrix.from_dict(m).apply(rgb), -1, 0)
+        region[..., :3] = ColourMatrix.from_dict(m).apply(np.ascontiguousarray(region[..., :3]))
         batch["region"] = region[None]
     return batch
 

@@ -17,6 +17,8 @@ is an argmax over contiguous memory.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -88,7 +90,8 @@ class BlockPredictor:
 
         Args:
             region: ``(c, rh, rw)`` uint8 image pixels starting at image coordinates ``origin``
-                and covering ``PaddedGrid.input_region(block)``.
+                and covering ``PaddedGrid.input_region(block)``; a channels-last array seen
+                through ``np.moveaxis(hwc, -1, 0)`` is used without a copy.
             image_size: full image ``(height, width)``.
             probabilities: ``None``, or the dtype to return blended probabilities in
                 (``uint8`` quantises ×255).
@@ -111,7 +114,10 @@ class BlockPredictor:
         acc = torch.zeros((block.h, span, num_classes), dtype=torch.float32, device=self.device)
         cnt = torch.zeros((block.h, span), dtype=torch.float32, device=self.device)
         weights = self.weights[..., None]
-        hwc = torch.from_numpy(np.ascontiguousarray(np.moveaxis(region, 0, -1))).to(self.device)
+        with warnings.catch_warnings():
+            # A read-only view of the object store is only ever read here.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            hwc = torch.from_numpy(np.ascontiguousarray(np.moveaxis(region, 0, -1))).to(self.device)
         base = xs[0]
 
         def finalize(upto: int) -> None:

@@ -77,20 +77,23 @@ def block_grid(height: int, width: int, block: tuple[int, int]) -> list[Block]:
 
 
 def auto_block(height: int, width: int, window: int, shard: int = 1024, target: int = 4096,
-               max_block_pixels: int = 4096 * 12288) -> tuple[int, int]:
+               max_block_pixels: int = 4096 * 8192) -> tuple[int, int]:
     """Block geometry: full-width strips about ``target`` high, rounded to whole shards.
 
     Strips only recompute windows along y, so redundant work per block is about
-    ``(block + window) / block``; very wide images are split into columns too so a
-    block's input stays bounded.
+    ``(block + window) / block``; wide images are split into as few equal columns as keep
+    a block within ``max_block_pixels``, which bounds the memory of a block in flight
+    (its pixels in the object store, the model actor's accumulators and labels).
     """
     def round_up(v: int) -> int:
         return max(shard, -(-v // shard) * shard)
 
     bh = min(round_up(height), round_up(target))
-    bw = round_up(width)
+    columns = max(1, -(-bh * round_up(width) // max_block_pixels))
+    bw = round_up(-(-width // columns))
     while bh * bw > max_block_pixels and bw > shard:
-        bw = round_up(bw // 2)
+        columns += 1
+        bw = round_up(-(-width // columns))
     return bh, bw
 
 
