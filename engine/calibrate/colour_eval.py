@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.calibrate.colour import GAMMA, ColourMatrix, class_means, delta_e_linear, fit_image, fit_lstsq, fit_series
+from engine.calibrate.colour import (CROSSTALK_PRIOR, GAMMA, ColourMatrix, class_means, delta_e_linear, fit_image,
+                                     fit_lstsq, fit_series)
 from engine.synth.casts import ColourCast, partial_annotation, random_cast
 from engine.synth.section import Section, SectionSpec
 
@@ -64,13 +65,15 @@ class Trial:
     annotated_fraction: float
     before: float
     delta_e_fit: float
+    delta_e_fit_plain: float
     lstsq_fit: float
     lstsq_encoded_fit: float
 
 
 def per_image_trials(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict[int, np.ndarray], n: int,
                      seed: int = 0, n_held_out: int = 2, fraction: float = 0.35) -> list[Trial]:
-    """``n`` random casts of the test sections, each fitted per image (ΔE2000 and least-squares)."""
+    """``n`` random casts of the test sections, each fitted per image (ΔE2000 with and without the
+    crosstalk prior, and least-squares)."""
     rng = np.random.default_rng(seed)
     out = []
     for t in range(n):
@@ -87,26 +90,37 @@ def per_image_trials(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict
         out.append(Trial(cast, held, float((ann != 255).mean()),
                          held_out_error(ColourMatrix.identity(), cap, rgb, lab, held),
                          held_out_error(ccm, cap, rgb, lab, held),
+                         held_out_error(fit_image(cap, ann, reference, crosstalk_prior=0.0), cap, rgb, lab, held),
                          held_out_error(fit_lstsq(src, ref), cap, rgb, lab, held),
                          held_out_error(EncodedAffine.fit(src, ref), cap, rgb, lab, held)))
     return out
 
 
 def series_trial(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict[int, np.ndarray], seed: int = 0,
-                 n_held_out: int = 2, fraction: float = 0.35) -> dict[str, float]:
-    """One cast over all test sections: held-out ΔE of the series matrix against per-image matrices."""
+                 n_held_out: int = 2, fraction: float = 0.35, cast: ColourCast | None = None) -> dict:
+    """One cast over all test sections: held-out ΔE of the series matrix against per-image matrices.
+
+    Each capture holds out its own ``n_held_out`` classes. Also reported: both modes with the plain
+    objective (``crosstalk_prior=0``). ``cast=None`` draws a random cast from ``seed``.
+    """
     rng = np.random.default_rng(seed)
-    cast = random_cast(rng)
+    cast = random_cast(rng) if cast is None else cast
     caps, anns, helds = [], [], []
     for rgb, lab in tests:
         codes = [c for c in np.unique(lab).tolist() if c in reference and c != 0]
         helds.append(sorted(int(c) for c in rng.choice(codes, n_held_out, replace=False)))
         caps.append(cast.apply(rgb))
         anns.append(partial_annotation(lab, fraction, helds[-1]))
-    series = fit_series(list(zip(caps, anns)), reference)
-    per_image = [held_out_error(fit_image(c, a, reference), c, rgb, lab, h)
-                 for c, a, (rgb, lab), h in zip(caps, anns, tests, helds)]
-    in_series = [held_out_error(series, c, rgb, lab, h) for c, (rgb, lab), h in zip(caps, tests, helds)]
-    return {"captures": len(tests), "per_image": float(np.mean(per_image)), "series": float(np.mean(in_series)),
-            "before": float(np.mean([held_out_error(ColourMatrix.identity(), c, rgb, lab, h)
-                                     for c, (rgb, lab), h in zip(caps, tests, helds)]))}
+
+    def errors(matrices: list) -> list[float]:
+        return [held_out_error(m, c, rgb, lab, h) for m, c, (rgb, lab), h in zip(matrices, caps, tests, helds)]
+
+    n = len(tests)
+    out: dict = {"captures": n, "before": float(np.mean(errors([ColourMatrix.identity()] * n)))}
+    for name, prior in (("", CROSSTALK_PRIOR), ("_plain", 0.0)):
+        series = fit_series(list(zip(caps, anns)), reference, crosstalk_prior=prior)
+        per_image = errors([fit_image(c, a, reference, crosstalk_prior=prior) for c, a in zip(caps, anns)])
+        in_series = errors([series] * n)
+        out.update({f"per_image{name}": float(np.mean(per_image)), f"series{name}": float(np.mean(in_series)),
+                    f"per_image{name}_by_capture": per_image, f"series{name}_by_capture": in_series})
+    return out
