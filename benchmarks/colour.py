@@ -7,8 +7,9 @@
   LumenStone class: held-out classes' mean ΔE00 after per-image correction fitted on a 35 % strip
   annotation (ΔE00 fit vs plain least-squares fits in linear and in encoded RGB);
 - series mode: one matrix for 10 captures of one cast vs a matrix per capture (both also with the
-  plain objective, without the crosstalk prior), and the same on uncast captures, where any held-out
-  error is annotation noise the fit has absorbed;
+  plain objective, without the crosstalk prior); the same casts with the held-out classes shared by
+  all ten captures (unseen by the series matrix too); and uncast captures, where any held-out error
+  is annotation noise the fit has absorbed;
 - wall and CPU time to correct a 3396×2547 capture;
 - a model trained on reference colours (Ray Train): pixel accuracy on the uncast test captures, on
   cast captures, and on cast captures after per-image correction (annotation ≤ 35 %).
@@ -52,6 +53,8 @@ def held_out(n_trials: int, size: tuple[int, int], seed: int) -> dict:
     fit_s = (time.perf_counter() - t0) / len(tests)
     series = [series_trial(tests, ref, seed=seed + 10 + k) for k in range(5)]
     gaps = [s["series"] - s["per_image"] for s in series]
+    shared = [series_trial(tests, ref, seed=seed + 10 + k, shared_held_out=True) for k in range(5)]
+    shared_gaps = [s["series"] - s["per_image"] for s in shared]
     uncast = series_trial(tests, ref, seed=seed + 10, cast=ColourCast(((1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 0))))
     return {
         "size": list(size), "trials": n_trials, "held_out_per_trial": 2, "crosstalk_prior": CROSSTALK_PRIOR,
@@ -67,6 +70,9 @@ def held_out(n_trials: int, size: tuple[int, int], seed: int) -> dict:
         "series": series,
         "series_minus_per_image_mean": float(np.mean(gaps)),
         "series_minus_per_image_max_abs": float(max(map(abs, gaps))),
+        "series_shared_held_out": shared,
+        "shared_held_out_series_minus_per_image_mean": float(np.mean(shared_gaps)),
+        "shared_held_out_series_minus_per_image_max_abs": float(max(map(abs, shared_gaps))),
         "uncast_captures": uncast,
     }
 

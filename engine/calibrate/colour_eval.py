@@ -97,18 +97,23 @@ def per_image_trials(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict
 
 
 def series_trial(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict[int, np.ndarray], seed: int = 0,
-                 n_held_out: int = 2, fraction: float = 0.35, cast: ColourCast | None = None) -> dict:
+                 n_held_out: int = 2, fraction: float = 0.35, cast: ColourCast | None = None,
+                 shared_held_out: bool = False, compare_plain: bool = True) -> dict:
     """One cast over all test sections: held-out ΔE of the series matrix against per-image matrices.
 
-    Each capture holds out its own ``n_held_out`` classes. Also reported: both modes with the plain
-    objective (``crosstalk_prior=0``). ``cast=None`` draws a random cast from ``seed``.
+    Each capture holds out its own ``n_held_out`` classes, which the series matrix therefore sees in
+    the other captures' annotations; ``shared_held_out`` holds the same classes out of every capture,
+    so that neither mode has seen them. ``compare_plain`` also reports both modes with the plain
+    objective (``crosstalk_prior=0``, keys ``*_plain``). ``cast=None`` draws a random cast from ``seed``.
     """
     rng = np.random.default_rng(seed)
     cast = random_cast(rng) if cast is None else cast
+    present = [set(np.unique(lab).tolist()) & set(reference) - {0} for _, lab in tests]
+    shared = sorted(int(c) for c in rng.choice(sorted(set.intersection(*present)), n_held_out, replace=False)) \
+        if shared_held_out else None
     caps, anns, helds = [], [], []
-    for rgb, lab in tests:
-        codes = [c for c in np.unique(lab).tolist() if c in reference and c != 0]
-        helds.append(sorted(int(c) for c in rng.choice(codes, n_held_out, replace=False)))
+    for (rgb, lab), codes in zip(tests, present):
+        helds.append(shared or sorted(int(c) for c in rng.choice(sorted(codes), n_held_out, replace=False)))
         caps.append(cast.apply(rgb))
         anns.append(partial_annotation(lab, fraction, helds[-1]))
 
@@ -116,8 +121,8 @@ def series_trial(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict[int
         return [held_out_error(m, c, rgb, lab, h) for m, c, (rgb, lab), h in zip(matrices, caps, tests, helds)]
 
     n = len(tests)
-    out: dict = {"captures": n, "before": float(np.mean(errors([ColourMatrix.identity()] * n)))}
-    for name, prior in (("", CROSSTALK_PRIOR), ("_plain", 0.0)):
+    out: dict = {"captures": n, "held_out": helds, "before": float(np.mean(errors([ColourMatrix.identity()] * n)))}
+    for name, prior in (("", CROSSTALK_PRIOR), ("_plain", 0.0))[:2 if compare_plain else 1]:
         series = fit_series(list(zip(caps, anns)), reference, crosstalk_prior=prior)
         per_image = errors([fit_image(c, a, reference, crosstalk_prior=prior) for c, a in zip(caps, anns)])
         in_series = errors([series] * n)
