@@ -9,10 +9,12 @@ section's uncast mean colours.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
-from engine.calibrate.colour import GAMMA, ColourMatrix, class_means, delta_e_linear, fit_image, fit_lstsq, fit_series
+from engine.calibrate.colour import (CROSSTALK_PRIOR, GAMMA, ColourMatrix, class_means, delta_e_linear, fit_image,
+                                     fit_lstsq, fit_series)
 from engine.synth.casts import ColourCast, partial_annotation, random_cast
 from engine.synth.section import Section, SectionSpec
 
@@ -64,13 +66,15 @@ class Trial:
     annotated_fraction: float
     before: float
     delta_e_fit: float
+    delta_e_fit_plain: float
     lstsq_fit: float
     lstsq_encoded_fit: float
 
 
 def per_image_trials(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict[int, np.ndarray], n: int,
                      seed: int = 0, n_held_out: int = 2, fraction: float = 0.35) -> list[Trial]:
-    """``n`` random casts of the test sections, each fitted per image (ΔE2000 and least-squares)."""
+    """``n`` random casts of the test sections, each fitted per image (ΔE2000 with and without the
+    crosstalk prior, and least-squares)."""
     rng = np.random.default_rng(seed)
     out = []
     for t in range(n):
@@ -87,26 +91,43 @@ def per_image_trials(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict
         out.append(Trial(cast, held, float((ann != 255).mean()),
                          held_out_error(ColourMatrix.identity(), cap, rgb, lab, held),
                          held_out_error(ccm, cap, rgb, lab, held),
+                         held_out_error(fit_image(cap, ann, reference, crosstalk_prior=0.0), cap, rgb, lab, held),
                          held_out_error(fit_lstsq(src, ref), cap, rgb, lab, held),
                          held_out_error(EncodedAffine.fit(src, ref), cap, rgb, lab, held)))
     return out
 
 
 def series_trial(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict[int, np.ndarray], seed: int = 0,
-                 n_held_out: int = 2, fraction: float = 0.35) -> dict[str, float]:
-    """One cast over all test sections: held-out ΔE of the series matrix against per-image matrices."""
+                 n_held_out: int = 2, fraction: float = 0.35, cast: ColourCast | None = None,
+                 shared_held_out: bool = False, priors: Mapping[str, float] | None = None,
+                 with_series: bool = True) -> dict:
+    """One cast over all test sections: held-out ΔE of the series matrix against per-image matrices.
+
+    Each capture holds out its own ``n_held_out`` classes, which the series matrix therefore sees in
+    the other captures' annotations; ``shared_held_out`` holds the same classes out of every capture,
+    so that neither mode has seen them. ``priors`` maps key suffixes to crosstalk priors (default:
+    ``""`` the default prior, ``"_plain"`` none); ``cast=None`` draws a random cast from ``seed``.
+    """
     rng = np.random.default_rng(seed)
-    cast = random_cast(rng)
+    cast = random_cast(rng) if cast is None else cast
+    present = [set(np.unique(lab).tolist()) & set(reference) - {0} for _, lab in tests]
+    shared = sorted(int(c) for c in rng.choice(sorted(set.intersection(*present)), n_held_out, replace=False)) \
+        if shared_held_out else None
     caps, anns, helds = [], [], []
-    for rgb, lab in tests:
-        codes = [c for c in np.unique(lab).tolist() if c in reference and c != 0]
-        helds.append(sorted(int(c) for c in rng.choice(codes, n_held_out, replace=False)))
+    for (rgb, lab), codes in zip(tests, present):
+        helds.append(shared or sorted(int(c) for c in rng.choice(sorted(codes), n_held_out, replace=False)))
         caps.append(cast.apply(rgb))
         anns.append(partial_annotation(lab, fraction, helds[-1]))
-    series = fit_series(list(zip(caps, anns)), reference)
-    per_image = [held_out_error(fit_image(c, a, reference), c, rgb, lab, h)
-                 for c, a, (rgb, lab), h in zip(caps, anns, tests, helds)]
-    in_series = [held_out_error(series, c, rgb, lab, h) for c, (rgb, lab), h in zip(caps, tests, helds)]
-    return {"captures": len(tests), "per_image": float(np.mean(per_image)), "series": float(np.mean(in_series)),
-            "before": float(np.mean([held_out_error(ColourMatrix.identity(), c, rgb, lab, h)
-                                     for c, (rgb, lab), h in zip(caps, tests, helds)]))}
+
+    def errors(matrices: list) -> list[float]:
+        return [held_out_error(m, c, rgb, lab, h) for m, c, (rgb, lab), h in zip(matrices, caps, tests, helds)]
+
+    n = len(tests)
+    out: dict = {"captures": n, "held_out": helds, "before": float(np.mean(errors([ColourMatrix.identity()] * n)))}
+    for name, prior in (priors or {"": CROSSTALK_PRIOR, "_plain": 0.0}).items():
+        per_image = errors([fit_image(c, a, reference, crosstalk_prior=prior) for c, a in zip(caps, anns)])
+        out.update({f"per_image{name}": float(np.mean(per_image)), f"per_image{name}_by_capture": per_image})
+        if with_series:
+            in_series = errors([fit_series(list(zip(caps, anns)), reference, crosstalk_prior=prior)] * n)
+            out.update({f"series{name}": float(np.mean(in_series)), f"series{name}_by_capture": in_series})
+    return out
