@@ -81,6 +81,7 @@ def s3():
     are set only in the environment, as on a cluster. Yields the endpoint URL."""
     import logging
 
+    import requests
     import s3fs
     from moto.server import ThreadedMotoServer
 
@@ -94,6 +95,7 @@ def s3():
                      "AWS_SECRET_ACCESS_KEY": "lode-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}.items():
             mp.setenv(k, v)
         s3fs.S3FileSystem.clear_instance_cache()
+        requests.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()  # moto's state is per process
         s3fs.S3FileSystem().mkdir("lode-test")
         yield endpoint
         s3fs.S3FileSystem.clear_instance_cache()

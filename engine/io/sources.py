@@ -71,8 +71,21 @@ def discover(inputs: list[str], failed: dict[str, LodeInputError] | None = None)
             failed[name] = exc
 
     for item in inputs:
-        if is_uri(item) or str(item).startswith("file://"):
-            section(fs.name(item).removesuffix(".zarr"), lambda item=item: _zarr_sources(str(item), failed))
+        if str(item).startswith("file://"):
+            item = fs.local(item)
+        if is_uri(item):
+            if fs.exists(fs.join(item, "zarr.json")):
+                section(fs.name(item).removesuffix(".zarr"), lambda item=item: _zarr_sources(str(item), failed))
+            elif fs.isdir(item):
+                files = list_images(item)
+                if not files:
+                    raise LodeInputError(item, f"folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                for f in files:
+                    section(Path(fs.name(f)).stem, lambda f=f: [_image_source(f)])
+            elif Path(fs.name(item)).suffix.lower() in IMAGE_SUFFIXES and fs.exists(item):
+                section(Path(fs.name(item)).stem, lambda item=item: [_image_source(item)])
+            else:
+                raise LodeInputError(item, "input not found (no OME-Zarr store, image folder or image file)")
             continue
         p = Path(item)
         if not p.exists():
@@ -124,6 +137,8 @@ def _zarr_sources(location: str, failed: dict[str, LodeInputError] | None = None
     out = []
     for meta in fs.glob(fs.join(location, "*", "zarr.json")):
         name = meta.rsplit("/", 2)[-2]
+        if name.startswith("."):  # a group still being written (stitch's partial sections)
+            continue
         try:
             grp, arr = _image_group(root, location, name)
         except LodeInputError as exc:
@@ -139,6 +154,6 @@ def _zarr_sources(location: str, failed: dict[str, LodeInputError] | None = None
     return out
 
 
-def _image_source(path: Path) -> SectionSource:
+def _image_source(path: Path | str) -> SectionSource:
     h, w, c = image_header(path)
-    return SectionSource(path.stem, "image", str(path), "", h, w, c)
+    return SectionSource(Path(fs.name(path)).stem, "image", str(path), "", h, w, c)
