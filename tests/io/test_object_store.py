@@ -1,7 +1,7 @@
-"""Segmentation and analysis with every input and output in S3 (moto's local server): the outputs
-equal a local-path run of the same job byte for byte, an interrupted run to S3 resumes, Ray workers
-get the endpoint and credentials from the driver's environment, and an unwritable bucket fails
-before any work."""
+"""Segmentation and analysis with every input and output in S3 (moto's local server): an
+interrupted segmentation to S3 resumes, and its labels and the analysis tables equal a local-path
+run of the same jobs byte for byte; Ray workers get the endpoint and credentials from the driver's
+environment; an unwritable bucket fails before any work."""
 
 from __future__ import annotations
 
@@ -70,28 +70,9 @@ def test_ray_workers_get_the_object_store_settings_of_the_driver(ray_local, s3):
     assert ray.get(ray.remote(endpoint).options(**fs.ray_remote_args()).remote()) == s3
 
 
-def test_segment_and_analyze_from_s3_to_s3_equal_the_local_run(local_run, s3_inputs):
+def test_segment_to_s3_resumes_after_an_interruption_and_with_analyze_equals_the_local_run(local_run, s3_inputs):
     store, checkpoint = s3_inputs
     out = f"{BUCKET}/runs/seg"
-    assert lode(["segment", store, "--checkpoint", checkpoint, "--out", out, *SEGMENT]) == 0
-    assert _labels(out) == _labels(str(local_run))
-    manifest = json.loads(fs.read_bytes(f"{out}/manifest.json"))
-    assert manifest["status"] == "complete" and len(manifest["blocks"]) == 4
-    assert all(b["status"] == "done" for b in manifest["blocks"])
-
-    analysis = f"{BUCKET}/runs/analysis"
-    assert lode(["analyze", f"{out}/{STORE_NAME}", "--out", analysis]) == 0
-    for table in ("grains.parquet", "statistics.parquet"):
-        got, want = _table(f"{analysis}/{table}"), _table(str(local_run / "analysis" / table))
-        assert got.num_rows > 0 and got.equals(want), table
-    report = fs.read_bytes(f"{analysis}/report.html").decode()
-    assert "Section sec-a" in report and fs.exists(f"{analysis}/composition.png")
-    assert json.loads(fs.read_bytes(f"{analysis}/manifest.json"))["status"] == "complete"
-
-
-def test_interrupted_segmentation_to_s3_resumes_byte_identical(local_run, s3_inputs):
-    store, checkpoint = s3_inputs
-    out = f"{BUCKET}/runs/resumed"
     argv = ["segment", store, "--checkpoint", checkpoint, "--out", out, *SEGMENT]
     assert lode([*argv, "--max-blocks", "2"]) == 0
     markers = fs.glob(f"{out}/_status/sec-a/*.json")
@@ -101,8 +82,18 @@ def test_interrupted_segmentation_to_s3_resumes_byte_identical(local_run, s3_inp
     assert lode(argv) == 0
     manifest = json.loads(fs.read_bytes(f"{out}/manifest.json"))
     assert manifest["status"] == "complete" and manifest["skipped_already_done"] == 1
-    assert manifest["attempts"] == 2
+    assert manifest["attempts"] == 2 and len(manifest["blocks"]) == 4
+    assert all(b["status"] == "done" for b in manifest["blocks"])
     assert _labels(out) == _labels(str(local_run))
+
+    analysis = f"{BUCKET}/runs/analysis"
+    assert lode(["analyze", f"{out}/{STORE_NAME}", "--out", analysis]) == 0
+    for table in ("grains.parquet", "statistics.parquet"):
+        got, want = _table(f"{analysis}/{table}"), _table(str(local_run / "analysis" / table))
+        assert got.num_rows > 0 and got.equals(want), table
+    report = fs.read_bytes(f"{analysis}/report.html").decode()
+    assert "Section sec-a" in report and fs.exists(f"{analysis}/composition.png")
+    assert json.loads(fs.read_bytes(f"{analysis}/manifest.json"))["status"] == "complete"
 
 
 def test_unwritable_bucket_fails_before_any_work(s3, panorama, tiny_checkpoint, capsys):

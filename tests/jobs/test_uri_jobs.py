@@ -1,12 +1,13 @@
 """Every job takes object-store URIs for its inputs and outputs (moto's local S3): each job is run
 once on local paths and once on ``s3://`` locations holding the same inputs, and what it wrote to
 S3 must equal what it wrote locally (bytes; JSON up to paths and timings; arrays of .npz/netCDF).
-Segmentation and analysis: tests/io/test_object_store.py."""
+Segmentation of OME-Zarr stores with resume, and analysis: tests/io/test_object_store.py."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -97,6 +98,11 @@ def bench_inputs(root: Path) -> None:
     (root / "README.md").write_text("# x\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n")
 
 
+def segment_inputs(root: Path) -> None:
+    (root / "imgs").mkdir(parents=True)
+    cv2.imwrite(str(root / "imgs" / "s1.png"), _rgb(128, 192))
+
+
 def no_inputs(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
 
@@ -104,7 +110,7 @@ def no_inputs(root: Path) -> None:
 # job: (input maker, argv with {IN} and {OUT}, which tree the job writes: "out" or "in")
 CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
     "stitch": (stitch_inputs, ["stitch", "{IN}/coll", "--out", "{OUT}/pano.zarr", "--shard", "256", "--no-lens",
-                               "--no-flat", "--num-cpus", "1"], "out"),
+                               "--no-flat"], "out"),
     "evaluate": (evaluate_inputs, ["evaluate", "--pred", "{IN}/pred.zarr", "--truth", "{IN}/pred.zarr",
                                    "--json", "{OUT}/evaluation.json"], "out"),
     "annotate": (annotate_inputs, ["annotate", "expand", "--image", "{IN}/img.png", "--scribbles",
@@ -115,6 +121,8 @@ CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
                    "out"),
     "prospect": (prospect_inputs, ["prospect", "map", "--stack", "{IN}/stack.zarr", "--method", "pca", "--block", "64",
                                    "--out", "{OUT}/map.zarr"], "out"),
+    "segment": (segment_inputs, ["segment", "{IN}/imgs", "--checkpoint", "{IN}/model.pt", "--out", "{OUT}/seg",
+                                 "--block", "128", "128"], "out"),
     "synth": (no_inputs, ["synth", "collection", "{OUT}/ds", "--train", "1", "--test", "1", "--size", "64", "96"],
               "out"),
     "config": (config_inputs, ["config", "check", "segment", "{IN}/segment.yaml"], "none"),
@@ -157,11 +165,13 @@ def _tree(root: Path) -> dict[str, Path]:
 
 @pytest.mark.ray
 @pytest.mark.parametrize("job", sorted(CASES))
-def test_job_reads_and_writes_s3_like_local_paths(job, s3, tmp_path, monkeypatch):
+def test_job_reads_and_writes_s3_like_local_paths(job, s3, tmp_path, monkeypatch, request):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     make, argv, written = CASES[job]
     local_in, local_out = tmp_path / "in", tmp_path / "out"
     make(local_in)
+    if job == "segment":
+        shutil.copy(request.getfixturevalue("tiny_checkpoint"), local_in / "model.pt")
     local_out.mkdir()
     bucket = s3fs.S3FileSystem()
     bucket.put(str(local_in), f"lode-test/{job}/in", recursive=True)
