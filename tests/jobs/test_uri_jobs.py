@@ -131,6 +131,9 @@ CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
 }
 
 
+SLOW = {"segment"}  # two segmentation runs (~20 s here); zarr-store segmentation to S3 runs by default
+
+
 def _normalise(value, numbers: bool = True):
     """JSON up to what differs between a local and an S3 run: paths and timings (and, for a job
     that is not bit-reproducible, numbers)."""
@@ -164,7 +167,7 @@ def _tree(root: Path) -> dict[str, Path]:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("job", sorted(CASES))
+@pytest.mark.parametrize("job", [pytest.param(j, marks=pytest.mark.slow) if j in SLOW else j for j in sorted(CASES)])
 def test_job_reads_and_writes_s3_like_local_paths(job, s3, tmp_path, monkeypatch, request):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     make, argv, written = CASES[job]
