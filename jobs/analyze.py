@@ -11,6 +11,8 @@ import json
 import logging
 import sys
 
+URI_ARGS = ("store", "out")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="segmentation store (OME-Zarr with labels/minerals per section)")

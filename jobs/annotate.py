@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 MAX_PIXELS = 4_000_000
+
+
+def default_outputs(args: argparse.Namespace) -> None:
+    from engine.io import fs
+
+    if args.action == "uncertain" and not args.out and fs.is_uri(args.store):
+        args.out = fs.parent(args.store)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,12 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _write_png(path: Path, array) -> None:
     import cv2
 
+    from engine.io.atomic import atomic_write_bytes
+
     ok, buf = cv2.imencode(".png", array)
     if not ok:
         raise OSError(f"cannot encode {path}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _read(path: str, flags: int, what: str):
@@ -119,6 +125,7 @@ def run_uncertain(args: argparse.Namespace) -> dict:
     from engine.analyze.annotate import select_uncertain
     from engine.analyze.sections import open_sections
     from engine.errors import LodeInputError
+    from engine.io.atomic import atomic_write_text
 
     if not 0 < args.share <= 1:
         raise LodeInputError("--share", f"must be in (0, 1], got {args.share}")
@@ -148,9 +155,7 @@ def run_uncertain(args: argparse.Namespace) -> dict:
         doc = {"section": s.name, "measure": args.measure, "share": sel.share, "downsample": scale,
                "mask": f"uncertain_{s.name}.png", "regions": regions}
         path = out / f"uncertain_{s.name}.json"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(doc, indent=1))
         report[s.name] = {"share": sel.share, "regions": len(regions), "json": str(path)}
     return report
 

@@ -83,6 +83,9 @@ QUICK: dict[str, list[str]] = {
 }
 
 
+OUTPUT_ARGS = ("readme",)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench_out", help="folder for the JSON results and BENCHMARKS.md")
     p.add_argument("--only", nargs="+", help="benchmark module names to run (default: all)")

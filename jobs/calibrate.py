@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+OUTPUT_ARGS = ("apply",)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs.stitch import _pattern

@@ -104,42 +104,110 @@ def parse_job_args(name: str, module: ModuleType, argv: list[str], prog: str | N
     return args
 
 
+def location(text: str) -> Path | str:
+    """Argument type for a path that may also be an object-store URI: a ``Path``, or the URI as text."""
+    from engine.io.fs import is_uri
+
+    return text if is_uri(text) else Path(text)
+
+
 def output_of(args: argparse.Namespace) -> str | None:
     out = getattr(args, "out", None)
     return None if out is None else str(out)
 
 
+def _path_dests(name: str, module: ModuleType) -> set[str]:
+    parser = job_parser(name, module)
+    return {a.dest for p in [parser, *_subparsers(parser)] for a in p._actions if a.type in (Path, location)}
+
+
+def stage_uris(name: str, module: ModuleType, args: argparse.Namespace, tmp: Path) -> list[tuple[Path, str]]:
+    """Hand the job local copies of the URI arguments it does not read or write itself (those not in
+    its ``URI_ARGS``): an input is downloaded; an output (``out`` and the job's ``OUTPUT_ARGS``) gets a
+    local folder, holding what the store already has there so that a job extending or resuming its
+    output sees it. Returns ``(local folder, URI of its parent)`` pairs for :func:`commit_uris`."""
+    from engine.io import fs
+
+    native = set(getattr(module, "URI_ARGS", ()))
+    outputs = {"out", *getattr(module, "OUTPUT_ARGS", ())}
+    paths = None
+    uploads: list[tuple[Path, str]] = []
+    for dest, value in sorted(vars(args).items()):
+        many = isinstance(value, (list, tuple))
+        items = list(value) if many else [value]
+        if dest in native or dest == "config" or not any(isinstance(v, str) and fs.is_uri(v) for v in items):
+            continue
+        paths = _path_dests(name, module) if paths is None else paths
+        staged = []
+        for i, v in enumerate(items):
+            if not (isinstance(v, str) and fs.is_uri(v)):
+                staged.append(v)
+                continue
+            where = tmp / f"{dest}-{i}"
+            if dest in outputs:
+                where.mkdir(parents=True)
+                if fs.exists(v):
+                    fs.download(v, where)
+                local = where / fs.name(v)
+                uploads.append((where, fs.parent(v)))
+            else:
+                local = fs.download(v, where)
+            staged.append(local if dest in paths else str(local))
+        setattr(args, dest, type(value)(staged) if many else staged[0])
+    return uploads
+
+
+def commit_uris(uploads: list[tuple[Path, str]], data: bool) -> None:
+    """Upload staged outputs: the data (when ``data``), then the manifests, which commit it."""
+    from engine.io import fs
+
+    for where, parent in uploads:
+        entries = sorted(where.iterdir(), key=lambda p: p.name.endswith("manifest.json"))
+        for entry in entries:
+            if data or entry.name.endswith("manifest.json"):
+                fs.upload(entry, fs.join(parent, entry.name))
+
+
 def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
     """Preflight the output (fail fast before any work), run the job, and record a manifest unless
-    the job keeps its own (``OWN_MANIFEST``)."""
-    from engine.io.manifest import check_output, is_uri, write_job_manifest
+    the job keeps its own (``OWN_MANIFEST``). Object-store URIs work for every job: a job reads and
+    writes those in its ``URI_ARGS`` itself (zarr through fsspec, Parquet through pyarrow); any other
+    URI argument is staged through a local copy (:func:`stage_uris`) and committed after the run."""
+    import tempfile
 
+    from engine.io.manifest import check_output, write_job_manifest
+
+    if hasattr(module, "default_outputs"):
+        module.default_outputs(args)
     out = output_of(args)
     try:
         if out is not None and out.startswith("file://"):
             out = out.removeprefix("file://")
             args.out = type(args.out)(out)
-        if out is not None and is_uri(out) and not getattr(module, "URI_OUTPUT", False):
-            raise LodeInputError(out, f"'lode {name}' writes to local or shared-filesystem paths (or file:// URIs), "
-                                      "not to object stores; write to a shared path and copy the result")
         if out is not None:
             check_output(out)
     except LodeInputError as exc:
         print(f"lode {name}: error: {exc}", file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
-    status, error = "failed", None
-    try:
-        rc = int(module.run(args) or 0)
-        status = "complete" if rc == 0 else "failed"
-        return rc
-    except LodeInputError as exc:
-        error = str(exc)
-        print(f"lode {name}: error: {exc}", file=sys.stderr)
-        return 2
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        if out is not None and not getattr(module, "OWN_MANIFEST", False):
-            write_job_manifest(out, name, vars(args), {"total_s": time.perf_counter() - t0}, status, error=error)
+    with tempfile.TemporaryDirectory(prefix=f"lode-{name}-") as tmp:
+        t0 = time.perf_counter()
+        status, error, uploads, rc = "failed", None, [], 2
+        config = dict(vars(args))
+        try:
+            uploads = stage_uris(name, module, args, Path(tmp))
+            rc = int(module.run(args) or 0)
+            status = "complete" if rc == 0 else "failed"
+            return rc
+        except LodeInputError as exc:
+            error = str(exc)
+            print(f"lode {name}: error: {exc}", file=sys.stderr)
+            return 2
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            staged_out = output_of(args)
+            if staged_out is not None and not getattr(module, "OWN_MANIFEST", False):
+                write_job_manifest(staged_out, name, config, {"total_s": time.perf_counter() - t0}, status,
+                                   error=error)
+            commit_uris(uploads, data=error is None and rc != 2)

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+URI_ARGS = ("file",)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs.cli import SUBCOMMANDS

@@ -10,6 +10,15 @@ from pathlib import Path
 
 from jobs.common import guarded
 
+OUTPUT_ARGS = ("json_out",)
+
+
+def default_outputs(args: argparse.Namespace) -> None:
+    from engine.io import fs
+
+    if not args.json_out and fs.is_uri(args.pred):
+        args.json_out = fs.join(fs.parent(args.pred), "evaluation.json")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="segmentation store (lode.ome.zarr: <section>/labels/minerals)")

@@ -16,24 +16,27 @@ import sys
 import time
 from pathlib import Path
 
+from jobs.common import location
+
 METHODS = ("mae", "cae", "iforest", "pca")
+OUTPUT_ARGS = ("geotiff",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     p = sub.add_parser("synth", help="write a synthetic region with planted deposits (layers, faults, deposits.csv)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=location)
     p.add_argument("--size", type=int, default=512, help="cells per side (25 m cells)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("stack", help="align, transform and stack the layers of a spec into zarr")
-    p.add_argument("--spec", required=True, type=Path, help="layers.json")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--spec", required=True, type=location, help="layers.json")
+    p.add_argument("--out", required=True, type=location)
 
     p = sub.add_parser("train", help="train the MAE (or the conv-AE baseline) without labels, with Ray Train")
-    p.add_argument("--stack", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--stack", required=True, type=location)
+    p.add_argument("--out", required=True, type=location)
     p.add_argument("--kind", choices=("mae", "cae"), default="mae")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=32)
@@ -43,18 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("map", help="prospectivity map by blocked sliding window")
     _map_args(p)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--geotiff", type=Path, help="also write the prospectivity as a GeoTIFF")
+    p.add_argument("--out", required=True, type=location)
+    p.add_argument("--geotiff", type=location, help="also write the prospectivity as a GeoTIFF")
 
     p = sub.add_parser("score", help="ROC AUC, success-rate curve, top-10%% capture, prediction-area plot (PNG + JSON)")
-    p.add_argument("--map", required=True, type=Path, action="append", help="score store(s); repeat to compare")
-    p.add_argument("--deposits", required=True, type=Path, help="CSV with easting, northing (and optional split)")
+    p.add_argument("--map", required=True, type=location, action="append", help="score store(s); repeat to compare")
+    p.add_argument("--deposits", required=True, type=location, help="CSV with easting, northing (and optional split)")
     p.add_argument("--split", default="heldout", help="deposit split to score on ('all' for every deposit)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=location)
 
     p = sub.add_parser("run", help="stack, train, map with the MAE and every baseline, and score a region folder")
-    p.add_argument("--region", required=True, type=Path, help="folder with layers.json and deposits.csv")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--region", required=True, type=location, help="folder with layers.json and deposits.csv")
+    p.add_argument("--out", required=True, type=location)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--block", type=int, default=512)
@@ -63,9 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _map_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stack", required=True, type=Path)
+    p.add_argument("--stack", required=True, type=location)
     p.add_argument("--method", choices=METHODS, default="mae")
-    p.add_argument("--model", type=Path, help="checkpoint for mae / cae")
+    p.add_argument("--model", type=location, help="checkpoint for mae / cae")
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the component maps, in cells")
     p.add_argument("--seed", type=int, default=0)

@@ -9,6 +9,7 @@ import sys
 from jobs.common import add_config_argument, guarded, setup_logging
 
 OWN_MANIFEST = True
+URI_ARGS = ("inputs", "out", "checkpoint")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

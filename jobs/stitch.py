@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 OWN_MANIFEST = True
+URI_ARGS = ("collection", "out")
 
 
 def _pattern(text: str) -> tuple[int, int]:
@@ -38,15 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
 
 
-def report_path(store: str | Path) -> Path:
-    p = Path(store)
-    return p.with_name(p.name + ".stitch.json")
+def report_path(store: str | Path) -> str:
+    from engine.io import fs
+
+    return fs.join(fs.parent(store), fs.name(store) + ".stitch.json")
 
 
 def run(args: argparse.Namespace) -> int:
     import ray
 
     from engine.errors import LodeInputError
+    from engine.io import fs
+    from engine.io.atomic import atomic_write_text
     from engine.io.manifest import write_job_manifest
     from engine.stitch.collection import load_correction, section_dirs
     from engine.runtime import init_ray
@@ -55,15 +58,15 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     secs = section_dirs(args.collection)
     if args.sections:
-        unknown = sorted(set(args.sections) - {s.name for s in secs})
+        unknown = sorted(set(args.sections) - {fs.name(s) for s in secs})
         if unknown:
             raise LodeInputError(args.collection, f"no section(s) {', '.join(unknown)}")
-        secs = [s for s in secs if s.name in set(args.sections)]
+        secs = [s for s in secs if fs.name(s) in set(args.sections)]
     corr = load_correction(args.collection, args.lens, args.flat, args.pattern, not args.no_lens, not args.no_flat)
     opts = StitchOptions(shard=args.shard, levels=args.levels)
     init_ray(num_cpus=args.num_cpus)
-    remote = ray.remote(num_cpus=0)(stitch_section)
-    futures = {s.name: remote.remote(str(s), args.out, corr, opts) for s in secs}
+    remote = ray.remote(num_cpus=0, **fs.ray_remote_args())(stitch_section)
+    futures = {fs.name(s): remote.remote(str(s), args.out, corr, opts) for s in secs}
     results: dict[str, dict] = {}
     failed = 0
     for name, fut in futures.items():
@@ -75,14 +78,11 @@ def run(args: argparse.Namespace) -> int:
                 raise
             results[name] = {"section": name, "error": str(cause)}
             failed += 1
-    summary = {"collection": str(Path(args.collection).resolve()), "store": str(Path(args.out).resolve()),
+    summary = {"collection": _absolute(args.collection), "store": _absolute(args.out),
                "calibration": {"lens": None if corr.lens is None else corr.lens.to_dict(),
                                "flat": corr.flat is not None},
                "seconds": round(time.perf_counter() - t0, 3), "sections": results}
-    out = report_path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out)
+    atomic_write_text(report_path(args.out), json.dumps(summary, indent=1))
     units = {name: ({"status": "failed", "reason": rep["error"]} if "error" in rep else
                     {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]})
              for name, rep in results.items()}
@@ -95,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
                   f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, flagged {rep['flagged'] or 'none'}")
     return 1 if failed else 0
+
+
+def _absolute(path: str) -> str:
+    from engine.io import fs
+
+    return str(path) if fs.is_uri(path) else str(Path(path).resolve())
 
 
 if __name__ == "__main__":

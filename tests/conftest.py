@@ -73,3 +73,30 @@ def monai_reference(store: Path, section: str, checkpoint: Path, program: bool =
         return sliding_window_inference(x[None], (card.window, card.window), 4,
                                         lambda t: torch.softmax(model(t), 1), overlap=card.overlap,
                                         mode="gaussian")[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A local S3 (moto's server on a free port) with bucket ``lode-test``; endpoint and credentials
+    are set only in the environment, as on a cluster. Yields the endpoint URL."""
+    import logging
+
+    import requests
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "lode-test-key",
+                     "AWS_SECRET_ACCESS_KEY": "lode-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(k, v)
+        s3fs.S3FileSystem.clear_instance_cache()
+        requests.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()  # moto's state is per process
+        s3fs.S3FileSystem().mkdir("lode-test")
+        yield endpoint
+        s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()

@@ -18,6 +18,7 @@ from engine.analyze.grains import ZarrSource, finish_grain_table, grain_lut_for,
 from engine.analyze.sections import Section, open_sections
 from engine.analyze.statistics import Measured, load_densities, measured_section, statistics_table
 from engine.classes import ClassSet
+from engine.io import fs
 
 log = logging.getLogger(__name__)
 DEFAULT_BLOCK = (2048, 2048)
@@ -25,18 +26,30 @@ DEFAULT_BLOCK = (2048, 2048)
 
 @dataclass
 class AnalysisResult:
-    grains_path: Path
-    statistics_path: Path
-    report_path: Path | None
+    """Where the outputs went: local paths, or URIs for an object-store output."""
+
+    grains_path: Path | str
+    statistics_path: Path | str
+    report_path: Path | str | None
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def write_parquet_atomic(df: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
-    """Write ``df`` as Parquet with ``schema`` under a temporary name, then rename."""
+def write_parquet_atomic(df: pd.DataFrame, schema: pa.Schema, path: str | Path) -> None:
+    """Write ``df`` as Parquet with ``schema`` through the location's pyarrow filesystem: locally
+    under a temporary name, then renamed; on an object store as one upload, which appears whole."""
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    if fs.is_uri(path):
+        filesystem, inner = fs.arrow_filesystem(path)
+        pq.write_table(table, inner, filesystem=filesystem)
+        return
+    path = Path(fs.local(path))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+def _location(path: str) -> Path | str:
+    return path if fs.is_uri(path) else Path(path)
 
 
 def block_of(section: Section) -> tuple[int, int]:
@@ -61,9 +74,11 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
     """Measure every section of ``store`` and write grains.parquet, statistics.parquet and report.html."""
     from schemas.tables import GRAINS_SCHEMA, STATISTICS_SCHEMA
 
-    store = Path(store)
-    out = Path(out_dir) if out_dir else store.resolve().parent
-    out.mkdir(parents=True, exist_ok=True)
+    store = str(store) if fs.is_uri(store) else str(Path(fs.local(store)).resolve())
+    out = str(out_dir) if out_dir else fs.parent(store)
+    if not fs.is_uri(out):
+        out = fs.local(out)
+        Path(out).mkdir(parents=True, exist_ok=True)
     dens = load_densities(densities)
     sections = open_sections(store, label_name)
     classes = union_classes(sections)
@@ -74,7 +89,7 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
     for s in sections:
         t0 = time.perf_counter()
         arr = s.level0
-        src = ZarrSource(str(store.resolve()), f"{s.labels.path}/0") if executor == "ray" else arr
+        src = ZarrSource(store, f"{s.labels.path}/0") if executor == "ray" else arr
         df, tally = measure_labels(src, s.shape, block or block_of(s), lut, connectivity, executor)
         px = pixel_size_um or s.pixel_size_um
         tables.append(finish_grain_table(df, s.name, {c.code: c.name for c in classes.classes}, px))
@@ -84,7 +99,7 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
     t0 = time.perf_counter()
     grains = pd.concat(tables, ignore_index=True)
     stats = statistics_table(measured, classes, grain_codes, dens, size_edges)
-    gp, sp = out / "grains.parquet", out / "statistics.parquet"
+    gp, sp = fs.join(out, "grains.parquet"), fs.join(out, "statistics.parquet")
     write_parquet_atomic(grains, GRAINS_SCHEMA, gp)
     write_parquet_atomic(stats, STATISTICS_SCHEMA, sp)
     timings["statistics"] = time.perf_counter() - t0
@@ -95,4 +110,4 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
         t0 = time.perf_counter()
         rp = write_report(gp, sp, out, sections=sections, classes=classes)
         timings["report"] = time.perf_counter() - t0
-    return AnalysisResult(gp, sp, rp, timings)
+    return AnalysisResult(_location(gp), _location(sp), _location(rp) if rp else None, timings)

@@ -36,7 +36,7 @@ _CORNERS = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.int32)
 
 @dataclass(frozen=True)
 class ZarrSource:
-    """A (y, x) label array inside a local zarr store, opened lazily by whoever reads it."""
+    """A (y, x) label array inside a zarr store (local path or URI), opened lazily by whoever reads it."""
 
     store: str
     path: str
@@ -44,7 +44,9 @@ class ZarrSource:
     def open(self) -> Any:
         import zarr
 
-        return zarr.open_group(self.store, mode="r")[self.path]
+        from engine.io.ome import open_store
+
+        return open_store(self.store)[self.path]
 
 
 @dataclass
@@ -243,7 +245,9 @@ def run_blocks(source: Any, blocks: Sequence[tuple[int, int, int, int]], grain_l
     if executor == "ray":
         import ray
 
-        task = ray.remote(num_cpus=1)(_block_task)
+        from engine.io.fs import ray_remote_args
+
+        task = ray.remote(num_cpus=1, **ray_remote_args())(_block_task)
         src = source if isinstance(source, ZarrSource) else ray.put(source)
         lut = ray.put(grain_lut)
         return ray.get([task.remote(src, *b, lut, connectivity) for b in blocks])

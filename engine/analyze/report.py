@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from engine.classes import ClassSet
+from engine.io import fs
+from engine.io.atomic import atomic_write_bytes
 
 THUMB_MAX = 800
 
@@ -178,11 +179,20 @@ th:first-child{text-align:left}img.plot{max-width:100%;display:block;margin:0.5e
 section.sample{border-top:2px solid #888;margin-top:2em}"""
 
 
-def write_report(grains_path: Path, statistics_path: Path, out_dir: Path, sections: Sequence | None = None,
-                 classes: ClassSet | None = None, title: str = "Lode mineralogy report") -> Path:
-    """Write report.html and composition.png, sizes.png, association.png, overlay_<section>.png."""
-    grains = pd.read_parquet(grains_path)
-    stats = pd.read_parquet(statistics_path)
+def _read_parquet(path: str | Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    filesystem, inner = fs.arrow_filesystem(path)
+    return pq.read_table(inner, filesystem=filesystem).to_pandas()
+
+
+def write_report(grains_path: str | Path, statistics_path: str | Path, out_dir: str | Path,
+                 sections: Sequence | None = None, classes: ClassSet | None = None,
+                 title: str = "Lode mineralogy report") -> str:
+    """Write report.html and composition.png, sizes.png, association.png, overlay_<section>.png
+    (local folder or URI)."""
+    grains = _read_parquet(grains_path)
+    stats = _read_parquet(statistics_path)
     if classes is None:
         c = stats[["class_code", "class_name"]].drop_duplicates().sort_values("class_code")
         classes = ClassSet.from_codes(c.class_code.astype(int))
@@ -197,15 +207,12 @@ def write_report(grains_path: Path, statistics_path: Path, out_dir: Path, sectio
         if name in by_name:
             pngs[f"overlay_{_slug(name)}"] = overlay_thumbnail(by_name[name], classes)
     for key, data in pngs.items():
-        p = out_dir / f"{key}.png"
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, p)
+        atomic_write_bytes(fs.join(out_dir, f"{key}.png"), data)
 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p>{len(names)} section(s), {len(grains)} grains. Tables: <code>{html.escape(grains_path.name)}"
-             f"</code>, <code>{html.escape(statistics_path.name)}</code>.</p>",
+             f"<p>{len(names)} section(s), {len(grains)} grains. Tables: <code>{html.escape(fs.name(grains_path))}"
+             f"</code>, <code>{html.escape(fs.name(statistics_path))}</code>.</p>",
              "<h2>Collection</h2>", _composition_table(stats, "collection", None),
              _img(pngs["composition"], "plot-composition", "modal composition"),
              _img(pngs["sizes"], "plot-sizes", "grain-size distributions"),
@@ -219,8 +226,6 @@ def write_report(grains_path: Path, statistics_path: Path, out_dir: Path, sectio
             parts.append(_img(pngs[f"overlay_{_slug(name)}"], f"overlay-{_slug(name)}", f"labels of {name}"))
         parts.append("</section>")
     parts.append("</body></html>")
-    out = out_dir / "report.html"
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(parts), encoding="utf-8")
-    os.replace(tmp, out)
+    out = fs.join(out_dir, "report.html")
+    atomic_write_bytes(out, "".join(parts).encode("utf-8"))
     return out

@@ -1,4 +1,5 @@
-"""Writing outputs so that nothing is ever half-written: stage beside the target, then rename."""
+"""Writing outputs so that nothing is ever half-written: stage beside the target, then rename
+(on an object store, one PUT per object; see :mod:`engine.io.fs`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from engine.io.fs import filesystem, is_uri, local
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a whole file at a local path or URI; no reader ever sees part of it."""
+    if is_uri(path):
+        fs, inner = filesystem(path)
+        fs.pipe_file(inner, data)
+        return
+    p = Path(local(path))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, p)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 @contextmanager

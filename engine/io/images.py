@@ -1,7 +1,8 @@
-"""Reading image files with errors that name the file."""
+"""Reading image files (local paths or fsspec URIs) with errors that name the file."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -9,32 +10,53 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import LodeInputError
+from engine.io import fs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
-def list_images(folder: str | Path) -> list[Path]:
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+
+
+def list_images(folder: str | Path) -> list:
+    """Image files of a folder, sorted: ``Path`` objects, or URIs (text) for an object-store folder."""
+    if fs.is_uri(folder):
+        if not fs.isdir(folder):
+            raise LodeInputError(folder, "no such folder")
+        return [p for p in fs.glob(fs.join(str(folder), "*")) if _is_image(fs.name(p))]
     folder = Path(folder)
     if not folder.is_dir():
         raise LodeInputError(folder, "no such folder")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if _is_image(p.name))
 
 
 def image_header(path: str | Path) -> tuple[int, int, int]:
     """``(height, width, channels)`` from the file header, checking it is 8-bit grey/RGB."""
+    if fs.is_uri(path):
+        if not fs.exists(path):
+            raise LodeInputError(path, "image file not found")
+        data = fs.read_bytes(path)
+        if not data:
+            raise LodeInputError(path, "image file is empty")
+        return _header(path, io.BytesIO(data))
     path = Path(path)
     if not path.is_file():
         raise LodeInputError(path, "image file not found")
     if path.stat().st_size == 0:
         raise LodeInputError(path, "image file is empty")
+    return _header(path, path)
+
+
+def _header(path: str | Path, source) -> tuple[int, int, int]:
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             w, h = im.size
             mode = im.mode
             fmt = im.format
     except Exception as exc:
         raise LodeInputError(path, f"unreadable image: {exc}") from exc
-    _check_complete(path, fmt)
+    _check_complete(path, source, fmt)
     channels = {"L": 1, "P": 3, "RGB": 3, "RGBA": 4, "CMYK": 4}.get(mode)
     if channels is None:
         raise LodeInputError(path, f"unsupported image mode {mode!r} (expected 8-bit RGB or grey)")
@@ -44,13 +66,14 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 
 
-def _check_complete(path: Path, fmt: str | None) -> None:
+def _check_complete(path: str | Path, source, fmt: str | None) -> None:
     """A truncated JPEG or PNG lacks its end marker: found from the file's tail, without decoding."""
     marker = _END_MARKERS.get(fmt or "")
     if marker is None:
         return
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 4096))
+    with source if isinstance(source, io.BytesIO) else open(source, "rb") as f:
+        f.seek(0, io.SEEK_END)
+        f.seek(max(0, f.tell() - 4096))
         tail = f.read()
     if marker not in tail:
         raise LodeInputError(path, f"truncated {fmt} file (no end-of-image marker)")
@@ -58,10 +81,18 @@ def _check_complete(path: Path, fmt: str | None) -> None:
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an 8-bit RGB image to ``(h, w, 3)`` uint8; grey, 16-bit, corrupt files raise."""
-    path = Path(path)
-    if not path.is_file():
-        raise LodeInputError(path, "image file not found")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if fs.is_uri(path):
+        if not fs.exists(path):
+            raise LodeInputError(path, "image file not found")
+        data = fs.read_bytes(path)
+        source = io.BytesIO(data)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise LodeInputError(path, "image file not found")
+        source = path
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise LodeInputError(path, "unreadable or corrupt image")
     if img.dtype != np.uint8:
@@ -70,7 +101,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
         ch = 1 if img.ndim == 2 else img.shape[2]
         raise LodeInputError(path, f"expected 3 colour channels (RGB), got {ch}")
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
     except Exception as exc:
         raise LodeInputError(path, f"corrupt image data: {exc}") from exc

@@ -1,8 +1,10 @@
 """Run manifests: versions, config, timings and per-unit status, written atomically.
 
 Each finished unit (block) leaves a small status file under ``_status/`` written only
-after its data is on disk; ``manifest.json`` is the summary. A rerun with the same
-fingerprint resumes (skips units with a status file); another fingerprint is refused.
+after its data is written: on an object store, where a store of many objects cannot be
+renamed into place, that status object is the unit's commit marker. ``manifest.json`` is
+the summary. A rerun with the same fingerprint resumes (skips units with a status file);
+another fingerprint is refused. Outputs may be local paths or fsspec URIs.
 """
 
 from __future__ import annotations
@@ -13,26 +15,30 @@ import platform
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import LodeInputError
+from engine.io import fs
 from engine.io.atomic import atomic_write_text
+from engine.io.fs import is_uri
 
 MIN_FREE_BYTES = 64 * 1024 * 1024
 
 
-def is_uri(path: str | Path) -> bool:
-    """True for object-store and other fsspec URIs (``s3://``, ``gs://``, ``memory://``), not for ``file://``."""
-    text = str(path)
-    return "://" in text and not text.startswith("file://")
-
-
 def check_output(out: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
     """Fail fast, before any work, when an output cannot be written: the nearest existing folder
-    of ``out`` must take a file, and its disk must have ``min_free`` bytes free. Creates nothing."""
+    of ``out`` must take a file, and its disk must have ``min_free`` bytes free; an object-store
+    output must take (and give back) a probe object. Leaves nothing behind."""
     if is_uri(out):
+        probe = fs.join(out, f".write-probe-{uuid.uuid4().hex}")
+        try:
+            atomic_write_text(probe, "")
+            fs.remove(probe)
+        except Exception as exc:  # every store and client raises its own types
+            raise LodeInputError(out, f"output is not writable: {exc}") from exc
         return
     target = Path(str(out).removeprefix("file://")).absolute()
     probe_dir = target if target.is_dir() else target.parent
@@ -52,12 +58,12 @@ def check_output(out: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
                                   f"(need at least {min_free // 2**20} MiB)")
 
 
-def manifest_path(out: str | Path) -> Path:
+def manifest_path(out: str | Path) -> str:
     """Where a job writes its manifest: inside an output folder, beside an output file or zarr store."""
-    p = Path(str(out).removeprefix("file://"))
-    if p.is_dir() and p.suffix != ".zarr" and not (p / "zarr.json").exists():
-        return p / "manifest.json"
-    return p.with_name(p.name + ".manifest.json")
+    out = fs.local(out)
+    if fs.isdir(out) and not fs.name(out).endswith(".zarr") and not fs.exists(fs.join(out, "zarr.json")):
+        return fs.join(out, "manifest.json")
+    return fs.join(fs.parent(out), fs.name(out) + ".manifest.json")
 
 
 def _jsonable(value: Any) -> Any:
@@ -65,13 +71,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_job_manifest(out: str | Path, job: str, config: dict, timings: dict[str, float], status: str,
-                       units: dict[str, dict] | None = None, error: str | None = None) -> Path | None:
+                       units: dict[str, dict] | None = None, error: str | None = None) -> str | None:
     """Record a run (versions, config, timings, status, per-unit status); a failed run keeps the
-    record of the run it replaces under ``previous``. Object-store outputs get no manifest here."""
-    if is_uri(out):
-        return None
+    record of the run it replaces under ``previous``."""
     path = manifest_path(out)
-    if not path.parent.exists():
+    if not fs.exists(fs.parent(path)):
         return None
     doc: dict[str, Any] = {"job": job, "status": status, "versions": versions(), "config": _jsonable(config),
                            "timings": timings, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -79,9 +83,9 @@ def write_job_manifest(out: str | Path, job: str, config: dict, timings: dict[st
         doc["units"] = _jsonable(units)
     if error:
         doc["error"] = error
-    if status != "complete" and path.exists():
+    if status != "complete" and fs.exists(path):
         try:
-            prev = json.loads(path.read_text())
+            prev = json.loads(fs.read_bytes(path))
             prev.pop("previous", None)
             doc["previous"] = prev
         except json.JSONDecodeError:
@@ -116,35 +120,46 @@ class BlockStatus:
 
 
 class RunManifest:
+    """A resumable run's record at a local path or URI: ``manifest.json``, ``_status/`` (done units)
+    and ``_failed/`` (units that failed in this attempt, with their reason)."""
+
     def __init__(self, out: str | Path):
-        self.out = Path(out)
-        self.path = self.out / "manifest.json"
-        self.status_dir = self.out / "_status"
-        self.failed_dir = self.out / "_failed"
+        self.out = fs.local(out)
+        self.path = fs.join(self.out, "manifest.json")
+        self.status_dir = fs.join(self.out, "_status")
+        self.failed_dir = fs.join(self.out, "_failed")
 
     def check_writable(self) -> None:
         check_output(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if not is_uri(self.out):
+            Path(self.out).mkdir(parents=True, exist_ok=True)
 
     def read(self) -> dict[str, Any] | None:
-        if not self.path.exists():
+        if not fs.exists(self.path):
             return None
         try:
-            return json.loads(self.path.read_text())
+            return json.loads(fs.read_bytes(self.path))
         except json.JSONDecodeError as exc:
             raise LodeInputError(self.path, f"corrupt manifest: {exc}") from exc
 
-    def begin(self, job: str, config: dict, fingerprint: dict) -> bool:
-        """Start or resume a run; returns True when starting fresh."""
+    def begin(self, job: str, config: dict, fingerprint: dict, per_unit: str | None = None) -> bool:
+        """Start or resume a run; returns True when starting fresh. ``fingerprint[per_unit]`` maps
+        units (sections) to what must not change for them: a unit in both runs must agree, a unit
+        new to this run (one that could not be planned before) joins."""
         prev = self.read()
         fp = json.loads(json.dumps(fingerprint))
-        if prev is not None and prev.get("fingerprint") != fp:
-            raise LodeInputError(self.out, "holds a run with another model, inputs or layout; choose a new output")
+        if prev is not None:
+            old = prev.get("fingerprint") or {}
+            mine, theirs = dict(fp), dict(old)
+            units, prev_units = mine.pop(per_unit, {}), theirs.pop(per_unit, {})
+            if mine != theirs or any(units[k] != prev_units[k] for k in units.keys() & prev_units.keys()):
+                raise LodeInputError(self.out, "holds a run with another model, inputs or layout; choose a new output")
+            if per_unit:
+                fp[per_unit] = {**prev_units, **units}
         fresh = prev is None
-        if fresh and self.status_dir.exists():
-            shutil.rmtree(self.status_dir)
-        if self.failed_dir.exists():
-            shutil.rmtree(self.failed_dir)  # failed units are retried
+        if fresh:
+            fs.remove(self.status_dir)
+        fs.remove(self.failed_dir)  # failed units are retried
         doc = {"job": job, "status": "running", "versions": versions(), "config": config, "fingerprint": fp,
                "started": prev.get("started") if prev else time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "attempts": (prev.get("attempts", 0) if prev else 0) + 1}
@@ -152,25 +167,25 @@ class RunManifest:
         return fresh
 
     def mark_done(self, status: BlockStatus) -> None:
-        atomic_write_text(self.status_dir / status.section / f"{status.key}.json", json.dumps(asdict(status)))
+        atomic_write_text(fs.join(self.status_dir, status.section, f"{status.key}.json"), json.dumps(asdict(status)))
 
     def mark_failed(self, section: str, key: str, reason: str) -> None:
-        atomic_write_text(self.failed_dir / section / f"{key}.json", json.dumps({"reason": reason}))
+        atomic_write_text(fs.join(self.failed_dir, section, f"{key}.json"), json.dumps({"reason": reason}))
+
+    @staticmethod
+    def _units(folder: str) -> dict[str, dict]:
+        out = {}
+        for p in fs.glob(fs.join(folder, "*", "*.json")):
+            section, key = p.rsplit("/", 2)[-2:]
+            out[f"{section}/{key.removesuffix('.json')}"] = json.loads(fs.read_bytes(p))
+        return out
 
     def failed(self) -> dict[str, str]:
         """Reason per failed unit ``section/key`` of this attempt."""
-        if not self.failed_dir.exists():
-            return {}
-        return {f"{p.parent.name}/{p.stem}": json.loads(p.read_text())["reason"]
-                for p in self.failed_dir.glob("*/*.json")}
+        return {k: v["reason"] for k, v in self._units(self.failed_dir).items()}
 
     def done(self) -> dict[str, dict]:
-        out = {}
-        if self.status_dir.exists():
-            for p in self.status_dir.glob("*/*.json"):
-                out[f"{p.parent.name}/{p.stem}"] = json.loads(p.read_text())
-        return out
-
+        return self._units(self.status_dir)
     def done_keys(self) -> set[str]:
         return set(self.done())
 

@@ -209,18 +209,13 @@ def write_block(group: zarr.Group, data: np.ndarray, y0: int, x0: int, kind: str
 
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     """A zarr group from a local path or an fsspec URI (``s3://``, ``gs://``, ``file://``, ``memory://``)."""
-    text = str(path)
-    if "://" in text:
-        import fsspec
+    from engine.io import fs
 
-        fs, root = fsspec.core.url_to_fs(text)
-        exists = fs.exists(root)
-    else:
-        exists = Path(text).exists()
-    if mode == "r" and not exists:
+    text = str(path)
+    if mode in ("r", "r+") and not fs.exists(text):
         raise LodeInputError(text, "no such zarr store")
     try:
-        return zarr.open_group(text, mode=mode)
+        return zarr.open_group(text if fs.is_uri(text) else fs.local(text), mode=mode)
     except Exception as exc:  # zarr raises several types for unreadable stores
         raise LodeInputError(text, f"cannot open as a zarr group: {exc}") from exc
 

@@ -50,7 +50,7 @@ class ModelCard(BaseModel):
         return ClassSet.from_dicts(self.classes, name="model", source=source)
 
 
-def validate_card(raw: dict, path: Path) -> ModelCard:
+def validate_card(raw: dict, path: str | Path) -> ModelCard:
     """A card from a checkpoint, checked for consistency; errors name the checkpoint."""
     try:
         card = ModelCard.model_validate(raw)
@@ -64,12 +64,16 @@ def validate_card(raw: dict, path: Path) -> ModelCard:
 
 def read_card(path: str | Path) -> ModelCard:
     """The validated model card of a checkpoint, without building the model (and, for
-    checkpoints that carry the JSON entry, without importing torch)."""
-    path = Path(path)
-    if not path.is_file():
+    checkpoints that carry the JSON entry, without importing torch). ``path`` is a local path
+    or URI; from an object store only the zip's directory and the card entry are fetched."""
+    from engine.io import fs
+
+    path = str(path) if fs.is_uri(path) else Path(fs.local(path))
+    if not fs.exists(path) or fs.isdir(path):
         raise LodeInputError(path, "checkpoint not found")
+    filesystem, inner = fs.filesystem(path)
     try:
-        with zipfile.ZipFile(path) as z:
+        with filesystem.open(inner, "rb") as f, zipfile.ZipFile(f) as z:
             entry = next((n for n in z.namelist() if n.rsplit("/", 1)[-1] == CARD_ENTRY), None)
             raw = json.loads(z.read(entry)) if entry else None
     except (zipfile.BadZipFile, OSError, ValueError) as exc:

@@ -64,16 +64,22 @@ def _trace(model: nn.Module, card: ModelCard) -> bytes:
     return buf.getvalue()
 
 
-def read_blob(path: Path) -> dict:
-    if not path.is_file():
+def read_blob(path: str | Path) -> dict:
+    """The checkpoint's pickled contents, from a local path or URI."""
+    from engine.io import fs
+
+    path = str(path)
+    if not fs.exists(path) or fs.isdir(path):
         raise LodeInputError(path, "checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if fs.is_uri(path):
+            return torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
+        return torch.load(fs.local(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
 
 
-def _read(path: Path) -> tuple[dict, ModelCard]:
+def _read(path: str) -> tuple[dict, ModelCard]:
     blob = read_blob(path)
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise LodeInputError(path, "not a Lode checkpoint: no state dict")
@@ -81,8 +87,8 @@ def _read(path: Path) -> tuple[dict, ModelCard]:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Rebuild the model from a checkpoint; errors name the file."""
-    path = Path(path)
+    """Rebuild the model from a checkpoint (local path or URI); errors name the file."""
+    path = str(path)
     blob, card = _read(path)
     model = create_model(card.arch, card.encoder, card.in_channels, len(card.classes))
     try:
@@ -101,7 +107,7 @@ def load_inference_model(path: str | Path, window: int, device: str | torch.devi
     matches the eager model to float rounding. Otherwise (GPU, where AMP needs the eager
     model, or an older checkpoint) the rebuilt eager model, channels-last.
     """
-    path = Path(path)
+    path = str(path)
     device = torch.device(device)
     blob, card = _read(path)
     if device.type != "cpu" or "program" not in blob or window != card.window:

@@ -19,8 +19,10 @@ from typing import Any, Iterable
 import numpy as np
 
 from engine.errors import LodeInputError
+from engine.io import fs
 from engine.io.manifest import BlockStatus, RunManifest
-from engine.io.ome import PyramidLayout, create_image, create_labels, labels_of, layout_of, write_block
+from engine.io.ome import (PyramidLayout, create_image, create_labels, labels_of, layout_of, open_store,
+                          write_block)
 from engine.io.sources import SectionSource, discover
 from engine.segment.card import ModelCard, read_card
 from engine.tiling.grid import Block, PaddedGrid, auto_block, block_grid
@@ -176,9 +178,7 @@ class ShardSink:
 
 
 def _open_out(out: str):
-    import zarr
-
-    return zarr.open_group(str(Path(out) / STORE_NAME), mode="r+")
+    return open_store(fs.join(out, STORE_NAME), mode="r+")
 
 
 def _write_row(store, out: str, row: dict[str, Any]) -> str:
@@ -197,29 +197,49 @@ def _write_row(store, out: str, row: dict[str, Any]) -> str:
     return f"{section}/{key}"
 
 
-def plan(cfg: SegmentConfig, card: ModelCard) -> tuple[list[SectionSource], dict[str, PyramidLayout], int, float]:
+@dataclass
+class Plan:
+    """Sections that can run, their block layouts, and the sections that cannot be planned
+    (``failed``: section id → the error naming its input)."""
+
+    sources: list[SectionSource]
+    layouts: dict[str, PyramidLayout]
+    window: int
+    overlap: float
+    failed: dict[str, LodeInputError]
+
+
+def plan(cfg: SegmentConfig, card: ModelCard) -> Plan:
+    """Plan every section; one that cannot be planned fails alone unless none can be planned."""
     window = cfg.window or card.window
     overlap = card.overlap if cfg.overlap is None else cfg.overlap
-    sources = discover(cfg.inputs)
-    if cfg.xpl:
-        from engine.register.xpl import attach_xpl
+    failed: dict[str, LodeInputError] = {}
+    sources = []
+    for s in discover(cfg.inputs, failed):
+        try:
+            if cfg.xpl:
+                from engine.register.xpl import attach_xpl
 
-        sources = attach_xpl(sources, cfg.xpl, card.channels[3:])  # type: ignore[assignment]
+                (s,) = attach_xpl([s], cfg.xpl, card.channels[3:])
+            if s.channels != card.in_channels:
+                raise LodeInputError(s.path, f"has {s.channels} channels; the model expects {card.in_channels} "
+                                             f"({', '.join(card.channels)})")
+        except LodeInputError as exc:
+            failed[s.section] = exc
+            continue
+        sources.append(s)
+    if not sources:
+        raise next(iter(failed.values()))
     layouts = {}
     for s in sources:
-        if s.channels != card.in_channels:
-            raise LodeInputError(s.path, f"has {s.channels} channels; the model expects {card.in_channels} "
-                                         f"({', '.join(card.channels)})")
         step = cfg.chunk * 2 ** (cfg.levels - 1) if cfg.chunk * 2 ** (cfg.levels - 1) <= 4096 else 2 ** (cfg.levels - 1)
         block = tuple(cfg.block) if cfg.block else auto_block(s.height, s.width, window, shard=max(step, 256))
         layouts[s.section] = PyramidLayout(block, chunk=cfg.chunk, levels=cfg.levels)  # type: ignore[arg-type]
-    return sources, layouts, window, overlap
+    return Plan(sources, layouts, window, overlap, failed)
 
 
 def _record_colour(cfg: SegmentConfig, matrices: dict[str, Any]) -> None:
-    import zarr
-
-    root = zarr.open_group(str(Path(cfg.out) / STORE_NAME), mode="r+")
+    root = open_store(fs.join(cfg.out, STORE_NAME), mode="r+")
     for section, m in matrices.items():
         if section in root:
             root[section].attrs.update({"colour_calibration": {"mode": cfg.colour, **m.to_dict()}})
@@ -227,10 +247,8 @@ def _record_colour(cfg: SegmentConfig, matrices: dict[str, Any]) -> None:
 
 def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSource],
                    layouts: dict[str, PyramidLayout], fresh: bool) -> None:
-    import zarr
-
-    path = Path(cfg.out) / STORE_NAME
-    root = zarr.open_group(str(path), mode="w" if fresh else "a")
+    path = fs.join(cfg.out, STORE_NAME)
+    root = open_store(path, mode="w" if fresh else "a")
     classes = card.class_set()
     for s in sources:
         lay = layouts[s.section]
@@ -278,7 +296,7 @@ def colour_matrices(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSo
         raise LodeInputError(missing[0], "annotation not found (per-image colour mode needs one per section)")
     if not annotated:
         raise LodeInputError(cfg.annotations, "no annotation matches any section")
-    task = ray.remote(num_cpus=0.25)(_section_means)
+    task = ray.remote(num_cpus=0.25, **fs.ray_remote_args())(_section_means)
     means = ray.get([task.remote(s, str(anns[s.section]), card.reference_gamma) for s in annotated])
     reference = reference_from_card(card.reference_colors)
     if cfg.colour == "series":
@@ -302,30 +320,37 @@ def correct_colour(batch: dict[str, np.ndarray], matrices: dict[str, dict]) -> d
 
 
 def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
-    """Run (or resume) a segmentation job; returns the written manifest."""
+    """Run (or resume) a segmentation job; returns the written manifest. Inputs, checkpoint and
+    output may be local paths or fsspec URIs; workers get the object-store settings of this process."""
     import ray
 
     from engine.runtime import has_gpu, init_ray
 
     t_start = time.perf_counter()
     card = read_card(cfg.checkpoint)
-    sources, layouts, window, overlap = plan(cfg, card)
+    p = plan(cfg, card)
+    sources, layouts, window, overlap = p.sources, p.layouts, p.window, p.overlap
     manifest = RunManifest(cfg.out)
     manifest.check_writable()
     fingerprint = {"model_id": card.model_id, "window": window, "overlap": overlap,
-                   "layouts": {k: asdict(v) for k, v in layouts.items()}, "probabilities": cfg.probabilities,
-                   "inputs": [s.path + ("/" + s.group if s.group else "") for s in sources],
-                   "colour": cfg.colour, "annotations": cfg.annotations, "xpl": cfg.xpl}
-    fresh = manifest.begin("segment", cfg.model_dump(), fingerprint)
+                   "probabilities": cfg.probabilities, "colour": cfg.colour, "annotations": cfg.annotations,
+                   "xpl": cfg.xpl,
+                   "sections": {s.section: {"input": s.path + ("/" + s.group if s.group else ""),
+                                            "layout": asdict(layouts[s.section])} for s in sources}}
+    fresh = manifest.begin("segment", cfg.model_dump(), fingerprint, per_unit="sections")
+    for section, exc in p.failed.items():
+        manifest.mark_failed(section, "plan", str(exc))
     _prepare_store(cfg, card, sources, layouts, fresh)
 
+    expected = [f"{s.section}/{b.key}" for s in sources for b in block_grid(s.height, s.width, layouts[s.section].block)]
     done = manifest.done_keys()
     tasks = [BlockTask(s, b) for s in sources for b in block_grid(s.height, s.width, layouts[s.section].block)
              if f"{s.section}/{b.key}" not in done]
-    skipped = sum(len(block_grid(s.height, s.width, layouts[s.section].block)) for s in sources) - len(tasks)
+    skipped = len(expected) - len(tasks)
     if cfg.max_blocks is not None:
         tasks = tasks[:cfg.max_blocks]
-    log.info("segment: %d sections, %d blocks to run, %d already done", len(sources), len(tasks), skipped)
+    log.info("segment: %d sections, %d blocks to run, %d already done, %d sections not plannable",
+             len(sources), len(tasks), skipped, len(p.failed))
 
     t_ray = time.perf_counter()
     if tasks:
@@ -333,33 +358,36 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         gpu = cfg.device == "cuda" or (cfg.device == "auto" and has_gpu())
         n_actors = cfg.num_actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
         device = "cuda" if gpu else "cpu"
-        out_abs = str(Path(cfg.out).resolve())
+        out_abs = _absolute(cfg.out)
+        remote = fs.ray_remote_args()
         ds = ray.data.read_datasource(BlockDatasource(tasks, window, overlap, out_abs if cfg.copy_image else None),
-                                      override_num_blocks=len(tasks))
+                                      override_num_blocks=len(tasks), **remote)
         matrices = colour_matrices(cfg, card, sources)
         if matrices:
             _record_colour(cfg, matrices)
             ds = ds.map_batches(correct_colour, fn_kwargs={"matrices": {k: m.to_dict() for k, m in matrices.items()}},
-                                batch_size=1, batch_format="numpy", num_cpus=0.25)
+                                batch_size=1, batch_format="numpy", num_cpus=0.25, **remote)
         ds = ds.map_batches(
             SegmentActor,
-            fn_constructor_kwargs=dict(checkpoint=str(Path(cfg.checkpoint).resolve()), window=window, overlap=overlap,
+            fn_constructor_kwargs=dict(checkpoint=_absolute(cfg.checkpoint), window=window, overlap=overlap,
                                        batch_size=cfg.batch_size, device=device, probabilities=cfg.probabilities,
                                        threads=cfg.threads),
             compute=ray.data.ActorPoolStrategy(size=n_actors),
-            batch_size=1, batch_format="numpy", num_gpus=1 if gpu else 0, num_cpus=0.5 if not gpu else 1,
+            batch_size=1, batch_format="numpy", num_gpus=1 if gpu else 0, num_cpus=0.5 if not gpu else 1, **remote,
         )
-        ds.write_datasink(ShardSink(out_abs))
+        ds.write_datasink(ShardSink(out_abs), ray_remote_args=remote)
     timings = {"plan_s": t_ray - t_start, "pipeline_s": time.perf_counter() - t_ray,
                "total_s": time.perf_counter() - t_start}
-    doc = manifest.finish(timings, expected=[f"{s.section}/{b.key}" for s in sources
-                                             for b in block_grid(s.height, s.width, layouts[s.section].block)],
-                          skipped=skipped)
+    doc = manifest.finish(timings, expected=expected + [f"{k}/plan" for k in p.failed], skipped=skipped)
     if doc["failed_sections"]:
         section, reason = next(iter(doc["failed_sections"].items()))
-        src = next(s for s in sources if s.section == section)
+        where = {s.section: f"{s.path}/{s.group}" if s.group else s.path for s in sources}
+        where.update({k: exc.source for k, exc in p.failed.items()})
         others = len({s.section for s in sources} - set(doc["failed_sections"]))
-        raise LodeInputError(f"{src.path}/{src.group}" if src.group else src.path,
-                             f"section {section} failed ({reason}); {len(doc['failed_sections']) - 1} other "
-                             f"section(s) failed, {others} unaffected: see {manifest.path}")
+        raise LodeInputError(where[section], f"section {section} failed ({reason}); {len(doc['failed_sections']) - 1} "
+                                             f"other section(s) failed, {others} unaffected: see {manifest.path}")
     return doc
+
+
+def _absolute(path: str) -> str:
+    return path if fs.is_uri(path) else str(Path(fs.local(path)).resolve())

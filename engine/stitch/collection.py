@@ -7,17 +7,28 @@ Layout: ``<collection>/<section_id>/tiles/*`` (+ ``positions.csv``) and an optio
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from engine.calibrate.flat import FlatField, fit_flat
 from engine.calibrate.lens import LensModel, fit_lens
 from engine.errors import LodeInputError
+from engine.io import fs
 from engine.stitch.frames import Correction, read_images
 
 CALIBRATION = "calibration"
 
 
-def section_dirs(collection: str | Path) -> list[Path]:
+def section_dirs(collection: str | Path) -> list[Path] | list[str]:
+    """Section folders (``Path`` objects, or URIs as text for an object-store collection)."""
+    if fs.is_uri(collection):
+        if not fs.isdir(collection):
+            raise LodeInputError(collection, "no such collection folder")
+        found = {p.rsplit("/", 1)[0] for p in fs.glob(fs.join(str(collection), "*", "tiles"))}
+        uris = sorted(d for d in found if fs.name(d) != CALIBRATION)
+        if not uris:
+            raise LodeInputError(collection, "no <section>/tiles/ folders")
+        return uris
     root = Path(collection)
     if not root.is_dir():
         raise LodeInputError(root, "no such collection folder")
@@ -29,7 +40,13 @@ def section_dirs(collection: str | Path) -> list[Path]:
 
 def load_correction(collection: str | Path, lens: str | Path | None = None, flat: str | Path | None = None,
                     pattern: tuple[int, int] = (9, 6), use_lens: bool = True, use_flat: bool = True) -> Correction:
-    """Lens and flat field from explicit files, else from ``<collection>/calibration``, else none."""
+    """Lens and flat field from explicit files, else from ``<collection>/calibration``, else none.
+    An object-store collection's calibration folder is read through a local copy."""
+    if fs.is_uri(collection):
+        with tempfile.TemporaryDirectory(prefix="lode-calibration-") as tmp:
+            remote = fs.join(str(collection), CALIBRATION)
+            local = fs.download(remote, tmp).parent if fs.isdir(remote) else Path(tmp)
+            return load_correction(local, lens, flat, pattern, use_lens, use_flat)
     cal = Path(collection) / CALIBRATION
     lens_model: LensModel | None = None
     if use_lens:

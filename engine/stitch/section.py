@@ -19,7 +19,8 @@ import zarr
 
 from engine.calibrate.lens import undistort_maps
 from engine.errors import LodeInputError
-from engine.io.ome import PyramidLayout, create_image, write_block
+from engine.io import fs
+from engine.io.ome import PyramidLayout, create_image, open_store, write_block
 from engine.stitch.align import AlignOptions, solve
 from engine.stitch.exposure import overlap_means, solve_gains
 from engine.stitch.frames import Correction, CorrectedFrame, correct, read_image, read_section
@@ -164,7 +165,7 @@ def stitch_section(section_dir: str | Path, store: str | Path, correction: Corre
         al.transforms[0], al.reference = np.eye(2, 3), 0
     placed = [m is not None for m in al.transforms]
     if not any(placed):
-        raise LodeInputError(Path(section_dir) / "tiles", f"no pair of its {n} frames could be registered")
+        raise LodeInputError(fs.join(str(section_dir), "tiles"), f"no pair of its {n} frames could be registered")
     al.transforms = level_axes(al.transforms, hw)
     boxes = [frame_box(m, hw) for m in al.transforms if m is not None]
     x0 = min(b[0] for b in boxes)
@@ -202,8 +203,8 @@ def stitch_section(section_dir: str | Path, store: str | Path, correction: Corre
     timings["gains_seams"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    store = Path(store)
-    root = zarr.open_group(str(store), mode="a")
+    store = str(store) if fs.is_uri(store) else str(Path(fs.local(store)).resolve())
+    root = open_store(store, mode="a")
     tmp_name = f".{sec.section_id}.partial"
     layout = PyramidLayout((opts.shard, opts.shard), levels=opts.levels)
     create_image(root, tmp_name, (3, H, W), layout, channel_names=["R", "G", "B"], overwrite=True)
@@ -217,7 +218,7 @@ def stitch_section(section_dir: str | Path, store: str | Path, correction: Corre
             h, w = min(opts.shard, H - y), min(opts.shard, W - x)
             ks = [k for k, m in enumerate(mats) if m is not None and touches(m, hw, y, x, h, w)]
             frames = [ShardFrame(k, mats[k], gains[k]) for k in ks]  # type: ignore[arg-type]
-            tasks.append(_render_task.remote(str(store), tmp_name, y, x, h, w, frames, labels_ref, s,
+            tasks.append(_render_task.remote(store, tmp_name, y, x, h, w, frames, labels_ref, s,
                                              opts.blend_sigma_low, len(ks), *[img_refs[k] for k in ks],
                                              *[valid_refs[k] for k in ks]))
     shards = ray.get(tasks)
@@ -230,16 +231,33 @@ def stitch_section(section_dir: str | Path, store: str | Path, correction: Corre
     ome = dict(grp.attrs["ome"])
     ome["multiscales"] = [{**ome["multiscales"][0], "name": sec.section_id}]
     grp.attrs["ome"] = ome
-    final = store / sec.section_id
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(store / tmp_name, final)
+    _publish(store, tmp_name, sec.section_id)
     return report
+
+
+def _publish(store: str, partial: str, name: str) -> None:
+    """Give a finished group its final name: a rename on disk; on an object store, which cannot
+    rename, its objects are copied with the group's ``zarr.json`` last (readers find a section by
+    that object: it is the commit marker), then the partial copy is removed."""
+    if not fs.is_uri(store):
+        final = Path(store) / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(Path(store) / partial, final)
+        return
+    filesystem, root = fs.filesystem(store)
+    src, dst = f"{root}/{partial}", f"{root}/{name}"
+    filesystem.invalidate_cache()
+    if filesystem.exists(dst):
+        filesystem.rm(dst, recursive=True)
+    for p in sorted(filesystem.find(src), key=lambda p: p == f"{src}/zarr.json"):
+        filesystem.copy(p, dst + p[len(src):])
+    filesystem.rm(src, recursive=True)
 
 
 def build_report(sec, hw, edges: list[Edge], al, mats, gains, shape, placed, opts: StitchOptions,
                  timings: dict, n_shards: int) -> dict:
-    names = [p.name for p in sec.tiles]
+    names = [fs.name(p) for p in sec.tiles]
     n = len(names)
     by_frame: dict[int, list[Edge]] = {k: [] for k in range(n)}
     for e in edges:

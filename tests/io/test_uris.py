@@ -1,5 +1,5 @@
-"""Inputs as fsspec URIs (file://, memory://; s3:// takes the same path), outputs as file:// URIs,
-and a clear refusal of object-store outputs where a job cannot write them."""
+"""Inputs as fsspec URIs (file://, memory://), outputs as file:// URIs. Object stores (S3):
+tests/io/test_object_store.py and tests/jobs/test_uri_jobs.py."""
 
 from __future__ import annotations
 
@@ -35,10 +35,3 @@ def test_segment_job_reads_and_writes_file_uris(small_panorama, tiny_checkpoint,
     labels = zarr.open_group(str(tmp_path / "run" / "lode.ome.zarr"), mode="r")["sec-a/labels/minerals/0"][:]
     codes = np.array(load_checkpoint(tiny_checkpoint)[1].class_set().codes)
     assert np.array_equal(labels, codes[monai_reference(small_panorama, "sec-a", tiny_checkpoint).argmax(0)])
-
-
-def test_object_store_output_is_refused_before_any_work(small_panorama, tiny_checkpoint, capsys):
-    assert lode(["segment", str(small_panorama), "--checkpoint", str(tiny_checkpoint), "--out",
-                 "s3://bucket/run1"]) == 2
-    err = capsys.readouterr().err
-    assert "s3://bucket/run1" in err and "object stores" in err

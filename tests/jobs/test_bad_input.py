@@ -1,6 +1,8 @@
 """Bad-input catalogue: every case fails through the ``lode`` command with exit code 2 and one
 clear line naming the bad input, and loses nothing an earlier run wrote to the output.
 
+A bad section among good ones fails alone while the others finish (segmentation: tests/jobs/
+test_fault_tolerance.py), so the segmentation cases here give the bad file as the only input.
 Engine-level twins live beside their engines (tests/segment/test_pipeline.py: grey image,
 unreadable and truncated JPEG, missing input; tests/train/test_train.py: unknown class code)."""
 
@@ -76,7 +78,7 @@ def test_truncated_jpeg(tmp_path, tiny_checkpoint, earlier_output, capsys):
     ok, buf = cv2.imencode(".jpg", rgb(300, 300))
     bad = folder / "cut.jpg"
     bad.write_bytes(buf.tobytes()[: len(buf) // 2])
-    fails_naming(segment_argv([folder], tiny_checkpoint, earlier_output), bad, capsys, earlier_output, "truncated")
+    fails_naming(segment_argv([bad], tiny_checkpoint, earlier_output), bad, capsys, earlier_output, "truncated")
 
 
 def test_truncated_png_tile_in_training_data(tmp_path, capsys):
@@ -92,21 +94,21 @@ def test_zero_size_file(tmp_path, tiny_checkpoint, earlier_output, capsys):
     folder = image_folder(tmp_path)
     bad = folder / "empty.jpg"
     bad.touch()
-    fails_naming(segment_argv([folder], tiny_checkpoint, earlier_output), bad, capsys, earlier_output, "empty")
+    fails_naming(segment_argv([bad], tiny_checkpoint, earlier_output), bad, capsys, earlier_output, "empty")
 
 
 def test_16_bit_image_where_rgb_is_expected(tmp_path, tiny_checkpoint, earlier_output, capsys):
     folder = image_folder(tmp_path)
     bad = folder / "deep.png"
     cv2.imwrite(str(bad), RNG.integers(0, 65535, (64, 64), dtype=np.uint16))
-    fails_naming(segment_argv([folder], tiny_checkpoint, earlier_output), bad, capsys, earlier_output, "8-bit")
+    fails_naming(segment_argv([bad], tiny_checkpoint, earlier_output), bad, capsys, earlier_output, "8-bit")
 
 
 def test_grey_image_where_rgb_is_expected(tmp_path, tiny_checkpoint, earlier_output, capsys):
     folder = image_folder(tmp_path)
     bad = folder / "grey.png"
     cv2.imwrite(str(bad), RNG.integers(0, 255, (64, 64), dtype=np.uint8))
-    fails_naming(segment_argv([folder], tiny_checkpoint, earlier_output), bad, capsys, earlier_output, "1 channels")
+    fails_naming(segment_argv([bad], tiny_checkpoint, earlier_output), bad, capsys, earlier_output, "1 channels")
 
 
 def lumenstone(tmp_path: Path, codes: tuple[int, ...] = (0, 1, 6)) -> Path:

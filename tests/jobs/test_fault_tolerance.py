@@ -110,15 +110,27 @@ def test_one_corrupt_section_fails_alone_with_its_reason_in_the_manifest(tmp_pat
     assert manifest["versions"]["ray"] and manifest["config"]["collection"] == str(coll)
 
 
-@pytest.mark.ray
-def test_one_corrupt_section_fails_alone_in_segmentation(ray_local, tmp_path, tiny_checkpoint, capsys):
+def _two_sections(store: Path, height: int) -> Path:
+    """Sections ``sec-a`` and ``sec-b`` (height × 256, blocks of 128) in one OME-Zarr store."""
     from engine.io.ome import PyramidLayout
     from engine.synth import SectionSpec, write_panorama
 
-    store = tmp_path / "in.zarr"
     for name, seed in (("sec-a", 5), ("sec-b", 6)):
-        write_panorama(store, name, 200, 256, SectionSpec(seed=seed, grain_diameter=30),
+        write_panorama(store, name, height, 256, SectionSpec(seed=seed, grain_diameter=30),
                        PyramidLayout((128, 128), chunk=64, levels=2))
+    return store
+
+
+def _labels_are_the_reference(out: Path, store: Path, section: str, checkpoint: Path) -> bool:
+    """The section's labels equal MONAI's global sliding window with the engine's program."""
+    codes = np.array([c["code"] for c in read_card(checkpoint).classes])
+    labels = zarr.open_group(str(out / STORE_NAME), mode="r")[f"{section}/labels/minerals/0"][:]
+    return np.array_equal(labels, codes[monai_reference(store, section, checkpoint, program=True).argmax(0)])
+
+
+@pytest.mark.ray
+def test_one_corrupt_section_fails_alone_in_segmentation(ray_local, tmp_path, tiny_checkpoint, capsys):
+    store = _two_sections(tmp_path / "in.zarr", 200)
     shard = store / "sec-b" / "0" / "c" / "0" / "1" / "0"
     original = shard.read_bytes()
     shard.write_bytes(original[:16] + bytes(b ^ 0xFF for b in original[16:-64]) + original[-64:])
@@ -134,15 +146,50 @@ def test_one_corrupt_section_fails_alone_in_segmentation(ray_local, tmp_path, ti
     assert failed and all(b["unit"].startswith("sec-b/") and "corrupt" in b["reason"] for b in failed)
     assert "sec-b/000128_000000" in {b["unit"] for b in failed}
     assert all(v == "done" for k, v in status.items() if k.startswith("sec-a/"))
-    codes = np.array([c["code"] for c in read_card(tiny_checkpoint).classes])
-    labels = zarr.open_group(str(out / STORE_NAME), mode="r")["sec-a/labels/minerals/0"][:]
-    assert np.array_equal(labels, codes[monai_reference(store, "sec-a", tiny_checkpoint, program=True).argmax(0)])
+    assert _labels_are_the_reference(out, store, "sec-a", tiny_checkpoint)
 
     shard.write_bytes(original)
     assert lode(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["failed_sections"] == {}
     assert manifest["skipped_already_done"] == len(status) - len(failed)
+
+
+@pytest.mark.ray
+def test_sections_that_cannot_be_planned_fail_alone_in_segmentation(ray_local, tmp_path, tiny_checkpoint, capsys):
+    store = _two_sections(tmp_path / "in.zarr", 128)
+    meta = store / "sec-b" / "0" / "zarr.json"
+    original = meta.read_bytes()
+    meta.write_bytes(original[: len(original) // 2])  # unreadable array metadata
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    ok, buf = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    cut = folder / "cut.jpg"
+    cut.write_bytes(buf.tobytes()[: len(buf) - 200])  # truncated tail
+    out = tmp_path / "run"
+    argv = ["segment", str(store), str(folder), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+            "--block", "128", "128"]
+    assert lode(argv) == 2
+    err = capsys.readouterr().err
+    assert str(cut) in err and "truncated" in err and "Traceback" not in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "partial"
+    failed = manifest["failed_sections"]
+    assert sorted(failed) == ["cut", "sec-b"]
+    assert str(cut) in failed["cut"] and "truncated" in failed["cut"]
+    assert f"{store}/sec-b" in failed["sec-b"] and "unreadable zarr metadata" in failed["sec-b"]
+    status = {b["unit"]: b["status"] for b in manifest["blocks"]}
+    assert status == {"sec-a/000000_000000": "done", "sec-a/000000_000128": "done",
+                      "cut/plan": "failed", "sec-b/plan": "failed"}
+    assert _labels_are_the_reference(out, store, "sec-a", tiny_checkpoint)
+
+    # once its metadata is repaired the section joins the run; the finished one is not redone
+    meta.write_bytes(original)
+    assert lode(argv) == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["failed_sections"]) == ["cut"] and manifest["skipped_already_done"] == 2
+    assert [b["status"] for b in manifest["blocks"] if b["unit"].startswith("sec-b/")] == ["done", "done"]
+    assert _labels_are_the_reference(out, store, "sec-b", tiny_checkpoint)
 
 
 def _no_work_done(out: Path) -> None:
