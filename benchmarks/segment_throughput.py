@@ -16,8 +16,9 @@ throughput does not depend on them), measures in one run:
 - ``monai_mpx_s``: MONAI ``sliding_window_inference`` (gaussian) over the whole image in memory;
 - ``max_abs_prob_diff_vs_monai``: engine probabilities (a second engine run storing float32
   probabilities) against MONAI's;
-- peak memory of the engine (all Ray processes: sum of RSS and of PSS over the process tree)
-  and of MONAI. Each part runs in its own subprocess so peaks do not mix.
+- peak memory of the engine (all Ray processes: sum of RSS and of PSS over the process tree,
+  from a second engine run: polling every process costs CPU, so the timed run does not) and
+  of MONAI (its process's peak RSS). Each part runs in its own subprocess so peaks do not mix.
 """
 
 from __future__ import annotations
@@ -148,26 +149,32 @@ def part_bare(work: Path, batch: int, program: bool = False) -> dict:
 
 
 def part_monai(work: Path, batch: int) -> dict:
+    import resource
+
     import torch
     from monai.inferers import sliding_window_inference
 
     torch.set_num_threads(os.cpu_count() or 1)
-    with PeakSampler() as mem:
-        model, card, img = _load(work)
-        h, w = img.shape[1:]
-        x = _normalised(img, card)[None]
-        with torch.inference_mode():
-            model(x[:, :, :card.window, :card.window])
-            t = time.perf_counter()
-            probs = sliding_window_inference(x, (card.window, card.window), batch,
-                                             lambda v: torch.softmax(model(v), 1), overlap=card.overlap,
-                                             mode="gaussian")[0].numpy()
-            dt = time.perf_counter() - t
-        np.save(work / "monai_probs.npy", probs)
-    return {"monai_s": dt, "monai_mpx_s": h * w / 1e6 / dt, "monai_peak_rss_mb": mem.peak_rss}
+    model, card, img = _load(work)
+    h, w = img.shape[1:]
+    x = _normalised(img, card)[None]
+    with torch.inference_mode():
+        model(x[:, :, :card.window, :card.window])
+        t = time.perf_counter()
+        probs = sliding_window_inference(x, (card.window, card.window), batch,
+                                         lambda v: torch.softmax(model(v), 1), overlap=card.overlap,
+                                         mode="gaussian")[0].numpy()
+        dt = time.perf_counter() - t
+    np.save(work / "monai_probs.npy", probs)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"monai_s": dt, "monai_mpx_s": h * w / 1e6 / dt, "monai_peak_rss_mb": peak}
 
 
-def part_engine(work: Path, batch: int, probabilities: str, out_name: str) -> dict:
+def part_engine(work: Path, batch: int, probabilities: str, out_name: str, sample: bool) -> dict:
+    """One engine run; ``sample`` polls the memory of every Ray process (which costs CPU time,
+    so timed runs do not sample and the memory figures come from a run of their own)."""
+    import contextlib
+
     import ray
 
     from engine.runtime import init_ray
@@ -175,7 +182,7 @@ def part_engine(work: Path, batch: int, probabilities: str, out_name: str) -> di
     from schemas.config import SegmentConfig
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    with PeakSampler() as mem:
+    with PeakSampler() if sample else contextlib.nullcontext() as mem:
         init_ray()
         # Ray Data's own per-cluster actors start on first use; a running cluster has them already.
         ray.data.range(2).map_batches(lambda b: b).materialize()
@@ -185,13 +192,15 @@ def part_engine(work: Path, batch: int, probabilities: str, out_name: str) -> di
         manifest = run_segmentation(cfg)
         dt = time.perf_counter() - t
         ray.shutdown()
+    if sample:
+        return {"engine_sampled_s": dt, "engine_peak_rss_mb": mem.peak_rss, "engine_peak_pss_mb": mem.peak_pss}
     import zarr
 
     arr = zarr.open_group(str(work / "pano.zarr"), mode="r")["bench/0"]
     h, w = arr.shape[1:]
     windows = sum(b.get("windows", 0) for b in manifest["blocks"])
-    return {"engine_s": dt, "engine_mpx_s": h * w / 1e6 / dt, "engine_peak_rss_mb": mem.peak_rss,
-            "engine_peak_pss_mb": mem.peak_pss, "engine_windows": windows, "blocks": len(manifest["blocks"])}
+    return {"engine_s": dt, "engine_mpx_s": h * w / 1e6 / dt, "engine_windows": windows,
+            "blocks": len(manifest["blocks"])}
 
 
 def _run_part(part: str, work: Path, batch: int, extra: list[str] | None = None) -> dict:
@@ -224,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work)
         fn = {"bare": lambda: part_bare(work, args.batch_size),
               "bare_program": lambda: part_bare(work, args.batch_size, program=True), "monai": lambda: part_monai(work, args.batch_size),
-              "engine": lambda: part_engine(work, args.batch_size, args.probabilities, args.out_name)}[args.part]
+              "engine": lambda: part_engine(work, args.batch_size, args.probabilities, args.out_name, False),
+              "engine_memory": lambda: part_engine(work, args.batch_size, "none", "memory", True)}[args.part]
         print(json.dumps(fn()))
         return 0
 
@@ -239,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                      "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                  "device": _device()}}
         res.update(_run_part("engine", work, args.batch_size))
+        res.update(_run_part("engine_memory", work, args.batch_size))
         if not args.engine_only:
             res.update(_run_part("bare", work, args.batch_size))
             res.update(_run_part("bare_program", work, args.batch_size))
