@@ -2,16 +2,19 @@
 channels), PCA reconstruction error and a small convolutional autoencoder, on held-out
 deposits of synthetic regions.
 
-    python -m benchmarks.prospect --json OUT.json [--size 512] [--seeds 1,2,3] [--steps 400] [--sigmas 0,4,8]
+    python -m benchmarks.prospect --json OUT.json [--size 512] [--seeds 1,2,3] [--steps 400] [--sigmas 0,4,8] [--shifts 1,2]
+    python -m benchmarks.prospect --json VAL.json --seeds 4,5 --split all   (validation regions: choices are made here)
     python -m benchmarks.prospect --json OUT.json --memory-size 4096 --memory-blocks 4
 
 Per region: synthesise, stack, train the MAE and the conv AE on that region without
 labels (Ray Train unless ``--no-ray``), fit the per-cell baselines, map, and score
-each map on the region's held-out deposits (and, for choosing the model's variant,
-its training deposits), raw and after the same valid-cell Gaussian smoothing for every
-sigma. The table gives the mean over regions and the pooled figures (all held-out
-deposits of all regions ranked within their own region); the JSON is rewritten after
-every region. ``--memory-size`` instead runs stack + scoring on one large 10-layer
+each map on the region's held-out deposits (and its training deposits, reported),
+raw and after the same valid-cell Gaussian smoothing for every sigma; the window models
+(MAE, conv AE) also with ``--shifts`` window lattices. Scoring and post-processing
+choices are made on other seeds with ``--split all`` (validation regions), never on the
+held-out seeds 1-3; seed 0 was the development region. The table gives the mean over
+regions and the pooled figures (all held-out deposits of all regions ranked within
+their own region); the JSON is rewritten after every region. ``--memory-size`` instead runs stack + scoring on one large 10-layer
 region and reports the peak RSS and PSS of this process and its children.
 """
 
