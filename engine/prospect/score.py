@@ -39,7 +39,7 @@ validation regions (seeds 4 and 5, all 29 deposits; the held-out seeds 1-3 never
 chose it): one lattice AUC 0.915 and 18 of 29 deposits in the top 10 % of
 area (0.62), four lattices AUC 0.919 and 21 of 29 (0.72); Gaussian smoothing (1, 2,
 4, 8 cells), median filters (3-17 cells), grey opening and leaving each cell's
-largest channel error out (``drop_top`` 1 or 2) did not add to it (details in the
+largest channel error out (``drop_top`` 1 or 2, region 4 only) did not add to it (details in the
 README). It costs four times the scoring time, no memory.
 
 **Blocks.** The map is computed block by block (default 512 cells); windows sit
