@@ -81,19 +81,19 @@ def test_shifted_lattices_average_single_lattices(small_stack):
     shifted = _mae(len(stack.channels))
     shifted.offsets = lattice_offsets(2, shifted.model.patch)
     assert shifted.offsets == ((0, 0), (0, 4), (4, 0), (4, 4))
-    whole = score_block(stack, shifted, 0, 96, 0, 96)
+    whole = score_block(stack, shifted, 24, 72, 24, 72)
     singles = []
     for off in shifted.offsets:
         one = _mae(len(stack.channels))
         one.offsets = (off,)
-        singles.append(score_block(stack, one, 0, 96, 0, 96))
+        singles.append(score_block(stack, one, 24, 72, 24, 72))
     valid = np.isfinite(whole[0])
     np.testing.assert_allclose(whole[:, valid], np.mean(singles, axis=0)[:, valid], rtol=1e-4, atol=1e-6)
     assert not np.allclose(singles[0][:, valid], singles[3][:, valid], rtol=1e-3)
     tiled = np.full_like(whole, np.nan)
-    for y in (0, 56):
-        for x in (0, 56):
-            tiled[:, y : min(96, y + 56), x : min(96, x + 56)] = score_block(stack, shifted, y, min(96, y + 56), x, min(96, x + 56))
+    for y in (0, 30):
+        for x in (0, 30):
+            tiled[:, y : min(48, y + 30), x : min(48, x + 30)] = score_block(stack, shifted, 24 + y, 24 + min(48, y + 30), 24 + x, 24 + min(48, x + 30))
     np.testing.assert_allclose(tiled, whole, rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
