@@ -2,16 +2,19 @@
 channels), PCA reconstruction error and a small convolutional autoencoder, on held-out
 deposits of synthetic regions.
 
-    python -m benchmarks.prospect --json OUT.json [--size 512] [--seeds 1,2,3] [--steps 400] [--sigmas 0,4,8]
+    python -m benchmarks.prospect --json OUT.json [--size 512] [--seeds 1,2,3] [--steps 400] [--sigmas 0,4,8] [--shifts 1,2]
+    python -m benchmarks.prospect --json VAL.json --seeds 4,5 --split all   (validation regions: choices are made here)
     python -m benchmarks.prospect --json OUT.json --memory-size 4096 --memory-blocks 4
 
 Per region: synthesise, stack, train the MAE and the conv AE on that region without
 labels (Ray Train unless ``--no-ray``), fit the per-cell baselines, map, and score
-each map on the region's held-out deposits (and, for choosing the model's variant,
-its training deposits), raw and after the same valid-cell Gaussian smoothing for every
-sigma. The table gives the mean over regions and the pooled figures (all held-out
-deposits of all regions ranked within their own region); the JSON is rewritten after
-every region. ``--memory-size`` instead runs stack + scoring on one large 10-layer
+each map on the region's held-out deposits (and its training deposits, reported),
+raw and after the same valid-cell Gaussian smoothing for every sigma; the window models
+(MAE, conv AE) also with ``--shifts`` window lattices. Scoring and post-processing
+choices are made on other seeds with ``--split all`` (validation regions), never on the
+held-out seeds 1-3; seed 0 was the development region. The table gives the mean over
+regions and the pooled figures (all held-out deposits of all regions ranked within
+their own region); the JSON is rewritten after every region. ``--memory-size`` instead runs stack + scoring on one large 10-layer
 region and reports the peak RSS and PSS of this process and its children.
 """
 
@@ -35,9 +38,12 @@ def _row(m) -> dict:
             "pa_prediction": m.pa_intersection_prediction, "pa_area": m.pa_intersection_area, "area_ranks": m.area_ranks}
 
 
-def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigmas: list[float], reuse: bool = False) -> dict:
-    """One region: every method mapped once (no smoothing), then each map evaluated raw and
-    after the same valid-cell Gaussian smoothing for every sigma in ``sigmas`` (method@sigma)."""
+def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigmas: list[float], reuse: bool = False,
+               methods: tuple[str, ...] = METHODS, split: str = "heldout", shifts: tuple[int, ...] = (1,), drops: tuple[int, ...] = (0,)) -> dict:
+    """One region: every method mapped once per scoring variant (no smoothing), then each map
+    evaluated raw and after the same valid-cell Gaussian smoothing for every sigma in ``sigmas``
+    (method[+shiftK][+trimD]@sigma). Variants: ``shifts`` window lattices per axis (mae, cae)
+    and ``drops`` largest channel errors left out per cell (mae, cae, pca)."""
     from engine.prospect import baselines
     from engine.prospect import evaluate as ev
     from engine.prospect.score import CellScorer, read_score, score_map, smooth_valid
@@ -49,34 +55,39 @@ def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigm
     region = synth_region(size, seed)
     rdir = write_region(region, work / f"region{seed}")
     stack = build_stack(rdir / "layers.json", work / f"stack{seed}.zarr")
-    held = region.deposits[region.deposits.split == "heldout"]
+    held = region.deposits if split == "all" else region.deposits[region.deposits.split == split]
     train = region.deposits[region.deposits.split == "train"]
     out: dict = {"seed": seed, "n_heldout": len(held), "n_deposits": len(region.deposits), "n_decoys": len(region.decoys),
                  "methods": {}, "train_auc": {}, "seconds": {}}
     st = open_stack(stack)
-    for method in METHODS:
-        t = time.perf_counter()
+    for method in methods:
         model = None
         if method in ("mae", "cae"):
             model = work / f"{method}{seed}.pt"
             if not (reuse and model.exists()):
+                t = time.perf_counter()
                 (train_with_ray if use_ray else train_local)(stack, model, method, steps, 32, 1e-3, seed)
-        if method == "iforest_all":
-            scorer = CellScorer(baselines.IsolationForestScorer(baselines.sample_cells(st, seed=seed), seed=seed))
-        else:
-            scorer = make_scorer(method, stack, model, seed)
-        path = score_map(stack, scorer, work / f"map_{method}{seed}.zarr")
-        out["seconds"][method] = time.perf_counter() - t
-        print(f"region {seed}: {method} mapped in {out['seconds'][method]:.0f} s", file=sys.stderr, flush=True)
-        comps = [("", "prospectivity")] + ([(":" + c, c) for c in ("recon_error", "latent_distance")] if method == "mae" else [])
-        for suffix, comp in comps:
-            s = read_score(path, comp)
-            valid = np.isfinite(s)
-            for sigma in sigmas:
-                m = s if sigma == 0 else smooth_valid(s, valid, sigma)
-                name = method + suffix + (f"@{sigma:g}" if sigma else "")
-                out["methods"][name] = _row(ev.evaluate(m, held.row.values, held.col.values))
-                out["train_auc"][name] = ev.evaluate(m, train.row.values, train.col.values).auc
+                out["seconds"][method + ":train"] = time.perf_counter() - t
+        variants = [(k, d) for k in (shifts if method in ("mae", "cae") else (1,)) for d in (drops if method in ("mae", "cae", "pca") else (0,))]
+        for k, d in variants:
+            t = time.perf_counter()
+            variant = method + (f"+shift{k}" if k > 1 else "") + (f"+trim{d}" if d else "")
+            if method == "iforest_all":
+                scorer = CellScorer(baselines.IsolationForestScorer(baselines.sample_cells(st, seed=seed), seed=seed))
+            else:
+                scorer = make_scorer(method, stack, model, seed, k, d)
+            path = score_map(stack, scorer, work / f"map_{variant}{seed}.zarr")
+            out["seconds"][variant] = time.perf_counter() - t
+            print(f"region {seed}: {variant} mapped in {out['seconds'][variant]:.0f} s", file=sys.stderr, flush=True)
+            comps = [("", "prospectivity")] + ([(":" + c, c) for c in ("recon_error", "latent_distance")] if method == "mae" else [])
+            for suffix, comp in comps:
+                s = read_score(path, comp)
+                valid = np.isfinite(s)
+                for sigma in sigmas:
+                    m = s if sigma == 0 else smooth_valid(s, valid, sigma)
+                    name = variant + suffix + (f"@{sigma:g}" if sigma else "")
+                    out["methods"][name] = _row(ev.evaluate(m, held.row.values, held.col.values))
+                    out["train_auc"][name] = ev.evaluate(m, train.row.values, train.col.values).auc
     return out
 
 
@@ -102,8 +113,8 @@ def summarise(regions: list[dict], model: str = "mae") -> dict:
             "pa_prediction_mean": float(np.mean([r["pa_prediction"] for r in rows])),
             "pa_area_mean": float(np.mean([r["pa_area"] for r in rows])),
         }
-    baselines = [n for n in names if n.split("@")[0] in BASELINES]
-    best = max(baselines, key=lambda n: table[n]["auc_mean"])
+    baselines = [n for n in names if n.split("@")[0].split("+")[0] in BASELINES]
+    best = max(baselines, key=lambda n: table[n]["auc_mean"], default=None)
     train_auc = {n: float(np.mean([r["train_auc"][n] for r in regions])) for n in names}
     if model == "auto":
         model = max((n for n in names if n.startswith("mae")), key=lambda n: train_auc[n])
@@ -112,7 +123,7 @@ def summarise(regions: list[dict], model: str = "mae") -> dict:
         "train_deposit_auc_mean": train_auc,
         "model": model,
         "best_baseline": best,
-        "model_minus_best_baseline_auc": table[model]["auc_mean"] - table[best]["auc_mean"],
+        "model_minus_best_baseline_auc": table[model]["auc_mean"] - table[best]["auc_mean"] if best else None,
     }
 
 
@@ -143,8 +154,8 @@ def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
         train_local(stack, work / "big.pt", "mae", steps, 32, 1e-3, 0, pool_blocks=8)
         t_train = time.perf_counter() - t
         net, ck = load_checkpoint(work / "big.pt")
-        scorer = MAEScorer(net, ck["latent"])
         st = open_stack(stack)
+        scorer = MAEScorer(net, ck["latent"], score_channels=st.measured, shifts=2)
         t = time.perf_counter()
         score_map(stack, scorer, work / "big_map.zarr", max_blocks=blocks or None)
         t_map = time.perf_counter() - t
@@ -164,7 +175,12 @@ def main() -> None:
     p.add_argument("--seeds", default="1,2,3", help="region seeds (seed 0 was the development region)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--sigmas", default="0,4", help="post-smoothing sigmas (cells) every map is evaluated at")
-    p.add_argument("--model-variant", default="auto", help="the method@sigma reported as the model (auto: best MAE variant on training deposits)")
+    p.add_argument("--model-variant", default="mae+shift2",
+                   help="the map reported as the model (default: the job's map, chosen on validation seeds 4 and 5; auto: best MAE variant on training deposits)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--shifts", default="1,2", help="window-lattice shifts per axis the mae and cae maps are made with (1 = one lattice)")
+    p.add_argument("--drop-top", default="0", help="largest channel errors left out per cell, mae / cae / pca variants")
+    p.add_argument("--split", default="heldout", help="deposits scored: heldout, or all (validation regions, never the held-out seeds)")
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--memory-size", type=int, default=0)
     p.add_argument("--memory-blocks", type=int, default=0)
@@ -179,8 +195,9 @@ def main() -> None:
         sigmas = [float(x) for x in a.sigmas.split(",")]
         regions = []
         for s in a.seeds.split(","):
-            regions.append(run_region(a.size, int(s), a.steps, work, not a.no_ray, sigmas, a.reuse_models))
-            result = {"size": a.size, "steps": a.steps, "sigmas": sigmas, "regions": regions, **summarise(regions, a.model_variant)}
+            regions.append(run_region(a.size, int(s), a.steps, work, not a.no_ray, sigmas, a.reuse_models, tuple(a.methods.split(",")), a.split,
+                                      tuple(int(k) for k in a.shifts.split(",")), tuple(int(d) for d in a.drop_top.split(","))))
+            result = {"size": a.size, "steps": a.steps, "sigmas": sigmas, "split": a.split, "regions": regions, **summarise(regions, a.model_variant)}
             a.json.parent.mkdir(parents=True, exist_ok=True)
             a.json.write_text(json.dumps(result, indent=2))
     a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -67,9 +67,9 @@ HEADLINES: dict[str, list[Headline]] = {
         Headline("F1 at 2 cells, classical", "summary.mean_classical_2.f1"),
     ],
     "prospect": [
-        Headline("AUC on held-out deposits, ViT MAE", "table.mae.auc_mean", "best baseline ({best_baseline})",
+        Headline("AUC on held-out deposits, ViT MAE", "table.{model}.auc_mean", "best baseline ({best_baseline})",
                  "table.{best_baseline}.auc_mean"),
-        Headline("deposits in top 10 % of area, ViT MAE", "table.mae.capture_top10_pooled",
+        Headline("deposits in top 10 % of area, ViT MAE", "table.{model}.capture_top10_pooled",
                  "best baseline ({best_baseline})", "table.{best_baseline}.capture_top10_pooled"),
     ],
 }

@@ -62,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--sigma", type=float, default=0.0)
+    p.add_argument("--shifts", type=int, default=2)
     p.add_argument("--no-ray", action="store_true")
 
 
@@ -71,11 +72,14 @@ def _map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=location, help="checkpoint for mae / cae")
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the component maps, in cells")
+    p.add_argument("--shifts", type=int, default=2, help="mae/cae: average shifts x shifts window lattices offset by 8 cells (1 = one lattice)")
     p.add_argument("--seed", type=int, default=0)
 
 
-def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: int = 0):
-    """The window scorer for a method: a trained checkpoint for mae/cae, fitted here for iforest/pca."""
+def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: int = 0, shifts: int = 2, drop_top: int = 0):
+    """The window scorer for a method: a trained checkpoint for mae/cae, fitted here for iforest/pca.
+    ``shifts`` (mae/cae) averages ``shifts``² window lattices offset by one MAE patch (8 cells);
+    ``drop_top`` (mae/cae/pca) leaves each cell's largest channel errors out of its error."""
     from engine.errors import LodeInputError
     from engine.prospect import baselines, score
     from engine.prospect.stack import open_stack
@@ -91,13 +95,13 @@ def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: 
         if ck["channels"] != st.channels:
             raise LodeInputError(model, "checkpoint channels differ from the stack's")
         if method == "mae":
-            return score.MAEScorer(net, ck["latent"], score_channels=st.measured)
-        return score.CAEScorer(net, score_channels=st.measured)
+            return score.MAEScorer(net, ck["latent"], score_channels=st.measured, shifts=shifts, drop_top=drop_top)
+        return score.CAEScorer(net, score_channels=st.measured, shifts=shifts, drop_top=drop_top)
     st = open_stack(stack_path)
     cells = baselines.sample_cells(st, seed=seed)
     if method == "iforest":
         return score.CellScorer(baselines.IsolationForestScorer(cells, seed=seed, channels=st.measured))
-    return score.CellScorer(baselines.PCAScorer(cells, channels=st.measured))
+    return score.CellScorer(baselines.PCAScorer(cells, channels=st.measured, drop_top=drop_top))
 
 
 def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float, seed: int, no_ray: bool) -> dict:
@@ -108,10 +112,11 @@ def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float,
     return train_with_ray(stack, out, kind, steps, batch, lr, seed)
 
 
-def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, sigma: float, seed: int) -> Path:
+def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, sigma: float, seed: int, shifts: int = 2) -> Path:
     from engine.prospect.score import score_map
 
-    return score_map(stack, make_scorer(method, stack, model, seed), out, block=block, sigma=sigma, attrs={"method": method})
+    return score_map(stack, make_scorer(method, stack, model, seed, shifts), out, block=block, sigma=sigma,
+                     attrs={"method": method, "shifts": shifts})
 
 
 def _score(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
@@ -177,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.action == "train":
         print(json.dumps(_train(args.stack, args.out, args.kind, args.steps, args.batch, args.lr, args.seed, args.no_ray), indent=2, default=str))
     elif args.action == "map":
-        out = _map(args.stack, args.method, args.model, args.out, args.block, args.sigma, args.seed)
+        out = _map(args.stack, args.method, args.model, args.out, args.block, args.sigma, args.seed, args.shifts)
         if args.geotiff:
             from engine.prospect.score import write_geotiff
 
@@ -207,7 +212,7 @@ def _run_all(args: argparse.Namespace) -> None:
         if method in ("mae", "cae"):
             model = out / f"{method}.pt"
             _train(stack, model, method, args.steps, 32, 1e-3, 0, args.no_ray)
-        maps.append(_map(stack, method, model, out / f"map_{method}.zarr", args.block, args.sigma, 0))
+        maps.append(_map(stack, method, model, out / f"map_{method}.zarr", args.block, args.sigma, 0, args.shifts))
         timings[method] = time.perf_counter() - t
     if (out / "map_mae.zarr").exists():
         write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.prospect.score import channel_error
 from engine.prospect.stack import Stack
 from engine.prospect.train import WindowPool
 
@@ -43,13 +44,14 @@ class PCAScorer:
 
     components = ("pca",)
 
-    def __init__(self, cells: np.ndarray, variance: float = 0.9, channels: list[int] | None = None):
+    def __init__(self, cells: np.ndarray, variance: float = 0.9, channels: list[int] | None = None, drop_top: int = 0):
         from sklearn.decomposition import PCA
 
+        self.drop_top = drop_top
         self.channels = list(channels) if channels is not None else list(range(cells.shape[1]))
         self.model = PCA(n_components=variance, svd_solver="full").fit(cells[:, self.channels])
 
     def cells(self, x: np.ndarray) -> np.ndarray:
         x = x[:, self.channels]
         rec = self.model.inverse_transform(self.model.transform(x))
-        return ((x - rec) ** 2).sum(axis=1)
+        return channel_error((x - rec) ** 2, 1, self.drop_top)

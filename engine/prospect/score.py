@@ -30,6 +30,18 @@ Gaussian on 64-d token latents is broad and a footprint is a few tokens among ma
 ordinary ones, so the latent distance stays a component map for inspection only.
 Baselines give one component each, which is their prospectivity.
 
+**Shifted lattices** (``shifts``, default 2 in the job). With one window lattice the
+masked patch groups sit on a fixed 16-cell grid: a deposit whose core straddles group
+corners has most of it visible in unmasked neighbours and is reconstructed well.
+``shifts = 2`` averages the four lattices offset by (0 | 8, 0 | 8) cells, so every
+cell is also predicted with its group centred within 4 cells of it. Chosen on the
+validation regions (seeds 4 and 5, all 29 deposits; the held-out seeds 1-3 never
+chose it): one lattice AUC 0.915 and 18 of 29 deposits in the top 10 % of
+area (0.62), four lattices AUC 0.919 and 21 of 29 (0.72); Gaussian smoothing (1, 2,
+4, 8 cells), median filters (3-17 cells), grey opening and leaving each cell's
+largest channel error out (``drop_top`` 1 or 2, region 4 only) did not add to it (details in the
+README). It costs four times the scoring time, no memory.
+
 **Blocks.** The map is computed block by block (default 512 cells); windows sit
 on one global lattice (stride = window / 2, sin^2 weights that sum to one), and a
 block reads its windows plus the smoothing halo, so the result equals a global
@@ -66,6 +78,20 @@ class WindowScorer(Protocol):
         """(N, C, W, W) filled inputs and (N, W, W) validity -> (N, K, W, W) component maps."""
 
 
+def channel_error(sq: torch.Tensor | np.ndarray, dim: int, drop_top: int = 0):
+    """Mean squared error over channels (axis ``dim``) leaving out each cell's ``drop_top``
+    largest channel errors, so that an anomaly in a single source weighs less than a
+    departure shared by several."""
+    if drop_top <= 0:
+        return sq.mean(dim) if isinstance(sq, torch.Tensor) else sq.mean(axis=dim)
+    n = sq.shape[dim]
+    if drop_top >= n:
+        raise ValueError(f"drop_top {drop_top} must be below the {n} scored channels")
+    if isinstance(sq, torch.Tensor):
+        return torch.sort(sq, dim=dim).values.narrow(dim, 0, n - drop_top).mean(dim)
+    return np.sort(sq, axis=dim).take(range(n - drop_top), axis=dim).mean(axis=dim)
+
+
 def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([fn(x[i : i + batch], v[i : i + batch]) for i in range(0, len(x), batch)])
 
@@ -74,7 +100,9 @@ class MAEScorer:
     components = ("recon_error", "latent_distance")
 
     def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str | None = None, batch: int = 128,
-                 latent_weight: float = 0.0, score_channels: list[int] | None = None):
+                 latent_weight: float = 0.0, score_channels: list[int] | None = None, shifts: int = 1, drop_top: int = 0):
+        self.offsets = lattice_offsets(shifts, model.patch)
+        self.drop_top = drop_top
         self.weights = {"recon_error": 1.0, "latent_distance": latent_weight}
         self.score_channels = list(score_channels) if score_channels is not None else list(range(model.channels))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,7 +121,7 @@ class MAEScorer:
         for mask in self.masks:
             tm = mask[None].expand(n, -1)
             pred = m(xt, vt, tm)
-            err += ((pred - xt)[:, self.score_channels] ** 2).mean(dim=1) * m._pixel_mask(tm)[:, 0]
+            err += channel_error((pred - xt)[:, self.score_channels] ** 2, 1, self.drop_top) * m._pixel_mask(tm)[:, 0]
         lat = m.encode(xt, vt) - self.mean
         d = torch.sqrt(torch.einsum("ntd,de,nte->nt", lat, self.precision, lat).clamp_min(0))
         d = d.reshape(n, 1, m.grid, m.grid)
@@ -107,7 +135,10 @@ class MAEScorer:
 class CAEScorer:
     components = ("cae_error",)
 
-    def __init__(self, model: ConvAutoencoder, device: str | None = None, batch: int = 128, score_channels: list[int] | None = None):
+    def __init__(self, model: ConvAutoencoder, device: str | None = None, batch: int = 128, score_channels: list[int] | None = None,
+                 shifts: int = 1, shift_step: int = 8, drop_top: int = 0):
+        self.offsets = lattice_offsets(shifts, shift_step)
+        self.drop_top = drop_top
         self.score_channels = list(score_channels) if score_channels is not None else list(range(model.channels))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
@@ -116,7 +147,7 @@ class CAEScorer:
     @torch.no_grad()
     def _run(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         xt, vt = torch.from_numpy(x).to(self.device), torch.from_numpy(v).to(self.device)
-        return ((self.model(xt, vt) - xt)[:, self.score_channels] ** 2).mean(dim=1, keepdim=True).cpu().numpy()
+        return channel_error((self.model(xt, vt) - xt)[:, self.score_channels] ** 2, 1, self.drop_top)[:, None].cpu().numpy()
 
     def __call__(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         return _batched(self._run, x, v, self.batch)
@@ -153,24 +184,39 @@ def smooth_valid(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndar
     return out
 
 
+def lattice_offsets(shifts: int, step: int) -> tuple[tuple[int, int], ...]:
+    """Window-lattice offsets ``{0, step, ..., (shifts - 1) * step}`` on both axes."""
+    if shifts < 1:
+        raise ValueError(f"shifts must be >= 1, got {shifts}")
+    return tuple((i * step, j * step) for i in range(shifts) for j in range(shifts))
+
+
 def score_block(stack: Stack, scorer: WindowScorer, y0: int, y1: int, x0: int, x1: int, sigma: float = 0.0,
                 max_windows: int = 1024) -> np.ndarray:
-    """Component maps (K, y1 - y0, x1 - x0) of one block, equal to a global sliding window."""
+    """Component maps (K, y1 - y0, x1 - x0) of one block, equal to a global sliding window.
+
+    A scorer with ``offsets`` is run on one global window lattice per offset and the
+    lattices are averaged (each lattice's weights sum to one at every cell)."""
     w, s = scorer.window, scorer.stride
+    offsets = getattr(scorer, "offsets", ((0, 0),))
     halo = int(math.ceil(3 * sigma)) if sigma > 0 else 0
     ey0, ey1, ex0, ex1 = y0 - halo, y1 + halo, x0 - halo, x1 + halo
-    oy = np.arange(math.floor((ey0 - w + 1) / s) * s, ey1, s)
-    ox = np.arange(math.floor((ex0 - w + 1) / s) * s, ex1, s)
-    oy, ox = oy[oy + w > ey0], ox[ox + w > ex0]
-    ry0, rx0 = int(oy[0]), int(ox[0])
-    data, valid = stack.read(ry0, int(oy[-1]) + w, rx0, int(ox[-1]) + w)
+
+    def axis(e0: int, e1: int, off: int) -> np.ndarray:
+        o = np.arange(math.floor((e0 - w + 1 - off) / s) * s + off, e1, s)
+        return o[o + w > e0]
+
+    lattices = [(axis(ey0, ey1, dy), axis(ex0, ex1, dx)) for dy, dx in offsets]
+    ry0, rx0 = min(int(oy[0]) for oy, _ in lattices), min(int(ox[0]) for _, ox in lattices)
+    ry1, rx1 = max(int(oy[-1]) for oy, _ in lattices) + w, max(int(ox[-1]) for _, ox in lattices) + w
+    data, valid = stack.read(ry0, ry1, rx0, rx1)
     data = np.nan_to_num(data, nan=0.0)
     vf = valid.astype(np.float32)
     k = len(scorer.components)
     acc = np.zeros((k,) + valid.shape, dtype=np.float32)
     wsum = np.zeros(valid.shape, dtype=np.float32)
     wt = _weights(w, s)
-    origins = [(int(a) - ry0, int(b) - rx0) for a in oy for b in ox]
+    origins = [(int(a) - ry0, int(b) - rx0) for oy, ox in lattices for a in oy for b in ox]
     origins = [(a, b) for a, b in origins if valid[a : a + w, b : b + w].any()]
     for i in range(0, len(origins), max_windows):
         chunk = origins[i : i + max_windows]

@@ -26,7 +26,7 @@ def test_rows_give_each_figure_its_peer_and_ratio():
     results = {
         "segment_throughput": {"engine_mpx_s": 0.6, "bare_model_mpx_s": 1.2, "monai_mpx_s": 0.8,
                                "max_abs_prob_diff_vs_monai": 5e-7},
-        "prospect": {"best_baseline": "iforest", "table": {"mae": {"auc_mean": 0.9, "capture_top10_pooled": 0.5},
+        "prospect": {"best_baseline": "iforest", "model": "mae", "table": {"mae": {"auc_mean": 0.9, "capture_top10_pooled": 0.5},
                                                             "iforest": {"auc_mean": 0.95, "capture_top10_pooled": 0.6}}},
         "lineaments": {"summary": {"mean_classical_2": {"f1": 0.7}}},
         "newcomer": {"speed": {"items_s": 12.5}},
