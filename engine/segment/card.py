@@ -1,9 +1,9 @@
 """The model card: everything needed to rebuild a model and run it on new images.
 
-A checkpoint (``engine.segment.checkpoint``) stores the card inside torch's pickle and,
-since the inference program was added, once more as a JSON entry of the same zip
-archive, so a job's driver and its read and write tasks learn the card without
-importing torch (about 400 MB resident per process).
+A checkpoint (``engine.segment.checkpoint``) stores the card inside torch's pickle and once
+more as a JSON entry of the same zip archive, so a job's driver and its read and write tasks
+learn the card without importing torch (about 400 MB resident per process). Checkpoints
+written before the entry existed are read through torch.
 """
 
 from __future__ import annotations
