@@ -34,5 +34,14 @@ def test_blocked_equals_monai(h, w, window, overlap, block):
         lab, p = pred.predict(img[:, y0:y1, x0:x1], (y0, x0), (h, w), b, 5, "float32")
         out[:, b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] = torch.from_numpy(p)
         labels[b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] = torch.from_numpy(lab.astype(np.int64))
-    assert (out - ref).abs().max().item() <= 1e-4
-    assert torch.equal(labels, ref.argmax(0))
+    diff = (out - ref).abs().max().item()
+    assert diff <= 1e-4
+    # The model runs channels-last here and contiguous under MONAI, so probabilities differ by float
+    # rounding (measured 4.6e-6 at most). Where MONAI's two best classes are closer than twice that, the
+    # argmax is a numerical tie (a random-weight model has some): there the label must be one of the two.
+    top2 = ref.topk(2, dim=0)
+    tie = (top2.values[0] - top2.values[1]) <= 2 * diff
+    assert torch.equal(labels[~tie], ref.argmax(0)[~tie])
+    assert ((labels == top2.indices[0]) | (labels == top2.indices[1])).all()
+    assert tie.sum().item() <= max(2, 1e-4 * tie.numel())
+    assert torch.equal(labels, out.argmax(0))
