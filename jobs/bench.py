@@ -72,6 +72,33 @@ HEADLINES: dict[str, list[Headline]] = {
         Headline("deposits in top 10 % of area, ViT MAE", "table.{model}.capture_top10_pooled",
                  "best baseline ({best_baseline})", "table.{best_baseline}.capture_top10_pooled"),
     ],
+    "sampler": [
+        Headline("max/min class share, Lode", "lode.max_min_ratio", "petroscope 0.0.12", "petroscope.max_min_ratio"),
+        Headline("balancing quality, Lode", "lode.balancing_quality", "petroscope 0.0.12",
+                 "petroscope.balancing_quality"),
+        Headline("patches/s, Lode", "lode.patches_per_s", "petroscope 0.0.12", "petroscope.patches_per_s"),
+        Headline("max/min class share, Lode", "lode.max_min_ratio", "uniform", "uniform.max_min_ratio"),
+        Headline("map build peak RSS (GiB), 15-class mask", "maps_big.peak_rss_gib"),
+    ],
+    "sampler_ablation": [
+        Headline("IoU of the rarest class ({rarest_name}), balanced", "balanced.iou.{rarest_class}", "uniform",
+                 "uniform.iou.{rarest_class}"),
+        Headline("mIoU, balanced", "balanced.mean_iou", "uniform", "uniform.mean_iou"),
+    ],
+    "colour": [
+        Headline("held-out ΔE2000 after per-image fit", "held_out.mean_delta_e_after_ciede2000_fit",
+                 "least squares, linear RGB", "held_out.mean_delta_e_after_lstsq_linear_rgb"),
+        Headline("CIEDE2000 max error, Sharma pairs", "sharma.max_abs_error"),
+        Headline("correction wall (s), median", "speed.wall_s_median"),
+        Headline("pixel accuracy on casts, corrected", "model.pixel_accuracy_cast_corrected", "uncast originals",
+                 "model.pixel_accuracy_uncast"),
+    ],
+    "xpl": [
+        Headline("rotation error max (deg)", "registration.sift_ransac_ecc.rotation_err_deg_max"),
+        Headline("translation error max (px)", "registration.sift_ransac_ecc.translation_err_px_max"),
+        Headline("anisotropic IoU, PPL + 6 XPL", "models.ppl_xpl6.anisotropic_mean_iou", "PPL only",
+                 "models.ppl.anisotropic_mean_iou"),
+    ],
 }
 
 QUICK: dict[str, list[str]] = {
@@ -80,6 +107,10 @@ QUICK: dict[str, list[str]] = {
     "analyze_grains": ["--height", "2000", "--width", "1500"],
     "lineaments": ["--n", "2", "--size", "256"],
     "prospect": ["--size", "256", "--seeds", "1", "--steps", "20"],
+    "sampler": ["--patches", "1000", "--images", "4", "--size", "768", "1024", "--big", "2000", "3000"],
+    "sampler_ablation": ["--steps", "40", "--train", "4", "--test", "2", "--size", "256", "320", "--patch", "64"],
+    "colour": ["--trials", "4", "--size", "384", "512", "--skip-model"],
+    "xpl": ["--stacks", "1", "--skip-model"],
 }
 
 
@@ -97,10 +128,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-only", action="store_true", help="render the report from the JSON files in --out")
 
 
+def _fields(result: dict) -> dict[str, str]:
+    """Top-level scalars of a result, as text, for ``{key}`` in headline paths and labels."""
+    return {k: str(v) for k, v in result.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
+
+
 def lookup(result: dict, path: str) -> float | None:
-    strings = {k: v for k, v in result.items() if isinstance(v, str)}
     try:
-        path = path.format_map(strings)
+        path = path.format_map(_fields(result))
     except KeyError:
         return None
     node = result
@@ -122,9 +157,11 @@ def rows(name: str, result: dict) -> list[list[str]]:
         if v is None:
             continue
         peer_v = lookup(result, h.peer_path) if h.peer_path else None
-        peer = h.peer.format_map({k: v for k, v in result.items() if isinstance(v, str)}) if h.peer else ""
+        fields = _fields(result)
+        peer = h.peer.format_map(fields) if h.peer else ""
         ratio = _fmt(v / peer_v) if peer_v else "—"
-        out.append([name, h.figure, _fmt(v), peer if peer_v is not None else "", _fmt(peer_v), ratio])
+        out.append([name, h.figure.format_map(fields), _fmt(v), peer if peer_v is not None else "", _fmt(peer_v),
+                    ratio])
     if not out:
         flat = _flatten(result)
         out = [[name, k, _fmt(v), "", "—", "—"] for k, v in list(flat.items())[:12]]

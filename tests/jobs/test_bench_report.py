@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.bench import BEGIN, END, markdown, rewrite_readme
+from jobs.bench import BEGIN, END, HEADLINES, QUICK, _names, markdown, rewrite_readme
 from jobs.cli import main as lode
 
 META = {"machine": "test CPU, 2 logical CPUs", "mode": "quick", "date": "2026-12-01", "seconds": {"x": 3.0}}
@@ -29,6 +29,8 @@ def test_rows_give_each_figure_its_peer_and_ratio():
         "prospect": {"best_baseline": "iforest", "model": "mae", "table": {"mae": {"auc_mean": 0.9, "capture_top10_pooled": 0.5},
                                                             "iforest": {"auc_mean": 0.95, "capture_top10_pooled": 0.6}}},
         "lineaments": {"summary": {"mean_classical_2": {"f1": 0.7}}},
+        "sampler_ablation": {"rarest_class": 3, "rarest_name": "magnetite",
+                             "balanced": {"iou": {"3": 0.6, "5": 0.1}}, "uniform": {"iou": {"3": 0.2, "5": 0.9}}},
         "newcomer": {"speed": {"items_s": 12.5}},
     }
     rows = table(markdown(results, META))
@@ -40,6 +42,8 @@ def test_rows_give_each_figure_its_peer_and_ratio():
     assert ("lineaments", "F1 at 2 cells, U-Net", "") not in rows
     assert rows[("lineaments", "F1 at 2 cells, classical", "")][5] == "—"
     assert rows[("newcomer", "speed.items_s", "")][2] == "12.5"
+    rare = rows[("sampler_ablation", "IoU of the rarest class (magnetite), balanced", "uniform")]
+    assert rare[2:] == ["0.6", "uniform", "0.2", "3"]
     assert "Machine: test CPU, 2 logical CPUs" in markdown(results, META)
 
 
@@ -71,3 +75,9 @@ def test_lode_bench_runs_a_benchmark_and_regenerates_the_readme_table(tmp_path):
     assert lode(["bench", "--report-only", "--only", "lineaments", "--out", str(out), "--readme", str(readme)]) == 0
     assert "| lineaments | F1 at 2 cells, classical | 0.123 |" in readme.read_text()
     assert (out / "BENCHMARKS.md").read_text() in readme.read_text()
+
+
+def test_every_benchmark_module_has_headline_figures_and_a_quick_mode():
+    names = set(_names(None))
+    assert {"segment_throughput", "sampler", "colour", "xpl", "prospect"} <= names
+    assert names <= set(HEADLINES) and names <= set(QUICK)
