@@ -28,7 +28,8 @@ def test_two_workers_reach_the_test_miou_of_one(ray_local, tmp_path):
     miou, worlds = {}, {}
     for workers in (1, 2):
         ckpt = train(TrainConfig(data=str(data), out=str(tmp_path / f"w{workers}"), arch="unet", steps=800, epochs=4,
-                                 plateau_patience=0, patch=64, batch_size=8, workers=workers, streams=2, seed=1, window=128))
+                                 plateau_patience=0, patch=64, batch_size=8, workers=workers, streams=2, seed=1,
+                                 window=128))
         model, card = load_checkpoint(ckpt)
         miou[workers] = validate(model, card, test).mean_iou
         worlds[workers] = json.loads((tmp_path / f"w{workers}" / "train_metrics.json").read_text())
