@@ -92,7 +92,8 @@ class TrainConfig(JobConfig):
     out: str = Field(description="output directory: model.pt (best by validation mIoU), last/, curves")
     arch: str = "pspnet"
     encoder: str = "resnet18"
-    classes: list[int] | None = Field(default=None, description="class codes; default: codes found in the masks")
+    classes: list[int] | None = Field(default=None,
+                                      description="class codes; default: codes found in the training and held-out masks")
     patch: int = Field(default=256, ge=32)
     batch_size: int = Field(default=8, ge=1, description="global batch size (split equally over workers)")
     steps: int = Field(default=200, ge=1, description="optimizer steps in all (split equally over epochs)")

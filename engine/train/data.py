@@ -38,16 +38,32 @@ def pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     return out
 
 
+def _check_codes(mask: np.ndarray, path: Path, classes: ClassSet | None) -> None:
+    if classes is None:
+        return
+    allowed = set(classes.codes)
+    unknown = sorted(set(np.unique(mask).tolist()) - allowed)
+    if unknown:
+        raise LodeInputError(path, f"unknown class code{'s' if len(unknown) > 1 else ''} "
+                                   f"{', '.join(map(str, unknown))} (class set: {sorted(allowed)})")
+
+
+def mask_codes(root: str | Path, split: str, classes: ClassSet | None = None) -> list[int]:
+    """Class codes in a split's masks (images are not read); codes outside ``classes`` raise."""
+    codes: set[int] = set()
+    for _, mp in pairs(root, split):
+        mask = read_mask(mp)
+        _check_codes(mask, mp, classes)
+        codes.update(np.unique(mask).tolist())
+    return sorted(codes)
+
+
 def load_split(root: str | Path, split: str, classes: ClassSet | None = None) -> list[Sample]:
     """Load a split; mask codes outside ``classes`` raise (naming the mask)."""
     out = []
-    allowed = None if classes is None else set(classes.codes)
     for ip, mp in pairs(root, split):
         img, mask, channels = load_pair(ip, mp)
-        if allowed is not None:
-            unknown = sorted(set(np.unique(mask).tolist()) - allowed)
-            if unknown:
-                raise LodeInputError(mp, f"unknown class code{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))} (class set: {sorted(allowed)})")
+        _check_codes(mask, mp, classes)
         if out and channels != out[0].channels:
             raise LodeInputError(ip, f"channels {channels} differ from {out[0].name}'s {out[0].channels}")
         out.append(Sample(ip.stem, img, mask, channels))

@@ -24,7 +24,7 @@ from engine.errors import LodeInputError
 from engine.io.atomic import atomic_write_text, staged_directory
 from engine.segment.checkpoint import ModelCard, save_checkpoint
 from engine.train.augment import VOID, AugmentParams
-from engine.train.data import Sample, channel_stats, codes_present, load_split, pairs
+from engine.train.data import Sample, channel_stats, codes_present, load_split, mask_codes, pairs
 from engine.train.sampler import SamplerParams, Tally
 from engine.train.source import StreamPlan, patch_dataset
 from schemas.config import TrainConfig
@@ -236,7 +236,8 @@ def _card(cfg: TrainConfig) -> ModelCard:
         samples = load_split(cfg.data, "train", classes)
     else:
         samples = load_split(cfg.data, "train", LUMENSTONE)
-        classes = ClassSet.from_codes(codes_present(samples))
+        held_out = mask_codes(cfg.data, held_out_split(cfg.data, cfg.val_split), LUMENSTONE)
+        classes = ClassSet.from_codes(sorted(set(codes_present(samples)) | set(held_out)))
     mean, std = channel_stats(samples)
     return ModelCard(arch=cfg.arch, encoder=cfg.encoder, classes=classes.to_dicts(), mean=mean, std=std,
                      in_channels=len(samples[0].channels), channels=samples[0].channels,

@@ -14,10 +14,21 @@ from schemas.config import TrainConfig
 pytestmark = pytest.mark.ray
 
 
+GALENA = 2  # not in the S2 association
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    return write_lumenstone(tmp_path_factory.mktemp("ds"), n_train=3, n_test=1, size=(160, 192),
+    """S2-like sections; the held-out mask also holds a galena patch that no training mask has."""
+    import cv2
+
+    data = write_lumenstone(tmp_path_factory.mktemp("ds"), n_train=3, n_test=1, size=(160, 192),
                             associations=("S2",), seed=4, grain_diameter=30)
+    mask_path = next((data / "masks" / "test").glob("*.png"))
+    m = cv2.imread(str(mask_path), -1)
+    m[10:30, 10:30] = GALENA
+    cv2.imwrite(str(mask_path), m)
+    return data
 
 
 def _cfg(data, out, **kw):
@@ -35,8 +46,13 @@ def full_run(ray_local, tiny_data, tmp_path_factory):
 def test_training_writes_best_last_curves_and_a_usable_checkpoint(full_run, tiny_data):
     ckpt, out = full_run
     model, card = load_checkpoint(ckpt)
-    masks = [np.unique(__import__("cv2").imread(str(p), -1)) for p in (tiny_data / "masks" / "train").glob("*.png")]
-    assert card.class_set().codes == sorted(set(np.concatenate(masks).tolist()))
+    import cv2
+
+    codes = {split: set(np.concatenate([np.unique(cv2.imread(str(p), -1)) for p in
+                                        (tiny_data / "masks" / split).glob("*.png")]).tolist())
+             for split in ("train", "test")}
+    assert GALENA in codes["test"] - codes["train"]
+    assert card.class_set().codes == sorted(codes["train"] | codes["test"])
     assert card.window == 128 and card.model_id and card.training["sampler"] == "balanced"
     assert all(0 < m < 1 for m in card.mean) and all(0 < s < 0.5 for s in card.std)
     metrics = json.loads((out / "train_metrics.json").read_text())
