@@ -80,8 +80,10 @@ def run_lode(masks, images, codes, patch: int, n: int, seed: int, strength: floa
 
 
 def petroscope_python(venv: Path) -> Path:
-    py = venv / "bin" / "python"
-    ready = py.exists() and subprocess.run([str(py), "-c", "import petroscope.segmentation.balancer"], capture_output=True).returncode == 0
+    py = venv.absolute() / "bin" / "python"
+    # petroscope writes petroscope.log into its working directory on import
+    ready = py.exists() and subprocess.run([str(py), "-c", "import petroscope.segmentation.balancer"],
+                                           capture_output=True, cwd=tempfile.gettempdir()).returncode == 0
     if not ready:
         if not py.exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
