@@ -175,6 +175,7 @@ def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
     URI argument is staged through a local copy (:func:`stage_uris`) and committed after the run."""
     import tempfile
 
+    from engine.io import fs
     from engine.io.manifest import check_output, write_job_manifest
 
     if hasattr(module, "default_outputs"):
@@ -182,7 +183,7 @@ def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
     out = output_of(args)
     try:
         if out is not None and out.startswith("file://"):
-            out = out.removeprefix("file://")
+            out = fs.local(out)
             args.out = type(args.out)(out)
         if out is not None:
             check_output(out)

@@ -40,7 +40,7 @@ def check_output(out: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
         except Exception as exc:  # every store and client raises its own types
             raise LodeInputError(out, f"output is not writable: {exc}") from exc
         return
-    target = Path(str(out).removeprefix("file://")).absolute()
+    target = Path(fs.local(out)).absolute()
     probe_dir = target if target.is_dir() else target.parent
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
