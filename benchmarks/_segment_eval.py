@@ -13,7 +13,7 @@ def predict_image(checkpoint: str | Path, image: np.ndarray) -> np.ndarray:
 
     from engine.segment.checkpoint import load_checkpoint
     from engine.segment.predictor import BlockPredictor
-    from engine.tiling.grid import Block
+    from engine.raster.grid import Block
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, card = load_checkpoint(checkpoint, device)

@@ -122,7 +122,7 @@ def part_bare(work: Path, batch: int, program: bool = False) -> dict:
     import torch
 
     from engine.segment.checkpoint import load_inference_model
-    from engine.tiling.grid import WindowGrid
+    from engine.raster.grid import WindowGrid
 
     torch.set_num_threads(os.cpu_count() or 1)
     model, card, img = _load(work)

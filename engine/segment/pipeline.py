@@ -1,9 +1,7 @@
-"""The segmentation job as a Ray Data pipeline.
-
-block descriptors → read block + halo, stage the block's image shards (CPU read tasks)
-→ windows, model, blend (actor pool, GPU when the cluster has one) → whole-shard label
-writes (Datasink). A block is recorded as done only after all its shards are written;
-reruns skip done blocks.
+"""The segmentation job: planning, the output store, and segmentation as a block stage run by
+the raster runner (read block + halo and stage its image shards → colour matrix, windows,
+model, blend on the actor pool, GPU when the cluster has one → whole-shard label writes).
+A block is recorded as done only after all its shards are written; reruns skip done blocks.
 """
 
 from __future__ import annotations
@@ -14,18 +12,20 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from engine.errors import LodeInputError
 from engine.io import fs
-from engine.io.manifest import BlockStatus, RunManifest
+from engine.io.manifest import RunManifest
 from engine.io.ome import (PyramidLayout, create_image, create_labels, labels_of, layout_of, open_store,
                           write_block)
 from engine.io.sources import SectionSource, discover
 from engine.segment.card import ModelCard, read_card
-from engine.tiling.grid import Block, PaddedGrid, auto_block, block_grid
+from engine.raster.grid import PaddedGrid, auto_block, block_grid
+from engine.raster.runner import RunOptions, run_stage
+from engine.raster.stage import BlockStage, Unit
 from schemas.config import SegmentConfig
 
 log = logging.getLogger("lode.segment")
@@ -35,166 +35,94 @@ LABELS = "minerals"
 PROBABILITIES = "probabilities"
 
 
-@dataclass(frozen=True)
-class BlockTask:
-    source: SectionSource
-    block: Block
+class SegmentStage(BlockStage):
+    """Segmentation as a block stage: read a block plus the halo its windows need (optionally
+    staging the block's image shards into the output store) → colour matrix, windows, model and
+    Gaussian blend on the actor's device → whole-shard label (and probability) writes."""
 
+    name = "segment"
+    model = True
 
-def _table(row: dict[str, Any]):
-    import pyarrow as pa
-    from ray.data.extensions import ArrowTensorArray
+    def __init__(self, sources: dict[str, SectionSource], out: str, checkpoint: str, window: int, overlap: float,
+                 batch_size: int, probabilities: str, threads: int | None, copy_image: bool,
+                 matrices: dict[str, dict] | None = None):
+        self.sources, self.out, self.checkpoint = sources, out, checkpoint
+        self.window, self.overlap, self.batch_size = window, overlap, batch_size
+        self.probabilities, self.threads, self.copy_image = probabilities, threads, copy_image
+        self.matrices = matrices or {}
+        self.predictor: Any = None
 
-    cols = {}
-    for k, v in row.items():
-        if isinstance(v, np.ndarray):
-            cols[k] = ArrowTensorArray.from_numpy(v[None])
-        else:
-            cols[k] = pa.array([v])
-    return pa.table(cols)
+    def size_bytes(self, unit: Unit) -> int:
+        src, b = self.sources[unit.raster], unit.block
+        return src.channels * (b.h + self.window) * (b.w + self.window)
 
-
-def read_block(task: BlockTask, window: int, overlap: float, copy_to: str | None) -> dict[str, Any]:
-    """Read a block plus the halo its windows need, interleaved ``(h, w, c)`` as the model
-    actor cuts its windows (so the actor blends straight from the object store, without a
-    copy); optionally stage the block's image shards into the output store (the block is
-    only marked done once its labels are written too).
-
-    Pixels that turn out unreadable only now (a corrupt chunk, an image that changed) do not
-    fail the job: the row carries the error instead, and the block's section fails alone."""
-    src, b = task.source, task.block
-    y0, y1, x0, x1 = PaddedGrid(src.height, src.width, window, overlap).input_region(b)
-    row = {"section": src.section, "key": b.key, "index": b.index, "y0": b.y0, "x0": b.x0, "h": b.h, "w": b.w,
-           "ry0": y0, "rx0": x0, "height": src.height, "width": src.width, "error": ""}
-    try:
+    def read(self, unit: Unit) -> dict[str, Any]:
+        """The block plus halo, interleaved ``(h, w, c)`` as the model actor cuts its windows (so
+        the actor blends straight from the object store, without a copy)."""
+        src, b = self.sources[unit.raster], unit.block
+        y0, y1, x0, x1 = PaddedGrid(src.height, src.width, self.window, self.overlap).input_region(b)
         region = src.read(y0, y1, x0, x1)
         if region.shape[0] != src.channels:
             raise LodeInputError(src.path, f"expected {src.channels} channels, read {region.shape[0]}")
-    except LodeInputError as exc:
-        return {**row, "error": str(exc), "region": np.zeros((1, 1, src.channels), np.uint8)}
-    if copy_to is not None:
-        oy, ox = b.y0 - y0, b.x0 - x0
-        write_block(_open_out(copy_to)[src.section], region[:, oy:oy + b.h, ox:ox + b.w], b.y0, b.x0, "image")
-    return {**row, "region": np.ascontiguousarray(np.moveaxis(region, 0, -1))}
+        if self.copy_image:
+            oy, ox = b.y0 - y0, b.x0 - x0
+            write_block(_open_out(self.out)[unit.raster], region[:, oy:oy + b.h, ox:ox + b.w], b.y0, b.x0, "image")
+        return {"region": np.ascontiguousarray(np.moveaxis(region, 0, -1)), "ry0": y0, "rx0": x0}
 
-
-class BlockDatasource:
-    """Ray Data source: one read task per pending block, yielding its pixels plus halo."""
-
-    def __new__(cls, tasks: list[BlockTask], window: int, overlap: float, copy_to: str | None = None):
-        from ray.data.datasource import Datasource, ReadTask
-        from ray.data.block import BlockMetadata
-
-        class _Source(Datasource):
-            def estimate_inmemory_data_size(self) -> int:
-                return sum(t.source.channels * (t.block.h + window) * (t.block.w + window) for t in tasks)
-
-            def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-                out = []
-                for t in tasks:
-                    size = t.source.channels * (t.block.h + window) * (t.block.w + window)
-                    meta = BlockMetadata(num_rows=1, size_bytes=size, input_files=None, exec_stats=None)
-                    out.append(ReadTask(lambda t=t: [_table(read_block(t, window, overlap, copy_to))], meta,
-                                        per_task_row_limit=per_task_row_limit))
-                return out
-
-            def get_name(self) -> str:
-                return "PanoramaBlocks"
-
-        return _Source()
-
-
-class SegmentActor:
-    """Holds the model on its device; turns a block's pixels into blended labels/probabilities."""
-
-    def __init__(self, checkpoint: str, window: int, overlap: float, batch_size: int, device: str,
-                 probabilities: str, threads: int | None):
+    def setup(self, device: str) -> None:
+        if self.predictor is not None:
+            return
         import torch
 
         from engine.segment.checkpoint import load_inference_model
         from engine.segment.predictor import BlockPredictor
 
-        self.threads = (threads or os.cpu_count() or 1) if device == "cpu" else None
-        if self.threads:
+        if device == "cpu":
+            self.threads = self.threads or os.cpu_count() or 1
             torch.set_num_threads(self.threads)
-        model, card = load_inference_model(checkpoint, window, device=device)
-        self.card = card
-        self.codes = np.array(card.class_set(checkpoint).codes, dtype=np.uint8)
-        self.num_classes = len(self.codes)
-        self.probabilities = probabilities
-        self.predictor = BlockPredictor(model, card.mean, card.std, window, overlap, batch_size, device)
+        else:
+            self.threads = None
+        model, card = load_inference_model(self.checkpoint, self.window, device=device)
+        self.codes = np.array(card.class_set(self.checkpoint).codes, dtype=np.uint8)
+        self.predictor = BlockPredictor(model, card.mean, card.std, self.window, self.overlap, self.batch_size,
+                                        device)
         self.predictor.warm_up()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
         if self.threads:
             import torch
 
-            # Ray Data may call this from another thread than __init__; OpenMP's thread count is
+            # Ray Data may call this from another thread than setup; OpenMP's thread count is
             # per calling thread (Ray workers start with OMP_NUM_THREADS=1).
             torch.set_num_threads(self.threads)
-        out = {k: batch[k] for k in ("section", "key", "index", "y0", "x0", "h", "w", "error")}
-        if batch["error"][0]:
-            return {**out, "labels": np.zeros((1, 1, 1), np.uint8), "windows": np.array([0]),
-                    "seconds": np.array([0.0])}
-        t0 = time.perf_counter()
-        region = np.moveaxis(batch["region"][0], -1, 0)
-        b = Block(int(batch["index"][0]), int(batch["y0"][0]), int(batch["x0"][0]), int(batch["h"][0]),
-                  int(batch["w"][0]))
-        ry0, rx0 = int(batch["ry0"][0]), int(batch["rx0"][0])
+        region = data["region"]
+        m = self.matrices.get(unit.raster)
+        if m is not None:
+            from engine.calibrate.colour import ColourMatrix
+
+            region = region.copy()
+            region[..., :3] = ColourMatrix.from_dict(m).apply(np.ascontiguousarray(region[..., :3]))
+        src = self.sources[unit.raster]
         before = self.predictor.windows_run
-        idx, probs = self.predictor.predict(region, (ry0, rx0), (int(batch["height"][0]), int(batch["width"][0])),
-                                            b, self.num_classes,
+        idx, probs = self.predictor.predict(np.moveaxis(region, -1, 0), (int(data["ry0"]), int(data["rx0"])),
+                                            (src.height, src.width), unit.block, len(self.codes),
                                             None if self.probabilities == "none" else self.probabilities)
-        out["labels"] = self.codes[idx][None]
+        out: dict[str, Any] = {"labels": self.codes[idx], "windows": self.predictor.windows_run - before}
         if probs is not None:
-            out["probabilities"] = probs[None]
-        out["windows"] = np.array([self.predictor.windows_run - before])
-        out["seconds"] = np.array([time.perf_counter() - t0])
+            out["probabilities"] = probs
         return out
 
-
-class ShardSink:
-    """Ray Data sink writing whole shards of every pyramid level, then the block's status."""
-
-    def __new__(cls, out: str):
-        from ray.data.datasource import Datasink
-
-        class _Sink(Datasink):
-            def write(self, blocks: Iterable, ctx) -> list[str]:
-                import pandas as pd  # noqa: F401  (Ray hands pandas or arrow blocks)
-                from ray.data.block import BlockAccessor
-
-                done = []
-                store = _open_out(out)
-                for blk in blocks:
-                    for row in BlockAccessor.for_block(blk).iter_rows(public_row_format=False):
-                        done.append(_write_row(store, out, dict(row)))
-                return done
-
-            def get_name(self) -> str:
-                return "OmeZarrShards"
-
-        return _Sink()
+    def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
+        b = unit.block
+        img = _open_out(self.out)[unit.raster]
+        write_block(labels_of(img, LABELS), np.asarray(result["labels"]), b.y0, b.x0, "label")
+        if result.get("probabilities") is not None:
+            write_block(img[PROBABILITIES], np.asarray(result["probabilities"]), b.y0, b.x0, "image")
+        return {"windows": int(result["windows"])}
 
 
 def _open_out(out: str):
     return open_store(fs.join(out, STORE_NAME), mode="r+")
-
-
-def _write_row(store, out: str, row: dict[str, Any]) -> str:
-    section, key = str(row["section"]), str(row["key"])
-    y0, x0 = int(row["y0"]), int(row["x0"])
-    if row.get("error"):
-        RunManifest(out).mark_failed(section, key, str(row["error"]))
-        return f"{section}/{key}"
-    img = store[section]
-    write_block(labels_of(img, LABELS), np.asarray(row["labels"]), y0, x0, "label")
-    if row.get("probabilities") is not None:
-        write_block(img[PROBABILITIES], np.asarray(row["probabilities"]), y0, x0, "image")
-    status = BlockStatus(section=section, key=key, index=int(row["index"]), y0=y0, x0=x0, h=int(row["h"]),
-                         w=int(row["w"]), windows=int(row["windows"]), seconds=float(row["seconds"]))
-    RunManifest(out).mark_done(status)
-    return f"{section}/{key}"
 
 
 @dataclass
@@ -306,25 +234,10 @@ def colour_matrices(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSo
             for s, mm in zip(annotated, means)}
 
 
-def correct_colour(batch: dict[str, np.ndarray], matrices: dict[str, dict]) -> dict[str, np.ndarray]:
-    """Pipeline stage: apply the section's colour matrix to the RGB channels of a block region."""
-    from engine.calibrate.colour import ColourMatrix
-
-    region = batch["region"][0]
-    m = matrices.get(str(batch["section"][0]))
-    if m is not None:
-        region = region.copy()
-        region[..., :3] = ColourMatrix.from_dict(m).apply(np.ascontiguousarray(region[..., :3]))
-        batch["region"] = region[None]
-    return batch
-
-
 def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     """Run (or resume) a segmentation job; returns the written manifest. Inputs, checkpoint and
     output may be local paths or fsspec URIs; workers get the object-store settings of this process."""
-    import ray
-
-    from engine.runtime import has_gpu, init_ray
+    from engine.runtime import init_ray
 
     t_start = time.perf_counter()
     card = read_card(cfg.checkpoint)
@@ -342,40 +255,27 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         manifest.mark_failed(section, "plan", str(exc))
     _prepare_store(cfg, card, sources, layouts, fresh)
 
-    expected = [f"{s.section}/{b.key}" for s in sources for b in block_grid(s.height, s.width, layouts[s.section].block)]
-    done = manifest.done_keys()
-    tasks = [BlockTask(s, b) for s in sources for b in block_grid(s.height, s.width, layouts[s.section].block)
-             if f"{s.section}/{b.key}" not in done]
-    skipped = len(expected) - len(tasks)
-    if cfg.max_blocks is not None:
-        tasks = tasks[:cfg.max_blocks]
+    units = [Unit(s.section, b) for s in sources for b in block_grid(s.height, s.width, layouts[s.section].block)]
+    expected = [u.key for u in units]
+    pending = len(units) - len(manifest.done_keys() & set(expected))
     log.info("segment: %d sections, %d blocks to run, %d already done, %d sections not plannable",
-             len(sources), len(tasks), skipped, len(p.failed))
+             len(sources), pending, len(units) - pending, len(p.failed))
 
     t_ray = time.perf_counter()
-    if tasks:
+    skipped = len(units) - pending
+    if pending:
         init_ray()
-        gpu = cfg.device == "cuda" or (cfg.device == "auto" and has_gpu())
-        n_actors = cfg.num_actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
-        device = "cuda" if gpu else "cpu"
-        out_abs = _absolute(cfg.out)
-        remote = fs.ray_remote_args()
-        ds = ray.data.read_datasource(BlockDatasource(tasks, window, overlap, out_abs if cfg.copy_image else None),
-                                      override_num_blocks=len(tasks), **remote)
         matrices = colour_matrices(cfg, card, sources)
         if matrices:
             _record_colour(cfg, matrices)
-            ds = ds.map_batches(correct_colour, fn_kwargs={"matrices": {k: m.to_dict() for k, m in matrices.items()}},
-                                batch_size=1, batch_format="numpy", num_cpus=0.25, **remote)
-        ds = ds.map_batches(
-            SegmentActor,
-            fn_constructor_kwargs=dict(checkpoint=_absolute(cfg.checkpoint), window=window, overlap=overlap,
-                                       batch_size=cfg.batch_size, device=device, probabilities=cfg.probabilities,
-                                       threads=cfg.threads),
-            compute=ray.data.ActorPoolStrategy(size=n_actors),
-            batch_size=1, batch_format="numpy", num_gpus=1 if gpu else 0, num_cpus=0.5 if not gpu else 1, **remote,
-        )
-        ds.write_datasink(ShardSink(out_abs), ray_remote_args=remote)
+        out_abs = _absolute(cfg.out)
+        stage = SegmentStage({s.section: s for s in sources}, out_abs, _absolute(cfg.checkpoint), window, overlap,
+                             cfg.batch_size, cfg.probabilities, cfg.threads, cfg.copy_image,
+                             {k: m.to_dict() for k, m in matrices.items()})
+        run = run_stage(stage, units, manifest, RunOptions(device=cfg.device, actors=cfg.num_actors,
+                                                            max_units=cfg.max_blocks,
+                                                            remote_args=fs.ray_remote_args()))
+        skipped = run.skipped
     timings = {"plan_s": t_ray - t_start, "pipeline_s": time.perf_counter() - t_ray,
                "total_s": time.perf_counter() - t_start}
     doc = manifest.finish(timings, expected=expected + [f"{k}/plan" for k in p.failed], skipped=skipped)

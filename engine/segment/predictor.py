@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.tiling.blend import gaussian_weights
-from engine.tiling.grid import Block, PaddedGrid
+from engine.raster.blend import blend_weights
+from engine.raster.grid import Block, PaddedGrid
 
 
 class BlockPredictor:
@@ -50,7 +50,7 @@ class BlockPredictor:
         self.amp = amp and self.device.type == "cuda"
         self.scale = torch.tensor([1 / (255.0 * s) for s in std], device=self.device)
         self.shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device)
-        self.weights = gaussian_weights(window, device=self.device)
+        self.weights = torch.from_numpy(blend_weights(window, "gaussian")).to(self.device)
         self.windows_run = 0
 
     def warm_up(self) -> None:

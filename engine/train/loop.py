@@ -51,7 +51,7 @@ def validate(model, card: ModelCard, samples: list[Sample], void_border: int = 0
     """Confusion over ``samples`` with the project's sliding-window predictor (``BlockPredictor``)."""
     from engine.analyze.metrics import SegmentationScores
     from engine.segment.predictor import BlockPredictor
-    from engine.tiling.grid import Block
+    from engine.raster.grid import Block
 
     device = next(model.parameters()).device
     codes = card.class_set().codes

@@ -7,8 +7,8 @@ from monai.inferers import sliding_window_inference
 
 from engine.segment.models import create_model
 from engine.segment.predictor import BlockPredictor
-from engine.tiling.grid import PaddedGrid
-from engine.tiling import block_grid
+from engine.raster.grid import PaddedGrid
+from engine.raster import block_grid
 
 
 @pytest.mark.parametrize("h,w,window,overlap,block", [

@@ -1,8 +1,13 @@
-"""One global window grid over an image, and output blocks aligned to it.
+"""Raster geometry: output blocks that own whole shards, halos, and the global window grids.
 
-The window grid follows MONAI's ``sliding_window_inference`` exactly (scan interval
-``int(window * (1 - overlap))``, the last window clamped to the image edge), so that a
-blocked run over output blocks equals one global sliding window.
+Two window conventions, both global so that a blocked run equals one pass over the raster:
+
+- the *clamped* grid (:func:`window_starts`, :class:`WindowGrid`): MONAI's
+  ``sliding_window_inference`` exactly (scan interval ``int(window * (1 - overlap))``,
+  the last window clamped to the image edge); segmentation and lineament inference;
+- the *lattice* (:func:`lattice_starts`): windows at ``offset + k * stride`` for every
+  integer k, overhanging the raster edges, optionally several lattices shifted by
+  :func:`lattice_offsets`; prospectivity scoring.
 """
 
 from __future__ import annotations
@@ -21,6 +26,28 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     num = int(math.ceil(size / interval))
     count = next((d + 1 for d in range(num) if d * interval + window >= size), 1)
     return [i * interval - max(i * interval + window - size, 0) for i in range(count)]
+
+
+def stride_starts(size: int, window: int, stride: int) -> list[int]:
+    """Clamped window starts for a given stride: ``0, stride, ...`` and one flush with the end
+    (:func:`window_starts` for ``overlap = 1 - stride / window``); ``[0]`` when ``size <= window``."""
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window + 1, stride))
+    return starts if starts[-1] == size - window else starts + [size - window]
+
+
+def lattice_starts(e0: int, e1: int, window: int, stride: int, offset: int = 0) -> list[int]:
+    """Starts ``offset + k * stride`` (any integer k) of the lattice windows that overlap ``[e0, e1)``."""
+    first = math.floor((e0 - window + 1 - offset) / stride) * stride + offset
+    return [s for s in range(first, e1, stride) if s + window > e0]
+
+
+def lattice_offsets(shifts: int, step: int) -> tuple[tuple[int, int], ...]:
+    """Lattice offsets ``{0, step, ..., (shifts - 1) * step}`` on both axes."""
+    if shifts < 1:
+        raise ValueError(f"shifts must be >= 1, got {shifts}")
+    return tuple((i * step, j * step) for i in range(shifts) for j in range(shifts))
 
 
 @dataclass(frozen=True)
@@ -65,10 +92,15 @@ class Block:
     def key(self) -> str:
         return f"{self.y0:06d}_{self.x0:06d}"
 
+    def halo(self, halo: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)`` of the block grown by ``halo`` on every side, cut to the raster."""
+        return (max(self.y0 - halo, 0), min(self.y0 + self.h + halo, height),
+                max(self.x0 - halo, 0), min(self.x0 + self.w + halo, width))
 
-def block_grid(height: int, width: int, block: tuple[int, int]) -> list[Block]:
+
+def block_grid(height: int, width: int, block: tuple[int, int] | int) -> list[Block]:
     """Row-major blocks of ``block`` size (edge blocks cropped to the image)."""
-    bh, bw = block
+    bh, bw = (block, block) if isinstance(block, int) else block
     out = []
     for y0 in range(0, height, bh):
         for x0 in range(0, width, bw):

@@ -3,7 +3,7 @@ import pytest
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
-from engine.tiling import WindowGrid, auto_block, block_grid, redundancy, window_starts
+from engine.raster import WindowGrid, auto_block, block_grid, redundancy, window_starts
 
 
 @pytest.mark.parametrize("size,window,overlap", [(1000, 128, 0.25), (512, 512, 0.5), (513, 512, 0.25),

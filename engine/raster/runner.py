@@ -1,0 +1,266 @@
+"""The one runner: executes a block stage over the units (blocks) of one raster or many.
+
+On Ray: a custom ``Datasource`` yields one read task per pending unit (its block plus halo,
+as a one-row Arrow table) → ``map_batches`` runs the stage's compute (a callable class on an
+``ActorPoolStrategy`` for model stages, one GPU per actor when the cluster has GPUs; tasks
+for light stages) → a ``Datasink`` writes each unit's whole shards and only then records the
+unit as done. In serial mode the same stage code runs in this process (tests, tiny inputs).
+
+The per-unit record (:class:`~engine.io.manifest.RunManifest`) belongs to the runner: units
+already done are skipped on a rerun, a unit whose input is unreadable is recorded as failed
+with its reason (its raster fails alone) and is retried by the next run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+from engine.errors import LodeInputError
+from engine.io.manifest import BlockStatus, RunManifest
+from engine.raster.grid import Block
+from engine.raster.stage import BlockStage, Unit
+
+Device = Literal["auto", "cpu", "cuda"]
+_UNIT = ("raster", "index", "y0", "x0", "h", "w")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a stage runs.
+
+    Args:
+        executor: ``ray`` (the pipeline on the connected cluster) or ``serial`` (in process).
+        device: ``auto`` asks for a GPU per model actor when the cluster has GPUs; ``cpu``
+            never; ``cuda`` requires them.
+        actors: model actors (default: one per cluster GPU, or one on CPU clusters).
+        actor_cpus: CPUs an actor reserves (default 1 with a GPU, else 0.5, so that read and
+            write tasks are never starved on a small machine).
+        max_units: run at most this many pending units (partial runs, benchmarks).
+        remote_args: extra Ray remote arguments for every task and actor (``runtime_env``).
+    """
+
+    executor: Literal["ray", "serial"] = "ray"
+    device: Device = "auto"
+    actors: int | None = None
+    actor_cpus: float | None = None
+    max_units: int | None = None
+    remote_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageRun:
+    """What one run of a stage did: units run now, skipped (done before), failed (unit key → reason)."""
+
+    ran: int
+    skipped: int
+    failed: dict[str, str]
+    device: str
+    actors: int
+    seconds: float
+
+
+def wants_gpu(stage: BlockStage, device: Device) -> bool:
+    """Whether the stage's actors ask for a GPU: decided from the cluster's resources (never
+    from this process's own devices). Call with Ray initialised."""
+    if not stage.model or device == "cpu":
+        return False
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if device == "cuda" and gpus <= 0:
+        raise LodeInputError("--device", "cuda was asked for, but the Ray cluster has no GPU")
+    return gpus > 0
+
+
+def local_device(gpu_assigned: bool) -> str:
+    """The device a worker uses, decided in its own process: CUDA when Ray gave it a GPU and
+    torch sees one there, else the CPU."""
+    if gpu_assigned:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+    return "cpu"
+
+
+def _unit_row(unit: Unit) -> dict[str, Any]:
+    b = unit.block
+    return {"raster": unit.raster, "index": b.index, "y0": b.y0, "x0": b.x0, "h": b.h, "w": b.w, "error": ""}
+
+
+def _unit_of(row: dict[str, Any]) -> Unit:
+    return Unit(str(row["raster"]), Block(*(int(row[k]) for k in _UNIT[1:])))
+
+
+def _data(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in _UNIT and k != "error"}
+
+
+def _table(row: dict[str, Any]):
+    import pyarrow as pa
+    from ray.data.extensions import ArrowTensorArray
+
+    cols = {}
+    for k, v in row.items():
+        if isinstance(v, np.ndarray) and v.ndim > 0:
+            cols[k] = ArrowTensorArray.from_numpy(v[None])
+        elif isinstance(v, (bytes, bytearray)):
+            cols[k] = pa.array([bytes(v)], pa.binary())
+        else:
+            cols[k] = pa.array([v.item() if isinstance(v, np.generic) else v])
+    return pa.table(cols)
+
+
+def _read(stage: BlockStage, unit: Unit) -> dict[str, Any]:
+    row = _unit_row(unit)
+    try:
+        return {**row, **stage.read(unit)}
+    except LodeInputError as exc:
+        return {**row, "error": str(exc)}
+
+
+def _compute(stage: BlockStage, row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: row[k] for k in (*_UNIT, "error")}
+    if row["error"]:
+        return out
+    unit = _unit_of(row)
+    t0 = time.perf_counter()
+    try:
+        result = stage.compute(unit, _data(row))
+    except LodeInputError as exc:
+        return {**out, "error": str(exc)}
+    return {**out, "seconds": time.perf_counter() - t0, **result}
+
+
+def _commit(stage: BlockStage, manifest: RunManifest | None, row: dict[str, Any]) -> None:
+    unit = _unit_of(row)
+    if row["error"]:
+        if manifest is None:
+            raise LodeInputError(unit.raster, str(row["error"]))
+        manifest.mark_failed(unit.raster, unit.block.key, str(row["error"]))
+        return
+    data = _data(row)
+    seconds = float(data.pop("seconds", 0.0))
+    extra = stage.write(unit, data) or {}
+    if manifest is not None:
+        b = unit.block
+        manifest.mark_done(BlockStatus(section=unit.raster, key=b.key, index=b.index, y0=b.y0, x0=b.x0, h=b.h,
+                                       w=b.w, windows=int(extra.get("windows", 0)),
+                                       seconds=float(extra.get("seconds", seconds))))
+
+
+def _unbatch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {k: v[0] for k, v in batch.items()}
+
+
+def _batch(row: dict[str, Any]) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, np.ndarray) and v.ndim > 0:
+            out[k] = v[None]
+        elif isinstance(v, (bytes, bytearray)):
+            out[k] = np.array([bytes(v)], dtype=object)
+        else:
+            out[k] = np.array([v])
+    return out
+
+
+class _StageActor:
+    """Holds one stage (and its model) in an actor process on the device it picked itself."""
+
+    def __init__(self, stage: BlockStage):
+        import ray
+
+        self.stage = stage
+        stage.setup(local_device(bool(ray.get_gpu_ids())))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _batch(_compute(self.stage, _unbatch(batch)))
+
+
+def _compute_task(batch: dict[str, np.ndarray], stage: BlockStage) -> dict[str, np.ndarray]:
+    stage.setup("cpu")
+    return _batch(_compute(stage, _unbatch(batch)))
+
+
+def _datasource(stage: BlockStage, units: Sequence[Unit]):
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class UnitSource(Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(stage.size_bytes(u) for u in units)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+            return [ReadTask(lambda u=u: [_table(_read(stage, u))],
+                             BlockMetadata(num_rows=1, size_bytes=stage.size_bytes(u), input_files=None,
+                                           exec_stats=None), per_task_row_limit=per_task_row_limit)
+                    for u in units]
+
+        def get_name(self) -> str:
+            return f"{type(stage).__name__}Blocks"
+
+    return UnitSource()
+
+
+def _datasink(stage: BlockStage, manifest: RunManifest | None):
+    from ray.data.block import BlockAccessor
+    from ray.data.datasource import Datasink
+
+    class ShardSink(Datasink):
+        def write(self, blocks: Iterable, ctx) -> None:
+            for blk in blocks:
+                for row in BlockAccessor.for_block(blk).iter_rows(public_row_format=False):
+                    _commit(stage, manifest, dict(row))
+
+        def get_name(self) -> str:
+            return f"{type(stage).__name__}Shards"
+
+    return ShardSink()
+
+
+def run_stage(stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | None = None,
+              options: RunOptions = RunOptions()) -> StageRun:
+    """Run ``stage`` over ``units`` that ``manifest`` does not record as done.
+
+    Ray must be initialised for the ``ray`` executor. Returns what ran; failed units are in
+    ``manifest`` (and in the result), done units are skipped by the next run.
+    """
+    t0 = time.perf_counter()
+    done = manifest.done_keys() if manifest is not None else set()
+    pending = [u for u in units if u.key not in done]
+    skipped = len(units) - len(pending)
+    if options.max_units is not None:
+        pending = pending[:options.max_units]
+    device, actors = "cpu", 0
+    if pending and options.executor == "serial":
+        device = "cuda" if options.device == "cuda" else "cpu"
+        stage.setup(device)
+        for u in pending:
+            _commit(stage, manifest, _compute(stage, _read(stage, u)))
+    elif pending:
+        import ray
+
+        if manifest is None:
+            raise ValueError("the ray executor records units in a RunManifest: pass one")
+        gpu = wants_gpu(stage, options.device)
+        device = "cuda" if gpu else "cpu"
+        remote = dict(options.remote_args)
+        ds = ray.data.read_datasource(_datasource(stage, pending), override_num_blocks=len(pending), **remote)
+        if stage.model:
+            actors = options.actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
+            cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if gpu else 0.5)
+            ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"stage": stage},
+                                compute=ray.data.ActorPoolStrategy(size=actors), batch_size=1,
+                                batch_format="numpy", num_gpus=1 if gpu else 0, num_cpus=cpus, **remote)
+        else:
+            ds = ds.map_batches(_compute_task, fn_kwargs={"stage": stage}, batch_size=1, batch_format="numpy",
+                                num_cpus=0.5, **remote)
+        ds.write_datasink(_datasink(stage, manifest), ray_remote_args=remote)
+    failed = manifest.failed() if manifest is not None else {}
+    return StageRun(ran=len(pending), skipped=skipped, failed=failed, device=device, actors=actors,
+                    seconds=time.perf_counter() - t0)

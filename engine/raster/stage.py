@@ -1,0 +1,63 @@
+"""The block-stage protocol: read a block plus its halo → compute → write the block's whole shards.
+
+A stage is a small picklable object that the runner ships to Ray workers (or calls in
+process, in serial mode). Keep heavy state out of ``__init__``: a model is built in
+:meth:`BlockStage.setup`, once per actor, on the device the actor picked in its own process.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from engine.raster.grid import Block
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One output block of one raster: the unit of parallel work, resume and failure."""
+
+    raster: str
+    block: Block
+
+    @property
+    def key(self) -> str:
+        return f"{self.raster}/{self.block.key}"
+
+
+def units_of(raster: str, blocks: list[Block]) -> list[Unit]:
+    return [Unit(raster, b) for b in blocks]
+
+
+class BlockStage(ABC):
+    """Base class of every blocked stage.
+
+    Subclasses set ``name`` and ``model`` and implement :meth:`read`, :meth:`compute` and
+    :meth:`write`. ``read`` and ``write`` run in CPU tasks; ``compute`` runs on an actor pool
+    when ``model`` is true (one GPU per actor when the cluster has GPUs), else in tasks.
+    Values passed between the three are numpy arrays, numbers, strings or bytes.
+    """
+
+    name: ClassVar[str] = "stage"
+    model: ClassVar[bool] = False
+
+    @abstractmethod
+    def read(self, unit: Unit) -> dict[str, Any]:
+        """The unit's inputs (block plus halo). Raise ``LodeInputError`` for unreadable input:
+        that raster then fails alone, the others go on."""
+
+    def setup(self, device: str) -> None:
+        """Build heavy state (a model) on ``device`` (``cpu`` or ``cuda``); once per process."""
+
+    def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+    @abstractmethod
+    def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
+        """Write the unit's whole shards; returns fields for its status record (``windows``,
+        ``seconds``). The unit is marked done only after this returns."""
+
+    def size_bytes(self, unit: Unit) -> int:
+        """Estimated bytes of the unit's inputs (Ray Data plans its memory from it)."""
+        return unit.block.h * unit.block.w * 4

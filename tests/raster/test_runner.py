@@ -1,0 +1,193 @@
+"""The raster runner: a toy 3×3 box filter as a block stage, against scipy over the whole raster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+from engine.errors import LodeInputError
+from engine.io.manifest import RunManifest
+from engine.raster import BlockStage, Unit, block_grid, blend_weights, units_of
+from engine.raster.runner import RunOptions, run_stage, wants_gpu
+
+BLOCK = (32, 48)
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class BoxFilter(BlockStage):
+    """3×3 mean with a one-pixel halo (edges replicated), written to ``out`` block by block."""
+
+    name = "box"
+
+    def __init__(self, src: str, out: str, model: bool = False):
+        self.src, self.out = src, out
+        self.model = model  # type: ignore[misc]
+
+    def read(self, unit: Unit) -> dict:
+        arr = zarr.open_array(f"{self.src}/{unit.raster}", mode="r")
+        if unit.raster == "broken":
+            raise LodeInputError(f"{self.src}/{unit.raster}", "unreadable")
+        y0, y1, x0, x1 = unit.block.halo(1, *arr.shape)
+        return {"region": np.asarray(arr[y0:y1, x0:x1]), "origin": np.array([y0, x0])}
+
+    def setup(self, device: str) -> None:
+        self.device = device
+
+    def compute(self, unit: Unit, data: dict) -> dict:
+        region = np.asarray(data["region"], np.float64)
+        b, (y0, x0) = unit.block, data["origin"]
+        # Edge replication of the whole raster: pad only where the halo was cut by the raster edge.
+        arr_shape = zarr.open_array(f"{self.src}/{unit.raster}", mode="r").shape
+        pad = ((int(b.y0 == 0), int(b.y0 + b.h == arr_shape[0])), (int(b.x0 == 0), int(b.x0 + b.w == arr_shape[1])))
+        full = np.pad(region, pad, mode="edge")
+        mean = ndimage.uniform_filter(full, 3, mode="nearest")
+        oy, ox = b.y0 - int(y0) + pad[0][0], b.x0 - int(x0) + pad[1][0]
+        import ray
+
+        gpus = len(ray.get_gpu_ids()) if ray.is_initialized() else 0
+        return {"mean": mean[oy:oy + b.h, ox:ox + b.w].astype(np.float32), "device": self.device, "gpus": gpus}
+
+    def write(self, unit: Unit, result: dict) -> dict:
+        b = unit.block
+        zarr.open_array(f"{self.out}/{unit.raster}", mode="r+")[b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] = result["mean"]
+        Path(f"{self.out}.{unit.raster}.{b.key}.json").write_text(
+            json.dumps({"device": str(result["device"]), "gpus": int(result["gpus"])}))
+        return {"windows": 1}
+
+
+def _rasters(tmp_path: Path, names=("a", "b")) -> tuple[str, str, dict[str, np.ndarray]]:
+    src, out = str(tmp_path / "src.zarr"), str(tmp_path / "out.zarr")
+    rng = np.random.default_rng(3)
+    data = {}
+    for k, n in enumerate(names):
+        shape = (70 + 9 * k, 101 - 13 * k)
+        data[n] = rng.normal(size=shape).astype(np.float32)
+        zarr.save_array(f"{src}/{n}", data[n])
+        zarr.create_array(f"{out}/{n}", shape=shape, chunks=BLOCK, dtype="float32", fill_value=np.nan)
+    return src, out, data
+
+
+def _units(data: dict[str, np.ndarray]) -> list[Unit]:
+    return [u for n, a in data.items() for u in units_of(n, block_grid(*a.shape, BLOCK))]
+
+
+def _result(out: str, name: str) -> np.ndarray:
+    return zarr.open_array(f"{out}/{name}", mode="r")[:]
+
+
+def _truth(a: np.ndarray) -> np.ndarray:
+    return ndimage.uniform_filter(a.astype(np.float64), 3, mode="nearest").astype(np.float32)
+
+
+def test_serial_blocked_equals_whole_raster_and_resumes(tmp_path):
+    src, out, data = _rasters(tmp_path)
+    manifest = RunManifest(tmp_path / "run")
+    units = _units(data)
+    first = run_stage(BoxFilter(src, out), units, manifest, RunOptions(executor="serial", max_units=3))
+    assert first.ran == 3 and np.isnan(_result(out, "a")).any()
+    second = run_stage(BoxFilter(src, out), units, manifest, RunOptions(executor="serial"))
+    assert second.skipped == 3 and second.ran == len(units) - 3
+    for n, a in data.items():
+        np.testing.assert_allclose(_result(out, n), _truth(a), atol=1e-6)
+    assert {u.key for u in units} == manifest.done_keys()
+
+
+def test_serial_without_manifest_raises_naming_the_input(tmp_path):
+    src, out, data = _rasters(tmp_path, ("broken",))
+    with pytest.raises(LodeInputError, match="broken"):
+        run_stage(BoxFilter(src, out), _units(data), None, RunOptions(executor="serial"))
+
+
+@pytest.mark.parametrize("model", [False, True], ids=["tasks", "actors"])
+def test_ray_runner_equals_whole_raster_and_a_broken_raster_fails_alone(tmp_path, ray_local, model):
+    src, out, data = _rasters(tmp_path, ("a", "broken", "b"))
+    manifest = RunManifest(tmp_path / "run")
+    units = _units(data)
+    run = run_stage(BoxFilter(src, out, model), units, manifest, RunOptions())
+    assert run.device == "cpu" and run.actors == (1 if model else 0)
+    for n in ("a", "b"):
+        np.testing.assert_allclose(_result(out, n), _truth(data[n]), atol=1e-6)
+    broken = {u.key for u in units if u.raster == "broken"}
+    assert set(run.failed) == broken and all("unreadable" in r for r in run.failed.values())
+    assert manifest.done_keys() == {u.key for u in units} - broken
+
+
+def test_blend_kernels():
+    g = blend_weights(64)
+    assert g.shape == (64, 64) and g.dtype == np.float32
+    assert np.allclose(g, g.T) and g.min() >= 1e-3 and np.unravel_index(g.argmax(), g.shape) in {(31, 31), (32, 32), (31, 32), (32, 31)}
+    s = blend_weights(16, "sin2")
+    tiled = np.zeros(48)
+    for o in range(0, 33, 8):
+        tiled[o:o + 16] += np.sqrt(np.diag(s))  # the separable kernel's 1-D factor
+    np.testing.assert_allclose(tiled[16:32], 1.0, atol=1e-6)  # half-stride sin² sums to one
+    assert (blend_weights(8, "flat") == 1).all()
+    with pytest.raises(ValueError, match="unknown blend"):
+        blend_weights(8, "cosine")  # type: ignore[arg-type]
+
+
+def test_gaussian_is_monai_importance_map():
+    import torch
+    from monai.data.utils import compute_importance_map
+
+    for window in (64, 128, 129):
+        ref = compute_importance_map((window, window), mode="gaussian", sigma_scale=0.125, device="cpu").numpy()
+        np.testing.assert_allclose(blend_weights(window), ref, rtol=1e-6, atol=1e-9)
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_device_is_chosen_from_cluster_resources_not_the_driver(tmp_path):
+    """A fake GPU in the cluster: model actors ask for it, and each picks its device in its own
+    process (the CPU here, where torch sees no CUDA)."""
+    import torch
+
+    script = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        import ray
+        from tests.raster.test_runner import BoxFilter, _rasters, _units
+        from engine.io.manifest import RunManifest
+        from engine.raster.runner import RunOptions, run_stage, wants_gpu
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        tmp = Path(sys.argv[1])
+        src, out, data = _rasters(tmp, ("a",))
+        stage = BoxFilter(src, out, model=True)
+        run = run_stage(stage, _units(data), RunManifest(tmp / "run"), RunOptions())
+        seen = [json.loads(p.read_text()) for p in sorted(tmp.glob("out.zarr.a.*.json"))]
+        print(json.dumps({"wants": wants_gpu(stage, "auto"), "run_device": run.device, "actors": seen}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["wants"] is True and found["run_device"] == "cuda"
+    # Each actor was given the cluster's GPU and picked its device itself: no CUDA in its process.
+    local = "cuda" if torch.cuda.is_available() else "cpu"
+    assert found["actors"] and all(a == {"device": local, "gpus": 1} for a in found["actors"])
+
+
+def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(tmp_path, ray_local, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    src, out, data = _rasters(tmp_path, ("a",))
+    stage = BoxFilter(src, out, model=True)
+    run = run_stage(stage, _units(data), RunManifest(tmp_path / "run"), RunOptions())
+    assert wants_gpu(stage, "auto") is False and run.device == "cpu"
+    seen = [json.loads(p.read_text()) for p in tmp_path.glob("out.zarr.a.*.json")]
+    assert seen and all(a == {"device": "cpu", "gpus": 0} for a in seen)
+
+
+def test_cuda_on_a_cluster_without_gpus_is_refused(ray_local):
+    with pytest.raises(LodeInputError, match="no GPU"):
+        wants_gpu(BoxFilter("x", "y", model=True), "cuda")
+    assert wants_gpu(BoxFilter("x", "y", model=False), "cuda") is False
