@@ -254,7 +254,8 @@ def run_stage(stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | 
         if stage.model:
             actors = options.actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
             cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if gpu else 0.5)
-            ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"stage": stage},
+            actor = type(f"{type(stage).__name__}Actor", (_StageActor,), {})  # names the actor processes
+            ds = ds.map_batches(actor, fn_constructor_kwargs={"stage": stage},
                                 compute=ray.data.ActorPoolStrategy(size=actors), batch_size=1,
                                 batch_format="numpy", num_gpus=1 if gpu else 0, num_cpus=cpus, **remote)
         else:

@@ -32,7 +32,7 @@ def _segment_actor_processes(root_pid: int) -> list[psutil.Process]:
     out = []
     for p in psutil.Process(root_pid).children(recursive=True):
         try:
-            if "SegmentActor" in " ".join(p.cmdline()):
+            if "SegmentStageActor" in " ".join(p.cmdline()):
                 out.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
