@@ -40,6 +40,7 @@ def synthetic_labels(shape: tuple[int, int], n_classes: int, seed: int) -> np.nd
 
 def write_label_store(path: Path, lab: np.ndarray, block: int = 2048) -> None:
     from engine.classes import LUMENSTONE
+    from engine.io.integrity import mark_complete
     from engine.io.ome import PyramidLayout, create_image, create_labels, open_store, write_block
 
     root = open_store(path, mode="w")
@@ -50,6 +51,7 @@ def write_label_store(path: Path, lab: np.ndarray, block: int = 2048) -> None:
     for y0 in range(0, H, block):
         for x0 in range(0, W, block):
             write_block(lbl, lab[y0:y0 + block, x0:x0 + block], y0, x0, "label")
+    mark_complete(lbl)
 
 
 def cpu_seconds() -> float:

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, nargs="+", help="class codes scored (default: codes found)")
     p.add_argument("--void-borders", type=int, default=0, metavar="PX",
                    help="leave out a band this wide around truth class boundaries (default 0)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="score only the written blocks of sections a killed or failed run left incomplete")
     p.add_argument("--json", dest="json_out", help="JSON output (default: evaluation.json beside the store)")
 
 
@@ -36,11 +38,16 @@ def run(args: argparse.Namespace) -> int:
         from engine.classes import LUMENSTONE_CATALOGUE
         from engine.io.atomic import atomic_write_text
 
-        total, per = evaluate_store(args.pred, args.truth, args.classes, args.void_borders)
+        incomplete: dict[str, int] = {}
+        total, per = evaluate_store(args.pred, args.truth, args.classes, args.void_borders,
+                                    allow_incomplete=args.allow_incomplete, incomplete=incomplete)
         names = {c: m.name for c, m in LUMENSTONE_CATALOGUE.items()}
+        for s, n in incomplete.items():
+            print(f"INCOMPLETE {s}: {n} block(s) never written are left out of these scores")
         print(total.table(names))
         out = Path(args.json_out) if args.json_out else Path(args.pred).resolve().parent / "evaluation.json"
         doc = {"pred": str(args.pred), "truth": str(args.truth), "void_borders": args.void_borders,
+               "incomplete_sections": incomplete,
                **total.to_dict(names), "sections": {s: v.to_dict(names) for s, v in per.items()}}
         atomic_write_text(out, json.dumps(doc, indent=1))
         print(f"written: {out}")

@@ -10,6 +10,8 @@ import numpy as np
 from engine.analyze.metrics import SegmentationScores
 from engine.errors import LodeInputError
 from engine.io.images import IMAGE_SUFFIXES, read_mask
+from engine.io.integrity import check_raster, read_checked
+from engine.io.ome import VOID
 
 PRED_LABELS = "minerals"
 TRUTH_LABELS = "truth"
@@ -52,14 +54,20 @@ def _truth_reader(truth: Path):
     return from_files
 
 
-def _pairs(pred: Path, truth: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def _pairs(pred: Path, truth: Path, allow_incomplete: bool, incomplete: dict[str, int]
+           ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     store = _open(pred, "prediction")
     read_truth = _truth_reader(truth)
     sections = sorted(k for k, g in store.groups() if f"labels/{PRED_LABELS}/0" in g)
     if not sections:
         raise LodeInputError(pred, f"no section with labels/{PRED_LABELS} in the store")
     for s in sections:
-        p = np.asarray(store[f"{s}/labels/{PRED_LABELS}/0"][:])
+        group = store[f"{s}/labels/{PRED_LABELS}"]
+        level0 = group["0"]
+        missing = check_raster(group, level0, f"{pred}/{s}", allow_incomplete)
+        if missing:
+            incomplete[s] = len(missing)
+        p = read_checked(level0, (slice(None), slice(None)), str(pred))
         t = read_truth(s)
         if t.shape != p.shape:
             raise LodeInputError(truth, f"truth of section {s!r} is {t.shape}, prediction {p.shape}")
@@ -75,21 +83,25 @@ def _restrict(full: SegmentationScores, codes: Sequence[int]) -> SegmentationSco
 
 
 def evaluate_store(pred: str | Path, truth: str | Path, codes: Sequence[int] | None = None,
-                   void_border: int = 0, void_code: int = 255
+                   void_border: int = 0, void_code: int = VOID, allow_incomplete: bool = False,
+                   incomplete: dict[str, int] | None = None
                    ) -> tuple[SegmentationScores, dict[str, SegmentationScores]]:
     """Dataset-level scores (intersections and unions summed over every section) and per-section scores.
 
     Sections are read one at a time. Args:
         codes: class codes scored; default every code found in the truth or the prediction.
         void_border: width of the band around truth class boundaries left out of every count.
+        allow_incomplete: score the written blocks of incomplete sections (else they are refused);
+            ``incomplete`` then receives section → number of blocks left out.
     """
+    incomplete = {} if incomplete is None else incomplete
     every = [c for c in range(256) if c != void_code]
     total = SegmentationScores.empty(every)
     per: dict[str, SegmentationScores] = {}
     found: set[int] = set()
-    for s, t, p in _pairs(Path(pred), Path(truth)):
+    for s, t, p in _pairs(Path(pred), Path(truth), allow_incomplete, incomplete):
         one = SegmentationScores.empty(every)
-        one.add(t, p, void_border=void_border)
+        one.add(t, p, valid=p != VOID, void_border=void_border)
         per[s] = one
         total.confusion += one.confusion
         if codes is None:

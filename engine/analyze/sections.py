@@ -10,7 +10,8 @@ import zarr
 
 from engine.classes import ClassSet
 from engine.errors import LodeInputError
-from engine.io.ome import image_groups, labels_of, open_store
+from engine.io.integrity import check_raster
+from engine.io.ome import VOID, image_groups, labels_of, open_store
 
 PROBABILITIES = "probabilities"
 
@@ -25,6 +26,8 @@ class Section:
     classes: ClassSet
     pixel_size_um: float | None
     source: str
+    missing: tuple[tuple[int, ...], ...] = ()
+    """Origins of the label blocks never written (only when opened with ``allow_incomplete``)."""
 
     @property
     def level0(self) -> zarr.Array:
@@ -64,7 +67,7 @@ def classes_of(labels: zarr.Group, source: str) -> ClassSet:
     il = labels.attrs.get("ome", {}).get("image-label", {})
     props = {p["label-value"]: p.get("name", str(p["label-value"])) for p in il.get("properties", [])}
     colours = {c["label-value"]: c.get("rgba", [128, 128, 128, 255])[:3] for c in il.get("colors", [])}
-    codes = sorted(set(props) | set(colours))
+    codes = sorted((set(props) | set(colours)) - {VOID})
     if not codes:
         raise LodeInputError(source, "label image carries no class names or colours")
     return ClassSet.from_dicts(
@@ -73,8 +76,12 @@ def classes_of(labels: zarr.Group, source: str) -> ClassSet:
     )
 
 
-def open_sections(store: str | Path, label_name: str = "minerals") -> list[Section]:
-    """Every section of a segmentation store that has a ``labels/<label_name>`` image."""
+def open_sections(store: str | Path, label_name: str = "minerals", allow_incomplete: bool = False) -> list[Section]:
+    """Every section of a segmentation store that has a ``labels/<label_name>`` image.
+
+    Raises ``LodeInputError`` naming the section and its missing blocks when a section is
+    incomplete (a killed or failed run) unless ``allow_incomplete``, and always when a section
+    recorded as complete lacks a shard."""
     root = open_store(store)
     out = []
     for name, image in image_groups(root).items():
@@ -89,8 +96,9 @@ def open_sections(store: str | Path, label_name: str = "minerals") -> list[Secti
         if arr.ndim != 2 or arr.dtype != np.uint8:
             raise LodeInputError(f"{src}/labels/{label_name}", f"expected a (y, x) uint8 label array, got "
                                                                   f"{arr.dtype} {arr.shape}")
+        missing = check_raster(labels, arr, src, allow_incomplete)
         out.append(Section(name, image, labels, classes_of(labels, src), pixel_size_of(labels) or
-                           pixel_size_of(image), src))
+                           pixel_size_of(image), src, tuple(missing)))
     if not out:
         raise LodeInputError(store, f"no section with labels/{label_name} found")
     return out

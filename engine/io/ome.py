@@ -21,6 +21,16 @@ from engine.errors import LodeInputError
 
 NGFF_VERSION = "0.5"
 LABELS_GROUP = "labels"
+VOID = 255
+"""Label value of pixels that hold no result (never written, or excluded): viewers and metrics
+treat it as "no data"; no class set may use it."""
+
+
+def _codec_args() -> dict[str, Any]:
+    """Every chunk is zstd-compressed with its content checksum, and written even when it equals
+    the fill value, so that a flipped byte raises on read and a missing chunk is visible."""
+    return {"compressors": zarr.codecs.ZstdCodec(level=0, checksum=True),
+            "config": {"write_empty_chunks": True}}
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ def create_image(
         cy, cx = layout.level_chunk(k)
         grp.create_array(
             str(k), shape=(c, ly, lx), dtype=dtype, chunks=(c, cy, cx), shards=(c, by, bx),
-            dimension_names=("c", "y", "x"), fill_value=0,
+            dimension_names=("c", "y", "x"), fill_value=0, **_codec_args(),
         )
     names = list(channel_names) if channel_names else [f"c{i}" for i in range(c)]
     if len(names) != c:
@@ -120,7 +130,10 @@ def create_labels(
     pixel_size_um: float | None = None,
     overwrite: bool = False,
 ) -> zarr.Group:
-    """Create an NGFF label image ``labels/<name>`` (y, x) uint8 with class colours and names."""
+    """Create an NGFF label image ``labels/<name>`` (y, x) uint8 with class colours and names;
+    unwritten pixels read as :data:`VOID`, declared transparent and named "no data"."""
+    if VOID in classes.codes:
+        raise LodeInputError(classes.name, f"class code {VOID} is reserved for pixels without a result")
     level0 = image["0"]
     h, w = level0.shape[-2:]
     labels = image.require_group(LABELS_GROUP)
@@ -133,7 +146,7 @@ def create_labels(
         ly, lx = layout.level_shape((h, w), k)
         grp.create_array(
             str(k), shape=(ly, lx), dtype=np.uint8, chunks=layout.level_chunk(k),
-            shards=layout.level_block(k), dimension_names=("y", "x"), fill_value=0,
+            shards=layout.level_block(k), dimension_names=("y", "x"), fill_value=VOID, **_codec_args(),
         )
     ome = {
         "version": NGFF_VERSION,
@@ -141,12 +154,15 @@ def create_labels(
                                     "micrometer" if pixel_size_um else None),
         "image-label": {
             "version": NGFF_VERSION,
-            "colors": [{"label-value": c.code, "rgba": [*c.color, 255]} for c in classes.classes],
-            "properties": [{"label-value": c.code, "name": c.name} for c in classes.classes],
+            "colors": [{"label-value": c.code, "rgba": [*c.color, 255]} for c in classes.classes]
+            + [{"label-value": VOID, "rgba": [0, 0, 0, 0]}],
+            "properties": [{"label-value": c.code, "name": c.name} for c in classes.classes]
+            + [{"label-value": VOID, "name": "no data"}],
             "source": {"image": "../../"},
         },
     }
-    grp.attrs.update({"ome": ome, "lode": {"layout": layout_to_dict(layout), "classes": classes.to_dicts()}})
+    grp.attrs.update({"ome": ome, "lode": {"layout": layout_to_dict(layout), "classes": classes.to_dicts(),
+                                           "void": VOID}})
     return grp
 
 

@@ -5,6 +5,7 @@ as a one-row Arrow table) → ``map_batches`` runs the stage's compute (a callab
 ``ActorPoolStrategy`` for model stages, one GPU per actor when the cluster has GPUs; tasks
 for light stages) → a ``Datasink`` writes each unit's whole shards and only then records the
 unit as done. In serial mode the same stage code runs in this process (tests, tiny inputs).
+Once every unit of a raster is done, the stage's ``finish`` marks it complete.
 
 The per-unit record (:class:`~engine.io.manifest.RunManifest`) belongs to the runner: units
 already done are skipped on a rerun, a unit whose input is unreadable is recorded as failed
@@ -263,5 +264,9 @@ def run_stage(stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | 
                                 num_cpus=0.5, **remote)
         ds.write_datasink(_datasink(stage, manifest), ray_remote_args=remote)
     failed = manifest.failed() if manifest is not None else {}
+    finished = manifest.done_keys() if manifest is not None else {u.key for u in pending} | done
+    for raster in dict.fromkeys(u.raster for u in units):
+        if all(u.key in finished for u in units if u.raster == raster):
+            stage.finish(raster)
     return StageRun(ran=len(pending), skipped=skipped, failed=failed, device=device, actors=actors,
                     seconds=time.perf_counter() - t0)

@@ -58,6 +58,10 @@ class BlockStage(ABC):
         """Write the unit's whole shards; returns fields for its status record (``windows``,
         ``seconds``). The unit is marked done only after this returns."""
 
+    def finish(self, raster: str) -> None:
+        """Called at the driver once every unit of ``raster`` is done (also on a rerun that found
+        them all done): mark the raster complete, build what needs the whole of it."""
+
     def size_bytes(self, unit: Unit) -> int:
         """Estimated bytes of the unit's inputs (Ray Data plans its memory from it)."""
         return unit.block.h * unit.block.w * 4

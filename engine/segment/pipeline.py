@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.errors import LodeInputError
 from engine.io import fs
+from engine.io.integrity import mark_complete
 from engine.io.manifest import RunManifest
 from engine.io.ome import (PyramidLayout, create_image, create_labels, labels_of, layout_of, open_store,
                           write_block)
@@ -120,6 +121,11 @@ class SegmentStage(BlockStage):
             write_block(img[PROBABILITIES], np.asarray(result["probabilities"]), b.y0, b.x0, "image")
         return {"windows": int(result["windows"])}
 
+    def finish(self, raster: str) -> None:
+        img = _open_out(self.out)[raster]
+        mark_complete(labels_of(img, LABELS))
+        mark_complete(img)
+
 
 def _open_out(out: str):
     return open_store(fs.join(out, STORE_NAME), mode="r+")
@@ -186,13 +192,15 @@ def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSou
             continue
         img = create_image(root, s.section, (s.channels, s.height, s.width), lay, channel_names=card.channels,
                            pixel_size_um=s.pixel_size_um, overwrite=True,
-                           attributes={"model_id": card.model_id, "source": {"path": s.path, "group": s.group}})
+                           attributes={"model_id": card.model_id, "source": {"path": s.path, "group": s.group},
+                                       "complete": False})
         create_labels(img, LABELS, classes, lay, pixel_size_um=s.pixel_size_um, overwrite=True)
         if cfg.probabilities != "none":
             create_image(img, PROBABILITIES, (len(classes), s.height, s.width),
                          PyramidLayout(lay.block, lay.chunk, 1), dtype=cfg.probabilities,
                          channel_names=classes.names, pixel_size_um=s.pixel_size_um, overwrite=True,
-                         attributes={"quantised": cfg.probabilities == "uint8"})
+                         attributes={"quantised": cfg.probabilities == "uint8",
+                                     "scale": 1 / 255 if cfg.probabilities == "uint8" else 1.0, "offset": 0.0})
     root.attrs.update({"lode": {"model_id": card.model_id, "model_card": card.model_dump()}})
 
 

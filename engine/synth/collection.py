@@ -12,6 +12,7 @@ import numpy as np
 import zarr
 
 from engine.classes import LUMENSTONE, ClassSet
+from engine.io.integrity import mark_complete
 from engine.io.ome import PyramidLayout, create_image, create_labels, write_block
 from engine.synth.section import Section, SectionSpec
 
@@ -82,4 +83,6 @@ def write_panorama(
         rgb, labels = section.render(y0, x0, h, w)
         write_block(img, np.moveaxis(rgb, -1, 0), y0, x0, "image")
         write_block(lab, labels, y0, x0, "label")
+    mark_complete(lab)
+    mark_complete(img)
     return img

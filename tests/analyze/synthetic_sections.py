@@ -13,6 +13,7 @@ from skimage.draw import disk, polygon
 from skimage.measure import label, regionprops
 
 from engine.classes import LUMENSTONE, ClassSet
+from engine.io.integrity import mark_complete
 from engine.io.ome import PyramidLayout, create_image, create_labels, open_store, write_block
 
 
@@ -96,6 +97,8 @@ def write_store(path: Path, sections: dict[str, np.ndarray], classes: ClassSet =
                 write_block(lbl, lab[sl], y0, x0, "label")
                 if prob is not None:
                     write_block(prob, probabilities[name][(slice(None), *sl)], y0, x0, "image")
+        mark_complete(lbl)
+        mark_complete(img)
     return path
 
 

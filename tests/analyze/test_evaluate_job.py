@@ -10,6 +10,7 @@ import zarr
 from engine.analyze.metrics import SegmentationScores
 from engine.classes import LUMENSTONE
 from engine.errors import LodeInputError
+from engine.io.integrity import mark_complete
 from engine.io.ome import PyramidLayout, create_labels, write_block
 from engine.synth import SectionSpec, write_panorama
 from jobs.cli import main
@@ -36,6 +37,7 @@ def store_and_masks(tmp_path_factory):
         for y0 in range(0, 150, 128):
             for x0 in range(0, 170, 128):
                 write_block(lab, pred[y0:y0 + 128, x0:x0 + 128], y0, x0, "label")
+        mark_complete(lab)
         truths[name], preds[name] = truth, pred
         cv2.imwrite(str(root / "masks" / "test" / f"{name}.png"), truth)
     return store, root, truths, preds

@@ -35,6 +35,7 @@ def stitch_inputs(root: Path) -> None:
 
 def evaluate_inputs(root: Path) -> None:
     from engine.classes import LUMENSTONE
+    from engine.io.integrity import mark_complete
     from engine.io.ome import PyramidLayout, create_labels, write_block
     from engine.synth import SectionSpec, write_panorama
 
@@ -50,6 +51,7 @@ def evaluate_inputs(root: Path) -> None:
     labels = create_labels(image, "minerals", LUMENSTONE, layout)
     for x0 in (0, 64):
         write_block(labels, pred[:, x0:x0 + 64], 0, x0, "label")
+    mark_complete(labels)
 
 
 def annotate_inputs(root: Path) -> None:
