@@ -22,7 +22,8 @@ from engine.errors import LodeInputError
 from engine.segment.card import CARD_ENTRY, ModelCard, read_card, validate_card
 from engine.segment.models import create_model
 
-__all__ = ["ModelCard", "read_card", "save_checkpoint", "load_checkpoint", "load_inference_model", "read_blob"]
+__all__ = ["ModelCard", "read_card", "save_checkpoint", "load_checkpoint", "load_inference_model", "read_blob",
+           "verify_checkpoint"]
 
 
 def _state_hash(state: dict[str, torch.Tensor]) -> str:
@@ -98,6 +99,48 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), card
 
 
+def verify_checkpoint(path: str | Path) -> ModelCard:
+    """Check a checkpoint whole: its card, every tensor's presence and shape against the model the
+    card describes (for checkpoints with a traced program, against the program's own parameters,
+    which needs no model library), and a dry forward pass on one window of the program and the
+    weights. Raises ``LodeInputError`` naming the file."""
+    path = str(path)
+    blob, card = _read(path)
+    state = blob["state_dict"]
+    x = torch.zeros(1, card.in_channels, card.window, card.window)
+    want = (1, len(card.classes), card.window, card.window)
+    if "program" in blob:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                program = torch.jit.load(io.BytesIO(blob["program"]), map_location="cpu").eval()
+            except Exception as exc:
+                raise LodeInputError(path, f"unreadable inference program: {exc}") from exc
+        expected = {k: tuple(v.shape) for k, v in program.state_dict().items()}
+        missing = sorted(expected.keys() - state.keys())
+        extra = sorted(state.keys() - expected.keys())
+        wrong = sorted(k for k in expected.keys() & state.keys() if tuple(state[k].shape) != expected[k])
+        if missing or extra or wrong:
+            parts = [f"{n} {what} (first: {ks[0]})" for n, what, ks in
+                     ((len(missing), "tensor(s) missing", missing), (len(extra), "unexpected tensor(s)", extra),
+                      (len(wrong), "tensor(s) of the wrong shape", wrong)) if n]
+            raise LodeInputError(path, "weights do not fit the model card: " + "; ".join(parts))
+        if not all(torch.is_floating_point(v) <= bool(torch.isfinite(v).all()) for v in state.values()):
+            raise LodeInputError(path, "weights hold NaN or infinite values")
+        with torch.no_grad():
+            program.load_state_dict(state)
+            out = program(x)
+    else:
+        model, card = load_checkpoint(path)
+        with torch.no_grad():
+            out = model(x)
+    if tuple(out.shape) != want or not bool(torch.isfinite(out).all()):
+        raise LodeInputError(path, f"a dry forward pass on one window gave {tuple(out.shape)} "
+                                   f"{'non-finite ' if not bool(torch.isfinite(out).all()) else ''}output, "
+                                   f"expected {want}")
+    return card
+
+
 def load_inference_model(path: str | Path, window: int, device: str | torch.device = "cpu"
                          ) -> tuple[nn.Module, ModelCard]:
     """The fastest exact form of a checkpoint's model for windows of ``window`` pixels.
@@ -120,3 +163,13 @@ def load_inference_model(path: str | Path, window: int, device: str | torch.devi
         except Exception as exc:
             raise LodeInputError(path, f"unreadable inference program: {exc}") from exc
         return torch.jit.freeze(program.eval().to(memory_format=torch.channels_last)), card
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        verify_checkpoint(sys.argv[1])
+    except LodeInputError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)

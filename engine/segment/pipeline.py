@@ -23,7 +23,7 @@ from engine.io.manifest import RunManifest
 from engine.io.ome import (PyramidLayout, create_image, create_labels, labels_of, layout_of, open_store,
                           write_block)
 from engine.io.sources import SectionSource, discover
-from engine.segment.card import ModelCard, read_card
+from engine.segment.card import ModelCard, check_checkpoint
 from engine.raster.grid import PaddedGrid, auto_block, block_grid
 from engine.raster.runner import RunOptions, run_stage
 from engine.raster.stage import BlockStage, Unit
@@ -248,7 +248,7 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     from engine.runtime import init_ray
 
     t_start = time.perf_counter()
-    card = read_card(cfg.checkpoint)
+    card = check_checkpoint(cfg.checkpoint)
     p = plan(cfg, card)
     sources, layouts, window, overlap = p.sources, p.layouts, p.window, p.overlap
     manifest = RunManifest(cfg.out)

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,10 @@ import torch
 from engine.classes import LUMENSTONE, ClassSet
 from engine.errors import LodeInputError
 from engine.segment.checkpoint import ModelCard, load_checkpoint, load_inference_model, read_card, save_checkpoint
+from engine.segment.card import check_checkpoint
 from engine.segment.models import create_model
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_roundtrip_rebuilds_model_from_card_alone(tmp_path):
@@ -74,7 +78,7 @@ def test_segmentation_driver_and_block_tasks_read_the_card_without_torch(tmp_pat
     """Read and write tasks import the pipeline module; only the model actor needs torch."""
     card = save_checkpoint(tmp_path / "m.pt", create_model("unet", "resnet18", 3, 2),
                            ModelCard(arch="unet", classes=ClassSet.from_codes([0, 1]).to_dicts(), window=64))
-    code = ("import sys; import engine.segment.pipeline as p; c = p.read_card(sys.argv[1]); "
+    code = ("import sys; import engine.segment.pipeline as p; c = p.check_checkpoint(sys.argv[1]); "
             "print(c.model_id, 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pt")], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parents[2])
@@ -86,3 +90,47 @@ def test_garbage_checkpoint_names_the_file(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(LodeInputError, match=r"junk\.pt"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def _damaged(src: Path, dst: Path, edit) -> Path:
+    import io
+    import zipfile
+
+    import torch
+
+    from engine.segment.card import CARD_ENTRY
+
+    blob = torch.load(src, map_location="cpu", weights_only=True)
+    edit(blob["state_dict"])
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    with zipfile.ZipFile(buf, "a") as z:
+        z.writestr(f"{z.namelist()[0].split('/')[0]}/{CARD_ENTRY}", __import__("json").dumps(blob["card"]))
+    dst.write_bytes(buf.getvalue())
+    return dst
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda sd: sd.pop(sorted(sd)[3]), r"1 tensor\(s\) missing"),
+    (lambda sd: sd.__setitem__(sorted(sd)[0], sd[sorted(sd)[0]][:1]), r"1 tensor\(s\) of the wrong shape"),
+    (lambda sd: sd[sorted(k for k in sd if k.endswith("weight"))[0]].fill_(float("nan")), "NaN"),
+], ids=["missing", "shape", "nan"])
+def test_a_damaged_checkpoint_fails_before_ray_in_one_line(tmp_path, tiny_checkpoint, damage, message):
+    """An intact card over damaged weights is refused by the job before Ray starts, in seconds."""
+    import time
+
+    import ray
+
+    bad = _damaged(tiny_checkpoint, tmp_path / "bad.pt", damage)
+    started = ray.is_initialized()
+    t0 = time.perf_counter()
+    with pytest.raises(LodeInputError, match=message):
+        check_checkpoint(bad)
+    assert time.perf_counter() - t0 < 15  # about 2 s on a quiet 2-core machine; no Ray, no model library
+    assert ray.is_initialized() == started
+    assert check_checkpoint(tiny_checkpoint).model_id
+    proc = subprocess.run([sys.executable, "-m", "jobs.segment", str(tmp_path), "--out", str(tmp_path / "o"),
+                           "--checkpoint", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert str(bad) in proc.stderr and "raylet" not in proc.stderr
