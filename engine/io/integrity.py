@@ -71,8 +71,8 @@ def read_checked(array: zarr.Array, selection: Any, source: str) -> np.ndarray:
     try:
         return np.asarray(array[selection])
     except Exception as exc:  # codecs raise their own types
-        raise LodeInputError(f"{source}/{array.path}", f"damaged chunk in region {_region(selection)}: "
-                                                     f"{type(exc).__name__}: {exc}") from exc
+        raise LodeInputError(source, f"damaged chunk of {array.path} in region {_region(selection)} (corrupt "
+                                     f"pixels): {type(exc).__name__}: {exc}") from exc
 
 
 def _region(selection: Any) -> str:

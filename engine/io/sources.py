@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import LodeInputError
+from engine.io.integrity import check_raster, is_complete, read_checked
 from engine.io import fs
 from engine.io.fs import is_uri
 from engine.io.images import IMAGE_SUFFIXES, image_header, list_images, read_rgb
@@ -27,16 +28,22 @@ class SectionSource:
     channels: int
     pixel_size_um: float | None = None
 
+    def check(self) -> None:
+        """Refuse a stored image recorded as complete that lacks a shard (a deleted or lost file
+        would read as black pixels and be measured)."""
+        if self.kind == "zarr":
+            root = open_store(self.path)
+            group = root[self.group] if self.group else root
+            if is_complete(group):
+                check_raster(group, group["0"], f"{self.path}/{self.group}" if self.group else self.path)
+
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``(c, y1-y0, x1-x0)`` uint8."""
         if self.kind == "zarr":
             root = open_store(self.path)
             arr = (root[self.group] if self.group else root)["0"]
-            try:
-                return np.asarray(arr[:, y0:y1, x0:x1])
-            except (RuntimeError, ValueError) as exc:  # what zarr's codecs raise for corrupt chunks
-                name = f"{self.path}/{self.group}" if self.group else self.path
-                raise LodeInputError(name, f"corrupt pixels in rows {y0}:{y1}, columns {x0}:{x1}: {exc}") from exc
+            name = f"{self.path}/{self.group}" if self.group else self.path
+            return read_checked(arr, (slice(None), slice(y0, y1), slice(x0, x1)), name)
         img = read_rgb(self.path)
         if img.shape[:2] != (self.height, self.width):
             raise LodeInputError(self.path, f"image changed size since planning: {img.shape[:2]}")

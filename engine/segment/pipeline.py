@@ -151,6 +151,7 @@ def plan(cfg: SegmentConfig, card: ModelCard) -> Plan:
     sources = []
     for s in discover(cfg.inputs, failed):
         try:
+            s.check()
             if cfg.xpl:
                 from engine.register.xpl import attach_xpl
 

@@ -118,11 +118,12 @@ def test_a_flipped_byte_inside_a_chunk_is_reported_with_the_array_and_region(tmp
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0x5A
     shard.write_bytes(bytes(data))
-    with pytest.raises(LodeInputError, match=r"s1/labels/minerals/0: damaged chunk in region \[0:None, 0:None\]"):
+    with pytest.raises(LodeInputError,
+                       match=r"pred.zarr: damaged chunk of s1/labels/minerals/0 in region \[0:None, 0:None\]"):
         evaluate_store(store, masks)
     arr = zarr.open_group(str(store))["s1/labels/minerals/0"]
     np.testing.assert_array_equal(read_checked(arr, (slice(0, 64), slice(128, 192)), "x"), arr[0:64, 128:192])
-    with pytest.raises(LodeInputError, match=r"damaged chunk in region \[0:64, 64:128\]"):
+    with pytest.raises(LodeInputError, match=r"damaged chunk of s1/labels/minerals/0 in region \[0:64, 64:128\]"):
         read_checked(arr, (slice(0, 64), slice(64, 128)), str(store))
 
 
