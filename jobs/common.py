@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from engine.errors import LodeInputError
+from engine.errors import LodeInputError, input_error_of, strip_ansi
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -24,12 +24,17 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def guarded(fn: Callable[[], int]) -> int:
-    """Run a job body; a user-caused error prints one clear line and exits 2."""
+    """Run a job body; a user-caused error raised in a Ray worker or actor is unwrapped, so that
+    :func:`run_job` prints it in one line, records it in the manifest and exits 2."""
     try:
         return fn()
-    except LodeInputError as exc:
-        print(f"lode: error: {exc}", file=sys.stderr)
-        return 2
+    except LodeInputError:
+        raise
+    except Exception as exc:
+        cause = input_error_of(exc)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -200,11 +205,16 @@ def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
             status = "complete" if rc == 0 else "failed"
             return rc
         except LodeInputError as exc:
-            error = str(exc)
-            print(f"lode {name}: error: {exc}", file=sys.stderr)
+            error = strip_ansi(str(exc))
+            print(f"lode {name}: error: {error}", file=sys.stderr)
             return 2
         except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            cause = input_error_of(exc)
+            if cause is not None:
+                error = strip_ansi(str(cause))
+                print(f"lode {name}: error: {error}", file=sys.stderr)
+                return 2
+            error = strip_ansi(f"{type(exc).__name__}: {exc}")
             raise
         finally:
             staged_out = output_of(args)

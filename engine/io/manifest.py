@@ -189,6 +189,16 @@ class RunManifest:
     def done_keys(self) -> set[str]:
         return set(self.done())
 
+    def abort(self, exc: BaseException) -> None:
+        """Record a run that stopped on an error as ``failed`` with the error (never left ``running``)."""
+        from engine.errors import input_error_of, strip_ansi
+
+        cause = input_error_of(exc)
+        doc = self.read() or {}
+        doc.update({"status": "failed", "error": strip_ansi(str(cause) if cause else f"{type(exc).__name__}: {exc}"),
+                    "failed_units": self.failed(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        atomic_write_text(self.path, json.dumps(doc, indent=1))
+
     def finish(self, timings: dict[str, float], expected: list[str], skipped: int = 0) -> dict[str, Any]:
         doc = self.read() or {}
         done, failed = self.done(), self.failed()

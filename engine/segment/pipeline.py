@@ -260,31 +260,35 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
                    "sections": {s.section: {"input": s.path + ("/" + s.group if s.group else ""),
                                             "layout": asdict(layouts[s.section])} for s in sources}}
     fresh = manifest.begin("segment", cfg.model_dump(), fingerprint, per_unit="sections")
-    for section, exc in p.failed.items():
-        manifest.mark_failed(section, "plan", str(exc))
-    _prepare_store(cfg, card, sources, layouts, fresh)
+    try:
+        for section, exc in p.failed.items():
+            manifest.mark_failed(section, "plan", str(exc))
+        _prepare_store(cfg, card, sources, layouts, fresh)
 
-    units = [Unit(s.section, b) for s in sources for b in block_grid(s.height, s.width, layouts[s.section].block)]
-    expected = [u.key for u in units]
-    pending = len(units) - len(manifest.done_keys() & set(expected))
-    log.info("segment: %d sections, %d blocks to run, %d already done, %d sections not plannable",
-             len(sources), pending, len(units) - pending, len(p.failed))
+        units = [Unit(s.section, b) for s in sources for b in block_grid(s.height, s.width, layouts[s.section].block)]
+        expected = [u.key for u in units]
+        pending = len(units) - len(manifest.done_keys() & set(expected))
+        log.info("segment: %d sections, %d blocks to run, %d already done, %d sections not plannable",
+                 len(sources), pending, len(units) - pending, len(p.failed))
 
-    t_ray = time.perf_counter()
-    skipped = len(units) - pending
-    if pending:
-        init_ray()
-        matrices = colour_matrices(cfg, card, sources)
-        if matrices:
-            _record_colour(cfg, matrices)
-        out_abs = _absolute(cfg.out)
-        stage = SegmentStage({s.section: s for s in sources}, out_abs, _absolute(cfg.checkpoint), window, overlap,
-                             cfg.batch_size, cfg.probabilities, cfg.threads, cfg.copy_image,
-                             {k: m.to_dict() for k, m in matrices.items()})
-        run = run_stage(stage, units, manifest, RunOptions(device=cfg.device, actors=cfg.num_actors,
-                                                            max_units=cfg.max_blocks,
-                                                            remote_args=fs.ray_remote_args()))
-        skipped = run.skipped
+        t_ray = time.perf_counter()
+        skipped = len(units) - pending
+        if pending:
+            init_ray()
+            matrices = colour_matrices(cfg, card, sources)
+            if matrices:
+                _record_colour(cfg, matrices)
+            out_abs = _absolute(cfg.out)
+            stage = SegmentStage({s.section: s for s in sources}, out_abs, _absolute(cfg.checkpoint), window, overlap,
+                                 cfg.batch_size, cfg.probabilities, cfg.threads, cfg.copy_image,
+                                 {k: m.to_dict() for k, m in matrices.items()})
+            run = run_stage(stage, units, manifest, RunOptions(device=cfg.device, actors=cfg.num_actors,
+                                                                max_units=cfg.max_blocks,
+                                                                remote_args=fs.ray_remote_args()))
+            skipped = run.skipped
+    except BaseException as exc:
+        manifest.abort(exc)
+        raise
     timings = {"plan_s": t_ray - t_start, "pipeline_s": time.perf_counter() - t_ray,
                "total_s": time.perf_counter() - t_start}
     doc = manifest.finish(timings, expected=expected + [f"{k}/plan" for k in p.failed], skipped=skipped)

@@ -225,3 +225,14 @@ def test_duplicate_section_ids(tmp_path, tiny_checkpoint, small_panorama, earlie
 def test_input_errors_survive_pickling_through_ray():
     exc = pickle.loads(pickle.dumps(LodeInputError("/data/x.png", "truncated JPEG file")))
     assert isinstance(exc, LodeInputError) and exc.source == "/data/x.png" and str(exc) == "/data/x.png: truncated JPEG file"
+
+
+def test_an_input_error_raised_in_a_ray_train_worker_is_one_line(tmp_path, earlier_output, capsys):
+    """Images smaller than the patch are found by the sampler inside Ray Data/Train workers."""
+    ds = lumenstone(tmp_path)
+    err = fails_naming(["train", str(ds), "--out", str(earlier_output), "--steps", "1", "--patch", "256"],
+                       ds / "masks" / "train" / "a.png", capsys, earlier_output, "smaller than the 256 px patch")
+    assert len(err.strip().splitlines()) == 1, err
+    manifest = json.loads((earlier_output / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "smaller than the 256 px patch" in manifest["error"]
+    assert "\x1b[" not in manifest["error"] and "ray::" not in manifest["error"]

@@ -191,3 +191,24 @@ def test_cuda_on_a_cluster_without_gpus_is_refused(ray_local):
     with pytest.raises(LodeInputError, match="no GPU"):
         wants_gpu(BoxFilter("x", "y", model=True), "cuda")
     assert wants_gpu(BoxFilter("x", "y", model=False), "cuda") is False
+
+
+class _BrokenModel(BoxFilter):
+    def setup(self, device: str) -> None:
+        raise LodeInputError("weights.pt", "\x1b[31mtruncated\x1b[0m weights")
+
+
+def test_an_input_error_raised_in_an_actor_reaches_the_driver_unwrapped(tmp_path, ray_local):
+    from engine.errors import input_error_of, strip_ansi
+
+    src, out, data = _rasters(tmp_path, ("a",))
+    manifest = RunManifest(tmp_path / "run")
+    manifest.begin("box", {}, {})
+    with pytest.raises(Exception) as info:
+        run_stage(_BrokenModel(src, out, model=True), _units(data), manifest, RunOptions())
+    cause = input_error_of(info.value)
+    assert cause is not None and cause.source == "weights.pt"
+    assert strip_ansi(str(cause)) == "weights.pt: truncated weights"
+    manifest.abort(info.value)
+    doc = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert doc["status"] == "failed" and doc["error"] == "weights.pt: truncated weights"
