@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 URI_ARGS = ("store", "out")
@@ -46,9 +45,10 @@ def _codes(text: str, what: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from engine.analyze.collection import analyze_store
+    from jobs.common import setup_logging
     from engine.errors import LodeInputError
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(fmt="%(message)s")
     if args.executor == "ray":
         import os
 

@@ -14,9 +14,28 @@ from typing import Any, Callable
 from engine.errors import LodeInputError, input_error_of, strip_ansi
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted, so a stream
+    replaced and closed since (a test's capture, a redirected console) never breaks logging."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def setup_logging(verbose: bool = False, fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
+    """Console logging for a job: one handler on the root logger, installed once."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler = next((h for h in root.handlers if isinstance(h, _CurrentStderr)), None)
+    if handler is None:
+        handler = _CurrentStderr()
+        root.addHandler(handler)
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

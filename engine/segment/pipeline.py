@@ -6,7 +6,6 @@ A block is recorded as done only after all its shards are written; reruns skip d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
