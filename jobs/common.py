@@ -192,12 +192,25 @@ def commit_uris(uploads: list[tuple[Path, str]], data: bool) -> None:
                 fs.upload(entry, fs.join(parent, entry.name))
 
 
+def validation_message(exc: Exception) -> str:
+    """One line naming every invalid option of a pydantic ``ValidationError``, as its flag."""
+    parts = []
+    for err in exc.errors():  # type: ignore[attr-defined]
+        field = next((str(p) for p in err.get("loc", ()) if isinstance(p, str)), "")
+        flag = f"--{field.replace('_', '-')}" if field else "config"
+        got = err.get("input")
+        parts.append(f"{flag}: {err.get('msg', 'invalid')}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
+    return "; ".join(parts)
+
+
 def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
     """Preflight the output (fail fast before any work), run the job, and record a manifest unless
     the job keeps its own (``OWN_MANIFEST``). Object-store URIs work for every job: a job reads and
     writes those in its ``URI_ARGS`` itself (zarr through fsspec, Parquet through pyarrow); any other
     URI argument is staged through a local copy (:func:`stage_uris`) and committed after the run."""
     import tempfile
+
+    from pydantic import ValidationError
 
     from engine.io import fs
     from engine.io.manifest import check_output, write_job_manifest
@@ -217,7 +230,7 @@ def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix=f"lode-{name}-") as tmp:
         t0 = time.perf_counter()
         status, error, uploads, rc = "failed", None, [], 2
-        config = dict(vars(args))
+        config: dict | None = dict(vars(args))
         try:
             uploads = stage_uris(name, module, args, Path(tmp))
             rc = int(module.run(args) or 0)
@@ -226,6 +239,11 @@ def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
         except LodeInputError as exc:
             error = strip_ansi(str(exc))
             print(f"lode {name}: error: {error}", file=sys.stderr)
+            return 2
+        except ValidationError as exc:
+            error = validation_message(exc)
+            print(f"lode {name}: error: {error}", file=sys.stderr)
+            config = None  # refused before any work: nothing to record
             return 2
         except BaseException as exc:
             cause = input_error_of(exc)
@@ -237,7 +255,7 @@ def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
             raise
         finally:
             staged_out = output_of(args)
-            if staged_out is not None and not getattr(module, "OWN_MANIFEST", False):
+            if staged_out is not None and config is not None and not getattr(module, "OWN_MANIFEST", False):
                 write_job_manifest(staged_out, name, config, {"total_s": time.perf_counter() - t0}, status,
                                    error=error)
             commit_uris(uploads, data=error is None and rc != 2)

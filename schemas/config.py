@@ -84,6 +84,13 @@ class SegmentConfig(JobConfig):
             raise ValueError("window must be at least 32 px")
         return v
 
+    @field_validator("block")
+    @classmethod
+    def _block(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 16:
+            raise ValueError("block sides must be at least 16 px")
+        return v
+
 
 class TrainConfig(JobConfig):
     """Data-parallel training (Ray Train) on class-balanced, augmented patches of a LumenStone-layout folder."""

@@ -236,3 +236,22 @@ def test_an_input_error_raised_in_a_ray_train_worker_is_one_line(tmp_path, earli
     manifest = json.loads((earlier_output / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "smaller than the 256 px patch" in manifest["error"]
     assert "\x1b[" not in manifest["error"] and "ray::" not in manifest["error"]
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["segment", "X", "--overlap", "1.5"], "--overlap"),
+    (["segment", "X", "--batch-size", "0"], "--batch-size"),
+    (["segment", "X", "--window", "0"], "--window"),
+    (["segment", "X", "--block", "0", "0"], "--block"),
+    (["segment"], "--inputs"),
+    (["train", "X", "--steps", "0"], "--steps"),
+])
+def test_command_line_values_are_validated_like_config_files(tmp_path, capsys, argv, flag):
+    out = tmp_path / "out"
+    full = [a if a != "X" else str(tmp_path / "in") for a in argv]
+    if len(argv) > 1:
+        full += ["--out", str(out)] + (["--checkpoint", str(tmp_path / "m.pt")] if argv[0] == "segment" else [])
+    assert lode(full) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and "Traceback" not in err[0], err
+    assert not any(tmp_path.rglob("*")), "a refused command wrote something"
