@@ -32,9 +32,58 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) ->
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
     ray.init(**kwargs)
+    _start_reaper()
+
+
+def _start_reaper() -> None:
+    """Watch this process from a small child: when it dies, however (SIGKILL too), the Ray
+    processes it started die with it (Ray's dashboard and runtime-env agents otherwise outlive a
+    killed driver)."""
+    import subprocess
+    import sys
+
+    subprocess.Popen([sys.executable, "-m", "engine.runtime", str(os.getpid())], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def reap(driver: int, interval: float = 0.5) -> None:
+    """Record the driver's descendants until the driver is gone, then kill those still alive."""
+    import signal
+    import time
+
+    import psutil
+
+    me = os.getpid()
+    seen: dict[int, float] = {}
+    try:
+        proc = psutil.Process(driver)
+        while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            for c in proc.children(recursive=True):
+                if c.pid != me:
+                    try:
+                        seen.setdefault(c.pid, c.create_time())
+                    except psutil.Error:
+                        pass
+            time.sleep(interval)
+    except psutil.Error:
+        pass
+    time.sleep(2 * interval)  # let a normal ray.shutdown() finish first
+    for pid, created in seen.items():
+        try:
+            p = psutil.Process(pid)
+            if p.create_time() == created:
+                p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            continue
 
 
 def has_gpu() -> bool:
     import ray
 
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    reap(int(sys.argv[1]))

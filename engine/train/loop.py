@@ -35,6 +35,22 @@ STATE_NAME = "state.pt"
 CURVE_KEYS = ("epoch", "step", "loss", "val_miou", "val_pixel_accuracy", "lr", "seconds")
 
 
+def read_state(folder: Path) -> dict:
+    """The training state saved beside a checkpoint (optimizer, scheduler, epoch, history), loaded
+    with ``weights_only=True``; errors name the file."""
+    import torch
+
+    path = folder / STATE_NAME
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LodeInputError(path, f"not a Lode training state: {type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise LodeInputError(path, "not a Lode training state: no epoch recorded")
+    return state
+
+
 def _loss(kind: str):
     import segmentation_models_pytorch as smp
     import torch
@@ -89,7 +105,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     net = create_model(card.arch, card.encoder, card.in_channels, len(codes))
     state = None
     if config["resume"]:
-        state = torch.load(Path(config["resume"]) / STATE_NAME, map_location="cpu", weights_only=False)
+        state = read_state(Path(config["resume"]))
         blob = torch.load(Path(config["resume"]) / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
         net.load_state_dict(blob["state_dict"])
     if world > 1 and cfg.gpu:
@@ -156,6 +172,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
                             "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
                             "torch_rng": torch.get_rng_state()},
                            Path(tmp) / STATE_NAME)
+                with staged_directory(Path(config["out"]) / "last") as staged:
+                    for f in (CHECKPOINT_NAME, STATE_NAME):
+                        shutil.copy2(Path(tmp) / f, staged / f)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -272,7 +291,7 @@ def train(cfg: TrainConfig) -> Path:
         state_path = Path(cfg.resume) / STATE_NAME
         if not state_path.is_file():
             raise LodeInputError(cfg.resume, f"not a training checkpoint folder ({STATE_NAME} missing)")
-        start = int(torch.load(state_path, map_location="cpu", weights_only=False)["epoch"]) + 1
+        start = int(read_state(Path(cfg.resume))["epoch"]) + 1
         if start >= cfg.epochs:
             raise LodeInputError(cfg.resume, f"checkpoint is at epoch {start} of {cfg.epochs}: nothing left to train")
     card = _card(cfg)
@@ -288,7 +307,7 @@ def train(cfg: TrainConfig) -> Path:
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(), "card": card.model_dump(), "val_split": val_split,
-                           "resume": str(Path(cfg.resume).resolve()) if cfg.resume else None},
+                           "resume": str(Path(cfg.resume).resolve()) if cfg.resume else None, "out": str(out)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
                                      resources_per_worker=None if cfg.gpu else {"CPU": _cpus_per_worker(cfg.workers)}),
         datasets={"train": dataset},
@@ -311,7 +330,7 @@ def train(cfg: TrainConfig) -> Path:
     with result.checkpoint.as_directory() as d, staged_directory(out / "last") as staged:
         for f in (CHECKPOINT_NAME, STATE_NAME):
             shutil.copy2(Path(d) / f, staged / f)
-    history = torch.load(out / "last" / STATE_NAME, map_location="cpu", weights_only=False)["history"]
+    history = read_state(out / "last")["history"]
     write_curves(history, out)
     best_row = max(history, key=lambda r: r["val_miou"])
     atomic_write_text(out / "train_metrics.json", json.dumps(

@@ -100,3 +100,55 @@ def test_unknown_class_code_in_masks_names_the_mask(tmp_path):
     cv2.imwrite(str(mask_path), m)
     with pytest.raises(LodeInputError, match=rf"{mask_path.name}.*unknown class code 77"):
         train(TrainConfig(data=str(data), out=str(tmp_path / "m"), steps=1))
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_epoch_2_resumes_from_last_and_leaves_no_ray_process(tiny_data, tmp_path):
+    """SIGKILL of the job process during its second epoch: every Ray process it started dies with
+    it (checked by PID), and ``--resume OUT/last`` continues from the second epoch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    args = [str(tiny_data), "--arch", "unet", "--steps", "30", "--epochs", "3", "--patch", "64", "--batch-size", "4",
+            "--window", "128", "--streams", "1", "--seed", "3"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.train", *args, "--out", str(out)], cwd=root, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "last" / STATE_NAME
+    pids: set[int] = set()
+    try:
+        deadline = time.time() + 400
+        while proc.poll() is None and not state.exists() and time.time() < deadline:
+            pids |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+            time.sleep(0.2)
+        assert proc.poll() is None, "training ended before it could be killed"
+        pids |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert torch.load(state, weights_only=True)["epoch"] == 0
+    assert any("raylet" in " ".join(psutil.Process(p).cmdline()) for p in pids if psutil.pid_exists(p)) or pids
+    deadline = time.time() + 30
+    alive = pids
+    while alive and time.time() < deadline:
+        alive = {p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        time.sleep(0.5)
+    assert not alive, [" ".join(psutil.Process(p).cmdline())[:80] for p in alive]
+    killed = torch.load(state, weights_only=True)["history"]
+    done = subprocess.run([sys.executable, "-m", "jobs.train", *args, "--out", str(tmp_path / "resumed"),
+                           "--resume", str(out / "last")], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hist = json.loads((tmp_path / "resumed" / "train_metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in hist] == [0, 1, 2] and hist[0] == json.loads(json.dumps(killed[0]))
