@@ -138,7 +138,7 @@ def test_a_run_killed_in_epoch_2_resumes_from_last_and_leaves_no_ray_process(tin
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert torch.load(state, weights_only=True)["epoch"] == 0
-    assert any("raylet" in " ".join(psutil.Process(p).cmdline()) for p in pids if psutil.pid_exists(p)) or pids
+    assert len(pids) >= 3, "the job's Ray processes were not seen"
     deadline = time.time() + 30
     alive = pids
     while alive and time.time() < deadline:
