@@ -62,7 +62,8 @@ STATISTICS_SCHEMA = pa.schema(
         "area_px, area_fraction, weight_percent, grain_count, mean_ecd, size_count, size_area_fraction "
         "(size_lo <= ECD < size_hi), boundary_length (shared boundary of the class/other pair, each "
         "unordered pair once with class_code < other_code), liberation (share of the class's grain area in grains "
-        "touching no other ore mineral)",
+        "touching no other ore mineral). unit: every row has one: px or um for lengths and ECDs, 1 for "
+        "fractions, % for weight percent, count for grain counts; size rows give the unit of size_lo/size_hi",
     },
 )
 

@@ -121,20 +121,20 @@ def statistics_rows(m: Measured, classes: ClassSet, grain_codes: Sequence[int], 
                      "size_lo": lo, "size_hi": hi, "unit": unit, "value": float(value)})
 
     codes = classes.codes
-    total = float(m.class_area.sum())
+    total = float(sum(m.class_area[c] for c in codes))  # pixels of no class (void) are not area
     for c in codes:
         add("area_px", c, m.class_px[c], "px")
     for c in codes:
-        add("area_fraction", c, m.class_area[c] / total if total else 0.0)
+        add("area_fraction", c, m.class_area[c] / total if total else 0.0, "1")
     mass = {c: m.class_area[c] * densities[names[c]] for c in codes if names[c] in densities}
     msum = sum(mass.values())
     for c, v in mass.items():
-        add("weight_percent", c, 100.0 * v / msum if msum else 0.0)
+        add("weight_percent", c, 100.0 * v / msum if msum else 0.0, "%")
 
     g = m.grains
     for c in grain_codes:
         sel = g[g["class_code"] == c]
-        add("grain_count", c, len(sel))
+        add("grain_count", c, len(sel), "count")
         if len(sel):
             add("mean_ecd", c, sel["ecd"].mean(), m.unit)
         counts, _ = np.histogram(sel["ecd"], bins=size_edges)
@@ -145,7 +145,7 @@ def statistics_rows(m: Measured, classes: ClassSet, grain_codes: Sequence[int], 
             add("size_count", c, counts[k], m.unit, lo=lo, hi=hi)
             add("size_area_fraction", c, areas[k] / garea if garea else 0.0, m.unit, lo=lo, hi=hi)
         if garea:
-            add("liberation", c, float(sel.loc[~sel["touches_ore"], "area"].sum()) / garea)
+            add("liberation", c, float(sel.loc[~sel["touches_ore"], "area"].sum()) / garea, "1")
     for i, a in enumerate(codes):
         for b in codes[i + 1:]:
             lo_c, hi_c = min(a, b), max(a, b)
