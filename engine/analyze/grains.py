@@ -49,8 +49,6 @@ class ZarrSource:
     path: str
 
     def open(self) -> Any:
-        import zarr
-
         from engine.io.ome import open_store
 
         return open_store(self.store)[self.path]
