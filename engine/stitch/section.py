@@ -304,7 +304,8 @@ def finish_section(plan: RenderPlan, report: dict, render_seconds: float) -> dic
 
 def stitch_section(section_dir: str | Path, store: str | Path, correction: Correction = Correction(),
                    opts: StitchOptions = StitchOptions(), executor: str = "ray") -> dict:
-    """Stitch ``<section_dir>/tiles`` into image group ``<section_id>`` of the OME-Zarr ``store``.
+    """Stitch ``<section_dir>/tiles`` into image group ``<section_id>`` of the OME-Zarr ``store``;
+    ``executor`` renders the shards on Ray Data (``ray``) or in this process (``serial``).
 
     Returns the stitch report (also stored in the group's attributes).
     """
