@@ -71,4 +71,5 @@ def test_killed_job_resumes_with_identical_tables(two_sections, tmp_path):
     for name in ("grains.parquet", "statistics.parquet"):
         assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
     _same_tables(out / "grains.parquet", FIXTURES / "two_sections_grains.parquet")
+    _same_tables(out / "statistics.parquet", FIXTURES / "two_sections_statistics_b64.parquet")
     assert not (out / WORK).exists()
