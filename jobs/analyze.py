@@ -1,7 +1,9 @@
 """``lode analyze STORE``: grain table, statistics and report of a segmentation store.
 
 Writes ``grains.parquet``, ``statistics.parquet``, ``report.html`` and the report's PNGs
-into ``--out`` (default: the directory that contains the store).
+into ``--out`` (default: the directory that contains the store). The grain pass runs block by
+block on the raster runner and records each block in ``--out``/.grains-work (removed once the
+tables are written): a killed run resumes at its first unfinished block.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lode analyze: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"grains": str(res.grains_path), "statistics": str(res.statistics_path),
-                      "report": str(res.report_path) if res.report_path else None,
+                      "report": str(res.report_path) if res.report_path else None, "blocks": res.blocks,
                       "timings_s": {k: round(v, 3) for k, v in res.timings.items()}}, indent=2))
     return 0
 

@@ -2,6 +2,10 @@
 
 Each section becomes a multiscale image group ``<section_id>`` with its stitch report in
 ``attrs["lode"]["stitch"]``; all reports also go to ``<STORE>.stitch.json`` beside the store.
+Sections are prepared (corrected, registered, seamed) as parallel Ray tasks, then the shards of
+all of them render on the raster runner, which records each finished shard in
+``.<STORE>.stitch-work`` beside the store: a killed run resumes at its unfinished shards. A section
+appears in the store only once all its shards are written.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.io.manifest import write_job_manifest
     from engine.stitch.collection import load_correction, section_dirs
     from engine.runtime import init_ray
-    from engine.stitch.section import StitchOptions, stitch_section
+    from engine.stitch.section import StitchOptions, finish_section, prepare_section, render_sections
 
     t0 = time.perf_counter()
     secs = section_dirs(args.collection)
@@ -65,23 +69,33 @@ def run(args: argparse.Namespace) -> int:
     corr = load_correction(args.collection, args.lens, args.flat, args.pattern, not args.no_lens, not args.no_flat)
     opts = StitchOptions(shard=args.shard, levels=args.levels)
     init_ray(num_cpus=args.num_cpus)
-    remote = ray.remote(num_cpus=0, **fs.ray_remote_args())(stitch_section)
+    remote = ray.remote(num_cpus=0, **fs.ray_remote_args())(prepare_section)
     futures = {fs.name(s): remote.remote(str(s), args.out, corr, opts) for s in secs}
     results: dict[str, dict] = {}
-    failed = 0
+    prepared = {}
     for name, fut in futures.items():
         try:
-            results[name] = ray.get(fut)
+            prepared[name] = ray.get(fut)
         except ray.exceptions.RayTaskError as exc:
             cause = exc.as_instanceof_cause()
             if not isinstance(cause, LodeInputError):
                 raise
             results[name] = {"section": name, "error": str(cause)}
-            failed += 1
+    t_render = time.perf_counter()
+    run = render_sections([plan for plan, _ in prepared.values()])
+    render_s = time.perf_counter() - t_render
+    for key, reason in run.failed.items():
+        results[key.split("/")[0]] = {"section": key.split("/")[0], "error": f"shard {key} failed: {reason}"}
+    for name, (plan, report) in prepared.items():
+        if name not in results:
+            results[name] = finish_section(plan, report, render_s)
+    results = {name: results[name] for name in futures}
+    failed = sum("error" in r for r in results.values())
     summary = {"collection": _absolute(args.collection), "store": _absolute(args.out),
                "calibration": {"lens": None if corr.lens is None else corr.lens.to_dict(),
                                "flat": corr.flat is not None},
-               "seconds": round(time.perf_counter() - t0, 3), "sections": results}
+               "seconds": round(time.perf_counter() - t0, 3), "sections": results,
+               "render": {"shards": run.ran + run.skipped, "ran": run.ran, "skipped": run.skipped}}
     atomic_write_text(report_path(args.out), json.dumps(summary, indent=1))
     units = {name: ({"status": "failed", "reason": rep["error"]} if "error" in rep else
                     {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]})

@@ -14,14 +14,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.analyze.grains import ZarrSource, finish_grain_table, grain_lut_for, measure_labels
+from engine.analyze.grains import (GrainStage, ZarrSource, finish_grain_table, grain_lut_for, merge_blocks,
+                                   read_block_results)
 from engine.analyze.sections import Section, open_sections
 from engine.analyze.statistics import Measured, load_densities, measured_section, statistics_table
 from engine.classes import ClassSet
+from engine.errors import LodeInputError
 from engine.io import fs
+from engine.io.manifest import RunManifest
+from engine.raster import Unit, block_grid, units_of
+from engine.raster.runner import RunOptions, run_stage
 
 log = logging.getLogger(__name__)
 DEFAULT_BLOCK = (2048, 2048)
+WORK = ".grains-work"
 
 
 @dataclass
@@ -32,6 +38,7 @@ class AnalysisResult:
     statistics_path: Path | str
     report_path: Path | str | None
     timings: dict[str, float] = field(default_factory=dict)
+    blocks: dict[str, int] = field(default_factory=dict)
 
 
 def write_parquet_atomic(df: pd.DataFrame, schema: pa.Schema, path: str | Path) -> None:
@@ -85,17 +92,22 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
     lut = grain_lut_for(classes.codes, non_grain)
     grain_codes = [c for c in classes.codes if lut[c]]
     timings: dict[str, float] = {}
+    blocks = {s.name: block or block_of(s) for s in sections}
+    units = {s.name: units_of(s.name, block_grid(*s.shape, blocks[s.name])) for s in sections}
+    work = fs.join(out, WORK)
+    t0 = time.perf_counter()
+    run = _run_blocks(store, sections, units, work, lut, connectivity, executor, label_name)
+    timings["blocks"] = time.perf_counter() - t0
+    log.info("grain blocks: %d run, %d already done, %.1f s", run.ran, run.skipped, timings["blocks"])
     tables, measured = [], []
     for s in sections:
         t0 = time.perf_counter()
-        arr = s.level0
-        src = ZarrSource(store, f"{s.labels.path}/0") if executor == "ray" else arr
-        df, tally = measure_labels(src, s.shape, block or block_of(s), lut, connectivity, executor)
+        df, tally = merge_blocks(read_block_results(work, units[s.name]), s.shape, blocks[s.name], connectivity)
         px = pixel_size_um or s.pixel_size_um
         tables.append(finish_grain_table(df, s.name, {c.code: c.name for c in classes.classes}, px))
         measured.append((s.name, measured_section(df, tally, px)))
         timings[f"grains:{s.name}"] = time.perf_counter() - t0
-        log.info("section %s: %d grains in %.1f s", s.name, len(df), timings[f"grains:{s.name}"])
+        log.info("section %s: %d grains", s.name, len(df))
     t0 = time.perf_counter()
     grains = pd.concat(tables, ignore_index=True)
     stats = statistics_table(measured, classes, grain_codes, dens, size_edges)
@@ -110,4 +122,35 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
         t0 = time.perf_counter()
         rp = write_report(gp, sp, out, sections=sections, classes=classes)
         timings["report"] = time.perf_counter() - t0
-    return AnalysisResult(_location(gp), _location(sp), _location(rp) if rp else None, timings)
+    fs.remove(work)
+    return AnalysisResult(_location(gp), _location(sp), _location(rp) if rp else None, timings,
+                          {"ran": run.ran, "skipped": run.skipped})
+
+
+def _run_blocks(store: str, sections: Sequence[Section], units: dict[str, list[Unit]], work: str,
+                lut: np.ndarray, connectivity: int, executor: str, label_name: str):
+    """The grain pass over every block of every section on the raster runner, recorded (and resumed)
+    in the run manifest under ``work``; a run of other inputs or options left there is discarded."""
+    manifest = RunManifest(work)
+    fingerprint = {"store": store, "labels": label_name, "connectivity": connectivity,
+                   "grain_codes": np.nonzero(lut)[0].tolist(),
+                   "sections": {k: [[u.block.y0, u.block.x0, u.block.h, u.block.w] for u in us]
+                                for k, us in units.items()}}
+    try:
+        manifest.begin("analyze", {"executor": executor}, fingerprint)
+    except LodeInputError:
+        fs.remove(work)
+        manifest.begin("analyze", {"executor": executor}, fingerprint)
+    if executor == "ray":
+        sources = {s.name: ZarrSource(store, f"{s.labels.path}/0") for s in sections}
+        options = RunOptions(executor="ray", remote_args=fs.ray_remote_args())
+    elif executor == "serial":
+        sources, options = {s.name: s.level0 for s in sections}, RunOptions(executor="serial")
+    else:
+        raise ValueError(f"unknown executor {executor!r} (serial or ray)")
+    everything = [u for us in units.values() for u in us]
+    run = run_stage(GrainStage(sources, work, lut, connectivity), everything, manifest, options)
+    if run.failed:
+        key, reason = next(iter(run.failed.items()))
+        raise LodeInputError(f"{store}/{key.split('/')[0]}", f"grain block {key} failed: {reason}")
+    return run

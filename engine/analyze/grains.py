@@ -16,8 +16,10 @@ diameters are taken on the convex hull of the pixel squares (pixel corners).
 from __future__ import annotations
 
 import math
+import pickle
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -25,6 +27,11 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.measure import label as sk_label
+
+from engine.io import fs
+from engine.io.atomic import atomic_write_bytes
+from engine.raster import BlockStage, Unit, block_grid, units_of
+from engine.raster.runner import RunOptions, run_stage
 
 OUTSIDE = -1
 _AXIS = ((0, 1), (0, -1), (1, 0), (-1, 0))
@@ -42,8 +49,6 @@ class ZarrSource:
     path: str
 
     def open(self) -> Any:
-        import zarr
-
         from engine.io.ome import open_store
 
         return open_store(self.store)[self.path]
@@ -90,22 +95,6 @@ class BlockResult:
     left: np.ndarray
     right: np.ndarray
     tally: Tally
-
-
-def block_grid(shape: tuple[int, int], block: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    """(y0, x0, h, w) of every block, row-major."""
-    H, W = shape
-    by, bx = block
-    return [(y, x, min(by, H - y), min(bx, W - x)) for y in range(0, H, by) for x in range(0, W, bx)]
-
-
-def read_padded(array: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """Block plus a one-pixel halo as int16, ``OUTSIDE`` beyond the image."""
-    H, W = array.shape
-    ya, yb, xa, xb = max(y0 - 1, 0), min(y0 + h + 1, H), max(x0 - 1, 0), min(x0 + w + 1, W)
-    out = np.full((h + 2, w + 2), OUTSIDE, np.int16)
-    out[ya - y0 + 1:yb - y0 + 1, xa - x0 + 1:xb - x0 + 1] = np.asarray(array[ya:yb, xa:xb])
-    return out
 
 
 def feret_diameters(hull: np.ndarray) -> tuple[float, float]:
@@ -231,27 +220,47 @@ def measure_block(padded: np.ndarray, y0: int, x0: int, grain_lut: np.ndarray, c
     )
 
 
-def _block_task(source: Any, y0: int, x0: int, h: int, w: int, grain_lut: np.ndarray,
-                connectivity: int) -> BlockResult:
-    array = source.open() if isinstance(source, ZarrSource) else source
-    return measure_block(read_padded(array, y0, x0, h, w), y0, x0, grain_lut, connectivity)
+class GrainStage(BlockStage):
+    """Label and measure blocks: read the block plus a one-pixel halo, :func:`measure_block`, and
+    persist the pickled :class:`BlockResult` under ``work`` (merged at the driver by :func:`merge_blocks`)."""
+
+    name = "grains"
+
+    def __init__(self, sources: dict[str, Any], work: str, grain_lut: np.ndarray, connectivity: int = 2):
+        self.sources = sources
+        self.work = work
+        self.grain_lut = grain_lut
+        self.connectivity = connectivity
+
+    def read(self, unit: Unit) -> dict[str, Any]:
+        src = self.sources[unit.raster]
+        array = src.open() if isinstance(src, ZarrSource) else src
+        b = unit.block
+        H, W = array.shape
+        ya, yb, xa, xb = b.halo(1, H, W)
+        padded = np.full((b.h + 2, b.w + 2), OUTSIDE, np.int16)
+        padded[ya - b.y0 + 1:yb - b.y0 + 1, xa - b.x0 + 1:xb - b.x0 + 1] = np.asarray(array[ya:yb, xa:xb])
+        return {"padded": padded}
+
+    def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
+        r = measure_block(data["padded"], unit.block.y0, unit.block.x0, self.grain_lut, self.connectivity)
+        return {"result": pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)}
+
+    def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
+        atomic_write_bytes(block_result_path(self.work, unit), bytes(result["result"]))
+        return {}
+
+    def size_bytes(self, unit: Unit) -> int:
+        return (unit.block.h + 2) * (unit.block.w + 2) * 2
 
 
-def run_blocks(source: Any, blocks: Sequence[tuple[int, int, int, int]], grain_lut: np.ndarray,
-               connectivity: int, executor: str = "serial") -> list[BlockResult]:
-    """Measure every block, serially or as Ray tasks (one CPU each; ray must be initialised)."""
-    if executor == "serial":
-        return [_block_task(source, *b, grain_lut, connectivity) for b in blocks]
-    if executor == "ray":
-        import ray
+def block_result_path(work: str, unit: Unit) -> str:
+    return fs.join(work, "blocks", unit.raster, f"{unit.block.key}.pkl")
 
-        from engine.io.fs import ray_remote_args
 
-        task = ray.remote(num_cpus=1, **ray_remote_args())(_block_task)
-        src = source if isinstance(source, ZarrSource) else ray.put(source)
-        lut = ray.put(grain_lut)
-        return ray.get([task.remote(src, *b, lut, connectivity) for b in blocks])
-    raise ValueError(f"unknown executor {executor!r} (serial or ray)")
+def read_block_results(work: str, units: Sequence[Unit]) -> list[BlockResult]:
+    """The persisted results of ``units``, in their order."""
+    return [pickle.loads(fs.read_bytes(block_result_path(work, u))) for u in units]
 
 
 def _boundary_pairs(a: np.ndarray, b: np.ndarray, diagonal: bool) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -367,8 +376,9 @@ def grain_lut_for(codes: Iterable[int], non_grain: Iterable[int]) -> np.ndarray:
 
 
 def measure_labels(source: Any, shape: tuple[int, int], block: tuple[int, int], grain_lut: np.ndarray,
-                   connectivity: int = 2, executor: str = "serial") -> tuple[pd.DataFrame, Tally]:
-    """Grain measures (pixel units) and tally of a whole (y, x) label image read block by block.
+                   connectivity: int = 2) -> tuple[pd.DataFrame, Tally]:
+    """Grain measures (pixel units) and tally of a whole (y, x) label image read block by block, in
+    this process (the raster runner's serial executor; block results pass through a temporary folder).
 
     Args:
         source: a numpy array, anything sliceable like one, or a :class:`ZarrSource`.
@@ -376,11 +386,12 @@ def measure_labels(source: Any, shape: tuple[int, int], block: tuple[int, int], 
         block: block shape; use the zarr shard shape so each block reads whole shards.
         grain_lut: which codes are grains (see :func:`grain_lut_for`).
         connectivity: 2 (8-connected grains) or 1 (4-connected).
-        executor: ``serial`` or ``ray``.
     """
-    blocks = block_grid(shape, block)
-    results = run_blocks(source, blocks, grain_lut, connectivity, executor)
-    return merge_blocks(results, shape, block, connectivity)
+    units = units_of("labels", block_grid(*shape, block))
+    with tempfile.TemporaryDirectory(prefix="lode-grains-") as work:
+        run_stage(GrainStage({"labels": source}, work, grain_lut, connectivity), units, None,
+                  RunOptions(executor="serial"))
+        return merge_blocks(read_block_results(work, units), shape, block, connectivity)
 
 
 def finish_grain_table(df: pd.DataFrame, section: str, names: dict[int, str],

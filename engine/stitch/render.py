@@ -1,17 +1,26 @@
-"""Render one output shard of a panorama from the frames that touch it.
+"""Render the output shards of a panorama from the frames that touch them, on the raster runner.
 
 Blend weights come from the low-resolution seam label map: each frame's ownership is
 blurred (a feathered seam a few low-res pixels wide), upsampled to the shard and cut
 by the frame's valid mask. Shards share no state, so neighbours agree at their edges.
+:class:`RenderStage` is the block stage: its units are the shards of each section's
+panorama; a read loads the corrected frames that touch the shard from the section's
+frame cache, compute is :func:`render_shard`, write puts the shard into the partial group.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
+from engine.errors import LodeInputError
+from engine.io import fs
+from engine.io.ome import open_store, write_block
+from engine.raster import BlockStage, Block, Unit, block_grid, units_of
 from engine.stitch.register import apply, compose, translation
 
 
@@ -74,3 +83,86 @@ def render_shard(y0: int, x0: int, h: int, w: int, frames: list[ShardFrame], ima
     out = np.where((wsum > 1e-3)[..., None], acc / np.maximum(wsum, 1e-6)[..., None],
                    acc_any / np.maximum(n_any, 1)[..., None])
     return np.clip(np.rint(out), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+def frame_path(work: str, k: int, kind: str) -> str:
+    """Where the correction step caches frame ``k``'s ``image`` (h, w, 3) or ``valid`` (h, w) as .npy."""
+    return fs.join(work, "frames", f"{k:05d}.{kind}.npy")
+
+
+def _load(path: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(fs.read_bytes(path)))
+    except (OSError, ValueError) as exc:
+        raise LodeInputError(path, f"corrected frame cache unreadable: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """How one section's panorama is rendered: frame placement and gains, seam map scale, the
+    partial group written and the work folder that holds the corrected frames."""
+
+    section: str
+    store: str
+    group: str
+    work: str
+    frame_hw: tuple[int, int]
+    mats: tuple[np.ndarray | None, ...]
+    gains: tuple[np.ndarray, ...]
+    scale: float
+    sigma_low: float
+    shape: tuple[int, int]
+    shard: int
+
+    @property
+    def blocks(self) -> list[Block]:
+        return block_grid(*self.shape, self.shard)
+
+    @property
+    def units(self) -> list[Unit]:
+        return units_of(self.section, self.blocks)
+
+    def touching(self, b: Block) -> list[int]:
+        """Indices of the placed frames that touch block ``b``."""
+        return [k for k, m in enumerate(self.mats) if m is not None and touches(m, self.frame_hw, b.y0, b.x0, b.h, b.w)]
+
+
+class RenderStage(BlockStage):
+    """Shards of the panoramas of ``plans`` (by section): corrected frames in → RGB shard out."""
+
+    name = "stitch-render"
+
+    def __init__(self, plans: dict[str, RenderPlan]):
+        self.plans = plans
+
+    def read(self, unit: Unit) -> dict[str, Any]:
+        plan = self.plans[unit.raster]
+        ks = plan.touching(unit.block)
+        h, w = plan.frame_hw
+        images = np.zeros((max(len(ks), 1), h, w, 3), np.uint8)
+        valids = np.zeros((max(len(ks), 1), h, w), np.uint8)
+        for i, k in enumerate(ks):
+            images[i] = _load(frame_path(plan.work, k, "image"))
+            valids[i] = _load(frame_path(plan.work, k, "valid"))
+        labels = open_store(plan.store)[plan.group]["seam_labels"][:]
+        return {"frames": np.array(ks + [-1], np.int64), "images": images, "valids": valids, "labels": labels}
+
+    def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
+        plan = self.plans[unit.raster]
+        ks = [int(k) for k in data["frames"][:-1]]
+        frames = [ShardFrame(k, plan.mats[k], plan.gains[k]) for k in ks]  # type: ignore[arg-type]
+        b = unit.block
+        image = render_shard(b.y0, b.x0, b.h, b.w, frames, [np.ascontiguousarray(a) for a in data["images"][:len(ks)]],
+                             [np.ascontiguousarray(a) for a in data["valids"][:len(ks)]], data["labels"], plan.scale,
+                             plan.sigma_low)
+        return {"image": image, "nframes": len(ks)}
+
+    def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
+        plan = self.plans[unit.raster]
+        write_block(open_store(plan.store, mode="r+")[plan.group], np.asarray(result["image"]), unit.block.y0,
+                    unit.block.x0, "image")
+        return {"windows": int(result["nframes"])}
+
+    def size_bytes(self, unit: Unit) -> int:
+        h, w = self.plans[unit.raster].frame_hw
+        return 4 * h * w * 4 + unit.block.h * unit.block.w * 3

@@ -1,32 +1,44 @@
-"""Stitch one section: correct, register pairs (Ray tasks), solve, gains, seams, render shards (Ray tasks).
+"""Stitch one section: correct (Ray tasks), register pairs (Ray tasks), solve, gains, seams, then render
+the panorama's shards on the raster runner (:class:`~engine.stitch.render.RenderStage`).
 
-The stitch report (frames placed, per-edge residuals, RMS, gains, flagged frames) goes
-into the image group's ``attrs["lode"]["stitch"]`` and is returned.
+Preparing a section (:func:`prepare_section`) writes its corrected frames and its render plan
+to the section's work folder beside the store and creates the hidden ``.<section>.partial``
+group; rendering records every finished shard in the run manifest of that work folder, so a
+killed run resumes at its first unfinished shard from the same plan; :func:`finish_section`
+renames the partial group into place once every shard is written. The stitch report (frames
+placed, per-edge residuals, RMS, gains, flagged frames) goes into the image group's
+``attrs["lode"]["stitch"]`` and is returned.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import pickle
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 import ray
-import zarr
 
 from engine.calibrate.lens import undistort_maps
 from engine.errors import LodeInputError
 from engine.io import fs
-from engine.io.ome import PyramidLayout, create_image, open_store, write_block
+from engine.io.atomic import atomic_write_bytes
+from engine.io.manifest import RunManifest
+from engine.io.ome import PyramidLayout, create_image, open_store
+from engine.raster.runner import RunOptions, StageRun, run_stage
 from engine.stitch.align import AlignOptions, solve
 from engine.stitch.exposure import overlap_means, solve_gains
-from engine.stitch.frames import Correction, CorrectedFrame, correct, read_image, read_section
+from engine.stitch.frames import Correction, correct, read_image, read_section
 from engine.stitch.register import (Edge, RegisterOptions, apply, compose, detect, invert, match, register_pair,
                                     to_grey, translation)
-from engine.stitch.render import ShardFrame, frame_box, render_shard, touches
+from engine.stitch.render import RenderPlan, RenderStage, frame_box, frame_path
 from engine.stitch.seams import seam_labels
 
 
@@ -48,10 +60,14 @@ def _similarity(M: np.ndarray) -> tuple[float, float]:
 
 
 @ray.remote(num_returns=3)
-def _correct_task(path: str, corr: Correction, thumb_scale: float):
+def _correct_task(path: str, corr: Correction, thumb_scale: float, work: str, k: int):
     raw = read_image(path)
     maps = undistort_maps(corr.lens) if corr.lens is not None and not corr.lens.is_identity else None
     cf = correct(raw, corr, maps, path)
+    for kind, arr in (("image", cf.image), ("valid", cf.valid)):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        atomic_write_bytes(frame_path(work, k, kind), buf.getvalue())
     thumb = cv2.resize(cf.image, None, fx=thumb_scale, fy=thumb_scale, interpolation=cv2.INTER_AREA)
     tvalid = cv2.resize(cf.valid, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA)
     return cf.image, cf.valid, (thumb, np.where(tvalid == 255, 255, 0).astype(np.uint8))
@@ -67,16 +83,8 @@ def _coarse_features(img: np.ndarray, valid: np.ndarray, scale: float, max_featu
 
 @ray.remote
 def _register_task(i: int, j: int, img_i, valid_i, img_j, valid_j, prior, opts: RegisterOptions) -> Edge:
+    cv2.setRNGSeed(i * 7919 + j)  # RANSAC draws the same samples in whichever worker runs the pair
     return register_pair(i, j, img_i, valid_i, img_j, valid_j, prior, opts)
-
-
-@ray.remote
-def _render_task(store: str, group: str, y0: int, x0: int, h: int, w: int, frames: list[ShardFrame],
-                 labels: np.ndarray, scale: float, sigma_low: float, n: int, *arrays) -> dict:
-    t = time.perf_counter()
-    data = render_shard(y0, x0, h, w, frames, list(arrays[:n]), list(arrays[n:]), labels, scale, sigma_low)
-    write_block(zarr.open_group(store, mode="r+")[group], data, y0, x0, "image")
-    return {"y0": y0, "x0": x0, "h": h, "w": w, "frames": len(frames), "seconds": round(time.perf_counter() - t, 3)}
 
 
 def _nominal_pairs(xy: np.ndarray, hw: tuple[int, int], min_overlap: float) -> list[tuple[int, int, np.ndarray]]:
@@ -95,6 +103,7 @@ def _coarse_pairs(img_refs, valid_refs, hw, opts: StitchOptions) -> list[tuple[i
     """All-pairs overlap search on downscaled features when no positions are given."""
     scale = min(1.0, opts.coarse_px / max(hw))
     feats = ray.get([_coarse_features.remote(a, b, scale, 2000) for a, b in zip(img_refs, valid_refs)])
+    cv2.setRNGSeed(0)
     ro = opts.register
     out = []
     n = len(feats)
@@ -133,20 +142,59 @@ def _seam_scale(n: int, hw: tuple[int, int], megapixels: float) -> float:
     return float(min(0.5, np.sqrt(megapixels * 1e6 / (n * hw[0] * hw[1]))))
 
 
-def stitch_section(section_dir: str | Path, store: str | Path, correction: Correction = Correction(),
-                   opts: StitchOptions = StitchOptions()) -> dict:
-    """Stitch ``<section_dir>/tiles`` into image group ``<section_id>`` of the OME-Zarr ``store``.
+def work_root(store: str | Path) -> str:
+    """The stitch work folder of a store: beside it, hidden (corrected frames, plans, run manifest)."""
+    store = str(store) if fs.is_uri(store) else str(Path(fs.local(store)).resolve())
+    return fs.join(fs.parent(store), f".{fs.name(store)}.stitch-work")
 
-    Returns the stitch report (also stored in the group's attributes).
+
+def _plan_file(work: str, section: str) -> str:
+    return fs.join(work, section, "plan.pkl")
+
+
+def _fingerprint(sec, correction: Correction, opts: StitchOptions) -> str:
+    inputs = ([str(t) for t in sec.tiles], None if sec.nominal_xy is None else sec.nominal_xy.tolist(), correction,
+              _options_dict(opts))
+    return hashlib.sha256(pickle.dumps(inputs)).hexdigest()
+
+
+def _resumable(work: str, sec, store: str, fingerprint: str) -> tuple[RenderPlan, dict] | None:
+    """The plan and report base of an unfinished earlier run of this section with the same inputs."""
+    path = _plan_file(work, sec.section_id)
+    if not fs.exists(path):
+        return None
+    saved = pickle.loads(fs.read_bytes(path))
+    plan: RenderPlan = saved["plan"]
+    if saved["fingerprint"] != fingerprint or plan.store != store or not fs.exists(fs.join(store, plan.group)):
+        return None
+    return plan, saved["report"]
+
+
+def prepare_section(section_dir: str | Path, store: str | Path, correction: Correction = Correction(),
+                    opts: StitchOptions = StitchOptions()) -> tuple[RenderPlan, dict]:
+    """Correct, register, solve, gains and seams of one section: its render plan and report base.
+
+    Writes the corrected frames and the plan to the section's work folder and creates the
+    partial image group; a plan left by an unfinished run with the same inputs is reused as it
+    is (its finished shards are kept), else the section starts afresh.
     """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     sec = read_section(section_dir)
+    store = str(store) if fs.is_uri(store) else str(Path(fs.local(store)).resolve())
+    work = work_root(store)
+    fingerprint = _fingerprint(sec, correction, opts)
+    resumed = _resumable(work, sec, store, fingerprint)
+    if resumed is not None:
+        return resumed
+    section_work = fs.join(work, sec.section_id)
+    fs.remove(section_work)
+    fs.remove(fs.join(RunManifest(work).status_dir, sec.section_id))
     n = len(sec.tiles)
     hw = read_image(sec.tiles[0]).shape[:2]
     thumb_scale = _seam_scale(n, hw, opts.seam_megapixels)
     corr_ref = ray.put(correction)
-    outs = [_correct_task.remote(str(p), corr_ref, thumb_scale) for p in sec.tiles]
+    outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, section_work, k) for k, p in enumerate(sec.tiles)]
     img_refs, valid_refs, thumb_refs = [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs]
     if sec.nominal_xy is not None:
         pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
@@ -157,6 +205,7 @@ def stitch_section(section_dir: str | Path, store: str | Path, correction: Corre
     t = time.perf_counter()
     edges: list[Edge] = ray.get([_register_task.remote(i, j, img_refs[i], valid_refs[i], img_refs[j], valid_refs[j],
                                                        prior, opts.register) for i, j, prior in pairs])
+    del outs, img_refs, valid_refs
     timings["register"] = time.perf_counter() - t
     t = time.perf_counter()
     al = solve(n, edges, opts=opts.align)
@@ -202,37 +251,71 @@ def stitch_section(section_dir: str | Path, store: str | Path, correction: Corre
     labels = seam_labels(comp, wmasks, corners, (Lh, Lw))
     timings["gains_seams"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    store = str(store) if fs.is_uri(store) else str(Path(fs.local(store)).resolve())
-    root = open_store(store, mode="a")
-    tmp_name = f".{sec.section_id}.partial"
-    layout = PyramidLayout((opts.shard, opts.shard), levels=opts.levels)
-    create_image(root, tmp_name, (3, H, W), layout, channel_names=["R", "G", "B"], overwrite=True)
-    grp = root[tmp_name]
-    seams = grp.create_array("seam_labels", shape=labels.shape, dtype=np.int16, chunks=labels.shape, fill_value=-1)
-    seams[...] = labels
-    labels_ref = ray.put(labels)
-    tasks = []
-    for y in range(0, H, opts.shard):
-        for x in range(0, W, opts.shard):
-            h, w = min(opts.shard, H - y), min(opts.shard, W - x)
-            ks = [k for k, m in enumerate(mats) if m is not None and touches(m, hw, y, x, h, w)]
-            frames = [ShardFrame(k, mats[k], gains[k]) for k in ks]  # type: ignore[arg-type]
-            tasks.append(_render_task.remote(store, tmp_name, y, x, h, w, frames, labels_ref, s,
-                                             opts.blend_sigma_low, len(ks), *[img_refs[k] for k in ks],
-                                             *[valid_refs[k] for k in ks]))
-    shards = ray.get(tasks)
-    timings["render"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-
-    report = build_report(sec, hw, edges, al, mats, gains, (H, W), placed, opts, timings, len(shards))
+    plan = RenderPlan(sec.section_id, store, f".{sec.section_id}.partial", section_work, hw, tuple(mats),
+                      tuple(gains), s, opts.blend_sigma_low, (H, W), opts.shard)
+    create_partial(plan, labels, opts.levels)
+    timings["prepare"] = time.perf_counter() - t0
+    report = build_report(sec, hw, edges, al, mats, gains, (H, W), placed, opts, timings, len(plan.blocks))
     report["seam_labels"] = {"array": "seam_labels", "scale": s}
+    atomic_write_bytes(_plan_file(work, sec.section_id),
+                       pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint}))
+    return plan, report
+
+
+def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int) -> None:
+    """(Re)create the plan's hidden partial image group, holding the seam label map (Lh, Lw)."""
+    root = open_store(plan.store, mode="a")
+    layout = PyramidLayout((plan.shard, plan.shard), levels=levels)
+    create_image(root, plan.group, (3, *plan.shape), layout, channel_names=["R", "G", "B"], overwrite=True)
+    seams = root[plan.group].create_array("seam_labels", shape=labels.shape, dtype=np.int16, chunks=labels.shape,
+                                          fill_value=-1)
+    seams[...] = labels
+
+
+def render_sections(plans: Sequence[RenderPlan], executor: str = "ray") -> StageRun:
+    """Render every shard of ``plans`` on the raster runner (shards already done are skipped)."""
+    if not plans:
+        return StageRun(0, 0, {}, "cpu", 0, 0.0)
+    manifest = RunManifest(work_root(plans[0].store))
+    manifest.begin("stitch", {}, {})
+    units = [u for p in plans for u in p.units]
+    options = RunOptions(executor="ray", remote_args=fs.ray_remote_args()) if executor == "ray" else \
+        RunOptions(executor="serial")
+    return run_stage(RenderStage({p.section: p for p in plans}), units, manifest, options)
+
+
+def finish_section(plan: RenderPlan, report: dict, render_seconds: float) -> dict:
+    """Record the report in the partial group, give it its final name and drop the section's work files."""
+    report = {**report, "timings_s": {**report["timings_s"], "render": round(render_seconds, 3),
+                                      "total": round(report["timings_s"]["prepare"] + render_seconds, 3)}}
+    grp = open_store(plan.store, mode="a")[plan.group]
     grp.attrs["lode"] = {**grp.attrs["lode"], "stitch": report}
     ome = dict(grp.attrs["ome"])
-    ome["multiscales"] = [{**ome["multiscales"][0], "name": sec.section_id}]
+    ome["multiscales"] = [{**ome["multiscales"][0], "name": plan.section}]
     grp.attrs["ome"] = ome
-    _publish(store, tmp_name, sec.section_id)
+    _publish(plan.store, plan.group, plan.section)
+    work = work_root(plan.store)
+    fs.remove(plan.work)
+    fs.remove(fs.join(RunManifest(work).status_dir, plan.section))
+    if not fs.glob(fs.join(work, "*", "plan.pkl")):
+        fs.remove(work)
     return report
+
+
+def stitch_section(section_dir: str | Path, store: str | Path, correction: Correction = Correction(),
+                   opts: StitchOptions = StitchOptions(), executor: str = "ray") -> dict:
+    """Stitch ``<section_dir>/tiles`` into image group ``<section_id>`` of the OME-Zarr ``store``;
+    ``executor`` renders the shards on Ray Data (``ray``) or in this process (``serial``).
+
+    Returns the stitch report (also stored in the group's attributes).
+    """
+    plan, report = prepare_section(section_dir, store, correction, opts)
+    t = time.perf_counter()
+    run = render_sections([plan], executor)
+    if run.failed:
+        key, reason = next(iter(run.failed.items()))
+        raise LodeInputError(fs.join(str(section_dir), "tiles"), f"shard {key} failed: {reason}")
+    return finish_section(plan, report, time.perf_counter() - t)
 
 
 def _publish(store: str, partial: str, name: str) -> None:

@@ -1,9 +1,7 @@
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -53,35 +51,6 @@ def test_store_without_labels_is_an_input_error(tmp_path):
     create_image(root, "a", (3, 64, 64), PyramidLayout((64, 64), 32, 1))
     with pytest.raises(LodeInputError, match="no section"):
         open_sections(tmp_path / "s.zarr")
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_ray_executor_equals_serial(two_sections, tmp_path):
-    import ray
-
-    from engine.analyze.collection import analyze_store
-
-    store, _ = two_sections
-    own = not ray.is_initialized()  # reuse a session cluster when another fixture started one
-    ray_tmp = tempfile.mkdtemp(prefix="lode-ray-")  # short: Ray's socket paths must stay under 107 bytes
-    if own:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
-    try:
-        r_ray = analyze_store(store, tmp_path / "ray_out", executor="ray", report=False, block=(64, 64))
-    finally:
-        if own:
-            ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    r_ser = analyze_store(store, tmp_path / "ser_out", executor="serial", report=False)
-    a = pq.read_table(r_ray.grains_path).to_pandas()
-    b = pq.read_table(r_ser.grains_path).to_pandas()
-    np.testing.assert_allclose(a.drop(columns=["section", "class_name"]).to_numpy(float),
-                               b.drop(columns=["section", "class_name"]).to_numpy(float))
-    sa = pq.read_table(r_ray.statistics_path).to_pandas().value.to_numpy()
-    sb = pq.read_table(r_ser.statistics_path).to_pandas().value.to_numpy()
-    np.testing.assert_allclose(sa, sb, rtol=1e-12)
 
 
 def test_empty_section_and_unknown_pixel_size(tmp_path):

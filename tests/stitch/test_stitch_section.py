@@ -21,7 +21,7 @@ pytestmark = pytest.mark.ray
 def _run(tmp_path, cfg, correction=Correction(), positions=True, source=None):
     caps = capture_grid(source, cfg)
     write_section(tmp_path / "coll", "s1", caps, positions=positions)
-    rep = stitch_section(tmp_path / "coll" / "s1", tmp_path / "out.zarr", correction, OPTS)
+    rep = stitch_section(tmp_path / "coll" / "s1", tmp_path / "out.zarr", correction, OPTS, executor="serial")
     est = [np.array(f["transform"]) if f["placed"] else None for f in rep["frames"]]
     truth_lens = LensModel(cfg.lens.camera_matrix, cfg.lens.dist_coeffs, HW)
     return caps, rep, est, truth_lens

@@ -1,0 +1,102 @@
+"""Shard rendering on the raster runner: from the exact plans the old shard tasks rendered
+(fixtures/render_plans.npz), every pyramid level has the bytes the old code wrote
+(fixtures/render_pinned.json); a killed ``lode stitch`` resumes at its unfinished shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from engine.io import fs
+from engine.stitch.frames import Correction
+from engine.stitch.section import StitchOptions, create_partial, prepare_section, render_sections, work_root
+from engine.synth.captures import CaptureConfig, capture_grid, write_section
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.ray
+
+
+def _config(c: dict) -> CaptureConfig:
+    make = CaptureConfig.degraded if c["degraded"] else CaptureConfig
+    return make(frame_hw=(200, 300), seed=c["seed"], rows=c["rows"], cols=c["cols"])
+
+
+def _hashes(group: zarr.Group) -> dict[str, str]:
+    return {k: hashlib.sha256(group[k][:].tobytes()).hexdigest() for k in ("0", "1", "2")}
+
+
+@pytest.mark.parametrize("executor", [pytest.param("ray", marks=pytest.mark.slow), "serial"])
+def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, ray_session, executor):
+    pinned = json.loads((FIXTURES / "render_pinned.json").read_text())
+    plans = np.load(FIXTURES / "render_plans.npz")
+    store = tmp_path / "out.zarr"
+    frozen = []
+    for name, pin in pinned.items():
+        write_section(tmp_path / "coll", name, capture_grid(None, _config(pin["config"])))
+        plan, _ = prepare_section(tmp_path / "coll" / name, store, Correction(), StitchOptions(shard=128))
+        mats = tuple(np.array(m) for m in plans[f"{name}_mats"])
+        plan = replace(plan, mats=mats, gains=tuple(np.array(g) for g in plans[f"{name}_gains"]),
+                       scale=pin["scale"], sigma_low=pin["sigma_low"], shape=tuple(pin["shape"][1:]))
+        create_partial(plan, plans[f"{name}_labels"], 3)
+        assert len(plan.units) == pin["shards"]
+        frozen.append(plan)
+    run = render_sections(frozen, executor)
+    assert run.ran == sum(p["shards"] for p in pinned.values()) and not run.failed
+    root = zarr.open_group(str(store), mode="r")
+    for plan in frozen:
+        assert _hashes(root[plan.group]) == pinned[plan.section]["sha256"], plan.section
+
+
+@pytest.mark.slow
+def test_killed_stitch_resumes_byte_identical(tmp_path):
+    for name, cfg in (("secA", CaptureConfig(frame_hw=(200, 300), seed=21)),
+                      ("secB", CaptureConfig.degraded(frame_hw=(200, 300), seed=31, rows=2, cols=3))):
+        write_section(tmp_path / "coll", name, capture_grid(None, cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "jobs.stitch", str(tmp_path / "coll"), "--out", str(out), "--shard", "64",
+                "--levels", "2"]
+
+    out = tmp_path / "run.zarr"
+    status = Path(work_root(out)) / "_status"
+    proc = subprocess.Popen(cmd(out), env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(status.glob("*/*.json")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p.parent.name + "/" + p.stem for p in status.glob("*/*.json")}
+    assert done, "no shard was finished before the kill"
+    root = zarr.open_group(str(out), mode="r")
+    assert not {"secA", "secB"} & {n for n, _ in root.groups()}, "a section was published before it was complete"
+    partial = {s: root[f".{s}.partial"]["0"][:] for s in ("secA", "secB")}
+
+    subprocess.run(cmd(out), env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(cmd(tmp_path / "ref.zarr"), env=env, check=True, capture_output=True, timeout=600)
+    got, ref = zarr.open_group(str(out), mode="r"), zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")
+    for s in ("secA", "secB"):
+        for k in ("0", "1"):
+            assert got[s][k][:].tobytes() == ref[s][k][:].tobytes(), (s, k)
+        assert got[s].attrs["lode"]["stitch"]["frames"] == ref[s].attrs["lode"]["stitch"]["frames"]
+        # the rerun skipped the killed run's shards: they hold what the killed run wrote
+        for key in (d for d in done if d.startswith(s + "/")):
+            y0, x0 = (int(v) for v in key.split("/")[1].split("_"))
+            assert np.array_equal(partial[s][:, y0:y0 + 64, x0:x0 + 64], got[s]["0"][:, y0:y0 + 64, x0:x0 + 64])
+    assert not fs.exists(work_root(out))
+    summary = json.loads((tmp_path / "run.zarr.stitch.json").read_text())
+    assert all("error" not in r for r in summary["sections"].values())
+    assert summary["render"]["skipped"] == len(done)
