@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="label image to measure under each section's labels/ (default minerals; "
                              "'truth' for synthetic ground truth)")
     parser.add_argument("--no-report", action="store_true", help="write only the Parquet tables")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="measure only the written blocks of sections a killed or failed run left incomplete")
 
 
 def _codes(text: str, what: str) -> list[float]:
@@ -48,7 +50,6 @@ def _codes(text: str, what: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     from engine.analyze.collection import analyze_store
     from jobs.common import setup_logging
-    from engine.errors import LodeInputError
 
     setup_logging(fmt="%(message)s")
     if args.executor == "ray":
@@ -59,19 +60,17 @@ def run(args: argparse.Namespace) -> int:
         if args.ray_address:
             os.environ["RAY_ADDRESS"] = args.ray_address
         init_ray()
-    try:
-        res = analyze_store(
-            args.store, args.out, executor=args.executor, connectivity=2 if args.connectivity == 8 else 1,
-            non_grain=[int(v) for v in _codes(args.non_grain, "--non-grain")], densities=args.densities,
-            size_edges=_codes(args.size_classes, "--size-classes") if args.size_classes else None,
-            pixel_size_um=args.pixel_size_um, block=(args.block, args.block) if args.block else None,
-            report=not args.no_report, label_name=args.labels,
-        )
-    except LodeInputError as exc:
-        print(f"lode analyze: {exc}", file=sys.stderr)
-        return 2
+    res = analyze_store(
+        args.store, args.out, executor=args.executor, connectivity=2 if args.connectivity == 8 else 1,
+        non_grain=[int(v) for v in _codes(args.non_grain, "--non-grain")], densities=args.densities,
+        size_edges=_codes(args.size_classes, "--size-classes") if args.size_classes else None,
+        pixel_size_um=args.pixel_size_um, block=(args.block, args.block) if args.block else None,
+        report=not args.no_report, label_name=args.labels, allow_incomplete=args.allow_incomplete,
+    )
+    for section, n in res.incomplete.items():
+        print(f"INCOMPLETE {section}: {n} block(s) never written are left out of these measurements")
     print(json.dumps({"grains": str(res.grains_path), "statistics": str(res.statistics_path),
-                      "report": str(res.report_path) if res.report_path else None, "blocks": res.blocks,
+                      "incomplete_sections": res.incomplete, "report": str(res.report_path) if res.report_path else None, "blocks": res.blocks,
                       "timings_s": {k: round(v, 3) for k, v in res.timings.items()}}, indent=2))
     return 0
 

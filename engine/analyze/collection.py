@@ -39,6 +39,8 @@ class AnalysisResult:
     report_path: Path | str | None
     timings: dict[str, float] = field(default_factory=dict)
     blocks: dict[str, int] = field(default_factory=dict)
+    incomplete: dict[str, int] = field(default_factory=dict)
+    """Section → label blocks never written, left out (only with ``allow_incomplete``)."""
 
 
 def write_parquet_atomic(df: pd.DataFrame, schema: pa.Schema, path: str | Path) -> None:
@@ -77,8 +79,11 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
                   connectivity: int = 2, non_grain: Sequence[int] = (0,), densities: str | Path | None = None,
                   size_edges: Sequence[float] | None = None, pixel_size_um: float | None = None,
                   block: tuple[int, int] | None = None, report: bool = True,
-                  label_name: str = "minerals") -> AnalysisResult:
-    """Measure every section of ``store`` and write grains.parquet, statistics.parquet and report.html."""
+                  label_name: str = "minerals", allow_incomplete: bool = False) -> AnalysisResult:
+    """Measure every section of ``store`` and write grains.parquet, statistics.parquet and report.html.
+
+    An incomplete section (a killed or failed segmentation) is refused unless ``allow_incomplete``;
+    then only its written blocks are measured (unwritten pixels are void: no grain, no area)."""
     from schemas.tables import GRAINS_SCHEMA, STATISTICS_SCHEMA
 
     store = str(store) if fs.is_uri(store) else str(Path(fs.local(store)).resolve())
@@ -87,7 +92,9 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
         out = fs.local(out)
         Path(out).mkdir(parents=True, exist_ok=True)
     dens = load_densities(densities)
-    sections = open_sections(store, label_name)
+    if pixel_size_um is not None and not (pixel_size_um > 0 and np.isfinite(pixel_size_um)):
+        raise LodeInputError("--pixel-size-um", f"must be a positive number of micrometres, got {pixel_size_um}")
+    sections = open_sections(store, label_name, allow_incomplete)
     classes = union_classes(sections)
     lut = grain_lut_for(classes.codes, non_grain)
     grain_codes = [c for c in classes.codes if lut[c]]
@@ -124,7 +131,8 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
         timings["report"] = time.perf_counter() - t0
     fs.remove(work)
     return AnalysisResult(_location(gp), _location(sp), _location(rp) if rp else None, timings,
-                          {"ran": run.ran, "skipped": run.skipped})
+                          {"ran": run.ran, "skipped": run.skipped},
+                          {s.name: len(s.missing) for s in sections if s.missing})
 
 
 def _run_blocks(store: str, sections: Sequence[Section], units: dict[str, list[Unit]], work: str,

@@ -144,3 +144,40 @@ def test_a_killed_segmentation_is_incomplete_until_its_rerun_finishes(tmp_path, 
     assert section.missing == () and is_complete(section.labels) and is_complete(section.image)
     assert VOID not in np.unique(section.level0[:])
     shutil.rmtree(tmp_path / "run")
+
+
+def test_analyze_refuses_an_incomplete_store_and_allow_incomplete_measures_written_blocks(tmp_path, capsys):
+    import pandas as pd
+
+    from engine.analyze.grains import grain_lut_for, measure_labels
+
+    truth = _labels(6)
+    written = {(0, 0), (0, 64), (64, 128)}
+    store, _ = _store(tmp_path, truth, written, complete=False)
+    argv = ["analyze", str(store), "--out", str(tmp_path / "a"), "--executor", "serial", "--no-report"]
+    assert lode(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "s1: incomplete: 3 block(s)" in err[0]
+    assert not (tmp_path / "a" / "grains.parquet").exists()
+    assert lode(argv + ["--allow-incomplete"]) == 0
+    assert "INCOMPLETE s1: 3 block(s)" in capsys.readouterr().out
+    grains = pd.read_parquet(tmp_path / "a" / "grains.parquet")
+    pred = truth.copy()
+    pred[:, :24] = 6
+    only = np.full(truth.shape, VOID, np.uint8)
+    for y0, x0 in written:
+        only[y0:y0 + BLOCK, x0:x0 + BLOCK] = pred[y0:y0 + BLOCK, x0:x0 + BLOCK]
+    want, _ = measure_labels(only, only.shape, (BLOCK, BLOCK), grain_lut_for(LUMENSTONE.codes, [0]))
+    assert len(grains) == len(want) > 0
+    assert grains["area_px"].sum() == want["area_px"].sum() == int(((only != 0) & (only != VOID)).sum())
+    stats = pd.read_parquet(tmp_path / "a" / "statistics.parquet")
+    frac = stats[(stats.statistic == "area_fraction") & (stats.scope == "section")].set_index("class_code").value
+    assert frac.sum() == pytest.approx(1.0) and frac[6] == pytest.approx((only == 6).sum() / (only != VOID).sum())
+    assert set(stats.unit.dropna()) >= {"1", "%", "count"} and stats.unit.notna().all()
+
+
+def test_a_negative_pixel_size_is_refused(tmp_path, capsys):
+    store, _ = _store(tmp_path, _labels(7), None, complete=True)
+    assert lode(["analyze", str(store), "--executor", "serial", "--pixel-size-um", "-1", "--out",
+                 str(tmp_path / "a")]) == 2
+    assert "--pixel-size-um: must be a positive" in capsys.readouterr().err
