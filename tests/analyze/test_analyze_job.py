@@ -40,8 +40,11 @@ def test_job_writes_tables_with_schemas(two_sections, tmp_path):
 
 
 def test_missing_store_is_reported(tmp_path, capsys):
-    assert analyze.run(_args(str(tmp_path / "nope.zarr"), "--executor", "serial")) == 2
-    assert "nope.zarr" in capsys.readouterr().err
+    from jobs.cli import main as lode
+
+    assert lode(["analyze", str(tmp_path / "nope.zarr"), "--executor", "serial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.zarr: no such zarr store" in err[0]
 
 
 def test_store_without_labels_is_an_input_error(tmp_path):

@@ -1,4 +1,3 @@
-import os
 
 import numpy as np
 import pytest
@@ -11,13 +10,8 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=f"/tmp/lode_geo_{os.getpid()}")
-    yield
-    ray.shutdown()
+def ray_cluster(ray_local):
+    yield ray_local
 
 
 def test_training_set_matches_direct_generation(tmp_path, ray_cluster):
