@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=location)
     p.add_argument("--geotiff", type=location, help="also write the prospectivity as a GeoTIFF")
     p.add_argument("--no-ray", action="store_true", help="map in this process instead of on Ray")
+    p.add_argument("--max-blocks", type=int, help="score only the first N pending blocks (timing and memory runs)")
 
     p = sub.add_parser("score", help="ROC AUC, success-rate curve, top-10%% capture, prediction-area plot (PNG + JSON)")
     p.add_argument("--map", required=True, type=location, action="append", help="score store(s); repeat to compare")
@@ -83,7 +84,7 @@ def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: 
     by one MAE patch (8 cells); ``drop_top`` (mae/cae/pca) leaves each cell's largest channel
     errors out of its error."""
     from engine.errors import LodeInputError
-    from engine.prospect import baselines, score
+    from engine.prospect import score
     from engine.prospect.stack import open_stack
 
     st = open_stack(stack_path)
@@ -91,6 +92,8 @@ def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: 
         if model is None:
             raise LodeInputError("--model", f"method {method} needs a checkpoint")
         return score.CheckpointScorer.open(model, method, st.channels, st.measured, shifts, drop_top)
+    from engine.prospect import baselines
+
     cells = baselines.sample_cells(st, seed=seed)
     if method == "iforest":
         return score.CellScorer(baselines.IsolationForestScorer(cells, seed=seed, channels=st.measured))
@@ -106,7 +109,7 @@ def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float,
 
 
 def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, sigma: float, seed: int, shifts: int = 2,
-         no_ray: bool = False) -> Path:
+         no_ray: bool = False, max_blocks: int | None = None) -> Path:
     """Map on the raster runner: on Ray (model actors on the cluster's GPUs when it has them), or in
     this process with ``no_ray``; a killed map resumes on rerun."""
     from engine.prospect.score import score_map
@@ -120,11 +123,10 @@ def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, si
         init_ray()
         options = RunOptions(executor="ray", remote_args=fs.ray_remote_args())
     return score_map(stack, make_scorer(method, stack, model, seed, shifts), out, block=block, sigma=sigma,
-                     attrs={"method": method, "shifts": shifts, "seed": seed}, options=options)
+                     attrs={"method": method, "shifts": shifts, "seed": seed}, max_blocks=max_blocks, options=options)
 
 
 def _score(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
-    import numpy as np
     import pandas as pd
     import zarr
 
@@ -186,8 +188,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.action == "train":
         print(json.dumps(_train(args.stack, args.out, args.kind, args.steps, args.batch, args.lr, args.seed, args.no_ray), indent=2, default=str))
     elif args.action == "map":
-        out = _map(args.stack, args.method, args.model, args.out, args.block, args.sigma, args.seed, args.shifts, args.no_ray)
-        if args.geotiff:
+        out = _map(args.stack, args.method, args.model, args.out, args.block, args.sigma, args.seed, args.shifts,
+                   args.no_ray, args.max_blocks)
+        if args.geotiff and args.max_blocks is None:
             from engine.prospect.score import write_geotiff
 
             write_geotiff(out, args.geotiff)

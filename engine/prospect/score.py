@@ -60,11 +60,14 @@ attribute is set last, after every block and the standardisation are written; re
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import pickle
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -100,14 +103,14 @@ class WindowScorer(Protocol):
     stride: int
     components: tuple[str, ...]
 
-    def to(self, device: str) -> "WindowScorer":
+    def to(self, device: str) -> WindowScorer:
         """A scorer ready on ``device``: this one moved there, or the one this describes, built there."""
 
     def __call__(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """(N, C, W, W) filled inputs and (N, W, W) validity -> (N, K, W, W) component maps."""
 
 
-def channel_error(sq: "torch.Tensor | np.ndarray", dim: int, drop_top: int = 0):
+def channel_error(sq: torch.Tensor | np.ndarray, dim: int, drop_top: int = 0):
     """Mean squared error over channels (axis ``dim``) leaving out each cell's ``drop_top``
     largest channel errors, so that an anomaly in a single source weighs less than a
     departure shared by several."""
@@ -124,6 +127,14 @@ def channel_error(sq: "torch.Tensor | np.ndarray", dim: int, drop_top: int = 0):
     return torch.sort(sq, dim=dim).values.narrow(dim, 0, n - drop_top).mean(dim)
 
 
+def _geometry(kind: str, config: dict, shifts: int, shift_step: int = 8) -> dict[str, Any]:
+    """Window, stride (half a window) and lattice offsets of a mae / cae model's scorer: the MAE's
+    lattices are shifted by one patch, the conv AE's by ``shift_step`` cells."""
+    window = int(config["window"])
+    step = int(config["patch"]) if kind == "mae" else shift_step
+    return {"window": window, "stride": window // 2, "offsets": lattice_offsets(shifts, step)}
+
+
 def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([fn(x[i : i + batch], v[i : i + batch]) for i in range(0, len(x), batch)])
 
@@ -131,17 +142,17 @@ def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
 class MAEScorer:
     components = ("recon_error", "latent_distance")
 
-    def __init__(self, model: "ProspectMAE", latent: dict[str, np.ndarray], device: str = "cpu", batch: int = 128,
+    def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str = "cpu", batch: int = 128,
                  latent_weight: float = 0.0, score_channels: list[int] | None = None, shifts: int = 1, drop_top: int = 0):
-        self.offsets = lattice_offsets(shifts, model.patch)
+        g = _geometry("mae", {"window": model.window, "patch": model.patch}, shifts)
+        self.window, self.stride, self.offsets, self.batch = g["window"], g["stride"], g["offsets"], batch
         self.drop_top = drop_top
         self.weights = {"recon_error": 1.0, "latent_distance": latent_weight}
         self.score_channels = list(score_channels) if score_channels is not None else list(range(model.channels))
         self.model, self.latent = model.eval(), latent
-        self.window, self.stride, self.batch = model.window, model.window // 2, batch
         self.to(device)
 
-    def to(self, device: str) -> "MAEScorer":
+    def to(self, device: str) -> MAEScorer:
         import torch
 
         self.device = device
@@ -176,16 +187,16 @@ class MAEScorer:
 class CAEScorer:
     components = ("cae_error",)
 
-    def __init__(self, model: "ConvAutoencoder", device: str = "cpu", batch: int = 128,
+    def __init__(self, model: ConvAutoencoder, device: str = "cpu", batch: int = 128,
                  score_channels: list[int] | None = None, shifts: int = 1, shift_step: int = 8, drop_top: int = 0):
-        self.offsets = lattice_offsets(shifts, shift_step)
+        g = _geometry("cae", {"window": model.window}, shifts, shift_step)
+        self.window, self.stride, self.offsets, self.batch = g["window"], g["stride"], g["offsets"], batch
         self.drop_top = drop_top
         self.score_channels = list(score_channels) if score_channels is not None else list(range(model.channels))
         self.model = model.eval()
-        self.window, self.stride, self.batch = model.window, model.window // 2, batch
         self.to(device)
 
-    def to(self, device: str) -> "CAEScorer":
+    def to(self, device: str) -> CAEScorer:
         self.device = device
         self.model = self.model.to(device)
         return self
@@ -210,7 +221,7 @@ class CellScorer:
     def __init__(self, scorer, window: int = 64):
         self.scorer, self.window, self.stride, self.components = scorer, window, window, scorer.components
 
-    def to(self, device: str) -> "CellScorer":
+    def to(self, device: str) -> CellScorer:
         return self
 
     def __call__(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -222,10 +233,35 @@ class CellScorer:
         return out
 
 
+class _TorchFree(pickle.Unpickler):
+    """Unpickles a ``torch.save`` archive's plain fields (kind, config, channels, numpy latents) without
+    importing torch (a CUDA build of torch costs the driver ~0.6 GiB): tensors come back as ``None``."""
+
+    def find_class(self, module: str, name: str):
+        if module == "torch" or module.startswith("torch."):
+            return lambda *a, **k: None
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        return None
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """``kind``, ``config`` and ``channels`` of a prospect checkpoint, read without torch."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+            ck = _TorchFree(io.BytesIO(z.read(pkl))).load()
+        return {"kind": str(ck["kind"]), "config": dict(ck["config"]), "channels": list(ck["channels"])}
+    except Exception as exc:
+        raise LodeInputError(path, f"not a prospect checkpoint: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class CheckpointScorer:
     """A MAE or conv-AE scorer described by its checkpoint: small to ship to workers, built by
-    :meth:`to` in the process that runs it. ``open`` checks the checkpoint against the stack."""
+    :meth:`to` in the process that runs it (the driver never imports torch for it). ``open``
+    checks the checkpoint against the stack."""
 
     path: str
     kind: str
@@ -234,35 +270,37 @@ class CheckpointScorer:
     drop_top: int
     window: int
     stride: int
-    components: tuple[str, ...]
     offsets: Offsets
-    weights: dict[str, float]
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return MAEScorer.components if self.kind == "mae" else CAEScorer.components
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {n: 1.0 if i == 0 else 0.0 for i, n in enumerate(self.components)}
 
     @classmethod
     def open(cls, path: str | Path, kind: str, channels: list[str], score_channels: list[int], shifts: int = 2,
-             drop_top: int = 0) -> "CheckpointScorer":
-        from engine.prospect.train import load_checkpoint
-
-        net, ck = load_checkpoint(path)
-        if ck["kind"] != kind:
-            raise LodeInputError(path, f"checkpoint is a {ck['kind']} model, not {kind}")
-        if ck["channels"] != channels:
+             drop_top: int = 0) -> CheckpointScorer:
+        if not Path(path).exists():
+            raise LodeInputError(path, "model checkpoint not found")
+        meta = checkpoint_meta(path)
+        if meta["kind"] != kind:
+            raise LodeInputError(path, f"checkpoint is a {meta['kind']} model, not {kind}")
+        if meta["channels"] != channels:
             raise LodeInputError(path, "checkpoint channels differ from the stack's")
-        built = cls._build(net, ck, list(score_channels), shifts, drop_top, "cpu")
-        return cls(str(Path(path).resolve()), kind, tuple(score_channels), shifts, drop_top, built.window,
-                   built.stride, tuple(built.components), built.offsets, dict(getattr(built, "weights", {})))
-
-    @staticmethod
-    def _build(net, ck: dict, score_channels: list[int], shifts: int, drop_top: int, device: str):
-        if ck["kind"] == "mae":
-            return MAEScorer(net, ck["latent"], device, score_channels=score_channels, shifts=shifts, drop_top=drop_top)
-        return CAEScorer(net, device, score_channels=score_channels, shifts=shifts, drop_top=drop_top)
+        return cls(str(Path(path).resolve()), kind, tuple(score_channels), shifts, drop_top,
+                   **_geometry(kind, meta["config"], shifts))
 
     def to(self, device: str) -> WindowScorer:
         from engine.prospect.train import load_checkpoint
 
         net, ck = load_checkpoint(self.path)
-        return self._build(net, ck, list(self.score_channels), self.shifts, self.drop_top, device)
+        kw = {"score_channels": list(self.score_channels), "shifts": self.shifts, "drop_top": self.drop_top}
+        if ck["kind"] == "mae":
+            return MAEScorer(net, ck["latent"], device, **kw)
+        return CAEScorer(net, device, **kw)
 
 
 def smooth_valid(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
@@ -283,8 +321,10 @@ class ScoreStage(BlockStage):
 
     name = "prospect"
     model = True
+    # max_windows: windows cut per scorer call; a multiple of the model scorers' batch (128), so their
+    # batches are those of a single pass, and (C, 64, 64) windows of 256 stay at ~60 MB.
 
-    def __init__(self, stack: str, out: str, scorer: WindowScorer, sigma: float = 0.0, max_windows: int = 1024):
+    def __init__(self, stack: str, out: str, scorer: WindowScorer, sigma: float = 0.0, max_windows: int = 256):
         self.stack, self.out, self.scorer, self.sigma, self.max_windows = stack, out, scorer, sigma, max_windows
         self.ready: WindowScorer | None = None
         self.threads: int | None = None
@@ -292,7 +332,7 @@ class ScoreStage(BlockStage):
     def region(self, b: Block) -> tuple[int, int, list[tuple[list[int], list[int]]], int, int]:
         """Read origin ``(ry0, rx0)``, each lattice's window starts ``(ys, xs)`` and the read size ``(rh, rw)``."""
         w, s = self.scorer.window, self.scorer.stride
-        halo = int(math.ceil(3 * self.sigma)) if self.sigma > 0 else 0
+        halo = math.ceil(3 * self.sigma) if self.sigma > 0 else 0
         ey0, ey1, ex0, ex1 = b.y0 - halo, b.y0 + b.h + halo, b.x0 - halo, b.x0 + b.w + halo
         lattices = [(lattice_starts(ey0, ey1, w, s, dy), lattice_starts(ex0, ex1, w, s, dx))
                     for dy, dx in getattr(self.scorer, "offsets", ((0, 0),))]
@@ -366,7 +406,7 @@ class ScoreStage(BlockStage):
 
 def _robust(arr, max_samples: int = 2_000_000) -> tuple[float, float]:
     h, w = arr.shape
-    step = max(1, int(math.ceil(math.sqrt(h * w / max_samples))))
+    step = max(1, math.ceil(math.sqrt(h * w / max_samples)))
     v = np.asarray(arr[::step, ::step]) if step > 1 else np.asarray(arr[:, :])
     v = v[np.isfinite(v)]
     if v.size == 0:

@@ -26,15 +26,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from engine.errors import LodeInputError
 from engine.io.atomic import staged_directory
 from engine.prospect import transforms as T
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 KINDS = ("geochem", "continuous", "categorical", "lines", "fault_raster")
 CHUNK = 512
@@ -51,7 +53,7 @@ class Grid:
     crs: str
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Grid":
+    def from_dict(cls, d: dict) -> Grid:
         return cls(tuple(int(s) for s in d["shape"]), float(d["cell_size"]), float(d["west"]), float(d["north"]), str(d["crs"]))
 
     def to_dict(self) -> dict:
@@ -67,6 +69,7 @@ class Grid:
 
     def template(self) -> xr.DataArray:
         import rioxarray  # noqa: F401
+        import xarray as xr
 
         da = xr.DataArray(
             np.broadcast_to(np.float32(0), self.shape),
@@ -101,6 +104,7 @@ def _spatial(da: xr.DataArray, source: str) -> xr.DataArray:
 def read_layer(path: str | Path, name: str, nodata: float | None = None, crs: str | None = None) -> xr.DataArray:
     """Read one grid layer (GeoTIFF or netCDF) as float32 with NaN at no-data cells."""
     import rioxarray
+    import xarray as xr
 
     path = Path(path)
     if not path.exists():

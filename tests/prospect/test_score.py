@@ -8,7 +8,14 @@ import zarr
 from engine.prospect import evaluate as ev
 from engine.prospect.baselines import PCAScorer, sample_cells
 from engine.prospect.model import ProspectMAE
-from engine.prospect.score import CellScorer, MAEScorer, ScoreStage, channel_error, read_score, score_map
+from engine.prospect.score import (
+    CellScorer,
+    MAEScorer,
+    ScoreStage,
+    channel_error,
+    read_score,
+    score_map,
+)
 from engine.prospect.stack import build_stack, open_stack
 from engine.prospect.synth import synth_region, write_region
 from engine.raster import Block, Unit, lattice_offsets
