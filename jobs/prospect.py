@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--sigma", type=float, default=0.0)
     p.add_argument("--shifts", type=int, default=2)
-    p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--no-ray", action="store_true", help="train and map in this process instead of on Ray")
 
 
 def _map_args(p: argparse.ArgumentParser) -> None:
@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.action == "map":
         out = _map(args.stack, args.method, args.model, args.out, args.block, args.sigma, args.seed, args.shifts,
                    args.no_ray, args.max_blocks)
-        if args.geotiff and args.max_blocks is None:
+        if args.geotiff:
             from engine.prospect.score import write_geotiff
 
             write_geotiff(out, args.geotiff)

@@ -60,6 +60,7 @@ attribute is set last, after every block and the standardisation are written; re
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import math
@@ -142,7 +143,7 @@ def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
 class MAEScorer:
     components = ("recon_error", "latent_distance")
 
-    def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str = "cpu", batch: int = 128,
+    def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str = "cpu", batch: int = 32,
                  latent_weight: float = 0.0, score_channels: list[int] | None = None, shifts: int = 1, drop_top: int = 0):
         g = _geometry("mae", {"window": model.window, "patch": model.patch}, shifts)
         self.window, self.stride, self.offsets, self.batch = g["window"], g["stride"], g["offsets"], batch
@@ -187,7 +188,7 @@ class MAEScorer:
 class CAEScorer:
     components = ("cae_error",)
 
-    def __init__(self, model: ConvAutoencoder, device: str = "cpu", batch: int = 128,
+    def __init__(self, model: ConvAutoencoder, device: str = "cpu", batch: int = 32,
                  score_channels: list[int] | None = None, shifts: int = 1, shift_step: int = 8, drop_top: int = 0):
         g = _geometry("cae", {"window": model.window}, shifts, shift_step)
         self.window, self.stride, self.offsets, self.batch = g["window"], g["stride"], g["offsets"], batch
@@ -303,6 +304,15 @@ class CheckpointScorer:
         return CAEScorer(net, device, **kw)
 
 
+def _trim() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise), so that long-lived workers hold one
+    block's memory only while they work on it."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def smooth_valid(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing over valid cells only (normalised convolution); invalid cells get NaN."""
     from scipy import ndimage
@@ -317,14 +327,17 @@ def smooth_valid(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndar
 class ScoreStage(BlockStage):
     """Prospectivity scoring as a model block stage: read a block plus its lattice (and
     smoothing) halo → score every window of every lattice on the actor, ``sin2`` blend
-    (``flat`` when stride == window), smoothing → write the block's component chunks."""
+    (``flat`` when stride == window), smoothing → write the block's component chunks.
+
+    ``max_windows`` windows are cut per scorer call: a multiple of the model scorers' batch (32),
+    so their batches are those of one pass over the block, and 64 windows of (C, 64, 64) stay
+    at about 15 MB.
+    """
 
     name = "prospect"
     model = True
-    # max_windows: windows cut per scorer call; a multiple of the model scorers' batch (128), so their
-    # batches are those of a single pass, and (C, 64, 64) windows of 256 stay at ~60 MB.
 
-    def __init__(self, stack: str, out: str, scorer: WindowScorer, sigma: float = 0.0, max_windows: int = 256):
+    def __init__(self, stack: str, out: str, scorer: WindowScorer, sigma: float = 0.0, max_windows: int = 64):
         self.stack, self.out, self.scorer, self.sigma, self.max_windows = stack, out, scorer, sigma, max_windows
         self.ready: WindowScorer | None = None
         self.threads: int | None = None
@@ -348,7 +361,10 @@ class ScoreStage(BlockStage):
         """The stack ``(C, rh, rw)`` (NaN filled with 0) and validity ``(rh, rw)`` of the block's windows."""
         ry0, rx0, _, rh, rw = self.region(unit.block)
         data, valid = open_stack(self.stack).read(ry0, ry0 + rh, rx0, rx0 + rw)
-        return {"data": np.nan_to_num(data, nan=0.0), "valid": valid}
+        out = {"data": np.nan_to_num(data, nan=0.0), "valid": valid}
+        del data
+        _trim()
+        return out
 
     def setup(self, device: str) -> None:
         if self.ready is not None:
@@ -384,6 +400,7 @@ class ScoreStage(BlockStage):
             vs = np.stack([vf[a : a + w, c : c + w] for a, c in chunk])
             comps = self.ready(xs, vs)
             del xs, vs
+            _trim()
             for (a, c), comp in zip(chunk, comps):
                 acc[:, a : a + w, c : c + w] += comp * wt
                 wsum[a : a + w, c : c + w] += wt
@@ -401,6 +418,7 @@ class ScoreStage(BlockStage):
         root = zarr.open_group(self.out, mode="r+", use_consolidated=False)
         for name, comp in zip(self.scorer.components, np.asarray(result["maps"])):
             root[name][b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = comp
+        _trim()
         return {"windows": int(result["windows"])}
 
 

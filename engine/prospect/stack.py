@@ -33,7 +33,6 @@ import zarr
 
 from engine.errors import LodeInputError
 from engine.io.atomic import staged_directory
-from engine.prospect import transforms as T
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -175,6 +174,8 @@ def rasterise_lines(geojson_path: str | Path, grid: Grid) -> np.ndarray:
 
 def _channels_for(layer: dict, base: Path, grid: Grid) -> tuple[list[str], list[np.ndarray], dict]:
     """Aligned, transformed channels of one layer (before robust scaling) and its fitted parameters."""
+    from engine.prospect import transforms as T
+
     kind, name, path = layer["kind"], layer["name"], base / layer["path"]
     if kind not in KINDS:
         raise LodeInputError(path, f"unknown layer kind {kind!r}; expected one of {KINDS}")
@@ -226,6 +227,8 @@ def build_stack(spec_path: str | Path, out: str | Path, grid: Grid | None = None
 
 
 def _write_stack(layers: list[dict], base: Path, grid: Grid, store: Path) -> None:
+    from engine.prospect import transforms as T
+
     h, w = grid.shape
     root = zarr.open_group(store, mode="w")
     root.create_array("northing", data=grid.northing, dimension_names=("northing",))
