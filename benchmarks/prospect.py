@@ -180,7 +180,8 @@ def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
     st = open_stack(stack)
     return {"size": size, "layers": 10, "channels": len(st.channels), "train_steps": steps,
             "map_peak_rss_gib": mem_map.peak_rss / 1024, "map_peak_pss_gib": mem_map.peak_pss / 1024,
-            "map_measured": "python -m jobs.prospect map on Ray: RSS and PSS summed over the job's processes, Ray's own included",
+            "map_measured": "python -m jobs.prospect map on Ray: RSS and PSS summed over the job's processes, "
+                            "Ray's own included",
             "stack_peak_rss_gib": mem_stack.peak_rss / 1024, "train_peak_rss_gib": mem_train.peak_rss / 1024,
             "seconds": {"synth": t_synth, "stack": t_stack, "train": t_train, "map": t_map, "evaluate": t_eval},
             "blocks_scored": blocks or "all", "blocks_total": (size // 512) ** 2, "deposits_evaluable": metrics.n_deposits}

@@ -136,6 +136,12 @@ def _geometry(kind: str, config: dict, shifts: int, shift_step: int = 8) -> dict
     return {"window": window, "stride": window // 2, "offsets": lattice_offsets(shifts, step)}
 
 
+def _batch(device: str, batch: int | None) -> int:
+    """Windows per model call: 8 on the CPU (a batch's activations are most of a CPU actor's working
+    memory, and a window's result does not depend on its batch), 128 on a GPU, unless given."""
+    return batch or (8 if device == "cpu" else 128)
+
+
 def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([fn(x[i : i + batch], v[i : i + batch]) for i in range(0, len(x), batch)])
 
@@ -143,10 +149,10 @@ def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
 class MAEScorer:
     components = ("recon_error", "latent_distance")
 
-    def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str = "cpu", batch: int = 32,
+    def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str = "cpu", batch: int | None = None,
                  latent_weight: float = 0.0, score_channels: list[int] | None = None, shifts: int = 1, drop_top: int = 0):
         g = _geometry("mae", {"window": model.window, "patch": model.patch}, shifts)
-        self.window, self.stride, self.offsets, self.batch = g["window"], g["stride"], g["offsets"], batch
+        self.window, self.stride, self.offsets, self.fixed_batch = g["window"], g["stride"], g["offsets"], batch
         self.drop_top = drop_top
         self.weights = {"recon_error": 1.0, "latent_distance": latent_weight}
         self.score_channels = list(score_channels) if score_channels is not None else list(range(model.channels))
@@ -156,7 +162,7 @@ class MAEScorer:
     def to(self, device: str) -> MAEScorer:
         import torch
 
-        self.device = device
+        self.device, self.batch = device, _batch(device, self.fixed_batch)
         self.model = self.model.to(device)
         self.mean = torch.as_tensor(self.latent["mean"], device=device)
         self.precision = torch.as_tensor(self.latent["precision"], device=device)
@@ -174,7 +180,8 @@ class MAEScorer:
             for mask in self.masks:
                 tm = mask[None].expand(n, -1)
                 pred = m(xt, vt, tm)
-                err += channel_error((pred - xt)[:, self.score_channels] ** 2, 1, self.drop_top) * m._pixel_mask(tm)[:, 0]
+                sq = (pred - xt)[:, self.score_channels] ** 2
+                err += channel_error(sq, 1, self.drop_top) * m._pixel_mask(tm)[:, 0]
             lat = m.encode(xt, vt) - self.mean
             d = torch.sqrt(torch.einsum("ntd,de,nte->nt", lat, self.precision, lat).clamp_min(0))
             d = d.reshape(n, 1, m.grid, m.grid)
@@ -188,17 +195,17 @@ class MAEScorer:
 class CAEScorer:
     components = ("cae_error",)
 
-    def __init__(self, model: ConvAutoencoder, device: str = "cpu", batch: int = 32,
+    def __init__(self, model: ConvAutoencoder, device: str = "cpu", batch: int | None = None,
                  score_channels: list[int] | None = None, shifts: int = 1, shift_step: int = 8, drop_top: int = 0):
         g = _geometry("cae", {"window": model.window}, shifts, shift_step)
-        self.window, self.stride, self.offsets, self.batch = g["window"], g["stride"], g["offsets"], batch
+        self.window, self.stride, self.offsets, self.fixed_batch = g["window"], g["stride"], g["offsets"], batch
         self.drop_top = drop_top
         self.score_channels = list(score_channels) if score_channels is not None else list(range(model.channels))
         self.model = model.eval()
         self.to(device)
 
     def to(self, device: str) -> CAEScorer:
-        self.device = device
+        self.device, self.batch = device, _batch(device, self.fixed_batch)
         self.model = self.model.to(device)
         return self
 
@@ -281,6 +288,13 @@ class CheckpointScorer:
     def weights(self) -> dict[str, float]:
         return {n: 1.0 if i == 0 else 0.0 for i, n in enumerate(self.components)}
 
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed map must share with the run it resumes: the checkpoint file as it is now."""
+        st = os.stat(self.path)
+        return {"checkpoint": self.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "kind": self.kind,
+                "score_channels": list(self.score_channels), "drop_top": self.drop_top}
+
     @classmethod
     def open(cls, path: str | Path, kind: str, channels: list[str], score_channels: list[int], shifts: int = 2,
              drop_top: int = 0) -> CheckpointScorer:
@@ -329,15 +343,15 @@ class ScoreStage(BlockStage):
     smoothing) halo → score every window of every lattice on the actor, ``sin2`` blend
     (``flat`` when stride == window), smoothing → write the block's component chunks.
 
-    ``max_windows`` windows are cut per scorer call: a multiple of the model scorers' batch (32),
-    so their batches are those of one pass over the block, and 64 windows of (C, 64, 64) stay
-    at about 15 MB.
+    ``max_windows`` windows are cut per scorer call: a multiple of the model scorers' batch (8 or 128),
+    so their batches are those of one pass over the block, and 128 windows of (C, 64, 64) stay
+    at about 30 MB.
     """
 
     name = "prospect"
     model = True
 
-    def __init__(self, stack: str, out: str, scorer: WindowScorer, sigma: float = 0.0, max_windows: int = 64):
+    def __init__(self, stack: str, out: str, scorer: WindowScorer, sigma: float = 0.0, max_windows: int = 128):
         self.stack, self.out, self.scorer, self.sigma, self.max_windows = stack, out, scorer, sigma, max_windows
         self.ready: WindowScorer | None = None
         self.threads: int | None = None
@@ -433,7 +447,8 @@ def _robust(arr, max_samples: int = 2_000_000) -> tuple[float, float]:
     return float(med), float(q3 - q1) if q3 > q1 else float(v.std() or 1.0)
 
 
-def _standardise(root, names: list[str], weights: dict[str, float], blocks: list[Block]) -> dict[str, tuple[float, float]]:
+def _standardise(root, names: list[str], weights: dict[str, float],
+                 blocks: list[Block]) -> dict[str, tuple[float, float]]:
     """Write ``prospectivity`` = sum of weighted (component - median) / IQR, block by block."""
     stats = {n: _robust(root[n]) for n in names}
     for b in blocks:
@@ -473,9 +488,10 @@ def _prepare(out: Path, stack, names: list[str], block: int, fingerprint: dict, 
 def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, block: int = 512, sigma: float = 0.0,
               attrs: dict | None = None, max_blocks: int | None = None, options: RunOptions | None = None) -> Path:
     """Write component maps and ``prospectivity`` (northing, easting) to zarr store ``out``, one
-    chunk per block, resuming a killed run of the same map (same stack, scorer geometry,
-    ``block``, ``sigma`` and ``attrs``). ``options`` choose the executor (default: in process;
-    ``RunOptions(executor="ray")`` needs Ray initialised).
+    chunk per block, resuming a killed run of the same map (same stack, scorer geometry and
+    checkpoint file, ``block``, ``sigma`` and ``attrs``; an in-memory scorer is trusted to be the
+    same one); a store of another map is replaced. ``options`` choose the executor (default: in
+    process; ``RunOptions(executor="ray")`` needs Ray initialised).
 
     ``max_blocks`` scores only the first pending blocks (row-major) and leaves the rest NaN,
     for measuring time and memory per block on large regions; the store is then left
@@ -488,9 +504,10 @@ def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, blo
     names = list(scorer.components)
     weights = {n: float(getattr(scorer, "weights", {}).get(n, 1.0)) for n in names}
     attrs = {"sigma": sigma, "block": block, **(attrs or {})}
-    fingerprint = {"stack": str(Path(stack_path).resolve()), "scorer": type(scorer).__name__,
-                   "checkpoint": getattr(scorer, "path", None), "window": scorer.window, "stride": scorer.stride,
-                   "offsets": getattr(scorer, "offsets", ((0, 0),)), "components": names, "weights": weights, **attrs}
+    fingerprint = {"stack": str(Path(stack_path).resolve()),
+                   "scorer": getattr(scorer, "fingerprint", type(scorer).__name__), "window": scorer.window,
+                   "stride": scorer.stride, "offsets": getattr(scorer, "offsets", ((0, 0),)), "components": names,
+                   "weights": weights, **attrs}
     manifest, root = _prepare(out, stack, names, block, fingerprint, attrs)
     blocks = block_grid(*stack.shape, block)
     units = units_of(RASTER, blocks)
@@ -506,7 +523,8 @@ def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, blo
     complete = len(finished) == len(units)
     manifest.finish({"map_s": t_map - t0, "standardise_s": time.perf_counter() - t_map},
                     expected=[u.key for u in units], skipped=run.skipped)
-    root.attrs.update({"standardisation": {n: {"median": m, "iqr": q, "weight": weights[n]} for n, (m, q) in stats.items()},
+    standardisation = {n: {"median": m, "iqr": q, "weight": weights[n]} for n, (m, q) in stats.items()}
+    root.attrs.update({"standardisation": standardisation,
                        "blocks_done": len(finished), "blocks_total": len(units), "device": run.device,
                        "complete": complete})
     zarr.consolidate_metadata(out)

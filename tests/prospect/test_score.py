@@ -57,7 +57,8 @@ def test_blocked_equals_global(small_stack):
     tiled = np.full_like(whole, np.nan)
     for y in (0, 40, 80):
         for x in (0, 40, 80):
-            tiled[:, y : min(96, y + 40), x : min(96, x + 40)] = score_block(small_stack, scorer, y, min(96, y + 40), x, min(96, x + 40), sigma=2.0)
+            y1, x1 = min(96, y + 40), min(96, x + 40)
+            tiled[:, y:y1, x:x1] = score_block(small_stack, scorer, y, y1, x, x1, sigma=2.0)
     np.testing.assert_allclose(tiled, whole, rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
@@ -112,7 +113,8 @@ def test_shifted_lattices_average_single_lattices(small_stack):
     tiled = np.full_like(whole, np.nan)
     for y in (0, 30):
         for x in (0, 30):
-            tiled[:, y : min(48, y + 30), x : min(48, x + 30)] = score_block(small_stack, shifted, 24 + y, 24 + min(48, y + 30), 24 + x, 24 + min(48, x + 30))
+            y1, x1 = min(48, y + 30), min(48, x + 30)
+            tiled[:, y:y1, x:x1] = score_block(small_stack, shifted, 24 + y, 24 + y1, 24 + x, 24 + x1)
     np.testing.assert_allclose(tiled, whole, rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
@@ -185,3 +187,43 @@ def test_driver_never_asks_torch_for_a_device(small_stack, tmp_path, monkeypatch
     assert scorer.device == "cpu" and next(scorer.model.parameters()).device.type == "cpu"
     out = score_map(small_stack, scorer, tmp_path / "m.zarr", block=48)
     assert zarr.open_group(out, mode="r").attrs["device"] == "cpu"
+
+
+def test_checkpoint_scorer_reads_without_torch_and_maps_like_the_model(small_stack, tmp_path):
+    """``make_scorer`` for a checkpoint leaves torch out of the driver (its import alone costs the CUDA
+    build ~0.6 GiB); the scorer it ships builds the same model where it runs and maps identically."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from engine.errors import LodeInputError
+    from engine.prospect.score import CheckpointScorer, checkpoint_meta
+    from engine.prospect.train import save_checkpoint
+
+    st = open_stack(small_stack)
+    mae = _mae(len(st.channels))
+    ck = save_checkpoint(tmp_path / "m.pt", mae.model, "mae", st.channels, {"latent": mae.latent})
+    assert checkpoint_meta(ck) == {"kind": "mae", "config": mae.model.config, "channels": st.channels}
+    code = ("import sys; from pathlib import Path; from jobs.prospect import make_scorer; "
+            f"s = make_scorer('mae', Path({str(small_stack)!r}), Path({str(ck)!r}), shifts=1); "
+            "print(s.window, s.stride, s.offsets, 'torch' in sys.modules)")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(root), "PATH": ""})
+    assert out.stdout.split() == ["16", "8", "((0,", "0),)", "False"]
+    shipped = CheckpointScorer.open(ck, "mae", st.channels, list(range(len(st.channels))), shifts=1)
+    a = score_map(small_stack, shipped, tmp_path / "a.zarr", block=48)
+    b = score_map(small_stack, mae, tmp_path / "b.zarr", block=48)
+    for name in ("recon_error", "latent_distance", "prospectivity"):
+        np.testing.assert_array_equal(read_score(a, name), read_score(b, name))
+    save_checkpoint(ck, _mae(len(st.channels)).model, "mae", st.channels, {"latent": mae.latent})
+    shipped = CheckpointScorer.open(ck, "mae", st.channels, list(range(len(st.channels))), shifts=1)
+    score_map(small_stack, shipped, a, block=48)
+    assert json.loads((a / "_run" / "manifest.json").read_text())["skipped_already_done"] == 0
+    with pytest.raises(LodeInputError, match="not cae"):
+        CheckpointScorer.open(ck, "cae", st.channels, [0])
+    with pytest.raises(LodeInputError, match="channels differ"):
+        CheckpointScorer.open(ck, "mae", st.channels[::-1], [0])
+    (tmp_path / "bad.pt").write_bytes(b"not a zip")
+    with pytest.raises(LodeInputError, match="not a prospect checkpoint"):
+        CheckpointScorer.open(tmp_path / "bad.pt", "mae", st.channels, [0])
