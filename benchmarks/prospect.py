@@ -15,7 +15,8 @@ choices are made on other seeds with ``--split all`` (validation regions), never
 held-out seeds 1-3; seed 0 was the development region. The table gives the mean over
 regions and the pooled figures (all held-out deposits of all regions ranked within
 their own region); the JSON is rewritten after every region. ``--memory-size`` instead runs stack + scoring on one large 10-layer
-region and reports the peak RSS and PSS of this process and its children.
+region and reports the peak memory of each phase; the map's is summed over the map job's processes, Ray's
+own included.
 """
 
 from __future__ import annotations
@@ -128,42 +129,60 @@ def summarise(regions: list[dict], model: str = "mae") -> dict:
 
 
 def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
-    """Stack a ``size``² 10-layer region and map it with the MAE, measuring peak memory.
+    """Stack a ``size``² 10-layer region, train the MAE, and map it with ``lode prospect map`` on Ray
+    (``python -m jobs.prospect map`` in a subprocess, as a user runs it), measuring each phase's peak
+    memory. The map's figure is the summed RSS (and PSS) over the job's whole process tree, Ray's
+    own processes (GCS, raylet, agents, Ray Data's actors, workers) included; stack and train run
+    in this process, without Ray.
 
-    ``blocks`` limits the MAE to the first N blocks of the map (0 = all): peak memory
-    of blocked scoring does not grow with the block count; time does.
+    ``blocks`` limits the map to the first N of its 512² blocks (0 = all): peak memory of blocked
+    scoring does not grow with the block count; time does.
     """
+    import os
+    import subprocess
+
     import pandas as pd
 
+    from benchmarks.segment_throughput import PeakSampler
     from engine.prospect import evaluate as ev
-    from engine.prospect.score import MAEScorer, read_score, score_map
+    from engine.prospect.score import read_score
     from engine.prospect.stack import build_stack, open_stack
     from engine.prospect.synth import synth_region, write_region
-    from engine.prospect.train import load_checkpoint, train_local
+    from engine.prospect.train import train_local
 
     t0 = time.perf_counter()
     rdir = write_region(synth_region(size, 0), work / "big")
     t_synth = time.perf_counter() - t0
-    from benchmarks.segment_throughput import PeakSampler
-
-    with PeakSampler() as mem:
+    with PeakSampler() as mem_stack:
         t = time.perf_counter()
         stack = build_stack(rdir / "layers.json", work / "big.zarr")
         t_stack = time.perf_counter() - t
+    with PeakSampler() as mem_train:
         t = time.perf_counter()
         train_local(stack, work / "big.pt", "mae", steps, 32, 1e-3, 0, pool_blocks=8)
         t_train = time.perf_counter() - t
-        net, ck = load_checkpoint(work / "big.pt")
-        st = open_stack(stack)
-        scorer = MAEScorer(net, ck["latent"], score_channels=st.measured, shifts=2)
-        t = time.perf_counter()
-        score_map(stack, scorer, work / "big_map.zarr", max_blocks=blocks or None)
-        t_map = time.perf_counter() - t
-        t = time.perf_counter()
-        dep = pd.read_csv(rdir / "deposits.csv")
-        metrics = ev.evaluate(read_score(work / "big_map.zarr"), dep.row.values, dep.col.values)
-        t_eval = time.perf_counter() - t
-    return {"size": size, "layers": 10, "channels": len(st.channels), "peak_rss_gib": mem.peak_rss / 1024, "peak_pss_gib": mem.peak_pss / 1024,
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "jobs.prospect", "map", "--stack", str(stack), "--method", "mae", "--model",
+           str(work / "big.pt"), "--shifts", "2", "--out", str(work / "big_map.zarr")]
+    cmd += ["--max-blocks", str(blocks)] if blocks else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with PeakSampler(pid=proc.pid) as mem_map:
+        _, err = proc.communicate()
+    t_map = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"map job failed ({proc.returncode}): {err[-3000:]}")
+    t = time.perf_counter()
+    dep = pd.read_csv(rdir / "deposits.csv")
+    metrics = ev.evaluate(read_score(work / "big_map.zarr", partial=bool(blocks)), dep.row.values, dep.col.values)
+    t_eval = time.perf_counter() - t
+    st = open_stack(stack)
+    return {"size": size, "layers": 10, "channels": len(st.channels), "train_steps": steps,
+            "map_peak_rss_gib": mem_map.peak_rss / 1024, "map_peak_pss_gib": mem_map.peak_pss / 1024,
+            "map_measured": "python -m jobs.prospect map on Ray: RSS and PSS summed over the job's processes, "
+                            "Ray's own included",
+            "stack_peak_rss_gib": mem_stack.peak_rss / 1024, "train_peak_rss_gib": mem_train.peak_rss / 1024,
             "seconds": {"synth": t_synth, "stack": t_stack, "train": t_train, "map": t_map, "evaluate": t_eval},
             "blocks_scored": blocks or "all", "blocks_total": (size // 512) ** 2, "deposits_evaluable": metrics.n_deposits}
 

@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _map_args(p)
     p.add_argument("--out", required=True, type=location)
     p.add_argument("--geotiff", type=location, help="also write the prospectivity as a GeoTIFF")
+    p.add_argument("--no-ray", action="store_true", help="map in this process instead of on Ray")
+    p.add_argument("--max-blocks", type=int, help="score only the first N pending blocks (timing and memory runs)")
 
     p = sub.add_parser("score", help="ROC AUC, success-rate curve, top-10%% capture, prediction-area plot (PNG + JSON)")
     p.add_argument("--map", required=True, type=location, action="append", help="score store(s); repeat to compare")
@@ -63,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--sigma", type=float, default=0.0)
     p.add_argument("--shifts", type=int, default=2)
-    p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--no-ray", action="store_true", help="train and map in this process instead of on Ray")
 
 
 def _map_args(p: argparse.ArgumentParser) -> None:
@@ -77,27 +79,21 @@ def _map_args(p: argparse.ArgumentParser) -> None:
 
 
 def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: int = 0, shifts: int = 2, drop_top: int = 0):
-    """The window scorer for a method: a trained checkpoint for mae/cae, fitted here for iforest/pca.
-    ``shifts`` (mae/cae) averages ``shifts``² window lattices offset by one MAE patch (8 cells);
-    ``drop_top`` (mae/cae/pca) leaves each cell's largest channel errors out of its error."""
+    """The window scorer for a method: a trained checkpoint for mae/cae (loaded where it runs),
+    fitted here for iforest/pca. ``shifts`` (mae/cae) averages ``shifts``² window lattices offset
+    by one MAE patch (8 cells); ``drop_top`` (mae/cae/pca) leaves each cell's largest channel
+    errors out of its error."""
     from engine.errors import LodeInputError
-    from engine.prospect import baselines, score
+    from engine.prospect import score
     from engine.prospect.stack import open_stack
-    from engine.prospect.train import load_checkpoint
 
+    st = open_stack(stack_path)
     if method in ("mae", "cae"):
         if model is None:
             raise LodeInputError("--model", f"method {method} needs a checkpoint")
-        net, ck = load_checkpoint(model)
-        if ck["kind"] != method:
-            raise LodeInputError(model, f"checkpoint is a {ck['kind']} model, not {method}")
-        st = open_stack(stack_path)
-        if ck["channels"] != st.channels:
-            raise LodeInputError(model, "checkpoint channels differ from the stack's")
-        if method == "mae":
-            return score.MAEScorer(net, ck["latent"], score_channels=st.measured, shifts=shifts, drop_top=drop_top)
-        return score.CAEScorer(net, score_channels=st.measured, shifts=shifts, drop_top=drop_top)
-    st = open_stack(stack_path)
+        return score.CheckpointScorer.open(model, method, st.channels, st.measured, shifts, drop_top)
+    from engine.prospect import baselines
+
     cells = baselines.sample_cells(st, seed=seed)
     if method == "iforest":
         return score.CellScorer(baselines.IsolationForestScorer(cells, seed=seed, channels=st.measured))
@@ -112,15 +108,25 @@ def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float,
     return train_with_ray(stack, out, kind, steps, batch, lr, seed)
 
 
-def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, sigma: float, seed: int, shifts: int = 2) -> Path:
+def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, sigma: float, seed: int, shifts: int = 2,
+         no_ray: bool = False, max_blocks: int | None = None) -> Path:
+    """Map on the raster runner: on Ray (model actors on the cluster's GPUs when it has them), or in
+    this process with ``no_ray``; a killed map resumes on rerun."""
     from engine.prospect.score import score_map
+    from engine.raster.runner import RunOptions
 
+    options = RunOptions(executor="serial")
+    if not no_ray:
+        from engine.io import fs
+        from engine.runtime import init_ray
+
+        init_ray()
+        options = RunOptions(executor="ray", remote_args=fs.ray_remote_args())
     return score_map(stack, make_scorer(method, stack, model, seed, shifts), out, block=block, sigma=sigma,
-                     attrs={"method": method, "shifts": shifts})
+                     attrs={"method": method, "shifts": shifts, "seed": seed}, max_blocks=max_blocks, options=options)
 
 
 def _score(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
-    import numpy as np
     import pandas as pd
     import zarr
 
@@ -182,7 +188,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.action == "train":
         print(json.dumps(_train(args.stack, args.out, args.kind, args.steps, args.batch, args.lr, args.seed, args.no_ray), indent=2, default=str))
     elif args.action == "map":
-        out = _map(args.stack, args.method, args.model, args.out, args.block, args.sigma, args.seed, args.shifts)
+        out = _map(args.stack, args.method, args.model, args.out, args.block, args.sigma, args.seed, args.shifts,
+                   args.no_ray, args.max_blocks)
         if args.geotiff:
             from engine.prospect.score import write_geotiff
 
@@ -212,7 +219,8 @@ def _run_all(args: argparse.Namespace) -> None:
         if method in ("mae", "cae"):
             model = out / f"{method}.pt"
             _train(stack, model, method, args.steps, 32, 1e-3, 0, args.no_ray)
-        maps.append(_map(stack, method, model, out / f"map_{method}.zarr", args.block, args.sigma, 0, args.shifts))
+        maps.append(_map(stack, method, model, out / f"map_{method}.zarr", args.block, args.sigma, 0, args.shifts,
+                         args.no_ray))
         timings[method] = time.perf_counter() - t
     if (out / "map_mae.zarr").exists():
         write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif")

@@ -26,15 +26,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from engine.errors import LodeInputError
 from engine.io.atomic import staged_directory
-from engine.prospect import transforms as T
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 KINDS = ("geochem", "continuous", "categorical", "lines", "fault_raster")
 CHUNK = 512
@@ -51,7 +52,7 @@ class Grid:
     crs: str
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Grid":
+    def from_dict(cls, d: dict) -> Grid:
         return cls(tuple(int(s) for s in d["shape"]), float(d["cell_size"]), float(d["west"]), float(d["north"]), str(d["crs"]))
 
     def to_dict(self) -> dict:
@@ -67,6 +68,7 @@ class Grid:
 
     def template(self) -> xr.DataArray:
         import rioxarray  # noqa: F401
+        import xarray as xr
 
         da = xr.DataArray(
             np.broadcast_to(np.float32(0), self.shape),
@@ -101,6 +103,7 @@ def _spatial(da: xr.DataArray, source: str) -> xr.DataArray:
 def read_layer(path: str | Path, name: str, nodata: float | None = None, crs: str | None = None) -> xr.DataArray:
     """Read one grid layer (GeoTIFF or netCDF) as float32 with NaN at no-data cells."""
     import rioxarray
+    import xarray as xr
 
     path = Path(path)
     if not path.exists():
@@ -171,6 +174,8 @@ def rasterise_lines(geojson_path: str | Path, grid: Grid) -> np.ndarray:
 
 def _channels_for(layer: dict, base: Path, grid: Grid) -> tuple[list[str], list[np.ndarray], dict]:
     """Aligned, transformed channels of one layer (before robust scaling) and its fitted parameters."""
+    from engine.prospect import transforms as T
+
     kind, name, path = layer["kind"], layer["name"], base / layer["path"]
     if kind not in KINDS:
         raise LodeInputError(path, f"unknown layer kind {kind!r}; expected one of {KINDS}")
@@ -222,6 +227,8 @@ def build_stack(spec_path: str | Path, out: str | Path, grid: Grid | None = None
 
 
 def _write_stack(layers: list[dict], base: Path, grid: Grid, store: Path) -> None:
+    from engine.prospect import transforms as T
+
     h, w = grid.shape
     root = zarr.open_group(store, mode="w")
     root.create_array("northing", data=grid.northing, dimension_names=("northing",))

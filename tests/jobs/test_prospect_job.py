@@ -24,7 +24,8 @@ def test_synth_stack_map_score(tmp_path):
     r, s, m, ev = tmp_path / "r", tmp_path / "s.zarr", tmp_path / "m.zarr", tmp_path / "eval"
     assert prospect.run(_parse(["synth", "--out", str(r), "--size", "96", "--seed", "4"])) == 0
     assert prospect.run(_parse(["stack", "--spec", str(r / "layers.json"), "--out", str(s)])) == 0
-    assert prospect.run(_parse(["map", "--stack", str(s), "--method", "pca", "--out", str(m), "--geotiff", str(tmp_path / "m.tif")])) == 0
+    assert prospect.run(_parse(["map", "--stack", str(s), "--method", "pca", "--out", str(m), "--no-ray",
+                                       "--geotiff", str(tmp_path / "m.tif")])) == 0
     assert prospect.run(_parse(["score", "--map", str(m), "--deposits", str(r / "deposits.csv"), "--split", "all", "--out", str(ev)])) == 0
     data = json.loads((ev / "metrics.json").read_text())
     n = len(pd.read_csv(r / "deposits.csv"))
