@@ -10,7 +10,7 @@
 GRID is a GeoTIFF, netCDF or zarr grid (dims northing/easting or y/x, metres), opened lazily.
 OUT receives the probability grid axis_probability.zarr (chunked by --block, CRS and transform
 in its attributes; --geotiff also writes axis_probability.tif), lineaments.geojson, rose.png,
-summary.json and the per-block run record (manifest.json, _status/): a rerun into the same OUT
+summary.json, manifest.json and the per-block inference record (_inference/): a rerun into the same OUT
 skips the blocks already done. The classical route writes total_gradient_amplitude in GRID's format.
 """
 

@@ -145,8 +145,8 @@ def unet_probability_zarr(
 
     The grid opens lazily with block-aligned chunks; the raster runner runs one unit per
     ``block``² output block (read block + halo → windows and blend on the model actor → the
-    block's own zarr chunk), recording each done unit under ``OUT/_status``; a rerun skips them.
-    Returns the zarr path and the manifest document.
+    block's own zarr chunk), recording each done unit in ``OUT/_inference`` (``manifest.json``,
+    ``_status/``); a rerun skips them. Returns the zarr path and the inference manifest document.
     """
     import time
 
@@ -165,7 +165,7 @@ def unet_probability_zarr(
     ref = GridRef(str(grid_path), variable, halo_chunk(block, window))
     da = open_grid(ref.path, variable, ref.chunk)
     h, w = da.shape
-    manifest = RunManifest(out)
+    manifest = RunManifest(out / "_inference")
     manifest.check_writable()
     fingerprint = {"grid": str(grid_path), "variable": variable, "shape": [h, w], "checkpoint": str(Path(checkpoint).resolve()),
                    "window": window, "stride": stride, "block": block}
