@@ -13,7 +13,9 @@ Memory mode: a ``size``² survey grid (a mosaic of synthetic surveys of ``--memo
 with one field geometry, a NaN hole in the middle) written as a GeoTIFF, then the whole route
 ``lode lineaments GRID --model CKPT --out OUT`` (read, blocked U-Net inference, threshold,
 skeletonise, vectorise, write grid/GeoJSON/rose) and the classical route run each in their own
-subprocess while the peak RSS and PSS of that process tree are sampled. Without ``--model`` the
+subprocess while the summed RSS and PSS of the job's process tree and of every process of its
+own Ray session (its own ``RAY_TMPDIR``: GCS, raylet, workers, Ray Data actors) are sampled,
+reported for the inference phase and for what follows it (vectorisation, after Ray shuts down). Without ``--model`` the
 U-Net is the architecture ``lode lineaments train`` builds (VGG-16-bn U-Net, window 128) with
 random weights: the inference buffers do not depend on the weights (the mask the vectoriser
 walks does; the figure reports its size).
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="memory mode: working folder (default: a temporary one)")
     p.add_argument("--reuse-grid", action="store_true", help="memory mode: keep a grid already in --work")
     p.add_argument("--time-limit", type=float, default=0.0, help="memory mode: stop each route after this many seconds (partial)")
+    p.add_argument("--block", type=int, default=2048, help="memory mode: the job's --block")
+    p.add_argument("--executor", choices=("ray", "serial"), default="ray", help="memory mode: the job's --executor")
     args = p.parse_args(argv)
     if args.memory_size:
         return _memory_main(args)
@@ -149,50 +153,129 @@ def _mosaic_grid(size: int, tile: int, path: Path, seed: int, unique: int = 4) -
     return {"size": size, "tiles": k, "unique_surveys": unique, "hole_cells": int(hole.sum()), "spacing_m": cfg.spacing_m}
 
 
-def _measure_route(cmd: list[str], nice: int, time_limit: float = 0.0) -> dict:
-    """Run one ``jobs.lineaments`` route in a subprocess; peak RSS/PSS of its process tree, and a
-    timeline (seconds, RSS GiB, PSS GiB, inference blocks done) every ~10 s. With ``time_limit``
-    the route is stopped after that many seconds and reported as partial."""
-    import re
+def _ray_tagged(tag: str) -> list[int]:
+    """Pids of the processes whose command line names ``tag`` (the route's own Ray temp folder:
+    GCS, raylet, workers, Ray Data actors; they are not all descendants of the job process)."""
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(tag in a for a in p.info["cmdline"] or ()):
+                pids.append(p.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+def _route_memory(pid: int, tag: str) -> tuple[float, float, int]:
+    """Summed RSS and PSS (MiB) over the job's process tree and every process of its Ray session, and their count."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    except psutil.NoSuchProcess:
+        procs = {}
+    for q in _ray_tagged(tag):
+        if q not in procs:
+            try:
+                procs[q] = psutil.Process(q)
+            except psutil.NoSuchProcess:
+                continue
+    rss = pss = 0.0
+    for p in procs.values():
+        try:
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return rss / 2**20, pss / 2**20, len(procs)
+
+
+def _measure_route(cmd: list[str], nice: int, time_limit: float = 0.0, status: Path | None = None,
+                   blocks_total: int = 0) -> dict:
+    """Run one ``jobs.lineaments`` route in a subprocess with its own Ray temp folder; peak summed
+    RSS/PSS of the job process, its descendants and every process of its Ray session (sampled
+    every 0.5 s), split into the inference phase (until every block is recorded done under
+    ``status``) and what follows (vectorisation and writes, Ray shut down), and a timeline
+    (seconds, RSS GiB, PSS GiB, processes, blocks done) every ~10 s. With ``time_limit`` the route
+    is stopped after that many seconds and reported as partial."""
+    import os
+    import shutil
     import subprocess
     import sys
+    import tempfile
     import threading
 
-    from benchmarks.segment_throughput import PeakSampler, _tree_memory
-
+    tag = tempfile.mkdtemp(prefix="lbr")  # short: Ray's socket paths live under it
+    env = {**os.environ, "RAY_TMPDIR": tag, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     full = (["nice", "-n", str(nice)] if nice else []) + [sys.executable, "-m", "jobs.lineaments", *cmd]
     t = time.perf_counter()
-    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    blocks = {"done": 0, "total": 0}
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     err_tail: list[str] = []
 
     def read_err() -> None:
         for line in proc.stderr:
-            m = re.match(r"inference block (\d+)/(\d+)", line)
-            if m:
-                blocks["done"], blocks["total"] = int(m.group(1)), int(m.group(2))
             err_tail.append(line)
             del err_tail[:-50]
 
+    def done() -> int:
+        return len(list(status.glob("*.json"))) if status is not None and status.is_dir() else 0
+
+    peaks = {"inference": [0.0, 0.0, 0], "after_inference": [0.0, 0.0, 0]}
+    timeline: list[list[float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        last = -10.0
+        while not stop.is_set():
+            rss, pss, n = _route_memory(proc.pid, tag)
+            k = done()
+            phase = peaks["after_inference" if blocks_total and k >= blocks_total else "inference"]
+            if rss > phase[0]:
+                phase[:] = [rss, max(phase[1], pss), n]
+            phase[1] = max(phase[1], pss)
+            now = time.perf_counter() - t
+            if now - last >= 10:
+                timeline.append([round(now, 1), round(rss / 1024, 3), round(pss / 1024, 3), n, k])
+                last = now
+            stop.wait(0.5)
+
     reader = threading.Thread(target=read_err, daemon=True)
+    sampler = threading.Thread(target=sample, daemon=True)
     reader.start()
-    timeline = []
+    sampler.start()
     stopped = False
-    with PeakSampler(interval=0.5, pid=proc.pid) as mem:
-        while proc.poll() is None:
-            rss, pss = _tree_memory(proc.pid)
-            timeline.append([round(time.perf_counter() - t, 1), round(rss / 1024, 3), round(pss / 1024, 3), blocks["done"]])
-            if time_limit and time.perf_counter() - t > time_limit:
-                proc.terminate()
-                proc.wait()
-                stopped = True
-                break
-            time.sleep(10)
-        out = proc.stdout.read()
+    try:
+        proc.wait(timeout=time_limit or None)
+    except subprocess.TimeoutExpired:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        stopped = True
+    stop.set()
+    sampler.join()
+    out = proc.stdout.read()
     reader.join(timeout=5)
-    res = {"seconds": time.perf_counter() - t, "peak_rss_gib": mem.peak_rss / 1024, "peak_pss_gib": mem.peak_pss / 1024,
-           "inference_blocks_done": blocks["done"], "inference_blocks_total": blocks["total"], "complete": not stopped,
-           "timeline_s_rss_pss_blocks": timeline, "command": " ".join(full)}
+    for q in _ray_tagged(tag):  # a stopped route's Ray session
+        try:
+            os.kill(q, 9)
+        except OSError:
+            pass
+    shutil.rmtree(tag, ignore_errors=True)
+    gib = {k: {"peak_rss_gib": v[0] / 1024, "peak_pss_gib": v[1] / 1024, "processes_at_peak": v[2]} for k, v in peaks.items()}
+    res = {"seconds": time.perf_counter() - t, "peak_rss_gib": max(v[0] for v in peaks.values()) / 1024,
+           "peak_pss_gib": max(v[1] for v in peaks.values()) / 1024, "phases": gib,
+           "inference_blocks_done": done(), "inference_blocks_total": blocks_total, "complete": not stopped,
+           "timeline_s_rss_pss_procs_blocks": timeline, "command": " ".join(full),
+           "counted": "job process tree + every process whose command line names the route's own RAY_TMPDIR"}
     if stopped:
         return res
     if proc.returncode:
@@ -225,13 +308,17 @@ def _memory_main(args) -> int:
             card = dict(DEFAULT_CARD)
             model = str(save_checkpoint(work / "random_vgg16_unet.pt", build_model(card), {**card, "weights": "random (memory measurement)"}))
         extra = ["--stride", str(args.stride)] if args.stride else []
-        route = _measure_route([str(grid), "--model", model, "--out", str(work / "unet"), *extra], args.nice, args.time_limit)
+        extra += ["--block", str(args.block), "--executor", args.executor]
+        blocks = (-(-args.memory_size // args.block)) ** 2
+        status = work / "unet" / "_inference" / "_status" / "axis_probability"
+        route = _measure_route([str(grid), "--model", model, "--out", str(work / "unet"), *extra], args.nice, args.time_limit,
+                               status, blocks)
         route["stride"] = args.stride or "default (window / 2)"
+        route["block"] = args.block
         if route["complete"]:
-            import rasterio
+            import zarr
 
-            with rasterio.open(next((work / "unet").glob("axis_probability.*"))) as src:
-                prob = src.read(1)
+            prob = zarr.open_array(str(work / "unet" / "axis_probability.zarr" / "axis_probability"), mode="r")[:]
             route["mask_fraction"] = float(np.nanmean(prob >= 0.5))
         route["model"] = model
         result["memory"]["unet"] = route

@@ -7,9 +7,11 @@
   lode lineaments synth --surveys --out DIR          held-out survey grids (netCDF) + truth GeoJSON
   lode lineaments train --data SET.zarr --out DIR    train the U-Net with Ray Train
 
-GRID is a GeoTIFF, netCDF or zarr grid (dims northing/easting or y/x, metres). OUT receives
-axis_probability (same format and georeferencing as GRID), lineaments.geojson, rose.png and
-summary.json.
+GRID is a GeoTIFF, netCDF or zarr grid (dims northing/easting or y/x, metres), opened lazily.
+OUT receives the probability grid axis_probability.zarr (chunked by --block, CRS and transform
+in its attributes; --geotiff also writes axis_probability.tif), lineaments.geojson, rose.png,
+summary.json, manifest.json and the per-block inference record (_inference/): a rerun into the same OUT
+skips the blocks already done. The classical route writes total_gradient_amplitude in GRID's format.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--declination", type=float, help="field declination, degrees (classical; default from grid attributes)")
     parser.add_argument("--threshold", type=float, help="probability threshold for axis cells (default from model card)")
     parser.add_argument("--min-length", type=float, default=10.0, help="shortest line kept, in cells")
-    parser.add_argument("--block", type=int, default=2048, help="inference block size in cells")
+    parser.add_argument("--block", type=int, default=2048, help="inference block size in cells (one unit of work and zarr chunk)")
+    parser.add_argument("--executor", choices=("ray", "serial"), default="ray", help="U-Net inference on Ray (default) or in process")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="GPU per model actor when the cluster has one (auto)")
+    parser.add_argument("--geotiff", action="store_true", help="U-Net: also export the probability grid as GeoTIFF")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--stride", type=int, help="window step in cells (default: half the model window)")
     parser.add_argument("--cell", type=float, help="score: cell size in map units (default from PRED properties)")
@@ -64,30 +69,33 @@ def _need(args: argparse.Namespace, *names: str) -> None:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from engine.geophys.grid import read_grid, write_grid
-    from engine.geophys.lineaments import ClassicalParams, VectorParams, classical_lineaments, unet_lineaments, write_geojson, write_rose
+    from engine.geophys.grid import open_grid, read_grid, write_grid
+    from engine.geophys.lineaments import (ClassicalParams, VectorParams, classical_lineaments, probability_lines,
+                                           read_card, unet_probability_zarr, write_geojson, write_rose)
 
     _need(args, "out")
     source = Path(args.target)
-    da = read_grid(source, args.variable)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     method = args.method or ("unet" if args.model else "classical")
     t0 = time.perf_counter()
     if method == "unet":
         _need(args, "model")
-        from engine.geophys.model import load_checkpoint, pick_device
-
-        model, card = load_checkpoint(args.model, pick_device())
-        params = VectorParams(threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5)), min_length_cells=args.min_length)
-        result, lines = unet_lineaments(da, model, card, params, block=args.block, batch_size=args.batch_size, stride=args.stride,
-                                        progress=lambda i, n: print(f"inference block {i}/{n}", file=sys.stderr, flush=True))
-        name = "axis_probability"
+        card = read_card(args.model)
+        params = VectorParams(threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5)),
+                              min_length_cells=args.min_length)
+        grid_path, _ = unet_probability_zarr(source, args.variable, args.model, out, block=args.block, batch_size=args.batch_size,
+                                             stride=args.stride, executor=args.executor, device=args.device)
+        da = open_grid(source, args.variable, args.block)
+        result = open_grid(grid_path, "axis_probability", args.block)
+        lines = probability_lines(result, da, params)
+        if args.geotiff:
+            write_grid(result.load(), out / "axis_probability.tif")
     else:
+        da = read_grid(source, args.variable)
         result, lines = classical_lineaments(da, args.inclination, args.declination, ClassicalParams(min_length_cells=args.min_length))
-        name = "total_gradient_amplitude"
-    suffix = source.suffix.lower() if source.suffix.lower() in (".tif", ".tiff", ".nc", ".zarr") else ".zarr"
-    grid_path = write_grid(result, out / f"{name}{suffix}")
+        suffix = source.suffix.lower() if source.suffix.lower() in (".tif", ".tiff", ".nc", ".zarr") else ".zarr"
+        grid_path = write_grid(result, out / f"total_gradient_amplitude{suffix}")
     crs = da.attrs.get("crs")
     cell = float(abs(da.easting.values[1] - da.easting.values[0]))
     write_geojson(lines, out / "lineaments.geojson", crs, {"cell_size": cell, "method": method, "source": str(source)})

@@ -2,9 +2,11 @@
 
 In memory a grid is an ``xarray.DataArray`` with dims ``("northing", "easting")``, coordinates
 at cell centres in metres, northing ascending, and the CRS (when known) in ``attrs["crs"]``
-as WKT or an authority string. Readers normalise to that form; writers put the same
-coordinates (and for GeoTIFF the same transform and CRS) back on disk. Writes go to a
-temporary name in the same folder and are renamed into place.
+as WKT or an authority string. :func:`open_grid` opens lazily (dask chunks aligned to the
+raster runner's blocks, so a block's read reads only its block and halo); :func:`read_grid`
+loads. Writers put the same coordinates (and for GeoTIFF the same transform and CRS) back on
+disk, atomically; block-written outputs are chunked zarr grids with the CRS and transform in
+their attributes (:func:`create_zarr_grid`, :func:`write_zarr_block`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def grid_spacing(da: xr.DataArray) -> tuple[float, float]:
 
 
 def _normalise(da: xr.DataArray, source: str | Path) -> xr.DataArray:
+    """Dims ``(northing, easting)``, both ascending (descending axes are flipped, lazily)."""
     rename = {}
     for target, aliases in _DIM_ALIASES.items():
         for dim in da.dims:
@@ -64,23 +67,22 @@ def _normalise(da: xr.DataArray, source: str | Path) -> xr.DataArray:
         da = da.isel({d: 0}, drop=True)
     if set(da.dims) != {"northing", "easting"}:
         raise LodeInputError(source, f"cannot find northing/easting dimensions among {tuple(da.dims)}")
-    da = da.transpose("northing", "easting").sortby("northing").sortby("easting")
-    da = da.astype(np.float64)
-    n_inf = int(np.isinf(da.values).sum())
-    if n_inf:
-        raise LodeInputError(source, f"grid has {n_inf} infinite values (mark missing cells with NaN)")
-    if not np.isfinite(da.values).any():
-        raise LodeInputError(source, "grid has no finite values")
+    da = da.transpose("northing", "easting")
+    for dim in ("northing", "easting"):
+        c = da[dim].values
+        if c.size > 1 and c[0] > c[-1]:
+            da = da.isel({dim: slice(None, None, -1)})
     grid_spacing(da.rename(str(source)))
     return da
 
 
-def read_grid(path: str | Path, variable: str | None = None) -> xr.DataArray:
-    """Read a survey grid (GeoTIFF, netCDF or zarr) as a normalised ``DataArray``.
+def open_grid(path: str | Path, variable: str | None = None, chunks: int | tuple[int, int] | None = None) -> xr.DataArray:
+    """Open a survey grid (GeoTIFF, netCDF or zarr) lazily, normalised as :func:`read_grid` does.
 
-    Args:
-        path: ``.tif``/``.tiff``, ``.nc`` or a zarr store (``.zarr`` folder).
-        variable: data variable to take from a netCDF/zarr dataset (default: the only one).
+    Nothing is read until values are asked for. With ``chunks`` the values are a dask array of
+    those chunks (``(northing, easting)`` cells, counted from the southwest corner of the
+    normalised grid, so block-aligned chunks stay aligned); without, slicing the array reads only
+    the slice. Values keep their stored dtype; :func:`check_values` validates them.
     """
     path = Path(path)
     if not path.exists():
@@ -90,21 +92,17 @@ def read_grid(path: str | Path, variable: str | None = None) -> xr.DataArray:
         if suffix in GEOTIFF_SUFFIXES:
             import rioxarray
 
-            raw = rioxarray.open_rasterio(path, masked=True)
+            raw = rioxarray.open_rasterio(path, masked=True, cache=False)
             crs = raw.rio.crs
-            nodata = raw.rio.nodata
-            raw = raw.load()
             da = raw.isel(band=0, drop=True) if "band" in raw.dims else raw
             attrs = {k: v for k, v in raw.attrs.items() if k in ("units", "long_name", "inclination", "declination")}
             if crs is not None:
                 attrs["crs"] = crs.to_wkt()
             da = da.drop_vars([c for c in da.coords if c not in da.dims])
             da.attrs = attrs
-            if nodata is not None:
-                da = da.where(da != nodata)
         else:
             is_zarr = suffix == ".zarr" or path.is_dir()
-            ds = xr.open_dataset(path, engine="zarr", consolidated=False) if is_zarr else xr.open_dataset(path)
+            ds = xr.open_dataset(path, engine="zarr", consolidated=False, cache=False) if is_zarr else xr.open_dataset(path, cache=False)
             names = list(ds.data_vars)
             if variable is None:
                 names = [n for n in names if n not in ("spatial_ref", "crs")]
@@ -113,17 +111,84 @@ def read_grid(path: str | Path, variable: str | None = None) -> xr.DataArray:
                 variable = names[0]
             if variable not in ds:
                 raise LodeInputError(path, f"no variable {variable!r}")
-            da = ds[variable].load()
-            ds.close()
+            da = ds[variable]
             if "crs" not in da.attrs and "crs" in ds.attrs:
                 da.attrs["crs"] = ds.attrs["crs"]
             da = da.drop_vars([c for c in da.coords if c not in da.dims])
+        da.name = da.name or "anomaly"
+        da = _normalise(da, path)
     except LodeInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
         raise LodeInputError(path, f"cannot read grid: {exc}") from exc
-    da.name = da.name or "anomaly"
-    return _normalise(da, path)
+    if chunks is not None:
+        cn, ce = (chunks, chunks) if isinstance(chunks, int) else chunks
+        da = da.chunk({"northing": cn, "easting": ce})
+    return da
+
+
+def check_values(da: xr.DataArray, source: str | Path) -> None:
+    """Refuse grids with infinite values or without any finite value (streams a dask-backed grid chunk by chunk)."""
+    import dask
+
+    n_inf, n_finite = dask.compute(np.isinf(da.data).sum(), np.isfinite(da.data).sum())
+    if int(n_inf):
+        raise LodeInputError(source, f"grid has {int(n_inf)} infinite values (mark missing cells with NaN)")
+    if not int(n_finite):
+        raise LodeInputError(source, "grid has no finite values")
+
+
+def read_grid(path: str | Path, variable: str | None = None) -> xr.DataArray:
+    """Read a survey grid (GeoTIFF, netCDF or zarr) into memory as a normalised float64 ``DataArray``.
+
+    Args:
+        path: ``.tif``/``.tiff``, ``.nc`` or a zarr store (``.zarr`` folder).
+        variable: data variable to take from a netCDF/zarr dataset (default: the only one).
+    """
+    da = open_grid(path, variable)
+    try:
+        da = da.load().astype(np.float64)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
+        raise LodeInputError(path, f"cannot read grid: {exc}") from exc
+    check_values(da, path)
+    return da
+
+
+def halo_chunk(block: int, halo: int) -> int:
+    """Chunk size for a grid read by blocks of ``block`` cells plus a ``halo``: the smallest divisor
+    of ``block`` that is at least ``halo`` (so chunks are block-aligned and a block's read
+    touches only chunks within ``halo`` of it, rounded to a chunk)."""
+    return next(d for d in range(max(1, min(halo, block)), block + 1) if block % d == 0)
+
+
+def grid_transform(da: xr.DataArray) -> list[float]:
+    """Affine ``[a, b, c, d, e, f]`` (GDAL order) from (row, column) of the stored, northing-ascending
+    array to map coordinates of cell corners."""
+    dn, de = grid_spacing(da)
+    n0, e0 = float(da.northing[0]), float(da.easting[0])
+    return [de, 0.0, e0 - de / 2, 0.0, dn, n0 - dn / 2]
+
+
+def create_zarr_grid(path: str | Path, like: xr.DataArray, name: str, chunks: tuple[int, int], attrs: dict | None = None) -> Path:
+    """An empty (NaN) float32 zarr grid with ``like``'s coordinates, chunked as ``chunks``, with the
+    CRS and the affine ``transform`` in the array attributes; blocks are filled by :func:`write_zarr_block`."""
+    import dask.array
+
+    path = Path(path)
+    attrs = {**({"crs": like.attrs["crs"]} if like.attrs.get("crs") else {}), "transform": grid_transform(like), **(attrs or {})}
+    data = dask.array.full(like.shape, np.nan, dtype=np.float32, chunks=chunks)
+    ds = xr.Dataset({name: (("northing", "easting"), data, attrs)}, coords={"northing": like.northing.values, "easting": like.easting.values})
+    if path.exists():
+        shutil.rmtree(path)
+    ds.to_zarr(path, mode="w", compute=False, consolidated=False, encoding={name: {"chunks": chunks, "fill_value": np.nan}})
+    return path
+
+
+def write_zarr_block(path: str | Path, name: str, y0: int, x0: int, data: np.ndarray) -> None:
+    """Write a block (whole chunks, or the grid's edge) into a grid made by :func:`create_zarr_grid`."""
+    import zarr
+
+    zarr.open_array(str(Path(path) / name), mode="r+")[y0 : y0 + data.shape[0], x0 : x0 + data.shape[1]] = data
 
 
 def _temp_sibling(path: Path) -> Path:

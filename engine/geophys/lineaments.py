@@ -19,7 +19,7 @@ import xarray as xr
 from scipy import ndimage
 
 from engine.errors import LodeInputError
-from engine.geophys.grid import grid_spacing
+from engine.geophys.grid import grid_spacing, grid_transform
 from engine.geophys.ridges import ridge_mask
 from engine.geophys.transforms import reduce_to_pole, total_gradient_amplitude, upward_continue
 from engine.geophys.vectorize import Lineament, mask_to_lineaments
@@ -46,16 +46,14 @@ class VectorParams:
 
 
 def hole_geometry(da: xr.DataArray) -> shapely.Geometry:
-    """Union of the NaN cells of a grid as map-coordinate polygons (empty if none)."""
+    """Union of the NaN cells of a grid (in memory or dask-backed) as map-coordinate polygons (empty if none)."""
     from rasterio import features
     from rasterio.transform import Affine
 
-    holes = ~np.isfinite(da.values)
+    holes = np.asarray(~np.isfinite(da.data))
     if not holes.any():
         return shapely.Polygon()
-    dn, de = grid_spacing(da)
-    n0, e0 = float(da.northing[0]), float(da.easting[0])
-    transform = Affine(de, 0, e0 - de / 2, 0, dn, n0 - dn / 2)
+    transform = Affine(*grid_transform(da))
     polys = [shapely.geometry.shape(g) for g, _ in features.shapes(holes.astype(np.uint8), mask=holes, transform=transform)]
     return shapely.union_all(polys)
 
@@ -102,19 +100,98 @@ def unet_lineaments(
     block: int = 2048,
     batch_size: int = 16,
     stride: int | None = None,
-    progress=None,
 ) -> tuple[xr.DataArray, list[Lineament]]:
-    """U-Net axis probability grid (same coordinates and attributes as ``da``) and its lines
-    (``progress(blocks_done, blocks_total)`` is called after each inference block)."""
+    """U-Net axis probability grid (same coordinates and attributes as ``da``) and its lines, in
+    this process (the block stage run serially; :func:`unet_probability_zarr` runs it on Ray)."""
     from engine.geophys.predict import predict_grid
 
     params = params or VectorParams(threshold=float(card.get("threshold", 0.5)))
-    prob = predict_grid(model, da.values, window=int(card["window"]), stride=stride, block=block, batch_size=batch_size, progress=progress)
+    prob = predict_grid(model, da.data, window=int(card["window"]), stride=stride, block=block, batch_size=batch_size)
     out = xr.DataArray(prob, dims=da.dims, coords=da.coords, name="axis_probability", attrs={**{k: v for k, v in da.attrs.items() if k == "crs"}, "units": "1"})
+    return out, probability_lines(out, da, params)
+
+
+def probability_lines(prob: xr.DataArray, grid: xr.DataArray, params: VectorParams) -> list[Lineament]:
+    """Lines of the cells at or above the threshold of a probability grid (in memory or dask-backed,
+    thresholded chunk by chunk), cut out of the holes of ``grid``."""
     with np.errstate(invalid="ignore"):
-        mask = prob >= params.threshold
-    lines = mask_to_lineaments(mask, da.northing.values, da.easting.values, params.min_length_cells, params.simplify_cells, hole_geometry(da))
-    return out, lines
+        mask = np.asarray(prob.data >= params.threshold)
+    return mask_to_lineaments(mask, grid.northing.values, grid.easting.values, params.min_length_cells, params.simplify_cells, hole_geometry(grid))
+
+
+def read_card(checkpoint: str | Path) -> dict:
+    """A lineament checkpoint's model card: the JSON beside it, else the checkpoint itself."""
+    path = Path(checkpoint)
+    side = path.with_suffix(path.suffix + ".json")
+    if side.is_file():
+        return json.loads(side.read_text())
+    from engine.geophys.model import load_checkpoint
+
+    return load_checkpoint(path)[1]
+
+
+def unet_probability_zarr(
+    grid_path: str | Path,
+    variable: str | None,
+    checkpoint: str | Path,
+    out: str | Path,
+    block: int = 2048,
+    batch_size: int = 16,
+    stride: int | None = None,
+    executor: str = "ray",
+    device: str = "auto",
+) -> tuple[Path, dict]:
+    """Run (or resume) U-Net inference over a grid on disk into ``OUT/axis_probability.zarr``.
+
+    The grid opens lazily with block-aligned chunks; the raster runner runs one unit per
+    ``block``² output block (read block + halo → windows and blend on the model actor → the
+    block's own zarr chunk), recording each done unit in ``OUT/_inference`` (``manifest.json``,
+    ``_status/``); a rerun skips them. Returns the zarr path and the inference manifest document.
+    """
+    import time
+
+    from engine.geophys.grid import check_values, create_zarr_grid, halo_chunk, open_grid
+    from engine.geophys.predict import GridRef, LineamentStage
+    from engine.io.manifest import RunManifest
+    from engine.raster.grid import block_grid
+    from engine.raster.runner import RunOptions, run_stage
+    from engine.raster.stage import units_of
+
+    t0 = time.perf_counter()
+    grid_path, out = Path(grid_path).resolve(), Path(out).resolve()
+    card = read_card(checkpoint)
+    window = int(card["window"])
+    stride = stride or window // 2
+    ref = GridRef(str(grid_path), variable, halo_chunk(block, window))
+    da = open_grid(ref.path, variable, ref.chunk)
+    h, w = da.shape
+    manifest = RunManifest(out / "_inference")
+    manifest.check_writable()
+    fingerprint = {"grid": str(grid_path), "variable": variable, "shape": [h, w], "checkpoint": str(Path(checkpoint).resolve()),
+                   "window": window, "stride": stride, "block": block}
+    zpath = out / "axis_probability.zarr"
+    fresh = manifest.begin("lineaments", {**fingerprint, "batch_size": batch_size, "executor": executor}, fingerprint)
+    if fresh or not zpath.exists():
+        check_values(da, grid_path)
+        create_zarr_grid(zpath, da, "axis_probability", (block, block), {"units": "1", "long_name": "lineament axis probability"})
+    units = units_of("axis_probability", block_grid(h, w, block))
+    stage = LineamentStage(ref, (h, w), (str(zpath), "axis_probability"), window, stride, batch_size, checkpoint=str(Path(checkpoint).resolve()))
+    started = False
+    if executor == "ray":
+        import ray
+
+        from engine.runtime import init_ray
+
+        started = not ray.is_initialized()
+        init_ray()
+    run = run_stage(stage, units, manifest, RunOptions(executor=executor, device=device))  # type: ignore[arg-type]
+    if started:
+        ray.shutdown()  # the vectoriser that follows runs without Ray's processes
+    doc = manifest.finish({"inference_s": time.perf_counter() - t0}, [u.key for u in units], run.skipped)
+    if doc["failed_sections"]:
+        reason = next(iter(doc["failed_sections"].values()))
+        raise LodeInputError(grid_path, f"lineament inference failed: {reason}")
+    return zpath, doc
 
 
 def write_geojson(lines: Sequence[Lineament], path: str | Path, crs: str | None = None, properties: dict | None = None) -> Path:

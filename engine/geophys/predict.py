@@ -1,100 +1,165 @@
-"""Blocked sliding-window inference of the lineament U-Net over survey grids of any size.
+"""Lineament inference as a raster block stage: the U-Net's sliding windows over a survey grid of any size.
 
-The output is cut into blocks; each block reads only the grid region its windows cover,
-runs every window that touches it (global window grid, so the result equals one sliding
-window over the whole grid), blends the window probabilities with Gaussian weights and
-writes the block. Peak memory is the grid, the output and one block's buffers. NaN cells
-(holes) are zero for the network and NaN in the output.
+Each output block reads the grid region its windows cover (the global clamped window grid of
+``engine.raster``, so the result equals one sliding window over the whole grid), runs every
+window that touches it on the model actor, blends the window probabilities with the raster
+engine's Gaussian kernel and writes its whole chunk of the probability grid. NaN cells (holes)
+are zero for the network and NaN in the output; a window without a finite cell is skipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
-from engine.geophys.model import normalise_windows
-
-
-def gaussian_weights(window: int, sigma_scale: float = 0.125) -> np.ndarray:
-    """Separable Gaussian blending weights peaking at the window centre (min 1e-3 of the peak)."""
-    x = np.arange(window) - (window - 1) / 2
-    g = np.exp(-0.5 * (x / (sigma_scale * window)) ** 2)
-    w = np.outer(g, g)
-    return np.maximum(w / w.max(), 1e-3).astype(np.float32)
+from engine.raster.blend import blend_weights
+from engine.raster.grid import block_grid, stride_starts
+from engine.raster.runner import RunOptions, run_stage
+from engine.raster.stage import BlockStage, Unit, units_of
 
 
-def window_starts(size: int, window: int, stride: int) -> np.ndarray:
-    """Window origins covering ``[0, size)`` with the last window flush with the end."""
-    if size <= window:
-        return np.array([0])
-    starts = np.arange(0, size - window + 1, stride)
-    return starts if starts[-1] == size - window else np.r_[starts, size - window]
+@dataclass(frozen=True)
+class GridRef:
+    """A survey grid on disk, opened lazily where it is read (path, variable, chunk size)."""
+
+    path: str
+    variable: str | None = None
+    chunk: int | None = None
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Cells ``[y0, y1) × [x0, x1)`` of the normalised grid as float32."""
+        return np.asarray(_opened(self)[y0:y1, x0:x1].values, dtype=np.float32)
 
 
-def _blocks(size: int, block: int) -> Iterator[tuple[int, int]]:
-    for b0 in range(0, size, block):
-        yield b0, min(size, b0 + block)
+_OPEN: dict[GridRef, Any] = {}
 
 
-@torch.no_grad()
-def predict_grid(
-    model: torch.nn.Module,
-    grid: np.ndarray,
-    window: int = 128,
-    stride: int | None = None,
-    block: int = 2048,
-    batch_size: int = 16,
-    device: torch.device | str | None = None,
-    out: np.ndarray | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """Axis probability (float32, NaN in holes) for a 2-D grid (array-like; sliced per block).
+def _opened(ref: GridRef):
+    if ref not in _OPEN:
+        from engine.geophys.grid import open_grid
+
+        _OPEN[ref] = open_grid(ref.path, ref.variable, ref.chunk)
+    return _OPEN[ref]
+
+
+class LineamentStage(BlockStage):
+    """U-Net windows (actor) → Gaussian blend → the block of the axis-probability grid.
 
     Args:
-        model: network mapping ``(B, 1, window, window)`` normalised windows to logits.
-        grid: (northing, easting) anomaly; anything numpy-sliceable (ndarray, memmap, zarr array).
+        grid: the input, a :class:`GridRef` (Ray runs) or a numpy-sliceable array (serial runs).
+        shape: ``(height, width)`` of the grid.
+        out: the output, ``(zarr grid path, variable)`` or a preallocated float32 array (serial runs).
+        window, stride: window size and step in cells.
+        batch_size: windows per forward pass.
+        checkpoint: a lineament checkpoint, built in :meth:`setup`; or ``net``, a module used as is.
+    """
+
+    name = "lineaments"
+    model = True
+
+    def __init__(self, grid: Any, shape: tuple[int, int], out: Any, window: int, stride: int, batch_size: int = 16,
+                 checkpoint: str | None = None, net: Any = None, threads: int | None = None):
+        self.grid, self.shape, self.out = grid, shape, out
+        self.window, self.stride, self.batch_size = window, stride, batch_size
+        self.checkpoint, self.net, self.threads = checkpoint, net, threads
+        self.device: Any = None
+
+    def _span(self, b0: int, size: int, total: int) -> tuple[list[int], int, int]:
+        starts = [s for s in stride_starts(total, self.window, self.stride) if s < b0 + size and s + self.window > b0]
+        return starts, starts[0], starts[-1] + self.window
+
+    def size_bytes(self, unit: Unit) -> int:
+        return 4 * (unit.block.h + 2 * self.window) * (unit.block.w + 2 * self.window)
+
+    def read(self, unit: Unit) -> dict[str, Any]:
+        """The cells the block's windows cover, ``(y1 - y0, x1 - x0)`` float32 cut to the grid."""
+        b, (h, w) = unit.block, self.shape
+        _, y0, y1 = self._span(b.y0, b.h, h)
+        _, x0, x1 = self._span(b.x0, b.w, w)
+        if isinstance(self.grid, GridRef):
+            region = self.grid.read(y0, min(y1, h), x0, min(x1, w))
+        else:
+            region = np.asarray(self.grid[y0:min(y1, h), x0:min(x1, w)], dtype=np.float32)
+        return {"region": region}
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        if self.device is not None:
+            return
+        if self.net is None:
+            from engine.geophys.model import load_checkpoint
+
+            self.net, _ = load_checkpoint(self.checkpoint, device)
+            self.device = torch.device(device)
+        else:
+            self.device = next(self.net.parameters()).device
+        if self.device.type == "cpu":
+            self.threads = self.threads or os.cpu_count() or 1
+
+    def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
+        """Blend ``(block.h, block.w)`` float32 probabilities (NaN in holes) and the windows run."""
+        import torch
+
+        from engine.geophys.model import normalise_windows
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        b, (h, w), win = unit.block, self.shape, self.window
+        rows, y0, y1 = self._span(b.y0, b.h, h)
+        cols, x0, x1 = self._span(b.x0, b.w, w)
+        region = np.full((y1 - y0, x1 - x0), np.nan, np.float32)
+        src = data["region"]
+        region[: src.shape[0], : src.shape[1]] = src
+        weights = blend_weights(win, "gaussian")
+        acc = np.zeros_like(region)
+        wsum = np.zeros_like(region)
+        origins = [(r - y0, c - x0) for r in rows for c in cols]
+        origins = [(r, c) for r, c in origins if np.isfinite(region[r : r + win, c : c + win]).any()]
+        with torch.no_grad():
+            for i in range(0, len(origins), self.batch_size):
+                chunk = origins[i : i + self.batch_size]
+                xb = torch.from_numpy(np.stack([region[r : r + win, c : c + win] for r, c in chunk])[:, None])
+                prob = torch.sigmoid(self.net(normalise_windows(xb.to(self.device)))).float().cpu().numpy()[:, 0]
+                for (r, c), p in zip(chunk, prob):
+                    acc[r : r + win, c : c + win] += p * weights
+                    wsum[r : r + win, c : c + win] += weights
+        with np.errstate(invalid="ignore", divide="ignore"):
+            blend = np.where(wsum > 0, acc / wsum, np.nan).astype(np.float32)
+        blend[~np.isfinite(region)] = np.nan
+        return {"prob": np.ascontiguousarray(blend[b.y0 - y0 : b.y0 - y0 + b.h, b.x0 - x0 : b.x0 - x0 + b.w]),
+                "windows": len(origins)}
+
+    def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
+        b, prob = unit.block, np.asarray(result["prob"], dtype=np.float32)
+        if isinstance(self.out, tuple):
+            from engine.geophys.grid import write_zarr_block
+
+            write_zarr_block(self.out[0], self.out[1], b.y0, b.x0, prob)
+        else:
+            self.out[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = prob
+        return {"windows": int(result["windows"])}
+
+
+def predict_grid(model: Any, grid: Any, window: int = 128, stride: int | None = None, block: int = 2048,
+                 batch_size: int = 16, out: np.ndarray | None = None) -> np.ndarray:
+    """Axis probability (float32, NaN in holes) of a 2-D grid, in this process (the stage run serially).
+
+    Args:
+        model: network mapping ``(B, 1, window, window)`` normalised windows to logits (on its device).
+        grid: (northing, easting) anomaly; anything numpy-sliceable (ndarray, memmap, zarr or xarray array).
         window: window size in cells; grids smaller than it are NaN-padded.
         stride: window step (default ``window // 2``).
         block: output block size in cells.
         batch_size: windows per forward pass.
-        device: torch device (default: the model's).
         out: optional preallocated float32 output (e.g. a memmap) of the grid's shape.
-        progress: called as ``progress(blocks_done, blocks_total)`` after each block.
     """
     h, w = grid.shape
-    stride = stride or window // 2
-    device = device or next(model.parameters()).device
-    weights = gaussian_weights(window)
-    rows, cols = window_starts(h, window, stride), window_starts(w, window, stride)
     out = np.full((h, w), np.nan, np.float32) if out is None else out
-    total, done = len(range(0, h, block)) * len(range(0, w, block)), 0
-    for r0, r1 in _blocks(h, block):
-        wr = rows[(rows < r1) & (rows + window > r0)]
-        for c0, c1 in _blocks(w, block):
-            wc = cols[(cols < c1) & (cols + window > c0)]
-            y0, x0 = int(wr[0]), int(wc[0])
-            y1, x1 = int(wr[-1]) + window, int(wc[-1]) + window
-            region = np.full((y1 - y0, x1 - x0), np.nan, np.float32)
-            src = np.asarray(grid[y0 : min(y1, h), x0 : min(x1, w)], dtype=np.float32)
-            region[: src.shape[0], : src.shape[1]] = src
-            acc = np.zeros_like(region)
-            wsum = np.zeros_like(region)
-            origins = [(int(r) - y0, int(c) - x0) for r in wr for c in wc]
-            origins = [(r, c) for r, c in origins if np.isfinite(region[r : r + window, c : c + window]).any()]
-            for i in range(0, len(origins), batch_size):
-                chunk = origins[i : i + batch_size]
-                xb = torch.from_numpy(np.stack([region[r : r + window, c : c + window] for r, c in chunk])[:, None])
-                prob = torch.sigmoid(model(normalise_windows(xb.to(device)))).float().cpu().numpy()[:, 0]
-                for (r, c), p in zip(chunk, prob):
-                    acc[r : r + window, c : c + window] += p * weights
-                    wsum[r : r + window, c : c + window] += weights
-            with np.errstate(invalid="ignore", divide="ignore"):
-                blend = np.where(wsum > 0, acc / wsum, np.nan)
-            blend[~np.isfinite(region)] = np.nan
-            out[r0:r1, c0:c1] = blend[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
-            done += 1
-            if progress:
-                progress(done, total)
+    stage = LineamentStage(grid, (h, w), out, window, stride or window // 2, batch_size, net=model,
+                           threads=None)
+    run_stage(stage, units_of("axis_probability", block_grid(h, w, block)), None, RunOptions(executor="serial"))
     return out

@@ -58,3 +58,23 @@ def test_bad_inputs_raise_lode_input_error(tmp_path):
     xr.Dataset({"a": (("time", "y", "x"), np.zeros((2, 3, 3)))}, coords={"y": [0.0, 1, 2], "x": [0.0, 1, 2]}).to_netcdf(tmp_path / "t.nc")
     with pytest.raises(LodeInputError, match="2-D"):
         read_grid(tmp_path / "t.nc")
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".nc", ".zarr"])
+def test_open_grid_is_lazy_with_block_aligned_chunks(tmp_path, suffix):
+    from engine.geophys.grid import halo_chunk, open_grid
+    from engine.geophys.predict import GridRef
+
+    v = np.random.default_rng(3).normal(size=(300, 260))
+    path = write_grid(make_dataarray(v, 10.0, (1000.0, 2000.0), crs="EPSG:32633"), tmp_path / f"g{suffix}")
+    chunk = halo_chunk(100, 32)
+    assert chunk == 50 and halo_chunk(2048, 128) == 128 and halo_chunk(48, 64) == 48
+    da = open_grid(path, chunks=chunk)
+    assert da.chunks == ((50,) * 6, (50,) * 5 + (10,))
+    assert np.array_equal(da.northing.values, 1000.0 + 10.0 * np.arange(300))
+    region = da[100 - 32 : 200 + 32, 100 - 32 : 200 + 32]
+    assert region.data.numblocks == (4, 4)  # a block plus its halo touches 4 x 4 of the grid's 6 x 6 chunks
+    want = v.astype(np.float32)[68:232, 68:232]
+    np.testing.assert_array_equal(np.asarray(region.values, np.float32), want)
+    np.testing.assert_array_equal(GridRef(str(path), None, chunk).read(68, 232, 68, 232), want)
+    np.testing.assert_array_equal(GridRef(str(path)).read(68, 232, 68, 232), want)

@@ -1,9 +1,16 @@
 import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import zarr
 
 from engine.errors import LodeInputError
 from engine.geophys.grid import read_grid, write_grid
@@ -12,6 +19,8 @@ from engine.geophys.model import DEFAULT_CARD, build_model, load_checkpoint, sav
 from engine.geophys.score import buffer_scores
 from engine.geophys.synth import SurveyConfig, make_survey
 from jobs import lineaments as job
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 SIMPLE = SurveyConfig(
     shape=(128, 128), families=(1, 1), dykes_per_256=(4, 4), plugs_per_256=(0, 0), contacts=(0, 0), regional_nt=(0.0, 0.0),
@@ -73,20 +82,75 @@ def test_unet_job_preserves_georeferencing(tmp_path, checkpoint, suffix):
     da = da.assign_coords(northing=da.northing + 7_100_000.0, easting=da.easting + 410_000.0)
     da.values[30:40, 30:45] = np.nan
     grid = write_grid(da, tmp_path / f"survey{suffix}")
-    assert job.run(_args(str(grid), out=tmp_path / "out", model=checkpoint, block=48)) == 0
-    prob = read_grid(tmp_path / "out" / f"axis_probability{suffix}")
+    assert job.run(_args(str(grid), out=tmp_path / "out", model=checkpoint, block=48, executor="serial", geotiff=True)) == 0
+    store = tmp_path / "out" / "axis_probability.zarr"
+    assert zarr.open_array(str(store / "axis_probability"), mode="r").chunks == (48, 48)
+    prob = read_grid(store)
     np.testing.assert_allclose(prob.northing.values, da.northing.values)
     np.testing.assert_allclose(prob.easting.values, da.easting.values)
     assert np.isnan(prob.values[30:40, 30:45]).all()
     assert np.isfinite(prob.values[:30]).all()
-    if suffix == ".tif":
-        with rasterio.open(grid) as a, rasterio.open(tmp_path / "out" / "axis_probability.tif") as b:
-            assert a.transform == b.transform and a.crs == b.crs and a.shape == b.shape
-    else:
-        assert "32636" in prob.attrs["crs"]
+    assert "32636" in prob.attrs["crs"] or "UTM zone 36" in prob.attrs["crs"]
+    with rasterio.open(tmp_path / "out" / "axis_probability.tif") as b:
+        assert tuple(b.transform)[:6] == (50.0, 0.0, 410_000.0 - 25.0, 0.0, -50.0, 7_100_000.0 + 95 * 50.0 + 25.0)
+        assert b.crs.to_epsg() == 32636
+        if suffix == ".tif":
+            with rasterio.open(grid) as a:
+                assert a.transform == b.transform and a.shape == b.shape
+    t = prob.attrs["transform"]
+    assert t == [50.0, 0.0, 410_000.0 - 25.0, 0.0, 50.0, 7_100_000.0 - 25.0]
     doc = json.loads((tmp_path / "out" / "lineaments.geojson").read_text())
     assert doc["type"] == "FeatureCollection" and doc["properties"]["cell_size"] == 50.0
     assert (tmp_path / "out" / "rose.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_job_equals_pinned_old_output(tmp_path, checkpoint):
+    """The job's VGG-16 U-Net (seed 0, window 64) against the pre-port output on the same survey
+    (fixtures/pin_vgg*): same lines; probabilities within 3e-4 (blend kernel clamp, see test_predict)."""
+    assert job.run(_args(str(FIXTURES / "pin_survey.nc"), out=tmp_path / "o", model=checkpoint, block=48, executor="serial")) == 0
+    prob = zarr.open_array(str(tmp_path / "o" / "axis_probability.zarr" / "axis_probability"), mode="r")[:]
+    pinned = np.load(FIXTURES / "pin_vgg_prob.npy")
+    assert np.array_equal(np.isnan(prob), np.isnan(pinned))
+    assert np.nanmax(np.abs(prob - pinned)) <= 3e-4
+    got = json.loads((tmp_path / "o" / "lineaments.geojson").read_text())
+    want = json.loads((FIXTURES / "pin_vgg.geojson").read_text())
+    assert got["features"] == want["features"] and got["features"]
+
+
+def _store_bytes(store) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_byte_identical(tmp_path, checkpoint):
+    """SIGKILL ``python -m jobs.lineaments`` (Ray executor) once a block is done; the rerun skips the
+    done blocks and its probability zarr and GeoJSON equal an uninterrupted run's byte for byte."""
+    grid = str(FIXTURES / "pin_survey.nc")
+    ref = tmp_path / "ref"
+    assert job.run(_args(grid, out=ref, model=checkpoint, block=32, batch_size=1, executor="serial")) == 0
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jobs.lineaments", grid, "--model", str(checkpoint), "--out", str(out), "--block", "32",
+           "--batch-size", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = out / "_inference" / "_status" / "axis_probability"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (status.exists() and any(status.glob("*.json"))):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.stem for p in status.glob("*.json")}
+    assert 0 < len(done_before) < 9, "the run should have been killed part-way"
+    mtimes = {k: (status / f"{k}.json").stat().st_mtime_ns for k in done_before}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((out / "_inference" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["skipped_already_done"] == len(done_before)
+    assert all((status / f"{k}.json").stat().st_mtime_ns == t for k, t in mtimes.items())
+    assert len(list(status.glob("*.json"))) == 9
+    assert _store_bytes(out / "axis_probability.zarr") == _store_bytes(ref / "axis_probability.zarr")
+    assert (out / "lineaments.geojson").read_bytes() == (ref / "lineaments.geojson").read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
 
 def test_synth_surveys_then_classical_then_score(tmp_path):

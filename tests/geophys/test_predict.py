@@ -2,14 +2,20 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import engine.geophys.predict as predict
 from engine.geophys.grid import make_dataarray
-from engine.geophys.lineaments import VectorParams, hole_geometry, unet_lineaments
-from engine.geophys.predict import gaussian_weights, predict_grid, window_starts
+from engine.geophys.lineaments import VectorParams, hole_geometry, unet_lineaments, write_geojson
+from engine.geophys.predict import predict_grid
+from engine.raster.blend import blend_weights
+from engine.raster.grid import stride_starts
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _conv_model(seed: int = 0) -> torch.nn.Module:
@@ -21,9 +27,9 @@ def _global_sliding_window(model, grid, window, stride):
     """Independent reference: every window over the whole grid, blended at once."""
     h, w = grid.shape
     acc, wsum = np.zeros((h, w)), np.zeros((h, w))
-    g = gaussian_weights(window)
-    for r in window_starts(h, window, stride):
-        for c in window_starts(w, window, stride):
+    g = blend_weights(window, "gaussian")
+    for r in stride_starts(h, window, stride):
+        for c in stride_starts(w, window, stride):
             x = torch.from_numpy(grid[r : r + window, c : c + window].astype(np.float32))[None, None]
             x = (x - x.mean()) / (x.std(unbiased=False) + 1e-6)
             with torch.no_grad():
@@ -42,11 +48,37 @@ def test_blocked_prediction_equals_global_sliding_window():
         np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
-def test_window_starts_cover_grid_edges():
-    for size, window, stride in ((100, 32, 16), (32, 32, 16), (33, 32, 16), (10, 32, 16)):
-        s = window_starts(size, window, stride)
-        assert s[0] == 0 and s[-1] == max(0, size - window)
-        assert (np.diff(s) <= stride).all()
+def _old_gaussian(window: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """The pre-port kernel (frozen here as the reference): peak-normalised, clamped at 1e-3 of the peak."""
+    x = np.arange(window) - (window - 1) / 2
+    g = np.exp(-0.5 * (x / (sigma_scale * window)) ** 2)
+    w = np.outer(g, g)
+    return np.maximum(w / w.max(), 1e-3).astype(np.float32)
+
+
+def _pinned_conv_case():
+    z = np.load(FIXTURES / "pin_conv.npz")
+    net = _conv_model()
+    for k, v in net.state_dict().items():
+        assert np.array_equal(v.numpy(), z["w_" + k.replace(".", "_")]), "torch's init changed: the pin's net differs"
+    grid = np.random.default_rng(1).normal(size=(150, 210)).cumsum(axis=1)
+    grid[60:80, 100:140] = np.nan
+    return net, make_dataarray(grid, 50.0, (7e6, 5e5), crs="EPSG:32633"), z["prob"]
+
+
+def test_port_equals_pinned_old_output(monkeypatch, tmp_path):
+    """Against the pre-port code's output (fixtures/pin_conv.*): identical lines; the probabilities
+    differ only through the blend kernel (MONAI's Gaussian is clamped at 1e-3 absolute, the old one
+    at 1e-3 of its peak): with the old kernel swapped back in the port matches to 1e-6."""
+    net, da, pinned = _pinned_conv_case()
+    prob, lines = unet_lineaments(da, net, {"window": 32}, VectorParams(threshold=0.5, min_length_cells=5), block=64, stride=16, batch_size=5)
+    assert np.array_equal(np.isnan(prob.values), np.isnan(pinned))
+    assert np.nanmax(np.abs(prob.values - pinned)) <= 3e-4
+    write_geojson(lines, tmp_path / "lines.geojson", "EPSG:32633")
+    assert (tmp_path / "lines.geojson").read_text() == (FIXTURES / "pin_conv.geojson").read_text()
+    monkeypatch.setattr(predict, "blend_weights", lambda window, kind: _old_gaussian(window))
+    old_kernel = predict_grid(net, da.values, window=32, stride=16, block=64, batch_size=5)
+    np.testing.assert_allclose(old_kernel, pinned, atol=1e-6)
 
 
 def test_small_grid_and_nan_hole_never_yield_lines_in_hole():
