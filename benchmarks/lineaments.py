@@ -183,15 +183,9 @@ def _route_memory(pid: int, tag: str) -> tuple[float, float, int]:
                 procs[q] = psutil.Process(q)
             except psutil.NoSuchProcess:
                 continue
-    rss = pss = 0.0
-    for p in procs.values():
-        try:
-            info = p.memory_full_info()
-            rss += info.rss
-            pss += getattr(info, "pss", info.rss)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return rss / 2**20, pss / 2**20, len(procs)
+    from benchmarks.segment_throughput import summed_memory
+
+    return (*summed_memory(procs.values()), len(procs))
 
 
 def _measure_route(cmd: list[str], nice: int, time_limit: float = 0.0, status: Path | None = None,

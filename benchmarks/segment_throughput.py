@@ -41,15 +41,11 @@ from pathlib import Path
 import numpy as np
 
 
-def _tree_memory(pid: int) -> tuple[float, float]:
+def summed_memory(procs) -> tuple[float, float]:
+    """Summed RSS and PSS (MiB) of ``procs`` (psutil processes; those gone are skipped)."""
     import psutil
 
     rss = pss = 0.0
-    try:
-        root = psutil.Process(pid)
-        procs = [root] + root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0.0, 0.0
     for p in procs:
         try:
             info = p.memory_full_info()
@@ -58,6 +54,17 @@ def _tree_memory(pid: int) -> tuple[float, float]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return rss / 2**20, pss / 2**20
+
+
+def _tree_memory(pid: int) -> tuple[float, float]:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0, 0.0
+    return summed_memory(procs)
 
 
 class PeakSampler:
