@@ -90,6 +90,7 @@ def open_grid(path: str | Path, variable: str | None = None, chunks: int | tuple
     suffix = path.suffix.lower()
     try:
         if suffix in GEOTIFF_SUFFIXES:
+            os.environ.setdefault("GDAL_CACHEMAX", "64")  # MB; GDAL's default (5 % of RAM) per reading process
             import rioxarray
 
             raw = rioxarray.open_rasterio(path, masked=True, cache=False)
