@@ -20,6 +20,8 @@ from engine.raster.grid import block_grid, stride_starts
 from engine.raster.runner import RunOptions, run_stage
 from engine.raster.stage import BlockStage, Unit, units_of
 
+PEAK_FLOOR = 1e-3
+
 
 @dataclass(frozen=True)
 class GridRef:
@@ -114,7 +116,7 @@ class LineamentStage(BlockStage):
         region = np.full((y1 - y0, x1 - x0), np.nan, np.float32)
         src = data["region"]
         region[: src.shape[0], : src.shape[1]] = src
-        weights = blend_weights(win, "gaussian")
+        weights = blend_weights(win, "gaussian", peak_floor=PEAK_FLOOR)
         acc = np.zeros_like(region)
         wsum = np.zeros_like(region)
         origins = [(r - y0, c - x0) for r in rows for c in cols]

@@ -9,12 +9,14 @@ import numpy as np
 BlendKind = Literal["gaussian", "sin2", "flat"]
 
 
-def blend_weights(window: int, kind: BlendKind = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
+def blend_weights(window: int, kind: BlendKind = "gaussian", sigma_scale: float = 0.125,
+                  peak_floor: float | None = None) -> np.ndarray:
     """Weights ``(window, window)`` float32 for blending overlapping windows.
 
     - ``gaussian``: MONAI's ``gaussian`` importance map (sigma = ``sigma_scale * window``,
       clamped below at the map's minimum or 1e-3, whichever is larger, so no pixel gets zero
-      weight);
+      weight); with ``peak_floor`` the map is instead divided by its peak and clamped below at
+      ``peak_floor`` (the lineament U-Net's convention, 1e-3);
     - ``sin2``: ``sin²(π (i + ½) / window)`` per axis; on a lattice of stride ``window / 2`` the
       weights of the windows covering a cell sum to one;
     - ``flat``: ones (windows that do not overlap).
@@ -26,6 +28,8 @@ def blend_weights(window: int, kind: BlendKind = "gaussian", sigma_scale: float 
         x = np.arange(-(window - 1) / 2.0, (window - 1) / 2.0 + 1, dtype=np.float32)
         g = np.exp(x**2 / (np.float32(-2) * sigma**2)).astype(np.float32)
         w = np.outer(g, g)
+        if peak_floor is not None:
+            return np.maximum(w / w.max(), np.float32(peak_floor)).astype(np.float32)
         return np.maximum(w, max(float(w.min()), 1e-3)).astype(np.float32)
     if kind == "sin2":
         t = np.sin(np.pi * (np.arange(window) + 0.5) / window) ** 2
