@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=("ray", "serial"), default="ray", help="U-Net inference on Ray (default) or in process")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="GPU per model actor when the cluster has one (auto)")
     parser.add_argument("--geotiff", action="store_true", help="U-Net: also export the probability grid as GeoTIFF")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: 16 on a GPU, 4 on a CPU)")
     parser.add_argument("--stride", type=int, help="window step in cells (default: half the model window)")
     parser.add_argument("--cell", type=float, help="score: cell size in map units (default from PRED properties)")
     parser.add_argument("--n", type=int, default=500, help="synth: number of examples or surveys")

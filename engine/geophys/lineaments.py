@@ -98,7 +98,7 @@ def unet_lineaments(
     card: dict,
     params: VectorParams | None = None,
     block: int = 2048,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     stride: int | None = None,
 ) -> tuple[xr.DataArray, list[Lineament]]:
     """U-Net axis probability grid (same coordinates and attributes as ``da``) and its lines, in
@@ -136,7 +136,7 @@ def unet_probability_zarr(
     checkpoint: str | Path,
     out: str | Path,
     block: int = 2048,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     stride: int | None = None,
     executor: str = "ray",
     device: str = "auto",

@@ -66,10 +66,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if not path.is_file():
         raise LodeInputError(path, "no such model checkpoint")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         card = dict(blob["card"])
-        model = build_model(card)
-        model.load_state_dict(blob["state_dict"])
+        with torch.device("meta"):
+            model = build_model(card)
+        model.load_state_dict(blob["state_dict"], assign=True)
     except Exception as exc:  # noqa: BLE001 - a checkpoint that does not load is bad input
         raise LodeInputError(path, f"not a lineament model checkpoint: {exc}") from exc
     return model.to(device).eval(), card

@@ -33,7 +33,8 @@ class GridRef:
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Cells ``[y0, y1) × [x0, x1)`` of the normalised grid as float32."""
-        return np.asarray(_opened(self)[y0:y1, x0:x1].values, dtype=np.float32)
+        region = _opened(self)[y0:y1, x0:x1].compute(scheduler="synchronous")
+        return np.asarray(region.values, dtype=np.float32)
 
 
 _OPEN: dict[GridRef, Any] = {}
@@ -55,14 +56,15 @@ class LineamentStage(BlockStage):
         shape: ``(height, width)`` of the grid.
         out: the output, ``(zarr grid path, variable)`` or a preallocated float32 array (serial runs).
         window, stride: window size and step in cells.
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass (default: 16 on a GPU, 4 on a CPU, where larger
+            batches cost memory and gain little speed).
         checkpoint: a lineament checkpoint, built in :meth:`setup`; or ``net``, a module used as is.
     """
 
     name = "lineaments"
     model = True
 
-    def __init__(self, grid: Any, shape: tuple[int, int], out: Any, window: int, stride: int, batch_size: int = 16,
+    def __init__(self, grid: Any, shape: tuple[int, int], out: Any, window: int, stride: int, batch_size: int | None = None,
                  checkpoint: str | None = None, net: Any = None, threads: int | None = None):
         self.grid, self.shape, self.out = grid, shape, out
         self.window, self.stride, self.batch_size = window, stride, batch_size
@@ -92,6 +94,7 @@ class LineamentStage(BlockStage):
 
         if self.device is not None:
             return
+        self.batch_size = self.batch_size or (16 if device.startswith("cuda") else 4)
         if self.net is None:
             from engine.geophys.model import load_checkpoint
 

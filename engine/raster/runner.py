@@ -41,6 +41,9 @@ class RunOptions:
         actor_cpus: CPUs an actor reserves (default 1 with a GPU, else 0.5, so that read and
             write tasks are never starved on a small machine).
         max_units: run at most this many pending units (partial runs, benchmarks).
+        in_flight: units' worth of data (``size_bytes``) Ray Data may hold in the object store
+            per model actor (or per CPU for task stages): bounds read-ahead, so memory stays
+            flat however many units a run has.
         remote_args: extra Ray remote arguments for every task and actor (``runtime_env``).
     """
 
@@ -49,6 +52,7 @@ class RunOptions:
     actors: int | None = None
     actor_cpus: float | None = None
     max_units: int | None = None
+    in_flight: int = 4
     remote_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -251,9 +255,10 @@ def run_stage(stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | 
         gpu = wants_gpu(stage, options.device)
         device = "cuda" if gpu else "cpu"
         remote = dict(options.remote_args)
-        ds = ray.data.read_datasource(_datasource(stage, pending), override_num_blocks=len(pending), **remote)
         if stage.model:
             actors = options.actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
+        ds = ray.data.read_datasource(_datasource(stage, pending), override_num_blocks=len(pending), **remote)
+        if stage.model:
             cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if gpu else 0.5)
             actor = type(f"{type(stage).__name__}Actor", (_StageActor,), {})  # names the actor processes
             ds = ds.map_batches(actor, fn_constructor_kwargs={"stage": stage},
@@ -262,7 +267,15 @@ def run_stage(stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | 
         else:
             ds = ds.map_batches(_compute_task, fn_kwargs={"stage": stage}, batch_size=1, batch_format="numpy",
                                 num_cpus=0.5, **remote)
-        ds.write_datasink(_datasink(stage, manifest), ray_remote_args=remote)
+        ctx = ray.data.DataContext.get_current()
+        limits = ctx.execution_options.resource_limits
+        workers = actors or int(ray.cluster_resources().get("CPU", 1))
+        budget = options.in_flight * workers * max(stage.size_bytes(u) for u in pending)
+        ctx.execution_options.resource_limits = limits.copy(object_store_memory=min(limits.object_store_memory, budget))
+        try:
+            ds.write_datasink(_datasink(stage, manifest), ray_remote_args=remote)
+        finally:
+            ctx.execution_options.resource_limits = limits
     failed = manifest.failed() if manifest is not None else {}
     finished = manifest.done_keys() if manifest is not None else {u.key for u in pending} | done
     for raster in dict.fromkeys(u.raster for u in units):
