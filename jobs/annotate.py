@@ -91,11 +91,12 @@ def run_expand(args: argparse.Namespace) -> dict:
 
 
 def _level_arrays(section, max_pixels: int):
-    """Probabilities (c, y, x) and the RGB image (y, x, 3) or None, at the finest level within ``max_pixels``."""
+    """Probabilities (c, y, x, float32, dequantised) and the RGB image (y, x, 3) or None, at the finest level within ``max_pixels``."""
     import numpy as np
     import zarr
 
     from engine.errors import LodeInputError
+    from engine.io.ome import dequantise
 
     node = section.image["probabilities"]
     levels = sorted(int(k) for k in node.array_keys() if k.isdigit()) if isinstance(node, zarr.Group) else [0]
@@ -109,7 +110,7 @@ def _level_arrays(section, max_pixels: int):
     stride = 1
     while (prob_arr.shape[1] // stride) * (prob_arr.shape[2] // stride) > max_pixels:
         stride *= 2
-    prob = np.asarray(prob_arr[:, ::stride, ::stride])
+    prob = dequantise(prob_arr, np.asarray(prob_arr[:, ::stride, ::stride]))
     img = None
     if str(k) in section.image and section.image[str(k)].shape[0] == 3:
         cand = np.asarray(section.image[str(k)][:, ::stride, ::stride]).transpose(1, 2, 0)

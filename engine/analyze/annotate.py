@@ -147,15 +147,14 @@ UNCERTAINTY_MEASURES = ("least_confidence", "margin", "entropy")
 
 
 def uncertainty(probabilities: np.ndarray, measure: str = "least_confidence") -> np.ndarray:
-    """Per-pixel uncertainty in [0, 1] of (C, H, W) class probabilities (uint8 ×255 or float).
+    """Per-pixel uncertainty in [0, 1] of (C, H, W) class probabilities (dequantised: see
+    :func:`engine.io.ome.dequantise`; each pixel is normalised to sum 1).
 
     ``least_confidence`` is 1 - max p (the model's own probability of being wrong, so a
     region's mean is its expected error rate), ``margin`` 1 - (p1 - p2), ``entropy`` the
     entropy normalised by log C.
     """
     p = probabilities.astype(np.float32)
-    if probabilities.dtype == np.uint8:
-        p /= 255.0
     p = p / np.maximum(p.sum(0, keepdims=True), 1e-6)
     if measure == "least_confidence":
         return 1.0 - p.max(0)

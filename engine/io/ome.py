@@ -5,6 +5,10 @@ every level: a block of ``block`` pixels at level 0 covers ``block / 2**k`` pixe
 at level k, and that is the shard shape there. Writers fill whole blocks only, so
 no two processes ever write the same shard (partial-shard writes from two processes
 lose data).
+
+A store of sections is an NGFF collection: its root lists the section images
+(:func:`list_sections`), so ome-zarr-py's ``Reader`` and napari opened at the root reach every
+section's image and label images.
 """
 
 from __future__ import annotations
@@ -89,8 +93,13 @@ def create_image(
     pixel_size_um: float | None = None,
     attributes: dict | None = None,
     overwrite: bool = False,
+    quantisation: tuple[float, float] | None = None,
 ) -> zarr.Group:
-    """Create an NGFF multiscale image group ``(c, y, x)`` with empty sharded levels."""
+    """Create an NGFF multiscale image group ``(c, y, x)`` with empty sharded levels.
+
+    ``quantisation`` ``(scale, offset)`` states on every level that a stored value ``q`` means
+    ``q * scale + offset`` (CF ``scale_factor`` / ``add_offset``, which xarray decodes);
+    :func:`dequantise` applies it."""
     c, h, w = shape
     grp = parent.create_group(name, overwrite=overwrite)
     for k in range(layout.levels):
@@ -100,6 +109,7 @@ def create_image(
         grp.create_array(
             str(k), shape=(c, ly, lx), dtype=dtype, chunks=(c, cy, cx), shards=(c, by, bx),
             dimension_names=("c", "y", "x"), fill_value=0, **_codec_args(),
+            attributes={"scale_factor": quantisation[0], "add_offset": quantisation[1]} if quantisation else None,
         )
     names = list(channel_names) if channel_names else [f"c{i}" for i in range(c)]
     if len(names) != c:
@@ -246,6 +256,35 @@ def image_groups(root: zarr.Group) -> dict[str, zarr.Group]:
         if "multiscales" in child.attrs.get("ome", {}):
             out[name] = child
     return out
+
+
+def list_sections(root: zarr.Group) -> list[str]:
+    """Make ``root`` an NGFF collection of the section images below it; returns their names.
+
+    NGFF 0.5 has no collection of unrelated images: a plate needs ``row/column/field`` paths and
+    equal field shapes, and the transitional ``bioformats2raw.layout`` is not followed by
+    ome-zarr-py's ``Reader`` (0.18) and is not recommended for new data. That reader (and
+    napari-ome-zarr, built on it) goes from a group to its children only through a ``labels``
+    list, so the root lists its sections there; each listed group is then read by its own
+    metadata, as the multiscale image it is, and its ``labels/`` group follows.
+
+    Listed from the groups present, so call it where one process owns the root (the driver,
+    after creating the sections), never from parallel writers.
+    """
+    names = list(image_groups(root))
+    root.attrs.update({"ome": {"version": NGFF_VERSION, "labels": names}})
+    return names
+
+
+def quantisation_of(array: zarr.Array) -> tuple[float, float]:
+    """``(scale, offset)`` stated on ``array`` by :func:`create_image`; ``(1, 0)`` when none is."""
+    return float(array.attrs.get("scale_factor", 1.0)), float(array.attrs.get("add_offset", 0.0))
+
+
+def dequantise(array: zarr.Array, stored: np.ndarray) -> np.ndarray:
+    """``stored`` (values read from ``array``) as the float32 values they stand for."""
+    scale, offset = quantisation_of(array)
+    return stored.astype(np.float32) * np.float32(scale) + np.float32(offset)
 
 
 def labels_of(image: zarr.Group, name: str = "minerals") -> zarr.Group:

@@ -19,8 +19,8 @@ from engine.errors import LodeInputError
 from engine.io import fs
 from engine.io.integrity import mark_complete
 from engine.io.manifest import RunManifest
-from engine.io.ome import (PyramidLayout, create_image, create_labels, labels_of, layout_of, open_store,
-                          write_block)
+from engine.io.ome import (PyramidLayout, create_image, create_labels, labels_of, layout_of, list_sections,
+                          open_store, write_block)
 from engine.io.sources import SectionSource, discover
 from engine.segment.card import ModelCard, check_checkpoint
 from engine.raster.grid import PaddedGrid, auto_block, block_grid
@@ -199,8 +199,8 @@ def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSou
             create_image(img, PROBABILITIES, (len(classes), s.height, s.width),
                          PyramidLayout(lay.block, lay.chunk, 1), dtype=cfg.probabilities,
                          channel_names=classes.names, pixel_size_um=s.pixel_size_um, overwrite=True,
-                         attributes={"quantised": cfg.probabilities == "uint8",
-                                     "scale": 1 / 255 if cfg.probabilities == "uint8" else 1.0, "offset": 0.0})
+                         quantisation=(1 / 255, 0.0) if cfg.probabilities == "uint8" else None)
+    list_sections(root)
     root.attrs.update({"lode": {"model_id": card.model_id, "model_card": card.model_dump()}})
 
 
