@@ -69,24 +69,26 @@ def _need(args: argparse.Namespace, *names: str) -> None:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from engine.geophys.grid import open_grid, read_grid, write_grid
+    from engine.geophys.grid import check_values, open_grid, read_grid, write_grid
     from engine.geophys.lineaments import (ClassicalParams, VectorParams, classical_lineaments, probability_lines,
                                            read_card, unet_probability_zarr, write_geojson, write_rose)
 
     _need(args, "out")
     source = Path(args.target)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     method = args.method or ("unet" if args.model else "classical")
-    t0 = time.perf_counter()
     if method == "unet":
         _need(args, "model")
+    da = open_grid(source, args.variable, args.block)
+    check_values(da, source, warn_holes=True)  # one streamed pass, before the model loads and Ray starts
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if method == "unet":
         card = read_card(args.model)
         params = VectorParams(threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5)),
                               min_length_cells=args.min_length)
         grid_path, _ = unet_probability_zarr(source, args.variable, args.model, out, block=args.block, batch_size=args.batch_size,
                                              stride=args.stride, executor=args.executor, device=args.device)
-        da = open_grid(source, args.variable, args.block)
         result = open_grid(grid_path, "axis_probability", args.block)
         lines = probability_lines(result, da, params)
         if args.geotiff:

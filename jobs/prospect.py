@@ -1,6 +1,6 @@
 """Unsupervised mineral prospectivity: stack source grids, train without labels, map, score.
 
-    lode prospect stack  --spec REGION/layers.json --out stack.zarr
+    lode prospect stack  --spec REGION/layers.json --out stack.zarr [--allow-sparse]
     lode prospect train  --stack stack.zarr --out mae.pt [--kind mae|cae] [--steps N] [--no-ray]
     lode prospect map    --stack stack.zarr --method mae --model mae.pt --out map.zarr [--geotiff map.tif]
     lode prospect score  --map map.zarr --deposits REGION/deposits.csv [--split heldout] --out eval/
@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("stack", help="align, transform and stack the layers of a spec into zarr")
     p.add_argument("--spec", required=True, type=location, help="layers.json")
     p.add_argument("--out", required=True, type=location)
+    _sparse_arg(p)
 
     p = sub.add_parser("train", help="train the MAE (or the conv-AE baseline) without labels, with Ray Train")
     p.add_argument("--stack", required=True, type=location)
@@ -66,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma", type=float, default=0.0)
     p.add_argument("--shifts", type=int, default=2)
     p.add_argument("--no-ray", action="store_true", help="train and map in this process instead of on Ray")
+    _sparse_arg(p)
+
+
+def _sparse_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-sparse", action="store_true",
+                   help="stack a layer valid on under 5 percent of the grid (refused by default), with a warning")
 
 
 def _map_args(p: argparse.ArgumentParser) -> None:
@@ -184,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.action == "stack":
         from engine.prospect.stack import build_stack
 
-        print(f"stack written to {build_stack(args.spec, args.out)}")
+        print(f"stack written to {build_stack(args.spec, args.out, allow_sparse=args.allow_sparse)}")
     elif args.action == "train":
         print(json.dumps(_train(args.stack, args.out, args.kind, args.steps, args.batch, args.lr, args.seed, args.no_ray), indent=2, default=str))
     elif args.action == "map":
@@ -210,7 +217,7 @@ def _run_all(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     t = time.perf_counter()
-    stack = build_stack(args.region / "layers.json", out / "stack.zarr")
+    stack = build_stack(args.region / "layers.json", out / "stack.zarr", allow_sparse=args.allow_sparse)
     timings["stack"] = time.perf_counter() - t
     maps = []
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:

@@ -11,6 +11,7 @@ their attributes (:func:`create_zarr_grid`, :func:`write_zarr_block`).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -23,6 +24,14 @@ from engine.errors import LodeInputError
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
+EXTREME = 1e15
+"""Largest magnitude a survey cell may hold: beyond any measurement in any unit, and far enough below
+float32's range that the window normalisation (which squares deviations) cannot overflow. Larger
+values are undeclared no-data values (1e30, -1e32, 1.70141e38 are common) or corruption."""
+HOLES_WARNING = 0.9
+"""Share of finite cells below which a run warns that its grid is holed."""
+
+log = logging.getLogger(__name__)
 _DIM_ALIASES = {"northing": ("northing", "y", "lat", "latitude", "north"), "easting": ("easting", "x", "lon", "longitude", "east")}
 
 
@@ -128,15 +137,32 @@ def open_grid(path: str | Path, variable: str | None = None, chunks: int | tuple
     return da
 
 
-def check_values(da: xr.DataArray, source: str | Path) -> None:
-    """Refuse grids with infinite values or without any finite value (streams a dask-backed grid chunk by chunk)."""
+def check_values(da: xr.DataArray, source: str | Path, warn_holes: bool = False) -> float:
+    """Refuse grids with infinite values, values beyond ±:data:`EXTREME` or without any finite value
+    (streams a dask-backed grid chunk by chunk); returns the share of finite cells. With
+    ``warn_holes``, one WARNING line gives that share when it is under :data:`HOLES_WARNING`.
+
+    Infinity is refused rather than masked: no grid format uses it for no-data (NaN or a declared
+    fill value are), so it marks a failed computation upstream whose neighbours are suspect too.
+    """
     import dask
 
-    n_inf, n_finite = dask.compute(np.isinf(da.data).sum(), np.isfinite(da.data).sum())
+    data = da.data
+    n_inf, n_extreme, n_finite = dask.compute(np.isinf(data).sum(), (abs(data) > EXTREME).sum(), np.isfinite(data).sum())
     if int(n_inf):
         raise LodeInputError(source, f"grid has {int(n_inf)} infinite values (mark missing cells with NaN)")
+    if int(n_extreme):
+        (top,) = dask.compute(np.nanmax(abs(data)))
+        raise LodeInputError(source, f"grid has {int(n_extreme)} cells beyond ±{EXTREME:g} (largest {float(top):g}): "
+                                     "an undeclared no-data value? Mark missing cells with NaN or declare the no-data "
+                                     "value (_FillValue, GeoTIFF nodata)")
     if not int(n_finite):
         raise LodeInputError(source, "grid has no finite values")
+    share = int(n_finite) / data.size
+    if warn_holes and share < HOLES_WARNING:
+        log.warning("grid %s: %.1f %% of cells valid after masking NaN holes; lines are not traced through holes",
+                    source, 100 * share)
+    return share
 
 
 def read_grid(path: str | Path, variable: str | None = None) -> xr.DataArray:

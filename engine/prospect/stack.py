@@ -13,7 +13,13 @@ Kinds: ``geochem`` (log10 on the native grid, bilinear, robust scale), ``continu
 lines rasterised, distance feature), ``fault_raster`` (non-zero cells are traces,
 distance feature). Optional per layer: ``nodata`` (overrides the file's),
 ``classes`` (for categorical), ``clr_group`` (geochem layers sharing a group name
-get centred log-ratios).
+get centred log-ratios), ``crs`` (when the file states none). The spec is validated by
+:class:`schemas.stack.StackSpec`: unknown keys and duplicate names are refused.
+
+Refused too: infinite values in a layer, a layer without valid cells, two layers reading
+the same data (same file, and for netCDF the same variable), and a layer valid on less than
+:data:`MIN_COVERAGE` of the grid, since every stack cell needs every layer
+(``allow_sparse`` stacks it anyway, with a warning).
 
 Store layout (zarr v3): ``stack`` (channel, northing, easting) float32 with NaN at
 invalid cells, ``valid`` (northing, easting) uint8, ``northing``/``easting``
@@ -24,6 +30,7 @@ coordinates, attributes ``channels``, ``crs``, ``transform`` (west, cell, north)
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,8 +44,12 @@ from engine.io.atomic import staged_directory
 if TYPE_CHECKING:
     import xarray as xr
 
-KINDS = ("geochem", "continuous", "categorical", "lines", "fault_raster")
+    from schemas.stack import StackSpec
+
 CHUNK = 512
+MIN_COVERAGE = 0.05
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,13 +112,15 @@ def _spatial(da: xr.DataArray, source: str) -> xr.DataArray:
 
 
 def read_layer(path: str | Path, name: str, nodata: float | None = None, crs: str | None = None) -> xr.DataArray:
-    """Read one grid layer (GeoTIFF or netCDF) as float32 with NaN at no-data cells."""
+    """Read one grid layer (GeoTIFF or netCDF) as float32 with NaN at no-data cells; the netCDF
+    variable read (``name`` if the file has it, else its first) is in ``attrs["variable"]``."""
     import rioxarray
     import xarray as xr
 
     path = Path(path)
     if not path.exists():
         raise LodeInputError(path, "layer file not found")
+    var = None
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             da = rioxarray.open_rasterio(path, masked=False).load()
@@ -128,13 +141,18 @@ def read_layer(path: str | Path, name: str, nodata: float | None = None, crs: st
     da = _spatial(da, str(path)).astype(np.float32)
     nd = nodata if nodata is not None else file_nodata
     values = da.values
-    if nd is not None and np.isfinite(nd):
+    if nd is not None and not np.isnan(nd):
         values = np.where(values == np.float32(nd), np.float32(np.nan), values)
+    n_inf = int(np.isinf(values).sum())
+    if n_inf:
+        raise LodeInputError(path, f"layer {name!r} has {n_inf} infinite values (or values beyond float32); "
+                                   "mark missing cells with NaN or a no-data value")
     if da.sizes["northing"] < 2 or da.sizes["easting"] < 2:
         raise LodeInputError(path, f"grid too small: {dict(da.sizes)}")
     if not np.isfinite(values).any():
         raise LodeInputError(path, "grid has no valid cells (all NaN / no-data)")
-    out = xr.DataArray(values, dims=("northing", "easting"), coords={"northing": da.northing.values, "easting": da.easting.values}, name=name)
+    out = xr.DataArray(values, dims=("northing", "easting"), coords={"northing": da.northing.values, "easting": da.easting.values},
+                       name=name, attrs={"variable": var})
     if crs is None:
         raise LodeInputError(path, "no CRS in file and none given")
     return out.rio.set_spatial_dims(x_dim="easting", y_dim="northing").rio.write_crs(crs).rio.write_nodata(np.nan, encoded=False)
@@ -172,17 +190,27 @@ def rasterise_lines(geojson_path: str | Path, grid: Grid) -> np.ndarray:
     return rasterize([(g, 1) for g in geoms], out_shape=grid.shape, transform=transform, all_touched=True, dtype="uint8").astype(bool)
 
 
-def _channels_for(layer: dict, base: Path, grid: Grid) -> tuple[list[str], list[np.ndarray], dict]:
-    """Aligned, transformed channels of one layer (before robust scaling) and its fitted parameters."""
+def _claim(read: dict[tuple[str, str | None], str], path: Path, variable: str | None, name: str) -> None:
+    """Refuse a layer whose data (file, and netCDF variable) an earlier layer of the spec already reads."""
+    key = (str(path.resolve()), variable)
+    if key in read:
+        what = f"variable {variable!r} of the same file" if variable else "the same file"
+        raise LodeInputError(path, f"duplicate layer: {name!r} reads {what} as layer {read[key]!r}")
+    read[key] = name
+
+
+def _channels_for(layer: dict, base: Path, grid: Grid, read: dict) -> tuple[list[str], list[np.ndarray], dict]:
+    """Aligned, transformed channels of one layer (before robust scaling) and its fitted parameters;
+    ``read`` maps the (file, variable) pairs read so far to their layer names."""
     from engine.prospect import transforms as T
 
     kind, name, path = layer["kind"], layer["name"], base / layer["path"]
-    if kind not in KINDS:
-        raise LodeInputError(path, f"unknown layer kind {kind!r}; expected one of {KINDS}")
     if kind == "lines":
+        _claim(read, path, None, name)
         dist = T.distance_to_mask(rasterise_lines(path, grid), grid.cell_size)
         return [name], [T.distance_feature(dist, grid.cell_size)], {}
     da = read_layer(path, name, layer.get("nodata"), layer.get("crs"))
+    _claim(read, path, da.attrs.get("variable"), name)
     if kind == "geochem":
         da = da.copy(data=T.log10_positive(da.values))
     values = align(da, grid, categorical=kind == "categorical")
@@ -197,36 +225,57 @@ def _channels_for(layer: dict, base: Path, grid: Grid) -> tuple[list[str], list[
     return [name], [values], {}
 
 
-def build_stack(spec_path: str | Path, out: str | Path, grid: Grid | None = None) -> Path:
-    """Build the stack described by ``spec_path`` (layers.json) into zarr store ``out``.
+def read_spec(spec_path: str | Path) -> StackSpec:
+    """The validated stack spec of a ``layers.json``."""
+    from pydantic import ValidationError
 
-    Layers are aligned and written one at a time (peak memory: a few full-grid
-    layers), to a temporary store that is renamed into place when complete.
-    """
+    from schemas.stack import StackSpec, spec_error_message
+
     spec_path = Path(spec_path)
     if not spec_path.exists():
         raise LodeInputError(spec_path, "stack spec not found")
     try:
-        spec = json.loads(spec_path.read_text())
-        layers = spec["layers"]
-        grid = grid or Grid.from_dict(spec["grid"])
-    except LodeInputError:
-        raise
-    except Exception as exc:
+        data = json.loads(spec_path.read_text())
+    except (OSError, ValueError) as exc:
         raise LodeInputError(spec_path, f"bad stack spec: {exc}") from exc
-    base = spec_path.parent
-    for layer in layers:
-        for key in ("name", "path", "kind"):
-            if key not in layer:
-                raise LodeInputError(spec_path, f"layer entry {layer} lacks {key!r}")
+    try:
+        return StackSpec.model_validate(data)
+    except ValidationError as exc:
+        raise LodeInputError(spec_path, f"bad stack spec: {spec_error_message(exc, data)}") from None
 
+
+def build_stack(spec_path: str | Path, out: str | Path, grid: Grid | None = None, allow_sparse: bool = False) -> Path:
+    """Build the stack described by ``spec_path`` (layers.json) into zarr store ``out``.
+
+    Layers are aligned and written one at a time (peak memory: a few full-grid
+    layers), to a temporary store that is renamed into place when complete. A layer valid
+    on less than :data:`MIN_COVERAGE` of the grid is refused, or with ``allow_sparse``
+    stacked with a warning.
+    """
+    spec_path = Path(spec_path)
+    spec = read_spec(spec_path)
+    grid = grid or Grid.from_dict(spec.grid.model_dump())
+    layers = [layer.model_dump(exclude_none=True) for layer in spec.layers]
     out = Path(out)
     with staged_directory(out) as tmp:
-        _write_stack(layers, base, grid, tmp)
+        _write_stack(layers, spec_path.parent, grid, tmp, allow_sparse)
     return out
 
 
-def _write_stack(layers: list[dict], base: Path, grid: Grid, store: Path) -> None:
+def _check_coverage(layer: dict, base: Path, coverage: float, allow_sparse: bool) -> None:
+    path, name = base / layer["path"], layer["name"]
+    if coverage == 0:
+        raise LodeInputError(path, f"layer {name!r} has no valid cell on the stack's grid")
+    if coverage >= MIN_COVERAGE:
+        return
+    text = f"layer {name!r} is valid on {100 * coverage:.1f} % of the stack's grid (under {100 * MIN_COVERAGE:g} %)"
+    if not allow_sparse:
+        raise LodeInputError(path, f"{text}, which would leave the stack valid on at most that; "
+                                   "pass --allow-sparse to stack it anyway")
+    log.warning("%s: %s; stacked anyway (--allow-sparse)", path, text)
+
+
+def _write_stack(layers: list[dict], base: Path, grid: Grid, store: Path, allow_sparse: bool = False) -> None:
     from engine.prospect import transforms as T
 
     h, w = grid.shape
@@ -237,8 +286,12 @@ def _write_stack(layers: list[dict], base: Path, grid: Grid, store: Path) -> Non
     staged: list[tuple[str, np.ndarray, dict]] = []
     fitted: list[dict] = []
     clr_groups: dict[str, list[int]] = {}
+    read: dict[tuple[str, str | None], str] = {}
     for layer in layers:
-        names, chans, params = _channels_for(layer, base, grid)
+        names, chans, params = _channels_for(layer, base, grid, read)
+        coverage = float(np.isfinite(chans[0]).mean())
+        _check_coverage(layer, base, coverage, allow_sparse)
+        params = {**params, "coverage": coverage}
         for nm, ch in zip(names, chans):
             valid &= np.isfinite(ch)
             if layer.get("clr_group") and layer["kind"] == "geochem":
