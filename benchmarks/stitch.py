@@ -120,10 +120,10 @@ def _lode_child(collection: str, store: str, no_lens: bool) -> None:
 def _opencv_child(collection: str) -> None:
     import cv2
 
-    from engine.stitch.frames import list_images, read_image
+    from engine.io.images import list_images, read_rgb
 
     paths = list_images(Path(collection) / "section" / "tiles")
-    imgs = [read_image(p)[..., ::-1].copy() for p in paths]
+    imgs = [read_rgb(p)[..., ::-1].copy() for p in paths]
     st = cv2.Stitcher_create(cv2.Stitcher_SCANS)
     t = time.perf_counter()
     status, pano = st.stitch(imgs)

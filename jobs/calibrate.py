@@ -38,12 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.stitch.frames import read_images
+    from engine.io.images import read_folder
 
     if args.kind == "lens":
         from engine.calibrate.lens import fit_lens
 
-        model = fit_lens(read_images(args.frames), args.pattern, args.frames, fix_k3=not args.fit_k3)
+        model = fit_lens(read_folder(args.frames), args.pattern, args.frames, fix_k3=not args.fit_k3)
         model.save(args.out)
         print(json.dumps({"out": args.out, "rms_px": model.rms_px, "views": model.views,
                           "dist_coeffs": model.dist_coeffs.tolist()}))
@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "flat":
         from engine.calibrate.flat import fit_flat
 
-        darks = read_images(args.dark) if args.dark else None
-        ff = fit_flat(read_images(args.flat), darks, degree=args.degree, source=args.flat)
+        darks = read_folder(args.dark) if args.dark else None
+        ff = fit_flat(read_folder(args.flat), darks, degree=args.degree, source=args.flat)
         ff.save(args.out)
         print(json.dumps({"out": args.out, "min_gain": float(ff.flat.min()), "dark_mean": float(ff.dark.mean())}))
         return 0

@@ -5,7 +5,12 @@ Each section becomes a multiscale image group ``<section_id>`` with its stitch r
 Sections are prepared (corrected, registered, seamed) as parallel Ray tasks, then the shards of
 all of them render on the raster runner, which records each finished shard in
 ``.<STORE>.stitch-work`` beside the store: a killed run resumes at its unfinished shards. A section
-appears in the store only once all its shards are written.
+appears in the store only once all its shards are written; the store's root group is created once,
+before the sections fan out.
+
+A section with a bad tile (truncated, corrupt, 16-bit, grey or RGBA; see ``engine.io.images.read_rgb``)
+fails alone: the others are stitched, the manifest records each failure, and the job ends with one
+line naming the first bad input (exit 2). Blank frames are flagged in the report.
 """
 
 from __future__ import annotations
@@ -51,13 +56,13 @@ def report_path(store: str | Path) -> str:
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from engine.errors import LodeInputError
+    from engine.errors import LodeInputError, input_error_of, strip_ansi
     from engine.io import fs
     from engine.io.atomic import atomic_write_text
-    from engine.io.manifest import write_job_manifest
+    from engine.io.manifest import manifest_path, write_job_manifest
     from engine.stitch.collection import load_correction, section_dirs
     from engine.runtime import init_ray
-    from engine.stitch.section import StitchOptions, finish_section, prepare_section, render_sections
+    from engine.stitch.section import StitchOptions, create_root, finish_section, prepare_section, render_sections
 
     t0 = time.perf_counter()
     secs = section_dirs(args.collection)
@@ -69,28 +74,32 @@ def run(args: argparse.Namespace) -> int:
     corr = load_correction(args.collection, args.lens, args.flat, args.pattern, not args.no_lens, not args.no_flat)
     opts = StitchOptions(shard=args.shard, levels=args.levels)
     init_ray(num_cpus=args.num_cpus)
+    create_root(args.out)
     remote = ray.remote(num_cpus=0, **fs.ray_remote_args())(prepare_section)
-    futures = {fs.name(s): remote.remote(str(s), args.out, corr, opts) for s in secs}
+    dirs = {fs.name(s): str(s) for s in secs}
+    futures = {name: remote.remote(d, args.out, corr, opts) for name, d in dirs.items()}
     results: dict[str, dict] = {}
+    errors: dict[str, LodeInputError] = {}
     prepared = {}
     for name, fut in futures.items():
         try:
             prepared[name] = ray.get(fut)
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
-            if not isinstance(cause, LodeInputError):
+            cause = input_error_of(exc)
+            if cause is None:
                 raise
-            results[name] = {"section": name, "error": str(cause)}
+            errors[name] = LodeInputError(cause.source, strip_ansi(cause.reason))
     t_render = time.perf_counter()
     run = render_sections([plan for plan, _ in prepared.values()])
     render_s = time.perf_counter() - t_render
     for key, reason in run.failed.items():
-        results[key.split("/")[0]] = {"section": key.split("/")[0], "error": f"shard {key} failed: {reason}"}
+        name = key.split("/")[0]
+        errors.setdefault(name, LodeInputError(fs.join(dirs[name], "tiles"),
+                                               f"shard {key} failed: {strip_ansi(reason)}"))
     for name, (plan, report) in prepared.items():
-        if name not in results:
+        if name not in errors:
             results[name] = finish_section(plan, report, render_s)
-    results = {name: results[name] for name in futures}
-    failed = sum("error" in r for r in results.values())
+    results = {name: results.get(name) or {"section": name, "error": str(errors[name])} for name in futures}
     summary = {"collection": _absolute(args.collection), "store": _absolute(args.out),
                "calibration": {"lens": None if corr.lens is None else corr.lens.to_dict(),
                                "flat": corr.flat is not None},
@@ -100,15 +109,26 @@ def run(args: argparse.Namespace) -> int:
     units = {name: ({"status": "failed", "reason": rep["error"]} if "error" in rep else
                     {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]})
              for name, rep in results.items()}
+    error = _failure(errors, list(futures), manifest_path(args.out)) if errors else None
     write_job_manifest(args.out, "stitch", vars(args), {"total_s": summary["seconds"]},
-                       "failed" if failed else "complete", units=units)
+                       "failed" if errors else "complete", units=units, error=None if error is None else str(error))
     for name, rep in results.items():
-        if "error" in rep:
-            print(f"{name}: FAILED {rep['error']}", file=sys.stderr)
-        else:
+        if "error" not in rep:
             print(f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
-                  f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, flagged {rep['flagged'] or 'none'}")
-    return 1 if failed else 0
+                  f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, flagged {', '.join(rep['flagged']) or 'none'}")
+    if error is not None:
+        raise error
+    return 0
+
+
+def _failure(errors: dict, sections: list[str], manifest: str | None):
+    """One error for the run, naming the first failed section's input; the others are in the manifest."""
+    from engine.errors import LodeInputError
+
+    first = next(name for name in sections if name in errors)
+    return LodeInputError(errors[first].source, f"section {first} failed ({errors[first].reason}); "
+                                                f"{len(errors) - 1} other section(s) failed, "
+                                                f"{len(sections) - len(errors)} stitched: see {manifest}")
 
 
 def _absolute(path: str) -> str:

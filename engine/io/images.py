@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from engine.errors import LodeInputError
 from engine.io import fs
@@ -80,19 +80,30 @@ def _check_complete(path: str | Path, source, fmt: str | None) -> None:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an 8-bit RGB image to ``(h, w, 3)`` uint8; grey, 16-bit, corrupt files raise."""
+    """Decode an 8-bit RGB image to ``(h, w, 3)`` uint8. Grey, RGBA, 16-bit, truncated and corrupt files
+    raise: the whole file is decoded by PIL first (no truncated tail padded with grey) and a JPEG or
+    PNG must end with its end-of-image marker."""
     if fs.is_uri(path):
         if not fs.exists(path):
             raise LodeInputError(path, "image file not found")
         data = fs.read_bytes(path)
-        source = io.BytesIO(data)
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     else:
         path = Path(path)
         if not path.is_file():
             raise LodeInputError(path, "image file not found")
-        source = path
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        data = path.read_bytes()
+    if not data:
+        raise LodeInputError(path, "image file is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            im.load()
+    except UnidentifiedImageError as exc:
+        raise LodeInputError(path, "unreadable or corrupt image (not a recognised image format)") from exc
+    except Exception as exc:
+        raise LodeInputError(path, f"corrupt image data: {exc}") from exc
+    _check_complete(path, io.BytesIO(data), fmt)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise LodeInputError(path, "unreadable or corrupt image")
     if img.dtype != np.uint8:
@@ -100,12 +111,15 @@ def read_rgb(path: str | Path) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] != 3:
         ch = 1 if img.ndim == 2 else img.shape[2]
         raise LodeInputError(path, f"expected 3 colour channels (RGB), got {ch}")
-    try:
-        with Image.open(source) as im:
-            im.load()
-    except Exception as exc:
-        raise LodeInputError(path, f"corrupt image data: {exc}") from exc
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_folder(folder: str | Path) -> list[np.ndarray]:
+    """Every image of a folder (:func:`list_images`) as :func:`read_rgb` reads it; an empty folder raises."""
+    files = list_images(folder)
+    if not files:
+        raise LodeInputError(folder, f"folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [read_rgb(p) for p in files]
 
 
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -14,7 +14,8 @@ from engine.calibrate.flat import FlatField, fit_flat
 from engine.calibrate.lens import LensModel, fit_lens
 from engine.errors import LodeInputError
 from engine.io import fs
-from engine.stitch.frames import Correction, read_images
+from engine.io.images import read_folder
+from engine.stitch.frames import Correction
 
 CALIBRATION = "calibration"
 
@@ -55,7 +56,7 @@ def load_correction(collection: str | Path, lens: str | Path | None = None, flat
         elif (cal / "lens.json").exists():
             lens_model = LensModel.load(cal / "lens.json")
         elif (cal / "checkerboard").is_dir():
-            lens_model = fit_lens(read_images(cal / "checkerboard"), pattern, cal / "checkerboard")
+            lens_model = fit_lens(read_folder(cal / "checkerboard"), pattern, cal / "checkerboard")
     ff: FlatField | None = None
     if use_flat:
         if flat is not None:
@@ -63,6 +64,6 @@ def load_correction(collection: str | Path, lens: str | Path | None = None, flat
         elif (cal / "flat.npz").exists():
             ff = FlatField.load(cal / "flat.npz")
         elif (cal / "flat").is_dir():
-            darks = read_images(cal / "dark") if (cal / "dark").is_dir() else None
-            ff = fit_flat(read_images(cal / "flat"), darks, source=cal)
+            darks = read_folder(cal / "dark") if (cal / "dark").is_dir() else None
+            ff = fit_flat(read_folder(cal / "flat"), darks, source=cal)
     return Correction(lens_model, ff)

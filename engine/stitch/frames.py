@@ -14,8 +14,7 @@ from engine.calibrate.flat import FlatField, apply_flat
 from engine.calibrate.lens import LensModel, undistort, undistort_maps
 from engine.errors import LodeInputError
 from engine.io import fs
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+from engine.io.images import IMAGE_SUFFIXES, list_images
 
 
 @dataclass(frozen=True)
@@ -39,48 +38,14 @@ class CorrectedFrame:
     valid: np.ndarray
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 image from a local path or URI; raises LodeInputError for missing or unreadable files."""
-    if fs.is_uri(path):
-        if not fs.exists(path):
-            raise LodeInputError(path, "no such image file")
-        img = cv2.imdecode(np.frombuffer(fs.read_bytes(path), np.uint8), cv2.IMREAD_COLOR)
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise LodeInputError(p, "no such image file")
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if img is None:
-        raise LodeInputError(path, "cannot decode image")
-    return np.ascontiguousarray(img[..., ::-1])
-
-
-def read_images(folder: str | Path) -> list[np.ndarray]:
-    return [read_image(p) for p in list_images(folder)]
-
-
-def list_images(folder: str | Path) -> list[Path | str]:
-    """Frames of a folder, sorted: ``Path`` objects, or URIs (text) for an object-store folder."""
-    if not fs.isdir(folder):
-        raise LodeInputError(folder, "no such folder")
-    if fs.is_uri(folder):
-        files: list = [p for p in fs.glob(fs.join(str(folder), "*")) if _is_frame(fs.name(p))]
-    else:
-        files = sorted(p for p in Path(folder).iterdir() if _is_frame(p.name))
-    if not files:
-        raise LodeInputError(folder, "no images")
-    return files
-
-
-def _is_frame(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES and ".tmp" not in name
-
-
 def read_section(section_dir: str | Path) -> SectionInput:
     """``<section>/tiles/*`` and, if present, ``<section>/positions.csv`` (file, x, y in pixels);
     ``section_dir`` is a local path or URI."""
     sec = str(section_dir) if fs.is_uri(section_dir) else Path(section_dir)
-    tiles = list_images(sec / "tiles" if isinstance(sec, Path) else fs.join(sec, "tiles"))
+    tile_dir = sec / "tiles" if isinstance(sec, Path) else fs.join(sec, "tiles")
+    tiles = list_images(tile_dir)
+    if not tiles:
+        raise LodeInputError(tile_dir, f"no images ({', '.join(IMAGE_SUFFIXES)})")
     pos_file = sec / "positions.csv" if isinstance(sec, Path) else fs.join(sec, "positions.csv")
     if not fs.exists(pos_file):
         return SectionInput(fs.name(sec), tiles, None)
@@ -118,3 +83,11 @@ def correct(raw: np.ndarray, corr: Correction, maps: tuple[np.ndarray, np.ndarra
         valid = cv2.remap(valid, maps[0], maps[1], cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
     valid = cv2.erode(valid, np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
     return CorrectedFrame(img, valid)
+
+
+def grey_std(frame: CorrectedFrame) -> float:
+    """Standard deviation (DN) of the corrected frame's grey levels over its valid pixels: near 0 for a
+    blank frame (lens cap, lamp off, bare epoxy or glass once flat-field corrected)."""
+    grey = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)
+    _, std = cv2.meanStdDev(grey, mask=frame.valid)
+    return float(std[0, 0])

@@ -27,15 +27,16 @@ import numpy as np
 import ray
 
 from engine.calibrate.lens import undistort_maps
-from engine.errors import LodeInputError
+from engine.errors import LodeInputError, input_error_of
 from engine.io import fs
 from engine.io.atomic import atomic_write_bytes
+from engine.io.images import image_header, read_rgb
 from engine.io.manifest import RunManifest
 from engine.io.ome import PyramidLayout, create_image, open_store
 from engine.raster.runner import RunOptions, StageRun, run_stage
 from engine.stitch.align import AlignOptions, solve
 from engine.stitch.exposure import overlap_means, solve_gains
-from engine.stitch.frames import Correction, correct, read_image, read_section
+from engine.stitch.frames import Correction, correct, grey_std, read_section
 from engine.stitch.register import (Edge, RegisterOptions, apply, compose, detect, invert, match, register_pair,
                                     to_grey, translation)
 from engine.stitch.render import RenderPlan, RenderStage, frame_box, frame_path
@@ -53,15 +54,19 @@ class StitchOptions:
     levels: int = 3
     coarse_px: int = 800
     flag_residual_px: float = 1.0
+    blank_std: float = 3.0
 
 
 def _similarity(M: np.ndarray) -> tuple[float, float]:
     return float(np.hypot(M[0, 0], M[1, 0])), float(np.degrees(np.arctan2(M[1, 0], M[0, 0])))
 
 
-@ray.remote(num_returns=3)
-def _correct_task(path: str, corr: Correction, thumb_scale: float, work: str, k: int):
-    raw = read_image(path)
+@ray.remote(num_returns=4)
+def _correct_task(path: str, corr: Correction, thumb_scale: float, work: str, k: int, hw: tuple[int, int]):
+    raw = read_rgb(path)
+    if raw.shape[:2] != hw:
+        raise LodeInputError(path, f"frame is {raw.shape[0]}×{raw.shape[1]} but the section's first frame is "
+                                   f"{hw[0]}×{hw[1]}")
     maps = undistort_maps(corr.lens) if corr.lens is not None and not corr.lens.is_identity else None
     cf = correct(raw, corr, maps, path)
     for kind, arr in (("image", cf.image), ("valid", cf.valid)):
@@ -70,7 +75,7 @@ def _correct_task(path: str, corr: Correction, thumb_scale: float, work: str, k:
         atomic_write_bytes(frame_path(work, k, kind), buf.getvalue())
     thumb = cv2.resize(cf.image, None, fx=thumb_scale, fy=thumb_scale, interpolation=cv2.INTER_AREA)
     tvalid = cv2.resize(cf.valid, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA)
-    return cf.image, cf.valid, (thumb, np.where(tvalid == 255, 255, 0).astype(np.uint8))
+    return cf.image, cf.valid, (thumb, np.where(tvalid == 255, 255, 0).astype(np.uint8)), grey_std(cf)
 
 
 @ray.remote
@@ -191,17 +196,18 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
     fs.remove(section_work)
     fs.remove(fs.join(RunManifest(work).status_dir, sec.section_id))
     n = len(sec.tiles)
-    hw = read_image(sec.tiles[0]).shape[:2]
+    hw = image_header(sec.tiles[0])[:2]
     thumb_scale = _seam_scale(n, hw, opts.seam_megapixels)
     corr_ref = ray.put(correction)
-    outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, section_work, k) for k, p in enumerate(sec.tiles)]
+    outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, section_work, k, hw)
+            for k, p in enumerate(sec.tiles)]
     img_refs, valid_refs, thumb_refs = [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs]
+    stds = _frames_read([o[3] for o in outs])
+    timings["correct"] = time.perf_counter() - t0
     if sec.nominal_xy is not None:
         pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
     else:
         pairs = _coarse_pairs(img_refs, valid_refs, hw, opts)
-    ray.wait(img_refs, num_returns=len(img_refs))
-    timings["correct"] = time.perf_counter() - t0
     t = time.perf_counter()
     edges: list[Edge] = ray.get([_register_task.remote(i, j, img_refs[i], valid_refs[i], img_refs[j], valid_refs[j],
                                                        prior, opts.register) for i, j, prior in pairs])
@@ -255,16 +261,36 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
                       tuple(gains), s, opts.blend_sigma_low, (H, W), opts.shard)
     create_partial(plan, labels, opts.levels)
     timings["prepare"] = time.perf_counter() - t0
-    report = build_report(sec, hw, edges, al, mats, gains, (H, W), placed, opts, timings, len(plan.blocks))
+    report = build_report(sec, hw, edges, al, mats, gains, (H, W), placed, opts, timings, len(plan.blocks), stds)
     report["seam_labels"] = {"array": "seam_labels", "scale": s}
     atomic_write_bytes(_plan_file(work, sec.section_id),
                        pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint}))
     return plan, report
 
 
+def _frames_read(refs: list) -> list[float]:
+    """Wait for every frame's correction; the first unreadable frame (in tile order) raises its
+    ``LodeInputError``, unwrapped from Ray's task error."""
+    try:
+        return [float(v) for v in ray.get(refs)]
+    except ray.exceptions.RayTaskError as exc:
+        cause = input_error_of(exc)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def create_root(store: str | Path) -> None:
+    """Create the store's root group, once, before sections are prepared in parallel: sections only
+    add their own child groups (concurrent creators of a fresh root race, and zarr raises
+    ``ContainsGroupError`` for all but one)."""
+    open_store(store, mode="a")
+
+
 def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int) -> None:
-    """(Re)create the plan's hidden partial image group, holding the seam label map (Lh, Lw)."""
-    root = open_store(plan.store, mode="a")
+    """(Re)create the plan's hidden partial image group, holding the seam label map (Lh, Lw); the
+    store's root must exist (:func:`create_root`)."""
+    root = open_store(plan.store, mode="r+")
     layout = PyramidLayout((plan.shard, plan.shard), levels=levels)
     create_image(root, plan.group, (3, *plan.shape), layout, channel_names=["R", "G", "B"], overwrite=True)
     seams = root[plan.group].create_array("seam_labels", shape=labels.shape, dtype=np.int16, chunks=labels.shape,
@@ -309,6 +335,7 @@ def stitch_section(section_dir: str | Path, store: str | Path, correction: Corre
 
     Returns the stitch report (also stored in the group's attributes).
     """
+    create_root(store)
     plan, report = prepare_section(section_dir, store, correction, opts)
     t = time.perf_counter()
     run = render_sections([plan], executor)
@@ -339,7 +366,7 @@ def _publish(store: str, partial: str, name: str) -> None:
 
 
 def build_report(sec, hw, edges: list[Edge], al, mats, gains, shape, placed, opts: StitchOptions,
-                 timings: dict, n_shards: int) -> dict:
+                 timings: dict, n_shards: int, stds: Sequence[float]) -> dict:
     names = [fs.name(p) for p in sec.tiles]
     n = len(names)
     by_frame: dict[int, list[Edge]] = {k: [] for k in range(n)}
@@ -367,6 +394,8 @@ def build_report(sec, hw, edges: list[Edge], al, mats, gains, shape, placed, opt
     for k in range(n):
         mine = by_frame[k]
         flags = []
+        if stds[k] < opts.blank_std:
+            flags.append(f"blank: grey-level std {stds[k]:.2f} DN < {opts.blank_std} DN (no content)")
         if not placed[k]:
             side = [e.keypoints[0] if e.i == k else e.keypoints[1] for e in mine]
             if mine and max(side) < opts.register.min_inliers:
@@ -379,7 +408,8 @@ def build_report(sec, hw, edges: list[Edge], al, mats, gains, shape, placed, opt
         if placed[k] and worst >= opts.flag_residual_px:
             flags.append(f"edge residual {worst:.2f} px >= {opts.flag_residual_px} px (lens or motion?)")
         row = {"file": names[k], "placed": placed[k], "gain": [round(float(g), 5) for g in gains[k]],
-               "flags": flags, "edges_used": sum(1 for e in mine if (e.i, e.j) in al.edge_rms_px)}
+               "grey_std": round(stds[k], 3), "flags": flags,
+               "edges_used": sum(1 for e in mine if (e.i, e.j) in al.edge_rms_px)}
         if mats[k] is not None:
             sc, ang = _similarity(mats[k])
             row.update(transform=np.round(mats[k], 6).tolist(), scale=round(sc, 6), rotation_deg=round(ang, 5))

@@ -98,7 +98,7 @@ def test_one_corrupt_section_fails_alone_with_its_reason_in_the_manifest(tmp_pat
     bad_tile.write_bytes(data[: len(data) // 3])
     store = tmp_path / "out.zarr"
     rc = lode(["stitch", str(coll), "--out", str(store), "--shard", "256", "--no-lens", "--no-flat"])
-    assert rc == 1
+    assert rc == 2
     manifest = json.loads((tmp_path / "out.zarr.manifest.json").read_text())
     assert manifest["job"] == "stitch" and manifest["status"] == "failed"
     units = manifest["units"]

@@ -58,7 +58,8 @@ def test_bad_collection_names_the_input(tmp_path):
         stitch_job.run(_parse(stitch_job, [str(tmp_path), "--out", str(tmp_path / "o.zarr")]))
     (tmp_path / "s1" / "tiles").mkdir(parents=True)
     (tmp_path / "s1" / "tiles" / "a.png").write_bytes(b"not a png")
-    from engine.stitch.frames import read_section, read_image
+    from engine.io.images import read_rgb
+    from engine.stitch.frames import read_section
 
     with pytest.raises(LodeInputError, match="a.png"):
-        read_image(read_section(tmp_path / "s1").tiles[0])
+        read_rgb(read_section(tmp_path / "s1").tiles[0])

@@ -20,7 +20,8 @@ import zarr
 
 from engine.io import fs
 from engine.stitch.frames import Correction
-from engine.stitch.section import StitchOptions, create_partial, prepare_section, render_sections, work_root
+from engine.stitch.section import (StitchOptions, create_partial, create_root, prepare_section, render_sections,
+                                  work_root)
 from engine.synth.captures import CaptureConfig, capture_grid, write_section
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -42,6 +43,7 @@ def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, ray_session,
     pinned = json.loads((FIXTURES / "render_pinned.json").read_text())
     plans = np.load(FIXTURES / "render_plans.npz")
     store = tmp_path / "out.zarr"
+    create_root(store)
     frozen = []
     for name, pin in pinned.items():
         write_section(tmp_path / "coll", name, capture_grid(None, _config(pin["config"])))
