@@ -23,50 +23,61 @@ class Lineament:
     azimuth_deg: float
 
 
-def _neighbours(skel: np.ndarray, r: int, c: int) -> list[tuple[int, int]]:
-    """8-neighbours, skipping a diagonal step whose corner is already on the skeleton (no triangles)."""
-    h, w = skel.shape
-    out = []
-    for dr, dc in _ORTHO:
-        rr, cc = r + dr, c + dc
-        if 0 <= rr < h and 0 <= cc < w and skel[rr, cc]:
-            out.append((rr, cc))
-    for dr, dc in _DIAG:
-        rr, cc = r + dr, c + dc
-        if 0 <= rr < h and 0 <= cc < w and skel[rr, cc] and not skel[r + dr, c] and not skel[r, c + dc]:
-            out.append((rr, cc))
-    return out
+_STEPS = _ORTHO + _DIAG
+_OPPOSITE = (1, 0, 3, 2, 7, 6, 5, 4)
+
+
+def _neighbour_bits(skel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skeleton pixels ``(N,)`` rows and cols in row-major order, and ``(N,)`` uint8 bit sets:
+    bit k is set when step k of ``_STEPS`` (orthogonal first) leads to a neighbour. A diagonal
+    step whose corner is already on the skeleton is left out (no triangles), which keeps the
+    relation symmetric."""
+    pad = np.pad(skel, 1)
+    rows, cols = np.nonzero(skel)
+    bits = np.zeros(len(rows), np.uint8)
+    for k, (dr, dc) in enumerate(_STEPS):
+        on = pad[rows + 1 + dr, cols + 1 + dc]
+        if dr and dc:
+            on &= ~pad[rows + 1 + dr, cols + 1] & ~pad[rows + 1, cols + 1 + dc]
+        bits |= on.astype(np.uint8) << k
+    return rows, cols, bits
 
 
 def trace_skeleton(skel: np.ndarray) -> list[np.ndarray]:
-    """Pixel chains ``(k, 2)`` (row, col) between end points and junctions of a 1-pixel skeleton."""
+    """Pixel chains ``(k, 2)`` (row, col) between end points and junctions of a 1-pixel skeleton.
+
+    Memory is a few bytes per skeleton pixel (arrays, not Python objects), so a dense skeleton
+    of a whole survey grid traces in bounded memory."""
     skel = np.asarray(skel, dtype=bool)
-    pixels = [tuple(p) for p in np.argwhere(skel)]
-    nbrs = {p: _neighbours(skel, *p) for p in pixels}
-    nodes = {p for p, n in nbrs.items() if len(n) != 2}
-    seen: set[frozenset] = set()
+    w = skel.shape[1]
+    rows, cols, bits = _neighbour_bits(skel)
+    flat = rows.astype(np.int64) * w + cols
+    seen = np.zeros_like(bits)
+    degree = np.unpackbits(bits[:, None], axis=1).sum(axis=1)
+    offsets = [dr * w + dc for dr, dc in _STEPS]
+
+    def walk(i: int, k: int) -> np.ndarray:
+        path = [i]
+        while True:
+            j = int(np.searchsorted(flat, flat[i] + offsets[k]))
+            seen[i] |= 1 << k
+            seen[j] |= 1 << _OPPOSITE[k]
+            path.append(j)
+            free = int(bits[j]) & ~int(seen[j])
+            if j == path[0] or degree[j] != 2 or not free:
+                break
+            i, k = j, (free & -free).bit_length() - 1
+        return np.c_[rows[path], cols[path]].astype(np.int64)
+
     paths: list[np.ndarray] = []
 
-    def walk(start: tuple[int, int], nxt: tuple[int, int]) -> list[tuple[int, int]]:
-        path, prev, cur = [start, nxt], start, nxt
-        seen.add(frozenset((start, nxt)))
-        while cur not in nodes and cur != start:
-            step = [q for q in nbrs[cur] if q != prev and frozenset((cur, q)) not in seen]
-            if not step:
-                break
-            seen.add(frozenset((cur, step[0])))
-            prev, cur = cur, step[0]
-            path.append(cur)
-        return path
+    def trace_from(starts: np.ndarray) -> None:
+        for i in starts.tolist():
+            while free := int(bits[i]) & ~int(seen[i]):
+                paths.append(walk(i, (free & -free).bit_length() - 1))
 
-    for p in sorted(nodes):
-        for q in nbrs[p]:
-            if frozenset((p, q)) not in seen:
-                paths.append(np.array(walk(p, q)))
-    for p in pixels:
-        for q in nbrs[p]:
-            if frozenset((p, q)) not in seen:
-                paths.append(np.array(walk(p, q)))
+    trace_from(np.flatnonzero(degree != 2))
+    trace_from(np.flatnonzero(bits & ~seen))  # closed loops: no end point or junction
     return paths
 
 

@@ -31,6 +31,18 @@ def test_trace_skeleton_splits_a_cross_into_four_branches():
     assert sum(len(p) - 1 for p in paths) == 60
 
 
+def test_trace_skeleton_closes_a_ring_and_keeps_a_tail_apart():
+    skel = np.zeros((30, 30), bool)
+    skel[5, 5:15] = skel[14, 5:15] = True
+    skel[5:15, 5] = skel[5:15, 14] = True
+    ring = trace_skeleton(skel)
+    assert len(ring) == 1 and np.array_equal(ring[0][0], ring[0][-1]) and len(ring[0]) == 36 + 1
+    assert {tuple(p) for p in ring[0]} == {tuple(p) for p in np.argwhere(skel)}
+    skel[15:25, 10] = True  # a tail hanging off the ring: a junction splits it
+    paths = trace_skeleton(skel)
+    assert sorted(len(p) for p in paths) == [11, 37]
+
+
 def test_vectorised_lines_have_right_length_and_azimuth():
     mask = np.zeros((200, 200), np.uint8)
     cv2.line(mask, (20, 30), (170, 30), 1, thickness=3)  # east-west, 150 cells
