@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -128,7 +129,7 @@ def summarise(regions: list[dict], model: str = "mae") -> dict:
     }
 
 
-def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
+def run_memory(size: int, blocks: int, work: Path, steps: int, reuse: bool = False) -> dict:
     """Stack a ``size``² 10-layer region, train the MAE, and map it with ``lode prospect map`` on Ray
     (``python -m jobs.prospect map`` in a subprocess, as a user runs it), measuring each phase's peak
     memory. The map's figure is the summed RSS (and PSS) over the job's whole process tree, Ray's
@@ -136,7 +137,8 @@ def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
     in this process, without Ray.
 
     ``blocks`` limits the map to the first N of its 512² blocks (0 = all): peak memory of blocked
-    scoring does not grow with the block count; time does.
+    scoring does not grow with the block count; time does. ``reuse`` keeps a region, stack and
+    model already in ``work`` (the map is measured again; stack and train are not).
     """
     import os
     import subprocess
@@ -150,17 +152,23 @@ def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
     from engine.prospect.synth import synth_region, write_region
     from engine.prospect.train import train_local
 
-    t0 = time.perf_counter()
-    rdir = write_region(synth_region(size, 0), work / "big")
-    t_synth = time.perf_counter() - t0
-    with PeakSampler() as mem_stack:
-        t = time.perf_counter()
-        stack = build_stack(rdir / "layers.json", work / "big.zarr")
-        t_stack = time.perf_counter() - t
-    with PeakSampler() as mem_train:
-        t = time.perf_counter()
-        train_local(stack, work / "big.pt", "mae", steps, 32, 1e-3, 0, pool_blocks=8)
-        t_train = time.perf_counter() - t
+    rdir, stack = work / "big", work / "big.zarr"
+    t_synth = t_stack = t_train = 0.0
+    mem_stack = mem_train = None
+    if not (reuse and (rdir / "layers.json").is_file() and stack.is_dir() and (work / "big.pt").is_file()):
+        t0 = time.perf_counter()
+        rdir = write_region(synth_region(size, 0), rdir)
+        t_synth = time.perf_counter() - t0
+        with PeakSampler() as mem_stack:
+            t = time.perf_counter()
+            stack = build_stack(rdir / "layers.json", stack)
+            t_stack = time.perf_counter() - t
+        with PeakSampler() as mem_train:
+            t = time.perf_counter()
+            train_local(stack, work / "big.pt", "mae", steps, 32, 1e-3, 0, pool_blocks=8)
+            t_train = time.perf_counter() - t
+    shutil.rmtree(work / "big_map.zarr", ignore_errors=True)
+    (work / "big_map.zarr.manifest.json").unlink(missing_ok=True)
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "jobs.prospect", "map", "--stack", str(stack), "--method", "mae", "--model",
            str(work / "big.pt"), "--shifts", "2", "--out", str(work / "big_map.zarr")]
@@ -182,7 +190,8 @@ def run_memory(size: int, blocks: int, work: Path, steps: int) -> dict:
             "map_peak_rss_gib": mem_map.peak_rss / 1024, "map_peak_pss_gib": mem_map.peak_pss / 1024,
             "map_measured": "python -m jobs.prospect map on Ray: RSS and PSS summed over the job's processes, "
                             "Ray's own included",
-            "stack_peak_rss_gib": mem_stack.peak_rss / 1024, "train_peak_rss_gib": mem_train.peak_rss / 1024,
+            "stack_peak_rss_gib": mem_stack.peak_rss / 1024 if mem_stack else "not re-measured (reused)",
+            "train_peak_rss_gib": mem_train.peak_rss / 1024 if mem_train else "not re-measured (reused)",
             "seconds": {"synth": t_synth, "stack": t_stack, "train": t_train, "map": t_map, "evaluate": t_eval},
             "blocks_scored": blocks or "all", "blocks_total": (size // 512) ** 2, "deposits_evaluable": metrics.n_deposits}
 
@@ -204,12 +213,12 @@ def main() -> None:
     p.add_argument("--memory-size", type=int, default=0)
     p.add_argument("--memory-blocks", type=int, default=0)
     p.add_argument("--work", type=Path)
-    p.add_argument("--reuse-models", action="store_true", help="keep checkpoints already in --work (rescore only)")
+    p.add_argument("--reuse-models", action="store_true", help="keep checkpoints already in --work (rescore only; memory mode: keep the region, stack and model)")
     a = p.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="lode-bench-prospect-"))
     work.mkdir(parents=True, exist_ok=True)
     if a.memory_size:
-        result = {"memory": run_memory(a.memory_size, a.memory_blocks, work, a.steps)}
+        result = {"memory": run_memory(a.memory_size, a.memory_blocks, work, a.steps, a.reuse_models)}
     else:
         sigmas = [float(x) for x in a.sigmas.split(",")]
         regions = []

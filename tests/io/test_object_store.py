@@ -70,6 +70,7 @@ def test_ray_workers_get_the_object_store_settings_of_the_driver(ray_local, s3):
     assert ray.get(ray.remote(endpoint).options(**fs.ray_remote_args()).remote()) == s3
 
 
+@pytest.mark.slow
 def test_segment_to_s3_resumes_after_an_interruption_and_with_analyze_equals_the_local_run(local_run, s3_inputs):
     store, checkpoint = s3_inputs
     out = f"{BUCKET}/runs/seg"

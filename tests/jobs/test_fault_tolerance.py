@@ -39,6 +39,7 @@ def _segment_actor_processes(root_pid: int) -> list[psutil.Process]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_killed_segmentation_worker_is_retried_and_the_output_is_unchanged(ray_local, small_panorama,
                                                                            tiny_checkpoint, tmp_path):
@@ -128,6 +129,7 @@ def _labels_are_the_reference(out: Path, store: Path, section: str, checkpoint: 
     return np.array_equal(labels, codes[monai_reference(store, section, checkpoint, program=True).argmax(0)])
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_one_corrupt_section_fails_alone_in_segmentation(ray_local, tmp_path, tiny_checkpoint, capsys):
     store = _two_sections(tmp_path / "in.zarr", 200)
