@@ -163,6 +163,11 @@ def test_sections_that_cannot_be_planned_fail_alone_in_segmentation(ray_local, t
     meta = store / "sec-b" / "0" / "zarr.json"
     original = meta.read_bytes()
     meta.write_bytes(original[: len(original) // 2])  # unreadable array metadata
+    from engine.io.ome import PyramidLayout
+    from engine.synth import SectionSpec, write_panorama
+
+    write_panorama(store, "sec-c", 128, 256, SectionSpec(seed=7, grain_diameter=30), PyramidLayout((128, 128), chunk=64, levels=2))
+    (store / "sec-c" / "0" / "c" / "0" / "0" / "1").unlink()  # a deleted image shard
     folder = tmp_path / "imgs"
     folder.mkdir()
     ok, buf = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8))
@@ -177,19 +182,20 @@ def test_sections_that_cannot_be_planned_fail_alone_in_segmentation(ray_local, t
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "partial"
     failed = manifest["failed_sections"]
-    assert sorted(failed) == ["cut", "sec-b"]
+    assert sorted(failed) == ["cut", "sec-b", "sec-c"]
+    assert f"{store}/sec-c" in failed["sec-c"] and "damaged: 1 shard(s)" in failed["sec-c"] and "(0, 128)" in failed["sec-c"]
     assert str(cut) in failed["cut"] and "truncated" in failed["cut"]
     assert f"{store}/sec-b" in failed["sec-b"] and "unreadable zarr metadata" in failed["sec-b"]
     status = {b["unit"]: b["status"] for b in manifest["blocks"]}
     assert status == {"sec-a/000000_000000": "done", "sec-a/000000_000128": "done",
-                      "cut/plan": "failed", "sec-b/plan": "failed"}
+                      "cut/plan": "failed", "sec-b/plan": "failed", "sec-c/plan": "failed"}
     assert _labels_are_the_reference(out, store, "sec-a", tiny_checkpoint)
 
     # once its metadata is repaired the section joins the run; the finished one is not redone
     meta.write_bytes(original)
     assert lode(argv) == 2
     manifest = json.loads((out / "manifest.json").read_text())
-    assert list(manifest["failed_sections"]) == ["cut"] and manifest["skipped_already_done"] == 2
+    assert sorted(manifest["failed_sections"]) == ["cut", "sec-c"] and manifest["skipped_already_done"] == 2
     assert [b["status"] for b in manifest["blocks"] if b["unit"].startswith("sec-b/")] == ["done", "done"]
     assert _labels_are_the_reference(out, store, "sec-b", tiny_checkpoint)
 
