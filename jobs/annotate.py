@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 MAX_PIXELS = 4_000_000
+FILE_OUT = {"action": ("expand",)}
 
 
 def default_outputs(args: argparse.Namespace) -> None:

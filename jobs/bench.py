@@ -114,7 +114,7 @@ QUICK: dict[str, list[str]] = {
 }
 
 
-OUTPUT_ARGS = ("readme",)
+OUTPUT_ARGS = {"readme": "file"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,8 @@ import argparse
 import json
 import sys
 
-OUTPUT_ARGS = ("apply",)
+OUTPUT_ARGS = {"apply": "folder"}
+FILE_OUT = {"kind": ("lens", "flat", "colour", "color")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +71,9 @@ def _colour(args: argparse.Namespace) -> int:
     from engine.errors import LodeInputError
     from engine.io.images import list_images, read_rgb
 
+    missing = next((p for p in map(Path, args.images) if not p.exists()), None)
+    if missing is not None:
+        raise LodeInputError(missing, "no such capture file or folder")
     paths = [q for p in map(Path, args.images) for q in (list_images(p) if p.is_dir() else [p])]
     if not paths:
         raise LodeInputError(", ".join(args.images), "no captures")

@@ -140,6 +140,14 @@ def output_of(args: argparse.Namespace) -> str | None:
     return None if out is None else str(out)
 
 
+def output_kinds(module: ModuleType, args: argparse.Namespace) -> dict[str, str]:
+    """What each output argument names, ``"file"`` or ``"folder"``: ``out`` is a folder (a zarr store
+    too) unless the module's ``FILE_OUT`` (option → values) lists the action run; the module's
+    ``OUTPUT_ARGS`` map their options to their kinds."""
+    file_out = any(getattr(args, dest, None) in values for dest, values in getattr(module, "FILE_OUT", {}).items())
+    return {"out": "file" if file_out else "folder", **getattr(module, "OUTPUT_ARGS", {})}
+
+
 def _path_dests(name: str, module: ModuleType) -> set[str]:
     parser = job_parser(name, module)
     return {a.dest for p in [parser, *_subparsers(parser)] for a in p._actions if a.type in (Path, location)}
@@ -222,8 +230,10 @@ def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
         if out is not None and out.startswith("file://"):
             out = fs.local(out)
             args.out = type(args.out)(out)
-        if out is not None:
-            check_output(out)
+        for dest, kind in output_kinds(module, args).items():
+            value = getattr(args, dest, None)
+            if value is not None and (dest == "out" or not fs.is_uri(str(value))):
+                check_output(str(value), kind=kind)
     except LodeInputError as exc:
         print(f"lode {name}: error: {exc}", file=sys.stderr)
         return 2
@@ -255,7 +265,9 @@ def run_job(name: str, module: ModuleType, args: argparse.Namespace) -> int:
             raise
         finally:
             staged_out = output_of(args)
-            if staged_out is not None and config is not None and not getattr(module, "OWN_MANIFEST", False):
+            # a run refused before it wrote its output leaves nothing, not even a failed manifest
+            recorded = staged_out is not None and (status == "complete" or fs.exists(staged_out))
+            if recorded and config is not None and not getattr(module, "OWN_MANIFEST", False):
                 write_job_manifest(staged_out, name, config, {"total_s": time.perf_counter() - t0}, status,
                                    error=error)
             commit_uris(uploads, data=error is None and rc != 2)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jobs.common import guarded
 
-OUTPUT_ARGS = ("json_out",)
+OUTPUT_ARGS = {"json_out": "file"}
 
 
 def default_outputs(args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ACTIONS = ("score", "synth", "train")
+FILE_OUT = {"target": ("score",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

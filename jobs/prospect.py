@@ -19,7 +19,8 @@ from pathlib import Path
 from jobs.common import location
 
 METHODS = ("mae", "cae", "iforest", "pca")
-OUTPUT_ARGS = ("geotiff",)
+OUTPUT_ARGS = {"geotiff": "file"}
+FILE_OUT = {"action": ("train",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +123,7 @@ def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, si
     from engine.prospect.score import score_map
     from engine.raster.runner import RunOptions
 
+    scorer = make_scorer(method, stack, model, seed, shifts)  # checks the stack and checkpoint before Ray starts
     options = RunOptions(executor="serial")
     if not no_ray:
         from engine.io import fs
@@ -129,7 +131,7 @@ def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, si
 
         init_ray()
         options = RunOptions(executor="ray", remote_args=fs.ray_remote_args())
-    return score_map(stack, make_scorer(method, stack, model, seed, shifts), out, block=block, sigma=sigma,
+    return score_map(stack, scorer, out, block=block, sigma=sigma,
                      attrs={"method": method, "shifts": shifts, "seed": seed}, max_blocks=max_blocks, options=options)
 
 

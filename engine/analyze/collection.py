@@ -86,14 +86,14 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
     then only its written blocks are measured (unwritten pixels are void: no grain, no area)."""
     from schemas.tables import GRAINS_SCHEMA, STATISTICS_SCHEMA
 
+    if pixel_size_um is not None and not (pixel_size_um > 0 and np.isfinite(pixel_size_um)):
+        raise LodeInputError("--pixel-size-um", f"must be a positive number of micrometres, got {pixel_size_um}")
     store = str(store) if fs.is_uri(store) else str(Path(fs.local(store)).resolve())
     out = str(out_dir) if out_dir else fs.parent(store)
     if not fs.is_uri(out):
         out = fs.local(out)
         Path(out).mkdir(parents=True, exist_ok=True)
     dens = load_densities(densities)
-    if pixel_size_um is not None and not (pixel_size_um > 0 and np.isfinite(pixel_size_um)):
-        raise LodeInputError("--pixel-size-um", f"must be a positive number of micrometres, got {pixel_size_um}")
     sections = open_sections(store, label_name, allow_incomplete)
     classes = union_classes(sections)
     lut = grain_lut_for(classes.codes, non_grain)

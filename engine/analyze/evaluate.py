@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from engine.analyze.metrics import SegmentationScores
+from engine.classes import LUMENSTONE_CATALOGUE
 from engine.errors import LodeInputError
 from engine.io.images import IMAGE_SUFFIXES, read_mask
 from engine.io.integrity import check_raster, read_checked
@@ -36,7 +37,7 @@ def _truth_reader(truth: Path):
             key = f"{section}/labels/{TRUTH_LABELS}/0"
             if key not in store:
                 raise LodeInputError(truth, f"no truth labels {key!r} for section {section!r}")
-            return np.asarray(store[key][:])
+            return _known_codes(np.asarray(store[key][:]), f"{truth}/{key}")
 
         return from_store
     if not truth.is_dir():
@@ -49,9 +50,19 @@ def _truth_reader(truth: Path):
     def from_files(section: str) -> np.ndarray:
         if section not in files:
             raise LodeInputError(truth, f"no mask named {section}.png (or another image suffix) for section {section!r}")
-        return read_mask(files[section])
+        return _known_codes(read_mask(files[section]), files[section])
 
     return from_files
+
+
+def _known_codes(mask: np.ndarray, source: str | Path) -> np.ndarray:
+    """``mask``, when each of its codes is a catalogue class or void; else ``LodeInputError`` naming it."""
+    unknown = sorted(set(np.unique(mask).tolist()) - set(LUMENSTONE_CATALOGUE) - {VOID})
+    if unknown:
+        raise LodeInputError(source, f"unknown class code{'s' if len(unknown) > 1 else ''} "
+                                     f"{', '.join(map(str, unknown))} in the truth (known: {sorted(LUMENSTONE_CATALOGUE)}, "
+                                     f"{VOID} = void)")
+    return mask
 
 
 def _pairs(pred: Path, truth: Path, allow_incomplete: bool, incomplete: dict[str, int]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from engine.errors import LodeInputError
+from engine.io.torchfile import entries, load_torch
 
 DEFAULT_CARD: dict[str, Any] = {
     "task": "magnetic-lineament-axes",
@@ -65,14 +66,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     path = Path(path)
     if not path.is_file():
         raise LodeInputError(path, "no such model checkpoint")
+    what = "lineament model checkpoint"
+    blob = entries(load_torch(path, path, what, mmap=True), path, what, ("card", "state_dict"))
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         card = dict(blob["card"])
         with torch.device("meta"):
             model = build_model(card)
         model.load_state_dict(blob["state_dict"], assign=True)
     except Exception as exc:  # noqa: BLE001 - a checkpoint that does not load is bad input
-        raise LodeInputError(path, f"not a lineament model checkpoint: {exc}") from exc
+        raise LodeInputError(path, f"not a {what}: {' '.join(str(exc).split())}") from exc
     return model.to(device).eval(), card
 
 

@@ -28,10 +28,11 @@ from engine.io.fs import is_uri
 MIN_FREE_BYTES = 64 * 1024 * 1024
 
 
-def check_output(out: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
-    """Fail fast, before any work, when an output cannot be written: the nearest existing folder
-    of ``out`` must take a file, and its disk must have ``min_free`` bytes free; an object-store
-    output must take (and give back) a probe object. Leaves nothing behind."""
+def check_output(out: str | Path, min_free: int = MIN_FREE_BYTES, kind: str = "any") -> None:
+    """Fail fast, before any work, when an output cannot be written: a local ``out`` that exists
+    must be of its ``kind`` (``"folder"``, ``"file"`` or ``"any"``), the nearest existing folder of
+    ``out`` must take a file, and its disk must have ``min_free`` bytes free; an object-store output
+    must take (and give back) a probe object. Leaves nothing behind."""
     if is_uri(out):
         probe = fs.join(out, f".write-probe-{uuid.uuid4().hex}")
         try:
@@ -41,6 +42,10 @@ def check_output(out: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
             raise LodeInputError(out, f"output is not writable: {exc}") from exc
         return
     target = Path(fs.local(out)).absolute()
+    if kind == "folder" and target.exists() and not target.is_dir():
+        raise LodeInputError(out, "output exists and is not a folder")
+    if kind == "file" and target.is_dir():
+        raise LodeInputError(out, "output is a folder, not a file")
     probe_dir = target if target.is_dir() else target.parent
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
@@ -130,7 +135,7 @@ class RunManifest:
         self.failed_dir = fs.join(self.out, "_failed")
 
     def check_writable(self) -> None:
-        check_output(self.out)
+        check_output(self.out, kind="folder")
         if not is_uri(self.out):
             Path(self.out).mkdir(parents=True, exist_ok=True)
 

@@ -78,6 +78,7 @@ import zarr
 
 from engine.errors import LodeInputError
 from engine.io.manifest import RunManifest
+from engine.io.torchfile import entries
 from engine.prospect.stack import open_stack
 from engine.raster.blend import blend_weights
 from engine.raster.grid import Block, block_grid, lattice_offsets, lattice_starts
@@ -243,15 +244,24 @@ class CellScorer:
 
 class _TorchFree(pickle.Unpickler):
     """Unpickles a ``torch.save`` archive's plain fields (kind, config, channels, numpy latents) without
-    importing torch (a CUDA build of torch costs the driver ~0.6 GiB): tensors come back as ``None``."""
+    importing torch (a CUDA build of torch costs the driver ~0.6 GiB): tensors come back as ``None``.
+    Like ``weights_only=True`` loading, it builds no object outside :data:`_PLAIN`."""
 
     def find_class(self, module: str, name: str):
         if module == "torch" or module.startswith("torch."):
             return lambda *a, **k: None
-        return super().find_class(module, name)
+        if (module, name) in _PLAIN or module == "numpy.dtypes":
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
 
     def persistent_load(self, pid):
         return None
+
+
+_PLAIN = {("collections", "OrderedDict"), ("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+          ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+          ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")}
+CHECKPOINT = "prospect checkpoint"
 
 
 def checkpoint_meta(path: str | Path) -> dict[str, Any]:
@@ -260,9 +270,13 @@ def checkpoint_meta(path: str | Path) -> dict[str, Any]:
         with zipfile.ZipFile(path) as z:
             pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
             ck = _TorchFree(io.BytesIO(z.read(pkl))).load()
-        return {"kind": str(ck["kind"]), "config": dict(ck["config"]), "channels": list(ck["channels"])}
-    except Exception as exc:
-        raise LodeInputError(path, f"not a prospect checkpoint: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever fails, the file is bad input
+        detail = ("not a torch zip archive" if isinstance(exc, zipfile.BadZipFile) else
+                  "holds objects other than tensors and plain data" if isinstance(exc, pickle.UnpicklingError)
+                  else "damaged archive")
+        raise LodeInputError(path, f"not a {CHECKPOINT} (unreadable torch file: {detail})") from exc
+    ck = entries(ck, path, CHECKPOINT, ("kind", "config", "channels"))
+    return {"kind": str(ck["kind"]), "config": dict(ck["config"]), "channels": list(ck["channels"])}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from engine.errors import LodeInputError
+from engine.io.torchfile import entries, load_torch
 from engine.prospect.model import ProspectMAE, build, count_parameters
 from engine.prospect.stack import Stack, open_stack
 
@@ -123,16 +124,21 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, kind: str, channel
     return path
 
 
+CHECKPOINT = "prospect checkpoint"
+
+
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     path = Path(path)
     if not path.exists():
         raise LodeInputError(path, "model checkpoint not found")
+    numpy_arrays = (np._core.multiarray._reconstruct, np.ndarray, np.dtype,  # the MAE's latent Gaussian
+                    np.dtypes.Float16DType, np.dtypes.Float32DType, np.dtypes.Float64DType)
+    ck = entries(load_torch(path, path, CHECKPOINT, numpy_arrays), path, CHECKPOINT, ("kind", "config", "state_dict"))
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
         model = build(ck["kind"], ck["config"])
         model.load_state_dict(ck["state_dict"])
-    except Exception as exc:
-        raise LodeInputError(path, f"not a prospect checkpoint: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not build is bad input
+        raise LodeInputError(path, f"not a {CHECKPOINT}: {' '.join(str(exc).split())}") from exc
     return model.eval(), ck
 
 

@@ -12,7 +12,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from engine.classes import ClassSet
 from engine.errors import LodeInputError
@@ -52,10 +52,13 @@ class ModelCard(BaseModel):
 
 def validate_card(raw: dict, path: str | Path) -> ModelCard:
     """A card from a checkpoint, checked for consistency; errors name the checkpoint."""
+    if not isinstance(raw, dict):
+        raise LodeInputError(path, "not a Lode checkpoint (no 'card' entry)")
     try:
         card = ModelCard.model_validate(raw)
-    except Exception as exc:
-        raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'card'}: {e['msg']}" for e in exc.errors())
+        raise LodeInputError(path, f"not a Lode checkpoint (model card: {problems})") from exc
     card.class_set(source=str(path))
     if len(card.channels) != card.in_channels or len(card.mean) != card.in_channels or len(card.std) != card.in_channels:
         raise LodeInputError(path, f"model card channels/mean/std do not match in_channels={card.in_channels}")
@@ -76,7 +79,9 @@ def read_card(path: str | Path) -> ModelCard:
         with filesystem.open(inner, "rb") as f, zipfile.ZipFile(f) as z:
             entry = next((n for n in z.namelist() if n.rsplit("/", 1)[-1] == CARD_ENTRY), None)
             raw = json.loads(z.read(entry)) if entry else None
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except zipfile.BadZipFile as exc:
+        raise LodeInputError(path, "not a Lode checkpoint (unreadable torch file: not a torch zip archive)") from exc
+    except (OSError, ValueError) as exc:
         raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
     if raw is None:
         from engine.segment.checkpoint import read_blob

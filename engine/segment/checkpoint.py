@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from engine.errors import LodeInputError
+from engine.io.torchfile import entries, load_torch
 from engine.segment.card import CARD_ENTRY, ModelCard, read_card, validate_card
 from engine.segment.models import create_model
 
@@ -72,18 +73,11 @@ def read_blob(path: str | Path) -> dict:
     path = str(path)
     if not fs.exists(path) or fs.isdir(path):
         raise LodeInputError(path, "checkpoint not found")
-    try:
-        if fs.is_uri(path):
-            return torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
-        return torch.load(fs.local(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
+    return load_torch(io.BytesIO(fs.read_bytes(path)) if fs.is_uri(path) else fs.local(path), path, "Lode checkpoint")
 
 
 def _read(path: str) -> tuple[dict, ModelCard]:
-    blob = read_blob(path)
-    if not isinstance(blob, dict) or "state_dict" not in blob:
-        raise LodeInputError(path, "not a Lode checkpoint: no state dict")
+    blob = entries(read_blob(path), path, "Lode checkpoint", ("state_dict",))
     return blob, validate_card(blob.get("card"), path)
 
 

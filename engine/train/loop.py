@@ -22,7 +22,8 @@ import numpy as np
 from engine.classes import LUMENSTONE, ClassSet
 from engine.errors import LodeInputError
 from engine.io.atomic import atomic_write_text, staged_directory
-from engine.segment.checkpoint import ModelCard, save_checkpoint
+from engine.io.torchfile import entries, load_torch
+from engine.segment.checkpoint import ModelCard, read_blob, save_checkpoint
 from engine.train.augment import VOID, AugmentParams
 from engine.train.data import Sample, channel_stats, codes_present, load_split, mask_codes, pairs
 from engine.train.sampler import SamplerParams, Tally
@@ -38,17 +39,8 @@ CURVE_KEYS = ("epoch", "step", "loss", "val_miou", "val_pixel_accuracy", "lr", "
 def read_state(folder: Path) -> dict:
     """The training state saved beside a checkpoint (optimizer, scheduler, epoch, history), loaded
     with ``weights_only=True``; errors name the file."""
-    import torch
-
     path = folder / STATE_NAME
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LodeInputError(path, f"not a Lode training state: {type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    if not isinstance(state, dict) or "epoch" not in state:
-        raise LodeInputError(path, "not a Lode training state: no epoch recorded")
-    return state
+    return entries(load_torch(path, path, "Lode training state"), path, "Lode training state", ("epoch",))
 
 
 def _loss(kind: str):
@@ -106,8 +98,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     state = None
     if config["resume"]:
         state = read_state(Path(config["resume"]))
-        blob = torch.load(Path(config["resume"]) / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
-        net.load_state_dict(blob["state_dict"])
+        net.load_state_dict(read_blob(Path(config["resume"]) / CHECKPOINT_NAME)["state_dict"])
     if world > 1 and cfg.gpu:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     model = prepare_model(net)
@@ -266,6 +257,20 @@ def _card(cfg: TrainConfig) -> ModelCard:
                                "sampler": cfg.sampler, "loss": cfg.loss, "augment": cfg.augment})
 
 
+def check_resume_classes(cfg: TrainConfig, card: ModelCard, val_split: str) -> None:
+    """A resumed model keeps its class set: ``--classes`` must equal it and every mask code of the
+    training and held-out splits must be in it (checked on the masks alone, before Ray starts)."""
+    ckpt = Path(cfg.resume) / CHECKPOINT_NAME
+    codes = card.class_set().codes
+    if cfg.classes and sorted(cfg.classes) != sorted(codes):
+        raise LodeInputError(ckpt, f"class set {codes} of the checkpoint differs from --classes {sorted(cfg.classes)}")
+    data = set(mask_codes(cfg.data, "train")) | set(mask_codes(cfg.data, val_split))
+    extra = sorted(data - set(codes) - {VOID})
+    if extra:
+        raise LodeInputError(ckpt, f"class set {codes} of the checkpoint differs from the data's: mask code(s) "
+                                   f"{', '.join(map(str, extra))} of {cfg.data} are not in it")
+
+
 def _cpus_per_worker(workers: int) -> float:
     """CPU workers leave one CPU of the cluster to the sampler and augmentation tasks (else they starve)."""
     import ray
@@ -297,6 +302,8 @@ def train(cfg: TrainConfig) -> Path:
     card = _card(cfg)
     val_split = held_out_split(cfg.data, cfg.val_split)
     pairs(cfg.data, val_split)
+    if cfg.resume:
+        check_resume_classes(cfg, card, val_split)
     init_ray()
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

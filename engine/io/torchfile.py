@@ -1,0 +1,43 @@
+"""Reading ``torch.save`` files as untrusted input: ``weights_only=True`` only, and a file that
+does not load is refused naming it with a plain reason (torch's own text advises unsafe loading)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from engine.errors import LodeInputError
+
+
+def load_torch(file: str | Path | io.BytesIO, source: str | Path, what: str, safe_globals: Iterable[Any] = (),
+               **kwargs: Any) -> Any:
+    """``torch.load(file, map_location="cpu", weights_only=True, **kwargs)``, with ``safe_globals``
+    allowed besides tensors and plain data. Raises ``LodeInputError(source, "not a <what> (...)")``."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(file, map_location="cpu", weights_only=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises, the file is bad input
+        if isinstance(file, io.BytesIO):
+            file.seek(0)
+        if not zipfile.is_zipfile(file):
+            detail = "not a torch zip archive"
+        elif isinstance(exc, pickle.UnpicklingError):
+            detail = "holds objects other than tensors and plain data"
+        else:
+            detail = "damaged archive"
+        raise LodeInputError(source, f"not a {what} (unreadable torch file: {detail})") from exc
+
+
+def entries(blob: Any, source: str | Path, what: str, keys: Iterable[str]) -> dict:
+    """``blob`` as a dict holding every one of ``keys``, else ``LodeInputError`` naming the first missing."""
+    if not isinstance(blob, dict):
+        raise LodeInputError(source, f"not a {what} (holds a {type(blob).__name__}, not a dict)")
+    missing = [k for k in keys if k not in blob]
+    if missing:
+        raise LodeInputError(source, f"not a {what} (no {missing[0]!r} entry)")
+    return blob
