@@ -186,7 +186,8 @@ def run_memory(size: int, blocks: int, work: Path, steps: int, reuse: bool = Fal
     metrics = ev.evaluate(read_score(work / "big_map.zarr", partial=bool(blocks)), dep.row.values, dep.col.values)
     t_eval = time.perf_counter() - t
     st = open_stack(stack)
-    return {"size": size, "layers": 10, "channels": len(st.channels), "train_steps": steps,
+    return {"size": size, "layers": 10, "channels": len(st.channels),
+            "train_steps": steps if mem_train else "model reused from --work",
             "map_peak_rss_gib": mem_map.peak_rss / 1024, "map_peak_pss_gib": mem_map.peak_pss / 1024,
             "map_measured": "python -m jobs.prospect map on Ray: RSS and PSS summed over the job's processes, "
                             "Ray's own included",
