@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="memory mode: working folder (default: a temporary one)")
     p.add_argument("--reuse-grid", action="store_true", help="memory mode: keep a grid already in --work")
     p.add_argument("--time-limit", type=float, default=0.0, help="memory mode: stop each route after this many seconds (partial)")
-    p.add_argument("--block", type=int, default=2048, help="memory mode: the job's --block")
+    p.add_argument("--block", type=int, default=2048, help="the job's --block (memory mode); the classical route's block (held-out mode)")
     p.add_argument("--executor", choices=("ray", "serial"), default="ray", help="memory mode: the job's --executor")
     args = p.parse_args(argv)
     if args.memory_size:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"seed": seed, "inclination": round(s.inclination, 1), "declination": round(s.declination, 1), "true_km": sum(t.length for t in truth) / 1000}
         t1 = time.perf_counter()
         if not args.skip_classical:
-            _, lines = classical_lineaments(da, params=ClassicalParams())
+            _, lines = classical_lineaments(da, params=ClassicalParams(), block=args.block)
             for k in (1, 2):
                 row[f"classical_{k}"] = buffer_scores([ln.line for ln in lines], truth, k * s.spacing_m)
         t2 = time.perf_counter()
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         row["synth_s"] = t1 - t0
         rows.append(row)
         print(json.dumps({k: (v if not isinstance(v, dict) else {a: round(b, 3) for a, b in v.items()}) for k, v in row.items()}), flush=True)
-    summary: dict = {"n": args.n, "size": args.size, "noise_nt": args.noise, "seed0": args.seed, "model": args.model, "card": card}
+    summary: dict = {"n": args.n, "size": args.size, "noise_nt": args.noise, "seed0": args.seed, "model": args.model, "card": card,
+                     "classical_block": args.block}
     for method in ("classical", "unet"):
         for k in (1, 2):
             key = f"{method}_{k}"

@@ -11,13 +11,15 @@ GRID is a GeoTIFF, netCDF or zarr grid (dims northing/easting or y/x, metres), o
 OUT receives the probability grid axis_probability.zarr (chunked by --block, CRS and transform
 in its attributes; --geotiff also writes axis_probability.tif), lineaments.geojson, rose.png,
 summary.json, manifest.json and the per-block inference record (_inference/): a rerun into the same OUT
-skips the blocks already done. The classical route writes total_gradient_amplitude in GRID's format.
+skips the blocks already done. The classical route writes total_gradient_amplitude in GRID's format;
+on a grid larger than --block it filters block by block (through OUT/_classical/, removed after).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--declination", type=float, help="field declination, degrees (classical; default from grid attributes)")
     parser.add_argument("--threshold", type=float, help="probability threshold for axis cells (default from model card)")
     parser.add_argument("--min-length", type=float, default=10.0, help="shortest line kept, in cells")
-    parser.add_argument("--block", type=int, default=2048, help="inference block size in cells (one unit of work and zarr chunk)")
+    parser.add_argument("--block", type=int, default=2048, help="block size in cells: one unit of U-Net inference and zarr chunk; the classical route filters grids larger than it block by block")
     parser.add_argument("--executor", choices=("ray", "serial"), default="ray", help="U-Net inference on Ray (default) or in process")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="GPU per model actor when the cluster has one (auto)")
     parser.add_argument("--geotiff", action="store_true", help="U-Net: also export the probability grid as GeoTIFF")
@@ -70,7 +72,7 @@ def _need(args: argparse.Namespace, *names: str) -> None:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from engine.geophys.grid import check_values, open_grid, read_grid, write_grid
+    from engine.geophys.grid import check_values, open_grid, write_grid
     from engine.geophys.lineaments import (ClassicalParams, VectorParams, classical_lineaments, probability_lines,
                                            read_card, unet_probability_zarr, write_geojson, write_rose)
 
@@ -95,10 +97,12 @@ def run_grid(args: argparse.Namespace) -> int:
         if args.geotiff:
             write_grid(result.load(), out / "axis_probability.tif")
     else:
-        da = read_grid(source, args.variable)
-        result, lines = classical_lineaments(da, args.inclination, args.declination, ClassicalParams(min_length_cells=args.min_length))
+        work = out / "_classical"
+        result, lines = classical_lineaments(da, args.inclination, args.declination, ClassicalParams(min_length_cells=args.min_length),
+                                             block=args.block, work=work)
         suffix = source.suffix.lower() if source.suffix.lower() in (".tif", ".tiff", ".nc", ".zarr") else ".zarr"
         grid_path = write_grid(result, out / f"total_gradient_amplitude{suffix}")
+        shutil.rmtree(work, ignore_errors=True)
     crs = da.attrs.get("crs")
     cell = float(abs(da.easting.values[1] - da.easting.values[0]))
     write_geojson(lines, out / "lineaments.geojson", crs, {"cell_size": cell, "method": method, "source": str(source)})

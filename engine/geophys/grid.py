@@ -245,7 +245,7 @@ def write_grid(da: xr.DataArray, path: str | Path) -> Path:
             if crs:
                 out = out.rio.write_crs(crs)
             out = out.rio.write_nodata(np.nan, encoded=False)
-            out.rio.to_raster(tmp, driver="GTiff", compress="DEFLATE", tiled=True)
+            out.rio.to_raster(tmp, driver="GTiff", compress="DEFLATE", tiled=True, lock=True if out.chunks else None)  # dask: chunk by chunk
         elif suffix in NETCDF_SUFFIXES:
             da.to_dataset(name=da.name or "grid").to_netcdf(tmp, engine="h5netcdf")
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ import xarray as xr
 from scipy import ndimage
 
 from engine.errors import LodeInputError
+from engine.geophys.blockwise import blockwise_tga_ridges
 from engine.geophys.grid import grid_spacing, grid_transform
 from engine.geophys.ridges import ridge_mask
-from engine.geophys.transforms import reduce_to_pole, total_gradient_amplitude, upward_continue
+from engine.geophys.transforms import rtp_tga
 from engine.geophys.vectorize import Lineament, mask_to_lineaments
 
 
@@ -71,25 +73,41 @@ def classical_lineaments(
     inclination: float | None = None,
     declination: float | None = None,
     params: ClassicalParams = ClassicalParams(),
+    block: int = 2048,
+    work: str | Path | None = None,
 ) -> tuple[xr.DataArray, list[Lineament]]:
-    """Baseline lines and the total gradient amplitude they were picked on."""
+    """Baseline lines and the total gradient amplitude they were picked on.
+
+    ``da`` may be in memory or dask-backed. A grid within one ``block``² block is filtered whole.
+    A larger one runs blockwise (:mod:`engine.geophys.blockwise`): the TGA goes block by block
+    into ``work/total_gradient_amplitude.zarr`` and comes back dask-backed by it (with no
+    ``work``, through a temporary folder, and in memory), so memory follows the block, not the
+    grid; only the crest mask and its vectorisation take the whole grid.
+    """
     inc, dec = _field_angles(da, inclination, declination)
     spacing = grid_spacing(da)
-    values = da.values
-    rtp = reduce_to_pole(values, spacing, inc, dec)
-    if params.upward_cells > 0:
-        rtp = upward_continue(rtp, spacing, params.upward_cells * float(np.sqrt(spacing[0] * spacing[1])))
-    tga = total_gradient_amplitude(rtp, spacing)
-    finite = np.isfinite(tga)
-    level = float(np.quantile(tga[finite], params.quantile))
-    mask = ridge_mask(np.where(finite, tga, -np.inf), params.min_directions, level)
+    height = params.upward_cells * float(np.sqrt(spacing[0] * spacing[1])) if params.upward_cells > 0 else 0.0
+    if da.shape[0] <= block and da.shape[1] <= block:
+        values = np.asarray(da.values, dtype=np.float64)
+        tga = rtp_tga(values, spacing, inc, dec, height)
+        finite = np.isfinite(tga)
+        level = float(np.quantile(tga[finite], params.quantile))
+        mask = ridge_mask(np.where(finite, tga, -np.inf), params.min_directions, level)
+        result = da.copy(data=tga.astype(np.float32))
+    elif work is None:
+        with tempfile.TemporaryDirectory(prefix="lode-tga-") as tmp:
+            result, mask = blockwise_tga_ridges(da, spacing, inc, dec, height, params.quantile, params.min_directions, block, Path(tmp))
+            result = result.load()
+    else:
+        result, mask = blockwise_tga_ridges(da, spacing, inc, dec, height, params.quantile, params.min_directions, block, Path(work))
     if params.bridge_cells > 0:
         mask = ndimage.binary_dilation(mask, iterations=params.bridge_cells)
-    holes = ~np.isfinite(values)
+    holes = np.asarray(~np.isfinite(da.data))
     if holes.any() and params.hole_margin_cells > 0:
         mask &= ~ndimage.binary_dilation(holes, iterations=params.hole_margin_cells)
+    del holes
     lines = mask_to_lineaments(mask, da.northing.values, da.easting.values, params.min_length_cells, params.simplify_cells, hole_geometry(da))
-    return da.copy(data=tga.astype(np.float32)).rename("total_gradient_amplitude"), lines
+    return result.rename("total_gradient_amplitude"), lines
 
 
 def unet_lineaments(

@@ -84,6 +84,21 @@ def total_gradient_amplitude(grid: np.ndarray, spacing: tuple[float, float] | fl
     return np.sqrt(dn**2 + de**2 + dz**2)
 
 
+def rtp_tga(
+    grid: np.ndarray,
+    spacing: tuple[float, float] | float,
+    field_inclination: float,
+    field_declination: float,
+    height: float = 0.0,
+) -> np.ndarray:
+    """Total gradient amplitude of the field reduced to the pole and continued ``height`` metres
+    upward (none when 0): the classical lineament route's filter chain."""
+    rtp = reduce_to_pole(grid, spacing, field_inclination, field_declination)
+    if height > 0:
+        rtp = upward_continue(rtp, spacing, height)
+    return total_gradient_amplitude(rtp, spacing)
+
+
 def reduce_to_pole(
     grid: np.ndarray,
     spacing: tuple[float, float] | float,
