@@ -92,6 +92,7 @@ def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: 
     by one MAE patch (8 cells); ``drop_top`` (mae/cae/pca) leaves each cell's largest channel
     errors out of its error."""
     from engine.errors import LodeInputError
+    from engine.io.torchfile import verify_in_child
     from engine.prospect import score
     from engine.prospect.stack import open_stack
 
@@ -99,7 +100,9 @@ def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: 
     if method in ("mae", "cae"):
         if model is None:
             raise LodeInputError("--model", f"method {method} needs a checkpoint")
-        return score.CheckpointScorer.open(model, method, st.channels, st.measured, shifts, drop_top)
+        scorer = score.CheckpointScorer.open(model, method, st.channels, st.measured, shifts, drop_top)
+        verify_in_child(model, "engine.prospect.train")
+        return scorer
     from engine.prospect import baselines
 
     cells = baselines.sample_cells(st, seed=seed)
@@ -130,7 +133,7 @@ def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, si
         from engine.runtime import init_ray
 
         init_ray()
-        options = RunOptions(executor="ray", remote_args=fs.ray_remote_args())
+        options = RunOptions(executor="ray", remote_args=fs.ray_remote_args(), in_flight=4)  # model-bound
     return score_map(stack, scorer, out, block=block, sigma=sigma,
                      attrs={"method": method, "shifts": shifts, "seed": seed}, max_blocks=max_blocks, options=options)
 

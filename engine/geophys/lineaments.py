@@ -138,8 +138,14 @@ def probability_lines(prob: xr.DataArray, grid: xr.DataArray, params: VectorPara
 
 
 def read_card(checkpoint: str | Path) -> dict:
-    """A lineament checkpoint's model card: the JSON beside it, else the checkpoint itself."""
+    """A lineament checkpoint's model card (the JSON beside it, else the checkpoint itself), once the
+    whole checkpoint has passed :func:`engine.geophys.model.verify_checkpoint` in a child process."""
+    from engine.io.torchfile import verify_in_child
+
     path = Path(checkpoint)
+    if not path.is_file():
+        raise LodeInputError(path, "no such model checkpoint")
+    verify_in_child(path, "engine.geophys.model")
     side = path.with_suffix(path.suffix + ".json")
     if side.is_file():
         return json.loads(side.read_text())
@@ -202,7 +208,8 @@ def unet_probability_zarr(
 
         started = not ray.is_initialized()
         init_ray()
-    run = run_stage(stage, units, manifest, RunOptions(executor=executor, device=device))  # type: ignore[arg-type]
+    # model-bound: reading ahead more than a few blocks only holds memory
+    run = run_stage(stage, units, manifest, RunOptions(executor=executor, device=device, in_flight=4))  # type: ignore[arg-type]
     if started:
         ray.shutdown()  # the vectoriser that follows runs without Ray's processes
     doc = manifest.finish({"inference_s": time.perf_counter() - t0}, [u.key for u in units], run.skipped)

@@ -78,6 +78,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), card
 
 
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load the whole checkpoint (every tensor against the model its card builds) and run one
+    blank window through it: weights and output must be finite. Returns the card; raises
+    ``LodeInputError`` naming the file."""
+    model, card = load_checkpoint(path)
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+        raise LodeInputError(path, "weights hold NaN or infinite values")
+    window = int(card["window"])
+    with torch.no_grad():
+        out = model(torch.zeros(1, int(card.get("in_channels", 1)), window, window))
+    if not torch.isfinite(out).all():
+        raise LodeInputError(path, "the model gives non-finite output on a blank window")
+    return card
+
+
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE plus soft Dice (batch-global), the thin-structure loss."""
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
@@ -88,3 +103,9 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+if __name__ == "__main__":
+    from engine.io.torchfile import verify_main
+
+    verify_main(verify_checkpoint)

@@ -7,7 +7,7 @@ import io
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from engine.errors import LodeInputError
 
@@ -41,3 +41,45 @@ def entries(blob: Any, source: str | Path, what: str, keys: Iterable[str]) -> di
     if missing:
         raise LodeInputError(source, f"not a {what} (no {missing[0]!r} entry)")
     return blob
+
+
+def verify_in_child(path: str | Path, module: str, tag: str = "") -> None:
+    """Check a local checkpoint whole in a short child process, ``python -m <module> PATH`` (see
+    :func:`verify_main`), so that this process stays free of torch. A file already checked (same
+    path, size, modification time and ``tag``) is not checked again.
+
+    Raises:
+        LodeInputError: naming ``path``, with the child's reason.
+    """
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    p = Path(path).resolve()
+    st = p.stat()
+    key = hashlib.sha256(f"{module}:{p}:{st.st_size}:{st.st_mtime_ns}:{tag}".encode()).hexdigest()[:32]
+    marker = Path(tempfile.gettempdir()) / "lode-verified-checkpoints" / key
+    if marker.exists():
+        return
+    proc = subprocess.run([sys.executable, "-m", module, str(p)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    if proc.returncode == 2:
+        raise LodeInputError(path, last.split(": ", 1)[-1])
+    if proc.returncode != 0:
+        raise LodeInputError(path, f"checkpoint check failed: {last}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def verify_main(verify: Callable[[str], Any]) -> None:
+    """The child side of :func:`verify_in_child`: ``verify(sys.argv[1])``, exit 2 with the reason."""
+    import sys
+
+    try:
+        verify(sys.argv[1])
+    except LodeInputError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)

@@ -142,6 +142,22 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), ck
 
 
+def verify_checkpoint(path: str | Path) -> dict:
+    """Load the whole checkpoint and score one blank window with it: weights and scores must be
+    finite. Returns the checkpoint; raises ``LodeInputError`` naming the file."""
+    from engine.prospect.score import CAEScorer, MAEScorer
+
+    net, ck = load_checkpoint(path)
+    if not all(torch.isfinite(t).all() for t in net.state_dict().values() if t.is_floating_point()):
+        raise LodeInputError(path, "weights hold NaN or infinite values")
+    c, w = int(ck["config"]["channels"]), int(ck["config"]["window"])
+    kw = {"score_channels": list(range(c)), "shifts": 1, "drop_top": 0}
+    scorer = MAEScorer(net, ck["latent"], "cpu", **kw) if ck["kind"] == "mae" else CAEScorer(net, "cpu", **kw)
+    if not np.isfinite(scorer(np.zeros((1, c, w, w), np.float32), np.ones((1, w, w), np.float32))).all():
+        raise LodeInputError(path, "the model gives non-finite scores on a blank window")
+    return ck
+
+
 def default_config(kind: str, channels: int) -> dict:
     if kind == "mae":
         return dict(channels=channels, window=64, patch=8, fused=32, dim=64, depth=4, heads=4, decoder_dim=64, decoder_depth=2, mask_ratio=0.5)
@@ -208,3 +224,9 @@ def train_with_ray(stack_path: str | Path, out: str | Path, kind: str = "mae", s
     if not storage:
         shutil.rmtree(storage_dir, ignore_errors=True)
     return dict(result.metrics)
+
+
+if __name__ == "__main__":
+    from engine.io.torchfile import verify_main
+
+    verify_main(verify_checkpoint)

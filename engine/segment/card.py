@@ -96,29 +96,11 @@ def check_checkpoint(path: str | Path) -> ModelCard:
     tensor against the card, a dry forward pass) in a short child process, so that this process
     stays free of torch. A file already checked (same path, size and modification time) is not
     checked again. Raises ``LodeInputError`` naming the file."""
-    import hashlib
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
     from engine.io import fs
+    from engine.io.torchfile import verify_in_child
 
     card = read_card(path)
     if fs.is_uri(path):
         return card  # fetched whole by each actor; its loader checks it there
-    p = Path(fs.local(path)).resolve()
-    st = p.stat()
-    key = hashlib.sha256(f"{p}:{st.st_size}:{st.st_mtime_ns}:{card.model_id}".encode()).hexdigest()[:32]
-    marker = Path(tempfile.gettempdir()) / "lode-verified-checkpoints" / key
-    if marker.exists():
-        return card
-    proc = subprocess.run([sys.executable, "-m", "engine.segment.checkpoint", str(p)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode == 2:
-        raise LodeInputError(path, proc.stderr.strip().splitlines()[-1].split(": ", 1)[-1])
-    if proc.returncode != 0:
-        raise LodeInputError(path, f"checkpoint check failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    verify_in_child(fs.local(path), "engine.segment.checkpoint", card.model_id)
     return card

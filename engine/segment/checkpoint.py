@@ -160,10 +160,6 @@ def load_inference_model(path: str | Path, window: int, device: str | torch.devi
 
 
 if __name__ == "__main__":
-    import sys
+    from engine.io.torchfile import verify_main
 
-    try:
-        verify_checkpoint(sys.argv[1])
-    except LodeInputError as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(2)
+    verify_main(verify_checkpoint)

@@ -197,6 +197,42 @@ def test_a_damaged_model_checkpoint(job, kind, tmp_path, tiny_checkpoint, stack,
     assert "weights_only" not in line and "\x1b" not in line
 
 
+def _damaged_weights(path: Path, damage: str) -> None:
+    """Rewrite a checkpoint's weights in place, its card untouched."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    sd = blob["state_dict"]
+    if damage == "missing tensor":
+        sd.pop(sorted(sd)[2])
+    else:
+        next(v for k, v in sorted(sd.items()) if v.is_floating_point()).fill_(float("nan"))
+    torch.save(blob, path)
+
+
+@pytest.mark.parametrize("damage,reason", [("missing tensor", "missing key"), ("NaN weights", "NaN")])
+@pytest.mark.parametrize("job", ["lineaments", "prospect map"])
+def test_an_intact_card_over_damaged_weights(job, damage, reason, tmp_path, stack, earlier_output, capsys):
+    """The whole checkpoint is checked before Ray starts (a child process loads every tensor and
+    runs one blank window), not only its card."""
+    if job == "lineaments":
+        from engine.geophys.model import DEFAULT_CARD, build_model, save_checkpoint
+
+        card = {**DEFAULT_CARD, "encoder": "mobilenet_v2", "window": 64}
+        torch.manual_seed(0)
+        model = save_checkpoint(tmp_path / "model.pt", build_model(card), card)
+        argv = bad_model_argv(job, model, tmp_path, None, stack, earlier_output)
+    else:
+        from engine.prospect.model import build
+        from engine.prospect.stack import open_stack
+        from engine.prospect.train import default_config, save_checkpoint
+
+        channels = open_stack(stack).channels
+        model = save_checkpoint(tmp_path / "model.pt", build("cae", default_config("cae", len(channels))), "cae", channels)
+        argv = ["prospect", "map", "--stack", str(stack), "--method", "cae", "--model", str(model), "--out",
+                str(earlier_output / "map.zarr")]
+    _damaged_weights(model, damage)
+    one_line(fails_naming(argv, model, capsys, earlier_output, reason))
+
+
 # -- training: resume and class codes ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
