@@ -42,8 +42,9 @@ class RunOptions:
             write tasks are never starved on a small machine).
         max_units: run at most this many pending units (partial runs, benchmarks).
         in_flight: units' worth of data (``size_bytes``) Ray Data may hold in the object store
-            per model actor (or per CPU for task stages): bounds read-ahead, so memory stays
-            flat however many units a run has.
+            per model actor (or per CPU for task stages), to bound read-ahead; ``None`` leaves
+            Ray Data's own object-store budget (a share of the object store, flat in the
+            number of units).
         remote_args: extra Ray remote arguments for every task and actor (``runtime_env``).
     """
 
@@ -52,7 +53,7 @@ class RunOptions:
     actors: int | None = None
     actor_cpus: float | None = None
     max_units: int | None = None
-    in_flight: int = 4
+    in_flight: int | None = None
     remote_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -269,9 +270,11 @@ def run_stage(stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | 
                                 num_cpus=0.5, **remote)
         ctx = ray.data.DataContext.get_current()
         limits = ctx.execution_options.resource_limits
-        workers = actors or int(ray.cluster_resources().get("CPU", 1))
-        budget = options.in_flight * workers * max(stage.size_bytes(u) for u in pending)
-        ctx.execution_options.resource_limits = limits.copy(object_store_memory=min(limits.object_store_memory, budget))
+        if options.in_flight is not None:
+            workers = actors or int(ray.cluster_resources().get("CPU", 1))
+            budget = options.in_flight * workers * max(stage.size_bytes(u) for u in pending)
+            ctx.execution_options.resource_limits = limits.copy(
+                object_store_memory=min(limits.object_store_memory, budget))
         try:
             ds.write_datasink(_datasink(stage, manifest), ray_remote_args=remote)
         finally:
