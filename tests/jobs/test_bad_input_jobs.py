@@ -202,7 +202,7 @@ def _damaged_weights(path: Path, damage: str) -> None:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     sd = blob["state_dict"]
     if damage == "missing tensor":
-        sd.pop(sorted(sd)[2])
+        sd.pop(sorted(k for k in sd if k.endswith("weight"))[2])
     else:
         next(v for k, v in sorted(sd.items()) if v.is_floating_point()).fill_(float("nan"))
     torch.save(blob, path)
