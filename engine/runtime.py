@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 log = logging.getLogger("lode")
 
@@ -18,6 +19,7 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) ->
 
     import ray
 
+    _follow_stderr("ray")
     # Ray Data's own default options trip its deprecation of exclude_resources (Ray 2.60).
     warnings.filterwarnings("ignore", message=r".*exclude_resources.* is deprecated")
     if ray.is_initialized():
@@ -35,12 +37,33 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) ->
     _start_reaper()
 
 
+class _Stderr:
+    """Writes to whatever ``sys.stderr`` is at the time of writing."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _follow_stderr(prefix: str) -> None:
+    """Point the console handlers of the ``prefix`` loggers (Ray's, bound to the ``sys.stderr`` of
+    the moment Ray was imported) at the current ``sys.stderr``, so a stream replaced and closed
+    since (a test's capture, a redirected console) never turns a log line into a traceback."""
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.split(".")[0] == prefix]
+    for lg in loggers:
+        for h in lg.handlers:
+            if (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                    and (getattr(h.stream, "closed", False) or h.stream in (sys.stderr, sys.__stderr__))):
+                h.stream = _Stderr()
+
+
 def _start_reaper() -> None:
     """Watch this process from a small child: when it dies, however (SIGKILL too), the Ray
     processes it started die with it (Ray's dashboard and runtime-env agents otherwise outlive a
     killed driver)."""
     import subprocess
-    import sys
 
     subprocess.Popen([sys.executable, "-m", "engine.runtime", str(os.getpid())], stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
