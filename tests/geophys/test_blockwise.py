@@ -61,26 +61,27 @@ def test_blockwise_crests_equal_whole_grid_crests_of_the_same_tga(holed, tmp_pat
     assert mask.sum() > 100
 
 
+def _equals_pinned_classical(out) -> None:
+    """The job's TGA and lines equal the pre-blockwise output (fixtures/pin_classical*); no scratch store left."""
+    tga = xr.open_dataset(out / "total_gradient_amplitude.nc")["total_gradient_amplitude"].values
+    assert np.array_equal(tga, np.load(FIXTURES / "pin_classical_tga.npy"), equal_nan=True)
+    got = json.loads((out / "lineaments.geojson").read_text())
+    assert got["features"] == json.loads((FIXTURES / "pin_classical.geojson").read_text())["features"]
+    assert not (out / "_classical").exists()
+
+
 def test_small_grid_classical_job_equals_pinned_old_output(tmp_path):
     """Within one block the route is the whole-grid one: the job's TGA and lines equal the output of
     the code before the blockwise route (fixtures/pin_classical*), bit for bit."""
     assert job.run(_args(str(FIXTURES / "pin_survey.nc"), out=tmp_path / "o", method="classical")) == 0
-    tga = xr.open_dataset(tmp_path / "o" / "total_gradient_amplitude.nc")["total_gradient_amplitude"].values
-    assert np.array_equal(tga, np.load(FIXTURES / "pin_classical_tga.npy"), equal_nan=True)
-    got = json.loads((tmp_path / "o" / "lineaments.geojson").read_text())
-    assert got["features"] == json.loads((FIXTURES / "pin_classical.geojson").read_text())["features"]
-    assert not (tmp_path / "o" / "_classical").exists()
+    _equals_pinned_classical(tmp_path / "o")
 
 
 def test_blockwise_job_with_halo_over_the_grid_keeps_the_lines(tmp_path):
     """``--block 32`` on the 96×80 pinned survey: every block's halo covers the grid, so the TGA is the
     whole-grid one and so are the lines; the scratch store is removed."""
     assert job.run(_args(str(FIXTURES / "pin_survey.nc"), out=tmp_path / "o", method="classical", block=32)) == 0
-    tga = xr.open_dataset(tmp_path / "o" / "total_gradient_amplitude.nc")["total_gradient_amplitude"].values
-    assert np.array_equal(tga, np.load(FIXTURES / "pin_classical_tga.npy"), equal_nan=True)
-    got = json.loads((tmp_path / "o" / "lineaments.geojson").read_text())
-    assert got["features"] == json.loads((FIXTURES / "pin_classical.geojson").read_text())["features"]
-    assert not (tmp_path / "o" / "_classical").exists()
+    _equals_pinned_classical(tmp_path / "o")
 
 
 def test_blockwise_route_without_work_folder_returns_tga_in_memory(holed):
