@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lode-installed
 OUT ?= demo_out
 
-.PHONY: venv sysdeps demo test test-all bench bench-readme clean
+.PHONY: venv sysdeps demo test test-all bench docs clean
 
 # Headless Chromium renders report.html in the report test (Debian package).
 sysdeps:
@@ -35,9 +35,15 @@ test-all: venv sysdeps
 bench: venv
 	$(VENV)/bin/lode bench --out bench_out
 
-# Quick benchmark run; rewrites the generated table in README.md
-bench-readme: venv
-	$(VENV)/bin/lode bench --quick --out bench_out --readme README.md
+# The documentation site (mkdocs-material), built offline into site/; fails on any warning.
+DOCS_STAMP := $(VENV)/.lode-docs-installed
+$(DOCS_STAMP): requirements-docs.lock requirements.lock | $(STAMP)
+	$(PY) -m pip install -q -r requirements-docs.lock -c requirements.lock
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	@echo "site/index.html"
 
 clean:
-	rm -rf $(VENV) $(OUT) bench_out .pytest_cache
+	rm -rf $(VENV) $(OUT) bench_out site .pytest_cache
