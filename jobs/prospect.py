@@ -101,7 +101,7 @@ def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: 
         if model is None:
             raise LodeInputError("--model", f"method {method} needs a checkpoint")
         scorer = score.CheckpointScorer.open(model, method, st.channels, st.measured, shifts, drop_top)
-        verify_in_child(model, "engine.prospect.train")
+        verify_in_child(model, "engine.prospect.train", what="prospect checkpoint")
         return scorer
     from engine.prospect import baselines
 

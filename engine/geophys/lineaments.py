@@ -145,7 +145,7 @@ def read_card(checkpoint: str | Path) -> dict:
     path = Path(checkpoint)
     if not path.is_file():
         raise LodeInputError(path, "no such model checkpoint")
-    verify_in_child(path, "engine.geophys.model")
+    verify_in_child(path, "engine.geophys.model", what="lineament model checkpoint")
     side = path.with_suffix(path.suffix + ".json")
     if side.is_file():
         return json.loads(side.read_text())

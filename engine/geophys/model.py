@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from engine.errors import LodeInputError
-from engine.io.torchfile import entries, load_torch
+from engine.io.torchfile import entries, load_torch, tensor_list
 
 DEFAULT_CARD: dict[str, Any] = {
     "task": "magnetic-lineament-axes",
@@ -53,7 +53,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, card: dict[str, An
     path.parent.mkdir(parents=True, exist_ok=True)
     json.dumps(card)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"card": card, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"card": card, "state_dict": state, "tensors": tensor_list(state)}, tmp)
     os.replace(tmp, path)
     card_path = path.with_suffix(path.suffix + ".json")
     card_path.with_name(f".{card_path.name}.tmp").write_text(json.dumps(card, indent=2))

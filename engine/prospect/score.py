@@ -61,14 +61,11 @@ attribute is set last, after every block and the standardisation are written; re
 from __future__ import annotations
 
 import ctypes
-import io
 import json
 import math
 import os
-import pickle
 import shutil
 import time
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -78,7 +75,7 @@ import zarr
 
 from engine.errors import LodeInputError
 from engine.io.manifest import RunManifest
-from engine.io.torchfile import entries
+from engine.io.torchfile import entries, read_without_torch
 from engine.prospect.stack import open_stack
 from engine.raster.blend import blend_weights
 from engine.raster.grid import Block, block_grid, lattice_offsets, lattice_starts
@@ -242,40 +239,12 @@ class CellScorer:
         return out
 
 
-class _TorchFree(pickle.Unpickler):
-    """Unpickles a ``torch.save`` archive's plain fields (kind, config, channels, numpy latents) without
-    importing torch (a CUDA build of torch costs the driver ~0.6 GiB): tensors come back as ``None``.
-    Like ``weights_only=True`` loading, it builds no object outside :data:`_PLAIN`."""
-
-    def find_class(self, module: str, name: str):
-        if module == "torch" or module.startswith("torch."):
-            return lambda *a, **k: None
-        if (module, name) in _PLAIN or module == "numpy.dtypes":
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-
-    def persistent_load(self, pid):
-        return None
-
-
-_PLAIN = {("collections", "OrderedDict"), ("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
-          ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-          ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")}
 CHECKPOINT = "prospect checkpoint"
 
 
 def checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """``kind``, ``config`` and ``channels`` of a prospect checkpoint, read without torch."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
-            ck = _TorchFree(io.BytesIO(z.read(pkl))).load()
-    except Exception as exc:  # noqa: BLE001 - whatever fails, the file is bad input
-        detail = ("not a torch zip archive" if isinstance(exc, zipfile.BadZipFile) else
-                  "holds objects other than tensors and plain data" if isinstance(exc, pickle.UnpicklingError)
-                  else "damaged archive")
-        raise LodeInputError(path, f"not a {CHECKPOINT} (unreadable torch file: {detail})") from exc
-    ck = entries(ck, path, CHECKPOINT, ("kind", "config", "channels"))
+    ck = entries(read_without_torch(path, path, CHECKPOINT), path, CHECKPOINT, ("kind", "config", "channels"))
     return {"kind": str(ck["kind"]), "config": dict(ck["config"]), "channels": list(ck["channels"])}
 
 

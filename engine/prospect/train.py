@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from engine.errors import LodeInputError
-from engine.io.torchfile import entries, load_torch
+from engine.io.torchfile import entries, load_torch, tensor_list
 from engine.prospect.model import ProspectMAE, build, count_parameters
 from engine.prospect.stack import Stack, open_stack
 
@@ -119,7 +119,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, kind: str, channel
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"kind": kind, "config": model.config, "state_dict": state, "channels": channels, **(extra or {})}, tmp)
+    torch.save({"kind": kind, "config": model.config, "state_dict": state, "tensors": tensor_list(state),
+                "channels": channels, **(extra or {})}, tmp)
     os.replace(tmp, path)
     return path
 

@@ -84,23 +84,32 @@ def read_card(path: str | Path) -> ModelCard:
     except (OSError, ValueError) as exc:
         raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
     if raw is None:
-        from engine.segment.checkpoint import read_blob
-
-        blob = read_blob(path)
-        raw = blob.get("card") if isinstance(blob, dict) else None
+        raw = _blob(path).get("card")
     return validate_card(raw, path)
 
 
+def _blob(path: str | Path) -> dict:
+    """The checkpoint's pickled contents with tensors as shapes (``torchfile.read_without_torch``)."""
+    import io
+
+    from engine.io import fs
+    from engine.io.torchfile import entries, read_without_torch
+
+    file = io.BytesIO(fs.read_bytes(str(path))) if fs.is_uri(path) else fs.local(path)
+    return entries(read_without_torch(file, path, "Lode checkpoint"), path, "Lode checkpoint", ("state_dict",))
+
+
 def check_checkpoint(path: str | Path) -> ModelCard:
-    """Read the card and check the whole checkpoint (``checkpoint.verify_checkpoint``: every
-    tensor against the card, a dry forward pass) in a short child process, so that this process
-    stays free of torch. A file already checked (same path, size and modification time) is not
-    checked again. Raises ``LodeInputError`` naming the file."""
+    """Read the card and check the whole checkpoint (``torchfile.verify_in_child``: every tensor
+    against the checkpoint's list, then ``checkpoint.verify_checkpoint``'s finite weights and dry
+    forward pass in a short child process), so that this process stays free of torch. A file
+    already checked (same path, size and modification time) is not checked again. Raises
+    ``LodeInputError`` naming the file."""
     from engine.io import fs
     from engine.io.torchfile import verify_in_child
 
     card = read_card(path)
     if fs.is_uri(path):
         return card  # fetched whole by each actor; its loader checks it there
-    verify_in_child(fs.local(path), "engine.segment.checkpoint", card.model_id)
+    verify_in_child(fs.local(path), "engine.segment.checkpoint", card.model_id, "Lode checkpoint")
     return card

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from engine.errors import LodeInputError
-from engine.io.torchfile import entries, load_torch
+from engine.io.torchfile import check_tensors, entries, load_torch, tensor_list
 from engine.segment.card import CARD_ENTRY, ModelCard, read_card, validate_card
 from engine.segment.models import create_model
 
@@ -43,7 +43,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> Mode
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    torch.save({"state_dict": state, "card": card.model_dump(), "program": _trace(model, card)}, buf)
+    torch.save({"state_dict": state, "tensors": tensor_list(state), "card": card.model_dump(),
+                "program": _trace(model, card)}, buf)
     with zipfile.ZipFile(buf, "a") as z:
         z.writestr(f"{z.namelist()[0].split('/')[0]}/{CARD_ENTRY}", json.dumps(card.model_dump()))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -110,15 +111,7 @@ def verify_checkpoint(path: str | Path) -> ModelCard:
                 program = torch.jit.load(io.BytesIO(blob["program"]), map_location="cpu").eval()
             except Exception as exc:
                 raise LodeInputError(path, f"unreadable inference program: {exc}") from exc
-        expected = {k: tuple(v.shape) for k, v in program.state_dict().items()}
-        missing = sorted(expected.keys() - state.keys())
-        extra = sorted(state.keys() - expected.keys())
-        wrong = sorted(k for k in expected.keys() & state.keys() if tuple(state[k].shape) != expected[k])
-        if missing or extra or wrong:
-            parts = [f"{n} {what} (first: {ks[0]})" for n, what, ks in
-                     ((len(missing), "tensor(s) missing", missing), (len(extra), "unexpected tensor(s)", extra),
-                      (len(wrong), "tensor(s) of the wrong shape", wrong)) if n]
-            raise LodeInputError(path, "weights do not fit the model card: " + "; ".join(parts))
+        check_tensors(state, {k: list(v.shape) for k, v in program.state_dict().items()}, path)
         if not all(torch.is_floating_point(v) <= bool(torch.isfinite(v).all()) for v in state.values()):
             raise LodeInputError(path, "weights hold NaN or infinite values")
         with torch.no_grad():

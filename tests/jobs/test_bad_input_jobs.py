@@ -208,7 +208,7 @@ def _damaged_weights(path: Path, damage: str) -> None:
     torch.save(blob, path)
 
 
-@pytest.mark.parametrize("damage,reason", [("missing tensor", "missing key"), ("NaN weights", "NaN")])
+@pytest.mark.parametrize("damage,reason", [("missing tensor", "1 tensor(s) missing"), ("NaN weights", "NaN")])
 @pytest.mark.parametrize("job", ["lineaments", "prospect map"])
 def test_an_intact_card_over_damaged_weights(job, damage, reason, tmp_path, stack, earlier_output, capsys):
     """The whole checkpoint is checked before Ray starts (a child process loads every tensor and
