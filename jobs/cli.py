@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                                     "colour matrix"),
     "lineaments": ("jobs.lineaments", "magnetic anomaly lineaments: U-Net or classical axes of survey grids, scoring, "
                                       "synthetic surveys, training"),
+    "view": ("jobs.view", "browse a section store or survey output in a local web page (127.0.0.1)"),
     "bench": ("jobs.bench", "run every benchmark and write a Markdown report"),
     "config": ("jobs.config", "print a job's config JSON Schema, or validate a config file"),
 }

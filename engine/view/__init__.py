@@ -1,0 +1,1 @@
+"""``lode view``: a local browser viewer of section stores and survey outputs."""
