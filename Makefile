@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lode-installed
 OUT ?= demo_out
 
-.PHONY: venv sysdeps demo test test-all bench docs clean
+.PHONY: venv sysdeps viewer demo test test-all bench docs clean
 
 # Headless Chromium renders report.html in the report test (Debian package).
 sysdeps:
@@ -23,13 +23,20 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv
+# The `lode view` page: npm packages from the lockfile, bundled by esbuild into engine/view/web/dist/.
+VIEWER := engine/view/web
+$(VIEWER)/dist/viewer.js: $(VIEWER)/package-lock.json $(VIEWER)/package.json $(VIEWER)/src/main.js
+	cd $(VIEWER) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+viewer: $(VIEWER)/dist/viewer.js
+
+demo: venv viewer
 	$(VENV)/bin/lode demo --out $(OUT)
 
-test: venv sysdeps
+test: venv sysdeps viewer
 	$(PY) -m pytest -q -m "not slow" --durations=15
 
-test-all: venv sysdeps
+test-all: venv sysdeps viewer
 	$(PY) -m pytest -q --durations=25
 
 bench: venv
@@ -46,4 +53,4 @@ docs: $(DOCS_STAMP)
 	@echo "site/index.html"
 
 clean:
-	rm -rf $(VENV) $(OUT) bench_out site .pytest_cache
+	rm -rf $(VENV) $(OUT) bench_out site .pytest_cache $(VIEWER)/node_modules $(VIEWER)/dist
