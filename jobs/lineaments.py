@@ -102,6 +102,8 @@ def run_grid(args: argparse.Namespace) -> int:
                                              block=args.block, work=work)
         suffix = source.suffix.lower() if source.suffix.lower() in (".tif", ".tiff", ".nc", ".zarr") else ".zarr"
         grid_path = write_grid(result, out / f"total_gradient_amplitude{suffix}")
+        if suffix not in (".tif", ".tiff"):  # QGIS reads the CRS of a GeoTIFF, not of our netCDF/zarr attributes
+            write_grid(result, out / "total_gradient_amplitude.tif")
         shutil.rmtree(work, ignore_errors=True)
     crs = da.attrs.get("crs")
     cell = float(abs(da.easting.values[1] - da.easting.values[0]))

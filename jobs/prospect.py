@@ -236,6 +236,12 @@ def _run_all(args: argparse.Namespace) -> None:
         timings[method] = time.perf_counter() - t
     if (out / "map_mae.zarr").exists():
         write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif")
+    import zarr
+
+    from engine.export.survey import deposits_geojson
+
+    crs = zarr.open_group(str(stack), mode="r").attrs["grid"].get("crs")
+    deposits_geojson(args.region / "deposits.csv", crs, out / "deposits.geojson")  # for QGIS and `lode view`
     _score(maps, args.region / "deposits.csv", "heldout", out / "eval")
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
