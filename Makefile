@@ -25,8 +25,11 @@ venv: $(STAMP)
 
 # The `lode view` page: npm packages from the lockfile, bundled by esbuild into engine/view/web/dist/.
 VIEWER := engine/view/web
-$(VIEWER)/dist/viewer.js: $(VIEWER)/package-lock.json $(VIEWER)/package.json $(VIEWER)/src/main.js
-	cd $(VIEWER) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+$(VIEWER)/node_modules/.package-lock.json: $(VIEWER)/package-lock.json $(VIEWER)/package.json
+	cd $(VIEWER) && npm ci --no-audit --no-fund --loglevel=error
+
+$(VIEWER)/dist/viewer.js: $(VIEWER)/node_modules/.package-lock.json $(VIEWER)/src/main.js
+	cd $(VIEWER) && npm run --silent build
 
 viewer: $(VIEWER)/dist/viewer.js
 

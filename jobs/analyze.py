@@ -1,6 +1,7 @@
 """``lode analyze STORE``: grain table, statistics and report of a segmentation store.
 
-Writes ``grains.parquet``, ``statistics.parquet``, ``report.html`` and the report's PNGs
+Writes ``grains.parquet``, ``statistics.parquet``, ``report.html`` and the report's PNGs, and
+``exports/`` (per section: QuPath grain detections as GeoJSON, the labels as an OME-TIFF pyramid)
 into ``--out`` (default: the directory that contains the store). The grain pass runs block by
 block on the raster runner and records each block in ``--out``/.grains-work (removed once the
 tables are written): a killed run resumes at its first unfinished block.
@@ -67,10 +68,15 @@ def run(args: argparse.Namespace) -> int:
         pixel_size_um=args.pixel_size_um, block=(args.block, args.block) if args.block else None,
         report=not args.no_report, label_name=args.labels, allow_incomplete=args.allow_incomplete,
     )
+    from engine.export.sections import export_sections
+    from engine.io import fs
+
+    exports = export_sections(args.store, res.grains_path, fs.parent(str(res.grains_path)), label_name=args.labels)
     for section, n in res.incomplete.items():
         print(f"INCOMPLETE {section}: {n} block(s) never written are left out of these measurements")
     print(json.dumps({"grains": str(res.grains_path), "statistics": str(res.statistics_path),
-                      "incomplete_sections": res.incomplete, "report": str(res.report_path) if res.report_path else None, "blocks": res.blocks,
+                      "incomplete_sections": res.incomplete, "exports": exports,
+                      "report": str(res.report_path) if res.report_path else None, "blocks": res.blocks,
                       "timings_s": {k: round(v, 3) for k, v in res.timings.items()}}, indent=2))
     return 0
 

@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  previews (image | labels):                             {', '.join(previews)}")
         print(f"  summary:                                               {out / 'demo_summary.json'}")
         print(f"Demo finished in {timings['total_s']:.0f} s.")
+        print(f"Browse it: lode view {seg_out}")
         return 0
 
     return guarded(body)

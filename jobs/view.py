@@ -9,6 +9,7 @@ grain under a click from grains.parquet beside the store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 URI_ARGS = ("view_target",)
@@ -35,25 +36,28 @@ def run(args: argparse.Namespace) -> int:
     if bundle_missing():
         raise LodeInputError("engine/view/web/dist/viewer.js", "viewer bundle not built: run `make viewer`")
     site = Site(args.view_target)
-    log = None
-    if args.request_log:
-        handle = open(args.request_log, "a", buffering=1)
-        log = lambda line: handle.write(line + "\n")  # noqa: E731
-    try:
-        server = ViewServer(site, args.port, log)
-    except OSError as exc:
-        raise LodeInputError(f"--port {args.port}", f"cannot listen on 127.0.0.1: {exc.strerror}") from None
-    print(f"lode view: serving {site.out} at {server.url} (Ctrl-C to stop)", flush=True)
-    if args.open:
-        import webbrowser
+    with contextlib.ExitStack() as stack:
+        log = None
+        if args.request_log:
+            handle = stack.enter_context(open(args.request_log, "a", buffering=1))
 
-        webbrowser.open(server.url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+            def log(line: str) -> None:
+                handle.write(line + "\n")
+        try:
+            server = ViewServer(site, args.port, log)
+        except OSError as exc:
+            raise LodeInputError(f"--port {args.port}", f"cannot listen on 127.0.0.1: {exc.strerror}") from None
+        print(f"lode view: serving {site.out} at {server.url} (Ctrl-C to stop)", flush=True)
+        if args.open:
+            import webbrowser
+
+            webbrowser.open(server.url)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
     return 0
 
 

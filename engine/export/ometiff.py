@@ -31,7 +31,7 @@ def write_label_pyramid(levels: list[np.ndarray], path: str | Path, name: str,
         meta.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um,
                     PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
     buf = io.BytesIO()
-    opts = {"tile": TILE, "compression": "zlib", "photometric": "minisblack"}
+    opts: dict[str, Any] = {"tile": TILE, "compression": "zlib", "photometric": "minisblack"}
     with tifffile.TiffWriter(buf, bigtiff=True, ome=True) as tif:
         tif.write(levels[0], subifds=len(levels) - 1, metadata=meta, **opts)
         for level in levels[1:]:

@@ -7,14 +7,15 @@ and ``properties.classification`` (``{"name", "color": [r, g, b]}``); coordinate
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import shapely
 import shapely.geometry
-from affine import Affine
 from rasterio.features import shapes
+from rasterio.transform import Affine
 
 from engine.export.grains import bbox_of, grain_mask
 

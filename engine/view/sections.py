@@ -42,7 +42,8 @@ def _area_percent(labels: Any, codes: list[int], stats: pd.DataFrame | None, sec
 def describe_sections(store: str, stats: pd.DataFrame | None = None) -> list[dict]:
     root = open_store(store)
     out = []
-    for name, image in image_groups(root).items():
+    for name, group in image_groups(root).items():
+        image: Any = group
         levels = _levels(image, name)
         c, h, w = levels[0]["shape"]
         channels = [ch.get("label", f"c{i}") for i, ch in enumerate(image.attrs["ome"].get("omero", {})
@@ -80,7 +81,8 @@ def seams_png(store: str, section: str) -> bytes:
 
     from engine.stitch.seams import seam_boundary
 
-    labels = np.asarray(open_store(store)[f"{section}/{SEAMS}"][:])
+    seams: Any = open_store(store)[f"{section}/{SEAMS}"]
+    labels = np.asarray(seams[:])
     rgba = np.zeros((*labels.shape, 4), np.uint8)
     rgba[seam_boundary(labels)] = (0, 255, 255, 255)
     buf = io.BytesIO()

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http import HTTPStatus
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from engine.errors import LodeInputError
@@ -48,7 +47,7 @@ class _Handler(BaseHTTPRequestHandler):
     log_request_line: Callable[[str], None] | None = None
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
@@ -88,7 +87,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(self.site.manifest())
             elif path == "/api/grain":
                 q = {k: v[0] for k, v in parse_qs(url.query).items()}
-                self._json({"grain": self.site.grain_at(q["section"], int(float(q["y"])), int(float(q["x"])))})
+                self._json({"grain": self.site.grain_at(q["section"], int(float(q["y"])), int(float(q["x"]))),
+                            "table": self.site.grains() is not None})
             elif path.startswith("/api/seams/") and path.endswith(".png") and self.site.store:
                 from engine.view.sections import seams_png
 
@@ -130,12 +130,13 @@ class ViewServer:
 
     def __init__(self, site: Site, port: int = 0, log: Callable[[str], None] | None = None):
         handler = type("Handler", (_Handler,), {"site": site, "log_request_line": staticmethod(log) if log else None})
+        self.site = site
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "ViewServer":
+    def start(self) -> ViewServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -198,7 +198,7 @@ def survey_layers(out: Path) -> dict[str, SurveyLayer]:
 
         from engine.prospect.score import read_score
 
-        root = zarr.open_group(str(m), mode="r")
+        root: Any = zarr.open_group(str(m), mode="r")
         if "grid" not in root.attrs:
             continue
         g = root.attrs["grid"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -66,10 +67,10 @@ def exported(tmp_path_factory):
 
 def test_qupath_geojson_validates_and_areas_match(exported):
     jsonschema = pytest.importorskip("jsonschema")
-    store, labels, grains, written = exported
+    _, labels, grains, written = exported
     colours = {c.code: list(c.color) for c in LUMENSTONE.classes}
     for section, paths in written.items():
-        doc = json.loads(open(paths["qupath_geojson"]).read())
+        doc = json.loads(Path(paths["qupath_geojson"]).read_text())
         jsonschema.validate(doc, GEOJSON_SCHEMA)
         rows = grains[grains.section == section].set_index("grain_id")
         assert len(doc["features"]) == len(rows) > 10

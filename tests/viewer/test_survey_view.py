@@ -60,7 +60,7 @@ def test_lineament_vectors_are_drawn_at_their_positions(lineament_out, browser, 
             mids = (pts[1:] + pts[:-1]) / 2
             for e, n in mids:
                 p = browser.evaluate(f"lode.toPage({(e - WEST + CELL / 2) / CELL}, {(north - n) / CELL})")
-                on_line.append(shot[int(round(p["y"])), int(round(p["x"]))].astype(int))
+                on_line.append(shot[round(p["y"]), round(p["x"])].astype(int))
         on_line = np.array(on_line)
         red = (on_line[:, 0] > 200) & (on_line[:, 1] < 80) & (on_line[:, 2] < 80)
         assert len(on_line) >= 4 and red.mean() > 0.9, on_line[~red]

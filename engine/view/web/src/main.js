@@ -257,14 +257,15 @@ function fmt(v) {
 async function showGrain(x, y) {
   const s = state.current;
   const r = await fetch(`api/grain?section=${encodeURIComponent(s.name)}&x=${Math.floor(x)}&y=${Math.floor(y)}`);
-  const g = (await r.json()).grain;
+  const { grain: g, table } = await r.json();
   const panel = $("grain");
   const dl = $("grain-fields");
   dl.replaceChildren();
   panel.hidden = false;
   if (!g) {
     panel.dataset.grainId = "";
-    dl.innerHTML = "<dt>no grain here</dt><dd></dd>";
+    dl.innerHTML = table ? "<dt>no grain here</dt><dd></dd>"
+      : "<dt>no grains.parquet beside the store</dt><dd>run <code>lode analyze</code></dd>";
     return;
   }
   panel.dataset.grainId = String(g.grain_id);
