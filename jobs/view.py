@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if bundle_missing():
         raise LodeInputError("engine/view/web/dist/viewer.js", "viewer bundle not built: run `make viewer`")
     site = Site(args.view_target)
+    site.manifest()  # read the store's metadata (and any unreadable input) before serving
+    site.grains()
     with contextlib.ExitStack() as stack:
         log = None
         if args.request_log:

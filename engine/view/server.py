@@ -5,7 +5,9 @@ ranges of the tiles it shows (zarr v3 sharding). Listens on 127.0.0.1 only."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,10 +52,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None,
+              length: int | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) if length is None else length))
         self.send_header("Cache-Control", "no-store")
         for k, v in (extra or {}).items():
             self.send_header(k, v)
@@ -105,23 +108,45 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _store_file(self, rel: str) -> None:
         loc = self.site.file(rel)
-        filesystem, inner = fs.filesystem(loc)
-        if not filesystem.isfile(inner):
+        size = _size(loc)
+        if size is None:
             self._send(404, b"", "application/octet-stream")
             return
-        size = int(filesystem.size(inner))
         header = self.headers.get("Range")
+        if self.command == "HEAD":
+            self._send(200, b"", "application/octet-stream", {"Accept-Ranges": "bytes"}, length=size)
+            return
         if header is None:
-            self._send(200, filesystem.cat_file(inner), "application/octet-stream", {"Accept-Ranges": "bytes"})
+            self._send(200, _read(loc, 0, size), "application/octet-stream", {"Accept-Ranges": "bytes"})
             return
         rng = parse_range(header, size)
         if rng is None:
             self._send(416, b"", "application/octet-stream", {"Content-Range": f"bytes */{size}"})
             return
         start, end = rng
-        body = filesystem.cat_file(inner, start=start, end=end)
-        self._send(206, body, "application/octet-stream",
+        self._send(206, _read(loc, start, end), "application/octet-stream",
                    {"Content-Range": f"bytes {start}-{end - 1}/{size}", "Accept-Ranges": "bytes"})
+
+
+def _size(loc: str) -> int | None:
+    """Size of a store file (local path or URI); None when there is no such file."""
+    if not fs.is_uri(loc):
+        try:
+            st = os.stat(loc)
+        except OSError:
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+    filesystem, inner = fs.filesystem(loc)
+    return int(filesystem.size(inner)) if filesystem.isfile(inner) else None
+
+
+def _read(loc: str, start: int, end: int) -> bytes:
+    if not fs.is_uri(loc):
+        with open(loc, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    filesystem, inner = fs.filesystem(loc)
+    return bytes(filesystem.cat_file(inner, start=start, end=end))
 
 
 class ViewServer:

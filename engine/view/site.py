@@ -82,6 +82,7 @@ class Site:
         self.layers: dict[str, SurveyLayer] = {}
         self._grains: pd.DataFrame | None = None
         self._labels: dict[str, Any] = {}
+        self._manifest: dict | None = None
         if self.store is None:
             self.layers = survey_layers(Path(fs.local(self.out)))
             if not self.layers:
@@ -96,6 +97,12 @@ class Site:
         return fs.join(self.store, *parts)
 
     def manifest(self) -> dict:
+        """What the page shows, computed once (a store being viewed is not rewritten)."""
+        if self._manifest is None:
+            self._manifest = self._describe()
+        return self._manifest
+
+    def _describe(self) -> dict:
         if self.store is None:
             return {"kind": "survey", "title": fs.name(self.out), "layers": [v.describe() for v in self.layers.values()]}
         from engine.view.sections import describe_sections

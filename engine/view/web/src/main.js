@@ -4,7 +4,8 @@ import OpenSeadragon from "openseadragon";
 import * as zarr from "zarrita";
 
 const $ = (id) => document.getElementById(id);
-const root = zarr.root(new zarr.FetchStore(new URL("store", location.href).href));
+// suffix ranges read a shard's index in one request (the server answers `bytes=-N`)
+const root = zarr.root(new zarr.FetchStore(new URL("store", location.href).href, { useSuffixRequest: true }));
 const arrays = new Map();
 const chunks = new Map();
 const CHUNK_CACHE = 1024;
@@ -338,14 +339,26 @@ async function openLayer(index) {
     (layer.crs ? `, ${layer.crs}` : "") + `; ${layer.lines.length} lines, ${layer.points.length} deposits`;
 }
 
-function idle() {
+function frames(n) {
+  return new Promise((resolve) => {
+    const step = (k) => (k ? requestAnimationFrame(() => step(k - 1)) : resolve());
+    step(n);
+  });
+}
+
+async function idle() {
+  viewer.forceRedraw();
+  await frames(2);  // let the viewer schedule the tiles of a viewport just set
   return new Promise((resolve) => {
     const check = () => {
       const n = viewer.world.getItemCount();
       let done = n > 0;
       for (let i = 0; i < n; i++) done = done && viewer.world.getItemAt(i).getFullyLoaded();
       if (done) requestAnimationFrame(() => requestAnimationFrame(() => resolve(true)));
-      else setTimeout(check, 20);
+      else {
+        viewer.forceRedraw();
+        setTimeout(check, 20);
+      }
     };
     check();
   });
