@@ -64,9 +64,11 @@ def describe_sections(store: str, stats: pd.DataFrame | None = None) -> list[dic
         if PROBABILITIES in image:
             probs = image[PROBABILITIES]
             pch = [ch.get("label") for ch in probs.attrs["ome"]["omero"]["channels"]]
-            scale = float(probs["0"].attrs.get("scale_factor", 1.0))
+            dtype = np.dtype(probs["0"].dtype)
+            unquantised = 1.0 / np.iinfo(dtype).max if dtype.kind in "ui" else 1.0
+            scale = float(probs["0"].attrs.get("scale_factor", unquantised))
             desc["probabilities"] = {"levels": _levels(probs, f"{name}/{PROBABILITIES}"), "channels": pch,
-                                     "scale": scale, "dtype": str(probs["0"].dtype)}
+                                     "scale": scale}
         stitch = image.attrs.get("lode", {}).get("stitch", {})
         if SEAMS in image:
             desc["seams"] = {"url": f"api/seams/{name}.png", "shape": list(image[SEAMS].shape)}

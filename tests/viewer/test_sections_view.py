@@ -42,7 +42,8 @@ def viewed(tmp_path_factory):
     out = tmp_path_factory.mktemp("seg")
     truth = {"s1": place_grains((384, 512), [1, 2, 5, 6, 8], 50, seed=21).labels,
              "s2": place_grains((384, 512), [1, 6], 20, seed=22).labels}
-    store = write_store(out / "lode.ome.zarr", truth, block=128)
+    one_hot = (truth["s1"][None] == np.arange(len(LUMENSTONE))[:, None, None]).astype(np.uint8) * 255
+    store = write_store(out / "lode.ome.zarr", truth, block=128, probabilities={"s1": one_hot})
     for name, lab in truth.items():
         grey_image(store, name, lab.shape, 128)
     analyze_store(store, out, report=False)
@@ -145,3 +146,23 @@ def test_only_store_files_and_api_are_served(viewed):
     assert any("/store/s1/0/c/0/0/0" in ln and "bytes=" in ln and " 206 " in ln for ln in lines)
     assert not any(" 404 " in ln or " 400 " in ln for ln in lines), [ln for ln in lines if " 40" in ln]
     assert json.loads  # the request log is plain lines, one per request
+
+
+def choose_probability(page, value: str) -> None:
+    page.evaluate(f"(() => {{ const s = document.getElementById('probability'); s.value = '{value}'; "
+                  "s.dispatchEvent(new Event('change')); return lode.state.update.then(() => lode.idle()); })()")
+
+
+def test_probability_channel_overlay(page, viewed):
+    _, truth, grains = viewed
+    (row, (y, x)), (other, (oy, ox)) = five_grains(grains, truth["s1"])[:2]
+    options = page.evaluate("[...document.querySelectorAll('#probability option')].map(o => o.value)")
+    assert options[:2] == ["none", "-1"] and len(options) == 2 + len(LUMENSTONE)
+    choose_probability(page, str(row.class_code))
+    try:
+        magenta = 0.8 * np.array([255, 0, 255]) + 0.2 * np.array(COLOURS[row.class_code])
+        assert np.abs(screen_colour(page, y, x) - magenta).max() <= 3  # p = 1 drawn at 0.8 opacity
+        assert np.abs(screen_colour(page, oy, ox) - COLOURS[other.class_code]).max() <= 3  # p = 0: transparent
+        assert page.console_errors() == []
+    finally:
+        choose_probability(page, "none")

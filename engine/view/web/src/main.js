@@ -166,9 +166,8 @@ async function showProbability() {
     return;
   }
   const p = s.probabilities;
-  const scale = p.dtype.startsWith("float") ? 1 : p.scale;
   const src = zarrSource(p.levels, s.width, s.height, `prob-${s.name}-${state.probability}`,
-    probabilityRenderer(state.probability, scale));
+    probabilityRenderer(state.probability, p.scale));
   await addLayer("probability", src, 0.8, viewer.world.getItemCount());
 }
 
@@ -398,7 +397,7 @@ async function main() {
   });
   $("probability").addEventListener("change", (e) => {
     state.probability = e.target.value === "none" ? null : Number(e.target.value);
-    showProbability();
+    state.update = showProbability();
   });
   $("seams").addEventListener("change", (e) => { state.seams = e.target.checked; showSeams(); });
   if (survey) await openLayer(0);
