@@ -53,3 +53,21 @@ class ViewProcess:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+class InProcessView:
+    """The ``lode view`` server of ``out`` on a thread of this process (no interpreter start)."""
+
+    def __init__(self, out: Path):
+        from engine.view.server import ViewServer
+        from engine.view.site import Site
+
+        self.lines: list[str] = []
+        self.server = ViewServer(Site(out), 0, self.lines.append).start()
+        self.url = self.server.url
+
+    def requests(self) -> list[str]:
+        return list(self.lines)
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -11,7 +11,7 @@ import rasterio
 import xarray as xr
 
 from jobs.cli import main as lode
-from tests.viewer.conftest import ViewProcess
+from tests.viewer.conftest import InProcessView
 
 CELL, WEST, SOUTH = 50.0, 500_000.0, 7_000_000.0
 
@@ -44,8 +44,8 @@ def test_lineament_grid_is_a_geotiff_with_its_crs(lineament_out):
     assert doc["crs"]["properties"]["name"] == "EPSG:32633" and len(doc["features"]) >= 2
 
 
-def test_lineament_vectors_are_drawn_at_their_positions(lineament_out, browser, tmp_path):
-    view = ViewProcess(lineament_out, tmp_path / "requests.log")
+def test_lineament_vectors_are_drawn_at_their_positions(lineament_out, browser):
+    view = InProcessView(lineament_out)
     try:
         browser.goto(view.url)
         browser.evaluate("lode.ready")
@@ -70,5 +70,40 @@ def test_lineament_vectors_are_drawn_at_their_positions(lineament_out, browser, 
             r, g, b = shot[int(p["y"]), int(p["x"])].astype(int)
             assert not (r > 200 and g < 80 and b < 80)
             assert (r, g, b) != (0, 0, 0)
+    finally:
+        view.stop()
+
+
+def test_prospectivity_map_with_deposits(browser, tmp_path):
+    import zarr
+
+    from engine.export.survey import deposits_geojson
+
+    out = tmp_path / "prospect"
+    root = zarr.open_group(str(out / "map_pca.zarr"), mode="w")
+    h, w, cell, west, north = 64, 96, 25.0, 300_000.0, 6_500_000.0
+    root.create_array("prospectivity", data=np.add.outer(np.arange(h), np.arange(w)).astype(np.float32))
+    root.attrs.update({"grid": {"shape": [h, w], "cell_size": cell, "west": west, "north": north,
+                                "crs": "EPSG:32645"}, "complete": True, "method": "pca"})
+    cells = [(10, 20), (50, 70)]  # (row, col) of the deposits
+    (tmp_path / "deposits.csv").write_text("easting,northing,split\n" + "".join(
+        f"{west + (c + 0.5) * cell},{north - (r + 0.5) * cell},heldout\n" for r, c in cells))
+    doc = json.loads(deposits_geojson(tmp_path / "deposits.csv", "EPSG:32645", out / "deposits.geojson").read_text())
+    assert doc["crs"]["properties"]["name"] == "EPSG:32645" and doc["features"][0]["properties"] == {"split": "heldout"}
+    view = InProcessView(out)
+    try:
+        browser.goto(view.url)
+        browser.evaluate("lode.ready")
+        browser.evaluate(f"lode.showImageRect(0, 0, {w}, {h}); lode.idle()")
+        assert browser.console_errors() == []
+        assert "2 deposits" in browser.evaluate("document.getElementById('status').textContent")
+        shot = browser.screenshot()
+        radius = max(w, h) / 120
+        for r, c in cells:
+            ring = browser.evaluate(f"lode.toPage({c + 0.5 + radius}, {r + 0.5})")
+            centre = browser.evaluate(f"lode.toPage({c + 0.5}, {r + 0.5})")
+            patch = shot[round(ring["y"]) - 1:round(ring["y"]) + 2, round(ring["x"]) - 1:round(ring["x"]) + 2]
+            assert np.abs(patch.astype(int) - (0, 255, 255)).max(axis=-1).min() <= 10  # the marker's ring
+            assert np.abs(shot[round(centre["y"]), round(centre["x"])].astype(int) - (0, 255, 255)).max() > 100
     finally:
         view.stop()
