@@ -36,3 +36,29 @@ def test_seams_and_flagged_frames_are_described(tmp_path):
     rgba = np.asarray(Image.open(io.BytesIO(seams_png(str(store), "a"))))
     assert rgba.shape == (16, 24, 4)
     assert set(np.nonzero(rgba[..., 3])[1]) == {11, 12}  # the boundary between the two frames
+
+
+def test_a_store_behind_an_fsspec_uri_is_served_by_range(tmp_path):
+    import json
+    import urllib.request
+
+    import fsspec
+
+    from engine.view.server import ViewServer
+    from engine.view.site import Site
+
+    uri = "memory://viewer-test/run/lode.ome.zarr"
+    write_store(uri, {"a": (np.arange(64 * 64).reshape(64, 64) % 3).astype(np.uint8)}, block=32)
+    lines: list[str] = []
+    server = ViewServer(Site("memory://viewer-test/run"), 0, lines.append).start()
+    try:
+        manifest = json.loads(urllib.request.urlopen(server.url + "api/manifest.json", timeout=10).read())
+        assert [s["name"] for s in manifest["sections"]] == ["a"]
+        whole = fsspec.filesystem("memory").cat_file("/viewer-test/run/lode.ome.zarr/a/labels/minerals/0/c/0/0")
+        req = urllib.request.Request(server.url + "store/a/labels/minerals/0/c/0/0", headers={"Range": "bytes=-20"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 206 and r.read() == whole[-20:]
+        assert lines[-1].endswith("206 20") and "bytes=-20" in lines[-1]
+    finally:
+        server.stop()
+        fsspec.filesystem("memory").rm("/viewer-test", recursive=True)
