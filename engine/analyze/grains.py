@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import pickle
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -61,7 +62,7 @@ class Tally:
     class_px: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     crossings: np.ndarray = field(default_factory=lambda: np.zeros((256, 256), np.float64))
 
-    def __iadd__(self, other: "Tally") -> "Tally":
+    def __iadd__(self, other: Tally) -> Tally:
         self.class_px += other.class_px
         self.crossings += other.crossings
         return self

@@ -22,9 +22,9 @@ fit is a least-squares problem with three residuals per class.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -106,8 +106,8 @@ def ciede2000_terms(lab1: np.ndarray, lab2: np.ndarray, kL: float = 1.0, kC: flo
     sc = 1 + 0.045 * cp_bar
     sh = 1 + 0.015 * cp_bar * t
     rt = -np.sin(np.radians(2 * d_theta)) * rc
-    l, c, h = dL / (kL * sl), dC / (kC * sc), dH / (kH * sh)
-    return np.stack([l, c + rt * h / 2, np.sqrt(1 - rt * rt / 4) * h], axis=-1)
+    lt, c, h = dL / (kL * sl), dC / (kC * sc), dH / (kH * sh)
+    return np.stack([lt, c + rt * h / 2, np.sqrt(1 - rt * rt / 4) * h], axis=-1)
 
 
 def ciede2000(lab1: np.ndarray, lab2: np.ndarray, kL: float = 1.0, kC: float = 1.0, kH: float = 1.0) -> np.ndarray:
@@ -135,7 +135,7 @@ class ColourMatrix:
         object.__setattr__(self, "matrix", m)
 
     @classmethod
-    def identity(cls, gamma: float = GAMMA) -> "ColourMatrix":
+    def identity(cls, gamma: float = GAMMA) -> ColourMatrix:
         return cls(np.vstack([np.eye(3), np.zeros((1, 3))]), gamma)
 
     def apply_linear(self, linear: np.ndarray) -> np.ndarray:
@@ -159,7 +159,7 @@ class ColourMatrix:
                 **({"info": self.info} if self.info else {})}
 
     @classmethod
-    def from_dict(cls, d: Mapping, source: str = "colour matrix") -> "ColourMatrix":
+    def from_dict(cls, d: Mapping, source: str = "colour matrix") -> ColourMatrix:
         try:
             return cls(np.asarray(d["matrix"], np.float64), float(d.get("gamma", GAMMA)), dict(d.get("info", {})))
         except (KeyError, TypeError, ValueError) as exc:
@@ -295,23 +295,6 @@ def load_matrices(path: str | Path) -> dict[str, ColourMatrix]:
         return {k: ColourMatrix.from_dict(v, str(p)) for k, v in blob["matrices"].items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LodeInputError(p, f"cannot read colour matrices: {exc}") from exc
-
-
-def reference_from_file(path: str | Path) -> dict[int, np.ndarray]:
-    """Reference colours from a checkpoint's model card (``.pt``) or a JSON ``{"code": [r, g, b]}`` (linear)."""
-    p = Path(path)
-    if p.suffix == ".pt":
-        from engine.segment.checkpoint import read_card
-
-        card = read_card(p)
-        if not card.reference_colors:
-            raise LodeInputError(p, "model card carries no reference colours (retrain, or give a JSON file)")
-        return reference_from_card(card.reference_colors)
-    try:
-        blob = json.loads(p.read_text())
-        return reference_from_card(blob.get("reference_colors", blob))
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise LodeInputError(p, f"cannot read reference colours: {exc}") from exc
 
 
 def annotation_for(annotations: str | Path, stem: str) -> Path:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from engine.errors import LodeInputError
+from engine.io.atomic import atomic_path
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
@@ -218,24 +218,12 @@ def write_zarr_block(path: str | Path, name: str, y0: int, x0: int, data: np.nda
     zarr.open_array(str(Path(path) / name), mode="r+")[y0 : y0 + data.shape[0], x0 : x0 + data.shape[1]] = data
 
 
-def _temp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-
-
 def write_grid(da: xr.DataArray, path: str | Path) -> Path:
     """Write a normalised grid to GeoTIFF, netCDF or zarr (by suffix), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path)
     suffix = path.suffix.lower()
     crs = da.attrs.get("crs")
-    try:
+    with atomic_path(path) as tmp:
         if suffix in GEOTIFF_SUFFIXES:
             import rioxarray  # noqa: F401
 
@@ -250,8 +238,4 @@ def write_grid(da: xr.DataArray, path: str | Path) -> Path:
             da.to_dataset(name=da.name or "grid").to_netcdf(tmp, engine="h5netcdf")
         else:
             da.to_dataset(name=da.name or "grid").to_zarr(tmp, mode="w", consolidated=False)
-        _replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     return path

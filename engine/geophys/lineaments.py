@@ -8,7 +8,6 @@ Blakely-Simpson crest picking, then the same skeletonise-and-vectorise step as t
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from engine.geophys.grid import grid_spacing, grid_transform
 from engine.geophys.ridges import ridge_mask
 from engine.geophys.transforms import rtp_tga
 from engine.geophys.vectorize import Lineament, mask_to_lineaments
+from engine.io.atomic import atomic_path, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -234,9 +234,7 @@ def write_geojson(lines: Sequence[Lineament], path: str | Path, crs: str | None 
         doc["properties"] = properties
     if crs:
         doc["crs"] = {"type": "name", "properties": {"name": crs}}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    atomic_write_json(path, doc)
     return path
 
 
@@ -277,8 +275,7 @@ def write_rose(lines: Sequence[Lineament], path: str | Path, bin_deg: float = 10
     ax.bar(np.deg2rad(edges[:-1] + bin_deg / 2), hist / 1000.0, width=np.deg2rad(bin_deg), edgecolor="k", linewidth=0.4)
     ax.set_title(f"{title}\n{len(lines)} lines, {ln.sum() / 1000:.1f} km (radius: km per bin)", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

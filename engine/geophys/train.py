@@ -9,7 +9,6 @@ checkpoint is written with :func:`engine.geophys.model.save_checkpoint`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from engine.geophys.model import DEFAULT_CARD
+from engine.io.atomic import atomic_copy, atomic_write_json
 
 
 @dataclass
@@ -114,9 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def train(config: TrainConfig) -> Path:
     """Run the Ray Train loop; returns the path of the final checkpoint (``<out>/model.pt``)."""
-    import shutil
 
-    import ray
     import torch
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -138,8 +136,7 @@ def train(config: TrainConfig) -> Path:
         raise RuntimeError(f"training produced no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
         final = out / "model.pt"
-        shutil.copy(Path(d) / "model.pt", out / ".model.pt.tmp")
-        shutil.move(out / ".model.pt.tmp", final)
-        shutil.copy(Path(d) / "model.pt.json", out / "model.pt.json")
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
+        atomic_copy(Path(d) / "model.pt", final)
+        atomic_copy(Path(d) / "model.pt.json", out / "model.pt.json")
+    atomic_write_json(out / "metrics.json", result.metrics, indent=2, default=str)
     return final

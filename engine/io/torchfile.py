@@ -6,8 +6,9 @@ from __future__ import annotations
 import io
 import pickle
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from engine.errors import LodeInputError
 

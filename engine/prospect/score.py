@@ -61,14 +61,11 @@ attribute is set last, after every block and the standardisation are written; re
 from __future__ import annotations
 
 import ctypes
-import io
 import json
 import math
 import os
-import pickle
 import shutil
 import time
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -77,8 +74,9 @@ import numpy as np
 import zarr
 
 from engine.errors import LodeInputError
+from engine.io.atomic import atomic_path
 from engine.io.manifest import RunManifest
-from engine.io.torchfile import entries
+from engine.prospect.checkpoint import checkpoint_meta
 from engine.prospect.stack import open_stack
 from engine.raster.blend import blend_weights
 from engine.raster.grid import Block, block_grid, lattice_offsets, lattice_starts
@@ -242,43 +240,6 @@ class CellScorer:
         return out
 
 
-class _TorchFree(pickle.Unpickler):
-    """Unpickles a ``torch.save`` archive's plain fields (kind, config, channels, numpy latents) without
-    importing torch (a CUDA build of torch costs the driver ~0.6 GiB): tensors come back as ``None``.
-    Like ``weights_only=True`` loading, it builds no object outside :data:`_PLAIN`."""
-
-    def find_class(self, module: str, name: str):
-        if module == "torch" or module.startswith("torch."):
-            return lambda *a, **k: None
-        if (module, name) in _PLAIN or module == "numpy.dtypes":
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-
-    def persistent_load(self, pid):
-        return None
-
-
-_PLAIN = {("collections", "OrderedDict"), ("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
-          ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-          ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")}
-CHECKPOINT = "prospect checkpoint"
-
-
-def checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    """``kind``, ``config`` and ``channels`` of a prospect checkpoint, read without torch."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
-            ck = _TorchFree(io.BytesIO(z.read(pkl))).load()
-    except Exception as exc:  # noqa: BLE001 - whatever fails, the file is bad input
-        detail = ("not a torch zip archive" if isinstance(exc, zipfile.BadZipFile) else
-                  "holds objects other than tensors and plain data" if isinstance(exc, pickle.UnpicklingError)
-                  else "damaged archive")
-        raise LodeInputError(path, f"not a {CHECKPOINT} (unreadable torch file: {detail})") from exc
-    ck = entries(ck, path, CHECKPOINT, ("kind", "config", "channels"))
-    return {"kind": str(ck["kind"]), "config": dict(ck["config"]), "channels": list(ck["channels"])}
-
-
 @dataclass(frozen=True)
 class CheckpointScorer:
     """A MAE or conv-AE scorer described by its checkpoint: small to ship to workers, built by
@@ -323,7 +284,7 @@ class CheckpointScorer:
                    **_geometry(kind, meta["config"], shifts))
 
     def to(self, device: str) -> WindowScorer:
-        from engine.prospect.train import load_checkpoint
+        from engine.prospect.checkpoint import load_checkpoint
 
         net, ck = load_checkpoint(self.path)
         kw = {"score_channels": list(self.score_channels), "shifts": self.shifts, "drop_top": self.drop_top}
@@ -578,13 +539,11 @@ def write_geotiff(map_path: str | Path, out: str | Path, name: str = SCORE, bloc
     arr = root[name]
     h, w = arr.shape
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.tif")
     profile = dict(driver="GTiff", height=h, width=w, count=1, dtype="float32", crs=g["crs"], nodata=np.nan,
                    transform=from_origin(g["west"], g["north"], g["cell_size"], g["cell_size"]),
                    tiled=True, blockxsize=256, blockysize=256, compress="deflate")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for b in block_grid(h, w, block):
             tile = np.asarray(arr[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w])
             dst.write(tile, 1, window=rasterio.windows.Window(b.x0, b.y0, b.w, b.h))
-    os.replace(tmp, out)
     return out

@@ -40,6 +40,7 @@ import zarr
 
 from engine.errors import LodeInputError
 from engine.io.atomic import staged_directory
+from engine.io.layout import attrs_of
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -368,7 +369,7 @@ def open_stack(path: str | Path) -> Stack:
         raise LodeInputError(path, "stack store not found")
     try:
         root = zarr.open_group(path, mode="r")
-        kinds = [m["kind"] for m in root.attrs["layers"]]
-        return Stack(path, root["stack"], root["valid"], list(root.attrs["channels"]), Grid.from_dict(root.attrs["grid"]), kinds)
+        kinds = [m["kind"] for m in attrs_of(root)["layers"]]
+        return Stack(path, root["stack"], root["valid"], list(attrs_of(root)["channels"]), Grid.from_dict(attrs_of(root)["grid"]), kinds)
     except Exception as exc:
         raise LodeInputError(path, f"not a prospect stack: {exc}") from exc

@@ -11,7 +11,6 @@ to training latents (mean, precision) used for the latent-density score.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 
 from engine.errors import LodeInputError
-from engine.io.torchfile import entries, load_torch
+from engine.io.atomic import atomic_copy
+from engine.prospect.checkpoint import load_checkpoint, save_checkpoint
 from engine.prospect.model import ProspectMAE, build, count_parameters
 from engine.prospect.stack import Stack, open_stack
 
@@ -114,34 +114,6 @@ def fit_latent_gaussian(model: ProspectMAE, pool: WindowPool, windows: int = 512
     return {"mean": lw.location_.astype(np.float32), "precision": lw.precision_.astype(np.float32)}
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, kind: str, channels: list[str], extra: dict | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"kind": kind, "config": model.config, "state_dict": state, "channels": channels, **(extra or {})}, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-CHECKPOINT = "prospect checkpoint"
-
-
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    path = Path(path)
-    if not path.exists():
-        raise LodeInputError(path, "model checkpoint not found")
-    numpy_arrays = (np._core.multiarray._reconstruct, np.ndarray, np.dtype,  # the MAE's latent Gaussian
-                    np.dtypes.Float16DType, np.dtypes.Float32DType, np.dtypes.Float64DType)
-    ck = entries(load_torch(path, path, CHECKPOINT, numpy_arrays), path, CHECKPOINT, ("kind", "config", "state_dict"))
-    try:
-        model = build(ck["kind"], ck["config"])
-        model.load_state_dict(ck["state_dict"])
-    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not build is bad input
-        raise LodeInputError(path, f"not a {CHECKPOINT}: {' '.join(str(exc).split())}") from exc
-    return model.eval(), ck
-
-
 def verify_checkpoint(path: str | Path) -> dict:
     """Load the whole checkpoint and score one blank window with it: weights and scores must be
     finite. Returns the checkpoint; raises ``LodeInputError`` naming the file."""
@@ -196,7 +168,6 @@ def train_with_ray(stack_path: str | Path, out: str | Path, kind: str = "mae", s
                    lr: float = 1e-3, seed: int = 0, pool_blocks: int = 8, config: dict | None = None,
                    storage: str | Path | None = None) -> dict:
     """Run ``train_local`` as a one-worker Ray ``TorchTrainer`` (GPU when there is one) and copy the checkpoint to ``out``."""
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -215,12 +186,8 @@ def train_with_ray(stack_path: str | Path, out: str | Path, kind: str = "mae", s
     result = trainer.fit()
     if result.error:
         raise result.error
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as d:
-        tmp = out.with_name(f".{out.name}.tmp")
-        shutil.copyfile(Path(d) / "model.pt", tmp)
-        os.replace(tmp, out)
+        atomic_copy(Path(d) / "model.pt", out)
     if not storage:
         shutil.rmtree(storage_dir, ignore_errors=True)
     return dict(result.metrics)

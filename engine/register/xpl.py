@@ -12,9 +12,10 @@ brightness.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -161,7 +162,7 @@ class XplStackSource:
     ``transforms[k]`` maps XPL capture ``files[k]`` to PPL pixels; reads warp only the region asked for.
     """
 
-    base: "SectionSource"
+    base: SectionSource
     files: tuple[str, ...]
     transforms: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...]
 
@@ -198,7 +199,7 @@ def xpl_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def attach_xpl(sources: Sequence["SectionSource"], xpl_root: str | Path, channels: Sequence[str],
+def attach_xpl(sources: Sequence[SectionSource], xpl_root: str | Path, channels: Sequence[str],
                options: XplOptions = XplOptions()) -> list[XplStackSource]:
     """Register ``<xpl_root>/<section>/*`` to each section's PPL image; channel names must match ``channels``."""
     out = []

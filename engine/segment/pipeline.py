@@ -11,28 +11,58 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from engine.errors import LodeInputError
 from engine.io import fs
 from engine.io.integrity import mark_complete
+from engine.io.layout import MINERALS, PROBABILITIES, STORE_NAME
 from engine.io.manifest import RunManifest
-from engine.io.ome import (PyramidLayout, create_image, create_labels, labels_of, layout_of, list_sections,
-                          open_store, write_block)
+from engine.io.ome import (
+    PyramidLayout,
+    create_image,
+    create_labels,
+    labels_of,
+    layout_of,
+    list_sections,
+    open_store,
+    write_block,
+)
 from engine.io.sources import SectionSource, discover
-from engine.segment.card import ModelCard, check_checkpoint
 from engine.raster.grid import PaddedGrid, auto_block, block_grid
 from engine.raster.runner import RunOptions, run_stage
 from engine.raster.stage import BlockStage, Unit
-from schemas.config import SegmentConfig
+from engine.segment.card import ModelCard, check_checkpoint
 
 log = logging.getLogger("lode.segment")
 
-STORE_NAME = "lode.ome.zarr"
-LABELS = "minerals"
-PROBABILITIES = "probabilities"
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """One segmentation run: inputs, checkpoint, output and how to run. ``jobs.segment`` builds it
+    from the job's validated config (``schemas.config.SegmentConfig``: same fields and defaults)."""
+
+    inputs: list[str]
+    out: str
+    checkpoint: str
+    window: int | None = None
+    overlap: float | None = None
+    batch_size: int = 8
+    block: tuple[int, int] | None = None
+    chunk: int = 512
+    levels: int = 3
+    probabilities: Literal["none", "uint8", "float16", "float32"] = "none"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_actors: int | None = None
+    threads: int | None = None
+    copy_image: bool = True
+    max_blocks: int | None = None
+    colour: Literal["none", "per-image", "series"] = "none"
+    annotations: str | None = None
+    xpl: str | None = None
 
 
 class SegmentStage(BlockStage):
@@ -115,14 +145,14 @@ class SegmentStage(BlockStage):
     def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
         b = unit.block
         img = _open_out(self.out)[unit.raster]
-        write_block(labels_of(img, LABELS), np.asarray(result["labels"]), b.y0, b.x0, "label")
+        write_block(labels_of(img, MINERALS), np.asarray(result["labels"]), b.y0, b.x0, "label")
         if result.get("probabilities") is not None:
             write_block(img[PROBABILITIES], np.asarray(result["probabilities"]), b.y0, b.x0, "image")
         return {"windows": int(result["windows"])}
 
     def finish(self, raster: str) -> None:
         img = _open_out(self.out)[raster]
-        mark_complete(labels_of(img, LABELS))
+        mark_complete(labels_of(img, MINERALS))
         mark_complete(img)
 
 
@@ -142,7 +172,7 @@ class Plan:
     failed: dict[str, LodeInputError]
 
 
-def plan(cfg: SegmentConfig, card: ModelCard) -> Plan:
+def plan(cfg: SegmentOptions, card: ModelCard) -> Plan:
     """Plan every section; one that cannot be planned fails alone unless none can be planned."""
     window = cfg.window or card.window
     overlap = card.overlap if cfg.overlap is None else cfg.overlap
@@ -172,14 +202,14 @@ def plan(cfg: SegmentConfig, card: ModelCard) -> Plan:
     return Plan(sources, layouts, window, overlap, failed)
 
 
-def _record_colour(cfg: SegmentConfig, matrices: dict[str, Any]) -> None:
+def _record_colour(cfg: SegmentOptions, matrices: dict[str, Any]) -> None:
     root = open_store(fs.join(cfg.out, STORE_NAME), mode="r+")
     for section, m in matrices.items():
         if section in root:
             root[section].attrs.update({"colour_calibration": {"mode": cfg.colour, **m.to_dict()}})
 
 
-def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSource],
+def _prepare_store(cfg: SegmentOptions, card: ModelCard, sources: list[SectionSource],
                    layouts: dict[str, PyramidLayout], fresh: bool) -> None:
     path = fs.join(cfg.out, STORE_NAME)
     root = open_store(path, mode="w" if fresh else "a")
@@ -194,7 +224,7 @@ def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSou
                            pixel_size_um=s.pixel_size_um, overwrite=True,
                            attributes={"model_id": card.model_id, "source": {"path": s.path, "group": s.group},
                                        "complete": False})
-        create_labels(img, LABELS, classes, lay, pixel_size_um=s.pixel_size_um, overwrite=True)
+        create_labels(img, MINERALS, classes, lay, pixel_size_um=s.pixel_size_um, overwrite=True)
         if cfg.probabilities != "none":
             create_image(img, PROBABILITIES, (len(classes), s.height, s.width),
                          PyramidLayout(lay.block, lay.chunk, 1), dtype=cfg.probabilities,
@@ -213,7 +243,7 @@ def _section_means(src: SectionSource, annotation: str, gamma: float) -> dict:
     return class_means(np.ascontiguousarray(rgb), read_mask(annotation, rgb.shape[:2]), gamma, source=annotation)
 
 
-def colour_matrices(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSource]) -> dict[str, Any]:
+def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[SectionSource]) -> dict[str, Any]:
     """Fit the colour stage's matrices (Ray tasks read each annotated section): ``{section: ColourMatrix}``."""
     import ray
 
@@ -242,7 +272,7 @@ def colour_matrices(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSo
             for s, mm in zip(annotated, means)}
 
 
-def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
+def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
     """Run (or resume) a segmentation job; returns the written manifest. Inputs, checkpoint and
     output may be local paths or fsspec URIs; workers get the object-store settings of this process."""
     from engine.runtime import init_ray
@@ -258,7 +288,7 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
                    "xpl": cfg.xpl,
                    "sections": {s.section: {"input": s.path + ("/" + s.group if s.group else ""),
                                             "layout": asdict(layouts[s.section])} for s in sources}}
-    fresh = manifest.begin("segment", cfg.model_dump(), fingerprint, per_unit="sections")
+    fresh = manifest.begin("segment", asdict(cfg), fingerprint, per_unit="sections")
     try:
         for section, exc in p.failed.items():
             manifest.mark_failed(section, "plan", str(exc))

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
-import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -29,16 +27,27 @@ import ray
 from engine.calibrate.lens import undistort_maps
 from engine.errors import LodeInputError, input_error_of
 from engine.io import fs
-from engine.io.atomic import atomic_write_bytes
+from engine.io.atomic import atomic_write_bytes, publish
 from engine.io.images import image_header, read_rgb
+from engine.io.layout import SEAM_LABELS, attrs_of
 from engine.io.manifest import RunManifest
 from engine.io.ome import PyramidLayout, create_image, open_store
 from engine.raster.runner import RunOptions, StageRun, run_stage
 from engine.stitch.align import AlignOptions, solve
 from engine.stitch.exposure import overlap_means, solve_gains
 from engine.stitch.frames import Correction, correct, grey_std, read_section
-from engine.stitch.register import (Edge, RegisterOptions, apply, compose, detect, invert, match, register_pair,
-                                    to_grey, translation)
+from engine.stitch.register import (
+    Edge,
+    RegisterOptions,
+    apply,
+    compose,
+    detect,
+    invert,
+    match,
+    register_pair,
+    to_grey,
+    translation,
+)
 from engine.stitch.render import RenderPlan, RenderStage, frame_box, frame_path
 from engine.stitch.seams import seam_labels
 
@@ -262,7 +271,7 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
     create_partial(plan, labels, opts.levels)
     timings["prepare"] = time.perf_counter() - t0
     report = build_report(sec, hw, edges, al, mats, gains, (H, W), placed, opts, timings, len(plan.blocks), stds)
-    report["seam_labels"] = {"array": "seam_labels", "scale": s}
+    report["seam_labels"] = {"array": SEAM_LABELS, "scale": s}
     atomic_write_bytes(_plan_file(work, sec.section_id),
                        pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint}))
     return plan, report
@@ -293,7 +302,7 @@ def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int) -> None:
     root = open_store(plan.store, mode="r+")
     layout = PyramidLayout((plan.shard, plan.shard), levels=levels)
     create_image(root, plan.group, (3, *plan.shape), layout, channel_names=["R", "G", "B"], overwrite=True)
-    seams = root[plan.group].create_array("seam_labels", shape=labels.shape, dtype=np.int16, chunks=labels.shape,
+    seams = root[plan.group].create_array(SEAM_LABELS, shape=labels.shape, dtype=np.int16, chunks=labels.shape,
                                           fill_value=-1)
     seams[...] = labels
 
@@ -315,8 +324,8 @@ def finish_section(plan: RenderPlan, report: dict, render_seconds: float) -> dic
     report = {**report, "timings_s": {**report["timings_s"], "render": round(render_seconds, 3),
                                       "total": round(report["timings_s"]["prepare"] + render_seconds, 3)}}
     grp = open_store(plan.store, mode="a")[plan.group]
-    grp.attrs["lode"] = {**grp.attrs["lode"], "stitch": report}
-    ome = dict(grp.attrs["ome"])
+    grp.attrs["lode"] = {**attrs_of(grp)["lode"], "stitch": report}
+    ome = dict(attrs_of(grp)["ome"])
     ome["multiscales"] = [{**ome["multiscales"][0], "name": plan.section}]
     grp.attrs["ome"] = ome
     _publish(plan.store, plan.group, plan.section)
@@ -350,10 +359,7 @@ def _publish(store: str, partial: str, name: str) -> None:
     rename, its objects are copied with the group's ``zarr.json`` last (readers find a section by
     that object: it is the commit marker), then the partial copy is removed."""
     if not fs.is_uri(store):
-        final = Path(store) / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(Path(store) / partial, final)
+        publish(Path(store) / partial, Path(store) / name)
         return
     filesystem, root = fs.filesystem(store)
     src, dst = f"{root}/{partial}", f"{root}/{name}"

@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.io.images import write_image
+
 EPOXY_RGB = (58, 60, 66)
 
 
@@ -43,7 +45,7 @@ class Lens:
         return np.asarray(self.dist, dtype=np.float64)
 
     @classmethod
-    def centred(cls, frame_hw: tuple[int, int], dist=(0.0, 0.0, 0.0, 0.0, 0.0), focal: float = 1.0) -> "Lens":
+    def centred(cls, frame_hw: tuple[int, int], dist=(0.0, 0.0, 0.0, 0.0, 0.0), focal: float = 1.0) -> Lens:
         h, w = frame_hw
         return cls(focal * w, focal * w, (w - 1) / 2, (h - 1) / 2, tuple(float(d) for d in dist))  # type: ignore[arg-type]
 
@@ -95,7 +97,7 @@ class CaptureConfig:
         return Lens.centred(self.frame_hw, self.distortion)
 
     @classmethod
-    def degraded(cls, **kw) -> "CaptureConfig":
+    def degraded(cls, **kw) -> CaptureConfig:
         """Distortion, vignetting, exposure and white-balance drift, dark offset, noise and JPEG."""
         base = dict(distortion=(-0.06, 0.02, 0.0004, -0.0003, 0.0), vignetting=0.3, exposure_drift=0.08,
                     wb_drift=0.03, dark_level=6.0, noise_sigma=1.5, jpeg_quality=93)
@@ -312,7 +314,7 @@ def calibration_frames(cfg: CaptureConfig, n_views: int = 10, n_flat: int = 8, n
     ideal = observed_to_ideal_map(lens, hw)
     views = []
     cols, rows = pattern[0] + 1, pattern[1] + 1
-    for k in range(n_views):
+    for _ in range(n_views):
         rvec = np.array([rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), rng.uniform(-0.2, 0.2)])
         R, _ = cv2.Rodrigues(rvec)
         centre = np.array([cols / 2, rows / 2, 0.0])
@@ -327,11 +329,8 @@ def calibration_frames(cfg: CaptureConfig, n_views: int = 10, n_flat: int = 8, n
 
 
 def _write_image(path: Path, rgb: np.ndarray, jpeg_quality: int | None) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     params = [cv2.IMWRITE_JPEG_QUALITY, 100] if path.suffix == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1]), params):
-        raise OSError(f"cannot write {path}")
-    tmp.replace(path)
+    write_image(path, np.ascontiguousarray(rgb[..., ::-1]), params)
 
 
 def write_section(root: str | Path, section_id: str, caps: Captures, positions: bool = True) -> Path:

@@ -19,15 +19,15 @@ balance of their union.
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from engine.errors import LodeInputError
+from engine.io.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,8 @@ class MapCache:
         if path.exists():
             return np.load(path)
         maps = class_area_maps(mask, classes, patch, downscale)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-        np.save(tmp, maps)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, maps)
         return maps
 
 
@@ -107,7 +105,7 @@ class Tally:
         if self.pixels is None:
             self.pixels = np.zeros(len(self.classes), np.int64)
 
-    def __add__(self, other: "Tally") -> "Tally":
+    def __add__(self, other: Tally) -> Tally:
         if other.classes != self.classes:
             raise ValueError("tallies over different class sets")
         return Tally(self.classes, self.pixels + other.pixels, self.patches + other.patches)

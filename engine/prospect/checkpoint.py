@@ -1,0 +1,85 @@
+"""Prospect model checkpoints: a ``torch.save`` dict with the model kind, config and weights, the
+stack channel names, and for the MAE the latent Gaussian. ``checkpoint_meta`` reads the plain
+fields without torch (what a driver needs); loading the model imports torch."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.errors import LodeInputError
+from engine.io.atomic import atomic_path
+from engine.io.torchfile import entries, load_torch
+
+if TYPE_CHECKING:
+    import torch
+
+CHECKPOINT = "prospect checkpoint"
+
+
+class _TorchFree(pickle.Unpickler):
+    """Unpickles a ``torch.save`` archive's plain fields (kind, config, channels, numpy latents) without
+    importing torch (a CUDA build of torch costs the driver ~0.6 GiB): tensors come back as ``None``.
+    Like ``weights_only=True`` loading, it builds no object outside :data:`_PLAIN`."""
+
+    def find_class(self, module: str, name: str):
+        if module == "torch" or module.startswith("torch."):
+            return lambda *a, **k: None
+        if (module, name) in _PLAIN or module == "numpy.dtypes":
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+    def persistent_load(self, pid):
+        return None
+
+
+_PLAIN = {("collections", "OrderedDict"), ("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+          ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+          ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")}
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """``kind``, ``config`` and ``channels`` of a prospect checkpoint, read without torch."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+            ck = _TorchFree(io.BytesIO(z.read(pkl))).load()
+    except Exception as exc:  # noqa: BLE001 - whatever fails, the file is bad input
+        detail = ("not a torch zip archive" if isinstance(exc, zipfile.BadZipFile) else
+                  "holds objects other than tensors and plain data" if isinstance(exc, pickle.UnpicklingError)
+                  else "damaged archive")
+        raise LodeInputError(path, f"not a {CHECKPOINT} (unreadable torch file: {detail})") from exc
+    ck = entries(ck, path, CHECKPOINT, ("kind", "config", "channels"))
+    return {"kind": str(ck["kind"]), "config": dict(ck["config"]), "channels": list(ck["channels"])}
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, kind: str, channels: list[str], extra: dict | None = None) -> Path:
+    import torch
+
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"kind": kind, "config": model.config, "state_dict": state, "channels": channels, **(extra or {})}, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    from engine.prospect.model import build
+
+    path = Path(path)
+    if not path.exists():
+        raise LodeInputError(path, "model checkpoint not found")
+    numpy_arrays = (np._core.multiarray._reconstruct, np.ndarray, np.dtype,  # the MAE's latent Gaussian
+                    np.dtypes.Float16DType, np.dtypes.Float32DType, np.dtypes.Float64DType)
+    ck = entries(load_torch(path, path, CHECKPOINT, numpy_arrays), path, CHECKPOINT, ("kind", "config", "state_dict"))
+    try:
+        model = build(ck["kind"], ck["config"])
+        model.load_state_dict(ck["state_dict"])
+    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not build is bad input
+        raise LodeInputError(path, f"not a {CHECKPOINT}: {' '.join(str(exc).split())}") from exc
+    return model.eval(), ck
