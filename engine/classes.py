@@ -84,7 +84,7 @@ class ClassSet:
                 raise LodeInputError(source, f"unknown class code {code} (known: {sorted(catalogue)})")
             if len(color) != 3:
                 raise LodeInputError(source, f"class {code} colour must be RGB, got {color}")
-            out.append(MineralClass(code, nm, color))  # type: ignore[arg-type]
+            out.append(MineralClass(code, nm, color))
         return cls(tuple(out), name=name)
 
     def to_dicts(self) -> list[dict]:

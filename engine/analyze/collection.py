@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from engine.analyze.grains import (
 )
 from engine.analyze.sections import Section, open_sections
 from engine.analyze.statistics import load_densities, measured_section, statistics_table
-from engine.classes import ClassSet
+from engine.classes import ClassSet, MineralClass
 from engine.errors import LodeInputError
 from engine.io import fs
 from engine.io.atomic import atomic_path
@@ -73,7 +74,7 @@ def block_of(section: Section) -> tuple[int, int]:
 
 
 def union_classes(sections: Sequence[Section]) -> ClassSet:
-    by_code = {}
+    by_code: dict[int, MineralClass] = {}
     for s in sections:
         for c in s.classes.classes:
             by_code.setdefault(c.code, c)
@@ -154,6 +155,7 @@ def _run_blocks(store: str, sections: Sequence[Section], units: dict[str, list[U
     except LodeInputError:
         fs.remove(work)
         manifest.begin("analyze", {"executor": executor}, fingerprint)
+    sources: dict[str, Any]
     if executor == "ray":
         sources = {s.name: ZarrSource(store, f"{s.labels.path}/{FULL_RESOLUTION}") for s in sections}
         options = RunOptions(executor="ray", remote_args=fs.ray_remote_args())

@@ -129,7 +129,7 @@ def overlay_thumbnail(section, classes: ClassSet) -> bytes:
     from matplotlib.patches import Patch
 
     present = [c for c in classes.classes if np.any(lab == c.code)]
-    ax.legend(handles=[Patch(color=np.array(c.color) / 255, label=c.name) for c in present], fontsize=7,
+    ax.legend(handles=[Patch(color=(c.color[0] / 255, c.color[1] / 255, c.color[2] / 255), label=c.name) for c in present], fontsize=7,
               loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(section.name)
     return _png(fig)

@@ -11,7 +11,7 @@ import zarr
 from engine.classes import ClassSet
 from engine.errors import LodeInputError
 from engine.io.integrity import check_raster
-from engine.io.layout import FULL_RESOLUTION, LABELS_GROUP, MINERALS, PROBABILITIES, attrs_of
+from engine.io.layout import FULL_RESOLUTION, LABELS_GROUP, MINERALS, PROBABILITIES, array_at, attrs_of
 from engine.io.ome import VOID, image_groups, labels_of, open_store
 
 
@@ -91,7 +91,7 @@ def open_sections(store: str | Path, label_name: str = MINERALS, allow_incomplet
             continue
         if FULL_RESOLUTION not in labels:
             raise LodeInputError(f"{src}/{LABELS_GROUP}/{label_name}", "label image has no level 0")
-        arr = labels[FULL_RESOLUTION]
+        arr = array_at(labels, FULL_RESOLUTION)
         if arr.ndim != 2 or arr.dtype != np.uint8:
             raise LodeInputError(f"{src}/{LABELS_GROUP}/{label_name}", f"expected a (y, x) uint8 label array, got "
                                                                   f"{arr.dtype} {arr.shape}")

@@ -33,6 +33,9 @@ from scipy.optimize import least_squares
 from engine.errors import LodeInputError
 from engine.io.atomic import atomic_write_text
 
+Reference = Mapping[int, "np.ndarray | Sequence[float]"]
+"""Reference colour per class code: linear RGB."""
+
 GAMMA = 2.2
 UNLABELLED = 255
 
@@ -182,7 +185,7 @@ def class_means(image: np.ndarray, annotation: np.ndarray, gamma: float = GAMMA,
             if c != UNLABELLED}
 
 
-def _paired(means: Mapping[int, tuple[np.ndarray, int]], reference: Mapping[int, Sequence[float]],
+def _paired(means: Mapping[int, tuple[np.ndarray, int]], reference: Reference,
             source: str) -> tuple[list[int], np.ndarray, np.ndarray]:
     codes = sorted(c for c in means if c in reference)
     missing = sorted(set(means) - set(reference))
@@ -242,14 +245,14 @@ def fit_lstsq(src: np.ndarray, ref: np.ndarray, gamma: float = GAMMA) -> ColourM
     return ColourMatrix(m, gamma, {"method": "lstsq", "pairs": len(src)})
 
 
-def fit_image(image: np.ndarray, annotation: np.ndarray, reference: Mapping[int, Sequence[float]],
+def fit_image(image: np.ndarray, annotation: np.ndarray, reference: Reference,
               gamma: float = GAMMA, source: str = "annotation",
               crosstalk_prior: float = CROSSTALK_PRIOR) -> ColourMatrix:
     """Per-image mode: fit on one capture and its sparse annotation (class codes, 255 = none)."""
     return fit_series([(image, annotation)], reference, gamma, [source], crosstalk_prior)
 
 
-def fit_series(captures: Sequence[tuple[np.ndarray, np.ndarray]], reference: Mapping[int, Sequence[float]],
+def fit_series(captures: Sequence[tuple[np.ndarray, np.ndarray]], reference: Reference,
                gamma: float = GAMMA, sources: Sequence[str] | None = None,
                crosstalk_prior: float = CROSSTALK_PRIOR) -> ColourMatrix:
     """Series mode: one matrix over the (capture, class) means of several captures of one equipment."""
@@ -258,7 +261,7 @@ def fit_series(captures: Sequence[tuple[np.ndarray, np.ndarray]], reference: Map
                      reference, gamma, sources, crosstalk_prior)
 
 
-def fit_means(means: Sequence[Mapping[int, tuple[np.ndarray, int]]], reference: Mapping[int, Sequence[float]],
+def fit_means(means: Sequence[Mapping[int, tuple[np.ndarray, int]]], reference: Reference,
               gamma: float = GAMMA, sources: Sequence[str] | None = None,
               crosstalk_prior: float = CROSSTALK_PRIOR) -> ColourMatrix:
     """Fit on precomputed :func:`class_means` of one or more captures (each class pair weighs the same)."""
@@ -305,7 +308,7 @@ def annotation_for(annotations: str | Path, stem: str) -> Path:
     return p
 
 
-def fit_captures(images: Sequence[str | Path], annotations: str | Path, reference: Mapping[int, Sequence[float]],
+def fit_captures(images: Sequence[str | Path], annotations: str | Path, reference: Reference,
                  mode: str = "per-image", gamma: float = GAMMA) -> dict[str, ColourMatrix]:
     """Matrices for capture files (keyed by file stem): one each (``per-image``) or one shared (``series``).
 

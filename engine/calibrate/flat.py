@@ -27,7 +27,7 @@ class FlatField:
 
     @property
     def frame_hw(self) -> tuple[int, int]:
-        return self.flat.shape[:2]  # type: ignore[return-value]
+        return self.flat.shape[:2]
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:

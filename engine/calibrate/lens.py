@@ -43,7 +43,7 @@ class LensModel:
             raise LodeInputError(source, f"not a lens model: {exc}") from exc
         if K.shape != (3, 3) or dist.size not in (4, 5, 8, 12, 14) or len(hw) != 2 or not np.all(np.isfinite(K)):
             raise LodeInputError(source, "lens model needs a finite 3×3 camera_matrix, 4–14 dist_coeffs, frame_hw")
-        return cls(K, dist, hw, d.get("rms_px"), d.get("views"))  # type: ignore[arg-type]
+        return cls(K, dist, hw, d.get("rms_px"), d.get("views"))
 
     @classmethod
     def identity(cls, frame_hw: tuple[int, int]) -> LensModel:

@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.geophys.synth import SurveyConfig, make_survey
 from engine.io.atomic import atomic_path
+from engine.io.layout import array_at
 
 
 def example_seed(seed: int, index: int) -> np.random.SeedSequence:
@@ -26,10 +27,10 @@ def _write_examples(path: str, config: SurveyConfig, seed: int, indices: list[in
     group = zarr.open_group(path, mode="r+")
     for i in indices:
         s = make_survey(example_seed(seed, i), config)
-        group["anomaly"][i] = s.anomaly
-        group["target"][i] = s.target
-        group["inclination"][i] = s.inclination
-        group["declination"][i] = s.declination
+        array_at(group, "anomaly")[i] = s.anomaly
+        array_at(group, "target")[i] = s.target
+        array_at(group, "inclination")[i] = s.inclination
+        array_at(group, "declination")[i] = s.declination
     return len(indices)
 
 

@@ -37,7 +37,7 @@ _DIM_ALIASES = {"northing": ("northing", "y", "lat", "latitude", "north"), "east
 
 def make_dataarray(values: np.ndarray, spacing: float | tuple[float, float], origin: tuple[float, float] = (0.0, 0.0), crs: str | None = None, attrs: dict | None = None, name: str = "anomaly") -> xr.DataArray:
     """Wrap a (northing, easting) array with regular coordinates starting at ``origin`` (cell centres)."""
-    dn, de = (spacing, spacing) if np.isscalar(spacing) else spacing
+    dn, de = spacing if isinstance(spacing, (tuple, list, np.ndarray)) else (spacing, spacing)
     attrs = dict(attrs or {})
     if crs:
         attrs["crs"] = crs
@@ -53,10 +53,10 @@ def grid_spacing(da: xr.DataArray) -> tuple[float, float]:
     for dim in ("northing", "easting"):
         c = np.asarray(da[dim].values, dtype=np.float64)
         if c.size < 2:
-            raise LodeInputError(da.name or "grid", f"{dim} has fewer than 2 cells")
+            raise LodeInputError(str(da.name or "grid"), f"{dim} has fewer than 2 cells")
         d = np.diff(c)
         if not np.allclose(d, d[0], rtol=1e-6, atol=1e-9 * abs(d[0])) or d[0] <= 0:
-            raise LodeInputError(da.name or "grid", f"{dim} coordinates are not regular and ascending")
+            raise LodeInputError(str(da.name or "grid"), f"{dim} coordinates are not regular and ascending")
         out.append(float(d[0]))
     return out[0], out[1]
 
@@ -103,6 +103,8 @@ def open_grid(path: str | Path, variable: str | None = None, chunks: int | tuple
             import rioxarray
 
             raw = rioxarray.open_rasterio(path, masked=True, cache=False)
+            if not isinstance(raw, xr.DataArray):
+                raise LodeInputError(path, "holds several subdatasets; expected one raster")
             crs = raw.rio.crs
             da = raw.isel(band=0, drop=True) if "band" in raw.dims else raw
             attrs = {k: v for k, v in raw.attrs.items() if k in ("units", "long_name", "inclination", "declination")}
@@ -118,10 +120,12 @@ def open_grid(path: str | Path, variable: str | None = None, chunks: int | tuple
                 names = [n for n in names if n not in ("spatial_ref", "crs")]
                 if len(names) != 1:
                     raise LodeInputError(path, f"choose a variable, found {names}")
-                variable = names[0]
+                variable = str(names[0])
             if variable not in ds:
                 raise LodeInputError(path, f"no variable {variable!r}")
             da = ds[variable]
+            if not isinstance(da, xr.DataArray):
+                raise LodeInputError(path, f"{variable!r} is not a data variable")
             if "crs" not in da.attrs and "crs" in ds.attrs:
                 da.attrs["crs"] = ds.attrs["crs"]
             da = da.drop_vars([c for c in da.coords if c not in da.dims])

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import shapely
@@ -64,7 +65,7 @@ def _field_angles(da: xr.DataArray, inclination: float | None, declination: floa
     inc = inclination if inclination is not None else da.attrs.get("inclination")
     dec = declination if declination is not None else da.attrs.get("declination")
     if inc is None or dec is None:
-        raise LodeInputError(da.name or "grid", "field inclination/declination unknown: pass them or store them in the grid attributes")
+        raise LodeInputError(str(da.name or "grid"), "field inclination/declination unknown: pass them or store them in the grid attributes")
     return float(inc), float(dec)
 
 
@@ -261,6 +262,7 @@ def write_rose(lines: Sequence[Lineament], path: str | Path, bin_deg: float = 10
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.projections.polar import PolarAxes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,7 +271,7 @@ def write_rose(lines: Sequence[Lineament], path: str | Path, bin_deg: float = 10
     edges = np.arange(0, 360 + bin_deg, bin_deg)
     hist, _ = np.histogram(np.r_[az, az + 180.0] % 360, bins=edges, weights=np.r_[ln, ln])
     fig = plt.figure(figsize=(5, 5))
-    ax = fig.add_subplot(projection="polar")
+    ax = cast(PolarAxes, fig.add_subplot(projection="polar"))
     ax.set_theta_zero_location("N")
     ax.set_theta_direction(-1)
     ax.bar(np.deg2rad(edges[:-1] + bin_deg / 2), hist / 1000.0, width=np.deg2rad(bin_deg), edgecolor="k", linewidth=0.4)

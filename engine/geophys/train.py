@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.geophys.model import DEFAULT_CARD
 from engine.io.atomic import atomic_copy, atomic_write_json
+from engine.io.layout import array_at
 
 
 @dataclass
@@ -42,7 +43,8 @@ def _load_set(path: str) -> tuple[np.ndarray, np.ndarray]:
     import zarr
 
     group = zarr.open_group(path, mode="r")
-    return np.asarray(group["anomaly"][:], dtype=np.float32), np.asarray(group["target"][:], dtype=np.float32)
+    return (np.asarray(array_at(group, "anomaly")[:], dtype=np.float32),
+            np.asarray(array_at(group, "target")[:], dtype=np.float32))
 
 
 def sample_batch(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, batch: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stop = cfg.max_minutes is not None and elapsed >= cfg.max_minutes
         metrics = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "minutes": elapsed}
         with tempfile.TemporaryDirectory() as tmp:
-            net = model.module if hasattr(model, "module") else model
+            net = getattr(model, "module", model)
             save_checkpoint(Path(tmp) / "model.pt", net, {**card, "trained": {"steps": step, "loss": metrics["loss"]}})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
         if stop:

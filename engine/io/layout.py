@@ -41,3 +41,29 @@ def label_path(section: str, name: str = MINERALS, k: int = 0) -> str:
 def attrs_of(node: zarr.Group | zarr.Array) -> dict[str, Any]:
     """A store node's attributes as plain JSON data (zarr types each value as a JSON union)."""
     return node.attrs.asdict()
+
+
+def array_at(group: zarr.Group, path: str) -> zarr.Array:
+    """The array at ``path`` under ``group``; ``LodeInputError`` naming it when a group is there."""
+    import zarr
+
+    node = group[path]
+    if not isinstance(node, zarr.Array):
+        raise _wrong_node(group, path, "an array")
+    return node
+
+
+def group_at(group: zarr.Group, path: str) -> zarr.Group:
+    """The group at ``path`` under ``group``; ``LodeInputError`` naming it when an array is there."""
+    import zarr
+
+    node = group[path]
+    if not isinstance(node, zarr.Group):
+        raise _wrong_node(group, path, "a group")
+    return node
+
+
+def _wrong_node(group: zarr.Group, path: str, expected: str) -> Exception:
+    from engine.errors import LodeInputError
+
+    return LodeInputError(f"{group.store_path}/{path}", f"expected {expected} here")

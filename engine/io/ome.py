@@ -16,14 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from engine.classes import ClassSet
 from engine.errors import LodeInputError
-from engine.io.layout import FULL_RESOLUTION, LABELS_GROUP, MINERALS, attrs_of, level
+from engine.io.layout import FULL_RESOLUTION, LABELS_GROUP, MINERALS, array_at, attrs_of, level
 
 NGFF_VERSION = "0.5"
 VOID = 255
@@ -34,7 +35,7 @@ treat it as "no data"; no class set may use it."""
 def _codec_args() -> dict[str, Any]:
     """Every chunk is zstd-compressed with its content checksum, and written even when it equals
     the fill value, so that a flipped byte raises on read and a missing chunk is visible."""
-    return {"compressors": zarr.codecs.ZstdCodec(level=0, checksum=True),
+    return {"compressors": ZstdCodec(level=0, checksum=True),
             "config": {"write_empty_chunks": True}}
 
 
@@ -117,7 +118,7 @@ def create_image(
         raise ValueError(f"{len(names)} channel names for {c} channels")
     colours = ["FF0000", "00FF00", "0000FF"] if c == 3 else ["FFFFFF"] * c
     maxv = 255 if np.dtype(dtype) == np.uint8 else 65535 if np.dtype(dtype) == np.uint16 else 1.0
-    ome = {
+    ome: dict[str, Any] = {
         "version": NGFF_VERSION,
         "multiscales": _multiscales(name, layout.levels, True, pixel_size_um or 1.0,
                                     "micrometer" if pixel_size_um else None),
@@ -145,8 +146,7 @@ def create_labels(
     unwritten pixels read as :data:`VOID`, declared transparent and named "no data"."""
     if VOID in classes.codes:
         raise LodeInputError(classes.name, f"class code {VOID} is reserved for pixels without a result")
-    level0 = image[FULL_RESOLUTION]
-    h, w = level0.shape[-2:]
+    h, w = array_at(image, FULL_RESOLUTION).shape[-2:]
     labels = image.require_group(LABELS_GROUP)
     existing = list(attrs_of(labels).get("ome", {}).get("labels", []))
     if name not in existing:
@@ -159,7 +159,7 @@ def create_labels(
             level(k), shape=(ly, lx), dtype=np.uint8, chunks=layout.level_chunk(k),
             shards=layout.level_block(k), dimension_names=("y", "x"), fill_value=VOID, **_codec_args(),
         )
-    ome = {
+    ome: dict[str, Any] = {
         "version": NGFF_VERSION,
         "multiscales": _multiscales(name, layout.levels, False, pixel_size_um or 1.0,
                                     "micrometer" if pixel_size_um else None),
@@ -183,7 +183,7 @@ def layout_to_dict(layout: PyramidLayout) -> dict:
 
 def layout_of(group: zarr.Group) -> PyramidLayout:
     d = attrs_of(group)["lode"]["layout"]
-    return PyramidLayout(tuple(d["block"]), d["chunk"], d["levels"])  # type: ignore[arg-type]
+    return PyramidLayout(tuple(d["block"]), d["chunk"], d["levels"])
 
 
 def downsample(data: np.ndarray, kind: str) -> np.ndarray:
@@ -219,7 +219,7 @@ def write_block(group: zarr.Group, data: np.ndarray, y0: int, x0: int, kind: str
     if y0 % by or x0 % bx:
         raise ValueError(f"block origin ({y0}, {x0}) is not on the {layout.block} block grid")
     for k in range(layout.levels):
-        arr = group[level(k)]
+        arr = array_at(group, level(k))
         ky, kx = y0 >> k, x0 >> k
         h, w = data.shape[-2:]
         full_h, full_w = arr.shape[-2:]
@@ -234,7 +234,7 @@ def write_block(group: zarr.Group, data: np.ndarray, y0: int, x0: int, kind: str
             data = downsample(data, kind)
 
 
-def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+def open_store(path: str | Path, mode: Literal["r", "r+", "a", "w", "w-"] = "r") -> zarr.Group:
     """A zarr group from a local path or an fsspec URI (``s3://``, ``gs://``, ``file://``, ``memory://``)."""
     from engine.io import fs
 

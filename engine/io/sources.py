@@ -12,7 +12,7 @@ from engine.io import fs
 from engine.io.fs import is_uri
 from engine.io.images import IMAGE_SUFFIXES, image_header, list_images, read_rgb
 from engine.io.integrity import check_raster, is_complete, read_checked
-from engine.io.layout import FULL_RESOLUTION, attrs_of
+from engine.io.layout import FULL_RESOLUTION, array_at, attrs_of, group_at
 from engine.io.ome import open_store
 
 
@@ -34,15 +34,15 @@ class SectionSource:
         would read as black pixels and be measured)."""
         if self.kind == "zarr":
             root = open_store(self.path)
-            group = root[self.group] if self.group else root
+            group = group_at(root, self.group) if self.group else root
             if is_complete(group):
-                check_raster(group, group[FULL_RESOLUTION], f"{self.path}/{self.group}" if self.group else self.path)
+                check_raster(group, array_at(group, FULL_RESOLUTION), f"{self.path}/{self.group}" if self.group else self.path)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``(c, y1-y0, x1-x0)`` uint8."""
         if self.kind == "zarr":
             root = open_store(self.path)
-            arr = (root[self.group] if self.group else root)[FULL_RESOLUTION]
+            arr = array_at(group_at(root, self.group) if self.group else root, FULL_RESOLUTION)
             name = f"{self.path}/{self.group}" if self.group else self.path
             return read_checked(arr, (slice(None), slice(y0, y1), slice(x0, x1)), name)
         img = read_rgb(self.path)

@@ -19,6 +19,8 @@ from engine.io.torchfile import entries, load_torch
 if TYPE_CHECKING:
     import torch
 
+    from engine.prospect.model import ConvAutoencoder, ProspectMAE
+
 CHECKPOINT = "prospect checkpoint"
 
 
@@ -68,13 +70,14 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, kind: str, channel
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_checkpoint(path: str | Path) -> tuple[ProspectMAE | ConvAutoencoder, dict]:
     from engine.prospect.model import build
 
     path = Path(path)
     if not path.exists():
         raise LodeInputError(path, "model checkpoint not found")
-    numpy_arrays = (np._core.multiarray._reconstruct, np.ndarray, np.dtype,  # the MAE's latent Gaussian
+    numpy_arrays = (np._core.multiarray._reconstruct,  # type: ignore[attr-defined]  # numpy's stubs omit _core
+                    np.ndarray, np.dtype,  # the MAE's latent Gaussian
                     np.dtypes.Float16DType, np.dtypes.Float32DType, np.dtypes.Float64DType)
     ck = entries(load_torch(path, path, CHECKPOINT, numpy_arrays), path, CHECKPOINT, ("kind", "config", "state_dict"))
     try:

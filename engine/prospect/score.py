@@ -75,6 +75,7 @@ import zarr
 
 from engine.errors import LodeInputError
 from engine.io.atomic import atomic_path
+from engine.io.layout import array_at
 from engine.io.manifest import RunManifest
 from engine.prospect.checkpoint import checkpoint_meta
 from engine.prospect.stack import open_stack
@@ -106,7 +107,7 @@ class WindowScorer(Protocol):
     def to(self, device: str) -> WindowScorer:
         """A scorer ready on ``device``: this one moved there, or the one this describes, built there."""
 
-    def __call__(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, valid: np.ndarray, /) -> np.ndarray:
         """(N, C, W, W) filled inputs and (N, W, W) validity -> (N, K, W, W) component maps."""
 
 
@@ -114,13 +115,12 @@ def channel_error(sq: torch.Tensor | np.ndarray, dim: int, drop_top: int = 0):
     """Mean squared error over channels (axis ``dim``) leaving out each cell's ``drop_top``
     largest channel errors, so that an anomaly in a single source weighs less than a
     departure shared by several."""
-    numpy = isinstance(sq, np.ndarray)
     if drop_top <= 0:
-        return sq.mean(axis=dim) if numpy else sq.mean(dim)
+        return sq.mean(axis=dim) if isinstance(sq, np.ndarray) else sq.mean(dim)
     n = sq.shape[dim]
     if drop_top >= n:
         raise ValueError(f"drop_top {drop_top} must be below the {n} scored channels")
-    if numpy:
+    if isinstance(sq, np.ndarray):
         return np.sort(sq, axis=dim).take(range(n - drop_top), axis=dim).mean(axis=dim)
     import torch
 
@@ -146,7 +146,7 @@ def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
 
 
 class MAEScorer:
-    components = ("recon_error", "latent_distance")
+    components: tuple[str, ...] = ("recon_error", "latent_distance")
 
     def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str = "cpu", batch: int | None = None,
                  latent_weight: float = 0.0, score_channels: list[int] | None = None, shifts: int = 1, drop_top: int = 0):
@@ -192,7 +192,7 @@ class MAEScorer:
 
 
 class CAEScorer:
-    components = ("cae_error",)
+    components: tuple[str, ...] = ("cae_error",)
 
     def __init__(self, model: ConvAutoencoder, device: str = "cpu", batch: int | None = None,
                  score_channels: list[int] | None = None, shifts: int = 1, shift_step: int = 8, drop_top: int = 0):
@@ -285,12 +285,13 @@ class CheckpointScorer:
 
     def to(self, device: str) -> WindowScorer:
         from engine.prospect.checkpoint import load_checkpoint
+        from engine.prospect.model import ProspectMAE
 
         net, ck = load_checkpoint(self.path)
-        kw = {"score_channels": list(self.score_channels), "shifts": self.shifts, "drop_top": self.drop_top}
-        if ck["kind"] == "mae":
-            return MAEScorer(net, ck["latent"], device, **kw)
-        return CAEScorer(net, device, **kw)
+        channels, shifts, drop = list(self.score_channels), self.shifts, self.drop_top
+        if isinstance(net, ProspectMAE):
+            return MAEScorer(net, ck["latent"], device, score_channels=channels, shifts=shifts, drop_top=drop)
+        return CAEScorer(net, device, score_channels=channels, shifts=shifts, drop_top=drop)
 
 
 def _trim() -> None:
@@ -406,7 +407,7 @@ class ScoreStage(BlockStage):
         b = unit.block
         root = zarr.open_group(self.out, mode="r+", use_consolidated=False)
         for name, comp in zip(self.scorer.components, np.asarray(result["maps"])):
-            root[name][b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = comp
+            array_at(root, name)[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = comp
         _trim()
         return {"windows": int(result["windows"])}
 
@@ -428,12 +429,11 @@ def _standardise(root, names: list[str], weights: dict[str, float],
     stats = {n: _robust(root[n]) for n in names}
     for b in blocks:
         sl = (slice(b.y0, b.y0 + b.h), slice(b.x0, b.x0 + b.w))
-        total = None
+        total = np.zeros((b.h, b.w), np.float32)
         for n in names:
             med, iqr = stats[n]
-            z = np.float32(weights[n]) * (root[n][sl] - np.float32(med)) / np.float32(iqr)
-            total = z if total is None else total + z
-        root[SCORE][sl] = total.astype(np.float32)
+            total += np.float32(weights[n]) * (root[n][sl] - np.float32(med)) / np.float32(iqr)
+        root[SCORE][sl] = total
     return stats
 
 

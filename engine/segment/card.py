@@ -54,7 +54,7 @@ class ModelCard(BaseModel):
         return ClassSet.from_dicts(self.classes, name="model", source=source)
 
 
-def validate_card(raw: dict, path: str | Path) -> ModelCard:
+def validate_card(raw: object, path: str | Path) -> ModelCard:
     """A card from a checkpoint, checked for consistency; errors name the checkpoint."""
     if not isinstance(raw, dict):
         raise LodeInputError(path, "not a Lode checkpoint (no 'card' entry)")

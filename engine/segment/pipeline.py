@@ -11,14 +11,14 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 
 from engine.errors import LodeInputError
 from engine.io import fs
 from engine.io.integrity import mark_complete
-from engine.io.layout import MINERALS, PROBABILITIES, STORE_NAME
+from engine.io.layout import MINERALS, PROBABILITIES, STORE_NAME, group_at
 from engine.io.manifest import RunManifest
 from engine.io.ome import (
     PyramidLayout,
@@ -35,6 +35,12 @@ from engine.raster.grid import PaddedGrid, auto_block, block_grid
 from engine.raster.runner import RunOptions, run_stage
 from engine.raster.stage import BlockStage, Unit
 from engine.segment.card import ModelCard, check_checkpoint
+
+if TYPE_CHECKING:
+    from engine.register.xpl import XplStackSource
+
+Source: TypeAlias = "SectionSource | XplStackSource"
+"""A section to segment: its stored image, or that image with its registered XPL captures."""
 
 log = logging.getLogger("lode.segment")
 
@@ -73,7 +79,7 @@ class SegmentStage(BlockStage):
     name = "segment"
     model = True
 
-    def __init__(self, sources: dict[str, SectionSource], out: str, checkpoint: str, window: int, overlap: float,
+    def __init__(self, sources: dict[str, Source], out: str, checkpoint: str, window: int, overlap: float,
                  batch_size: int, probabilities: str, threads: int | None, copy_image: bool,
                  matrices: dict[str, dict] | None = None):
         self.sources, self.out, self.checkpoint = sources, out, checkpoint
@@ -165,7 +171,7 @@ class Plan:
     """Sections that can run, their block layouts, and the sections that cannot be planned
     (``failed``: section id → the error naming its input)."""
 
-    sources: list[SectionSource]
+    sources: list[Source]
     layouts: dict[str, PyramidLayout]
     window: int
     overlap: float
@@ -177,19 +183,20 @@ def plan(cfg: SegmentOptions, card: ModelCard) -> Plan:
     window = cfg.window or card.window
     overlap = card.overlap if cfg.overlap is None else cfg.overlap
     failed: dict[str, LodeInputError] = {}
-    sources = []
-    for s in discover(cfg.inputs, failed):
+    sources: list[Source] = []
+    for found in discover(cfg.inputs, failed):
         try:
-            s.check()
+            found.check()
+            s: Source = found
             if cfg.xpl:
                 from engine.register.xpl import attach_xpl
 
-                (s,) = attach_xpl([s], cfg.xpl, card.channels[3:])
+                (s,) = attach_xpl([found], cfg.xpl, card.channels[3:])
             if s.channels != card.in_channels:
                 raise LodeInputError(s.path, f"has {s.channels} channels; the model expects {card.in_channels} "
                                              f"({', '.join(card.channels)})")
         except LodeInputError as exc:
-            failed[s.section] = exc
+            failed[found.section] = exc
             continue
         sources.append(s)
     if not sources:
@@ -209,7 +216,7 @@ def _record_colour(cfg: SegmentOptions, matrices: dict[str, Any]) -> None:
             root[section].attrs.update({"colour_calibration": {"mode": cfg.colour, **m.to_dict()}})
 
 
-def _prepare_store(cfg: SegmentOptions, card: ModelCard, sources: list[SectionSource],
+def _prepare_store(cfg: SegmentOptions, card: ModelCard, sources: list[Source],
                    layouts: dict[str, PyramidLayout], fresh: bool) -> None:
     path = fs.join(cfg.out, STORE_NAME)
     root = open_store(path, mode="w" if fresh else "a")
@@ -217,7 +224,7 @@ def _prepare_store(cfg: SegmentOptions, card: ModelCard, sources: list[SectionSo
     for s in sources:
         lay = layouts[s.section]
         if s.section in root and not fresh:
-            if layout_of(root[s.section]) != lay:
+            if layout_of(group_at(root, s.section)) != lay:
                 raise LodeInputError(path, f"section {s.section} exists with another block layout; use a new --out")
             continue
         img = create_image(root, s.section, (s.channels, s.height, s.width), lay, channel_names=card.channels,
@@ -234,7 +241,7 @@ def _prepare_store(cfg: SegmentOptions, card: ModelCard, sources: list[SectionSo
     root.attrs.update({"lode": {"model_id": card.model_id, "model_card": card.model_dump()}})
 
 
-def _section_means(src: SectionSource, annotation: str, gamma: float) -> dict:
+def _section_means(src: Source, annotation: str, gamma: float) -> dict:
     from engine.calibrate.colour import class_means
     from engine.io.images import read_mask
 
@@ -243,7 +250,7 @@ def _section_means(src: SectionSource, annotation: str, gamma: float) -> dict:
     return class_means(np.ascontiguousarray(rgb), read_mask(annotation, rgb.shape[:2]), gamma, source=annotation)
 
 
-def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[SectionSource]) -> dict[str, Any]:
+def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[Source]) -> dict[str, Any]:
     """Fit the colour stage's matrices (Ray tasks read each annotated section): ``{section: ColourMatrix}``."""
     import ray
 

@@ -29,7 +29,7 @@ from engine.errors import LodeInputError, input_error_of
 from engine.io import fs
 from engine.io.atomic import atomic_write_bytes, publish
 from engine.io.images import image_header, read_rgb
-from engine.io.layout import SEAM_LABELS, attrs_of
+from engine.io.layout import SEAM_LABELS, attrs_of, group_at
 from engine.io.manifest import RunManifest
 from engine.io.ome import PyramidLayout, create_image, open_store
 from engine.raster.runner import RunOptions, StageRun, run_stage
@@ -210,8 +210,10 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
     corr_ref = ray.put(correction)
     outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, section_work, k, hw)
             for k, p in enumerate(sec.tiles)]
-    img_refs, valid_refs, thumb_refs = [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs]
-    stds = _frames_read([o[3] for o in outs])
+    # num_returns=4: each call gives four refs (ray's stubs type .remote() as one ObjectRef)
+    img_refs, valid_refs, thumb_refs = ([o[0] for o in outs], [o[1] for o in outs],  # type: ignore[index]
+                                        [o[2] for o in outs])  # type: ignore[index]
+    stds = _frames_read([o[3] for o in outs])  # type: ignore[index]
     timings["correct"] = time.perf_counter() - t0
     if sec.nominal_xy is not None:
         pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
@@ -244,7 +246,9 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
     s = thumb_scale
     S = np.array([[s, 0, 0.5 * s - 0.5], [0, s, 0.5 * s - 0.5]])
     Lh, Lw = int(np.ceil(H * s)), int(np.ceil(W * s))
-    warped, wmasks, corners = [], [], []
+    warped: list[np.ndarray | None] = []
+    wmasks: list[np.ndarray | None] = []
+    corners: list[tuple[int, int]] = []
     for k, m in enumerate(mats):
         if m is None:
             warped.append(None)
@@ -302,7 +306,7 @@ def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int) -> None:
     root = open_store(plan.store, mode="r+")
     layout = PyramidLayout((plan.shard, plan.shard), levels=levels)
     create_image(root, plan.group, (3, *plan.shape), layout, channel_names=["R", "G", "B"], overwrite=True)
-    seams = root[plan.group].create_array(SEAM_LABELS, shape=labels.shape, dtype=np.int16, chunks=labels.shape,
+    seams = group_at(root, plan.group).create_array(SEAM_LABELS, shape=labels.shape, dtype=np.int16, chunks=labels.shape,
                                           fill_value=-1)
     seams[...] = labels
 

@@ -140,7 +140,7 @@ def render_xpl_stack(spec: SectionSpec, height: int, width: int, cfg: XplConfig 
         M = _stage_transform(height, width, angle, rng, cfg)
         mx = (M[0, 0] * xs + M[0, 1] * ys + M[0, 2] + m).astype(np.float32)
         my = (M[1, 0] * xs + M[1, 1] * ys + M[1, 2] + m).astype(np.float32)
-        img = cv2.remap(scene, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        img: np.ndarray = cv2.remap(scene, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
         img += rng.normal(0.0, cfg.noise, img.shape).astype(np.float32)
         xpl.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
         mats.append(M)

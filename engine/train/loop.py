@@ -299,6 +299,8 @@ def _card(cfg: TrainOptions) -> ModelCard:
 def check_resume_classes(cfg: TrainOptions, card: ModelCard, val_split: str) -> None:
     """A resumed model keeps its class set: ``--classes`` must equal it and every mask code of the
     training and held-out splits must be in it (checked on the masks alone, before Ray starts)."""
+    if cfg.resume is None:
+        return
     ckpt = Path(cfg.resume) / CHECKPOINT_NAME
     codes = card.class_set().codes
     if cfg.classes and sorted(cfg.classes) != sorted(codes):
@@ -375,6 +377,6 @@ def train(cfg: TrainOptions) -> Path:
     write_curves(history, out)
     best_row = max(history, key=lambda r: r["val_miou"])
     atomic_write_text(out / "train_metrics.json", json.dumps(
-        {**result.metrics, "best_epoch": best_row["epoch"], "best_val_miou": best_row["val_miou"],
+        {**(result.metrics or {}), "best_epoch": best_row["epoch"], "best_val_miou": best_row["val_miou"],
          "history": history}, indent=1, default=str))
     return out / CHECKPOINT_NAME

@@ -98,11 +98,11 @@ class Tally:
     """Pixels drawn per class (and patches); tallies of several streams add up."""
 
     classes: tuple[int, ...]
-    pixels: np.ndarray = field(default=None)  # type: ignore[assignment]
+    pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     patches: int = 0
 
     def __post_init__(self) -> None:
-        if self.pixels is None:
+        if self.pixels.size == 0:
             self.pixels = np.zeros(len(self.classes), np.int64)
 
     def __add__(self, other: Tally) -> Tally:
