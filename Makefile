@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lode-installed
 OUT ?= demo_out
 
-.PHONY: venv sysdeps demo test test-all bench bench-readme clean
+.PHONY: venv sysdeps demo lint test test-all bench bench-readme clean
 
 # Headless Chromium renders report.html in the report test (Debian package).
 sysdeps:
@@ -26,10 +26,17 @@ venv: $(STAMP)
 demo: venv
 	$(VENV)/bin/lode demo --out $(OUT)
 
-test: venv sysdeps
+# Guard rails, run before the tests and failing the run: ruff (rules and line length in
+# pyproject.toml), mypy on engine/ and schemas/, and the layering rules (tests/house/layering.py).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy engine schemas
+	$(PY) -m tests.house.layering
+
+test: venv sysdeps lint
 	$(PY) -m pytest -q -m "not slow" --durations=15
 
-test-all: venv sysdeps
+test-all: venv sysdeps lint
 	$(PY) -m pytest -q --durations=25
 
 bench: venv
@@ -40,4 +47,4 @@ bench-readme: venv
 	$(VENV)/bin/lode bench --quick --out bench_out --readme README.md
 
 clean:
-	rm -rf $(VENV) $(OUT) bench_out .pytest_cache
+	rm -rf $(VENV) $(OUT) bench_out .pytest_cache .mypy_cache .ruff_cache
