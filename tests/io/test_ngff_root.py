@@ -12,12 +12,11 @@ import pytest
 import zarr
 
 from engine.analyze.sections import open_sections
+from engine.io.layout import MINERALS, PROBABILITIES, STORE_NAME
 from engine.io.ome import PyramidLayout, create_image, dequantise, list_sections, quantisation_of
 from engine.raster.grid import block_grid
 from engine.raster.stage import Unit
 from engine.segment.card import read_card
-
-from engine.io.layout import MINERALS, PROBABILITIES, STORE_NAME
 from engine.segment.pipeline import SegmentOptions, SegmentStage, _prepare_store, plan
 from engine.synth import SectionSpec, write_panorama
 

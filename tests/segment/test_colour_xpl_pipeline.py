@@ -86,9 +86,9 @@ def test_colour_stage_needs_annotations(cast_captures, tmp_path):
     (tmp_path / "ann").mkdir()
     cfg = SegmentOptions(inputs=[str(root / "caps")], out=str(tmp_path / "o"), checkpoint=str(ckpt),
                         colour="per-image", annotations=str(tmp_path / "ann"))
-    from engine.segment.pipeline import colour_matrices
-    from engine.segment.checkpoint import read_card
     from engine.io.sources import discover
+    from engine.segment.checkpoint import read_card
+    from engine.segment.pipeline import colour_matrices
 
     with pytest.raises(LodeInputError, match="cap0.png"):
         colour_matrices(cfg, read_card(ckpt), discover(cfg.inputs))

@@ -4,8 +4,8 @@ import pytest
 import zarr
 
 from engine.io.layout import TRUTH, label_path
-from engine.synth import ASSOCIATIONS, Section, SectionSpec, write_lumenstone, write_panorama
 from engine.io.ome import PyramidLayout
+from engine.synth import ASSOCIATIONS, Section, SectionSpec, write_lumenstone, write_panorama
 
 
 def test_rendering_is_deterministic_and_block_consistent():
