@@ -15,7 +15,6 @@ def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: 
     by one MAE patch (8 cells); ``drop_top`` (mae/cae/pca) leaves each cell's largest channel
     errors out of its error."""
     from engine.io.torchfile import verify_in_child
-    from engine.prospect import baselines
     from engine.prospect.stack import open_stack
 
     st = open_stack(stack_path)
@@ -25,6 +24,8 @@ def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: 
         scorer = CheckpointScorer.open(model, method, st.channels, st.measured, shifts, drop_top)
         verify_in_child(model, "engine.prospect.train")
         return scorer
+    from engine.prospect import baselines  # imports torch, which a driver shipping a checkpoint scorer must not
+
     cells = baselines.sample_cells(st, seed=seed)
     if method == "iforest":
         return CellScorer(baselines.IsolationForestScorer(cells, seed=seed, channels=st.measured))
