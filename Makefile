@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lode-installed
 OUT ?= demo_out
 
-.PHONY: venv sysdeps viewer demo test test-all bench docs clean
+.PHONY: venv sysdeps viewer demo lint test test-all bench docs clean
 
 # Headless Chromium renders report.html in the report test (Debian package).
 sysdeps:
@@ -36,10 +36,17 @@ viewer: $(VIEWER)/dist/viewer.js
 demo: venv viewer
 	$(VENV)/bin/lode demo --out $(OUT)
 
-test: venv sysdeps viewer
+# Guard rails, run before the tests and failing the run: ruff (rules and line length in
+# pyproject.toml), mypy on engine/ and schemas/, and the layering rules (tests/house/layering.py).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy engine schemas
+	$(PY) -m tests.house.layering
+
+test: venv sysdeps viewer lint
 	$(PY) -m pytest -q -m "not slow" --durations=15
 
-test-all: venv sysdeps viewer
+test-all: venv sysdeps viewer lint
 	$(PY) -m pytest -q --durations=25
 
 bench: venv
@@ -56,4 +63,4 @@ docs: $(DOCS_STAMP)
 	@echo "site/index.html"
 
 clean:
-	rm -rf $(VENV) $(OUT) bench_out site .pytest_cache $(VIEWER)/node_modules $(VIEWER)/dist
+	rm -rf $(VENV) $(OUT) bench_out site .pytest_cache .mypy_cache .ruff_cache $(VIEWER)/node_modules $(VIEWER)/dist

@@ -11,9 +11,9 @@ def predict_image(checkpoint: str | Path, image: np.ndarray) -> np.ndarray:
     """Class codes ``(h, w)`` for an ``(h, w, c)`` uint8 image (one block = the whole image)."""
     import torch
 
+    from engine.raster.grid import Block
     from engine.segment.checkpoint import load_checkpoint
     from engine.segment.predictor import BlockPredictor
-    from engine.raster.grid import Block
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, card = load_checkpoint(checkpoint, device)

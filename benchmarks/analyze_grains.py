@@ -41,13 +41,14 @@ def synthetic_labels(shape: tuple[int, int], n_classes: int, seed: int) -> np.nd
 def write_label_store(path: Path, lab: np.ndarray, block: int = 2048) -> None:
     from engine.classes import LUMENSTONE
     from engine.io.integrity import mark_complete
+    from engine.io.layout import MINERALS
     from engine.io.ome import PyramidLayout, create_image, create_labels, open_store, write_block
 
     root = open_store(path, mode="w")
     layout = PyramidLayout((block, block), chunk=512, levels=3)
     H, W = lab.shape
     img = create_image(root, "big", (1, H, W), layout, pixel_size_um=0.7)
-    lbl = create_labels(img, "minerals", LUMENSTONE, layout, pixel_size_um=0.7)
+    lbl = create_labels(img, MINERALS, LUMENSTONE, layout, pixel_size_um=0.7)
     for y0 in range(0, H, block):
         for x0 in range(0, W, block):
             write_block(lbl, lab[y0:y0 + block, x0:x0 + block], y0, x0, "label")
@@ -86,7 +87,7 @@ class PeakRSS:
             self.peak = max(self.peak, total)
             time.sleep(0.05)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._t.start()
         return self
 

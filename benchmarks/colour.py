@@ -40,8 +40,8 @@ def sharma() -> dict:
 
 def held_out(n_trials: int, size: tuple[int, int], seed: int) -> dict:
     from engine.calibrate.colour import CROSSTALK_PRIOR, fit_image
-    from engine.calibrate.colour_eval import per_image_trials, reference_means, render_set, series_trial
     from engine.synth.casts import ColourCast, partial_annotation
+    from engine.synth.colour_eval import per_image_trials, reference_means, render_set, series_trial
 
     train = render_set(4, size, seed=seed, grain_diameter=30)
     tests = render_set(10, size, seed=seed + 1000, grain_diameter=30)
@@ -81,7 +81,7 @@ def choose_prior(size: tuple[int, int], seed: int, priors: tuple[float, ...] = (
                  casts: int = 10) -> dict:
     """Validation grid for ``CROSSTALK_PRIOR``: held-out ΔE00 of per-image fits on sections and casts
     that :func:`held_out` does not use (sections seeded ``seed + 2000``, casts ``seed + 100`` on)."""
-    from engine.calibrate.colour_eval import reference_means, render_set, series_trial
+    from engine.synth.colour_eval import reference_means, render_set, series_trial
 
     ref = reference_means(render_set(4, size, seed=seed, grain_diameter=30))
     val = render_set(10, size, seed=seed + 2000, grain_diameter=30)
@@ -111,17 +111,16 @@ def speed(repeats: int = 5) -> dict:
 def model_accuracy(work: Path, steps: int, seed: int) -> dict:
     import cv2
 
+    from benchmarks._segment_eval import scores
     from engine.calibrate.colour import fit_image, reference_from_card
     from engine.segment.checkpoint import read_card
     from engine.synth import write_lumenstone
     from engine.synth.casts import partial_annotation, random_cast
-    from engine.train.loop import train
-    from schemas.config import TrainConfig
-    from benchmarks._segment_eval import scores
+    from engine.train.loop import TrainOptions, train
 
     data = write_lumenstone(work / "ds", n_train=8, n_test=4, size=(384, 512), associations=("S1", "S2"), seed=seed)
     t0 = time.perf_counter()
-    ckpt = train(TrainConfig(data=str(data), out=str(work / "model"), arch="pspnet", steps=steps, patch=192,
+    ckpt = train(TrainOptions(data=str(data), out=str(work / "model"), arch="pspnet", steps=steps, patch=192,
                              batch_size=8, window=256, seed=seed))
     train_s = time.perf_counter() - t0
     ref = reference_from_card(read_card(ckpt).reference_colors)

@@ -33,6 +33,7 @@ import numpy as np
 
 def _cached_survey(seed: int, cfg, cache: str | None):
     from engine.geophys.synth import Survey, make_survey
+    from engine.io.atomic import atomic_path
 
     if cache is None:
         return make_survey(seed, cfg)
@@ -42,11 +43,9 @@ def _cached_survey(seed: int, cfg, cache: str | None):
         axes = [z[f"axis_{i}"] for i in range(int(z["n_axes"]))]
         return Survey(z["anomaly"], float(z["spacing"]), float(z["inclination"]), float(z["declination"]), axes, z["target"])
     s = make_survey(seed, cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, anomaly=s.anomaly, target=s.target, spacing=s.spacing_m, inclination=s.inclination, declination=s.declination,
-             n_axes=len(s.axes), **{f"axis_{i}": a for i, a in enumerate(s.axes)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, anomaly=s.anomaly, target=s.target, spacing=s.spacing_m, inclination=s.inclination,
+                 declination=s.declination, n_axes=len(s.axes), **{f"axis_{i}": a for i, a in enumerate(s.axes)})
     return s
 
 
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.geophys.lineaments import ClassicalParams, VectorParams, classical_lineaments, unet_lineaments
     from engine.geophys.score import buffer_scores
-    from engine.geophys.synth import SurveyConfig, make_survey
+    from engine.geophys.synth import SurveyConfig
 
     cfg = SurveyConfig(shape=(args.size, args.size), noise_nt=args.noise, inclination_range=(30.0, 90.0), southern_fraction=0.0)
     model = card = None

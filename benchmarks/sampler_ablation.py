@@ -37,8 +37,7 @@ def main() -> None:
     from engine.segment.checkpoint import load_checkpoint
     from engine.synth import write_lumenstone
     from engine.train.data import load_split
-    from engine.train.loop import validate
-    from schemas.config import TrainConfig
+    from engine.train.loop import TrainOptions, validate
 
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="lode-ablation-")
     work = Path(args.work or tmp.name)
@@ -61,7 +60,7 @@ def main() -> None:
 
     for sampler in ("balanced", "uniform"):
         t = time.perf_counter()
-        ckpt = train(TrainConfig(data=str(data), out=str(work / sampler), arch=args.arch, steps=args.steps,
+        ckpt = train(TrainOptions(data=str(data), out=str(work / sampler), arch=args.arch, steps=args.steps,
                                  epochs=1, patch=args.patch, batch_size=args.batch_size, sampler=sampler,
                                  seed=args.seed, window=256, streams=2))
         model, card = load_checkpoint(ckpt)

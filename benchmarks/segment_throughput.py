@@ -83,7 +83,7 @@ class PeakSampler:
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self._thread.start()
         return self
 
@@ -114,10 +114,11 @@ def _setup(work: Path, h: int, w: int, classes: int, arch: str, encoder: str, wi
 def _load(work: Path):
     import zarr
 
+    from engine.io.layout import FULL_RESOLUTION
     from engine.segment.checkpoint import load_checkpoint
 
     model, card = load_checkpoint(work / "model.pt")
-    img = zarr.open_group(str(work / "pano.zarr"), mode="r")["bench/0"][:]
+    img = zarr.open_group(str(work / "pano.zarr"), mode="r")[f"bench/{FULL_RESOLUTION}"][:]
     return model, card, img
 
 
@@ -132,8 +133,8 @@ def _normalised(img: np.ndarray, card):
 def part_bare(work: Path, batch: int, program: bool = False) -> dict:
     import torch
 
-    from engine.segment.checkpoint import load_inference_model
     from engine.raster.grid import WindowGrid
+    from engine.segment.checkpoint import load_inference_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     model, card, img = _load(work)
@@ -189,15 +190,14 @@ def part_engine(work: Path, batch: int, probabilities: str, out_name: str, sampl
     import ray
 
     from engine.runtime import init_ray
-    from engine.segment.pipeline import run_segmentation
-    from schemas.config import SegmentConfig
+    from engine.segment.pipeline import SegmentOptions, run_segmentation
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     with PeakSampler() if sample else contextlib.nullcontext() as mem:
         init_ray()
         # Ray Data's own per-cluster actors start on first use; a running cluster has them already.
         ray.data.range(2).map_batches(lambda b: b).materialize()
-        cfg = SegmentConfig(inputs=[str(work / "pano.zarr")], out=str(work / out_name),
+        cfg = SegmentOptions(inputs=[str(work / "pano.zarr")], out=str(work / out_name),
                             checkpoint=str(work / "model.pt"), batch_size=batch, probabilities=probabilities)
         t = time.perf_counter()
         manifest = run_segmentation(cfg)
@@ -207,7 +207,9 @@ def part_engine(work: Path, batch: int, probabilities: str, out_name: str, sampl
         return {"engine_sampled_s": dt, "engine_peak_rss_mb": mem.peak_rss, "engine_peak_pss_mb": mem.peak_pss}
     import zarr
 
-    arr = zarr.open_group(str(work / "pano.zarr"), mode="r")["bench/0"]
+    from engine.io.layout import FULL_RESOLUTION
+
+    arr = zarr.open_group(str(work / "pano.zarr"), mode="r")[f"bench/{FULL_RESOLUTION}"]
     h, w = arr.shape[1:]
     windows = sum(b.get("windows", 0) for b in manifest["blocks"])
     return {"engine_s": dt, "engine_mpx_s": h * w / 1e6 / dt, "engine_windows": windows,
@@ -277,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             _run_part("engine", work, args.batch_size, ["--probabilities", "float32", "--out-name", "check"])
             import zarr
 
-            probs = zarr.open_group(str(work / "check" / "lode.ome.zarr"), mode="r")["bench/probabilities/0"][:]
+            from engine.io.layout import FULL_RESOLUTION, PROBABILITIES, STORE_NAME
+
+            probs = zarr.open_group(str(work / "check" / STORE_NAME), mode="r")[f"bench/{PROBABILITIES}/{FULL_RESOLUTION}"][:]
             monai = np.load(work / "monai_probs.npy", mmap_mode="r")
             res["max_abs_prob_diff_vs_monai"] = float(np.abs(probs - monai).max())
             mismatch = int((probs.argmax(0) != monai.argmax(0)).sum())

@@ -88,8 +88,14 @@ def _measured(cmd: list[str], timeout: float) -> dict:
 
 
 def generate(work: Path, rows: int, cols: int, hw: tuple[int, int], seed: int) -> dict:
-    from engine.synth.captures import (CaptureConfig, calibration_frames, capture_grid, textured_section,
-                                       write_calibration, write_section)
+    from engine.synth.captures import (
+        CaptureConfig,
+        calibration_frames,
+        capture_grid,
+        textured_section,
+        write_calibration,
+        write_section,
+    )
 
     base = dict(rows=rows, cols=cols, frame_hw=hw, overlap=0.25, seed=seed, jitter_px=6.0)
     clean = CaptureConfig(**base)
@@ -104,17 +110,6 @@ def generate(work: Path, rows: int, cols: int, hw: tuple[int, int], seed: int) -
             write_calibration(work / name, calibration_frames(cfg))
         out[name] = caps.truth_dict()
     return out
-
-
-def _lode_child(collection: str, store: str, no_lens: bool) -> None:
-    from jobs import stitch as job
-
-    p = argparse.ArgumentParser()
-    job.add_arguments(p)
-    argv = [collection, "--out", store] + (["--no-lens"] if no_lens else [])
-    t = time.perf_counter()
-    rc = job.run(p.parse_args(argv))
-    print(json.dumps({"rc": rc, "job_s": round(time.perf_counter() - t, 2)}))
 
 
 def _opencv_child(collection: str) -> None:
@@ -150,8 +145,8 @@ def _score_lode(work: Path, case: str, truth: dict, src: np.ndarray) -> dict:
     import zarr
 
     from engine.calibrate.lens import LensModel
-    from engine.stitch.evaluate import (alignment_rms, gradient_ratio, sample_delta_e, seam_masks,
-                                        truth_in_panorama)
+    from engine.io.layout import FULL_RESOLUTION, SEAM_LABELS
+    from engine.stitch.evaluate import alignment_rms, gradient_ratio, sample_delta_e, seam_masks, truth_in_panorama
 
     store = work / f"{case}.zarr"
     summary = json.loads(Path(str(store) + ".stitch.json").read_text())
@@ -173,11 +168,11 @@ def _score_lode(work: Path, case: str, truth: dict, src: np.ndarray) -> dict:
            "flagged": rep["flagged"], "panorama_hw": rep["panorama_hw"], "truth_extent_hw": [eh, ew],
            "size_error_pct": round(100 * max(abs(rep["panorama_hw"][0] - eh) / eh,
                                              abs(rep["panorama_hw"][1] - ew) / ew), 3),
-           "stitch_timings_s": rep["timings_s"]}
+           "stitch_timings_s": rep["timings_s"], "job_s": summary["seconds"]}
     if case != "lode_no_lens":
         g = zarr.open_group(str(store))["section"]
-        pano = np.asarray(g["0"][...]).transpose(1, 2, 0)
-        on_seam, away = seam_masks(np.asarray(g["seam_labels"][...]), rep["seam_labels"]["scale"],
+        pano = np.asarray(g[FULL_RESOLUTION][...]).transpose(1, 2, 0)
+        on_seam, away = seam_masks(np.asarray(g[SEAM_LABELS][...]), rep["seam_labels"]["scale"],
                                    pano.shape[:2], 16)
         out["delta_e2000_away_from_seams"] = round(sample_delta_e(pano, src, G, away), 3)
         out["seam_gradient_ratio"] = round(gradient_ratio(pano, on_seam, away), 3)
@@ -187,9 +182,8 @@ def _score_lode(work: Path, case: str, truth: dict, src: np.ndarray) -> dict:
 
 
 def _score_opencv(child: dict, truth: dict) -> dict:
-    from engine.calibrate.lens import LensModel
+    from engine.calibrate.lens import LensModel, ideal_points
     from engine.stitch.evaluate import umeyama_similarity
-    from engine.calibrate.lens import ideal_points
     from engine.stitch.register import apply
 
     out = {k: child.get(k) for k in ("status", "status_ok", "frames_kept", "frames", "panorama_hw", "stitch_s")}
@@ -227,11 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_child", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
-        kind, *rest = args._child
-        if kind == "lode":
-            _lode_child(rest[0], rest[1], rest[2] == "1")
-        else:
-            _opencv_child(rest[0])
+        _opencv_child(args._child[1])  # ["opencv", COLLECTION]
         return 0
     w, h = (int(v) for v in args.frame.lower().split("x"))
     work = Path(args.work) if args.work else Path(args.json).resolve().parent / "stitch_bench_work"
@@ -255,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     for case in args.cases.split(","):
         data = "clean" if case == "lode_clean" else "degraded"
         if case.startswith("lode"):
-            run = _measured(me + ["lode", str(work / data), str(work / f"{case}.zarr"),
-                                  "1" if case == "lode_no_lens" else "0"], args.timeout)
+            lode = [sys.executable, "-m", "jobs.cli", "stitch", str(work / data), "--out", str(work / f"{case}.zarr")]
+            run = _measured(lode + (["--no-lens"] if case == "lode_no_lens" else []), args.timeout)
             if run["returncode"] == 0:
                 run.update(_score_lode(work, case, truth[data], src))
         else:

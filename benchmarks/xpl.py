@@ -62,8 +62,7 @@ def models(work: Path, steps: int, seed: int, n_train: int, n_test: int, size: t
     from engine.synth.minerals import ANISOTROPIC
     from engine.synth.xpl import write_xpl_collection
     from engine.train.data import load_split
-    from engine.train.loop import train
-    from schemas.config import TrainConfig
+    from engine.train.loop import TrainOptions, train
 
     t0 = time.perf_counter()
     ds = write_xpl_collection(work / "xpl_ds", n_train, n_test, size, seed)
@@ -77,7 +76,7 @@ def models(work: Path, steps: int, seed: int, n_train: int, n_test: int, size: t
     per_class = {}
     for name, root in (("ppl", ppl), ("ppl_xpl6", ds)):
         t0 = time.perf_counter()
-        ckpt = train(TrainConfig(data=str(root), out=str(work / f"model_{name}"), arch="pspnet", steps=steps,
+        ckpt = train(TrainOptions(data=str(root), out=str(work / f"model_{name}"), arch="pspnet", steps=steps,
                                  patch=patch, batch_size=8, window=256, seed=seed))
         train_s = time.perf_counter() - t0
         s = scores(ckpt, [(x.image, x.mask) for x in load_split(root, "test")])

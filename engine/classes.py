@@ -6,8 +6,8 @@ list in an algorithm. `LUMENSTONE` is the catalogue of the LumenStone data set.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class ClassSet:
 
     @classmethod
     def from_codes(cls, codes: Iterable[int], catalogue: dict[int, MineralClass] | None = None,
-                   name: str = "custom", source: str = "class set") -> "ClassSet":
+                   name: str = "custom", source: str = "class set") -> ClassSet:
         catalogue = LUMENSTONE_CATALOGUE if catalogue is None else catalogue
         out = []
         for code in codes:
@@ -71,7 +71,7 @@ class ClassSet:
 
     @classmethod
     def from_dicts(cls, items: Sequence[dict], name: str = "custom", source: str = "class set",
-                   catalogue: dict[int, MineralClass] | None = None) -> "ClassSet":
+                   catalogue: dict[int, MineralClass] | None = None) -> ClassSet:
         """Build from [{code, name, color}], checking codes against the catalogue."""
         catalogue = LUMENSTONE_CATALOGUE if catalogue is None else catalogue
         out = []
@@ -84,7 +84,7 @@ class ClassSet:
                 raise LodeInputError(source, f"unknown class code {code} (known: {sorted(catalogue)})")
             if len(color) != 3:
                 raise LodeInputError(source, f"class {code} colour must be RGB, got {color}")
-            out.append(MineralClass(code, nm, color))  # type: ignore[arg-type]
+            out.append(MineralClass(code, nm, color))
         return cls(tuple(out), name=name)
 
     def to_dicts(self) -> list[dict]:

@@ -67,9 +67,10 @@ def _colour(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from engine.calibrate.colour import fit_captures, reference_from_file, save_matrices
+    from engine.calibrate.colour import fit_captures, save_matrices
+    from engine.segment.card import reference_from_file
     from engine.errors import LodeInputError
-    from engine.io.images import list_images, read_rgb
+    from engine.io.images import list_images, read_rgb, write_image
 
     missing = next((p for p in map(Path, args.images) if not p.exists()), None)
     if missing is not None:
@@ -83,11 +84,7 @@ def _colour(args: argparse.Namespace) -> int:
         out = Path(args.apply)
         out.mkdir(parents=True, exist_ok=True)
         for p in paths:
-            target = out / f"{p.stem}.png"
-            tmp = out / f".{p.stem}.tmp.png"
-            if not cv2.imwrite(str(tmp), cv2.cvtColor(matrices[p.stem].apply(read_rgb(p)), cv2.COLOR_RGB2BGR)):
-                raise OSError(f"cannot write {target}")
-            tmp.replace(target)
+            write_image(out / f"{p.stem}.png", cv2.cvtColor(matrices[p.stem].apply(read_rgb(p)), cv2.COLOR_RGB2BGR))
     print(json.dumps({"out": args.out, "mode": args.mode, "captures": len(paths),
                       "mean_delta_e_fit": {k: round(m.info.get("mean_delta_e_fit", float("nan")), 4)
                                            for k, m in matrices.items()}}))

@@ -24,11 +24,12 @@ def _preview(store, section: str, out: Path) -> Path:
     import numpy as np
 
     from engine.classes import LUMENSTONE
+    from engine.io.layout import LABELS_GROUP, MINERALS
 
     img = store[section]
     lvl = str(len([k for k in img.array_keys()]) - 1)
     rgb = np.moveaxis(np.asarray(img[lvl][:]), 0, -1)
-    lab = LUMENSTONE.palette()[np.asarray(img[f"labels/minerals/{lvl}"][:])]
+    lab = LUMENSTONE.palette()[np.asarray(img[f"{LABELS_GROUP}/{MINERALS}/{lvl}"][:])]
     path = out / f"{section}_preview.png"
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([rgb, lab], axis=1), cv2.COLOR_RGB2BGR))
     return path
@@ -43,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
         from engine.analyze.metrics import SegmentationScores
         from engine.classes import LUMENSTONE
+        from engine.io.layout import STORE_NAME, TRUTH, label_path
         from engine.runtime import init_ray
-        from engine.segment.pipeline import STORE_NAME, run_segmentation
-        from engine.synth import ASSOCIATIONS, TRUTH_LABELS, SectionSpec, write_lumenstone, write_panorama
-        from engine.train.loop import train
-        from schemas.config import SegmentConfig, TrainConfig
+        from engine.segment.pipeline import SegmentOptions, run_segmentation
+        from engine.synth import ASSOCIATIONS, SectionSpec, write_lumenstone, write_panorama
+        from engine.train.loop import TrainOptions, train
 
         out = Path(args.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
@@ -65,15 +66,15 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"[2/4] training PSPNet-ResNet18 for {args.steps} steps with Ray Train ...", flush=True)
         t = time.perf_counter()
-        ckpt = train(TrainConfig(data=str(data), out=str(out / "model"), arch="pspnet", encoder="resnet18",
-                                 steps=args.steps, patch=256, batch_size=8, seed=args.seed, window=512))
+        ckpt = train(TrainOptions(data=str(data), out=str(out / "model"), arch="pspnet", encoder="resnet18",
+                                  steps=args.steps, patch=256, batch_size=8, seed=args.seed, window=512))
         timings["train_s"] = time.perf_counter() - t
 
         print("[3/4] segmenting the panoramas (Ray Data, blocked sliding window) ...", flush=True)
         t = time.perf_counter()
         seg_out = out / "segmentation"
-        run_segmentation(SegmentConfig(inputs=[str(panos)], out=str(seg_out), checkpoint=str(ckpt),
-                                       probabilities="uint8"))
+        run_segmentation(SegmentOptions(inputs=[str(panos)], out=str(seg_out), checkpoint=str(ckpt),
+                                        probabilities="uint8"))
         timings["segment_s"] = time.perf_counter() - t
 
         print("[4/4] scoring against the synthetic truth ...", flush=True)
@@ -83,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
         scores = SegmentationScores.empty(codes)
         previews = []
         for name in sorted(k for k, _ in truth_store.groups()):
-            scores.add(np.asarray(truth_store[f"{name}/labels/{TRUTH_LABELS}/0"][:]),
-                       np.asarray(pred_store[f"{name}/labels/minerals/0"][:]))
+            scores.add(np.asarray(truth_store[label_path(name, TRUTH)][:]), np.asarray(pred_store[label_path(name)][:]))
             previews.append(str(_preview(pred_store, name, out)))
         names = {c.code: c.name for c in LUMENSTONE.classes}
         print(scores.table(names))

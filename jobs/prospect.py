@@ -86,31 +86,6 @@ def _map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: int = 0, shifts: int = 2, drop_top: int = 0):
-    """The window scorer for a method: a trained checkpoint for mae/cae (loaded where it runs),
-    fitted here for iforest/pca. ``shifts`` (mae/cae) averages ``shifts``² window lattices offset
-    by one MAE patch (8 cells); ``drop_top`` (mae/cae/pca) leaves each cell's largest channel
-    errors out of its error."""
-    from engine.errors import LodeInputError
-    from engine.io.torchfile import verify_in_child
-    from engine.prospect import score
-    from engine.prospect.stack import open_stack
-
-    st = open_stack(stack_path)
-    if method in ("mae", "cae"):
-        if model is None:
-            raise LodeInputError("--model", f"method {method} needs a checkpoint")
-        scorer = score.CheckpointScorer.open(model, method, st.channels, st.measured, shifts, drop_top)
-        verify_in_child(model, "engine.prospect.train", what="prospect checkpoint")
-        return scorer
-    from engine.prospect import baselines
-
-    cells = baselines.sample_cells(st, seed=seed)
-    if method == "iforest":
-        return score.CellScorer(baselines.IsolationForestScorer(cells, seed=seed, channels=st.measured))
-    return score.CellScorer(baselines.PCAScorer(cells, channels=st.measured, drop_top=drop_top))
-
-
 def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float, seed: int, no_ray: bool) -> dict:
     from engine.prospect.train import train_local, train_with_ray
 
@@ -124,6 +99,7 @@ def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, si
     """Map on the raster runner: on Ray (model actors on the cluster's GPUs when it has them), or in
     this process with ``no_ray``; a killed map resumes on rerun."""
     from engine.prospect.score import score_map
+    from engine.prospect.select import make_scorer
     from engine.raster.runner import RunOptions
 
     scorer = make_scorer(method, stack, model, seed, shifts)  # checks the stack and checkpoint before Ray starts
@@ -236,12 +212,6 @@ def _run_all(args: argparse.Namespace) -> None:
         timings[method] = time.perf_counter() - t
     if (out / "map_mae.zarr").exists():
         write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif")
-    import zarr
-
-    from engine.export.survey import deposits_geojson
-
-    crs = zarr.open_group(str(stack), mode="r").attrs["grid"].get("crs")
-    deposits_geojson(args.region / "deposits.csv", crs, out / "deposits.geojson")  # for QGIS and `lode view`
     _score(maps, args.region / "deposits.csv", "heldout", out / "eval")
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    from engine.segment.pipeline import run_segmentation
+    from engine.segment.pipeline import SegmentOptions, run_segmentation
     from schemas.config import SegmentConfig
 
     def body() -> int:
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                                       probabilities=args.probabilities, device=args.device,
                                       num_actors=args.num_actors, max_blocks=args.max_blocks, colour=args.colour,
                                       annotations=args.annotations, xpl=args.xpl)
-        manifest = run_segmentation(cfg)
+        manifest = run_segmentation(SegmentOptions(**cfg.model_dump()))
         done = sum(b["status"] == "done" for b in manifest["blocks"])
         print(json.dumps({"status": manifest["status"], "blocks_done": done, "blocks": len(manifest["blocks"]),
                           "skipped_already_done": manifest["skipped_already_done"], "out": cfg.out,

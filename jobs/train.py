@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    from engine.train.loop import train
+    from engine.train.loop import TrainOptions, train
     from schemas.config import TrainConfig
 
     def body() -> int:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                                     candidates=args.candidates, augment=args.augment, streams=args.streams, val_split=args.val_split,
                                     void_border=args.void_border, resume=args.resume, workers=args.workers,
                                     gpu=args.gpu, seed=args.seed, window=args.window)
-        print(f"checkpoint: {train(cfg)}")
+        print(f"checkpoint: {train(TrainOptions(**cfg.model_dump()))}")
         return 0
 
     return guarded(body)

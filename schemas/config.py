@@ -44,7 +44,7 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     @classmethod
-    def from_file(cls, path: str | Path | None, **overrides) -> "JobConfig":
+    def from_file(cls, path: str | Path | None, **overrides) -> JobConfig:
         data = read_config_file(path) if path else {}
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(data)
@@ -147,7 +147,7 @@ def _value_type(action: argparse.Action) -> Any:
     except Exception:
         ret = Any
     # a config file may hold the typed value or the text the CLI takes ("9x6"), which is parsed here
-    return Annotated[Union[ret, str], BeforeValidator(partial(_parse_text, fn))]
+    return Annotated[Union[ret, str], BeforeValidator(partial(_parse_text, fn))]  # noqa: UP007 - ret is a runtime value
 
 
 def _parse_text(fn: Any, value: Any) -> Any:
@@ -172,7 +172,7 @@ def _field(action: argparse.Action) -> tuple[Any, Any]:
     default = action.default
     if isinstance(default, tuple):
         default = list(default)
-    required = action.required and not (action.nargs in ("?", "*"))
+    required = action.required and action.nargs not in ("?", "*")
     if required:
         return kind, Field(description=description)
     if default is None:
@@ -190,7 +190,7 @@ def model_from_parser(job: str, parser: argparse.ArgumentParser) -> type[BaseMod
     """The pydantic model of a job's options: one field per argparse option (same name, type,
     choices, default, help), and for jobs with actions a union discriminated by the action."""
     title = "".join(p.capitalize() for p in job.split("_"))
-    fields = _parser_fields(parser)
+    fields: dict[str, Any] = _parser_fields(parser)
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         return create_model(f"{title}Config", __base__=JobConfig, __doc__=parser.description, **fields)
@@ -200,4 +200,5 @@ def model_from_parser(job: str, parser: argparse.ArgumentParser) -> type[BaseMod
         vfields = {**fields, **_parser_fields(subparser), sub.dest: (Literal[choice], Field(description=f"{sub.dest}"))}
         name = title + "".join(p.capitalize() for p in choice.split("-")) + "Config"
         variants.append(create_model(name, __base__=JobConfig, __doc__=subparser.description, **vfields))
-    return RootModel[Annotated[Union[tuple(variants)], Field(discriminator=sub.dest)]]  # type: ignore[return-value]
+    # a union built at run time: Union[tuple] unpacks it, which the | operator cannot, and mypy cannot check
+    return RootModel[Annotated[Union[tuple(variants)], Field(discriminator=sub.dest)]]  # type: ignore[misc,return-value]  # noqa: UP007

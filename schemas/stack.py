@@ -5,8 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import (BaseModel, ConfigDict, Field, FiniteFloat, PositiveFloat, PositiveInt, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 KINDS = ("geochem", "continuous", "categorical", "lines", "fault_raster")
 

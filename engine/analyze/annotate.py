@@ -15,8 +15,8 @@ until a share of the image is used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from skimage.color import rgb2lab

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.analyze.grains import (GrainStage, ZarrSource, finish_grain_table, grain_lut_for, merge_blocks,
-                                   read_block_results)
+from engine.analyze.grains import (
+    GrainStage,
+    ZarrSource,
+    finish_grain_table,
+    grain_lut_for,
+    merge_blocks,
+    read_block_results,
+)
 from engine.analyze.sections import Section, open_sections
-from engine.analyze.statistics import Measured, load_densities, measured_section, statistics_table
-from engine.classes import ClassSet
+from engine.analyze.statistics import load_densities, measured_section, statistics_table
+from engine.classes import ClassSet, MineralClass
 from engine.errors import LodeInputError
 from engine.io import fs
+from engine.io.atomic import atomic_path
+from engine.io.layout import FULL_RESOLUTION, MINERALS
 from engine.io.manifest import RunManifest
 from engine.raster import Unit, block_grid, units_of
 from engine.raster.runner import RunOptions, run_stage
@@ -51,10 +59,8 @@ def write_parquet_atomic(df: pd.DataFrame, schema: pa.Schema, path: str | Path) 
         filesystem, inner = fs.arrow_filesystem(path)
         pq.write_table(table, inner, filesystem=filesystem)
         return
-    path = Path(fs.local(path))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(fs.local(path)) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _location(path: str) -> Path | str:
@@ -68,7 +74,7 @@ def block_of(section: Section) -> tuple[int, int]:
 
 
 def union_classes(sections: Sequence[Section]) -> ClassSet:
-    by_code = {}
+    by_code: dict[int, MineralClass] = {}
     for s in sections:
         for c in s.classes.classes:
             by_code.setdefault(c.code, c)
@@ -79,7 +85,7 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
                   connectivity: int = 2, non_grain: Sequence[int] = (0,), densities: str | Path | None = None,
                   size_edges: Sequence[float] | None = None, pixel_size_um: float | None = None,
                   block: tuple[int, int] | None = None, report: bool = True,
-                  label_name: str = "minerals", allow_incomplete: bool = False) -> AnalysisResult:
+                  label_name: str = MINERALS, allow_incomplete: bool = False) -> AnalysisResult:
     """Measure every section of ``store`` and write grains.parquet, statistics.parquet and report.html.
 
     An incomplete section (a killed or failed segmentation) is refused unless ``allow_incomplete``;
@@ -149,8 +155,9 @@ def _run_blocks(store: str, sections: Sequence[Section], units: dict[str, list[U
     except LodeInputError:
         fs.remove(work)
         manifest.begin("analyze", {"executor": executor}, fingerprint)
+    sources: dict[str, Any]
     if executor == "ray":
-        sources = {s.name: ZarrSource(store, f"{s.labels.path}/0") for s in sections}
+        sources = {s.name: ZarrSource(store, f"{s.labels.path}/{FULL_RESOLUTION}") for s in sections}
         options = RunOptions(executor="ray", remote_args=fs.ray_remote_args())
     elif executor == "serial":
         sources, options = {s.name: s.level0 for s in sections}, RunOptions(executor="serial")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -12,10 +12,8 @@ from engine.classes import LUMENSTONE_CATALOGUE
 from engine.errors import LodeInputError
 from engine.io.images import IMAGE_SUFFIXES, read_mask
 from engine.io.integrity import check_raster, read_checked
+from engine.io.layout import FULL_RESOLUTION, LABELS_GROUP, MINERALS, TRUTH, label_path
 from engine.io.ome import VOID
-
-PRED_LABELS = "minerals"
-TRUTH_LABELS = "truth"
 
 
 def _open(path: Path, what: str):
@@ -34,7 +32,7 @@ def _truth_reader(truth: Path):
         store = _open(truth, "truth")
 
         def from_store(section: str) -> np.ndarray:
-            key = f"{section}/labels/{TRUTH_LABELS}/0"
+            key = label_path(section, TRUTH)
             if key not in store:
                 raise LodeInputError(truth, f"no truth labels {key!r} for section {section!r}")
             return _known_codes(np.asarray(store[key][:]), f"{truth}/{key}")
@@ -69,12 +67,12 @@ def _pairs(pred: Path, truth: Path, allow_incomplete: bool, incomplete: dict[str
            ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     store = _open(pred, "prediction")
     read_truth = _truth_reader(truth)
-    sections = sorted(k for k, g in store.groups() if f"labels/{PRED_LABELS}/0" in g)
+    sections = sorted(k for k, g in store.groups() if f"{LABELS_GROUP}/{MINERALS}/{FULL_RESOLUTION}" in g)
     if not sections:
-        raise LodeInputError(pred, f"no section with labels/{PRED_LABELS} in the store")
+        raise LodeInputError(pred, f"no section with {LABELS_GROUP}/{MINERALS} in the store")
     for s in sections:
-        group = store[f"{s}/labels/{PRED_LABELS}"]
-        level0 = group["0"]
+        group = store[f"{s}/{LABELS_GROUP}/{MINERALS}"]
+        level0 = group[FULL_RESOLUTION]
         missing = check_raster(group, level0, f"{pred}/{s}", allow_incomplete)
         if missing:
             incomplete[s] = len(missing)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import pickle
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -61,7 +62,7 @@ class Tally:
     class_px: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     crossings: np.ndarray = field(default_factory=lambda: np.zeros((256, 256), np.float64))
 
-    def __iadd__(self, other: "Tally") -> "Tally":
+    def __iadd__(self, other: Tally) -> Tally:
         self.class_px += other.class_px
         self.crossings += other.crossings
         return self
@@ -133,7 +134,7 @@ def feret_batch(hulls: Sequence[np.ndarray]) -> np.ndarray:
                 valid[r, :k] = True
             out[chunk] = _feret_padded(p, valid)
     for i in np.nonzero(sizes > 128)[0]:
-        out[i] = _feret_padded(np.asarray(hulls[i], np.float64)[None], np.ones((1, sizes[i]), bool))[0]
+        out[i] = _feret_padded(np.asarray(hulls[int(i)], np.float64)[None], np.ones((1, sizes[i]), bool))[0]
     return out
 
 
@@ -291,12 +292,14 @@ def merge_blocks(results: Sequence[BlockResult], shape: tuple[int, int], block: 
         upper = np.concatenate([gid(grid[i, j][0].bottom, grid[i, j][1]) for j in range(nbx)])
         lower = np.concatenate([gid(grid[i + 1, j][0].top, grid[i + 1, j][1]) for j in range(nbx)])
         for a, b in _boundary_pairs(upper, lower, diagonal):
-            src.append(a), dst.append(b)
+            src.append(a)
+            dst.append(b)
     for j in range(nbx - 1):
         left = np.concatenate([gid(grid[i, j][0].right, grid[i, j][1]) for i in range(nby)])
         right = np.concatenate([gid(grid[i, j + 1][0].left, grid[i, j + 1][1]) for i in range(nby)])
         for a, b in _boundary_pairs(left, right, diagonal):
-            src.append(a), dst.append(b)
+            src.append(a)
+            dst.append(b)
     if src:
         s, d = np.concatenate(src), np.concatenate(dst)
         keep = (s >= 0) & (d >= 0)

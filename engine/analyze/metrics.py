@@ -82,7 +82,7 @@ class SegmentationScores:
                 "confusion": self.confusion.tolist()}
 
     @classmethod
-    def empty(cls, codes: list[int]) -> "SegmentationScores":
+    def empty(cls, codes: list[int]) -> SegmentationScores:
         return cls(list(codes), np.zeros((len(codes), len(codes) + 1), np.int64))
 
     def table(self, names: dict[int, str] | None = None) -> str:

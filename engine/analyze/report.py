@@ -10,8 +10,8 @@ import base64
 import html
 import io
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -129,7 +129,7 @@ def overlay_thumbnail(section, classes: ClassSet) -> bytes:
     from matplotlib.patches import Patch
 
     present = [c for c in classes.classes if np.any(lab == c.code)]
-    ax.legend(handles=[Patch(color=np.array(c.color) / 255, label=c.name) for c in present], fontsize=7,
+    ax.legend(handles=[Patch(color=(c.color[0] / 255, c.color[1] / 255, c.color[2] / 255), label=c.name) for c in present], fontsize=7,
               loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(section.name)
     return _png(fig)
@@ -154,19 +154,19 @@ def _composition_table(stats: pd.DataFrame, scope: str, section: str | None) -> 
     lib = sel[sel.statistic == "liberation"].set_index("class_code")
     unit = "µm" if (me.unit == "um").any() else "px"
     rows = []
+
+    def cell(df: pd.DataFrame, code: int, kind: str, fmt: str, scale: float = 1.0) -> str:
+        if code not in df.index:
+            return "<td>–</td>"
+        v = float(df.loc[code, "value"])
+        return f'<td class="{kind}" data-code="{code}" data-value="{v!r}">{format(v * scale, fmt)}</td>'
+
     for code, r in af.iterrows():
         if r.value == 0 and (code not in gc.index or gc.loc[code, "value"] == 0):
             continue
-
-        def cell(df: pd.DataFrame, kind: str, fmt: str, scale: float = 1.0) -> str:
-            if code not in df.index:
-                return "<td>–</td>"
-            v = float(df.loc[code, "value"])
-            return f'<td class="{kind}" data-code="{code}" data-value="{v!r}">{format(v * scale, fmt)}</td>'
-
-        rows.append(f"<tr><th>{html.escape(r.class_name)}</th>{cell(af, 'area_fraction', '.4f', 100)}"
-                    f"{cell(wp, 'weight_percent', '.4f')}{cell(gc, 'grain_count', '.0f')}"
-                    f"{cell(me, 'mean_ecd', '.2f')}{cell(lib, 'liberation', '.1f', 100)}</tr>")
+        rows.append(f"<tr><th>{html.escape(r.class_name)}</th>{cell(af, code, 'area_fraction', '.4f', 100)}"
+                    f"{cell(wp, code, 'weight_percent', '.4f')}{cell(gc, code, 'grain_count', '.0f')}"
+                    f"{cell(me, code, 'mean_ecd', '.2f')}{cell(lib, code, 'liberation', '.1f', 100)}</tr>")
     head = (f"<tr><th>mineral</th><th>area %</th><th>weight %</th><th>grains</th><th>mean ECD ({unit})</th>"
             f"<th>liberated %</th></tr>")
     key = "collection" if scope == "collection" else f"section:{section}"

@@ -11,9 +11,8 @@ import zarr
 from engine.classes import ClassSet
 from engine.errors import LodeInputError
 from engine.io.integrity import check_raster
+from engine.io.layout import FULL_RESOLUTION, LABELS_GROUP, MINERALS, PROBABILITIES, array_at, attrs_of
 from engine.io.ome import VOID, image_groups, labels_of, open_store
-
-PROBABILITIES = "probabilities"
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class Section:
 
     @property
     def level0(self) -> zarr.Array:
-        return self.labels["0"]  # type: ignore[return-value]
+        return self.labels[FULL_RESOLUTION]  # type: ignore[return-value]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -42,12 +41,12 @@ class Section:
         if PROBABILITIES not in self.image:
             return None
         node = self.image[PROBABILITIES]
-        return node["0"] if isinstance(node, zarr.Group) else node  # type: ignore[return-value]
+        return node[FULL_RESOLUTION] if isinstance(node, zarr.Group) else node  # type: ignore[return-value]
 
 
 def pixel_size_of(group: zarr.Group) -> float | None:
     """Level-0 pixel size in µm from NGFF multiscales, or None when the axes have no micrometre unit."""
-    ms = group.attrs.get("ome", {}).get("multiscales") or group.attrs.get("multiscales")
+    ms = attrs_of(group).get("ome", {}).get("multiscales") or attrs_of(group).get("multiscales")
     if not ms:
         return None
     axes = ms[0].get("axes", [])
@@ -61,10 +60,10 @@ def pixel_size_of(group: zarr.Group) -> float | None:
 
 def classes_of(labels: zarr.Group, source: str) -> ClassSet:
     """Class set of a label group: ``attrs["lode"]["classes"]``, else the NGFF image-label properties."""
-    lode = labels.attrs.get("lode", {})
+    lode = attrs_of(labels).get("lode", {})
     if "classes" in lode:
         return ClassSet.from_dicts(lode["classes"], source=source)
-    il = labels.attrs.get("ome", {}).get("image-label", {})
+    il = attrs_of(labels).get("ome", {}).get("image-label", {})
     props = {p["label-value"]: p.get("name", str(p["label-value"])) for p in il.get("properties", [])}
     colours = {c["label-value"]: c.get("rgba", [128, 128, 128, 255])[:3] for c in il.get("colors", [])}
     codes = sorted((set(props) | set(colours)) - {VOID})
@@ -76,7 +75,7 @@ def classes_of(labels: zarr.Group, source: str) -> ClassSet:
     )
 
 
-def open_sections(store: str | Path, label_name: str = "minerals", allow_incomplete: bool = False) -> list[Section]:
+def open_sections(store: str | Path, label_name: str = MINERALS, allow_incomplete: bool = False) -> list[Section]:
     """Every section of a segmentation store that has a ``labels/<label_name>`` image.
 
     Raises ``LodeInputError`` naming the section and its missing blocks when a section is
@@ -90,11 +89,11 @@ def open_sections(store: str | Path, label_name: str = "minerals", allow_incompl
             labels = labels_of(image, label_name)
         except KeyError:
             continue
-        if "0" not in labels:
-            raise LodeInputError(f"{src}/labels/{label_name}", "label image has no level 0")
-        arr = labels["0"]
+        if FULL_RESOLUTION not in labels:
+            raise LodeInputError(f"{src}/{LABELS_GROUP}/{label_name}", "label image has no level 0")
+        arr = array_at(labels, FULL_RESOLUTION)
         if arr.ndim != 2 or arr.dtype != np.uint8:
-            raise LodeInputError(f"{src}/labels/{label_name}", f"expected a (y, x) uint8 label array, got "
+            raise LodeInputError(f"{src}/{LABELS_GROUP}/{label_name}", f"expected a (y, x) uint8 label array, got "
                                                                   f"{arr.dtype} {arr.shape}")
         missing = check_raster(labels, arr, src, allow_incomplete)
         out.append(Section(name, image, labels, classes_of(labels, src), pixel_size_of(labels) or

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -73,9 +73,9 @@ def combine(parts: Sequence[Measured]) -> Measured:
         raise LodeInputError("collection", "sections mix known and unknown pixel sizes; give --pixel-size-um")
     return Measured(
         pd.concat([p.grains for p in parts], ignore_index=True),
-        sum(p.class_px for p in parts),
-        sum(p.class_area for p in parts),
-        sum(p.boundary for p in parts),
+        np.sum([p.class_px for p in parts], axis=0),
+        np.sum([p.class_area for p in parts], axis=0),
+        np.sum([p.boundary for p in parts], axis=0),
         parts[0].unit,
     )
 

@@ -22,9 +22,9 @@ fit is a least-squares problem with three residuals per class.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -32,6 +32,9 @@ from scipy.optimize import least_squares
 
 from engine.errors import LodeInputError
 from engine.io.atomic import atomic_write_text
+
+Reference = Mapping[int, "np.ndarray | Sequence[float]"]
+"""Reference colour per class code: linear RGB."""
 
 GAMMA = 2.2
 UNLABELLED = 255
@@ -106,8 +109,8 @@ def ciede2000_terms(lab1: np.ndarray, lab2: np.ndarray, kL: float = 1.0, kC: flo
     sc = 1 + 0.045 * cp_bar
     sh = 1 + 0.015 * cp_bar * t
     rt = -np.sin(np.radians(2 * d_theta)) * rc
-    l, c, h = dL / (kL * sl), dC / (kC * sc), dH / (kH * sh)
-    return np.stack([l, c + rt * h / 2, np.sqrt(1 - rt * rt / 4) * h], axis=-1)
+    lt, c, h = dL / (kL * sl), dC / (kC * sc), dH / (kH * sh)
+    return np.stack([lt, c + rt * h / 2, np.sqrt(1 - rt * rt / 4) * h], axis=-1)
 
 
 def ciede2000(lab1: np.ndarray, lab2: np.ndarray, kL: float = 1.0, kC: float = 1.0, kH: float = 1.0) -> np.ndarray:
@@ -135,7 +138,7 @@ class ColourMatrix:
         object.__setattr__(self, "matrix", m)
 
     @classmethod
-    def identity(cls, gamma: float = GAMMA) -> "ColourMatrix":
+    def identity(cls, gamma: float = GAMMA) -> ColourMatrix:
         return cls(np.vstack([np.eye(3), np.zeros((1, 3))]), gamma)
 
     def apply_linear(self, linear: np.ndarray) -> np.ndarray:
@@ -159,7 +162,7 @@ class ColourMatrix:
                 **({"info": self.info} if self.info else {})}
 
     @classmethod
-    def from_dict(cls, d: Mapping, source: str = "colour matrix") -> "ColourMatrix":
+    def from_dict(cls, d: Mapping, source: str = "colour matrix") -> ColourMatrix:
         try:
             return cls(np.asarray(d["matrix"], np.float64), float(d.get("gamma", GAMMA)), dict(d.get("info", {})))
         except (KeyError, TypeError, ValueError) as exc:
@@ -182,7 +185,7 @@ def class_means(image: np.ndarray, annotation: np.ndarray, gamma: float = GAMMA,
             if c != UNLABELLED}
 
 
-def _paired(means: Mapping[int, tuple[np.ndarray, int]], reference: Mapping[int, Sequence[float]],
+def _paired(means: Mapping[int, tuple[np.ndarray, int]], reference: Reference,
             source: str) -> tuple[list[int], np.ndarray, np.ndarray]:
     codes = sorted(c for c in means if c in reference)
     missing = sorted(set(means) - set(reference))
@@ -242,14 +245,14 @@ def fit_lstsq(src: np.ndarray, ref: np.ndarray, gamma: float = GAMMA) -> ColourM
     return ColourMatrix(m, gamma, {"method": "lstsq", "pairs": len(src)})
 
 
-def fit_image(image: np.ndarray, annotation: np.ndarray, reference: Mapping[int, Sequence[float]],
+def fit_image(image: np.ndarray, annotation: np.ndarray, reference: Reference,
               gamma: float = GAMMA, source: str = "annotation",
               crosstalk_prior: float = CROSSTALK_PRIOR) -> ColourMatrix:
     """Per-image mode: fit on one capture and its sparse annotation (class codes, 255 = none)."""
     return fit_series([(image, annotation)], reference, gamma, [source], crosstalk_prior)
 
 
-def fit_series(captures: Sequence[tuple[np.ndarray, np.ndarray]], reference: Mapping[int, Sequence[float]],
+def fit_series(captures: Sequence[tuple[np.ndarray, np.ndarray]], reference: Reference,
                gamma: float = GAMMA, sources: Sequence[str] | None = None,
                crosstalk_prior: float = CROSSTALK_PRIOR) -> ColourMatrix:
     """Series mode: one matrix over the (capture, class) means of several captures of one equipment."""
@@ -258,7 +261,7 @@ def fit_series(captures: Sequence[tuple[np.ndarray, np.ndarray]], reference: Map
                      reference, gamma, sources, crosstalk_prior)
 
 
-def fit_means(means: Sequence[Mapping[int, tuple[np.ndarray, int]]], reference: Mapping[int, Sequence[float]],
+def fit_means(means: Sequence[Mapping[int, tuple[np.ndarray, int]]], reference: Reference,
               gamma: float = GAMMA, sources: Sequence[str] | None = None,
               crosstalk_prior: float = CROSSTALK_PRIOR) -> ColourMatrix:
     """Fit on precomputed :func:`class_means` of one or more captures (each class pair weighs the same)."""
@@ -297,23 +300,6 @@ def load_matrices(path: str | Path) -> dict[str, ColourMatrix]:
         raise LodeInputError(p, f"cannot read colour matrices: {exc}") from exc
 
 
-def reference_from_file(path: str | Path) -> dict[int, np.ndarray]:
-    """Reference colours from a checkpoint's model card (``.pt``) or a JSON ``{"code": [r, g, b]}`` (linear)."""
-    p = Path(path)
-    if p.suffix == ".pt":
-        from engine.segment.checkpoint import read_card
-
-        card = read_card(p)
-        if not card.reference_colors:
-            raise LodeInputError(p, "model card carries no reference colours (retrain, or give a JSON file)")
-        return reference_from_card(card.reference_colors)
-    try:
-        blob = json.loads(p.read_text())
-        return reference_from_card(blob.get("reference_colors", blob))
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise LodeInputError(p, f"cannot read reference colours: {exc}") from exc
-
-
 def annotation_for(annotations: str | Path, stem: str) -> Path:
     """The annotation mask of capture ``stem`` in a folder (``<stem>.png``)."""
     p = Path(annotations) / f"{stem}.png"
@@ -322,7 +308,7 @@ def annotation_for(annotations: str | Path, stem: str) -> Path:
     return p
 
 
-def fit_captures(images: Sequence[str | Path], annotations: str | Path, reference: Mapping[int, Sequence[float]],
+def fit_captures(images: Sequence[str | Path], annotations: str | Path, reference: Reference,
                  mode: str = "per-image", gamma: float = GAMMA) -> dict[str, ColourMatrix]:
     """Matrices for capture files (keyed by file stem): one each (``per-image``) or one shared (``series``).
 

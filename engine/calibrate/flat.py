@@ -8,15 +8,14 @@ and the falloff towards the corners is undone.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-import cv2
 import numpy as np
 
 from engine.errors import LodeInputError
+from engine.io.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -28,16 +27,14 @@ class FlatField:
 
     @property
     def frame_hw(self) -> tuple[int, int]:
-        return self.flat.shape[:2]  # type: ignore[return-value]
+        return self.flat.shape[:2]
 
     def save(self, path: str | Path) -> None:
-        p = Path(path)
-        tmp = p.with_name(p.stem + ".tmp.npz")
-        np.savez_compressed(tmp, flat=self.flat, dark=self.dark)
-        os.replace(tmp, p)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, flat=self.flat, dark=self.dark)
 
     @classmethod
-    def load(cls, path: str | Path) -> "FlatField":
+    def load(cls, path: str | Path) -> FlatField:
         p = Path(path)
         try:
             with np.load(p) as z:

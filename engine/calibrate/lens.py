@@ -7,15 +7,15 @@ its pixel grid is the ideal pinhole grid of the same size.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 
 from engine.errors import LodeInputError
+from engine.io.atomic import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LensModel:
                 "frame_hw": list(self.frame_hw), "rms_px": self.rms_px, "views": self.views}
 
     @classmethod
-    def from_dict(cls, d: dict, source: str | Path = "lens") -> "LensModel":
+    def from_dict(cls, d: dict, source: str | Path = "lens") -> LensModel:
         try:
             K = np.asarray(d["camera_matrix"], dtype=np.float64)
             dist = np.asarray(d["dist_coeffs"], dtype=np.float64).ravel()
@@ -43,10 +43,10 @@ class LensModel:
             raise LodeInputError(source, f"not a lens model: {exc}") from exc
         if K.shape != (3, 3) or dist.size not in (4, 5, 8, 12, 14) or len(hw) != 2 or not np.all(np.isfinite(K)):
             raise LodeInputError(source, "lens model needs a finite 3×3 camera_matrix, 4–14 dist_coeffs, frame_hw")
-        return cls(K, dist, hw, d.get("rms_px"), d.get("views"))  # type: ignore[arg-type]
+        return cls(K, dist, hw, d.get("rms_px"), d.get("views"))
 
     @classmethod
-    def identity(cls, frame_hw: tuple[int, int]) -> "LensModel":
+    def identity(cls, frame_hw: tuple[int, int]) -> LensModel:
         h, w = frame_hw
         K = np.array([[w, 0, (w - 1) / 2], [0, w, (h - 1) / 2], [0, 0, 1]], dtype=np.float64)
         return cls(K, np.zeros(5), frame_hw)
@@ -56,13 +56,10 @@ class LensModel:
         return not np.any(self.dist_coeffs)
 
     def save(self, path: str | Path) -> None:
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, p)
+        atomic_write_json(Path(path), self.to_dict(), indent=1)
 
     @classmethod
-    def load(cls, path: str | Path) -> "LensModel":
+    def load(cls, path: str | Path) -> LensModel:
         p = Path(path)
         try:
             return cls.from_dict(json.loads(p.read_text()), p)

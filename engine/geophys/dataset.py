@@ -8,13 +8,13 @@ config and seed. One chunk per example, so tasks never share a chunk.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from engine.geophys.synth import SurveyConfig, make_survey
+from engine.io.atomic import atomic_path
+from engine.io.layout import array_at
 
 
 def example_seed(seed: int, index: int) -> np.random.SeedSequence:
@@ -27,10 +27,10 @@ def _write_examples(path: str, config: SurveyConfig, seed: int, indices: list[in
     group = zarr.open_group(path, mode="r+")
     for i in indices:
         s = make_survey(example_seed(seed, i), config)
-        group["anomaly"][i] = s.anomaly
-        group["target"][i] = s.target
-        group["inclination"][i] = s.inclination
-        group["declination"][i] = s.declination
+        array_at(group, "anomaly")[i] = s.anomaly
+        array_at(group, "target")[i] = s.target
+        array_at(group, "inclination")[i] = s.inclination
+        array_at(group, "declination")[i] = s.declination
     return len(indices)
 
 
@@ -49,30 +49,24 @@ def generate_training_set(
     import ray
     import zarr
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    h, w = config.shape
-    group = zarr.open_group(str(tmp), mode="w")
-    group.attrs.update({"config": dataclasses.asdict(config), "seed": int(seed), "n": int(n), "kind": "lode-lineament-training-set"})
-    group.create_array("anomaly", shape=(n, h, w), chunks=(1, h, w), dtype="float32")
-    group.create_array("target", shape=(n, h, w), chunks=(1, h, w), dtype="uint8")
-    group.create_array("inclination", shape=(n,), chunks=(1,), dtype="float32")
-    group.create_array("declination", shape=(n,), chunks=(1,), dtype="float32")
     from engine.runtime import init_ray
 
-    init_ray()
-    num_tasks = num_tasks or max(1, min(n, int(ray.cluster_resources().get("CPU", 1)) * 4))
-    task = ray.remote(num_cpus=1)(_write_examples)
-    parts = [list(map(int, p)) for p in np.array_split(np.arange(n), num_tasks) if len(p)]
-    done = sum(ray.get([task.remote(str(tmp), config, seed, p) for p in parts]))
-    if done != n:
-        raise RuntimeError(f"wrote {done} of {n} examples")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        h, w = config.shape
+        group = zarr.open_group(str(tmp), mode="w")
+        group.attrs.update({"config": dataclasses.asdict(config), "seed": int(seed), "n": int(n), "kind": "lode-lineament-training-set"})
+        group.create_array("anomaly", shape=(n, h, w), chunks=(1, h, w), dtype="float32")
+        group.create_array("target", shape=(n, h, w), chunks=(1, h, w), dtype="uint8")
+        group.create_array("inclination", shape=(n,), chunks=(1,), dtype="float32")
+        group.create_array("declination", shape=(n,), chunks=(1,), dtype="float32")
+        init_ray()
+        num_tasks = num_tasks or max(1, min(n, int(ray.cluster_resources().get("CPU", 1)) * 4))
+        task = ray.remote(num_cpus=1)(_write_examples)
+        parts = [list(map(int, p)) for p in np.array_split(np.arange(n), num_tasks) if len(p)]
+        done = sum(ray.get([task.remote(str(tmp), config, seed, p) for p in parts]))
+        if done != n:
+            raise RuntimeError(f"wrote {done} of {n} examples")
     return out
 
 

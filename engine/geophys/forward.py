@@ -40,8 +40,15 @@ def theta(kn: np.ndarray, ke: np.ndarray, k: np.ndarray, inclination: float, dec
     return d + 1j * horiz
 
 
+def as_spacing(spacing: tuple[float, float] | float) -> tuple[float, float]:
+    """``(northing, easting)`` cell spacing from one number or a pair."""
+    if isinstance(spacing, (tuple, list, np.ndarray)):
+        return float(spacing[0]), float(spacing[1])
+    return float(spacing), float(spacing)
+
+
 def padded_shape(shape: tuple[int, int], pad: float) -> tuple[int, int]:
-    return tuple(sfft.next_fast_len(int(np.ceil(s * (1 + 2 * pad)))) for s in shape)  # type: ignore[return-value]
+    return sfft.next_fast_len(int(np.ceil(shape[0] * (1 + 2 * pad)))), sfft.next_fast_len(int(np.ceil(shape[1] * (1 + 2 * pad))))
 
 
 class FourierForward:
@@ -64,7 +71,7 @@ class FourierForward:
         pad: float = 0.5,
     ):
         self.shape = (int(shape[0]), int(shape[1]))
-        self.spacing = (float(spacing), float(spacing)) if np.isscalar(spacing) else tuple(map(float, spacing))
+        self.spacing = as_spacing(spacing)
         self.field = (float(field_inclination), float(field_declination))
         self.fft_shape = padded_shape(self.shape, pad)
         self.kn, self.ke, self.k = wavenumbers(self.fft_shape, self.spacing)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from engine.errors import LodeInputError
+from engine.io.atomic import atomic_path
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
@@ -37,7 +37,7 @@ _DIM_ALIASES = {"northing": ("northing", "y", "lat", "latitude", "north"), "east
 
 def make_dataarray(values: np.ndarray, spacing: float | tuple[float, float], origin: tuple[float, float] = (0.0, 0.0), crs: str | None = None, attrs: dict | None = None, name: str = "anomaly") -> xr.DataArray:
     """Wrap a (northing, easting) array with regular coordinates starting at ``origin`` (cell centres)."""
-    dn, de = (spacing, spacing) if np.isscalar(spacing) else spacing
+    dn, de = spacing if isinstance(spacing, (tuple, list, np.ndarray)) else (spacing, spacing)
     attrs = dict(attrs or {})
     if crs:
         attrs["crs"] = crs
@@ -53,10 +53,10 @@ def grid_spacing(da: xr.DataArray) -> tuple[float, float]:
     for dim in ("northing", "easting"):
         c = np.asarray(da[dim].values, dtype=np.float64)
         if c.size < 2:
-            raise LodeInputError(da.name or "grid", f"{dim} has fewer than 2 cells")
+            raise LodeInputError(str(da.name or "grid"), f"{dim} has fewer than 2 cells")
         d = np.diff(c)
         if not np.allclose(d, d[0], rtol=1e-6, atol=1e-9 * abs(d[0])) or d[0] <= 0:
-            raise LodeInputError(da.name or "grid", f"{dim} coordinates are not regular and ascending")
+            raise LodeInputError(str(da.name or "grid"), f"{dim} coordinates are not regular and ascending")
         out.append(float(d[0]))
     return out[0], out[1]
 
@@ -103,6 +103,8 @@ def open_grid(path: str | Path, variable: str | None = None, chunks: int | tuple
             import rioxarray
 
             raw = rioxarray.open_rasterio(path, masked=True, cache=False)
+            if not isinstance(raw, xr.DataArray):
+                raise LodeInputError(path, "holds several subdatasets; expected one raster")
             crs = raw.rio.crs
             da = raw.isel(band=0, drop=True) if "band" in raw.dims else raw
             attrs = {k: v for k, v in raw.attrs.items() if k in ("units", "long_name", "inclination", "declination")}
@@ -118,10 +120,12 @@ def open_grid(path: str | Path, variable: str | None = None, chunks: int | tuple
                 names = [n for n in names if n not in ("spatial_ref", "crs")]
                 if len(names) != 1:
                     raise LodeInputError(path, f"choose a variable, found {names}")
-                variable = names[0]
+                variable = str(names[0])
             if variable not in ds:
                 raise LodeInputError(path, f"no variable {variable!r}")
             da = ds[variable]
+            if not isinstance(da, xr.DataArray):
+                raise LodeInputError(path, f"{variable!r} is not a data variable")
             if "crs" not in da.attrs and "crs" in ds.attrs:
                 da.attrs["crs"] = ds.attrs["crs"]
             da = da.drop_vars([c for c in da.coords if c not in da.dims])
@@ -218,24 +222,12 @@ def write_zarr_block(path: str | Path, name: str, y0: int, x0: int, data: np.nda
     zarr.open_array(str(Path(path) / name), mode="r+")[y0 : y0 + data.shape[0], x0 : x0 + data.shape[1]] = data
 
 
-def _temp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-
-
 def write_grid(da: xr.DataArray, path: str | Path) -> Path:
     """Write a normalised grid to GeoTIFF, netCDF or zarr (by suffix), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path)
     suffix = path.suffix.lower()
     crs = da.attrs.get("crs")
-    try:
+    with atomic_path(path) as tmp:
         if suffix in GEOTIFF_SUFFIXES:
             import rioxarray  # noqa: F401
 
@@ -250,8 +242,4 @@ def write_grid(da: xr.DataArray, path: str | Path) -> Path:
             da.to_dataset(name=da.name or "grid").to_netcdf(tmp, engine="h5netcdf")
         else:
             da.to_dataset(name=da.name or "grid").to_zarr(tmp, mode="w", consolidated=False)
-        _replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     return path

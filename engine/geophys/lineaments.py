@@ -8,11 +8,11 @@ Blakely-Simpson crest picking, then the same skeletonise-and-vectorise step as t
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import shapely
@@ -25,6 +25,7 @@ from engine.geophys.grid import grid_spacing, grid_transform
 from engine.geophys.ridges import ridge_mask
 from engine.geophys.transforms import rtp_tga
 from engine.geophys.vectorize import Lineament, mask_to_lineaments
+from engine.io.atomic import atomic_path, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def _field_angles(da: xr.DataArray, inclination: float | None, declination: floa
     inc = inclination if inclination is not None else da.attrs.get("inclination")
     dec = declination if declination is not None else da.attrs.get("declination")
     if inc is None or dec is None:
-        raise LodeInputError(da.name or "grid", "field inclination/declination unknown: pass them or store them in the grid attributes")
+        raise LodeInputError(str(da.name or "grid"), "field inclination/declination unknown: pass them or store them in the grid attributes")
     return float(inc), float(dec)
 
 
@@ -234,9 +235,7 @@ def write_geojson(lines: Sequence[Lineament], path: str | Path, crs: str | None 
         doc["properties"] = properties
     if crs:
         doc["crs"] = {"type": "name", "properties": {"name": crs}}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    atomic_write_json(path, doc)
     return path
 
 
@@ -263,6 +262,7 @@ def write_rose(lines: Sequence[Lineament], path: str | Path, bin_deg: float = 10
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.projections.polar import PolarAxes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,14 +271,13 @@ def write_rose(lines: Sequence[Lineament], path: str | Path, bin_deg: float = 10
     edges = np.arange(0, 360 + bin_deg, bin_deg)
     hist, _ = np.histogram(np.r_[az, az + 180.0] % 360, bins=edges, weights=np.r_[ln, ln])
     fig = plt.figure(figsize=(5, 5))
-    ax = fig.add_subplot(projection="polar")
+    ax = cast(PolarAxes, fig.add_subplot(projection="polar"))
     ax.set_theta_zero_location("N")
     ax.set_theta_direction(-1)
     ax.bar(np.deg2rad(edges[:-1] + bin_deg / 2), hist / 1000.0, width=np.deg2rad(bin_deg), edgecolor="k", linewidth=0.4)
     ax.set_title(f"{title}\n{len(lines)} lines, {ln.sum() / 1000:.1f} km (radius: km per bin)", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

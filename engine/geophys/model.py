@@ -8,13 +8,13 @@ loads with ``weights_only=True`` and rebuilds its own model.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from engine.errors import LodeInputError
+from engine.io.atomic import atomic_path, atomic_write_text
 from engine.io.torchfile import entries, load_torch, tensor_list
 
 DEFAULT_CARD: dict[str, Any] = {
@@ -50,15 +50,11 @@ def normalise_windows(x: torch.Tensor) -> torch.Tensor:
 def save_checkpoint(path: str | Path, model: torch.nn.Module, card: dict[str, Any]) -> Path:
     """Write the checkpoint atomically (and ``<path>.json`` with the card beside it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    json.dumps(card)
-    tmp = path.with_name(f".{path.name}.tmp")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"card": card, "state_dict": state, "tensors": tensor_list(state)}, tmp)
-    os.replace(tmp, path)
-    card_path = path.with_suffix(path.suffix + ".json")
-    card_path.with_name(f".{card_path.name}.tmp").write_text(json.dumps(card, indent=2))
-    os.replace(card_path.with_name(f".{card_path.name}.tmp"), card_path)
+    text = json.dumps(card, indent=2)
+    with atomic_path(path) as tmp:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save({"card": card, "state_dict": state, "tensors": tensor_list(state)}, tmp)
+    atomic_write_text(path.with_suffix(path.suffix + ".json"), text)
     return path
 
 

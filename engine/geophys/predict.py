@@ -98,6 +98,8 @@ class LineamentStage(BlockStage):
         if self.net is None:
             from engine.geophys.model import load_checkpoint
 
+            if self.checkpoint is None:
+                raise ValueError("a lineament stage needs a checkpoint or a loaded net")
             self.net, _ = load_checkpoint(self.checkpoint, device)
             self.device = torch.device(device)
         else:
@@ -124,9 +126,10 @@ class LineamentStage(BlockStage):
         wsum = np.zeros_like(region)
         origins = [(r - y0, c - x0) for r in rows for c in cols]
         origins = [(r, c) for r, c in origins if np.isfinite(region[r : r + win, c : c + win]).any()]
+        batch = self.batch_size or 4
         with torch.no_grad():
-            for i in range(0, len(origins), self.batch_size):
-                chunk = origins[i : i + self.batch_size]
+            for i in range(0, len(origins), batch):
+                chunk = origins[i : i + batch]
                 xb = torch.from_numpy(np.stack([region[r : r + win, c : c + win] for r, c in chunk])[:, None])
                 prob = torch.sigmoid(self.net(normalise_windows(xb.to(self.device)))).float().cpu().numpy()[:, 0]
                 for (r, c), p in zip(chunk, prob):
@@ -150,7 +153,7 @@ class LineamentStage(BlockStage):
 
 
 def predict_grid(model: Any, grid: Any, window: int = 128, stride: int | None = None, block: int = 2048,
-                 batch_size: int = 16, out: np.ndarray | None = None) -> np.ndarray:
+                 batch_size: int | None = 16, out: np.ndarray | None = None) -> np.ndarray:
     """Axis probability (float32, NaN in holes) of a 2-D grid, in this process (the stage run serially).
 
     Args:

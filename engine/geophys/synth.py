@@ -207,7 +207,7 @@ def make_survey(seed: int | np.random.SeedSequence, config: SurveyConfig = Surve
 
 def axis_raster(axes: list[np.ndarray], shape: tuple[int, int], band_cells: int = 1) -> np.ndarray:
     """Rasterise axes (row, col polylines) into a uint8 mask widened by ``band_cells`` each side."""
-    out = np.zeros(shape, np.uint8)
+    out: np.ndarray = np.zeros(shape, np.uint8)
     shift = 4
     for a in axes:
         pts = np.round(a[:, ::-1] * (1 << shift)).astype(np.int32).reshape(-1, 1, 2)

@@ -9,7 +9,6 @@ checkpoint is written with :func:`engine.geophys.model.save_checkpoint`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from engine.geophys.model import DEFAULT_CARD
+from engine.io.atomic import atomic_copy, atomic_write_json
+from engine.io.layout import array_at
 
 
 @dataclass
@@ -42,7 +43,8 @@ def _load_set(path: str) -> tuple[np.ndarray, np.ndarray]:
     import zarr
 
     group = zarr.open_group(path, mode="r")
-    return np.asarray(group["anomaly"][:], dtype=np.float32), np.asarray(group["target"][:], dtype=np.float32)
+    return (np.asarray(array_at(group, "anomaly")[:], dtype=np.float32),
+            np.asarray(array_at(group, "target")[:], dtype=np.float32))
 
 
 def sample_batch(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, batch: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stop = cfg.max_minutes is not None and elapsed >= cfg.max_minutes
         metrics = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "minutes": elapsed}
         with tempfile.TemporaryDirectory() as tmp:
-            net = model.module if hasattr(model, "module") else model
+            net = getattr(model, "module", model)
             save_checkpoint(Path(tmp) / "model.pt", net, {**card, "trained": {"steps": step, "loss": metrics["loss"]}})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
         if stop:
@@ -114,9 +116,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def train(config: TrainConfig) -> Path:
     """Run the Ray Train loop; returns the path of the final checkpoint (``<out>/model.pt``)."""
-    import shutil
 
-    import ray
     import torch
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -138,8 +138,7 @@ def train(config: TrainConfig) -> Path:
         raise RuntimeError(f"training produced no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
         final = out / "model.pt"
-        shutil.copy(Path(d) / "model.pt", out / ".model.pt.tmp")
-        shutil.move(out / ".model.pt.tmp", final)
-        shutil.copy(Path(d) / "model.pt.json", out / "model.pt.json")
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str))
+        atomic_copy(Path(d) / "model.pt", final)
+        atomic_copy(Path(d) / "model.pt.json", out / "model.pt.json")
+    atomic_write_json(out / "metrics.json", result.metrics, indent=2, default=str)
     return final

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
-from engine.geophys.forward import theta, wavenumbers
+from engine.geophys.forward import as_spacing, theta, wavenumbers
 
 
 def fill_nan(grid: np.ndarray) -> np.ndarray:
@@ -29,10 +29,6 @@ def fill_nan(grid: np.ndarray) -> np.ndarray:
     return np.asarray(grid, dtype=np.float64)[tuple(idx)]
 
 
-def _as_spacing(spacing: tuple[float, float] | float) -> tuple[float, float]:
-    return (float(spacing), float(spacing)) if np.isscalar(spacing) else (float(spacing[0]), float(spacing[1]))
-
-
 def spectral_filter(
     grid: np.ndarray,
     spacing: tuple[float, float] | float,
@@ -40,7 +36,7 @@ def spectral_filter(
     pad: float = 0.25,
 ) -> np.ndarray:
     """Apply a wavenumber response ``response(k_north, k_east, |k|)`` to a grid."""
-    spacing = _as_spacing(spacing)
+    spacing = as_spacing(spacing)
     holes = ~np.isfinite(grid)
     filled = fill_nan(grid)
     mean = filled.mean()
@@ -69,7 +65,7 @@ def vertical_derivative(grid: np.ndarray, spacing: tuple[float, float] | float, 
 
 def horizontal_derivatives(grid: np.ndarray, spacing: tuple[float, float] | float) -> tuple[np.ndarray, np.ndarray]:
     """Central-difference derivatives ``(d/dnorth, d/deast)`` per metre."""
-    spacing = _as_spacing(spacing)
+    spacing = as_spacing(spacing)
     dn, de = np.gradient(fill_nan(grid), *spacing)
     holes = ~np.isfinite(grid)
     dn[holes] = np.nan

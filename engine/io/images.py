@@ -1,8 +1,9 @@
-"""Reading image files (local paths or fsspec URIs) with errors that name the file."""
+"""Reading image files (local paths or fsspec URIs) with errors that name the file; writing them whole."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.errors import LodeInputError
 from engine.io import fs
+from engine.io.atomic import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -112,6 +114,14 @@ def read_rgb(path: str | Path) -> np.ndarray:
         ch = 1 if img.ndim == 2 else img.shape[2]
         raise LodeInputError(path, f"expected 3 colour channels (RGB), got {ch}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def write_image(path: str | Path, image: np.ndarray, params: Sequence[int] = ()) -> None:
+    """Write a local image file, format by suffix, ``image`` as OpenCV takes it (BGR or grey),
+    under a temporary name then renamed. Raises ``OSError`` naming ``path`` if it cannot be encoded."""
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), image, list(params)):
+            raise OSError(f"cannot write {path}")
 
 
 def read_folder(folder: str | Path) -> list[np.ndarray]:

@@ -14,14 +14,15 @@ import numpy as np
 import zarr
 
 from engine.errors import LodeInputError
+from engine.io.layout import attrs_of
 
 
 def mark_complete(group: zarr.Group, complete: bool = True) -> None:
-    group.attrs["lode"] = {**group.attrs.get("lode", {}), "complete": complete}
+    group.attrs["lode"] = {**attrs_of(group).get("lode", {}), "complete": complete}
 
 
 def is_complete(group: zarr.Group) -> bool:
-    return bool(group.attrs.get("lode", {}).get("complete", False))
+    return bool(attrs_of(group).get("lode", {}).get("complete", False))
 
 
 def missing_shards(array: zarr.Array) -> list[tuple[int, ...]]:

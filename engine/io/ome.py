@@ -13,18 +13,20 @@ section's image and label images.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from engine.classes import ClassSet
 from engine.errors import LodeInputError
+from engine.io.layout import FULL_RESOLUTION, LABELS_GROUP, MINERALS, array_at, attrs_of, level
 
 NGFF_VERSION = "0.5"
-LABELS_GROUP = "labels"
 VOID = 255
 """Label value of pixels that hold no result (never written, or excluded): viewers and metrics
 treat it as "no data"; no class set may use it."""
@@ -33,7 +35,7 @@ treat it as "no data"; no class set may use it."""
 def _codec_args() -> dict[str, Any]:
     """Every chunk is zstd-compressed with its content checksum, and written even when it equals
     the fill value, so that a flipped byte raises on read and a missing chunk is visible."""
-    return {"compressors": zarr.codecs.ZstdCodec(level=0, checksum=True),
+    return {"compressors": ZstdCodec(level=0, checksum=True),
             "config": {"write_empty_chunks": True}}
 
 
@@ -79,7 +81,7 @@ def _multiscales(name: str, levels: int, channels: bool, pixel_size: float, unit
     for k in range(levels):
         s = pixel_size * 2**k
         scale = ([1.0] if channels else []) + [s, s]
-        datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        datasets.append({"path": level(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
     return [{"name": name, "axes": _axes(channels, unit), "datasets": datasets}]
 
 
@@ -107,7 +109,7 @@ def create_image(
         by, bx = layout.level_block(k)
         cy, cx = layout.level_chunk(k)
         grp.create_array(
-            str(k), shape=(c, ly, lx), dtype=dtype, chunks=(c, cy, cx), shards=(c, by, bx),
+            level(k), shape=(c, ly, lx), dtype=dtype, chunks=(c, cy, cx), shards=(c, by, bx),
             dimension_names=("c", "y", "x"), fill_value=0, **_codec_args(),
             attributes={"scale_factor": quantisation[0], "add_offset": quantisation[1]} if quantisation else None,
         )
@@ -116,7 +118,7 @@ def create_image(
         raise ValueError(f"{len(names)} channel names for {c} channels")
     colours = ["FF0000", "00FF00", "0000FF"] if c == 3 else ["FFFFFF"] * c
     maxv = 255 if np.dtype(dtype) == np.uint8 else 65535 if np.dtype(dtype) == np.uint16 else 1.0
-    ome = {
+    ome: dict[str, Any] = {
         "version": NGFF_VERSION,
         "multiscales": _multiscales(name, layout.levels, True, pixel_size_um or 1.0,
                                     "micrometer" if pixel_size_um else None),
@@ -144,10 +146,9 @@ def create_labels(
     unwritten pixels read as :data:`VOID`, declared transparent and named "no data"."""
     if VOID in classes.codes:
         raise LodeInputError(classes.name, f"class code {VOID} is reserved for pixels without a result")
-    level0 = image["0"]
-    h, w = level0.shape[-2:]
+    h, w = array_at(image, FULL_RESOLUTION).shape[-2:]
     labels = image.require_group(LABELS_GROUP)
-    existing = list(labels.attrs.get("ome", {}).get("labels", []))
+    existing = list(attrs_of(labels).get("ome", {}).get("labels", []))
     if name not in existing:
         existing.append(name)
     labels.attrs.update({"ome": {"version": NGFF_VERSION, "labels": existing}})
@@ -155,10 +156,10 @@ def create_labels(
     for k in range(layout.levels):
         ly, lx = layout.level_shape((h, w), k)
         grp.create_array(
-            str(k), shape=(ly, lx), dtype=np.uint8, chunks=layout.level_chunk(k),
+            level(k), shape=(ly, lx), dtype=np.uint8, chunks=layout.level_chunk(k),
             shards=layout.level_block(k), dimension_names=("y", "x"), fill_value=VOID, **_codec_args(),
         )
-    ome = {
+    ome: dict[str, Any] = {
         "version": NGFF_VERSION,
         "multiscales": _multiscales(name, layout.levels, False, pixel_size_um or 1.0,
                                     "micrometer" if pixel_size_um else None),
@@ -181,8 +182,8 @@ def layout_to_dict(layout: PyramidLayout) -> dict:
 
 
 def layout_of(group: zarr.Group) -> PyramidLayout:
-    d = group.attrs["lode"]["layout"]
-    return PyramidLayout(tuple(d["block"]), d["chunk"], d["levels"])  # type: ignore[arg-type]
+    d = attrs_of(group)["lode"]["layout"]
+    return PyramidLayout(tuple(d["block"]), d["chunk"], d["levels"])
 
 
 def downsample(data: np.ndarray, kind: str) -> np.ndarray:
@@ -218,7 +219,7 @@ def write_block(group: zarr.Group, data: np.ndarray, y0: int, x0: int, kind: str
     if y0 % by or x0 % bx:
         raise ValueError(f"block origin ({y0}, {x0}) is not on the {layout.block} block grid")
     for k in range(layout.levels):
-        arr = group[str(k)]
+        arr = array_at(group, level(k))
         ky, kx = y0 >> k, x0 >> k
         h, w = data.shape[-2:]
         full_h, full_w = arr.shape[-2:]
@@ -233,7 +234,7 @@ def write_block(group: zarr.Group, data: np.ndarray, y0: int, x0: int, kind: str
             data = downsample(data, kind)
 
 
-def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+def open_store(path: str | Path, mode: Literal["r", "r+", "a", "w", "w-"] = "r") -> zarr.Group:
     """A zarr group from a local path or an fsspec URI (``s3://``, ``gs://``, ``file://``, ``memory://``)."""
     from engine.io import fs
 
@@ -249,11 +250,11 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
 def image_groups(root: zarr.Group) -> dict[str, zarr.Group]:
     """Every NGFF multiscale image group directly below (or at) ``root``, by name."""
     out: dict[str, zarr.Group] = {}
-    if "multiscales" in root.attrs.get("ome", {}):
+    if "multiscales" in attrs_of(root).get("ome", {}):
         out[Path(str(root.store_path)).name or "image"] = root
         return out
     for name, child in sorted(root.groups()):
-        if "multiscales" in child.attrs.get("ome", {}):
+        if "multiscales" in attrs_of(child).get("ome", {}):
             out[name] = child
     return out
 
@@ -278,7 +279,7 @@ def list_sections(root: zarr.Group) -> list[str]:
 
 def quantisation_of(array: zarr.Array) -> tuple[float, float]:
     """``(scale, offset)`` stated on ``array`` by :func:`create_image`; ``(1, 0)`` when none is."""
-    return float(array.attrs.get("scale_factor", 1.0)), float(array.attrs.get("add_offset", 0.0))
+    return float(attrs_of(array).get("scale_factor", 1.0)), float(attrs_of(array).get("add_offset", 0.0))
 
 
 def dequantise(array: zarr.Array, stored: np.ndarray) -> np.ndarray:
@@ -287,5 +288,5 @@ def dequantise(array: zarr.Array, stored: np.ndarray) -> np.ndarray:
     return stored.astype(np.float32) * np.float32(scale) + np.float32(offset)
 
 
-def labels_of(image: zarr.Group, name: str = "minerals") -> zarr.Group:
+def labels_of(image: zarr.Group, name: str = MINERALS) -> zarr.Group:
     return image[f"{LABELS_GROUP}/{name}"]  # type: ignore[return-value]

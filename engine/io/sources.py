@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import LodeInputError
-from engine.io.integrity import check_raster, is_complete, read_checked
 from engine.io import fs
 from engine.io.fs import is_uri
 from engine.io.images import IMAGE_SUFFIXES, image_header, list_images, read_rgb
+from engine.io.integrity import check_raster, is_complete, read_checked
+from engine.io.layout import FULL_RESOLUTION, array_at, attrs_of, group_at
 from engine.io.ome import open_store
 
 
@@ -33,15 +34,15 @@ class SectionSource:
         would read as black pixels and be measured)."""
         if self.kind == "zarr":
             root = open_store(self.path)
-            group = root[self.group] if self.group else root
+            group = group_at(root, self.group) if self.group else root
             if is_complete(group):
-                check_raster(group, group["0"], f"{self.path}/{self.group}" if self.group else self.path)
+                check_raster(group, array_at(group, FULL_RESOLUTION), f"{self.path}/{self.group}" if self.group else self.path)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``(c, y1-y0, x1-x0)`` uint8."""
         if self.kind == "zarr":
             root = open_store(self.path)
-            arr = (root[self.group] if self.group else root)["0"]
+            arr = array_at(group_at(root, self.group) if self.group else root, FULL_RESOLUTION)
             name = f"{self.path}/{self.group}" if self.group else self.path
             return read_checked(arr, (slice(None), slice(y0, y1), slice(x0, x1)), name)
         img = read_rgb(self.path)
@@ -123,7 +124,7 @@ def _image_group(root, location: str, name: str):
         grp = root[name] if name else root
         if "multiscales" not in grp.attrs.get("ome", {}):
             return None, None
-        arr = grp["0"]
+        arr = grp[FULL_RESOLUTION]
     except Exception as exc:  # zarr and json raise several types for damaged metadata
         raise LodeInputError(where, f"unreadable zarr metadata: {exc}") from exc
     if arr.ndim != 3:
@@ -137,7 +138,7 @@ def _zarr_sources(location: str, failed: dict[str, LodeInputError] | None = None
     """Every OME-NGFF image of a zarr store at a local path or an fsspec URI. Children are found by
     listing the store, so one child with damaged metadata does not hide the others."""
     root = open_store(location)
-    if "multiscales" in root.attrs.get("ome", {}):
+    if "multiscales" in attrs_of(root).get("ome", {}):
         grp, arr = _image_group(root, location, "")
         name = Path(str(root.store_path)).name or "image"
         return [SectionSource(name, "zarr", location, "", arr.shape[1], arr.shape[2], arr.shape[0], _pixel_size(grp))]

@@ -6,9 +6,10 @@ from __future__ import annotations
 import io
 import pickle
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any
 
 from engine.errors import LodeInputError
 

@@ -27,7 +27,7 @@ class IsolationForestScorer:
     channels, the same rule as the MAE's score (one-hot geology left out).
     """
 
-    components = ("iforest",)
+    components: tuple[str, ...] = ("iforest",)
 
     def __init__(self, cells: np.ndarray, seed: int = 0, n_estimators: int = 200, channels: list[int] | None = None):
         from sklearn.ensemble import IsolationForest
@@ -42,7 +42,7 @@ class IsolationForestScorer:
 class PCAScorer:
     """Squared reconstruction error from the leading components explaining ``variance`` of the data."""
 
-    components = ("pca",)
+    components: tuple[str, ...] = ("pca",)
 
     def __init__(self, cells: np.ndarray, variance: float = 0.9, channels: list[int] | None = None, drop_top: int = 0):
         from sklearn.decomposition import PCA

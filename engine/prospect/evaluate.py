@@ -16,11 +16,12 @@ share of valid area scoring above it (ties count half); from it:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from engine.io.atomic import atomic_write_json
 
 
 @dataclass
@@ -182,8 +183,5 @@ def plot_map(score: np.ndarray, rows: np.ndarray, cols: np.ndarray, path: str | 
 def write_report(results: dict[str, ProspectMetrics], out: str | Path, extra: dict | None = None) -> Path:
     """JSON with every measure per map (area ranks included), written atomically."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps({"maps": {k: asdict(v) for k, v in results.items()}, **(extra or {})}, indent=2))
-    tmp.replace(out)
+    atomic_write_json(out, {"maps": {k: asdict(v) for k, v in results.items()}, **(extra or {})}, indent=2)
     return out

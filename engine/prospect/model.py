@@ -53,6 +53,8 @@ def _encoder(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
 class ProspectMAE(nn.Module):
     """Masked autoencoder: FusionLayer -> patch embedding -> Transformer encoder -> light decoder."""
 
+    dec_pos: torch.Tensor
+
     def __init__(
         self,
         channels: int,
@@ -172,7 +174,7 @@ class ConvAutoencoder(nn.Module):
         return (err * valid).sum() / valid.sum().clamp_min(1.0)
 
 
-def build(kind: str, config: dict) -> nn.Module:
+def build(kind: str, config: dict) -> ProspectMAE | ConvAutoencoder:
     if kind == "mae":
         return ProspectMAE(**config)
     if kind == "cae":

@@ -74,8 +74,10 @@ import numpy as np
 import zarr
 
 from engine.errors import LodeInputError
+from engine.io.atomic import atomic_path
+from engine.io.layout import array_at
 from engine.io.manifest import RunManifest
-from engine.io.torchfile import entries, read_without_torch
+from engine.prospect.checkpoint import checkpoint_meta
 from engine.prospect.stack import open_stack
 from engine.raster.blend import blend_weights
 from engine.raster.grid import Block, block_grid, lattice_offsets, lattice_starts
@@ -105,7 +107,7 @@ class WindowScorer(Protocol):
     def to(self, device: str) -> WindowScorer:
         """A scorer ready on ``device``: this one moved there, or the one this describes, built there."""
 
-    def __call__(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, valid: np.ndarray, /) -> np.ndarray:
         """(N, C, W, W) filled inputs and (N, W, W) validity -> (N, K, W, W) component maps."""
 
 
@@ -113,13 +115,12 @@ def channel_error(sq: torch.Tensor | np.ndarray, dim: int, drop_top: int = 0):
     """Mean squared error over channels (axis ``dim``) leaving out each cell's ``drop_top``
     largest channel errors, so that an anomaly in a single source weighs less than a
     departure shared by several."""
-    numpy = isinstance(sq, np.ndarray)
     if drop_top <= 0:
-        return sq.mean(axis=dim) if numpy else sq.mean(dim)
+        return sq.mean(axis=dim) if isinstance(sq, np.ndarray) else sq.mean(dim)
     n = sq.shape[dim]
     if drop_top >= n:
         raise ValueError(f"drop_top {drop_top} must be below the {n} scored channels")
-    if numpy:
+    if isinstance(sq, np.ndarray):
         return np.sort(sq, axis=dim).take(range(n - drop_top), axis=dim).mean(axis=dim)
     import torch
 
@@ -145,7 +146,7 @@ def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
 
 
 class MAEScorer:
-    components = ("recon_error", "latent_distance")
+    components: tuple[str, ...] = ("recon_error", "latent_distance")
 
     def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str = "cpu", batch: int | None = None,
                  latent_weight: float = 0.0, score_channels: list[int] | None = None, shifts: int = 1, drop_top: int = 0):
@@ -191,7 +192,7 @@ class MAEScorer:
 
 
 class CAEScorer:
-    components = ("cae_error",)
+    components: tuple[str, ...] = ("cae_error",)
 
     def __init__(self, model: ConvAutoencoder, device: str = "cpu", batch: int | None = None,
                  score_channels: list[int] | None = None, shifts: int = 1, shift_step: int = 8, drop_top: int = 0):
@@ -239,15 +240,6 @@ class CellScorer:
         return out
 
 
-CHECKPOINT = "prospect checkpoint"
-
-
-def checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    """``kind``, ``config`` and ``channels`` of a prospect checkpoint, read without torch."""
-    ck = entries(read_without_torch(path, path, CHECKPOINT), path, CHECKPOINT, ("kind", "config", "channels"))
-    return {"kind": str(ck["kind"]), "config": dict(ck["config"]), "channels": list(ck["channels"])}
-
-
 @dataclass(frozen=True)
 class CheckpointScorer:
     """A MAE or conv-AE scorer described by its checkpoint: small to ship to workers, built by
@@ -292,13 +284,14 @@ class CheckpointScorer:
                    **_geometry(kind, meta["config"], shifts))
 
     def to(self, device: str) -> WindowScorer:
-        from engine.prospect.train import load_checkpoint
+        from engine.prospect.checkpoint import load_checkpoint
+        from engine.prospect.model import ProspectMAE
 
         net, ck = load_checkpoint(self.path)
-        kw = {"score_channels": list(self.score_channels), "shifts": self.shifts, "drop_top": self.drop_top}
-        if ck["kind"] == "mae":
-            return MAEScorer(net, ck["latent"], device, **kw)
-        return CAEScorer(net, device, **kw)
+        channels, shifts, drop = list(self.score_channels), self.shifts, self.drop_top
+        if isinstance(net, ProspectMAE):
+            return MAEScorer(net, ck["latent"], device, score_channels=channels, shifts=shifts, drop_top=drop)
+        return CAEScorer(net, device, score_channels=channels, shifts=shifts, drop_top=drop)
 
 
 def _trim() -> None:
@@ -414,7 +407,7 @@ class ScoreStage(BlockStage):
         b = unit.block
         root = zarr.open_group(self.out, mode="r+", use_consolidated=False)
         for name, comp in zip(self.scorer.components, np.asarray(result["maps"])):
-            root[name][b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = comp
+            array_at(root, name)[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = comp
         _trim()
         return {"windows": int(result["windows"])}
 
@@ -436,12 +429,11 @@ def _standardise(root, names: list[str], weights: dict[str, float],
     stats = {n: _robust(root[n]) for n in names}
     for b in blocks:
         sl = (slice(b.y0, b.y0 + b.h), slice(b.x0, b.x0 + b.w))
-        total = None
+        total = np.zeros((b.h, b.w), np.float32)
         for n in names:
             med, iqr = stats[n]
-            z = np.float32(weights[n]) * (root[n][sl] - np.float32(med)) / np.float32(iqr)
-            total = z if total is None else total + z
-        root[SCORE][sl] = total.astype(np.float32)
+            total += np.float32(weights[n]) * (root[n][sl] - np.float32(med)) / np.float32(iqr)
+        root[SCORE][sl] = total
     return stats
 
 
@@ -547,13 +539,11 @@ def write_geotiff(map_path: str | Path, out: str | Path, name: str = SCORE, bloc
     arr = root[name]
     h, w = arr.shape
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.tif")
     profile = dict(driver="GTiff", height=h, width=w, count=1, dtype="float32", crs=g["crs"], nodata=np.nan,
                    transform=from_origin(g["west"], g["north"], g["cell_size"], g["cell_size"]),
                    tiled=True, blockxsize=256, blockysize=256, compress="deflate")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for b in block_grid(h, w, block):
             tile = np.asarray(arr[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w])
             dst.write(tile, 1, window=rasterio.windows.Window(b.x0, b.y0, b.w, b.h))
-    os.replace(tmp, out)
     return out

@@ -40,6 +40,7 @@ import zarr
 
 from engine.errors import LodeInputError
 from engine.io.atomic import staged_directory
+from engine.io.layout import attrs_of
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -64,7 +65,7 @@ class Grid:
 
     @classmethod
     def from_dict(cls, d: dict) -> Grid:
-        return cls(tuple(int(s) for s in d["shape"]), float(d["cell_size"]), float(d["west"]), float(d["north"]), str(d["crs"]))
+        return cls((int(d["shape"][0]), int(d["shape"][1])), float(d["cell_size"]), float(d["west"]), float(d["north"]), str(d["crs"]))
 
     def to_dict(self) -> dict:
         return {"shape": list(self.shape), "cell_size": self.cell_size, "west": self.west, "north": self.north, "crs": self.crs}
@@ -123,7 +124,10 @@ def read_layer(path: str | Path, name: str, nodata: float | None = None, crs: st
     var = None
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            da = rioxarray.open_rasterio(path, masked=False).load()
+            raw = rioxarray.open_rasterio(path, masked=False)
+            if not isinstance(raw, xr.DataArray):
+                raise LodeInputError(path, "holds several subdatasets; expected one raster")
+            da = raw.load()
             file_nodata = da.rio.nodata
             crs = crs or (da.rio.crs.to_string() if da.rio.crs else None)
         else:
@@ -314,7 +318,7 @@ def _write_stack(layers: list[dict], base: Path, grid: Grid, store: Path, allow_
         scaled = np.where(valid, scaled, np.float32(np.nan)).astype(np.float32)
         arr[i] = scaled
         fitted.append({"channel": nm, **meta, "robust": stats})
-        staged[i] = (nm, None, meta)  # free the layer
+        staged[i] = (nm, np.empty(0, np.float32), meta)  # free the layer
     root.create_array("valid", data=valid.astype(np.uint8), chunks=(min(CHUNK, h), min(CHUNK, w)), dimension_names=("northing", "easting"))
     root.attrs.update(
         {
@@ -368,7 +372,7 @@ def open_stack(path: str | Path) -> Stack:
         raise LodeInputError(path, "stack store not found")
     try:
         root = zarr.open_group(path, mode="r")
-        kinds = [m["kind"] for m in root.attrs["layers"]]
-        return Stack(path, root["stack"], root["valid"], list(root.attrs["channels"]), Grid.from_dict(root.attrs["grid"]), kinds)
+        kinds = [m["kind"] for m in attrs_of(root)["layers"]]
+        return Stack(path, root["stack"], root["valid"], list(attrs_of(root)["channels"]), Grid.from_dict(attrs_of(root)["grid"]), kinds)
     except Exception as exc:
         raise LodeInputError(path, f"not a prospect stack: {exc}") from exc

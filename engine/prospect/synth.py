@@ -53,9 +53,6 @@ sets the deposits apart. This is why the method looks at patches.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +60,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy import ndimage
+
+from engine.io.atomic import staged_directory
 
 CRS = "EPSG:32645"
 ORIGIN = (500_000.0, 4_800_000.0)
@@ -395,8 +394,12 @@ def write_region(region: Region, out_dir: str | Path) -> Path:
     import rioxarray  # noqa: F401
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    with staged_directory(out) as tmp:
+        _write_region_files(region, tmp)
+    return out
+
+
+def _write_region_files(region: Region, tmp: Path) -> None:
     specs = []
     for i, (name, (da, kind)) in enumerate(region.layers.items()):
         nodata = da.attrs.get("nodata")
@@ -424,7 +427,3 @@ def write_region(region: Region, out_dir: str | Path) -> Path:
     region.decoys.to_csv(tmp / "decoys.csv", index=False)
     spec = {"grid": region.grid, "layers": specs, "deposits": "deposits.csv"}
     (tmp / "layers.json").write_text(json.dumps(spec, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out

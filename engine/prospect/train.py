@@ -11,7 +11,6 @@ to training latents (mean, precision) used for the latent-density score.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -22,8 +21,9 @@ import numpy as np
 import torch
 
 from engine.errors import LodeInputError
-from engine.io.torchfile import entries, load_torch, tensor_list
-from engine.prospect.model import ProspectMAE, build, count_parameters
+from engine.io.atomic import atomic_copy
+from engine.prospect.checkpoint import load_checkpoint, save_checkpoint
+from engine.prospect.model import ConvAutoencoder, ProspectMAE, build, count_parameters
 from engine.prospect.stack import Stack, open_stack
 
 
@@ -48,7 +48,8 @@ class WindowPool:
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         w = self.window
-        xs, vs = [], []
+        xs: list[np.ndarray] = []
+        vs: list[np.ndarray] = []
         tries = 0
         while len(xs) < n:
             tries += 1
@@ -69,7 +70,7 @@ class WindowPool:
         return np.stack(xs), np.stack(vs)
 
 
-def fit(model: torch.nn.Module, pool: WindowPool, steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
+def fit(model: ProspectMAE | ConvAutoencoder, pool: WindowPool, steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
         device: str | torch.device = "cpu", log=None) -> list[float]:
     """Plain torch loop: AdamW, cosine decay; returns the per-step losses."""
     torch.manual_seed(seed)
@@ -79,10 +80,10 @@ def fit(model: torch.nn.Module, pool: WindowPool, steps: int, batch: int = 64, l
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     losses = []
     for step in range(steps):
-        x, v = pool.batch(batch)
-        x, v = torch.from_numpy(x).to(device), torch.from_numpy(v).to(device)
+        xb, vb = pool.batch(batch)
+        x, v = torch.from_numpy(xb).to(device), torch.from_numpy(vb).to(device)
         if isinstance(model, ProspectMAE):
-            loss = model.loss(x, v, model.random_mask(x.shape[0], gen, device))
+            loss = model.loss(x, v, model.random_mask(x.shape[0], gen, torch.device(device)))
         else:
             loss = model.loss(x, v)
         opt.zero_grad(set_to_none=True)
@@ -114,35 +115,6 @@ def fit_latent_gaussian(model: ProspectMAE, pool: WindowPool, windows: int = 512
     return {"mean": lw.location_.astype(np.float32), "precision": lw.precision_.astype(np.float32)}
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, kind: str, channels: list[str], extra: dict | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"kind": kind, "config": model.config, "state_dict": state, "tensors": tensor_list(state),
-                "channels": channels, **(extra or {})}, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-CHECKPOINT = "prospect checkpoint"
-
-
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    path = Path(path)
-    if not path.exists():
-        raise LodeInputError(path, "model checkpoint not found")
-    numpy_arrays = (np._core.multiarray._reconstruct, np.ndarray, np.dtype,  # the MAE's latent Gaussian
-                    np.dtypes.Float16DType, np.dtypes.Float32DType, np.dtypes.Float64DType)
-    ck = entries(load_torch(path, path, CHECKPOINT, numpy_arrays), path, CHECKPOINT, ("kind", "config", "state_dict"))
-    try:
-        model = build(ck["kind"], ck["config"])
-        model.load_state_dict(ck["state_dict"])
-    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not build is bad input
-        raise LodeInputError(path, f"not a {CHECKPOINT}: {' '.join(str(exc).split())}") from exc
-    return model.eval(), ck
-
-
 def verify_checkpoint(path: str | Path) -> dict:
     """Load the whole checkpoint and score one blank window with it: weights and scores must be
     finite. Returns the checkpoint; raises ``LodeInputError`` naming the file."""
@@ -152,8 +124,9 @@ def verify_checkpoint(path: str | Path) -> dict:
     if not all(torch.isfinite(t).all() for t in net.state_dict().values() if t.is_floating_point()):
         raise LodeInputError(path, "weights hold NaN or infinite values")
     c, w = int(ck["config"]["channels"]), int(ck["config"]["window"])
-    kw = {"score_channels": list(range(c)), "shifts": 1, "drop_top": 0}
-    scorer = MAEScorer(net, ck["latent"], "cpu", **kw) if ck["kind"] == "mae" else CAEScorer(net, "cpu", **kw)
+    channels = list(range(c))
+    scorer = (MAEScorer(net, ck["latent"], "cpu", score_channels=channels, shifts=1, drop_top=0)
+              if isinstance(net, ProspectMAE) else CAEScorer(net, "cpu", score_channels=channels, shifts=1, drop_top=0))
     if not np.isfinite(scorer(np.zeros((1, c, w, w), np.float32), np.ones((1, w, w), np.float32))).all():
         raise LodeInputError(path, "the model gives non-finite scores on a blank window")
     return ck
@@ -178,7 +151,7 @@ def train_local(stack_path: str | Path, out: str | Path, kind: str = "mae", step
     losses = fit(model, pool, steps, batch, lr, seed, device, log)
     extra: dict[str, Any] = {"train": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "final_loss": float(np.mean(losses[-50:])),
                                         "seconds": time.perf_counter() - t0, "parameters": count_parameters(model)}}
-    if kind == "mae":
+    if isinstance(model, ProspectMAE):
         extra["latent"] = fit_latent_gaussian(model, pool, device=device)
     save_checkpoint(out, model, kind, stack.channels, extra)
     return extra["train"]
@@ -197,7 +170,6 @@ def train_with_ray(stack_path: str | Path, out: str | Path, kind: str = "mae", s
                    lr: float = 1e-3, seed: int = 0, pool_blocks: int = 8, config: dict | None = None,
                    storage: str | Path | None = None) -> dict:
     """Run ``train_local`` as a one-worker Ray ``TorchTrainer`` (GPU when there is one) and copy the checkpoint to ``out``."""
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -216,15 +188,13 @@ def train_with_ray(stack_path: str | Path, out: str | Path, kind: str = "mae", s
     result = trainer.fit()
     if result.error:
         raise result.error
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if result.checkpoint is None:
+        raise RuntimeError("prospect training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        tmp = out.with_name(f".{out.name}.tmp")
-        shutil.copyfile(Path(d) / "model.pt", tmp)
-        os.replace(tmp, out)
+        atomic_copy(Path(d) / "model.pt", out)
     if not storage:
         shutil.rmtree(storage_dir, ignore_errors=True)
-    return dict(result.metrics)
+    return dict(result.metrics or {})
 
 
 if __name__ == "__main__":

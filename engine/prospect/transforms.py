@@ -9,7 +9,7 @@ All functions keep NaN where the input is NaN.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -101,7 +101,7 @@ class Block:
 def block_grid(height: int, width: int, block: tuple[int, int] | int) -> list[Block]:
     """Row-major blocks of ``block`` size (edge blocks cropped to the image)."""
     bh, bw = (block, block) if isinstance(block, int) else block
-    out = []
+    out: list[Block] = []
     for y0 in range(0, height, bh):
         for x0 in range(0, width, bw):
             out.append(Block(len(out), y0, x0, min(bh, height - y0), min(bw, width - x0)))

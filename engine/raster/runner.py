@@ -15,8 +15,10 @@ with its reason (its raster fails alone) and is retried by the next run.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Sequence
+from functools import partial
+from typing import Any, Literal
 
 import numpy as np
 
@@ -104,6 +106,10 @@ def _unit_of(row: dict[str, Any]) -> Unit:
 
 def _data(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in _UNIT and k != "error"}
+
+
+def _read_table(stage: BlockStage, unit: Unit) -> list:
+    return [_table(_read(stage, unit))]
 
 
 def _table(row: dict[str, Any]):
@@ -202,7 +208,7 @@ def _datasource(stage: BlockStage, units: Sequence[Unit]):
             return sum(stage.size_bytes(u) for u in units)
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-            return [ReadTask(lambda u=u: [_table(_read(stage, u))],
+            return [ReadTask(partial(_read_table, stage, u),
                              BlockMetadata(num_rows=1, size_bytes=stage.size_bytes(u), input_files=None,
                                            exec_stats=None), per_task_row_limit=per_task_row_limit)
                     for u in units]
@@ -220,6 +226,7 @@ def _datasink(stage: BlockStage, manifest: RunManifest | None):
     class ShardSink(Datasink):
         def write(self, blocks: Iterable, ctx) -> None:
             for blk in blocks:
+                row: Mapping[str, Any]
                 for row in BlockAccessor.for_block(blk).iter_rows(public_row_format=False):
                     _commit(stage, manifest, dict(row))
 

@@ -47,7 +47,7 @@ class BlockStage(ABC):
         """The unit's inputs (block plus halo). Raise ``LodeInputError`` for unreadable input:
         that raster then fails alone, the others go on."""
 
-    def setup(self, device: str) -> None:
+    def setup(self, device: str) -> None:  # noqa: B027 - an optional hook: most stages need no setup
         """Build heavy state (a model) on ``device`` (``cpu`` or ``cuda``); once per process."""
 
     def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +58,7 @@ class BlockStage(ABC):
         """Write the unit's whole shards; returns fields for its status record (``windows``,
         ``seconds``). The unit is marked done only after this returns."""
 
-    def finish(self, raster: str) -> None:
+    def finish(self, raster: str) -> None:  # noqa: B027 - an optional hook
         """Called at the driver once every unit of ``raster`` is done (also on a rerun that found
         them all done): mark the raster complete, build what needs the whole of it."""
 

@@ -12,9 +12,10 @@ brightness.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -64,7 +65,7 @@ def register_xpl(ppl: np.ndarray, xpl: np.ndarray, options: XplOptions = XplOpti
                  source: str = "xpl") -> XplRegistration:
     """Affine transform from an XPL capture to its PPL reference; raises naming ``source`` on failure."""
     a, b = _equalised(ppl, options.clahe_clip), _equalised(xpl, options.clahe_clip)
-    sift = cv2.SIFT_create(nfeatures=options.max_features)
+    sift = cv2.SIFT_create(nfeatures=options.max_features)  # type: ignore[attr-defined]  # in OpenCV, not its stubs
     ka, da = sift.detectAndCompute(a, None)
     kb, db = sift.detectAndCompute(b, None)
     if da is None or db is None or len(ka) < options.min_inliers or len(kb) < options.min_inliers:
@@ -73,8 +74,8 @@ def register_xpl(ppl: np.ndarray, xpl: np.ndarray, options: XplOptions = XplOpti
     good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < options.ratio * n.distance]
     if len(good) < options.min_inliers:
         raise LodeInputError(source, f"only {len(good)} keypoint matches with the PPL image")
-    src = np.float32([kb[m.queryIdx].pt for m in good])
-    dst = np.float32([ka[m.trainIdx].pt for m in good])
+    src = np.array([kb[m.queryIdx].pt for m in good], np.float32)
+    dst = np.array([ka[m.trainIdx].pt for m in good], np.float32)
     M, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=options.ransac_px,
                                   maxIters=5000, confidence=0.999, refineIters=20)
     n_in = int(inl.sum()) if inl is not None else 0
@@ -106,7 +107,7 @@ def _refine_ecc(ppl: np.ndarray, xpl: np.ndarray, reg: XplRegistration, options:
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, options.ecc_iterations, 1e-7)
     try:
         _, warp = cv2.findTransformECC(_band_pass(ppl, options.ecc_band), _band_pass(xpl, options.ecc_band), warp,
-                                       motion, crit, None, 1)
+                                       motion, crit, None, 1)  # type: ignore[call-overload]  # stubs: no None mask
     except cv2.error:
         return reg
     M = cv2.invertAffineTransform(warp).astype(np.float64)
@@ -116,6 +117,11 @@ def _refine_ecc(ppl: np.ndarray, xpl: np.ndarray, reg: XplRegistration, options:
     if not np.isfinite(step) or step > options.ecc_max_step_px:
         return reg
     return XplRegistration(M, reg.matches, reg.inliers, reg.rms_px, refined=True)
+
+
+def _rows(M: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    (a, b, c), (d, e, f) = M.tolist()
+    return (a, b, c), (d, e, f)
 
 
 def warp_to_ppl(xpl: np.ndarray, M: np.ndarray, ppl_hw: tuple[int, int]) -> np.ndarray:
@@ -161,7 +167,7 @@ class XplStackSource:
     ``transforms[k]`` maps XPL capture ``files[k]`` to PPL pixels; reads warp only the region asked for.
     """
 
-    base: "SectionSource"
+    base: SectionSource
     files: tuple[str, ...]
     transforms: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...]
 
@@ -198,7 +204,7 @@ def xpl_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def attach_xpl(sources: Sequence["SectionSource"], xpl_root: str | Path, channels: Sequence[str],
+def attach_xpl(sources: Sequence[SectionSource], xpl_root: str | Path, channels: Sequence[str],
                options: XplOptions = XplOptions()) -> list[XplStackSource]:
     """Register ``<xpl_root>/<section>/*`` to each section's PPL image; channel names must match ``channels``."""
     out = []
@@ -215,7 +221,7 @@ def attach_xpl(sources: Sequence["SectionSource"], xpl_root: str | Path, channel
 
         regs = [register_xpl(ppl, read_rgb(f), options, str(f)) for f in files]
         out.append(XplStackSource(s, tuple(str(f) for f in files),
-                                  tuple(tuple(map(tuple, r.M.tolist())) for r in regs)))  # type: ignore[arg-type]
+                                  tuple(_rows(r.M) for r in regs)))
     return out
 
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from engine.classes import ClassSet
 from engine.errors import LodeInputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CARD_ENTRY = "lode_card.json"
 
@@ -50,7 +54,7 @@ class ModelCard(BaseModel):
         return ClassSet.from_dicts(self.classes, name="model", source=source)
 
 
-def validate_card(raw: dict, path: str | Path) -> ModelCard:
+def validate_card(raw: object, path: str | Path) -> ModelCard:
     """A card from a checkpoint, checked for consistency; errors name the checkpoint."""
     if not isinstance(raw, dict):
         raise LodeInputError(path, "not a Lode checkpoint (no 'card' entry)")
@@ -97,6 +101,36 @@ def _blob(path: str | Path) -> dict:
 
     file = io.BytesIO(fs.read_bytes(str(path))) if fs.is_uri(path) else fs.local(path)
     return entries(read_without_torch(file, path, "Lode checkpoint"), path, "Lode checkpoint", ("state_dict",))
+
+
+def read_blob(path: str | Path) -> dict:
+    """The checkpoint's pickled contents (torch is imported here), from a local path or URI."""
+    import io
+
+    from engine.io import fs
+    from engine.io.torchfile import load_torch
+
+    path = str(path)
+    if not fs.exists(path) or fs.isdir(path):
+        raise LodeInputError(path, "checkpoint not found")
+    return load_torch(io.BytesIO(fs.read_bytes(path)) if fs.is_uri(path) else fs.local(path), path, "Lode checkpoint")
+
+
+def reference_from_file(path: str | Path) -> dict[int, np.ndarray]:
+    """Reference colours from a checkpoint's model card (``.pt``) or a JSON ``{"code": [r, g, b]}`` (linear)."""
+    from engine.calibrate.colour import reference_from_card
+
+    p = Path(path)
+    if p.suffix == ".pt":
+        card = read_card(p)
+        if not card.reference_colors:
+            raise LodeInputError(p, "model card carries no reference colours (retrain, or give a JSON file)")
+        return reference_from_card(card.reference_colors)
+    try:
+        blob = json.loads(p.read_text())
+        return reference_from_card(blob.get("reference_colors", blob))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise LodeInputError(p, f"cannot read reference colours: {exc}") from exc
 
 
 def check_checkpoint(path: str | Path) -> ModelCard:

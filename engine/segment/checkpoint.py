@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -19,8 +18,9 @@ import torch
 from torch import nn
 
 from engine.errors import LodeInputError
-from engine.io.torchfile import check_tensors, entries, load_torch, tensor_list
-from engine.segment.card import CARD_ENTRY, ModelCard, read_card, validate_card
+from engine.io.atomic import atomic_write_bytes
+from engine.io.torchfile import check_tensors, entries, tensor_list
+from engine.segment.card import CARD_ENTRY, ModelCard, read_blob, read_card, validate_card
 from engine.segment.models import create_model
 
 __all__ = ["ModelCard", "read_card", "save_checkpoint", "load_checkpoint", "load_inference_model", "read_blob",
@@ -40,16 +40,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> Mode
     model = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     card = card.model_copy(update={"model_id": f"{card.arch}-{card.encoder}-{_state_hash(state)}"})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save({"state_dict": state, "tensors": tensor_list(state), "card": card.model_dump(),
                 "program": _trace(model, card)}, buf)
     with zipfile.ZipFile(buf, "a") as z:
         z.writestr(f"{z.namelist()[0].split('/')[0]}/{CARD_ENTRY}", json.dumps(card.model_dump()))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(Path(path), buf.getvalue())
     return card
 
 
@@ -65,16 +61,6 @@ def _trace(model: nn.Module, card: ModelCard) -> bytes:
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(cpu, torch.zeros(1, card.in_channels, card.window, card.window)), buf)
     return buf.getvalue()
-
-
-def read_blob(path: str | Path) -> dict:
-    """The checkpoint's pickled contents, from a local path or URI."""
-    from engine.io import fs
-
-    path = str(path)
-    if not fs.exists(path) or fs.isdir(path):
-        raise LodeInputError(path, "checkpoint not found")
-    return load_torch(io.BytesIO(fs.read_bytes(path)) if fs.is_uri(path) else fs.local(path), path, "Lode checkpoint")
 
 
 def _read(path: str) -> tuple[dict, ModelCard]:

@@ -11,28 +11,64 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 
 from engine.errors import LodeInputError
 from engine.io import fs
 from engine.io.integrity import mark_complete
+from engine.io.layout import MINERALS, PROBABILITIES, STORE_NAME, group_at
 from engine.io.manifest import RunManifest
-from engine.io.ome import (PyramidLayout, create_image, create_labels, labels_of, layout_of, list_sections,
-                          open_store, write_block)
+from engine.io.ome import (
+    PyramidLayout,
+    create_image,
+    create_labels,
+    labels_of,
+    layout_of,
+    list_sections,
+    open_store,
+    write_block,
+)
 from engine.io.sources import SectionSource, discover
-from engine.segment.card import ModelCard, check_checkpoint
 from engine.raster.grid import PaddedGrid, auto_block, block_grid
 from engine.raster.runner import RunOptions, run_stage
 from engine.raster.stage import BlockStage, Unit
-from schemas.config import SegmentConfig
+from engine.segment.card import ModelCard, check_checkpoint
+
+if TYPE_CHECKING:
+    from engine.register.xpl import XplStackSource
+
+Source: TypeAlias = "SectionSource | XplStackSource"
+"""A section to segment: its stored image, or that image with its registered XPL captures."""
 
 log = logging.getLogger("lode.segment")
 
-STORE_NAME = "lode.ome.zarr"
-LABELS = "minerals"
-PROBABILITIES = "probabilities"
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """One segmentation run: inputs, checkpoint, output and how to run. ``jobs.segment`` builds it
+    from the job's validated config (``schemas.config.SegmentConfig``: same fields and defaults)."""
+
+    inputs: list[str]
+    out: str
+    checkpoint: str
+    window: int | None = None
+    overlap: float | None = None
+    batch_size: int = 8
+    block: tuple[int, int] | None = None
+    chunk: int = 512
+    levels: int = 3
+    probabilities: Literal["none", "uint8", "float16", "float32"] = "none"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_actors: int | None = None
+    threads: int | None = None
+    copy_image: bool = True
+    max_blocks: int | None = None
+    colour: Literal["none", "per-image", "series"] = "none"
+    annotations: str | None = None
+    xpl: str | None = None
 
 
 class SegmentStage(BlockStage):
@@ -43,7 +79,7 @@ class SegmentStage(BlockStage):
     name = "segment"
     model = True
 
-    def __init__(self, sources: dict[str, SectionSource], out: str, checkpoint: str, window: int, overlap: float,
+    def __init__(self, sources: dict[str, Source], out: str, checkpoint: str, window: int, overlap: float,
                  batch_size: int, probabilities: str, threads: int | None, copy_image: bool,
                  matrices: dict[str, dict] | None = None):
         self.sources, self.out, self.checkpoint = sources, out, checkpoint
@@ -115,14 +151,14 @@ class SegmentStage(BlockStage):
     def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
         b = unit.block
         img = _open_out(self.out)[unit.raster]
-        write_block(labels_of(img, LABELS), np.asarray(result["labels"]), b.y0, b.x0, "label")
+        write_block(labels_of(img, MINERALS), np.asarray(result["labels"]), b.y0, b.x0, "label")
         if result.get("probabilities") is not None:
             write_block(img[PROBABILITIES], np.asarray(result["probabilities"]), b.y0, b.x0, "image")
         return {"windows": int(result["windows"])}
 
     def finish(self, raster: str) -> None:
         img = _open_out(self.out)[raster]
-        mark_complete(labels_of(img, LABELS))
+        mark_complete(labels_of(img, MINERALS))
         mark_complete(img)
 
 
@@ -135,31 +171,32 @@ class Plan:
     """Sections that can run, their block layouts, and the sections that cannot be planned
     (``failed``: section id → the error naming its input)."""
 
-    sources: list[SectionSource]
+    sources: list[Source]
     layouts: dict[str, PyramidLayout]
     window: int
     overlap: float
     failed: dict[str, LodeInputError]
 
 
-def plan(cfg: SegmentConfig, card: ModelCard) -> Plan:
+def plan(cfg: SegmentOptions, card: ModelCard) -> Plan:
     """Plan every section; one that cannot be planned fails alone unless none can be planned."""
     window = cfg.window or card.window
     overlap = card.overlap if cfg.overlap is None else cfg.overlap
     failed: dict[str, LodeInputError] = {}
-    sources = []
-    for s in discover(cfg.inputs, failed):
+    sources: list[Source] = []
+    for found in discover(cfg.inputs, failed):
         try:
-            s.check()
+            found.check()
+            s: Source = found
             if cfg.xpl:
                 from engine.register.xpl import attach_xpl
 
-                (s,) = attach_xpl([s], cfg.xpl, card.channels[3:])
+                (s,) = attach_xpl([found], cfg.xpl, card.channels[3:])
             if s.channels != card.in_channels:
                 raise LodeInputError(s.path, f"has {s.channels} channels; the model expects {card.in_channels} "
                                              f"({', '.join(card.channels)})")
         except LodeInputError as exc:
-            failed[s.section] = exc
+            failed[found.section] = exc
             continue
         sources.append(s)
     if not sources:
@@ -172,14 +209,14 @@ def plan(cfg: SegmentConfig, card: ModelCard) -> Plan:
     return Plan(sources, layouts, window, overlap, failed)
 
 
-def _record_colour(cfg: SegmentConfig, matrices: dict[str, Any]) -> None:
+def _record_colour(cfg: SegmentOptions, matrices: dict[str, Any]) -> None:
     root = open_store(fs.join(cfg.out, STORE_NAME), mode="r+")
     for section, m in matrices.items():
         if section in root:
             root[section].attrs.update({"colour_calibration": {"mode": cfg.colour, **m.to_dict()}})
 
 
-def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSource],
+def _prepare_store(cfg: SegmentOptions, card: ModelCard, sources: list[Source],
                    layouts: dict[str, PyramidLayout], fresh: bool) -> None:
     path = fs.join(cfg.out, STORE_NAME)
     root = open_store(path, mode="w" if fresh else "a")
@@ -187,14 +224,14 @@ def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSou
     for s in sources:
         lay = layouts[s.section]
         if s.section in root and not fresh:
-            if layout_of(root[s.section]) != lay:
+            if layout_of(group_at(root, s.section)) != lay:
                 raise LodeInputError(path, f"section {s.section} exists with another block layout; use a new --out")
             continue
         img = create_image(root, s.section, (s.channels, s.height, s.width), lay, channel_names=card.channels,
                            pixel_size_um=s.pixel_size_um, overwrite=True,
                            attributes={"model_id": card.model_id, "source": {"path": s.path, "group": s.group},
                                        "complete": False})
-        create_labels(img, LABELS, classes, lay, pixel_size_um=s.pixel_size_um, overwrite=True)
+        create_labels(img, MINERALS, classes, lay, pixel_size_um=s.pixel_size_um, overwrite=True)
         if cfg.probabilities != "none":
             create_image(img, PROBABILITIES, (len(classes), s.height, s.width),
                          PyramidLayout(lay.block, lay.chunk, 1), dtype=cfg.probabilities,
@@ -204,7 +241,7 @@ def _prepare_store(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSou
     root.attrs.update({"lode": {"model_id": card.model_id, "model_card": card.model_dump()}})
 
 
-def _section_means(src: SectionSource, annotation: str, gamma: float) -> dict:
+def _section_means(src: Source, annotation: str, gamma: float) -> dict:
     from engine.calibrate.colour import class_means
     from engine.io.images import read_mask
 
@@ -213,7 +250,7 @@ def _section_means(src: SectionSource, annotation: str, gamma: float) -> dict:
     return class_means(np.ascontiguousarray(rgb), read_mask(annotation, rgb.shape[:2]), gamma, source=annotation)
 
 
-def colour_matrices(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSource]) -> dict[str, Any]:
+def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[Source]) -> dict[str, Any]:
     """Fit the colour stage's matrices (Ray tasks read each annotated section): ``{section: ColourMatrix}``."""
     import ray
 
@@ -242,7 +279,7 @@ def colour_matrices(cfg: SegmentConfig, card: ModelCard, sources: list[SectionSo
             for s, mm in zip(annotated, means)}
 
 
-def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
+def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
     """Run (or resume) a segmentation job; returns the written manifest. Inputs, checkpoint and
     output may be local paths or fsspec URIs; workers get the object-store settings of this process."""
     from engine.runtime import init_ray
@@ -258,7 +295,7 @@ def run_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
                    "xpl": cfg.xpl,
                    "sections": {s.section: {"input": s.path + ("/" + s.group if s.group else ""),
                                             "layout": asdict(layouts[s.section])} for s in sources}}
-    fresh = manifest.begin("segment", cfg.model_dump(), fingerprint, per_unit="sections")
+    fresh = manifest.begin("segment", asdict(cfg), fingerprint, per_unit="sections")
     try:
         for section, exc in p.failed.items():
             manifest.mark_failed(section, "plan", str(exc))

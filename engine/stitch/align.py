@@ -56,6 +56,8 @@ def _params_to_mat(p: np.ndarray) -> np.ndarray:
 def _edge_points(e: Edge, k: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.linspace(0, len(e.pts_j) - 1, min(k, len(e.pts_j))).astype(int)
     q = e.pts_j[idx]
+    if e.M is None:
+        raise ValueError(f"edge {e.i}-{e.j} has no pairwise transform")
     return apply(e.M, q), q
 
 
@@ -121,8 +123,8 @@ def solve(n: int, edges: list[Edge], reference: int | None = None, reference_M: 
         comp, ref = _component(n, good, reference)
         members = [k for k in range(n) if comp[k] == comp[ref]] if ref is not None else []
         active = [e for e in good if comp[e.i] == comp[ref] and comp[e.j] == comp[ref]] if ref is not None else []
-        if not active:
-            transforms = [None] * n
+        transforms: list[np.ndarray | None] = [None] * n
+        if not active or ref is None:
             if ref is not None:
                 transforms[ref] = reference_M if reference_M is not None else np.eye(2, 3)
             return Alignment(transforms, -1 if ref is None else ref, rejected=rejected)
@@ -142,7 +144,6 @@ def solve(n: int, edges: list[Edge], reference: int | None = None, reference_M: 
             rejected[worst] = f"inconsistent with the global solution ({grid_rms[worst]:.2f} px > {limit:.2f} px)"
             good = [e for e in good if (e.i, e.j) != worst]
             continue
-        transforms: list[np.ndarray | None] = [None] * n
         for k, c in idx.items():
             transforms[k] = mats[c]
         al = Alignment(transforms, ref, rejected=rejected)

@@ -40,13 +40,8 @@ def alignment_rms(est: list[np.ndarray | None], est_lens: LensModel | None, trut
     raw = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
     e_ideal = raw if est_lens is None else ideal_points(raw, est_lens)
     t_ideal = ideal_points(raw, true_lens)
-    P, Q = [], []
-    for me, mt in zip(est, truth):
-        if me is None or mt is None:
-            continue
-        P.append(apply(me, e_ideal))
-        Q.append(apply(mt, t_ideal))
-    P, Q = np.concatenate(P), np.concatenate(Q)
+    pairs = [(apply(me, e_ideal), apply(mt, t_ideal)) for me, mt in zip(est, truth) if me is not None and mt is not None]
+    P, Q = np.concatenate([p for p, _ in pairs]), np.concatenate([q for _, q in pairs])
     G = umeyama_similarity(P, Q)
     r = apply(G, P) - Q
     return float(np.sqrt(np.mean(np.sum(r**2, axis=1)))), G

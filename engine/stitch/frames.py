@@ -74,7 +74,7 @@ def correct(raw: np.ndarray, corr: Correction, maps: tuple[np.ndarray, np.ndarra
             raise LodeInputError(source, f"frame is {h}×{w} but the flat field is {corr.flat.frame_hw}")
         img = apply_flat(raw, corr.flat)
     img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    valid = np.full((h, w), 255, np.uint8)
+    valid: np.ndarray = np.full((h, w), 255, np.uint8)
     if corr.lens is not None and not corr.lens.is_identity:
         if tuple(corr.lens.frame_hw) != (h, w):
             raise LodeInputError(source, f"frame is {h}×{w} but the lens was calibrated at {corr.lens.frame_hw}")

@@ -96,7 +96,7 @@ def detect(grey: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, 
            max_features: int) -> tuple[np.ndarray, np.ndarray | None]:
     """SIFT keypoints ``(n, 2)`` (frame coordinates) and descriptors inside ``box``."""
     x0, y0, x1, y1 = box if box else (0, 0, grey.shape[1], grey.shape[0])
-    sift = cv2.SIFT_create(nfeatures=max_features)
+    sift = cv2.SIFT_create(nfeatures=max_features)  # type: ignore[attr-defined]  # in OpenCV, not its stubs
     m = None if mask is None else np.ascontiguousarray(mask[y0:y1, x0:x1])
     kps, desc = sift.detectAndCompute(np.ascontiguousarray(grey[y0:y1, x0:x1]), m)
     pts = np.array([k.pt for k in kps], np.float64).reshape(-1, 2) + (x0, y0)

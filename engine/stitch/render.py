@@ -19,8 +19,9 @@ import numpy as np
 
 from engine.errors import LodeInputError
 from engine.io import fs
+from engine.io.layout import SEAM_LABELS, array_at, group_at
 from engine.io.ome import open_store, write_block
-from engine.raster import BlockStage, Block, Unit, block_grid, units_of
+from engine.raster import Block, BlockStage, Unit, block_grid, units_of
 from engine.stitch.register import apply, compose, translation
 
 
@@ -144,7 +145,7 @@ class RenderStage(BlockStage):
         for i, k in enumerate(ks):
             images[i] = _load(frame_path(plan.work, k, "image"))
             valids[i] = _load(frame_path(plan.work, k, "valid"))
-        labels = open_store(plan.store)[plan.group]["seam_labels"][:]
+        labels = array_at(open_store(plan.store), f"{plan.group}/{SEAM_LABELS}")[:]
         return {"frames": np.array(ks + [-1], np.int64), "images": images, "valids": valids, "labels": labels}
 
     def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +160,7 @@ class RenderStage(BlockStage):
 
     def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
         plan = self.plans[unit.raster]
-        write_block(open_store(plan.store, mode="r+")[plan.group], np.asarray(result["image"]), unit.block.y0,
+        write_block(group_at(open_store(plan.store, mode="r+"), plan.group), np.asarray(result["image"]), unit.block.y0,
                     unit.block.x0, "image")
         return {"windows": int(result["nframes"])}
 

@@ -7,6 +7,9 @@ output shard derives identical weights from the same small map.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -23,16 +26,18 @@ def seam_labels(images: list[np.ndarray | None], masks: list[np.ndarray | None],
     labels = np.full((h, w), -1, np.int16)
     if not keep:
         return labels
-    imgs = [images[k].astype(np.float32) for k in keep]  # type: ignore[union-attr]
-    ms = [cv2.UMat(np.ascontiguousarray(masks[k])) for k in keep]  # type: ignore[arg-type]
-    cs = [tuple(int(v) for v in corners[k]) for k in keep]
+    imgs = [np.asarray(images[k], np.float32) for k in keep]
+    # the stubs know UMat(UMat) only; OpenCV builds one from an array
+    ms: Sequence[Any] = [cv2.UMat(np.ascontiguousarray(np.asarray(masks[k], np.uint8)))  # type: ignore[call-overload]
+                         for k in keep]
+    cs = [(int(corners[k][0]), int(corners[k][1])) for k in keep]
     if len(keep) > 1:
         finder = cv2.detail.GraphCutSeamFinder(cost)
-        ms = finder.find(imgs, cs, ms)
+        ms = finder.find(imgs, cs, ms)  # type: ignore[arg-type]  # the stubs say UMat; OpenCV takes arrays too
     score = np.full((h, w), -1.0, np.float32)
     for k, m, (x, y) in zip(keep, ms, cs):
         m = m.get() if isinstance(m, cv2.UMat) else np.asarray(m)
-        own = masks[k]
+        own = np.asarray(masks[k])
         dist = cv2.distanceTransform((own > 0).astype(np.uint8), cv2.DIST_L2, 3)
         s = np.where(m > 0, dist + 1e6, np.where(own > 0, dist, -1.0)).astype(np.float32)
         mh, mw = m.shape

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
-import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -29,16 +27,27 @@ import ray
 from engine.calibrate.lens import undistort_maps
 from engine.errors import LodeInputError, input_error_of
 from engine.io import fs
-from engine.io.atomic import atomic_write_bytes
+from engine.io.atomic import atomic_write_bytes, publish
 from engine.io.images import image_header, read_rgb
+from engine.io.layout import SEAM_LABELS, attrs_of, group_at
 from engine.io.manifest import RunManifest
 from engine.io.ome import PyramidLayout, create_image, open_store
 from engine.raster.runner import RunOptions, StageRun, run_stage
 from engine.stitch.align import AlignOptions, solve
 from engine.stitch.exposure import overlap_means, solve_gains
 from engine.stitch.frames import Correction, correct, grey_std, read_section
-from engine.stitch.register import (Edge, RegisterOptions, apply, compose, detect, invert, match, register_pair,
-                                    to_grey, translation)
+from engine.stitch.register import (
+    Edge,
+    RegisterOptions,
+    apply,
+    compose,
+    detect,
+    invert,
+    match,
+    register_pair,
+    to_grey,
+    translation,
+)
 from engine.stitch.render import RenderPlan, RenderStage, frame_box, frame_path
 from engine.stitch.seams import seam_labels
 
@@ -201,8 +210,10 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
     corr_ref = ray.put(correction)
     outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, section_work, k, hw)
             for k, p in enumerate(sec.tiles)]
-    img_refs, valid_refs, thumb_refs = [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs]
-    stds = _frames_read([o[3] for o in outs])
+    # num_returns=4: each call gives four refs (ray's stubs type .remote() as one ObjectRef)
+    img_refs, valid_refs, thumb_refs = ([o[0] for o in outs], [o[1] for o in outs],  # type: ignore[index]
+                                        [o[2] for o in outs])  # type: ignore[index]
+    stds = _frames_read([o[3] for o in outs])  # type: ignore[index]
     timings["correct"] = time.perf_counter() - t0
     if sec.nominal_xy is not None:
         pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
@@ -235,7 +246,9 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
     s = thumb_scale
     S = np.array([[s, 0, 0.5 * s - 0.5], [0, s, 0.5 * s - 0.5]])
     Lh, Lw = int(np.ceil(H * s)), int(np.ceil(W * s))
-    warped, wmasks, corners = [], [], []
+    warped: list[np.ndarray | None] = []
+    wmasks: list[np.ndarray | None] = []
+    corners: list[tuple[int, int]] = []
     for k, m in enumerate(mats):
         if m is None:
             warped.append(None)
@@ -262,7 +275,7 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
     create_partial(plan, labels, opts.levels)
     timings["prepare"] = time.perf_counter() - t0
     report = build_report(sec, hw, edges, al, mats, gains, (H, W), placed, opts, timings, len(plan.blocks), stds)
-    report["seam_labels"] = {"array": "seam_labels", "scale": s}
+    report["seam_labels"] = {"array": SEAM_LABELS, "scale": s}
     atomic_write_bytes(_plan_file(work, sec.section_id),
                        pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint}))
     return plan, report
@@ -293,7 +306,7 @@ def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int) -> None:
     root = open_store(plan.store, mode="r+")
     layout = PyramidLayout((plan.shard, plan.shard), levels=levels)
     create_image(root, plan.group, (3, *plan.shape), layout, channel_names=["R", "G", "B"], overwrite=True)
-    seams = root[plan.group].create_array("seam_labels", shape=labels.shape, dtype=np.int16, chunks=labels.shape,
+    seams = group_at(root, plan.group).create_array(SEAM_LABELS, shape=labels.shape, dtype=np.int16, chunks=labels.shape,
                                           fill_value=-1)
     seams[...] = labels
 
@@ -315,8 +328,8 @@ def finish_section(plan: RenderPlan, report: dict, render_seconds: float) -> dic
     report = {**report, "timings_s": {**report["timings_s"], "render": round(render_seconds, 3),
                                       "total": round(report["timings_s"]["prepare"] + render_seconds, 3)}}
     grp = open_store(plan.store, mode="a")[plan.group]
-    grp.attrs["lode"] = {**grp.attrs["lode"], "stitch": report}
-    ome = dict(grp.attrs["ome"])
+    grp.attrs["lode"] = {**attrs_of(grp)["lode"], "stitch": report}
+    ome = dict(attrs_of(grp)["ome"])
     ome["multiscales"] = [{**ome["multiscales"][0], "name": plan.section}]
     grp.attrs["ome"] = ome
     _publish(plan.store, plan.group, plan.section)
@@ -350,10 +363,7 @@ def _publish(store: str, partial: str, name: str) -> None:
     rename, its objects are copied with the group's ``zarr.json`` last (readers find a section by
     that object: it is the commit marker), then the partial copy is removed."""
     if not fs.is_uri(store):
-        final = Path(store) / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(Path(store) / partial, final)
+        publish(Path(store) / partial, Path(store) / name)
         return
     filesystem, root = fs.filesystem(store)
     src, dst = f"{root}/{partial}", f"{root}/{name}"

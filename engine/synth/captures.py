@@ -17,9 +17,12 @@ import csv
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+
+from engine.io.images import write_image
 
 EPOXY_RGB = (58, 60, 66)
 
@@ -43,7 +46,7 @@ class Lens:
         return np.asarray(self.dist, dtype=np.float64)
 
     @classmethod
-    def centred(cls, frame_hw: tuple[int, int], dist=(0.0, 0.0, 0.0, 0.0, 0.0), focal: float = 1.0) -> "Lens":
+    def centred(cls, frame_hw: tuple[int, int], dist=(0.0, 0.0, 0.0, 0.0, 0.0), focal: float = 1.0) -> Lens:
         h, w = frame_hw
         return cls(focal * w, focal * w, (w - 1) / 2, (h - 1) / 2, tuple(float(d) for d in dist))  # type: ignore[arg-type]
 
@@ -95,9 +98,9 @@ class CaptureConfig:
         return Lens.centred(self.frame_hw, self.distortion)
 
     @classmethod
-    def degraded(cls, **kw) -> "CaptureConfig":
+    def degraded(cls, **kw) -> CaptureConfig:
         """Distortion, vignetting, exposure and white-balance drift, dark offset, noise and JPEG."""
-        base = dict(distortion=(-0.06, 0.02, 0.0004, -0.0003, 0.0), vignetting=0.3, exposure_drift=0.08,
+        base: dict[str, Any] = dict(distortion=(-0.06, 0.02, 0.0004, -0.0003, 0.0), vignetting=0.3, exposure_drift=0.08,
                     wb_drift=0.03, dark_level=6.0, noise_sigma=1.5, jpeg_quality=93)
         base.update(kw)
         return cls(**base)
@@ -145,9 +148,9 @@ def textured_section(shape: tuple[int, int], seed: int = 0, grain_px: float = 40
     rng = np.random.default_rng(seed)
     coarse = max(1.0, grain_px / 6)
     ch, cw = int(np.ceil(h / coarse)) + 4, int(np.ceil(w / coarse)) + 4
-    fields = []
+    fields: list[np.ndarray] = []
     for _ in range(2):
-        f = rng.standard_normal((ch, cw)).astype(np.float32)
+        f: np.ndarray = rng.standard_normal((ch, cw)).astype(np.float32)
         f = cv2.GaussianBlur(f, (0, 0), 2.0)
         fields.append(cv2.resize(f, (int(cw * coarse), int(ch * coarse)), interpolation=cv2.INTER_CUBIC)[:h, :w])
     a, b = fields
@@ -156,12 +159,12 @@ def textured_section(shape: tuple[int, int], seed: int = 0, grain_px: float = 40
     palette = np.array([[58, 60, 66], [205, 200, 170], [190, 160, 80], [150, 150, 155],
                         [225, 215, 140], [120, 110, 100]], dtype=np.float32)
     phase = np.digitize(a, [-0.6, 0.0]) * 2 + (b > 0.3)
-    img = palette[np.clip(phase, 0, len(palette) - 1)]
+    img: np.ndarray = palette[np.clip(phase, 0, len(palette) - 1)]
     img = cv2.GaussianBlur(img, (0, 0), 1.2)
-    fine = rng.standard_normal((h, w)).astype(np.float32)
+    fine: np.ndarray = rng.standard_normal((h, w)).astype(np.float32)
     fine = cv2.GaussianBlur(fine, (0, 0), 1.5)
     fine *= 12.0 / (fine.std() + 1e-6)
-    img += fine[..., None]
+    img = img + fine[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -193,7 +196,10 @@ def _camera(linear: np.ndarray, cfg: CaptureConfig, vig: np.ndarray, rng: np.ran
     out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     if cfg.jpeg_quality:
         ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(cfg.jpeg_quality)])
-        out = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        if decoded is None:
+            raise ValueError(f"JPEG round trip at quality {cfg.jpeg_quality} failed")
+        out = decoded[..., ::-1].copy()
     return out
 
 
@@ -248,7 +254,7 @@ def capture_grid(source: np.ndarray | None, cfg: CaptureConfig) -> Captures:
     truth: list[np.ndarray | None] = []
     for i, M in enumerate(mats):
         if i in cfg.blank_frames:
-            scene = np.broadcast_to(np.asarray(EPOXY_RGB, np.float32), (*cfg.frame_hw, 3))
+            scene: np.ndarray = np.broadcast_to(np.asarray(EPOXY_RGB, np.float32), (*cfg.frame_hw, 3))
             truth.append(None)
         else:
             use, Mi = src, M
@@ -312,7 +318,7 @@ def calibration_frames(cfg: CaptureConfig, n_views: int = 10, n_flat: int = 8, n
     ideal = observed_to_ideal_map(lens, hw)
     views = []
     cols, rows = pattern[0] + 1, pattern[1] + 1
-    for k in range(n_views):
+    for _ in range(n_views):
         rvec = np.array([rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), rng.uniform(-0.2, 0.2)])
         R, _ = cv2.Rodrigues(rvec)
         centre = np.array([cols / 2, rows / 2, 0.0])
@@ -327,11 +333,8 @@ def calibration_frames(cfg: CaptureConfig, n_views: int = 10, n_flat: int = 8, n
 
 
 def _write_image(path: Path, rgb: np.ndarray, jpeg_quality: int | None) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     params = [cv2.IMWRITE_JPEG_QUALITY, 100] if path.suffix == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1]), params):
-        raise OSError(f"cannot write {path}")
-    tmp.replace(path)
+    write_image(path, np.ascontiguousarray(rgb[..., ::-1]), params)
 
 
 def write_section(root: str | Path, section_id: str, caps: Captures, positions: bool = True) -> Path:

@@ -63,10 +63,10 @@ def random_cast(rng: np.random.Generator, strength: float = 1.0, filter_name: st
     m = np.diag(gains) + cross
     offset = strength * rng.uniform(0.0, 0.015, 3)
     name = filter_name if filter_name is not None else str(rng.choice(["none", "blue", "yellow"]))
-    filt = tuple(1.0 - strength * (1.0 - np.asarray(FILTERS[name])))
+    fr, fg, fb = (float(v) for v in 1.0 - strength * (1.0 - np.asarray(FILTERS[name])))
     gamma = GAMMA * (1.0 + strength * rng.uniform(-0.08, 0.08))
-    return ColourCast(tuple(tuple(float(v) for v in row) for row in np.vstack([m, offset])), float(gamma),
-                      tuple(float(v) for v in filt), name)  # type: ignore[arg-type]
+    rows = tuple((float(r[0]), float(r[1]), float(r[2])) for r in np.vstack([m, offset]))
+    return ColourCast(rows, float(gamma), (fr, fg, fb), name)
 
 
 def partial_annotation(labels: np.ndarray, fraction: float = 0.35, exclude: tuple[int, ...] | list[int] = (),

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import cv2
 import numpy as np
 import zarr
 
 from engine.classes import LUMENSTONE, ClassSet
+from engine.io.images import write_image
 from engine.io.integrity import mark_complete
+from engine.io.layout import TRUTH
 from engine.io.ome import PyramidLayout, create_image, create_labels, write_block
 from engine.synth.section import Section, SectionSpec
-
-TRUTH_LABELS = "truth"
-
-
-def _imwrite(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if not cv2.imwrite(str(tmp), image):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
 
 
 def write_lumenstone(
@@ -47,8 +39,8 @@ def write_lumenstone(
             spec = SectionSpec(seed=seed * 100_003 + offset + i, association=a, grain_diameter=grain_diameter)
             rgb, lab = Section(spec).render(0, 0, size[0], size[1])
             name = f"{a}_{split}_{i:03d}"
-            _imwrite(root / "imgs" / split / f"{name}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            _imwrite(root / "masks" / split / f"{name}.png", lab)
+            write_image(root / "imgs" / split / f"{name}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            write_image(root / "masks" / split / f"{name}.png", lab)
             index.append({"name": name, "split": split, "association": a, "seed": spec.seed})
     (root / "synth.json").write_text(json.dumps({"seed": seed, "size": list(size), "images": index}, indent=1))
     return root
@@ -71,7 +63,7 @@ def write_panorama(
     img = create_image(root, section_id, (3, height, width), layout, channel_names=["R", "G", "B"],
                        pixel_size_um=pixel_size_um, overwrite=True,
                        attributes={"synth": {"seed": spec.seed, "association": spec.association}})
-    lab = create_labels(img, TRUTH_LABELS, classes, layout, pixel_size_um=pixel_size_um, overwrite=True)
+    lab = create_labels(img, TRUTH, classes, layout, pixel_size_um=pixel_size_um, overwrite=True)
     section = Section(spec)
     by, bx = layout.block
     blocks = [(y0, x0) for y0 in range(0, height, by) for x0 in range(0, width, bx)]

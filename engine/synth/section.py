@@ -21,7 +21,7 @@ _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 def _hash(*parts: np.ndarray | int) -> np.ndarray:
     """splitmix64-style hash of integer arrays → uint64 (vectorised, deterministic)."""
-    h = np.uint64(0x9E3779B97F4A7C15)
+    h: np.ndarray = np.asarray(np.uint64(0x9E3779B97F4A7C15))
     with np.errstate(over="ignore"):
         for p in parts:
             v = np.asarray(p).astype(np.int64).astype(np.uint64)

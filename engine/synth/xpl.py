@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from engine.io.atomic import atomic_write_text
-from engine.synth.collection import _imwrite
+from engine.io.images import write_image
 from engine.synth.minerals import ANISOTROPIC, REFLECTANCE_RGB
 from engine.synth.section import Section, SectionSpec, _uniform
 
@@ -83,7 +83,7 @@ class GrainMap:
     extinction_deg: np.ndarray
 
     @classmethod
-    def of(cls, section: Section, y0: int, x0: int, h: int, w: int) -> "GrainMap":
+    def of(cls, section: Section, y0: int, x0: int, h: int, w: int) -> GrainMap:
         lab, gid, _ = section.labels(y0, x0, h, w)
         grains = section.grains_near(y0, x0, h, w)
         phi = np.zeros(len(grains) + 1)
@@ -140,7 +140,7 @@ def render_xpl_stack(spec: SectionSpec, height: int, width: int, cfg: XplConfig 
         M = _stage_transform(height, width, angle, rng, cfg)
         mx = (M[0, 0] * xs + M[0, 1] * ys + M[0, 2] + m).astype(np.float32)
         my = (M[1, 0] * xs + M[1, 1] * ys + M[1, 2] + m).astype(np.float32)
-        img = cv2.remap(scene, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        img: np.ndarray = cv2.remap(scene, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
         img += rng.normal(0.0, cfg.noise, img.shape).astype(np.float32)
         xpl.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
         mats.append(M)
@@ -174,10 +174,10 @@ def write_xpl_collection(root: str | Path, n_train: int = 8, n_test: int = 2, si
             xdir = root / "xpl" / split / name
             for d in (root / "imgs" / split, root / "masks" / split, xdir):
                 d.mkdir(parents=True, exist_ok=True)
-            _imwrite(root / "imgs" / split / f"{name}.png", cv2.cvtColor(st.ppl, cv2.COLOR_RGB2BGR))
-            _imwrite(root / "masks" / split / f"{name}.png", st.labels)
+            write_image(root / "imgs" / split / f"{name}.png", cv2.cvtColor(st.ppl, cv2.COLOR_RGB2BGR))
+            write_image(root / "masks" / split / f"{name}.png", st.labels)
             for a, img in zip(st.angles, st.xpl):
-                _imwrite(xdir / f"{int(round(a)):03d}.png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+                write_image(xdir / f"{int(round(a)):03d}.png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
             truth[name] = {"split": split, "angles": st.angles, "transforms": [m.tolist() for m in st.transforms]}
     atomic_write_text(root / "xpl_truth.json", json.dumps(truth, indent=1))
     return root

@@ -51,7 +51,7 @@ def augment_patch(image: np.ndarray, mask: np.ndarray, y0: int, x0: int, patch: 
     scale = float(np.exp(rng.uniform(-math.log1p(p.scale), math.log1p(p.scale)))) if p.scale else 1.0
     c = (patch - 1) / 2
     centre_src = (x0 + c - sx0, y0 + c - sy0)
-    fwd = cv2.getRotationMatrix2D(centre_src, angle, scale)
+    fwd = np.asarray(cv2.getRotationMatrix2D(centre_src, angle, scale), np.float64)
     fwd[:, 2] += c - np.asarray(centre_src)
     out_img = np.concatenate([  # OpenCV warps at most 4 channels at a time
         cv2.warpAffine(np.ascontiguousarray(src_img[..., c:c + 4]), fwd, (patch, patch), flags=cv2.INTER_LINEAR,

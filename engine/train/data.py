@@ -60,7 +60,7 @@ def mask_codes(root: str | Path, split: str, classes: ClassSet | None = None) ->
 
 def load_split(root: str | Path, split: str, classes: ClassSet | None = None) -> list[Sample]:
     """Load a split; mask codes outside ``classes`` raise (naming the mask)."""
-    out = []
+    out: list[Sample] = []
     for ip, mp in pairs(root, split):
         img, mask, channels = load_pair(ip, mp)
         _check_codes(mask, mp, classes)

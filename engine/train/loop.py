@@ -14,26 +14,66 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from engine.classes import LUMENSTONE, ClassSet
 from engine.errors import LodeInputError
-from engine.io.atomic import atomic_write_text, staged_directory
+from engine.io.atomic import atomic_copy, atomic_path, atomic_write_text, staged_directory
 from engine.io.torchfile import entries, load_torch
 from engine.segment.checkpoint import ModelCard, read_blob, save_checkpoint
 from engine.train.augment import VOID, AugmentParams
 from engine.train.data import Sample, channel_stats, codes_present, load_split, mask_codes, pairs
 from engine.train.sampler import SamplerParams, Tally
 from engine.train.source import StreamPlan, patch_dataset
-from schemas.config import TrainConfig
 
 log = logging.getLogger("lode.train")
 CHECKPOINT_NAME = "model.pt"
 STATE_NAME = "state.pt"
 CURVE_KEYS = ("epoch", "step", "loss", "val_miou", "val_pixel_accuracy", "lr", "seconds")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """One training run. ``jobs.train`` builds it from the job's validated config
+    (``schemas.config.TrainConfig``: same fields and defaults, documented there)."""
+
+    data: str
+    out: str
+    arch: str = "pspnet"
+    encoder: str = "resnet18"
+    classes: list[int] | None = None
+    patch: int = 256
+    batch_size: int = 8
+    steps: int = 200
+    epochs: int = 1
+    lr: float = 1e-3
+    plateau_patience: int = 2
+    loss: Literal["ce", "ce+dice", "ce+focal"] = "ce"
+    sampler: Literal["balanced", "uniform"] = "balanced"
+    alpha: float = 4.0
+    candidates: int = 8
+    strength: float = 1.0
+    image_exponent: float = 1.0
+    map_downscale: int = 8
+    augment: bool = True
+    streams: int | None = None
+    val_split: str | None = None
+    val_images: int | None = None
+    void_border: int = 0
+    resume: str | None = None
+    workers: int = 1
+    gpu: bool = False
+    seed: int = 0
+    window: int = 512
+    overlap: float = 0.25
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.steps // self.epochs)
 
 
 def read_state(folder: Path) -> dict:
@@ -58,8 +98,8 @@ def _loss(kind: str):
 def validate(model, card: ModelCard, samples: list[Sample], void_border: int = 0, batch_size: int = 4):
     """Confusion over ``samples`` with the project's sliding-window predictor (``BlockPredictor``)."""
     from engine.analyze.metrics import SegmentationScores
-    from engine.segment.predictor import BlockPredictor
     from engine.raster.grid import Block
+    from engine.segment.predictor import BlockPredictor
 
     device = next(model.parameters()).device
     codes = card.class_set().codes
@@ -81,7 +121,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     from engine.segment.models import create_model
 
-    cfg = TrainConfig.model_validate(config["cfg"])
+    cfg = TrainOptions(**config["cfg"])
     card = ModelCard.model_validate(config["card"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -193,7 +233,7 @@ def held_out_split(data: str | Path, requested: str | None) -> str:
     return "val" if (Path(data) / "imgs" / "val").is_dir() else "test"
 
 
-def stream_plan(cfg: TrainConfig, codes: list[int], epochs: range, cache_dir: Path) -> StreamPlan:
+def stream_plan(cfg: TrainOptions, codes: list[int], epochs: range, cache_dir: Path) -> StreamPlan:
     files = pairs(cfg.data, "train")
     tasks = cfg.streams or 2 * cfg.workers
     per_epoch = cfg.steps_per_epoch * (cfg.batch_size // cfg.workers) * cfg.workers
@@ -229,14 +269,13 @@ def write_curves(history: list[dict], out: Path) -> tuple[Path, Path]:
     ax[1].set(xlabel="step", ylabel="validation", ylim=(0, 1))
     ax[1].legend()
     fig.tight_layout()
-    tmp = out / ".curves.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out / "curves.png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out / "curves.png")
     return out / "curves.csv", out / "curves.png"
 
 
-def _card(cfg: TrainConfig) -> ModelCard:
+def _card(cfg: TrainOptions) -> ModelCard:
     if cfg.resume:
         from engine.segment.checkpoint import read_card
 
@@ -257,9 +296,11 @@ def _card(cfg: TrainConfig) -> ModelCard:
                                "sampler": cfg.sampler, "loss": cfg.loss, "augment": cfg.augment})
 
 
-def check_resume_classes(cfg: TrainConfig, card: ModelCard, val_split: str) -> None:
+def check_resume_classes(cfg: TrainOptions, card: ModelCard, val_split: str) -> None:
     """A resumed model keeps its class set: ``--classes`` must equal it and every mask code of the
     training and held-out splits must be in it (checked on the masks alone, before Ray starts)."""
+    if cfg.resume is None:
+        return
     ckpt = Path(cfg.resume) / CHECKPOINT_NAME
     codes = card.class_set().codes
     if cfg.classes and sorted(cfg.classes) != sorted(codes):
@@ -279,10 +320,9 @@ def _cpus_per_worker(workers: int) -> float:
     return min(1.0, max(0.25, (total - 1) / workers))
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainOptions) -> Path:
     """Train and write ``<out>/model.pt`` (best validation mIoU), ``<out>/last/`` (to resume from),
     ``curves.csv``/``curves.png`` and ``train_metrics.json``; returns the path of ``model.pt``."""
-    import torch
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -313,7 +353,7 @@ def train(cfg: TrainConfig) -> Path:
     ingest.preserve_order = True
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "card": card.model_dump(), "val_split": val_split,
+        train_loop_config={"cfg": asdict(cfg), "card": card.model_dump(), "val_split": val_split,
                            "resume": str(Path(cfg.resume).resolve()) if cfg.resume else None, "out": str(out)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
                                      resources_per_worker=None if cfg.gpu else {"CPU": _cpus_per_worker(cfg.workers)}),
@@ -329,11 +369,7 @@ def train(cfg: TrainConfig) -> Path:
     best = max(result.best_checkpoints, key=lambda cm: cm[1]["val_miou"])[0] if result.best_checkpoints \
         else result.checkpoint
     with best.as_directory() as d:
-        blob = (Path(d) / CHECKPOINT_NAME).read_bytes()
-    target = out / CHECKPOINT_NAME
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(target)
+        atomic_copy(Path(d) / CHECKPOINT_NAME, out / CHECKPOINT_NAME)
     with result.checkpoint.as_directory() as d, staged_directory(out / "last") as staged:
         for f in (CHECKPOINT_NAME, STATE_NAME):
             shutil.copy2(Path(d) / f, staged / f)
@@ -341,6 +377,6 @@ def train(cfg: TrainConfig) -> Path:
     write_curves(history, out)
     best_row = max(history, key=lambda r: r["val_miou"])
     atomic_write_text(out / "train_metrics.json", json.dumps(
-        {**result.metrics, "best_epoch": best_row["epoch"], "best_val_miou": best_row["val_miou"],
+        {**(result.metrics or {}), "best_epoch": best_row["epoch"], "best_val_miou": best_row["val_miou"],
          "history": history}, indent=1, default=str))
-    return target
+    return out / CHECKPOINT_NAME

@@ -19,15 +19,15 @@ balance of their union.
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from engine.errors import LodeInputError
+from engine.io.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,8 @@ class MapCache:
         if path.exists():
             return np.load(path)
         maps = class_area_maps(mask, classes, patch, downscale)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-        np.save(tmp, maps)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, maps)
         return maps
 
 
@@ -100,14 +98,14 @@ class Tally:
     """Pixels drawn per class (and patches); tallies of several streams add up."""
 
     classes: tuple[int, ...]
-    pixels: np.ndarray = field(default=None)  # type: ignore[assignment]
+    pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     patches: int = 0
 
     def __post_init__(self) -> None:
-        if self.pixels is None:
+        if self.pixels.size == 0:
             self.pixels = np.zeros(len(self.classes), np.int64)
 
-    def __add__(self, other: "Tally") -> "Tally":
+    def __add__(self, other: Tally) -> Tally:
         if other.classes != self.classes:
             raise ValueError("tallies over different class sets")
         return Tally(self.classes, self.pixels + other.pixels, self.patches + other.patches)

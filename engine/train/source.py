@@ -10,7 +10,7 @@ the augmentation stage (``AugmentPatches``), which cuts, warps and maps codes to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -88,7 +88,7 @@ class BalancedPatchSource:
             def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
                 meta = BlockMetadata(num_rows=plan.per_task, size_bytes=plan.per_task * 256, input_files=None,
                                      exec_stats=None)
-                return [ReadTask(lambda e=e, t=t: read(e, t), meta, per_task_row_limit=per_task_row_limit)
+                return [ReadTask(partial(read, e, t), meta, per_task_row_limit=per_task_row_limit)
                         for e in plan.epochs for t in range(plan.tasks)]
 
             def get_name(self) -> str:

@@ -7,11 +7,21 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from engine.calibrate.colour import (CROSSTALK_PRIOR, ColourMatrix, class_means, delta_e_linear, fit_delta_e,
-                                     fit_image, fit_series, linearize, load_matrices, save_matrices)
-from engine.calibrate.colour_eval import per_image_trials, reference_means, render_set, series_trial
+from engine.calibrate.colour import (
+    CROSSTALK_PRIOR,
+    ColourMatrix,
+    class_means,
+    delta_e_linear,
+    fit_delta_e,
+    fit_image,
+    fit_series,
+    linearize,
+    load_matrices,
+    save_matrices,
+)
 from engine.errors import LodeInputError
 from engine.synth.casts import ColourCast, partial_annotation, random_cast
+from engine.synth.colour_eval import per_image_trials, reference_means, render_set, series_trial
 
 SIZE = (512, 683)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -129,17 +130,16 @@ def test_a_flipped_byte_inside_a_chunk_is_reported_with_the_array_and_region(tmp
 
 def test_a_killed_segmentation_is_incomplete_until_its_rerun_finishes(tmp_path, ray_local, small_panorama,
                                                                     tiny_checkpoint):
-    from engine.segment.pipeline import STORE_NAME, run_segmentation
-    from schemas.config import SegmentConfig
+    from engine.segment.pipeline import STORE_NAME, SegmentOptions, run_segmentation
 
-    cfg = SegmentConfig(inputs=[str(small_panorama)], out=str(tmp_path / "run"), checkpoint=str(tiny_checkpoint),
+    cfg = SegmentOptions(inputs=[str(small_panorama)], out=str(tmp_path / "run"), checkpoint=str(tiny_checkpoint),
                         block=(128, 128), max_blocks=5)
     run_segmentation(cfg)
     store = tmp_path / "run" / STORE_NAME
     with pytest.raises(LodeInputError, match=r"sec-a: incomplete: 7 block\(s\)"):
         open_sections(store)
     assert not is_complete(zarr.open_group(str(store))["sec-a/labels/minerals"])
-    run_segmentation(cfg.model_copy(update={"max_blocks": None}))
+    run_segmentation(replace(cfg, max_blocks=None))
     (section,) = open_sections(store)
     assert section.missing == () and is_complete(section.labels) and is_complete(section.image)
     assert VOID not in np.unique(section.level0[:])

@@ -12,13 +12,13 @@ import pytest
 import zarr
 
 from engine.analyze.sections import open_sections
+from engine.io.layout import MINERALS, PROBABILITIES, STORE_NAME
 from engine.io.ome import PyramidLayout, create_image, dequantise, list_sections, quantisation_of
 from engine.raster.grid import block_grid
 from engine.raster.stage import Unit
 from engine.segment.card import read_card
-from engine.segment.pipeline import LABELS, PROBABILITIES, STORE_NAME, SegmentStage, _prepare_store, plan
+from engine.segment.pipeline import SegmentOptions, SegmentStage, _prepare_store, plan
 from engine.synth import SectionSpec, write_panorama
-from schemas.config import SegmentConfig
 
 SHAPES = {"sec-a": (160, 256), "sec-b": (128, 192)}
 
@@ -30,7 +30,7 @@ def segmented(tiny_checkpoint, tmp_path_factory):
     for i, (name, (h, w)) in enumerate(SHAPES.items()):
         write_panorama(tmp / "in.zarr", name, h, w, SectionSpec(seed=i, grain_diameter=20),
                        PyramidLayout((64, 64), chunk=32, levels=2))
-    cfg = SegmentConfig(inputs=[str(tmp / "in.zarr")], out=str(tmp / "out"), checkpoint=str(tiny_checkpoint),
+    cfg = SegmentOptions(inputs=[str(tmp / "in.zarr")], out=str(tmp / "out"), checkpoint=str(tiny_checkpoint),
                         block=(128, 128), chunk=64, levels=2, probabilities="uint8")
     card = read_card(cfg.checkpoint)
     p = plan(cfg, card)
@@ -65,9 +65,9 @@ def test_reader_at_root_finds_every_section_image_and_labels(segmented):
         assert [a["name"] for a in image.metadata["axes"]] == ["c", "y", "x"]
         assert image.metadata["axes"][1]["unit"] == "micrometer"
         assert image.metadata["channel_names"] == ["R", "G", "B"]
-        assert label.zarr.path.rstrip("/").endswith(f"{name}/labels/{LABELS}")
+        assert label.zarr.path.rstrip("/").endswith(f"{name}/labels/{MINERALS}")
         assert [tuple(d.shape) for d in label.data] == [(h, w), (h // 2, w // 2)]
-        assert np.array_equal(np.asarray(label.data[0]), store[f"{name}/labels/{LABELS}/0"][:])
+        assert np.array_equal(np.asarray(label.data[0]), store[f"{name}/labels/{MINERALS}/0"][:])
         assert np.array_equal(np.asarray(image.data[0]), store[f"{name}/0"][:])
         assert label.metadata["properties"][255]["name"] == "no data"
     assert store.attrs["ome"] == {"version": "0.5", "labels": ["sec-a", "sec-b"]}

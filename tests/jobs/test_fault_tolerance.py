@@ -20,9 +20,8 @@ import pytest
 import zarr
 
 from engine.segment.checkpoint import read_card
-from engine.segment.pipeline import STORE_NAME, run_segmentation
+from engine.segment.pipeline import STORE_NAME, SegmentOptions, run_segmentation
 from jobs.cli import main as lode
-from schemas.config import SegmentConfig
 from tests.conftest import monai_reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +43,7 @@ def _segment_actor_processes(root_pid: int) -> list[psutil.Process]:
 def test_killed_segmentation_worker_is_retried_and_the_output_is_unchanged(ray_local, small_panorama,
                                                                            tiny_checkpoint, tmp_path):
     ref = tmp_path / "ref"
-    run_segmentation(SegmentConfig(inputs=[str(small_panorama)], out=str(ref), checkpoint=str(tiny_checkpoint),
+    run_segmentation(SegmentOptions(inputs=[str(small_panorama)], out=str(ref), checkpoint=str(tiny_checkpoint),
                                    block=(128, 128), probabilities="float32", batch_size=1))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "jobs.segment", str(small_panorama), "--out", str(out), "--checkpoint",

@@ -17,14 +17,13 @@ from engine.errors import LodeInputError
 from engine.register.xpl import load_registered
 from engine.segment.checkpoint import ModelCard, save_checkpoint
 from engine.segment.models import create_model
-from engine.segment.pipeline import STORE_NAME, run_segmentation
+from engine.segment.pipeline import STORE_NAME, SegmentOptions, run_segmentation
 from engine.synth.casts import partial_annotation, random_cast
 from engine.synth.section import Section, SectionSpec
 from engine.synth.xpl import write_xpl_collection
 from engine.train.data import load_split
 from engine.train.loop import reference_colors
 from jobs.cli import main as lode
-from schemas.config import SegmentConfig
 
 CLASSES = ClassSet.from_codes([0, 1, 2, 4, 6, 8, 11])
 
@@ -66,9 +65,9 @@ def test_colour_stage_equals_segmenting_corrected_captures(ray_local, cast_captu
     for p in caps:
         _write_rgb(tmp_path / "corrected" / p.name, matrices[p.stem].apply(cv2.imread(str(p))[..., ::-1].copy()))
     common = dict(checkpoint=str(ckpt), probabilities="float32", block=(128, 128), chunk=64, levels=1)
-    run_segmentation(SegmentConfig(inputs=[str(root / "caps")], out=str(tmp_path / "stage"), colour=mode,
+    run_segmentation(SegmentOptions(inputs=[str(root / "caps")], out=str(tmp_path / "stage"), colour=mode,
                                    annotations=str(root / "ann"), **common))
-    run_segmentation(SegmentConfig(inputs=[str(tmp_path / "corrected")], out=str(tmp_path / "direct"), **common))
+    run_segmentation(SegmentOptions(inputs=[str(tmp_path / "corrected")], out=str(tmp_path / "direct"), **common))
     a = zarr.open_group(str(tmp_path / "stage" / STORE_NAME), mode="r")
     b = zarr.open_group(str(tmp_path / "direct" / STORE_NAME), mode="r")
     for p in caps:
@@ -85,11 +84,11 @@ def test_colour_stage_equals_segmenting_corrected_captures(ray_local, cast_captu
 def test_colour_stage_needs_annotations(cast_captures, tmp_path):
     root, ckpt = cast_captures
     (tmp_path / "ann").mkdir()
-    cfg = SegmentConfig(inputs=[str(root / "caps")], out=str(tmp_path / "o"), checkpoint=str(ckpt),
+    cfg = SegmentOptions(inputs=[str(root / "caps")], out=str(tmp_path / "o"), checkpoint=str(ckpt),
                         colour="per-image", annotations=str(tmp_path / "ann"))
-    from engine.segment.pipeline import colour_matrices
-    from engine.segment.checkpoint import read_card
     from engine.io.sources import discover
+    from engine.segment.checkpoint import read_card
+    from engine.segment.pipeline import colour_matrices
 
     with pytest.raises(LodeInputError, match="cap0.png"):
         colour_matrices(cfg, read_card(ckpt), discover(cfg.inputs))
@@ -153,7 +152,7 @@ def test_segment_reads_xpl_folders(ray_local, xpl_set, tmp_path):
                     ModelCard(arch="unet", encoder="resnet18", classes=classes.to_dicts(), in_channels=9,
                               channels=samples[0].channels, mean=[0.5] * 9, std=[0.25] * 9, window=128))
     out = tmp_path / "run"
-    run_segmentation(SegmentConfig(inputs=[str(xpl_set / "imgs" / "test")], out=str(out), checkpoint=str(ckpt),
+    run_segmentation(SegmentOptions(inputs=[str(xpl_set / "imgs" / "test")], out=str(out), checkpoint=str(ckpt),
                                    xpl=str(xpl_set / "xpl" / "test"), block=(128, 256), chunk=64, levels=1))
     store = zarr.open_group(str(out / STORE_NAME), mode="r")
     name = samples[0].name
@@ -169,10 +168,10 @@ def test_segment_reads_xpl_folders(ray_local, xpl_set, tmp_path):
     for f in ("000.png", "015.png"):
         (partial / f).write_bytes((xpl_set / "xpl" / "test" / name / f).read_bytes())
     with pytest.raises(LodeInputError, match="XPL captures give channels"):
-        run_segmentation(SegmentConfig(inputs=[str(xpl_set / "imgs" / "test")], out=str(tmp_path / "bad"),
+        run_segmentation(SegmentOptions(inputs=[str(xpl_set / "imgs" / "test")], out=str(tmp_path / "bad"),
                                        checkpoint=str(ckpt), xpl=str(tmp_path / "xpl2")))
     with pytest.raises(LodeInputError, match="no such folder"):
-        run_segmentation(SegmentConfig(inputs=[str(xpl_set / "imgs" / "test")], out=str(tmp_path / "bad"),
+        run_segmentation(SegmentOptions(inputs=[str(xpl_set / "imgs" / "test")], out=str(tmp_path / "bad"),
                                        checkpoint=str(ckpt), xpl=str(xpl_set / "xpl" / "train")))
 
 

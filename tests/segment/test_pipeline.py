@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from engine.errors import LodeInputError
 from engine.segment.checkpoint import load_checkpoint
-from engine.segment.pipeline import STORE_NAME, run_segmentation
-from schemas.config import SegmentConfig
+from engine.segment.pipeline import STORE_NAME, SegmentOptions, run_segmentation
 from tests.conftest import monai_reference
 
 pytestmark = pytest.mark.ray
@@ -28,7 +26,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def segmented(ray_local, small_panorama, tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("seg") / "run"
-    cfg = SegmentConfig(inputs=[str(small_panorama)], out=str(out), checkpoint=str(tiny_checkpoint),
+    cfg = SegmentOptions(inputs=[str(small_panorama)], out=str(out), checkpoint=str(tiny_checkpoint),
                         block=(128, 128), chunk=64, levels=2, probabilities="float32")
     manifest = run_segmentation(cfg)
     return out, manifest
@@ -84,12 +82,12 @@ def test_interrupted_run_resumes_byte_identical(segmented, small_panorama, tiny_
     done_before = {p.stem for p in status.glob("*.json")}
     assert 0 < len(done_before) < 12, "the run should have been killed part-way"
 
-    cfg = SegmentConfig(inputs=[str(small_panorama)], out=str(out), checkpoint=str(tiny_checkpoint),
+    cfg = SegmentOptions(inputs=[str(small_panorama)], out=str(out), checkpoint=str(tiny_checkpoint),
                         block=(128, 128), chunk=64, levels=2, probabilities="float32")
     # the killed run used the job's default chunk/levels; a rerun with another layout is refused
     with pytest.raises(LodeInputError, match="another model, inputs or layout"):
         run_segmentation(cfg)
-    cfg = cfg.model_copy(update={"chunk": 512, "levels": 3})
+    cfg = replace(cfg, chunk=512, levels=3)
     manifest = run_segmentation(cfg)
     assert manifest["status"] == "complete"
     assert manifest["skipped_already_done"] == len(done_before)
@@ -100,7 +98,7 @@ def test_interrupted_run_resumes_byte_identical(segmented, small_panorama, tiny_
 
 
 def test_missing_input_names_it(tiny_checkpoint, tmp_path):
-    cfg = SegmentConfig(inputs=[str(tmp_path / "nope.zarr")], out=str(tmp_path / "o"), checkpoint=str(tiny_checkpoint))
+    cfg = SegmentOptions(inputs=[str(tmp_path / "nope.zarr")], out=str(tmp_path / "o"), checkpoint=str(tiny_checkpoint))
     with pytest.raises(LodeInputError, match="nope.zarr"):
         run_segmentation(cfg)
 
@@ -109,7 +107,7 @@ def test_grey_image_is_refused_with_its_name(tiny_checkpoint, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     cv2.imwrite(str(folder / "grey.png"), np.zeros((200, 200), np.uint8))
-    cfg = SegmentConfig(inputs=[str(folder)], out=str(tmp_path / "o"), checkpoint=str(tiny_checkpoint))
+    cfg = SegmentOptions(inputs=[str(folder)], out=str(tmp_path / "o"), checkpoint=str(tiny_checkpoint))
     with pytest.raises(LodeInputError, match=r"grey\.png.*1 channels"):
         run_segmentation(cfg)
     assert not (tmp_path / "o" / "_status").exists()
@@ -119,7 +117,7 @@ def test_unreadable_image_is_refused_with_its_name(tiny_checkpoint, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    cfg = SegmentConfig(inputs=[str(folder)], out=str(tmp_path / "o"), checkpoint=str(tiny_checkpoint))
+    cfg = SegmentOptions(inputs=[str(folder)], out=str(tmp_path / "o"), checkpoint=str(tiny_checkpoint))
     with pytest.raises(LodeInputError, match=r"broken\.jpg"):
         run_segmentation(cfg)
 
@@ -130,7 +128,7 @@ def test_truncated_jpeg_fails_and_leaves_no_block_done(ray_local, tiny_checkpoin
     rgb = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
     ok, buf = cv2.imencode(".jpg", rgb)
     (folder / "cut.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])
-    cfg = SegmentConfig(inputs=[str(folder)], out=str(tmp_path / "o"), checkpoint=str(tiny_checkpoint),
+    cfg = SegmentOptions(inputs=[str(folder)], out=str(tmp_path / "o"), checkpoint=str(tiny_checkpoint),
                         block=(128, 128), chunk=64, levels=2)
     with pytest.raises(LodeInputError, match=r"cut\.jpg.*truncated"):
         run_segmentation(cfg)

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import zarr
 
-from engine.synth import ASSOCIATIONS, Section, SectionSpec, TRUTH_LABELS, write_lumenstone, write_panorama
+from engine.io.layout import TRUTH, label_path
 from engine.io.ome import PyramidLayout
+from engine.synth import ASSOCIATIONS, Section, SectionSpec, write_lumenstone, write_panorama
 
 
 def test_rendering_is_deterministic_and_block_consistent():
@@ -61,5 +62,5 @@ def test_panorama_store_matches_direct_render(tmp_path):
     g = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
     rgb, lab = Section(spec).render(0, 0, 300, 500)
     assert np.array_equal(np.moveaxis(g["s/0"][:], 0, -1), rgb)
-    assert np.array_equal(g[f"s/labels/{TRUTH_LABELS}/0"][:], lab)
-    assert np.array_equal(g[f"s/labels/{TRUTH_LABELS}/1"][:], lab[::2, ::2])
+    assert np.array_equal(g[label_path("s", TRUTH)][:], lab)
+    assert np.array_equal(g[label_path("s", TRUTH, 1)][:], lab[::2, ::2])

@@ -14,8 +14,7 @@ import pytest
 from engine.segment.checkpoint import load_checkpoint
 from engine.synth import write_lumenstone
 from engine.train.data import load_split
-from engine.train.loop import train, validate
-from schemas.config import TrainConfig
+from engine.train.loop import TrainOptions, train, validate
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -27,7 +26,7 @@ def test_two_workers_reach_the_test_miou_of_one(ray_local, tmp_path):
     test = load_split(data, "test")
     miou, worlds = {}, {}
     for workers in (1, 2):
-        ckpt = train(TrainConfig(data=str(data), out=str(tmp_path / f"w{workers}"), arch="unet", steps=800, epochs=4,
+        ckpt = train(TrainOptions(data=str(data), out=str(tmp_path / f"w{workers}"), arch="unet", steps=800, epochs=4,
                                  plateau_patience=0, patch=64, batch_size=8, workers=workers, streams=2, seed=1,
                                  window=128))
         model, card = load_checkpoint(ckpt)

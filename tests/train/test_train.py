@@ -8,8 +8,7 @@ import torch
 from engine.errors import LodeInputError
 from engine.segment.checkpoint import load_checkpoint
 from engine.synth import write_lumenstone
-from engine.train.loop import STATE_NAME, train
-from schemas.config import TrainConfig
+from engine.train.loop import STATE_NAME, TrainOptions, train
 
 pytestmark = pytest.mark.ray
 
@@ -34,7 +33,7 @@ def tiny_data(tmp_path_factory):
 def _cfg(data, out, **kw):
     base = dict(data=str(data), out=str(out), arch="unet", steps=8, epochs=2, patch=64, batch_size=4, window=128,
                 streams=1, seed=3)
-    return TrainConfig(**(base | kw))
+    return TrainOptions(**(base | kw))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +98,7 @@ def test_unknown_class_code_in_masks_names_the_mask(tmp_path):
     m[0, 0] = 77
     cv2.imwrite(str(mask_path), m)
     with pytest.raises(LodeInputError, match=rf"{mask_path.name}.*unknown class code 77"):
-        train(TrainConfig(data=str(data), out=str(tmp_path / "m"), steps=1))
+        train(TrainOptions(data=str(data), out=str(tmp_path / "m"), steps=1))
 
 
 @pytest.mark.slow

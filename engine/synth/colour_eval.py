@@ -8,13 +8,21 @@ section's uncast mean colours.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
-from engine.calibrate.colour import (CROSSTALK_PRIOR, GAMMA, ColourMatrix, class_means, delta_e_linear, fit_image,
-                                     fit_lstsq, fit_series)
+from engine.calibrate.colour import (
+    CROSSTALK_PRIOR,
+    GAMMA,
+    ColourMatrix,
+    class_means,
+    delta_e_linear,
+    fit_image,
+    fit_lstsq,
+    fit_series,
+)
 from engine.synth.casts import ColourCast, partial_annotation, random_cast
 from engine.synth.section import Section, SectionSpec
 
@@ -44,7 +52,7 @@ class EncodedAffine:
     gamma: float = GAMMA
 
     @classmethod
-    def fit(cls, src: np.ndarray, ref: np.ndarray, gamma: float = GAMMA) -> "EncodedAffine":
+    def fit(cls, src: np.ndarray, ref: np.ndarray, gamma: float = GAMMA) -> EncodedAffine:
         return cls(fit_lstsq(np.asarray(src) ** (1 / gamma), np.asarray(ref) ** (1 / gamma)).matrix, gamma)
 
     def apply_linear(self, linear: np.ndarray) -> np.ndarray:
