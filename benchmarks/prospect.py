@@ -52,7 +52,7 @@ def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigm
     from engine.prospect.stack import build_stack, open_stack
     from engine.prospect.synth import synth_region, write_region
     from engine.prospect.train import train_local, train_with_ray
-    from jobs.prospect import make_scorer
+    from engine.prospect.select import make_scorer
 
     region = synth_region(size, seed)
     rdir = write_region(region, work / f"region{seed}")

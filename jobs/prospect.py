@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from engine.prospect.select import METHODS
 from jobs.common import location
 
-METHODS = ("mae", "cae", "iforest", "pca")
 OUTPUT_ARGS = {"geotiff": "file"}
 FILE_OUT = {"action": ("train",)}
 
@@ -86,31 +86,6 @@ def _map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: int = 0, shifts: int = 2, drop_top: int = 0):
-    """The window scorer for a method: a trained checkpoint for mae/cae (loaded where it runs),
-    fitted here for iforest/pca. ``shifts`` (mae/cae) averages ``shifts``² window lattices offset
-    by one MAE patch (8 cells); ``drop_top`` (mae/cae/pca) leaves each cell's largest channel
-    errors out of its error."""
-    from engine.errors import LodeInputError
-    from engine.io.torchfile import verify_in_child
-    from engine.prospect import score
-    from engine.prospect.stack import open_stack
-
-    st = open_stack(stack_path)
-    if method in ("mae", "cae"):
-        if model is None:
-            raise LodeInputError("--model", f"method {method} needs a checkpoint")
-        scorer = score.CheckpointScorer.open(model, method, st.channels, st.measured, shifts, drop_top)
-        verify_in_child(model, "engine.prospect.train")
-        return scorer
-    from engine.prospect import baselines
-
-    cells = baselines.sample_cells(st, seed=seed)
-    if method == "iforest":
-        return score.CellScorer(baselines.IsolationForestScorer(cells, seed=seed, channels=st.measured))
-    return score.CellScorer(baselines.PCAScorer(cells, channels=st.measured, drop_top=drop_top))
-
-
 def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float, seed: int, no_ray: bool) -> dict:
     from engine.prospect.train import train_local, train_with_ray
 
@@ -126,6 +101,8 @@ def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, si
     from engine.prospect.score import score_map
     from engine.raster.runner import RunOptions
 
+    from engine.prospect.select import make_scorer
+
     scorer = make_scorer(method, stack, model, seed, shifts)  # checks the stack and checkpoint before Ray starts
     options = RunOptions(executor="serial")
     if not no_ray:
@@ -139,40 +116,9 @@ def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, si
 
 
 def _score(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
-    import pandas as pd
-    import zarr
+    from engine.prospect.select import score_maps
 
-    from engine.errors import LodeInputError
-    from engine.prospect import evaluate as ev
-    from engine.prospect.score import read_score
-    from engine.prospect.stack import Grid
-
-    if not deposits.exists():
-        raise LodeInputError(deposits, "deposits file not found")
-    dep = pd.read_csv(deposits)
-    if not {"easting", "northing"} <= set(dep.columns):
-        raise LodeInputError(deposits, "needs easting and northing columns")
-    if split != "all":
-        if "split" not in dep.columns:
-            raise LodeInputError(deposits, "no split column; use --split all")
-        dep = dep[dep["split"] == split]
-    if dep.empty:
-        raise LodeInputError(deposits, f"no deposits in split {split!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for m in maps:
-        s = read_score(m)
-        grid = Grid.from_dict(zarr.open_group(m, mode="r").attrs["grid"])
-        rows, cols = grid.rowcol(dep["easting"].to_numpy(), dep["northing"].to_numpy())
-        name = zarr.open_group(m, mode="r").attrs.get("method", m.stem)
-        results[name] = ev.evaluate(s, rows, cols)
-        ev.plot_prediction_area(s, rows, cols, out / f"prediction_area_{name}.png", title=name)
-        ev.plot_map(s, rows, cols, out / f"map_{name}.png", title=f"{name} prospectivity, {split} deposits")
-    ev.plot_success(results, out / "success_rate.png")
-    ev.write_report(results, out / "metrics.json", {"deposits": str(deposits), "split": split})
-    table = {k: {"auc": v.auc, "success_rate_area": v.success_rate_area, "capture_top10": v.capture_top10,
-                 "pa_prediction": v.pa_intersection_prediction, "pa_area": v.pa_intersection_area, "n": v.n_deposits}
-             for k, v in results.items()}
+    table = score_maps(maps, deposits, split, out)
     print(json.dumps(table, indent=2))
     return table
 

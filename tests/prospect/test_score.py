@@ -204,7 +204,7 @@ def test_checkpoint_scorer_reads_without_torch_and_maps_like_the_model(small_sta
     mae = _mae(len(st.channels))
     ck = save_checkpoint(tmp_path / "m.pt", mae.model, "mae", st.channels, {"latent": mae.latent})
     assert checkpoint_meta(ck) == {"kind": "mae", "config": mae.model.config, "channels": st.channels}
-    code = ("import sys; from pathlib import Path; from jobs.prospect import make_scorer; "
+    code = ("import sys; from pathlib import Path; from engine.prospect.select import make_scorer; "
             f"s = make_scorer('mae', Path({str(small_stack)!r}), Path({str(ck)!r}), shifts=1); "
             "print(s.window, s.stride, s.offsets, 'torch' in sys.modules)")
     root = Path(__file__).resolve().parents[2]
