@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from typing import Any
 
-URI_ARGS = ("store", "out")
+from jobs.contract import Job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,25 +47,25 @@ def _codes(text: str, what: str) -> list[float]:
         raise LodeInputError(what, f"expected comma-separated numbers, got {text!r}") from None
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: Any) -> int:
     from engine.analyze.collection import analyze_store
     from jobs.common import setup_logging
 
     setup_logging(fmt="%(message)s")
-    if args.executor == "ray":
+    if cfg.executor == "ray":
         import os
 
         from engine.runtime import init_ray
 
-        if args.ray_address:
-            os.environ["RAY_ADDRESS"] = args.ray_address
+        if cfg.ray_address:
+            os.environ["RAY_ADDRESS"] = cfg.ray_address
         init_ray()
     res = analyze_store(
-        args.store, args.out, executor=args.executor, connectivity=2 if args.connectivity == 8 else 1,
-        non_grain=[int(v) for v in _codes(args.non_grain, "--non-grain")], densities=args.densities,
-        size_edges=_codes(args.size_classes, "--size-classes") if args.size_classes else None,
-        pixel_size_um=args.pixel_size_um, block=(args.block, args.block) if args.block else None,
-        report=not args.no_report, label_name=args.labels, allow_incomplete=args.allow_incomplete,
+        cfg.store, cfg.out, executor=cfg.executor, connectivity=2 if cfg.connectivity == 8 else 1,
+        non_grain=[int(v) for v in _codes(cfg.non_grain, "--non-grain")], densities=cfg.densities,
+        size_edges=_codes(cfg.size_classes, "--size-classes") if cfg.size_classes else None,
+        pixel_size_um=cfg.pixel_size_um, block=(cfg.block, cfg.block) if cfg.block else None,
+        report=not cfg.no_report, label_name=cfg.labels, allow_incomplete=cfg.allow_incomplete,
     )
     for section, n in res.incomplete.items():
         print(f"INCOMPLETE {section}: {n} block(s) never written are left out of these measurements")
@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+JOB = Job("analyze", add_arguments, run, description=__doc__, uri_fields=("store", "out"))
+
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

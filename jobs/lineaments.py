@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from jobs.contract import Job
 
 ACTIONS = ("score", "synth", "train")
-FILE_OUT = {"target": ("score",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,43 +64,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, help="train: stop after the epoch that passes this time")
 
 
-def _need(args: argparse.Namespace, *names: str) -> None:
+def _need(cfg: Any, *names: str) -> None:
     from engine.errors import LodeInputError
 
     for name in names:
-        if getattr(args, name) in (None, ""):
-            raise LodeInputError(f"--{name.replace('_', '-')}", f"required for 'lode lineaments {args.target}'")
+        if getattr(cfg, name) in (None, ""):
+            raise LodeInputError(f"--{name.replace('_', '-')}", f"required for 'lode lineaments {cfg.target}'")
 
 
-def run_grid(args: argparse.Namespace) -> int:
+def run_grid(cfg: Any) -> int:
     from engine.geophys.grid import check_values, open_grid, write_grid
-    from engine.geophys.lineaments import (ClassicalParams, VectorParams, classical_lineaments, probability_lines,
-                                           read_card, unet_probability_zarr, write_geojson, write_rose)
+    from engine.geophys.lineaments import (
+        ClassicalParams,
+        VectorParams,
+        classical_lineaments,
+        probability_lines,
+        read_card,
+        unet_probability_zarr,
+        write_geojson,
+        write_rose,
+    )
 
-    _need(args, "out")
-    source = Path(args.target)
-    out = Path(args.out)
-    method = args.method or ("unet" if args.model else "classical")
+    _need(cfg, "out")
+    source = Path(cfg.target)
+    out = Path(cfg.out)
+    method = cfg.method or ("unet" if cfg.model else "classical")
     if method == "unet":
-        _need(args, "model")
-    da = open_grid(source, args.variable, args.block)
+        _need(cfg, "model")
+    da = open_grid(source, cfg.variable, cfg.block)
     check_values(da, source, warn_holes=True)  # one streamed pass, before the model loads and Ray starts
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if method == "unet":
-        card = read_card(args.model)
-        params = VectorParams(threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5)),
-                              min_length_cells=args.min_length)
-        grid_path, _ = unet_probability_zarr(source, args.variable, args.model, out, block=args.block, batch_size=args.batch_size,
-                                             stride=args.stride, executor=args.executor, device=args.device)
-        result = open_grid(grid_path, "axis_probability", args.block)
+        card = read_card(cfg.model)
+        params = VectorParams(threshold=cfg.threshold if cfg.threshold is not None else float(card.get("threshold", 0.5)),
+                              min_length_cells=cfg.min_length)
+        grid_path, _ = unet_probability_zarr(source, cfg.variable, cfg.model, out, block=cfg.block, batch_size=cfg.batch_size,
+                                             stride=cfg.stride, executor=cfg.executor, device=cfg.device)
+        result = open_grid(grid_path, "axis_probability", cfg.block)
         lines = probability_lines(result, da, params)
-        if args.geotiff:
+        if cfg.geotiff:
             write_grid(result.load(), out / "axis_probability.tif")
     else:
         work = out / "_classical"
-        result, lines = classical_lineaments(da, args.inclination, args.declination, ClassicalParams(min_length_cells=args.min_length),
-                                             block=args.block, work=work)
+        result, lines = classical_lineaments(da, cfg.inclination, cfg.declination, ClassicalParams(min_length_cells=cfg.min_length),
+                                             block=cfg.block, work=work)
         suffix = source.suffix.lower() if source.suffix.lower() in (".tif", ".tiff", ".nc", ".zarr") else ".zarr"
         grid_path = write_grid(result, out / f"total_gradient_amplitude{suffix}")
         shutil.rmtree(work, ignore_errors=True)
@@ -117,15 +126,15 @@ def run_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_score(args: argparse.Namespace) -> int:
+def run_score(cfg: Any) -> int:
     from engine.errors import LodeInputError
     from engine.geophys.lineaments import read_geojson_lines
     from engine.geophys.score import buffer_scores
 
-    if len(args.inputs) != 2:
+    if len(cfg.inputs) != 2:
         raise LodeInputError("score", "expected PRED.geojson TRUTH.geojson")
-    pred_path, truth_path = map(Path, args.inputs)
-    cell = args.cell
+    pred_path, truth_path = map(Path, cfg.inputs)
+    cell = cfg.cell
     if cell is None:
         cell = json.loads(pred_path.read_text()).get("properties", {}).get("cell_size") if pred_path.is_file() else None
     if cell is None:
@@ -133,48 +142,51 @@ def run_score(args: argparse.Namespace) -> int:
     pred, truth = read_geojson_lines(pred_path), read_geojson_lines(truth_path)
     scores = {f"{k}_cells": buffer_scores(pred, truth, k * float(cell)) for k in (1, 2)}
     text = json.dumps({"pred": str(pred_path), "truth": str(truth_path), "cell_size": cell, **scores}, indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
+    if cfg.out:
+        Path(cfg.out).write_text(text)
     print(text)
     return 0
 
 
-def run_synth(args: argparse.Namespace) -> int:
-    _need(args, "out")
-    if args.surveys:
+def run_synth(cfg: Any) -> int:
+    _need(cfg, "out")
+    if cfg.surveys:
         from engine.geophys.dataset import write_survey_files
 
-        paths = write_survey_files(Path(args.out), args.n, args.size, args.spacing, args.noise, args.seed)
-        print(json.dumps({"surveys": len(paths), "out": args.out}))
+        paths = write_survey_files(Path(cfg.out), cfg.n, cfg.size, cfg.spacing, cfg.noise, cfg.seed)
+        print(json.dumps({"surveys": len(paths), "out": cfg.out}))
         return 0
     from engine.geophys.dataset import generate_training_set
     from engine.geophys.synth import SurveyConfig
 
-    path = generate_training_set(args.out, args.n, SurveyConfig(shape=(args.size, args.size), spacing_m=args.spacing, noise_nt=args.noise), args.seed)
-    print(json.dumps({"training_set": str(path), "n": args.n}))
+    path = generate_training_set(cfg.out, cfg.n, SurveyConfig(shape=(cfg.size, cfg.size), spacing_m=cfg.spacing, noise_nt=cfg.noise), cfg.seed)
+    print(json.dumps({"training_set": str(path), "n": cfg.n}))
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(cfg: Any) -> int:
     from engine.geophys.train import TrainConfig, train
 
-    _need(args, "data", "out")
-    cfg = TrainConfig(data=args.data, out=args.out, encoder=args.encoder, window=args.window, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes)
-    print(json.dumps({"checkpoint": str(train(cfg))}))
+    _need(cfg, "data", "out")
+    options = TrainConfig(data=cfg.data, out=cfg.out, encoder=cfg.encoder, window=cfg.window, epochs=cfg.epochs,
+                          steps_per_epoch=cfg.steps_per_epoch, lr=cfg.lr, seed=cfg.seed, max_minutes=cfg.max_minutes)
+    print(json.dumps({"checkpoint": str(train(options))}))
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.target == "score":
-        return run_score(args)
-    if args.target == "synth":
-        return run_synth(args)
-    if args.target == "train":
-        return run_train(args)
-    return run_grid(args)
+def run(cfg: Any) -> int:
+    if cfg.target == "score":
+        return run_score(cfg)
+    if cfg.target == "synth":
+        return run_synth(cfg)
+    if cfg.target == "train":
+        return run_train(cfg)
+    return run_grid(cfg)
 
+
+JOB = Job("lineaments", add_arguments, run, description=__doc__, file_out={"target": ("score",)})
 
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

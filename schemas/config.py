@@ -1,8 +1,8 @@
-"""Typed job configs (pydantic); ``lode <job> --config FILE`` validates against these.
+"""Typed job configs (pydantic): what a job's ``run`` receives and ``lode <job> --config FILE`` validates.
 
-Jobs whose engine consumes a typed config (segment, train) have hand-written models here;
-every other job's model is derived from its argparse options by :func:`model_from_parser`,
-so the CLI and the config file can never disagree.
+Jobs whose engine consumes a typed config (segment, train) have hand-written models here, named by
+their ``Job(config=...)``; every other job's model is derived from its argparse options by
+:func:`model_from_parser`, so the CLI and the config file can never disagree.
 """
 
 from __future__ import annotations
@@ -41,13 +41,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 class JobConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A job's config: unknown options are refused."""
 
-    @classmethod
-    def from_file(cls, path: str | Path | None, **overrides) -> "JobConfig":
-        data = read_config_file(path) if path else {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(data)
+    model_config = ConfigDict(extra="forbid")
 
 
 class SegmentConfig(JobConfig):
@@ -131,9 +127,6 @@ class TrainConfig(JobConfig):
         return -(-self.steps // self.epochs)
 
 
-CONFIGS: dict[str, type[JobConfig]] = {"segment": SegmentConfig, "train": TrainConfig}
-
-
 def _value_type(action: argparse.Action) -> Any:
     if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
         return Literal[tuple(action.choices)]
@@ -168,7 +161,7 @@ def _field(action: argparse.Action) -> tuple[Any, Any]:
         if isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*"):
             kind = list[kind]
         elif isinstance(action.nargs, int):
-            kind = Annotated[list[kind], Field(min_length=action.nargs, max_length=action.nargs)]
+            kind = tuple[(kind,) * action.nargs]  # type: ignore[misc]
     default = action.default
     if isinstance(default, tuple):
         default = list(default)

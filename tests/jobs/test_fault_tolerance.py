@@ -207,12 +207,10 @@ def _no_work_done(out: Path) -> None:
 @pytest.mark.parametrize("job", ["segment", "stitch", "analyze", "lineaments", "prospect"])
 def test_unwritable_output_fails_before_any_work(job, tmp_path, capsys, monkeypatch, small_panorama,
                                                  tiny_checkpoint):
-    import importlib
-
-    from jobs.cli import SUBCOMMANDS
+    from jobs.cli import load_job
 
     started = []
-    monkeypatch.setattr(importlib.import_module(SUBCOMMANDS[job][0]), "run", lambda args: started.append(args))
+    monkeypatch.setattr(load_job(job), "run", lambda cfg: started.append(cfg))
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     out = blocker / "out"
@@ -243,12 +241,10 @@ def test_full_output_disk_fails_before_any_work(job, tmp_path, capsys, monkeypat
         return usage(u.total, u.total - 4096, 4096) if str(path).startswith(str(tmp_path)) else u
 
     monkeypatch.setattr(shutil, "disk_usage", full)
-    import importlib
-
-    from jobs.cli import SUBCOMMANDS
+    from jobs.cli import load_job
 
     started = []
-    monkeypatch.setattr(importlib.import_module(SUBCOMMANDS[job][0]), "run", lambda args: started.append(args))
+    monkeypatch.setattr(load_job(job), "run", lambda cfg: started.append(cfg))
     out = tmp_path / "out"
     coll = tmp_path / "coll"
     if job == "stitch":
