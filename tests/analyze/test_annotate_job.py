@@ -1,4 +1,3 @@
-import argparse
 import json
 
 import cv2
@@ -11,10 +10,9 @@ from jobs.cli import main as lode
 from .synthetic_sections import colour_image, gaussian_colour_model, place_grains, scribbles_for, write_store
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    annotate.add_arguments(p)
-    return p.parse_args(list(argv))
+def _args(*argv: str):
+    """The validated config ``run`` receives."""
+    return annotate.JOB.validate(annotate.JOB.parser().parse_args(list(argv)))
 
 
 def test_expand_from_files(tmp_path):

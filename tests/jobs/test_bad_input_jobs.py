@@ -5,7 +5,6 @@ code 2 and one line naming the input, before Ray starts, and changes nothing alr
 
 from __future__ import annotations
 
-import importlib
 import json
 import pickle
 

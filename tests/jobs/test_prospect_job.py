@@ -1,4 +1,3 @@
-import argparse
 import json
 
 import numpy as np
@@ -12,9 +11,8 @@ from jobs.cli import main as lode
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser()
-    prospect.add_arguments(p)
-    return p.parse_args(argv)
+    """The validated config ``run`` receives."""
+    return prospect.JOB.validate(prospect.JOB.parser().parse_args(argv))
 
 
 def test_help_without_ray(capsys):
