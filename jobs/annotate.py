@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,40 +92,11 @@ def run_expand(cfg: Any) -> dict:
             "classes": sorted(int(c) for c in codes)}
 
 
-def _level_arrays(section, max_pixels: int):
-    """Probabilities (c, y, x, float32, dequantised) and the RGB image (y, x, 3) or None, at the finest level within ``max_pixels``."""
-    import numpy as np
-    import zarr
-
-    from engine.errors import LodeInputError
-    from engine.io.ome import dequantise
-
-    node = section.image["probabilities"]
-    levels = sorted(int(k) for k in node.array_keys() if k.isdigit()) if isinstance(node, zarr.Group) else [0]
-    if not levels:
-        raise LodeInputError(f"{section.source}/probabilities", "no probability arrays")
-    H, W = section.shape
-    k = next((k for k in levels if (H >> k) * (W >> k) <= max_pixels), levels[-1])
-    prob_arr = node[str(k)] if isinstance(node, zarr.Group) else node
-    if prob_arr.ndim != 3:
-        raise LodeInputError(f"{section.source}/probabilities", f"expected (c, y, x), got shape {prob_arr.shape}")
-    stride = 1
-    while (prob_arr.shape[1] // stride) * (prob_arr.shape[2] // stride) > max_pixels:
-        stride *= 2
-    prob = dequantise(prob_arr, np.asarray(prob_arr[:, ::stride, ::stride]))
-    img = None
-    if str(k) in section.image and section.image[str(k)].shape[0] == 3:
-        cand = np.asarray(section.image[str(k)][:, ::stride, ::stride]).transpose(1, 2, 0)
-        if cand.shape[:2] == prob.shape[1:] and cand.dtype == np.uint8:
-            img = np.ascontiguousarray(cand)
-    return prob, img, (2 ** k) * stride
-
-
 def run_uncertain(cfg: Any) -> dict:
     import numpy as np
     from scipy import ndimage as ndi
 
-    from engine.analyze.annotate import select_uncertain
+    from engine.analyze.annotate import level_arrays, select_uncertain
     from engine.analyze.sections import open_sections
     from engine.errors import LodeInputError
     from engine.io.atomic import atomic_write_text
@@ -146,7 +116,7 @@ def run_uncertain(cfg: Any) -> dict:
     for s in sections:
         if s.probabilities() is None:
             raise LodeInputError(s.source, "has no stored probabilities")
-        prob, img, scale = _level_arrays(s, MAX_PIXELS)
+        prob, img, scale = level_arrays(s, MAX_PIXELS)
         sel = select_uncertain(prob, cfg.share, image=img, region_px=cfg.region_px, measure=cfg.measure)
         boxes = ndi.find_objects(sel.regions + 1)
         sizes = np.bincount(sel.regions.ravel())

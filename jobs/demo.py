@@ -41,11 +41,11 @@ def run(cfg: Any) -> int:
     import numpy as np
     import zarr
 
-    from engine.analyze.metrics import SegmentationScores
+    from engine.analyze.evaluate import evaluate_store
     from engine.classes import LUMENSTONE
     from engine.runtime import init_ray
     from engine.segment.pipeline import STORE_NAME, run_segmentation
-    from engine.synth import ASSOCIATIONS, TRUTH_LABELS, SectionSpec, write_lumenstone, write_panorama
+    from engine.synth import ASSOCIATIONS, SectionSpec, write_lumenstone, write_panorama
     from engine.train.loop import train
     from schemas.config import SegmentConfig, TrainConfig
 
@@ -78,14 +78,9 @@ def run(cfg: Any) -> int:
 
     print("[4/4] scoring against the synthetic truth ...", flush=True)
     pred_store = zarr.open_group(str(seg_out / STORE_NAME), mode="r")
-    truth_store = zarr.open_group(str(panos), mode="r")
     codes = sorted({c for s in ("S1", "S2") for c in ASSOCIATIONS[s].shares})
-    scores = SegmentationScores.empty(codes)
-    previews = []
-    for name in sorted(k for k, _ in truth_store.groups()):
-        scores.add(np.asarray(truth_store[f"{name}/labels/{TRUTH_LABELS}/0"][:]),
-                   np.asarray(pred_store[f"{name}/labels/minerals/0"][:]))
-        previews.append(str(_preview(pred_store, name, out)))
+    scores, per_section = evaluate_store(seg_out / STORE_NAME, panos, codes)
+    previews = [str(_preview(pred_store, name, out)) for name in sorted(per_section)]
     names = {c.code: c.name for c in LUMENSTONE.classes}
     print(scores.table(names))
     timings["total_s"] = time.perf_counter() - t0

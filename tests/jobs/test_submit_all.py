@@ -135,5 +135,9 @@ def test_bench_and_config(head, work):
 def test_demo(head, work):
     submit(head, "jobs.demo", "--out", str(work / "demo"), "--steps", "2", "--size", "256", "256")
     summary = json.loads((work / "demo" / "demo_summary.json").read_text())
-    assert 0.0 <= summary["pixel_accuracy"] <= 1.0
+    truth = zarr.open_group(str(work / "demo" / "panoramas.zarr"), mode="r")
+    pred = zarr.open_group(str(work / "demo" / "segmentation" / "lode.ome.zarr"), mode="r")
+    pairs = [(truth[f"{s}/labels/truth/0"][:], pred[f"{s}/labels/minerals/0"][:]) for s in ("section-S1", "section-S2")]
+    hits, pixels = sum(int((t == p).sum()) for t, p in pairs), sum(t.size for t, _ in pairs)
+    assert summary["pixel_accuracy"] == pytest.approx(hits / pixels)
     assert json.loads((work / "demo" / "segmentation" / "manifest.json").read_text())["status"] == "complete"
