@@ -41,7 +41,7 @@ def _segment_actor_processes(root_pid: int) -> list[psutil.Process]:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_killed_segmentation_worker_is_retried_and_the_output_is_unchanged(ray_local, small_panorama,
+def test_killed_segmentation_worker_is_retried_and_the_output_is_unchanged(ray_session, small_panorama,
                                                                            tiny_checkpoint, tmp_path):
     ref = tmp_path / "ref"
     run_segmentation(SegmentConfig(inputs=[str(small_panorama)], out=str(ref), checkpoint=str(tiny_checkpoint),
@@ -90,7 +90,7 @@ def _collection(root: Path) -> None:
 
 
 @pytest.mark.ray
-def test_one_corrupt_section_fails_alone_with_its_reason_in_the_manifest(tmp_path, monkeypatch):
+def test_one_corrupt_section_fails_alone_with_its_reason_in_the_manifest(ray_session, tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     coll = tmp_path / "coll"
     _collection(coll)
@@ -131,7 +131,7 @@ def _labels_are_the_reference(out: Path, store: Path, section: str, checkpoint: 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_one_corrupt_section_fails_alone_in_segmentation(ray_local, tmp_path, tiny_checkpoint, capsys):
+def test_one_corrupt_section_fails_alone_in_segmentation(ray_session, tmp_path, tiny_checkpoint, capsys):
     store = _two_sections(tmp_path / "in.zarr", 200)
     shard = store / "sec-b" / "0" / "c" / "0" / "1" / "0"
     original = shard.read_bytes()
@@ -158,7 +158,7 @@ def test_one_corrupt_section_fails_alone_in_segmentation(ray_local, tmp_path, ti
 
 
 @pytest.mark.ray
-def test_sections_that_cannot_be_planned_fail_alone_in_segmentation(ray_local, tmp_path, tiny_checkpoint, capsys):
+def test_sections_that_cannot_be_planned_fail_alone_in_segmentation(ray_session, tmp_path, tiny_checkpoint, capsys):
     store = _two_sections(tmp_path / "in.zarr", 128)
     meta = store / "sec-b" / "0" / "zarr.json"
     original = meta.read_bytes()

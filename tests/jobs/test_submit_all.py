@@ -1,5 +1,5 @@
 """Every job through ``ray job submit --working-dir .`` on a private local head, on tiny inputs,
-each checked against what it must have written. One head serves all submissions.
+each checked against what it must have written. One head (the session's ``ray_head``) serves all submissions.
 
 Slow (several minutes): the default suite keeps the segment submission (test_job_submit.py)."""
 
@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.cluster_utils import RAY, cluster_env, local_head
+from tests.cluster_utils import RAY, cluster_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def head():
-    with local_head() as address:
-        yield address
+def head(ray_head):
+    return ray_head
 
 
 @pytest.fixture(scope="module")
