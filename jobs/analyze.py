@@ -70,7 +70,8 @@ def run(cfg: Any) -> int:
     for section, n in res.incomplete.items():
         print(f"INCOMPLETE {section}: {n} block(s) never written are left out of these measurements")
     print(json.dumps({"grains": str(res.grains_path), "statistics": str(res.statistics_path),
-                      "incomplete_sections": res.incomplete, "report": str(res.report_path) if res.report_path else None, "blocks": res.blocks,
+                      "incomplete_sections": res.incomplete,
+                      "report": str(res.report_path) if res.report_path else None, "blocks": res.blocks,
                       "timings_s": {k: round(v, 3) for k, v in res.timings.items()}}, indent=2))
     return 0
 

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--section", action="append", default=None, help="section name (repeatable; default all)")
     u.add_argument("--share", type=float, default=0.10, help="largest share of the image to select (default 0.10)")
     u.add_argument("--measure", choices=("least_confidence", "margin", "entropy"), default="least_confidence")
-    u.add_argument("--region-px", type=float, default=150.0, help="mean superpixel size in pixels at the analysed level")
+    u.add_argument("--region-px", type=float, default=150.0,
+                   help="mean superpixel size in pixels at the analysed level")
     u.add_argument("--out", default=None, help="output directory (default: beside the store)")
 
 

@@ -36,15 +36,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", help="for score: PRED.geojson TRUTH.geojson")
     parser.add_argument("--out", help="output folder (grid, synth --surveys, train) or file (synth set, score JSON)")
     parser.add_argument("--model", help="U-Net checkpoint (model.pt)")
-    parser.add_argument("--method", choices=("unet", "classical"), default=None, help="default: unet with --model, else classical")
+    parser.add_argument("--method", choices=("unet", "classical"), default=None,
+                        help="default: unet with --model, else classical")
     parser.add_argument("--variable", help="data variable of a netCDF/zarr dataset")
-    parser.add_argument("--inclination", type=float, help="field inclination, degrees (classical; default from grid attributes)")
-    parser.add_argument("--declination", type=float, help="field declination, degrees (classical; default from grid attributes)")
-    parser.add_argument("--threshold", type=float, help="probability threshold for axis cells (default from model card)")
+    parser.add_argument("--inclination", type=float,
+                        help="field inclination, degrees (classical; default from grid attributes)")
+    parser.add_argument("--declination", type=float,
+                        help="field declination, degrees (classical; default from grid attributes)")
+    parser.add_argument("--threshold", type=float,
+                        help="probability threshold for axis cells (default from model card)")
     parser.add_argument("--min-length", type=float, default=10.0, help="shortest line kept, in cells")
-    parser.add_argument("--block", type=int, default=2048, help="block size in cells: one unit of U-Net inference and zarr chunk; the classical route filters grids larger than it block by block")
-    parser.add_argument("--executor", choices=("ray", "serial"), default="ray", help="U-Net inference on Ray (default) or in process")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="GPU per model actor when the cluster has one (auto)")
+    parser.add_argument("--block", type=int, default=2048,
+                        help="block size in cells: one unit of U-Net inference and zarr chunk; the classical route "
+                             "filters grids larger than it block by block")
+    parser.add_argument("--executor", choices=("ray", "serial"), default="ray",
+                        help="U-Net inference on Ray (default) or in process")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="GPU per model actor when the cluster has one (auto)")
     parser.add_argument("--geotiff", action="store_true", help="U-Net: also export the probability grid as GeoTIFF")
     parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: 16 on a GPU, 4 on a CPU)")
     parser.add_argument("--stride", type=int, help="window step in cells (default: half the model window)")
@@ -97,9 +105,10 @@ def run_grid(cfg: Any) -> int:
     t0 = time.perf_counter()
     if method == "unet":
         card = read_card(cfg.model)
-        params = VectorParams(threshold=cfg.threshold if cfg.threshold is not None else float(card.get("threshold", 0.5)),
-                              min_length_cells=cfg.min_length)
-        grid_path, _ = unet_probability_zarr(source, cfg.variable, cfg.model, out, block=cfg.block, batch_size=cfg.batch_size,
+        threshold = cfg.threshold if cfg.threshold is not None else float(card.get("threshold", 0.5))
+        params = VectorParams(threshold=threshold, min_length_cells=cfg.min_length)
+        grid_path, _ = unet_probability_zarr(source, cfg.variable, cfg.model, out, block=cfg.block,
+                                             batch_size=cfg.batch_size,
                                              stride=cfg.stride, executor=cfg.executor, device=cfg.device)
         result = open_grid(grid_path, "axis_probability", cfg.block)
         lines = probability_lines(result, da, params)
@@ -107,7 +116,8 @@ def run_grid(cfg: Any) -> int:
             write_grid(result.load(), out / "axis_probability.tif")
     else:
         work = out / "_classical"
-        result, lines = classical_lineaments(da, cfg.inclination, cfg.declination, ClassicalParams(min_length_cells=cfg.min_length),
+        result, lines = classical_lineaments(da, cfg.inclination, cfg.declination,
+                                             ClassicalParams(min_length_cells=cfg.min_length),
                                              block=cfg.block, work=work)
         suffix = source.suffix.lower() if source.suffix.lower() in (".tif", ".tiff", ".nc", ".zarr") else ".zarr"
         grid_path = write_grid(result, out / f"total_gradient_amplitude{suffix}")
@@ -159,7 +169,8 @@ def run_synth(cfg: Any) -> int:
     from engine.geophys.dataset import generate_training_set
     from engine.geophys.synth import SurveyConfig
 
-    path = generate_training_set(cfg.out, cfg.n, SurveyConfig(shape=(cfg.size, cfg.size), spacing_m=cfg.spacing, noise_nt=cfg.noise), cfg.seed)
+    survey = SurveyConfig(shape=(cfg.size, cfg.size), spacing_m=cfg.spacing, noise_nt=cfg.noise)
+    path = generate_training_set(cfg.out, cfg.n, survey, cfg.seed)
     print(json.dumps({"training_set": str(path), "n": cfg.n}))
     return 0
 

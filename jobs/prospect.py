@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -81,7 +80,8 @@ def _map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=location, help="checkpoint for mae / cae")
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the component maps, in cells")
-    p.add_argument("--shifts", type=int, default=2, help="mae/cae: average shifts x shifts window lattices offset by 8 cells (1 = one lattice)")
+    p.add_argument("--shifts", type=int, default=2,
+                   help="mae/cae: average shifts x shifts window lattices offset by 8 cells (1 = one lattice)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -89,7 +89,8 @@ def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float,
     from engine.prospect.train import train_local, train_with_ray
 
     if no_ray:
-        return train_local(stack, out, kind, steps, batch, lr, seed, log=lambda s, l: print(f"step {s} loss {l:.4f}", flush=True))
+        return train_local(stack, out, kind, steps, batch, lr, seed,
+                           log=lambda step, loss: print(f"step {step} loss {loss:.4f}", flush=True))
     return train_with_ray(stack, out, kind, steps, batch, lr, seed)
 
 
@@ -132,7 +133,8 @@ def run(cfg: Any) -> int:
 
         print(f"stack written to {build_stack(cfg.spec, cfg.out, allow_sparse=cfg.allow_sparse)}")
     elif cfg.action == "train":
-        print(json.dumps(_train(cfg.stack, cfg.out, cfg.kind, cfg.steps, cfg.batch, cfg.lr, cfg.seed, cfg.no_ray), indent=2, default=str))
+        metrics = _train(cfg.stack, cfg.out, cfg.kind, cfg.steps, cfg.batch, cfg.lr, cfg.seed, cfg.no_ray)
+        print(json.dumps(metrics, indent=2, default=str))
     elif cfg.action == "map":
         out = _map(cfg.stack, cfg.method, cfg.model, cfg.out, cfg.block, cfg.sigma, cfg.seed, cfg.shifts,
                    cfg.no_ray, cfg.max_blocks)

@@ -110,7 +110,8 @@ def run(cfg: Any) -> int:
              for name, rep in results.items()}
     error = _failure(errors, list(futures), manifest_path(cfg.out)) if errors else None
     write_job_manifest(cfg.out, "stitch", cfg.model_dump(), {"total_s": summary["seconds"]},
-                       "complete" if not errors else "partial" if len(errors) < len(futures) else "failed", units=units, error=None if error is None else str(error))
+                       "complete" if not errors else "partial" if len(errors) < len(futures) else "failed",
+                       units=units, error=None if error is None else str(error))
     for name, rep in results.items():
         if "error" not in rep:
             print(f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "

@@ -95,8 +95,8 @@ class TrainConfig(JobConfig):
     out: str = Field(description="output directory: model.pt (best by validation mIoU), last/, curves")
     arch: str = "pspnet"
     encoder: str = "resnet18"
-    classes: list[int] | None = Field(default=None,
-                                      description="class codes; default: codes found in the training and held-out masks")
+    classes: list[int] | None = Field(
+        default=None, description="class codes; default: codes found in the training and held-out masks")
     patch: int = Field(default=256, ge=32)
     batch_size: int = Field(default=8, ge=1, description="global batch size (split equally over workers)")
     steps: int = Field(default=200, ge=1, description="optimizer steps in all (split equally over epochs)")
@@ -186,11 +186,13 @@ def model_from_parser(job: str, parser: argparse.ArgumentParser) -> type[BaseMod
     fields = _parser_fields(parser)
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
-        return create_model(f"{title}Config", __base__=JobConfig, __doc__=parser.description, **fields)
+        return create_model(f"{title}Config", __base__=JobConfig, __doc__=parser.description,  # type: ignore[call-overload]
+                            **fields)
     sub = subs[0]
     variants = []
     for choice, subparser in sub.choices.items():
         vfields = {**fields, **_parser_fields(subparser), sub.dest: (Literal[choice], Field(description=f"{sub.dest}"))}
         name = title + "".join(p.capitalize() for p in choice.split("-")) + "Config"
-        variants.append(create_model(name, __base__=JobConfig, __doc__=subparser.description, **vfields))
-    return RootModel[Annotated[Union[tuple(variants)], Field(discriminator=sub.dest)]]  # type: ignore[return-value]
+        variants.append(create_model(name, __base__=JobConfig, __doc__=subparser.description,  # type: ignore[call-overload]
+                                     **vfields))
+    return RootModel[Annotated[Union[tuple(variants)], Field(discriminator=sub.dest)]]  # type: ignore[return-value,misc]

@@ -234,6 +234,8 @@ def level_arrays(section: Section, max_pixels: int) -> tuple[np.ndarray, np.ndar
     H, W = section.shape
     k = next((k for k in levels if (H >> k) * (W >> k) <= max_pixels), levels[-1])
     prob_arr = node[str(k)] if isinstance(node, zarr.Group) else node
+    if not isinstance(prob_arr, zarr.Array):
+        raise LodeInputError(f"{section.source}/probabilities/{k}", "is not an array")
     if prob_arr.ndim != 3:
         raise LodeInputError(f"{section.source}/probabilities", f"expected (c, y, x), got shape {prob_arr.shape}")
     stride = 1
@@ -241,8 +243,9 @@ def level_arrays(section: Section, max_pixels: int) -> tuple[np.ndarray, np.ndar
         stride *= 2
     prob = dequantise(prob_arr, np.asarray(prob_arr[:, ::stride, ::stride]))
     img = None
-    if str(k) in section.image and section.image[str(k)].shape[0] == 3:
-        cand = np.asarray(section.image[str(k)][:, ::stride, ::stride]).transpose(1, 2, 0)
+    level = section.image.get(str(k))
+    if isinstance(level, zarr.Array) and level.shape[0] == 3:
+        cand = np.asarray(level[:, ::stride, ::stride]).transpose(1, 2, 0)
         if cand.shape[:2] == prob.shape[1:] and cand.dtype == np.uint8:
             img = np.ascontiguousarray(cand)
     return prob, img, (2 ** k) * stride

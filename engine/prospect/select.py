@@ -10,20 +10,20 @@ benchmark share.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from engine.errors import LodeInputError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from engine.prospect.score import WindowScorer
+    from engine.prospect.score import CellScorer, CheckpointScorer
 
 METHODS = ("mae", "cae", "iforest", "pca")
 
 
 def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: int = 0, shifts: int = 2,
-                drop_top: int = 0) -> WindowScorer:
+                drop_top: int = 0) -> CheckpointScorer | CellScorer:
     """The window scorer for a method: a trained checkpoint for mae/cae (loaded where it runs, so torch
     stays out of this process), fitted here for iforest/pca. ``shifts`` (mae/cae) averages ``shifts``²
     window lattices offset by one MAE patch (8 cells); ``drop_top`` (mae/cae/pca) leaves each cell's
@@ -80,7 +80,8 @@ def score_maps(maps: list[Path], deposits: Path, split: str, out: Path) -> dict[
     for m in maps:
         s = read_score(m)
         attrs = zarr.open_group(m, mode="r").attrs
-        rows, cols = Grid.from_dict(attrs["grid"]).rowcol(dep["easting"].to_numpy(), dep["northing"].to_numpy())
+        grid = Grid.from_dict(cast(dict, attrs["grid"]))
+        rows, cols = grid.rowcol(dep["easting"].to_numpy(), dep["northing"].to_numpy())
         name = str(attrs.get("method", m.stem))
         results[name] = ev.evaluate(s, rows, cols)
         ev.plot_prediction_area(s, rows, cols, out / f"prediction_area_{name}.png", title=name)
