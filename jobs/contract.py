@@ -132,7 +132,11 @@ def parse(job: Job, argv: list[str], prog: str | None = None) -> argparse.Namesp
     except ValidationError as exc:
         parser.error(f"config {path} (with command-line overrides) is invalid:\n{exc}")
     values = cfg.model_dump()
-    args = argparse.Namespace(**{a.dest: a.default for p in [parser, *_subparsers(parser)] for a in p._actions
+    parsers = [parser]  # the job's options and those of the action the config chose
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers.append(action.choices[values[action.dest]])
+    args = argparse.Namespace(**{a.dest: a.default for p in parsers for a in p._actions
                                  if a.dest != argparse.SUPPRESS and a.default is not argparse.SUPPRESS})
     for k, v in values.items():
         setattr(args, k, tuple(v) if isinstance(v, list) and isinstance(getattr(args, k, None), tuple) else v)
@@ -186,23 +190,25 @@ def commit_uris(uploads: list[tuple[Path, str]], data: bool) -> None:
                 fs.upload(entry, fs.join(parent, entry.name))
 
 
-def validation_message(exc: Any) -> str:
-    """One line naming every invalid option of a pydantic ``ValidationError``, as its flag."""
+def validation_message(exc: Any, tagged: bool = False) -> str:
+    """One line naming every invalid option of a pydantic ``ValidationError``, as its flag (``tagged``: the
+    error is of a union discriminated by the action, whose value leads each error's location)."""
     parts = []
     for err in exc.errors():
-        field_name = next((str(p) for p in err.get("loc", ()) if isinstance(p, str)), "")
+        loc = err.get("loc", ())[1 if tagged else 0:]
+        field_name = next((str(p) for p in loc if isinstance(p, str)), "")
         flag = f"--{field_name.replace('_', '-')}" if field_name else "config"
         got = err.get("input")
         parts.append(f"{flag}: {err.get('msg', 'invalid')}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return "; ".join(parts)
 
 
-def _failure(exc: BaseException) -> tuple[str, bool]:
+def _failure(exc: BaseException, tagged: bool = False) -> tuple[str, bool]:
     """The one-line message of a failure, and whether it is bad input (exit 2) rather than a bug."""
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        return validation_message(exc), True
+        return validation_message(exc, tagged), True
     cause = input_error_of(exc)
     if cause is not None:
         return strip_ansi(str(cause)), True
@@ -243,6 +249,7 @@ def run_job(job: Job, args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         status, error, uploads, rc = "failed", None, [], 2
         record: dict[str, Any] | None = dict(vars(args))
+        config = None
         try:
             uploads = stage_uris(job, args, Path(tmp))
             config = job.validate(args)
@@ -251,11 +258,11 @@ def run_job(job: Job, args: argparse.Namespace) -> int:
             error = None if rc == 0 else f"exit code {rc}"
             return rc
         except BaseException as exc:
-            error, bad_input = _failure(exc)
+            error, bad_input = _failure(exc, tagged=config is None and bool(_subparsers(job.parser())))
             if not bad_input:
                 raise
             print(f"lode {job.name}: error: {error}", file=sys.stderr)
-            if isinstance(exc, ValidationError):
+            if isinstance(exc, ValidationError) and config is None:
                 record = None  # refused before any work: nothing to record
             return 2
         finally:
