@@ -1,7 +1,6 @@
 """``lode analyze STORE``: grain table, statistics and report of a segmentation store.
 
-Writes ``grains.parquet``, ``statistics.parquet``, ``report.html`` and the report's PNGs, and
-``exports/`` (per section: QuPath grain detections as GeoJSON, the labels as an OME-TIFF pyramid)
+Writes ``grains.parquet``, ``statistics.parquet``, ``report.html`` and the report's PNGs
 into ``--out`` (default: the directory that contains the store). The grain pass runs block by
 block on the raster runner and records each block in ``--out``/.grains-work (removed once the
 tables are written): a killed run resumes at its first unfinished block.
@@ -11,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from typing import Any
 
-URI_ARGS = ("store", "out")
+from jobs.contract import Job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,30 +47,30 @@ def _codes(text: str, what: str) -> list[float]:
         raise LodeInputError(what, f"expected comma-separated numbers, got {text!r}") from None
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: Any) -> int:
     from engine.analyze.collection import analyze_store
     from jobs.common import setup_logging
 
     setup_logging(fmt="%(message)s")
-    if args.executor == "ray":
+    if cfg.executor == "ray":
         import os
 
         from engine.runtime import init_ray
 
-        if args.ray_address:
-            os.environ["RAY_ADDRESS"] = args.ray_address
+        if cfg.ray_address:
+            os.environ["RAY_ADDRESS"] = cfg.ray_address
         init_ray()
     res = analyze_store(
-        args.store, args.out, executor=args.executor, connectivity=2 if args.connectivity == 8 else 1,
-        non_grain=[int(v) for v in _codes(args.non_grain, "--non-grain")], densities=args.densities,
-        size_edges=_codes(args.size_classes, "--size-classes") if args.size_classes else None,
-        pixel_size_um=args.pixel_size_um, block=(args.block, args.block) if args.block else None,
-        report=not args.no_report, label_name=args.labels, allow_incomplete=args.allow_incomplete,
+        cfg.store, cfg.out, executor=cfg.executor, connectivity=2 if cfg.connectivity == 8 else 1,
+        non_grain=[int(v) for v in _codes(cfg.non_grain, "--non-grain")], densities=cfg.densities,
+        size_edges=_codes(cfg.size_classes, "--size-classes") if cfg.size_classes else None,
+        pixel_size_um=cfg.pixel_size_um, block=(cfg.block, cfg.block) if cfg.block else None,
+        report=not cfg.no_report, label_name=cfg.labels, allow_incomplete=cfg.allow_incomplete,
     )
     from engine.export.sections import export_sections
     from engine.io import fs
 
-    exports = export_sections(args.store, res.grains_path, fs.parent(str(res.grains_path)), label_name=args.labels)
+    exports = export_sections(cfg.store, res.grains_path, fs.parent(str(res.grains_path)), label_name=cfg.labels)
     for section, n in res.incomplete.items():
         print(f"INCOMPLETE {section}: {n} block(s) never written are left out of these measurements")
     print(json.dumps({"grains": str(res.grains_path), "statistics": str(res.statistics_path),
@@ -81,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+JOB = Job("analyze", add_arguments, run, description=__doc__, uri_fields=("store", "out"))
+
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import Any
+
+from jobs.contract import Job
 
 MAX_PIXELS = 4_000_000
-FILE_OUT = {"action": ("expand",)}
 
 
 def default_outputs(args: argparse.Namespace) -> None:
@@ -37,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--section", action="append", default=None, help="section name (repeatable; default all)")
     u.add_argument("--share", type=float, default=0.10, help="largest share of the image to select (default 0.10)")
     u.add_argument("--measure", choices=("least_confidence", "margin", "entropy"), default="least_confidence")
-    u.add_argument("--region-px", type=float, default=150.0, help="mean superpixel size in pixels at the analysed level")
+    u.add_argument("--region-px", type=float, default=150.0,
+                   help="mean superpixel size in pixels at the analysed level")
     u.add_argument("--out", default=None, help="output directory (default: beside the store)")
 
 
@@ -65,7 +67,7 @@ def _read(path: str, flags: int, what: str):
     return img
 
 
-def run_expand(args: argparse.Namespace) -> dict:
+def run_expand(cfg: Any) -> dict:
     import cv2
     import numpy as np
 
@@ -73,79 +75,50 @@ def run_expand(args: argparse.Namespace) -> dict:
     from engine.classes import LUMENSTONE_CATALOGUE
     from engine.errors import LodeInputError
 
-    img = _read(args.image, cv2.IMREAD_COLOR, "image")[..., ::-1].copy()
-    sc = _read(args.scribbles, cv2.IMREAD_UNCHANGED, "scribbles")
+    img = _read(cfg.image, cv2.IMREAD_COLOR, "image")[..., ::-1].copy()
+    sc = _read(cfg.scribbles, cv2.IMREAD_UNCHANGED, "scribbles")
     if sc.ndim != 2 or sc.dtype != np.uint8:
-        raise LodeInputError(args.scribbles, f"scribbles must be a single-channel 8-bit PNG, got {sc.dtype} {sc.shape}")
+        raise LodeInputError(cfg.scribbles, f"scribbles must be a single-channel 8-bit PNG, got {sc.dtype} {sc.shape}")
     if sc.shape != img.shape[:2]:
-        raise LodeInputError(args.scribbles, f"shape {sc.shape} differs from the image's {img.shape[:2]}")
-    codes = set(np.unique(sc).tolist()) - {args.unlabelled}
+        raise LodeInputError(cfg.scribbles, f"shape {sc.shape} differs from the image's {img.shape[:2]}")
+    codes = set(np.unique(sc).tolist()) - {cfg.unlabelled}
     if not codes:
-        raise LodeInputError(args.scribbles, "holds no scribbles")
+        raise LodeInputError(cfg.scribbles, "holds no scribbles")
     unknown = sorted(codes - set(LUMENSTONE_CATALOGUE))
     if unknown:
-        raise LodeInputError(args.scribbles, f"unknown class codes {unknown}")
-    out = expand_scribbles(img, sc, unlabelled=args.unlabelled)
-    _write_png(Path(args.out), out)
-    return {"labels": args.out, "scribbled_share": float((sc != args.unlabelled).mean()),
+        raise LodeInputError(cfg.scribbles, f"unknown class codes {unknown}")
+    out = expand_scribbles(img, sc, unlabelled=cfg.unlabelled)
+    _write_png(Path(cfg.out), out)
+    return {"labels": cfg.out, "scribbled_share": float((sc != cfg.unlabelled).mean()),
             "classes": sorted(int(c) for c in codes)}
 
 
-def _level_arrays(section, max_pixels: int):
-    """Probabilities (c, y, x, float32, dequantised) and the RGB image (y, x, 3) or None, at the finest level within ``max_pixels``."""
-    import numpy as np
-    import zarr
-
-    from engine.errors import LodeInputError
-    from engine.io.ome import dequantise
-
-    node = section.image["probabilities"]
-    levels = sorted(int(k) for k in node.array_keys() if k.isdigit()) if isinstance(node, zarr.Group) else [0]
-    if not levels:
-        raise LodeInputError(f"{section.source}/probabilities", "no probability arrays")
-    H, W = section.shape
-    k = next((k for k in levels if (H >> k) * (W >> k) <= max_pixels), levels[-1])
-    prob_arr = node[str(k)] if isinstance(node, zarr.Group) else node
-    if prob_arr.ndim != 3:
-        raise LodeInputError(f"{section.source}/probabilities", f"expected (c, y, x), got shape {prob_arr.shape}")
-    stride = 1
-    while (prob_arr.shape[1] // stride) * (prob_arr.shape[2] // stride) > max_pixels:
-        stride *= 2
-    prob = dequantise(prob_arr, np.asarray(prob_arr[:, ::stride, ::stride]))
-    img = None
-    if str(k) in section.image and section.image[str(k)].shape[0] == 3:
-        cand = np.asarray(section.image[str(k)][:, ::stride, ::stride]).transpose(1, 2, 0)
-        if cand.shape[:2] == prob.shape[1:] and cand.dtype == np.uint8:
-            img = np.ascontiguousarray(cand)
-    return prob, img, (2 ** k) * stride
-
-
-def run_uncertain(args: argparse.Namespace) -> dict:
+def run_uncertain(cfg: Any) -> dict:
     import numpy as np
     from scipy import ndimage as ndi
 
-    from engine.analyze.annotate import select_uncertain
+    from engine.analyze.annotate import level_arrays, select_uncertain
     from engine.analyze.sections import open_sections
     from engine.errors import LodeInputError
     from engine.io.atomic import atomic_write_text
 
-    if not 0 < args.share <= 1:
-        raise LodeInputError("--share", f"must be in (0, 1], got {args.share}")
-    store = Path(args.store)
-    out = Path(args.out) if args.out else store.resolve().parent
+    if not 0 < cfg.share <= 1:
+        raise LodeInputError("--share", f"must be in (0, 1], got {cfg.share}")
+    store = Path(cfg.store)
+    out = Path(cfg.out) if cfg.out else store.resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     sections = open_sections(store)
-    if args.section:
-        missing = sorted(set(args.section) - {s.name for s in sections})
+    if cfg.section:
+        missing = sorted(set(cfg.section) - {s.name for s in sections})
         if missing:
             raise LodeInputError(store, f"no sections {missing}")
-        sections = [s for s in sections if s.name in args.section]
+        sections = [s for s in sections if s.name in cfg.section]
     report = {}
     for s in sections:
         if s.probabilities() is None:
             raise LodeInputError(s.source, "has no stored probabilities")
-        prob, img, scale = _level_arrays(s, MAX_PIXELS)
-        sel = select_uncertain(prob, args.share, image=img, region_px=args.region_px, measure=args.measure)
+        prob, img, scale = level_arrays(s, MAX_PIXELS)
+        sel = select_uncertain(prob, cfg.share, image=img, region_px=cfg.region_px, measure=cfg.measure)
         boxes = ndi.find_objects(sel.regions + 1)
         sizes = np.bincount(sel.regions.ravel())
         regions = []
@@ -154,7 +127,7 @@ def run_uncertain(args: argparse.Namespace) -> dict:
             regions.append({"rank": rank, "score": float(score), "pixels": int(sizes[r] * scale * scale),
                             "bbox_level0": [ys.start * scale, xs.start * scale, ys.stop * scale, xs.stop * scale]})
         _write_png(out / f"uncertain_{s.name}.png", sel.mask.astype(np.uint8) * 255)
-        doc = {"section": s.name, "measure": args.measure, "share": sel.share, "downsample": scale,
+        doc = {"section": s.name, "measure": cfg.measure, "share": sel.share, "downsample": scale,
                "mask": f"uncertain_{s.name}.png", "regions": regions}
         path = out / f"uncertain_{s.name}.json"
         atomic_write_text(path, json.dumps(doc, indent=1))
@@ -162,19 +135,16 @@ def run_uncertain(args: argparse.Namespace) -> dict:
     return report
 
 
-def run(args: argparse.Namespace) -> int:
-    from engine.errors import LodeInputError
-
-    try:
-        result = run_expand(args) if args.action == "expand" else run_uncertain(args)
-    except LodeInputError as exc:
-        print(f"lode annotate {args.action}: {exc}", file=sys.stderr)
-        return 2
+def run(cfg: Any) -> int:
+    result = run_expand(cfg) if cfg.action == "expand" else run_uncertain(cfg)
     print(json.dumps(result, indent=2))
     return 0
 
 
+JOB = Job("annotate", add_arguments, run, description=__doc__, file_out={"action": ("expand",)},
+          default_outputs=default_outputs)
+
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

@@ -24,8 +24,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jobs.common import setup_logging
+from jobs.contract import Job
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
@@ -114,7 +116,6 @@ QUICK: dict[str, list[str]] = {
 }
 
 
-OUTPUT_ARGS = {"readme": "file"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -235,19 +236,19 @@ def _names(only: list[str] | None) -> list[str]:
     return only or found
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: Any) -> int:
     setup_logging()
-    out = Path(args.out)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = _names(args.only)
+    names = _names(cfg.only)
     extra = {}
-    for item in args.args:
+    for item in cfg.args:
         key, _, value = item.partition("=")
         extra[key] = shlex.split(value)
     meta_path = out / "bench_meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": {}}
     meta.setdefault("runs", {})
-    if not args.report_only:
+    if not cfg.report_only:
         meta.update(machine=machine(), failed=[])
         env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
         for name in names:
@@ -255,36 +256,38 @@ def run(args: argparse.Namespace) -> int:
             path.unlink(missing_ok=True)
             meta["runs"].pop(name, None)
             cmd = [sys.executable, "-m", f"benchmarks.{name}", "--json", str(path),
-                   *(QUICK.get(name, []) if args.quick else []), *extra.get(name, [])]
+                   *(QUICK.get(name, []) if cfg.quick else []), *extra.get(name, [])]
             print(f"benchmark {name}: {shlex.join(cmd[1:])}", flush=True)
             t = time.perf_counter()
             try:
-                rc = subprocess.run(cmd, timeout=args.timeout, env=env).returncode
+                rc = subprocess.run(cmd, timeout=cfg.timeout, env=env).returncode
             except subprocess.TimeoutExpired:
                 rc = -1
             seconds = time.perf_counter() - t
             if rc or not path.exists():
                 meta["failed"].append(name)
                 continue
-            meta["runs"][name] = {"mode": "quick" if args.quick else "full", "seconds": seconds,
+            meta["runs"][name] = {"mode": "quick" if cfg.quick else "full", "seconds": seconds,
                                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
             print(f"benchmark {name}: {seconds:.0f} s", flush=True)
         meta_path.write_text(json.dumps(meta, indent=1))
     meta.setdefault("machine", machine())
     results = {n: json.loads((out / f"{n}.json").read_text()) for n in _names(None)
-               if (out / f"{n}.json").exists() and (args.report_only or n in meta["runs"])}
-    if args.only and args.report_only:
-        results = {n: r for n, r in results.items() if n in args.only}
+               if (out / f"{n}.json").exists() and (cfg.report_only or n in meta["runs"])}
+    if cfg.only and cfg.report_only:
+        results = {n: r for n, r in results.items() if n in cfg.only}
     report = markdown(results, meta)
     (out / "BENCHMARKS.md").write_text(report)
-    if args.readme:
-        rewrite_readme(Path(args.readme), report)
+    if cfg.readme:
+        rewrite_readme(Path(cfg.readme), report)
     print(report)
     print(f"wrote {out / 'BENCHMARKS.md'}" + (f"; failed: {meta['failed']}" if meta.get("failed") else ""))
     return 1 if meta.get("failed") else 0
 
 
+JOB = Job("bench", add_arguments, run, description=__doc__, outputs={"readme": "file"})
+
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from typing import Any
 
-OUTPUT_ARGS = {"apply": "folder"}
-FILE_OUT = {"kind": ("lens", "flat", "colour", "color")}
+from jobs.contract import Job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,60 +37,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     col.add_argument("--apply", metavar="DIR", help="also write corrected captures (PNG) into DIR")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: Any) -> int:
     from engine.io.images import read_folder
 
-    if args.kind == "lens":
+    if cfg.kind == "lens":
         from engine.calibrate.lens import fit_lens
 
-        model = fit_lens(read_folder(args.frames), args.pattern, args.frames, fix_k3=not args.fit_k3)
-        model.save(args.out)
-        print(json.dumps({"out": args.out, "rms_px": model.rms_px, "views": model.views,
+        model = fit_lens(read_folder(cfg.frames), cfg.pattern, cfg.frames, fix_k3=not cfg.fit_k3)
+        model.save(cfg.out)
+        print(json.dumps({"out": cfg.out, "rms_px": model.rms_px, "views": model.views,
                           "dist_coeffs": model.dist_coeffs.tolist()}))
         return 0
-    if args.kind == "flat":
+    if cfg.kind == "flat":
         from engine.calibrate.flat import fit_flat
 
-        darks = read_folder(args.dark) if args.dark else None
-        ff = fit_flat(read_folder(args.flat), darks, degree=args.degree, source=args.flat)
-        ff.save(args.out)
-        print(json.dumps({"out": args.out, "min_gain": float(ff.flat.min()), "dark_mean": float(ff.dark.mean())}))
+        darks = read_folder(cfg.dark) if cfg.dark else None
+        ff = fit_flat(read_folder(cfg.flat), darks, degree=cfg.degree, source=cfg.flat)
+        ff.save(cfg.out)
+        print(json.dumps({"out": cfg.out, "min_gain": float(ff.flat.min()), "dark_mean": float(ff.dark.mean())}))
         return 0
-    if args.kind in ("colour", "color"):
-        return _colour(args)
-    raise SystemExit(f"unknown calibration kind {args.kind}")
+    if cfg.kind in ("colour", "color"):
+        return _colour(cfg)
+    raise SystemExit(f"unknown calibration kind {cfg.kind}")
 
 
-def _colour(args: argparse.Namespace) -> int:
+def _colour(cfg: Any) -> int:
     from pathlib import Path
 
     import cv2
 
     from engine.calibrate.colour import fit_captures, save_matrices
-    from engine.segment.card import reference_from_file
     from engine.errors import LodeInputError
     from engine.io.images import list_images, read_rgb, write_image
+    from engine.segment.card import reference_from_file
 
-    missing = next((p for p in map(Path, args.images) if not p.exists()), None)
+    missing = next((p for p in map(Path, cfg.images) if not p.exists()), None)
     if missing is not None:
         raise LodeInputError(missing, "no such capture file or folder")
-    paths = [q for p in map(Path, args.images) for q in (list_images(p) if p.is_dir() else [p])]
+    paths = [q for p in map(Path, cfg.images) for q in (list_images(p) if p.is_dir() else [p])]
     if not paths:
-        raise LodeInputError(", ".join(args.images), "no captures")
-    matrices = fit_captures(paths, args.annotations, reference_from_file(args.reference), args.mode)
-    save_matrices(args.out, matrices, args.mode)
-    if args.apply:
-        out = Path(args.apply)
+        raise LodeInputError(", ".join(cfg.images), "no captures")
+    matrices = fit_captures(paths, cfg.annotations, reference_from_file(cfg.reference), cfg.mode)
+    save_matrices(cfg.out, matrices, cfg.mode)
+    if cfg.apply:
+        out = Path(cfg.apply)
         out.mkdir(parents=True, exist_ok=True)
         for p in paths:
             write_image(out / f"{p.stem}.png", cv2.cvtColor(matrices[p.stem].apply(read_rgb(p)), cv2.COLOR_RGB2BGR))
-    print(json.dumps({"out": args.out, "mode": args.mode, "captures": len(paths),
+    print(json.dumps({"out": cfg.out, "mode": cfg.mode, "captures": len(paths),
                       "mean_delta_e_fit": {k: round(m.info.get("mean_delta_e_fit", float("nan")), 4)
                                            for k, m in matrices.items()}}))
     return 0
 
 
+JOB = Job("calibrate", add_arguments, run, description=__doc__, outputs={"apply": "folder"},
+          file_out={"kind": ("lens", "flat", "colour", "color")})
+
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

@@ -1,9 +1,8 @@
 """The ``lode`` console script: one subcommand per job module.
 
-Each job module ``jobs.<name>`` defines ``add_arguments(parser)`` and ``run(args) -> int``
-and is also runnable as ``python -m jobs.<name>`` (what ``ray job submit`` calls).
-Modules are imported only when their subcommand runs, so ``lode <cmd> --help`` is
-fast and never needs Ray.
+Each job module ``jobs.<name>`` declares ``JOB``, a :class:`jobs.contract.Job`, and is also
+runnable as ``python -m jobs.<name>`` (what ``ray job submit`` calls). Modules are imported only
+when their subcommand runs, so ``lode <cmd> --help`` is fast and never needs Ray.
 """
 
 from __future__ import annotations
@@ -11,6 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jobs.contract import Job
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("jobs.demo", "generate a synthetic collection, train, segment and score it end to end"),
@@ -33,6 +36,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def load_job(name: str) -> Job:
+    """The job declared by the module of subcommand ``name``."""
+    from jobs.contract import Job
+
+    job = importlib.import_module(SUBCOMMANDS[name][0]).JOB
+    if not isinstance(job, Job) or job.name != name:
+        raise TypeError(f"{SUBCOMMANDS[name][0]}.JOB is not the Job {name!r}")
+    return job
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Top-level parser listing the subcommands (their own options are parsed by their modules)."""
     parser = argparse.ArgumentParser(prog="lode", description="Lode: measured geology from geoscience imagery.")
@@ -47,11 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in SUBCOMMANDS:
         build_parser().parse_args(argv or ["--help"])
         return 2
-    from jobs.common import parse_job_args, run_job
+    from jobs.contract import parse, run_job
 
-    name = argv[0]
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return run_job(name, module, parse_job_args(name, module, argv[1:], description=SUBCOMMANDS[name][1]))
+    job = load_job(argv[0])
+    return run_job(job, parse(job, argv[1:]))
 
 
 if __name__ == "__main__":

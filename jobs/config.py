@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from typing import Any
 
-URI_ARGS = ("file",)
+from jobs.contract import Job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,30 +22,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("file", help="JSON or YAML config file (path or URI)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: Any) -> int:
     from pydantic import ValidationError
 
     from engine.errors import LodeInputError
-    from jobs.common import config_model
+    from jobs.cli import load_job
+    from jobs.contract import validation_message
     from schemas.config import read_config_file
 
-    model = config_model(args.job)
-    if args.action == "schema":
+    model = load_job(cfg.job).model()
+    if cfg.action == "schema":
         print(json.dumps(model.model_json_schema(), indent=1))
         return 0
     try:
-        cfg = model.model_validate(read_config_file(args.file))
-    except LodeInputError as exc:
-        print(f"lode config: error: {exc}", file=sys.stderr)
-        return 2
+        checked = model.model_validate(read_config_file(cfg.file))
     except ValidationError as exc:
-        print(f"lode config: error: {args.file}: {exc}", file=sys.stderr)
-        return 2
-    print(cfg.model_dump_json(indent=1))
+        raise LodeInputError(cfg.file, validation_message(exc)) from None
+    print(checked.model_dump_json(indent=1))
     return 0
 
+
+JOB = Job("config", add_arguments, run, description=__doc__, uri_fields=("file",))
 
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

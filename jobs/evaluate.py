@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import Any
 
-from jobs.common import guarded
-
-OUTPUT_ARGS = {"json_out": "file"}
+from jobs.contract import Job
 
 
 def default_outputs(args: argparse.Namespace) -> None:
@@ -32,31 +30,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_out", help="JSON output (default: evaluation.json beside the store)")
 
 
-def run(args: argparse.Namespace) -> int:
-    def body() -> int:
-        from engine.analyze.evaluate import evaluate_store
-        from engine.classes import LUMENSTONE_CATALOGUE
-        from engine.io.atomic import atomic_write_text
+def run(cfg: Any) -> int:
+    from engine.analyze.evaluate import evaluate_store
+    from engine.classes import LUMENSTONE_CATALOGUE
+    from engine.io.atomic import atomic_write_text
 
-        incomplete: dict[str, int] = {}
-        total, per = evaluate_store(args.pred, args.truth, args.classes, args.void_borders,
-                                    allow_incomplete=args.allow_incomplete, incomplete=incomplete)
-        names = {c: m.name for c, m in LUMENSTONE_CATALOGUE.items()}
-        for s, n in incomplete.items():
-            print(f"INCOMPLETE {s}: {n} block(s) never written are left out of these scores")
-        print(total.table(names))
-        out = Path(args.json_out) if args.json_out else Path(args.pred).resolve().parent / "evaluation.json"
-        doc = {"pred": str(args.pred), "truth": str(args.truth), "void_borders": args.void_borders,
-               "incomplete_sections": incomplete,
-               **total.to_dict(names), "sections": {s: v.to_dict(names) for s, v in per.items()}}
-        atomic_write_text(out, json.dumps(doc, indent=1))
-        print(f"written: {out}")
-        return 0
+    incomplete: dict[str, int] = {}
+    total, per = evaluate_store(cfg.pred, cfg.truth, cfg.classes, cfg.void_borders,
+                                allow_incomplete=cfg.allow_incomplete, incomplete=incomplete)
+    names = {c: m.name for c, m in LUMENSTONE_CATALOGUE.items()}
+    for s, n in incomplete.items():
+        print(f"INCOMPLETE {s}: {n} block(s) never written are left out of these scores")
+    print(total.table(names))
+    out = Path(cfg.json_out) if cfg.json_out else Path(cfg.pred).resolve().parent / "evaluation.json"
+    doc = {"pred": str(cfg.pred), "truth": str(cfg.truth), "void_borders": cfg.void_borders,
+           "incomplete_sections": incomplete,
+           **total.to_dict(names), "sections": {s: v.to_dict(names) for s, v in per.items()}}
+    atomic_write_text(out, json.dumps(doc, indent=1))
+    print(f"written: {out}")
+    return 0
 
-    return guarded(body)
 
+JOB = Job("evaluate", add_arguments, run, description=__doc__, outputs={"json_out": "file"},
+          default_outputs=default_outputs)
 
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

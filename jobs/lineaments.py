@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from jobs.contract import Job
 
 ACTIONS = ("score", "synth", "train")
-FILE_OUT = {"target": ("score",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,15 +36,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", help="for score: PRED.geojson TRUTH.geojson")
     parser.add_argument("--out", help="output folder (grid, synth --surveys, train) or file (synth set, score JSON)")
     parser.add_argument("--model", help="U-Net checkpoint (model.pt)")
-    parser.add_argument("--method", choices=("unet", "classical"), default=None, help="default: unet with --model, else classical")
+    parser.add_argument("--method", choices=("unet", "classical"), default=None,
+                        help="default: unet with --model, else classical")
     parser.add_argument("--variable", help="data variable of a netCDF/zarr dataset")
-    parser.add_argument("--inclination", type=float, help="field inclination, degrees (classical; default from grid attributes)")
-    parser.add_argument("--declination", type=float, help="field declination, degrees (classical; default from grid attributes)")
-    parser.add_argument("--threshold", type=float, help="probability threshold for axis cells (default from model card)")
+    parser.add_argument("--inclination", type=float,
+                        help="field inclination, degrees (classical; default from grid attributes)")
+    parser.add_argument("--declination", type=float,
+                        help="field declination, degrees (classical; default from grid attributes)")
+    parser.add_argument("--threshold", type=float,
+                        help="probability threshold for axis cells (default from model card)")
     parser.add_argument("--min-length", type=float, default=10.0, help="shortest line kept, in cells")
-    parser.add_argument("--block", type=int, default=2048, help="block size in cells: one unit of U-Net inference and zarr chunk; the classical route filters grids larger than it block by block")
-    parser.add_argument("--executor", choices=("ray", "serial"), default="ray", help="U-Net inference on Ray (default) or in process")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="GPU per model actor when the cluster has one (auto)")
+    parser.add_argument("--block", type=int, default=2048,
+                        help="block size in cells: one unit of U-Net inference and zarr chunk; the classical route "
+                             "filters grids larger than it block by block")
+    parser.add_argument("--executor", choices=("ray", "serial"), default="ray",
+                        help="U-Net inference on Ray (default) or in process")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="GPU per model actor when the cluster has one (auto)")
     parser.add_argument("--geotiff", action="store_true", help="U-Net: also export the probability grid as GeoTIFF")
     parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: 16 on a GPU, 4 on a CPU)")
     parser.add_argument("--stride", type=int, help="window step in cells (default: half the model window)")
@@ -63,43 +72,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, help="train: stop after the epoch that passes this time")
 
 
-def _need(args: argparse.Namespace, *names: str) -> None:
+def _need(cfg: Any, *names: str) -> None:
     from engine.errors import LodeInputError
 
     for name in names:
-        if getattr(args, name) in (None, ""):
-            raise LodeInputError(f"--{name.replace('_', '-')}", f"required for 'lode lineaments {args.target}'")
+        if getattr(cfg, name) in (None, ""):
+            raise LodeInputError(f"--{name.replace('_', '-')}", f"required for 'lode lineaments {cfg.target}'")
 
 
-def run_grid(args: argparse.Namespace) -> int:
+def run_grid(cfg: Any) -> int:
     from engine.geophys.grid import check_values, open_grid, write_grid
-    from engine.geophys.lineaments import (ClassicalParams, VectorParams, classical_lineaments, probability_lines,
-                                           read_card, unet_probability_zarr, write_geojson, write_rose)
+    from engine.geophys.lineaments import (
+        ClassicalParams,
+        VectorParams,
+        classical_lineaments,
+        probability_lines,
+        read_card,
+        unet_probability_zarr,
+        write_geojson,
+        write_rose,
+    )
 
-    _need(args, "out")
-    source = Path(args.target)
-    out = Path(args.out)
-    method = args.method or ("unet" if args.model else "classical")
+    _need(cfg, "out")
+    source = Path(cfg.target)
+    out = Path(cfg.out)
+    method = cfg.method or ("unet" if cfg.model else "classical")
     if method == "unet":
-        _need(args, "model")
-    da = open_grid(source, args.variable, args.block)
+        _need(cfg, "model")
+    da = open_grid(source, cfg.variable, cfg.block)
     check_values(da, source, warn_holes=True)  # one streamed pass, before the model loads and Ray starts
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if method == "unet":
-        card = read_card(args.model)
-        params = VectorParams(threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5)),
-                              min_length_cells=args.min_length)
-        grid_path, _ = unet_probability_zarr(source, args.variable, args.model, out, block=args.block, batch_size=args.batch_size,
-                                             stride=args.stride, executor=args.executor, device=args.device)
-        result = open_grid(grid_path, "axis_probability", args.block)
+        card = read_card(cfg.model)
+        threshold = cfg.threshold if cfg.threshold is not None else float(card.get("threshold", 0.5))
+        params = VectorParams(threshold=threshold, min_length_cells=cfg.min_length)
+        grid_path, _ = unet_probability_zarr(source, cfg.variable, cfg.model, out, block=cfg.block,
+                                             batch_size=cfg.batch_size,
+                                             stride=cfg.stride, executor=cfg.executor, device=cfg.device)
+        result = open_grid(grid_path, "axis_probability", cfg.block)
         lines = probability_lines(result, da, params)
-        if args.geotiff:
+        if cfg.geotiff:
             write_grid(result.load(), out / "axis_probability.tif")
     else:
         work = out / "_classical"
-        result, lines = classical_lineaments(da, args.inclination, args.declination, ClassicalParams(min_length_cells=args.min_length),
-                                             block=args.block, work=work)
+        result, lines = classical_lineaments(da, cfg.inclination, cfg.declination,
+                                             ClassicalParams(min_length_cells=cfg.min_length),
+                                             block=cfg.block, work=work)
         suffix = source.suffix.lower() if source.suffix.lower() in (".tif", ".tiff", ".nc", ".zarr") else ".zarr"
         grid_path = write_grid(result, out / f"total_gradient_amplitude{suffix}")
         if suffix not in (".tif", ".tiff"):  # QGIS reads the CRS of a GeoTIFF, not of our netCDF/zarr attributes
@@ -119,15 +138,15 @@ def run_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_score(args: argparse.Namespace) -> int:
+def run_score(cfg: Any) -> int:
     from engine.errors import LodeInputError
     from engine.geophys.lineaments import read_geojson_lines
     from engine.geophys.score import buffer_scores
 
-    if len(args.inputs) != 2:
+    if len(cfg.inputs) != 2:
         raise LodeInputError("score", "expected PRED.geojson TRUTH.geojson")
-    pred_path, truth_path = map(Path, args.inputs)
-    cell = args.cell
+    pred_path, truth_path = map(Path, cfg.inputs)
+    cell = cfg.cell
     if cell is None:
         cell = json.loads(pred_path.read_text()).get("properties", {}).get("cell_size") if pred_path.is_file() else None
     if cell is None:
@@ -135,48 +154,52 @@ def run_score(args: argparse.Namespace) -> int:
     pred, truth = read_geojson_lines(pred_path), read_geojson_lines(truth_path)
     scores = {f"{k}_cells": buffer_scores(pred, truth, k * float(cell)) for k in (1, 2)}
     text = json.dumps({"pred": str(pred_path), "truth": str(truth_path), "cell_size": cell, **scores}, indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
+    if cfg.out:
+        Path(cfg.out).write_text(text)
     print(text)
     return 0
 
 
-def run_synth(args: argparse.Namespace) -> int:
-    _need(args, "out")
-    if args.surveys:
+def run_synth(cfg: Any) -> int:
+    _need(cfg, "out")
+    if cfg.surveys:
         from engine.geophys.dataset import write_survey_files
 
-        paths = write_survey_files(Path(args.out), args.n, args.size, args.spacing, args.noise, args.seed)
-        print(json.dumps({"surveys": len(paths), "out": args.out}))
+        paths = write_survey_files(Path(cfg.out), cfg.n, cfg.size, cfg.spacing, cfg.noise, cfg.seed)
+        print(json.dumps({"surveys": len(paths), "out": cfg.out}))
         return 0
     from engine.geophys.dataset import generate_training_set
     from engine.geophys.synth import SurveyConfig
 
-    path = generate_training_set(args.out, args.n, SurveyConfig(shape=(args.size, args.size), spacing_m=args.spacing, noise_nt=args.noise), args.seed)
-    print(json.dumps({"training_set": str(path), "n": args.n}))
+    survey = SurveyConfig(shape=(cfg.size, cfg.size), spacing_m=cfg.spacing, noise_nt=cfg.noise)
+    path = generate_training_set(cfg.out, cfg.n, survey, cfg.seed)
+    print(json.dumps({"training_set": str(path), "n": cfg.n}))
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(cfg: Any) -> int:
     from engine.geophys.train import TrainConfig, train
 
-    _need(args, "data", "out")
-    cfg = TrainConfig(data=args.data, out=args.out, encoder=args.encoder, window=args.window, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes)
-    print(json.dumps({"checkpoint": str(train(cfg))}))
+    _need(cfg, "data", "out")
+    options = TrainConfig(data=cfg.data, out=cfg.out, encoder=cfg.encoder, window=cfg.window, epochs=cfg.epochs,
+                          steps_per_epoch=cfg.steps_per_epoch, lr=cfg.lr, seed=cfg.seed, max_minutes=cfg.max_minutes)
+    print(json.dumps({"checkpoint": str(train(options))}))
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.target == "score":
-        return run_score(args)
-    if args.target == "synth":
-        return run_synth(args)
-    if args.target == "train":
-        return run_train(args)
-    return run_grid(args)
+def run(cfg: Any) -> int:
+    if cfg.target == "score":
+        return run_score(cfg)
+    if cfg.target == "synth":
+        return run_synth(cfg)
+    if cfg.target == "train":
+        return run_train(cfg)
+    return run_grid(cfg)
 
+
+JOB = Job("lineaments", add_arguments, run, description=__doc__, file_out={"target": ("score",)})
 
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

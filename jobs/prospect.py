@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from engine.prospect.select import METHODS
 from jobs.common import location
-
-METHODS = ("mae", "cae", "iforest", "pca")
-OUTPUT_ARGS = {"geotiff": "file"}
-FILE_OUT = {"action": ("train",)}
+from jobs.contract import Job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +80,8 @@ def _map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=location, help="checkpoint for mae / cae")
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the component maps, in cells")
-    p.add_argument("--shifts", type=int, default=2, help="mae/cae: average shifts x shifts window lattices offset by 8 cells (1 = one lattice)")
+    p.add_argument("--shifts", type=int, default=2,
+                   help="mae/cae: average shifts x shifts window lattices offset by 8 cells (1 = one lattice)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -90,7 +89,8 @@ def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float,
     from engine.prospect.train import train_local, train_with_ray
 
     if no_ray:
-        return train_local(stack, out, kind, steps, batch, lr, seed, log=lambda s, l: print(f"step {s} loss {l:.4f}", flush=True))
+        return train_local(stack, out, kind, steps, batch, lr, seed,
+                           log=lambda step, loss: print(f"step {step} loss {loss:.4f}", flush=True))
     return train_with_ray(stack, out, kind, steps, batch, lr, seed)
 
 
@@ -115,108 +115,71 @@ def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, si
 
 
 def _score(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
-    import pandas as pd
-    import zarr
+    from engine.prospect.select import score_maps
 
-    from engine.errors import LodeInputError
-    from engine.prospect import evaluate as ev
-    from engine.prospect.score import read_score
-    from engine.prospect.stack import Grid
-
-    if not deposits.exists():
-        raise LodeInputError(deposits, "deposits file not found")
-    dep = pd.read_csv(deposits)
-    if not {"easting", "northing"} <= set(dep.columns):
-        raise LodeInputError(deposits, "needs easting and northing columns")
-    if split != "all":
-        if "split" not in dep.columns:
-            raise LodeInputError(deposits, "no split column; use --split all")
-        dep = dep[dep["split"] == split]
-    if dep.empty:
-        raise LodeInputError(deposits, f"no deposits in split {split!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for m in maps:
-        s = read_score(m)
-        grid = Grid.from_dict(zarr.open_group(m, mode="r").attrs["grid"])
-        rows, cols = grid.rowcol(dep["easting"].to_numpy(), dep["northing"].to_numpy())
-        name = zarr.open_group(m, mode="r").attrs.get("method", m.stem)
-        results[name] = ev.evaluate(s, rows, cols)
-        ev.plot_prediction_area(s, rows, cols, out / f"prediction_area_{name}.png", title=name)
-        ev.plot_map(s, rows, cols, out / f"map_{name}.png", title=f"{name} prospectivity, {split} deposits")
-    ev.plot_success(results, out / "success_rate.png")
-    ev.write_report(results, out / "metrics.json", {"deposits": str(deposits), "split": split})
-    table = {k: {"auc": v.auc, "success_rate_area": v.success_rate_area, "capture_top10": v.capture_top10,
-                 "pa_prediction": v.pa_intersection_prediction, "pa_area": v.pa_intersection_area, "n": v.n_deposits}
-             for k, v in results.items()}
+    table = score_maps(maps, deposits, split, out)
     print(json.dumps(table, indent=2))
     return table
 
 
-def run(args: argparse.Namespace) -> int:
-    from engine.errors import LodeInputError
-
-    try:
-        return _run(args)
-    except LodeInputError as exc:
-        print(f"lode prospect: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.action == "synth":
+def run(cfg: Any) -> int:
+    if cfg.action == "synth":
         from engine.prospect.synth import synth_region, write_region
 
-        out = write_region(synth_region(args.size, args.seed), args.out)
+        out = write_region(synth_region(cfg.size, cfg.seed), cfg.out)
         print(f"region written to {out}")
-    elif args.action == "stack":
+    elif cfg.action == "stack":
         from engine.prospect.stack import build_stack
 
-        print(f"stack written to {build_stack(args.spec, args.out, allow_sparse=args.allow_sparse)}")
-    elif args.action == "train":
-        print(json.dumps(_train(args.stack, args.out, args.kind, args.steps, args.batch, args.lr, args.seed, args.no_ray), indent=2, default=str))
-    elif args.action == "map":
-        out = _map(args.stack, args.method, args.model, args.out, args.block, args.sigma, args.seed, args.shifts,
-                   args.no_ray, args.max_blocks)
-        if args.geotiff:
+        print(f"stack written to {build_stack(cfg.spec, cfg.out, allow_sparse=cfg.allow_sparse)}")
+    elif cfg.action == "train":
+        metrics = _train(cfg.stack, cfg.out, cfg.kind, cfg.steps, cfg.batch, cfg.lr, cfg.seed, cfg.no_ray)
+        print(json.dumps(metrics, indent=2, default=str))
+    elif cfg.action == "map":
+        out = _map(cfg.stack, cfg.method, cfg.model, cfg.out, cfg.block, cfg.sigma, cfg.seed, cfg.shifts,
+                   cfg.no_ray, cfg.max_blocks)
+        if cfg.geotiff:
             from engine.prospect.score import write_geotiff
 
-            write_geotiff(out, args.geotiff)
+            write_geotiff(out, cfg.geotiff)
         print(f"map written to {out}")
-    elif args.action == "score":
-        _score(args.map, args.deposits, args.split, args.out)
-    elif args.action == "run":
-        _run_all(args)
+    elif cfg.action == "score":
+        _score(cfg.map, cfg.deposits, cfg.split, cfg.out)
+    elif cfg.action == "run":
+        _run_all(cfg)
     return 0
 
 
-def _run_all(args: argparse.Namespace) -> None:
+def _run_all(cfg: Any) -> None:
     from engine.prospect.score import write_geotiff
     from engine.prospect.stack import build_stack
 
-    out: Path = args.out
+    out: Path = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     t = time.perf_counter()
-    stack = build_stack(args.region / "layers.json", out / "stack.zarr", allow_sparse=args.allow_sparse)
+    stack = build_stack(cfg.region / "layers.json", out / "stack.zarr", allow_sparse=cfg.allow_sparse)
     timings["stack"] = time.perf_counter() - t
     maps = []
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+    for method in [m.strip() for m in cfg.methods.split(",") if m.strip()]:
         t = time.perf_counter()
         model = None
         if method in ("mae", "cae"):
             model = out / f"{method}.pt"
-            _train(stack, model, method, args.steps, 32, 1e-3, 0, args.no_ray)
-        maps.append(_map(stack, method, model, out / f"map_{method}.zarr", args.block, args.sigma, 0, args.shifts,
-                         args.no_ray))
+            _train(stack, model, method, cfg.steps, 32, 1e-3, 0, cfg.no_ray)
+        maps.append(_map(stack, method, model, out / f"map_{method}.zarr", cfg.block, cfg.sigma, 0, cfg.shifts,
+                         cfg.no_ray))
         timings[method] = time.perf_counter() - t
     if (out / "map_mae.zarr").exists():
         write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif")
-    _score(maps, args.region / "deposits.csv", "heldout", out / "eval")
+    _score(maps, cfg.region / "deposits.csv", "heldout", out / "eval")
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
+
+JOB = Job("prospect", add_arguments, run, description=__doc__, outputs={"geotiff": "file"},
+          file_out={"action": ("train",)})
 
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

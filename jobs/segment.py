@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from jobs.common import add_config_argument, guarded, setup_logging
-
-OWN_MANIFEST = True
-URI_ARGS = ("inputs", "out", "checkpoint")
+from jobs.common import setup_logging
+from jobs.contract import Job
+from schemas.config import SegmentConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,32 +28,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotations", help="folder of sparse annotation masks <section>.png for --colour "
                                          "(class codes, 255 = not annotated)")
     p.add_argument("--xpl", help="folder of <section>/ subfolders of crossed-polar captures (extra channels)")
-    add_config_argument(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: SegmentConfig) -> int:
     setup_logging()
     from engine.segment.pipeline import SegmentOptions, run_segmentation
-    from schemas.config import SegmentConfig
 
-    def body() -> int:
-        cfg = SegmentConfig.from_file(args.config, inputs=args.inputs or None, out=args.out,
-                                      checkpoint=args.checkpoint, window=args.window, overlap=args.overlap,
-                                      batch_size=args.batch_size, block=args.block,
-                                      probabilities=args.probabilities, device=args.device,
-                                      num_actors=args.num_actors, max_blocks=args.max_blocks, colour=args.colour,
-                                      annotations=args.annotations, xpl=args.xpl)
-        manifest = run_segmentation(SegmentOptions(**cfg.model_dump()))
-        done = sum(b["status"] == "done" for b in manifest["blocks"])
-        print(json.dumps({"status": manifest["status"], "blocks_done": done, "blocks": len(manifest["blocks"]),
-                          "skipped_already_done": manifest["skipped_already_done"], "out": cfg.out,
-                          "timings": manifest["timings"]}, indent=1))
-        return 0
+    manifest = run_segmentation(SegmentOptions(**cfg.model_dump()))
+    done = sum(b["status"] == "done" for b in manifest["blocks"])
+    print(json.dumps({"status": manifest["status"], "blocks_done": done, "blocks": len(manifest["blocks"]),
+                      "skipped_already_done": manifest["skipped_already_done"], "out": cfg.out,
+                      "timings": manifest["timings"]}, indent=1))
+    return 0
 
-    return guarded(body)
 
+JOB = Job("segment", add_arguments, run, description=__doc__, config=SegmentConfig,
+          uri_fields=("inputs", "out", "checkpoint"), own_manifest=True)
 
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

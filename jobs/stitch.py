@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
-OWN_MANIFEST = True
-URI_ARGS = ("collection", "out")
+from jobs.contract import Job
 
 
 def _pattern(text: str) -> tuple[int, int]:
@@ -53,31 +52,31 @@ def report_path(store: str | Path) -> str:
     return fs.join(fs.parent(store), fs.name(store) + ".stitch.json")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: Any) -> int:
     import ray
 
     from engine.errors import LodeInputError, input_error_of, strip_ansi
     from engine.io import fs
     from engine.io.atomic import atomic_write_text
     from engine.io.manifest import manifest_path, write_job_manifest
-    from engine.stitch.collection import load_correction, section_dirs
     from engine.runtime import init_ray
+    from engine.stitch.collection import load_correction, section_dirs
     from engine.stitch.section import StitchOptions, create_root, finish_section, prepare_section, render_sections
 
     t0 = time.perf_counter()
-    secs = section_dirs(args.collection)
-    if args.sections:
-        unknown = sorted(set(args.sections) - {fs.name(s) for s in secs})
+    secs = section_dirs(cfg.collection)
+    if cfg.sections:
+        unknown = sorted(set(cfg.sections) - {fs.name(s) for s in secs})
         if unknown:
-            raise LodeInputError(args.collection, f"no section(s) {', '.join(unknown)}")
-        secs = [s for s in secs if fs.name(s) in set(args.sections)]
-    corr = load_correction(args.collection, args.lens, args.flat, args.pattern, not args.no_lens, not args.no_flat)
-    opts = StitchOptions(shard=args.shard, levels=args.levels)
-    init_ray(num_cpus=args.num_cpus)
-    create_root(args.out)
+            raise LodeInputError(cfg.collection, f"no section(s) {', '.join(unknown)}")
+        secs = [s for s in secs if fs.name(s) in set(cfg.sections)]
+    corr = load_correction(cfg.collection, cfg.lens, cfg.flat, cfg.pattern, not cfg.no_lens, not cfg.no_flat)
+    opts = StitchOptions(shard=cfg.shard, levels=cfg.levels)
+    init_ray(num_cpus=cfg.num_cpus)
+    create_root(cfg.out)
     remote = ray.remote(num_cpus=0, **fs.ray_remote_args())(prepare_section)
     dirs = {fs.name(s): str(s) for s in secs}
-    futures = {name: remote.remote(d, args.out, corr, opts) for name, d in dirs.items()}
+    futures = {name: remote.remote(d, cfg.out, corr, opts) for name, d in dirs.items()}
     results: dict[str, dict] = {}
     errors: dict[str, LodeInputError] = {}
     prepared = {}
@@ -100,18 +99,19 @@ def run(args: argparse.Namespace) -> int:
         if name not in errors:
             results[name] = finish_section(plan, report, render_s)
     results = {name: results.get(name) or {"section": name, "error": str(errors[name])} for name in futures}
-    summary = {"collection": _absolute(args.collection), "store": _absolute(args.out),
+    summary = {"collection": _absolute(cfg.collection), "store": _absolute(cfg.out),
                "calibration": {"lens": None if corr.lens is None else corr.lens.to_dict(),
                                "flat": corr.flat is not None},
                "seconds": round(time.perf_counter() - t0, 3), "sections": results,
                "render": {"shards": run.ran + run.skipped, "ran": run.ran, "skipped": run.skipped}}
-    atomic_write_text(report_path(args.out), json.dumps(summary, indent=1))
+    atomic_write_text(report_path(cfg.out), json.dumps(summary, indent=1))
     units = {name: ({"status": "failed", "reason": rep["error"]} if "error" in rep else
                     {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]})
              for name, rep in results.items()}
-    error = _failure(errors, list(futures), manifest_path(args.out)) if errors else None
-    write_job_manifest(args.out, "stitch", vars(args), {"total_s": summary["seconds"]},
-                       "complete" if not errors else "partial" if len(errors) < len(futures) else "failed", units=units, error=None if error is None else str(error))
+    error = _failure(errors, list(futures), manifest_path(cfg.out)) if errors else None
+    write_job_manifest(cfg.out, "stitch", cfg.model_dump(), {"total_s": summary["seconds"]},
+                       "complete" if not errors else "partial" if len(errors) < len(futures) else "failed",
+                       units=units, error=None if error is None else str(error))
     for name, rep in results.items():
         if "error" not in rep:
             print(f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
@@ -137,7 +137,9 @@ def _absolute(path: str) -> str:
     return str(path) if fs.is_uri(path) else str(Path(path).resolve())
 
 
+JOB = Job("stitch", add_arguments, run, description=__doc__, uri_fields=("collection", "out"), own_manifest=True)
+
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

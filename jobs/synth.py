@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+from typing import Any
 
-from jobs.common import guarded, setup_logging
+from jobs.common import setup_logging
+from jobs.contract import Job
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,49 +48,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--seed", type=int, default=0)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: Any) -> int:
     setup_logging()
     from engine.io.ome import PyramidLayout
     from engine.synth import SectionSpec, write_lumenstone, write_panorama
 
-    def body() -> int:
-        if args.what == "survey":
-            from dataclasses import replace
+    if cfg.what == "survey":
+        from dataclasses import replace
 
-            from engine.geophys.dataset import generate_training_set, write_survey_files
-            from engine.geophys.synth import SurveyConfig
+        from engine.geophys.dataset import generate_training_set, write_survey_files
+        from engine.geophys.synth import SurveyConfig
 
-            if args.files:
-                paths = write_survey_files(Path(args.out), args.n, size=args.size or 1024, seed=args.seed)
-                print(f"surveys: {len(paths)} files in {args.out}")
-            else:
-                cfg = SurveyConfig() if args.size is None else replace(SurveyConfig(), shape=(args.size, args.size))
-                print(f"training set: {generate_training_set(args.out, args.n, cfg, seed=args.seed)}")
-        elif args.what == "region":
-            from engine.prospect.synth import synth_region, write_region
-
-            print(f"region: {write_region(synth_region(args.size, args.seed), args.out)}")
-        elif args.what == "xpl":
-            from engine.synth.xpl import XplConfig, write_xpl_collection
-
-            root = write_xpl_collection(args.out, args.train, args.test, tuple(args.size), args.seed,
-                                        XplConfig(angles=tuple(args.angles)))
-            print(f"collection: {root}")
-        elif args.what == "collection":
-            root = write_lumenstone(args.out, args.train, args.test, tuple(args.size), args.associations,
-                                    args.seed, args.grain)
-            print(f"collection: {root}")
+        if cfg.files:
+            paths = write_survey_files(Path(cfg.out), cfg.n, size=cfg.size or 1024, seed=cfg.seed)
+            print(f"surveys: {len(paths)} files in {cfg.out}")
         else:
-            spec = SectionSpec(seed=args.seed, association=args.association, grain_diameter=args.grain)
-            write_panorama(args.out, args.section, args.size[0], args.size[1], spec,
-                           PyramidLayout((args.block, args.block), 512, 3), progress=True)
-            print(f"panorama: {args.out}/{args.section}")
-        return 0
+            cfg = SurveyConfig() if cfg.size is None else replace(SurveyConfig(), shape=(cfg.size, cfg.size))
+            print(f"training set: {generate_training_set(cfg.out, cfg.n, cfg, seed=cfg.seed)}")
+    elif cfg.what == "region":
+        from engine.prospect.synth import synth_region, write_region
 
-    return guarded(body)
+        print(f"region: {write_region(synth_region(cfg.size, cfg.seed), cfg.out)}")
+    elif cfg.what == "xpl":
+        from engine.synth.xpl import XplConfig, write_xpl_collection
 
+        root = write_xpl_collection(cfg.out, cfg.train, cfg.test, tuple(cfg.size), cfg.seed,
+                                    XplConfig(angles=tuple(cfg.angles)))
+        print(f"collection: {root}")
+    elif cfg.what == "collection":
+        root = write_lumenstone(cfg.out, cfg.train, cfg.test, tuple(cfg.size), cfg.associations,
+                                cfg.seed, cfg.grain)
+        print(f"collection: {root}")
+    else:
+        spec = SectionSpec(seed=cfg.seed, association=cfg.association, grain_diameter=cfg.grain)
+        write_panorama(cfg.out, cfg.section, cfg.size[0], cfg.size[1], spec,
+                       PyramidLayout((cfg.block, cfg.block), 512, 3), progress=True)
+        print(f"panorama: {cfg.out}/{cfg.section}")
+    return 0
+
+
+JOB = Job("synth", add_arguments, run, description=__doc__)
 
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from jobs.common import add_config_argument, guarded, setup_logging
+from jobs.common import setup_logging
+from jobs.contract import Job
+from schemas.config import TrainConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,29 +35,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (AMP)")
     p.add_argument("--seed", type=int)
     p.add_argument("--window", type=int, help="inference window recorded in the model card (default 512)")
-    add_config_argument(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: TrainConfig) -> int:
     setup_logging()
     from engine.train.loop import TrainOptions, train
-    from schemas.config import TrainConfig
 
-    def body() -> int:
-        cfg = TrainConfig.from_file(args.config, data=args.data, out=args.out, arch=args.arch, encoder=args.encoder,
-                                    classes=args.classes, patch=args.patch, batch_size=args.batch_size,
-                                    steps=args.steps, epochs=args.epochs, lr=args.lr, loss=args.loss,
-                                    sampler=args.sampler, alpha=args.alpha, strength=args.strength,
-                                    candidates=args.candidates, augment=args.augment, streams=args.streams, val_split=args.val_split,
-                                    void_border=args.void_border, resume=args.resume, workers=args.workers,
-                                    gpu=args.gpu, seed=args.seed, window=args.window)
-        print(f"checkpoint: {train(TrainOptions(**cfg.model_dump()))}")
-        return 0
+    print(f"checkpoint: {train(TrainOptions(**cfg.model_dump()))}")
+    return 0
 
-    return guarded(body)
 
+JOB = Job("train", add_arguments, run, description=__doc__, config=TrainConfig)
 
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

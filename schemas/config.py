@@ -1,8 +1,8 @@
-"""Typed job configs (pydantic); ``lode <job> --config FILE`` validates against these.
+"""Typed job configs (pydantic): what a job's ``run`` receives and ``lode <job> --config FILE`` validates.
 
-Jobs whose engine consumes a typed config (segment, train) have hand-written models here;
-every other job's model is derived from its argparse options by :func:`model_from_parser`,
-so the CLI and the config file can never disagree.
+Jobs whose engine consumes a typed config (segment, train) have hand-written models here, named by
+their ``Job(config=...)``; every other job's model is derived from its argparse options by
+:func:`model_from_parser`, so the CLI and the config file can never disagree.
 """
 
 from __future__ import annotations
@@ -41,13 +41,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 class JobConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A job's config: unknown options are refused."""
 
-    @classmethod
-    def from_file(cls, path: str | Path | None, **overrides) -> JobConfig:
-        data = read_config_file(path) if path else {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(data)
+    model_config = ConfigDict(extra="forbid")
 
 
 class SegmentConfig(JobConfig):
@@ -99,8 +95,8 @@ class TrainConfig(JobConfig):
     out: str = Field(description="output directory: model.pt (best by validation mIoU), last/, curves")
     arch: str = "pspnet"
     encoder: str = "resnet18"
-    classes: list[int] | None = Field(default=None,
-                                      description="class codes; default: codes found in the training and held-out masks")
+    classes: list[int] | None = Field(
+        default=None, description="class codes; default: codes found in the training and held-out masks")
     patch: int = Field(default=256, ge=32)
     batch_size: int = Field(default=8, ge=1, description="global batch size (split equally over workers)")
     steps: int = Field(default=200, ge=1, description="optimizer steps in all (split equally over epochs)")
@@ -131,9 +127,6 @@ class TrainConfig(JobConfig):
         return -(-self.steps // self.epochs)
 
 
-CONFIGS: dict[str, type[JobConfig]] = {"segment": SegmentConfig, "train": TrainConfig}
-
-
 def _value_type(action: argparse.Action) -> Any:
     if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
         return Literal[tuple(action.choices)]
@@ -147,7 +140,7 @@ def _value_type(action: argparse.Action) -> Any:
     except Exception:
         ret = Any
     # a config file may hold the typed value or the text the CLI takes ("9x6"), which is parsed here
-    return Annotated[Union[ret, str], BeforeValidator(partial(_parse_text, fn))]  # noqa: UP007 - ret is a runtime value
+    return Annotated[Union[ret, str], BeforeValidator(partial(_parse_text, fn))]
 
 
 def _parse_text(fn: Any, value: Any) -> Any:
@@ -168,11 +161,11 @@ def _field(action: argparse.Action) -> tuple[Any, Any]:
         if isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*"):
             kind = list[kind]
         elif isinstance(action.nargs, int):
-            kind = Annotated[list[kind], Field(min_length=action.nargs, max_length=action.nargs)]
+            kind = tuple[(kind,) * action.nargs]  # type: ignore[misc]
     default = action.default
     if isinstance(default, tuple):
         default = list(default)
-    required = action.required and action.nargs not in ("?", "*")
+    required = action.required and not (action.nargs in ("?", "*"))
     if required:
         return kind, Field(description=description)
     if default is None:
@@ -190,15 +183,16 @@ def model_from_parser(job: str, parser: argparse.ArgumentParser) -> type[BaseMod
     """The pydantic model of a job's options: one field per argparse option (same name, type,
     choices, default, help), and for jobs with actions a union discriminated by the action."""
     title = "".join(p.capitalize() for p in job.split("_"))
-    fields: dict[str, Any] = _parser_fields(parser)
+    fields = _parser_fields(parser)
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
-        return create_model(f"{title}Config", __base__=JobConfig, __doc__=parser.description, **fields)
+        return create_model(f"{title}Config", __base__=JobConfig, __doc__=parser.description,  # type: ignore[call-overload]
+                            **fields)
     sub = subs[0]
     variants = []
     for choice, subparser in sub.choices.items():
         vfields = {**fields, **_parser_fields(subparser), sub.dest: (Literal[choice], Field(description=f"{sub.dest}"))}
         name = title + "".join(p.capitalize() for p in choice.split("-")) + "Config"
-        variants.append(create_model(name, __base__=JobConfig, __doc__=subparser.description, **vfields))
-    # a union built at run time: Union[tuple] unpacks it, which the | operator cannot, and mypy cannot check
-    return RootModel[Annotated[Union[tuple(variants)], Field(discriminator=sub.dest)]]  # type: ignore[misc,return-value]  # noqa: UP007
+        variants.append(create_model(name, __base__=JobConfig, __doc__=subparser.description,  # type: ignore[call-overload]
+                                     **vfields))
+    return RootModel[Annotated[Union[tuple(variants)], Field(discriminator=sub.dest)]]  # type: ignore[return-value,misc]

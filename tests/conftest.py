@@ -1,4 +1,5 @@
-"""Shared fixtures: a local Ray started once, a tiny checkpoint, a small synthetic panorama."""
+"""Shared fixtures: the one in-process Ray of the session (and a private head for `ray job submit`), a tiny
+checkpoint, a small synthetic panorama."""
 
 from __future__ import annotations
 
@@ -12,13 +13,49 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_session():
+    """The one in-process Ray of the test session: 2 CPUs, no dashboard, a short temp dir (AF_UNIX socket
+    paths stay under 107 bytes), workers' logs kept out of the test output. A job run in-process joins it
+    (``engine.runtime.init_ray`` uses a running Ray). Tests that need a cluster of their own (several
+    nodes, a job killed in a subprocess) start it through :mod:`tests.cluster_utils`."""
+    import shutil
+    import tempfile
+
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    started = not ray.is_initialized()
+    tmp = tempfile.mkdtemp(prefix="lode-ray-", dir="/tmp")
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False, _temp_dir=tmp)
     yield ray
-    ray.shutdown()
+    if started:
+        ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def jobs_join_ray_session(request, monkeypatch):
+    """Code run in-process that starts Ray (``engine.runtime.init_ray``: every job and engine entry point)
+    gets the session's Ray, so a test never starts a second one or one of another size."""
+    import engine.runtime
+
+    start = engine.runtime.init_ray
+
+    def init_ray(*args, **kwargs):
+        request.getfixturevalue("ray_session")
+        start(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runtime, "init_ray", init_ray)
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """The address of one private Ray head node (its own processes, temp dir and ports) for the session's
+    ``ray job submit`` tests; stopped at the end of the session."""
+    from tests.cluster_utils import local_head
+
+    with local_head() as address:
+        yield address
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb, slic
+
+if TYPE_CHECKING:
+    from engine.analyze.sections import Section
 
 UNLABELLED = 255
 
@@ -213,3 +217,36 @@ def select_uncertain(probabilities: np.ndarray, share: float = 0.1, image: np.nd
     keep = np.zeros(nreg, bool)
     keep[ranked] = True
     return Selection(keep[regions], regions, ranked, score[ranked])
+
+
+def level_arrays(section: Section, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """A section's probabilities (c, y, x) float32, dequantised, and its RGB image (y, x, 3) uint8 or
+    None, at the finest pyramid level within ``max_pixels`` (then subsampled by powers of 2 until
+    within), and the downsampling factor from level 0."""
+    import zarr
+
+    from engine.errors import LodeInputError
+    from engine.io.ome import dequantise
+
+    node = section.image["probabilities"]
+    levels = sorted(int(k) for k in node.array_keys() if k.isdigit()) if isinstance(node, zarr.Group) else [0]
+    if not levels:
+        raise LodeInputError(f"{section.source}/probabilities", "no probability arrays")
+    H, W = section.shape
+    k = next((k for k in levels if (H >> k) * (W >> k) <= max_pixels), levels[-1])
+    prob_arr = node[str(k)] if isinstance(node, zarr.Group) else node
+    if not isinstance(prob_arr, zarr.Array):
+        raise LodeInputError(f"{section.source}/probabilities/{k}", "is not an array")
+    if prob_arr.ndim != 3:
+        raise LodeInputError(f"{section.source}/probabilities", f"expected (c, y, x), got shape {prob_arr.shape}")
+    stride = 1
+    while (prob_arr.shape[1] // stride) * (prob_arr.shape[2] // stride) > max_pixels:
+        stride *= 2
+    prob = dequantise(prob_arr, np.asarray(prob_arr[:, ::stride, ::stride]))
+    img = None
+    level = section.image.get(str(k))
+    if isinstance(level, zarr.Array) and level.shape[0] == 3:
+        cand = np.asarray(level[:, ::stride, ::stride]).transpose(1, 2, 0)
+        if cand.shape[:2] == prob.shape[1:] and cand.dtype == np.uint8:
+            img = np.ascontiguousarray(cand)
+    return prob, img, (2 ** k) * stride

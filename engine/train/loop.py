@@ -95,6 +95,21 @@ def _loss(kind: str):
     return lambda logits, target: ce(logits, target) + extra(logits, target)
 
 
+def train_step(model, opt, scaler, loss_fn, x, y) -> float:
+    """One optimizer step on a normalised batch ``x`` (n, c, h, w) with class-index targets ``y``
+    (n, h, w); mixed precision on CUDA. Returns the batch loss."""
+    import torch
+
+    device = x.device
+    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        loss = loss_fn(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return float(loss.item())
+
+
 def validate(model, card: ModelCard, samples: list[Sample], void_border: int = 0, batch_size: int = 4):
     """Confusion over ``samples`` with the project's sliding-window predictor (``BlockPredictor``)."""
     from engine.analyze.metrics import SegmentationScores
@@ -172,13 +187,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             x = (batch["image"].to(device).float() / 255 - mean) / std
             y = batch["target"].to(device).long()
             tally += batch["counts"].to("cpu", torch.float64).sum(0)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(loss.item())
+            losses.append(train_step(model, opt, scaler, loss_fn, x, y))
         scores = validate(getattr(model, "module", model), card, val, cfg.void_border)
         conf = torch.from_numpy(scores.confusion)
         stats = torch.tensor([float(np.sum(losses)), float(len(losses))], dtype=torch.float64)

@@ -1,4 +1,3 @@
-import argparse
 import os
 import subprocess
 import sys
@@ -13,10 +12,9 @@ from jobs import analyze
 from schemas.tables import GRAINS_SCHEMA, STATISTICS_SCHEMA
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    analyze.add_arguments(p)
-    return p.parse_args(list(argv))
+def _args(*argv: str):
+    """The validated config ``run`` receives."""
+    return analyze.JOB.validate(analyze.JOB.parser().parse_args(list(argv)))
 
 
 def test_help_does_not_import_ray():

@@ -1,4 +1,3 @@
-import argparse
 import json
 
 import cv2
@@ -6,14 +5,14 @@ import numpy as np
 import pytest
 
 from jobs import annotate
+from jobs.cli import main as lode
 
 from .synthetic_sections import colour_image, gaussian_colour_model, place_grains, scribbles_for, write_store
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    annotate.add_arguments(p)
-    return p.parse_args(list(argv))
+def _args(*argv: str):
+    """The validated config ``run`` receives."""
+    return annotate.JOB.validate(annotate.JOB.parser().parse_args(list(argv)))
 
 
 def test_expand_from_files(tmp_path):
@@ -33,14 +32,14 @@ def test_expand_from_files(tmp_path):
 def test_expand_rejects_badscribbles_for(tmp_path, capsys):
     cv2.imwrite(str(tmp_path / "img.png"), np.zeros((20, 30, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "scr.png"), np.full((20, 31), 255, np.uint8))
-    args = ("expand", "--image", str(tmp_path / "img.png"), "--scribbles", str(tmp_path / "scr.png"),
+    args = ("annotate", "expand", "--image", str(tmp_path / "img.png"), "--scribbles", str(tmp_path / "scr.png"),
             "--out", str(tmp_path / "o.png"))
-    assert annotate.run(_args(*args)) == 2
+    assert lode(list(args)) == 2
     assert "scr.png" in capsys.readouterr().err
     bad = np.full((20, 30), 255, np.uint8)
     bad[3, 3] = 99
     cv2.imwrite(str(tmp_path / "scr.png"), bad)
-    assert annotate.run(_args(*args)) == 2
+    assert lode(list(args)) == 2
     assert "unknown class codes [99]" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
 

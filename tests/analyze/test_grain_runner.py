@@ -44,7 +44,7 @@ def test_serial_run_equals_pinned_tables(two_sections, tmp_path):
 
 
 @pytest.mark.ray
-def test_ray_run_equals_pinned_tables(two_sections, tmp_path, ray_local):
+def test_ray_run_equals_pinned_tables(two_sections, tmp_path, ray_session):
     store, _ = two_sections
     res = analyze_store(store, tmp_path, executor="ray", report=False)
     assert res.blocks == {"ran": 2 * 12, "skipped": 0}

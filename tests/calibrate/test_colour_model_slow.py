@@ -8,7 +8,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
-def test_corrected_casts_keep_95_percent_of_uncast_accuracy(ray_local, tmp_path):
+def test_corrected_casts_keep_95_percent_of_uncast_accuracy(ray_session, tmp_path):
     from benchmarks.colour import model_accuracy
 
     r = model_accuracy(tmp_path, steps=400, seed=0)
@@ -17,7 +17,7 @@ def test_corrected_casts_keep_95_percent_of_uncast_accuracy(ray_local, tmp_path)
     assert r["pixel_accuracy_cast_corrected"] > r["pixel_accuracy_cast_uncorrected"]
 
 
-def test_six_xpl_channels_beat_ppl_only_on_anisotropic_classes(ray_local, tmp_path):
+def test_six_xpl_channels_beat_ppl_only_on_anisotropic_classes(ray_session, tmp_path):
     from benchmarks.xpl import models
 
     r = models(tmp_path, steps=250, seed=0, n_train=8, n_test=3, size=(384, 512))

@@ -15,7 +15,6 @@ import jsonschema
 import pytest
 import yaml
 
-from jobs.common import job_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
@@ -87,9 +86,9 @@ def _gpus(container: dict) -> int:
 
 def wants_gpus(job: str, argv: list[str]) -> int:
     """GPUs the job asks for, read from its parsed options (0: CPU job)."""
-    from jobs.cli import SUBCOMMANDS
+    from jobs.cli import load_job
 
-    args = job_parser(job, importlib.import_module(SUBCOMMANDS[job][0])).parse_args(argv)
+    args = load_job(job).parser().parse_args(argv)
     if job == "segment":
         return 0 if args.device == "cpu" else (args.num_actors or 1)
     if job == "train":

@@ -9,12 +9,7 @@ from engine.geophys.synth import SurveyConfig, make_survey
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(ray_local):
-    yield ray_local
-
-
-def test_training_set_matches_direct_generation(tmp_path, ray_cluster):
+def test_training_set_matches_direct_generation(tmp_path, ray_session):
     cfg = SurveyConfig(shape=(64, 64))
     out = generate_training_set(tmp_path / "set.zarr", n=5, config=cfg, seed=3, num_tasks=3)
     group = zarr.open_group(str(out), mode="r")
@@ -27,7 +22,7 @@ def test_training_set_matches_direct_generation(tmp_path, ray_cluster):
     assert not (tmp_path / ".set.zarr.tmp").exists()
 
 
-def test_ray_train_loop_writes_loadable_checkpoint(tmp_path, ray_cluster):
+def test_ray_train_loop_writes_loadable_checkpoint(tmp_path, ray_session):
     import torch
 
     from engine.geophys.model import load_checkpoint

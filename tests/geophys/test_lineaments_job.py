@@ -1,4 +1,3 @@
-import argparse
 import json
 import os
 import signal
@@ -28,13 +27,12 @@ SIMPLE = SurveyConfig(
 )
 
 
-def _args(target: str, *inputs: str, **kw) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    job.add_arguments(parser)
+def _args(target: str, *inputs: str, **kw):
+    """The validated config ``run`` receives."""
     argv = [target, *inputs]
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}", str(v)] if v is not True else [f"--{k.replace('_', '-')}"]
-    return parser.parse_args(argv)
+    return job.JOB.validate(job.JOB.parser().parse_args(argv))
 
 
 @pytest.fixture(scope="module")

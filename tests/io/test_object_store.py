@@ -34,7 +34,7 @@ def panorama(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_run(panorama, tiny_checkpoint, tmp_path_factory, ray_local):
+def local_run(panorama, tiny_checkpoint, tmp_path_factory, ray_session):
     """The same segmentation and analysis with local paths: the reference."""
     out = tmp_path_factory.mktemp("local") / "seg"
     assert lode(["segment", str(panorama), "--checkpoint", str(tiny_checkpoint), "--out", str(out), *SEGMENT]) == 0
@@ -59,7 +59,7 @@ def _table(path: str):
     return pq.read_table(inner, filesystem=filesystem)
 
 
-def test_ray_workers_get_the_object_store_settings_of_the_driver(ray_local, s3):
+def test_ray_workers_get_the_object_store_settings_of_the_driver(ray_session, s3):
     import ray
 
     def endpoint() -> str | None:

@@ -5,7 +5,6 @@ code 2 and one line naming the input, before Ray starts, and changes nothing alr
 
 from __future__ import annotations
 
-import importlib
 import json
 import pickle
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.cli import SUBCOMMANDS
+from jobs.cli import load_job
 from jobs.cli import main as lode
 from tests.jobs.test_bad_input import (RNG, earlier_output, fails_naming, image_folder, lumenstone,  # noqa: F401
                                        region_with, segment_argv, snapshot, survey)
@@ -84,7 +83,7 @@ FILE_OUTPUTS = {
 
 def refused_before_work(argv: list[str], taken, tmp_path, capsys, monkeypatch, reason: str) -> None:
     started = []
-    monkeypatch.setattr(importlib.import_module(SUBCOMMANDS[argv[0]][0]), "run", lambda args: started.append(args))
+    monkeypatch.setattr(load_job(argv[0]), "run", lambda cfg: started.append(cfg))
     before = snapshot(tmp_path), sorted(tmp_path.rglob("*"))
     full = [str(taken) if a == "OUT" else str(tmp_path / a) if a.startswith("IN") else a for a in argv]
     assert lode(full) == 2

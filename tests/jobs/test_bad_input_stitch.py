@@ -39,7 +39,7 @@ def _argv(coll: Path, store: Path) -> list[str]:
     (lambda img: cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), "expected 3 colour channels (RGB), got 1"),
     (lambda img: cv2.cvtColor(img, cv2.COLOR_BGR2BGRA), "expected 3 colour channels (RGB), got 4"),
 ], ids=["16-bit", "grey", "rgba"])
-def test_unexpected_tile_formats_are_refused_not_converted(tmp_path, ray_local, earlier_output, capsys, convert,
+def test_unexpected_tile_formats_are_refused_not_converted(tmp_path, ray_session, earlier_output, capsys, convert,
                                                            reason):
     coll = _collection(tmp_path / "coll")
     bad = _tile(coll, "secA")
@@ -49,7 +49,7 @@ def test_unexpected_tile_formats_are_refused_not_converted(tmp_path, ray_local, 
     assert list(zarr.open_group(str(store), mode="r").groups()) == []
 
 
-def test_a_truncated_jpeg_section_fails_alone_and_a_blank_frame_is_flagged(tmp_path, ray_local, capsys):
+def test_a_truncated_jpeg_section_fails_alone_and_a_blank_frame_is_flagged(tmp_path, ray_session, capsys):
     coll = _collection(tmp_path / "coll", ("secA", "secB", "secC"), blank={"secA": (3,)})
     png = _tile(coll, "secB")
     ok, jpg = cv2.imencode(".jpg", cv2.imread(str(png)), [cv2.IMWRITE_JPEG_QUALITY, 95])

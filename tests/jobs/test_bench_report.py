@@ -10,7 +10,10 @@ import pytest
 from jobs.bench import BEGIN, END, HEADLINES, QUICK, _names, markdown, rewrite_readme
 from jobs.cli import main as lode
 
-META = {"machine": "test CPU, 2 logical CPUs", "mode": "quick", "date": "2026-12-01", "seconds": {"x": 3.0}}
+META = {"machine": "test CPU, 2 logical CPUs", "failed": ["xpl"],
+        "runs": {"segment_throughput": {"mode": "quick", "seconds": 3.2, "date": "2026-12-01 10:00 UTC"},
+                 "prospect": {"mode": "full", "seconds": 61.0, "date": "2026-12-02 11:00 UTC"},
+                 "not_in_results": {"mode": "full", "seconds": 9.0, "date": "2026-12-03 12:00 UTC"}}}
 
 
 def table(report: str) -> dict[tuple[str, str, str], list[str]]:
@@ -44,7 +47,12 @@ def test_rows_give_each_figure_its_peer_and_ratio():
     assert rows[("newcomer", "speed.items_s", "")][2] == "12.5"
     rare = rows[("sampler_ablation", "IoU of the rarest class (magnetite), balanced", "uniform")]
     assert rare[2:] == ["0.6", "uniform", "0.2", "3"]
-    assert "Machine: test CPU, 2 logical CPUs" in markdown(results, META)
+    head = markdown(results, META).splitlines()[:3]
+    assert head[0] == "Machine: test CPU, 2 logical CPUs  "
+    assert head[1] == ("Mode: full, quick; wall per benchmark: segment_throughput 3 s (2026-12-01 10:00 UTC), "
+                       "prospect 61 s (2026-12-02 11:00 UTC)  ")
+    assert head[2] == "Failed: xpl  "
+    assert markdown(results, {"machine": "m"}).splitlines()[1] == "Mode: unknown; wall per benchmark:   "
 
 
 def test_readme_rewrite_replaces_only_the_marked_part(tmp_path):

@@ -40,7 +40,7 @@ def _segment_actor_processes(root_pid: int) -> list[psutil.Process]:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_killed_segmentation_worker_is_retried_and_the_output_is_unchanged(ray_local, small_panorama,
+def test_killed_segmentation_worker_is_retried_and_the_output_is_unchanged(ray_session, small_panorama,
                                                                            tiny_checkpoint, tmp_path):
     ref = tmp_path / "ref"
     run_segmentation(SegmentOptions(inputs=[str(small_panorama)], out=str(ref), checkpoint=str(tiny_checkpoint),
@@ -89,7 +89,7 @@ def _collection(root: Path) -> None:
 
 
 @pytest.mark.ray
-def test_one_corrupt_section_fails_alone_with_its_reason_in_the_manifest(tmp_path, monkeypatch):
+def test_one_corrupt_section_fails_alone_with_its_reason_in_the_manifest(ray_session, tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     coll = tmp_path / "coll"
     _collection(coll)
@@ -130,7 +130,7 @@ def _labels_are_the_reference(out: Path, store: Path, section: str, checkpoint: 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_one_corrupt_section_fails_alone_in_segmentation(ray_local, tmp_path, tiny_checkpoint, capsys):
+def test_one_corrupt_section_fails_alone_in_segmentation(ray_session, tmp_path, tiny_checkpoint, capsys):
     store = _two_sections(tmp_path / "in.zarr", 200)
     shard = store / "sec-b" / "0" / "c" / "0" / "1" / "0"
     original = shard.read_bytes()
@@ -157,7 +157,7 @@ def test_one_corrupt_section_fails_alone_in_segmentation(ray_local, tmp_path, ti
 
 
 @pytest.mark.ray
-def test_sections_that_cannot_be_planned_fail_alone_in_segmentation(ray_local, tmp_path, tiny_checkpoint, capsys):
+def test_sections_that_cannot_be_planned_fail_alone_in_segmentation(ray_session, tmp_path, tiny_checkpoint, capsys):
     store = _two_sections(tmp_path / "in.zarr", 128)
     meta = store / "sec-b" / "0" / "zarr.json"
     original = meta.read_bytes()
@@ -206,12 +206,10 @@ def _no_work_done(out: Path) -> None:
 @pytest.mark.parametrize("job", ["segment", "stitch", "analyze", "lineaments", "prospect"])
 def test_unwritable_output_fails_before_any_work(job, tmp_path, capsys, monkeypatch, small_panorama,
                                                  tiny_checkpoint):
-    import importlib
-
-    from jobs.cli import SUBCOMMANDS
+    from jobs.cli import load_job
 
     started = []
-    monkeypatch.setattr(importlib.import_module(SUBCOMMANDS[job][0]), "run", lambda args: started.append(args))
+    monkeypatch.setattr(load_job(job), "run", lambda cfg: started.append(cfg))
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     out = blocker / "out"
@@ -242,12 +240,10 @@ def test_full_output_disk_fails_before_any_work(job, tmp_path, capsys, monkeypat
         return usage(u.total, u.total - 4096, 4096) if str(path).startswith(str(tmp_path)) else u
 
     monkeypatch.setattr(shutil, "disk_usage", full)
-    import importlib
-
-    from jobs.cli import SUBCOMMANDS
+    from jobs.cli import load_job
 
     started = []
-    monkeypatch.setattr(importlib.import_module(SUBCOMMANDS[job][0]), "run", lambda args: started.append(args))
+    monkeypatch.setattr(load_job(job), "run", lambda cfg: started.append(cfg))
     out = tmp_path / "out"
     coll = tmp_path / "coll"
     if job == "stitch":

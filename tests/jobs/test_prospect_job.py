@@ -1,16 +1,18 @@
-import argparse
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
+from engine.prospect.score import read_score
 from jobs import prospect
+from jobs.cli import main as lode
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser()
-    prospect.add_arguments(p)
-    return p.parse_args(argv)
+    """The validated config ``run`` receives."""
+    return prospect.JOB.validate(prospect.JOB.parser().parse_args(argv))
 
 
 def test_help_without_ray(capsys):
@@ -30,10 +32,16 @@ def test_synth_stack_map_score(tmp_path):
     data = json.loads((ev / "metrics.json").read_text())
     n = len(pd.read_csv(r / "deposits.csv"))
     assert data["maps"]["pca"]["n_deposits"] == n
-    assert 0.0 <= data["maps"]["pca"]["auc"] <= 1.0
+    dep = pd.read_csv(r / "deposits.csv")
+    score = read_score(m)
+    truth = np.zeros(score.shape, bool)
+    truth[dep["row"], dep["col"]] = True
+    valid = np.isfinite(score)
+    assert data["maps"]["pca"]["auc"] == pytest.approx(roc_auc_score(truth[valid], score[valid]), abs=1e-9)
     assert (ev / "success_rate.png").exists() and (ev / "prediction_area_pca.png").exists() and (tmp_path / "m.tif").exists()
 
 
 def test_bad_input_exit_code(tmp_path, capsys):
-    assert prospect.run(_parse(["stack", "--spec", str(tmp_path / "nope.json"), "--out", str(tmp_path / "s.zarr")])) == 2
-    assert "nope.json" in capsys.readouterr().err
+    assert lode(["prospect", "stack", "--spec", str(tmp_path / "nope.json"), "--out", str(tmp_path / "s.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.json" in err and err.startswith("lode prospect: error: ")

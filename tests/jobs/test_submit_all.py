@@ -1,5 +1,5 @@
 """Every job through ``ray job submit --working-dir .`` on a private local head, on tiny inputs,
-each checked against what it must have written. One head serves all submissions.
+each checked against what it must have written. One head (the session's ``ray_head``) serves all submissions.
 
 Slow (several minutes): the default suite keeps the segment submission (test_job_submit.py)."""
 
@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.cluster_utils import RAY, cluster_env, local_head
+from tests.cluster_utils import RAY, cluster_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def head():
-    with local_head() as address:
-        yield address
+def head(ray_head):
+    return ray_head
 
 
 @pytest.fixture(scope="module")
@@ -135,5 +134,9 @@ def test_bench_and_config(head, work):
 def test_demo(head, work):
     submit(head, "jobs.demo", "--out", str(work / "demo"), "--steps", "2", "--size", "256", "256")
     summary = json.loads((work / "demo" / "demo_summary.json").read_text())
-    assert 0.0 <= summary["pixel_accuracy"] <= 1.0
+    truth = zarr.open_group(str(work / "demo" / "panoramas.zarr"), mode="r")
+    pred = zarr.open_group(str(work / "demo" / "segmentation" / "lode.ome.zarr"), mode="r")
+    pairs = [(truth[f"{s}/labels/truth/0"][:], pred[f"{s}/labels/minerals/0"][:]) for s in ("section-S1", "section-S2")]
+    hits, pixels = sum(int((t == p).sum()) for t, p in pairs), sum(t.size for t, _ in pairs)
+    assert summary["pixel_accuracy"] == pytest.approx(hits / pixels)
     assert json.loads((work / "demo" / "segmentation" / "manifest.json").read_text())["status"] == "complete"

@@ -170,7 +170,7 @@ def _tree(root: Path) -> dict[str, Path]:
 
 @pytest.mark.ray
 @pytest.mark.parametrize("job", [pytest.param(j, marks=pytest.mark.slow) if j in SLOW else j for j in sorted(CASES)])
-def test_job_reads_and_writes_s3_like_local_paths(job, s3, tmp_path, monkeypatch, request):
+def test_job_reads_and_writes_s3_like_local_paths(job, s3, ray_session, tmp_path, monkeypatch, request):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     make, argv, written = CASES[job]
     local_in, local_out = tmp_path / "in", tmp_path / "out"
@@ -215,7 +215,7 @@ def test_bad_uri_input_names_it(s3, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_train_reads_a_collection_from_s3_and_writes_the_model_there(s3, tmp_path, monkeypatch):
+def test_train_reads_a_collection_from_s3_and_writes_the_model_there(s3, ray_session, tmp_path, monkeypatch):
     from engine.segment.checkpoint import read_card
     from engine.synth import write_lumenstone
 

@@ -83,7 +83,7 @@ def test_serial_runner_equals_pinned_maps(reference, region, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_runner_equals_pinned_maps(reference, region, tmp_path, ray_local):
+def test_ray_runner_equals_pinned_maps(reference, region, tmp_path, ray_session):
     reg, stack_path = region
     scorers = _scorers(reference, stack_path)
     for name in ("mae_shift2_block40", "pca_sigma1.5_block48"):

@@ -45,21 +45,9 @@ def test_train_local_checkpoint_roundtrip(stack, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_train_with_ray_torchtrainer(stack, tmp_path, monkeypatch):
-    import shutil
-    import tempfile
-
-    import ray
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    short = tempfile.mkdtemp(prefix="lp", dir="/tmp")  # AF_UNIX socket paths must stay under 107 bytes
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=short, log_to_driver=False)
-    try:
-        cfg = dict(channels=14, **TINY)
-        metrics = train_with_ray(stack, tmp_path / "m.pt", "mae", steps=5, batch=8, config=cfg, storage=tmp_path / "runs")
-        assert metrics["steps"] == 5
-        model, ck = load_checkpoint(tmp_path / "m.pt")
-        assert ck["kind"] == "mae"
-    finally:
-        ray.shutdown()
-        shutil.rmtree(short, ignore_errors=True)
+def test_train_with_ray_torchtrainer(stack, tmp_path, ray_session):
+    cfg = dict(channels=14, **TINY)
+    metrics = train_with_ray(stack, tmp_path / "m.pt", "mae", steps=5, batch=8, config=cfg, storage=tmp_path / "runs")
+    assert metrics["steps"] == 5
+    model, ck = load_checkpoint(tmp_path / "m.pt")
+    assert ck["kind"] == "mae"

@@ -108,7 +108,7 @@ def test_serial_without_manifest_raises_naming_the_input(tmp_path):
 
 
 @pytest.mark.parametrize("model", [False, True], ids=["tasks", "actors"])
-def test_ray_runner_equals_whole_raster_and_a_broken_raster_fails_alone(tmp_path, ray_local, model):
+def test_ray_runner_equals_whole_raster_and_a_broken_raster_fails_alone(tmp_path, ray_session, model):
     src, out, data = _rasters(tmp_path, ("a", "broken", "b"))
     manifest = RunManifest(tmp_path / "run")
     units = _units(data)
@@ -175,7 +175,7 @@ def test_device_is_chosen_from_cluster_resources_not_the_driver(tmp_path):
     assert found["actors"] and all(a == {"device": local, "gpus": 1} for a in found["actors"])
 
 
-def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(tmp_path, ray_local, monkeypatch):
+def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(tmp_path, ray_session, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -187,7 +187,7 @@ def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(tmp_path, r
     assert seen and all(a == {"device": "cpu", "gpus": 0} for a in seen)
 
 
-def test_cuda_on_a_cluster_without_gpus_is_refused(ray_local):
+def test_cuda_on_a_cluster_without_gpus_is_refused(ray_session):
     with pytest.raises(LodeInputError, match="no GPU"):
         wants_gpu(BoxFilter("x", "y", model=True), "cuda")
     assert wants_gpu(BoxFilter("x", "y", model=False), "cuda") is False
@@ -198,7 +198,7 @@ class _BrokenModel(BoxFilter):
         raise LodeInputError("weights.pt", "\x1b[31mtruncated\x1b[0m weights")
 
 
-def test_an_input_error_raised_in_an_actor_reaches_the_driver_unwrapped(tmp_path, ray_local):
+def test_an_input_error_raised_in_an_actor_reaches_the_driver_unwrapped(tmp_path, ray_session):
     from engine.errors import input_error_of, strip_ansi
 
     src, out, data = _rasters(tmp_path, ("a",))

@@ -57,7 +57,7 @@ def cast_captures(tmp_path_factory):
 
 @pytest.mark.ray
 @pytest.mark.parametrize("mode", ["per-image", pytest.param("series", marks=pytest.mark.slow)])
-def test_colour_stage_equals_segmenting_corrected_captures(ray_local, cast_captures, tmp_path, mode):
+def test_colour_stage_equals_segmenting_corrected_captures(ray_session, cast_captures, tmp_path, mode):
     root, ckpt = cast_captures
     caps = sorted((root / "caps").glob("*.png"))
     matrices = fit_captures(caps, root / "ann", reference_from_card(ModelCard.model_validate(
@@ -128,7 +128,7 @@ def test_training_reader_stacks_registered_xpl(xpl_set):
 
 
 @pytest.mark.ray
-def test_training_patches_carry_the_registered_xpl_channels(ray_local, xpl_set):
+def test_training_patches_carry_the_registered_xpl_channels(ray_session, xpl_set):
     from engine.train.source import augment_batch
 
     samples = load_split(xpl_set, "train")
@@ -143,7 +143,7 @@ def test_training_patches_carry_the_registered_xpl_channels(ray_local, xpl_set):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_segment_reads_xpl_folders(ray_local, xpl_set, tmp_path):
+def test_segment_reads_xpl_folders(ray_session, xpl_set, tmp_path):
     samples = load_split(xpl_set, "test")
     classes = ClassSet.from_codes([0, 5, 6, 9, 12, 13])
     torch.manual_seed(0)

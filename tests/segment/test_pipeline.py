@@ -24,7 +24,7 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def segmented(ray_local, small_panorama, tiny_checkpoint, tmp_path_factory):
+def segmented(ray_session, small_panorama, tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("seg") / "run"
     cfg = SegmentOptions(inputs=[str(small_panorama)], out=str(out), checkpoint=str(tiny_checkpoint),
                         block=(128, 128), chunk=64, levels=2, probabilities="float32")
@@ -122,7 +122,7 @@ def test_unreadable_image_is_refused_with_its_name(tiny_checkpoint, tmp_path):
         run_segmentation(cfg)
 
 
-def test_truncated_jpeg_fails_and_leaves_no_block_done(ray_local, tiny_checkpoint, tmp_path):
+def test_truncated_jpeg_fails_and_leaves_no_block_done(ray_session, tiny_checkpoint, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     rgb = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)

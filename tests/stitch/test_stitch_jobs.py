@@ -10,11 +10,8 @@ from jobs import stitch as stitch_job
 
 
 def _parse(module, argv):
-    import argparse
-
-    p = argparse.ArgumentParser()
-    module.add_arguments(p)
-    return p.parse_args(argv)
+    """The validated config ``run`` receives."""
+    return module.JOB.validate(module.JOB.parser().parse_args(argv))
 
 
 @pytest.mark.ray

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.mark.timeout(3600)
-def test_two_workers_reach_the_test_miou_of_one(ray_local, tmp_path):
+def test_two_workers_reach_the_test_miou_of_one(ray_session, tmp_path):
     data = write_lumenstone(tmp_path / "ds", n_train=4, n_test=4, size=(256, 320), associations=("S1",), seed=7,
                             grain_diameter=30)
     test = load_split(data, "test")

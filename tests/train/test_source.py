@@ -99,7 +99,7 @@ def test_streams_are_disjoint_and_counts_are_the_drawn_patches(small_collection,
 
 
 @pytest.mark.ray
-def test_ray_dataset_yields_every_drawn_patch_cut_and_mapped(ray_local, small_collection, tmp_path):
+def test_ray_dataset_yields_every_drawn_patch_cut_and_mapped(ray_session, small_collection, tmp_path):
     plan = _plan(small_collection, tmp_path, epochs=(3,), per_task=10)
     got = patch_dataset(plan, None).take_all()
     assert len(got) == plan.tasks * plan.per_task
