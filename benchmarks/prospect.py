@@ -49,10 +49,10 @@ def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigm
     from engine.prospect import baselines
     from engine.prospect import evaluate as ev
     from engine.prospect.score import CellScorer, read_score, score_map, smooth_valid
+    from engine.prospect.select import make_scorer
     from engine.prospect.stack import build_stack, open_stack
     from engine.prospect.synth import synth_region, write_region
     from engine.prospect.train import train_local, train_with_ray
-    from engine.prospect.select import make_scorer
 
     region = synth_region(size, seed)
     rdir = write_region(region, work / f"region{seed}")

@@ -12,7 +12,7 @@ import json
 import typing
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, create_model, field_validator
 
@@ -140,7 +140,7 @@ def _value_type(action: argparse.Action) -> Any:
     except Exception:
         ret = Any
     # a config file may hold the typed value or the text the CLI takes ("9x6"), which is parsed here
-    return Annotated[Union[ret, str], BeforeValidator(partial(_parse_text, fn))]
+    return Annotated[ret | str, BeforeValidator(partial(_parse_text, fn))]
 
 
 def _parse_text(fn: Any, value: Any) -> Any:
@@ -165,7 +165,7 @@ def _field(action: argparse.Action) -> tuple[Any, Any]:
     default = action.default
     if isinstance(default, tuple):
         default = list(default)
-    required = action.required and not (action.nargs in ("?", "*"))
+    required = action.required and action.nargs not in ("?", "*")
     if required:
         return kind, Field(description=description)
     if default is None:
@@ -195,4 +195,4 @@ def model_from_parser(job: str, parser: argparse.ArgumentParser) -> type[BaseMod
         name = title + "".join(p.capitalize() for p in choice.split("-")) + "Config"
         variants.append(create_model(name, __base__=JobConfig, __doc__=subparser.description,  # type: ignore[call-overload]
                                      **vfields))
-    return RootModel[Annotated[Union[tuple(variants)], Field(discriminator=sub.dest)]]  # type: ignore[return-value,misc]
+    return RootModel[Annotated[tuple(variants), Field(discriminator=sub.dest)]]  # type: ignore[return-value,misc]

@@ -37,6 +37,6 @@ def export_sections(store: str | Path, grains_path: str | Path, out: str | Path,
         geojson = fs.join(out, EXPORTS, f"{name}.grains.geojson")
         atomic_write_text(geojson, json.dumps({"type": "FeatureCollection", "features": features}))
         tiff = write_label_pyramid(levels, fs.join(out, EXPORTS, f"{name}.labels.ome.tif"), name,
-                                   pixel_size_of(image))  # type: ignore[arg-type]
+                                   pixel_size_of(image))
         written[name] = {"qupath_geojson": geojson, "labels_ome_tiff": tiff}
     return written

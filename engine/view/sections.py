@@ -54,7 +54,7 @@ def describe_sections(store: str, stats: pd.DataFrame | None = None) -> list[dic
         lpath = f"{LABELS_GROUP}/minerals"
         if lpath in image:
             labels = image[lpath]
-            classes = classes_of(labels, f"{store}/{name}/{lpath}")  # type: ignore[arg-type]
+            classes = classes_of(labels, f"{store}/{name}/{lpath}")
             area = _area_percent(labels, classes.codes, stats, name)
             desc["labels"] = {
                 "levels": _levels(labels, f"{name}/{lpath}"), "void": VOID,

@@ -15,7 +15,6 @@ import jsonschema
 import pytest
 import yaml
 
-
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 IMAGE_TAG = re.compile(r":(?P<ray>\d+\.\d+\.\d+)-py(?P<py>\d{3})(?:-(?P<flavour>\w+))?$")
@@ -112,7 +111,7 @@ def test_kuberay_manifest_images_and_ray_version_match_the_lock(path):
     doc = yaml.safe_load(path.read_text())
     spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
     assert spec["rayVersion"] == lock_version("ray")
-    for group, c in _containers(spec):
+    for _group, c in _containers(spec):
         image_pinned(c["image"])
     head = spec["headGroupSpec"]
     assert head["rayStartParams"].get("num-gpus") == "0" and all(_gpus(c) == 0 for c in head["template"]["spec"]["containers"])

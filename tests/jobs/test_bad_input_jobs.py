@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,8 +16,17 @@ import torch
 
 from jobs.cli import load_job
 from jobs.cli import main as lode
-from tests.jobs.test_bad_input import (RNG, earlier_output, fails_naming, image_folder, lumenstone,  # noqa: F401
-                                       region_with, segment_argv, snapshot, survey)
+from tests.jobs.test_bad_input import (  # noqa: F401
+    RNG,
+    earlier_output,
+    fails_naming,
+    image_folder,
+    lumenstone,
+    region_with,
+    segment_argv,
+    snapshot,
+    survey,
+)
 
 
 @pytest.fixture(autouse=True)

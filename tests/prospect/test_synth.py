@@ -1,7 +1,7 @@
 import numpy as np
 
 from engine.prospect.stack import build_stack, open_stack
-from engine.prospect.synth import FAVOURABLE_UNIT, DEPOSIT_SPACING, RING_RADIUS, synth_region, write_region
+from engine.prospect.synth import DEPOSIT_SPACING, FAVOURABLE_UNIT, RING_RADIUS, synth_region, write_region
 
 
 def test_region_truth_and_split():

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from engine.errors import LodeInputError
 from engine.io.manifest import RunManifest
-from engine.raster import BlockStage, Unit, block_grid, blend_weights, units_of
+from engine.raster import BlockStage, Unit, blend_weights, block_grid, units_of
 from engine.raster.runner import RunOptions, run_stage, wants_gpu
 
 BLOCK = (32, 48)

@@ -7,8 +7,7 @@ import pytest
 
 from engine.calibrate.colour import delta_e_linear, linearize
 from engine.errors import LodeInputError
-from engine.register.xpl import XplOptions, register_stack, register_xpl, stack_channels, warp_to_ppl, \
-    xpl_channel_names
+from engine.register.xpl import XplOptions, register_stack, register_xpl, stack_channels, warp_to_ppl, xpl_channel_names
 from engine.synth.section import Section
 from engine.synth.xpl import LOOKALIKE_RGB, GrainMap, XplConfig, render_xpl_stack, s3_lookalike_spec, xpl_scene
 

@@ -8,8 +8,8 @@ import torch
 
 from engine.classes import LUMENSTONE, ClassSet
 from engine.errors import LodeInputError
-from engine.segment.checkpoint import ModelCard, load_checkpoint, load_inference_model, read_card, save_checkpoint
 from engine.segment.card import check_checkpoint
+from engine.segment.checkpoint import ModelCard, load_checkpoint, load_inference_model, read_card, save_checkpoint
 from engine.segment.models import create_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,10 +5,10 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
+from engine.raster import block_grid
+from engine.raster.grid import PaddedGrid
 from engine.segment.models import create_model
 from engine.segment.predictor import BlockPredictor
-from engine.raster.grid import PaddedGrid
-from engine.raster import block_grid
 
 
 @pytest.mark.parametrize("h,w,window,overlap,block", [

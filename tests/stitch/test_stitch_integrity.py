@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 from engine.errors import LodeInputError
-from engine.stitch.frames import Correction, CorrectedFrame, correct, grey_std
+from engine.stitch.frames import CorrectedFrame, Correction, correct, grey_std
 from engine.stitch.render import RenderPlan
 from engine.stitch.section import StitchOptions, create_partial, create_root, prepare_section
 from engine.synth.captures import CaptureConfig, capture_grid, write_section

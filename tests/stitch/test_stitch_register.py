@@ -1,6 +1,6 @@
 import numpy as np
 
-from engine.stitch.register import RegisterOptions, apply, compose, invert, register_pair, translation
+from engine.stitch.register import apply, compose, invert, register_pair, translation
 from engine.synth.captures import CaptureConfig, capture_grid
 
 HW = (200, 300)

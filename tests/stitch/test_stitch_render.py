@@ -20,8 +20,14 @@ import zarr
 
 from engine.io import fs
 from engine.stitch.frames import Correction
-from engine.stitch.section import (StitchOptions, create_partial, create_root, prepare_section, render_sections,
-                                  work_root)
+from engine.stitch.section import (
+    StitchOptions,
+    create_partial,
+    create_root,
+    prepare_section,
+    render_sections,
+    work_root,
+)
 from engine.synth.captures import CaptureConfig, capture_grid, write_section
 
 FIXTURES = Path(__file__).parent / "fixtures"

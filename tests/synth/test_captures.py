@@ -1,8 +1,15 @@
 import cv2
 import numpy as np
 
-from engine.synth.captures import (CaptureConfig, Lens, calibration_frames, capture_grid, observed_to_ideal_map,
-                                   textured_section, vignette)
+from engine.synth.captures import (
+    CaptureConfig,
+    Lens,
+    calibration_frames,
+    capture_grid,
+    observed_to_ideal_map,
+    textured_section,
+    vignette,
+)
 
 
 def test_clean_frames_sample_the_source_at_the_truth_transform():
