@@ -20,8 +20,9 @@ def main() -> None:
     from petroscope.segmentation.balancer import ClassBalancedPatchDataset
 
     t0 = time.perf_counter()
-    ds = ClassBalancedPatchDataset(img_mask_paths=[(Path(i), Path(m)) for i, m in args["pairs"]],
-                                   patch_size=args["patch"], seed=args["seed"])
+    ds = ClassBalancedPatchDataset(
+        img_mask_paths=[(Path(i), Path(m)) for i, m in args["pairs"]], patch_size=args["patch"], seed=args["seed"]
+    )
     stream = ds.sampler_balanced()
     _, first = next(stream)
     t1 = time.perf_counter()
@@ -30,11 +31,18 @@ def main() -> None:
         _, mask = next(stream)
         counts += np.bincount(mask.ravel(), minlength=256)
     t2 = time.perf_counter()
-    json.dump({"version": version("petroscope"),
-               "pixels": {str(c): int(n) for c, n in enumerate(counts) if n},
-               "accumulator": {str(k): int(v) for k, v in ds.accum.accumulator.items()},
-               "balancing_quality_own": float(ds.balancing_quality),
-               "setup_s": t1 - t0, "sample_s": t2 - t1, "patches": args["patches"]}, sys.stdout)
+    json.dump(
+        {
+            "version": version("petroscope"),
+            "pixels": {str(c): int(n) for c, n in enumerate(counts) if n},
+            "accumulator": {str(k): int(v) for k, v in ds.accum.accumulator.items()},
+            "balancing_quality_own": float(ds.balancing_quality),
+            "setup_s": t1 - t0,
+            "sample_s": t2 - t1,
+            "patches": args["patches"],
+        },
+        sys.stdout,
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ def predict_image(checkpoint: str | Path, image: np.ndarray) -> np.ndarray:
     codes = np.array(card.class_set().codes, np.uint8)
     h, w = image.shape[:2]
     pred = BlockPredictor(model, card.mean, card.std, card.window, card.overlap, 8, device)
-    idx, _ = pred.predict(np.ascontiguousarray(np.moveaxis(image, -1, 0)), (0, 0), (h, w), Block(0, 0, 0, h, w),
-                          len(codes))
+    idx, _ = pred.predict(
+        np.ascontiguousarray(np.moveaxis(image, -1, 0)), (0, 0), (h, w), Block(0, 0, 0, h, w), len(codes)
+    )
     return codes[idx]
 
 

@@ -51,7 +51,7 @@ def write_label_store(path: Path, lab: np.ndarray, block: int = 2048) -> None:
     lbl = create_labels(img, MINERALS, LUMENSTONE, layout, pixel_size_um=0.7)
     for y0 in range(0, H, block):
         for x0 in range(0, W, block):
-            write_block(lbl, lab[y0:y0 + block, x0:x0 + block], y0, x0, "label")
+            write_block(lbl, lab[y0 : y0 + block, x0 : x0 + block], y0, x0, "label")
     mark_complete(lbl)
 
 
@@ -106,8 +106,12 @@ def main() -> int:
     args = ap.parse_args()
     from engine.analyze.collection import analyze_store
 
-    out: dict = {"shape": [args.height, args.width], "classes": args.classes, "cpus": os.cpu_count(),
-                 "loadavg_before": os.getloadavg()}
+    out: dict = {
+        "shape": [args.height, args.width],
+        "classes": args.classes,
+        "cpus": os.cpu_count(),
+        "loadavg_before": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "big.zarr"
         t0 = time.perf_counter()
@@ -133,8 +137,14 @@ def main() -> int:
             import pyarrow.parquet as pq
 
             n = pq.read_metadata(res.grains_path).num_rows
-            out[ex] = {"wall_s": wall, "cpu_s": cpu, "peak_rss_gib": mem.peak / 2**30, "grains": n,
-                       "grains_per_s": n / wall, "timings": res.timings}
+            out[ex] = {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "peak_rss_gib": mem.peak / 2**30,
+                "grains": n,
+                "grains_per_s": n / wall,
+                "timings": res.timings,
+            }
             if ex == "ray":
                 ray.shutdown()
     if "serial" in out and "ray" in out:

@@ -57,7 +57,10 @@ def held_out(n_trials: int, size: tuple[int, int], seed: int) -> dict:
     shared_gaps = [s["series"] - s["per_image"] for s in shared]
     uncast = series_trial(tests, ref, seed=seed + 10, cast=ColourCast(((1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 0))))
     return {
-        "size": list(size), "trials": n_trials, "held_out_per_trial": 2, "crosstalk_prior": CROSSTALK_PRIOR,
+        "size": list(size),
+        "trials": n_trials,
+        "held_out_per_trial": 2,
+        "crosstalk_prior": CROSSTALK_PRIOR,
         "annotated_fraction_max": max(t.annotated_fraction for t in trials),
         "mean_delta_e_before": float(np.mean([t.before for t in trials])),
         "mean_delta_e_after_ciede2000_fit": float(np.mean([t.delta_e_fit for t in trials])),
@@ -77,19 +80,25 @@ def held_out(n_trials: int, size: tuple[int, int], seed: int) -> dict:
     }
 
 
-def choose_prior(size: tuple[int, int], seed: int, priors: tuple[float, ...] = (0, 100, 200, 300, 500, 1000, 3000),
-                 casts: int = 10) -> dict:
+def choose_prior(
+    size: tuple[int, int], seed: int, priors: tuple[float, ...] = (0, 100, 200, 300, 500, 1000, 3000), casts: int = 10
+) -> dict:
     """Validation grid for ``CROSSTALK_PRIOR``: held-out ΔE00 of per-image fits on sections and casts
     that :func:`held_out` does not use (sections seeded ``seed + 2000``, casts ``seed + 100`` on)."""
     from engine.synth.colour_eval import reference_means, render_set, series_trial
 
     ref = reference_means(render_set(4, size, seed=seed, grain_diameter=30))
     val = render_set(10, size, seed=seed + 2000, grain_diameter=30)
-    runs = [series_trial(val, ref, seed=seed + 100 + k, priors={str(p): p for p in priors}, with_series=False)
-            for k in range(casts)]
-    return {"size": list(size), "sections": len(val), "casts": casts,
-            "mean_held_out_delta_e_per_image": {str(p): float(np.mean([r[f"per_image{p}"] for r in runs]))
-                                               for p in priors}}
+    runs = [
+        series_trial(val, ref, seed=seed + 100 + k, priors={str(p): p for p in priors}, with_series=False)
+        for k in range(casts)
+    ]
+    return {
+        "size": list(size),
+        "sections": len(val),
+        "casts": casts,
+        "mean_held_out_delta_e_per_image": {str(p): float(np.mean([r[f"per_image{p}"] for r in runs])) for p in priors},
+    }
 
 
 def speed(repeats: int = 5) -> dict:
@@ -104,8 +113,14 @@ def speed(repeats: int = 5) -> dict:
         m.apply(img)
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
-    return {"shape": [2547, 3396, 3], "repeats": repeats, "wall_s_median": float(np.median(walls)),
-            "wall_s_min": float(min(walls)), "cpu_s_median": float(np.median(cpus)), "cores": os.cpu_count()}
+    return {
+        "shape": [2547, 3396, 3],
+        "repeats": repeats,
+        "wall_s_median": float(np.median(walls)),
+        "wall_s_min": float(min(walls)),
+        "cpu_s_median": float(np.median(cpus)),
+        "cores": os.cpu_count(),
+    }
 
 
 def model_accuracy(work: Path, steps: int, seed: int) -> dict:
@@ -120,8 +135,18 @@ def model_accuracy(work: Path, steps: int, seed: int) -> dict:
 
     data = write_lumenstone(work / "ds", n_train=8, n_test=4, size=(384, 512), associations=("S1", "S2"), seed=seed)
     t0 = time.perf_counter()
-    ckpt = train(TrainOptions(data=str(data), out=str(work / "model"), arch="pspnet", steps=steps, patch=192,
-                             batch_size=8, window=256, seed=seed))
+    ckpt = train(
+        TrainOptions(
+            data=str(data),
+            out=str(work / "model"),
+            arch="pspnet",
+            steps=steps,
+            patch=192,
+            batch_size=8,
+            window=256,
+            seed=seed,
+        )
+    )
     train_s = time.perf_counter() - t0
     ref = reference_from_card(read_card(ckpt).reference_colors)
     rng = np.random.default_rng(seed + 5)
@@ -139,15 +164,23 @@ def model_accuracy(work: Path, steps: int, seed: int) -> dict:
             plain_pairs.append((fit_image(cap, ann, ref, crosstalk_prior=0.0).apply(cap), lab))
     s0, s1, s2 = scores(ckpt, clean), scores(ckpt, cast_pairs), scores(ckpt, fixed_pairs)
     s3 = scores(ckpt, plain_pairs)
-    return {"train_steps": steps, "train_s": train_s, "test_images": len(clean), "casts_per_image": 3,
-            "annotation_fraction_max": max(fractions),
-            "pixel_accuracy_uncast": s0.pixel_accuracy, "pixel_accuracy_cast_uncorrected": s1.pixel_accuracy,
-            "pixel_accuracy_cast_corrected": s2.pixel_accuracy,
-            "ratio_corrected_to_uncast": s2.pixel_accuracy / s0.pixel_accuracy,
-            "pixel_accuracy_cast_corrected_plain": s3.pixel_accuracy,
-            "ratio_corrected_plain_to_uncast": s3.pixel_accuracy / s0.pixel_accuracy,
-            "mean_iou_uncast": s0.mean_iou, "mean_iou_cast_uncorrected": s1.mean_iou,
-            "mean_iou_cast_corrected": s2.mean_iou, "mean_iou_cast_corrected_plain": s3.mean_iou}
+    return {
+        "train_steps": steps,
+        "train_s": train_s,
+        "test_images": len(clean),
+        "casts_per_image": 3,
+        "annotation_fraction_max": max(fractions),
+        "pixel_accuracy_uncast": s0.pixel_accuracy,
+        "pixel_accuracy_cast_uncorrected": s1.pixel_accuracy,
+        "pixel_accuracy_cast_corrected": s2.pixel_accuracy,
+        "ratio_corrected_to_uncast": s2.pixel_accuracy / s0.pixel_accuracy,
+        "pixel_accuracy_cast_corrected_plain": s3.pixel_accuracy,
+        "ratio_corrected_plain_to_uncast": s3.pixel_accuracy / s0.pixel_accuracy,
+        "mean_iou_uncast": s0.mean_iou,
+        "mean_iou_cast_uncorrected": s1.mean_iou,
+        "mean_iou_cast_corrected": s2.mean_iou,
+        "mean_iou_cast_corrected_plain": s3.mean_iou,
+    }
 
 
 def main() -> None:
@@ -157,8 +190,11 @@ def main() -> None:
     p.add_argument("--size", type=int, nargs=2, default=(768, 1024))
     p.add_argument("--steps", type=int, default=400, help="training steps of the model-based check")
     p.add_argument("--skip-model", action="store_true")
-    p.add_argument("--choose-prior", action="store_true",
-                   help="only the validation grid for the crosstalk prior (no evaluation casts)")
+    p.add_argument(
+        "--choose-prior",
+        action="store_true",
+        help="only the validation grid for the crosstalk prior (no evaluation casts)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -41,11 +41,21 @@ def _cached_survey(seed: int, cfg, cache: str | None):
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         axes = [z[f"axis_{i}"] for i in range(int(z["n_axes"]))]
-        return Survey(z["anomaly"], float(z["spacing"]), float(z["inclination"]), float(z["declination"]), axes, z["target"])
+        return Survey(
+            z["anomaly"], float(z["spacing"]), float(z["inclination"]), float(z["declination"]), axes, z["target"]
+        )
     s = make_survey(seed, cfg)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, anomaly=s.anomaly, target=s.target, spacing=s.spacing_m, inclination=s.inclination,
-                 declination=s.declination, n_axes=len(s.axes), **{f"axis_{i}": a for i, a in enumerate(s.axes)})
+        np.savez(
+            f,
+            anomaly=s.anomaly,
+            target=s.target,
+            spacing=s.spacing_m,
+            inclination=s.inclination,
+            declination=s.declination,
+            n_axes=len(s.axes),
+            **{f"axis_{i}": a for i, a in enumerate(s.axes)},
+        )
     return s
 
 
@@ -67,8 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nice", type=int, default=0, help="memory mode: niceness of the measured routes")
     p.add_argument("--work", help="memory mode: working folder (default: a temporary one)")
     p.add_argument("--reuse-grid", action="store_true", help="memory mode: keep a grid already in --work")
-    p.add_argument("--time-limit", type=float, default=0.0, help="memory mode: stop each route after this many seconds (partial)")
-    p.add_argument("--block", type=int, default=2048, help="the job's --block (memory mode); the classical route's block (held-out mode)")
+    p.add_argument(
+        "--time-limit", type=float, default=0.0, help="memory mode: stop each route after this many seconds (partial)"
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=2048,
+        help="the job's --block (memory mode); the classical route's block (held-out mode)",
+    )
     p.add_argument("--executor", choices=("ray", "serial"), default="ray", help="memory mode: the job's --executor")
     args = p.parse_args(argv)
     if args.memory_size:
@@ -80,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     from engine.geophys.score import buffer_scores
     from engine.geophys.synth import SurveyConfig
 
-    cfg = SurveyConfig(shape=(args.size, args.size), noise_nt=args.noise, inclination_range=(30.0, 90.0), southern_fraction=0.0)
+    cfg = SurveyConfig(
+        shape=(args.size, args.size), noise_nt=args.noise, inclination_range=(30.0, 90.0), southern_fraction=0.0
+    )
     model = card = None
     if args.model:
         from engine.geophys.model import load_checkpoint, pick_device
@@ -93,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         s = _cached_survey(seed, cfg, args.cache)
         da, truth = s.to_dataarray(), s.axes_lines()
-        row: dict = {"seed": seed, "inclination": round(s.inclination, 1), "declination": round(s.declination, 1), "true_km": sum(t.length for t in truth) / 1000}
+        row: dict = {
+            "seed": seed,
+            "inclination": round(s.inclination, 1),
+            "declination": round(s.declination, 1),
+            "true_km": sum(t.length for t in truth) / 1000,
+        }
         t1 = time.perf_counter()
         if not args.skip_classical:
             _, lines = classical_lineaments(da, params=ClassicalParams(), block=args.block)
@@ -102,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         t2 = time.perf_counter()
         row["classical_s"] = t2 - t1
         if model is not None:
-            vp = VectorParams(threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5)))
+            vp = VectorParams(
+                threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5))
+            )
             _, lines = unet_lineaments(da, model, card, vp, stride=args.stride)
             t3 = time.perf_counter()
             for k in (1, 2):
@@ -110,14 +136,28 @@ def main(argv: list[str] | None = None) -> int:
             row["unet_s"] = t3 - t2
         row["synth_s"] = t1 - t0
         rows.append(row)
-        print(json.dumps({k: (v if not isinstance(v, dict) else {a: round(b, 3) for a, b in v.items()}) for k, v in row.items()}), flush=True)
-    summary: dict = {"n": args.n, "size": args.size, "noise_nt": args.noise, "seed0": args.seed, "model": args.model, "card": card,
-                     "classical_block": args.block}
+        print(
+            json.dumps(
+                {k: (v if not isinstance(v, dict) else {a: round(b, 3) for a, b in v.items()}) for k, v in row.items()}
+            ),
+            flush=True,
+        )
+    summary: dict = {
+        "n": args.n,
+        "size": args.size,
+        "noise_nt": args.noise,
+        "seed0": args.seed,
+        "model": args.model,
+        "card": card,
+        "classical_block": args.block,
+    }
     for method in ("classical", "unet"):
         for k in (1, 2):
             key = f"{method}_{k}"
             if key in rows[0]:
-                summary[f"mean_{key}"] = {m: float(np.mean([r[key][m] for r in rows])) for m in ("precision", "recall", "f1")}
+                summary[f"mean_{key}"] = {
+                    m: float(np.mean([r[key][m] for r in rows])) for m in ("precision", "recall", "f1")
+                }
     if "mean_unet_2" in summary and "mean_classical_2" in summary:
         summary["unet_minus_classical_f1_2"] = summary["mean_unet_2"]["f1"] - summary["mean_classical_2"]["f1"]
     import resource
@@ -143,14 +183,28 @@ def _mosaic_grid(size: int, tile: int, path: Path, seed: int, unique: int = 4) -
     for r in range(0, size, tile):
         for c in range(0, size, tile):
             t = np.rot90(tiles[k % unique], k // unique)
-            grid[r : r + tile, c : c + tile] = (t if (k // (4 * unique)) % 2 == 0 else t[:, ::-1])[: size - r, : size - c]
+            grid[r : r + tile, c : c + tile] = (t if (k // (4 * unique)) % 2 == 0 else t[:, ::-1])[
+                : size - r, : size - c
+            ]
             k += 1
     yy, xx = np.ogrid[:size, :size]
     hole = (yy - size / 2) ** 2 + (xx - size / 3) ** 2 < (size / 16) ** 2
     grid[hole] = np.nan
-    da = make_dataarray(grid, cfg.spacing_m, (0.0, 0.0), crs="EPSG:32633", attrs={"inclination": 60.0, "declination": 10.0, "units": "nT"})
+    da = make_dataarray(
+        grid,
+        cfg.spacing_m,
+        (0.0, 0.0),
+        crs="EPSG:32633",
+        attrs={"inclination": 60.0, "declination": 10.0, "units": "nT"},
+    )
     write_grid(da, path)
-    return {"size": size, "tiles": k, "unique_surveys": unique, "hole_cells": int(hole.sum()), "spacing_m": cfg.spacing_m}
+    return {
+        "size": size,
+        "tiles": k,
+        "unique_surveys": unique,
+        "hole_cells": int(hole.sum()),
+        "spacing_m": cfg.spacing_m,
+    }
 
 
 def _ray_tagged(tag: str) -> list[int]:
@@ -188,8 +242,9 @@ def _route_memory(pid: int, tag: str) -> tuple[float, float, int]:
     return (*summed_memory(procs.values()), len(procs))
 
 
-def _measure_route(cmd: list[str], nice: int, time_limit: float = 0.0, status: Path | None = None,
-                   blocks_total: int = 0) -> dict:
+def _measure_route(
+    cmd: list[str], nice: int, time_limit: float = 0.0, status: Path | None = None, blocks_total: int = 0
+) -> dict:
     """Run one ``jobs.lineaments`` route in a subprocess with its own Ray temp folder; peak summed
     RSS/PSS of the job process, its descendants and every process of its Ray session (sampled
     every 0.5 s), split into the inference phase (until every block is recorded done under
@@ -207,7 +262,9 @@ def _measure_route(cmd: list[str], nice: int, time_limit: float = 0.0, status: P
     env = {**os.environ, "RAY_TMPDIR": tag, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     full = (["nice", "-n", str(nice)] if nice else []) + [sys.executable, "-m", "jobs.lineaments", *cmd]
     t = time.perf_counter()
-    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     err_tail: list[str] = []
 
     def read_err() -> None:
@@ -264,12 +321,22 @@ def _measure_route(cmd: list[str], nice: int, time_limit: float = 0.0, status: P
         except OSError:
             pass
     shutil.rmtree(tag, ignore_errors=True)
-    gib = {k: {"peak_rss_gib": v[0] / 1024, "peak_pss_gib": v[1] / 1024, "processes_at_peak": v[2]} for k, v in peaks.items()}
-    res = {"seconds": time.perf_counter() - t, "peak_rss_gib": max(v[0] for v in peaks.values()) / 1024,
-           "peak_pss_gib": max(v[1] for v in peaks.values()) / 1024, "phases": gib,
-           "inference_blocks_done": done(), "inference_blocks_total": blocks_total, "complete": not stopped,
-           "timeline_s_rss_pss_procs_blocks": timeline, "command": " ".join(full),
-           "counted": "job process tree + every process whose command line names the route's own RAY_TMPDIR"}
+    gib = {
+        k: {"peak_rss_gib": v[0] / 1024, "peak_pss_gib": v[1] / 1024, "processes_at_peak": v[2]}
+        for k, v in peaks.items()
+    }
+    res = {
+        "seconds": time.perf_counter() - t,
+        "peak_rss_gib": max(v[0] for v in peaks.values()) / 1024,
+        "peak_pss_gib": max(v[1] for v in peaks.values()) / 1024,
+        "phases": gib,
+        "inference_blocks_done": done(),
+        "inference_blocks_total": blocks_total,
+        "complete": not stopped,
+        "timeline_s_rss_pss_procs_blocks": timeline,
+        "command": " ".join(full),
+        "counted": "job process tree + every process whose command line names the route's own RAY_TMPDIR",
+    }
     if stopped:
         return res
     if proc.returncode:
@@ -300,13 +367,22 @@ def _memory_main(args) -> int:
         if model is None:
             torch.manual_seed(0)
             card = dict(DEFAULT_CARD)
-            model = str(save_checkpoint(work / "random_vgg16_unet.pt", build_model(card), {**card, "weights": "random (memory measurement)"}))
+            model = str(
+                save_checkpoint(
+                    work / "random_vgg16_unet.pt", build_model(card), {**card, "weights": "random (memory measurement)"}
+                )
+            )
         extra = ["--stride", str(args.stride)] if args.stride else []
         extra += ["--block", str(args.block), "--executor", args.executor]
         blocks = (-(-args.memory_size // args.block)) ** 2
         status = work / "unet" / "_inference" / "_status" / "axis_probability"
-        route = _measure_route([str(grid), "--model", model, "--out", str(work / "unet"), *extra], args.nice, args.time_limit,
-                               status, blocks)
+        route = _measure_route(
+            [str(grid), "--model", model, "--out", str(work / "unet"), *extra],
+            args.nice,
+            args.time_limit,
+            status,
+            blocks,
+        )
         route["stride"] = args.stride or "default (window / 2)"
         route["block"] = args.block
         if route["complete"]:
@@ -317,7 +393,9 @@ def _memory_main(args) -> int:
         route["model"] = model
         result["memory"]["unet"] = route
     if not args.skip_classical:
-        result["memory"]["classical"] = _measure_route([str(grid), "--method", "classical", "--out", str(work / "classical")], args.nice, args.time_limit)
+        result["memory"]["classical"] = _measure_route(
+            [str(grid), "--method", "classical", "--out", str(work / "classical")], args.nice, args.time_limit
+        )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

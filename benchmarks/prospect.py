@@ -2,7 +2,8 @@
 channels), PCA reconstruction error and a small convolutional autoencoder, on held-out
 deposits of synthetic regions.
 
-    python -m benchmarks.prospect --json OUT.json [--size 512] [--seeds 1,2,3] [--steps 400] [--sigmas 0,4,8] [--shifts 1,2]
+    python -m benchmarks.prospect --json OUT.json [--size 512] [--seeds 1,2,3] [--steps 400] \
+        [--sigmas 0,4,8] [--shifts 1,2]
     python -m benchmarks.prospect --json VAL.json --seeds 4,5 --split all   (validation regions: choices are made here)
     python -m benchmarks.prospect --json OUT.json --memory-size 4096 --memory-blocks 4
 
@@ -14,7 +15,8 @@ raw and after the same valid-cell Gaussian smoothing for every sigma; the window
 choices are made on other seeds with ``--split all`` (validation regions), never on the
 held-out seeds 1-3; seed 0 was the development region. The table gives the mean over
 regions and the pooled figures (all held-out deposits of all regions ranked within
-their own region); the JSON is rewritten after every region. ``--memory-size`` instead runs stack + scoring on one large 10-layer
+their own region); the JSON is rewritten after every region. ``--memory-size`` instead runs stack +
+scoring on one large 10-layer
 region and reports the peak memory of each phase; the map's is summed over the map job's processes, Ray's
 own included.
 """
@@ -36,12 +38,29 @@ BASELINES = ("cae", "iforest", "iforest_all", "pca")
 
 
 def _row(m) -> dict:
-    return {"auc": m.auc, "capture_top10": m.capture_top10, "success_rate_area": m.success_rate_area,
-            "pa_prediction": m.pa_intersection_prediction, "pa_area": m.pa_intersection_area, "area_ranks": m.area_ranks}
+    return {
+        "auc": m.auc,
+        "capture_top10": m.capture_top10,
+        "success_rate_area": m.success_rate_area,
+        "pa_prediction": m.pa_intersection_prediction,
+        "pa_area": m.pa_intersection_area,
+        "area_ranks": m.area_ranks,
+    }
 
 
-def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigmas: list[float], reuse: bool = False,
-               methods: tuple[str, ...] = METHODS, split: str = "heldout", shifts: tuple[int, ...] = (1,), drops: tuple[int, ...] = (0,)) -> dict:
+def run_region(
+    size: int,
+    seed: int,
+    steps: int,
+    work: Path,
+    use_ray: bool,
+    sigmas: list[float],
+    reuse: bool = False,
+    methods: tuple[str, ...] = METHODS,
+    split: str = "heldout",
+    shifts: tuple[int, ...] = (1,),
+    drops: tuple[int, ...] = (0,),
+) -> dict:
     """One region: every method mapped once per scoring variant (no smoothing), then each map
     evaluated raw and after the same valid-cell Gaussian smoothing for every sigma in ``sigmas``
     (method[+shiftK][+trimD]@sigma). Variants: ``shifts`` window lattices per axis (mae, cae)
@@ -59,8 +78,15 @@ def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigm
     stack = build_stack(rdir / "layers.json", work / f"stack{seed}.zarr")
     held = region.deposits if split == "all" else region.deposits[region.deposits.split == split]
     train = region.deposits[region.deposits.split == "train"]
-    out: dict = {"seed": seed, "n_heldout": len(held), "n_deposits": len(region.deposits), "n_decoys": len(region.decoys),
-                 "methods": {}, "train_auc": {}, "seconds": {}}
+    out: dict = {
+        "seed": seed,
+        "n_heldout": len(held),
+        "n_deposits": len(region.deposits),
+        "n_decoys": len(region.decoys),
+        "methods": {},
+        "train_auc": {},
+        "seconds": {},
+    }
     st = open_stack(stack)
     for method in methods:
         model = None
@@ -70,7 +96,11 @@ def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigm
                 t = time.perf_counter()
                 (train_with_ray if use_ray else train_local)(stack, model, method, steps, 32, 1e-3, seed)
                 out["seconds"][method + ":train"] = time.perf_counter() - t
-        variants = [(k, d) for k in (shifts if method in ("mae", "cae") else (1,)) for d in (drops if method in ("mae", "cae", "pca") else (0,))]
+        variants = [
+            (k, d)
+            for k in (shifts if method in ("mae", "cae") else (1,))
+            for d in (drops if method in ("mae", "cae", "pca") else (0,))
+        ]
         for k, d in variants:
             t = time.perf_counter()
             variant = method + (f"+shift{k}" if k > 1 else "") + (f"+trim{d}" if d else "")
@@ -81,7 +111,9 @@ def run_region(size: int, seed: int, steps: int, work: Path, use_ray: bool, sigm
             path = score_map(stack, scorer, work / f"map_{variant}{seed}.zarr")
             out["seconds"][variant] = time.perf_counter() - t
             print(f"region {seed}: {variant} mapped in {out['seconds'][variant]:.0f} s", file=sys.stderr, flush=True)
-            comps = [("", "prospectivity")] + ([(":" + c, c) for c in ("recon_error", "latent_distance")] if method == "mae" else [])
+            comps = [("", "prospectivity")] + (
+                [(":" + c, c) for c in ("recon_error", "latent_distance")] if method == "mae" else []
+            )
             for suffix, comp in comps:
                 s = read_score(path, comp)
                 valid = np.isfinite(s)
@@ -170,8 +202,22 @@ def run_memory(size: int, blocks: int, work: Path, steps: int, reuse: bool = Fal
     shutil.rmtree(work / "big_map.zarr", ignore_errors=True)
     (work / "big_map.zarr.manifest.json").unlink(missing_ok=True)
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "jobs.prospect", "map", "--stack", str(stack), "--method", "mae", "--model",
-           str(work / "big.pt"), "--shifts", "2", "--out", str(work / "big_map.zarr")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.prospect",
+        "map",
+        "--stack",
+        str(stack),
+        "--method",
+        "mae",
+        "--model",
+        str(work / "big.pt"),
+        "--shifts",
+        "2",
+        "--out",
+        str(work / "big_map.zarr"),
+    ]
     cmd += ["--max-blocks", str(blocks)] if blocks else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     t = time.perf_counter()
@@ -186,15 +232,22 @@ def run_memory(size: int, blocks: int, work: Path, steps: int, reuse: bool = Fal
     metrics = ev.evaluate(read_score(work / "big_map.zarr", partial=bool(blocks)), dep.row.values, dep.col.values)
     t_eval = time.perf_counter() - t
     st = open_stack(stack)
-    return {"size": size, "layers": 10, "channels": len(st.channels),
-            "train_steps": steps if mem_train else "model reused from --work",
-            "map_peak_rss_gib": mem_map.peak_rss / 1024, "map_peak_pss_gib": mem_map.peak_pss / 1024,
-            "map_measured": "python -m jobs.prospect map on Ray: RSS and PSS summed over the job's processes, "
-                            "Ray's own included",
-            "stack_peak_rss_gib": mem_stack.peak_rss / 1024 if mem_stack else "not re-measured (reused)",
-            "train_peak_rss_gib": mem_train.peak_rss / 1024 if mem_train else "not re-measured (reused)",
-            "seconds": {"synth": t_synth, "stack": t_stack, "train": t_train, "map": t_map, "evaluate": t_eval},
-            "blocks_scored": blocks or "all", "blocks_total": (size // 512) ** 2, "deposits_evaluable": metrics.n_deposits}
+    return {
+        "size": size,
+        "layers": 10,
+        "channels": len(st.channels),
+        "train_steps": steps if mem_train else "model reused from --work",
+        "map_peak_rss_gib": mem_map.peak_rss / 1024,
+        "map_peak_pss_gib": mem_map.peak_pss / 1024,
+        "map_measured": "python -m jobs.prospect map on Ray: RSS and PSS summed over the job's processes, "
+        "Ray's own included",
+        "stack_peak_rss_gib": mem_stack.peak_rss / 1024 if mem_stack else "not re-measured (reused)",
+        "train_peak_rss_gib": mem_train.peak_rss / 1024 if mem_train else "not re-measured (reused)",
+        "seconds": {"synth": t_synth, "stack": t_stack, "train": t_train, "map": t_map, "evaluate": t_eval},
+        "blocks_scored": blocks or "all",
+        "blocks_total": (size // 512) ** 2,
+        "deposits_evaluable": metrics.n_deposits,
+    }
 
 
 def main() -> None:
@@ -204,17 +257,33 @@ def main() -> None:
     p.add_argument("--seeds", default="1,2,3", help="region seeds (seed 0 was the development region)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--sigmas", default="0,4", help="post-smoothing sigmas (cells) every map is evaluated at")
-    p.add_argument("--model-variant", default="mae+shift2",
-                   help="the map reported as the model (default: the job's map, chosen on validation seeds 4 and 5; auto: best MAE variant on training deposits)")
+    p.add_argument(
+        "--model-variant",
+        default="mae+shift2",
+        help="the map reported as the model (default: the job's map, chosen on validation seeds 4 and 5; "
+        "auto: best MAE variant on training deposits)",
+    )
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--shifts", default="1,2", help="window-lattice shifts per axis the mae and cae maps are made with (1 = one lattice)")
+    p.add_argument(
+        "--shifts",
+        default="1,2",
+        help="window-lattice shifts per axis the mae and cae maps are made with (1 = one lattice)",
+    )
     p.add_argument("--drop-top", default="0", help="largest channel errors left out per cell, mae / cae / pca variants")
-    p.add_argument("--split", default="heldout", help="deposits scored: heldout, or all (validation regions, never the held-out seeds)")
+    p.add_argument(
+        "--split",
+        default="heldout",
+        help="deposits scored: heldout, or all (validation regions, never the held-out seeds)",
+    )
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--memory-size", type=int, default=0)
     p.add_argument("--memory-blocks", type=int, default=0)
     p.add_argument("--work", type=Path)
-    p.add_argument("--reuse-models", action="store_true", help="keep checkpoints already in --work (rescore only; memory mode: keep the region, stack and model)")
+    p.add_argument(
+        "--reuse-models",
+        action="store_true",
+        help="keep checkpoints already in --work (rescore only; memory mode: keep the region, stack and model)",
+    )
     a = p.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="lode-bench-prospect-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -224,9 +293,29 @@ def main() -> None:
         sigmas = [float(x) for x in a.sigmas.split(",")]
         regions = []
         for s in a.seeds.split(","):
-            regions.append(run_region(a.size, int(s), a.steps, work, not a.no_ray, sigmas, a.reuse_models, tuple(a.methods.split(",")), a.split,
-                                      tuple(int(k) for k in a.shifts.split(",")), tuple(int(d) for d in a.drop_top.split(","))))
-            result = {"size": a.size, "steps": a.steps, "sigmas": sigmas, "split": a.split, "regions": regions, **summarise(regions, a.model_variant)}
+            regions.append(
+                run_region(
+                    a.size,
+                    int(s),
+                    a.steps,
+                    work,
+                    not a.no_ray,
+                    sigmas,
+                    a.reuse_models,
+                    tuple(a.methods.split(",")),
+                    a.split,
+                    tuple(int(k) for k in a.shifts.split(",")),
+                    tuple(int(d) for d in a.drop_top.split(",")),
+                )
+            )
+            result = {
+                "size": a.size,
+                "steps": a.steps,
+                "sigmas": sigmas,
+                "split": a.split,
+                "regions": regions,
+                **summarise(regions, a.model_variant),
+            }
             a.json.parent.mkdir(parents=True, exist_ok=True)
             a.json.write_text(json.dumps(result, indent=2))
     a.json.parent.mkdir(parents=True, exist_ok=True)

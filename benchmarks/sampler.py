@@ -44,17 +44,21 @@ def collection(root: Path, images: int, size: tuple[int, int], seed: int) -> Pat
     from engine.synth import write_lumenstone
 
     if not (root / "synth.json").is_file():
-        write_lumenstone(root, n_train=images, n_test=0, size=size, associations=("T1-S1", "T1-S2"), seed=seed,
-                         grain_diameter=40.0)
+        write_lumenstone(
+            root, n_train=images, n_test=0, size=size, associations=("T1-S1", "T1-S2"), seed=seed, grain_diameter=40.0
+        )
     return root
 
 
 def summary(pixels: dict[int, int], codes: list[int], patches: int, seconds: float) -> dict:
     p = np.array([pixels.get(c, 0) for c in codes], np.float64)
-    return {"shares": {str(c): float(v / p.sum()) for c, v in zip(codes, p)},
-            "balancing_quality": float(1 - (p.max() - p.min()) / p.sum()),
-            "max_min_ratio": float(p.max() / p.min()) if p.min() > 0 else float("inf"),
-            "patches_per_s": patches / seconds, "sample_s": seconds}
+    return {
+        "shares": {str(c): float(v / p.sum()) for c, v in zip(codes, p)},
+        "balancing_quality": float(1 - (p.max() - p.min()) / p.sum()),
+        "max_min_ratio": float(p.max() / p.min()) if p.min() > 0 else float("inf"),
+        "patches_per_s": patches / seconds,
+        "sample_s": seconds,
+    }
 
 
 def run_lode(masks, images, codes, patch: int, n: int, seed: int, strength: float) -> dict:
@@ -67,23 +71,38 @@ def run_lode(masks, images, codes, patch: int, n: int, seed: int, strength: floa
     for _ in range(n):
         i, y0, x0 = s.draw()
         seen.add((i, y0, x0))
-        np.ascontiguousarray(images[i][y0:y0 + patch, x0:x0 + patch])
-        np.ascontiguousarray(masks[i][y0:y0 + patch, x0:x0 + patch])
+        np.ascontiguousarray(images[i][y0 : y0 + patch, x0 : x0 + patch])
+        np.ascontiguousarray(masks[i][y0 : y0 + patch, x0 : x0 + patch])
     t2 = time.perf_counter()
     out = summary(dict(zip(codes, s.tally.pixels.tolist())), codes, n, t2 - t1)
     population = np.sum([np.bincount(m.ravel(), minlength=256)[codes] for m in masks], axis=0)
     rarest = int(np.argmin(population))
     best = max(float(mp[rarest].max()) for mp in s.maps) ** (1 / s.params.alpha)
-    return out | {"setup_s": t1 - t0, "distinct_patches": len(seen), "rarest_class": codes[rarest], "rarest_class_best_patch_share": best,
-                  "params": {"alpha": s.params.alpha, "strength": strength, "image_exponent": s.params.image_exponent,
-                             "downscale": s.params.downscale, "candidates": s.params.candidates}}
+    return out | {
+        "setup_s": t1 - t0,
+        "distinct_patches": len(seen),
+        "rarest_class": codes[rarest],
+        "rarest_class_best_patch_share": best,
+        "params": {
+            "alpha": s.params.alpha,
+            "strength": strength,
+            "image_exponent": s.params.image_exponent,
+            "downscale": s.params.downscale,
+            "candidates": s.params.candidates,
+        },
+    }
 
 
 def petroscope_python(venv: Path) -> Path:
     py = venv.absolute() / "bin" / "python"
     # petroscope writes petroscope.log into its working directory on import
-    ready = py.exists() and subprocess.run([str(py), "-c", "import petroscope.segmentation.balancer"],
-                                           capture_output=True, cwd=tempfile.gettempdir()).returncode == 0
+    ready = (
+        py.exists()
+        and subprocess.run(
+            [str(py), "-c", "import petroscope.segmentation.balancer"], capture_output=True, cwd=tempfile.gettempdir()
+        ).returncode
+        == 0
+    )
     if not ready:
         if not py.exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -94,17 +113,26 @@ def petroscope_python(venv: Path) -> Path:
 def run_petroscope(venv: Path, pairs, codes, patch: int, n: int, seed: int) -> dict:
     py = petroscope_python(venv)
     args = {"pairs": [[str(i), str(m)] for i, m in pairs], "patch": patch, "patches": n, "seed": seed}
-    r = subprocess.run([str(py), str(ROOT / "benchmarks" / "_petroscope_sampler.py")], input=json.dumps(args),
-                       capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": ""},
-                       cwd=tempfile.gettempdir())
+    r = subprocess.run(
+        [str(py), str(ROOT / "benchmarks" / "_petroscope_sampler.py")],
+        input=json.dumps(args),
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": ""},
+        cwd=tempfile.gettempdir(),
+    )
     if r.returncode:
         raise RuntimeError(f"petroscope sampler failed:\n{r.stderr[-3000:]}")
     res = json.loads(r.stdout)
     pixels = {int(k): v for k, v in res["pixels"].items()}
     return summary(pixels, codes, n - 1, res["sample_s"]) | {
-        "setup_s": res["setup_s"], "version": res["version"], "balancing_quality_own": res["balancing_quality_own"],
+        "setup_s": res["setup_s"],
+        "version": res["version"],
+        "balancing_quality_own": res["balancing_quality_own"],
         "params": "defaults (balancing_strength 0.8, class_area_consideration 0.5, "
-                  "patch_positioning_accuracy 0.5, acceleration 8)"}
+        "patch_positioning_accuracy 0.5, acceleration 8)",
+    }
 
 
 def _maps_child(mask_path: str, classes: int, patch: int, downscale: int) -> dict:
@@ -120,10 +148,19 @@ def _maps_child(mask_path: str, classes: int, patch: int, downscale: int) -> dic
     traced = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"shape": list(mask.shape), "classes": classes, "classes_present": int(len(np.unique(mask))),
-            "patch": patch, "downscale": downscale, "seconds": secs, "maps_mib": maps.nbytes / 2**20,
-            "mask_mib": mask.nbytes / 2**20, "peak_rss_gib": peak / 2**20, "rss_after_reading_mask_gib": base / 2**20,
-            "build_peak_allocated_mib": traced / 2**20}
+    return {
+        "shape": list(mask.shape),
+        "classes": classes,
+        "classes_present": int(len(np.unique(mask))),
+        "patch": patch,
+        "downscale": downscale,
+        "seconds": secs,
+        "maps_mib": maps.nbytes / 2**20,
+        "mask_mib": mask.nbytes / 2**20,
+        "peak_rss_gib": peak / 2**20,
+        "rss_after_reading_mask_gib": base / 2**20,
+        "build_peak_allocated_mib": traced / 2**20,
+    }
 
 
 def map_build(shape: tuple[int, int], classes: int, patch: int, downscale: int, work: Path) -> dict:
@@ -135,8 +172,10 @@ def map_build(shape: tuple[int, int], classes: int, patch: int, downscale: int, 
 
     path = work / "big_mask.png"
     cv2.imwrite(str(path), synthetic_labels(shape, classes, seed=3))
-    code = ("import json, sys; from benchmarks.sampler import _maps_child; "
-            f"json.dump(_maps_child({str(path)!r}, {classes}, {patch}, {downscale}), sys.stdout)")
+    code = (
+        "import json, sys; from benchmarks.sampler import _maps_child; "
+        f"json.dump(_maps_child({str(path)!r}, {classes}, {patch}, {downscale}), sys.stdout)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
     path.unlink()
     if r.returncode:
@@ -170,10 +209,17 @@ def main() -> None:
     images = [read_rgb(i) for i, _ in pairs]
     population = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=256)
     codes = [int(c) for c in np.flatnonzero(population) if c != 255]
-    res: dict = {"collection": {"images": len(pairs), "size": list(args.size), "associations": ["T1-S1", "T1-S2"],
-                                "population_shares": {str(c): float(population[c] / population.sum()) for c in codes},
-                                "images_with_class": {str(c): int(sum((m == c).any() for m in masks)) for c in codes}},
-                 "patches": args.patches, "patch": args.patch}
+    res: dict = {
+        "collection": {
+            "images": len(pairs),
+            "size": list(args.size),
+            "associations": ["T1-S1", "T1-S2"],
+            "population_shares": {str(c): float(population[c] / population.sum()) for c in codes},
+            "images_with_class": {str(c): int(sum((m == c).any() for m in masks)) for c in codes},
+        },
+        "patches": args.patches,
+        "patch": args.patch,
+    }
     res["lode"] = run_lode(masks, images, codes, args.patch, args.patches, args.seed, strength=1.0)
     res["uniform"] = run_lode(masks, images, codes, args.patch, args.patches, args.seed, strength=0.0)
     res["petroscope"] = run_petroscope(Path(args.petroscope_venv), pairs, codes, args.patch, args.patches, args.seed)
@@ -181,7 +227,8 @@ def main() -> None:
     res["lode_vs_petroscope"] = {
         "max_min_ratio": lo["max_min_ratio"] / pe["max_min_ratio"],
         "balancing_quality_diff": lo["balancing_quality"] - pe["balancing_quality"],
-        "patches_per_s": lo["patches_per_s"] / pe["patches_per_s"]}
+        "patches_per_s": lo["patches_per_s"] / pe["patches_per_s"],
+    }
     res["maps_big"] = map_build(tuple(args.big), 15, args.patch, 8, Path(args.data))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))

@@ -43,33 +43,67 @@ def main() -> None:
     work = Path(args.work or tmp.name)
     data = work / "collection"
     if not (data / "synth.json").is_file():
-        write_lumenstone(data, n_train=args.train, n_test=args.test, size=tuple(args.size),
-                         associations=("T1-S1", "T1-S2"), seed=args.seed, grain_diameter=40.0)
+        write_lumenstone(
+            data,
+            n_train=args.train,
+            n_test=args.test,
+            size=tuple(args.size),
+            associations=("T1-S1", "T1-S2"),
+            seed=args.seed,
+            grain_diameter=40.0,
+        )
     train_masks = [s.mask for s in load_split(data, "train")]
     population = np.sum([np.bincount(m.ravel(), minlength=256) for m in train_masks], axis=0)
     codes = [int(c) for c in np.flatnonzero(population)]
     rarest = min(codes, key=lambda c: population[c])
     test = load_split(data, "test")
     init_ray()
-    res: dict = {"collection": {"train": args.train, "test": args.test, "size": list(args.size),
-                                "train_shares": {str(c): float(population[c] / population.sum()) for c in codes}},
-                 "settings": {"arch": args.arch, "steps": args.steps, "batch_size": args.batch_size,
-                              "patch": args.patch, "seed": args.seed},
-                 "rarest_class": rarest, "rarest_name": LUMENSTONE_CATALOGUE[rarest].name}
+    res: dict = {
+        "collection": {
+            "train": args.train,
+            "test": args.test,
+            "size": list(args.size),
+            "train_shares": {str(c): float(population[c] / population.sum()) for c in codes},
+        },
+        "settings": {
+            "arch": args.arch,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "patch": args.patch,
+            "seed": args.seed,
+        },
+        "rarest_class": rarest,
+        "rarest_name": LUMENSTONE_CATALOGUE[rarest].name,
+    }
     from engine.train.loop import train
 
     for sampler in ("balanced", "uniform"):
         t = time.perf_counter()
-        ckpt = train(TrainOptions(data=str(data), out=str(work / sampler), arch=args.arch, steps=args.steps,
-                                 epochs=1, patch=args.patch, batch_size=args.batch_size, sampler=sampler,
-                                 seed=args.seed, window=256, streams=2))
+        ckpt = train(
+            TrainOptions(
+                data=str(data),
+                out=str(work / sampler),
+                arch=args.arch,
+                steps=args.steps,
+                epochs=1,
+                patch=args.patch,
+                batch_size=args.batch_size,
+                sampler=sampler,
+                seed=args.seed,
+                window=256,
+                streams=2,
+            )
+        )
         model, card = load_checkpoint(ckpt)
         scores = validate(model, card, test)
         hist = json.loads((work / sampler / "train_metrics.json").read_text())["history"][-1]
-        res[sampler] = {"mean_iou": scores.mean_iou, "pixel_accuracy": scores.pixel_accuracy,
-                        "iou": {str(c): (None if np.isnan(v) else float(v)) for c, v in zip(card.class_set().codes,
-                                                                                              scores.iou)},
-                        "sampled_share": hist["sampled_share"], "seconds": time.perf_counter() - t}
+        res[sampler] = {
+            "mean_iou": scores.mean_iou,
+            "pixel_accuracy": scores.pixel_accuracy,
+            "iou": {str(c): (None if np.isnan(v) else float(v)) for c, v in zip(card.class_set().codes, scores.iou)},
+            "sampled_share": hist["sampled_share"],
+            "seconds": time.perf_counter() - t,
+        }
     b, u = res["balanced"]["iou"][str(rarest)], res["uniform"]["iou"][str(rarest)]
     res["rarest_iou_gain"] = (b or 0.0) - (u or 0.0)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +112,10 @@ def main() -> None:
     print(f"{'class':<14}{'train %':>9}{'balanced':>10}{'uniform':>9}")
     for c in codes:
         bi, ui = res["balanced"]["iou"].get(str(c)), res["uniform"]["iou"].get(str(c))
-        print(f"{names[c]:<14}{100 * population[c] / population.sum():>9.2f}"
-              f"{bi if bi is not None else float('nan'):>10.3f}{ui if ui is not None else float('nan'):>9.3f}")
+        print(
+            f"{names[c]:<14}{100 * population[c] / population.sum():>9.2f}"
+            f"{bi if bi is not None else float('nan'):>10.3f}{ui if ui is not None else float('nan'):>9.3f}"
+        )
     print(f"rarest class {names[rarest]}: IoU gain {res['rarest_iou_gain']:+.3f}")
     if tmp is not None:
         tmp.cleanup()

@@ -106,8 +106,11 @@ def _setup(work: Path, h: int, w: int, classes: int, arch: str, encoder: str, wi
     cs = ClassSet(LUMENSTONE.classes[:classes], name="bench")
     torch.manual_seed(0)
     model = create_model(arch, encoder, 3, classes)
-    save_checkpoint(work / "model.pt", model, ModelCard(arch=arch, encoder=encoder, classes=cs.to_dicts(),
-                                                        window=window, overlap=overlap))
+    save_checkpoint(
+        work / "model.pt",
+        model,
+        ModelCard(arch=arch, encoder=encoder, classes=cs.to_dicts(), window=window, overlap=overlap),
+    )
     write_panorama(work / "pano.zarr", "bench", h, w, SectionSpec(seed=7), PyramidLayout((1024, 1024), 512, 3))
 
 
@@ -146,8 +149,12 @@ def part_bare(work: Path, batch: int, program: bool = False) -> dict:
     grid = WindowGrid(h, w, card.window, card.overlap)
     starts = [(y, x) for y in grid.ys for x in grid.xs]
     x = _normalised(img, card)
-    batches = [torch.stack([x[:, y:y + card.window, xx:xx + card.window] for y, xx in starts[i:i + batch]]
-                           ).contiguous(memory_format=fmt) for i in range(0, len(starts), batch)]
+    batches = [
+        torch.stack([x[:, y : y + card.window, xx : xx + card.window] for y, xx in starts[i : i + batch]]).contiguous(
+            memory_format=fmt
+        )
+        for i in range(0, len(starts), batch)
+    ]
     del x
     with torch.inference_mode():
         for _ in range(2):
@@ -171,11 +178,16 @@ def part_monai(work: Path, batch: int) -> dict:
     h, w = img.shape[1:]
     x = _normalised(img, card)[None]
     with torch.inference_mode():
-        model(x[:, :, :card.window, :card.window])
+        model(x[:, :, : card.window, : card.window])
         t = time.perf_counter()
-        probs = sliding_window_inference(x, (card.window, card.window), batch,
-                                         lambda v: torch.softmax(model(v), 1), overlap=card.overlap,
-                                         mode="gaussian")[0].numpy()
+        probs = sliding_window_inference(
+            x,
+            (card.window, card.window),
+            batch,
+            lambda v: torch.softmax(model(v), 1),
+            overlap=card.overlap,
+            mode="gaussian",
+        )[0].numpy()
         dt = time.perf_counter() - t
     np.save(work / "monai_probs.npy", probs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -197,8 +209,13 @@ def part_engine(work: Path, batch: int, probabilities: str, out_name: str, sampl
         init_ray()
         # Ray Data's own per-cluster actors start on first use; a running cluster has them already.
         ray.data.range(2).map_batches(lambda b: b).materialize()
-        cfg = SegmentOptions(inputs=[str(work / "pano.zarr")], out=str(work / out_name),
-                            checkpoint=str(work / "model.pt"), batch_size=batch, probabilities=probabilities)
+        cfg = SegmentOptions(
+            inputs=[str(work / "pano.zarr")],
+            out=str(work / out_name),
+            checkpoint=str(work / "model.pt"),
+            batch_size=batch,
+            probabilities=probabilities,
+        )
         t = time.perf_counter()
         manifest = run_segmentation(cfg)
         dt = time.perf_counter() - t
@@ -212,13 +229,27 @@ def part_engine(work: Path, batch: int, probabilities: str, out_name: str, sampl
     arr = zarr.open_group(str(work / "pano.zarr"), mode="r")[f"bench/{FULL_RESOLUTION}"]
     h, w = arr.shape[1:]
     windows = sum(b.get("windows", 0) for b in manifest["blocks"])
-    return {"engine_s": dt, "engine_mpx_s": h * w / 1e6 / dt, "engine_windows": windows,
-            "blocks": len(manifest["blocks"])}
+    return {
+        "engine_s": dt,
+        "engine_mpx_s": h * w / 1e6 / dt,
+        "engine_windows": windows,
+        "blocks": len(manifest["blocks"]),
+    }
 
 
 def _run_part(part: str, work: Path, batch: int, extra: list[str] | None = None) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.segment_throughput", "--part", part, "--work", str(work),
-           "--batch-size", str(batch), *(extra or [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.segment_throughput",
+        "--part",
+        part,
+        "--work",
+        str(work),
+        "--batch-size",
+        str(batch),
+        *(extra or []),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"part {part} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
@@ -235,8 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--engine-only", action="store_true",
-                    help="only the engine and its frozen program, bare (e.g. memory at 12000×8000)")
+    ap.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="only the engine and its frozen program, bare (e.g. memory at 12000×8000)",
+    )
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--probabilities", default="none", help=argparse.SUPPRESS)
@@ -245,10 +279,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.part:
         work = Path(args.work)
-        fn = {"bare": lambda: part_bare(work, args.batch_size),
-              "bare_program": lambda: part_bare(work, args.batch_size, program=True), "monai": lambda: part_monai(work, args.batch_size),
-              "engine": lambda: part_engine(work, args.batch_size, args.probabilities, args.out_name, False),
-              "engine_memory": lambda: part_engine(work, args.batch_size, "none", "memory", True)}[args.part]
+        fn = {
+            "bare": lambda: part_bare(work, args.batch_size),
+            "bare_program": lambda: part_bare(work, args.batch_size, program=True),
+            "monai": lambda: part_monai(work, args.batch_size),
+            "engine": lambda: part_engine(work, args.batch_size, args.probabilities, args.out_name, False),
+            "engine_memory": lambda: part_engine(work, args.batch_size, "none", "memory", True),
+        }[args.part]
         print(json.dumps(fn()))
         return 0
 
@@ -257,11 +294,18 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         t = time.perf_counter()
         _setup(work, h, w, args.classes, args.arch, args.encoder, args.window, args.overlap)
-        res: dict = {"benchmark": "segment_throughput", "size": [h, w], "classes": args.classes, "arch": args.arch,
-                     "encoder": args.encoder, "window": args.window, "overlap": args.overlap,
-                     "batch_size": args.batch_size, "setup_s": time.perf_counter() - t,
-                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                 "device": _device()}}
+        res: dict = {
+            "benchmark": "segment_throughput",
+            "size": [h, w],
+            "classes": args.classes,
+            "arch": args.arch,
+            "encoder": args.encoder,
+            "window": args.window,
+            "overlap": args.overlap,
+            "batch_size": args.batch_size,
+            "setup_s": time.perf_counter() - t,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "device": _device()},
+        }
         from engine.segment.card import check_checkpoint
 
         t = time.perf_counter()
@@ -281,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
 
             from engine.io.layout import FULL_RESOLUTION, PROBABILITIES, STORE_NAME
 
-            probs = zarr.open_group(str(work / "check" / STORE_NAME), mode="r")[f"bench/{PROBABILITIES}/{FULL_RESOLUTION}"][:]
+            probs = zarr.open_group(str(work / "check" / STORE_NAME), mode="r")[
+                f"bench/{PROBABILITIES}/{FULL_RESOLUTION}"
+            ][:]
             monai = np.load(work / "monai_probs.npy", mmap_mode="r")
             res["max_abs_prob_diff_vs_monai"] = float(np.abs(probs - monai).max())
             mismatch = int((probs.argmax(0) != monai.argmax(0)).sum())

@@ -56,8 +56,13 @@ def _measured(cmd: list[str], timeout: float) -> dict:
 
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")},
+    )
     peak = [0]
     done = threading.Event()
 
@@ -77,8 +82,12 @@ def _measured(cmd: list[str], timeout: float) -> dict:
     th.join()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    res = {"wall_s": round(time.perf_counter() - t, 2), "cpu_s_reaped": round(cpu, 1),
-           "peak_rss_gib": round(peak[0] / 2**30, 3), "returncode": proc.returncode}
+    res = {
+        "wall_s": round(time.perf_counter() - t, 2),
+        "cpu_s_reaped": round(cpu, 1),
+        "peak_rss_gib": round(peak[0] / 2**30, 3),
+        "returncode": proc.returncode,
+    }
     lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
     if lines:
         res["child"] = json.loads(lines[-1])
@@ -123,8 +132,12 @@ def _opencv_child(collection: str) -> None:
     t = time.perf_counter()
     status, pano = st.stitch(imgs)
     wall = time.perf_counter() - t
-    res: dict = {"status": int(status), "status_ok": status == cv2.Stitcher_OK, "stitch_s": round(wall, 2),
-                 "frames": len(imgs)}
+    res: dict = {
+        "status": int(status),
+        "status_ok": status == cv2.Stitcher_OK,
+        "stitch_s": round(wall, 2),
+        "frames": len(imgs),
+    }
     if status == cv2.Stitcher_OK:
         kept = [int(k) for k in np.asarray(st.component()).ravel()]
         res.update(kept=kept, frames_kept=len(kept), panorama_hw=list(pano.shape[:2]))
@@ -155,29 +168,46 @@ def _score_lode(work: Path, case: str, truth: dict, src: np.ndarray) -> dict:
         return {"error": rep["error"]}
     hw = tuple(truth["frame_hw"])
     lens = LensModel.from_dict(summary["calibration"]["lens"]) if summary["calibration"]["lens"] else None
-    true_lens = LensModel.from_dict({"camera_matrix": [[truth["lens"]["fx"], 0, truth["lens"]["cx"]],
-                                                       [0, truth["lens"]["fy"], truth["lens"]["cy"]], [0, 0, 1]],
-                                     "dist_coeffs": truth["lens"]["dist"], "frame_hw": hw})
+    true_lens = LensModel.from_dict(
+        {
+            "camera_matrix": [
+                [truth["lens"]["fx"], 0, truth["lens"]["cx"]],
+                [0, truth["lens"]["fy"], truth["lens"]["cy"]],
+                [0, 0, 1],
+            ],
+            "dist_coeffs": truth["lens"]["dist"],
+            "frame_hw": hw,
+        }
+    )
     names = [f["file"].rsplit(".", 1)[0] for f in rep["frames"]]
     est = [np.array(f["transform"]) if f["placed"] else None for f in rep["frames"]]
     tt = [None if truth["transforms"][n] is None else np.array(truth["transforms"][n]) for n in names]
     rms, G = alignment_rms(est, lens, tt, true_lens, hw)
     eh, ew = truth["extent_hw"]
-    out = {"frames_kept": rep["frames_placed"], "frames_total": rep["frames_total"], "rms_px": round(rms, 4),
-           "report_rms_px": rep["rms_px"], "report_max_edge_rms_px": rep["max_edge_rms_px"],
-           "flagged": rep["flagged"], "panorama_hw": rep["panorama_hw"], "truth_extent_hw": [eh, ew],
-           "size_error_pct": round(100 * max(abs(rep["panorama_hw"][0] - eh) / eh,
-                                             abs(rep["panorama_hw"][1] - ew) / ew), 3),
-           "stitch_timings_s": rep["timings_s"], "job_s": summary["seconds"]}
+    out = {
+        "frames_kept": rep["frames_placed"],
+        "frames_total": rep["frames_total"],
+        "rms_px": round(rms, 4),
+        "report_rms_px": rep["rms_px"],
+        "report_max_edge_rms_px": rep["max_edge_rms_px"],
+        "flagged": rep["flagged"],
+        "panorama_hw": rep["panorama_hw"],
+        "truth_extent_hw": [eh, ew],
+        "size_error_pct": round(
+            100 * max(abs(rep["panorama_hw"][0] - eh) / eh, abs(rep["panorama_hw"][1] - ew) / ew), 3
+        ),
+        "stitch_timings_s": rep["timings_s"],
+        "job_s": summary["seconds"],
+    }
     if case != "lode_no_lens":
         g = zarr.open_group(str(store))["section"]
         pano = np.asarray(g[FULL_RESOLUTION][...]).transpose(1, 2, 0)
-        on_seam, away = seam_masks(np.asarray(g[SEAM_LABELS][...]), rep["seam_labels"]["scale"],
-                                   pano.shape[:2], 16)
+        on_seam, away = seam_masks(np.asarray(g[SEAM_LABELS][...]), rep["seam_labels"]["scale"], pano.shape[:2], 16)
         out["delta_e2000_away_from_seams"] = round(sample_delta_e(pano, src, G, away), 3)
         out["seam_gradient_ratio"] = round(gradient_ratio(pano, on_seam, away), 3)
         out["truth_gradient_ratio_same_pixels"] = round(
-            gradient_ratio(truth_in_panorama(src, G, pano.shape[:2]), on_seam, away), 3)
+            gradient_ratio(truth_in_panorama(src, G, pano.shape[:2]), on_seam, away), 3
+        )
     return out
 
 
@@ -190,9 +220,17 @@ def _score_opencv(child: dict, truth: dict) -> dict:
     if not child.get("mapped_grid"):
         return out
     hw = truth["frame_hw"]
-    true_lens = LensModel.from_dict({"camera_matrix": [[truth["lens"]["fx"], 0, truth["lens"]["cx"]],
-                                                       [0, truth["lens"]["fy"], truth["lens"]["cy"]], [0, 0, 1]],
-                                     "dist_coeffs": truth["lens"]["dist"], "frame_hw": hw})
+    true_lens = LensModel.from_dict(
+        {
+            "camera_matrix": [
+                [truth["lens"]["fx"], 0, truth["lens"]["cx"]],
+                [0, truth["lens"]["fy"], truth["lens"]["cy"]],
+                [0, 0, 1],
+            ],
+            "dist_coeffs": truth["lens"]["dist"],
+            "frame_hw": hw,
+        }
+    )
     h, w = hw
     xs, ys = np.linspace(0.05 * w, 0.95 * w, 12), np.linspace(0.05 * h, 0.95 * h, 12)
     t_ideal = ideal_points(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2), true_lens)
@@ -239,8 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         truth = generate(work, args.rows, args.cols, (h, w), args.seed)
     gen_s = time.perf_counter() - t
     src = np.load(work / "source.npy")
-    results: dict = {"grid": [args.rows, args.cols], "frame_wh": [w, h], "overlap": 0.25, "generate_s": round(gen_s, 1),
-                     "cpus": os.cpu_count(), "note": "timings on a shared 2-core machine under nice: contended"}
+    results: dict = {
+        "grid": [args.rows, args.cols],
+        "frame_wh": [w, h],
+        "overlap": 0.25,
+        "generate_s": round(gen_s, 1),
+        "cpus": os.cpu_count(),
+        "note": "timings on a shared 2-core machine under nice: contended",
+    }
     me = [sys.executable, "-m", "benchmarks.stitch", "--json", args.json, "--_child"]
     for case in args.cases.split(","):
         data = "clean" if case == "lode_clean" else "degraded"

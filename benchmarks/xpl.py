@@ -41,22 +41,32 @@ def registration(n_stacks: int, size: tuple[int, int], seed: int) -> dict:
                 r = register_xpl(st.ppl, img, XplOptions(ecc=ecc))
                 t[name] += time.perf_counter() - t0
                 d = r.M - truth
-                rows[name].append((abs(r.rotation_deg - st.rotation_deg(k)),
-                                   float(np.hypot(*(d[:, :2] @ centre + d[:, 2]))),
-                                   float(np.abs(corners @ d[:, :2].T + d[:, 2]).max())))
+                rows[name].append(
+                    (
+                        abs(r.rotation_deg - st.rotation_deg(k)),
+                        float(np.hypot(*(d[:, :2] @ centre + d[:, 2]))),
+                        float(np.abs(corners @ d[:, :2].T + d[:, 2]).max()),
+                    )
+                )
     for name, vals in rows.items():
         a = np.array(vals)
-        out[name] = {"registrations": len(a), "rotation_err_deg_max": float(a[:, 0].max()),
-                     "rotation_err_deg_mean": float(a[:, 0].mean()), "translation_err_px_max": float(a[:, 1].max()),
-                     "translation_err_px_mean": float(a[:, 1].mean()), "corner_err_px_max": float(a[:, 2].max()),
-                     "seconds_per_registration": t[name] / len(a)}
+        out[name] = {
+            "registrations": len(a),
+            "rotation_err_deg_max": float(a[:, 0].max()),
+            "rotation_err_deg_mean": float(a[:, 0].mean()),
+            "translation_err_px_max": float(a[:, 1].max()),
+            "translation_err_px_mean": float(a[:, 1].mean()),
+            "corner_err_px_max": float(a[:, 2].max()),
+            "seconds_per_registration": t[name] / len(a),
+        }
     out["size"] = list(size)
     out["stage_angles_deg"] = [0, 15, 30, 45, 60, 75]
     return out
 
 
-def models(work: Path, steps: int, seed: int, n_train: int, n_test: int, size: tuple[int, int],
-           patch: int = 160) -> dict:
+def models(
+    work: Path, steps: int, seed: int, n_train: int, n_test: int, size: tuple[int, int], patch: int = 160
+) -> dict:
     from benchmarks._segment_eval import scores
     from engine.classes import LUMENSTONE_CATALOGUE
     from engine.synth.minerals import ANISOTROPIC
@@ -71,21 +81,42 @@ def models(work: Path, steps: int, seed: int, n_train: int, n_test: int, size: t
     for d in ("imgs", "masks"):
         os.symlink(ds / d, ppl / d)
     synth_s = time.perf_counter() - t0
-    result: dict = {"train_sections": n_train, "test_sections": n_test, "size": list(size), "steps": steps,
-                    "patch": patch, "arch": "pspnet-resnet18", "synth_s": synth_s}
+    result: dict = {
+        "train_sections": n_train,
+        "test_sections": n_test,
+        "size": list(size),
+        "steps": steps,
+        "patch": patch,
+        "arch": "pspnet-resnet18",
+        "synth_s": synth_s,
+    }
     per_class = {}
     for name, root in (("ppl", ppl), ("ppl_xpl6", ds)):
         t0 = time.perf_counter()
-        ckpt = train(TrainOptions(data=str(root), out=str(work / f"model_{name}"), arch="pspnet", steps=steps,
-                                 patch=patch, batch_size=8, window=256, seed=seed))
+        ckpt = train(
+            TrainOptions(
+                data=str(root),
+                out=str(work / f"model_{name}"),
+                arch="pspnet",
+                steps=steps,
+                patch=patch,
+                batch_size=8,
+                window=256,
+                seed=seed,
+            )
+        )
         train_s = time.perf_counter() - t0
         s = scores(ckpt, [(x.image, x.mask) for x in load_split(root, "test")])
         aniso = [i for i, c in enumerate(s.codes) if c in ANISOTROPIC]
         per_class[name] = {LUMENSTONE_CATALOGUE[c].name: float(v) for c, v in zip(s.codes, s.iou)}
-        result[name] = {"channels": 3 if name == "ppl" else 9, "train_s": train_s, "mean_iou": s.mean_iou,
-                        "pixel_accuracy": s.pixel_accuracy,
-                        "anisotropic_classes": [LUMENSTONE_CATALOGUE[s.codes[i]].name for i in aniso],
-                        "anisotropic_mean_iou": float(np.nanmean(s.iou[aniso]))}
+        result[name] = {
+            "channels": 3 if name == "ppl" else 9,
+            "train_s": train_s,
+            "mean_iou": s.mean_iou,
+            "pixel_accuracy": s.pixel_accuracy,
+            "anisotropic_classes": [LUMENSTONE_CATALOGUE[s.codes[i]].name for i in aniso],
+            "anisotropic_mean_iou": float(np.nanmean(s.iou[aniso])),
+        }
     result["per_class_iou"] = per_class
     result["anisotropic_iou_gain"] = result["ppl_xpl6"]["anisotropic_mean_iou"] - result["ppl"]["anisotropic_mean_iou"]
     return result

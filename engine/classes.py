@@ -59,8 +59,13 @@ class ClassSet:
                 raise ValueError(f"class code {c.code} out of range 0..255 in class set {self.name!r}")
 
     @classmethod
-    def from_codes(cls, codes: Iterable[int], catalogue: dict[int, MineralClass] | None = None,
-                   name: str = "custom", source: str = "class set") -> ClassSet:
+    def from_codes(
+        cls,
+        codes: Iterable[int],
+        catalogue: dict[int, MineralClass] | None = None,
+        name: str = "custom",
+        source: str = "class set",
+    ) -> ClassSet:
         catalogue = LUMENSTONE_CATALOGUE if catalogue is None else catalogue
         out = []
         for code in codes:
@@ -70,8 +75,13 @@ class ClassSet:
         return cls(tuple(out), name=name)
 
     @classmethod
-    def from_dicts(cls, items: Sequence[dict], name: str = "custom", source: str = "class set",
-                   catalogue: dict[int, MineralClass] | None = None) -> ClassSet:
+    def from_dicts(
+        cls,
+        items: Sequence[dict],
+        name: str = "custom",
+        source: str = "class set",
+        catalogue: dict[int, MineralClass] | None = None,
+    ) -> ClassSet:
         """Build from [{code, name, color}], checking codes against the catalogue."""
         catalogue = LUMENSTONE_CATALOGUE if catalogue is None else catalogue
         out = []

@@ -40,6 +40,8 @@ def input_error_of(exc: BaseException) -> LodeInputError | None:
             return e if type(e) is LodeInputError else LodeInputError(e.source, e.reason)
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
         for value in [*getattr(e, "args", ()), *vars(e).values()]:
-            members = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            members = (
+                value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            )
             todo += [m for m in members if isinstance(m, BaseException)]
     return None

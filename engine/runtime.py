@@ -54,8 +54,11 @@ def _follow_stderr(prefix: str) -> None:
     loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.split(".")[0] == prefix]
     for lg in loggers:
         for h in lg.handlers:
-            if (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-                    and (getattr(h.stream, "closed", False) or h.stream in (sys.stderr, sys.__stderr__))):
+            if (
+                isinstance(h, logging.StreamHandler)
+                and not isinstance(h, logging.FileHandler)
+                and (getattr(h.stream, "closed", False) or h.stream in (sys.stderr, sys.__stderr__))
+            ):
                 h.stream = _Stderr()
 
 
@@ -65,8 +68,13 @@ def _start_reaper() -> None:
     killed driver)."""
     import subprocess
 
-    subprocess.Popen([sys.executable, "-m", "engine.runtime", str(os.getpid())], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen(
+        [sys.executable, "-m", "engine.runtime", str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def reap(driver: int, interval: float = 0.5) -> None:

@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--section", action="append", default=None, help="section name (repeatable; default all)")
     u.add_argument("--share", type=float, default=0.10, help="largest share of the image to select (default 0.10)")
     u.add_argument("--measure", choices=("least_confidence", "margin", "entropy"), default="least_confidence")
-    u.add_argument("--region-px", type=float, default=150.0,
-                   help="mean superpixel size in pixels at the analysed level")
+    u.add_argument(
+        "--region-px", type=float, default=150.0, help="mean superpixel size in pixels at the analysed level"
+    )
     u.add_argument("--out", default=None, help="output directory (default: beside the store)")
 
 
@@ -89,8 +90,11 @@ def run_expand(cfg: Any) -> dict:
         raise LodeInputError(cfg.scribbles, f"unknown class codes {unknown}")
     out = expand_scribbles(img, sc, unlabelled=cfg.unlabelled)
     _write_png(Path(cfg.out), out)
-    return {"labels": cfg.out, "scribbled_share": float((sc != cfg.unlabelled).mean()),
-            "classes": sorted(int(c) for c in codes)}
+    return {
+        "labels": cfg.out,
+        "scribbled_share": float((sc != cfg.unlabelled).mean()),
+        "classes": sorted(int(c) for c in codes),
+    }
 
 
 def run_uncertain(cfg: Any) -> dict:
@@ -124,11 +128,23 @@ def run_uncertain(cfg: Any) -> dict:
         regions = []
         for rank, (r, score) in enumerate(zip(sel.ranked, sel.scores)):
             ys, xs = boxes[r]
-            regions.append({"rank": rank, "score": float(score), "pixels": int(sizes[r] * scale * scale),
-                            "bbox_level0": [ys.start * scale, xs.start * scale, ys.stop * scale, xs.stop * scale]})
+            regions.append(
+                {
+                    "rank": rank,
+                    "score": float(score),
+                    "pixels": int(sizes[r] * scale * scale),
+                    "bbox_level0": [ys.start * scale, xs.start * scale, ys.stop * scale, xs.stop * scale],
+                }
+            )
         _write_png(out / f"uncertain_{s.name}.png", sel.mask.astype(np.uint8) * 255)
-        doc = {"section": s.name, "measure": cfg.measure, "share": sel.share, "downsample": scale,
-               "mask": f"uncertain_{s.name}.png", "regions": regions}
+        doc = {
+            "section": s.name,
+            "measure": cfg.measure,
+            "share": sel.share,
+            "downsample": scale,
+            "mask": f"uncertain_{s.name}.png",
+            "regions": regions,
+        }
         path = out / f"uncertain_{s.name}.json"
         atomic_write_text(path, json.dumps(doc, indent=1))
         report[s.name] = {"share": sel.share, "regions": len(regions), "json": str(path)}
@@ -141,8 +157,14 @@ def run(cfg: Any) -> int:
     return 0
 
 
-JOB = Job("annotate", add_arguments, run, description=__doc__, file_out={"action": ("expand",)},
-          default_outputs=default_outputs)
+JOB = Job(
+    "annotate",
+    add_arguments,
+    run,
+    description=__doc__,
+    file_out={"action": ("expand",)},
+    default_outputs=default_outputs,
+)
 
 if __name__ == "__main__":
     from jobs._entry import run_module

@@ -52,10 +52,12 @@ HEADLINES: dict[str, list[Headline]] = {
         Headline("engine peak PSS (MiB)", "engine_peak_pss_mb", "MONAI peak RSS (MiB)", "monai_peak_rss_mb"),
     ],
     "stitch": [
-        Headline("RMS vs truth, degraded frames (px)", "lode_degraded.rms_px", "cv2.Stitcher SCANS",
-                 "opencv_scans.rms_px"),
-        Headline("frames kept, degraded", "lode_degraded.frames_kept", "cv2.Stitcher SCANS",
-                 "opencv_scans.frames_kept"),
+        Headline(
+            "RMS vs truth, degraded frames (px)", "lode_degraded.rms_px", "cv2.Stitcher SCANS", "opencv_scans.rms_px"
+        ),
+        Headline(
+            "frames kept, degraded", "lode_degraded.frames_kept", "cv2.Stitcher SCANS", "opencv_scans.frames_kept"
+        ),
         Headline("wall, degraded (s)", "lode_degraded.wall_s", "cv2.Stitcher SCANS", "opencv_scans.wall_s"),
         Headline("RMS vs truth, clean frames (px)", "lode_clean.rms_px"),
     ],
@@ -69,37 +71,62 @@ HEADLINES: dict[str, list[Headline]] = {
         Headline("F1 at 2 cells, classical", "summary.mean_classical_2.f1"),
     ],
     "prospect": [
-        Headline("AUC on held-out deposits, ViT MAE", "table.{model}.auc_mean", "best baseline ({best_baseline})",
-                 "table.{best_baseline}.auc_mean"),
-        Headline("deposits in top 10 % of area, ViT MAE", "table.{model}.capture_top10_pooled",
-                 "best baseline ({best_baseline})", "table.{best_baseline}.capture_top10_pooled"),
+        Headline(
+            "AUC on held-out deposits, ViT MAE",
+            "table.{model}.auc_mean",
+            "best baseline ({best_baseline})",
+            "table.{best_baseline}.auc_mean",
+        ),
+        Headline(
+            "deposits in top 10 % of area, ViT MAE",
+            "table.{model}.capture_top10_pooled",
+            "best baseline ({best_baseline})",
+            "table.{best_baseline}.capture_top10_pooled",
+        ),
     ],
     "sampler": [
         Headline("max/min class share, Lode", "lode.max_min_ratio", "petroscope 0.0.12", "petroscope.max_min_ratio"),
-        Headline("balancing quality, Lode", "lode.balancing_quality", "petroscope 0.0.12",
-                 "petroscope.balancing_quality"),
+        Headline(
+            "balancing quality, Lode", "lode.balancing_quality", "petroscope 0.0.12", "petroscope.balancing_quality"
+        ),
         Headline("patches/s, Lode", "lode.patches_per_s", "petroscope 0.0.12", "petroscope.patches_per_s"),
         Headline("max/min class share, Lode", "lode.max_min_ratio", "uniform", "uniform.max_min_ratio"),
         Headline("map build peak RSS (GiB), 15-class mask", "maps_big.peak_rss_gib"),
     ],
     "sampler_ablation": [
-        Headline("IoU of the rarest class ({rarest_name}), balanced", "balanced.iou.{rarest_class}", "uniform",
-                 "uniform.iou.{rarest_class}"),
+        Headline(
+            "IoU of the rarest class ({rarest_name}), balanced",
+            "balanced.iou.{rarest_class}",
+            "uniform",
+            "uniform.iou.{rarest_class}",
+        ),
         Headline("mIoU, balanced", "balanced.mean_iou", "uniform", "uniform.mean_iou"),
     ],
     "colour": [
-        Headline("held-out ΔE2000 after per-image fit", "held_out.mean_delta_e_after_ciede2000_fit",
-                 "least squares, linear RGB", "held_out.mean_delta_e_after_lstsq_linear_rgb"),
+        Headline(
+            "held-out ΔE2000 after per-image fit",
+            "held_out.mean_delta_e_after_ciede2000_fit",
+            "least squares, linear RGB",
+            "held_out.mean_delta_e_after_lstsq_linear_rgb",
+        ),
         Headline("CIEDE2000 max error, Sharma pairs", "sharma.max_abs_error"),
         Headline("correction wall (s), median", "speed.wall_s_median"),
-        Headline("pixel accuracy on casts, corrected", "model.pixel_accuracy_cast_corrected", "uncast originals",
-                 "model.pixel_accuracy_uncast"),
+        Headline(
+            "pixel accuracy on casts, corrected",
+            "model.pixel_accuracy_cast_corrected",
+            "uncast originals",
+            "model.pixel_accuracy_uncast",
+        ),
     ],
     "xpl": [
         Headline("rotation error max (deg)", "registration.sift_ransac_ecc.rotation_err_deg_max"),
         Headline("translation error max (px)", "registration.sift_ransac_ecc.translation_err_px_max"),
-        Headline("anisotropic IoU, PPL + 6 XPL", "models.ppl_xpl6.anisotropic_mean_iou", "PPL only",
-                 "models.ppl.anisotropic_mean_iou"),
+        Headline(
+            "anisotropic IoU, PPL + 6 XPL",
+            "models.ppl_xpl6.anisotropic_mean_iou",
+            "PPL only",
+            "models.ppl.anisotropic_mean_iou",
+        ),
     ],
 }
 
@@ -116,14 +143,17 @@ QUICK: dict[str, list[str]] = {
 }
 
 
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench_out", help="folder for the JSON results and BENCHMARKS.md")
     p.add_argument("--only", nargs="+", help="benchmark module names to run (default: all)")
     p.add_argument("--quick", action="store_true", help="small inputs: the whole set in minutes on 2 cores")
-    p.add_argument("--args", action="append", default=[], metavar="NAME=ARGS",
-                   help="extra arguments for one benchmark, e.g. lineaments='--model model.pt'")
+    p.add_argument(
+        "--args",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="extra arguments for one benchmark, e.g. lineaments='--model model.pt'",
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per benchmark")
     p.add_argument("--readme", default=None, help="rewrite the bench markers of this Markdown file with the report")
     p.add_argument("--report-only", action="store_true", help="render the report from the JSON files in --out")
@@ -161,8 +191,9 @@ def rows(name: str, result: dict) -> list[list[str]]:
         fields = _fields(result)
         peer = h.peer.format_map(fields) if h.peer else ""
         ratio = _fmt(v / peer_v) if peer_v else "—"
-        out.append([name, h.figure.format_map(fields), _fmt(v), peer if peer_v is not None else "", _fmt(peer_v),
-                    ratio])
+        out.append(
+            [name, h.figure.format_map(fields), _fmt(v), peer if peer_v is not None else "", _fmt(peer_v), ratio]
+        )
     if not out:
         flat = _flatten(result)
         out = [[name, k, _fmt(v), "", "—", "—"] for k, v in list(flat.items())[:12]]
@@ -185,32 +216,47 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     gpu = "no GPU"
     try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=20)
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         if r.returncode == 0 and r.stdout.strip():
             gpu = "GPU " + "; ".join(r.stdout.strip().splitlines())
     except (OSError, subprocess.TimeoutExpired):
         pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {gpu}; "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {gpu}; "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def markdown(results: dict[str, dict], meta: dict) -> str:
     runs = meta.get("runs", {})
     modes = sorted({runs[n]["mode"] for n in results if n in runs})
-    lines = [f"Machine: {meta['machine']}  ",
-             f"Mode: {', '.join(modes) or 'unknown'}; wall per benchmark: "
-             + ", ".join(f"{n} {runs[n]['seconds']:.0f} s ({runs[n]['date']})" for n in results if n in runs) + "  "]
+    lines = [
+        f"Machine: {meta['machine']}  ",
+        f"Mode: {', '.join(modes) or 'unknown'}; wall per benchmark: "
+        + ", ".join(f"{n} {runs[n]['seconds']:.0f} s ({runs[n]['date']})" for n in results if n in runs)
+        + "  ",
+    ]
     if meta.get("failed"):
         lines.append(f"Failed: {', '.join(meta['failed'])}  ")
-    lines += ["", "| benchmark | figure | value | peer (same run) | peer value | ratio |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| benchmark | figure | value | peer (same run) | peer value | ratio |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, res in results.items():
         lines += ["| " + " | ".join(r) + " |" for r in rows(name, res)]
     return "\n".join(lines) + "\n"
@@ -255,8 +301,15 @@ def run(cfg: Any) -> int:
             path = out / f"{name}.json"
             path.unlink(missing_ok=True)
             meta["runs"].pop(name, None)
-            cmd = [sys.executable, "-m", f"benchmarks.{name}", "--json", str(path),
-                   *(QUICK.get(name, []) if cfg.quick else []), *extra.get(name, [])]
+            cmd = [
+                sys.executable,
+                "-m",
+                f"benchmarks.{name}",
+                "--json",
+                str(path),
+                *(QUICK.get(name, []) if cfg.quick else []),
+                *extra.get(name, []),
+            ]
             print(f"benchmark {name}: {shlex.join(cmd[1:])}", flush=True)
             t = time.perf_counter()
             try:
@@ -267,13 +320,19 @@ def run(cfg: Any) -> int:
             if rc or not path.exists():
                 meta["failed"].append(name)
                 continue
-            meta["runs"][name] = {"mode": "quick" if cfg.quick else "full", "seconds": seconds,
-                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            meta["runs"][name] = {
+                "mode": "quick" if cfg.quick else "full",
+                "seconds": seconds,
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            }
             print(f"benchmark {name}: {seconds:.0f} s", flush=True)
         meta_path.write_text(json.dumps(meta, indent=1))
     meta.setdefault("machine", machine())
-    results = {n: json.loads((out / f"{n}.json").read_text()) for n in _names(None)
-               if (out / f"{n}.json").exists() and (cfg.report_only or n in meta["runs"])}
+    results = {
+        n: json.loads((out / f"{n}.json").read_text())
+        for n in _names(None)
+        if (out / f"{n}.json").exists() and (cfg.report_only or n in meta["runs"])
+    }
     if cfg.only and cfg.report_only:
         results = {n: r for n, r in results.items() if n in cfg.only}
     report = markdown(results, meta)

@@ -24,15 +24,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flat.add_argument("--dark", help="folder of dark frames")
     flat.add_argument("--degree", type=int, default=4, help="degree of the smooth surface fitted to the flat")
     flat.add_argument("--out", required=True, help="flat field .npz to write")
-    col = sub.add_parser("colour", aliases=["color"],
-                         help="4x3 colour matrix (linear RGB) fitted by CIEDE2000 to reference colours")
+    col = sub.add_parser(
+        "colour", aliases=["color"], help="4x3 colour matrix (linear RGB) fitted by CIEDE2000 to reference colours"
+    )
     col.add_argument("images", nargs="+", help="capture files or folders")
-    col.add_argument("--annotations", required=True,
-                     help="folder of sparse annotation masks <stem>.png (class codes; 255 = not annotated)")
-    col.add_argument("--reference", required=True,
-                     help="model checkpoint (.pt, reference colours in its card) or JSON {code: [r, g, b]} linear")
-    col.add_argument("--mode", choices=["per-image", "series"], default="per-image",
-                     help="one matrix per capture, or one for the whole series")
+    col.add_argument(
+        "--annotations",
+        required=True,
+        help="folder of sparse annotation masks <stem>.png (class codes; 255 = not annotated)",
+    )
+    col.add_argument(
+        "--reference",
+        required=True,
+        help="model checkpoint (.pt, reference colours in its card) or JSON {code: [r, g, b]} linear",
+    )
+    col.add_argument(
+        "--mode",
+        choices=["per-image", "series"],
+        default="per-image",
+        help="one matrix per capture, or one for the whole series",
+    )
     col.add_argument("--out", required=True, help="matrices JSON to write")
     col.add_argument("--apply", metavar="DIR", help="also write corrected captures (PNG) into DIR")
 
@@ -45,8 +56,16 @@ def run(cfg: Any) -> int:
 
         model = fit_lens(read_folder(cfg.frames), cfg.pattern, cfg.frames, fix_k3=not cfg.fit_k3)
         model.save(cfg.out)
-        print(json.dumps({"out": cfg.out, "rms_px": model.rms_px, "views": model.views,
-                          "dist_coeffs": model.dist_coeffs.tolist()}))
+        print(
+            json.dumps(
+                {
+                    "out": cfg.out,
+                    "rms_px": model.rms_px,
+                    "views": model.views,
+                    "dist_coeffs": model.dist_coeffs.tolist(),
+                }
+            )
+        )
         return 0
     if cfg.kind == "flat":
         from engine.calibrate.flat import fit_flat
@@ -84,14 +103,29 @@ def _colour(cfg: Any) -> int:
         out.mkdir(parents=True, exist_ok=True)
         for p in paths:
             write_image(out / f"{p.stem}.png", cv2.cvtColor(matrices[p.stem].apply(read_rgb(p)), cv2.COLOR_RGB2BGR))
-    print(json.dumps({"out": cfg.out, "mode": cfg.mode, "captures": len(paths),
-                      "mean_delta_e_fit": {k: round(m.info.get("mean_delta_e_fit", float("nan")), 4)
-                                           for k, m in matrices.items()}}))
+    print(
+        json.dumps(
+            {
+                "out": cfg.out,
+                "mode": cfg.mode,
+                "captures": len(paths),
+                "mean_delta_e_fit": {
+                    k: round(m.info.get("mean_delta_e_fit", float("nan")), 4) for k, m in matrices.items()
+                },
+            }
+        )
+    )
     return 0
 
 
-JOB = Job("calibrate", add_arguments, run, description=__doc__, outputs={"apply": "folder"},
-          file_out={"kind": ("lens", "flat", "colour", "color")})
+JOB = Job(
+    "calibrate",
+    add_arguments,
+    run,
+    description=__doc__,
+    outputs={"apply": "folder"},
+    file_out={"kind": ("lens", "flat", "colour", "color")},
+)
 
 if __name__ == "__main__":
     from jobs._entry import run_module

@@ -23,13 +23,19 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("jobs.evaluate", "score a segmentation store against truth masks: IoU table and JSON"),
     "analyze": ("jobs.analyze", "grain table, modal statistics and HTML report of a segmentation store"),
     "annotate": ("jobs.annotate", "annotation aids: expand scribbles to a label map, pick uncertain regions"),
-    "prospect": ("jobs.prospect", "unsupervised mineral prospectivity: stack grids, train the ViT MAE, map and "
-                                  "score against deposits"),
+    "prospect": (
+        "jobs.prospect",
+        "unsupervised mineral prospectivity: stack grids, train the ViT MAE, map and score against deposits",
+    ),
     "stitch": ("jobs.stitch", "stitch every section of a collection into an OME-Zarr panorama store"),
-    "calibrate": ("jobs.calibrate", "fit capture calibration: lens (checkerboard), flat field (flat + dark) or "
-                                    "colour matrix"),
-    "lineaments": ("jobs.lineaments", "magnetic anomaly lineaments: U-Net or classical axes of survey grids, scoring, "
-                                      "synthetic surveys, training"),
+    "calibrate": (
+        "jobs.calibrate",
+        "fit capture calibration: lens (checkerboard), flat field (flat + dark) or colour matrix",
+    ),
+    "lineaments": (
+        "jobs.lineaments",
+        "magnetic anomaly lineaments: U-Net or classical axes of survey grids, scoring, synthetic surveys, training",
+    ),
     "view": ("jobs.view", "browse a section store or survey output in a local web page (127.0.0.1)"),
     "bench": ("jobs.bench", "run every benchmark and write a Markdown report"),
     "config": ("jobs.config", "print a job's config JSON Schema, or validate a config file"),

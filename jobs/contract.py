@@ -56,8 +56,11 @@ class Job:
 
     def parser(self, prog: str | None = None) -> argparse.ArgumentParser:
         """The job's parser with ``--config`` on it and on every action's parser."""
-        parser = argparse.ArgumentParser(prog=prog or f"lode {self.name}", description=self.description,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = argparse.ArgumentParser(
+            prog=prog or f"lode {self.name}",
+            description=self.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         self.arguments(parser)
         for i, p in enumerate([parser, *_subparsers(parser)]):
             p.add_argument("--config", default=None if i == 0 else argparse.SUPPRESS, help=CONFIG_HELP)
@@ -136,8 +139,14 @@ def parse(job: Job, argv: list[str], prog: str | None = None) -> argparse.Namesp
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             parsers.append(action.choices[values[action.dest]])
-    args = argparse.Namespace(**{a.dest: a.default for p in parsers for a in p._actions
-                                 if a.dest != argparse.SUPPRESS and a.default is not argparse.SUPPRESS})
+    args = argparse.Namespace(
+        **{
+            a.dest: a.default
+            for p in parsers
+            for a in p._actions
+            if a.dest != argparse.SUPPRESS and a.default is not argparse.SUPPRESS
+        }
+    )
     for k, v in values.items():
         setattr(args, k, tuple(v) if isinstance(v, list) and isinstance(getattr(args, k, None), tuple) else v)
     args.config = path
@@ -195,7 +204,7 @@ def validation_message(exc: Any, tagged: bool = False) -> str:
     error is of a union discriminated by the action, whose value leads each error's location)."""
     parts = []
     for err in exc.errors():
-        loc = err.get("loc", ())[1 if tagged else 0:]
+        loc = err.get("loc", ())[1 if tagged else 0 :]
         field_name = next((str(p) for p in loc if isinstance(p, str)), "")
         flag = f"--{field_name.replace('_', '-')}" if field_name else "config"
         got = err.get("input")
@@ -270,6 +279,7 @@ def run_job(job: Job, args: argparse.Namespace) -> int:
             # a run refused before it wrote its output leaves nothing, not even a failed manifest
             recorded = out is not None and (status == "complete" or fs.exists(str(out)))
             if recorded and record is not None and not job.own_manifest:
-                write_job_manifest(str(out), job.name, record, {"total_s": time.perf_counter() - t0}, status,
-                                   error=error)
+                write_job_manifest(
+                    str(out), job.name, record, {"total_s": time.perf_counter() - t0}, status, error=error
+                )
             commit_uris(uploads, data=status == "complete")

@@ -56,25 +56,41 @@ def run(cfg: Any) -> int:
     timings = {}
     init_ray()
     print("[1/4] synthesising a training collection and two panoramas ...", flush=True)
-    data = write_lumenstone(out / "collection", n_train=8, n_test=2, size=(512, 768),
-                            associations=("S1", "S2"), seed=cfg.seed)
+    data = write_lumenstone(
+        out / "collection", n_train=8, n_test=2, size=(512, 768), associations=("S1", "S2"), seed=cfg.seed
+    )
     panos = out / "panoramas.zarr"
     for i, assoc in enumerate(("S1", "S2")):
-        write_panorama(panos, f"section-{assoc}", cfg.size[0], cfg.size[1],
-                       SectionSpec(seed=1000 + cfg.seed * 10 + i, association=assoc))
+        write_panorama(
+            panos,
+            f"section-{assoc}",
+            cfg.size[0],
+            cfg.size[1],
+            SectionSpec(seed=1000 + cfg.seed * 10 + i, association=assoc),
+        )
     timings["synth_s"] = time.perf_counter() - t0
 
     print(f"[2/4] training PSPNet-ResNet18 for {cfg.steps} steps with Ray Train ...", flush=True)
     t = time.perf_counter()
-    ckpt = train(TrainOptions(data=str(data), out=str(out / "model"), arch="pspnet", encoder="resnet18",
-                              steps=cfg.steps, patch=256, batch_size=8, seed=cfg.seed, window=512))
+    ckpt = train(
+        TrainOptions(
+            data=str(data),
+            out=str(out / "model"),
+            arch="pspnet",
+            encoder="resnet18",
+            steps=cfg.steps,
+            patch=256,
+            batch_size=8,
+            seed=cfg.seed,
+            window=512,
+        )
+    )
     timings["train_s"] = time.perf_counter() - t
 
     print("[3/4] segmenting the panoramas (Ray Data, blocked sliding window) ...", flush=True)
     t = time.perf_counter()
     seg_out = out / "segmentation"
-    run_segmentation(SegmentOptions(inputs=[str(panos)], out=str(seg_out), checkpoint=str(ckpt),
-                                    probabilities="uint8"))
+    run_segmentation(SegmentOptions(inputs=[str(panos)], out=str(seg_out), checkpoint=str(ckpt), probabilities="uint8"))
     timings["segment_s"] = time.perf_counter() - t
 
     print("[4/4] scoring against the synthetic truth ...", flush=True)
@@ -85,10 +101,16 @@ def run(cfg: Any) -> int:
     names = {c.code: c.name for c in LUMENSTONE.classes}
     print(scores.table(names))
     timings["total_s"] = time.perf_counter() - t0
-    summary = {"mean_iou": scores.mean_iou, "pixel_accuracy": scores.pixel_accuracy,
-               "iou": {names[c]: (None if np.isnan(v) else float(v)) for c, v in zip(codes, scores.iou)},
-               "timings": timings, "checkpoint": str(ckpt), "store": str(seg_out / STORE_NAME),
-               "manifest": str(seg_out / "manifest.json"), "previews": previews}
+    summary = {
+        "mean_iou": scores.mean_iou,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "iou": {names[c]: (None if np.isnan(v) else float(v)) for c, v in zip(codes, scores.iou)},
+        "timings": timings,
+        "checkpoint": str(ckpt),
+        "store": str(seg_out / STORE_NAME),
+        "manifest": str(seg_out / "manifest.json"),
+        "previews": previews,
+    }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     print("\nOutputs:")
     print(f"  OME-Zarr store (image, labels/minerals, probabilities): {seg_out / STORE_NAME}")

@@ -36,23 +36,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", help="for score: PRED.geojson TRUTH.geojson")
     parser.add_argument("--out", help="output folder (grid, synth --surveys, train) or file (synth set, score JSON)")
     parser.add_argument("--model", help="U-Net checkpoint (model.pt)")
-    parser.add_argument("--method", choices=("unet", "classical"), default=None,
-                        help="default: unet with --model, else classical")
+    parser.add_argument(
+        "--method", choices=("unet", "classical"), default=None, help="default: unet with --model, else classical"
+    )
     parser.add_argument("--variable", help="data variable of a netCDF/zarr dataset")
-    parser.add_argument("--inclination", type=float,
-                        help="field inclination, degrees (classical; default from grid attributes)")
-    parser.add_argument("--declination", type=float,
-                        help="field declination, degrees (classical; default from grid attributes)")
-    parser.add_argument("--threshold", type=float,
-                        help="probability threshold for axis cells (default from model card)")
+    parser.add_argument(
+        "--inclination", type=float, help="field inclination, degrees (classical; default from grid attributes)"
+    )
+    parser.add_argument(
+        "--declination", type=float, help="field declination, degrees (classical; default from grid attributes)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, help="probability threshold for axis cells (default from model card)"
+    )
     parser.add_argument("--min-length", type=float, default=10.0, help="shortest line kept, in cells")
-    parser.add_argument("--block", type=int, default=2048,
-                        help="block size in cells: one unit of U-Net inference and zarr chunk; the classical route "
-                             "filters grids larger than it block by block")
-    parser.add_argument("--executor", choices=("ray", "serial"), default="ray",
-                        help="U-Net inference on Ray (default) or in process")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="GPU per model actor when the cluster has one (auto)")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=2048,
+        help="block size in cells: one unit of U-Net inference and zarr chunk; the classical route "
+        "filters grids larger than it block by block",
+    )
+    parser.add_argument(
+        "--executor", choices=("ray", "serial"), default="ray", help="U-Net inference on Ray (default) or in process"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="GPU per model actor when the cluster has one (auto)",
+    )
     parser.add_argument("--geotiff", action="store_true", help="U-Net: also export the probability grid as GeoTIFF")
     parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: 16 on a GPU, 4 on a CPU)")
     parser.add_argument("--stride", type=int, help="window step in cells (default: half the model window)")
@@ -107,18 +120,31 @@ def run_grid(cfg: Any) -> int:
         card = read_card(cfg.model)
         threshold = cfg.threshold if cfg.threshold is not None else float(card.get("threshold", 0.5))
         params = VectorParams(threshold=threshold, min_length_cells=cfg.min_length)
-        grid_path, _ = unet_probability_zarr(source, cfg.variable, cfg.model, out, block=cfg.block,
-                                             batch_size=cfg.batch_size,
-                                             stride=cfg.stride, executor=cfg.executor, device=cfg.device)
+        grid_path, _ = unet_probability_zarr(
+            source,
+            cfg.variable,
+            cfg.model,
+            out,
+            block=cfg.block,
+            batch_size=cfg.batch_size,
+            stride=cfg.stride,
+            executor=cfg.executor,
+            device=cfg.device,
+        )
         result = open_grid(grid_path, "axis_probability", cfg.block)
         lines = probability_lines(result, da, params)
         if cfg.geotiff:
             write_grid(result.load(), out / "axis_probability.tif")
     else:
         work = out / "_classical"
-        result, lines = classical_lineaments(da, cfg.inclination, cfg.declination,
-                                             ClassicalParams(min_length_cells=cfg.min_length),
-                                             block=cfg.block, work=work)
+        result, lines = classical_lineaments(
+            da,
+            cfg.inclination,
+            cfg.declination,
+            ClassicalParams(min_length_cells=cfg.min_length),
+            block=cfg.block,
+            work=work,
+        )
         suffix = source.suffix.lower() if source.suffix.lower() in (".tif", ".tiff", ".nc", ".zarr") else ".zarr"
         grid_path = write_grid(result, out / f"total_gradient_amplitude{suffix}")
         if suffix not in (".tif", ".tiff"):  # QGIS reads the CRS of a GeoTIFF, not of our netCDF/zarr attributes
@@ -129,8 +155,13 @@ def run_grid(cfg: Any) -> int:
     write_geojson(lines, out / "lineaments.geojson", crs, {"cell_size": cell, "method": method, "source": str(source)})
     write_rose(lines, out / "rose.png")
     summary = {
-        "grid": str(source), "method": method, "shape": list(da.shape), "cell_size": cell, "lines": len(lines),
-        "total_length_m": float(sum(ln.length_m for ln in lines)), "seconds": round(time.perf_counter() - t0, 2),
+        "grid": str(source),
+        "method": method,
+        "shape": list(da.shape),
+        "cell_size": cell,
+        "lines": len(lines),
+        "total_length_m": float(sum(ln.length_m for ln in lines)),
+        "seconds": round(time.perf_counter() - t0, 2),
         "outputs": [str(grid_path), str(out / "lineaments.geojson"), str(out / "rose.png")],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -181,8 +212,17 @@ def run_train(cfg: Any) -> int:
     from engine.geophys.train import TrainConfig, train
 
     _need(cfg, "data", "out")
-    options = TrainConfig(data=cfg.data, out=cfg.out, encoder=cfg.encoder, window=cfg.window, epochs=cfg.epochs,
-                          steps_per_epoch=cfg.steps_per_epoch, lr=cfg.lr, seed=cfg.seed, max_minutes=cfg.max_minutes)
+    options = TrainConfig(
+        data=cfg.data,
+        out=cfg.out,
+        encoder=cfg.encoder,
+        window=cfg.window,
+        epochs=cfg.epochs,
+        steps_per_epoch=cfg.steps_per_epoch,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        max_minutes=cfg.max_minutes,
+    )
     print(json.dumps({"checkpoint": str(train(options))}))
     return 0
 

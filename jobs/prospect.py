@@ -1,11 +1,11 @@
 """Unsupervised mineral prospectivity: stack source grids, train without labels, map, score.
 
-    lode prospect stack  --spec REGION/layers.json --out stack.zarr [--allow-sparse]
-    lode prospect train  --stack stack.zarr --out mae.pt [--kind mae|cae] [--steps N] [--no-ray]
-    lode prospect map    --stack stack.zarr --method mae --model mae.pt --out map.zarr [--geotiff map.tif]
-    lode prospect score  --map map.zarr --deposits REGION/deposits.csv [--split heldout] --out eval/
-    lode prospect run    --region REGION --out OUT   (all of the above, MAE and baselines)
-    lode prospect synth  --out REGION [--size 512] [--seed 0]
+lode prospect stack  --spec REGION/layers.json --out stack.zarr [--allow-sparse]
+lode prospect train  --stack stack.zarr --out mae.pt [--kind mae|cae] [--steps N] [--no-ray]
+lode prospect map    --stack stack.zarr --method mae --model mae.pt --out map.zarr [--geotiff map.tif]
+lode prospect score  --map map.zarr --deposits REGION/deposits.csv [--split heldout] --out eval/
+lode prospect run    --region REGION --out OUT   (all of the above, MAE and baselines)
+lode prospect synth  --out REGION [--size 512] [--seed 0]
 """
 
 from __future__ import annotations
@@ -70,8 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sparse_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-sparse", action="store_true",
-                   help="stack a layer valid on under 5 percent of the grid (refused by default), with a warning")
+    p.add_argument(
+        "--allow-sparse",
+        action="store_true",
+        help="stack a layer valid on under 5 percent of the grid (refused by default), with a warning",
+    )
 
 
 def _map_args(p: argparse.ArgumentParser) -> None:
@@ -80,8 +83,12 @@ def _map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=location, help="checkpoint for mae / cae")
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian smoothing of the component maps, in cells")
-    p.add_argument("--shifts", type=int, default=2,
-                   help="mae/cae: average shifts x shifts window lattices offset by 8 cells (1 = one lattice)")
+    p.add_argument(
+        "--shifts",
+        type=int,
+        default=2,
+        help="mae/cae: average shifts x shifts window lattices offset by 8 cells (1 = one lattice)",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -89,13 +96,31 @@ def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float,
     from engine.prospect.train import train_local, train_with_ray
 
     if no_ray:
-        return train_local(stack, out, kind, steps, batch, lr, seed,
-                           log=lambda step, loss: print(f"step {step} loss {loss:.4f}", flush=True))
+        return train_local(
+            stack,
+            out,
+            kind,
+            steps,
+            batch,
+            lr,
+            seed,
+            log=lambda step, loss: print(f"step {step} loss {loss:.4f}", flush=True),
+        )
     return train_with_ray(stack, out, kind, steps, batch, lr, seed)
 
 
-def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, sigma: float, seed: int, shifts: int = 2,
-         no_ray: bool = False, max_blocks: int | None = None) -> Path:
+def _map(
+    stack: Path,
+    method: str,
+    model: Path | None,
+    out: Path,
+    block: int,
+    sigma: float,
+    seed: int,
+    shifts: int = 2,
+    no_ray: bool = False,
+    max_blocks: int | None = None,
+) -> Path:
     """Map on the raster runner: on Ray (model actors on the cluster's GPUs when it has them), or in
     this process with ``no_ray``; a killed map resumes on rerun."""
     from engine.prospect.score import score_map
@@ -110,8 +135,16 @@ def _map(stack: Path, method: str, model: Path | None, out: Path, block: int, si
 
         init_ray()
         options = RunOptions(executor="ray", remote_args=fs.ray_remote_args(), in_flight=4)  # model-bound
-    return score_map(stack, scorer, out, block=block, sigma=sigma,
-                     attrs={"method": method, "shifts": shifts, "seed": seed}, max_blocks=max_blocks, options=options)
+    return score_map(
+        stack,
+        scorer,
+        out,
+        block=block,
+        sigma=sigma,
+        attrs={"method": method, "shifts": shifts, "seed": seed},
+        max_blocks=max_blocks,
+        options=options,
+    )
 
 
 def _score(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
@@ -136,8 +169,18 @@ def run(cfg: Any) -> int:
         metrics = _train(cfg.stack, cfg.out, cfg.kind, cfg.steps, cfg.batch, cfg.lr, cfg.seed, cfg.no_ray)
         print(json.dumps(metrics, indent=2, default=str))
     elif cfg.action == "map":
-        out = _map(cfg.stack, cfg.method, cfg.model, cfg.out, cfg.block, cfg.sigma, cfg.seed, cfg.shifts,
-                   cfg.no_ray, cfg.max_blocks)
+        out = _map(
+            cfg.stack,
+            cfg.method,
+            cfg.model,
+            cfg.out,
+            cfg.block,
+            cfg.sigma,
+            cfg.seed,
+            cfg.shifts,
+            cfg.no_ray,
+            cfg.max_blocks,
+        )
         if cfg.geotiff:
             from engine.prospect.score import write_geotiff
 
@@ -167,8 +210,9 @@ def _run_all(cfg: Any) -> None:
         if method in ("mae", "cae"):
             model = out / f"{method}.pt"
             _train(stack, model, method, cfg.steps, 32, 1e-3, 0, cfg.no_ray)
-        maps.append(_map(stack, method, model, out / f"map_{method}.zarr", cfg.block, cfg.sigma, 0, cfg.shifts,
-                         cfg.no_ray))
+        maps.append(
+            _map(stack, method, model, out / f"map_{method}.zarr", cfg.block, cfg.sigma, 0, cfg.shifts, cfg.no_ray)
+        )
         timings[method] = time.perf_counter() - t
     if (out / "map_mae.zarr").exists():
         write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif")
@@ -176,8 +220,9 @@ def _run_all(cfg: Any) -> None:
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
 
-JOB = Job("prospect", add_arguments, run, description=__doc__, outputs={"geotiff": "file"},
-          file_out={"action": ("train",)})
+JOB = Job(
+    "prospect", add_arguments, run, description=__doc__, outputs={"geotiff": "file"}, file_out={"action": ("train",)}
+)
 
 if __name__ == "__main__":
     from jobs._entry import run_module

@@ -93,29 +93,46 @@ def run(cfg: Any) -> int:
     render_s = time.perf_counter() - t_render
     for key, reason in run.failed.items():
         name = key.split("/")[0]
-        errors.setdefault(name, LodeInputError(fs.join(dirs[name], "tiles"),
-                                               f"shard {key} failed: {strip_ansi(reason)}"))
+        errors.setdefault(
+            name, LodeInputError(fs.join(dirs[name], "tiles"), f"shard {key} failed: {strip_ansi(reason)}")
+        )
     for name, (plan, report) in prepared.items():
         if name not in errors:
             results[name] = finish_section(plan, report, render_s)
     results = {name: results.get(name) or {"section": name, "error": str(errors[name])} for name in futures}
-    summary = {"collection": _absolute(cfg.collection), "store": _absolute(cfg.out),
-               "calibration": {"lens": None if corr.lens is None else corr.lens.to_dict(),
-                               "flat": corr.flat is not None},
-               "seconds": round(time.perf_counter() - t0, 3), "sections": results,
-               "render": {"shards": run.ran + run.skipped, "ran": run.ran, "skipped": run.skipped}}
+    summary = {
+        "collection": _absolute(cfg.collection),
+        "store": _absolute(cfg.out),
+        "calibration": {"lens": None if corr.lens is None else corr.lens.to_dict(), "flat": corr.flat is not None},
+        "seconds": round(time.perf_counter() - t0, 3),
+        "sections": results,
+        "render": {"shards": run.ran + run.skipped, "ran": run.ran, "skipped": run.skipped},
+    }
     atomic_write_text(report_path(cfg.out), json.dumps(summary, indent=1))
-    units = {name: ({"status": "failed", "reason": rep["error"]} if "error" in rep else
-                    {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]})
-             for name, rep in results.items()}
+    units = {
+        name: (
+            {"status": "failed", "reason": rep["error"]}
+            if "error" in rep
+            else {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]}
+        )
+        for name, rep in results.items()
+    }
     error = _failure(errors, list(futures), manifest_path(cfg.out)) if errors else None
-    write_job_manifest(cfg.out, "stitch", cfg.model_dump(), {"total_s": summary["seconds"]},
-                       "complete" if not errors else "partial" if len(errors) < len(futures) else "failed",
-                       units=units, error=None if error is None else str(error))
+    write_job_manifest(
+        cfg.out,
+        "stitch",
+        cfg.model_dump(),
+        {"total_s": summary["seconds"]},
+        "complete" if not errors else "partial" if len(errors) < len(futures) else "failed",
+        units=units,
+        error=None if error is None else str(error),
+    )
     for name, rep in results.items():
         if "error" not in rep:
-            print(f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
-                  f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, flagged {', '.join(rep['flagged']) or 'none'}")
+            print(
+                f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
+                f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, flagged {', '.join(rep['flagged']) or 'none'}"
+            )
     if error is not None:
         raise error
     return 0
@@ -126,9 +143,12 @@ def _failure(errors: dict, sections: list[str], manifest: str | None):
     from engine.errors import LodeInputError
 
     first = next(name for name in sections if name in errors)
-    return LodeInputError(errors[first].source, f"section {first} failed ({errors[first].reason}); "
-                                                f"{len(errors) - 1} other section(s) failed, "
-                                                f"{len(sections) - len(errors)} stitched: see {manifest}")
+    return LodeInputError(
+        errors[first].source,
+        f"section {first} failed ({errors[first].reason}); "
+        f"{len(errors) - 1} other section(s) failed, "
+        f"{len(sections) - len(errors)} stitched: see {manifest}",
+    )
 
 
 def _absolute(path: str) -> str:

@@ -38,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v = sub.add_parser("survey", help="synthetic magnetic surveys of dyke swarms with their axes as truth")
     v.add_argument("out", help="zarr training set (default) or, with --files, a folder of netCDF grids")
     v.add_argument("--n", type=int, default=500, help="number of surveys")
-    v.add_argument("--size", type=int, default=None, help="cells per side (default 256 for a training set, "
-                                                            "1024 for --files)")
+    v.add_argument(
+        "--size", type=int, default=None, help="cells per side (default 256 for a training set, 1024 for --files)"
+    )
     v.add_argument("--files", action="store_true", help="write netCDF grids + truth GeoJSON instead of zarr")
     v.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("region", help="multi-source geoscience grids with planted deposits (prospectivity)")
@@ -72,17 +73,24 @@ def run(cfg: Any) -> int:
     elif cfg.what == "xpl":
         from engine.synth.xpl import XplConfig, write_xpl_collection
 
-        root = write_xpl_collection(cfg.out, cfg.train, cfg.test, tuple(cfg.size), cfg.seed,
-                                    XplConfig(angles=tuple(cfg.angles)))
+        root = write_xpl_collection(
+            cfg.out, cfg.train, cfg.test, tuple(cfg.size), cfg.seed, XplConfig(angles=tuple(cfg.angles))
+        )
         print(f"collection: {root}")
     elif cfg.what == "collection":
-        root = write_lumenstone(cfg.out, cfg.train, cfg.test, tuple(cfg.size), cfg.associations,
-                                cfg.seed, cfg.grain)
+        root = write_lumenstone(cfg.out, cfg.train, cfg.test, tuple(cfg.size), cfg.associations, cfg.seed, cfg.grain)
         print(f"collection: {root}")
     else:
         spec = SectionSpec(seed=cfg.seed, association=cfg.association, grain_diameter=cfg.grain)
-        write_panorama(cfg.out, cfg.section, cfg.size[0], cfg.size[1], spec,
-                       PyramidLayout((cfg.block, cfg.block), 512, 3), progress=True)
+        write_panorama(
+            cfg.out,
+            cfg.section,
+            cfg.size[0],
+            cfg.size[1],
+            spec,
+            PyramidLayout((cfg.block, cfg.block), 512, 3),
+            progress=True,
+        )
         print(f"panorama: {cfg.out}/{cfg.section}")
     return 0
 

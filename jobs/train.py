@@ -25,8 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, help="power of the sampler's class area maps (default 4)")
     p.add_argument("--strength", type=float, help="share of class-balanced draws (default 1)")
     p.add_argument("--candidates", type=int, help="sampler keeps the best-balancing of this many positions (default 8)")
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                   help="no rotation/scale/flip/brightness/colour augmentation")
+    p.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="no rotation/scale/flip/brightness/colour augmentation",
+    )
     p.add_argument("--streams", type=int, help="sampler read tasks per epoch (default 2 per worker)")
     p.add_argument("--val-split", help="held-out split (default val/ if present, else test/)")
     p.add_argument("--void-border", type=int, help="validation leaves out this band around class boundaries")

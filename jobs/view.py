@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
             def log(line: str) -> None:
                 handle.write(line + "\n")
+
         try:
             server = ViewServer(site, args.port, log)
         except OSError as exc:

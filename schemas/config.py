@@ -59,19 +59,27 @@ class SegmentConfig(JobConfig):
     chunk: int = Field(default=512, ge=16, description="zarr chunk edge inside shards")
     levels: int = Field(default=3, ge=1, le=8, description="pyramid levels of the output")
     probabilities: Literal["none", "uint8", "float16", "float32"] = Field(
-        default="none", description="also store class probabilities (uint8 = quantised ×255)")
+        default="none", description="also store class probabilities (uint8 = quantised ×255)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_actors: int | None = Field(default=None, ge=1, description="segmentation actors (default: GPUs or 1)")
     threads: int | None = Field(default=None, ge=1, description="torch threads per CPU actor")
     copy_image: bool = Field(default=True, description="write the input image into the output store")
     max_blocks: int | None = Field(default=None, ge=1, description="stop after this many blocks (for testing)")
     colour: Literal["none", "per-image", "series"] = Field(
-        default="none", description="colour calibration before segmentation: a ΔE2000-fitted matrix per section "
-                                    "or one for the whole series, fitted to the model card's reference colours")
-    annotations: str | None = Field(default=None, description="folder of sparse annotation masks <section>.png "
-                                                               "(class codes, 255 = not annotated) for --colour")
-    xpl: str | None = Field(default=None, description="folder of <section>/ subfolders of crossed-polar captures, "
-                                                      "registered to PPL and stacked as extra channels")
+        default="none",
+        description="colour calibration before segmentation: a ΔE2000-fitted matrix per section "
+        "or one for the whole series, fitted to the model card's reference colours",
+    )
+    annotations: str | None = Field(
+        default=None,
+        description="folder of sparse annotation masks <section>.png (class codes, 255 = not annotated) for --colour",
+    )
+    xpl: str | None = Field(
+        default=None,
+        description="folder of <section>/ subfolders of crossed-polar captures, "
+        "registered to PPL and stacked as extra channels",
+    )
 
     @field_validator("window")
     @classmethod
@@ -96,7 +104,8 @@ class TrainConfig(JobConfig):
     arch: str = "pspnet"
     encoder: str = "resnet18"
     classes: list[int] | None = Field(
-        default=None, description="class codes; default: codes found in the training and held-out masks")
+        default=None, description="class codes; default: codes found in the training and held-out masks"
+    )
     patch: int = Field(default=256, ge=32)
     batch_size: int = Field(default=8, ge=1, description="global batch size (split equally over workers)")
     steps: int = Field(default=200, ge=1, description="optimizer steps in all (split equally over epochs)")
@@ -174,9 +183,12 @@ def _field(action: argparse.Action) -> tuple[Any, Any]:
 
 
 def _parser_fields(parser: argparse.ArgumentParser) -> dict[str, tuple[Any, Any]]:
-    return {a.dest: _field(a) for a in parser._actions
-            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction, argparse._VersionAction))
-            and a.dest not in ("config", argparse.SUPPRESS)}
+    return {
+        a.dest: _field(a)
+        for a in parser._actions
+        if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction, argparse._VersionAction))
+        and a.dest not in ("config", argparse.SUPPRESS)
+    }
 
 
 def model_from_parser(job: str, parser: argparse.ArgumentParser) -> type[BaseModel]:
@@ -186,13 +198,23 @@ def model_from_parser(job: str, parser: argparse.ArgumentParser) -> type[BaseMod
     fields = _parser_fields(parser)
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
-        return create_model(f"{title}Config", __base__=JobConfig, __doc__=parser.description,  # type: ignore[call-overload]
-                            **fields)
+        return create_model(
+            f"{title}Config",
+            __base__=JobConfig,
+            __doc__=parser.description,  # type: ignore[call-overload]
+            **fields,
+        )
     sub = subs[0]
     variants = []
     for choice, subparser in sub.choices.items():
         vfields = {**fields, **_parser_fields(subparser), sub.dest: (Literal[choice], Field(description=f"{sub.dest}"))}
         name = title + "".join(p.capitalize() for p in choice.split("-")) + "Config"
-        variants.append(create_model(name, __base__=JobConfig, __doc__=subparser.description,  # type: ignore[call-overload]
-                                     **vfields))
+        variants.append(
+            create_model(
+                name,
+                __base__=JobConfig,
+                __doc__=subparser.description,  # type: ignore[call-overload]
+                **vfields,
+            )
+        )
     return RootModel[Annotated[tuple(variants), Field(discriminator=sub.dest)]]  # type: ignore[return-value,misc]

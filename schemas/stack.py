@@ -90,7 +90,7 @@ def spec_error_message(exc: ValidationError, data: Any) -> str:
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key {loc[-1]!r} in {where}; allowed: {', '.join(model.model_fields)}")
             continue
-        field = ".".join(str(p) for p in loc[2 if model is StackLayer else 1 if model is StackGrid else 0:])
+        field = ".".join(str(p) for p in loc[2 if model is StackLayer else 1 if model is StackGrid else 0 :])
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         parts.append(f"{where}{' ' + field if field else ''}: {msg}")
     return "; ".join(parts)

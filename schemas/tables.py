@@ -68,6 +68,13 @@ STATISTICS_SCHEMA = pa.schema(
 )
 
 STATISTICS = (
-    "area_px", "area_fraction", "weight_percent", "grain_count", "mean_ecd",
-    "size_count", "size_area_fraction", "boundary_length", "liberation",
+    "area_px",
+    "area_fraction",
+    "weight_percent",
+    "grain_count",
+    "mean_ecd",
+    "size_count",
+    "size_area_fraction",
+    "boundary_length",
+    "liberation",
 )

@@ -46,13 +46,29 @@ def local_head(num_cpus: int = 2) -> Iterator[str]:
         gcs, dash, nm, om, client, agent, agent_grpc, metrics, rte, wmin = ports = free_ports(10)
         if wmin + 200 < 65535 and not any(wmin <= p <= wmin + 200 for p in ports[:-1]):
             break
-    cmd = [RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-           "--include-dashboard=true", f"--temp-dir={tmp}", f"--num-cpus={num_cpus}", "--num-gpus=0",
-           f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--ray-client-server-port={client}",
-           f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-           f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rte}",
-           f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 200}", "--disable-usage-stats",
-           "--object-store-memory=500000000"]
+    cmd = [
+        RAY,
+        "start",
+        "--head",
+        f"--port={gcs}",
+        f"--dashboard-port={dash}",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        f"--temp-dir={tmp}",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        f"--node-manager-port={nm}",
+        f"--object-manager-port={om}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={rte}",
+        f"--min-worker-port={wmin}",
+        f"--max-worker-port={wmin + 200}",
+        "--disable-usage-stats",
+        "--object-store-memory=500000000",
+    ]
     try:
         r = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, timeout=180)
         if r.returncode:

@@ -70,9 +70,19 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     model = create_model("unet", "resnet18", 3, len(LUMENSTONE))
-    save_checkpoint(path, model, ModelCard(arch="unet", encoder="resnet18", classes=LUMENSTONE.to_dicts(),
-                                           mean=[0.45, 0.42, 0.40], std=[0.25, 0.24, 0.26], window=128,
-                                           overlap=0.25))
+    save_checkpoint(
+        path,
+        model,
+        ModelCard(
+            arch="unet",
+            encoder="resnet18",
+            classes=LUMENSTONE.to_dicts(),
+            mean=[0.45, 0.42, 0.40],
+            std=[0.25, 0.24, 0.26],
+            window=128,
+            overlap=0.25,
+        ),
+    )
     return path
 
 
@@ -83,8 +93,9 @@ def small_panorama(tmp_path_factory) -> Path:
     from engine.synth import SectionSpec, write_panorama
 
     store = tmp_path_factory.mktemp("pano") / "in.zarr"
-    write_panorama(store, "sec-a", 300, 420, SectionSpec(seed=5, grain_diameter=30),
-                   PyramidLayout((128, 128), chunk=64, levels=2))
+    write_panorama(
+        store, "sec-a", 300, 420, SectionSpec(seed=5, grain_diameter=30), PyramidLayout((128, 128), chunk=64, levels=2)
+    )
     return store
 
 
@@ -107,9 +118,14 @@ def monai_reference(store: Path, section: str, checkpoint: Path, program: bool =
     std = torch.tensor(card.std).view(-1, 1, 1)
     x = (torch.from_numpy(img).float() / 255 - mean) / std
     with torch.no_grad():
-        return sliding_window_inference(x[None], (card.window, card.window), 4,
-                                        lambda t: torch.softmax(model(t), 1), overlap=card.overlap,
-                                        mode="gaussian")[0].numpy()
+        return sliding_window_inference(
+            x[None],
+            (card.window, card.window),
+            4,
+            lambda t: torch.softmax(model(t), 1),
+            overlap=card.overlap,
+            mode="gaussian",
+        )[0].numpy()
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +144,12 @@ def s3():
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "lode-test-key",
-                     "AWS_SECRET_ACCESS_KEY": "lode-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for k, v in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "lode-test-key",
+            "AWS_SECRET_ACCESS_KEY": "lode-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             mp.setenv(k, v)
         s3fs.S3FileSystem.clear_instance_cache()
         requests.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()  # moto's state is per process

@@ -60,12 +60,19 @@ def superpixels(image: np.ndarray, level: Level, seed: int = 0) -> np.ndarray:
 def _segment_means(seg: np.ndarray, feats: np.ndarray) -> np.ndarray:
     n = int(seg.max()) + 1
     cnt = np.maximum(np.bincount(seg.ravel(), minlength=n), 1)
-    return np.stack([np.bincount(seg.ravel(), weights=feats[..., i].ravel(), minlength=n) / cnt
-                     for i in range(feats.shape[-1])], 1)
+    return np.stack(
+        [np.bincount(seg.ravel(), weights=feats[..., i].ravel(), minlength=n) / cnt for i in range(feats.shape[-1])], 1
+    )
 
 
-def expand_scribbles(image: np.ndarray, scribbles: np.ndarray, levels: Sequence[Level] = DEFAULT_LEVELS,
-                     regions: Level = DEFAULT_REGIONS, unlabelled: int = UNLABELLED, k: int = 5) -> np.ndarray:
+def expand_scribbles(
+    image: np.ndarray,
+    scribbles: np.ndarray,
+    levels: Sequence[Level] = DEFAULT_LEVELS,
+    regions: Level = DEFAULT_REGIONS,
+    unlabelled: int = UNLABELLED,
+    k: int = 5,
+) -> np.ndarray:
     """Full (H, W) uint8 label map from an RGB image and sparse scribbles (``unlabelled`` elsewhere).
 
     Args:
@@ -106,8 +113,16 @@ def expand_scribbles(image: np.ndarray, scribbles: np.ndarray, levels: Sequence[
     return codes[out].astype(np.uint8)
 
 
-def _split_conflicts(out: np.ndarray, seg: np.ndarray, conflicted: np.ndarray, votes: np.ndarray, lab: np.ndarray,
-                     marked: np.ndarray, scribbles: np.ndarray, code_index: np.ndarray) -> np.ndarray:
+def _split_conflicts(
+    out: np.ndarray,
+    seg: np.ndarray,
+    conflicted: np.ndarray,
+    votes: np.ndarray,
+    lab: np.ndarray,
+    marked: np.ndarray,
+    scribbles: np.ndarray,
+    code_index: np.ndarray,
+) -> np.ndarray:
     """Pixels of conflicted segments take the segment's scribble class nearest in colour."""
     K = votes.shape[1]
     sel = conflicted[seg]
@@ -183,8 +198,13 @@ class Selection:
         return float(self.mask.mean())
 
 
-def select_uncertain(probabilities: np.ndarray, share: float = 0.1, image: np.ndarray | None = None,
-                     region_px: float = 150.0, measure: str = "least_confidence") -> Selection:
+def select_uncertain(
+    probabilities: np.ndarray,
+    share: float = 0.1,
+    image: np.ndarray | None = None,
+    region_px: float = 150.0,
+    measure: str = "least_confidence",
+) -> Selection:
     """The most uncertain superpixels that together cover at most ``share`` of the image.
 
     Regions are SLIC superpixels of ``image`` ((H, W, 3) uint8) when given, else of the
@@ -249,4 +269,4 @@ def level_arrays(section: Section, max_pixels: int) -> tuple[np.ndarray, np.ndar
         cand = np.asarray(level[:, ::stride, ::stride]).transpose(1, 2, 0)
         if cand.shape[:2] == prob.shape[1:] and cand.dtype == np.uint8:
             img = np.ascontiguousarray(cand)
-    return prob, img, (2 ** k) * stride
+    return prob, img, (2**k) * stride

@@ -81,11 +81,21 @@ def union_classes(sections: Sequence[Section]) -> ClassSet:
     return ClassSet(tuple(by_code[k] for k in sorted(by_code)), name=sections[0].classes.name)
 
 
-def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, executor: str = "serial",
-                  connectivity: int = 2, non_grain: Sequence[int] = (0,), densities: str | Path | None = None,
-                  size_edges: Sequence[float] | None = None, pixel_size_um: float | None = None,
-                  block: tuple[int, int] | None = None, report: bool = True,
-                  label_name: str = MINERALS, allow_incomplete: bool = False) -> AnalysisResult:
+def analyze_store(
+    store: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    executor: str = "serial",
+    connectivity: int = 2,
+    non_grain: Sequence[int] = (0,),
+    densities: str | Path | None = None,
+    size_edges: Sequence[float] | None = None,
+    pixel_size_um: float | None = None,
+    block: tuple[int, int] | None = None,
+    report: bool = True,
+    label_name: str = MINERALS,
+    allow_incomplete: bool = False,
+) -> AnalysisResult:
     """Measure every section of ``store`` and write grains.parquet, statistics.parquet and report.html.
 
     An incomplete section (a killed or failed segmentation) is refused unless ``allow_incomplete``;
@@ -136,20 +146,36 @@ def analyze_store(store: str | Path, out_dir: str | Path | None = None, *, execu
         rp = write_report(gp, sp, out, sections=sections, classes=classes)
         timings["report"] = time.perf_counter() - t0
     fs.remove(work)
-    return AnalysisResult(_location(gp), _location(sp), _location(rp) if rp else None, timings,
-                          {"ran": run.ran, "skipped": run.skipped},
-                          {s.name: len(s.missing) for s in sections if s.missing})
+    return AnalysisResult(
+        _location(gp),
+        _location(sp),
+        _location(rp) if rp else None,
+        timings,
+        {"ran": run.ran, "skipped": run.skipped},
+        {s.name: len(s.missing) for s in sections if s.missing},
+    )
 
 
-def _run_blocks(store: str, sections: Sequence[Section], units: dict[str, list[Unit]], work: str,
-                lut: np.ndarray, connectivity: int, executor: str, label_name: str):
+def _run_blocks(
+    store: str,
+    sections: Sequence[Section],
+    units: dict[str, list[Unit]],
+    work: str,
+    lut: np.ndarray,
+    connectivity: int,
+    executor: str,
+    label_name: str,
+):
     """The grain pass over every block of every section on the raster runner, recorded (and resumed)
     in the run manifest under ``work``; a run of other inputs or options left there is discarded."""
     manifest = RunManifest(work)
-    fingerprint = {"store": store, "labels": label_name, "connectivity": connectivity,
-                   "grain_codes": np.nonzero(lut)[0].tolist(),
-                   "sections": {k: [[u.block.y0, u.block.x0, u.block.h, u.block.w] for u in us]
-                                for k, us in units.items()}}
+    fingerprint = {
+        "store": store,
+        "labels": label_name,
+        "connectivity": connectivity,
+        "grain_codes": np.nonzero(lut)[0].tolist(),
+        "sections": {k: [[u.block.y0, u.block.x0, u.block.h, u.block.w] for u in us] for k, us in units.items()},
+    }
     try:
         manifest.begin("analyze", {"executor": executor}, fingerprint)
     except LodeInputError:

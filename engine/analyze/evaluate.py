@@ -47,7 +47,9 @@ def _truth_reader(truth: Path):
 
     def from_files(section: str) -> np.ndarray:
         if section not in files:
-            raise LodeInputError(truth, f"no mask named {section}.png (or another image suffix) for section {section!r}")
+            raise LodeInputError(
+                truth, f"no mask named {section}.png (or another image suffix) for section {section!r}"
+            )
         return _known_codes(read_mask(files[section]), files[section])
 
     return from_files
@@ -57,14 +59,18 @@ def _known_codes(mask: np.ndarray, source: str | Path) -> np.ndarray:
     """``mask``, when each of its codes is a catalogue class or void; else ``LodeInputError`` naming it."""
     unknown = sorted(set(np.unique(mask).tolist()) - set(LUMENSTONE_CATALOGUE) - {VOID})
     if unknown:
-        raise LodeInputError(source, f"unknown class code{'s' if len(unknown) > 1 else ''} "
-                                     f"{', '.join(map(str, unknown))} in the truth (known: {sorted(LUMENSTONE_CATALOGUE)}, "
-                                     f"{VOID} = void)")
+        raise LodeInputError(
+            source,
+            f"unknown class code{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(str, unknown))} in the truth (known: {sorted(LUMENSTONE_CATALOGUE)}, "
+            f"{VOID} = void)",
+        )
     return mask
 
 
-def _pairs(pred: Path, truth: Path, allow_incomplete: bool, incomplete: dict[str, int]
-           ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def _pairs(
+    pred: Path, truth: Path, allow_incomplete: bool, incomplete: dict[str, int]
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     store = _open(pred, "prediction")
     read_truth = _truth_reader(truth)
     sections = sorted(k for k, g in store.groups() if f"{LABELS_GROUP}/{MINERALS}/{FULL_RESOLUTION}" in g)
@@ -91,10 +97,15 @@ def _restrict(full: SegmentationScores, codes: Sequence[int]) -> SegmentationSco
     return SegmentationScores(list(codes), np.concatenate([sub, (rows.sum(1) - sub.sum(1))[:, None]], axis=1))
 
 
-def evaluate_store(pred: str | Path, truth: str | Path, codes: Sequence[int] | None = None,
-                   void_border: int = 0, void_code: int = VOID, allow_incomplete: bool = False,
-                   incomplete: dict[str, int] | None = None
-                   ) -> tuple[SegmentationScores, dict[str, SegmentationScores]]:
+def evaluate_store(
+    pred: str | Path,
+    truth: str | Path,
+    codes: Sequence[int] | None = None,
+    void_border: int = 0,
+    void_code: int = VOID,
+    allow_incomplete: bool = False,
+    incomplete: dict[str, int] | None = None,
+) -> tuple[SegmentationScores, dict[str, SegmentationScores]]:
     """Dataset-level scores (intersections and unions summed over every section) and per-section scores.
 
     Sections are read one at a time. Args:

@@ -180,7 +180,7 @@ def measure_block(padded: np.ndarray, y0: int, x0: int, grain_lut: np.ndarray, c
     boundary = np.zeros((h, w), bool)
     for offsets, counter, weight in ((_AXIS, n_axis, 1.0), (_DIAG, n_diag, INV_SQRT2)):
         for dy, dx in offsets:
-            diff = core != padded[1 + dy:h + 1 + dy, 1 + dx:w + 1 + dx]
+            diff = core != padded[1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx]
             if weight == 1.0:
                 boundary |= diff
             ys, xs = np.nonzero(diff)
@@ -208,15 +208,31 @@ def measure_block(padded: np.ndarray, y0: int, x0: int, grain_lut: np.ndarray, c
         bbox[:, 2] = np.maximum.reduceat(pts[:, 1], first) + 1
         bbox[:, 3] = np.maximum.reduceat(pts[:, 0], first) + 1
     starts = np.append(first, len(pts))
-    hulls = [_corner_hull(pts[starts[i]:starts[i + 1]]) for i in range(n)]
+    hulls = [_corner_hull(pts[starts[i] : starts[i + 1]]) for i in range(n)]
     inner = np.nonzero((bbox[:, 0] > y0) & (bbox[:, 1] > x0) & (bbox[:, 2] < y0 + h) & (bbox[:, 3] < x0 + w))[0]
     feret = np.full((n, 2), np.nan)
     feret[inner] = feret_batch([hulls[i] for i in inner])
 
     class_px = np.bincount(core_u8.ravel(), minlength=256).astype(np.int64)
     return BlockResult(
-        y0, x0, h, w, codes[1:], area[1:].astype(np.int64), sum_y[1:], sum_x[1:], bbox, n_axis[1:], n_diag[1:],
-        touches[1:], hulls, feret, lab[0].copy(), lab[-1].copy(), lab[:, 0].copy(), lab[:, -1].copy(),
+        y0,
+        x0,
+        h,
+        w,
+        codes[1:],
+        area[1:].astype(np.int64),
+        sum_y[1:],
+        sum_x[1:],
+        bbox,
+        n_axis[1:],
+        n_diag[1:],
+        touches[1:],
+        hulls,
+        feret,
+        lab[0].copy(),
+        lab[-1].copy(),
+        lab[:, 0].copy(),
+        lab[:, -1].copy(),
         Tally(class_px, crossings.reshape(256, 256)),
     )
 
@@ -240,7 +256,7 @@ class GrainStage(BlockStage):
         H, W = array.shape
         ya, yb, xa, xb = b.halo(1, H, W)
         padded = np.full((b.h + 2, b.w + 2), OUTSIDE, np.int16)
-        padded[ya - b.y0 + 1:yb - b.y0 + 1, xa - b.x0 + 1:xb - b.x0 + 1] = np.asarray(array[ya:yb, xa:xb])
+        padded[ya - b.y0 + 1 : yb - b.y0 + 1, xa - b.x0 + 1 : xb - b.x0 + 1] = np.asarray(array[ya:yb, xa:xb])
         return {"padded": padded}
 
     def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
@@ -271,8 +287,9 @@ def _boundary_pairs(a: np.ndarray, b: np.ndarray, diagonal: bool) -> Iterable[tu
         yield a[1:], b[:-1]
 
 
-def merge_blocks(results: Sequence[BlockResult], shape: tuple[int, int], block: tuple[int, int],
-                 connectivity: int = 2) -> tuple[pd.DataFrame, Tally]:
+def merge_blocks(
+    results: Sequence[BlockResult], shape: tuple[int, int], block: tuple[int, int], connectivity: int = 2
+) -> tuple[pd.DataFrame, Tally]:
     """Join block components into grains; returns the grain measures (pixel units) and the image tally."""
     H, W = shape
     by, bx = block
@@ -344,28 +361,36 @@ def merge_blocks(results: Sequence[BlockResult], shape: tuple[int, int], block: 
         todo_ids = np.nonzero(todo)[0]
         merged = []
         for g in todo_ids:
-            comps = comp_order[starts[g]:starts[g + 1]]
-            merged.append(hulls[comps[0]] if len(comps) == 1 else cv2.convexHull(
-                np.concatenate([hulls[c] for c in comps]).reshape(-1, 1, 2)).reshape(-1, 2))
+            comps = comp_order[starts[g] : starts[g + 1]]
+            merged.append(
+                hulls[comps[0]]
+                if len(comps) == 1
+                else cv2.convexHull(np.concatenate([hulls[c] for c in comps]).reshape(-1, 1, 2)).reshape(-1, 2)
+            )
         feret[todo_ids] = feret_batch(merged)
 
     tally = Tally()
     for r in results:
         tally += r.tally
     perim = CROFTON * (n_axis + n_diag * INV_SQRT2)
-    df = pd.DataFrame({
-        "class_code": gcode,
-        "area_px": area,
-        "ecd_px": np.sqrt(4.0 * area / math.pi),
-        "perimeter_px": perim,
-        "feret_max_px": feret[:, 0],
-        "feret_min_px": feret[:, 1],
-        "centroid_y_px": sum_y / np.maximum(area, 1),
-        "centroid_x_px": sum_x / np.maximum(area, 1),
-        "bbox_y0": bbox[:, 0], "bbox_x0": bbox[:, 1], "bbox_y1": bbox[:, 2], "bbox_x1": bbox[:, 3],
-        "touches_edge": (bbox[:, 0] == 0) | (bbox[:, 1] == 0) | (bbox[:, 2] == H) | (bbox[:, 3] == W),
-        "touches_ore": touches,
-    })
+    df = pd.DataFrame(
+        {
+            "class_code": gcode,
+            "area_px": area,
+            "ecd_px": np.sqrt(4.0 * area / math.pi),
+            "perimeter_px": perim,
+            "feret_max_px": feret[:, 0],
+            "feret_min_px": feret[:, 1],
+            "centroid_y_px": sum_y / np.maximum(area, 1),
+            "centroid_x_px": sum_x / np.maximum(area, 1),
+            "bbox_y0": bbox[:, 0],
+            "bbox_x0": bbox[:, 1],
+            "bbox_y1": bbox[:, 2],
+            "bbox_x1": bbox[:, 3],
+            "touches_edge": (bbox[:, 0] == 0) | (bbox[:, 1] == 0) | (bbox[:, 2] == H) | (bbox[:, 3] == W),
+            "touches_ore": touches,
+        }
+    )
     df = df.sort_values(["bbox_y0", "bbox_x0", "class_code"], kind="stable").reset_index(drop=True)
     return df, tally
 
@@ -378,8 +403,9 @@ def grain_lut_for(codes: Iterable[int], non_grain: Iterable[int]) -> np.ndarray:
     return lut
 
 
-def measure_labels(source: Any, shape: tuple[int, int], block: tuple[int, int], grain_lut: np.ndarray,
-                   connectivity: int = 2) -> tuple[pd.DataFrame, Tally]:
+def measure_labels(
+    source: Any, shape: tuple[int, int], block: tuple[int, int], grain_lut: np.ndarray, connectivity: int = 2
+) -> tuple[pd.DataFrame, Tally]:
     """Grain measures (pixel units) and tally of a whole (y, x) label image read block by block, in
     this process (the raster runner's serial executor; block results pass through a temporary folder).
 
@@ -392,13 +418,15 @@ def measure_labels(source: Any, shape: tuple[int, int], block: tuple[int, int], 
     """
     units = units_of("labels", block_grid(*shape, block))
     with tempfile.TemporaryDirectory(prefix="lode-grains-") as work:
-        run_stage(GrainStage({"labels": source}, work, grain_lut, connectivity), units, None,
-                  RunOptions(executor="serial"))
+        run_stage(
+            GrainStage({"labels": source}, work, grain_lut, connectivity), units, None, RunOptions(executor="serial")
+        )
         return merge_blocks(read_block_results(work, units), shape, block, connectivity)
 
 
-def finish_grain_table(df: pd.DataFrame, section: str, names: dict[int, str],
-                       pixel_size_um: float | None) -> pd.DataFrame:
+def finish_grain_table(
+    df: pd.DataFrame, section: str, names: dict[int, str], pixel_size_um: float | None
+) -> pd.DataFrame:
     """Add section, ids, class names and µm columns in the order of ``GRAINS_SCHEMA``."""
     from schemas.tables import GRAINS_SCHEMA
 

@@ -43,7 +43,7 @@ class SegmentationScores:
 
     @property
     def intersection(self) -> np.ndarray:
-        return np.diag(self.confusion[:, :len(self.codes)]).astype(np.float64)
+        return np.diag(self.confusion[:, : len(self.codes)]).astype(np.float64)
 
     @property
     def union(self) -> np.ndarray:
@@ -75,11 +75,21 @@ class SegmentationScores:
 
     def to_dict(self, names: dict[int, str] | None = None) -> dict:
         names = names or {}
-        return {"mean_iou": self.mean_iou, "pixel_accuracy": self.pixel_accuracy, "pixels": int(self.confusion.sum()),
-                "classes": [{"code": c, "name": names.get(c, str(c)), "iou": None if np.isnan(v) else float(v),
-                             "truth_pixels": int(t)}
-                            for c, v, t in zip(self.codes, self.iou, self.confusion.sum(1))],
-                "confusion": self.confusion.tolist()}
+        return {
+            "mean_iou": self.mean_iou,
+            "pixel_accuracy": self.pixel_accuracy,
+            "pixels": int(self.confusion.sum()),
+            "classes": [
+                {
+                    "code": c,
+                    "name": names.get(c, str(c)),
+                    "iou": None if np.isnan(v) else float(v),
+                    "truth_pixels": int(t),
+                }
+                for c, v, t in zip(self.codes, self.iou, self.confusion.sum(1))
+            ],
+            "confusion": self.confusion.tolist(),
+        }
 
     @classmethod
     def empty(cls, codes: list[int]) -> SegmentationScores:

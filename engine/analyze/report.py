@@ -55,8 +55,15 @@ def composition_plot(stats: pd.DataFrame, classes: ClassSet) -> bytes:
         v = af[af.class_code == code].set_index("row").reindex(rows)["value"].fillna(0).to_numpy() * 100
         if not v.any():
             continue
-        ax.barh(rows, v, left=left, color=_colour(classes, code), edgecolor="black", linewidth=0.3,
-                label=classes.names[classes.codes.index(code)])
+        ax.barh(
+            rows,
+            v,
+            left=left,
+            color=_colour(classes, code),
+            edgecolor="black",
+            linewidth=0.3,
+            label=classes.names[classes.codes.index(code)],
+        )
         left += v
     ax.set_xlabel("area %")
     ax.set_xlim(0, 100)
@@ -75,8 +82,9 @@ def size_plot(stats: pd.DataFrame, classes: ClassSet) -> bytes:
         if g.value.sum() <= 0:
             continue
         edges = np.append(g.size_lo.to_numpy(), g.size_hi.to_numpy()[-1])
-        ax.stairs(g.value.to_numpy() * 100, edges, color=_colour(classes, code), linewidth=2,
-                  label=g.class_name.iloc[0])
+        ax.stairs(
+            g.value.to_numpy() * 100, edges, color=_colour(classes, code), linewidth=2, label=g.class_name.iloc[0]
+        )
     ax.set_xscale("log")
     ax.set_xlabel(f"equivalent circle diameter ({'µm' if unit == 'um' else 'px'}), √2 classes")
     ax.set_ylabel("% of mineral grain area")
@@ -103,8 +111,15 @@ def association_plot(stats: pd.DataFrame, classes: ClassSet) -> bytes:
     for i in range(len(present)):
         for j in range(len(present)):
             if share[i, j] >= 0.5:
-                ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] < 60 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{share[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] < 60 else "black",
+                )
     fig.colorbar(im, ax=ax, label="% of row mineral's boundary")
     ax.set_title("Mineral association (shared boundary)", pad=12)
     return _png(fig)
@@ -129,8 +144,12 @@ def overlay_thumbnail(section, classes: ClassSet) -> bytes:
     from matplotlib.patches import Patch
 
     present = [c for c in classes.classes if np.any(lab == c.code)]
-    ax.legend(handles=[Patch(color=(c.color[0] / 255, c.color[1] / 255, c.color[2] / 255), label=c.name) for c in present], fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.legend(
+        handles=[Patch(color=(c.color[0] / 255, c.color[1] / 255, c.color[2] / 255), label=c.name) for c in present],
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+    )
     ax.set_title(section.name)
     return _png(fig)
 
@@ -141,8 +160,10 @@ def _slug(name: str) -> str:
 
 def _img(png: bytes, ident: str, alt: str) -> str:
     data = base64.b64encode(png).decode()
-    return (f'<img id="{html.escape(ident)}" class="plot" alt="{html.escape(alt)}" '
-            f'src="data:image/png;base64,{data}" onload="this.dataset.w=this.naturalWidth">')
+    return (
+        f'<img id="{html.escape(ident)}" class="plot" alt="{html.escape(alt)}" '
+        f'src="data:image/png;base64,{data}" onload="this.dataset.w=this.naturalWidth">'
+    )
 
 
 def _composition_table(stats: pd.DataFrame, scope: str, section: str | None) -> str:
@@ -164,11 +185,15 @@ def _composition_table(stats: pd.DataFrame, scope: str, section: str | None) -> 
     for code, r in af.iterrows():
         if r.value == 0 and (code not in gc.index or gc.loc[code, "value"] == 0):
             continue
-        rows.append(f"<tr><th>{html.escape(r.class_name)}</th>{cell(af, code, 'area_fraction', '.4f', 100)}"
-                    f"{cell(wp, code, 'weight_percent', '.4f')}{cell(gc, code, 'grain_count', '.0f')}"
-                    f"{cell(me, code, 'mean_ecd', '.2f')}{cell(lib, code, 'liberation', '.1f', 100)}</tr>")
-    head = (f"<tr><th>mineral</th><th>area %</th><th>weight %</th><th>grains</th><th>mean ECD ({unit})</th>"
-            f"<th>liberated %</th></tr>")
+        rows.append(
+            f"<tr><th>{html.escape(r.class_name)}</th>{cell(af, code, 'area_fraction', '.4f', 100)}"
+            f"{cell(wp, code, 'weight_percent', '.4f')}{cell(gc, code, 'grain_count', '.0f')}"
+            f"{cell(me, code, 'mean_ecd', '.2f')}{cell(lib, code, 'liberation', '.1f', 100)}</tr>"
+        )
+    head = (
+        f"<tr><th>mineral</th><th>area %</th><th>weight %</th><th>grains</th><th>mean ECD ({unit})</th>"
+        f"<th>liberated %</th></tr>"
+    )
     key = "collection" if scope == "collection" else f"section:{section}"
     return f'<table class="composition" data-scope="{html.escape(key)}">{head}{"".join(rows)}</table>'
 
@@ -186,9 +211,14 @@ def _read_parquet(path: str | Path) -> pd.DataFrame:
     return pq.read_table(inner, filesystem=filesystem).to_pandas()
 
 
-def write_report(grains_path: str | Path, statistics_path: str | Path, out_dir: str | Path,
-                 sections: Sequence | None = None, classes: ClassSet | None = None,
-                 title: str = "Lode mineralogy report") -> str:
+def write_report(
+    grains_path: str | Path,
+    statistics_path: str | Path,
+    out_dir: str | Path,
+    sections: Sequence | None = None,
+    classes: ClassSet | None = None,
+    title: str = "Lode mineralogy report",
+) -> str:
     """Write report.html and composition.png, sizes.png, association.png, overlay_<section>.png
     (local folder or URI)."""
     grains = _read_parquet(grains_path)
@@ -209,18 +239,23 @@ def write_report(grains_path: str | Path, statistics_path: str | Path, out_dir: 
     for key, data in pngs.items():
         atomic_write_bytes(fs.join(out_dir, f"{key}.png"), data)
 
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p>{len(names)} section(s), {len(grains)} grains. Tables: <code>{html.escape(fs.name(grains_path))}"
-             f"</code>, <code>{html.escape(fs.name(statistics_path))}</code>.</p>",
-             "<h2>Collection</h2>", _composition_table(stats, "collection", None),
-             _img(pngs["composition"], "plot-composition", "modal composition"),
-             _img(pngs["sizes"], "plot-sizes", "grain-size distributions"),
-             _img(pngs["association"], "plot-association", "association matrix")]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p>{len(names)} section(s), {len(grains)} grains. Tables: <code>{html.escape(fs.name(grains_path))}"
+        f"</code>, <code>{html.escape(fs.name(statistics_path))}</code>.</p>",
+        "<h2>Collection</h2>",
+        _composition_table(stats, "collection", None),
+        _img(pngs["composition"], "plot-composition", "modal composition"),
+        _img(pngs["sizes"], "plot-sizes", "grain-size distributions"),
+        _img(pngs["association"], "plot-association", "association matrix"),
+    ]
     for name in names:
         n = int((grains.section == name).sum())
-        parts.append(f'<section class="sample" id="section-{html.escape(_slug(name))}" '
-                     f'data-section="{html.escape(name)}"><h2>Section {html.escape(name)}</h2><p>{n} grains</p>')
+        parts.append(
+            f'<section class="sample" id="section-{html.escape(_slug(name))}" '
+            f'data-section="{html.escape(name)}"><h2>Section {html.escape(name)}</h2><p>{n} grains</p>'
+        )
         parts.append(_composition_table(stats, "section", name))
         if f"overlay_{_slug(name)}" in pngs:
             parts.append(_img(pngs[f"overlay_{_slug(name)}"], f"overlay-{_slug(name)}", f"labels of {name}"))

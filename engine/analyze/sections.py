@@ -93,11 +93,22 @@ def open_sections(store: str | Path, label_name: str = MINERALS, allow_incomplet
             raise LodeInputError(f"{src}/{LABELS_GROUP}/{label_name}", "label image has no level 0")
         arr = array_at(labels, FULL_RESOLUTION)
         if arr.ndim != 2 or arr.dtype != np.uint8:
-            raise LodeInputError(f"{src}/{LABELS_GROUP}/{label_name}", f"expected a (y, x) uint8 label array, got "
-                                                                  f"{arr.dtype} {arr.shape}")
+            raise LodeInputError(
+                f"{src}/{LABELS_GROUP}/{label_name}",
+                f"expected a (y, x) uint8 label array, got {arr.dtype} {arr.shape}",
+            )
         missing = check_raster(labels, arr, src, allow_incomplete)
-        out.append(Section(name, image, labels, classes_of(labels, src), pixel_size_of(labels) or
-                           pixel_size_of(image), src, tuple(missing)))
+        out.append(
+            Section(
+                name,
+                image,
+                labels,
+                classes_of(labels, src),
+                pixel_size_of(labels) or pixel_size_of(image),
+                src,
+                tuple(missing),
+            )
+        )
     if not out:
         raise LodeInputError(store, f"no section with labels/{label_name} found")
     return out

@@ -56,12 +56,14 @@ class Measured:
 def measured_section(grains: pd.DataFrame, tally: Tally, pixel_size_um: float | None) -> Measured:
     px = pixel_size_um or 1.0
     unit = "um" if pixel_size_um else "px"
-    g = pd.DataFrame({
-        "class_code": grains["class_code"].to_numpy(),
-        "area": grains["area_px"].to_numpy() * px * px,
-        "ecd": grains["ecd_px"].to_numpy() * px,
-        "touches_ore": grains["touches_ore"].to_numpy(),
-    })
+    g = pd.DataFrame(
+        {
+            "class_code": grains["class_code"].to_numpy(),
+            "area": grains["area_px"].to_numpy() * px * px,
+            "ecd": grains["ecd_px"].to_numpy() * px,
+            "touches_ore": grains["touches_ore"].to_numpy(),
+        }
+    )
     return Measured(g, tally.class_px.copy(), tally.class_px * px * px, tally.boundary_length_px() * px, unit)
 
 
@@ -107,18 +109,43 @@ def load_densities(path: str | Path | None) -> dict[str, float]:
     return out
 
 
-def statistics_rows(m: Measured, classes: ClassSet, grain_codes: Sequence[int], size_edges: np.ndarray,
-                    densities: Mapping[str, float], scope: str, section: str | None) -> pd.DataFrame:
+def statistics_rows(
+    m: Measured,
+    classes: ClassSet,
+    grain_codes: Sequence[int],
+    size_edges: np.ndarray,
+    densities: Mapping[str, float],
+    scope: str,
+    section: str | None,
+) -> pd.DataFrame:
     """Every statistic of one scope as rows of ``STATISTICS_SCHEMA``."""
     rows: list[dict] = []
     names = {c.code: c.name for c in classes.classes}
 
-    def add(stat: str, code: int, value: float, unit: str | None = None, other: int | None = None,
-            lo: float | None = None, hi: float | None = None) -> None:
-        rows.append({"scope": scope, "section": section, "statistic": stat, "class_code": code,
-                     "class_name": names.get(code, str(code)), "other_code": other,
-                     "other_name": None if other is None else names.get(other, str(other)),
-                     "size_lo": lo, "size_hi": hi, "unit": unit, "value": float(value)})
+    def add(
+        stat: str,
+        code: int,
+        value: float,
+        unit: str | None = None,
+        other: int | None = None,
+        lo: float | None = None,
+        hi: float | None = None,
+    ) -> None:
+        rows.append(
+            {
+                "scope": scope,
+                "section": section,
+                "statistic": stat,
+                "class_code": code,
+                "class_name": names.get(code, str(code)),
+                "other_code": other,
+                "other_name": None if other is None else names.get(other, str(other)),
+                "size_lo": lo,
+                "size_hi": hi,
+                "unit": unit,
+                "value": float(value),
+            }
+        )
 
     codes = classes.codes
     total = float(sum(m.class_area[c] for c in codes))  # pixels of no class (void) are not area
@@ -147,23 +174,30 @@ def statistics_rows(m: Measured, classes: ClassSet, grain_codes: Sequence[int], 
         if garea:
             add("liberation", c, float(sel.loc[~sel["touches_ore"], "area"].sum()) / garea, "1")
     for i, a in enumerate(codes):
-        for b in codes[i + 1:]:
+        for b in codes[i + 1 :]:
             lo_c, hi_c = min(a, b), max(a, b)
             add("boundary_length", lo_c, m.boundary[lo_c, hi_c], m.unit, other=hi_c)
     return pd.DataFrame(rows)
 
 
-def statistics_table(sections: Sequence[tuple[str, Measured]], classes: ClassSet, grain_codes: Sequence[int],
-                     densities: Mapping[str, float] | None = None,
-                     size_edges: Sequence[float] | None = None) -> pd.DataFrame:
+def statistics_table(
+    sections: Sequence[tuple[str, Measured]],
+    classes: ClassSet,
+    grain_codes: Sequence[int],
+    densities: Mapping[str, float] | None = None,
+    size_edges: Sequence[float] | None = None,
+) -> pd.DataFrame:
     """Statistics of every section and of the whole collection (``scope == "collection"``)."""
     from schemas.tables import STATISTICS_SCHEMA
 
     densities = DEFAULT_DENSITIES if densities is None else densities
     parts = [m for _, m in sections]
     collection = combine(parts)
-    edges = (np.asarray(size_edges, np.float64) if size_edges is not None
-             else sqrt2_edges(collection.grains["ecd"].to_numpy()))
+    edges = (
+        np.asarray(size_edges, np.float64)
+        if size_edges is not None
+        else sqrt2_edges(collection.grains["ecd"].to_numpy())
+    )
     if len(edges) < 2 or np.any(np.diff(edges) <= 0):
         raise LodeInputError("size classes", f"edges must be at least two increasing values, got {list(edges)}")
     frames = [statistics_rows(m, classes, grain_codes, edges, densities, "section", name) for name, m in sections]

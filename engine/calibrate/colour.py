@@ -40,9 +40,9 @@ GAMMA = 2.2
 UNLABELLED = 255
 
 # Linear sRGB (D65) → CIE XYZ, IEC 61966-2-1.
-XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
-                         [0.212671, 0.715160, 0.072169],
-                         [0.019334, 0.119193, 0.950227]])
+XYZ_FROM_RGB = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
 WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
 
 # Ridge weight (ΔE00² per unit² of crosstalk) on the matrix's six off-diagonal terms, chosen on
@@ -71,8 +71,9 @@ def linear_to_lab(linear: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
 
 
-def ciede2000_terms(lab1: np.ndarray, lab2: np.ndarray, kL: float = 1.0, kC: float = 1.0,
-                    kH: float = 1.0) -> np.ndarray:
+def ciede2000_terms(
+    lab1: np.ndarray, lab2: np.ndarray, kL: float = 1.0, kC: float = 1.0, kH: float = 1.0
+) -> np.ndarray:
     """Residuals ``(..., 3)`` whose squared sum is ΔE00² between ``lab1`` and ``lab2`` ``(..., 3)``.
 
     With ``l = ΔL'/(kL SL)``, ``c = ΔC'/(kC SC)``, ``h = ΔH'/(kH SH)``:
@@ -82,8 +83,8 @@ def ciede2000_terms(lab1: np.ndarray, lab2: np.ndarray, kL: float = 1.0, kC: flo
     L1, a1, b1 = lab1[..., 0], lab1[..., 1], lab1[..., 2]
     L2, a2, b2 = lab2[..., 0], lab2[..., 1], lab2[..., 2]
     c_bar = (np.hypot(a1, b1) + np.hypot(a2, b2)) / 2
-    c7 = c_bar ** 7
-    g = 0.5 * (1 - np.sqrt(c7 / (c7 + 25.0 ** 7)))
+    c7 = c_bar**7
+    g = 0.5 * (1 - np.sqrt(c7 / (c7 + 25.0**7)))
     a1p, a2p = (1 + g) * a1, (1 + g) * a2
     c1p, c2p = np.hypot(a1p, b1), np.hypot(a2p, b2)
     h1p = np.degrees(np.arctan2(b1, a1p)) % 360
@@ -100,11 +101,16 @@ def ciede2000_terms(lab1: np.ndarray, lab2: np.ndarray, kL: float = 1.0, kC: flo
     hsum = h1p + h2p
     h_bar = np.where(np.abs(h1p - h2p) <= 180, hsum / 2, np.where(hsum < 360, (hsum + 360) / 2, (hsum - 360) / 2))
     h_bar = np.where(chroma0, hsum, h_bar)
-    t = (1 - 0.17 * np.cos(np.radians(h_bar - 30)) + 0.24 * np.cos(np.radians(2 * h_bar))
-         + 0.32 * np.cos(np.radians(3 * h_bar + 6)) - 0.20 * np.cos(np.radians(4 * h_bar - 63)))
+    t = (
+        1
+        - 0.17 * np.cos(np.radians(h_bar - 30))
+        + 0.24 * np.cos(np.radians(2 * h_bar))
+        + 0.32 * np.cos(np.radians(3 * h_bar + 6))
+        - 0.20 * np.cos(np.radians(4 * h_bar - 63))
+    )
     d_theta = 30 * np.exp(-(((h_bar - 275) / 25) ** 2))
-    cp7 = cp_bar ** 7
-    rc = 2 * np.sqrt(cp7 / (cp7 + 25.0 ** 7))
+    cp7 = cp_bar**7
+    rc = 2 * np.sqrt(cp7 / (cp7 + 25.0**7))
     sl = 1 + 0.015 * (L_bar - 50) ** 2 / np.sqrt(20 + (L_bar - 50) ** 2)
     sc = 1 + 0.045 * cp_bar
     sh = 1 + 0.015 * cp_bar * t
@@ -158,8 +164,12 @@ class ColourMatrix:
         return cv2.convertScaleAbs(out, alpha=255.0).reshape(rgb.shape)
 
     def to_dict(self) -> dict:
-        return {"matrix": self.matrix.tolist(), "gamma": self.gamma, "layout": "[r, g, b, 1] @ matrix, linear RGB",
-                **({"info": self.info} if self.info else {})}
+        return {
+            "matrix": self.matrix.tolist(),
+            "gamma": self.gamma,
+            "layout": "[r, g, b, 1] @ matrix, linear RGB",
+            **({"info": self.info} if self.info else {}),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping, source: str = "colour matrix") -> ColourMatrix:
@@ -169,8 +179,9 @@ class ColourMatrix:
             raise LodeInputError(source, f"not a colour matrix: {exc}") from exc
 
 
-def class_means(image: np.ndarray, annotation: np.ndarray, gamma: float = GAMMA,
-                min_pixels: int = 20, source: str = "annotation") -> dict[int, tuple[np.ndarray, int]]:
+def class_means(
+    image: np.ndarray, annotation: np.ndarray, gamma: float = GAMMA, min_pixels: int = 20, source: str = "annotation"
+) -> dict[int, tuple[np.ndarray, int]]:
     """Mean linear colour and pixel count of every annotated class (``UNLABELLED`` = not annotated)."""
     if image.ndim != 3 or image.shape[2] < 3 or image.dtype != np.uint8:
         raise LodeInputError(source, f"expected a uint8 (h, w, 3) image, got {image.dtype} {image.shape}")
@@ -181,17 +192,20 @@ def class_means(image: np.ndarray, annotation: np.ndarray, gamma: float = GAMMA,
     lin = lut[image[..., :3].reshape(-1, 3)]
     counts = np.bincount(ann, minlength=256)
     sums = np.stack([np.bincount(ann, weights=lin[:, ch], minlength=256) for ch in range(3)], axis=1)
-    return {int(c): (sums[c] / counts[c], int(counts[c])) for c in np.flatnonzero(counts >= min_pixels)
-            if c != UNLABELLED}
+    return {
+        int(c): (sums[c] / counts[c], int(counts[c])) for c in np.flatnonzero(counts >= min_pixels) if c != UNLABELLED
+    }
 
 
-def _paired(means: Mapping[int, tuple[np.ndarray, int]], reference: Reference,
-            source: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+def _paired(
+    means: Mapping[int, tuple[np.ndarray, int]], reference: Reference, source: str
+) -> tuple[list[int], np.ndarray, np.ndarray]:
     codes = sorted(c for c in means if c in reference)
     missing = sorted(set(means) - set(reference))
     if missing:
-        raise LodeInputError(source, f"annotated class codes {missing} have no reference colour "
-                                     f"(reference holds {sorted(reference)})")
+        raise LodeInputError(
+            source, f"annotated class codes {missing} have no reference colour (reference holds {sorted(reference)})"
+        )
     src = np.array([means[c][0] for c in codes]).reshape(-1, 3)
     ref = np.array([reference[c] for c in codes], np.float64).reshape(-1, 3)
     return codes, src, ref
@@ -203,8 +217,14 @@ def white_balance(src: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.vstack([np.diag(gains), np.zeros((1, 3))])
 
 
-def fit_delta_e(src: np.ndarray, ref: np.ndarray, gamma: float = GAMMA, init: np.ndarray | None = None,
-                weights: np.ndarray | None = None, crosstalk_prior: float = CROSSTALK_PRIOR) -> ColourMatrix:
+def fit_delta_e(
+    src: np.ndarray,
+    ref: np.ndarray,
+    gamma: float = GAMMA,
+    init: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    crosstalk_prior: float = CROSSTALK_PRIOR,
+) -> ColourMatrix:
     """Affine 4×3 matrix minimising ``Σ w ΔE00(src @ M, ref)² + crosstalk_prior · Σ offdiag(M)²``.
 
     ``src`` and ``ref`` are colour pairs ``(n, 3)`` in linear RGB; ``crosstalk_prior=0`` is the
@@ -231,11 +251,18 @@ def fit_delta_e(src: np.ndarray, ref: np.ndarray, gamma: float = GAMMA, init: np
     res = least_squares(residuals, m0.ravel(), method="trf", x_scale="jac", max_nfev=2000)
     de = np.sqrt((colour_residuals(res.x) ** 2).sum(1)) / sw
     de0 = np.sqrt((colour_residuals(m0.ravel()) ** 2).sum(1)) / sw
-    return ColourMatrix(res.x.reshape(4, 3), gamma, {"method": "ciede2000", "pairs": len(src),
-                                                      "crosstalk_prior": float(crosstalk_prior),
-                                                      "mean_delta_e_fit": float(de.mean()),
-                                                      "mean_delta_e_white_balance": float(de0.mean()),
-                                                      "evaluations": int(res.nfev)})
+    return ColourMatrix(
+        res.x.reshape(4, 3),
+        gamma,
+        {
+            "method": "ciede2000",
+            "pairs": len(src),
+            "crosstalk_prior": float(crosstalk_prior),
+            "mean_delta_e_fit": float(de.mean()),
+            "mean_delta_e_white_balance": float(de0.mean()),
+            "evaluations": int(res.nfev),
+        },
+    )
 
 
 def fit_lstsq(src: np.ndarray, ref: np.ndarray, gamma: float = GAMMA) -> ColourMatrix:
@@ -245,25 +272,43 @@ def fit_lstsq(src: np.ndarray, ref: np.ndarray, gamma: float = GAMMA) -> ColourM
     return ColourMatrix(m, gamma, {"method": "lstsq", "pairs": len(src)})
 
 
-def fit_image(image: np.ndarray, annotation: np.ndarray, reference: Reference,
-              gamma: float = GAMMA, source: str = "annotation",
-              crosstalk_prior: float = CROSSTALK_PRIOR) -> ColourMatrix:
+def fit_image(
+    image: np.ndarray,
+    annotation: np.ndarray,
+    reference: Reference,
+    gamma: float = GAMMA,
+    source: str = "annotation",
+    crosstalk_prior: float = CROSSTALK_PRIOR,
+) -> ColourMatrix:
     """Per-image mode: fit on one capture and its sparse annotation (class codes, 255 = none)."""
     return fit_series([(image, annotation)], reference, gamma, [source], crosstalk_prior)
 
 
-def fit_series(captures: Sequence[tuple[np.ndarray, np.ndarray]], reference: Reference,
-               gamma: float = GAMMA, sources: Sequence[str] | None = None,
-               crosstalk_prior: float = CROSSTALK_PRIOR) -> ColourMatrix:
+def fit_series(
+    captures: Sequence[tuple[np.ndarray, np.ndarray]],
+    reference: Reference,
+    gamma: float = GAMMA,
+    sources: Sequence[str] | None = None,
+    crosstalk_prior: float = CROSSTALK_PRIOR,
+) -> ColourMatrix:
     """Series mode: one matrix over the (capture, class) means of several captures of one equipment."""
     sources = list(sources or [f"capture {i}" for i in range(len(captures))])
-    return fit_means([class_means(img, ann, gamma, source=s) for (img, ann), s in zip(captures, sources)],
-                     reference, gamma, sources, crosstalk_prior)
+    return fit_means(
+        [class_means(img, ann, gamma, source=s) for (img, ann), s in zip(captures, sources)],
+        reference,
+        gamma,
+        sources,
+        crosstalk_prior,
+    )
 
 
-def fit_means(means: Sequence[Mapping[int, tuple[np.ndarray, int]]], reference: Reference,
-              gamma: float = GAMMA, sources: Sequence[str] | None = None,
-              crosstalk_prior: float = CROSSTALK_PRIOR) -> ColourMatrix:
+def fit_means(
+    means: Sequence[Mapping[int, tuple[np.ndarray, int]]],
+    reference: Reference,
+    gamma: float = GAMMA,
+    sources: Sequence[str] | None = None,
+    crosstalk_prior: float = CROSSTALK_PRIOR,
+) -> ColourMatrix:
     """Fit on precomputed :func:`class_means` of one or more captures (each class pair weighs the same)."""
     sources = list(sources or [f"capture {i}" for i in range(len(means))])
     srcs, refs, used = [], [], []
@@ -274,8 +319,10 @@ def fit_means(means: Sequence[Mapping[int, tuple[np.ndarray, int]]], reference: 
         used.append(codes)
     src, ref = np.concatenate(srcs), np.concatenate(refs)
     if len({c for u in used for c in u}) < 2:
-        raise LodeInputError(", ".join(sources), "the annotation must cover at least two classes with a reference "
-                                                 "colour (20 px or more each)")
+        raise LodeInputError(
+            ", ".join(sources),
+            "the annotation must cover at least two classes with a reference colour (20 px or more each)",
+        )
     ccm = fit_delta_e(src, ref, gamma, crosstalk_prior=crosstalk_prior)
     ccm.info.update({"classes": sorted({c for u in used for c in u}), "captures": len(means)})
     return ccm
@@ -287,8 +334,9 @@ def reference_from_card(colors: Mapping[str, Sequence[float]]) -> dict[int, np.n
 
 
 def save_matrices(path: str | Path, matrices: Mapping[str, ColourMatrix], mode: str) -> None:
-    atomic_write_text(Path(path), json.dumps({"mode": mode, "matrices": {k: m.to_dict() for k, m in matrices.items()}},
-                                             indent=1))
+    atomic_write_text(
+        Path(path), json.dumps({"mode": mode, "matrices": {k: m.to_dict() for k, m in matrices.items()}}, indent=1)
+    )
 
 
 def load_matrices(path: str | Path) -> dict[str, ColourMatrix]:
@@ -308,8 +356,13 @@ def annotation_for(annotations: str | Path, stem: str) -> Path:
     return p
 
 
-def fit_captures(images: Sequence[str | Path], annotations: str | Path, reference: Reference,
-                 mode: str = "per-image", gamma: float = GAMMA) -> dict[str, ColourMatrix]:
+def fit_captures(
+    images: Sequence[str | Path],
+    annotations: str | Path,
+    reference: Reference,
+    mode: str = "per-image",
+    gamma: float = GAMMA,
+) -> dict[str, ColourMatrix]:
     """Matrices for capture files (keyed by file stem): one each (``per-image``) or one shared (``series``).
 
     In series mode captures without an annotation get the series matrix too.

@@ -61,29 +61,38 @@ def _mean_stack(frames: Sequence[np.ndarray], source: str | Path, hw: tuple[int,
 def smooth_surface(img: np.ndarray, degree: int = 4, step: int = 4) -> np.ndarray:
     """Least-squares 2-D polynomial of ``degree`` fitted to each channel of ``img`` (h, w, c)."""
     h, w, c = img.shape
+
     def basis(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         u, v = xs / max(w - 1, 1) * 2 - 1, ys / max(h - 1, 1) * 2 - 1
         return np.stack([u**i * v**j for i in range(degree + 1) for j in range(degree + 1 - i)], axis=-1)
+
     ys, xs = np.mgrid[0:h:step, 0:w:step]
     coef, *_ = np.linalg.lstsq(basis(ys.ravel(), xs.ravel()), img[::step, ::step].reshape(-1, c), rcond=None)
     yy, xx = np.mgrid[0:h, 0:w]
     return (basis(yy.astype(np.float32), xx.astype(np.float32)) @ coef.astype(np.float32)).reshape(h, w, c)
 
 
-def fit_flat(flat_frames: Sequence[np.ndarray], dark_frames: Sequence[np.ndarray] | None = None,
-             degree: int = 4, source: str | Path = "calibration") -> FlatField:
+def fit_flat(
+    flat_frames: Sequence[np.ndarray],
+    dark_frames: Sequence[np.ndarray] | None = None,
+    degree: int = 4,
+    source: str | Path = "calibration",
+) -> FlatField:
     """Average white references (and darks), subtract the dark, fit a smooth surface, normalise at the centre."""
     flat = _mean_stack(flat_frames, Path(source) / "flat", None)
     if flat.ndim == 2:
         flat = flat[..., None]
-    dark = (_mean_stack(dark_frames, Path(source) / "dark", None).reshape(flat.shape) if dark_frames
-            else np.zeros_like(flat))
+    dark = (
+        _mean_stack(dark_frames, Path(source) / "dark", None).reshape(flat.shape)
+        if dark_frames
+        else np.zeros_like(flat)
+    )
     gain = flat - dark
     if degree:
         gain = smooth_surface(gain, degree)
     h, w = gain.shape[:2]
     cy, cx, r = h // 2, w // 2, max(2, min(h, w) // 20)
-    centre = gain[cy - r:cy + r, cx - r:cx + r].reshape(-1, gain.shape[2]).mean(axis=0)
+    centre = gain[cy - r : cy + r, cx - r : cx + r].reshape(-1, gain.shape[2]).mean(axis=0)
     if np.any(centre <= 0) or gain.min() <= 0:
         raise LodeInputError(Path(source) / "flat", "flat frames are not brighter than the dark frames")
     return FlatField((gain / centre).astype(np.float32), dark.astype(np.float32))

@@ -29,9 +29,13 @@ class LensModel:
     views: int | None = None
 
     def to_dict(self) -> dict:
-        return {"camera_matrix": np.asarray(self.camera_matrix).tolist(),
-                "dist_coeffs": np.asarray(self.dist_coeffs).ravel().tolist(),
-                "frame_hw": list(self.frame_hw), "rms_px": self.rms_px, "views": self.views}
+        return {
+            "camera_matrix": np.asarray(self.camera_matrix).tolist(),
+            "dist_coeffs": np.asarray(self.dist_coeffs).ravel().tolist(),
+            "frame_hw": list(self.frame_hw),
+            "rms_px": self.rms_px,
+            "views": self.views,
+        }
 
     @classmethod
     def from_dict(cls, d: dict, source: str | Path = "lens") -> LensModel:
@@ -87,8 +91,13 @@ def find_corners(image: np.ndarray, pattern: tuple[int, int], detect_px: int = 1
     return corners.reshape(-1, 2)
 
 
-def fit_lens(images: Sequence[np.ndarray], pattern: tuple[int, int] = (9, 6), source: str | Path = "checkerboard",
-             min_views: int = 4, fix_k3: bool = True) -> LensModel:
+def fit_lens(
+    images: Sequence[np.ndarray],
+    pattern: tuple[int, int] = (9, 6),
+    source: str | Path = "checkerboard",
+    min_views: int = 4,
+    fix_k3: bool = True,
+) -> LensModel:
     """Fit ``K`` and ``(k1, k2, p1, p2, k3)`` from checkerboard views (``pattern`` = inner corners).
 
     ``k3`` is held at 0 by default: it is poorly constrained beyond the board's reach
@@ -101,7 +110,7 @@ def fit_lens(images: Sequence[np.ndarray], pattern: tuple[int, int] = (9, 6), so
         raise LodeInputError(source, "no checkerboard frames")
     hw = images[0].shape[:2]
     obj = np.zeros((pattern[0] * pattern[1], 3), np.float32)
-    obj[:, :2] = np.mgrid[1:pattern[0] + 1, 1:pattern[1] + 1].T.reshape(-1, 2)
+    obj[:, :2] = np.mgrid[1 : pattern[0] + 1, 1 : pattern[1] + 1].T.reshape(-1, 2)
     obj_pts, img_pts = [], []
     for img in images:
         if img.shape[:2] != hw:
@@ -111,22 +120,29 @@ def fit_lens(images: Sequence[np.ndarray], pattern: tuple[int, int] = (9, 6), so
             obj_pts.append(obj)
             img_pts.append(c.astype(np.float32))
     if len(img_pts) < min_views:
-        raise LodeInputError(source, f"checkerboard {pattern} found in {len(img_pts)} of {len(images)} frames; "
-                                     f"need {min_views}")
-    rms, K, dist, _, _ = cv2.calibrateCamera(obj_pts, img_pts, (hw[1], hw[0]), None, None,
-                                             flags=cv2.CALIB_FIX_K3 if fix_k3 else 0)
+        raise LodeInputError(
+            source, f"checkerboard {pattern} found in {len(img_pts)} of {len(images)} frames; need {min_views}"
+        )
+    rms, K, dist, _, _ = cv2.calibrateCamera(
+        obj_pts, img_pts, (hw[1], hw[0]), None, None, flags=cv2.CALIB_FIX_K3 if fix_k3 else 0
+    )
     return LensModel(K, dist.ravel()[:5], (int(hw[0]), int(hw[1])), float(rms), len(img_pts))
 
 
 def undistort_maps(lens: LensModel) -> tuple[np.ndarray, np.ndarray]:
     """Fixed-point remap tables from the ideal grid to the observed frame."""
     h, w = lens.frame_hw
-    return cv2.initUndistortRectifyMap(lens.camera_matrix, lens.dist_coeffs, None, lens.camera_matrix, (w, h),
-                                       cv2.CV_32FC1)
+    return cv2.initUndistortRectifyMap(
+        lens.camera_matrix, lens.dist_coeffs, None, lens.camera_matrix, (w, h), cv2.CV_32FC1
+    )
 
 
-def undistort(image: np.ndarray, lens: LensModel, maps: tuple[np.ndarray, np.ndarray] | None = None,
-              interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+def undistort(
+    image: np.ndarray,
+    lens: LensModel,
+    maps: tuple[np.ndarray, np.ndarray] | None = None,
+    interpolation: int = cv2.INTER_CUBIC,
+) -> np.ndarray:
     """Resample an observed frame onto the ideal pinhole grid (black outside the frame)."""
     if lens.is_identity:
         return image

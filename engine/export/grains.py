@@ -48,7 +48,7 @@ def neighbour_codes(labels: Any, row: Any, mask: np.ndarray, void: int) -> list[
     ey0, ex0, ey1, ex1 = max(y0 - 1, 0), max(x0 - 1, 0), min(y1 + 1, H), min(x1 + 1, W)
     ring = np.asarray(labels[ey0:ey1, ex0:ex1])
     inner = np.zeros(ring.shape, bool)
-    inner[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0] = mask
+    inner[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0] = mask
     grown = binary_dilation(inner, np.ones((3, 3), bool))
     around = ring[grown & ~inner]
     return sorted(int(c) for c in np.unique(around) if int(c) not in (void, int(row.class_code)))

@@ -23,13 +23,15 @@ def label_levels(labels: Any) -> list[np.ndarray]:
     return [np.asarray(labels[k][:]) for k in keys]
 
 
-def write_label_pyramid(levels: list[np.ndarray], path: str | Path, name: str,
-                        pixel_size_um: float | None = None) -> str:
+def write_label_pyramid(
+    levels: list[np.ndarray], path: str | Path, name: str, pixel_size_um: float | None = None
+) -> str:
     """Write ``levels`` (uint8 ``(y, x)`` arrays, finest first) as one tiled, deflated OME-TIFF."""
     meta: dict[str, Any] = {"axes": "YX", "Name": name}
     if pixel_size_um:
-        meta.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um,
-                    PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
+        meta.update(
+            PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm"
+        )
     buf = io.BytesIO()
     opts: dict[str, Any] = {"tile": TILE, "compression": "zlib", "photometric": "minisblack"}
     with tifffile.TiffWriter(buf, bigtiff=True, ome=True) as tif:

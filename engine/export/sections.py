@@ -18,8 +18,9 @@ from engine.io.ome import LABELS_GROUP, image_groups, open_store
 EXPORTS = "exports"
 
 
-def export_sections(store: str | Path, grains_path: str | Path, out: str | Path,
-                    label_name: str = "minerals") -> dict[str, dict[str, str]]:
+def export_sections(
+    store: str | Path, grains_path: str | Path, out: str | Path, label_name: str = "minerals"
+) -> dict[str, dict[str, str]]:
     """Write ``<section>.grains.geojson`` (QuPath detections) and ``<section>.labels.ome.tif`` for
     every section of ``store`` that has the label image; returns their locations by section."""
     root = open_store(store)
@@ -36,7 +37,6 @@ def export_sections(store: str | Path, grains_path: str | Path, out: str | Path,
         features = list(grain_features(levels[0], grains[grains.section == name], colours))  # type: ignore[arg-type]
         geojson = fs.join(out, EXPORTS, f"{name}.grains.geojson")
         atomic_write_text(geojson, json.dumps({"type": "FeatureCollection", "features": features}))
-        tiff = write_label_pyramid(levels, fs.join(out, EXPORTS, f"{name}.labels.ome.tif"), name,
-                                   pixel_size_of(image))
+        tiff = write_label_pyramid(levels, fs.join(out, EXPORTS, f"{name}.labels.ome.tif"), name, pixel_size_of(image))
         written[name] = {"qupath_geojson": geojson, "labels_ome_tiff": tiff}
     return written

@@ -20,8 +20,14 @@ def deposits_geojson(deposits_csv: str | Path, crs: str | None, out: str | Path)
     features = []
     for i, row in enumerate(dep.to_dict("records")):
         props = {k: (None if pd.isna(v) else v) for k, v in row.items() if k not in ("easting", "northing")}
-        features.append({"type": "Feature", "id": i, "properties": props,
-                         "geometry": {"type": "Point", "coordinates": [float(row["easting"]), float(row["northing"])]}})
+        features.append(
+            {
+                "type": "Feature",
+                "id": i,
+                "properties": props,
+                "geometry": {"type": "Point", "coordinates": [float(row["easting"]), float(row["northing"])]},
+            }
+        )
     doc: dict = {"type": "FeatureCollection", "features": features}
     if crs:
         doc["crs"] = {"type": "name", "properties": {"name": crs}}

@@ -61,7 +61,9 @@ class HaloStage(BlockStage):
         return {}
 
 
-def _tga(region: np.ndarray, spacing: tuple[float, float], inclination: float, declination: float, height: float) -> np.ndarray:
+def _tga(
+    region: np.ndarray, spacing: tuple[float, float], inclination: float, declination: float, height: float
+) -> np.ndarray:
     region = np.asarray(region, dtype=np.float64)
     if not np.isfinite(region).any():
         return np.full(region.shape, np.nan, np.float32)
@@ -75,7 +77,9 @@ def _crests(region: np.ndarray, min_directions: int, level: float) -> np.ndarray
 def run_blocks(src: Any, out: Any, halo: int, fn: Callable[[np.ndarray], np.ndarray], block: int) -> None:
     """Apply ``fn`` to every ``block``² block of ``src`` plus ``halo`` cells, into ``out``."""
     h, w = src.shape
-    run_stage(HaloStage(src, out, halo, fn), units_of(NAME, block_grid(h, w, block)), None, RunOptions(executor="serial"))
+    run_stage(
+        HaloStage(src, out, halo, fn), units_of(NAME, block_grid(h, w, block)), None, RunOptions(executor="serial")
+    )
 
 
 def stored_quantile(z: Any, q: float) -> float:
@@ -85,9 +89,18 @@ def stored_quantile(z: Any, q: float) -> float:
     return float(np.quantile(values, q, overwrite_input=True))
 
 
-def blockwise_tga_ridges(da: xr.DataArray, spacing: tuple[float, float], inclination: float, declination: float,
-                         height: float, quantile: float, min_directions: int, block: int, work: Path,
-                         halo: int = TGA_HALO) -> tuple[xr.DataArray, np.ndarray]:
+def blockwise_tga_ridges(
+    da: xr.DataArray,
+    spacing: tuple[float, float],
+    inclination: float,
+    declination: float,
+    height: float,
+    quantile: float,
+    min_directions: int,
+    block: int,
+    work: Path,
+    halo: int = TGA_HALO,
+) -> tuple[xr.DataArray, np.ndarray]:
     """TGA of ``da`` (float32, dask-backed by ``work/total_gradient_amplitude.zarr``, with ``da``'s
     coordinates and attributes) and the ``(h, w)`` boolean crest mask at its ``quantile``."""
     import dask.array
@@ -97,7 +110,13 @@ def blockwise_tga_ridges(da: xr.DataArray, spacing: tuple[float, float], inclina
 
     zpath = create_zarr_grid(Path(work) / f"{NAME}.zarr", da, NAME, (block, block))
     tga = zarr.open_array(str(zpath / NAME), mode="r+")
-    run_blocks(da.data, tga, halo, partial(_tga, spacing=spacing, inclination=inclination, declination=declination, height=height), block)
+    run_blocks(
+        da.data,
+        tga,
+        halo,
+        partial(_tga, spacing=spacing, inclination=inclination, declination=declination, height=height),
+        block,
+    )
     level = stored_quantile(tga, quantile)
     mask = np.zeros(da.shape, bool)
     run_blocks(tga, mask, 1, partial(_crests, min_directions=min_directions, level=level), block)

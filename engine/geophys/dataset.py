@@ -55,7 +55,14 @@ def generate_training_set(
     with atomic_path(out) as tmp:
         h, w = config.shape
         group = zarr.open_group(str(tmp), mode="w")
-        group.attrs.update({"config": dataclasses.asdict(config), "seed": int(seed), "n": int(n), "kind": "lode-lineament-training-set"})
+        group.attrs.update(
+            {
+                "config": dataclasses.asdict(config),
+                "seed": int(seed),
+                "n": int(n),
+                "kind": "lode-lineament-training-set",
+            }
+        )
         group.create_array("anomaly", shape=(n, h, w), chunks=(1, h, w), dtype="float32")
         group.create_array("target", shape=(n, h, w), chunks=(1, h, w), dtype="uint8")
         group.create_array("inclination", shape=(n,), chunks=(1,), dtype="float32")
@@ -71,7 +78,13 @@ def generate_training_set(
 
 
 def write_survey_files(
-    out: Path, n: int, size: int = 1024, spacing: float = 50.0, noise: float = 0.5, seed: int = 100000, inclination_range: tuple[float, float] = (30.0, 90.0)
+    out: Path,
+    n: int,
+    size: int = 1024,
+    spacing: float = 50.0,
+    noise: float = 0.5,
+    seed: int = 100000,
+    inclination_range: tuple[float, float] = (30.0, 90.0),
 ) -> list[Path]:
     """Held-out style surveys (northern field, inclination in ``inclination_range``, plain integer seeds
     ``seed + i``): ``survey_NNN.nc`` grids with field angles in their attributes and
@@ -81,12 +94,23 @@ def write_survey_files(
     from engine.geophys.vectorize import Lineament, axial_azimuth
 
     out.mkdir(parents=True, exist_ok=True)
-    cfg = SurveyConfig(shape=(size, size), spacing_m=spacing, noise_nt=noise, inclination_range=inclination_range, southern_fraction=0.0)
+    cfg = SurveyConfig(
+        shape=(size, size),
+        spacing_m=spacing,
+        noise_nt=noise,
+        inclination_range=inclination_range,
+        southern_fraction=0.0,
+    )
     paths = []
     for i in range(n):
         s = make_survey(seed + i, cfg)
         grid = write_grid(s.to_dataarray(), out / f"survey_{i:03d}.nc")
         truth = [Lineament(ln, ln.length, axial_azimuth(ln)) for ln in s.axes_lines()]
-        write_geojson(truth, out / f"survey_{i:03d}_truth.geojson", None, {"cell_size": spacing, "seed": seed + i, "inclination": s.inclination, "declination": s.declination})
+        write_geojson(
+            truth,
+            out / f"survey_{i:03d}_truth.geojson",
+            None,
+            {"cell_size": spacing, "seed": seed + i, "inclination": s.inclination, "declination": s.declination},
+        )
         paths.append(grid)
     return paths

@@ -48,7 +48,9 @@ def as_spacing(spacing: tuple[float, float] | float) -> tuple[float, float]:
 
 
 def padded_shape(shape: tuple[int, int], pad: float) -> tuple[int, int]:
-    return sfft.next_fast_len(int(np.ceil(shape[0] * (1 + 2 * pad)))), sfft.next_fast_len(int(np.ceil(shape[1] * (1 + 2 * pad))))
+    return sfft.next_fast_len(int(np.ceil(shape[0] * (1 + 2 * pad)))), sfft.next_fast_len(
+        int(np.ceil(shape[1] * (1 + 2 * pad)))
+    )
 
 
 class FourierForward:

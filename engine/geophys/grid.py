@@ -32,18 +32,34 @@ HOLES_WARNING = 0.9
 """Share of finite cells below which a run warns that its grid is holed."""
 
 log = logging.getLogger(__name__)
-_DIM_ALIASES = {"northing": ("northing", "y", "lat", "latitude", "north"), "easting": ("easting", "x", "lon", "longitude", "east")}
+_DIM_ALIASES = {
+    "northing": ("northing", "y", "lat", "latitude", "north"),
+    "easting": ("easting", "x", "lon", "longitude", "east"),
+}
 
 
-def make_dataarray(values: np.ndarray, spacing: float | tuple[float, float], origin: tuple[float, float] = (0.0, 0.0), crs: str | None = None, attrs: dict | None = None, name: str = "anomaly") -> xr.DataArray:
+def make_dataarray(
+    values: np.ndarray,
+    spacing: float | tuple[float, float],
+    origin: tuple[float, float] = (0.0, 0.0),
+    crs: str | None = None,
+    attrs: dict | None = None,
+    name: str = "anomaly",
+) -> xr.DataArray:
     """Wrap a (northing, easting) array with regular coordinates starting at ``origin`` (cell centres)."""
     dn, de = spacing if isinstance(spacing, (tuple, list, np.ndarray)) else (spacing, spacing)
     attrs = dict(attrs or {})
     if crs:
         attrs["crs"] = crs
     return xr.DataArray(
-        values, dims=("northing", "easting"), name=name, attrs=attrs,
-        coords={"northing": origin[0] + dn * np.arange(values.shape[0]), "easting": origin[1] + de * np.arange(values.shape[1])},
+        values,
+        dims=("northing", "easting"),
+        name=name,
+        attrs=attrs,
+        coords={
+            "northing": origin[0] + dn * np.arange(values.shape[0]),
+            "easting": origin[1] + de * np.arange(values.shape[1]),
+        },
     )
 
 
@@ -72,7 +88,9 @@ def _normalise(da: xr.DataArray, source: str | Path) -> xr.DataArray:
     extra = [d for d in da.dims if d not in ("northing", "easting")]
     for d in extra:
         if da.sizes[d] != 1:
-            raise LodeInputError(source, f"grid must be 2-D (northing, easting); extra dimension {d!r} of size {da.sizes[d]}")
+            raise LodeInputError(
+                source, f"grid must be 2-D (northing, easting); extra dimension {d!r} of size {da.sizes[d]}"
+            )
         da = da.isel({d: 0}, drop=True)
     if set(da.dims) != {"northing", "easting"}:
         raise LodeInputError(source, f"cannot find northing/easting dimensions among {tuple(da.dims)}")
@@ -85,7 +103,9 @@ def _normalise(da: xr.DataArray, source: str | Path) -> xr.DataArray:
     return da
 
 
-def open_grid(path: str | Path, variable: str | None = None, chunks: int | tuple[int, int] | None = None) -> xr.DataArray:
+def open_grid(
+    path: str | Path, variable: str | None = None, chunks: int | tuple[int, int] | None = None
+) -> xr.DataArray:
     """Open a survey grid (GeoTIFF, netCDF or zarr) lazily, normalised as :func:`read_grid` does.
 
     Nothing is read until values are asked for. With ``chunks`` the values are a dask array of
@@ -114,7 +134,11 @@ def open_grid(path: str | Path, variable: str | None = None, chunks: int | tuple
             da.attrs = attrs
         else:
             is_zarr = suffix == ".zarr" or path.is_dir()
-            ds = xr.open_dataset(path, engine="zarr", consolidated=False, cache=False) if is_zarr else xr.open_dataset(path, cache=False)
+            ds = (
+                xr.open_dataset(path, engine="zarr", consolidated=False, cache=False)
+                if is_zarr
+                else xr.open_dataset(path, cache=False)
+            )
             names = list(ds.data_vars)
             if variable is None:
                 names = [n for n in names if n not in ("spatial_ref", "crs")]
@@ -152,20 +176,28 @@ def check_values(da: xr.DataArray, source: str | Path, warn_holes: bool = False)
     import dask
 
     data = da.data
-    n_inf, n_extreme, n_finite = dask.compute(np.isinf(data).sum(), (abs(data) > EXTREME).sum(), np.isfinite(data).sum())
+    n_inf, n_extreme, n_finite = dask.compute(
+        np.isinf(data).sum(), (abs(data) > EXTREME).sum(), np.isfinite(data).sum()
+    )
     if int(n_inf):
         raise LodeInputError(source, f"grid has {int(n_inf)} infinite values (mark missing cells with NaN)")
     if int(n_extreme):
         (top,) = dask.compute(np.nanmax(abs(data)))
-        raise LodeInputError(source, f"grid has {int(n_extreme)} cells beyond ±{EXTREME:g} (largest {float(top):g}): "
-                                     "an undeclared no-data value? Mark missing cells with NaN or declare the no-data "
-                                     "value (_FillValue, GeoTIFF nodata)")
+        raise LodeInputError(
+            source,
+            f"grid has {int(n_extreme)} cells beyond ±{EXTREME:g} (largest {float(top):g}): "
+            "an undeclared no-data value? Mark missing cells with NaN or declare the no-data "
+            "value (_FillValue, GeoTIFF nodata)",
+        )
     if not int(n_finite):
         raise LodeInputError(source, "grid has no finite values")
     share = int(n_finite) / data.size
     if warn_holes and share < HOLES_WARNING:
-        log.warning("grid %s: %.1f %% of cells valid after masking NaN holes; lines are not traced through holes",
-                    source, 100 * share)
+        log.warning(
+            "grid %s: %.1f %% of cells valid after masking NaN holes; lines are not traced through holes",
+            source,
+            100 * share,
+        )
     return share
 
 
@@ -200,18 +232,29 @@ def grid_transform(da: xr.DataArray) -> list[float]:
     return [de, 0.0, e0 - de / 2, 0.0, dn, n0 - dn / 2]
 
 
-def create_zarr_grid(path: str | Path, like: xr.DataArray, name: str, chunks: tuple[int, int], attrs: dict | None = None) -> Path:
+def create_zarr_grid(
+    path: str | Path, like: xr.DataArray, name: str, chunks: tuple[int, int], attrs: dict | None = None
+) -> Path:
     """An empty (NaN) float32 zarr grid with ``like``'s coordinates, chunked as ``chunks``, with the
     CRS and the affine ``transform`` in the array attributes; blocks are filled by :func:`write_zarr_block`."""
     import dask.array
 
     path = Path(path)
-    attrs = {**({"crs": like.attrs["crs"]} if like.attrs.get("crs") else {}), "transform": grid_transform(like), **(attrs or {})}
+    attrs = {
+        **({"crs": like.attrs["crs"]} if like.attrs.get("crs") else {}),
+        "transform": grid_transform(like),
+        **(attrs or {}),
+    }
     data = dask.array.full(like.shape, np.nan, dtype=np.float32, chunks=chunks)
-    ds = xr.Dataset({name: (("northing", "easting"), data, attrs)}, coords={"northing": like.northing.values, "easting": like.easting.values})
+    ds = xr.Dataset(
+        {name: (("northing", "easting"), data, attrs)},
+        coords={"northing": like.northing.values, "easting": like.easting.values},
+    )
     if path.exists():
         shutil.rmtree(path)
-    ds.to_zarr(path, mode="w", compute=False, consolidated=False, encoding={name: {"chunks": chunks, "fill_value": np.nan}})
+    ds.to_zarr(
+        path, mode="w", compute=False, consolidated=False, encoding={name: {"chunks": chunks, "fill_value": np.nan}}
+    )
     return path
 
 
@@ -237,7 +280,9 @@ def write_grid(da: xr.DataArray, path: str | Path) -> Path:
             if crs:
                 out = out.rio.write_crs(crs)
             out = out.rio.write_nodata(np.nan, encoded=False)
-            out.rio.to_raster(tmp, driver="GTiff", compress="DEFLATE", tiled=True, lock=True if out.chunks else None)  # dask: chunk by chunk
+            out.rio.to_raster(
+                tmp, driver="GTiff", compress="DEFLATE", tiled=True, lock=True if out.chunks else None
+            )  # dask: chunk by chunk
         elif suffix in NETCDF_SUFFIXES:
             da.to_dataset(name=da.name or "grid").to_netcdf(tmp, engine="h5netcdf")
         else:

@@ -57,7 +57,9 @@ def hole_geometry(da: xr.DataArray) -> shapely.Geometry:
     if not holes.any():
         return shapely.Polygon()
     transform = Affine(*grid_transform(da))
-    polys = [shapely.geometry.shape(g) for g, _ in features.shapes(holes.astype(np.uint8), mask=holes, transform=transform)]
+    polys = [
+        shapely.geometry.shape(g) for g, _ in features.shapes(holes.astype(np.uint8), mask=holes, transform=transform)
+    ]
     return shapely.union_all(polys)
 
 
@@ -65,7 +67,10 @@ def _field_angles(da: xr.DataArray, inclination: float | None, declination: floa
     inc = inclination if inclination is not None else da.attrs.get("inclination")
     dec = declination if declination is not None else da.attrs.get("declination")
     if inc is None or dec is None:
-        raise LodeInputError(str(da.name or "grid"), "field inclination/declination unknown: pass them or store them in the grid attributes")
+        raise LodeInputError(
+            str(da.name or "grid"),
+            "field inclination/declination unknown: pass them or store them in the grid attributes",
+        )
     return float(inc), float(dec)
 
 
@@ -97,17 +102,23 @@ def classical_lineaments(
         result = da.copy(data=tga.astype(np.float32))
     elif work is None:
         with tempfile.TemporaryDirectory(prefix="lode-tga-") as tmp:
-            result, mask = blockwise_tga_ridges(da, spacing, inc, dec, height, params.quantile, params.min_directions, block, Path(tmp))
+            result, mask = blockwise_tga_ridges(
+                da, spacing, inc, dec, height, params.quantile, params.min_directions, block, Path(tmp)
+            )
             result = result.load()
     else:
-        result, mask = blockwise_tga_ridges(da, spacing, inc, dec, height, params.quantile, params.min_directions, block, Path(work))
+        result, mask = blockwise_tga_ridges(
+            da, spacing, inc, dec, height, params.quantile, params.min_directions, block, Path(work)
+        )
     if params.bridge_cells > 0:
         mask = ndimage.binary_dilation(mask, iterations=params.bridge_cells)
     holes = np.asarray(~np.isfinite(da.data))
     if holes.any() and params.hole_margin_cells > 0:
         mask &= ~ndimage.binary_dilation(holes, iterations=params.hole_margin_cells)
     del holes
-    lines = mask_to_lineaments(mask, da.northing.values, da.easting.values, params.min_length_cells, params.simplify_cells, hole_geometry(da))
+    lines = mask_to_lineaments(
+        mask, da.northing.values, da.easting.values, params.min_length_cells, params.simplify_cells, hole_geometry(da)
+    )
     return result.rename("total_gradient_amplitude"), lines
 
 
@@ -126,7 +137,13 @@ def unet_lineaments(
 
     params = params or VectorParams(threshold=float(card.get("threshold", 0.5)))
     prob = predict_grid(model, da.data, window=int(card["window"]), stride=stride, block=block, batch_size=batch_size)
-    out = xr.DataArray(prob, dims=da.dims, coords=da.coords, name="axis_probability", attrs={**{k: v for k, v in da.attrs.items() if k == "crs"}, "units": "1"})
+    out = xr.DataArray(
+        prob,
+        dims=da.dims,
+        coords=da.coords,
+        name="axis_probability",
+        attrs={**{k: v for k, v in da.attrs.items() if k == "crs"}, "units": "1"},
+    )
     return out, probability_lines(out, da, params)
 
 
@@ -135,7 +152,14 @@ def probability_lines(prob: xr.DataArray, grid: xr.DataArray, params: VectorPara
     thresholded chunk by chunk), cut out of the holes of ``grid``."""
     with np.errstate(invalid="ignore"):
         mask = np.asarray(prob.data >= params.threshold)
-    return mask_to_lineaments(mask, grid.northing.values, grid.easting.values, params.min_length_cells, params.simplify_cells, hole_geometry(grid))
+    return mask_to_lineaments(
+        mask,
+        grid.northing.values,
+        grid.easting.values,
+        params.min_length_cells,
+        params.simplify_cells,
+        hole_geometry(grid),
+    )
 
 
 def read_card(checkpoint: str | Path) -> dict:
@@ -192,15 +216,32 @@ def unet_probability_zarr(
     h, w = da.shape
     manifest = RunManifest(out / "_inference")
     manifest.check_writable()
-    fingerprint = {"grid": str(grid_path), "variable": variable, "shape": [h, w], "checkpoint": str(Path(checkpoint).resolve()),
-                   "window": window, "stride": stride, "block": block}
+    fingerprint = {
+        "grid": str(grid_path),
+        "variable": variable,
+        "shape": [h, w],
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "window": window,
+        "stride": stride,
+        "block": block,
+    }
     zpath = out / "axis_probability.zarr"
     fresh = manifest.begin("lineaments", {**fingerprint, "batch_size": batch_size, "executor": executor}, fingerprint)
     if fresh or not zpath.exists():
         check_values(da, grid_path)
-        create_zarr_grid(zpath, da, "axis_probability", (block, block), {"units": "1", "long_name": "lineament axis probability"})
+        create_zarr_grid(
+            zpath, da, "axis_probability", (block, block), {"units": "1", "long_name": "lineament axis probability"}
+        )
     units = units_of("axis_probability", block_grid(h, w, block))
-    stage = LineamentStage(ref, (h, w), (str(zpath), "axis_probability"), window, stride, batch_size, checkpoint=str(Path(checkpoint).resolve()))
+    stage = LineamentStage(
+        ref,
+        (h, w),
+        (str(zpath), "axis_probability"),
+        window,
+        stride,
+        batch_size,
+        checkpoint=str(Path(checkpoint).resolve()),
+    )
     started = False
     if executor == "ray":
         import ray
@@ -220,14 +261,21 @@ def unet_probability_zarr(
     return zpath, doc
 
 
-def write_geojson(lines: Sequence[Lineament], path: str | Path, crs: str | None = None, properties: dict | None = None) -> Path:
+def write_geojson(
+    lines: Sequence[Lineament], path: str | Path, crs: str | None = None, properties: dict | None = None
+) -> Path:
     """Write lines as a GeoJSON FeatureCollection (``length_m``, ``azimuth_deg`` per feature), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc: dict = {
         "type": "FeatureCollection",
         "features": [
-            {"type": "Feature", "id": i, "geometry": shapely.geometry.mapping(ln.line), "properties": {"length_m": round(ln.length_m, 3), "azimuth_deg": round(ln.azimuth_deg, 2)}}
+            {
+                "type": "Feature",
+                "id": i,
+                "geometry": shapely.geometry.mapping(ln.line),
+                "properties": {"length_m": round(ln.length_m, 3), "azimuth_deg": round(ln.azimuth_deg, 2)},
+            }
             for i, ln in enumerate(lines)
         ],
     }
@@ -256,7 +304,12 @@ def read_geojson_lines(path: str | Path) -> list[shapely.Geometry]:
     return geoms
 
 
-def write_rose(lines: Sequence[Lineament], path: str | Path, bin_deg: float = 10.0, title: str = "Lineament azimuths (length-weighted)") -> Path:
+def write_rose(
+    lines: Sequence[Lineament],
+    path: str | Path,
+    bin_deg: float = 10.0,
+    title: str = "Lineament azimuths (length-weighted)",
+) -> Path:
     """Axial, length-weighted rose diagram of line azimuths as a PNG."""
     import matplotlib
 

@@ -34,7 +34,13 @@ def build_model(card: dict[str, Any]) -> torch.nn.Module:
     """Build the (untrained) network a model card describes; never downloads weights."""
     import segmentation_models_pytorch as smp
 
-    return smp.create_model(card["architecture"], encoder_name=card["encoder"], encoder_weights=None, in_channels=card["in_channels"], classes=card["classes"])
+    return smp.create_model(
+        card["architecture"],
+        encoder_name=card["encoder"],
+        encoder_weights=None,
+        in_channels=card["in_channels"],
+        classes=card["classes"],
+    )
 
 
 def normalise_windows(x: torch.Tensor) -> torch.Tensor:

@@ -64,8 +64,18 @@ class LineamentStage(BlockStage):
     name = "lineaments"
     model = True
 
-    def __init__(self, grid: Any, shape: tuple[int, int], out: Any, window: int, stride: int, batch_size: int | None = None,
-                 checkpoint: str | None = None, net: Any = None, threads: int | None = None):
+    def __init__(
+        self,
+        grid: Any,
+        shape: tuple[int, int],
+        out: Any,
+        window: int,
+        stride: int,
+        batch_size: int | None = None,
+        checkpoint: str | None = None,
+        net: Any = None,
+        threads: int | None = None,
+    ):
         self.grid, self.shape, self.out = grid, shape, out
         self.window, self.stride, self.batch_size = window, stride, batch_size
         self.checkpoint, self.net, self.threads = checkpoint, net, threads
@@ -86,7 +96,7 @@ class LineamentStage(BlockStage):
         if isinstance(self.grid, GridRef):
             region = self.grid.read(y0, min(y1, h), x0, min(x1, w))
         else:
-            region = np.asarray(self.grid[y0:min(y1, h), x0:min(x1, w)], dtype=np.float32)
+            region = np.asarray(self.grid[y0 : min(y1, h), x0 : min(x1, w)], dtype=np.float32)
         return {"region": region}
 
     def setup(self, device: str) -> None:
@@ -138,8 +148,10 @@ class LineamentStage(BlockStage):
         with np.errstate(invalid="ignore", divide="ignore"):
             blend = np.where(wsum > 0, acc / wsum, np.nan).astype(np.float32)
         blend[~np.isfinite(region)] = np.nan
-        return {"prob": np.ascontiguousarray(blend[b.y0 - y0 : b.y0 - y0 + b.h, b.x0 - x0 : b.x0 - x0 + b.w]),
-                "windows": len(origins)}
+        return {
+            "prob": np.ascontiguousarray(blend[b.y0 - y0 : b.y0 - y0 + b.h, b.x0 - x0 : b.x0 - x0 + b.w]),
+            "windows": len(origins),
+        }
 
     def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
         b, prob = unit.block, np.asarray(result["prob"], dtype=np.float32)
@@ -152,8 +164,15 @@ class LineamentStage(BlockStage):
         return {"windows": int(result["windows"])}
 
 
-def predict_grid(model: Any, grid: Any, window: int = 128, stride: int | None = None, block: int = 2048,
-                 batch_size: int | None = 16, out: np.ndarray | None = None) -> np.ndarray:
+def predict_grid(
+    model: Any,
+    grid: Any,
+    window: int = 128,
+    stride: int | None = None,
+    block: int = 2048,
+    batch_size: int | None = 16,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Axis probability (float32, NaN in holes) of a 2-D grid, in this process (the stage run serially).
 
     Args:
@@ -167,7 +186,6 @@ def predict_grid(model: Any, grid: Any, window: int = 128, stride: int | None = 
     """
     h, w = grid.shape
     out = np.full((h, w), np.nan, np.float32) if out is None else out
-    stage = LineamentStage(grid, (h, w), out, window, stride or window // 2, batch_size, net=model,
-                           threads=None)
+    stage = LineamentStage(grid, (h, w), out, window, stride or window // 2, batch_size, net=model, threads=None)
     run_stage(stage, units_of("axis_probability", block_grid(h, w, block)), None, RunOptions(executor="serial"))
     return out

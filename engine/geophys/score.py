@@ -15,7 +15,9 @@ def _union(lines: Sequence[shapely.Geometry]) -> shapely.Geometry:
     return shapely.union_all([ln for ln in lines if not ln.is_empty]) if lines else shapely.MultiLineString()
 
 
-def buffer_scores(pred: Sequence[shapely.Geometry], truth: Sequence[shapely.Geometry], tolerance: float) -> dict[str, float]:
+def buffer_scores(
+    pred: Sequence[shapely.Geometry], truth: Sequence[shapely.Geometry], tolerance: float
+) -> dict[str, float]:
     """``{"precision", "recall", "f1"}`` at a buffer ``tolerance`` (map units).
 
     An empty prediction has precision 0 against a non-empty truth (and F1 0).

@@ -64,17 +64,24 @@ class Survey:
         from engine.geophys.grid import make_dataarray
 
         return make_dataarray(
-            self.anomaly, self.spacing_m, self.origin_m, crs=crs,
+            self.anomaly,
+            self.spacing_m,
+            self.origin_m,
+            crs=crs,
             attrs={"inclination": self.inclination, "declination": self.declination, "units": "nT"},
         )
 
     def axes_lines(self) -> list[shapely.LineString]:
         """Truth axes as map-coordinate ``LineString`` s (x = easting, y = northing)."""
         n0, e0 = self.origin_m
-        return [shapely.LineString(np.c_[e0 + a[:, 1] * self.spacing_m, n0 + a[:, 0] * self.spacing_m]) for a in self.axes]
+        return [
+            shapely.LineString(np.c_[e0 + a[:, 1] * self.spacing_m, n0 + a[:, 0] * self.spacing_m]) for a in self.axes
+        ]
 
 
-def _segment_coverage(shape: tuple[int, int], p0: np.ndarray, p1: np.ndarray, width: float) -> tuple[tuple[slice, slice], np.ndarray]:
+def _segment_coverage(
+    shape: tuple[int, int], p0: np.ndarray, p1: np.ndarray, width: float
+) -> tuple[tuple[slice, slice], np.ndarray]:
     """Area fraction of each cell covered by a strip of ``width`` around segment p0-p1 (row, col)."""
     pad = width / 2 + 2
     r0, r1 = int(max(0, np.floor(min(p0[0], p1[0]) - pad))), int(min(shape[0], np.ceil(max(p0[0], p1[0]) + pad) + 1))
@@ -98,7 +105,12 @@ def _random_direction(rng: np.random.Generator) -> tuple[float, float]:
     return float(np.rad2deg(np.arcsin(rng.uniform(-1, 1)))), float(rng.uniform(-180, 180))
 
 
-def make_survey(seed: int | np.random.SeedSequence, config: SurveyConfig = SurveyConfig(), inclination: float | None = None, declination: float | None = None) -> Survey:
+def make_survey(
+    seed: int | np.random.SeedSequence,
+    config: SurveyConfig = SurveyConfig(),
+    inclination: float | None = None,
+    declination: float | None = None,
+) -> Survey:
     """Generate one survey with its truth from ``seed`` (reproducible)."""
     rng = np.random.default_rng(seed)
     cfg = config
@@ -107,7 +119,9 @@ def make_survey(seed: int | np.random.SeedSequence, config: SurveyConfig = Surve
     ext = (ny + 2 * my, nx + 2 * mx)
     h = cfg.spacing_m
     if inclination is None:
-        inclination = float(rng.uniform(*cfg.inclination_range)) * (-1.0 if rng.random() < cfg.southern_fraction else 1.0)
+        inclination = float(rng.uniform(*cfg.inclination_range)) * (
+            -1.0 if rng.random() < cfg.southern_fraction else 1.0
+        )
     if declination is None:
         declination = float(rng.uniform(*cfg.declination_range))
     fwd = FourierForward(ext, h, inclination, declination, pad=0.25)
@@ -118,7 +132,11 @@ def make_survey(seed: int | np.random.SeedSequence, config: SurveyConfig = Surve
         if region is None:
             grid += values
         else:
-            grid[region] = np.where(np.abs(values) > np.abs(grid[region]), values, grid[region]) if key[0] >= 0 else grid[region] + values
+            grid[region] = (
+                np.where(np.abs(values) > np.abs(grid[region]), values, grid[region])
+                if key[0] >= 0
+                else grid[region] + values
+            )
 
     def direction() -> tuple[float | None, float | None, float]:
         sign = -1.0 if rng.random() < cfg.reversed_fraction else 1.0
@@ -183,7 +201,11 @@ def make_survey(seed: int | np.random.SeedSequence, config: SurveyConfig = Surve
         across = (rr - cy) * np.cos(phi) + (cc - cx) * np.sin(phi)
         across = across + rng.uniform(0, 10) * np.sin(along / rng.uniform(20, 80) + rng.uniform(0, 6.3))
         top = round(float(rng.uniform(2, 8)) * 2) / 2 * h
-        add((top, top + 60 * h, None, None), None, rng.choice([-1, 1]) * rng.uniform(0.3, 2.0) * np.clip(across + 0.5, 0, 1))
+        add(
+            (top, top + 60 * h, None, None),
+            None,
+            rng.choice([-1, 1]) * rng.uniform(0.3, 2.0) * np.clip(across + 0.5, 0, 1),
+        )
 
     for (z0, z1, inc_m, dec_m), grid in layers.items():
         fwd.add(grid, z0, z1, inc_m, dec_m)
@@ -192,8 +214,14 @@ def make_survey(seed: int | np.random.SeedSequence, config: SurveyConfig = Surve
     smooth = ndimage.gaussian_filter(rng.normal(size=(ny, nx)), sigma=max(ny, nx) / 6, mode="wrap")
     smooth = smooth / (np.abs(smooth).max() + 1e-12)
     plane = rng.normal(size=2)
-    ramp = (plane[0] * np.linspace(-1, 1, ny)[:, None] + plane[1] * np.linspace(-1, 1, nx)[None, :]) / (np.abs(plane).sum() + 1e-12)
-    anomaly = anomaly + rng.uniform(*cfg.regional_nt) * (0.5 * smooth + 0.5 * ramp) + rng.normal(0, cfg.noise_nt, size=(ny, nx))
+    ramp = (plane[0] * np.linspace(-1, 1, ny)[:, None] + plane[1] * np.linspace(-1, 1, nx)[None, :]) / (
+        np.abs(plane).sum() + 1e-12
+    )
+    anomaly = (
+        anomaly
+        + rng.uniform(*cfg.regional_nt) * (0.5 * smooth + 0.5 * ramp)
+        + rng.normal(0, cfg.noise_nt, size=(ny, nx))
+    )
     return Survey(
         anomaly=anomaly.astype(np.float32),
         spacing_m=h,

@@ -43,11 +43,15 @@ def _load_set(path: str) -> tuple[np.ndarray, np.ndarray]:
     import zarr
 
     group = zarr.open_group(path, mode="r")
-    return (np.asarray(array_at(group, "anomaly")[:], dtype=np.float32),
-            np.asarray(array_at(group, "target")[:], dtype=np.float32))
+    return (
+        np.asarray(array_at(group, "anomaly")[:], dtype=np.float32),
+        np.asarray(array_at(group, "target")[:], dtype=np.float32),
+    )
 
 
-def sample_batch(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, batch: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_batch(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, batch: int, window: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Random augmented windows ``(B, 1, window, window)`` of anomaly and target."""
     n, h, w = x.shape
     xb = np.empty((batch, 1, window, window), np.float32)
@@ -131,7 +135,9 @@ def train(config: TrainConfig) -> Path:
         train_loop_per_worker,
         train_loop_config=dataclasses.asdict(config),
         scaling_config=ScalingConfig(num_workers=1, use_gpu=torch.cuda.is_available()),
-        run_config=RunConfig(name="lineaments", storage_path=str(out / "ray_results"), checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        run_config=RunConfig(
+            name="lineaments", storage_path=str(out / "ray_results"), checkpoint_config=CheckpointConfig(num_to_keep=1)
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -109,6 +109,7 @@ def reduce_to_pole(
     At low latitudes ``Theta`` approaches zero along the declination; the inclination used in
     the operator is clamped to at least ``min_inclination`` degrees in magnitude.
     """
+
     def clamp(inc: float) -> float:
         return float(np.sign(inc) or 1.0) * max(abs(inc), min_inclination)
 

@@ -114,7 +114,9 @@ def mask_to_lineaments(
     for path in trace_skeleton(skeletonize(np.asarray(mask, dtype=bool))):
         if len(path) < 2:
             continue
-        line = shapely.LineString(np.c_[easting[0] + path[:, 1] * de, northing[0] + path[:, 0] * dn]).simplify(simplify_cells * cell)
+        line = shapely.LineString(np.c_[easting[0] + path[:, 1] * de, northing[0] + path[:, 0] * dn]).simplify(
+            simplify_cells * cell
+        )
         parts = [line]
         if exclude is not None and not exclude.is_empty:
             cut = line.difference(exclude)

@@ -34,7 +34,9 @@ def missing_shards(array: zarr.Array) -> list[tuple[int, ...]]:
     shard = array.shards or array.chunks
     grid = [range(0, n, s) for n, s in zip(array.shape, shard)]
     out = []
-    for key, origin in zip(array._iter_shard_keys(), np.array(np.meshgrid(*grid, indexing="ij")).reshape(len(grid), -1).T):
+    for key, origin in zip(
+        array._iter_shard_keys(), np.array(np.meshgrid(*grid, indexing="ij")).reshape(len(grid), -1).T
+    ):
         if key not in stored:
             out.append(tuple(int(v) for v in origin[-2:]))
     return out
@@ -45,8 +47,9 @@ def _describe(blocks: list[tuple[int, ...]], limit: int = 4) -> str:
     return shown + (f" and {len(blocks) - limit} more" if len(blocks) > limit else "")
 
 
-def check_raster(group: zarr.Group, array: zarr.Array, source: str, allow_incomplete: bool = False
-                 ) -> list[tuple[int, ...]]:
+def check_raster(
+    group: zarr.Group, array: zarr.Array, source: str, allow_incomplete: bool = False
+) -> list[tuple[int, ...]]:
     """Refuse a raster that is incomplete (unless ``allow_incomplete``) or whose complete record
     lacks a shard. Returns the origins of the missing blocks (empty when whole).
 
@@ -56,13 +59,19 @@ def check_raster(group: zarr.Group, array: zarr.Array, source: str, allow_incomp
     missing = missing_shards(array)
     if is_complete(group):
         if missing:
-            raise LodeInputError(source, f"damaged: {len(missing)} shard(s) of {array.path} missing from a complete "
-                                         f"record at (y, x) {_describe(missing)}")
+            raise LodeInputError(
+                source,
+                f"damaged: {len(missing)} shard(s) of {array.path} missing from a complete "
+                f"record at (y, x) {_describe(missing)}",
+            )
         return []
     if not allow_incomplete:
-        raise LodeInputError(source, f"incomplete: {len(missing)} block(s) never written at (y, x) "
-                                     f"{_describe(missing)} (rerun the job to finish it, or pass "
-                                     f"--allow-incomplete to measure only the complete blocks)")
+        raise LodeInputError(
+            source,
+            f"incomplete: {len(missing)} block(s) never written at (y, x) "
+            f"{_describe(missing)} (rerun the job to finish it, or pass "
+            f"--allow-incomplete to measure only the complete blocks)",
+        )
     return missing
 
 
@@ -72,8 +81,11 @@ def read_checked(array: zarr.Array, selection: Any, source: str) -> np.ndarray:
     try:
         return np.asarray(array[selection])
     except Exception as exc:  # codecs raise their own types
-        raise LodeInputError(source, f"damaged chunk of {array.path} in region {_region(selection)} (corrupt "
-                                     f"pixels): {type(exc).__name__}: {exc}") from exc
+        raise LodeInputError(
+            source,
+            f"damaged chunk of {array.path} in region {_region(selection)} (corrupt "
+            f"pixels): {type(exc).__name__}: {exc}",
+        ) from exc
 
 
 def _region(selection: Any) -> str:

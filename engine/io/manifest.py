@@ -59,8 +59,9 @@ def check_output(out: str | Path, min_free: int = MIN_FREE_BYTES, kind: str = "a
         raise LodeInputError(out, f"output is not writable: {exc}") from exc
     free = shutil.disk_usage(probe_dir).free
     if free < min_free:
-        raise LodeInputError(out, f"output disk is full: only {free // 2**20} MiB free "
-                                  f"(need at least {min_free // 2**20} MiB)")
+        raise LodeInputError(
+            out, f"output disk is full: only {free // 2**20} MiB free (need at least {min_free // 2**20} MiB)"
+        )
 
 
 def manifest_path(out: str | Path) -> str:
@@ -75,15 +76,28 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def write_job_manifest(out: str | Path, job: str, config: dict, timings: dict[str, float], status: str,
-                       units: dict[str, dict] | None = None, error: str | None = None) -> str | None:
+def write_job_manifest(
+    out: str | Path,
+    job: str,
+    config: dict,
+    timings: dict[str, float],
+    status: str,
+    units: dict[str, dict] | None = None,
+    error: str | None = None,
+) -> str | None:
     """Record a run (versions, config, timings, status, per-unit status); a failed run keeps the
     record of the run it replaces under ``previous``."""
     path = manifest_path(out)
     if not fs.exists(fs.parent(path)):
         return None
-    doc: dict[str, Any] = {"job": job, "status": status, "versions": versions(), "config": _jsonable(config),
-                           "timings": timings, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    doc: dict[str, Any] = {
+        "job": job,
+        "status": status,
+        "versions": versions(),
+        "config": _jsonable(config),
+        "timings": timings,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     if units is not None:
         doc["units"] = _jsonable(units)
     if error:
@@ -165,9 +179,15 @@ class RunManifest:
         if fresh:
             fs.remove(self.status_dir)
         fs.remove(self.failed_dir)  # failed units are retried
-        doc = {"job": job, "status": "running", "versions": versions(), "config": config, "fingerprint": fp,
-               "started": prev.get("started") if prev else time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "attempts": (prev.get("attempts", 0) if prev else 0) + 1}
+        doc = {
+            "job": job,
+            "status": "running",
+            "versions": versions(),
+            "config": config,
+            "fingerprint": fp,
+            "started": prev.get("started") if prev else time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "attempts": (prev.get("attempts", 0) if prev else 0) + 1,
+        }
         atomic_write_text(self.path, json.dumps(doc, indent=1))
         return fresh
 
@@ -191,6 +211,7 @@ class RunManifest:
 
     def done(self) -> dict[str, dict]:
         return self._units(self.status_dir)
+
     def done_keys(self) -> set[str]:
         return set(self.done())
 
@@ -200,8 +221,14 @@ class RunManifest:
 
         cause = input_error_of(exc)
         doc = self.read() or {}
-        doc.update({"status": "failed", "error": strip_ansi(str(cause) if cause else f"{type(exc).__name__}: {exc}"),
-                    "failed_units": self.failed(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        doc.update(
+            {
+                "status": "failed",
+                "error": strip_ansi(str(cause) if cause else f"{type(exc).__name__}: {exc}"),
+                "failed_units": self.failed(),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
         atomic_write_text(self.path, json.dumps(doc, indent=1))
 
     def finish(self, timings: dict[str, float], expected: list[str], skipped: int = 0) -> dict[str, Any]:
@@ -215,8 +242,15 @@ class RunManifest:
 
         blocks = [{"unit": k, **state(k)} for k in expected]
         complete = all(b["status"] == "done" for b in blocks)
-        doc.update({"status": "complete" if complete else "partial", "timings": timings, "blocks": blocks,
-                    "failed_sections": {k.split("/")[0]: r for k, r in sorted(failed.items())},
-                    "skipped_already_done": skipped, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        doc.update(
+            {
+                "status": "complete" if complete else "partial",
+                "timings": timings,
+                "blocks": blocks,
+                "failed_sections": {k.split("/")[0]: r for k, r in sorted(failed.items())},
+                "skipped_already_done": skipped,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
         atomic_write_text(self.path, json.dumps(doc, indent=1))
         return doc

@@ -35,8 +35,7 @@ treat it as "no data"; no class set may use it."""
 def _codec_args() -> dict[str, Any]:
     """Every chunk is zstd-compressed with its content checksum, and written even when it equals
     the fill value, so that a flipped byte raises on read and a missing chunk is visible."""
-    return {"compressors": ZstdCodec(level=0, checksum=True),
-            "config": {"write_empty_chunks": True}}
+    return {"compressors": ZstdCodec(level=0, checksum=True), "config": {"write_empty_chunks": True}}
 
 
 @dataclass(frozen=True)
@@ -109,8 +108,14 @@ def create_image(
         by, bx = layout.level_block(k)
         cy, cx = layout.level_chunk(k)
         grp.create_array(
-            level(k), shape=(c, ly, lx), dtype=dtype, chunks=(c, cy, cx), shards=(c, by, bx),
-            dimension_names=("c", "y", "x"), fill_value=0, **_codec_args(),
+            level(k),
+            shape=(c, ly, lx),
+            dtype=dtype,
+            chunks=(c, cy, cx),
+            shards=(c, by, bx),
+            dimension_names=("c", "y", "x"),
+            fill_value=0,
+            **_codec_args(),
             attributes={"scale_factor": quantisation[0], "add_offset": quantisation[1]} if quantisation else None,
         )
     names = list(channel_names) if channel_names else [f"c{i}" for i in range(c)]
@@ -120,12 +125,17 @@ def create_image(
     maxv = 255 if np.dtype(dtype) == np.uint8 else 65535 if np.dtype(dtype) == np.uint16 else 1.0
     ome: dict[str, Any] = {
         "version": NGFF_VERSION,
-        "multiscales": _multiscales(name, layout.levels, True, pixel_size_um or 1.0,
-                                    "micrometer" if pixel_size_um else None),
+        "multiscales": _multiscales(
+            name, layout.levels, True, pixel_size_um or 1.0, "micrometer" if pixel_size_um else None
+        ),
         "omero": {
             "channels": [
-                {"label": n, "color": colours[i], "active": True,
-                 "window": {"start": 0, "end": maxv, "min": 0, "max": maxv}}
+                {
+                    "label": n,
+                    "color": colours[i],
+                    "active": True,
+                    "window": {"start": 0, "end": maxv, "min": 0, "max": maxv},
+                }
                 for i, n in enumerate(names)
             ],
         },
@@ -156,13 +166,20 @@ def create_labels(
     for k in range(layout.levels):
         ly, lx = layout.level_shape((h, w), k)
         grp.create_array(
-            level(k), shape=(ly, lx), dtype=np.uint8, chunks=layout.level_chunk(k),
-            shards=layout.level_block(k), dimension_names=("y", "x"), fill_value=VOID, **_codec_args(),
+            level(k),
+            shape=(ly, lx),
+            dtype=np.uint8,
+            chunks=layout.level_chunk(k),
+            shards=layout.level_block(k),
+            dimension_names=("y", "x"),
+            fill_value=VOID,
+            **_codec_args(),
         )
     ome: dict[str, Any] = {
         "version": NGFF_VERSION,
-        "multiscales": _multiscales(name, layout.levels, False, pixel_size_um or 1.0,
-                                    "micrometer" if pixel_size_um else None),
+        "multiscales": _multiscales(
+            name, layout.levels, False, pixel_size_um or 1.0, "micrometer" if pixel_size_um else None
+        ),
         "image-label": {
             "version": NGFF_VERSION,
             "colors": [{"label-value": c.code, "rgba": [*c.color, 255]} for c in classes.classes]
@@ -172,8 +189,9 @@ def create_labels(
             "source": {"image": "../../"},
         },
     }
-    grp.attrs.update({"ome": ome, "lode": {"layout": layout_to_dict(layout), "classes": classes.to_dicts(),
-                                           "void": VOID}})
+    grp.attrs.update(
+        {"ome": ome, "lode": {"layout": layout_to_dict(layout), "classes": classes.to_dicts(), "void": VOID}}
+    )
     return grp
 
 
@@ -229,7 +247,7 @@ def write_block(group: zarr.Group, data: np.ndarray, y0: int, x0: int, kind: str
         edge_ok_w = w == min(layout.level_block(k)[1], full_w - kx)
         if not (edge_ok_h and edge_ok_w):
             raise ValueError(f"block at level {k} of shape {(h, w)} does not fill its shard")
-        arr[..., ky:ky + h, kx:kx + w] = data
+        arr[..., ky : ky + h, kx : kx + w] = data
         if k + 1 < layout.levels:
             data = downsample(data, kind)
 

@@ -36,7 +36,9 @@ class SectionSource:
             root = open_store(self.path)
             group = group_at(root, self.group) if self.group else root
             if is_complete(group):
-                check_raster(group, array_at(group, FULL_RESOLUTION), f"{self.path}/{self.group}" if self.group else self.path)
+                check_raster(
+                    group, array_at(group, FULL_RESOLUTION), f"{self.path}/{self.group}" if self.group else self.path
+                )
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``(c, y1-y0, x1-x0)`` uint8."""
@@ -155,8 +157,9 @@ def _zarr_sources(location: str, failed: dict[str, LodeInputError] | None = None
             failed[name] = exc
             continue
         if grp is not None:
-            out.append(SectionSource(name, "zarr", location, name, arr.shape[1], arr.shape[2], arr.shape[0],
-                                     _pixel_size(grp)))
+            out.append(
+                SectionSource(name, "zarr", location, name, arr.shape[1], arr.shape[2], arr.shape[0], _pixel_size(grp))
+            )
     if not out and not (failed and any(e.source.startswith(f"{location}/") for e in failed.values())):
         raise LodeInputError(location, "zarr store holds no OME-NGFF multiscale image")
     return out

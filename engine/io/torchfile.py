@@ -14,8 +14,9 @@ from typing import IO, Any
 from engine.errors import LodeInputError
 
 
-def load_torch(file: str | Path | io.BytesIO, source: str | Path, what: str, safe_globals: Iterable[Any] = (),
-               **kwargs: Any) -> Any:
+def load_torch(
+    file: str | Path | io.BytesIO, source: str | Path, what: str, safe_globals: Iterable[Any] = (), **kwargs: Any
+) -> Any:
     """``torch.load(file, map_location="cpu", weights_only=True, **kwargs)``, with ``safe_globals``
     allowed besides tensors and plain data. Raises ``LodeInputError(source, "not a <what> (...)")``."""
     import torch
@@ -43,9 +44,16 @@ class TensorInfo:
     storage: str
 
 
-_PLAIN = {("collections", "OrderedDict"), ("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
-          ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-          ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")}
+_PLAIN = {
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "scalar"),
+}
 _TENSORS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter")}
 
 
@@ -89,12 +97,16 @@ def read_without_torch(file: str | Path | IO[bytes], source: str | Path, what: s
             names = z.namelist()
             pkl = next(n for n in names if n.endswith("/data.pkl"))
             prefix = pkl[: -len("data.pkl")] + "data/"
-            records = {n[len(prefix):] for n in names if n.startswith(prefix)}
+            records = {n[len(prefix) :] for n in names if n.startswith(prefix)}
             return _TorchFree(io.BytesIO(z.read(pkl)), records).load()
     except Exception as exc:  # noqa: BLE001 - whatever fails, the file is bad input
-        detail = ("not a torch zip archive" if isinstance(exc, (zipfile.BadZipFile, StopIteration)) else
-                  "holds objects other than tensors and plain data" if isinstance(exc, pickle.UnpicklingError)
-                  else "damaged archive")
+        detail = (
+            "not a torch zip archive"
+            if isinstance(exc, (zipfile.BadZipFile, StopIteration))
+            else "holds objects other than tensors and plain data"
+            if isinstance(exc, pickle.UnpicklingError)
+            else "damaged archive"
+        )
         raise LodeInputError(source, f"not a {what} (unreadable torch file: {detail})") from exc
 
 
@@ -113,9 +125,15 @@ def check_tensors(state: Any, expected: dict[str, list[int]], source: str | Path
     missing = sorted(want.keys() - have.keys())
     extra = sorted(have.keys() - want.keys())
     wrong = sorted(k for k in want.keys() & have.keys() if have[k] != want[k])
-    parts = [f"{len(ks)} {what} (first: {ks[0]})" for what, ks in
-             (("tensor(s) missing", missing), ("unexpected tensor(s)", extra), ("tensor(s) of the wrong shape", wrong))
-             if ks]
+    parts = [
+        f"{len(ks)} {what} (first: {ks[0]})"
+        for what, ks in (
+            ("tensor(s) missing", missing),
+            ("unexpected tensor(s)", extra),
+            ("tensor(s) of the wrong shape", wrong),
+        )
+        if ks
+    ]
     if parts:
         raise LodeInputError(source, "weights do not fit the model card: " + "; ".join(parts))
 
@@ -155,8 +173,12 @@ def verify_in_child(path: str | Path, module: str, tag: str = "", what: str = "c
     blob = read_without_torch(p, path, what)
     if isinstance(blob, dict) and isinstance(blob.get("tensors"), dict) and isinstance(blob.get("state_dict"), dict):
         check_tensors(blob["state_dict"], blob["tensors"], path)
-    proc = subprocess.run([sys.executable, "-m", module, str(p)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", module, str(p)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     last = (proc.stderr.strip().splitlines() or ["?"])[-1]
     if proc.returncode == 2:
         raise LodeInputError(path, last.split(": ", 1)[-1])

@@ -33,7 +33,9 @@ class IsolationForestScorer:
         from sklearn.ensemble import IsolationForest
 
         self.channels = list(channels) if channels is not None else list(range(cells.shape[1]))
-        self.model = IsolationForest(n_estimators=n_estimators, max_samples=256, random_state=seed).fit(cells[:, self.channels])
+        self.model = IsolationForest(n_estimators=n_estimators, max_samples=256, random_state=seed).fit(
+            cells[:, self.channels]
+        )
 
     def cells(self, x: np.ndarray) -> np.ndarray:
         return -self.model.score_samples(x[:, self.channels])

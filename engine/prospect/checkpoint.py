@@ -27,14 +27,25 @@ def checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return {"kind": str(ck["kind"]), "config": dict(ck["config"]), "channels": list(ck["channels"])}
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, kind: str, channels: list[str], extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, kind: str, channels: list[str], extra: dict | None = None
+) -> Path:
     import torch
 
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"kind": kind, "config": model.config, "state_dict": state, "tensors": tensor_list(state),
-                    "channels": channels, **(extra or {})}, tmp)
+        torch.save(
+            {
+                "kind": kind,
+                "config": model.config,
+                "state_dict": state,
+                "tensors": tensor_list(state),
+                "channels": channels,
+                **(extra or {}),
+            },
+            tmp,
+        )
     return path
 
 
@@ -44,9 +55,14 @@ def load_checkpoint(path: str | Path) -> tuple[ProspectMAE | ConvAutoencoder, di
     path = Path(path)
     if not path.exists():
         raise LodeInputError(path, "model checkpoint not found")
-    numpy_arrays = (np._core.multiarray._reconstruct,  # type: ignore[attr-defined]  # numpy's stubs omit _core
-                    np.ndarray, np.dtype,  # the MAE's latent Gaussian
-                    np.dtypes.Float16DType, np.dtypes.Float32DType, np.dtypes.Float64DType)
+    numpy_arrays = (
+        np._core.multiarray._reconstruct,  # type: ignore[attr-defined]  # numpy's stubs omit _core
+        np.ndarray,
+        np.dtype,  # the MAE's latent Gaussian
+        np.dtypes.Float16DType,
+        np.dtypes.Float32DType,
+        np.dtypes.Float64DType,
+    )
     ck = entries(load_torch(path, path, CHECKPOINT, numpy_arrays), path, CHECKPOINT, ("kind", "config", "state_dict"))
     try:
         model = build(ck["kind"], ck["config"])

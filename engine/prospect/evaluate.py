@@ -132,14 +132,22 @@ def plot_success(results: dict[str, ProspectMetrics], path: str | Path) -> None:
         ax.step(x, y, where="post", label=f"{name} (area {m.success_rate_area:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.axvline(0.1, color="grey", lw=0.6)
-    ax.set(xlabel="share of area (ranked by score)", ylabel="share of deposits captured", xlim=(0, 1), ylim=(0, 1), title="Success-rate curves")
+    ax.set(
+        xlabel="share of area (ranked by score)",
+        ylabel="share of deposits captured",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title="Success-rate curves",
+    )
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_prediction_area(score: np.ndarray, rows: np.ndarray, cols: np.ndarray, path: str | Path, title: str = "") -> None:
+def plot_prediction_area(
+    score: np.ndarray, rows: np.ndarray, cols: np.ndarray, path: str | Path, title: str = ""
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,7 +171,9 @@ def plot_prediction_area(score: np.ndarray, rows: np.ndarray, cols: np.ndarray, 
     plt.close(fig)
 
 
-def plot_map(score: np.ndarray, rows: np.ndarray, cols: np.ndarray, path: str | Path, title: str = "", max_side: int = 1024) -> None:
+def plot_map(
+    score: np.ndarray, rows: np.ndarray, cols: np.ndarray, path: str | Path, title: str = "", max_side: int = 1024
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,7 +182,9 @@ def plot_map(score: np.ndarray, rows: np.ndarray, cols: np.ndarray, path: str | 
     step = max(1, int(np.ceil(max(score.shape) / max_side)))
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(score[::step, ::step], cmap="magma", interpolation="nearest")
-    ax.scatter(np.asarray(cols) / step, np.asarray(rows) / step, s=14, facecolors="none", edgecolors="cyan", linewidths=0.8)
+    ax.scatter(
+        np.asarray(cols) / step, np.asarray(rows) / step, s=14, facecolors="none", edgecolors="cyan", linewidths=0.8
+    )
     ax.set_title(title)
     ax.set_axis_off()
     fig.tight_layout()

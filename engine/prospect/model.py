@@ -46,7 +46,9 @@ def sincos_2d(n: int, dim: int) -> torch.Tensor:
 
 
 def _encoder(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+    layer = nn.TransformerEncoderLayer(
+        dim, heads, dim * 2, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
@@ -73,8 +75,17 @@ class ProspectMAE(nn.Module):
         if window % (patch * group):
             raise ValueError(f"window {window} must be a multiple of patch*group = {patch * group}")
         self.config = dict(
-            channels=channels, window=window, patch=patch, fused=fused, dim=dim, depth=depth, heads=heads,
-            decoder_dim=decoder_dim, decoder_depth=decoder_depth, mask_ratio=mask_ratio, group=group,
+            channels=channels,
+            window=window,
+            patch=patch,
+            fused=fused,
+            dim=dim,
+            depth=depth,
+            heads=heads,
+            decoder_dim=decoder_dim,
+            decoder_depth=decoder_depth,
+            mask_ratio=mask_ratio,
+            group=group,
         )
         self.channels, self.window, self.patch, self.group, self.mask_ratio = channels, window, patch, group, mask_ratio
         self.grid = window // patch
@@ -94,7 +105,9 @@ class ProspectMAE(nn.Module):
     def tokens(self) -> int:
         return self.grid * self.grid
 
-    def random_mask(self, batch: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
+    def random_mask(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> torch.Tensor:
         """(B, tokens) bool, True = masked; whole groups of ``group x group`` patches."""
         g = self.grid // self.group
         n_mask = int(round(self.mask_ratio * g * g))
@@ -154,15 +167,21 @@ class ConvAutoencoder(nn.Module):
         self.config = dict(channels=channels, width=width, window=window)
         self.channels, self.window = channels, window
         self.enc = nn.Sequential(
-            nn.Conv2d(channels + 1, width, 3, padding=1), nn.GELU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(channels + 1, width, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.GELU(),
             nn.Conv2d(width, 8, 1),
         )
         self.dec = nn.Sequential(
-            nn.Conv2d(8, width, 1), nn.GELU(),
-            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.GELU(),
-            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(8, width, 1),
+            nn.GELU(),
+            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1),
+            nn.GELU(),
+            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1),
+            nn.GELU(),
             nn.Conv2d(width, channels, 3, padding=1),
         )
 
@@ -184,4 +203,3 @@ def build(kind: str, config: dict) -> ProspectMAE | ConvAutoencoder:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

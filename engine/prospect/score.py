@@ -148,8 +148,17 @@ def _batched(fn, x: np.ndarray, v: np.ndarray, batch: int) -> np.ndarray:
 class MAEScorer:
     components: tuple[str, ...] = ("recon_error", "latent_distance")
 
-    def __init__(self, model: ProspectMAE, latent: dict[str, np.ndarray], device: str = "cpu", batch: int | None = None,
-                 latent_weight: float = 0.0, score_channels: list[int] | None = None, shifts: int = 1, drop_top: int = 0):
+    def __init__(
+        self,
+        model: ProspectMAE,
+        latent: dict[str, np.ndarray],
+        device: str = "cpu",
+        batch: int | None = None,
+        latent_weight: float = 0.0,
+        score_channels: list[int] | None = None,
+        shifts: int = 1,
+        drop_top: int = 0,
+    ):
         g = _geometry("mae", {"window": model.window, "patch": model.patch}, shifts)
         self.window, self.stride, self.offsets, self.fixed_batch = g["window"], g["stride"], g["offsets"], batch
         self.drop_top = drop_top
@@ -194,8 +203,16 @@ class MAEScorer:
 class CAEScorer:
     components: tuple[str, ...] = ("cae_error",)
 
-    def __init__(self, model: ConvAutoencoder, device: str = "cpu", batch: int | None = None,
-                 score_channels: list[int] | None = None, shifts: int = 1, shift_step: int = 8, drop_top: int = 0):
+    def __init__(
+        self,
+        model: ConvAutoencoder,
+        device: str = "cpu",
+        batch: int | None = None,
+        score_channels: list[int] | None = None,
+        shifts: int = 1,
+        shift_step: int = 8,
+        drop_top: int = 0,
+    ):
         g = _geometry("cae", {"window": model.window}, shifts, shift_step)
         self.window, self.stride, self.offsets, self.fixed_batch = g["window"], g["stride"], g["offsets"], batch
         self.drop_top = drop_top
@@ -267,12 +284,25 @@ class CheckpointScorer:
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed map must share with the run it resumes: the checkpoint file as it is now."""
         st = os.stat(self.path)
-        return {"checkpoint": self.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "kind": self.kind,
-                "score_channels": list(self.score_channels), "drop_top": self.drop_top}
+        return {
+            "checkpoint": self.path,
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "kind": self.kind,
+            "score_channels": list(self.score_channels),
+            "drop_top": self.drop_top,
+        }
 
     @classmethod
-    def open(cls, path: str | Path, kind: str, channels: list[str], score_channels: list[int], shifts: int = 2,
-             drop_top: int = 0) -> CheckpointScorer:
+    def open(
+        cls,
+        path: str | Path,
+        kind: str,
+        channels: list[str],
+        score_channels: list[int],
+        shifts: int = 2,
+        drop_top: int = 0,
+    ) -> CheckpointScorer:
         if not Path(path).exists():
             raise LodeInputError(path, "model checkpoint not found")
         meta = checkpoint_meta(path)
@@ -280,8 +310,14 @@ class CheckpointScorer:
             raise LodeInputError(path, f"checkpoint is a {meta['kind']} model, not {kind}")
         if meta["channels"] != channels:
             raise LodeInputError(path, "checkpoint channels differ from the stack's")
-        return cls(str(Path(path).resolve()), kind, tuple(score_channels), shifts, drop_top,
-                   **_geometry(kind, meta["config"], shifts))
+        return cls(
+            str(Path(path).resolve()),
+            kind,
+            tuple(score_channels),
+            shifts,
+            drop_top,
+            **_geometry(kind, meta["config"], shifts),
+        )
 
     def to(self, device: str) -> WindowScorer:
         from engine.prospect.checkpoint import load_checkpoint
@@ -309,7 +345,9 @@ def smooth_valid(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndar
 
     vf = valid.astype(np.float32)
     norm = ndimage.gaussian_filter(vf, sigma, mode="constant")
-    out = ndimage.gaussian_filter(np.where(valid, values, 0).astype(np.float32), sigma, mode="constant") / np.maximum(norm, 1e-6)
+    out = ndimage.gaussian_filter(np.where(valid, values, 0).astype(np.float32), sigma, mode="constant") / np.maximum(
+        norm, 1e-6
+    )
     out[~valid] = np.nan
     return out
 
@@ -337,8 +375,10 @@ class ScoreStage(BlockStage):
         w, s = self.scorer.window, self.scorer.stride
         halo = math.ceil(3 * self.sigma) if self.sigma > 0 else 0
         ey0, ey1, ex0, ex1 = b.y0 - halo, b.y0 + b.h + halo, b.x0 - halo, b.x0 + b.w + halo
-        lattices = [(lattice_starts(ey0, ey1, w, s, dy), lattice_starts(ex0, ex1, w, s, dx))
-                    for dy, dx in getattr(self.scorer, "offsets", ((0, 0),))]
+        lattices = [
+            (lattice_starts(ey0, ey1, w, s, dy), lattice_starts(ex0, ex1, w, s, dx))
+            for dy, dx in getattr(self.scorer, "offsets", ((0, 0),))
+        ]
         ry0, rx0 = min(ys[0] for ys, _ in lattices), min(xs[0] for _, xs in lattices)
         ry1, rx1 = max(ys[-1] for ys, _ in lattices) + w, max(xs[-1] for _, xs in lattices) + w
         return ry0, rx0, lattices, ry1 - ry0, rx1 - rx0
@@ -423,8 +463,9 @@ def _robust(arr, max_samples: int = 2_000_000) -> tuple[float, float]:
     return float(med), float(q3 - q1) if q3 > q1 else float(v.std() or 1.0)
 
 
-def _standardise(root, names: list[str], weights: dict[str, float],
-                 blocks: list[Block]) -> dict[str, tuple[float, float]]:
+def _standardise(
+    root, names: list[str], weights: dict[str, float], blocks: list[Block]
+) -> dict[str, tuple[float, float]]:
     """Write ``prospectivity`` = sum of weighted (component - median) / IQR, block by block."""
     stats = {n: _robust(root[n]) for n in names}
     for b in blocks:
@@ -453,15 +494,38 @@ def _prepare(out: Path, stack, names: list[str], block: int, fingerprint: dict, 
         root.create_array("northing", data=g.northing, dimension_names=("northing",), overwrite=True)
         root.create_array("easting", data=g.easting, dimension_names=("easting",), overwrite=True)
         for n in names + [SCORE]:
-            root.create_array(n, shape=(h, w), chunks=(min(block, h), min(block, w)), dtype="float32",
-                              fill_value=np.nan, dimension_names=("northing", "easting"), overwrite=True)
-        root.attrs.update({"crs": g.crs, "grid": g.to_dict(), "transform": [g.west, g.cell_size, g.north],
-                           "components": names, "complete": False, **attrs})
+            root.create_array(
+                n,
+                shape=(h, w),
+                chunks=(min(block, h), min(block, w)),
+                dtype="float32",
+                fill_value=np.nan,
+                dimension_names=("northing", "easting"),
+                overwrite=True,
+            )
+        root.attrs.update(
+            {
+                "crs": g.crs,
+                "grid": g.to_dict(),
+                "transform": [g.west, g.cell_size, g.north],
+                "components": names,
+                "complete": False,
+                **attrs,
+            }
+        )
     return manifest, root
 
 
-def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, block: int = 512, sigma: float = 0.0,
-              attrs: dict | None = None, max_blocks: int | None = None, options: RunOptions | None = None) -> Path:
+def score_map(
+    stack_path: str | Path,
+    scorer: WindowScorer,
+    out: str | Path,
+    block: int = 512,
+    sigma: float = 0.0,
+    attrs: dict | None = None,
+    max_blocks: int | None = None,
+    options: RunOptions | None = None,
+) -> Path:
     """Write component maps and ``prospectivity`` (northing, easting) to zarr store ``out``, one
     chunk per block, resuming a killed run of the same map (same stack, scorer geometry and
     checkpoint file, ``block``, ``sigma`` and ``attrs``; an in-memory scorer is trusted to be the
@@ -479,10 +543,16 @@ def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, blo
     names = list(scorer.components)
     weights = {n: float(getattr(scorer, "weights", {}).get(n, 1.0)) for n in names}
     attrs = {"sigma": sigma, "block": block, **(attrs or {})}
-    fingerprint = {"stack": str(Path(stack_path).resolve()),
-                   "scorer": getattr(scorer, "fingerprint", type(scorer).__name__), "window": scorer.window,
-                   "stride": scorer.stride, "offsets": getattr(scorer, "offsets", ((0, 0),)), "components": names,
-                   "weights": weights, **attrs}
+    fingerprint = {
+        "stack": str(Path(stack_path).resolve()),
+        "scorer": getattr(scorer, "fingerprint", type(scorer).__name__),
+        "window": scorer.window,
+        "stride": scorer.stride,
+        "offsets": getattr(scorer, "offsets", ((0, 0),)),
+        "components": names,
+        "weights": weights,
+        **attrs,
+    }
     manifest, root = _prepare(out, stack, names, block, fingerprint, attrs)
     blocks = block_grid(*stack.shape, block)
     units = units_of(RASTER, blocks)
@@ -496,12 +566,21 @@ def score_map(stack_path: str | Path, scorer: WindowScorer, out: str | Path, blo
     t_map = time.perf_counter()
     stats = _standardise(root, names, weights, finished)
     complete = len(finished) == len(units)
-    manifest.finish({"map_s": t_map - t0, "standardise_s": time.perf_counter() - t_map},
-                    expected=[u.key for u in units], skipped=run.skipped)
+    manifest.finish(
+        {"map_s": t_map - t0, "standardise_s": time.perf_counter() - t_map},
+        expected=[u.key for u in units],
+        skipped=run.skipped,
+    )
     standardisation = {n: {"median": m, "iqr": q, "weight": weights[n]} for n, (m, q) in stats.items()}
-    root.attrs.update({"standardisation": standardisation,
-                       "blocks_done": len(finished), "blocks_total": len(units), "device": run.device,
-                       "complete": complete})
+    root.attrs.update(
+        {
+            "standardisation": standardisation,
+            "blocks_done": len(finished),
+            "blocks_total": len(units),
+            "device": run.device,
+            "complete": complete,
+        }
+    )
     zarr.consolidate_metadata(out)
     return out
 
@@ -515,8 +594,11 @@ def _open_map(path: str | Path, partial: bool):
     except Exception as exc:
         raise LodeInputError(path, f"not a prospectivity map: {exc}") from exc
     if not partial and root.attrs.get("complete") is not True:
-        raise LodeInputError(path, f"partial map ({root.attrs.get('blocks_done', 0)} of "
-                                   f"{root.attrs.get('blocks_total', '?')} blocks): rerun the map to finish it")
+        raise LodeInputError(
+            path,
+            f"partial map ({root.attrs.get('blocks_done', 0)} of "
+            f"{root.attrs.get('blocks_total', '?')} blocks): rerun the map to finish it",
+        )
     return root
 
 
@@ -539,9 +621,20 @@ def write_geotiff(map_path: str | Path, out: str | Path, name: str = SCORE, bloc
     arr = root[name]
     h, w = arr.shape
     out = Path(out)
-    profile = dict(driver="GTiff", height=h, width=w, count=1, dtype="float32", crs=g["crs"], nodata=np.nan,
-                   transform=from_origin(g["west"], g["north"], g["cell_size"], g["cell_size"]),
-                   tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        height=h,
+        width=w,
+        count=1,
+        dtype="float32",
+        crs=g["crs"],
+        nodata=np.nan,
+        transform=from_origin(g["west"], g["north"], g["cell_size"], g["cell_size"]),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    )
     with atomic_path(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for b in block_grid(h, w, block):
             tile = np.asarray(arr[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w])

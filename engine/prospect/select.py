@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 METHODS = ("mae", "cae", "iforest", "pca")
 
 
-def make_scorer(method: str, stack_path: Path, model: Path | None = None, seed: int = 0, shifts: int = 2,
-                drop_top: int = 0) -> CheckpointScorer | CellScorer:
+def make_scorer(
+    method: str, stack_path: Path, model: Path | None = None, seed: int = 0, shifts: int = 2, drop_top: int = 0
+) -> CheckpointScorer | CellScorer:
     """The window scorer for a method: a trained checkpoint for mae/cae (loaded where it runs, so torch
     stays out of this process), fitted here for iforest/pca. ``shifts`` (mae/cae) averages ``shifts``²
     window lattices offset by one MAE patch (8 cells); ``drop_top`` (mae/cae/pca) leaves each cell's
@@ -88,6 +89,14 @@ def score_maps(maps: list[Path], deposits: Path, split: str, out: Path) -> dict[
         ev.plot_map(s, rows, cols, out / f"map_{name}.png", title=f"{name} prospectivity, {split} deposits")
     ev.plot_success(results, out / "success_rate.png")
     ev.write_report(results, out / "metrics.json", {"deposits": str(deposits), "split": split})
-    return {k: {"auc": v.auc, "success_rate_area": v.success_rate_area, "capture_top10": v.capture_top10,
-                "pa_prediction": v.pa_intersection_prediction, "pa_area": v.pa_intersection_area, "n": v.n_deposits}
-            for k, v in results.items()}
+    return {
+        k: {
+            "auc": v.auc,
+            "success_rate_area": v.success_rate_area,
+            "capture_top10": v.capture_top10,
+            "pa_prediction": v.pa_intersection_prediction,
+            "pa_area": v.pa_intersection_area,
+            "n": v.n_deposits,
+        }
+        for k, v in results.items()
+    }

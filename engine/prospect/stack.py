@@ -65,10 +65,22 @@ class Grid:
 
     @classmethod
     def from_dict(cls, d: dict) -> Grid:
-        return cls((int(d["shape"][0]), int(d["shape"][1])), float(d["cell_size"]), float(d["west"]), float(d["north"]), str(d["crs"]))
+        return cls(
+            (int(d["shape"][0]), int(d["shape"][1])),
+            float(d["cell_size"]),
+            float(d["west"]),
+            float(d["north"]),
+            str(d["crs"]),
+        )
 
     def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "cell_size": self.cell_size, "west": self.west, "north": self.north, "crs": self.crs}
+        return {
+            "shape": list(self.shape),
+            "cell_size": self.cell_size,
+            "west": self.west,
+            "north": self.north,
+            "crs": self.crs,
+        }
 
     @property
     def easting(self) -> np.ndarray:
@@ -149,17 +161,29 @@ def read_layer(path: str | Path, name: str, nodata: float | None = None, crs: st
         values = np.where(values == np.float32(nd), np.float32(np.nan), values)
     n_inf = int(np.isinf(values).sum())
     if n_inf:
-        raise LodeInputError(path, f"layer {name!r} has {n_inf} infinite values (or values beyond float32); "
-                                   "mark missing cells with NaN or a no-data value")
+        raise LodeInputError(
+            path,
+            f"layer {name!r} has {n_inf} infinite values (or values beyond float32); "
+            "mark missing cells with NaN or a no-data value",
+        )
     if da.sizes["northing"] < 2 or da.sizes["easting"] < 2:
         raise LodeInputError(path, f"grid too small: {dict(da.sizes)}")
     if not np.isfinite(values).any():
         raise LodeInputError(path, "grid has no valid cells (all NaN / no-data)")
-    out = xr.DataArray(values, dims=("northing", "easting"), coords={"northing": da.northing.values, "easting": da.easting.values},
-                       name=name, attrs={"variable": var})
+    out = xr.DataArray(
+        values,
+        dims=("northing", "easting"),
+        coords={"northing": da.northing.values, "easting": da.easting.values},
+        name=name,
+        attrs={"variable": var},
+    )
     if crs is None:
         raise LodeInputError(path, "no CRS in file and none given")
-    return out.rio.set_spatial_dims(x_dim="easting", y_dim="northing").rio.write_crs(crs).rio.write_nodata(np.nan, encoded=False)
+    return (
+        out.rio.set_spatial_dims(x_dim="easting", y_dim="northing")
+        .rio.write_crs(crs)
+        .rio.write_nodata(np.nan, encoded=False)
+    )
 
 
 def align(da: xr.DataArray, grid: Grid, categorical: bool = False) -> np.ndarray:
@@ -169,7 +193,9 @@ def align(da: xr.DataArray, grid: Grid, categorical: bool = False) -> np.ndarray
     if da.rio.crs is None:
         da = da.rio.write_crs(grid.crs)
     da = da.rio.set_spatial_dims(x_dim="easting", y_dim="northing").rio.write_nodata(np.nan, encoded=False)
-    out = da.rio.reproject_match(grid.template(), resampling=Resampling.nearest if categorical else Resampling.bilinear, nodata=np.nan)
+    out = da.rio.reproject_match(
+        grid.template(), resampling=Resampling.nearest if categorical else Resampling.bilinear, nodata=np.nan
+    )
     return np.asarray(out.values, dtype=np.float32).reshape(grid.shape)
 
 
@@ -191,7 +217,9 @@ def rasterise_lines(geojson_path: str | Path, grid: Grid) -> np.ndarray:
     if not geoms:
         raise LodeInputError(path, "no line features")
     transform = from_origin(grid.west, grid.north, grid.cell_size, grid.cell_size)
-    return rasterize([(g, 1) for g in geoms], out_shape=grid.shape, transform=transform, all_touched=True, dtype="uint8").astype(bool)
+    return rasterize(
+        [(g, 1) for g in geoms], out_shape=grid.shape, transform=transform, all_touched=True, dtype="uint8"
+    ).astype(bool)
 
 
 def _claim(read: dict[tuple[str, str | None], str], path: Path, variable: str | None, name: str) -> None:
@@ -274,8 +302,9 @@ def _check_coverage(layer: dict, base: Path, coverage: float, allow_sparse: bool
         return
     text = f"layer {name!r} is valid on {100 * coverage:.1f} % of the stack's grid (under {100 * MIN_COVERAGE:g} %)"
     if not allow_sparse:
-        raise LodeInputError(path, f"{text}, which would leave the stack valid on at most that; "
-                                   "pass --allow-sparse to stack it anyway")
+        raise LodeInputError(
+            path, f"{text}, which would leave the stack valid on at most that; pass --allow-sparse to stack it anyway"
+        )
     log.warning("%s: %s; stacked anyway (--allow-sparse)", path, text)
 
 
@@ -306,8 +335,12 @@ def _write_stack(layers: list[dict], base: Path, grid: Grid, store: Path, allow_
             staged[i] = (staged[i][0], v, {**staged[i][2], "clr": True})
 
     arr = root.create_array(
-        "stack", shape=(len(staged), h, w), chunks=(1, min(CHUNK, h), min(CHUNK, w)), dtype="float32",
-        fill_value=np.nan, dimension_names=("channel", "northing", "easting"),
+        "stack",
+        shape=(len(staged), h, w),
+        chunks=(1, min(CHUNK, h), min(CHUNK, w)),
+        dtype="float32",
+        fill_value=np.nan,
+        dimension_names=("channel", "northing", "easting"),
     )
     for i, (nm, ch, meta) in enumerate(staged):
         if meta["kind"] == "categorical":
@@ -319,7 +352,12 @@ def _write_stack(layers: list[dict], base: Path, grid: Grid, store: Path, allow_
         arr[i] = scaled
         fitted.append({"channel": nm, **meta, "robust": stats})
         staged[i] = (nm, np.empty(0, np.float32), meta)  # free the layer
-    root.create_array("valid", data=valid.astype(np.uint8), chunks=(min(CHUNK, h), min(CHUNK, w)), dimension_names=("northing", "easting"))
+    root.create_array(
+        "valid",
+        data=valid.astype(np.uint8),
+        chunks=(min(CHUNK, h), min(CHUNK, w)),
+        dimension_names=("northing", "easting"),
+    )
     root.attrs.update(
         {
             "channels": [f["channel"] for f in fitted],
@@ -373,6 +411,13 @@ def open_stack(path: str | Path) -> Stack:
     try:
         root = zarr.open_group(path, mode="r")
         kinds = [m["kind"] for m in attrs_of(root)["layers"]]
-        return Stack(path, root["stack"], root["valid"], list(attrs_of(root)["channels"]), Grid.from_dict(attrs_of(root)["grid"]), kinds)
+        return Stack(
+            path,
+            root["stack"],
+            root["valid"],
+            list(attrs_of(root)["channels"]),
+            Grid.from_dict(attrs_of(root)["grid"]),
+            kinds,
+        )
     except Exception as exc:
         raise LodeInputError(path, f"not a prospect stack: {exc}") from exc

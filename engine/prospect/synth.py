@@ -192,7 +192,9 @@ def _add_ring(grid: np.ndarray, row: float, col: float, amp: float, radius: floa
     grid[ys, xs] += (amp * np.exp(-((r - radius) ** 2) / (2 * width * width))).astype(grid.dtype)
 
 
-def _add_elongated(grid: np.ndarray, row: float, col: float, amp: float, along: float, across: float, angle: float) -> None:
+def _add_elongated(
+    grid: np.ndarray, row: float, col: float, amp: float, along: float, across: float, angle: float
+) -> None:
     """Add an elongated Gaussian (sigmas ``along`` x ``across`` cells, axis at ``angle`` radians)."""
     ys, xs, dy, dx = _window(grid.shape, row, col, 4 * along + 1)
     u = dx * np.cos(angle) + dy * np.sin(angle)
@@ -228,11 +230,15 @@ def _pick_deposits(
     return np.array(chosen, dtype=np.float64).reshape(-1, 2)
 
 
-def _data_array(values: np.ndarray, cell: float, west: float, north: float, name: str, nodata: float | None) -> xr.DataArray:
+def _data_array(
+    values: np.ndarray, cell: float, west: float, north: float, name: str, nodata: float | None
+) -> xr.DataArray:
     h, w = values.shape
     easting = west + (np.arange(w) + 0.5) * cell
     northing = north - (np.arange(h) + 0.5) * cell
-    da = xr.DataArray(values, dims=("northing", "easting"), coords={"northing": northing, "easting": easting}, name=name)
+    da = xr.DataArray(
+        values, dims=("northing", "easting"), coords={"northing": northing, "easting": easting}, name=name
+    )
     da.attrs["crs"] = CRS
     da.attrs["cell_size"] = cell
     if nodata is not None:
@@ -278,7 +284,7 @@ def synth_region(
     favourable[: max(margin, mag_missing_rows + margin)] = False
     favourable[-margin:] = False
     favourable[:, :margin] = False
-    favourable[:, min(n - margin, as_missing_col - margin):] = False
+    favourable[:, min(n - margin, as_missing_col - margin) :] = False
     cand = np.argwhere(favourable).astype(np.float64) + 0.5
     n_dep = max(4, int(round(deposit_density * n * n)))
     deposits = _pick_deposits(rng, cand, n_dep, spacing=DEPOSIT_SPACING, shape=(n, n))
@@ -293,9 +299,18 @@ def synth_region(
     for el in ELEMENTS:
         base = _lookup(_UNIT_LOG10[el], geology)
         regional = 0.15 * factor[el] if el in factor else 0.0
-        log10[el] = base + regional + 0.12 * _smooth_field(rng, (n, n), 40.0) + 0.05 * rng.standard_normal((n, n)).astype(np.float32)
+        log10[el] = (
+            base
+            + regional
+            + 0.12 * _smooth_field(rng, (n, n), 40.0)
+            + 0.05 * rng.standard_normal((n, n)).astype(np.float32)
+        )
     mag = _lookup(_UNIT_MAG, geology)
-    mag = ndimage.gaussian_filter(mag, 3.0) + 60.0 * _smooth_field(rng, (n, n), 120.0) + 25.0 * _smooth_field(rng, (n, n), 12.0)
+    mag = (
+        ndimage.gaussian_filter(mag, 3.0)
+        + 60.0 * _smooth_field(rng, (n, n), 120.0)
+        + 25.0 * _smooth_field(rng, (n, n), 12.0)
+    )
     mag += _planar(rng, n, 200.0)
     k = _lookup(_UNIT_K, geology) + 0.25 * _smooth_field(rng, (n, n), 30.0) + _planar(rng, n, 0.8)
     th = _lookup(_UNIT_TH, geology) + 1.5 * _smooth_field(rng, (n, n), 30.0)
@@ -337,7 +352,7 @@ def synth_region(
         coarse[spikes] += rng.uniform(0.5, 1.0, size=spikes.sum())
         if el in ("Cu", "Zn", "As"):
             coarse[contamination] += rng.uniform(0.5, 1.0, size=contamination.sum())
-        values = (10.0 ** coarse).astype(np.float32)
+        values = (10.0**coarse).astype(np.float32)
         nodata = None
         if el == "As":
             values[:, as_missing_col // 4 :] = -9999.0
@@ -359,7 +374,10 @@ def synth_region(
     layers["mag"] = (_data_array(mag_native, mag_cell, mag_west, mag_north, "mag", None), "continuous")
     for name, grid in (("K", k), ("Th", th)):
         coarse = _coarsen(grid, 2) + 0.1 * rng.standard_normal((n // 2, n // 2))
-        layers[name] = (_data_array(np.maximum(coarse, 0.01).astype(np.float32), 2 * CELL, west, north, name, None), "continuous")
+        layers[name] = (
+            _data_array(np.maximum(coarse, 0.01).astype(np.float32), 2 * CELL, west, north, name, None),
+            "continuous",
+        )
 
     ids = np.arange(len(deposits))
     held = np.zeros(len(deposits), dtype=bool)

@@ -30,10 +30,14 @@ from engine.prospect.stack import Stack, open_stack
 class WindowPool:
     """Random training windows from up to ``blocks`` stack blocks of ``block`` cells."""
 
-    def __init__(self, stack: Stack, window: int, blocks: int = 8, block: int = 512, seed: int = 0, min_valid: float = 0.5):
+    def __init__(
+        self, stack: Stack, window: int, blocks: int = 8, block: int = 512, seed: int = 0, min_valid: float = 0.5
+    ):
         rng = np.random.default_rng(seed)
         h, w = stack.shape
-        origins = [(y, x) for y in range(0, max(1, h - window + 1), block) for x in range(0, max(1, w - window + 1), block)]
+        origins = [
+            (y, x) for y in range(0, max(1, h - window + 1), block) for x in range(0, max(1, w - window + 1), block)
+        ]
         picks = rng.permutation(len(origins))[:blocks]
         self.data, self.valid = [], []
         for i in picks:
@@ -70,8 +74,16 @@ class WindowPool:
         return np.stack(xs), np.stack(vs)
 
 
-def fit(model: ProspectMAE | ConvAutoencoder, pool: WindowPool, steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
-        device: str | torch.device = "cpu", log=None) -> list[float]:
+def fit(
+    model: ProspectMAE | ConvAutoencoder,
+    pool: WindowPool,
+    steps: int,
+    batch: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    log=None,
+) -> list[float]:
     """Plain torch loop: AdamW, cosine decay; returns the per-step losses."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -98,7 +110,9 @@ def fit(model: ProspectMAE | ConvAutoencoder, pool: WindowPool, steps: int, batc
 
 
 @torch.no_grad()
-def fit_latent_gaussian(model: ProspectMAE, pool: WindowPool, windows: int = 512, batch: int = 64, device="cpu") -> dict[str, np.ndarray]:
+def fit_latent_gaussian(
+    model: ProspectMAE, pool: WindowPool, windows: int = 512, batch: int = 64, device="cpu"
+) -> dict[str, np.ndarray]:
     """Mean and (shrunk) precision of encoder latents of fully valid tokens of training windows."""
     from sklearn.covariance import LedoitWolf
 
@@ -125,8 +139,11 @@ def verify_checkpoint(path: str | Path) -> dict:
         raise LodeInputError(path, "weights hold NaN or infinite values")
     c, w = int(ck["config"]["channels"]), int(ck["config"]["window"])
     channels = list(range(c))
-    scorer = (MAEScorer(net, ck["latent"], "cpu", score_channels=channels, shifts=1, drop_top=0)
-              if isinstance(net, ProspectMAE) else CAEScorer(net, "cpu", score_channels=channels, shifts=1, drop_top=0))
+    scorer = (
+        MAEScorer(net, ck["latent"], "cpu", score_channels=channels, shifts=1, drop_top=0)
+        if isinstance(net, ProspectMAE)
+        else CAEScorer(net, "cpu", score_channels=channels, shifts=1, drop_top=0)
+    )
     if not np.isfinite(scorer(np.zeros((1, c, w, w), np.float32), np.ones((1, w, w), np.float32))).all():
         raise LodeInputError(path, "the model gives non-finite scores on a blank window")
     return ck
@@ -134,12 +151,33 @@ def verify_checkpoint(path: str | Path) -> dict:
 
 def default_config(kind: str, channels: int) -> dict:
     if kind == "mae":
-        return dict(channels=channels, window=64, patch=8, fused=32, dim=64, depth=4, heads=4, decoder_dim=64, decoder_depth=2, mask_ratio=0.5)
+        return dict(
+            channels=channels,
+            window=64,
+            patch=8,
+            fused=32,
+            dim=64,
+            depth=4,
+            heads=4,
+            decoder_dim=64,
+            decoder_depth=2,
+            mask_ratio=0.5,
+        )
     return dict(channels=channels, width=32, window=64)
 
 
-def train_local(stack_path: str | Path, out: str | Path, kind: str = "mae", steps: int = 1500, batch: int = 64,
-                lr: float = 1e-3, seed: int = 0, pool_blocks: int = 8, config: dict | None = None, log=None) -> dict:
+def train_local(
+    stack_path: str | Path,
+    out: str | Path,
+    kind: str = "mae",
+    steps: int = 1500,
+    batch: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    pool_blocks: int = 8,
+    config: dict | None = None,
+    log=None,
+) -> dict:
     """Train one model on one stack in this process and write its checkpoint; returns a summary."""
     stack = open_stack(stack_path)
     cfg = config or default_config(kind, len(stack.channels))
@@ -149,8 +187,17 @@ def train_local(stack_path: str | Path, out: str | Path, kind: str = "mae", step
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
     losses = fit(model, pool, steps, batch, lr, seed, device, log)
-    extra: dict[str, Any] = {"train": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "final_loss": float(np.mean(losses[-50:])),
-                                        "seconds": time.perf_counter() - t0, "parameters": count_parameters(model)}}
+    extra: dict[str, Any] = {
+        "train": {
+            "steps": steps,
+            "batch": batch,
+            "lr": lr,
+            "seed": seed,
+            "final_loss": float(np.mean(losses[-50:])),
+            "seconds": time.perf_counter() - t0,
+            "parameters": count_parameters(model),
+        }
+    }
     if isinstance(model, ProspectMAE):
         extra["latent"] = fit_latent_gaussian(model, pool, device=device)
     save_checkpoint(out, model, kind, stack.channels, extra)
@@ -161,15 +208,34 @@ def _ray_worker(cfg: dict) -> None:
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
-        summary = train_local(cfg["stack"], Path(tmp) / "model.pt", cfg["kind"], cfg["steps"], cfg["batch"], cfg["lr"],
-                              cfg["seed"], cfg["pool_blocks"], cfg.get("config"))
+        summary = train_local(
+            cfg["stack"],
+            Path(tmp) / "model.pt",
+            cfg["kind"],
+            cfg["steps"],
+            cfg["batch"],
+            cfg["lr"],
+            cfg["seed"],
+            cfg["pool_blocks"],
+            cfg.get("config"),
+        )
         ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def train_with_ray(stack_path: str | Path, out: str | Path, kind: str = "mae", steps: int = 1500, batch: int = 64,
-                   lr: float = 1e-3, seed: int = 0, pool_blocks: int = 8, config: dict | None = None,
-                   storage: str | Path | None = None) -> dict:
-    """Run ``train_local`` as a one-worker Ray ``TorchTrainer`` (GPU when there is one) and copy the checkpoint to ``out``."""
+def train_with_ray(
+    stack_path: str | Path,
+    out: str | Path,
+    kind: str = "mae",
+    steps: int = 1500,
+    batch: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    pool_blocks: int = 8,
+    config: dict | None = None,
+    storage: str | Path | None = None,
+) -> dict:
+    """Run ``train_local`` as a one-worker Ray ``TorchTrainer`` (GPU when there is one) and copy the
+    checkpoint to ``out``."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -180,8 +246,16 @@ def train_with_ray(stack_path: str | Path, out: str | Path, kind: str = "mae", s
     storage_dir = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="lode-prospect-train-"))
     trainer = TorchTrainer(
         _ray_worker,
-        train_loop_config=dict(stack=str(Path(stack_path).resolve()), kind=kind, steps=steps, batch=batch, lr=lr, seed=seed,
-                               pool_blocks=pool_blocks, config=config),
+        train_loop_config=dict(
+            stack=str(Path(stack_path).resolve()),
+            kind=kind,
+            steps=steps,
+            batch=batch,
+            lr=lr,
+            seed=seed,
+            pool_blocks=pool_blocks,
+            config=config,
+        ),
         scaling_config=ScalingConfig(num_workers=1, use_gpu=torch.cuda.is_available()),
         run_config=RunConfig(name=f"prospect-{kind}", storage_path=str(storage_dir.resolve())),
     )

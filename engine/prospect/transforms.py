@@ -50,7 +50,9 @@ def robust_stats(values: np.ndarray, max_samples: int = 1_000_000) -> tuple[floa
     return float(med), iqr if iqr > 1e-12 else float(np.std(sample) or 1.0)
 
 
-def robust_scale(values: np.ndarray, stats: tuple[float, float] | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+def robust_scale(
+    values: np.ndarray, stats: tuple[float, float] | None = None
+) -> tuple[np.ndarray, tuple[float, float]]:
     """``(x - median) / IQR``, clipped to ``±CLIP``; returns the scaled layer and the stats used."""
     med, iqr = stats if stats is not None else robust_stats(values)
     out = (np.asarray(values, dtype=np.float32) - np.float32(med)) / np.float32(iqr)

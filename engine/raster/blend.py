@@ -9,8 +9,9 @@ import numpy as np
 BlendKind = Literal["gaussian", "sin2", "flat"]
 
 
-def blend_weights(window: int, kind: BlendKind = "gaussian", sigma_scale: float = 0.125,
-                  peak_floor: float | None = None) -> np.ndarray:
+def blend_weights(
+    window: int, kind: BlendKind = "gaussian", sigma_scale: float = 0.125, peak_floor: float | None = None
+) -> np.ndarray:
     """Weights ``(window, window)`` float32 for blending overlapping windows.
 
     - ``gaussian``: MONAI's ``gaussian`` importance map (sigma = ``sigma_scale * window``,

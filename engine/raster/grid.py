@@ -74,8 +74,7 @@ class WindowGrid:
     def touching(self, y0: int, y1: int, x0: int, x1: int) -> tuple[list[int], list[int]]:
         """Window starts (rows, columns) of every window that overlaps ``[y0,y1) × [x0,x1)``."""
         w = self.window
-        return ([s for s in self.ys if s < y1 and s + w > y0],
-                [s for s in self.xs if s < x1 and s + w > x0])
+        return ([s for s in self.ys if s < y1 and s + w > y0], [s for s in self.xs if s < x1 and s + w > x0])
 
 
 @dataclass(frozen=True)
@@ -94,8 +93,12 @@ class Block:
 
     def halo(self, halo: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(y0, y1, x0, x1)`` of the block grown by ``halo`` on every side, cut to the raster."""
-        return (max(self.y0 - halo, 0), min(self.y0 + self.h + halo, height),
-                max(self.x0 - halo, 0), min(self.x0 + self.w + halo, width))
+        return (
+            max(self.y0 - halo, 0),
+            min(self.y0 + self.h + halo, height),
+            max(self.x0 - halo, 0),
+            min(self.x0 + self.w + halo, width),
+        )
 
 
 def block_grid(height: int, width: int, block: tuple[int, int] | int) -> list[Block]:
@@ -108,8 +111,9 @@ def block_grid(height: int, width: int, block: tuple[int, int] | int) -> list[Bl
     return out
 
 
-def auto_block(height: int, width: int, window: int, shard: int = 1024, target: int = 4096,
-               max_block_pixels: int = 4096 * 8192) -> tuple[int, int]:
+def auto_block(
+    height: int, width: int, window: int, shard: int = 1024, target: int = 4096, max_block_pixels: int = 4096 * 8192
+) -> tuple[int, int]:
     """Block geometry: full-width strips about ``target`` high, rounded to whole shards.
 
     Strips only recompute windows along y, so redundant work per block is about
@@ -117,6 +121,7 @@ def auto_block(height: int, width: int, window: int, shard: int = 1024, target: 
     a block within ``max_block_pixels``, which bounds the memory of a block in flight
     (its pixels in the object store, the model actor's accumulators and labels).
     """
+
     def round_up(v: int) -> int:
         return max(shard, -(-v // shard) * shard)
 
@@ -160,5 +165,9 @@ class PaddedGrid:
         py, px = self.pad
         ys, xs = self.grid.touching(block.y0 + py, block.y0 + block.h + py, block.x0 + px, block.x0 + block.w + px)
         w = self.window
-        return (max(ys[0] - py, 0), min(ys[-1] + w - py, self.height),
-                max(xs[0] - px, 0), min(xs[-1] + w - px, self.width))
+        return (
+            max(ys[0] - py, 0),
+            min(ys[-1] + w - py, self.height),
+            max(xs[0] - px, 0),
+            min(xs[-1] + w - px, self.width),
+        )

@@ -160,9 +160,19 @@ def _commit(stage: BlockStage, manifest: RunManifest | None, row: dict[str, Any]
     extra = stage.write(unit, data) or {}
     if manifest is not None:
         b = unit.block
-        manifest.mark_done(BlockStatus(section=unit.raster, key=b.key, index=b.index, y0=b.y0, x0=b.x0, h=b.h,
-                                       w=b.w, windows=int(extra.get("windows", 0)),
-                                       seconds=float(extra.get("seconds", seconds))))
+        manifest.mark_done(
+            BlockStatus(
+                section=unit.raster,
+                key=b.key,
+                index=b.index,
+                y0=b.y0,
+                x0=b.x0,
+                h=b.h,
+                w=b.w,
+                windows=int(extra.get("windows", 0)),
+                seconds=float(extra.get("seconds", seconds)),
+            )
+        )
 
 
 def _unbatch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -208,10 +218,14 @@ def _datasource(stage: BlockStage, units: Sequence[Unit]):
             return sum(stage.size_bytes(u) for u in units)
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-            return [ReadTask(partial(_read_table, stage, u),
-                             BlockMetadata(num_rows=1, size_bytes=stage.size_bytes(u), input_files=None,
-                                           exec_stats=None), per_task_row_limit=per_task_row_limit)
-                    for u in units]
+            return [
+                ReadTask(
+                    partial(_read_table, stage, u),
+                    BlockMetadata(num_rows=1, size_bytes=stage.size_bytes(u), input_files=None, exec_stats=None),
+                    per_task_row_limit=per_task_row_limit,
+                )
+                for u in units
+            ]
 
         def get_name(self) -> str:
             return f"{type(stage).__name__}Blocks"
@@ -236,8 +250,9 @@ def _datasink(stage: BlockStage, manifest: RunManifest | None):
     return ShardSink()
 
 
-def run_stage(stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | None = None,
-              options: RunOptions = RunOptions()) -> StageRun:
+def run_stage(
+    stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | None = None, options: RunOptions = RunOptions()
+) -> StageRun:
     """Run ``stage`` over ``units`` that ``manifest`` does not record as done.
 
     Ray must be initialised for the ``ray`` executor. Returns what ran; failed units are in
@@ -248,7 +263,7 @@ def run_stage(stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | 
     pending = [u for u in units if u.key not in done]
     skipped = len(units) - len(pending)
     if options.max_units is not None:
-        pending = pending[:options.max_units]
+        pending = pending[: options.max_units]
     device, actors = "cpu", 0
     if pending and options.executor == "serial":
         device = "cuda" if options.device == "cuda" else "cpu"
@@ -269,19 +284,28 @@ def run_stage(stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | 
         if stage.model:
             cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if gpu else 0.5)
             actor = type(f"{type(stage).__name__}Actor", (_StageActor,), {})  # names the actor processes
-            ds = ds.map_batches(actor, fn_constructor_kwargs={"stage": stage},
-                                compute=ray.data.ActorPoolStrategy(size=actors), batch_size=1,
-                                batch_format="numpy", num_gpus=1 if gpu else 0, num_cpus=cpus, **remote)
+            ds = ds.map_batches(
+                actor,
+                fn_constructor_kwargs={"stage": stage},
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                batch_size=1,
+                batch_format="numpy",
+                num_gpus=1 if gpu else 0,
+                num_cpus=cpus,
+                **remote,
+            )
         else:
-            ds = ds.map_batches(_compute_task, fn_kwargs={"stage": stage}, batch_size=1, batch_format="numpy",
-                                num_cpus=0.5, **remote)
+            ds = ds.map_batches(
+                _compute_task, fn_kwargs={"stage": stage}, batch_size=1, batch_format="numpy", num_cpus=0.5, **remote
+            )
         ctx = ray.data.DataContext.get_current()
         limits = ctx.execution_options.resource_limits
         if options.in_flight is not None:
             workers = actors or int(ray.cluster_resources().get("CPU", 1))
             budget = options.in_flight * workers * max(stage.size_bytes(u) for u in pending)
             ctx.execution_options.resource_limits = limits.copy(
-                object_store_memory=min(limits.object_store_memory, budget))
+                object_store_memory=min(limits.object_store_memory, budget)
+            )
         try:
             ds.write_datasink(_datasink(stage, manifest), ray_remote_args=remote)
         finally:
@@ -291,5 +315,6 @@ def run_stage(stage: BlockStage, units: Sequence[Unit], manifest: RunManifest | 
     for raster in dict.fromkeys(u.raster for u in units):
         if all(u.key in finished for u in units if u.raster == raster):
             stage.finish(raster)
-    return StageRun(ran=len(pending), skipped=skipped, failed=failed, device=device, actors=actors,
-                    seconds=time.perf_counter() - t0)
+    return StageRun(
+        ran=len(pending), skipped=skipped, failed=failed, device=device, actors=actors, seconds=time.perf_counter() - t0
+    )

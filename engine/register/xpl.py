@@ -61,8 +61,9 @@ def _equalised(img: np.ndarray, clip: float) -> np.ndarray:
     return cv2.createCLAHE(clipLimit=clip, tileGridSize=(8, 8)).apply(grey)
 
 
-def register_xpl(ppl: np.ndarray, xpl: np.ndarray, options: XplOptions = XplOptions(),
-                 source: str = "xpl") -> XplRegistration:
+def register_xpl(
+    ppl: np.ndarray, xpl: np.ndarray, options: XplOptions = XplOptions(), source: str = "xpl"
+) -> XplRegistration:
     """Affine transform from an XPL capture to its PPL reference; raises naming ``source`` on failure."""
     a, b = _equalised(ppl, options.clahe_clip), _equalised(xpl, options.clahe_clip)
     sift = cv2.SIFT_create(nfeatures=options.max_features)  # type: ignore[attr-defined]  # in OpenCV, not its stubs
@@ -76,14 +77,21 @@ def register_xpl(ppl: np.ndarray, xpl: np.ndarray, options: XplOptions = XplOpti
         raise LodeInputError(source, f"only {len(good)} keypoint matches with the PPL image")
     src = np.array([kb[m.queryIdx].pt for m in good], np.float32)
     dst = np.array([ka[m.trainIdx].pt for m in good], np.float32)
-    M, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=options.ransac_px,
-                                  maxIters=5000, confidence=0.999, refineIters=20)
+    M, inl = cv2.estimateAffine2D(
+        src,
+        dst,
+        method=cv2.RANSAC,
+        ransacReprojThreshold=options.ransac_px,
+        maxIters=5000,
+        confidence=0.999,
+        refineIters=20,
+    )
     n_in = int(inl.sum()) if inl is not None else 0
     if M is None or n_in < options.min_inliers:
         raise LodeInputError(source, f"no consistent affine transform to PPL ({n_in} inliers of {len(good)})")
     sel = inl.ravel().astype(bool)
     resid = src[sel] @ M[:, :2].T + M[:, 2] - dst[sel]
-    reg = XplRegistration(M.astype(np.float64), len(good), n_in, float(np.sqrt((resid ** 2).sum(1).mean())))
+    reg = XplRegistration(M.astype(np.float64), len(good), n_in, float(np.sqrt((resid**2).sum(1).mean())))
     if options.ecc:
         reg = _refine_ecc(ppl, xpl, reg, options)
     return reg
@@ -106,8 +114,9 @@ def _refine_ecc(ppl: np.ndarray, xpl: np.ndarray, reg: XplRegistration, options:
         warp[:, :2] = [[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, options.ecc_iterations, 1e-7)
     try:
-        _, warp = cv2.findTransformECC(_band_pass(ppl, options.ecc_band), _band_pass(xpl, options.ecc_band), warp,
-                                       motion, crit, None, 1)  # type: ignore[call-overload]  # stubs: no None mask
+        _, warp = cv2.findTransformECC(
+            _band_pass(ppl, options.ecc_band), _band_pass(xpl, options.ecc_band), warp, motion, crit, None, 1
+        )  # type: ignore[call-overload]  # stubs: no None mask
     except cv2.error:
         return reg
     M = cv2.invertAffineTransform(warp).astype(np.float64)
@@ -139,8 +148,9 @@ def xpl_channel_names(angles: Sequence[float | str], mode: str = "grey") -> list
     raise ValueError(f"unknown XPL channel mode {mode!r}; use 'grey' or 'rgb'")
 
 
-def stack_channels(ppl: np.ndarray, xpl: Sequence[np.ndarray], transforms: Sequence[np.ndarray],
-                   mode: str = "grey") -> np.ndarray:
+def stack_channels(
+    ppl: np.ndarray, xpl: Sequence[np.ndarray], transforms: Sequence[np.ndarray], mode: str = "grey"
+) -> np.ndarray:
     """``(h, w, 3 + k)`` (grey) or ``(h, w, 3 + 3k)`` (rgb) uint8: PPL RGB then each registered XPL image."""
     if len(xpl) != len(transforms):
         raise ValueError(f"{len(xpl)} XPL images but {len(transforms)} transforms")
@@ -149,13 +159,17 @@ def stack_channels(ppl: np.ndarray, xpl: Sequence[np.ndarray], transforms: Seque
     chans = [ppl[..., :3]]
     for img, M in zip(xpl, transforms):
         warped = warp_to_ppl(img, M, hw)
-        chans.append(to_grey(warped)[..., None] if mode == "grey" and warped.ndim == 3 else
-                     (warped[..., None] if warped.ndim == 2 else warped))
+        chans.append(
+            to_grey(warped)[..., None]
+            if mode == "grey" and warped.ndim == 3
+            else (warped[..., None] if warped.ndim == 2 else warped)
+        )
     return np.concatenate(chans, axis=-1)
 
 
-def register_stack(ppl: np.ndarray, xpl: Sequence[np.ndarray], options: XplOptions = XplOptions(),
-                   sources: Sequence[str] | None = None) -> list[XplRegistration]:
+def register_stack(
+    ppl: np.ndarray, xpl: Sequence[np.ndarray], options: XplOptions = XplOptions(), sources: Sequence[str] | None = None
+) -> list[XplRegistration]:
     sources = list(sources or [f"xpl[{i}]" for i in range(len(xpl))])
     return [register_xpl(ppl, img, options, s) for img, s in zip(xpl, sources)]
 
@@ -204,8 +218,9 @@ def xpl_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def attach_xpl(sources: Sequence[SectionSource], xpl_root: str | Path, channels: Sequence[str],
-               options: XplOptions = XplOptions()) -> list[XplStackSource]:
+def attach_xpl(
+    sources: Sequence[SectionSource], xpl_root: str | Path, channels: Sequence[str], options: XplOptions = XplOptions()
+) -> list[XplStackSource]:
     """Register ``<xpl_root>/<section>/*`` to each section's PPL image; channel names must match ``channels``."""
     out = []
     for s in sources:
@@ -220,17 +235,19 @@ def attach_xpl(sources: Sequence[SectionSource], xpl_root: str | Path, channels:
         from engine.io.images import read_rgb
 
         regs = [register_xpl(ppl, read_rgb(f), options, str(f)) for f in files]
-        out.append(XplStackSource(s, tuple(str(f) for f in files),
-                                  tuple(_rows(r.M) for r in regs)))
+        out.append(XplStackSource(s, tuple(str(f) for f in files), tuple(_rows(r.M) for r in regs)))
     return out
 
 
-def load_registered(ppl: np.ndarray, folder: str | Path, options: XplOptions = XplOptions()
-                    ) -> tuple[np.ndarray, list[str]]:
+def load_registered(
+    ppl: np.ndarray, folder: str | Path, options: XplOptions = XplOptions()
+) -> tuple[np.ndarray, list[str]]:
     """PPL ``(h, w, 3)`` plus the registered XPL captures of ``folder``: ``(h, w, 3 + k)`` and channel names."""
     from engine.io.images import read_rgb
 
     files = xpl_files(folder)
     regs = [register_xpl(ppl, read_rgb(f), options, str(f)) for f in files]
-    return (stack_channels(ppl, [read_rgb(f) for f in files], [r.M for r in regs]),
-            xpl_channel_names([f.stem for f in files]))
+    return (
+        stack_channels(ppl, [read_rgb(f) for f in files], [r.M for r in regs]),
+        xpl_channel_names([f.stem for f in files]),
+    )

@@ -36,9 +36,9 @@ class ModelCard(BaseModel):
     std: list[float] = Field(default_factory=lambda: [0.25, 0.25, 0.25], description="per-channel std on 0..1 scale")
     window: int = 512
     overlap: float = 0.25
-    reference_colors: dict[str, list[float]] = Field(default_factory=dict,
-                                                     description="mean linear-RGB colour per class code (colour "
-                                                                 "calibration targets)")
+    reference_colors: dict[str, list[float]] = Field(
+        default_factory=dict, description="mean linear-RGB colour per class code (colour calibration targets)"
+    )
     reference_gamma: float = Field(default=2.2, gt=0, description="gamma that linearised reference_colors")
     training: dict = Field(default_factory=dict)
     model_id: str = ""
@@ -64,7 +64,11 @@ def validate_card(raw: object, path: str | Path) -> ModelCard:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'card'}: {e['msg']}" for e in exc.errors())
         raise LodeInputError(path, f"not a Lode checkpoint (model card: {problems})") from exc
     card.class_set(source=str(path))
-    if len(card.channels) != card.in_channels or len(card.mean) != card.in_channels or len(card.std) != card.in_channels:
+    if (
+        len(card.channels) != card.in_channels
+        or len(card.mean) != card.in_channels
+        or len(card.std) != card.in_channels
+    ):
         raise LodeInputError(path, f"model card channels/mean/std do not match in_channels={card.in_channels}")
     return card
 

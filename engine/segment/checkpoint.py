@@ -23,8 +23,15 @@ from engine.io.torchfile import check_tensors, entries, tensor_list
 from engine.segment.card import CARD_ENTRY, ModelCard, read_blob, read_card, validate_card
 from engine.segment.models import create_model
 
-__all__ = ["ModelCard", "read_card", "save_checkpoint", "load_checkpoint", "load_inference_model", "read_blob",
-           "verify_checkpoint"]
+__all__ = [
+    "ModelCard",
+    "read_card",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_inference_model",
+    "read_blob",
+    "verify_checkpoint",
+]
 
 
 def _state_hash(state: dict[str, torch.Tensor]) -> str:
@@ -41,8 +48,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> Mode
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     card = card.model_copy(update={"model_id": f"{card.arch}-{card.encoder}-{_state_hash(state)}"})
     buf = io.BytesIO()
-    torch.save({"state_dict": state, "tensors": tensor_list(state), "card": card.model_dump(),
-                "program": _trace(model, card)}, buf)
+    torch.save(
+        {"state_dict": state, "tensors": tensor_list(state), "card": card.model_dump(), "program": _trace(model, card)},
+        buf,
+    )
     with zipfile.ZipFile(buf, "a") as z:
         z.writestr(f"{z.namelist()[0].split('/')[0]}/{CARD_ENTRY}", json.dumps(card.model_dump()))
     atomic_write_bytes(Path(path), buf.getvalue())
@@ -108,14 +117,18 @@ def verify_checkpoint(path: str | Path) -> ModelCard:
         with torch.no_grad():
             out = model(x)
     if tuple(out.shape) != want or not bool(torch.isfinite(out).all()):
-        raise LodeInputError(path, f"a dry forward pass on one window gave {tuple(out.shape)} "
-                                   f"{'non-finite ' if not bool(torch.isfinite(out).all()) else ''}output, "
-                                   f"expected {want}")
+        raise LodeInputError(
+            path,
+            f"a dry forward pass on one window gave {tuple(out.shape)} "
+            f"{'non-finite ' if not bool(torch.isfinite(out).all()) else ''}output, "
+            f"expected {want}",
+        )
     return card
 
 
-def load_inference_model(path: str | Path, window: int, device: str | torch.device = "cpu"
-                         ) -> tuple[nn.Module, ModelCard]:
+def load_inference_model(
+    path: str | Path, window: int, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelCard]:
     """The fastest exact form of a checkpoint's model for windows of ``window`` pixels.
 
     On the CPU, the traced program when the checkpoint has one for this window size,

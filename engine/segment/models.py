@@ -33,8 +33,9 @@ def create_model(
     key = arch.lower()
     if key not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHITECTURES}")
-    model = smp.create_model(key, encoder_name=encoder, encoder_weights=None,
-                             in_channels=in_channels, classes=num_classes)
+    model = smp.create_model(
+        key, encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes
+    )
     if encoder_weights is not None:
         path = Path(encoder_weights)
         if not path.is_file():

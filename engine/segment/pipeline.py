@@ -45,7 +45,6 @@ Source: TypeAlias = "SectionSource | XplStackSource"
 log = logging.getLogger("lode.segment")
 
 
-
 @dataclass(frozen=True)
 class SegmentOptions:
     """One segmentation run: inputs, checkpoint, output and how to run. ``jobs.segment`` builds it
@@ -79,9 +78,19 @@ class SegmentStage(BlockStage):
     name = "segment"
     model = True
 
-    def __init__(self, sources: dict[str, Source], out: str, checkpoint: str, window: int, overlap: float,
-                 batch_size: int, probabilities: str, threads: int | None, copy_image: bool,
-                 matrices: dict[str, dict] | None = None):
+    def __init__(
+        self,
+        sources: dict[str, Source],
+        out: str,
+        checkpoint: str,
+        window: int,
+        overlap: float,
+        batch_size: int,
+        probabilities: str,
+        threads: int | None,
+        copy_image: bool,
+        matrices: dict[str, dict] | None = None,
+    ):
         self.sources, self.out, self.checkpoint = sources, out, checkpoint
         self.window, self.overlap, self.batch_size = window, overlap, batch_size
         self.probabilities, self.threads, self.copy_image = probabilities, threads, copy_image
@@ -102,7 +111,7 @@ class SegmentStage(BlockStage):
             raise LodeInputError(src.path, f"expected {src.channels} channels, read {region.shape[0]}")
         if self.copy_image:
             oy, ox = b.y0 - y0, b.x0 - x0
-            write_block(_open_out(self.out)[unit.raster], region[:, oy:oy + b.h, ox:ox + b.w], b.y0, b.x0, "image")
+            write_block(_open_out(self.out)[unit.raster], region[:, oy : oy + b.h, ox : ox + b.w], b.y0, b.x0, "image")
         return {"region": np.ascontiguousarray(np.moveaxis(region, 0, -1)), "ry0": y0, "rx0": x0}
 
     def setup(self, device: str) -> None:
@@ -120,8 +129,7 @@ class SegmentStage(BlockStage):
             self.threads = None
         model, card = load_inference_model(self.checkpoint, self.window, device=device)
         self.codes = np.array(card.class_set(self.checkpoint).codes, dtype=np.uint8)
-        self.predictor = BlockPredictor(model, card.mean, card.std, self.window, self.overlap, self.batch_size,
-                                        device)
+        self.predictor = BlockPredictor(model, card.mean, card.std, self.window, self.overlap, self.batch_size, device)
         self.predictor.warm_up()
 
     def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
@@ -140,9 +148,14 @@ class SegmentStage(BlockStage):
             region[..., :3] = ColourMatrix.from_dict(m).apply(np.ascontiguousarray(region[..., :3]))
         src = self.sources[unit.raster]
         before = self.predictor.windows_run
-        idx, probs = self.predictor.predict(np.moveaxis(region, -1, 0), (int(data["ry0"]), int(data["rx0"])),
-                                            (src.height, src.width), unit.block, len(self.codes),
-                                            None if self.probabilities == "none" else self.probabilities)
+        idx, probs = self.predictor.predict(
+            np.moveaxis(region, -1, 0),
+            (int(data["ry0"]), int(data["rx0"])),
+            (src.height, src.width),
+            unit.block,
+            len(self.codes),
+            None if self.probabilities == "none" else self.probabilities,
+        )
         out: dict[str, Any] = {"labels": self.codes[idx], "windows": self.predictor.windows_run - before}
         if probs is not None:
             out["probabilities"] = probs
@@ -193,8 +206,10 @@ def plan(cfg: SegmentOptions, card: ModelCard) -> Plan:
 
                 (s,) = attach_xpl([found], cfg.xpl, card.channels[3:])
             if s.channels != card.in_channels:
-                raise LodeInputError(s.path, f"has {s.channels} channels; the model expects {card.in_channels} "
-                                             f"({', '.join(card.channels)})")
+                raise LodeInputError(
+                    s.path,
+                    f"has {s.channels} channels; the model expects {card.in_channels} ({', '.join(card.channels)})",
+                )
         except LodeInputError as exc:
             failed[found.section] = exc
             continue
@@ -216,8 +231,9 @@ def _record_colour(cfg: SegmentOptions, matrices: dict[str, Any]) -> None:
             root[section].attrs.update({"colour_calibration": {"mode": cfg.colour, **m.to_dict()}})
 
 
-def _prepare_store(cfg: SegmentOptions, card: ModelCard, sources: list[Source],
-                   layouts: dict[str, PyramidLayout], fresh: bool) -> None:
+def _prepare_store(
+    cfg: SegmentOptions, card: ModelCard, sources: list[Source], layouts: dict[str, PyramidLayout], fresh: bool
+) -> None:
     path = fs.join(cfg.out, STORE_NAME)
     root = open_store(path, mode="w" if fresh else "a")
     classes = card.class_set()
@@ -227,16 +243,29 @@ def _prepare_store(cfg: SegmentOptions, card: ModelCard, sources: list[Source],
             if layout_of(group_at(root, s.section)) != lay:
                 raise LodeInputError(path, f"section {s.section} exists with another block layout; use a new --out")
             continue
-        img = create_image(root, s.section, (s.channels, s.height, s.width), lay, channel_names=card.channels,
-                           pixel_size_um=s.pixel_size_um, overwrite=True,
-                           attributes={"model_id": card.model_id, "source": {"path": s.path, "group": s.group},
-                                       "complete": False})
+        img = create_image(
+            root,
+            s.section,
+            (s.channels, s.height, s.width),
+            lay,
+            channel_names=card.channels,
+            pixel_size_um=s.pixel_size_um,
+            overwrite=True,
+            attributes={"model_id": card.model_id, "source": {"path": s.path, "group": s.group}, "complete": False},
+        )
         create_labels(img, MINERALS, classes, lay, pixel_size_um=s.pixel_size_um, overwrite=True)
         if cfg.probabilities != "none":
-            create_image(img, PROBABILITIES, (len(classes), s.height, s.width),
-                         PyramidLayout(lay.block, lay.chunk, 1), dtype=cfg.probabilities,
-                         channel_names=classes.names, pixel_size_um=s.pixel_size_um, overwrite=True,
-                         quantisation=(1 / 255, 0.0) if cfg.probabilities == "uint8" else None)
+            create_image(
+                img,
+                PROBABILITIES,
+                (len(classes), s.height, s.width),
+                PyramidLayout(lay.block, lay.chunk, 1),
+                dtype=cfg.probabilities,
+                channel_names=classes.names,
+                pixel_size_um=s.pixel_size_um,
+                overwrite=True,
+                quantisation=(1 / 255, 0.0) if cfg.probabilities == "uint8" else None,
+            )
     list_sections(root)
     root.attrs.update({"lode": {"model_id": card.model_id, "model_card": card.model_dump()}})
 
@@ -275,8 +304,10 @@ def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[Source])
     if cfg.colour == "series":
         m = fit_means(means, reference, card.reference_gamma, [str(anns[s.section]) for s in annotated])
         return {s.section: m for s in sources}
-    return {s.section: fit_means([mm], reference, card.reference_gamma, [str(anns[s.section])])
-            for s, mm in zip(annotated, means)}
+    return {
+        s.section: fit_means([mm], reference, card.reference_gamma, [str(anns[s.section])])
+        for s, mm in zip(annotated, means)
+    }
 
 
 def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
@@ -290,11 +321,19 @@ def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
     sources, layouts, window, overlap = p.sources, p.layouts, p.window, p.overlap
     manifest = RunManifest(cfg.out)
     manifest.check_writable()
-    fingerprint = {"model_id": card.model_id, "window": window, "overlap": overlap,
-                   "probabilities": cfg.probabilities, "colour": cfg.colour, "annotations": cfg.annotations,
-                   "xpl": cfg.xpl,
-                   "sections": {s.section: {"input": s.path + ("/" + s.group if s.group else ""),
-                                            "layout": asdict(layouts[s.section])} for s in sources}}
+    fingerprint = {
+        "model_id": card.model_id,
+        "window": window,
+        "overlap": overlap,
+        "probabilities": cfg.probabilities,
+        "colour": cfg.colour,
+        "annotations": cfg.annotations,
+        "xpl": cfg.xpl,
+        "sections": {
+            s.section: {"input": s.path + ("/" + s.group if s.group else ""), "layout": asdict(layouts[s.section])}
+            for s in sources
+        },
+    }
     fresh = manifest.begin("segment", asdict(cfg), fingerprint, per_unit="sections")
     try:
         for section, exc in p.failed.items():
@@ -304,8 +343,13 @@ def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
         units = [Unit(s.section, b) for s in sources for b in block_grid(s.height, s.width, layouts[s.section].block)]
         expected = [u.key for u in units]
         pending = len(units) - len(manifest.done_keys() & set(expected))
-        log.info("segment: %d sections, %d blocks to run, %d already done, %d sections not plannable",
-                 len(sources), pending, len(units) - pending, len(p.failed))
+        log.info(
+            "segment: %d sections, %d blocks to run, %d already done, %d sections not plannable",
+            len(sources),
+            pending,
+            len(units) - pending,
+            len(p.failed),
+        )
 
         t_ray = time.perf_counter()
         skipped = len(units) - pending
@@ -315,26 +359,46 @@ def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
             if matrices:
                 _record_colour(cfg, matrices)
             out_abs = _absolute(cfg.out)
-            stage = SegmentStage({s.section: s for s in sources}, out_abs, _absolute(cfg.checkpoint), window, overlap,
-                                 cfg.batch_size, cfg.probabilities, cfg.threads, cfg.copy_image,
-                                 {k: m.to_dict() for k, m in matrices.items()})
-            run = run_stage(stage, units, manifest, RunOptions(device=cfg.device, actors=cfg.num_actors,
-                                                                max_units=cfg.max_blocks,
-                                                                remote_args=fs.ray_remote_args()))
+            stage = SegmentStage(
+                {s.section: s for s in sources},
+                out_abs,
+                _absolute(cfg.checkpoint),
+                window,
+                overlap,
+                cfg.batch_size,
+                cfg.probabilities,
+                cfg.threads,
+                cfg.copy_image,
+                {k: m.to_dict() for k, m in matrices.items()},
+            )
+            run = run_stage(
+                stage,
+                units,
+                manifest,
+                RunOptions(
+                    device=cfg.device, actors=cfg.num_actors, max_units=cfg.max_blocks, remote_args=fs.ray_remote_args()
+                ),
+            )
             skipped = run.skipped
     except BaseException as exc:
         manifest.abort(exc)
         raise
-    timings = {"plan_s": t_ray - t_start, "pipeline_s": time.perf_counter() - t_ray,
-               "total_s": time.perf_counter() - t_start}
+    timings = {
+        "plan_s": t_ray - t_start,
+        "pipeline_s": time.perf_counter() - t_ray,
+        "total_s": time.perf_counter() - t_start,
+    }
     doc = manifest.finish(timings, expected=expected + [f"{k}/plan" for k in p.failed], skipped=skipped)
     if doc["failed_sections"]:
         section, reason = next(iter(doc["failed_sections"].items()))
         where = {s.section: f"{s.path}/{s.group}" if s.group else s.path for s in sources}
         where.update({k: exc.source for k, exc in p.failed.items()})
         others = len({s.section for s in sources} - set(doc["failed_sections"]))
-        raise LodeInputError(where[section], f"section {section} failed ({reason}); {len(doc['failed_sections']) - 1} "
-                                             f"other section(s) failed, {others} unaffected: see {manifest.path}")
+        raise LodeInputError(
+            where[section],
+            f"section {section} failed ({reason}); {len(doc['failed_sections']) - 1} "
+            f"other section(s) failed, {others} unaffected: see {manifest.path}",
+        )
     return doc
 
 

@@ -40,8 +40,17 @@ class BlockPredictor:
         device: torch device; AMP (fp16 autocast) is used on CUDA when ``amp``.
     """
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float], window: int, overlap: float,
-                 batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: list[float],
+        std: list[float],
+        window: int,
+        overlap: float,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+        amp: bool = True,
+    ):
         self.device = torch.device(device)
         self.model = model if isinstance(model, torch.jit.ScriptModule) else model.to(self.device).eval()
         self.window = window
@@ -67,8 +76,14 @@ class BlockPredictor:
             logits = self.model(x)
         return torch.softmax(logits.float(), dim=1).permute(0, 2, 3, 1)
 
-    def _windows(self, hwc: torch.Tensor, origin: tuple[int, int], pad: tuple[int, int],
-                 starts: list[tuple[int, int]], size: tuple[int, int]) -> torch.Tensor:
+    def _windows(
+        self,
+        hwc: torch.Tensor,
+        origin: tuple[int, int],
+        pad: tuple[int, int],
+        starts: list[tuple[int, int]],
+        size: tuple[int, int],
+    ) -> torch.Tensor:
         """Normalised channels-last windows ``(n, c, w, w)`` cut from the block's interleaved
         pixels ``hwc``; pixels outside the image are 0 after normalisation."""
         w = self.window
@@ -78,14 +93,20 @@ class BlockPredictor:
             iy0, ix0 = sy - pad[0], sx - pad[1]
             y0, y1 = max(iy0, 0), min(iy0 + w, h_img)
             x0, x1 = max(ix0, 0), min(ix0 + w, w_img)
-            dst = out[i, y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0]
-            dst.copy_(hwc[y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]])
+            dst = out[i, y0 - iy0 : y1 - iy0, x0 - ix0 : x1 - ix0]
+            dst.copy_(hwc[y0 - origin[0] : y1 - origin[0], x0 - origin[1] : x1 - origin[1]])
             dst.mul_(self.scale).sub_(self.shift)
         return out.permute(0, 3, 1, 2)
 
-    def predict(self, region: np.ndarray, origin: tuple[int, int], image_size: tuple[int, int],
-                block: Block, num_classes: int, probabilities: str | None = None
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(
+        self,
+        region: np.ndarray,
+        origin: tuple[int, int],
+        image_size: tuple[int, int],
+        block: Block,
+        num_classes: int,
+        probabilities: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Blend every window touching ``block``.
 
         Args:
@@ -124,33 +145,33 @@ class BlockPredictor:
             f0, f1 = max(base, bx0), min(upto, bx1)
             if f1 <= f0:
                 return
-            part = acc[:, f0 - base:f1 - base]
+            part = acc[:, f0 - base : f1 - base]
             # The weight sum is positive and per pixel, so the argmax needs no division.
-            labels[:, f0 - bx0:f1 - bx0] = part.argmax(-1).to(torch.uint8).cpu().numpy()
+            labels[:, f0 - bx0 : f1 - bx0] = part.argmax(-1).to(torch.uint8).cpu().numpy()
             if probs is not None:
-                slab = part / cnt[:, f0 - base:f1 - base, None]
+                slab = part / cnt[:, f0 - base : f1 - base, None]
                 if probabilities == "uint8":
                     slab = torch.round(slab * 255)
-                probs[:, :, f0 - bx0:f1 - bx0] = slab.permute(2, 0, 1).cpu().numpy().astype(probabilities)
+                probs[:, :, f0 - bx0 : f1 - bx0] = slab.permute(2, 0, 1).cpu().numpy().astype(probabilities)
 
         starts = [(sy, sx) for sx in xs for sy in ys]
         for b in range(0, len(starts), self.batch_size):
-            chunk = starts[b:b + self.batch_size]
+            chunk = starts[b : b + self.batch_size]
             out = self._forward(self._windows(hwc, origin, (py, px), chunk, image_size))
             self.windows_run += len(chunk)
             for (sy, sx), p in zip(chunk, out):
                 if sx + w > base + span:
                     finalize(sx)
                     keep = base + span - sx
-                    acc[:, :keep] = acc[:, sx - base:].clone()
-                    cnt[:, :keep] = cnt[:, sx - base:].clone()
+                    acc[:, :keep] = acc[:, sx - base :].clone()
+                    cnt[:, :keep] = cnt[:, sx - base :].clone()
                     acc[:, keep:] = 0
                     cnt[:, keep:] = 0
                     base = sx
                 r0, r1 = max(sy, by0), min(sy + w, by1)
                 c0, c1 = max(sx, bx0), min(sx + w, bx1)
-                wts = weights[r0 - sy:r1 - sy, c0 - sx:c1 - sx]
-                acc[r0 - by0:r1 - by0, c0 - base:c1 - base].addcmul_(p[r0 - sy:r1 - sy, c0 - sx:c1 - sx], wts)
-                cnt[r0 - by0:r1 - by0, c0 - base:c1 - base] += wts[..., 0]
+                wts = weights[r0 - sy : r1 - sy, c0 - sx : c1 - sx]
+                acc[r0 - by0 : r1 - by0, c0 - base : c1 - base].addcmul_(p[r0 - sy : r1 - sy, c0 - sx : c1 - sx], wts)
+                cnt[r0 - by0 : r1 - by0, c0 - base : c1 - base] += wts[..., 0]
         finalize(bx1)
         return labels, probs

@@ -75,8 +75,7 @@ def _rows(P: np.ndarray, col0: int, sign: float, n_params: int, row0: int) -> tu
     return rows, cols, vals
 
 
-def _solve_once(n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: AlignOptions
-                ) -> tuple[np.ndarray, dict]:
+def _solve_once(n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: AlignOptions) -> tuple[np.ndarray, dict]:
     var = [k for k in range(n) if k != ref]
     col = {k: 4 * c for c, k in enumerate(var)}
     rows: list = []
@@ -105,17 +104,30 @@ def _solve_once(n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: Al
     d = 1.0 / np.maximum(np.sqrt(np.asarray(A.multiply(A).sum(axis=0))).ravel(), 1e-12)
     As = A @ sp.diags(d)
     x0 = d * np.linalg.solve((As.T @ As).toarray(), As.T @ y)
-    sol = least_squares(lambda x: A @ x - y, x0, jac=lambda x: A, loss=opts.loss, f_scale=opts.loss_scale_px,
-                        method="trf", tr_solver="lsmr", x_scale="jac")
+    sol = least_squares(
+        lambda x: A @ x - y,
+        x0,
+        jac=lambda x: A,
+        loss=opts.loss,
+        f_scale=opts.loss_scale_px,
+        method="trf",
+        tr_solver="lsmr",
+        x_scale="jac",
+    )
     params = np.zeros((n, 4))
     params[ref] = fixed
     for k in var:
-        params[k] = sol.x[col[k]:col[k] + 4]
+        params[k] = sol.x[col[k] : col[k] + 4]
     return params, spans
 
 
-def solve(n: int, edges: list[Edge], reference: int | None = None, reference_M: np.ndarray | None = None,
-          opts: AlignOptions = AlignOptions()) -> Alignment:
+def solve(
+    n: int,
+    edges: list[Edge],
+    reference: int | None = None,
+    reference_M: np.ndarray | None = None,
+    opts: AlignOptions = AlignOptions(),
+) -> Alignment:
     """Place every frame reachable from ``reference`` through good edges; reject inconsistent edges."""
     good = [e for e in edges if e.ok]
     rejected: dict[tuple[int, int], str] = {}
@@ -152,7 +164,7 @@ def solve(n: int, edges: list[Edge], reference: int | None = None, reference_M: 
             r = apply(transforms[e.i], pi) - apply(transforms[e.j], pj)  # type: ignore[arg-type]
             d = np.sqrt(np.sum(r**2, axis=1))
             d = np.sort(d[d < opts.residual_gate_px])
-            d = d[:max(1, int(np.ceil(len(d) * (1 - opts.residual_trim))))] if len(d) else np.array([np.inf])
+            d = d[: max(1, int(np.ceil(len(d) * (1 - opts.residual_trim))))] if len(d) else np.array([np.inf])
             al.edge_points[(e.i, e.j)] = len(d)
             al.edge_rms_px[(e.i, e.j)] = float(np.sqrt(np.mean(d**2)))
             al.edge_max_px[(e.i, e.j)] = float(d.max())

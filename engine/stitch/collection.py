@@ -39,8 +39,14 @@ def section_dirs(collection: str | Path) -> list[Path] | list[str]:
     return secs
 
 
-def load_correction(collection: str | Path, lens: str | Path | None = None, flat: str | Path | None = None,
-                    pattern: tuple[int, int] = (9, 6), use_lens: bool = True, use_flat: bool = True) -> Correction:
+def load_correction(
+    collection: str | Path,
+    lens: str | Path | None = None,
+    flat: str | Path | None = None,
+    pattern: tuple[int, int] = (9, 6),
+    use_lens: bool = True,
+    use_flat: bool = True,
+) -> Correction:
     """Lens and flat field from explicit files, else from ``<collection>/calibration``, else none.
     An object-store collection's calibration folder is read through a local copy."""
     if fs.is_uri(collection):

@@ -25,9 +25,15 @@ def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * R, t[:, None]])
 
 
-def alignment_rms(est: list[np.ndarray | None], est_lens: LensModel | None, truth: list[np.ndarray | None],
-                  true_lens: LensModel, frame_hw: tuple[int, int], grid: int = 12, margin: float = 0.05
-                  ) -> tuple[float, np.ndarray]:
+def alignment_rms(
+    est: list[np.ndarray | None],
+    est_lens: LensModel | None,
+    truth: list[np.ndarray | None],
+    true_lens: LensModel,
+    frame_hw: tuple[int, int],
+    grid: int = 12,
+    margin: float = 0.05,
+) -> tuple[float, np.ndarray]:
     """RMS (px) of where a grid of raw (observed) pixels of every frame lands, after removing the global similarity.
 
     Each frame's grid goes through its estimated lens + transform and through the true
@@ -40,15 +46,18 @@ def alignment_rms(est: list[np.ndarray | None], est_lens: LensModel | None, trut
     raw = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
     e_ideal = raw if est_lens is None else ideal_points(raw, est_lens)
     t_ideal = ideal_points(raw, true_lens)
-    pairs = [(apply(me, e_ideal), apply(mt, t_ideal)) for me, mt in zip(est, truth) if me is not None and mt is not None]
+    pairs = [
+        (apply(me, e_ideal), apply(mt, t_ideal)) for me, mt in zip(est, truth) if me is not None and mt is not None
+    ]
     P, Q = np.concatenate([p for p, _ in pairs]), np.concatenate([q for _, q in pairs])
     G = umeyama_similarity(P, Q)
     r = apply(G, P) - Q
     return float(np.sqrt(np.mean(np.sum(r**2, axis=1)))), G
 
 
-def sample_delta_e(pano: np.ndarray, source: np.ndarray, G: np.ndarray, keep: np.ndarray,
-                   n: int = 200_000, seed: int = 0) -> float:
+def sample_delta_e(
+    pano: np.ndarray, source: np.ndarray, G: np.ndarray, keep: np.ndarray, n: int = 200_000, seed: int = 0
+) -> float:
     """Mean ΔE2000 between panorama pixels (``(h, w, 3)``, where ``keep``) and the source at ``G``·xy."""
     import cv2
 
@@ -59,12 +68,16 @@ def sample_delta_e(pano: np.ndarray, source: np.ndarray, G: np.ndarray, keep: np
     q = apply(G, pts).astype(np.float32)
     truth = cv2.remap(source, q[:, 0].reshape(256, -1), q[:, 1].reshape(256, -1), cv2.INTER_CUBIC).reshape(-1, 3)
     got = pano[ys[pick], xs[pick]]
-    return float(np.mean(deltaE_ciede2000(rgb2lab(got[None].astype(np.float64) / 255),
-                                          rgb2lab(truth[None].astype(np.float64) / 255))))
+    return float(
+        np.mean(
+            deltaE_ciede2000(rgb2lab(got[None].astype(np.float64) / 255), rgb2lab(truth[None].astype(np.float64) / 255))
+        )
+    )
 
 
-def seam_masks(labels: np.ndarray, scale: float, shape: tuple[int, int], away_px: float
-               ) -> tuple[np.ndarray, np.ndarray]:
+def seam_masks(
+    labels: np.ndarray, scale: float, shape: tuple[int, int], away_px: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Full-resolution masks: pixels on seams, and owned pixels at least ``away_px`` from any seam or edge."""
     import cv2
 
@@ -91,5 +104,6 @@ def truth_in_panorama(source: np.ndarray, G: np.ndarray, shape: tuple[int, int])
     """The source resampled onto the panorama grid (``G``: panorama → source)."""
     import cv2
 
-    return cv2.warpAffine(source, G, (shape[1], shape[0]), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(
+        source, G, (shape[1], shape[0]), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+    )

@@ -12,8 +12,12 @@ import numpy as np
 from scipy.linalg import lstsq
 
 
-def overlap_means(images: list[np.ndarray | None], masks: list[np.ndarray | None], corners: list[tuple[int, int]],
-                  min_pixels: int = 64) -> list[tuple[int, int, np.ndarray, np.ndarray, int]]:
+def overlap_means(
+    images: list[np.ndarray | None],
+    masks: list[np.ndarray | None],
+    corners: list[tuple[int, int]],
+    min_pixels: int = 64,
+) -> list[tuple[int, int, np.ndarray, np.ndarray, int]]:
     """``(i, j, mean_i, mean_j, pixels)`` for every pair of warped frames that share pixels."""
     out = []
     n = len(images)
@@ -36,13 +40,21 @@ def overlap_means(images: list[np.ndarray | None], masks: list[np.ndarray | None
             npx = int(both.sum())
             if npx < min_pixels:
                 continue
-            out.append((i, j, images[i][si][both].astype(np.float64).mean(0),  # type: ignore[index]
-                        images[j][sj][both].astype(np.float64).mean(0), npx))  # type: ignore[index]
+            out.append(
+                (
+                    i,
+                    j,
+                    images[i][si][both].astype(np.float64).mean(0),  # type: ignore[index]
+                    images[j][sj][both].astype(np.float64).mean(0),
+                    npx,
+                )
+            )  # type: ignore[index]
     return out
 
 
-def solve_gains(n: int, pairs: list[tuple[int, int, np.ndarray, np.ndarray, int]],
-                placed: list[bool] | None = None) -> np.ndarray:
+def solve_gains(
+    n: int, pairs: list[tuple[int, int, np.ndarray, np.ndarray, int]], placed: list[bool] | None = None
+) -> np.ndarray:
     """Gains ``(n, c)``; frames in no pair keep 1."""
     placed = placed if placed is not None else [True] * n
     c = len(pairs[0][2]) if pairs else 3

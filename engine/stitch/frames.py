@@ -64,8 +64,9 @@ def read_section(section_dir: str | Path) -> SectionInput:
     return SectionInput(fs.name(sec), tiles, xy)
 
 
-def correct(raw: np.ndarray, corr: Correction, maps: tuple[np.ndarray, np.ndarray] | None = None,
-            source: str | Path = "frame") -> CorrectedFrame:
+def correct(
+    raw: np.ndarray, corr: Correction, maps: tuple[np.ndarray, np.ndarray] | None = None, source: str | Path = "frame"
+) -> CorrectedFrame:
     """Flat/dark correction then undistortion; ``valid`` marks pixels seen by the sensor (eroded 2 px)."""
     h, w = raw.shape[:2]
     img = raw.astype(np.float32)

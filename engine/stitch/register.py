@@ -79,8 +79,9 @@ def _rect_pts(hw: tuple[int, int]) -> np.ndarray:
     return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
 
 
-def overlap_box(M: np.ndarray, hw_i: tuple[int, int], hw_j: tuple[int, int], margin: float
-                ) -> tuple[int, int, int, int] | None:
+def overlap_box(
+    M: np.ndarray, hw_i: tuple[int, int], hw_j: tuple[int, int], margin: float
+) -> tuple[int, int, int, int] | None:
     """Box ``(x0, y0, x1, y1)`` in frame ``i`` covered by frame ``j`` under ``M``, grown by ``margin``·size."""
     c = apply(M, _rect_pts(hw_j))
     h, w = hw_i
@@ -92,8 +93,9 @@ def overlap_box(M: np.ndarray, hw_i: tuple[int, int], hw_j: tuple[int, int], mar
     return x0, y0, x1, y1
 
 
-def detect(grey: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int] | None,
-           max_features: int) -> tuple[np.ndarray, np.ndarray | None]:
+def detect(
+    grey: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int] | None, max_features: int
+) -> tuple[np.ndarray, np.ndarray | None]:
     """SIFT keypoints ``(n, 2)`` (frame coordinates) and descriptors inside ``box``."""
     x0, y0, x1, y1 = box if box else (0, 0, grey.shape[1], grey.shape[0])
     sift = cv2.SIFT_create(nfeatures=max_features)  # type: ignore[attr-defined]  # in OpenCV, not its stubs
@@ -128,8 +130,16 @@ def similarity_ok(M: np.ndarray, prior: np.ndarray | None, hw_j: tuple[int, int]
     return ""
 
 
-def phase_refine(grey_i: np.ndarray, valid_i: np.ndarray, grey_j: np.ndarray, valid_j: np.ndarray, M: np.ndarray,
-                 max_px: float, min_side: int = 256, iterations: int = 3) -> tuple[np.ndarray, tuple[float, float]]:
+def phase_refine(
+    grey_i: np.ndarray,
+    valid_i: np.ndarray,
+    grey_j: np.ndarray,
+    valid_j: np.ndarray,
+    M: np.ndarray,
+    max_px: float,
+    min_side: int = 256,
+    iterations: int = 3,
+) -> tuple[np.ndarray, tuple[float, float]]:
     """Residual translation of warped ``j`` against ``i`` over their overlap (phase correlation).
 
     The correlation is repeated on the re-warped frame until the shift vanishes, so
@@ -166,8 +176,16 @@ def phase_refine(grey_i: np.ndarray, valid_i: np.ndarray, grey_j: np.ndarray, va
     return out, (float(total[0]), float(total[1]))
 
 
-def register_pair(i: int, j: int, img_i: np.ndarray, valid_i: np.ndarray, img_j: np.ndarray, valid_j: np.ndarray,
-                  prior: np.ndarray | None, opts: RegisterOptions = RegisterOptions()) -> Edge:
+def register_pair(
+    i: int,
+    j: int,
+    img_i: np.ndarray,
+    valid_i: np.ndarray,
+    img_j: np.ndarray,
+    valid_j: np.ndarray,
+    prior: np.ndarray | None,
+    opts: RegisterOptions = RegisterOptions(),
+) -> Edge:
     """Register frame ``j`` onto frame ``i``; ``prior`` (j→i) bounds the search, or ``None`` for whole frames."""
     gi, gj = to_grey(img_i), to_grey(img_j)
     hw_i, hw_j = gi.shape[:2], gj.shape[:2]
@@ -189,8 +207,9 @@ def register_pair(i: int, j: int, img_i: np.ndarray, valid_i: np.ndarray, img_j:
         edge.reason = f"too few matches ({len(mt)})"
         return edge
     a, b = pi[mt[:, 0]], pj[mt[:, 1]]
-    M, inl = cv2.estimateAffinePartial2D(b, a, method=cv2.RANSAC, ransacReprojThreshold=opts.ransac_px,
-                                         maxIters=5000, confidence=0.999, refineIters=20)
+    M, inl = cv2.estimateAffinePartial2D(
+        b, a, method=cv2.RANSAC, ransacReprojThreshold=opts.ransac_px, maxIters=5000, confidence=0.999, refineIters=20
+    )
     if M is None:
         edge.reason = "RANSAC found no model"
         return edge
@@ -204,8 +223,7 @@ def register_pair(i: int, j: int, img_i: np.ndarray, valid_i: np.ndarray, img_j:
         edge.reason = why
         return edge
     if opts.phase_refine:
-        M, edge.phase_shift = phase_refine(gi, valid_i, gj, valid_j, M, opts.max_phase_px,
-                                           opts.min_phase_overlap_px)
+        M, edge.phase_shift = phase_refine(gi, valid_i, gj, valid_j, M, opts.max_phase_px, opts.min_phase_overlap_px)
     edge.all_i, edge.all_j = a, b
     a, b = a[inl], b[inl]
     edge.M, edge.pts_i, edge.pts_j, edge.ok = M, a, b, True

@@ -45,8 +45,9 @@ def touches(M: np.ndarray, hw: tuple[int, int], y0: int, x0: int, h: int, w: int
     return bx1 >= x0 - 1 and bx0 <= x0 + w and by1 >= y0 - 1 and by0 <= y0 + h
 
 
-def seam_weight(labels: np.ndarray, scale: float, k: int, y0: int, x0: int, h: int, w: int,
-                sigma_low: float) -> np.ndarray:
+def seam_weight(
+    labels: np.ndarray, scale: float, k: int, y0: int, x0: int, h: int, w: int, sigma_low: float
+) -> np.ndarray:
     """Blurred ownership of frame ``k`` on the shard grid ``(h, w)`` float32."""
     pad = int(np.ceil(3 * sigma_low)) + 2
     lh, lw = labels.shape
@@ -63,9 +64,19 @@ def seam_weight(labels: np.ndarray, scale: float, k: int, y0: int, x0: int, h: i
     return cv2.warpAffine(own, up, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
-def render_shard(y0: int, x0: int, h: int, w: int, frames: list[ShardFrame], images: list[np.ndarray],
-                 valids: list[np.ndarray], labels: np.ndarray, scale: float, sigma_low: float = 1.5,
-                 interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+def render_shard(
+    y0: int,
+    x0: int,
+    h: int,
+    w: int,
+    frames: list[ShardFrame],
+    images: list[np.ndarray],
+    valids: list[np.ndarray],
+    labels: np.ndarray,
+    scale: float,
+    sigma_low: float = 1.5,
+    interpolation: int = cv2.INTER_CUBIC,
+) -> np.ndarray:
     """The shard ``(3, h, w)`` uint8 at panorama offset ``(y0, x0)``."""
     acc = np.zeros((h, w, 3), np.float32)
     wsum = np.zeros((h, w), np.float32)
@@ -81,8 +92,9 @@ def render_shard(y0: int, x0: int, h: int, w: int, frames: list[ShardFrame], ima
         wsum += wt
         acc_any += vals * v[..., None]
         n_any += v
-    out = np.where((wsum > 1e-3)[..., None], acc / np.maximum(wsum, 1e-6)[..., None],
-                   acc_any / np.maximum(n_any, 1)[..., None])
+    out = np.where(
+        (wsum > 1e-3)[..., None], acc / np.maximum(wsum, 1e-6)[..., None], acc_any / np.maximum(n_any, 1)[..., None]
+    )
     return np.clip(np.rint(out), 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
@@ -153,15 +165,29 @@ class RenderStage(BlockStage):
         ks = [int(k) for k in data["frames"][:-1]]
         frames = [ShardFrame(k, plan.mats[k], plan.gains[k]) for k in ks]  # type: ignore[arg-type]
         b = unit.block
-        image = render_shard(b.y0, b.x0, b.h, b.w, frames, [np.ascontiguousarray(a) for a in data["images"][:len(ks)]],
-                             [np.ascontiguousarray(a) for a in data["valids"][:len(ks)]], data["labels"], plan.scale,
-                             plan.sigma_low)
+        image = render_shard(
+            b.y0,
+            b.x0,
+            b.h,
+            b.w,
+            frames,
+            [np.ascontiguousarray(a) for a in data["images"][: len(ks)]],
+            [np.ascontiguousarray(a) for a in data["valids"][: len(ks)]],
+            data["labels"],
+            plan.scale,
+            plan.sigma_low,
+        )
         return {"image": image, "nframes": len(ks)}
 
     def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
         plan = self.plans[unit.raster]
-        write_block(group_at(open_store(plan.store, mode="r+"), plan.group), np.asarray(result["image"]), unit.block.y0,
-                    unit.block.x0, "image")
+        write_block(
+            group_at(open_store(plan.store, mode="r+"), plan.group),
+            np.asarray(result["image"]),
+            unit.block.y0,
+            unit.block.x0,
+            "image",
+        )
         return {"windows": int(result["nframes"])}
 
     def size_bytes(self, unit: Unit) -> int:

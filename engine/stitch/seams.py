@@ -14,8 +14,13 @@ import cv2
 import numpy as np
 
 
-def seam_labels(images: list[np.ndarray | None], masks: list[np.ndarray | None], corners: list[tuple[int, int]],
-                shape: tuple[int, int], cost: str = "COST_COLOR_GRAD") -> np.ndarray:
+def seam_labels(
+    images: list[np.ndarray | None],
+    masks: list[np.ndarray | None],
+    corners: list[tuple[int, int]],
+    shape: tuple[int, int],
+    cost: str = "COST_COLOR_GRAD",
+) -> np.ndarray:
     """Label map ``(h, w)`` int16 of the owning frame per pixel, from warped low-res frames.
 
     ``images[k]`` (uint8 RGB) and ``masks[k]`` (uint8) sit at ``corners[k] = (x, y)`` in
@@ -28,8 +33,10 @@ def seam_labels(images: list[np.ndarray | None], masks: list[np.ndarray | None],
         return labels
     imgs = [np.asarray(images[k], np.float32) for k in keep]
     # the stubs know UMat(UMat) only; OpenCV builds one from an array
-    ms: Sequence[Any] = [cv2.UMat(np.ascontiguousarray(np.asarray(masks[k], np.uint8)))  # type: ignore[call-overload]
-                         for k in keep]
+    ms: Sequence[Any] = [
+        cv2.UMat(np.ascontiguousarray(np.asarray(masks[k], np.uint8)))  # type: ignore[call-overload]
+        for k in keep
+    ]
     cs = [(int(corners[k][0]), int(corners[k][1])) for k in keep]
     if len(keep) > 1:
         finder = cv2.detail.GraphCutSeamFinder(cost)
@@ -44,7 +51,7 @@ def seam_labels(images: list[np.ndarray | None], masks: list[np.ndarray | None],
         y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + mh, h), min(x + mw, w)
         if y1 <= y0 or x1 <= x0:
             continue
-        sub = s[y0 - y:y1 - y, x0 - x:x1 - x]
+        sub = s[y0 - y : y1 - y, x0 - x : x1 - x]
         cur = score[y0:y1, x0:x1]
         better = sub > cur
         cur[better] = sub[better]

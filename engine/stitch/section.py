@@ -74,8 +74,9 @@ def _similarity(M: np.ndarray) -> tuple[float, float]:
 def _correct_task(path: str, corr: Correction, thumb_scale: float, work: str, k: int, hw: tuple[int, int]):
     raw = read_rgb(path)
     if raw.shape[:2] != hw:
-        raise LodeInputError(path, f"frame is {raw.shape[0]}×{raw.shape[1]} but the section's first frame is "
-                                   f"{hw[0]}×{hw[1]}")
+        raise LodeInputError(
+            path, f"frame is {raw.shape[0]}×{raw.shape[1]} but the section's first frame is {hw[0]}×{hw[1]}"
+        )
     maps = undistort_maps(corr.lens) if corr.lens is not None and not corr.lens.is_identity else None
     cf = correct(raw, corr, maps, path)
     for kind, arr in (("image", cf.image), ("valid", cf.valid)):
@@ -127,8 +128,9 @@ def _coarse_pairs(img_refs, valid_refs, hw, opts: StitchOptions) -> list[tuple[i
             mt = match(di, dj, ro.ratio)
             if len(mt) < ro.min_inliers:
                 continue
-            M, inl = cv2.estimateAffinePartial2D(pj[mt[:, 1]], pi[mt[:, 0]], method=cv2.RANSAC,
-                                                 ransacReprojThreshold=max(2.0, 1.5 / scale))
+            M, inl = cv2.estimateAffinePartial2D(
+                pj[mt[:, 1]], pi[mt[:, 0]], method=cv2.RANSAC, ransacReprojThreshold=max(2.0, 1.5 / scale)
+            )
             if M is None or int(inl.sum()) < ro.min_inliers:
                 continue
             h, w = hw
@@ -167,8 +169,12 @@ def _plan_file(work: str, section: str) -> str:
 
 
 def _fingerprint(sec, correction: Correction, opts: StitchOptions) -> str:
-    inputs = ([str(t) for t in sec.tiles], None if sec.nominal_xy is None else sec.nominal_xy.tolist(), correction,
-              _options_dict(opts))
+    inputs = (
+        [str(t) for t in sec.tiles],
+        None if sec.nominal_xy is None else sec.nominal_xy.tolist(),
+        correction,
+        _options_dict(opts),
+    )
     return hashlib.sha256(pickle.dumps(inputs)).hexdigest()
 
 
@@ -184,8 +190,12 @@ def _resumable(work: str, sec, store: str, fingerprint: str) -> tuple[RenderPlan
     return plan, saved["report"]
 
 
-def prepare_section(section_dir: str | Path, store: str | Path, correction: Correction = Correction(),
-                    opts: StitchOptions = StitchOptions()) -> tuple[RenderPlan, dict]:
+def prepare_section(
+    section_dir: str | Path,
+    store: str | Path,
+    correction: Correction = Correction(),
+    opts: StitchOptions = StitchOptions(),
+) -> tuple[RenderPlan, dict]:
     """Correct, register, solve, gains and seams of one section: its render plan and report base.
 
     Writes the corrected frames and the plan to the section's work folder and creates the
@@ -208,11 +218,13 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
     hw = image_header(sec.tiles[0])[:2]
     thumb_scale = _seam_scale(n, hw, opts.seam_megapixels)
     corr_ref = ray.put(correction)
-    outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, section_work, k, hw)
-            for k, p in enumerate(sec.tiles)]
+    outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, section_work, k, hw) for k, p in enumerate(sec.tiles)]
     # num_returns=4: each call gives four refs (ray's stubs type .remote() as one ObjectRef)
-    img_refs, valid_refs, thumb_refs = ([o[0] for o in outs], [o[1] for o in outs],  # type: ignore[index]
-                                        [o[2] for o in outs])  # type: ignore[index]
+    img_refs, valid_refs, thumb_refs = (
+        [o[0] for o in outs],
+        [o[1] for o in outs],  # type: ignore[index]
+        [o[2] for o in outs],
+    )  # type: ignore[index]
     stds = _frames_read([o[3] for o in outs])  # type: ignore[index]
     timings["correct"] = time.perf_counter() - t0
     if sec.nominal_xy is not None:
@@ -220,8 +232,12 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
     else:
         pairs = _coarse_pairs(img_refs, valid_refs, hw, opts)
     t = time.perf_counter()
-    edges: list[Edge] = ray.get([_register_task.remote(i, j, img_refs[i], valid_refs[i], img_refs[j], valid_refs[j],
-                                                       prior, opts.register) for i, j, prior in pairs])
+    edges: list[Edge] = ray.get(
+        [
+            _register_task.remote(i, j, img_refs[i], valid_refs[i], img_refs[j], valid_refs[j], prior, opts.register)
+            for i, j, prior in pairs
+        ]
+    )
     del outs, img_refs, valid_refs
     timings["register"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -270,14 +286,26 @@ def prepare_section(section_dir: str | Path, store: str | Path, correction: Corr
     labels = seam_labels(comp, wmasks, corners, (Lh, Lw))
     timings["gains_seams"] = time.perf_counter() - t
 
-    plan = RenderPlan(sec.section_id, store, f".{sec.section_id}.partial", section_work, hw, tuple(mats),
-                      tuple(gains), s, opts.blend_sigma_low, (H, W), opts.shard)
+    plan = RenderPlan(
+        sec.section_id,
+        store,
+        f".{sec.section_id}.partial",
+        section_work,
+        hw,
+        tuple(mats),
+        tuple(gains),
+        s,
+        opts.blend_sigma_low,
+        (H, W),
+        opts.shard,
+    )
     create_partial(plan, labels, opts.levels)
     timings["prepare"] = time.perf_counter() - t0
     report = build_report(sec, hw, edges, al, mats, gains, (H, W), placed, opts, timings, len(plan.blocks), stds)
     report["seam_labels"] = {"array": SEAM_LABELS, "scale": s}
-    atomic_write_bytes(_plan_file(work, sec.section_id),
-                       pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint}))
+    atomic_write_bytes(
+        _plan_file(work, sec.section_id), pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint})
+    )
     return plan, report
 
 
@@ -306,8 +334,9 @@ def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int) -> None:
     root = open_store(plan.store, mode="r+")
     layout = PyramidLayout((plan.shard, plan.shard), levels=levels)
     create_image(root, plan.group, (3, *plan.shape), layout, channel_names=["R", "G", "B"], overwrite=True)
-    seams = group_at(root, plan.group).create_array(SEAM_LABELS, shape=labels.shape, dtype=np.int16, chunks=labels.shape,
-                                          fill_value=-1)
+    seams = group_at(root, plan.group).create_array(
+        SEAM_LABELS, shape=labels.shape, dtype=np.int16, chunks=labels.shape, fill_value=-1
+    )
     seams[...] = labels
 
 
@@ -318,15 +347,24 @@ def render_sections(plans: Sequence[RenderPlan], executor: str = "ray") -> Stage
     manifest = RunManifest(work_root(plans[0].store))
     manifest.begin("stitch", {}, {})
     units = [u for p in plans for u in p.units]
-    options = RunOptions(executor="ray", remote_args=fs.ray_remote_args()) if executor == "ray" else \
-        RunOptions(executor="serial")
+    options = (
+        RunOptions(executor="ray", remote_args=fs.ray_remote_args())
+        if executor == "ray"
+        else RunOptions(executor="serial")
+    )
     return run_stage(RenderStage({p.section: p for p in plans}), units, manifest, options)
 
 
 def finish_section(plan: RenderPlan, report: dict, render_seconds: float) -> dict:
     """Record the report in the partial group, give it its final name and drop the section's work files."""
-    report = {**report, "timings_s": {**report["timings_s"], "render": round(render_seconds, 3),
-                                      "total": round(report["timings_s"]["prepare"] + render_seconds, 3)}}
+    report = {
+        **report,
+        "timings_s": {
+            **report["timings_s"],
+            "render": round(render_seconds, 3),
+            "total": round(report["timings_s"]["prepare"] + render_seconds, 3),
+        },
+    }
     grp = open_store(plan.store, mode="a")[plan.group]
     grp.attrs["lode"] = {**attrs_of(grp)["lode"], "stitch": report}
     ome = dict(attrs_of(grp)["ome"])
@@ -341,8 +379,13 @@ def finish_section(plan: RenderPlan, report: dict, render_seconds: float) -> dic
     return report
 
 
-def stitch_section(section_dir: str | Path, store: str | Path, correction: Correction = Correction(),
-                   opts: StitchOptions = StitchOptions(), executor: str = "ray") -> dict:
+def stitch_section(
+    section_dir: str | Path,
+    store: str | Path,
+    correction: Correction = Correction(),
+    opts: StitchOptions = StitchOptions(),
+    executor: str = "ray",
+) -> dict:
     """Stitch ``<section_dir>/tiles`` into image group ``<section_id>`` of the OME-Zarr ``store``;
     ``executor`` renders the shards on Ray Data (``ray``) or in this process (``serial``).
 
@@ -371,12 +414,24 @@ def _publish(store: str, partial: str, name: str) -> None:
     if filesystem.exists(dst):
         filesystem.rm(dst, recursive=True)
     for p in sorted(filesystem.find(src), key=lambda p: p == f"{src}/zarr.json"):
-        filesystem.copy(p, dst + p[len(src):])
+        filesystem.copy(p, dst + p[len(src) :])
     filesystem.rm(src, recursive=True)
 
 
-def build_report(sec, hw, edges: list[Edge], al, mats, gains, shape, placed, opts: StitchOptions,
-                 timings: dict, n_shards: int, stds: Sequence[float]) -> dict:
+def build_report(
+    sec,
+    hw,
+    edges: list[Edge],
+    al,
+    mats,
+    gains,
+    shape,
+    placed,
+    opts: StitchOptions,
+    timings: dict,
+    n_shards: int,
+    stds: Sequence[float],
+) -> dict:
     names = [fs.name(p) for p in sec.tiles]
     n = len(names)
     by_frame: dict[int, list[Edge]] = {k: [] for k in range(n)}
@@ -386,10 +441,18 @@ def build_report(sec, hw, edges: list[Edge], al, mats, gains, shape, placed, opt
     edge_rows = []
     for e in edges:
         key = (e.i, e.j)
-        row = {"i": e.i, "j": e.j, "frames": [names[e.i], names[e.j]], "registered": e.ok, "reason": e.reason,
-               "keypoints": list(e.keypoints), "matches": e.matches, "inliers": e.inliers,
-               "fit_rms_px": None if not np.isfinite(e.fit_rms_px) else round(e.fit_rms_px, 4),
-               "phase_shift_px": [round(v, 4) for v in e.phase_shift]}
+        row = {
+            "i": e.i,
+            "j": e.j,
+            "frames": [names[e.i], names[e.j]],
+            "registered": e.ok,
+            "reason": e.reason,
+            "keypoints": list(e.keypoints),
+            "matches": e.matches,
+            "inliers": e.inliers,
+            "fit_rms_px": None if not np.isfinite(e.fit_rms_px) else round(e.fit_rms_px, 4),
+            "phase_shift_px": [round(v, 4) for v in e.phase_shift],
+        }
         if key in al.rejected:
             row["rejected"] = al.rejected[key]
         if key in al.edge_rms_px:
@@ -417,9 +480,14 @@ def build_report(sec, hw, edges: list[Edge], al, mats, gains, shape, placed, opt
         worst = max((al.edge_rms_px.get((e.i, e.j), 0.0) for e in mine), default=0.0)
         if placed[k] and worst >= opts.flag_residual_px:
             flags.append(f"edge residual {worst:.2f} px >= {opts.flag_residual_px} px (lens or motion?)")
-        row = {"file": names[k], "placed": placed[k], "gain": [round(float(g), 5) for g in gains[k]],
-               "grey_std": round(stds[k], 3), "flags": flags,
-               "edges_used": sum(1 for e in mine if (e.i, e.j) in al.edge_rms_px)}
+        row = {
+            "file": names[k],
+            "placed": placed[k],
+            "gain": [round(float(g), 5) for g in gains[k]],
+            "grey_std": round(stds[k], 3),
+            "flags": flags,
+            "edges_used": sum(1 for e in mine if (e.i, e.j) in al.edge_rms_px),
+        }
         if mats[k] is not None:
             sc, ang = _similarity(mats[k])
             row.update(transform=np.round(mats[k], 6).tolist(), scale=round(sc, 6), rotation_deg=round(ang, 5))
@@ -427,12 +495,18 @@ def build_report(sec, hw, edges: list[Edge], al, mats, gains, shape, placed, opt
         if flags:
             flagged.append(names[k])
     return {
-        "section": sec.section_id, "frames_total": n, "frames_placed": int(sum(placed)), "flagged": flagged,
+        "section": sec.section_id,
+        "frames_total": n,
+        "frames_placed": int(sum(placed)),
+        "flagged": flagged,
         "rms_px": None if rms is None else round(rms, 4),
         "max_edge_rms_px": round(max(al.edge_rms_px.values()), 4) if al.edge_rms_px else None,
-        "panorama_hw": list(shape), "reference_frame": names[al.reference] if al.reference >= 0 else None,
+        "panorama_hw": list(shape),
+        "reference_frame": names[al.reference] if al.reference >= 0 else None,
         "positions": "nominal" if sec.nominal_xy is not None else "all-pairs search",
-        "edges": edge_rows, "frames": frames, "shards": n_shards,
+        "edges": edge_rows,
+        "frames": frames,
+        "shards": n_shards,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "options": _options_dict(opts),
     }

@@ -100,8 +100,15 @@ class CaptureConfig:
     @classmethod
     def degraded(cls, **kw) -> CaptureConfig:
         """Distortion, vignetting, exposure and white-balance drift, dark offset, noise and JPEG."""
-        base: dict[str, Any] = dict(distortion=(-0.06, 0.02, 0.0004, -0.0003, 0.0), vignetting=0.3, exposure_drift=0.08,
-                    wb_drift=0.03, dark_level=6.0, noise_sigma=1.5, jpeg_quality=93)
+        base: dict[str, Any] = dict(
+            distortion=(-0.06, 0.02, 0.0004, -0.0003, 0.0),
+            vignetting=0.3,
+            exposure_drift=0.08,
+            wb_drift=0.03,
+            dark_level=6.0,
+            noise_sigma=1.5,
+            jpeg_quality=93,
+        )
         base.update(kw)
         return cls(**base)
 
@@ -156,8 +163,10 @@ def textured_section(shape: tuple[int, int], seed: int = 0, grain_px: float = 40
     a, b = fields
     a /= a.std() + 1e-6
     b /= b.std() + 1e-6
-    palette = np.array([[58, 60, 66], [205, 200, 170], [190, 160, 80], [150, 150, 155],
-                        [225, 215, 140], [120, 110, 100]], dtype=np.float32)
+    palette = np.array(
+        [[58, 60, 66], [205, 200, 170], [190, 160, 80], [150, 150, 155], [225, 215, 140], [120, 110, 100]],
+        dtype=np.float32,
+    )
     phase = np.digitize(a, [-0.6, 0.0]) * 2 + (b > 0.3)
     img: np.ndarray = palette[np.clip(phase, 0, len(palette) - 1)]
     img = cv2.GaussianBlur(img, (0, 0), 1.2)
@@ -238,7 +247,12 @@ def capture_grid(source: np.ndarray | None, cfg: CaptureConfig) -> Captures:
     rng = np.random.default_rng(cfg.seed)
     if source is None:
         source = textured_section(cfg.source_hw, seed=cfg.seed + 1)
-    if source.ndim != 3 or source.shape[2] != 3 or source.shape[0] < cfg.source_hw[0] or source.shape[1] < cfg.source_hw[1]:
+    if (
+        source.ndim != 3
+        or source.shape[2] != 3
+        or source.shape[0] < cfg.source_hw[0]
+        or source.shape[1] < cfg.source_hw[1]
+    ):
         raise ValueError(f"source of shape {source.shape} is smaller than {cfg.source_hw} × 3")
     n = cfg.rows * cfg.cols
     mats, nominal = _truth_transforms(cfg, rng)
@@ -267,8 +281,9 @@ def capture_grid(source: np.ndarray | None, cfg: CaptureConfig) -> Captures:
                 truth.append(M)
             mx = Mi[0, 0] * ideal[..., 0] + Mi[0, 1] * ideal[..., 1] + Mi[0, 2]
             my = Mi[1, 0] * ideal[..., 0] + Mi[1, 1] * ideal[..., 1] + Mi[1, 2]
-            scene = cv2.remap(use, mx.astype(np.float32), my.astype(np.float32), cv2.INTER_CUBIC,
-                              borderMode=cv2.BORDER_REFLECT)
+            scene = cv2.remap(
+                use, mx.astype(np.float32), my.astype(np.float32), cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
+            )
         frames.append(_camera(scene * gains[i], cfg, vig, rng))
     names = [f"r{r:02d}_c{c:02d}" for r in range(cfg.rows) for c in range(cfg.cols)]
     return Captures(frames, truth, nominal, gains, cfg.lens, cfg, names)
@@ -278,11 +293,17 @@ def truth_panorama(source: np.ndarray, cfg: CaptureConfig) -> np.ndarray:
     """The mosaic area of ``source`` (what a perfect stitch in source axes shows)."""
     m = cfg.margin
     h, w = cfg.mosaic_hw
-    return source[m:m + h, m:m + w]
+    return source[m : m + h, m : m + w]
 
 
-def _checkerboard_view(lens: Lens, frame_hw: tuple[int, int], ideal: np.ndarray, pattern: tuple[int, int],
-                       rvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
+def _checkerboard_view(
+    lens: Lens,
+    frame_hw: tuple[int, int],
+    ideal: np.ndarray,
+    pattern: tuple[int, int],
+    rvec: np.ndarray,
+    tvec: np.ndarray,
+) -> np.ndarray:
     K = lens.camera_matrix
     R, _ = cv2.Rodrigues(rvec)
     H = K @ np.column_stack([R[:, 0], R[:, 1], tvec])
@@ -300,8 +321,9 @@ def _checkerboard_view(lens: Lens, frame_hw: tuple[int, int], ideal: np.ndarray,
     return (40 + 180 * v).astype(np.float32)
 
 
-def calibration_frames(cfg: CaptureConfig, n_views: int = 10, n_flat: int = 8, n_dark: int = 8,
-                       pattern: tuple[int, int] = (9, 6)) -> dict[str, list[np.ndarray]]:
+def calibration_frames(
+    cfg: CaptureConfig, n_views: int = 10, n_flat: int = 8, n_dark: int = 8, pattern: tuple[int, int] = (9, 6)
+) -> dict[str, list[np.ndarray]]:
     """Flat (white reference), dark and checkerboard frames through the capture camera.
 
     The checkerboard has ``pattern`` inner corners and unit squares; views tilt it

@@ -69,8 +69,9 @@ def random_cast(rng: np.random.Generator, strength: float = 1.0, filter_name: st
     return ColourCast(rows, float(gamma), (fr, fg, fb), name)
 
 
-def partial_annotation(labels: np.ndarray, fraction: float = 0.35, exclude: tuple[int, ...] | list[int] = (),
-                       unlabelled: int = 255) -> np.ndarray:
+def partial_annotation(
+    labels: np.ndarray, fraction: float = 0.35, exclude: tuple[int, ...] | list[int] = (), unlabelled: int = 255
+) -> np.ndarray:
     """A sparse annotation: the truth inside a strip of ``fraction`` of the width, minus ``exclude`` classes."""
     ann = np.full(labels.shape, unlabelled, np.uint8)
     w = int(round(fraction * labels.shape[1]))

@@ -60,15 +60,23 @@ def write_panorama(
     """Render a whole panorama block by block into ``store/<section_id>`` with its truth labels."""
     root = store if isinstance(store, zarr.Group) else zarr.open_group(str(store), mode="a")
     layout = layout or PyramidLayout((1024, 1024), chunk=512, levels=3)
-    img = create_image(root, section_id, (3, height, width), layout, channel_names=["R", "G", "B"],
-                       pixel_size_um=pixel_size_um, overwrite=True,
-                       attributes={"synth": {"seed": spec.seed, "association": spec.association}})
+    img = create_image(
+        root,
+        section_id,
+        (3, height, width),
+        layout,
+        channel_names=["R", "G", "B"],
+        pixel_size_um=pixel_size_um,
+        overwrite=True,
+        attributes={"synth": {"seed": spec.seed, "association": spec.association}},
+    )
     lab = create_labels(img, TRUTH, classes, layout, pixel_size_um=pixel_size_um, overwrite=True)
     section = Section(spec)
     by, bx = layout.block
     blocks = [(y0, x0) for y0 in range(0, height, by) for x0 in range(0, width, bx)]
     if progress:
         from tqdm import tqdm
+
         blocks = tqdm(blocks, desc=f"synth {section_id}", unit="block")
     for y0, x0 in blocks:
         h, w = min(by, height - y0), min(bx, width - x0)

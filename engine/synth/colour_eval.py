@@ -27,10 +27,13 @@ from engine.synth.casts import ColourCast, partial_annotation, random_cast
 from engine.synth.section import Section, SectionSpec
 
 
-def render_set(n: int, size: tuple[int, int], association: str = "paper", seed: int = 0,
-               grain_diameter: float = 30.0) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [Section(SectionSpec(seed=seed + i, association=association, grain_diameter=grain_diameter)).render(
-        0, 0, *size) for i in range(n)]
+def render_set(
+    n: int, size: tuple[int, int], association: str = "paper", seed: int = 0, grain_diameter: float = 30.0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [
+        Section(SectionSpec(seed=seed + i, association=association, grain_diameter=grain_diameter)).render(0, 0, *size)
+        for i in range(n)
+    ]
 
 
 def reference_means(samples: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, np.ndarray]:
@@ -60,8 +63,13 @@ class EncodedAffine:
         return np.maximum(enc @ self.matrix[:3] + self.matrix[3], 0) ** self.gamma
 
 
-def held_out_error(matrix: ColourMatrix | EncodedAffine, cast_rgb: np.ndarray, truth_rgb: np.ndarray, labels: np.ndarray,
-                   held_out: list[int]) -> float:
+def held_out_error(
+    matrix: ColourMatrix | EncodedAffine,
+    cast_rgb: np.ndarray,
+    truth_rgb: np.ndarray,
+    labels: np.ndarray,
+    held_out: list[int],
+) -> float:
     """Mean ΔE2000 over ``held_out`` classes between corrected cast means and the uncast means."""
     obs, truth = class_means(cast_rgb, labels), class_means(truth_rgb, labels)
     return float(np.mean([delta_e_linear(matrix.apply_linear(obs[c][0]), truth[c][0]) for c in held_out]))
@@ -79,8 +87,14 @@ class Trial:
     lstsq_encoded_fit: float
 
 
-def per_image_trials(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict[int, np.ndarray], n: int,
-                     seed: int = 0, n_held_out: int = 2, fraction: float = 0.35) -> list[Trial]:
+def per_image_trials(
+    tests: list[tuple[np.ndarray, np.ndarray]],
+    reference: dict[int, np.ndarray],
+    n: int,
+    seed: int = 0,
+    n_held_out: int = 2,
+    fraction: float = 0.35,
+) -> list[Trial]:
     """``n`` random casts of the test sections, each fitted per image (ΔE2000 with and without the
     crosstalk prior, and least-squares)."""
     rng = np.random.default_rng(seed)
@@ -96,19 +110,32 @@ def per_image_trials(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict
         m = class_means(cap, ann)
         codes_a = sorted(m)
         src, ref = np.array([m[c][0] for c in codes_a]), np.array([reference[c] for c in codes_a])
-        out.append(Trial(cast, held, float((ann != 255).mean()),
-                         held_out_error(ColourMatrix.identity(), cap, rgb, lab, held),
-                         held_out_error(ccm, cap, rgb, lab, held),
-                         held_out_error(fit_image(cap, ann, reference, crosstalk_prior=0.0), cap, rgb, lab, held),
-                         held_out_error(fit_lstsq(src, ref), cap, rgb, lab, held),
-                         held_out_error(EncodedAffine.fit(src, ref), cap, rgb, lab, held)))
+        out.append(
+            Trial(
+                cast,
+                held,
+                float((ann != 255).mean()),
+                held_out_error(ColourMatrix.identity(), cap, rgb, lab, held),
+                held_out_error(ccm, cap, rgb, lab, held),
+                held_out_error(fit_image(cap, ann, reference, crosstalk_prior=0.0), cap, rgb, lab, held),
+                held_out_error(fit_lstsq(src, ref), cap, rgb, lab, held),
+                held_out_error(EncodedAffine.fit(src, ref), cap, rgb, lab, held),
+            )
+        )
     return out
 
 
-def series_trial(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict[int, np.ndarray], seed: int = 0,
-                 n_held_out: int = 2, fraction: float = 0.35, cast: ColourCast | None = None,
-                 shared_held_out: bool = False, priors: Mapping[str, float] | None = None,
-                 with_series: bool = True) -> dict:
+def series_trial(
+    tests: list[tuple[np.ndarray, np.ndarray]],
+    reference: dict[int, np.ndarray],
+    seed: int = 0,
+    n_held_out: int = 2,
+    fraction: float = 0.35,
+    cast: ColourCast | None = None,
+    shared_held_out: bool = False,
+    priors: Mapping[str, float] | None = None,
+    with_series: bool = True,
+) -> dict:
     """One cast over all test sections: held-out ΔE of the series matrix against per-image matrices.
 
     Each capture holds out its own ``n_held_out`` classes, which the series matrix therefore sees in
@@ -119,8 +146,11 @@ def series_trial(tests: list[tuple[np.ndarray, np.ndarray]], reference: dict[int
     rng = np.random.default_rng(seed)
     cast = random_cast(rng) if cast is None else cast
     present = [set(np.unique(lab).tolist()) & set(reference) - {0} for _, lab in tests]
-    shared = sorted(int(c) for c in rng.choice(sorted(set.intersection(*present)), n_held_out, replace=False)) \
-        if shared_held_out else None
+    shared = (
+        sorted(int(c) for c in rng.choice(sorted(set.intersection(*present)), n_held_out, replace=False))
+        if shared_held_out
+        else None
+    )
     caps, anns, helds = [], [], []
     for (rgb, lab), codes in zip(tests, present):
         helds.append(shared or sorted(int(c) for c in rng.choice(sorted(codes), n_held_out, replace=False)))

@@ -29,7 +29,18 @@ REFLECTANCE_RGB: dict[int, tuple[int, int, int]] = {
 
 # Table 1 of Korshunov et al. (2025): area shares of LumenStone classes, in percent.
 PAPER_SHARES: dict[int, float] = {
-    0: 37.6, 6: 14.8, 8: 14.3, 5: 8.9, 1: 6.0, 2: 5.0, 9: 3.9, 4: 2.5, 7: 2.4, 11: 2.1, 12: 1.8, 3: 0.5,
+    0: 37.6,
+    6: 14.8,
+    8: 14.3,
+    5: 8.9,
+    1: 6.0,
+    2: 5.0,
+    9: 3.9,
+    4: 2.5,
+    7: 2.4,
+    11: 2.1,
+    12: 1.8,
+    3: 0.5,
 }
 
 # Anisotropic minerals (brightness changes under crossed polars with stage rotation).

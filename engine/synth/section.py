@@ -43,8 +43,10 @@ def value_noise(seed: int, y0: int, x0: int, h: int, w: int, scale: float) -> np
     iy, ix = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
     fy, fx = ys - iy, xs - ix
     fy, fx = fy * fy * (3 - 2 * fy), fx * fx * (3 - 2 * fx)
+
     def v(dy: int, dx: int) -> np.ndarray:
         return _uniform(seed, iy + dy, ix + dx)
+
     top = v(0, 0) * (1 - fx) + v(0, 1) * fx
     bot = v(1, 0) * (1 - fx) + v(1, 1) * fx
     return ((top * (1 - fy) + bot * fy) * 2 - 1).astype(np.float32)
@@ -116,11 +118,21 @@ class Section:
             k = rng.choice(len(self.codes), p=self.class_p)
             d = s.grain_diameter * self.sizes[k] * rng.lognormal(0.0, s.size_sigma)
             r = float(min(d / 2, self.max_radius / (1 + 2 * s.roughness)))
-            harm = tuple((float(rng.normal(0, s.roughness / (h ** 0.8))), float(rng.uniform(0, 2 * math.pi)))
-                         for h in range(2, 7))
+            harm = tuple(
+                (float(rng.normal(0, s.roughness / (h**0.8))), float(rng.uniform(0, 2 * math.pi))) for h in range(2, 7)
+            )
             tint = tuple(float(v) for v in rng.normal(0, s.colour_jitter, 3))
-            out.append(Grain(float(rng.random()), int(self.codes[k]), (cy + rng.random()) * s.cell,
-                             (cx + rng.random()) * s.cell, max(r, 2.0), harm, tint))  # type: ignore[arg-type]
+            out.append(
+                Grain(
+                    float(rng.random()),
+                    int(self.codes[k]),
+                    (cy + rng.random()) * s.cell,
+                    (cx + rng.random()) * s.cell,
+                    max(r, 2.0),
+                    harm,
+                    tint,
+                )
+            )  # type: ignore[arg-type]
         return out
 
     def grains_near(self, y0: int, x0: int, h: int, w: int) -> list[Grain]:
@@ -152,8 +164,8 @@ class Section:
             for hnum, (amp, ph) in enumerate(g.harmonics, start=2):
                 rad += amp * np.cos(hnum * theta + ph)
             inside = yy * yy + xx * xx <= (g.radius * rad) ** 2
-            lab[ya - y0:yb - y0, xa - x0:xb - x0][inside] = g.code
-            gid[ya - y0:yb - y0, xa - x0:xb - x0][inside] = i
+            lab[ya - y0 : yb - y0, xa - x0 : xb - x0][inside] = g.code
+            gid[ya - y0 : yb - y0, xa - x0 : xb - x0][inside] = i
             tints[i] = g.tint
         return lab, gid, tints
 
@@ -166,7 +178,7 @@ class Section:
             lut[code] = rgb
         rgb = lut[lab_h].copy()
         rgb *= 1.0 + tints[gid_h]
-        edges = (cv2.morphologyEx(gid_h.astype(np.float32), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0)
+        edges = cv2.morphologyEx(gid_h.astype(np.float32), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
         dist = cv2.distanceTransform((~edges).astype(np.uint8), cv2.DIST_L2, 3)
         shade = 1.0 - s.boundary_shading * np.where(dist < 8, np.exp(-dist / 2.0), 0.0)
         rgb *= shade[..., None]
@@ -174,7 +186,7 @@ class Section:
         tex = value_noise(s.seed * 31 + 1, y0, x0, h, w, 24.0) + 0.5 * value_noise(s.seed * 31 + 2, y0, x0, h, w, 6.0)
         rgb *= (1.0 + s.texture * tex)[..., None]
         self._draw_defects(rgb, y0, x0, h, w)
-        yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w]
+        yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
         for ch in range(3):
             rgb[..., ch] += s.noise * (2 * _uniform(s.seed, 11 + ch, yy, xx).astype(np.float32) - 1) * 1.7
         return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), lab_h[halo:-halo, halo:-halo]
@@ -193,13 +205,15 @@ class Section:
                     _stamp_segment(overlay, y0, x0, py, px, ang, length / 2, 0.8, float(rng.uniform(0.1, 0.25)))
                 for _ in range(rng.poisson(s.pits_per_cell)):
                     py, px = (cy + rng.random()) * c, (cx + rng.random()) * c
-                    _stamp_segment(overlay, y0, x0, py, px, 0.0, 0.0, float(rng.uniform(1.0, 3.5)),
-                                   float(rng.uniform(0.4, 0.7)))
+                    _stamp_segment(
+                        overlay, y0, x0, py, px, 0.0, 0.0, float(rng.uniform(1.0, 3.5)), float(rng.uniform(0.4, 0.7))
+                    )
         rgb *= (1.0 - overlay)[..., None]
 
 
-def _stamp_segment(overlay: np.ndarray, y0: int, x0: int, cy: float, cx: float, angle: float, half: float,
-                   width: float, value: float) -> None:
+def _stamp_segment(
+    overlay: np.ndarray, y0: int, x0: int, cy: float, cx: float, angle: float, half: float, width: float, value: float
+) -> None:
     """Max-composite an anti-aliased segment (a disc when ``half`` is 0) at global coordinates."""
     dy, dx = math.sin(angle) * half, math.cos(angle) * half
     ya = max(int(math.floor(cy - abs(dy) - width - 1)), y0)
@@ -213,7 +227,7 @@ def _stamp_segment(overlay: np.ndarray, y0: int, x0: int, cy: float, cx: float, 
     t = np.clip((yy * dy + xx * dx) / max(half * half, 1e-9), -1.0, 1.0) if half > 0 else 0.0
     dist = np.hypot(yy - t * dy, xx - t * dx)
     v = (value * np.clip(width + 0.5 - dist, 0.0, 1.0)).astype(np.float32)
-    view = overlay[ya - y0:yb - y0, xa - x0:xb - x0]
+    view = overlay[ya - y0 : yb - y0, xa - x0 : xb - x0]
     np.maximum(view, v, out=view)
 
 

@@ -29,8 +29,8 @@ from engine.synth.section import Section, SectionSpec, _uniform
 
 # Peak XPL brightness (0..1 of full scale) and the two anisotropy tints of each anisotropic class.
 ANISOTROPY: dict[int, tuple[float, tuple[float, float, float], tuple[float, float, float]]] = {
-    5: (0.30, (0.95, 0.80, 0.60), (0.70, 0.75, 0.90)),   # pyrrhotite: yellowish-grey to bluish-grey
-    9: (0.26, (0.95, 0.85, 0.75), (0.70, 0.80, 1.00)),   # arsenopyrite: brownish-yellow to bluish
+    5: (0.30, (0.95, 0.80, 0.60), (0.70, 0.75, 0.90)),  # pyrrhotite: yellowish-grey to bluish-grey
+    9: (0.26, (0.95, 0.85, 0.75), (0.70, 0.80, 1.00)),  # arsenopyrite: brownish-yellow to bluish
     10: (0.16, (0.80, 0.80, 0.85), (0.65, 0.65, 0.75)),  # hematite: greyish
     12: (0.55, (1.00, 0.55, 0.25), (0.90, 0.70, 0.35)),  # covellite: fiery orange
     13: (0.32, (0.85, 1.00, 0.70), (0.95, 0.85, 0.60)),  # marcasite: greenish-yellow to brownish
@@ -51,7 +51,8 @@ class XplConfig:
     noise: float = 1.5
     seed: int = 0
     anisotropy: dict[int, tuple[float, tuple[float, float, float], tuple[float, float, float]]] = field(
-        default_factory=lambda: dict(ANISOTROPY))
+        default_factory=lambda: dict(ANISOTROPY)
+    )
 
 
 @dataclass
@@ -94,8 +95,9 @@ class GrainMap:
         return cls(lab, gid, codes, phi)
 
 
-def xpl_scene(grains: GrainMap, ppl: np.ndarray, angle_deg: float, cfg: XplConfig,
-              colors: dict[int, tuple[int, int, int]]) -> np.ndarray:
+def xpl_scene(
+    grains: GrainMap, ppl: np.ndarray, angle_deg: float, cfg: XplConfig, colors: dict[int, tuple[int, int, int]]
+) -> np.ndarray:
     """Crossed-polar appearance (float32 0..255, ``(h, w, 3)``) of a region at one stage angle."""
     out = cfg.leak * ppl.astype(np.float32)
     t = np.radians(angle_deg - grains.extinction_deg)
@@ -130,7 +132,7 @@ def render_xpl_stack(spec: SectionSpec, height: int, width: int, cfg: XplConfig 
     section = Section(spec)
     m = _margin(height, width, cfg)
     big_rgb, big_lab = section.render(-m, -m, height + 2 * m, width + 2 * m)
-    ppl, labels = big_rgb[m:m + height, m:m + width], big_lab[m:m + height, m:m + width]
+    ppl, labels = big_rgb[m : m + height, m : m + width], big_lab[m : m + height, m : m + width]
     rng = np.random.default_rng([cfg.seed, spec.seed, 29])
     grains = GrainMap.of(section, -m, -m, height + 2 * m, width + 2 * m)
     xs, ys = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
@@ -147,22 +149,44 @@ def render_xpl_stack(spec: SectionSpec, height: int, width: int, cfg: XplConfig 
     return XplStack(ppl, labels, xpl, list(cfg.angles), mats)
 
 
-def s3_lookalike_spec(seed: int, grain_diameter: float = 40.0, pits_per_cell: float = 8.0,
-                      texture: float = 0.12) -> SectionSpec:
+def s3_lookalike_spec(
+    seed: int, grain_diameter: float = 40.0, pits_per_cell: float = 8.0, texture: float = 0.12
+) -> SectionSpec:
     """An S3 (anisotropic) section whose arsenopyrite and marcasite look like pyrite in PPL.
 
     Polishing pits and relief texture are stronger than the default: they are what PPL and XPL share.
     """
-    return replace(SectionSpec(seed=seed, association="S3", grain_diameter=grain_diameter,
-                               pits_per_cell=pits_per_cell, texture=texture), colors=dict(LOOKALIKE_RGB))
+    return replace(
+        SectionSpec(
+            seed=seed, association="S3", grain_diameter=grain_diameter, pits_per_cell=pits_per_cell, texture=texture
+        ),
+        colors=dict(LOOKALIKE_RGB),
+    )
 
 
-__all__ = ["ANISOTROPIC", "ANISOTROPY", "GrainMap", "LOOKALIKE_RGB", "XplConfig", "XplStack", "render_xpl_stack",
-           "s3_lookalike_spec", "write_xpl_collection", "xpl_scene"]
+__all__ = [
+    "ANISOTROPIC",
+    "ANISOTROPY",
+    "GrainMap",
+    "LOOKALIKE_RGB",
+    "XplConfig",
+    "XplStack",
+    "render_xpl_stack",
+    "s3_lookalike_spec",
+    "write_xpl_collection",
+    "xpl_scene",
+]
 
 
-def write_xpl_collection(root: str | Path, n_train: int = 8, n_test: int = 2, size: tuple[int, int] = (512, 683),
-                         seed: int = 0, cfg: XplConfig = XplConfig(), grain_diameter: float = 40.0) -> Path:
+def write_xpl_collection(
+    root: str | Path,
+    n_train: int = 8,
+    n_test: int = 2,
+    size: tuple[int, int] = (512, 683),
+    seed: int = 0,
+    cfg: XplConfig = XplConfig(),
+    grain_diameter: float = 40.0,
+) -> Path:
     """LumenStone layout of S3 look-alike sections plus ``xpl/{split}/<stem>/<angle>.png`` and ``xpl_truth.json``."""
     root = Path(root)
     truth = {}

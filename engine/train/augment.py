@@ -30,8 +30,9 @@ class AugmentParams:
         return int(math.ceil(patch * ((math.cos(a) + math.sin(a)) * (1 + self.scale) - 1) / 2)) + 1
 
 
-def augment_patch(image: np.ndarray, mask: np.ndarray, y0: int, x0: int, patch: int, p: AugmentParams,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment_patch(
+    image: np.ndarray, mask: np.ndarray, y0: int, x0: int, patch: int, p: AugmentParams, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut a ``patch`` square whose untransformed top-left corner is ``(y0, x0)`` and augment it.
 
     Args:
@@ -53,12 +54,23 @@ def augment_patch(image: np.ndarray, mask: np.ndarray, y0: int, x0: int, patch: 
     centre_src = (x0 + c - sx0, y0 + c - sy0)
     fwd = np.asarray(cv2.getRotationMatrix2D(centre_src, angle, scale), np.float64)
     fwd[:, 2] += c - np.asarray(centre_src)
-    out_img = np.concatenate([  # OpenCV warps at most 4 channels at a time
-        cv2.warpAffine(np.ascontiguousarray(src_img[..., c:c + 4]), fwd, (patch, patch), flags=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=0).reshape(patch, patch, -1)
-        for c in range(0, src_img.shape[2], 4)], axis=-1)
-    out_mask = cv2.warpAffine(src_mask, fwd, (patch, patch), flags=cv2.INTER_NEAREST,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=VOID)
+    out_img = np.concatenate(
+        [  # OpenCV warps at most 4 channels at a time
+            cv2.warpAffine(
+                np.ascontiguousarray(src_img[..., c : c + 4]),
+                fwd,
+                (patch, patch),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            ).reshape(patch, patch, -1)
+            for c in range(0, src_img.shape[2], 4)
+        ],
+        axis=-1,
+    )
+    out_mask = cv2.warpAffine(
+        src_mask, fwd, (patch, patch), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=VOID
+    )
     if p.flips:
         if rng.random() < 0.5:
             out_img, out_mask = out_img[:, ::-1], out_mask[:, ::-1]

@@ -44,8 +44,11 @@ def _check_codes(mask: np.ndarray, path: Path, classes: ClassSet | None) -> None
     allowed = set(classes.codes)
     unknown = sorted(set(np.unique(mask).tolist()) - allowed)
     if unknown:
-        raise LodeInputError(path, f"unknown class code{'s' if len(unknown) > 1 else ''} "
-                                   f"{', '.join(map(str, unknown))} (class set: {sorted(allowed)})")
+        raise LodeInputError(
+            path,
+            f"unknown class code{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(str, unknown))} (class set: {sorted(allowed)})",
+        )
 
 
 def mask_codes(root: str | Path, split: str, classes: ClassSet | None = None) -> list[int]:

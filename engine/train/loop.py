@@ -90,8 +90,11 @@ def _loss(kind: str):
     ce = torch.nn.CrossEntropyLoss(ignore_index=VOID)
     if kind == "ce":
         return ce
-    extra = (smp.losses.DiceLoss("multiclass", ignore_index=VOID) if kind == "ce+dice"
-             else smp.losses.FocalLoss("multiclass", ignore_index=VOID))
+    extra = (
+        smp.losses.DiceLoss("multiclass", ignore_index=VOID)
+        if kind == "ce+dice"
+        else smp.losses.FocalLoss("multiclass", ignore_index=VOID)
+    )
     return lambda logits, target: ce(logits, target) + extra(logits, target)
 
 
@@ -145,8 +148,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     classes = card.class_set()
     codes = classes.codes
-    val = [s for i, s in enumerate(load_split(cfg.data, config["val_split"], classes)[:cfg.val_images])
-           if i % world == rank]
+    val = [
+        s
+        for i, s in enumerate(load_split(cfg.data, config["val_split"], classes)[: cfg.val_images])
+        if i % world == rank
+    ]
     local_batch = cfg.batch_size // world
 
     net = create_model(card.arch, card.encoder, card.in_channels, len(codes))
@@ -197,21 +203,34 @@ def _worker_loop(config: dict[str, Any]) -> None:
         scores.confusion = conf.numpy()
         sched.step(scores.mean_iou)
         drawn = Tally(tuple(codes), tally.numpy().astype(np.int64))
-        row = {"epoch": epoch, "step": (epoch + 1) * cfg.steps_per_epoch, "loss": float(stats[0] / stats[1]),
-               "val_miou": scores.mean_iou, "val_pixel_accuracy": scores.pixel_accuracy,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
-               "val_iou": {str(c): (None if np.isnan(v) else float(v)) for c, v in zip(codes, scores.iou)},
-               "sampled_share": {str(c): float(v) for c, v in zip(codes, drawn.shares)},
-               "sampled_max_min_ratio": drawn.max_min_ratio()}
+        row = {
+            "epoch": epoch,
+            "step": (epoch + 1) * cfg.steps_per_epoch,
+            "loss": float(stats[0] / stats[1]),
+            "val_miou": scores.mean_iou,
+            "val_pixel_accuracy": scores.pixel_accuracy,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+            "val_iou": {str(c): (None if np.isnan(v) else float(v)) for c, v in zip(codes, scores.iou)},
+            "sampled_share": {str(c): float(v) for c, v in zip(codes, drawn.shares)},
+            "sampled_max_min_ratio": drawn.max_min_ratio(),
+        }
         history.append(row)
         metrics = {k: row[k] for k in CURVE_KEYS} | {"first_loss": history[0]["loss"], "world_size": world}
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(Path(tmp) / CHECKPOINT_NAME, model, card)
-                torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
-                            "torch_rng": torch.get_rng_state()},
-                           Path(tmp) / STATE_NAME)
+                torch.save(
+                    {
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "epoch": epoch,
+                        "history": history,
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                    Path(tmp) / STATE_NAME,
+                )
                 with staged_directory(Path(config["out"]) / "last") as staged:
                     for f in (CHECKPOINT_NAME, STATE_NAME):
                         shutil.copy2(Path(tmp) / f, staged / f)
@@ -246,12 +265,25 @@ def stream_plan(cfg: TrainOptions, codes: list[int], epochs: range, cache_dir: P
     files = pairs(cfg.data, "train")
     tasks = cfg.streams or 2 * cfg.workers
     per_epoch = cfg.steps_per_epoch * (cfg.batch_size // cfg.workers) * cfg.workers
-    params = SamplerParams(classes=tuple(codes), patch=cfg.patch, alpha=cfg.alpha,
-                           strength=cfg.strength if cfg.sampler == "balanced" else 0.0,
-                           image_exponent=cfg.image_exponent, downscale=cfg.map_downscale,
-                           candidates=cfg.candidates)
-    return StreamPlan(tuple(str(i) for i, _ in files), tuple(str(m) for _, m in files), params, cfg.seed,
-                      tuple(epochs), tasks, -(-per_epoch // tasks), str(cache_dir))
+    params = SamplerParams(
+        classes=tuple(codes),
+        patch=cfg.patch,
+        alpha=cfg.alpha,
+        strength=cfg.strength if cfg.sampler == "balanced" else 0.0,
+        image_exponent=cfg.image_exponent,
+        downscale=cfg.map_downscale,
+        candidates=cfg.candidates,
+    )
+    return StreamPlan(
+        tuple(str(i) for i, _ in files),
+        tuple(str(m) for _, m in files),
+        params,
+        cfg.seed,
+        tuple(epochs),
+        tasks,
+        -(-per_epoch // tasks),
+        str(cache_dir),
+    )
 
 
 def write_curves(history: list[dict], out: Path) -> tuple[Path, Path]:
@@ -297,12 +329,30 @@ def _card(cfg: TrainOptions) -> ModelCard:
         held_out = mask_codes(cfg.data, held_out_split(cfg.data, cfg.val_split), LUMENSTONE)
         classes = ClassSet.from_codes(sorted(set(codes_present(samples)) | set(held_out)))
     mean, std = channel_stats(samples)
-    return ModelCard(arch=cfg.arch, encoder=cfg.encoder, classes=classes.to_dicts(), mean=mean, std=std,
-                     in_channels=len(samples[0].channels), channels=samples[0].channels,
-                     window=cfg.window, overlap=cfg.overlap, reference_colors=reference_colors(samples, classes),
-                     training={"data": str(cfg.data), "steps": cfg.steps, "epochs": cfg.epochs, "patch": cfg.patch,
-                               "batch_size": cfg.batch_size, "workers": cfg.workers, "seed": cfg.seed,
-                               "sampler": cfg.sampler, "loss": cfg.loss, "augment": cfg.augment})
+    return ModelCard(
+        arch=cfg.arch,
+        encoder=cfg.encoder,
+        classes=classes.to_dicts(),
+        mean=mean,
+        std=std,
+        in_channels=len(samples[0].channels),
+        channels=samples[0].channels,
+        window=cfg.window,
+        overlap=cfg.overlap,
+        reference_colors=reference_colors(samples, classes),
+        training={
+            "data": str(cfg.data),
+            "steps": cfg.steps,
+            "epochs": cfg.epochs,
+            "patch": cfg.patch,
+            "batch_size": cfg.batch_size,
+            "workers": cfg.workers,
+            "seed": cfg.seed,
+            "sampler": cfg.sampler,
+            "loss": cfg.loss,
+            "augment": cfg.augment,
+        },
+    )
 
 
 def check_resume_classes(cfg: TrainOptions, card: ModelCard, val_split: str) -> None:
@@ -317,8 +367,11 @@ def check_resume_classes(cfg: TrainOptions, card: ModelCard, val_split: str) -> 
     data = set(mask_codes(cfg.data, "train")) | set(mask_codes(cfg.data, val_split))
     extra = sorted(data - set(codes) - {VOID})
     if extra:
-        raise LodeInputError(ckpt, f"class set {codes} of the checkpoint differs from the data's: mask code(s) "
-                                   f"{', '.join(map(str, extra))} of {cfg.data} are not in it")
+        raise LodeInputError(
+            ckpt,
+            f"class set {codes} of the checkpoint differs from the data's: mask code(s) "
+            f"{', '.join(map(str, extra))} of {cfg.data} are not in it",
+        )
 
 
 def _cpus_per_worker(workers: int) -> float:
@@ -338,8 +391,9 @@ def train(cfg: TrainOptions) -> Path:
     from engine.runtime import init_ray
 
     if cfg.batch_size % cfg.workers:
-        raise LodeInputError("--batch-size", f"global batch {cfg.batch_size} does not split equally over "
-                                             f"{cfg.workers} workers")
+        raise LodeInputError(
+            "--batch-size", f"global batch {cfg.batch_size} does not split equally over {cfg.workers} workers"
+        )
     start = 0
     if cfg.resume:
         state_path = Path(cfg.resume) / STATE_NAME
@@ -362,21 +416,36 @@ def train(cfg: TrainOptions) -> Path:
     ingest.preserve_order = True
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": asdict(cfg), "card": card.model_dump(), "val_split": val_split,
-                           "resume": str(Path(cfg.resume).resolve()) if cfg.resume else None, "out": str(out)},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
-                                     resources_per_worker=None if cfg.gpu else {"CPU": _cpus_per_worker(cfg.workers)}),
+        train_loop_config={
+            "cfg": asdict(cfg),
+            "card": card.model_dump(),
+            "val_split": val_split,
+            "resume": str(Path(cfg.resume).resolve()) if cfg.resume else None,
+            "out": str(out),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.gpu,
+            resources_per_worker=None if cfg.gpu else {"CPU": _cpus_per_worker(cfg.workers)},
+        ),
         datasets={"train": dataset},
         dataset_config=DataConfig(execution_options=ingest),
-        run_config=RunConfig(name=f"lode-train-{int(time.time() * 1000)}", storage_path=str(out / "ray_results"),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_miou",
-                                                                checkpoint_score_order="max")),
+        run_config=RunConfig(
+            name=f"lode-train-{int(time.time() * 1000)}",
+            storage_path=str(out / "ray_results"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="val_miou", checkpoint_score_order="max"
+            ),
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint: {result.error}")
-    best = max(result.best_checkpoints, key=lambda cm: cm[1]["val_miou"])[0] if result.best_checkpoints \
+    best = (
+        max(result.best_checkpoints, key=lambda cm: cm[1]["val_miou"])[0]
+        if result.best_checkpoints
         else result.checkpoint
+    )
     with best.as_directory() as d:
         atomic_copy(Path(d) / CHECKPOINT_NAME, out / CHECKPOINT_NAME)
     with result.checkpoint.as_directory() as d, staged_directory(out / "last") as staged:
@@ -385,7 +454,17 @@ def train(cfg: TrainOptions) -> Path:
     history = read_state(out / "last")["history"]
     write_curves(history, out)
     best_row = max(history, key=lambda r: r["val_miou"])
-    atomic_write_text(out / "train_metrics.json", json.dumps(
-        {**(result.metrics or {}), "best_epoch": best_row["epoch"], "best_val_miou": best_row["val_miou"],
-         "history": history}, indent=1, default=str))
+    atomic_write_text(
+        out / "train_metrics.json",
+        json.dumps(
+            {
+                **(result.metrics or {}),
+                "best_epoch": best_row["epoch"],
+                "best_val_miou": best_row["val_miou"],
+                "history": history,
+            },
+            indent=1,
+            default=str,
+        ),
+    )
     return out / CHECKPOINT_NAME

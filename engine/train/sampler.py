@@ -41,8 +41,13 @@ class SamplerParams:
     candidates: int = 8
 
     def __post_init__(self) -> None:
-        if (self.patch < 2 or self.downscale < 1 or self.alpha <= 0 or not 0 <= self.strength <= 1
-                or self.candidates < 1):
+        if (
+            self.patch < 2
+            or self.downscale < 1
+            or self.alpha <= 0
+            or not 0 <= self.strength <= 1
+            or self.candidates < 1
+        ):
             raise ValueError(f"invalid sampler parameters: {self}")
 
 
@@ -137,9 +142,15 @@ class BalancedPatchSampler:
             row is ``index`` modulo ``count``, so concurrent streams never emit the same patch.
     """
 
-    def __init__(self, masks: Sequence[np.ndarray], params: SamplerParams, seed: int,
-                 cache_dir: str | Path | None = None, names: Sequence[str] | None = None,
-                 stream: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        masks: Sequence[np.ndarray],
+        params: SamplerParams,
+        seed: int,
+        cache_dir: str | Path | None = None,
+        names: Sequence[str] | None = None,
+        stream: tuple[int, int] = (0, 1),
+    ):
         if not 0 <= stream[0] < stream[1]:
             raise ValueError(f"stream index {stream[0]} not in 0..{stream[1] - 1}")
         self.stream_index, self.stream_count = stream
@@ -162,7 +173,7 @@ class BalancedPatchSampler:
             if unknown:
                 raise LodeInputError(name, f"unknown class codes {unknown} (class set {sorted(allowed)})")
             raw = cache.get(m, params.classes, params.patch, params.downscale)
-            self.maps.append(np.power(raw / np.float32(params.patch ** 2), params.alpha, dtype=np.float32))
+            self.maps.append(np.power(raw / np.float32(params.patch**2), params.alpha, dtype=np.float32))
         self.content = np.array([[float(mp[i].sum()) for i in range(len(params.classes))] for mp in self.maps])
         self.present = self.content.sum(0) > 0
         self._cdf: dict[tuple[int, int], np.ndarray] = {}
@@ -217,7 +228,7 @@ class BalancedPatchSampler:
         return float(after.max() / max(after.min(), 1.0))
 
     def _count(self, img: int, y0: int, x0: int) -> None:
-        cut = self.masks[img][y0:y0 + self.params.patch, x0:x0 + self.params.patch]
+        cut = self.masks[img][y0 : y0 + self.params.patch, x0 : x0 + self.params.patch]
         self.tally.pixels += np.bincount(cut.ravel(), minlength=256)[self._codes]
         self.tally.patches += 1
 

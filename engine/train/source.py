@@ -42,8 +42,14 @@ def _load_masks(paths: tuple[str, ...]) -> list[np.ndarray]:
 
 def stream_rows(plan: StreamPlan, epoch: int, task: int) -> list[dict[str, np.ndarray]]:
     """Draw the patches of stream ``task`` in ``epoch`` as column batches of coordinates."""
-    sampler = BalancedPatchSampler(_load_masks(plan.masks), plan.params, seed=plan.seed * 100_003 + epoch,
-                                   cache_dir=plan.cache_dir, names=plan.masks, stream=(task, plan.tasks))
+    sampler = BalancedPatchSampler(
+        _load_masks(plan.masks),
+        plan.params,
+        seed=plan.seed * 100_003 + epoch,
+        cache_dir=plan.cache_dir,
+        names=plan.masks,
+        stream=(task, plan.tasks),
+    )
     draws = []
     counts = np.empty((plan.per_task, len(plan.params.classes)), np.int64)
     for i in range(plan.per_task):
@@ -55,13 +61,18 @@ def stream_rows(plan: StreamPlan, epoch: int, task: int) -> list[dict[str, np.nd
     out = []
     for s in range(0, len(draws), plan.rows_per_block):
         sl = slice(s, s + plan.rows_per_block)
-        out.append({"image": np.array([plan.images[i] for i in idx[sl]]),
-                    "mask": np.array([plan.masks[i] for i in idx[sl]]),
-                    "y0": np.array([d[1] for d in draws[sl]], np.int64),
-                    "x0": np.array([d[2] for d in draws[sl]], np.int64),
-                    "seed": seeds[sl], "counts": counts[sl],
-                    "epoch": np.full(len(idx[sl]), epoch, np.int64),
-                    "stream": np.full(len(idx[sl]), task, np.int64)})
+        out.append(
+            {
+                "image": np.array([plan.images[i] for i in idx[sl]]),
+                "mask": np.array([plan.masks[i] for i in idx[sl]]),
+                "y0": np.array([d[1] for d in draws[sl]], np.int64),
+                "x0": np.array([d[2] for d in draws[sl]], np.int64),
+                "seed": seeds[sl],
+                "counts": counts[sl],
+                "epoch": np.full(len(idx[sl]), epoch, np.int64),
+                "stream": np.full(len(idx[sl]), task, np.int64),
+            }
+        )
     return out
 
 
@@ -75,8 +86,7 @@ class BalancedPatchSource:
         from ray.data.extensions import ArrowTensorArray
 
         def table(cols: dict[str, np.ndarray]):
-            return pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else pa.array(v)
-                             for k, v in cols.items()})
+            return pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else pa.array(v) for k, v in cols.items()})
 
         def read(epoch: int, task: int):
             return [table(c) for c in stream_rows(plan, epoch, task)]
@@ -86,10 +96,14 @@ class BalancedPatchSource:
                 return len(plan.epochs) * plan.tasks * plan.per_task * 256
 
             def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-                meta = BlockMetadata(num_rows=plan.per_task, size_bytes=plan.per_task * 256, input_files=None,
-                                     exec_stats=None)
-                return [ReadTask(partial(read, e, t), meta, per_task_row_limit=per_task_row_limit)
-                        for e in plan.epochs for t in range(plan.tasks)]
+                meta = BlockMetadata(
+                    num_rows=plan.per_task, size_bytes=plan.per_task * 256, input_files=None, exec_stats=None
+                )
+                return [
+                    ReadTask(partial(read, e, t), meta, per_task_row_limit=per_task_row_limit)
+                    for e in plan.epochs
+                    for t in range(plan.tasks)
+                ]
 
             def get_name(self) -> str:
                 return "BalancedPatches"
@@ -103,8 +117,9 @@ def _pixels(image: str, mask: str) -> tuple[np.ndarray, np.ndarray]:
     return img, m
 
 
-def augment_batch(batch: dict[str, np.ndarray], patch: int, classes: tuple[int, ...],
-                  params: AugmentParams | None) -> dict[str, Any]:
+def augment_batch(
+    batch: dict[str, np.ndarray], patch: int, classes: tuple[int, ...], params: AugmentParams | None
+) -> dict[str, Any]:
     """Map stage: cut each drawn patch, augment it, map codes to class indices (``VOID`` elsewhere)."""
     params = params or AugmentParams(rotation=0, scale=0, flips=False, brightness=0, color=0)
     lut = np.full(256, VOID, np.uint8)
@@ -128,5 +143,9 @@ def patch_dataset(plan: StreamPlan, augment: AugmentParams | None, num_cpus: flo
     import ray.data
 
     ds = ray.data.read_datasource(BalancedPatchSource(plan), num_cpus=num_cpus)
-    return ds.map_batches(augment_batch, fn_kwargs={"patch": plan.params.patch, "classes": plan.params.classes,
-                                                    "params": augment}, batch_size=16, num_cpus=num_cpus)
+    return ds.map_batches(
+        augment_batch,
+        fn_kwargs={"patch": plan.params.patch, "classes": plan.params.classes, "params": augment},
+        batch_size=16,
+        num_cpus=num_cpus,
+    )

@@ -46,20 +46,32 @@ def describe_sections(store: str, stats: pd.DataFrame | None = None) -> list[dic
         image: Any = group
         levels = _levels(image, name)
         c, h, w = levels[0]["shape"]
-        channels = [ch.get("label", f"c{i}") for i, ch in enumerate(image.attrs["ome"].get("omero", {})
-                                                                   .get("channels", []))]
-        desc: dict[str, Any] = {"name": name, "width": w, "height": h, "pixel_size_um": pixel_size_of(image),
-                                "image": {"levels": levels, "channels": channels or [f"c{i}" for i in range(c)]},
-                                "labels": None, "probabilities": None, "seams": None, "flagged": []}
+        channels = [
+            ch.get("label", f"c{i}") for i, ch in enumerate(image.attrs["ome"].get("omero", {}).get("channels", []))
+        ]
+        desc: dict[str, Any] = {
+            "name": name,
+            "width": w,
+            "height": h,
+            "pixel_size_um": pixel_size_of(image),
+            "image": {"levels": levels, "channels": channels or [f"c{i}" for i in range(c)]},
+            "labels": None,
+            "probabilities": None,
+            "seams": None,
+            "flagged": [],
+        }
         lpath = f"{LABELS_GROUP}/minerals"
         if lpath in image:
             labels = image[lpath]
             classes = classes_of(labels, f"{store}/{name}/{lpath}")
             area = _area_percent(labels, classes.codes, stats, name)
             desc["labels"] = {
-                "levels": _levels(labels, f"{name}/{lpath}"), "void": VOID,
-                "classes": [{"code": k.code, "name": k.name, "color": list(k.color), "area_pct": area.get(k.code, 0.0)}
-                            for k in classes.classes],
+                "levels": _levels(labels, f"{name}/{lpath}"),
+                "void": VOID,
+                "classes": [
+                    {"code": k.code, "name": k.name, "color": list(k.color), "area_pct": area.get(k.code, 0.0)}
+                    for k in classes.classes
+                ],
             }
         if PROBABILITIES in image:
             probs = image[PROBABILITIES]
@@ -67,8 +79,11 @@ def describe_sections(store: str, stats: pd.DataFrame | None = None) -> list[dic
             dtype = np.dtype(probs["0"].dtype)
             unquantised = 1.0 / np.iinfo(dtype).max if dtype.kind in "ui" else 1.0
             scale = float(probs["0"].attrs.get("scale_factor", unquantised))
-            desc["probabilities"] = {"levels": _levels(probs, f"{name}/{PROBABILITIES}"), "channels": pch,
-                                     "scale": scale}
+            desc["probabilities"] = {
+                "levels": _levels(probs, f"{name}/{PROBABILITIES}"),
+                "channels": pch,
+                "scale": scale,
+            }
         stitch = image.attrs.get("lode", {}).get("stitch", {})
         if SEAMS in image:
             desc["seams"] = {"url": f"api/seams/{name}.png", "shape": list(image[SEAMS].shape)}

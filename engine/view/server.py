@@ -20,10 +20,12 @@ from engine.view.site import Site
 
 WEB = Path(__file__).parent / "web"
 DIST = WEB / "dist"
-STATIC = {"/": (WEB / "index.html", "text/html; charset=utf-8"),
-          "/viewer.js": (DIST / "viewer.js", "text/javascript"),
-          "/viewer.js.map": (DIST / "viewer.js.map", "application/json"),
-          "/viewer.css": (WEB / "viewer.css", "text/css")}
+STATIC = {
+    "/": (WEB / "index.html", "text/html; charset=utf-8"),
+    "/viewer.js": (DIST / "viewer.js", "text/javascript"),
+    "/viewer.js.map": (DIST / "viewer.js.map", "application/json"),
+    "/viewer.css": (WEB / "viewer.css", "text/css"),
+}
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
@@ -52,8 +54,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None,
-              length: int | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None, length: int | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -90,15 +93,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(self.site.manifest())
             elif path == "/api/grain":
                 q = {k: v[0] for k, v in parse_qs(url.query).items()}
-                self._json({"grain": self.site.grain_at(q["section"], int(float(q["y"])), int(float(q["x"]))),
-                            "table": self.site.grains() is not None})
+                self._json(
+                    {
+                        "grain": self.site.grain_at(q["section"], int(float(q["y"])), int(float(q["x"]))),
+                        "table": self.site.grains() is not None,
+                    }
+                )
             elif path.startswith("/api/seams/") and path.endswith(".png") and self.site.store:
                 from engine.view.sections import seams_png
 
-                self._send(200, seams_png(self.site.store, path[len("/api/seams/"):-4]), "image/png")
+                self._send(200, seams_png(self.site.store, path[len("/api/seams/") : -4]), "image/png")
             elif path.startswith("/api/layer/") and path.endswith(".png"):
                 layers = list(self.site.layers.values())
-                self._send(200, layers[int(path[len("/api/layer/"):-4])].png(), "image/png")
+                self._send(200, layers[int(path[len("/api/layer/") : -4])].png(), "image/png")
             else:
                 self._send(404, b"not found", "text/plain")
         except (LodeInputError, KeyError, ValueError, IndexError) as exc:
@@ -124,8 +131,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(416, b"", "application/octet-stream", {"Content-Range": f"bytes */{size}"})
             return
         start, end = rng
-        self._send(206, _read(loc, start, end), "application/octet-stream",
-                   {"Content-Range": f"bytes {start}-{end - 1}/{size}", "Accept-Ranges": "bytes"})
+        self._send(
+            206,
+            _read(loc, start, end),
+            "application/octet-stream",
+            {"Content-Range": f"bytes {start}-{end - 1}/{size}", "Accept-Ranges": "bytes"},
+        )
 
 
 def _size(loc: str) -> int | None:

@@ -21,8 +21,13 @@ from engine.errors import LodeInputError
 from engine.io import fs
 
 STORE_NAMES = ("lode.ome.zarr",)
-GRID_NAMES = ("axis_probability.zarr", "total_gradient_amplitude.tif", "total_gradient_amplitude.nc",
-              "total_gradient_amplitude.zarr", "axis_probability.tif")
+GRID_NAMES = (
+    "axis_probability.zarr",
+    "total_gradient_amplitude.tif",
+    "total_gradient_amplitude.nc",
+    "total_gradient_amplitude.zarr",
+    "axis_probability.tif",
+)
 
 
 @dataclass
@@ -43,7 +48,7 @@ class SurveyLayer:
 
         v = self.values.astype(np.float64)
         finite = np.isfinite(v)
-        lo, hi = (np.percentile(v[finite], [2, 98]) if finite.any() else (0.0, 1.0))
+        lo, hi = np.percentile(v[finite], [2, 98]) if finite.any() else (0.0, 1.0)
         norm = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
         rgba = (matplotlib.colormaps[self.colormap](norm) * 255).astype(np.uint8)
         rgba[~finite, 3] = 0
@@ -55,8 +60,16 @@ class SurveyLayer:
 
     def describe(self) -> dict:
         h, w = self.values.shape
-        return {"name": self.name, "width": w, "height": h, "crs": self.crs, "cell_size": self.cell_size,
-                "colormap": self.colormap, "lines": self.lines, "points": self.points}
+        return {
+            "name": self.name,
+            "width": w,
+            "height": h,
+            "crs": self.crs,
+            "cell_size": self.cell_size,
+            "colormap": self.colormap,
+            "lines": self.lines,
+            "points": self.points,
+        }
 
 
 def _find_store(out: str) -> str | None:
@@ -104,11 +117,18 @@ class Site:
 
     def _describe(self) -> dict:
         if self.store is None:
-            return {"kind": "survey", "title": fs.name(self.out), "layers": [v.describe() for v in self.layers.values()]}
+            return {
+                "kind": "survey",
+                "title": fs.name(self.out),
+                "layers": [v.describe() for v in self.layers.values()],
+            }
         from engine.view.sections import describe_sections
 
-        return {"kind": "sections", "title": fs.name(self.out),
-                "sections": describe_sections(self.store, self._statistics())}
+        return {
+            "kind": "sections",
+            "title": fs.name(self.out),
+            "sections": describe_sections(self.store, self._statistics()),
+        }
 
     def _table(self, name: str) -> str | None:
         assert self.store is not None
@@ -144,15 +164,22 @@ class Site:
         if not (0 <= y < H and 0 <= x < W):
             return None
         code = int(labels[y, x])
-        g = grains[(grains.section == section) & (grains.class_code == code) & (grains.bbox_y0 <= y)
-                   & (grains.bbox_y1 > y) & (grains.bbox_x0 <= x) & (grains.bbox_x1 > x)]
+        g = grains[
+            (grains.section == section)
+            & (grains.class_code == code)
+            & (grains.bbox_y0 <= y)
+            & (grains.bbox_y1 > y)
+            & (grains.bbox_x0 <= x)
+            & (grains.bbox_x1 > x)
+        ]
         names = dict(zip(grains.class_code.astype(int), grains.class_name))
         for row in g.itertuples(index=False):
             y0, x0, y1, x1 = bbox_of(row)
             mask = grain_mask(np.asarray(labels[y0:y1, x0:x1]), row, at=(y - y0, x - x0))
             if mask is not None:
-                out = {k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v)
-                       for k, v in row._asdict().items()}
+                out = {
+                    k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in row._asdict().items()
+                }
                 codes = neighbour_codes(labels, row, mask, VOID)
                 out["neighbours"] = [names.get(c, str(c)) for c in codes]
                 return out
@@ -210,13 +237,23 @@ def survey_layers(out: Path) -> dict[str, SurveyLayer]:
             continue
         g = root.attrs["grid"]
         frame = (float(g["west"]), float(g["north"]), float(g["cell_size"]))
-        layer = SurveyLayer(f"prospectivity ({root.attrs.get('method', m.stem)})", read_score(m, partial=True),
-                            g.get("crs"), frame[2], colormap="inferno")
+        layer = SurveyLayer(
+            f"prospectivity ({root.attrs.get('method', m.stem)})",
+            read_score(m, partial=True),
+            g.get("crs"),
+            frame[2],
+            colormap="inferno",
+        )
         deposits = next((p for p in (out / "deposits.geojson", out.parent / "deposits.geojson") if p.exists()), None)
         if deposits is not None:
             for f in json.loads(deposits.read_text()).get("features", []):
                 px, py = _to_pixels(frame, *f["geometry"]["coordinates"][:2])
-                layer.points.append({"x": px, "y": py, **{k: v for k, v in f.get("properties", {}).items()
-                                                          if isinstance(v, (str, int, float))}})
+                layer.points.append(
+                    {
+                        "x": px,
+                        "y": py,
+                        **{k: v for k, v in f.get("properties", {}).items() if isinstance(v, (str, int, float))},
+                    }
+                )
         layers[layer.name] = layer
     return layers

@@ -31,8 +31,15 @@ class Truth:
     grains: list[Grain] = field(default_factory=list)
 
 
-def place_grains(shape: tuple[int, int], codes: list[int], n: int, seed: int, rmin: float = 6.0,
-                 rmax: float = 22.0, background: int = 0) -> Truth:
+def place_grains(
+    shape: tuple[int, int],
+    codes: list[int],
+    n: int,
+    seed: int,
+    rmin: float = 6.0,
+    rmax: float = 22.0,
+    background: int = 0,
+) -> Truth:
     """Non-touching discs and convex polygons of the given codes, at least 2 px apart (8-connected apart)."""
     rng = np.random.default_rng(seed)
     H, W = shape
@@ -59,7 +66,7 @@ def place_grains(shape: tuple[int, int], codes: list[int], n: int, seed: int, rm
         if not len(rr):
             continue
         y0, y1, x0, x1 = rr.min() - 2, rr.max() + 3, cc.min() - 2, cc.max() + 3
-        if taken[max(y0, 0):y1, max(x0, 0):x1].any():
+        if taken[max(y0, 0) : y1, max(x0, 0) : x1].any():
             continue
         lab[rr, cc] = code
         taken[rr, cc] = True
@@ -75,9 +82,14 @@ def colour_image(labels: np.ndarray, classes: ClassSet, seed: int, noise: float 
     return np.clip(img, 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
-def write_store(path: Path, sections: dict[str, np.ndarray], classes: ClassSet = LUMENSTONE,
-                pixel_size_um: float | None = 0.5, block: int = 128,
-                probabilities: dict[str, np.ndarray] | None = None) -> Path:
+def write_store(
+    path: Path,
+    sections: dict[str, np.ndarray],
+    classes: ClassSet = LUMENSTONE,
+    pixel_size_um: float | None = 0.5,
+    block: int = 128,
+    probabilities: dict[str, np.ndarray] | None = None,
+) -> Path:
     """A segmentation store: per section an RGB image, labels/minerals and optional probabilities."""
     root = open_store(path, mode="w")
     layout = PyramidLayout((block, block), chunk=64, levels=2)
@@ -120,21 +132,27 @@ def scribbles_for(truth: np.ndarray, seed: int, grain_share: float = 0.7) -> np.
     inside_bg = ndi.distance_transform_edt(truth == 0) >= 4
     for _ in range(40):
         y, x = int(rng.integers(0, truth.shape[0])), int(rng.integers(0, truth.shape[1] - 30))
-        sc[y, x:x + 30][inside_bg[y, x:x + 30]] = 0
+        sc[y, x : x + 30][inside_bg[y, x : x + 30]] = 0
     return sc
 
 
 def gaussian_colour_model(labels: np.ndarray, seed: int, noise: float = 30.0):
     """Synthetic image with two pairs of look-alike minerals and a Gaussian colour classifier with spatial context."""
     rng = np.random.default_rng(seed)
-    colours = {0: (40, 40, 40), 1: (200, 170, 60), 2: (170, 170, 230), 5: (210, 150, 90), 6: (225, 215, 120),
-               8: (90, 110, 140)}
+    colours = {
+        0: (40, 40, 40),
+        1: (200, 170, 60),
+        2: (170, 170, 230),
+        5: (210, 150, 90),
+        6: (225, 215, 120),
+        8: (90, 110, 140),
+    }
     codes = np.array(sorted(colours))
     img = np.zeros(labels.shape + (3,), np.float32)
     for c in codes:
         img[labels == c] = colours[c]
     img = cv2.GaussianBlur(img + rng.normal(0, noise, img.shape).astype(np.float32), (0, 0), 2.0)
-    var = noise ** 2 / (4 * np.pi * 4.0)
+    var = noise**2 / (4 * np.pi * 4.0)
     ll = np.stack([-((img - np.array(colours[c], np.float32)) ** 2).sum(-1) / (2 * var) for c in codes])
     p = np.exp(ll - ll.max(0))
     p /= p.sum(0)

@@ -46,9 +46,19 @@ def rendered(two_sections, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     res = analyze_store(store, out)
     proc = subprocess.run(
-        [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-         f"--user-data-dir={out / 'profile'}", "--dump-dom", res.report_path.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            _browser(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=10000",
+            f"--user-data-dir={out / 'profile'}",
+            "--dump-dom",
+            res.report_path.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = _Dom()

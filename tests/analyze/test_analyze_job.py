@@ -18,10 +18,18 @@ def _args(*argv: str):
 
 
 def test_help_does_not_import_ray():
-    code = ("import sys, argparse, jobs.analyze as m; p = argparse.ArgumentParser(); m.add_arguments(p); "
-            "p.format_help(); print('ray' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    code = (
+        "import sys, argparse, jobs.analyze as m; p = argparse.ArgumentParser(); m.add_arguments(p); "
+        "p.format_help(); print('ray' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.getcwd(),
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -61,15 +69,16 @@ def test_empty_section_and_unknown_pixel_size(tmp_path):
 
     lab = np.zeros((130, 140), np.uint8)
     lab[10:20, 10:20] = 6
-    store = write_store(tmp_path / "s.zarr", {"empty": np.zeros((64, 64), np.uint8), "one": lab}, pixel_size_um=None,
-                        block=64)
+    store = write_store(
+        tmp_path / "s.zarr", {"empty": np.zeros((64, 64), np.uint8), "one": lab}, pixel_size_um=None, block=64
+    )
     res = analyze_store(store, tmp_path, report=True)
     grains = pq.read_table(res.grains_path).to_pandas()
     stats = pq.read_table(res.statistics_path).to_pandas()
     assert len(grains) == 1 and grains.area_px.item() == 100 and grains.area_um2.isna().all()
     # 10×10 square: 40 axis crossings, 4 × 19 diagonal ones
-    assert grains.perimeter_px.item() == pytest.approx(np.pi / 8 * (40 + 76 / 2 ** 0.5))
-    assert grains.feret_max_px.item() == pytest.approx(200 ** 0.5) and grains.feret_min_px.item() == 10
+    assert grains.perimeter_px.item() == pytest.approx(np.pi / 8 * (40 + 76 / 2**0.5))
+    assert grains.feret_max_px.item() == pytest.approx(200**0.5) and grains.feret_min_px.item() == 10
     counts = stats[(stats.statistic == "grain_count") & (stats.class_code == 6) & (stats.scope == "section")]
     assert counts.set_index("section").value.to_dict() == {"empty": 0, "one": 1}
     assert set(stats[stats.statistic == "mean_ecd"].unit) == {"px"}

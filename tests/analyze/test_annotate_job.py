@@ -23,8 +23,20 @@ def test_expand_from_files(tmp_path):
     cv2.imwrite(str(tmp_path / "img.png"), rgb[..., ::-1])
     cv2.imwrite(str(tmp_path / "scr.png"), scribbles_for(truth, 1, grain_share=1.0))
     out = tmp_path / "labels.png"
-    assert annotate.run(_args("expand", "--image", str(tmp_path / "img.png"), "--scribbles",
-                              str(tmp_path / "scr.png"), "--out", str(out))) == 0
+    assert (
+        annotate.run(
+            _args(
+                "expand",
+                "--image",
+                str(tmp_path / "img.png"),
+                "--scribbles",
+                str(tmp_path / "scr.png"),
+                "--out",
+                str(out),
+            )
+        )
+        == 0
+    )
     labels = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert labels.shape == truth.shape and (labels == truth).mean() >= 0.9
 
@@ -32,8 +44,16 @@ def test_expand_from_files(tmp_path):
 def test_expand_rejects_badscribbles_for(tmp_path, capsys):
     cv2.imwrite(str(tmp_path / "img.png"), np.zeros((20, 30, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "scr.png"), np.full((20, 31), 255, np.uint8))
-    args = ("annotate", "expand", "--image", str(tmp_path / "img.png"), "--scribbles", str(tmp_path / "scr.png"),
-            "--out", str(tmp_path / "o.png"))
+    args = (
+        "annotate",
+        "expand",
+        "--image",
+        str(tmp_path / "img.png"),
+        "--scribbles",
+        str(tmp_path / "scr.png"),
+        "--out",
+        str(tmp_path / "o.png"),
+    )
     assert lode(list(args)) == 2
     assert "scr.png" in capsys.readouterr().err
     bad = np.full((20, 30), 255, np.uint8)

@@ -45,7 +45,7 @@ def test_uncertain_regions_hold_most_errors(seed):
     assert (wrong & sel.mask).sum() / wrong.sum() >= 0.5
     assert np.all(np.diff(sel.scores) <= 0)
     rng = np.random.default_rng(0)  # a random choice of the same regions captures about its share
-    random_pick = rng.permutation(int(sel.regions.max()) + 1)[:len(sel.ranked)]
+    random_pick = rng.permutation(int(sel.regions.max()) + 1)[: len(sel.ranked)]
     assert (wrong & np.isin(sel.regions, random_pick)).sum() / wrong.sum() < 0.3
 
 

@@ -27,8 +27,9 @@ def store_and_masks(tmp_path_factory):
     truths, preds = {}, {}
     (root / "masks" / "test").mkdir(parents=True)
     for i, (name, assoc) in enumerate((("sec-a", "S1"), ("sec-b", "S2"))):
-        img = write_panorama(store, name, 150, 170, SectionSpec(seed=30 + i, association=assoc, grain_diameter=25),
-                             LAYOUT)
+        img = write_panorama(
+            store, name, 150, 170, SectionSpec(seed=30 + i, association=assoc, grain_diameter=25), LAYOUT
+        )
         truth = np.asarray(img["labels/truth/0"][:])
         pred = truth.copy()
         flip = rng.random(truth.shape) < 0.15
@@ -36,7 +37,7 @@ def store_and_masks(tmp_path_factory):
         lab = create_labels(img, "minerals", LUMENSTONE, LAYOUT)
         for y0 in range(0, 150, 128):
             for x0 in range(0, 170, 128):
-                write_block(lab, pred[y0:y0 + 128, x0:x0 + 128], y0, x0, "label")
+                write_block(lab, pred[y0 : y0 + 128, x0 : x0 + 128], y0, x0, "label")
         mark_complete(lab)
         truths[name], preds[name] = truth, pred
         cv2.imwrite(str(root / "masks" / "test" / f"{name}.png"), truth)
@@ -50,8 +51,10 @@ def test_evaluate_sums_over_the_dataset(store_and_masks, tmp_path, truth_kind, c
     out = tmp_path / "e.json"
     assert main(["evaluate", "--pred", str(store), "--truth", str(truth_arg), "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
-    codes = sorted(set(np.unique(np.concatenate([t.ravel() for t in truths.values()])).tolist())
-                   | set(np.unique(np.concatenate([p.ravel() for p in preds.values()])).tolist()))
+    codes = sorted(
+        set(np.unique(np.concatenate([t.ravel() for t in truths.values()])).tolist())
+        | set(np.unique(np.concatenate([p.ravel() for p in preds.values()])).tolist())
+    )
     ref = SegmentationScores.empty(codes)
     for s in truths:
         ref.add(truths[s], preds[s])
@@ -67,7 +70,9 @@ def test_evaluate_sums_over_the_dataset(store_and_masks, tmp_path, truth_kind, c
 def test_void_borders_and_a_missing_truth(store_and_masks, tmp_path):
     store, root, truths, preds = store_and_masks
     out = tmp_path / "v.json"
-    assert main(["evaluate", "--pred", str(store), "--truth", str(root), "--void-borders", "2", "--json", str(out)]) == 0
+    assert (
+        main(["evaluate", "--pred", str(store), "--truth", str(root), "--void-borders", "2", "--json", str(out)]) == 0
+    )
     doc = json.loads(out.read_text())
     assert doc["pixels"] < sum(t.size for t in truths.values())
     from engine.analyze.evaluate import evaluate_store

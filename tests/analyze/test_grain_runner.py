@@ -59,8 +59,7 @@ def test_killed_job_resumes_with_identical_tables(two_sections, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "jobs.analyze", str(store), "--out", str(out), "--block", "64", "--no-report"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     status = out / WORK / "_status"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(status.glob("*/*.json")):
@@ -73,7 +72,7 @@ def test_killed_job_resumes_with_identical_tables(two_sections, tmp_path):
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    blocks = json.loads(rerun.stdout[rerun.stdout.index("{"):])["blocks"]
+    blocks = json.loads(rerun.stdout[rerun.stdout.index("{") :])["blocks"]
     assert blocks["skipped"] >= done and blocks["ran"] + blocks["skipped"] == 96
     analyze_store(store, tmp_path / "ref", executor="serial", report=False, block=(64, 64))
     for name in ("grains.parquet", "statistics.parquet"):

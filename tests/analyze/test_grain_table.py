@@ -28,8 +28,19 @@ def test_blockwise_equals_whole_image_labelling(connectivity):
     assert len(blocked) == len(whole) == len(ref)
     key = ["bbox_y0", "bbox_x0", "area_px"]
     b, w = blocked.sort_values(key).reset_index(drop=True), whole.sort_values(key).reset_index(drop=True)
-    cols = ["class_code", "area_px", "perimeter_px", "feret_max_px", "feret_min_px", "centroid_y_px",
-            "centroid_x_px", "bbox_y1", "bbox_x1", "touches_ore", "touches_edge"]
+    cols = [
+        "class_code",
+        "area_px",
+        "perimeter_px",
+        "feret_max_px",
+        "feret_min_px",
+        "centroid_y_px",
+        "centroid_x_px",
+        "bbox_y1",
+        "bbox_x1",
+        "touches_ore",
+        "touches_edge",
+    ]
     np.testing.assert_allclose(b[cols].to_numpy(float), w[cols].to_numpy(float), rtol=0, atol=1e-9)
     np.testing.assert_allclose(t_b.crossings, t_w.crossings)
     np.testing.assert_array_equal(t_b.class_px, np.bincount(lab.ravel(), minlength=256))
@@ -52,8 +63,12 @@ def test_grain_over_four_blocks_is_one_row():
     assert galena.area_px == np.count_nonzero(lab == 2)
     assert galena.touches_ore and not galena.touches_edge
     ys, xs = np.nonzero(lab == 2)
-    assert (galena.bbox_y0, galena.bbox_x0, galena.bbox_y1, galena.bbox_x1) == (ys.min(), xs.min(), ys.max() + 1,
-                                                                              xs.max() + 1)
+    assert (galena.bbox_y0, galena.bbox_x0, galena.bbox_y1, galena.bbox_x1) == (
+        ys.min(),
+        xs.min(),
+        ys.max() + 1,
+        xs.max() + 1,
+    )
     assert (galena.centroid_y_px, galena.centroid_x_px) == pytest.approx((ys.mean(), xs.mean()))
 
 
@@ -80,7 +95,7 @@ def test_feret_against_brute_force():
         corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dy in (0, 1) for dx in (0, 1)]).astype(float)
         corners = corners[ConvexHull(corners).vertices]
         d = corners[:, None] - corners[None]
-        assert g.feret_max_px == pytest.approx(np.sqrt((d ** 2).sum(-1)).max(), abs=1e-9)
+        assert g.feret_max_px == pytest.approx(np.sqrt((d**2).sum(-1)).max(), abs=1e-9)
         ang = np.linspace(0, np.pi, 3601)
         proj = corners @ np.stack([np.cos(ang), np.sin(ang)])
         assert g.feret_min_px == pytest.approx((proj.max(0) - proj.min(0)).min(), abs=0.02)

@@ -21,7 +21,7 @@ def test_iou_summed_over_dataset_matches_torchmetrics():
     t_all = torch.from_numpy(lut[np.concatenate([t.ravel() for t in truths])])
     p_all = torch.from_numpy(lut[np.concatenate([p.ravel() for p in preds])])
     ref_cm = multiclass_confusion_matrix(p_all, t_all, num_classes=len(codes)).numpy()
-    assert np.array_equal(scores.confusion[:, :len(codes)], ref_cm)
+    assert np.array_equal(scores.confusion[:, : len(codes)], ref_cm)
     ref_iou = multiclass_jaccard_index(p_all, t_all, num_classes=len(codes), average="none").numpy()
     assert np.allclose(scores.iou, ref_iou)
     assert np.isclose(scores.pixel_accuracy, (t_all == p_all).float().mean().item())
@@ -50,7 +50,7 @@ def _brute_force_valid(truth: np.ndarray, width: int) -> np.ndarray:
     out = np.zeros_like(truth, bool)
     for y in range(h):
         for x in range(w):
-            win = truth[max(y - width, 0):y + width + 1, max(x - width, 0):x + width + 1]
+            win = truth[max(y - width, 0) : y + width + 1, max(x - width, 0) : x + width + 1]
             out[y, x] = (win == truth[y, x]).all()
     return out
 

@@ -37,11 +37,13 @@ def test_area_fractions_are_pixel_exact(analysed):
         for code in LUMENSTONE.codes:
             assert _stat(stats, "area_px", name, code).value.item() == counts[code]
             assert _stat(stats, "area_fraction", name, code).value.item() == pytest.approx(
-                counts[code] / t.labels.size, rel=1e-12, abs=1e-15)
+                counts[code] / t.labels.size, rel=1e-12, abs=1e-15
+            )
     both = totals["s1"] + totals["s2"]
     for code in LUMENSTONE.codes:
-        assert _stat(stats, "area_fraction", None, code).value.item() == pytest.approx(both[code] / both.sum(),
-                                                                                       rel=1e-12, abs=1e-15)
+        assert _stat(stats, "area_fraction", None, code).value.item() == pytest.approx(
+            both[code] / both.sum(), rel=1e-12, abs=1e-15
+        )
     assert _stat(stats, "area_fraction", "s1").value.sum() == pytest.approx(1.0)
 
 
@@ -92,17 +94,18 @@ def test_sqrt2_edges_cover_values():
 
 def _measure(lab, px=1.0, **kw):
     df, tally = measure_labels(lab, lab.shape, (64, 64), grain_lut_for(LUMENSTONE.codes, [0]))
-    stats = statistics_table([("x", measured_section(df, tally, px))], LUMENSTONE,
-                             [c for c in LUMENSTONE.codes if c], **kw)
+    stats = statistics_table(
+        [("x", measured_section(df, tally, px))], LUMENSTONE, [c for c in LUMENSTONE.codes if c], **kw
+    )
     return df, stats
 
 
 def test_liberation_and_association():
     lab = np.zeros((200, 260), np.uint8)
-    lab[disk((100, 80), 40)] = 2      # galena
-    lab[disk((100, 125), 15)] = 1     # chalcopyrite overlapping galena's rim: they share a boundary
-    lab[disk((100, 210), 30)] = 6     # pyrite, free
-    lab[disk((30, 200), 10)] = 1      # a free chalcopyrite grain
+    lab[disk((100, 80), 40)] = 2  # galena
+    lab[disk((100, 125), 15)] = 1  # chalcopyrite overlapping galena's rim: they share a boundary
+    lab[disk((100, 210), 30)] = 6  # pyrite, free
+    lab[disk((30, 200), 10)] = 1  # a free chalcopyrite grain
     df, stats = _measure(lab)
     lib = {int(r.class_code): r.value for r in _stat(stats, "liberation", "x").itertuples()}
     cp = df[df.class_code == 1]

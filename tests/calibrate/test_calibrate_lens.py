@@ -26,8 +26,9 @@ def test_fit_lens_recovers_distortion_from_synthetic_checkerboards(tmp_path):
 
 def test_undistort_straightens_a_frame_onto_the_ideal_grid():
     dist = (-0.1, 0.0, 0.0, 0.0, 0.0)
-    cfg_d = CaptureConfig(rows=1, cols=1, frame_hw=(120, 180), distortion=dist, jitter_px=0, rotation_deg=0,
-                          scale_jitter=0, seed=5)
+    cfg_d = CaptureConfig(
+        rows=1, cols=1, frame_hw=(120, 180), distortion=dist, jitter_px=0, rotation_deg=0, scale_jitter=0, seed=5
+    )
     cfg_0 = CaptureConfig(rows=1, cols=1, frame_hw=(120, 180), jitter_px=0, rotation_deg=0, scale_jitter=0, seed=5)
     distorted = capture_grid(None, cfg_d).frames[0]
     ideal = capture_grid(None, cfg_0).frames[0]

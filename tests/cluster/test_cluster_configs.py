@@ -114,7 +114,9 @@ def test_kuberay_manifest_images_and_ray_version_match_the_lock(path):
     for _group, c in _containers(spec):
         image_pinned(c["image"])
     head = spec["headGroupSpec"]
-    assert head["rayStartParams"].get("num-gpus") == "0" and all(_gpus(c) == 0 for c in head["template"]["spec"]["containers"])
+    assert head["rayStartParams"].get("num-gpus") == "0" and all(
+        _gpus(c) == 0 for c in head["template"]["spec"]["containers"]
+    )
 
 
 @pytest.mark.parametrize("path", [p for p, d in _manifests() if d["kind"] == "RayJob"], ids=lambda p: p.name)
@@ -128,13 +130,13 @@ def test_rayjob_entrypoint_module_exists_and_resources_fit_the_job(path):
     need = wants_gpus(job, argv[3:])
     spec = doc["spec"]["rayClusterSpec"]
     workers = spec["workerGroupSpecs"]
-    gpus = sum(g["replicas"] * max((_gpus(c) for c in g["template"]["spec"]["containers"]), default=0)
-               for g in workers)
+    gpus = sum(g["replicas"] * max((_gpus(c) for c in g["template"]["spec"]["containers"]), default=0) for g in workers)
     if need:
         assert gpus >= need, f"{path.name}: the job wants {need} GPUs, the cluster has {gpus}"
         for g in workers:
-            assert any(t.get("key") == "nvidia.com/gpu" for t in g["template"]["spec"].get("tolerations", [])), \
+            assert any(t.get("key") == "nvidia.com/gpu" for t in g["template"]["spec"].get("tolerations", [])), (
                 f"{path.name}: GPU group {g['groupName']} lacks the nvidia.com/gpu toleration"
+            )
     else:
         assert gpus == 0, f"{path.name}: a CPU job reserves {gpus} GPUs"
     env = yaml.safe_load(doc["spec"].get("runtimeEnvYAML", "{}")) or {}

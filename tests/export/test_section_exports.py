@@ -22,35 +22,59 @@ GEOJSON_SCHEMA = {  # RFC 7946 FeatureCollection of Polygon / MultiPolygon featu
         "position": {"type": "array", "minItems": 2, "maxItems": 3, "items": {"type": "number"}},
         "ring": {"type": "array", "minItems": 4, "items": {"$ref": "#/$defs/position"}},
         "polygon": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ring"}},
-        "geometry": {"oneOf": [
-            {"type": "object", "required": ["type", "coordinates"],
-             "properties": {"type": {"const": "Polygon"}, "coordinates": {"$ref": "#/$defs/polygon"}}},
-            {"type": "object", "required": ["type", "coordinates"],
-             "properties": {"type": {"const": "MultiPolygon"},
-                            "coordinates": {"type": "array", "items": {"$ref": "#/$defs/polygon"}}}},
-        ]},
+        "geometry": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["type", "coordinates"],
+                    "properties": {"type": {"const": "Polygon"}, "coordinates": {"$ref": "#/$defs/polygon"}},
+                },
+                {
+                    "type": "object",
+                    "required": ["type", "coordinates"],
+                    "properties": {
+                        "type": {"const": "MultiPolygon"},
+                        "coordinates": {"type": "array", "items": {"$ref": "#/$defs/polygon"}},
+                    },
+                },
+            ]
+        },
     },
-    "type": "object", "required": ["type", "features"],
+    "type": "object",
+    "required": ["type", "features"],
     "properties": {
         "type": {"const": "FeatureCollection"},
-        "features": {"type": "array", "items": {
-            "type": "object", "required": ["type", "geometry", "properties"],
-            "properties": {
-                "type": {"const": "Feature"},
-                "geometry": {"$ref": "#/$defs/geometry"},
-                "properties": {  # QuPath's detection objects
-                    "type": "object", "required": ["objectType", "classification"],
-                    "properties": {
-                        "objectType": {"const": "detection"},
-                        "classification": {
-                            "type": "object", "required": ["name", "color"],
-                            "properties": {"name": {"type": "string"},
-                                           "color": {"type": "array", "minItems": 3, "maxItems": 3,
-                                                     "items": {"type": "integer", "minimum": 0, "maximum": 255}}}},
+        "features": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type", "geometry", "properties"],
+                "properties": {
+                    "type": {"const": "Feature"},
+                    "geometry": {"$ref": "#/$defs/geometry"},
+                    "properties": {  # QuPath's detection objects
+                        "type": "object",
+                        "required": ["objectType", "classification"],
+                        "properties": {
+                            "objectType": {"const": "detection"},
+                            "classification": {
+                                "type": "object",
+                                "required": ["name", "color"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "color": {
+                                        "type": "array",
+                                        "minItems": 3,
+                                        "maxItems": 3,
+                                        "items": {"type": "integer", "minimum": 0, "maximum": 255},
+                                    },
+                                },
+                            },
+                        },
                     },
                 },
             },
-        }},
+        },
     },
 }
 
@@ -58,8 +82,10 @@ GEOJSON_SCHEMA = {  # RFC 7946 FeatureCollection of Polygon / MultiPolygon featu
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
-    labels = {"s1": place_grains((256, 384), [1, 2, 6], 40, seed=11).labels,
-              "s2": place_grains((256, 384), [5, 8], 30, seed=12).labels}
+    labels = {
+        "s1": place_grains((256, 384), [1, 2, 6], 40, seed=11).labels,
+        "s2": place_grains((256, 384), [5, 8], 30, seed=12).labels,
+    }
     store = write_store(tmp / "seg.zarr", labels, block=128)
     res = analyze_store(store, tmp, report=False)
     return store, labels, pd.read_parquet(res.grains_path), export_sections(store, res.grains_path, tmp)

@@ -33,7 +33,9 @@ def holed():
 
 def _blockwise(holed, halo, tmp_path):
     da, spacing, _, _ = holed
-    tga, mask = blockwise_tga_ridges(da, spacing, INC, DEC, 0.5 * spacing[0], 0.8, 2, 64, tmp_path / f"h{halo}", halo=halo)
+    tga, mask = blockwise_tga_ridges(
+        da, spacing, INC, DEC, 0.5 * spacing[0], 0.8, 2, 64, tmp_path / f"h{halo}", halo=halo
+    )
     return tga.values, mask
 
 

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import zarr
@@ -29,9 +28,18 @@ def test_ray_train_loop_writes_loadable_checkpoint(tmp_path, ray_session):
     from engine.geophys.train import TrainConfig, sample_batch, train
 
     data = generate_training_set(tmp_path / "set.zarr", n=4, config=SurveyConfig(shape=(64, 64)), seed=0)
-    xb, yb = sample_batch(np.random.default_rng(0), *(np.asarray(zarr.open_group(str(data))[k][:], np.float32) for k in ("anomaly", "target")), 3, 32)
+    xb, yb = sample_batch(
+        np.random.default_rng(0),
+        *(np.asarray(zarr.open_group(str(data))[k][:], np.float32) for k in ("anomaly", "target")),
+        3,
+        32,
+    )
     assert xb.shape == yb.shape == (3, 1, 32, 32) and set(np.unique(yb)) <= {0.0, 1.0}
-    ckpt = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), window=32, batch_size=2, epochs=2, steps_per_epoch=1, threads=1))
+    ckpt = train(
+        TrainConfig(
+            data=str(data), out=str(tmp_path / "run"), window=32, batch_size=2, epochs=2, steps_per_epoch=1, threads=1
+        )
+    )
     model, card = load_checkpoint(ckpt)
     assert card["encoder"] == "vgg16_bn" and card["window"] == 32 and card["trained"]["steps"] == 2
     with torch.no_grad():

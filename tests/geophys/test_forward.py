@@ -19,7 +19,14 @@ def _prism_map() -> np.ndarray:
 def _harmonica(finc: float, fdec: float, minc: float, mdec: float) -> np.ndarray:
     east = north = np.arange(N) * CELL
     e, n = np.meshgrid(east, north)
-    prism = [east[C0] - CELL / 2, east[C1 - 1] + CELL / 2, north[R0] - CELL / 2, north[R1 - 1] + CELL / 2, -BOTTOM, -TOP]
+    prism = [
+        east[C0] - CELL / 2,
+        east[C1 - 1] + CELL / 2,
+        north[R0] - CELL / 2,
+        north[R1 - 1] + CELL / 2,
+        -BOTTOM,
+        -TOP,
+    ]
     m = hm.magnetic_angles_to_vec(2.0, minc, mdec)
     b = hm.prism_magnetic((e, n, np.zeros_like(e)), [prism], tuple(np.atleast_1d(v) for v in m), field="b")
     return hm.total_field_anomaly(b, finc, fdec)
@@ -74,4 +81,3 @@ def test_total_gradient_amplitude_peaks_over_thin_dyke_and_keeps_holes():
     holed[10:20, 10:20] = np.nan
     out = total_gradient_amplitude(holed, CELL)
     assert np.isnan(out[10:20, 10:20]).all() and np.isfinite(out[30:, 30:]).all()
-

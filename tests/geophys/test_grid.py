@@ -55,7 +55,9 @@ def test_bad_inputs_raise_lode_input_error(tmp_path):
     write_grid(make_dataarray(np.full((4, 4), np.nan), 10.0), tmp_path / "nan.nc")
     with pytest.raises(LodeInputError, match="no finite"):
         read_grid(tmp_path / "nan.nc")
-    xr.Dataset({"a": (("time", "y", "x"), np.zeros((2, 3, 3)))}, coords={"y": [0.0, 1, 2], "x": [0.0, 1, 2]}).to_netcdf(tmp_path / "t.nc")
+    xr.Dataset({"a": (("time", "y", "x"), np.zeros((2, 3, 3)))}, coords={"y": [0.0, 1, 2], "x": [0.0, 1, 2]}).to_netcdf(
+        tmp_path / "t.nc"
+    )
     with pytest.raises(LodeInputError, match="2-D"):
         read_grid(tmp_path / "t.nc")
 

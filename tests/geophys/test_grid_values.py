@@ -18,8 +18,14 @@ def grid(edit=None) -> np.ndarray:
     return v
 
 
-@pytest.mark.parametrize("value, reason", [(np.inf, "1 infinite values"), (-1e32, "1 cells beyond ±1e+15 (largest 1e+32)"),
-                                           (1.70141e38, "1 cells beyond ±1e+15 (largest 1.70141e+38)")])
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (np.inf, "1 infinite values"),
+        (-1e32, "1 cells beyond ±1e+15 (largest 1e+32)"),
+        (1.70141e38, "1 cells beyond ±1e+15 (largest 1.70141e+38)"),
+    ],
+)
 def test_bad_values_are_refused_streamed_from_chunks(tmp_path, value, reason):
     path = write_grid(make_dataarray(grid(lambda v: v.__setitem__((30, 40), value)), 50.0), tmp_path / "g.zarr")
     da = open_grid(path, chunks=16)
@@ -44,7 +50,8 @@ def test_share_of_finite_cells_and_the_hole_warning(tmp_path, caplog):
         assert caplog.records == []
         assert check_values(open_grid(path, chunks=16), path, warn_holes=True) == pytest.approx(share)
     assert [r.getMessage() for r in caplog.records] == [
-        f"grid {path}: {100 * share:.1f} % of cells valid after masking NaN holes; lines are not traced through holes"]
+        f"grid {path}: {100 * share:.1f} % of cells valid after masking NaN holes; lines are not traced through holes"
+    ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="engine.geophys.grid"):
         few = grid(lambda v: v.__setitem__(np.s_[:3], np.nan))  # 3 of 32 rows: 90.6 % valid

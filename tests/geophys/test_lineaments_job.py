@@ -22,8 +22,17 @@ from jobs import lineaments as job
 FIXTURES = Path(__file__).parent / "fixtures"
 
 SIMPLE = SurveyConfig(
-    shape=(128, 128), families=(1, 1), dykes_per_256=(4, 4), plugs_per_256=(0, 0), contacts=(0, 0), regional_nt=(0.0, 0.0),
-    remanent_fraction=0.0, reversed_fraction=0.0, width=(0.5, 1.0), length=(60.0, 100.0), top=(1.5, 2.0),
+    shape=(128, 128),
+    families=(1, 1),
+    dykes_per_256=(4, 4),
+    plugs_per_256=(0, 0),
+    contacts=(0, 0),
+    regional_nt=(0.0, 0.0),
+    remanent_fraction=0.0,
+    reversed_fraction=0.0,
+    width=(0.5, 1.0),
+    length=(60.0, 100.0),
+    top=(1.5, 2.0),
 )
 
 
@@ -80,7 +89,10 @@ def test_unet_job_preserves_georeferencing(tmp_path, checkpoint, suffix):
     da = da.assign_coords(northing=da.northing + 7_100_000.0, easting=da.easting + 410_000.0)
     da.values[30:40, 30:45] = np.nan
     grid = write_grid(da, tmp_path / f"survey{suffix}")
-    assert job.run(_args(str(grid), out=tmp_path / "out", model=checkpoint, block=48, executor="serial", geotiff=True)) == 0
+    assert (
+        job.run(_args(str(grid), out=tmp_path / "out", model=checkpoint, block=48, executor="serial", geotiff=True))
+        == 0
+    )
     store = tmp_path / "out" / "axis_probability.zarr"
     assert zarr.open_array(str(store / "axis_probability"), mode="r").chunks == (48, 48)
     prob = read_grid(store)
@@ -105,7 +117,12 @@ def test_unet_job_preserves_georeferencing(tmp_path, checkpoint, suffix):
 def test_job_equals_pinned_old_output(tmp_path, checkpoint):
     """The job's VGG-16 U-Net (seed 0, window 64) against the pre-port output on the same survey
     (fixtures/pin_vgg*): same lines; probabilities within 1e-5."""
-    assert job.run(_args(str(FIXTURES / "pin_survey.nc"), out=tmp_path / "o", model=checkpoint, block=48, executor="serial")) == 0
+    assert (
+        job.run(
+            _args(str(FIXTURES / "pin_survey.nc"), out=tmp_path / "o", model=checkpoint, block=48, executor="serial")
+        )
+        == 0
+    )
     prob = zarr.open_array(str(tmp_path / "o" / "axis_probability.zarr" / "axis_probability"), mode="r")[:]
     pinned = np.load(FIXTURES / "pin_vgg_prob.npy")
     assert np.array_equal(np.isnan(prob), np.isnan(pinned))
@@ -127,8 +144,20 @@ def test_killed_job_resumes_byte_identical(tmp_path, checkpoint):
     ref = tmp_path / "ref"
     assert job.run(_args(grid, out=ref, model=checkpoint, block=32, batch_size=1, executor="serial")) == 0
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jobs.lineaments", grid, "--model", str(checkpoint), "--out", str(out), "--block", "32",
-           "--batch-size", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.lineaments",
+        grid,
+        "--model",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--block",
+        "32",
+        "--batch-size",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     status = out / "_inference" / "_status" / "axis_probability"
@@ -160,7 +189,9 @@ def test_synth_surveys_then_classical_then_score(tmp_path):
     assert job.run(_args("score", str(truth), str(truth), out=tmp_path / "self.json")) == 0
     self_score = json.loads((tmp_path / "self.json").read_text())
     assert self_score["2_cells"]["f1"] == pytest.approx(1.0)
-    assert job.run(_args("score", str(tmp_path / "cl" / "lineaments.geojson"), str(truth), out=tmp_path / "cl.json")) == 0
+    assert (
+        job.run(_args("score", str(tmp_path / "cl" / "lineaments.geojson"), str(truth), out=tmp_path / "cl.json")) == 0
+    )
     scores = json.loads((tmp_path / "cl.json").read_text())
     assert 0.0 <= scores["1_cells"]["f1"] <= scores["2_cells"]["f1"] <= 1.0
 
@@ -170,7 +201,16 @@ def test_job_rejects_bad_inputs(tmp_path):
         job.run(_args(str(tmp_path / "missing.nc"), out=tmp_path / "o"))
     with pytest.raises(LodeInputError, match="PRED"):
         job.run(_args("score", "only_one.geojson"))
-    (tmp_path / "pts.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [0, 0]}, "properties": {}}]}))
+    (tmp_path / "pts.geojson").write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "geometry": {"type": "Point", "coordinates": [0, 0]}, "properties": {}}
+                ],
+            }
+        )
+    )
     with pytest.raises(LodeInputError, match="line"):
         read_geojson_lines(tmp_path / "pts.geojson")
 
@@ -179,5 +219,15 @@ def test_help_works_without_ray():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "import sys; from jobs import lineaments as j; import argparse; p = argparse.ArgumentParser(); j.add_arguments(p); p.print_help(); print('ray' in sys.modules)"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from jobs import lineaments as j; import argparse; p = argparse.ArgumentParser(); "
+            "j.add_arguments(p); p.print_help(); print('ray' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "score" in out.stdout and out.stdout.strip().endswith("False")

@@ -20,7 +20,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def _conv_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 5, padding=2), torch.nn.Tanh(), torch.nn.Conv2d(4, 1, 3, padding=1)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 5, padding=2), torch.nn.Tanh(), torch.nn.Conv2d(4, 1, 3, padding=1)
+    ).eval()
 
 
 def _global_sliding_window(model, grid, window, stride):
@@ -70,12 +72,16 @@ def test_port_equals_pinned_old_output(tmp_path):
     """Against the pre-port code's output (fixtures/pin_conv.*): identical lines and probabilities
     within 1e-5; the kernel is the old one (peak-normalised, floor 1e-3 of the peak)."""
     net, da, pinned = _pinned_conv_case()
-    prob, lines = unet_lineaments(da, net, {"window": 32}, VectorParams(threshold=0.5, min_length_cells=5), block=64, stride=16, batch_size=5)
+    prob, lines = unet_lineaments(
+        da, net, {"window": 32}, VectorParams(threshold=0.5, min_length_cells=5), block=64, stride=16, batch_size=5
+    )
     assert np.array_equal(np.isnan(prob.values), np.isnan(pinned))
     assert np.nanmax(np.abs(prob.values - pinned)) <= 1e-5
     write_geojson(lines, tmp_path / "lines.geojson", "EPSG:32633")
     assert (tmp_path / "lines.geojson").read_text() == (FIXTURES / "pin_conv.geojson").read_text()
-    np.testing.assert_allclose(blend_weights(32, "gaussian", peak_floor=predict.PEAK_FLOOR), _old_gaussian(32), atol=1e-7)
+    np.testing.assert_allclose(
+        blend_weights(32, "gaussian", peak_floor=predict.PEAK_FLOOR), _old_gaussian(32), atol=1e-7
+    )
 
 
 def test_small_grid_and_nan_hole_never_yield_lines_in_hole():
@@ -112,15 +118,20 @@ SCRIPT = textwrap.dedent(
     model = torch.nn.Conv2d(1, 1, 1)
     torch.nn.init.constant_(model.weight, 10.0); torch.nn.init.constant_(model.bias, -30.0)
     t = time.perf_counter()
-    prob, lines = unet_lineaments(da, model.eval(), {"window": 256}, VectorParams(min_length_cells=20), block=2048, batch_size=16)
-    print(json.dumps({"lines": len(lines), "seconds": time.perf_counter() - t, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                      "nan_in_hole": bool(np.isnan(prob.values[n // 3 + 1 : n // 2 - 1, n // 3 + 1 : n // 2 - 1]).all())}))
+    params = VectorParams(min_length_cells=20)
+    prob, lines = unet_lineaments(da, model.eval(), {"window": 256}, params, block=2048, batch_size=16)
+    hole = prob.values[n // 3 + 1 : n // 2 - 1, n // 3 + 1 : n // 2 - 1]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({"lines": len(lines), "seconds": time.perf_counter() - t, "peak_gib": peak,
+                      "nan_in_hole": bool(np.isnan(hole).all())}))
     """
 )
 
 
 def _run_large(n: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(n)], capture_output=True, text=True, timeout=900, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(n)], capture_output=True, text=True, timeout=900, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -48,7 +48,10 @@ def test_vectorised_lines_have_right_length_and_azimuth():
     cv2.line(mask, (20, 30), (170, 30), 1, thickness=3)  # east-west, 150 cells
     cv2.line(mask, (40, 60), (140, 160), 1, thickness=3)  # north-east (northing grows with row)
     coords = np.arange(200) * 25.0
-    lines = sorted(mask_to_lineaments(mask.astype(bool), coords + 1000.0, coords + 5000.0, min_length_cells=10), key=lambda ln: ln.azimuth_deg)
+    lines = sorted(
+        mask_to_lineaments(mask.astype(bool), coords + 1000.0, coords + 5000.0, min_length_cells=10),
+        key=lambda ln: ln.azimuth_deg,
+    )
     assert len(lines) == 2
     assert lines[0].azimuth_deg == pytest.approx(45.0, abs=2.0)
     assert lines[1].azimuth_deg == pytest.approx(90.0, abs=2.0)

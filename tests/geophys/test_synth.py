@@ -3,8 +3,18 @@ import numpy as np
 from engine.geophys.synth import SurveyConfig, axis_raster, make_survey
 
 SIMPLE = SurveyConfig(
-    shape=(128, 128), families=(1, 1), dykes_per_256=(2, 2), plugs_per_256=(0, 0), contacts=(0, 0), regional_nt=(0.0, 0.0),
-    noise_nt=0.0, remanent_fraction=0.0, reversed_fraction=0.0, dip=(90.0, 90.0), width=(1.0, 1.0), length=(60.0, 100.0),
+    shape=(128, 128),
+    families=(1, 1),
+    dykes_per_256=(2, 2),
+    plugs_per_256=(0, 0),
+    contacts=(0, 0),
+    regional_nt=(0.0, 0.0),
+    noise_nt=0.0,
+    remanent_fraction=0.0,
+    reversed_fraction=0.0,
+    dip=(90.0, 90.0),
+    width=(1.0, 1.0),
+    length=(60.0, 100.0),
 )
 
 

@@ -64,7 +64,7 @@ def imports(root: Path) -> list[Import]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(here[:len(here) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(here[: len(here) - node.level + 1] + ([base] if base else []))
                 targets = [f"{base}.{a.name}" for a in node.names]
             else:
                 continue
@@ -151,8 +151,11 @@ def violations(root: Path) -> list[str]:
     for imp in found:
         for src, banned in FORBIDDEN.items():
             if _within(imp.source, src):
-                out += [f"{imp.site}: {imp.source} imports {imp.target} ({src} must not import {b})"
-                        for b in banned if _within(imp.target, b)]
+                out += [
+                    f"{imp.site}: {imp.source} imports {imp.target} ({src} must not import {b})"
+                    for b in banned
+                    if _within(imp.target, b)
+                ]
     for kind, key in (("package", unit), ("module", lambda m: m)):
         edges: dict[str, dict[str, str]] = defaultdict(dict)
         for imp in found:

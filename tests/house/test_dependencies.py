@@ -52,6 +52,9 @@ def test_every_import_is_declared_and_every_declaration_is_used():
 
 
 def test_declared_dependencies_are_in_the_lock():
-    lock = {_canonical(line.split("==")[0]) for line in (ROOT / "requirements.lock").read_text().splitlines()
-            if "==" in line and not line.startswith("#")}
+    lock = {
+        _canonical(line.split("==")[0])
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     assert _declared() - lock == set()

@@ -19,8 +19,9 @@ def test_options_mirror_the_job_config(options, config):
     defaults = {name: f.default for name, f in config.model_fields.items()}
     assert list(fields) == list(defaults)
     required = "<required>"
-    assert {k: required if v is dataclasses.MISSING else v for k, v in fields.items()} == \
-        {k: required if v is PydanticUndefined else v for k, v in defaults.items()}
+    assert {k: required if v is dataclasses.MISSING else v for k, v in fields.items()} == {
+        k: required if v is PydanticUndefined else v for k, v in defaults.items()
+    }
 
 
 def test_a_config_converts_to_options():

@@ -25,8 +25,13 @@ CLEAN = {
 
 
 def _tree(tmp: Path, planted: dict[str, str]) -> Path:
-    for name in ("Makefile", "pyproject.toml", "tests/__init__.py", "tests/house/__init__.py",
-                 "tests/house/layering.py"):
+    for name in (
+        "Makefile",
+        "pyproject.toml",
+        "tests/__init__.py",
+        "tests/house/__init__.py",
+        "tests/house/layering.py",
+    ):
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp / name)
     for name, text in {**CLEAN, **planted}.items():
@@ -43,9 +48,14 @@ def mypy_cache(tmp_path_factory) -> Path:
 
 def _lint(tree: Path, cache: Path) -> subprocess.CompletedProcess:
     # -o venv: use this interpreter's environment as it is (no install step)
-    return subprocess.run(["make", "-o", "venv", "lint", f"VENV={VENV}", f"PY={sys.executable}"], cwd=tree,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MYPY_CACHE_DIR": str(cache)})
+    return subprocess.run(
+        ["make", "-o", "venv", "lint", f"VENV={VENV}", f"PY={sys.executable}"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MYPY_CACHE_DIR": str(cache)},
+    )
 
 
 def test_lint_passes_a_clean_tree(tmp_path, mypy_cache):
@@ -53,14 +63,30 @@ def test_lint_passes_a_clean_tree(tmp_path, mypy_cache):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-@pytest.mark.parametrize("planted, expected", [
-    ({"engine/grid.py": '"""Cells."""\n\nimport os\n\n\ndef cells(n: int) -> list[int]:\n    return list(range(n))\n'},
-     "F401"),
-    ({"engine/grid.py": '"""Cells."""\n\n\ndef cells(n: int) -> list[int]:\n    return "abc"\n'},
-     'Incompatible return value type (got "str", expected "list[int]")'),
-    ({"engine/late.py": '"""Reaches up."""\n\n\ndef total() -> int:\n    from jobs.count import run\n\n    return run()\n'},
-     "engine/late.py:5: engine.late imports jobs.count (engine must not import jobs)"),
-], ids=["ruff-unused-import", "mypy-type-error", "layering-engine-imports-jobs"])
+@pytest.mark.parametrize(
+    "planted, expected",
+    [
+        (
+            {
+                "engine/grid.py": '"""Cells."""\n\nimport os\n\n\n'
+                'def cells(n: int) -> list[int]:\n    return list(range(n))\n'
+            },
+            "F401",
+        ),
+        (
+            {"engine/grid.py": '"""Cells."""\n\n\ndef cells(n: int) -> list[int]:\n    return "abc"\n'},
+            'Incompatible return value type (got "str", expected "list[int]")',
+        ),
+        (
+            {
+                "engine/late.py": '"""Reaches up."""\n\n\ndef total() -> int:\n'
+                '    from jobs.count import run\n\n    return run()\n'
+            },
+            "engine/late.py:5: engine.late imports jobs.count (engine must not import jobs)",
+        ),
+    ],
+    ids=["ruff-unused-import", "mypy-type-error", "layering-engine-imports-jobs"],
+)
 def test_lint_fails_on_a_planted_violation(tmp_path, mypy_cache, planted, expected):
     run = _lint(_tree(tmp_path, planted), mypy_cache)
     assert run.returncode != 0

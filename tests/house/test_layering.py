@@ -43,22 +43,40 @@ def test_clean_tree_passes(tmp_path):
     assert violations(_tree(tmp_path, CLEAN)) == []
 
 
-@pytest.mark.parametrize("path, text, expected", [
-    ("engine/io/y.py", "def f():\n    from jobs.bench import run\n",
-     "engine/io/y.py:2: engine.io.y imports jobs.bench (engine must not import jobs)"),
-    ("engine/train/loop.py", "from schemas.config import TrainConfig\n",
-     "engine/train/loop.py:1: engine.train.loop imports schemas.config (engine must not import schemas.config)"),
-    ("engine/io/x.py", "from benchmarks import colour\n",
-     "engine/io/x.py:1: engine.io.x imports benchmarks.colour (engine must not import benchmarks)"),
-    ("engine/calibrate/lens.py", "from ..segment.checkpoint import Y\n",
-     "package import cycle engine.calibrate -> engine.segment -> engine.calibrate: engine.calibrate -> "
-     "engine.segment (engine/calibrate/lens.py:1), engine.segment -> engine.calibrate "
-     "(engine/segment/extra.py:1)"),
-    ("engine/segment/card.py", "from engine.errors import X\nfrom engine.segment.checkpoint import read_blob\n",
-     "module import cycle engine.segment.card -> engine.segment.checkpoint -> engine.segment.card: "
-     "engine.segment.card -> engine.segment.checkpoint (engine/segment/card.py:2), "
-     "engine.segment.checkpoint -> engine.segment.card (engine/segment/checkpoint.py:1)"),
-])
+@pytest.mark.parametrize(
+    "path, text, expected",
+    [
+        (
+            "engine/io/y.py",
+            "def f():\n    from jobs.bench import run\n",
+            "engine/io/y.py:2: engine.io.y imports jobs.bench (engine must not import jobs)",
+        ),
+        (
+            "engine/train/loop.py",
+            "from schemas.config import TrainConfig\n",
+            "engine/train/loop.py:1: engine.train.loop imports schemas.config (engine must not import schemas.config)",
+        ),
+        (
+            "engine/io/x.py",
+            "from benchmarks import colour\n",
+            "engine/io/x.py:1: engine.io.x imports benchmarks.colour (engine must not import benchmarks)",
+        ),
+        (
+            "engine/calibrate/lens.py",
+            "from ..segment.checkpoint import Y\n",
+            "package import cycle engine.calibrate -> engine.segment -> engine.calibrate: engine.calibrate -> "
+            "engine.segment (engine/calibrate/lens.py:1), engine.segment -> engine.calibrate "
+            "(engine/segment/extra.py:1)",
+        ),
+        (
+            "engine/segment/card.py",
+            "from engine.errors import X\nfrom engine.segment.checkpoint import read_blob\n",
+            "module import cycle engine.segment.card -> engine.segment.checkpoint -> engine.segment.card: "
+            "engine.segment.card -> engine.segment.checkpoint (engine/segment/card.py:2), "
+            "engine.segment.checkpoint -> engine.segment.card (engine/segment/checkpoint.py:1)",
+        ),
+    ],
+)
 def test_each_rule_catches_a_planted_break(tmp_path, path, text, expected):
     files = {**CLEAN, path: text, "engine/segment/extra.py": "import engine.calibrate.colour\n"}
     assert violations(_tree(tmp_path, files)) == [expected]
@@ -66,6 +84,8 @@ def test_each_rule_catches_a_planted_break(tmp_path, path, text, expected):
 
 def test_benchmarks_importing_jobs_is_also_a_package_cycle(tmp_path):
     found = violations(_tree(tmp_path, {**CLEAN, "benchmarks/stitch.py": "import jobs.segment\n"}))
-    assert found == ["benchmarks/stitch.py:1: benchmarks.stitch imports jobs.segment (benchmarks must not import jobs)",
-                     "package import cycle benchmarks -> jobs -> benchmarks: benchmarks -> jobs "
-                     "(benchmarks/stitch.py:1), jobs -> benchmarks (jobs/bench.py:1)"]
+    assert found == [
+        "benchmarks/stitch.py:1: benchmarks.stitch imports jobs.segment (benchmarks must not import jobs)",
+        "package import cycle benchmarks -> jobs -> benchmarks: benchmarks -> jobs "
+        "(benchmarks/stitch.py:1), jobs -> benchmarks (jobs/bench.py:1)",
+    ]

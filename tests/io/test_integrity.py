@@ -41,7 +41,7 @@ def _store(path: Path, truth: np.ndarray, written: set[tuple[int, int]] | None, 
     for y0 in range(0, truth.shape[0], BLOCK):
         for x0 in range(0, truth.shape[1], BLOCK):
             if written is None or (y0, x0) in written:
-                write_block(lab, pred[y0:y0 + BLOCK, x0:x0 + BLOCK], y0, x0, "label")
+                write_block(lab, pred[y0 : y0 + BLOCK, x0 : x0 + BLOCK], y0, x0, "label")
     if complete:
         mark_complete(lab)
         mark_complete(img)
@@ -62,9 +62,12 @@ def test_unwritten_labels_read_as_void_and_are_listed_missing(tmp_path):
     meta = zarr.open_group(str(store))["s1/labels/minerals"].attrs["ome"]["image-label"]
     assert {"label-value": VOID, "name": "no data"} in meta["properties"]
     with pytest.raises(LodeInputError, match="reserved"):
-        create_labels(zarr.open_group(str(store))["s1"], "bad", type(LUMENSTONE)(
-            [*LUMENSTONE.classes, type(LUMENSTONE.classes[0])(VOID, "void", (0, 0, 0))], name="x"),
-            PyramidLayout((BLOCK, BLOCK), chunk=32, levels=1))
+        create_labels(
+            zarr.open_group(str(store))["s1"],
+            "bad",
+            type(LUMENSTONE)([*LUMENSTONE.classes, type(LUMENSTONE.classes[0])(VOID, "void", (0, 0, 0))], name="x"),
+            PyramidLayout((BLOCK, BLOCK), chunk=32, levels=1),
+        )
 
 
 def test_incomplete_store_is_refused_and_allow_incomplete_scores_only_written_blocks(tmp_path):
@@ -82,7 +85,7 @@ def test_incomplete_store_is_refused_and_allow_incomplete_scores_only_written_bl
     pred[:, :24] = 6
     keep = np.zeros(truth.shape, bool)
     for y0, x0 in written:
-        keep[y0:y0 + BLOCK, x0:x0 + BLOCK] = True
+        keep[y0 : y0 + BLOCK, x0 : x0 + BLOCK] = True
     want = SegmentationScores.empty(total.codes)
     want.add(truth[keep][None], pred[keep][None])
     np.testing.assert_array_equal(total.confusion, want.confusion)
@@ -96,8 +99,9 @@ def test_evaluate_job_refuses_an_incomplete_store_in_one_line_and_says_what_it_l
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "s1: incomplete" in err[0] and str(store) in err[0]
     assert not out.exists()
-    assert lode(["evaluate", "--pred", str(store), "--truth", str(masks), "--json", str(out),
-                 "--allow-incomplete"]) == 0
+    assert (
+        lode(["evaluate", "--pred", str(store), "--truth", str(masks), "--json", str(out), "--allow-incomplete"]) == 0
+    )
     assert "INCOMPLETE s1: 5 block(s)" in capsys.readouterr().out
     assert '"incomplete_sections": {\n  "s1": 5' in out.read_text()
 
@@ -107,8 +111,11 @@ def test_a_deleted_shard_of_a_complete_store_is_damage(tmp_path):
     assert is_complete(zarr.open_group(str(store))["s1"])
     evaluate_store(store, masks)
     (store / "s1/labels/minerals/0/c/1/2").unlink()
-    for read in (lambda: evaluate_store(store, masks), lambda: open_sections(store),
-                 lambda: open_sections(store, allow_incomplete=True)):
+    for read in (
+        lambda: evaluate_store(store, masks),
+        lambda: open_sections(store),
+        lambda: open_sections(store, allow_incomplete=True),
+    ):
         with pytest.raises(LodeInputError, match=r"damaged: 1 shard\(s\) of .*minerals/0 missing .* \(64, 128\)"):
             read()
 
@@ -119,8 +126,9 @@ def test_a_flipped_byte_inside_a_chunk_is_reported_with_the_array_and_region(tmp
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0x5A
     shard.write_bytes(bytes(data))
-    with pytest.raises(LodeInputError,
-                       match=r"pred.zarr: damaged chunk of s1/labels/minerals/0 in region \[0:None, 0:None\]"):
+    with pytest.raises(
+        LodeInputError, match=r"pred.zarr: damaged chunk of s1/labels/minerals/0 in region \[0:None, 0:None\]"
+    ):
         evaluate_store(store, masks)
     arr = zarr.open_group(str(store))["s1/labels/minerals/0"]
     np.testing.assert_array_equal(read_checked(arr, (slice(0, 64), slice(128, 192)), "x"), arr[0:64, 128:192])
@@ -128,12 +136,18 @@ def test_a_flipped_byte_inside_a_chunk_is_reported_with_the_array_and_region(tmp
         read_checked(arr, (slice(0, 64), slice(64, 128)), str(store))
 
 
-def test_a_killed_segmentation_is_incomplete_until_its_rerun_finishes(tmp_path, ray_session, small_panorama,
-                                                                    tiny_checkpoint):
+def test_a_killed_segmentation_is_incomplete_until_its_rerun_finishes(
+    tmp_path, ray_session, small_panorama, tiny_checkpoint
+):
     from engine.segment.pipeline import STORE_NAME, SegmentOptions, run_segmentation
 
-    cfg = SegmentOptions(inputs=[str(small_panorama)], out=str(tmp_path / "run"), checkpoint=str(tiny_checkpoint),
-                        block=(128, 128), max_blocks=5)
+    cfg = SegmentOptions(
+        inputs=[str(small_panorama)],
+        out=str(tmp_path / "run"),
+        checkpoint=str(tiny_checkpoint),
+        block=(128, 128),
+        max_blocks=5,
+    )
     run_segmentation(cfg)
     store = tmp_path / "run" / STORE_NAME
     with pytest.raises(LodeInputError, match=r"sec-a: incomplete: 7 block\(s\)"):
@@ -166,7 +180,7 @@ def test_analyze_refuses_an_incomplete_store_and_allow_incomplete_measures_writt
     pred[:, :24] = 6
     only = np.full(truth.shape, VOID, np.uint8)
     for y0, x0 in written:
-        only[y0:y0 + BLOCK, x0:x0 + BLOCK] = pred[y0:y0 + BLOCK, x0:x0 + BLOCK]
+        only[y0 : y0 + BLOCK, x0 : x0 + BLOCK] = pred[y0 : y0 + BLOCK, x0 : x0 + BLOCK]
     want, _ = measure_labels(only, only.shape, (BLOCK, BLOCK), grain_lut_for(LUMENSTONE.codes, [0]))
     assert len(grains) == len(want) > 0
     assert grains["area_px"].sum() == want["area_px"].sum() == int(((only != 0) & (only != VOID)).sum())
@@ -178,6 +192,8 @@ def test_analyze_refuses_an_incomplete_store_and_allow_incomplete_measures_writt
 
 def test_a_negative_pixel_size_is_refused(tmp_path, capsys):
     store, _ = _store(tmp_path, _labels(7), None, complete=True)
-    assert lode(["analyze", str(store), "--executor", "serial", "--pixel-size-um", "-1", "--out",
-                 str(tmp_path / "a")]) == 2
+    assert (
+        lode(["analyze", str(store), "--executor", "serial", "--pixel-size-um", "-1", "--out", str(tmp_path / "a")])
+        == 2
+    )
     assert "--pixel-size-um: must be a positive" in capsys.readouterr().err

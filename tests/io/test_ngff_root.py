@@ -28,15 +28,29 @@ def segmented(tiny_checkpoint, tmp_path_factory):
     """``(store path, float32 probabilities of sec-a's first block as the model gave them)``."""
     tmp = tmp_path_factory.mktemp("ngff")
     for i, (name, (h, w)) in enumerate(SHAPES.items()):
-        write_panorama(tmp / "in.zarr", name, h, w, SectionSpec(seed=i, grain_diameter=20),
-                       PyramidLayout((64, 64), chunk=32, levels=2))
-    cfg = SegmentOptions(inputs=[str(tmp / "in.zarr")], out=str(tmp / "out"), checkpoint=str(tiny_checkpoint),
-                        block=(128, 128), chunk=64, levels=2, probabilities="uint8")
+        write_panorama(
+            tmp / "in.zarr",
+            name,
+            h,
+            w,
+            SectionSpec(seed=i, grain_diameter=20),
+            PyramidLayout((64, 64), chunk=32, levels=2),
+        )
+    cfg = SegmentOptions(
+        inputs=[str(tmp / "in.zarr")],
+        out=str(tmp / "out"),
+        checkpoint=str(tiny_checkpoint),
+        block=(128, 128),
+        chunk=64,
+        levels=2,
+        probabilities="uint8",
+    )
     card = read_card(cfg.checkpoint)
     p = plan(cfg, card)
     _prepare_store(cfg, card, p.sources, p.layouts, fresh=True)
-    stage = SegmentStage({s.section: s for s in p.sources}, cfg.out, cfg.checkpoint, p.window, p.overlap, 4,
-                         "uint8", 1, copy_image=True)
+    stage = SegmentStage(
+        {s.section: s for s in p.sources}, cfg.out, cfg.checkpoint, p.window, p.overlap, 4, "uint8", 1, copy_image=True
+    )
     stage.setup("cpu")
     for s in p.sources:
         for b in block_grid(s.height, s.width, p.layouts[s.section].block):

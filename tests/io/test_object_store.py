@@ -27,8 +27,9 @@ SEGMENT = ["--block", "128", "128", "--batch-size", "4"]
 def panorama(tmp_path_factory):
     """A 160×256 section (4 blocks of 128) stored as OME-Zarr."""
     store = tmp_path_factory.mktemp("s3pano") / "in.zarr"
-    write_panorama(store, "sec-a", 160, 256, SectionSpec(seed=7, grain_diameter=24),
-                   PyramidLayout((128, 128), chunk=64, levels=2))
+    write_panorama(
+        store, "sec-a", 160, 256, SectionSpec(seed=7, grain_diameter=24), PyramidLayout((128, 128), chunk=64, levels=2)
+    )
     return store
 
 

@@ -16,8 +16,8 @@ def test_pyramid_levels_are_block_means_and_label_samples(tmp_path):
     labels = rng.integers(0, 15, (150, 300), dtype=np.uint8)
     for y0 in range(0, 150, 64):
         for x0 in range(0, 300, 128):
-            write_block(img, full[:, y0:y0 + 64, x0:x0 + 128], y0, x0, "image")
-            write_block(lab, labels[y0:y0 + 64, x0:x0 + 128], y0, x0, "label")
+            write_block(img, full[:, y0 : y0 + 64, x0 : x0 + 128], y0, x0, "image")
+            write_block(lab, labels[y0 : y0 + 64, x0 : x0 + 128], y0, x0, "label")
     assert np.array_equal(img["0"][:], full)
     level1 = ((full.reshape(3, 75, 2, 150, 2).astype(np.int64).sum(axis=(2, 4)) + 2) // 4).astype(np.uint8)
     assert np.array_equal(img["1"][:], level1)

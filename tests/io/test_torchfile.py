@@ -29,11 +29,18 @@ def _state() -> OrderedDict:
 
 def test_shapes_and_plain_fields_match_torchs_loader():
     state = _state()
-    blob = {"state_dict": state, "tensors": tensor_list(state), "card": {"window": 64, "names": ["a", "b"]},
-            "program": b"\x00\xffbytes", "latent": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    blob = {
+        "state_dict": state,
+        "tensors": tensor_list(state),
+        "card": {"window": 64, "names": ["a", "b"]},
+        "program": b"\x00\xffbytes",
+        "latent": np.arange(6, dtype=np.float32).reshape(2, 3),
+    }
     got = read_without_torch(_archive(blob), "m.pt", "checkpoint")
     want = torch.load(_archive(blob), weights_only=False)  # our own file: numpy arrays allowed
-    assert {k: v.shape for k, v in got["state_dict"].items()} == {k: tuple(v.shape) for k, v in want["state_dict"].items()}
+    assert {k: v.shape for k, v in got["state_dict"].items()} == {
+        k: tuple(v.shape) for k, v in want["state_dict"].items()
+    }
     assert isinstance(got["state_dict"]["1.num_batches_tracked"], TensorInfo)
     assert got["state_dict"]["1.num_batches_tracked"].storage == "LongStorage"
     assert got["card"] == want["card"] and got["program"] == want["program"] and got["tensors"] == want["tensors"]
@@ -51,22 +58,28 @@ def _without(buf: io.BytesIO, record: str) -> io.BytesIO:
     return out
 
 
-@pytest.mark.parametrize("damage,reason", [
-    (lambda b: _without(b, "/data/0"), "damaged archive"),
-    (lambda b: io.BytesIO(b.getvalue()[:100]), "not a torch zip archive"),
-    (lambda b: _archive({"obj": torch.nn.ReLU()}), "holds objects other than tensors and plain data"),
-])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (lambda b: _without(b, "/data/0"), "damaged archive"),
+        (lambda b: io.BytesIO(b.getvalue()[:100]), "not a torch zip archive"),
+        (lambda b: _archive({"obj": torch.nn.ReLU()}), "holds objects other than tensors and plain data"),
+    ],
+)
 def test_damaged_archives_are_refused_naming_the_file(damage, reason):
     with pytest.raises(LodeInputError, match=reason) as err:
         read_without_torch(damage(_archive({"state_dict": _state()})), "/data/m.pt", "Lode checkpoint")
     assert str(err.value).startswith("/data/m.pt: not a Lode checkpoint")
 
 
-@pytest.mark.parametrize("edit,reason", [
-    (lambda sd: sd.pop("0.weight"), r"1 tensor\(s\) missing \(first: 0.weight\)"),
-    (lambda sd: sd.__setitem__("extra", torch.zeros(1)), r"1 unexpected tensor\(s\) \(first: extra\)"),
-    (lambda sd: sd.__setitem__("2.bias", torch.zeros(3)), r"1 tensor\(s\) of the wrong shape \(first: 2.bias\)"),
-])
+@pytest.mark.parametrize(
+    "edit,reason",
+    [
+        (lambda sd: sd.pop("0.weight"), r"1 tensor\(s\) missing \(first: 0.weight\)"),
+        (lambda sd: sd.__setitem__("extra", torch.zeros(1)), r"1 unexpected tensor\(s\) \(first: extra\)"),
+        (lambda sd: sd.__setitem__("2.bias", torch.zeros(3)), r"1 tensor\(s\) of the wrong shape \(first: 2.bias\)"),
+    ],
+)
 def test_a_state_that_does_not_fit_its_list(edit, reason):
     state = _state()
     listed = tensor_list(state)
@@ -79,7 +92,9 @@ def test_a_state_that_does_not_fit_its_list(edit, reason):
 def test_reading_imports_no_torch(tmp_path):
     path = tmp_path / "m.pt"
     path.write_bytes(_archive({"state_dict": _state()}).getvalue())
-    code = ("import sys; from engine.io.torchfile import read_without_torch as r; "
-            f"b = r({str(path)!r}, 'm', 'x'); print(len(b['state_dict']), 'torch' in sys.modules)")
+    code = (
+        "import sys; from engine.io.torchfile import read_without_torch as r; "
+        f"b = r({str(path)!r}, 'm', 'x'); print(len(b['state_dict']), 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(len(_state())), "False"]

@@ -30,8 +30,22 @@ def test_segment_job_reads_and_writes_file_uris(small_panorama, tiny_checkpoint,
     from tests.conftest import monai_reference
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert lode(["segment", f"file://{small_panorama}", "--out", f"file://{tmp_path / 'run'}", "--checkpoint",
-                 str(tiny_checkpoint), "--block", "128", "128"]) == 0
+    assert (
+        lode(
+            [
+                "segment",
+                f"file://{small_panorama}",
+                "--out",
+                f"file://{tmp_path / 'run'}",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--block",
+                "128",
+                "128",
+            ]
+        )
+        == 0
+    )
     labels = zarr.open_group(str(tmp_path / "run" / "lode.ome.zarr"), mode="r")["sec-a/labels/minerals/0"][:]
     codes = np.array(load_checkpoint(tiny_checkpoint)[1].class_set().codes)
     assert np.array_equal(labels, codes[monai_reference(small_panorama, "sec-a", tiny_checkpoint).argmax(0)])

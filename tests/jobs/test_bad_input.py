@@ -26,8 +26,11 @@ RNG = np.random.default_rng(0)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -86,8 +89,7 @@ def test_truncated_png_tile_in_training_data(tmp_path, capsys):
     bad = ds / "imgs" / "train" / "b.png"
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) - 40])
-    fails_naming(["train", str(ds), "--out", str(tmp_path / "model"), "--steps", "1"], bad, capsys,
-                 reason="truncated")
+    fails_naming(["train", str(ds), "--out", str(tmp_path / "model"), "--steps", "1"], bad, capsys, reason="truncated")
 
 
 def test_zero_size_file(tmp_path, tiny_checkpoint, earlier_output, capsys):
@@ -118,8 +120,7 @@ def lumenstone(tmp_path: Path, codes: tuple[int, ...] = (0, 1, 6)) -> Path:
         (ds / "masks" / split).mkdir(parents=True)
         for name in ("a", "b"):
             cv2.imwrite(str(ds / "imgs" / split / f"{name}.png"), rgb())
-            cv2.imwrite(str(ds / "masks" / split / f"{name}.png"),
-                        RNG.choice(np.array(codes, np.uint8), (96, 128)))
+            cv2.imwrite(str(ds / "masks" / split / f"{name}.png"), RNG.choice(np.array(codes, np.uint8), (96, 128)))
     return ds
 
 
@@ -127,23 +128,37 @@ def test_mismatched_mask_size(tmp_path, earlier_output, capsys):
     ds = lumenstone(tmp_path)
     bad = ds / "masks" / "train" / "b.png"
     cv2.imwrite(str(bad), np.zeros((90, 128), np.uint8))
-    fails_naming(["train", str(ds), "--out", str(earlier_output), "--steps", "1"], bad, capsys, earlier_output,
-                 "does not match its image")
+    fails_naming(
+        ["train", str(ds), "--out", str(earlier_output), "--steps", "1"],
+        bad,
+        capsys,
+        earlier_output,
+        "does not match its image",
+    )
 
 
 def test_unknown_class_code(tmp_path, earlier_output, capsys):
     ds = lumenstone(tmp_path, codes=(0, 1, 6, 42))
     bad = ds / "masks" / "train" / "a.png"
-    err = fails_naming(["train", str(ds), "--out", str(earlier_output), "--steps", "1", "--classes", "0", "1", "6"],
-                       bad, capsys, earlier_output, "unknown class code")
+    err = fails_naming(
+        ["train", str(ds), "--out", str(earlier_output), "--steps", "1", "--classes", "0", "1", "6"],
+        bad,
+        capsys,
+        earlier_output,
+        "unknown class code",
+    )
     assert "42" in err
 
 
 def survey(tmp_path: Path, name: str, values: np.ndarray, crs: str | None = "EPSG:32633") -> Path:
     n, e = values.shape
-    da = xr.DataArray(values, dims=("northing", "easting"),
-                      coords={"northing": 7_000_000 + 50.0 * np.arange(n), "easting": 500_000 + 50.0 * np.arange(e)},
-                      name="anomaly", attrs={"inclination": 70.0, "declination": 5.0, **({"crs": crs} if crs else {})})
+    da = xr.DataArray(
+        values,
+        dims=("northing", "easting"),
+        coords={"northing": 7_000_000 + 50.0 * np.arange(n), "easting": 500_000 + 50.0 * np.arange(e)},
+        name="anomaly",
+        attrs={"inclination": 70.0, "declination": 5.0, **({"crs": crs} if crs else {})},
+    )
     path = tmp_path / name
     da.to_dataset().to_netcdf(path, engine="h5netcdf")
     return path
@@ -157,14 +172,23 @@ def test_nan_or_inf_grid(tmp_path, earlier_output, capsys, bad_value, reason):
     else:
         values[10, 20] = bad_value
     bad = survey(tmp_path, "survey.nc", values)
-    fails_naming(["lineaments", str(bad), "--method", "classical", "--out", str(earlier_output)], bad, capsys,
-                 earlier_output, reason)
+    fails_naming(
+        ["lineaments", str(bad), "--method", "classical", "--out", str(earlier_output)],
+        bad,
+        capsys,
+        earlier_output,
+        reason,
+    )
 
 
 def test_all_nodata_layer_in_a_prospectivity_stack(tmp_path, capsys):
     spec = region_with(tmp_path, lambda ds, name: ds.assign({name: ds[name] * np.nan}))
-    fails_naming(["prospect", "stack", "--spec", str(spec), "--out", str(tmp_path / "stack.zarr")],
-                 spec.parent / LAYER, capsys, reason="no valid cells")
+    fails_naming(
+        ["prospect", "stack", "--spec", str(spec), "--out", str(tmp_path / "stack.zarr")],
+        spec.parent / LAYER,
+        capsys,
+        reason="no valid cells",
+    )
 
 
 LAYER = "layer.nc"
@@ -175,9 +199,13 @@ def region_with(tmp_path: Path, edit) -> Path:
     region = tmp_path / "region"
     region.mkdir()
     values = RNG.normal(0, 1, (40, 40)).astype(np.float32)
-    ds = xr.DataArray(values, dims=("northing", "easting"),
-                      coords={"northing": 6_000_000 + 25.0 * np.arange(40), "easting": 400_000 + 25.0 * np.arange(40)},
-                      name="mag", attrs={"crs": "EPSG:32633"}).to_dataset()
+    ds = xr.DataArray(
+        values,
+        dims=("northing", "easting"),
+        coords={"northing": 6_000_000 + 25.0 * np.arange(40), "easting": 400_000 + 25.0 * np.arange(40)},
+        name="mag",
+        attrs={"crs": "EPSG:32633"},
+    ).to_dataset()
     edit(ds, "mag").to_netcdf(region / LAYER, engine="scipy")
     grid = {"crs": "EPSG:32633", "cell_size": 25.0, "west": 400_000.0, "north": 6_001_000.0, "shape": [40, 40]}
     spec = region / "layers.json"
@@ -195,57 +223,82 @@ def test_missing_crs(tmp_path, capsys):
     earlier.mkdir()
     (earlier / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"run": 1}}')
     before = snapshot(earlier)
-    fails_naming(["prospect", "stack", "--spec", str(spec), "--out", str(earlier)], spec.parent / LAYER, capsys,
-                 reason="no CRS")
+    fails_naming(
+        ["prospect", "stack", "--spec", str(spec), "--out", str(earlier)], spec.parent / LAYER, capsys, reason="no CRS"
+    )
     assert snapshot(earlier) == before
 
 
 def test_empty_collection(tmp_path, tiny_checkpoint, earlier_output, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    fails_naming(["stitch", str(empty), "--out", str(earlier_output / "p.zarr")], empty, capsys, earlier_output,
-                 "no <section>/tiles/")
-    fails_naming(segment_argv([empty], tiny_checkpoint, earlier_output), empty, capsys, earlier_output,
-                 "holds no images")
+    fails_naming(
+        ["stitch", str(empty), "--out", str(earlier_output / "p.zarr")],
+        empty,
+        capsys,
+        earlier_output,
+        "no <section>/tiles/",
+    )
+    fails_naming(
+        segment_argv([empty], tiny_checkpoint, earlier_output), empty, capsys, earlier_output, "holds no images"
+    )
 
 
 def test_duplicate_section_ids(tmp_path, tiny_checkpoint, small_panorama, earlier_output, capsys):
     folder = image_folder(tmp_path)
     cv2.imwrite(str(folder / "good.jpg"), rgb())
-    err = fails_naming(segment_argv([folder], tiny_checkpoint, earlier_output), folder, capsys, earlier_output,
-                       "duplicate section ids")
+    err = fails_naming(
+        segment_argv([folder], tiny_checkpoint, earlier_output), folder, capsys, earlier_output, "duplicate section ids"
+    )
     assert "good" in err
     copy = tmp_path / "copy.zarr"
     shutil.copytree(small_panorama, copy)
-    err = fails_naming(segment_argv([small_panorama, copy], tiny_checkpoint, earlier_output), copy, capsys,
-                       earlier_output, "duplicate section ids")
+    err = fails_naming(
+        segment_argv([small_panorama, copy], tiny_checkpoint, earlier_output),
+        copy,
+        capsys,
+        earlier_output,
+        "duplicate section ids",
+    )
     assert "sec-a" in err
 
 
 def test_input_errors_survive_pickling_through_ray():
     exc = pickle.loads(pickle.dumps(LodeInputError("/data/x.png", "truncated JPEG file")))
-    assert isinstance(exc, LodeInputError) and exc.source == "/data/x.png" and str(exc) == "/data/x.png: truncated JPEG file"
+    assert (
+        isinstance(exc, LodeInputError)
+        and exc.source == "/data/x.png"
+        and str(exc) == "/data/x.png: truncated JPEG file"
+    )
 
 
 def test_an_input_error_raised_in_a_ray_train_worker_is_one_line(tmp_path, earlier_output, capsys):
     """Images smaller than the patch are found by the sampler inside Ray Data/Train workers."""
     ds = lumenstone(tmp_path)
-    err = fails_naming(["train", str(ds), "--out", str(earlier_output), "--steps", "1", "--patch", "256"],
-                       ds / "masks" / "train" / "a.png", capsys, earlier_output, "smaller than the 256 px patch")
+    err = fails_naming(
+        ["train", str(ds), "--out", str(earlier_output), "--steps", "1", "--patch", "256"],
+        ds / "masks" / "train" / "a.png",
+        capsys,
+        earlier_output,
+        "smaller than the 256 px patch",
+    )
     assert len(err.strip().splitlines()) == 1, err
     manifest = json.loads((earlier_output / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "smaller than the 256 px patch" in manifest["error"]
     assert "\x1b[" not in manifest["error"] and "ray::" not in manifest["error"]
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["segment", "X", "--overlap", "1.5"], "--overlap"),
-    (["segment", "X", "--batch-size", "0"], "--batch-size"),
-    (["segment", "X", "--window", "0"], "--window"),
-    (["segment", "X", "--block", "0", "0"], "--block"),
-    (["segment"], "--inputs"),
-    (["train", "X", "--steps", "0"], "--steps"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["segment", "X", "--overlap", "1.5"], "--overlap"),
+        (["segment", "X", "--batch-size", "0"], "--batch-size"),
+        (["segment", "X", "--window", "0"], "--window"),
+        (["segment", "X", "--block", "0", "0"], "--block"),
+        (["segment"], "--inputs"),
+        (["train", "X", "--steps", "0"], "--steps"),
+    ],
+)
 def test_command_line_values_are_validated_like_config_files(tmp_path, capsys, argv, flag):
     out = tmp_path / "out"
     full = [a if a != "X" else str(tmp_path / "in") for a in argv]

@@ -25,8 +25,9 @@ def layer_file(folder: Path, name: str, values: np.ndarray) -> Path:
     """A netCDF layer on the stack grid's own cell centres (so aligning it is the identity)."""
     coords = {"northing": NORTH - (np.arange(SIZE) + 0.5) * CELL, "easting": WEST + (np.arange(SIZE) + 0.5) * CELL}
     path = folder / f"{name}.nc"
-    xr.DataArray(values.astype(np.float32), dims=("northing", "easting"), coords=coords, name=name,
-                 attrs={"crs": CRS}).to_netcdf(path, engine="scipy")
+    xr.DataArray(
+        values.astype(np.float32), dims=("northing", "easting"), coords=coords, name=name, attrs={"crs": CRS}
+    ).to_netcdf(path, engine="scipy")
     return path
 
 
@@ -76,6 +77,7 @@ def test_duplicate_layer_name(tmp_path, earlier_output, capsys):
 
 def test_duplicate_layer_path(tmp_path, earlier_output, capsys):
     """The same file under another name (and spelled differently) reads the same data twice."""
+
     def again(spec):
         spec["layers"].append({"name": "mag_copy", "path": "./mag.nc", "kind": "continuous"})
 
@@ -84,11 +86,14 @@ def test_duplicate_layer_path(tmp_path, earlier_output, capsys):
     assert "'mag_copy' reads variable 'mag' of the same file as layer 'mag'" in err
 
 
-@pytest.mark.parametrize("level, key, allowed", [
-    ("top", "colour", "grid, layers, deposits"),
-    ("grid", "cellsize", "shape, cell_size, west, north, crs"),
-    ("layer", "no_data", "name, path, kind, nodata, classes, clr_group, crs"),
-])
+@pytest.mark.parametrize(
+    "level, key, allowed",
+    [
+        ("top", "colour", "grid, layers, deposits"),
+        ("grid", "cellsize", "shape, cell_size, west, north, crs"),
+        ("layer", "no_data", "name, path, kind, nodata, classes, clr_group, crs"),
+    ],
+)
 def test_unknown_spec_key(tmp_path, earlier_output, capsys, level, key, allowed):
     def add(spec):
         {"top": spec, "grid": spec["grid"], "layer": spec["layers"][1]}[level][key] = 1
@@ -117,7 +122,9 @@ def test_sparse_layer_with_allow_sparse(tmp_path, capsys, caplog):
     with caplog.at_level(logging.WARNING, logger="engine.prospect.stack"):
         assert lode(stack_argv(spec, out, "--allow-sparse")) == 0
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        f"{spec.parent / 'thin.nc'}: layer 'thin' is valid on 4.0 % of the stack's grid (under 5 %); stacked anyway (--allow-sparse)"]
+        f"{spec.parent / 'thin.nc'}: layer 'thin' is valid on 4.0 % of the stack's grid (under 5 %); "
+        "stacked anyway (--allow-sparse)"
+    ]
     root = zarr.open_group(out, mode="r")
     valid = np.asarray(root["valid"]) > 0
     np.testing.assert_array_equal(valid, covered)
@@ -129,7 +136,9 @@ def test_sparse_layer_with_allow_sparse(tmp_path, capsys, caplog):
 def test_allow_sparse_in_a_config_file(tmp_path):
     spec, _ = sparse_region(tmp_path)
     cfg = tmp_path / "stack.json"
-    cfg.write_text(json.dumps({"action": "stack", "spec": str(spec), "out": str(tmp_path / "s.zarr"), "allow_sparse": True}))
+    cfg.write_text(
+        json.dumps({"action": "stack", "spec": str(spec), "out": str(tmp_path / "s.zarr"), "allow_sparse": True})
+    )
     assert lode(["prospect", "--config", str(cfg)]) == 0
     assert zarr.open_group(tmp_path / "s.zarr", mode="r").attrs["valid_fraction"] == pytest.approx(0.04)
 
@@ -149,6 +158,7 @@ def lineament_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture
 def no_ray(monkeypatch):
     """Fail the test if the job gets as far as starting Ray."""
+
     def started(*a, **k):
         raise AssertionError("Ray was started before the grid was checked")
 
@@ -161,23 +171,38 @@ def grid_values(edit) -> np.ndarray:
     return values
 
 
-@pytest.mark.parametrize("edit, reason", [
-    (lambda v: v.__setitem__((10, 20), np.inf), "1 infinite values"),
-    (lambda v: v.fill(np.nan), "no finite values"),
-    (lambda v: v.__setitem__((5, 5), 1e30), "1 cells beyond ±1e+15 (largest 1e+30)"),
-], ids=["inf", "all-nan", "1e30"])
-def test_unet_lineaments_refuse_a_bad_grid_before_ray(tmp_path, earlier_output, capsys, lineament_checkpoint, no_ray,
-                                                       edit, reason):
+@pytest.mark.parametrize(
+    "edit, reason",
+    [
+        (lambda v: v.__setitem__((10, 20), np.inf), "1 infinite values"),
+        (lambda v: v.fill(np.nan), "no finite values"),
+        (lambda v: v.__setitem__((5, 5), 1e30), "1 cells beyond ±1e+15 (largest 1e+30)"),
+    ],
+    ids=["inf", "all-nan", "1e30"],
+)
+def test_unet_lineaments_refuse_a_bad_grid_before_ray(
+    tmp_path, earlier_output, capsys, lineament_checkpoint, no_ray, edit, reason
+):
     bad = survey(tmp_path, "survey.nc", grid_values(edit))
-    fails_naming(["lineaments", str(bad), "--model", str(lineament_checkpoint), "--out", str(earlier_output)], bad,
-                 capsys, earlier_output, reason)
+    fails_naming(
+        ["lineaments", str(bad), "--model", str(lineament_checkpoint), "--out", str(earlier_output)],
+        bad,
+        capsys,
+        earlier_output,
+        reason,
+    )
     assert not (earlier_output / "_inference").exists()
 
 
 def test_classical_lineaments_refuse_a_no_data_sentinel(tmp_path, earlier_output, capsys):
     bad = survey(tmp_path, "survey.nc", grid_values(lambda v: v.__setitem__(np.s_[:3, :], -1e32)))
-    fails_naming(["lineaments", str(bad), "--method", "classical", "--out", str(earlier_output)], bad, capsys,
-                 earlier_output, "192 cells beyond ±1e+15 (largest 1e+32)")
+    fails_naming(
+        ["lineaments", str(bad), "--method", "classical", "--out", str(earlier_output)],
+        bad,
+        capsys,
+        earlier_output,
+        "192 cells beyond ±1e+15 (largest 1e+32)",
+    )
 
 
 def holed(tmp_path: Path, share_nan: float) -> tuple[Path, float]:
@@ -195,10 +220,16 @@ def hole_warnings(caplog) -> list[str]:
 def test_a_holed_grid_warns_once_with_its_valid_share(tmp_path, caplog, lineament_checkpoint, method):
     grid, share = holed(tmp_path, 0.3)
     assert 0.65 < share < 0.75
-    route = ["--method", "classical"] if method == "classical" else ["--model", str(lineament_checkpoint), "--executor", "serial"]
+    route = (
+        ["--method", "classical"]
+        if method == "classical"
+        else ["--model", str(lineament_checkpoint), "--executor", "serial"]
+    )
     with caplog.at_level(logging.WARNING, logger="engine.geophys.grid"):
         assert lode(["lineaments", str(grid), *route, "--out", str(tmp_path / "out")]) == 0
-    expected = f"grid {grid}: {100 * share:.1f} % of cells valid after masking NaN holes; lines are not traced through holes"
+    expected = (
+        f"grid {grid}: {100 * share:.1f} % of cells valid after masking NaN holes; lines are not traced through holes"
+    )
     assert hole_warnings(caplog) == [expected]
 
 

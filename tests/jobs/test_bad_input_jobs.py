@@ -32,6 +32,7 @@ from tests.jobs.test_bad_input import (  # noqa: F401
 @pytest.fixture(autouse=True)
 def ray_must_not_start(monkeypatch):
     """Every case here is refused before a job starts Ray."""
+
     def refuse(*args, **kwargs):
         pytest.fail("the job started Ray before refusing its input")
 
@@ -47,8 +48,23 @@ def one_line(err: str) -> str:
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
 def test_pixel_size_must_be_a_positive_number(small_panorama, tmp_path, capsys, value):
     out = tmp_path / "analysis"
-    assert lode(["analyze", str(small_panorama), "--labels", "truth", "--executor", "serial", "--out", str(out),
-                 "--pixel-size-um", value]) == 2
+    assert (
+        lode(
+            [
+                "analyze",
+                str(small_panorama),
+                "--labels",
+                "truth",
+                "--executor",
+                "serial",
+                "--out",
+                str(out),
+                "--pixel-size-um",
+                value,
+            ]
+        )
+        == 2
+    )
     line = one_line(capsys.readouterr().err)
     assert "--pixel-size-um" in line and "positive" in line
     assert not any(tmp_path.iterdir()), "a refused run wrote something"
@@ -69,8 +85,19 @@ FOLDER_OUTPUTS = {
     "prospect score": ["prospect", "score", "--map", "IN", "--deposits", "IN", "--out", "OUT"],
     "prospect synth": ["prospect", "synth", "--out", "OUT"],
     "prospect run": ["prospect", "run", "--region", "IN", "--out", "OUT"],
-    "calibrate colour --apply": ["calibrate", "colour", "IN", "--annotations", "IN", "--reference", "IN",
-                                 "--out", "IN.json", "--apply", "OUT"],
+    "calibrate colour --apply": [
+        "calibrate",
+        "colour",
+        "IN",
+        "--annotations",
+        "IN",
+        "--reference",
+        "IN",
+        "--out",
+        "IN.json",
+        "--apply",
+        "OUT",
+    ],
     "annotate uncertain": ["annotate", "uncertain", "IN", "--out", "OUT"],
     "synth collection": ["synth", "collection", "OUT"],
     "synth panorama": ["synth", "panorama", "OUT"],
@@ -86,8 +113,18 @@ FILE_OUTPUTS = {
     "annotate expand": ["annotate", "expand", "--image", "IN", "--scribbles", "IN", "--out", "OUT"],
     "lineaments score": ["lineaments", "score", "IN", "IN", "--out", "OUT"],
     "prospect train": ["prospect", "train", "--stack", "IN", "--out", "OUT"],
-    "prospect map --geotiff": ["prospect", "map", "--stack", "IN", "--method", "pca", "--out", "IN.zarr",
-                               "--geotiff", "OUT"],
+    "prospect map --geotiff": [
+        "prospect",
+        "map",
+        "--stack",
+        "IN",
+        "--method",
+        "pca",
+        "--out",
+        "IN.zarr",
+        "--geotiff",
+        "OUT",
+    ],
 }
 
 
@@ -121,8 +158,14 @@ def test_an_existing_folder_where_a_file_is_written(job, tmp_path, capsys, monke
 def test_a_file_where_the_output_folder_of_a_file_should_be(tmp_path, capsys, monkeypatch):
     taken = tmp_path / "taken"
     taken.write_bytes(RNG.bytes(512))
-    refused_before_work(["evaluate", "--pred", "IN", "--truth", "IN", "--json", "OUT"], taken / "evaluation.json",
-                        tmp_path, capsys, monkeypatch, f"{taken} is a file, not a folder")
+    refused_before_work(
+        ["evaluate", "--pred", "IN", "--truth", "IN", "--json", "OUT"],
+        taken / "evaluation.json",
+        tmp_path,
+        capsys,
+        monkeypatch,
+        f"{taken} is a file, not a folder",
+    )
 
 
 def test_an_existing_output_file_is_replaced_not_refused(tmp_path, capsys):
@@ -137,8 +180,22 @@ def test_an_existing_output_file_is_replaced_not_refused(tmp_path, capsys):
     reference.write_text(json.dumps({"1": [0.6, 0.5, 0.4], "6": [0.3, 0.3, 0.3]}))
     out = tmp_path / "matrices.json"
     out.write_text("earlier")
-    assert lode(["calibrate", "colour", str(caps), "--annotations", str(ann), "--reference", str(reference),
-                 "--out", str(out)]) == 0
+    assert (
+        lode(
+            [
+                "calibrate",
+                "colour",
+                str(caps),
+                "--annotations",
+                str(ann),
+                "--reference",
+                str(reference),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "good" in json.loads(out.read_text())["matrices"]
 
 
@@ -150,13 +207,28 @@ def test_a_missing_capture_folder_is_named_not_the_annotations(tmp_path, capsys)
     reference.write_text(json.dumps({"1": [0.6, 0.5, 0.4]}))
     missing = tmp_path / "captures"
     out = tmp_path / "matrices.json"
-    err = fails_naming(["calibrate", "colour", str(missing), "--annotations", str(ann), "--reference", str(reference),
-                        "--out", str(out)], missing, capsys, reason="no such capture")
+    err = fails_naming(
+        [
+            "calibrate",
+            "colour",
+            str(missing),
+            "--annotations",
+            str(ann),
+            "--reference",
+            str(reference),
+            "--out",
+            str(out),
+        ],
+        missing,
+        capsys,
+        reason="no such capture",
+    )
     assert str(ann) not in one_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ann", "ref.json"], "a refused run wrote something"
 
 
 # -- damaged model checkpoints ------------------------------------------------------------------
+
 
 def garbage(path):
     path.write_bytes(RNG.bytes(4096))
@@ -170,9 +242,11 @@ def wrong_keys(path):
     torch.save({"weights": torch.zeros(3), "meta": {"name": "x"}}, path)
 
 
-BAD_CHECKPOINTS = {"garbage bytes": (garbage, "not a torch zip archive"),
-                   "a pickle, not a torch zip": (plain_pickle, "not a torch zip archive"),
-                   "a torch dict of other keys": (wrong_keys, "entry")}
+BAD_CHECKPOINTS = {
+    "garbage bytes": (garbage, "not a torch zip archive"),
+    "a pickle, not a torch zip": (plain_pickle, "not a torch zip archive"),
+    "a torch dict of other keys": (wrong_keys, "entry"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +263,18 @@ def bad_model_argv(job: str, model, tmp_path, tiny_checkpoint, stack, out) -> li
     if job == "lineaments":
         grid = survey(tmp_path, "survey.nc", RNG.normal(0, 10, (64, 64)))
         return ["lineaments", str(grid), "--model", str(model), "--out", str(out)]
-    return ["prospect", "map", "--stack", str(stack), "--method", "mae", "--model", str(model), "--out",
-            str(out / "map.zarr")]
+    return [
+        "prospect",
+        "map",
+        "--stack",
+        str(stack),
+        "--method",
+        "mae",
+        "--model",
+        str(model),
+        "--out",
+        str(out / "map.zarr"),
+    ]
 
 
 @pytest.mark.parametrize("kind", list(BAD_CHECKPOINTS))
@@ -199,8 +283,13 @@ def test_a_damaged_model_checkpoint(job, kind, tmp_path, tiny_checkpoint, stack,
     make, reason = BAD_CHECKPOINTS[kind]
     model = tmp_path / "model.pt"
     make(model)
-    err = fails_naming(bad_model_argv(job, model, tmp_path, tiny_checkpoint, stack, earlier_output), model, capsys,
-                       earlier_output, reason)
+    err = fails_naming(
+        bad_model_argv(job, model, tmp_path, tiny_checkpoint, stack, earlier_output),
+        model,
+        capsys,
+        earlier_output,
+        reason,
+    )
     line = one_line(err)
     assert "not a" in line and "checkpoint" in line
     assert "weights_only" not in line and "\x1b" not in line
@@ -235,14 +324,27 @@ def test_an_intact_card_over_damaged_weights(job, damage, reason, tmp_path, stac
         from engine.prospect.train import default_config, save_checkpoint
 
         channels = open_stack(stack).channels
-        model = save_checkpoint(tmp_path / "model.pt", build("cae", default_config("cae", len(channels))), "cae", channels)
-        argv = ["prospect", "map", "--stack", str(stack), "--method", "cae", "--model", str(model), "--out",
-                str(earlier_output / "map.zarr")]
+        model = save_checkpoint(
+            tmp_path / "model.pt", build("cae", default_config("cae", len(channels))), "cae", channels
+        )
+        argv = [
+            "prospect",
+            "map",
+            "--stack",
+            str(stack),
+            "--method",
+            "cae",
+            "--model",
+            str(model),
+            "--out",
+            str(earlier_output / "map.zarr"),
+        ]
     _damaged_weights(model, damage)
     one_line(fails_naming(argv, model, capsys, earlier_output, reason))
 
 
 # -- training: resume and class codes ------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def resume_folder(tmp_path_factory):
@@ -255,30 +357,62 @@ def resume_folder(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("run") / "last"
     folder.mkdir()
-    card = ModelCard(arch="unet", encoder="resnet18", classes=ClassSet.from_codes([0, 1]).to_dicts(),
-                     mean=[0.5] * 3, std=[0.25] * 3, window=64, overlap=0.25)
-    torch.save({"state_dict": create_model("unet", "resnet18", 3, 2).state_dict(), "card": card.model_dump()},
-               folder / "model.pt")
+    card = ModelCard(
+        arch="unet",
+        encoder="resnet18",
+        classes=ClassSet.from_codes([0, 1]).to_dicts(),
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        window=64,
+        overlap=0.25,
+    )
+    torch.save(
+        {"state_dict": create_model("unet", "resnet18", 3, 2).state_dict(), "card": card.model_dump()},
+        folder / "model.pt",
+    )
     torch.save({"epoch": 0, "history": []}, folder / "state.pt")
     return folder
 
 
 def resume_argv(ds, out, resume, *extra: str) -> list[str]:
-    return ["train", str(ds), "--out", str(out), "--resume", str(resume), "--arch", "unet", "--steps", "2",
-            "--epochs", "2", *extra]
+    return [
+        "train",
+        str(ds),
+        "--out",
+        str(out),
+        "--resume",
+        str(resume),
+        "--arch",
+        "unet",
+        "--steps",
+        "2",
+        "--epochs",
+        "2",
+        *extra,
+    ]
 
 
 def test_resume_with_another_class_set_in_the_data(tmp_path, resume_folder, earlier_output, capsys):
     ds = lumenstone(tmp_path, codes=(0, 1, 6))
-    err = fails_naming(resume_argv(ds, earlier_output, resume_folder), resume_folder / "model.pt", capsys,
-                       earlier_output, "class set [0, 1] of the checkpoint differs from the data's")
+    err = fails_naming(
+        resume_argv(ds, earlier_output, resume_folder),
+        resume_folder / "model.pt",
+        capsys,
+        earlier_output,
+        "class set [0, 1] of the checkpoint differs from the data's",
+    )
     assert "code(s) 6 " in one_line(err)
 
 
 def test_resume_with_other_classes_asked_for(tmp_path, resume_folder, earlier_output, capsys):
     ds = lumenstone(tmp_path, codes=(0, 1))
-    fails_naming(resume_argv(ds, earlier_output, resume_folder, "--classes", "0", "1", "6"),
-                 resume_folder / "model.pt", capsys, earlier_output, "differs from --classes [0, 1, 6]")
+    fails_naming(
+        resume_argv(ds, earlier_output, resume_folder, "--classes", "0", "1", "6"),
+        resume_folder / "model.pt",
+        capsys,
+        earlier_output,
+        "differs from --classes [0, 1, 6]",
+    )
 
 
 def test_resume_from_a_garbage_training_state(tmp_path, resume_folder, earlier_output, capsys):
@@ -287,8 +421,13 @@ def test_resume_from_a_garbage_training_state(tmp_path, resume_folder, earlier_o
     folder.mkdir()
     (folder / "model.pt").write_bytes((resume_folder / "model.pt").read_bytes())
     garbage(folder / "state.pt")
-    err = fails_naming(resume_argv(ds, earlier_output, folder), folder / "state.pt", capsys, earlier_output,
-                       "not a Lode training state (unreadable torch file")
+    err = fails_naming(
+        resume_argv(ds, earlier_output, folder),
+        folder / "state.pt",
+        capsys,
+        earlier_output,
+        "not a Lode training state (unreadable torch file",
+    )
     assert "weights_only" not in one_line(err)
 
 
@@ -318,8 +457,13 @@ def test_evaluate_refuses_an_unknown_truth_code(tmp_path, scored_store, earlier_
     mask = truth.copy()
     mask[10:30, 10:30] = 200
     cv2.imwrite(str(bad), mask)
-    err = fails_naming(["evaluate", "--pred", str(store), "--truth", str(masks), "--json",
-                        str(earlier_output / "evaluation.json")], bad, capsys, earlier_output, "unknown class code 200")
+    err = fails_naming(
+        ["evaluate", "--pred", str(store), "--truth", str(masks), "--json", str(earlier_output / "evaluation.json")],
+        bad,
+        capsys,
+        earlier_output,
+        "unknown class code 200",
+    )
     one_line(err)
     assert not (earlier_output / "evaluation.json").exists()
 
@@ -328,25 +472,46 @@ def test_evaluate_refuses_an_unknown_truth_code(tmp_path, scored_store, earlier_
 
 MISSING = {
     "segment": (lambda m, ck: segment_argv([m], ck, "OUT"), ""),
-    "segment --checkpoint": (lambda m, ck: ["segment", "IMAGES", "--checkpoint", str(m), "--out", "OUT"],
-                             "checkpoint not found"),
+    "segment --checkpoint": (
+        lambda m, ck: ["segment", "IMAGES", "--checkpoint", str(m), "--out", "OUT"],
+        "checkpoint not found",
+    ),
     "analyze": (lambda m, ck: ["analyze", str(m), "--executor", "serial", "--out", "OUT"], ""),
     "evaluate --pred": (lambda m, ck: ["evaluate", "--pred", str(m), "--truth", "IMAGES", "--json", "OUT/e.json"], ""),
-    "evaluate --truth": (lambda m, ck: ["evaluate", "--pred", "STORE", "--truth", str(m), "--json", "OUT/e.json"],
-                         "not found"),
+    "evaluate --truth": (
+        lambda m, ck: ["evaluate", "--pred", "STORE", "--truth", str(m), "--json", "OUT/e.json"],
+        "not found",
+    ),
     "stitch": (lambda m, ck: ["stitch", str(m), "--out", "OUT/p.zarr"], ""),
     "lineaments": (lambda m, ck: ["lineaments", str(m), "--method", "classical", "--out", "OUT"], ""),
     "lineaments --model": (lambda m, ck: ["lineaments", "GRID", "--model", str(m), "--out", "OUT"], ""),
     "prospect stack": (lambda m, ck: ["prospect", "stack", "--spec", str(m), "--out", "OUT/s.zarr"], ""),
-    "prospect map --stack": (lambda m, ck: ["prospect", "map", "--stack", str(m), "--method", "pca",
-                                            "--out", "OUT/m.zarr"], ""),
-    "prospect map --model": (lambda m, ck: ["prospect", "map", "--stack", "STACK", "--method", "mae",
-                                            "--model", str(m), "--out", "OUT/m.zarr"], "not found"),
+    "prospect map --stack": (
+        lambda m, ck: ["prospect", "map", "--stack", str(m), "--method", "pca", "--out", "OUT/m.zarr"],
+        "",
+    ),
+    "prospect map --model": (
+        lambda m, ck: [
+            "prospect",
+            "map",
+            "--stack",
+            "STACK",
+            "--method",
+            "mae",
+            "--model",
+            str(m),
+            "--out",
+            "OUT/m.zarr",
+        ],
+        "not found",
+    ),
     "calibrate lens": (lambda m, ck: ["calibrate", "lens", str(m), "--out", "OUT/lens.json"], "no such folder"),
     "calibrate flat": (lambda m, ck: ["calibrate", "flat", str(m), "--out", "OUT/flat.npz"], "no such folder"),
     "train": (lambda m, ck: ["train", str(m), "--out", "OUT", "--steps", "1"], ""),
-    "annotate expand": (lambda m, ck: ["annotate", "expand", "--image", str(m), "--scribbles", str(m),
-                                       "--out", "OUT/l.png"], "no such image file"),
+    "annotate expand": (
+        lambda m, ck: ["annotate", "expand", "--image", str(m), "--scribbles", str(m), "--out", "OUT/l.png"],
+        "no such image file",
+    ),
     "annotate uncertain": (lambda m, ck: ["annotate", "uncertain", str(m), "--out", "OUT"], ""),
 }
 
@@ -356,9 +521,16 @@ def test_a_missing_input(job, tmp_path, tiny_checkpoint, stack, scored_store, ea
     make, reason = MISSING[job]
     missing = tmp_path / "nowhere" / "input.nc"
     grid = survey(tmp_path, "survey.nc", RNG.normal(0, 10, (64, 64)))
-    present = {"OUT": str(earlier_output), "IMAGES": str(image_folder(tmp_path)), "STORE": str(scored_store[0]),
-               "GRID": str(grid), "STACK": str(stack)}
-    argv = [next((a.replace(k, v) for k, v in present.items() if a.startswith(k)), a)
-            for a in make(missing, tiny_checkpoint)]
+    present = {
+        "OUT": str(earlier_output),
+        "IMAGES": str(image_folder(tmp_path)),
+        "STORE": str(scored_store[0]),
+        "GRID": str(grid),
+        "STACK": str(stack),
+    }
+    argv = [
+        next((a.replace(k, v) for k, v in present.items() if a.startswith(k)), a)
+        for a in make(missing, tiny_checkpoint)
+    ]
     err = fails_naming(argv, missing, capsys, earlier_output, reason)
     one_line(err)

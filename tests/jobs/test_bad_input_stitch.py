@@ -34,13 +34,18 @@ def _argv(coll: Path, store: Path) -> list[str]:
     return ["stitch", str(coll), "--out", str(store), "--shard", "256", "--no-lens", "--no-flat"]
 
 
-@pytest.mark.parametrize("convert, reason", [
-    (lambda img: img.astype(np.uint16) * 257, "expected an 8-bit image"),
-    (lambda img: cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), "expected 3 colour channels (RGB), got 1"),
-    (lambda img: cv2.cvtColor(img, cv2.COLOR_BGR2BGRA), "expected 3 colour channels (RGB), got 4"),
-], ids=["16-bit", "grey", "rgba"])
-def test_unexpected_tile_formats_are_refused_not_converted(tmp_path, ray_session, earlier_output, capsys, convert,
-                                                           reason):
+@pytest.mark.parametrize(
+    "convert, reason",
+    [
+        (lambda img: img.astype(np.uint16) * 257, "expected an 8-bit image"),
+        (lambda img: cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), "expected 3 colour channels (RGB), got 1"),
+        (lambda img: cv2.cvtColor(img, cv2.COLOR_BGR2BGRA), "expected 3 colour channels (RGB), got 4"),
+    ],
+    ids=["16-bit", "grey", "rgba"],
+)
+def test_unexpected_tile_formats_are_refused_not_converted(
+    tmp_path, ray_session, earlier_output, capsys, convert, reason
+):
     coll = _collection(tmp_path / "coll")
     bad = _tile(coll, "secA")
     assert cv2.imwrite(str(bad), convert(cv2.imread(str(bad))))

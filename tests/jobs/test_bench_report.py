@@ -9,10 +9,15 @@ import pytest
 from jobs.bench import BEGIN, END, HEADLINES, QUICK, _names, markdown, rewrite_readme
 from jobs.cli import main as lode
 
-META = {"machine": "test CPU, 2 logical CPUs", "failed": ["xpl"],
-        "runs": {"segment_throughput": {"mode": "quick", "seconds": 3.2, "date": "2026-12-01 10:00 UTC"},
-                 "prospect": {"mode": "full", "seconds": 61.0, "date": "2026-12-02 11:00 UTC"},
-                 "not_in_results": {"mode": "full", "seconds": 9.0, "date": "2026-12-03 12:00 UTC"}}}
+META = {
+    "machine": "test CPU, 2 logical CPUs",
+    "failed": ["xpl"],
+    "runs": {
+        "segment_throughput": {"mode": "quick", "seconds": 3.2, "date": "2026-12-01 10:00 UTC"},
+        "prospect": {"mode": "full", "seconds": 61.0, "date": "2026-12-02 11:00 UTC"},
+        "not_in_results": {"mode": "full", "seconds": 9.0, "date": "2026-12-03 12:00 UTC"},
+    },
+}
 
 
 def table(report: str) -> dict[tuple[str, str, str], list[str]]:
@@ -26,13 +31,27 @@ def table(report: str) -> dict[tuple[str, str, str], list[str]]:
 
 def test_rows_give_each_figure_its_peer_and_ratio():
     results = {
-        "segment_throughput": {"engine_mpx_s": 0.6, "bare_model_mpx_s": 1.2, "monai_mpx_s": 0.8,
-                               "max_abs_prob_diff_vs_monai": 5e-7},
-        "prospect": {"best_baseline": "iforest", "model": "mae", "table": {"mae": {"auc_mean": 0.9, "capture_top10_pooled": 0.5},
-                                                            "iforest": {"auc_mean": 0.95, "capture_top10_pooled": 0.6}}},
+        "segment_throughput": {
+            "engine_mpx_s": 0.6,
+            "bare_model_mpx_s": 1.2,
+            "monai_mpx_s": 0.8,
+            "max_abs_prob_diff_vs_monai": 5e-7,
+        },
+        "prospect": {
+            "best_baseline": "iforest",
+            "model": "mae",
+            "table": {
+                "mae": {"auc_mean": 0.9, "capture_top10_pooled": 0.5},
+                "iforest": {"auc_mean": 0.95, "capture_top10_pooled": 0.6},
+            },
+        },
         "lineaments": {"summary": {"mean_classical_2": {"f1": 0.7}}},
-        "sampler_ablation": {"rarest_class": 3, "rarest_name": "magnetite",
-                             "balanced": {"iou": {"3": 0.6, "5": 0.1}}, "uniform": {"iou": {"3": 0.2, "5": 0.9}}},
+        "sampler_ablation": {
+            "rarest_class": 3,
+            "rarest_name": "magnetite",
+            "balanced": {"iou": {"3": 0.6, "5": 0.1}},
+            "uniform": {"iou": {"3": 0.2, "5": 0.9}},
+        },
         "newcomer": {"speed": {"items_s": 12.5}},
     }
     rows = table(markdown(results, META))
@@ -48,8 +67,10 @@ def test_rows_give_each_figure_its_peer_and_ratio():
     assert rare[2:] == ["0.6", "uniform", "0.2", "3"]
     head = markdown(results, META).splitlines()[:3]
     assert head[0] == "Machine: test CPU, 2 logical CPUs  "
-    assert head[1] == ("Mode: full, quick; wall per benchmark: segment_throughput 3 s (2026-12-01 10:00 UTC), "
-                       "prospect 61 s (2026-12-02 11:00 UTC)  ")
+    assert head[1] == (
+        "Mode: full, quick; wall per benchmark: segment_throughput 3 s (2026-12-01 10:00 UTC), "
+        "prospect 61 s (2026-12-02 11:00 UTC)  "
+    )
     assert head[2] == "Failed: xpl  "
     assert markdown(results, {"machine": "m"}).splitlines()[1] == "Mode: unknown; wall per benchmark:   "
 
@@ -71,8 +92,22 @@ def test_lode_bench_runs_a_benchmark_and_regenerates_the_readme_table(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{BEGIN}\nstale\n{END}\n")
     out = tmp_path / "bench"
-    assert lode(["bench", "--only", "lineaments", "--out", str(out), "--args", "lineaments=--n 1 --size 128",
-                 "--readme", str(readme)]) == 0
+    assert (
+        lode(
+            [
+                "bench",
+                "--only",
+                "lineaments",
+                "--out",
+                str(out),
+                "--args",
+                "lineaments=--n 1 --size 128",
+                "--readme",
+                str(readme),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "lineaments.json").read_text())
     f1 = result["summary"]["mean_classical_2"]["f1"]
     text = readme.read_text()

@@ -23,8 +23,13 @@ JOBS = sorted(set(SUBCOMMANDS) - {"config"})
 
 @pytest.mark.parametrize("job", JOBS)
 def test_lode_config_schema_prints_a_valid_json_schema_of_the_jobs_options(job):
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "config", "schema", job], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "config", "schema", job],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     schema = json.loads(r.stdout)
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -37,8 +42,18 @@ def test_segment_schema_is_the_hand_written_model():
 
 def test_yaml_config_fills_options_and_the_command_line_overrides_it(tmp_path):
     cfg = tmp_path / "stitch.yaml"
-    cfg.write_text(yaml.safe_dump({"collection": "/data/captures", "out": "/data/p.zarr", "shard": 1024,
-                                   "levels": 4, "pattern": "7x5", "no_lens": True}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "collection": "/data/captures",
+                "out": "/data/p.zarr",
+                "shard": 1024,
+                "levels": 4,
+                "pattern": "7x5",
+                "no_lens": True,
+            }
+        )
+    )
     args = parse(stitch.JOB, ["--config", str(cfg), "--shard", "512"])
     assert args.collection == "/data/captures" and args.out == "/data/p.zarr"
     assert args.shard == 512 and args.levels == 4 and args.pattern == (7, 5) and args.no_lens is True
@@ -96,9 +111,19 @@ def test_lode_config_check_validates_a_file(tmp_path):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text("data: ds\nout: model\nsteps: 5\n")
     bad.write_text("data: ds\nout: model\nsteps: 0\n")
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "config", "check", "train", str(good)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "config", "check", "train", str(good)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["steps"] == 5
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "config", "check", "train", str(bad)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "config", "check", "train", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and str(bad) in r.stderr and "steps" in r.stderr

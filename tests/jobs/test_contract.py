@@ -26,8 +26,10 @@ def test_a_failed_job_records_its_error_in_the_manifest(tmp_path, capsys):
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps({"job": "earlier", "status": "complete", "run": 1}))
     missing = tmp_path / "no-deposits.csv"
-    assert lode(["prospect", "score", "--map", str(tmp_path / "m.zarr"), "--deposits", str(missing),
-                 "--out", str(out)]) == 2
+    assert (
+        lode(["prospect", "score", "--map", str(tmp_path / "m.zarr"), "--deposits", str(missing), "--out", str(out)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err == f"lode prospect: error: {missing}: deposits file not found\n"
     doc = json.loads((out / "manifest.json").read_text())

@@ -40,18 +40,43 @@ def _segment_actor_processes(root_pid: int) -> list[psutil.Process]:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_killed_segmentation_worker_is_retried_and_the_output_is_unchanged(ray_session, small_panorama,
-                                                                           tiny_checkpoint, tmp_path):
+def test_killed_segmentation_worker_is_retried_and_the_output_is_unchanged(
+    ray_session, small_panorama, tiny_checkpoint, tmp_path
+):
     ref = tmp_path / "ref"
-    run_segmentation(SegmentOptions(inputs=[str(small_panorama)], out=str(ref), checkpoint=str(tiny_checkpoint),
-                                   block=(128, 128), probabilities="float32", batch_size=1))
+    run_segmentation(
+        SegmentOptions(
+            inputs=[str(small_panorama)],
+            out=str(ref),
+            checkpoint=str(tiny_checkpoint),
+            block=(128, 128),
+            probabilities="float32",
+            batch_size=1,
+        )
+    )
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jobs.segment", str(small_panorama), "--out", str(out), "--checkpoint",
-           str(tiny_checkpoint), "--block", "128", "128", "--probabilities", "float32", "--batch-size", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.segment",
+        str(small_panorama),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--block",
+        "128",
+        "128",
+        "--probabilities",
+        "float32",
+        "--batch-size",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     status = out / "_status" / "sec-a"
     killed: list[int] = []
     try:
@@ -72,8 +97,7 @@ def test_killed_segmentation_worker_is_retried_and_the_output_is_unchanged(ray_s
     assert killed, "no segmentation actor process was found to kill"
     assert done_at_kill < 12, "the worker should have been killed before the job ended"
     assert proc.returncode == 0, log[-3000:]
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                   for pid in killed)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in killed)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["blocks"]) == 12
     got, want = (zarr.open_group(str(d / STORE_NAME), mode="r")["sec-a"] for d in (out, ref))
@@ -116,8 +140,14 @@ def _two_sections(store: Path, height: int) -> Path:
     from engine.synth import SectionSpec, write_panorama
 
     for name, seed in (("sec-a", 5), ("sec-b", 6)):
-        write_panorama(store, name, height, 256, SectionSpec(seed=seed, grain_diameter=30),
-                       PyramidLayout((128, 128), chunk=64, levels=2))
+        write_panorama(
+            store,
+            name,
+            height,
+            256,
+            SectionSpec(seed=seed, grain_diameter=30),
+            PyramidLayout((128, 128), chunk=64, levels=2),
+        )
     return store
 
 
@@ -165,7 +195,9 @@ def test_sections_that_cannot_be_planned_fail_alone_in_segmentation(ray_session,
     from engine.io.ome import PyramidLayout
     from engine.synth import SectionSpec, write_panorama
 
-    write_panorama(store, "sec-c", 128, 256, SectionSpec(seed=7, grain_diameter=30), PyramidLayout((128, 128), chunk=64, levels=2))
+    write_panorama(
+        store, "sec-c", 128, 256, SectionSpec(seed=7, grain_diameter=30), PyramidLayout((128, 128), chunk=64, levels=2)
+    )
     (store / "sec-c" / "0" / "c" / "0" / "0" / "1").unlink()  # a deleted image shard
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -173,8 +205,18 @@ def test_sections_that_cannot_be_planned_fail_alone_in_segmentation(ray_session,
     cut = folder / "cut.jpg"
     cut.write_bytes(buf.tobytes()[: len(buf) - 200])  # truncated tail
     out = tmp_path / "run"
-    argv = ["segment", str(store), str(folder), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
-            "--block", "128", "128"]
+    argv = [
+        "segment",
+        str(store),
+        str(folder),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--block",
+        "128",
+        "128",
+    ]
     assert lode(argv) == 2
     err = capsys.readouterr().err
     assert str(cut) in err and "truncated" in err and "Traceback" not in err
@@ -182,12 +224,21 @@ def test_sections_that_cannot_be_planned_fail_alone_in_segmentation(ray_session,
     assert manifest["status"] == "partial"
     failed = manifest["failed_sections"]
     assert sorted(failed) == ["cut", "sec-b", "sec-c"]
-    assert f"{store}/sec-c" in failed["sec-c"] and "damaged: 1 shard(s)" in failed["sec-c"] and "(0, 128)" in failed["sec-c"]
+    assert (
+        f"{store}/sec-c" in failed["sec-c"]
+        and "damaged: 1 shard(s)" in failed["sec-c"]
+        and "(0, 128)" in failed["sec-c"]
+    )
     assert str(cut) in failed["cut"] and "truncated" in failed["cut"]
     assert f"{store}/sec-b" in failed["sec-b"] and "unreadable zarr metadata" in failed["sec-b"]
     status = {b["unit"]: b["status"] for b in manifest["blocks"]}
-    assert status == {"sec-a/000000_000000": "done", "sec-a/000000_000128": "done",
-                      "cut/plan": "failed", "sec-b/plan": "failed", "sec-c/plan": "failed"}
+    assert status == {
+        "sec-a/000000_000000": "done",
+        "sec-a/000000_000128": "done",
+        "cut/plan": "failed",
+        "sec-b/plan": "failed",
+        "sec-c/plan": "failed",
+    }
     assert _labels_are_the_reference(out, store, "sec-a", tiny_checkpoint)
 
     # once its metadata is repaired the section joins the run; the finished one is not redone
@@ -204,8 +255,7 @@ def _no_work_done(out: Path) -> None:
 
 
 @pytest.mark.parametrize("job", ["segment", "stitch", "analyze", "lineaments", "prospect"])
-def test_unwritable_output_fails_before_any_work(job, tmp_path, capsys, monkeypatch, small_panorama,
-                                                 tiny_checkpoint):
+def test_unwritable_output_fails_before_any_work(job, tmp_path, capsys, monkeypatch, small_panorama, tiny_checkpoint):
     from jobs.cli import load_job
 
     started = []
@@ -213,11 +263,13 @@ def test_unwritable_output_fails_before_any_work(job, tmp_path, capsys, monkeypa
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     out = blocker / "out"
-    argv = {"segment": ["segment", str(small_panorama), "--checkpoint", str(tiny_checkpoint), "--out", str(out)],
-            "stitch": ["stitch", str(tmp_path / "no-collection-needed"), "--out", str(out)],
-            "analyze": ["analyze", str(tmp_path / "no-store-needed"), "--out", str(out)],
-            "lineaments": ["lineaments", str(tmp_path / "no-grid-needed.nc"), "--out", str(out)],
-            "prospect": ["prospect", "stack", "--spec", str(tmp_path / "no-spec.json"), "--out", str(out)]}[job]
+    argv = {
+        "segment": ["segment", str(small_panorama), "--checkpoint", str(tiny_checkpoint), "--out", str(out)],
+        "stitch": ["stitch", str(tmp_path / "no-collection-needed"), "--out", str(out)],
+        "analyze": ["analyze", str(tmp_path / "no-store-needed"), "--out", str(out)],
+        "lineaments": ["lineaments", str(tmp_path / "no-grid-needed.nc"), "--out", str(out)],
+        "prospect": ["prospect", "stack", "--spec", str(tmp_path / "no-spec.json"), "--out", str(out)],
+    }[job]
     t = time.perf_counter()
     assert lode(argv) == 2
     assert time.perf_counter() - t < 5
@@ -227,8 +279,7 @@ def test_unwritable_output_fails_before_any_work(job, tmp_path, capsys, monkeypa
 
 
 @pytest.mark.parametrize("job", ["segment", "stitch"])
-def test_full_output_disk_fails_before_any_work(job, tmp_path, capsys, monkeypatch, small_panorama,
-                                                tiny_checkpoint):
+def test_full_output_disk_fails_before_any_work(job, tmp_path, capsys, monkeypatch, small_panorama, tiny_checkpoint):
     import shutil
     from collections import namedtuple
 
@@ -248,8 +299,10 @@ def test_full_output_disk_fails_before_any_work(job, tmp_path, capsys, monkeypat
     coll = tmp_path / "coll"
     if job == "stitch":
         _collection(coll)
-    argv = {"segment": ["segment", str(small_panorama), "--checkpoint", str(tiny_checkpoint), "--out", str(out)],
-            "stitch": ["stitch", str(coll), "--out", str(out)]}[job]
+    argv = {
+        "segment": ["segment", str(small_panorama), "--checkpoint", str(tiny_checkpoint), "--out", str(out)],
+        "stitch": ["stitch", str(coll), "--out", str(out)],
+    }[job]
     assert lode(argv) == 2
     err = capsys.readouterr().err
     assert str(out) in err and "disk is full" in err

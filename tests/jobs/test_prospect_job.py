@@ -26,9 +26,33 @@ def test_synth_stack_map_score(tmp_path):
     r, s, m, ev = tmp_path / "r", tmp_path / "s.zarr", tmp_path / "m.zarr", tmp_path / "eval"
     assert prospect.run(_parse(["synth", "--out", str(r), "--size", "96", "--seed", "4"])) == 0
     assert prospect.run(_parse(["stack", "--spec", str(r / "layers.json"), "--out", str(s)])) == 0
-    assert prospect.run(_parse(["map", "--stack", str(s), "--method", "pca", "--out", str(m), "--no-ray",
-                                       "--geotiff", str(tmp_path / "m.tif")])) == 0
-    assert prospect.run(_parse(["score", "--map", str(m), "--deposits", str(r / "deposits.csv"), "--split", "all", "--out", str(ev)])) == 0
+    assert (
+        prospect.run(
+            _parse(
+                [
+                    "map",
+                    "--stack",
+                    str(s),
+                    "--method",
+                    "pca",
+                    "--out",
+                    str(m),
+                    "--no-ray",
+                    "--geotiff",
+                    str(tmp_path / "m.tif"),
+                ]
+            )
+        )
+        == 0
+    )
+    assert (
+        prospect.run(
+            _parse(
+                ["score", "--map", str(m), "--deposits", str(r / "deposits.csv"), "--split", "all", "--out", str(ev)]
+            )
+        )
+        == 0
+    )
     data = json.loads((ev / "metrics.json").read_text())
     n = len(pd.read_csv(r / "deposits.csv"))
     assert data["maps"]["pca"]["n_deposits"] == n
@@ -38,7 +62,11 @@ def test_synth_stack_map_score(tmp_path):
     truth[dep["row"], dep["col"]] = True
     valid = np.isfinite(score)
     assert data["maps"]["pca"]["auc"] == pytest.approx(roc_auc_score(truth[valid], score[valid]), abs=1e-9)
-    assert (ev / "success_rate.png").exists() and (ev / "prediction_area_pca.png").exists() and (tmp_path / "m.tif").exists()
+    assert (
+        (ev / "success_rate.png").exists()
+        and (ev / "prediction_area_pca.png").exists()
+        and (tmp_path / "m.tif").exists()
+    )
 
 
 def test_bad_input_exit_code(tmp_path, capsys):

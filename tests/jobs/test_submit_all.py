@@ -31,9 +31,27 @@ def work(tmp_path_factory) -> Path:
 
 def submit(address: str, *argv: str) -> str:
     r = subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--runtime-env", str(ROOT / "cluster/runtime_env.yaml"),
-         "--working-dir", str(ROOT), "--", "python", "-m", *argv],
-        env=cluster_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--runtime-env",
+            str(ROOT / "cluster/runtime_env.yaml"),
+            "--working-dir",
+            str(ROOT),
+            "--",
+            "python",
+            "-m",
+            *argv,
+        ],
+        env=cluster_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in log.lower(), log[-4000:]
     return log
@@ -44,15 +62,41 @@ def test_synth_collection_and_panorama(head, work):
     for split, n in (("train", 2), ("test", 1)):
         assert len(list((work / "ds" / "imgs" / split).glob("*"))) == n
         assert len(list((work / "ds" / "masks" / split).glob("*.png"))) == n
-    submit(head, "jobs.synth", "panorama", str(work / "pano.zarr"), "--section", "s1", "--size", "256", "320",
-           "--block", "128")
+    submit(
+        head,
+        "jobs.synth",
+        "panorama",
+        str(work / "pano.zarr"),
+        "--section",
+        "s1",
+        "--size",
+        "256",
+        "320",
+        "--block",
+        "128",
+    )
     img = zarr.open_group(str(work / "pano.zarr"), mode="r")["s1/0"]
     assert img.shape == (3, 256, 320)
 
 
 def test_train(head, work):
-    submit(head, "jobs.train", str(work / "ds"), "--out", str(work / "model"), "--steps", "2", "--patch", "64",
-           "--batch-size", "2", "--window", "128", "--arch", "unet")
+    submit(
+        head,
+        "jobs.train",
+        str(work / "ds"),
+        "--out",
+        str(work / "model"),
+        "--steps",
+        "2",
+        "--patch",
+        "64",
+        "--batch-size",
+        "2",
+        "--window",
+        "128",
+        "--arch",
+        "unet",
+    )
     from engine.segment.checkpoint import load_checkpoint
 
     _, card = load_checkpoint(work / "model" / "model.pt")
@@ -62,8 +106,20 @@ def test_train(head, work):
 
 def test_segment_analyze_annotate(head, work):
     seg = work / "seg"
-    submit(head, "jobs.segment", str(work / "pano.zarr"), "--checkpoint", str(work / "model" / "model.pt"),
-           "--out", str(seg), "--block", "128", "128", "--probabilities", "uint8")
+    submit(
+        head,
+        "jobs.segment",
+        str(work / "pano.zarr"),
+        "--checkpoint",
+        str(work / "model" / "model.pt"),
+        "--out",
+        str(seg),
+        "--block",
+        "128",
+        "128",
+        "--probabilities",
+        "uint8",
+    )
     manifest = json.loads((seg / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["blocks"]) == 6
     submit(head, "jobs.analyze", str(seg / "lode.ome.zarr"), "--out", str(work / "analysis"), "--no-report")
@@ -75,8 +131,16 @@ def test_segment_analyze_annotate(head, work):
     for code, area in grains.groupby("class_code")["area_px"].sum().items():
         assert area == counts[code], code
     assert set(grains["class_code"]) == set(np.flatnonzero(counts)) - {0}
-    submit(head, "jobs.annotate", "uncertain", str(seg / "lode.ome.zarr"), "--out", str(work / "uncertain"),
-           "--share", "0.1")
+    submit(
+        head,
+        "jobs.annotate",
+        "uncertain",
+        str(seg / "lode.ome.zarr"),
+        "--out",
+        str(work / "uncertain"),
+        "--share",
+        "0.1",
+    )
     doc = json.loads((work / "uncertain" / "uncertain_s1.json").read_text())
     assert 0 < doc["share"] <= 0.1 and doc["regions"]
 
@@ -86,15 +150,27 @@ def test_stitch_and_calibrate(head, work):
 
     cfg = CaptureConfig(frame_hw=(160, 220), seed=51, rows=2, cols=2)
     write_section(work / "captures", "secA", capture_grid(None, cfg))
-    submit(head, "jobs.stitch", str(work / "captures"), "--out", str(work / "stitched.zarr"), "--no-lens", "--no-flat",
-           "--shard", "256")
+    submit(
+        head,
+        "jobs.stitch",
+        str(work / "captures"),
+        "--out",
+        str(work / "stitched.zarr"),
+        "--no-lens",
+        "--no-flat",
+        "--shard",
+        "256",
+    )
     manifest = json.loads((work / "stitched.zarr.manifest.json").read_text())
     assert manifest["units"]["secA"] == {**manifest["units"]["secA"], "status": "done", "frames_placed": 4}
     assert manifest["units"]["secA"]["rms_px"] < 0.5
-    cal = write_calibration(work / "cal", calibration_frames(CaptureConfig.degraded(frame_hw=(160, 220), seed=52),
-                                                             n_views=2, n_flat=4, n_dark=2))
-    submit(head, "jobs.calibrate", "flat", str(cal / "flat"), "--dark", str(cal / "dark"), "--out",
-           str(work / "flat.npz"))
+    cal = write_calibration(
+        work / "cal",
+        calibration_frames(CaptureConfig.degraded(frame_hw=(160, 220), seed=52), n_views=2, n_flat=4, n_dark=2),
+    )
+    submit(
+        head, "jobs.calibrate", "flat", str(cal / "flat"), "--dark", str(cal / "dark"), "--out", str(work / "flat.npz")
+    )
     with np.load(work / "flat.npz") as z:
         assert abs(float(z["flat"][80, 110].mean()) - 1.0) < 0.02 and float(z["flat"][0, 0].mean()) < 0.9
 
@@ -114,8 +190,19 @@ def test_prospect(head, work):
 
     region = write_region(synth_region(96, 3), work / "region")
     submit(head, "jobs.prospect", "stack", "--spec", str(region / "layers.json"), "--out", str(work / "stack.zarr"))
-    submit(head, "jobs.prospect", "map", "--stack", str(work / "stack.zarr"), "--method", "pca", "--block", "64",
-           "--out", str(work / "map.zarr"))
+    submit(
+        head,
+        "jobs.prospect",
+        "map",
+        "--stack",
+        str(work / "stack.zarr"),
+        "--method",
+        "pca",
+        "--block",
+        "64",
+        "--out",
+        str(work / "map.zarr"),
+    )
     from engine.prospect.score import read_score
 
     score = np.asarray(read_score(work / "map.zarr"))
@@ -123,8 +210,16 @@ def test_prospect(head, work):
 
 
 def test_bench_and_config(head, work):
-    submit(head, "jobs.bench", "--only", "lineaments", "--out", str(work / "bench"), "--args",
-           "lineaments=--n 1 --size 128")
+    submit(
+        head,
+        "jobs.bench",
+        "--only",
+        "lineaments",
+        "--out",
+        str(work / "bench"),
+        "--args",
+        "lineaments=--n 1 --size 128",
+    )
     report = (work / "bench" / "BENCHMARKS.md").read_text()
     assert "| lineaments | F1 at 2 cells, classical |" in report
     log = submit(head, "jobs.config", "schema", "segment")

@@ -24,13 +24,17 @@ RNG_SEED = 3
 
 def _rgb(h: int, w: int) -> np.ndarray:
     rng = np.random.default_rng(RNG_SEED)
-    return cv2.resize(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(
+        rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_NEAREST
+    )
 
 
 def stitch_inputs(root: Path) -> None:
     from engine.synth.captures import CaptureConfig, capture_grid, write_section
 
-    write_section(root / "coll", "secA", capture_grid(None, CaptureConfig(frame_hw=(160, 220), seed=41, rows=2, cols=2)))
+    write_section(
+        root / "coll", "secA", capture_grid(None, CaptureConfig(frame_hw=(160, 220), seed=41, rows=2, cols=2))
+    )
 
 
 def evaluate_inputs(root: Path) -> None:
@@ -50,7 +54,7 @@ def evaluate_inputs(root: Path) -> None:
     pred[:, :20] = 6
     labels = create_labels(image, "minerals", LUMENSTONE, layout)
     for x0 in (0, 64):
-        write_block(labels, pred[:, x0:x0 + 64], 0, x0, "label")
+        write_block(labels, pred[:, x0 : x0 + 64], 0, x0, "label")
     mark_complete(labels)
 
 
@@ -111,37 +115,87 @@ def no_inputs(root: Path) -> None:
 
 # job: (input maker, argv with {IN} and {OUT}, which tree the job writes: "out" or "in")
 CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
-    "stitch": (stitch_inputs, ["stitch", "{IN}/coll", "--out", "{OUT}/pano.zarr", "--shard", "256", "--no-lens",
-                               "--no-flat"], "out"),
-    "evaluate": (evaluate_inputs, ["evaluate", "--pred", "{IN}/pred.zarr", "--truth", "{IN}/pred.zarr",
-                                   "--json", "{OUT}/evaluation.json"], "out"),
-    "annotate": (annotate_inputs, ["annotate", "expand", "--image", "{IN}/img.png", "--scribbles",
-                                   "{IN}/scribbles.png", "--out", "{OUT}/labels.png"], "out"),
-    "calibrate": (calibrate_inputs, ["calibrate", "flat", "{IN}/flat", "--degree", "2", "--out", "{OUT}/flat.npz"],
-                  "out"),
-    "lineaments": (lineaments_inputs, ["lineaments", "{IN}/grid.nc", "--method", "classical", "--out", "{OUT}/lin"],
-                   "out"),
-    "prospect": (prospect_inputs, ["prospect", "map", "--stack", "{IN}/stack.zarr", "--method", "pca", "--block", "64",
-                                   "--out", "{OUT}/map.zarr"], "out"),
-    "segment": (segment_inputs, ["segment", "{IN}/imgs", "--checkpoint", "{IN}/model.pt", "--out", "{OUT}/seg",
-                                 "--block", "128", "128"], "out"),
-    "synth": (no_inputs, ["synth", "collection", "{OUT}/ds", "--train", "1", "--test", "1", "--size", "64", "96"],
-              "out"),
+    "stitch": (
+        stitch_inputs,
+        ["stitch", "{IN}/coll", "--out", "{OUT}/pano.zarr", "--shard", "256", "--no-lens", "--no-flat"],
+        "out",
+    ),
+    "evaluate": (
+        evaluate_inputs,
+        ["evaluate", "--pred", "{IN}/pred.zarr", "--truth", "{IN}/pred.zarr", "--json", "{OUT}/evaluation.json"],
+        "out",
+    ),
+    "annotate": (
+        annotate_inputs,
+        [
+            "annotate",
+            "expand",
+            "--image",
+            "{IN}/img.png",
+            "--scribbles",
+            "{IN}/scribbles.png",
+            "--out",
+            "{OUT}/labels.png",
+        ],
+        "out",
+    ),
+    "calibrate": (
+        calibrate_inputs,
+        ["calibrate", "flat", "{IN}/flat", "--degree", "2", "--out", "{OUT}/flat.npz"],
+        "out",
+    ),
+    "lineaments": (
+        lineaments_inputs,
+        ["lineaments", "{IN}/grid.nc", "--method", "classical", "--out", "{OUT}/lin"],
+        "out",
+    ),
+    "prospect": (
+        prospect_inputs,
+        [
+            "prospect",
+            "map",
+            "--stack",
+            "{IN}/stack.zarr",
+            "--method",
+            "pca",
+            "--block",
+            "64",
+            "--out",
+            "{OUT}/map.zarr",
+        ],
+        "out",
+    ),
+    "segment": (
+        segment_inputs,
+        ["segment", "{IN}/imgs", "--checkpoint", "{IN}/model.pt", "--out", "{OUT}/seg", "--block", "128", "128"],
+        "out",
+    ),
+    "synth": (
+        no_inputs,
+        ["synth", "collection", "{OUT}/ds", "--train", "1", "--test", "1", "--size", "64", "96"],
+        "out",
+    ),
     "config": (config_inputs, ["config", "check", "segment", "{IN}/segment.yaml"], "none"),
-    "bench": (bench_inputs, ["bench", "--report-only", "--only", "lineaments", "--out", "{IN}/bench",
-                             "--readme", "{IN}/README.md"], "in"),
+    "bench": (
+        bench_inputs,
+        ["bench", "--report-only", "--only", "lineaments", "--out", "{IN}/bench", "--readme", "{IN}/README.md"],
+        "in",
+    ),
 }
 
 
-SLOW = {"prospect"}  # the prospect round trip trains a model (~60 s on a loaded 2-core machine); S3 segmentation runs by default here
+SLOW = {
+    "prospect"
+}  # the prospect round trip trains a model (~60 s on a loaded 2-core machine); S3 segmentation runs by default here
 
 
 def _normalise(value, numbers: bool = True):
     """JSON up to what differs between a local and an S3 run: paths and timings (and, for a job
     that is not bit-reproducible, numbers)."""
     if isinstance(value, dict):
-        return {k: _normalise(v, numbers) for k, v in value.items()
-                if not re.search(r"second|time|_s$|finished|started", k)}
+        return {
+            k: _normalise(v, numbers) for k, v in value.items() if not re.search(r"second|time|_s$|finished|started", k)
+        }
     if isinstance(value, list):
         return [_normalise(v, numbers) for v in value]
     if isinstance(value, str) and "/" in value:
@@ -206,8 +260,9 @@ def test_job_reads_and_writes_s3_like_local_paths(job, s3, ray_session, tmp_path
 
 def test_bad_uri_input_names_it(s3, tmp_path, capsys):
     missing = "s3://lode-test/nowhere/img.png"
-    assert lode(["annotate", "expand", "--image", missing, "--scribbles", missing,
-                 "--out", str(tmp_path / "l.png")]) == 2
+    assert (
+        lode(["annotate", "expand", "--image", missing, "--scribbles", missing, "--out", str(tmp_path / "l.png")]) == 2
+    )
     err = capsys.readouterr().err
     assert missing in err and "Traceback" not in err
     assert not (tmp_path / "l.png").exists()
@@ -223,8 +278,27 @@ def test_train_reads_a_collection_from_s3_and_writes_the_model_there(s3, ray_ses
     write_lumenstone(tmp_path / "ds", 2, 1, (96, 128), seed=1, grain_diameter=20)
     s3fs.S3FileSystem().put(str(tmp_path / "ds"), "lode-test/train/ds", recursive=True)
     out = "s3://lode-test/train/model"
-    assert lode(["train", "s3://lode-test/train/ds", "--out", out, "--steps", "2", "--patch", "64",
-                 "--batch-size", "2", "--window", "64", "--streams", "1"]) == 0
+    assert (
+        lode(
+            [
+                "train",
+                "s3://lode-test/train/ds",
+                "--out",
+                out,
+                "--steps",
+                "2",
+                "--patch",
+                "64",
+                "--batch-size",
+                "2",
+                "--window",
+                "64",
+                "--streams",
+                "1",
+            ]
+        )
+        == 0
+    )
     card = read_card(f"{out}/model.pt")
     assert card.window == 64 and card.in_channels == 3
     assert json.loads(s3fs.S3FileSystem().cat_file("lode-test/train/model/manifest.json"))["status"] == "complete"

@@ -27,10 +27,25 @@ ARRAYS = ("recon_error", "latent_distance", "prospectivity")
 
 def _job(stack: Path, model: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "jobs.prospect", "map", "--stack", str(stack), "--method", "mae",
-           "--model", str(model), "--block", "16", "--out", str(out)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.prospect",
+        "map",
+        "--stack",
+        str(stack),
+        "--method",
+        "mae",
+        "--model",
+        str(model),
+        "--block",
+        "16",
+        "--out",
+        str(out),
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _done(out: Path) -> list[Path]:

@@ -93,7 +93,6 @@ def test_mae_map_and_geotiff(small_stack, tmp_path):
         assert src.transform.c == 500_000.0 and src.crs.to_epsg() == 32645
 
 
-
 def test_shifted_lattices_average_single_lattices(small_stack):
     """A scorer with shifts=2 equals the mean of the four single-lattice maps (each offset
     alone), blocked or whole; offsets are whole patches so each lattice stays a global one."""
@@ -127,7 +126,9 @@ def test_channel_error_drops_each_cells_largest_channels():
     rng = np.random.default_rng(0)
     sq = rng.random((5, 9, 3, 4)).astype(np.float32)
     for drop in (0, 1, 2):
-        expect = np.array([[[np.mean(sorted(sq[b, :, i, j])[: 9 - drop]) for j in range(4)] for i in range(3)] for b in range(5)])
+        expect = np.array(
+            [[[np.mean(sorted(sq[b, :, i, j])[: 9 - drop]) for j in range(4)] for i in range(3)] for b in range(5)]
+        )
         np.testing.assert_allclose(channel_error(sq, 1, drop), expect, rtol=1e-6)
         np.testing.assert_allclose(channel_error(torch.from_numpy(sq), 1, drop).numpy(), expect, rtol=1e-6)
     one_source = np.zeros((1, 9, 1, 1), np.float32)
@@ -179,6 +180,7 @@ def test_another_map_into_the_same_store_starts_afresh(small_stack, tmp_path):
 def test_driver_never_asks_torch_for_a_device(small_stack, tmp_path, monkeypatch):
     """Scorers are built on the CPU and moved by the stage's setup to the device the runner gives
     it; nothing in the driver asks torch whether CUDA is there."""
+
     def no(*_a, **_k):
         raise AssertionError("torch.cuda.is_available() called")
 
@@ -204,12 +206,20 @@ def test_checkpoint_scorer_reads_without_torch_and_maps_like_the_model(small_sta
     mae = _mae(len(st.channels))
     ck = save_checkpoint(tmp_path / "m.pt", mae.model, "mae", st.channels, {"latent": mae.latent})
     assert checkpoint_meta(ck) == {"kind": "mae", "config": mae.model.config, "channels": st.channels}
-    code = ("import sys; from pathlib import Path; from engine.prospect.select import make_scorer; "
-            f"s = make_scorer('mae', Path({str(small_stack)!r}), Path({str(ck)!r}), shifts=1); "
-            "print(s.window, s.stride, s.offsets, 'torch' in sys.modules)")
+    code = (
+        "import sys; from pathlib import Path; from engine.prospect.select import make_scorer; "
+        f"s = make_scorer('mae', Path({str(small_stack)!r}), Path({str(ck)!r}), shifts=1); "
+        "print(s.window, s.stride, s.offsets, 'torch' in sys.modules)"
+    )
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(root), "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(root), "PATH": ""},
+    )
     assert out.stdout.split() == ["16", "8", "((0,", "0),)", "False"]
     shipped = CheckpointScorer.open(ck, "mae", st.channels, list(range(len(st.channels))), shifts=1)
     a = score_map(small_stack, shipped, tmp_path / "a.zarr", block=48)

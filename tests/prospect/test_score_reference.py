@@ -88,6 +88,12 @@ def test_ray_runner_equals_pinned_maps(reference, region, tmp_path, ray_session)
     scorers = _scorers(reference, stack_path)
     for name in ("mae_shift2_block40", "pca_sigma1.5_block48"):
         case = reference["cases"][name]
-        out = score_map(stack_path, scorers[name], tmp_path / f"{name}.zarr", block=case["block"], sigma=case["sigma"],
-                        options=RunOptions(executor="ray"))
+        out = score_map(
+            stack_path,
+            scorers[name],
+            tmp_path / f"{name}.zarr",
+            block=case["block"],
+            sigma=case["sigma"],
+            options=RunOptions(executor="ray"),
+        )
         print(name, "max |Δ|", _check(case, out, reg.deposits))

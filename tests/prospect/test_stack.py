@@ -16,7 +16,8 @@ GRID = Grid((40, 50), 10.0, 1000.0, 2000.0, CRS)
 def _da(values, cell, west, north):
     h, w = values.shape
     return xr.DataArray(
-        values.astype(np.float32), dims=("northing", "easting"),
+        values.astype(np.float32),
+        dims=("northing", "easting"),
         coords={"northing": north - (np.arange(h) + 0.5) * cell, "easting": west + (np.arange(w) + 0.5) * cell},
     )
 
@@ -55,15 +56,26 @@ def region(tmp_path):
     codes = np.broadcast_to(1 + (np.arange(27) // 5) % 3, (23, 27)).astype(np.float32)
     _tif(g.copy(data=codes), tmp_path / "geology.tif", nodata=0)
     # a fault along e = 1253 (inside target column 25)
-    fc = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {}, "geometry": {"type": "LineString", "coordinates": [[1253.0, 1500.0], [1253.0, 2100.0]]}}]}
+    fc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "LineString", "coordinates": [[1253.0, 1500.0], [1253.0, 2100.0]]},
+            }
+        ],
+    }
     (tmp_path / "faults.geojson").write_text(json.dumps(fc))
-    spec = {"grid": GRID.to_dict(), "layers": [
-        {"name": "mag", "path": "mag.tif", "kind": "continuous"},
-        {"name": "Cu", "path": "Cu.nc", "kind": "geochem"},
-        {"name": "geology", "path": "geology.tif", "kind": "categorical"},
-        {"name": "fault", "path": "faults.geojson", "kind": "lines"},
-    ]}
+    spec = {
+        "grid": GRID.to_dict(),
+        "layers": [
+            {"name": "mag", "path": "mag.tif", "kind": "continuous"},
+            {"name": "Cu", "path": "Cu.nc", "kind": "geochem"},
+            {"name": "geology", "path": "geology.tif", "kind": "categorical"},
+            {"name": "fault", "path": "faults.geojson", "kind": "lines"},
+        ],
+    }
     (tmp_path / "layers.json").write_text(json.dumps(spec))
     return tmp_path
 

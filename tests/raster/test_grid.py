@@ -6,8 +6,10 @@ from monai.inferers.utils import _get_scan_interval
 from engine.raster import WindowGrid, auto_block, block_grid, redundancy, window_starts
 
 
-@pytest.mark.parametrize("size,window,overlap", [(1000, 128, 0.25), (512, 512, 0.5), (513, 512, 0.25),
-                                                 (4096, 512, 0.25), (777, 100, 0.6), (300, 64, 0.0)])
+@pytest.mark.parametrize(
+    "size,window,overlap",
+    [(1000, 128, 0.25), (512, 512, 0.5), (513, 512, 0.25), (4096, 512, 0.25), (777, 100, 0.6), (300, 64, 0.0)],
+)
 def test_window_starts_match_monai(size, window, overlap):
     interval = _get_scan_interval((size,), (window,), 1, (overlap,))
     ref = sorted({s[0].start for s in dense_patch_slices((size,), (window,), interval)})
@@ -18,7 +20,7 @@ def test_blocks_tile_the_image_exactly():
     blocks = block_grid(1000, 1300, (256, 512))
     cover = np.zeros((1000, 1300), np.int32)
     for b in blocks:
-        cover[b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] += 1
+        cover[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] += 1
     assert (cover == 1).all()
 
 

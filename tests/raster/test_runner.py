@@ -54,13 +54,14 @@ class BoxFilter(BlockStage):
         import ray
 
         gpus = len(ray.get_gpu_ids()) if ray.is_initialized() else 0
-        return {"mean": mean[oy:oy + b.h, ox:ox + b.w].astype(np.float32), "device": self.device, "gpus": gpus}
+        return {"mean": mean[oy : oy + b.h, ox : ox + b.w].astype(np.float32), "device": self.device, "gpus": gpus}
 
     def write(self, unit: Unit, result: dict) -> dict:
         b = unit.block
-        zarr.open_array(f"{self.out}/{unit.raster}", mode="r+")[b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] = result["mean"]
+        zarr.open_array(f"{self.out}/{unit.raster}", mode="r+")[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = result["mean"]
         Path(f"{self.out}.{unit.raster}.{b.key}.json").write_text(
-            json.dumps({"device": str(result["device"]), "gpus": int(result["gpus"])}))
+            json.dumps({"device": str(result["device"]), "gpus": int(result["gpus"])})
+        )
         return {"windows": 1}
 
 
@@ -124,11 +125,15 @@ def test_ray_runner_equals_whole_raster_and_a_broken_raster_fails_alone(tmp_path
 def test_blend_kernels():
     g = blend_weights(64)
     assert g.shape == (64, 64) and g.dtype == np.float32
-    assert np.allclose(g, g.T) and g.min() >= 1e-3 and np.unravel_index(g.argmax(), g.shape) in {(31, 31), (32, 32), (31, 32), (32, 31)}
+    assert (
+        np.allclose(g, g.T)
+        and g.min() >= 1e-3
+        and np.unravel_index(g.argmax(), g.shape) in {(31, 31), (32, 32), (31, 32), (32, 31)}
+    )
     s = blend_weights(16, "sin2")
     tiled = np.zeros(48)
     for o in range(0, 33, 8):
-        tiled[o:o + 16] += np.sqrt(np.diag(s))  # the separable kernel's 1-D factor
+        tiled[o : o + 16] += np.sqrt(np.diag(s))  # the separable kernel's 1-D factor
     np.testing.assert_allclose(tiled[16:32], 1.0, atol=1e-6)  # half-stride sin² sums to one
     assert (blend_weights(8, "flat") == 1).all()
     with pytest.raises(ValueError, match="unknown blend"):
@@ -165,8 +170,14 @@ def test_device_is_chosen_from_cluster_resources_not_the_driver(tmp_path):
         seen = [json.loads(p.read_text()) for p in sorted(tmp.glob("out.zarr.a.*.json"))]
         print(json.dumps({"wants": wants_gpu(stage, "auto"), "run_device": run.device, "actors": seen}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": ROOT})
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": ROOT},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["wants"] is True and found["run_device"] == "cuda"

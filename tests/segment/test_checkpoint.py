@@ -19,8 +19,13 @@ def test_roundtrip_rebuilds_model_from_card_alone(tmp_path):
     torch.manual_seed(0)
     classes = ClassSet.from_codes([0, 1, 6, 8])
     m = create_model("fpn", "resnet18", 5, len(classes)).eval()
-    card = save_checkpoint(tmp_path / "m.pt", m, ModelCard(arch="fpn", classes=classes.to_dicts(), in_channels=5,
-                                                            channels=list("RGBXY"), mean=[0.5] * 5, std=[0.2] * 5))
+    card = save_checkpoint(
+        tmp_path / "m.pt",
+        m,
+        ModelCard(
+            arch="fpn", classes=classes.to_dicts(), in_channels=5, channels=list("RGBXY"), mean=[0.5] * 5, std=[0.2] * 5
+        ),
+    )
     m2, card2 = load_checkpoint(tmp_path / "m.pt")
     x = torch.randn(1, 5, 64, 64)
     with torch.no_grad():
@@ -33,8 +38,19 @@ def test_inference_program_matches_eager_model(tmp_path, arch):
     torch.manual_seed(2)
     classes = ClassSet.from_codes([0, 1, 2, 6, 8])
     m = create_model(arch, "resnet18", 4, len(classes)).eval()
-    save_checkpoint(tmp_path / "m.pt", m, ModelCard(arch=arch, classes=classes.to_dicts(), in_channels=4,
-                                                    channels=list("RGBX"), mean=[0.5] * 4, std=[0.2] * 4, window=96))
+    save_checkpoint(
+        tmp_path / "m.pt",
+        m,
+        ModelCard(
+            arch=arch,
+            classes=classes.to_dicts(),
+            in_channels=4,
+            channels=list("RGBX"),
+            mean=[0.5] * 4,
+            std=[0.2] * 4,
+            window=96,
+        ),
+    )
     program, _ = load_inference_model(tmp_path / "m.pt", 96)
     assert isinstance(program, torch.jit.ScriptModule)
     x = torch.randn(3, 4, 96, 96)
@@ -76,12 +92,21 @@ def test_card_of_an_older_checkpoint_without_the_json_entry(tmp_path):
 
 def test_segmentation_driver_and_block_tasks_read_the_card_without_torch(tmp_path):
     """Read and write tasks import the pipeline module; only the model actor needs torch."""
-    card = save_checkpoint(tmp_path / "m.pt", create_model("unet", "resnet18", 3, 2),
-                           ModelCard(arch="unet", classes=ClassSet.from_codes([0, 1]).to_dicts(), window=64))
-    code = ("import sys; import engine.segment.pipeline as p; c = p.check_checkpoint(sys.argv[1]); "
-            "print(c.model_id, 'torch' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pt")], capture_output=True, text=True,
-                       cwd=Path(__file__).resolve().parents[2])
+    card = save_checkpoint(
+        tmp_path / "m.pt",
+        create_model("unet", "resnet18", 3, 2),
+        ModelCard(arch="unet", classes=ClassSet.from_codes([0, 1]).to_dicts(), window=64),
+    )
+    code = (
+        "import sys; import engine.segment.pipeline as p; c = p.check_checkpoint(sys.argv[1]); "
+        "print(c.model_id, 'torch' in sys.modules)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "m.pt")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [card.model_id, "False"]
 
@@ -113,11 +138,15 @@ def _damaged(src: Path, dst: Path, edit) -> Path:
 MISSING = (lambda sd: sd.pop(sorted(sd)[3]), r"1 tensor\(s\) missing")
 
 
-@pytest.mark.parametrize("damage,message", [
-    MISSING,
-    (lambda sd: sd.__setitem__(sorted(sd)[0], sd[sorted(sd)[0]][:1]), r"1 tensor\(s\) of the wrong shape"),
-    (lambda sd: sd[sorted(k for k in sd if k.endswith("weight"))[0]].fill_(float("nan")), "NaN"),
-], ids=["missing", "shape", "nan"])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        MISSING,
+        (lambda sd: sd.__setitem__(sorted(sd)[0], sd[sorted(sd)[0]][:1]), r"1 tensor\(s\) of the wrong shape"),
+        (lambda sd: sd[sorted(k for k in sd if k.endswith("weight"))[0]].fill_(float("nan")), "NaN"),
+    ],
+    ids=["missing", "shape", "nan"],
+)
 def test_a_damaged_checkpoint_is_refused_before_ray_starts(tmp_path, tiny_checkpoint, damage, message):
     """An intact card over damaged weights is refused without Ray, in seconds."""
     import ray
@@ -132,9 +161,14 @@ def test_a_damaged_checkpoint_is_refused_before_ray_starts(tmp_path, tiny_checkp
 
 def test_segmentation_with_a_damaged_checkpoint_fails_in_one_line(tmp_path, tiny_checkpoint):
     bad = _damaged(tiny_checkpoint, tmp_path / "bad.pt", MISSING[0])
-    proc = subprocess.run([sys.executable, "-m", "jobs.segment", str(tmp_path), "--out", str(tmp_path / "o"),
-                           "--checkpoint", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.segment", str(tmp_path), "--out", str(tmp_path / "o"), "--checkpoint", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert str(bad) in proc.stderr and "tensor(s) missing" in proc.stderr and "raylet" not in proc.stderr
     assert not (tmp_path / "o" / "lode.ome.zarr").exists()

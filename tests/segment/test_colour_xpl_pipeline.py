@@ -43,9 +43,11 @@ def cast_captures(tmp_path_factory):
     ref = reference_colors([Sample(f"t{i}", r, m) for i, (r, m) in enumerate(train)], CLASSES)
     torch.manual_seed(0)
     ckpt = root / "model.pt"
-    save_checkpoint(ckpt, create_model("unet", "resnet18", 3, len(CLASSES)),
-                    ModelCard(arch="unet", encoder="resnet18", classes=CLASSES.to_dicts(), window=128,
-                              reference_colors=ref))
+    save_checkpoint(
+        ckpt,
+        create_model("unet", "resnet18", 3, len(CLASSES)),
+        ModelCard(arch="unet", encoder="resnet18", classes=CLASSES.to_dicts(), window=128, reference_colors=ref),
+    )
     cast = random_cast(np.random.default_rng(7), filter_name="yellow")
     for i, seed in enumerate((11, 12)):
         rgb, lab = Section(SectionSpec(seed=seed, grain_diameter=24)).render(0, 0, 200, 260)
@@ -60,13 +62,24 @@ def cast_captures(tmp_path_factory):
 def test_colour_stage_equals_segmenting_corrected_captures(ray_session, cast_captures, tmp_path, mode):
     root, ckpt = cast_captures
     caps = sorted((root / "caps").glob("*.png"))
-    matrices = fit_captures(caps, root / "ann", reference_from_card(ModelCard.model_validate(
-        torch.load(ckpt, weights_only=True)["card"]).reference_colors), mode)
+    matrices = fit_captures(
+        caps,
+        root / "ann",
+        reference_from_card(ModelCard.model_validate(torch.load(ckpt, weights_only=True)["card"]).reference_colors),
+        mode,
+    )
     for p in caps:
         _write_rgb(tmp_path / "corrected" / p.name, matrices[p.stem].apply(cv2.imread(str(p))[..., ::-1].copy()))
     common = dict(checkpoint=str(ckpt), probabilities="float32", block=(128, 128), chunk=64, levels=1)
-    run_segmentation(SegmentOptions(inputs=[str(root / "caps")], out=str(tmp_path / "stage"), colour=mode,
-                                   annotations=str(root / "ann"), **common))
+    run_segmentation(
+        SegmentOptions(
+            inputs=[str(root / "caps")],
+            out=str(tmp_path / "stage"),
+            colour=mode,
+            annotations=str(root / "ann"),
+            **common,
+        )
+    )
     run_segmentation(SegmentOptions(inputs=[str(tmp_path / "corrected")], out=str(tmp_path / "direct"), **common))
     a = zarr.open_group(str(tmp_path / "stage" / STORE_NAME), mode="r")
     b = zarr.open_group(str(tmp_path / "direct" / STORE_NAME), mode="r")
@@ -84,8 +97,13 @@ def test_colour_stage_equals_segmenting_corrected_captures(ray_session, cast_cap
 def test_colour_stage_needs_annotations(cast_captures, tmp_path):
     root, ckpt = cast_captures
     (tmp_path / "ann").mkdir()
-    cfg = SegmentOptions(inputs=[str(root / "caps")], out=str(tmp_path / "o"), checkpoint=str(ckpt),
-                        colour="per-image", annotations=str(tmp_path / "ann"))
+    cfg = SegmentOptions(
+        inputs=[str(root / "caps")],
+        out=str(tmp_path / "o"),
+        checkpoint=str(ckpt),
+        colour="per-image",
+        annotations=str(tmp_path / "ann"),
+    )
     from engine.io.sources import discover
     from engine.segment.checkpoint import read_card
     from engine.segment.pipeline import colour_matrices
@@ -97,8 +115,26 @@ def test_colour_stage_needs_annotations(cast_captures, tmp_path):
 def test_lode_calibrate_colour_writes_matrices_and_corrected_images(cast_captures, tmp_path, capsys):
     root, ckpt = cast_captures
     out = tmp_path / "ccm.json"
-    assert lode(["calibrate", "colour", str(root / "caps"), "--annotations", str(root / "ann"), "--reference",
-                 str(ckpt), "--mode", "series", "--out", str(out), "--apply", str(tmp_path / "fixed")]) == 0
+    assert (
+        lode(
+            [
+                "calibrate",
+                "colour",
+                str(root / "caps"),
+                "--annotations",
+                str(root / "ann"),
+                "--reference",
+                str(ckpt),
+                "--mode",
+                "series",
+                "--out",
+                str(out),
+                "--apply",
+                str(tmp_path / "fixed"),
+            ]
+        )
+        == 0
+    )
     mats = load_matrices(out)
     assert set(mats) == {"cap0", "cap1"} and json.loads(out.read_text())["mode"] == "series"
     raw = cv2.imread(str(root / "caps" / "cap1.png"))[..., ::-1].copy()
@@ -134,8 +170,14 @@ def test_training_patches_carry_the_registered_xpl_channels(ray_session, xpl_set
     samples = load_split(xpl_set, "train")
     image = next((xpl_set / "imgs" / "train").iterdir())
     mask = next((xpl_set / "masks" / "train").iterdir())
-    batch = {"image": np.array([str(image)]), "mask": np.array([str(mask)]), "y0": np.array([100]),
-             "x0": np.array([150]), "seed": np.array([7]), "counts": np.zeros((1, 2), np.int64)}
+    batch = {
+        "image": np.array([str(image)]),
+        "mask": np.array([str(mask)]),
+        "y0": np.array([100]),
+        "x0": np.array([150]),
+        "seed": np.array([7]),
+        "counts": np.zeros((1, 2), np.int64),
+    }
     out = augment_batch(batch, 64, tuple(range(15)), None)
     assert out["image"].shape == (1, 9, 64, 64)
     assert np.array_equal(out["image"][0], np.moveaxis(samples[0].image[100:164, 150:214], -1, 0))
@@ -148,12 +190,32 @@ def test_segment_reads_xpl_folders(ray_session, xpl_set, tmp_path):
     classes = ClassSet.from_codes([0, 5, 6, 9, 12, 13])
     torch.manual_seed(0)
     ckpt = tmp_path / "xpl.pt"
-    save_checkpoint(ckpt, create_model("unet", "resnet18", 9, len(classes)),
-                    ModelCard(arch="unet", encoder="resnet18", classes=classes.to_dicts(), in_channels=9,
-                              channels=samples[0].channels, mean=[0.5] * 9, std=[0.25] * 9, window=128))
+    save_checkpoint(
+        ckpt,
+        create_model("unet", "resnet18", 9, len(classes)),
+        ModelCard(
+            arch="unet",
+            encoder="resnet18",
+            classes=classes.to_dicts(),
+            in_channels=9,
+            channels=samples[0].channels,
+            mean=[0.5] * 9,
+            std=[0.25] * 9,
+            window=128,
+        ),
+    )
     out = tmp_path / "run"
-    run_segmentation(SegmentOptions(inputs=[str(xpl_set / "imgs" / "test")], out=str(out), checkpoint=str(ckpt),
-                                   xpl=str(xpl_set / "xpl" / "test"), block=(128, 256), chunk=64, levels=1))
+    run_segmentation(
+        SegmentOptions(
+            inputs=[str(xpl_set / "imgs" / "test")],
+            out=str(out),
+            checkpoint=str(ckpt),
+            xpl=str(xpl_set / "xpl" / "test"),
+            block=(128, 256),
+            chunk=64,
+            levels=1,
+        )
+    )
     store = zarr.open_group(str(out / STORE_NAME), mode="r")
     name = samples[0].name
     stored = np.moveaxis(store[f"{name}/0"][:], 0, -1)
@@ -168,11 +230,23 @@ def test_segment_reads_xpl_folders(ray_session, xpl_set, tmp_path):
     for f in ("000.png", "015.png"):
         (partial / f).write_bytes((xpl_set / "xpl" / "test" / name / f).read_bytes())
     with pytest.raises(LodeInputError, match="XPL captures give channels"):
-        run_segmentation(SegmentOptions(inputs=[str(xpl_set / "imgs" / "test")], out=str(tmp_path / "bad"),
-                                       checkpoint=str(ckpt), xpl=str(tmp_path / "xpl2")))
+        run_segmentation(
+            SegmentOptions(
+                inputs=[str(xpl_set / "imgs" / "test")],
+                out=str(tmp_path / "bad"),
+                checkpoint=str(ckpt),
+                xpl=str(tmp_path / "xpl2"),
+            )
+        )
     with pytest.raises(LodeInputError, match="no such folder"):
-        run_segmentation(SegmentOptions(inputs=[str(xpl_set / "imgs" / "test")], out=str(tmp_path / "bad"),
-                                       checkpoint=str(ckpt), xpl=str(xpl_set / "xpl" / "train")))
+        run_segmentation(
+            SegmentOptions(
+                inputs=[str(xpl_set / "imgs" / "test")],
+                out=str(tmp_path / "bad"),
+                checkpoint=str(ckpt),
+                xpl=str(xpl_set / "xpl" / "train"),
+            )
+        )
 
 
 def test_registered_stack_helper_matches_reader(xpl_set):

@@ -26,8 +26,15 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def segmented(ray_session, small_panorama, tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("seg") / "run"
-    cfg = SegmentOptions(inputs=[str(small_panorama)], out=str(out), checkpoint=str(tiny_checkpoint),
-                        block=(128, 128), chunk=64, levels=2, probabilities="float32")
+    cfg = SegmentOptions(
+        inputs=[str(small_panorama)],
+        out=str(out),
+        checkpoint=str(tiny_checkpoint),
+        block=(128, 128),
+        chunk=64,
+        levels=2,
+        probabilities="float32",
+    )
     manifest = run_segmentation(cfg)
     return out, manifest
 
@@ -68,11 +75,25 @@ def test_store_opens_with_independent_ome_zarr_reader(segmented):
 def test_interrupted_run_resumes_byte_identical(segmented, small_panorama, tiny_checkpoint, tmp_path):
     ref_out, _ = segmented
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jobs.segment", str(small_panorama), "--out", str(out), "--checkpoint",
-           str(tiny_checkpoint), "--block", "128", "128", "--probabilities", "float32", "--batch-size", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.segment",
+        str(small_panorama),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--block",
+        "128",
+        "128",
+        "--probabilities",
+        "float32",
+        "--batch-size",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     status = out / "_status" / "sec-a"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (status.exists() and any(status.iterdir())):
@@ -82,8 +103,15 @@ def test_interrupted_run_resumes_byte_identical(segmented, small_panorama, tiny_
     done_before = {p.stem for p in status.glob("*.json")}
     assert 0 < len(done_before) < 12, "the run should have been killed part-way"
 
-    cfg = SegmentOptions(inputs=[str(small_panorama)], out=str(out), checkpoint=str(tiny_checkpoint),
-                        block=(128, 128), chunk=64, levels=2, probabilities="float32")
+    cfg = SegmentOptions(
+        inputs=[str(small_panorama)],
+        out=str(out),
+        checkpoint=str(tiny_checkpoint),
+        block=(128, 128),
+        chunk=64,
+        levels=2,
+        probabilities="float32",
+    )
     # the killed run used the job's default chunk/levels; a rerun with another layout is refused
     with pytest.raises(LodeInputError, match="another model, inputs or layout"):
         run_segmentation(cfg)
@@ -128,8 +156,14 @@ def test_truncated_jpeg_fails_and_leaves_no_block_done(ray_session, tiny_checkpo
     rgb = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
     ok, buf = cv2.imencode(".jpg", rgb)
     (folder / "cut.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])
-    cfg = SegmentOptions(inputs=[str(folder)], out=str(tmp_path / "o"), checkpoint=str(tiny_checkpoint),
-                        block=(128, 128), chunk=64, levels=2)
+    cfg = SegmentOptions(
+        inputs=[str(folder)],
+        out=str(tmp_path / "o"),
+        checkpoint=str(tiny_checkpoint),
+        block=(128, 128),
+        chunk=64,
+        levels=2,
+    )
     with pytest.raises(LodeInputError, match=r"cut\.jpg.*truncated"):
         run_segmentation(cfg)
     assert not list((tmp_path / "o").glob("_status/*/*.json"))

@@ -11,11 +11,14 @@ from engine.segment.models import create_model
 from engine.segment.predictor import BlockPredictor
 
 
-@pytest.mark.parametrize("h,w,window,overlap,block", [
-    (300, 430, 128, 0.25, (128, 256)),
-    (100, 90, 128, 0.25, (64, 64)),
-    (257, 300, 64, 0.5, (64, 128)),
-])
+@pytest.mark.parametrize(
+    "h,w,window,overlap,block",
+    [
+        (300, 430, 128, 0.25, (128, 256)),
+        (100, 90, 128, 0.25, (64, 64)),
+        (257, 300, 64, 0.5, (64, 128)),
+    ],
+)
 def test_blocked_equals_monai(h, w, window, overlap, block):
     torch.manual_seed(1)
     model = create_model("unet", "resnet18", 3, 5).eval()
@@ -23,8 +26,9 @@ def test_blocked_equals_monai(h, w, window, overlap, block):
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
     x = (torch.from_numpy(img).float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     with torch.no_grad():
-        ref = sliding_window_inference(x[None], (window, window), 4, lambda t: torch.softmax(model(t), 1),
-                                       overlap=overlap, mode="gaussian")[0]
+        ref = sliding_window_inference(
+            x[None], (window, window), 4, lambda t: torch.softmax(model(t), 1), overlap=overlap, mode="gaussian"
+        )[0]
     pred = BlockPredictor(model, mean, std, window, overlap, batch_size=3)
     out = torch.full_like(ref, float("nan"))
     labels = torch.full(ref.shape[1:], -1, dtype=torch.long)
@@ -32,8 +36,8 @@ def test_blocked_equals_monai(h, w, window, overlap, block):
     for b in block_grid(h, w, block):
         y0, y1, x0, x1 = pg.input_region(b)
         lab, p = pred.predict(img[:, y0:y1, x0:x1], (y0, x0), (h, w), b, 5, "float32")
-        out[:, b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] = torch.from_numpy(p)
-        labels[b.y0:b.y0 + b.h, b.x0:b.x0 + b.w] = torch.from_numpy(lab.astype(np.int64))
+        out[:, b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = torch.from_numpy(p)
+        labels[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = torch.from_numpy(lab.astype(np.int64))
     diff = (out - ref).abs().max().item()
     assert diff <= 1e-4
     # The model runs channels-last here and contiguous under MONAI, so probabilities differ by float

@@ -38,8 +38,15 @@ def _rms_after_similarity(est, truth):
 
 def test_global_solve_recovers_truth_and_rejects_an_inconsistent_edge():
     rng = np.random.default_rng(0)
-    truth = [_similarity(1 + rng.uniform(-0.002, 0.002), rng.uniform(-0.3, 0.3), 225 * (k % 3) + rng.uniform(-5, 5),
-                         150 * (k // 3) + rng.uniform(-5, 5)) for k in range(9)]
+    truth = [
+        _similarity(
+            1 + rng.uniform(-0.002, 0.002),
+            rng.uniform(-0.3, 0.3),
+            225 * (k % 3) + rng.uniform(-5, 5),
+            150 * (k // 3) + rng.uniform(-5, 5),
+        )
+        for k in range(9)
+    ]
     al = solve(9, _grid_edges(truth, 0.1, rng, corrupt=(4, 5)))
     assert all(m is not None for m in al.transforms)
     assert set(al.rejected) == {(4, 5)}
@@ -49,8 +56,15 @@ def test_global_solve_recovers_truth_and_rejects_an_inconsistent_edge():
 
 def test_large_grid_with_panorama_scale_translations():
     rng = np.random.default_rng(2)
-    truth = [_similarity(1 + rng.uniform(-0.002, 0.002), rng.uniform(-0.3, 0.3), 2250 * (k % 5) + rng.uniform(-6, 6),
-                         1500 * (k // 5) + rng.uniform(-6, 6)) for k in range(25)]
+    truth = [
+        _similarity(
+            1 + rng.uniform(-0.002, 0.002),
+            rng.uniform(-0.3, 0.3),
+            2250 * (k % 5) + rng.uniform(-6, 6),
+            1500 * (k // 5) + rng.uniform(-6, 6),
+        )
+        for k in range(25)
+    ]
     al = solve(25, _grid_edges(truth, 0.2, rng, corrupt=(12, 13), side=5, size=2000))
     assert all(m is not None for m in al.transforms) and set(al.rejected) == {(12, 13)}
     assert _rms_after_similarity(al.transforms, truth) < 0.05

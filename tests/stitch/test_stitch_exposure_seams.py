@@ -12,7 +12,7 @@ def test_gains_undo_per_frame_exposure():
     imgs, masks, corners = [], [], []
     for k in range(3):
         x = 90 * k
-        imgs.append(np.clip(scene[:, x:x + 120] * true[k] + rng.normal(0, 1, (120, 120, 3)), 0, 255))
+        imgs.append(np.clip(scene[:, x : x + 120] * true[k] + rng.normal(0, 1, (120, 120, 3)), 0, 255))
         masks.append(np.full((120, 120), 255, np.uint8))
         corners.append((x, 0))
     g = solve_gains(3, overlap_means(imgs, masks, corners))

@@ -22,8 +22,9 @@ HW = (120, 160)
 
 
 def _section(root: Path, seed: int = 3) -> list[Path]:
-    write_section(root, "s1", capture_grid(None, CaptureConfig(frame_hw=HW, seed=seed, rows=1, cols=2)),
-                  positions=False)
+    write_section(
+        root, "s1", capture_grid(None, CaptureConfig(frame_hw=HW, seed=seed, rows=1, cols=2)), positions=False
+    )
     return sorted((root / "s1" / "tiles").iterdir())
 
 
@@ -60,9 +61,17 @@ def _other_size(tile: Path) -> tuple[Path, bytes]:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("damage, reason", [(_truncated_jpeg, "truncated"), (_truncated_png, "truncated"),
-                                            (_sixteen_bit, "8-bit"), (_grey, "3 colour channels"),
-                                            (_rgba, "3 colour channels"), (_other_size, "first frame")])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (_truncated_jpeg, "truncated"),
+        (_truncated_png, "truncated"),
+        (_sixteen_bit, "8-bit"),
+        (_grey, "3 colour channels"),
+        (_rgba, "3 colour channels"),
+        (_other_size, "first frame"),
+    ],
+)
 def test_a_bad_tile_fails_its_section_naming_the_file(tmp_path, ray_session, damage, reason):
     tile = _section(tmp_path / "coll")[1]
     bad, data = damage(tile)
@@ -86,7 +95,7 @@ def test_grey_std_tells_a_blank_frame_from_content():
     half = np.zeros((*HW, 3), np.uint8)
     half[:, : HW[1] // 2] = 200
     valid = np.zeros(HW, np.uint8)
-    valid[:, HW[1] // 2:] = 255
+    valid[:, HW[1] // 2 :] = 255
     assert grey_std(CorrectedFrame(half, valid)) == 0.0  # pixels the sensor did not see do not count
 
 

@@ -18,8 +18,11 @@ def _parse(module, argv):
 def test_lode_stitch_collection_with_raw_calibration(tmp_path, ray_session):
     cfg = CaptureConfig.degraded(frame_hw=(200, 300), seed=31, rows=2, cols=3)
     write_section(tmp_path / "coll", "secA", capture_grid(None, cfg))
-    write_section(tmp_path / "coll", "secB", capture_grid(None, CaptureConfig.degraded(frame_hw=(200, 300), seed=32,
-                                                                                       rows=2, cols=2)))
+    write_section(
+        tmp_path / "coll",
+        "secB",
+        capture_grid(None, CaptureConfig.degraded(frame_hw=(200, 300), seed=32, rows=2, cols=2)),
+    )
     write_calibration(tmp_path / "coll", calibration_frames(cfg))
     store = tmp_path / "out.zarr"
     rc = stitch_job.run(_parse(stitch_job, [str(tmp_path / "coll"), "--out", str(store), "--shard", "256"]))
@@ -38,12 +41,23 @@ def test_lode_stitch_collection_with_raw_calibration(tmp_path, ray_session):
 def test_lode_calibrate_lens_and_flat_write_models(tmp_path):
     cfg = CaptureConfig.degraded(frame_hw=(200, 300), seed=33)
     cal_dir = write_calibration(tmp_path, calibration_frames(cfg))
-    assert calibrate_job.run(_parse(calibrate_job, ["lens", str(cal_dir / "checkerboard"), "--out",
-                                                    str(tmp_path / "lens.json")])) == 0
+    assert (
+        calibrate_job.run(
+            _parse(calibrate_job, ["lens", str(cal_dir / "checkerboard"), "--out", str(tmp_path / "lens.json")])
+        )
+        == 0
+    )
     lens = json.loads((tmp_path / "lens.json").read_text())
     assert abs(lens["dist_coeffs"][0] - cfg.distortion[0]) < 0.01
-    assert calibrate_job.run(_parse(calibrate_job, ["flat", str(cal_dir / "flat"), "--dark", str(cal_dir / "dark"),
-                                                    "--out", str(tmp_path / "flat.npz")])) == 0
+    assert (
+        calibrate_job.run(
+            _parse(
+                calibrate_job,
+                ["flat", str(cal_dir / "flat"), "--dark", str(cal_dir / "dark"), "--out", str(tmp_path / "flat.npz")],
+            )
+        )
+        == 0
+    )
     with np.load(tmp_path / "flat.npz") as z:
         assert abs(float(z["flat"][100, 150].mean()) - 1.0) < 0.01 and float(z["flat"][0, 0].mean()) < 0.75
 

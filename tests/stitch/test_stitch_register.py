@@ -48,7 +48,8 @@ def test_phase_refinement_removes_a_small_residual_shift():
     g = cv2.cvtColor(textured_section((600, 600), seed=2), cv2.COLOR_RGB2GRAY).astype(np.float32)
     v = np.full((600, 600), 255, np.uint8)
     for sx, sy in ((0.15, -0.1), (-0.08, 0.05)):
-        shifted = cv2.warpAffine(g, translation(sx, sy), (600, 600), flags=cv2.INTER_CUBIC,
-                                 borderMode=cv2.BORDER_REFLECT)
+        shifted = cv2.warpAffine(
+            g, translation(sx, sy), (600, 600), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
+        )
         M, _ = phase_refine(g, v, shifted, v, np.eye(2, 3), 1.5, min_side=256)
         assert np.abs(M[:, 2] + (sx, sy)).max() < 0.02

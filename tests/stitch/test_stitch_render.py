@@ -55,8 +55,14 @@ def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, ray_session,
         write_section(tmp_path / "coll", name, capture_grid(None, _config(pin["config"])))
         plan, _ = prepare_section(tmp_path / "coll" / name, store, Correction(), StitchOptions(shard=128))
         mats = tuple(np.array(m) for m in plans[f"{name}_mats"])
-        plan = replace(plan, mats=mats, gains=tuple(np.array(g) for g in plans[f"{name}_gains"]),
-                       scale=pin["scale"], sigma_low=pin["sigma_low"], shape=tuple(pin["shape"][1:]))
+        plan = replace(
+            plan,
+            mats=mats,
+            gains=tuple(np.array(g) for g in plans[f"{name}_gains"]),
+            scale=pin["scale"],
+            sigma_low=pin["sigma_low"],
+            shape=tuple(pin["shape"][1:]),
+        )
         create_partial(plan, plans[f"{name}_labels"], 3)
         assert len(plan.units) == pin["shards"]
         frozen.append(plan)
@@ -69,19 +75,32 @@ def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, ray_session,
 
 @pytest.mark.slow
 def test_killed_stitch_resumes_byte_identical(tmp_path):
-    for name, cfg in (("secA", CaptureConfig(frame_hw=(200, 300), seed=21)),
-                      ("secB", CaptureConfig.degraded(frame_hw=(200, 300), seed=31, rows=2, cols=3))):
+    for name, cfg in (
+        ("secA", CaptureConfig(frame_hw=(200, 300), seed=21)),
+        ("secB", CaptureConfig.degraded(frame_hw=(200, 300), seed=31, rows=2, cols=3)),
+    ):
         write_section(tmp_path / "coll", name, capture_grid(None, cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
 
     def cmd(out: Path) -> list[str]:
-        return [sys.executable, "-m", "jobs.stitch", str(tmp_path / "coll"), "--out", str(out), "--shard", "64",
-                "--levels", "2"]
+        return [
+            sys.executable,
+            "-m",
+            "jobs.stitch",
+            str(tmp_path / "coll"),
+            "--out",
+            str(out),
+            "--shard",
+            "64",
+            "--levels",
+            "2",
+        ]
 
     out = tmp_path / "run.zarr"
     status = Path(work_root(out)) / "_status"
-    proc = subprocess.Popen(cmd(out), env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd(out), env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(status.glob("*/*.json")):
         time.sleep(0.05)
@@ -103,7 +122,7 @@ def test_killed_stitch_resumes_byte_identical(tmp_path):
         # the rerun skipped the killed run's shards: they hold what the killed run wrote
         for key in (d for d in done if d.startswith(s + "/")):
             y0, x0 = (int(v) for v in key.split("/")[1].split("_"))
-            assert np.array_equal(partial[s][:, y0:y0 + 64, x0:x0 + 64], got[s]["0"][:, y0:y0 + 64, x0:x0 + 64])
+            assert np.array_equal(partial[s][:, y0 : y0 + 64, x0 : x0 + 64], got[s]["0"][:, y0 : y0 + 64, x0 : x0 + 64])
     assert not fs.exists(work_root(out))
     summary = json.loads((tmp_path / "run.zarr.stitch.json").read_text())
     assert all("error" not in r for r in summary["sections"].values())

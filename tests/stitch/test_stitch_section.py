@@ -1,6 +1,5 @@
 """End-to-end stitching of 3×3 grids of 300×200 frames against exact truth."""
 
-
 import numpy as np
 import pytest
 import zarr

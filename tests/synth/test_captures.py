@@ -21,14 +21,14 @@ def test_clean_frames_sample_the_source_at_the_truth_transform():
         xy = rng.uniform(5, 110, (200, 2))
         q = (xy @ M[:, :2].T + M[:, 2]).astype(np.float32)
         want = cv2.remap(src.astype(np.float32), q[:, :1], q[:, 1:], cv2.INTER_LINEAR)[:, 0]
-        got = cv2.remap(frame.astype(np.float32), xy[:, :1].astype(np.float32), xy[:, 1:].astype(np.float32),
-                        cv2.INTER_LINEAR)[:, 0]
+        got = cv2.remap(
+            frame.astype(np.float32), xy[:, :1].astype(np.float32), xy[:, 1:].astype(np.float32), cv2.INTER_LINEAR
+        )[:, 0]
         assert np.abs(got - want).mean() < 2.0
 
 
 def test_neighbours_overlap_by_the_nominal_fraction():
-    cfg = CaptureConfig(rows=1, cols=2, frame_hw=(100, 200), overlap=0.25, jitter_px=0, rotation_deg=0,
-                        scale_jitter=0)
+    cfg = CaptureConfig(rows=1, cols=2, frame_hw=(100, 200), overlap=0.25, jitter_px=0, rotation_deg=0, scale_jitter=0)
     caps = capture_grid(None, cfg)
     dx = caps.transforms[1][0, 2] - caps.transforms[0][0, 2]
     assert abs(dx - 150) < 1e-9

@@ -34,8 +34,9 @@ def test_class_shares_follow_the_association(assoc):
 
 
 def test_grain_boundaries_are_shaded_and_minerals_have_their_colour():
-    spec = SectionSpec(seed=2, association="S1", noise=0.0, texture=0.0, scratches_per_cell=0, pits_per_cell=0,
-                       colour_jitter=0.0)
+    spec = SectionSpec(
+        seed=2, association="S1", noise=0.0, texture=0.0, scratches_per_cell=0, pits_per_cell=0, colour_jitter=0.0
+    )
     rgb, lab = Section(spec).render(0, 0, 400, 400)
     inner = cv2.erode((lab == 8).astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
     assert inner.any()

@@ -21,14 +21,28 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.mark.timeout(3600)
 def test_two_workers_reach_the_test_miou_of_one(ray_session, tmp_path):
-    data = write_lumenstone(tmp_path / "ds", n_train=4, n_test=4, size=(256, 320), associations=("S1",), seed=7,
-                            grain_diameter=30)
+    data = write_lumenstone(
+        tmp_path / "ds", n_train=4, n_test=4, size=(256, 320), associations=("S1",), seed=7, grain_diameter=30
+    )
     test = load_split(data, "test")
     miou, worlds = {}, {}
     for workers in (1, 2):
-        ckpt = train(TrainOptions(data=str(data), out=str(tmp_path / f"w{workers}"), arch="unet", steps=800, epochs=4,
-                                 plateau_patience=0, patch=64, batch_size=8, workers=workers, streams=2, seed=1,
-                                 window=128))
+        ckpt = train(
+            TrainOptions(
+                data=str(data),
+                out=str(tmp_path / f"w{workers}"),
+                arch="unet",
+                steps=800,
+                epochs=4,
+                plateau_patience=0,
+                patch=64,
+                batch_size=8,
+                workers=workers,
+                streams=2,
+                seed=1,
+                window=128,
+            )
+        )
         model, card = load_checkpoint(ckpt)
         miou[workers] = validate(model, card, test).mean_iou
         worlds[workers] = json.loads((tmp_path / f"w{workers}" / "train_metrics.json").read_text())

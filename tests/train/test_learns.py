@@ -32,7 +32,7 @@ def test_training_lowers_the_loss_and_beats_a_constant_predictor_on_held_out_pat
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loss_fn = _loss("ce")
     model.train()
-    losses = [train_step(model, opt, scaler, loss_fn, x[i:i + 8], y[i:i + 8]) for i in list(range(0, 32, 8)) * 4]
+    losses = [train_step(model, opt, scaler, loss_fn, x[i : i + 8], y[i : i + 8]) for i in list(range(0, 32, 8)) * 4]
     assert np.mean(losses[-4:]) < 0.3 * np.mean(losses[:4])
     model.eval()
     with torch.no_grad():

@@ -7,8 +7,10 @@ from engine.train.sampler import BalancedPatchSampler, SamplerParams, Tally, cla
 
 
 def _masks(n=4, size=(384, 512)):
-    return [Section(SectionSpec(seed=20 + i, association="paper", grain_diameter=30)).labels(0, 0, *size)[0]
-            for i in range(n)]
+    return [
+        Section(SectionSpec(seed=20 + i, association="paper", grain_diameter=30)).labels(0, 0, *size)[0]
+        for i in range(n)
+    ]
 
 
 def test_area_maps_equal_brute_force_patch_counts():
@@ -17,7 +19,7 @@ def test_area_maps_equal_brute_force_patch_counts():
     maps = class_area_maps(mask, [0, 1, 2], patch=16, downscale=1)
     for cy, cx in [(8, 8), (20, 33), (48, 71), (56, 40)]:
         for i in range(3):
-            assert maps[i, cy, cx] == (mask[cy - 8:cy + 8, cx - 8:cx + 8] == i).sum()
+            assert maps[i, cy, cx] == (mask[cy - 8 : cy + 8, cx - 8 : cx + 8] == i).sum()
     assert maps[:, :8, :].sum() == 0 and maps[:, :, 73:].sum() == 0 and maps[:, 57:, :].sum() == 0
     assert maps[:, 8, 8].sum() == 256 and maps[:, 56, 72].sum() == 256
 

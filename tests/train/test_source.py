@@ -65,37 +65,49 @@ def test_colour_changes_the_image_but_not_the_mask():
 @pytest.fixture(scope="module")
 def small_collection(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
-    return write_lumenstone(root, n_train=3, n_test=1, size=(160, 200), associations=("S1", "S2"), seed=2,
-                            grain_diameter=30)
+    return write_lumenstone(
+        root, n_train=3, n_test=1, size=(160, 200), associations=("S1", "S2"), seed=2, grain_diameter=30
+    )
 
 
 def _plan(root, cache, epochs=(0, 1), tasks=2, per_task=12, patch=64):
     files = pairs(root, "train")
     codes = sorted({int(c) for _, m in files for c in np.unique(read_mask(m))})
-    return StreamPlan(tuple(str(i) for i, _ in files), tuple(str(m) for _, m in files),
-                      SamplerParams(classes=tuple(codes), patch=patch, downscale=4), seed=5, epochs=epochs,
-                      tasks=tasks, per_task=per_task, cache_dir=str(cache), rows_per_block=5)
+    return StreamPlan(
+        tuple(str(i) for i, _ in files),
+        tuple(str(m) for _, m in files),
+        SamplerParams(classes=tuple(codes), patch=patch, downscale=4),
+        seed=5,
+        epochs=epochs,
+        tasks=tasks,
+        per_task=per_task,
+        cache_dir=str(cache),
+        rows_per_block=5,
+    )
 
 
 def test_streams_are_disjoint_and_counts_are_the_drawn_patches(small_collection, tmp_path):
     plan = _plan(small_collection, tmp_path)
     rows = {(e, t): stream_rows(plan, e, t) for e in plan.epochs for t in range(plan.tasks)}
     for e in plan.epochs:
-        keys = [{(str(im), int(y), int(x)) for b in rows[(e, t)] for im, y, x in zip(b["image"], b["y0"], b["x0"])}
-                for t in range(plan.tasks)]
+        keys = [
+            {(str(im), int(y), int(x)) for b in rows[(e, t)] for im, y, x in zip(b["image"], b["y0"], b["x0"])}
+            for t in range(plan.tasks)
+        ]
         assert not keys[0] & keys[1] and all(len(k) > 8 for k in keys)
     assert [len(b["y0"]) for b in rows[(0, 0)]] == [5, 5, 2]
     lut = {c: i for i, c in enumerate(plan.params.classes)}
     for b in rows[(1, 1)]:
         for m, y, x, counts in zip(b["mask"], b["y0"], b["x0"], b["counts"]):
-            cut = read_mask(m)[y:y + 64, x:x + 64]
+            cut = read_mask(m)[y : y + 64, x : x + 64]
             expect = np.zeros(len(lut), np.int64)
             for c, n in zip(*np.unique(cut, return_counts=True)):
                 expect[lut[int(c)]] = n
             assert np.array_equal(counts, expect)
     again = stream_rows(plan, 1, 1)
-    assert all(np.array_equal(a["y0"], b["y0"]) and np.array_equal(a["seed"], b["seed"])
-               for a, b in zip(again, rows[(1, 1)]))
+    assert all(
+        np.array_equal(a["y0"], b["y0"]) and np.array_equal(a["seed"], b["seed"]) for a, b in zip(again, rows[(1, 1)])
+    )
 
 
 @pytest.mark.ray
@@ -109,7 +121,7 @@ def test_ray_dataset_yields_every_drawn_patch_cut_and_mapped(ray_session, small_
     for t in range(plan.tasks):
         for b in stream_rows(plan, 3, t):
             for m, y, x, c in zip(b["mask"], b["y0"], b["x0"], b["counts"]):
-                expected.setdefault(tuple(c.tolist()), []).append(lut[read_mask(m)[y:y + 64, x:x + 64]])
+                expected.setdefault(tuple(c.tolist()), []).append(lut[read_mask(m)[y : y + 64, x : x + 64]])
     for row in got:
         assert row["image"].shape == (3, 64, 64) and row["target"].shape == (64, 64)
         cands = expected[tuple(row["counts"].tolist())]

@@ -22,8 +22,15 @@ def tiny_data(tmp_path_factory):
     """S2-like sections; the held-out mask also holds a galena patch that no training mask has."""
     import cv2
 
-    data = write_lumenstone(tmp_path_factory.mktemp("ds"), n_train=3, n_test=1, size=(160, 192),
-                            associations=("S2",), seed=4, grain_diameter=30)
+    data = write_lumenstone(
+        tmp_path_factory.mktemp("ds"),
+        n_train=3,
+        n_test=1,
+        size=(160, 192),
+        associations=("S2",),
+        seed=4,
+        grain_diameter=30,
+    )
     mask_path = next((data / "masks" / "test").glob("*.png"))
     m = cv2.imread(str(mask_path), -1)
     m[10:30, 10:30] = GALENA
@@ -32,8 +39,18 @@ def tiny_data(tmp_path_factory):
 
 
 def _cfg(data, out, **kw):
-    base = dict(data=str(data), out=str(out), arch="unet", steps=8, epochs=2, patch=64, batch_size=4, window=128,
-                streams=1, seed=3)
+    base = dict(
+        data=str(data),
+        out=str(out),
+        arch="unet",
+        steps=8,
+        epochs=2,
+        patch=64,
+        batch_size=4,
+        window=128,
+        streams=1,
+        seed=3,
+    )
     return TrainOptions(**(base | kw))
 
 
@@ -48,9 +65,14 @@ def test_training_writes_best_last_curves_and_a_usable_checkpoint(full_run, tiny
     model, card = load_checkpoint(ckpt)
     import cv2
 
-    codes = {split: set(np.concatenate([np.unique(cv2.imread(str(p), -1)) for p in
-                                        (tiny_data / "masks" / split).glob("*.png")]).tolist())
-             for split in ("train", "test")}
+    codes = {
+        split: set(
+            np.concatenate(
+                [np.unique(cv2.imread(str(p), -1)) for p in (tiny_data / "masks" / split).glob("*.png")]
+            ).tolist()
+        )
+        for split in ("train", "test")
+    }
     assert GALENA in codes["test"] - codes["train"]
     assert card.class_set().codes == sorted(codes["train"] | codes["test"])
     assert card.window == 128 and card.model_id and card.training["sampler"] == "balanced"
@@ -123,12 +145,35 @@ def test_a_run_killed_in_epoch_2_resumes_from_last_and_leaves_no_ray_process(tin
 
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "out"
-    args = [str(tiny_data), "--arch", "unet", "--steps", "30", "--epochs", "3", "--patch", "64", "--batch-size", "4",
-            "--window", "128", "--streams", "1", "--seed", "3"]
+    args = [
+        str(tiny_data),
+        "--arch",
+        "unet",
+        "--steps",
+        "30",
+        "--epochs",
+        "3",
+        "--patch",
+        "64",
+        "--batch-size",
+        "4",
+        "--window",
+        "128",
+        "--streams",
+        "1",
+        "--seed",
+        "3",
+    ]
     env = {**os.environ, "PYTHONPATH": str(root)}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.train", *args, "--out", str(out)], cwd=root, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", *args, "--out", str(out)],
+        cwd=root,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = out / "last" / STATE_NAME
     pids: set[int] = set()
     try:
@@ -152,9 +197,14 @@ def test_a_run_killed_in_epoch_2_resumes_from_last_and_leaves_no_ray_process(tin
         time.sleep(0.5)
     assert not alive, [" ".join(psutil.Process(p).cmdline())[:80] for p in alive]
     killed = torch.load(state, weights_only=True)["history"]
-    done = subprocess.run([sys.executable, "-m", "jobs.train", *args, "--out", str(tmp_path / "resumed"),
-                           "--resume", str(out / "last")], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.train", *args, "--out", str(tmp_path / "resumed"), "--resume", str(out / "last")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     hist = json.loads((tmp_path / "resumed" / "train_metrics.json").read_text())["history"]
     assert [r["epoch"] for r in hist] == [0, 1, 2] and hist[0] == json.loads(json.dumps(killed[0]))

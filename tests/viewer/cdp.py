@@ -39,10 +39,24 @@ class Chromium:
         if exe is None:
             raise RuntimeError("no headless browser: install the Debian package 'chromium'")
         self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-             "--remote-allow-origins=*", f"--user-data-dir={profile}", f"--window-size={WIDTH},{HEIGHT}",
-             "--no-first-run", "--no-default-browser-check", "--hide-scrollbars", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+                f"--user-data-dir={profile}",
+                f"--window-size={WIDTH},{HEIGHT}",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--hide-scrollbars",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         port = None
         deadline = time.monotonic() + 60
         assert self.proc.stderr is not None
@@ -88,8 +102,9 @@ class Chromium:
 
     def evaluate(self, expression: str, timeout: float = 60) -> Any:
         """Value of a JavaScript expression (promises awaited); raises on a thrown exception."""
-        res = self.send("Runtime.evaluate", timeout=timeout, expression=expression, awaitPromise=True,
-                        returnByValue=True)
+        res = self.send(
+            "Runtime.evaluate", timeout=timeout, expression=expression, awaitPromise=True, returnByValue=True
+        )
         if "exceptionDetails" in res:
             raise RuntimeError(f"{expression}: {res['exceptionDetails']}")
         return res["result"].get("value")

@@ -33,9 +33,14 @@ class ViewProcess:
     def __init__(self, out: Path, log: Path):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.view", str(out), "--port", "0",
-                                      "--request-log", str(log)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.view", str(out), "--port", "0", "--request-log", str(log)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)

@@ -29,7 +29,7 @@ def write_big(path) -> None:
     for y0 in range(0, H, BLOCK):
         for x0 in range(0, W, BLOCK):
             h, w = min(BLOCK, H - y0), min(BLOCK, W - x0)
-            yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w]
+            yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
             lab = (((yy // 97) + (xx // 131)) % 6 + 1).astype(np.uint8)
             write_block(img, np.stack([(xx % 256), (yy % 256), (xx + yy) % 256]).astype(np.uint8), y0, x0, "image")
             write_block(lbl, lab, y0, x0, "label")
@@ -44,7 +44,7 @@ def chunk_of(store, array_path: str, shard: list[int], offset: int) -> tuple[int
     sy, sx = arr.shards[-2:]
     n = (sy // cy) * (sx // cx)
     raw = (store / array_path / "c" / "/".join(map(str, shard))).read_bytes()
-    index = np.frombuffer(raw[-(16 * n + 4):-4], "<u8").reshape(sy // cy, sx // cx, 2)
+    index = np.frombuffer(raw[-(16 * n + 4) : -4], "<u8").reshape(sy // cy, sx // cx, 2)
     iy, ix = (int(v[0]) for v in np.nonzero(index[..., 0] == offset))
     return shard[-2] * (sy // cy) + iy, shard[-1] * (sx // cx) + ix
 
@@ -78,17 +78,28 @@ def test_large_store_opens_fast_and_pans_by_chunk(browser, tmp_path_factory):
         needed_total = 0
         for (prefix, level), chunks in seen.items():
             cy, cx = layout.level_chunk(level)
-            s = 2 ** level
+            s = 2**level
             rows = range(y // s // cy, -(-(y + h) // s // cy))
             cols = range(x // s // cx, -(-(x + w) // s // cx))
             needed = {(r, c) for r in rows for c in cols}
             assert chunks <= needed, (prefix, level, sorted(chunks - needed))
             needed_total += len(needed)
         assert ((""), 0) in seen and (("labels/minerals/"), 0) in seen, seen.keys()
-        total_chunks = 2 * sum(-(-H // 2**k // layout.level_chunk(k)[0]) * -(-W // 2**k // layout.level_chunk(k)[1])
-                               for k in range(4))
-        print(json.dumps({"store": [H, W], "write_s": round(written_s, 1), "first_image_ms": round(first_ms),
-                          "requests_first_view": n_first, "chunks_read_on_pan": sum(map(len, seen.values())),
-                          "chunks_in_view_all_levels": needed_total, "chunks_in_store": total_chunks}))
+        total_chunks = 2 * sum(
+            -(-H // 2**k // layout.level_chunk(k)[0]) * -(-W // 2**k // layout.level_chunk(k)[1]) for k in range(4)
+        )
+        print(
+            json.dumps(
+                {
+                    "store": [H, W],
+                    "write_s": round(written_s, 1),
+                    "first_image_ms": round(first_ms),
+                    "requests_first_view": n_first,
+                    "chunks_read_on_pan": sum(map(len, seen.values())),
+                    "chunks_in_view_all_levels": needed_total,
+                    "chunks_in_store": total_chunks,
+                }
+            )
+        )
     finally:
         view.stop()

@@ -29,7 +29,7 @@ def grey_image(store, section: str, shape: tuple[int, int], block: int) -> None:
 
 def deep_point(labels: np.ndarray, row) -> tuple[int, int]:
     """The pixel of a grain farthest from its edge."""
-    crop = labels[row.bbox_y0:row.bbox_y1, row.bbox_x0:row.bbox_x1] == row.class_code
+    crop = labels[row.bbox_y0 : row.bbox_y1, row.bbox_x0 : row.bbox_x1] == row.class_code
     dist = ndi.distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(np.argmax(dist), dist.shape)
     return int(row.bbox_y0 + y), int(row.bbox_x0 + x)
@@ -38,8 +38,10 @@ def deep_point(labels: np.ndarray, row) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def viewed(tmp_path_factory):
     out = tmp_path_factory.mktemp("seg")
-    truth = {"s1": place_grains((384, 512), [1, 2, 5, 6, 8], 50, seed=21).labels,
-             "s2": place_grains((384, 512), [1, 6], 20, seed=22).labels}
+    truth = {
+        "s1": place_grains((384, 512), [1, 2, 5, 6, 8], 50, seed=21).labels,
+        "s2": place_grains((384, 512), [1, 6], 20, seed=22).labels,
+    }
     one_hot = (truth["s1"][None] == np.arange(len(LUMENSTONE))[:, None, None]).astype(np.uint8) * 255
     store = write_store(out / "lode.ome.zarr", truth, block=256, probabilities={"s1": one_hot})
     for name, lab in truth.items():
@@ -89,8 +91,10 @@ def test_grain_centres_have_their_class_colours(page, viewed):
 
 def test_legend_lists_area_percent_from_statistics(page, viewed):
     view, truth, _ = viewed
-    cells = page.evaluate("[...document.querySelectorAll('#classes tr')].map(r => "
-                          "[Number(r.dataset.code), Number(r.querySelector('.area').dataset.value)])")
+    cells = page.evaluate(
+        "[...document.querySelectorAll('#classes tr')].map(r => "
+        "[Number(r.dataset.code), Number(r.querySelector('.area').dataset.value)])"
+    )
     stats = pd.read_parquet(view.log.parent / "statistics.parquet")
     s = stats[(stats.statistic == "area_fraction") & (stats.section == "s1")]
     want = {int(c): 100 * v for c, v in zip(s.class_code, s.value)}
@@ -128,12 +132,16 @@ def test_clicking_a_grain_shows_its_row(page, viewed):
     for row, (y, x) in five_grains(grains, truth["s1"])[:2]:
         p = page.evaluate(f"lode.toPage({x + 0.5}, {y + 0.5})")
         page.click(p["x"], p["y"])
-        got = page.evaluate("new Promise(r => { const t = () => { const g = document.getElementById('grain'); "
-                            f"if (g.dataset.grainId === '{row.grain_id}') r({{...g.dataset}}); else setTimeout(t, 20); }}; t(); }})",
-                            timeout=20)
+        got = page.evaluate(
+            "new Promise(r => { const t = () => { const g = document.getElementById('grain'); "
+            f"if (g.dataset.grainId === '{row.grain_id}') r({{...g.dataset}}); else setTimeout(t, 20); }}; t(); }})",
+            timeout=20,
+        )
         assert int(got["areaPx"]) == row.area_px
-        fields = page.evaluate("Object.fromEntries([...document.querySelectorAll('#grain-fields dd')]"
-                               ".map(d => [d.dataset.field, d.textContent]))")
+        fields = page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('#grain-fields dd')]"
+            ".map(d => [d.dataset.field, d.textContent]))"
+        )
         assert fields["id"] == str(row.grain_id) and fields["mineral"] == row.class_name
         assert float(fields["area"].split()[0]) == pytest.approx(row.area_um2, rel=1e-3)
 
@@ -147,8 +155,10 @@ def test_tiles_are_byte_ranges_of_the_store_files(viewed):
 
 
 def choose_probability(page, value: str) -> None:
-    page.evaluate(f"(() => {{ const s = document.getElementById('probability'); s.value = '{value}'; "
-                  "s.dispatchEvent(new Event('change')); return lode.state.update.then(() => lode.idle()); })()")
+    page.evaluate(
+        f"(() => {{ const s = document.getElementById('probability'); s.value = '{value}'; "
+        "s.dispatchEvent(new Event('change')); return lode.state.update.then(() => lode.idle()); })()"
+    )
 
 
 def test_probability_channel_overlay(page, viewed):
@@ -169,10 +179,16 @@ def test_probability_channel_overlay(page, viewed):
 def test_switching_to_another_section(page, viewed):
     _, truth, _ = viewed
     page.evaluate("document.querySelector('#sections button[data-section=\"s2\"]').click()")
-    page.evaluate("new Promise(r => { const t = () => lode.state.current.name === 's2' && "
-                  "lode.layer('labels') ? r() : setTimeout(t, 20); t(); }).then(() => lode.idle())")
-    shown = dict(page.evaluate("[...document.querySelectorAll('#classes tr')].map(r => "
-                               "[Number(r.dataset.code), Number(r.querySelector('.area').dataset.value)])"))
+    page.evaluate(
+        "new Promise(r => { const t = () => lode.state.current.name === 's2' && "
+        "lode.layer('labels') ? r() : setTimeout(t, 20); t(); }).then(() => lode.idle())"
+    )
+    shown = dict(
+        page.evaluate(
+            "[...document.querySelectorAll('#classes tr')].map(r => "
+            "[Number(r.dataset.code), Number(r.querySelector('.area').dataset.value)])"
+        )
+    )
     counts = np.bincount(truth["s2"].ravel(), minlength=256)
     assert shown[6] == pytest.approx(100 * counts[6] / truth["s2"].size) and shown[2] == 0
     assert page.evaluate("document.getElementById('prob-row').hidden")  # s2 has no probabilities

@@ -14,10 +14,20 @@ from engine.view.server import parse_range
 from tests.analyze.synthetic_sections import write_store
 
 
-@pytest.mark.parametrize("header, want", [
-    ("bytes=0-9", (0, 10)), ("bytes=90-", (90, 100)), ("bytes=-16", (84, 100)), ("bytes=-500", (0, 100)),
-    ("bytes=95-200", (95, 100)), ("bytes=100-", None), ("bytes=-0", None), ("bytes=1-2,4-5", None), ("items=0-1", None),
-])
+@pytest.mark.parametrize(
+    "header, want",
+    [
+        ("bytes=0-9", (0, 10)),
+        ("bytes=90-", (90, 100)),
+        ("bytes=-16", (84, 100)),
+        ("bytes=-500", (0, 100)),
+        ("bytes=95-200", (95, 100)),
+        ("bytes=100-", None),
+        ("bytes=-0", None),
+        ("bytes=1-2,4-5", None),
+        ("items=0-1", None),
+    ],
+)
 def test_parse_range(header, want):
     assert parse_range(header, 100) == want
 

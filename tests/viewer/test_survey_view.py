@@ -21,11 +21,15 @@ def two_dykes(n: int = 128) -> xr.DataArray:
     yy, xx = np.mgrid[0:n, 0:n].astype(float)
     d1 = np.abs(xx - 40)
     d2 = np.abs((yy - 0.6 * xx - 30) / np.hypot(1, 0.6))
-    values = 120 * np.exp(-(d1 / 2.5) ** 2) + 90 * np.exp(-(d2 / 2.5) ** 2)
+    values = 120 * np.exp(-((d1 / 2.5) ** 2)) + 90 * np.exp(-((d2 / 2.5) ** 2))
     values += np.random.default_rng(0).normal(0, 0.3, values.shape)
-    return xr.DataArray(values, dims=("northing", "easting"), name="anomaly",
-                        coords={"northing": SOUTH + CELL * np.arange(n), "easting": WEST + CELL * np.arange(n)},
-                        attrs={"inclination": 90.0, "declination": 0.0, "crs": "EPSG:32633"})
+    return xr.DataArray(
+        values,
+        dims=("northing", "easting"),
+        name="anomaly",
+        coords={"northing": SOUTH + CELL * np.arange(n), "easting": WEST + CELL * np.arange(n)},
+        attrs={"inclination": 90.0, "declination": 0.0, "crs": "EPSG:32633"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +87,18 @@ def test_prospectivity_map_with_deposits(browser, tmp_path):
     root = zarr.open_group(str(out / "map_pca.zarr"), mode="w")
     h, w, cell, west, north = 64, 96, 25.0, 300_000.0, 6_500_000.0
     root.create_array("prospectivity", data=np.add.outer(np.arange(h), np.arange(w)).astype(np.float32))
-    root.attrs.update({"grid": {"shape": [h, w], "cell_size": cell, "west": west, "north": north,
-                                "crs": "EPSG:32645"}, "complete": True, "method": "pca"})
+    root.attrs.update(
+        {
+            "grid": {"shape": [h, w], "cell_size": cell, "west": west, "north": north, "crs": "EPSG:32645"},
+            "complete": True,
+            "method": "pca",
+        }
+    )
     cells = [(10, 20), (50, 70)]  # (row, col) of the deposits
-    (tmp_path / "deposits.csv").write_text("easting,northing,split\n" + "".join(
-        f"{west + (c + 0.5) * cell},{north - (r + 0.5) * cell},heldout\n" for r, c in cells))
+    (tmp_path / "deposits.csv").write_text(
+        "easting,northing,split\n"
+        + "".join(f"{west + (c + 0.5) * cell},{north - (r + 0.5) * cell},heldout\n" for r, c in cells)
+    )
     doc = json.loads(deposits_geojson(tmp_path / "deposits.csv", "EPSG:32645", out / "deposits.geojson").read_text())
     assert doc["crs"]["properties"]["name"] == "EPSG:32645" and doc["features"][0]["properties"] == {"split": "heldout"}
     view = InProcessView(out)
@@ -102,7 +113,7 @@ def test_prospectivity_map_with_deposits(browser, tmp_path):
         for r, c in cells:
             ring = browser.evaluate(f"lode.toPage({c + 0.5 + radius}, {r + 0.5})")
             centre = browser.evaluate(f"lode.toPage({c + 0.5}, {r + 0.5})")
-            patch = shot[round(ring["y"]) - 1:round(ring["y"]) + 2, round(ring["x"]) - 1:round(ring["x"]) + 2]
+            patch = shot[round(ring["y"]) - 1 : round(ring["y"]) + 2, round(ring["x"]) - 1 : round(ring["x"]) + 2]
             assert np.abs(patch.astype(int) - (0, 255, 255)).max(axis=-1).min() <= 10  # the marker's ring
             assert np.abs(shot[round(centre["y"]), round(centre["x"])].astype(int) - (0, 255, 255)).max() > 100
     finally:
