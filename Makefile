@@ -40,6 +40,7 @@ demo: venv viewer
 # pyproject.toml), mypy on engine/ and schemas/, and the layering rules (tests/house/layering.py).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check --quiet .
 	$(VENV)/bin/mypy engine schemas
 	$(PY) -m tests.house.layering
 

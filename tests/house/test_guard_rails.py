@@ -69,7 +69,7 @@ def test_lint_passes_a_clean_tree(tmp_path, mypy_cache):
         (
             {
                 "engine/grid.py": '"""Cells."""\n\nimport os\n\n\n'
-                'def cells(n: int) -> list[int]:\n    return list(range(n))\n'
+                "def cells(n: int) -> list[int]:\n    return list(range(n))\n"
             },
             "F401",
         ),
@@ -80,7 +80,7 @@ def test_lint_passes_a_clean_tree(tmp_path, mypy_cache):
         (
             {
                 "engine/late.py": '"""Reaches up."""\n\n\ndef total() -> int:\n'
-                '    from jobs.count import run\n\n    return run()\n'
+                "    from jobs.count import run\n\n    return run()\n"
             },
             "engine/late.py:5: engine.late imports jobs.count (engine must not import jobs)",
         ),
