@@ -10,32 +10,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
+from typing import Any
 
-URI_ARGS = ("view_target",)
-OUTPUT_ARGS: dict[str, str] = {}
+from jobs.contract import Job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="output folder or store to view")
+    parser.add_argument("target", metavar="OUT", help="output folder or store to view (local or a URI)")
     parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--open", action="store_true", help="also open the page in the default browser")
     parser.add_argument("--request-log", default=None, help="append one line per HTTP request to this file")
 
 
-def default_outputs(args: argparse.Namespace) -> None:
-    """The viewer writes nothing: its positional OUT is an input, never preflighted as an output."""
-    args.view_target, args.out = args.out, None
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: Any) -> int:
+    """Serve ``args.target`` until interrupted; the viewer writes nothing (no output, no manifest)."""
     from engine.errors import LodeInputError
     from engine.view.server import ViewServer, bundle_missing
     from engine.view.site import Site
 
     if bundle_missing():
         raise LodeInputError("engine/view/web/dist/viewer.js", "viewer bundle not built: run `make viewer`")
-    site = Site(args.view_target)
+    site = Site(args.target)
     site.manifest()  # read the store's metadata (and any unreadable input) before serving
     site.grains()
     with contextlib.ExitStack() as stack:
@@ -64,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+JOB = Job("view", add_arguments, run, description=__doc__, uri_fields=("target",))
+
 if __name__ == "__main__":
     from jobs._entry import run_module
 
-    run_module(sys.modules[__name__])
+    run_module(JOB)

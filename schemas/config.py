@@ -12,7 +12,7 @@ import json
 import typing
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, create_model, field_validator
 
@@ -149,7 +149,7 @@ def _value_type(action: argparse.Action) -> Any:
     except Exception:
         ret = Any
     # a config file may hold the typed value or the text the CLI takes ("9x6"), which is parsed here
-    return Annotated[ret | str, BeforeValidator(partial(_parse_text, fn))]
+    return Annotated[Union[ret, str], BeforeValidator(partial(_parse_text, fn))]  # noqa: UP007 - ret is a runtime value
 
 
 def _parse_text(fn: Any, value: Any) -> Any:
@@ -217,4 +217,5 @@ def model_from_parser(job: str, parser: argparse.ArgumentParser) -> type[BaseMod
                 **vfields,
             )
         )
-    return RootModel[Annotated[tuple(variants), Field(discriminator=sub.dest)]]  # type: ignore[return-value,misc]
+    # a union built at run time: Union[tuple] unpacks it, which the | operator cannot, and mypy cannot check
+    return RootModel[Annotated[Union[tuple(variants)], Field(discriminator=sub.dest)]]  # type: ignore[misc,return-value]  # noqa: UP007
