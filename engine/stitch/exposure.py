@@ -45,10 +45,10 @@ def overlap_means(
                     i,
                     j,
                     images[i][si][both].astype(np.float64).mean(0),  # type: ignore[index]
-                    images[j][sj][both].astype(np.float64).mean(0),
+                    images[j][sj][both].astype(np.float64).mean(0),  # type: ignore[index]
                     npx,
                 )
-            )  # type: ignore[index]
+            )
     return out
 
 

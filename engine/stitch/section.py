@@ -220,11 +220,9 @@ def prepare_section(
     corr_ref = ray.put(correction)
     outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, section_work, k, hw) for k, p in enumerate(sec.tiles)]
     # num_returns=4: each call gives four refs (ray's stubs type .remote() as one ObjectRef)
-    img_refs, valid_refs, thumb_refs = (
-        [o[0] for o in outs],
-        [o[1] for o in outs],  # type: ignore[index]
-        [o[2] for o in outs],
-    )  # type: ignore[index]
+    img_refs = [o[0] for o in outs]  # type: ignore[index]
+    valid_refs = [o[1] for o in outs]  # type: ignore[index]
+    thumb_refs = [o[2] for o in outs]  # type: ignore[index]
     stds = _frames_read([o[3] for o in outs])  # type: ignore[index]
     timings["correct"] = time.perf_counter() - t0
     if sec.nominal_xy is not None:

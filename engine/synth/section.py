@@ -130,9 +130,9 @@ class Section:
                     (cx + rng.random()) * s.cell,
                     max(r, 2.0),
                     harm,
-                    tint,
+                    tint,  # type: ignore[arg-type]
                 )
-            )  # type: ignore[arg-type]
+            )
         return out
 
     def grains_near(self, y0: int, x0: int, h: int, w: int) -> list[Grain]:
