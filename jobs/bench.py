@@ -128,6 +128,13 @@ HEADLINES: dict[str, list[Headline]] = {
             "models.ppl.anisotropic_mean_iou",
         ),
     ],
+    "viewer": [
+        Headline("first image (ms)", "first_image_ms", "store that fits the page", "small.first_image_ms"),
+        Headline(
+            "chunks read on a pan", "pan.chunks_read", "chunks in view, levels read", "pan.chunks_in_view_levels_read"
+        ),
+        Headline("store bytes read, first view", "store_bytes_read_first_view", "store size", "store.bytes"),
+    ],
 }
 
 QUICK: dict[str, list[str]] = {
@@ -140,6 +147,7 @@ QUICK: dict[str, list[str]] = {
     "sampler_ablation": ["--steps", "40", "--train", "4", "--test", "2", "--size", "256", "320", "--patch", "64"],
     "colour": ["--trials", "4", "--size", "384", "512", "--skip-model"],
     "xpl": ["--stacks", "1", "--skip-model"],
+    "viewer": ["--size", "2000x3000", "--repeats", "1"],
 }
 
 

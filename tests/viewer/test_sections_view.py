@@ -11,8 +11,8 @@ from scipy import ndimage as ndi
 from engine.analyze.collection import analyze_store
 from engine.classes import LUMENSTONE
 from engine.io.ome import open_store, write_block
+from engine.view.headless import ViewProcess
 from tests.analyze.synthetic_sections import place_grains, write_store
-from tests.viewer.conftest import ViewProcess
 
 GREY = 128
 COLOURS = {c.code: c.color for c in LUMENSTONE.classes}

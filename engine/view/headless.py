@@ -1,5 +1,7 @@
-"""A small synchronous Chrome DevTools Protocol client over aiohttp's websocket: headless Debian
-``chromium``, one page, console errors collected, screenshots decoded with OpenCV."""
+"""``lode view`` driven headless, for the viewer tests and the viewer benchmark: Debian ``chromium``
+with one page over a small synchronous Chrome DevTools Protocol client (aiohttp's websocket;
+console errors collected, screenshots decoded with OpenCV), and ``lode view`` run as a process
+the way a user starts it, logging every HTTP request."""
 
 from __future__ import annotations
 
@@ -7,13 +9,16 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -21,6 +26,7 @@ import cv2
 import numpy as np
 
 WIDTH, HEIGHT = 1000, 700
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def browser_path() -> str | None:
@@ -31,8 +37,20 @@ def browser_path() -> str | None:
     return None
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Chromium:
-    """Headless Chromium with one page target driven over the DevTools protocol."""
+    """Headless Chromium (``WIDTH`` × ``HEIGHT`` CSS px) with one page target driven over the DevTools protocol."""
+
+    session: aiohttp.ClientSession
+    ws: aiohttp.ClientWebSocketResponse
 
     def __init__(self, profile: Path):
         exe = browser_path()
@@ -57,28 +75,33 @@ class Chromium:
             stderr=subprocess.PIPE,
             text=True,
         )
-        port = None
-        deadline = time.monotonic() + 60
+        try:
+            self.port = self._devtools_port()
+            targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=10).read())
+            page = next(t for t in targets if t["type"] == "page")
+            self.loop = asyncio.new_event_loop()
+            self.ids = itertools.count(1)
+            self.events: list[dict] = []
+            self.loop.run_until_complete(self._connect(page["webSocketDebuggerUrl"]))
+        except BaseException:
+            _stop(self.proc)
+            raise
+        for domain in ("Page", "Runtime", "Log"):
+            self.send(f"{domain}.enable")
+        self.send("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
+
+    def _devtools_port(self) -> int:
         assert self.proc.stderr is not None
-        while port is None and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             line = self.proc.stderr.readline()
             if not line and self.proc.poll() is not None:
                 raise RuntimeError(f"chromium exited with {self.proc.returncode}")
             m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
-            port = int(m.group(1)) if m else None
-        if port is None:
-            raise RuntimeError("chromium did not report its DevTools port")
-        self.port = port
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep the pipe drained
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
-        page = next(t for t in targets if t["type"] == "page")
-        self.loop = asyncio.new_event_loop()
-        self.ids = itertools.count(1)
-        self.events: list[dict] = []
-        self.loop.run_until_complete(self._connect(page["webSocketDebuggerUrl"]))
-        for domain in ("Page", "Runtime", "Log"):
-            self.send(f"{domain}.enable")
-        self.send("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
+            if m:
+                threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep the pipe drained
+                return int(m.group(1))
+        raise RuntimeError("chromium did not report its DevTools port")
 
     async def _connect(self, url: str) -> None:
         self.session = aiohttp.ClientSession()
@@ -99,6 +122,9 @@ class Chromium:
 
     def send(self, method: str, timeout: float = 60, **params: Any) -> Any:
         return self.loop.run_until_complete(self._call(method, params, timeout))
+
+    def version(self) -> str:
+        return str(self.send("Browser.getVersion")["product"])
 
     def evaluate(self, expression: str, timeout: float = 60) -> Any:
         """Value of a JavaScript expression (promises awaited); raises on a thrown exception."""
@@ -134,6 +160,8 @@ class Chromium:
         """The page as an RGB array ``(HEIGHT, WIDTH, 3)``."""
         png = base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
         bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise RuntimeError("chromium returned a screenshot OpenCV cannot decode")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def click(self, x: float, y: float) -> None:
@@ -146,8 +174,45 @@ class Chromium:
             self.loop.run_until_complete(self.session.close())
         finally:
             self.loop.close()
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            _stop(self.proc)
+
+    def __enter__(self) -> Chromium:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class ViewProcess:
+    """``python -m jobs.view TARGET --port 0 --request-log LOG`` (the ``lode view`` command, run as
+    a process, not imported) serving until :meth:`stop`; :meth:`requests` reads the log's lines."""
+
+    def __init__(self, target: Path, log: Path):
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.view", str(target), "--port", "0", "--request-log", str(log)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        line = self.proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        if not m:
+            _stop(self.proc)
+            raise RuntimeError(f"lode view did not start: {line}{self.proc.stderr.read()}")
+        self.url = m.group(1)
+
+    def requests(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def __enter__(self) -> ViewProcess:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
