@@ -133,6 +133,8 @@ def first_view(browser, view) -> dict:
     n0 = len(view.requests())
     browser.goto(view.url)
     ms = browser.evaluate("lode.ready.then(() => lode.idle()).then(() => performance.now())")
+    if browser.evaluate("location.href") != view.url:
+        raise RuntimeError(f"timed a page other than {view.url}")
     lines = view.requests()[n0:]
     return {
         "ms": ms,
