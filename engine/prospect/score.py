@@ -60,7 +60,6 @@ attribute is set last, after every block and the standardisation are written; re
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -82,7 +81,7 @@ from engine.prospect.stack import open_stack
 from engine.raster.blend import blend_weights
 from engine.raster.grid import Block, block_grid, lattice_offsets, lattice_starts
 from engine.raster.runner import RunOptions, run_stage
-from engine.raster.stage import BlockStage, Unit, units_of
+from engine.raster.stage import BlockStage, Unit, release_heap, units_of
 
 if TYPE_CHECKING:
     import torch
@@ -330,15 +329,6 @@ class CheckpointScorer:
         return CAEScorer(net, device, score_channels=channels, shifts=shifts, drop_top=drop)
 
 
-def _trim() -> None:
-    """Hand freed heap back to the OS (glibc keeps it otherwise), so that long-lived workers hold one
-    block's memory only while they work on it."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def smooth_valid(values: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing over valid cells only (normalised convolution); invalid cells get NaN."""
     from scipy import ndimage
@@ -391,10 +381,7 @@ class ScoreStage(BlockStage):
         """The stack ``(C, rh, rw)`` (NaN filled with 0) and validity ``(rh, rw)`` of the block's windows."""
         ry0, rx0, _, rh, rw = self.region(unit.block)
         data, valid = open_stack(self.stack).read(ry0, ry0 + rh, rx0, rx0 + rw)
-        out = {"data": np.nan_to_num(data, nan=0.0), "valid": valid}
-        del data
-        _trim()
-        return out
+        return {"data": np.nan_to_num(data, nan=0.0), "valid": valid}
 
     def setup(self, device: str) -> None:
         if self.ready is not None:
@@ -430,7 +417,7 @@ class ScoreStage(BlockStage):
             vs = np.stack([vf[a : a + w, c : c + w] for a, c in chunk])
             comps = self.ready(xs, vs)
             del xs, vs
-            _trim()
+            release_heap()
             for (a, c), comp in zip(chunk, comps):
                 acc[:, a : a + w, c : c + w] += comp * wt
                 wsum[a : a + w, c : c + w] += wt
@@ -448,7 +435,6 @@ class ScoreStage(BlockStage):
         root = zarr.open_group(self.out, mode="r+", use_consolidated=False)
         for name, comp in zip(self.scorer.components, np.asarray(result["maps"])):
             array_at(root, name)[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = comp
-        _trim()
         return {"windows": int(result["windows"])}
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from engine.errors import LodeInputError
 from engine.io.manifest import BlockStatus, RunManifest
 from engine.raster.grid import Block
-from engine.raster.stage import BlockStage, Unit
+from engine.raster.stage import BlockStage, Unit, release_heap
 
 Device = Literal["auto", "cpu", "cuda"]
 _UNIT = ("raster", "index", "y0", "x0", "h", "w")
@@ -133,6 +133,8 @@ def _read(stage: BlockStage, unit: Unit) -> dict[str, Any]:
         return {**row, **stage.read(unit)}
     except LodeInputError as exc:
         return {**row, "error": str(exc)}
+    finally:
+        release_heap()
 
 
 def _compute(stage: BlockStage, row: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +147,8 @@ def _compute(stage: BlockStage, row: dict[str, Any]) -> dict[str, Any]:
         result = stage.compute(unit, _data(row))
     except LodeInputError as exc:
         return {**out, "error": str(exc)}
+    finally:
+        release_heap()
     return {**out, "seconds": time.perf_counter() - t0, **result}
 
 
@@ -158,6 +162,7 @@ def _commit(stage: BlockStage, manifest: RunManifest | None, row: dict[str, Any]
     data = _data(row)
     seconds = float(data.pop("seconds", 0.0))
     extra = stage.write(unit, data) or {}
+    release_heap()
     if manifest is not None:
         b = unit.block
         manifest.mark_done(

@@ -7,6 +7,7 @@ process, in serial mode). Keep heavy state out of ``__init__``: a model is built
 
 from __future__ import annotations
 
+import ctypes
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -65,3 +66,12 @@ class BlockStage(ABC):
     def size_bytes(self, unit: Unit) -> int:
         """Estimated bytes of the unit's inputs (Ray Data plans its memory from it)."""
         return unit.block.h * unit.block.w * 4
+
+
+def release_heap() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise), so that a long-lived worker holds
+    one unit's memory only while it works on it. The runner calls it after each read, compute and write."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
