@@ -449,7 +449,6 @@ def build_report(
             "matches": e.matches,
             "inliers": e.inliers,
             "fit_rms_px": None if not np.isfinite(e.fit_rms_px) else round(e.fit_rms_px, 4),
-            "phase_shift_px": [round(v, 4) for v in e.phase_shift],
         }
         if key in al.rejected:
             row["rejected"] = al.rejected[key]

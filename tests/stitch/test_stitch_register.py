@@ -37,19 +37,3 @@ def test_featureless_and_unrelated_frames_fail_with_a_reason():
     caps, prior = _pair(isolated_frames=(1,))
     e = register_pair(0, 1, caps.frames[0], FULL, caps.frames[1], FULL, prior)
     assert not e.ok and e.reason
-
-
-def test_phase_refinement_removes_a_small_residual_shift():
-    import cv2
-
-    from engine.stitch.register import phase_refine
-    from engine.synth.captures import textured_section
-
-    g = cv2.cvtColor(textured_section((600, 600), seed=2), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    v = np.full((600, 600), 255, np.uint8)
-    for sx, sy in ((0.15, -0.1), (-0.08, 0.05)):
-        shifted = cv2.warpAffine(
-            g, translation(sx, sy), (600, 600), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
-        )
-        M, _ = phase_refine(g, v, shifted, v, np.eye(2, 3), 1.5, min_side=256)
-        assert np.abs(M[:, 2] + (sx, sy)).max() < 0.02
