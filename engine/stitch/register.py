@@ -25,6 +25,9 @@ class RegisterOptions:
     max_deviation: float = 0.1
     max_rotation_deg: float = 3.0
     max_scale_dev: float = 0.03
+    intensity_fallback: bool = True
+    min_correlation: float = 0.6
+    fallback_points: int = 8
 
 
 @dataclass
@@ -33,7 +36,9 @@ class Edge:
 
     ``pts_i``/``pts_j``: RANSAC inliers; ``all_i``/``all_j``: every ratio-test match,
     kept so residuals can be judged against the global solution rather than the
-    pairwise model that selected them.
+    pairwise model that selected them. An edge registered from intensities
+    (``method == "intensity"``) carries a grid of its overlap mapped through ``M`` instead,
+    and its ECC ``correlation``.
     """
 
     i: int
@@ -45,6 +50,8 @@ class Edge:
     inliers: int = 0
     keypoints: tuple[int, int] = (0, 0)
     fit_rms_px: float = float("nan")
+    method: str = "features"
+    correlation: float = float("nan")
     pts_i: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     pts_j: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     all_i: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
@@ -131,6 +138,114 @@ def similarity_ok(M: np.ndarray, prior: np.ndarray | None, hw_j: tuple[int, int]
     return ""
 
 
+def _fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (2×3) taking points ``src`` to ``dst`` (no outliers)."""
+    x, y = src[:, 0], src[:, 1]
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    A = np.concatenate([np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)])
+    (a, b, tx, ty), *_ = np.linalg.lstsq(A, np.concatenate([dst[:, 0], dst[:, 1]]), rcond=None)
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
+def register_intensity(
+    gi: np.ndarray, valid_i: np.ndarray, gj: np.ndarray, valid_j: np.ndarray, prior: np.ndarray, opts: RegisterOptions
+) -> tuple[np.ndarray, float, np.ndarray] | str:
+    """Similarity ``j → i`` from the pixels of the expected overlap, for overlaps too smooth for keypoints.
+
+    Phase correlation of the overlap at ``prior`` finds the shift; ECC (``cv2.findTransformECC``,
+    affine, invariant to gain and offset) refines it on the overlap of frame ``i``, and the affine
+    is projected onto the similarity that best reproduces it over that overlap. Returns
+    ``(M, correlation, grid_j)`` (``grid_j``: points of the overlap in frame ``j``) or why it failed.
+    """
+    hw_i, hw_j = gi.shape[:2], gj.shape[:2]
+    box = overlap_box(prior, hw_i, hw_j, 0.0)
+    if box is None:
+        return "no expected overlap"
+    x0, y0, x1, y1 = box
+    size = (x1 - x0, y1 - y0)
+    to_box = compose(translation(-x0, -y0), prior)
+    ref = gi[y0:y1, x0:x1].astype(np.float32)
+    mov = cv2.warpAffine(gj.astype(np.float32), to_box, size, flags=cv2.INTER_LINEAR)
+    seen = (cv2.warpAffine(valid_j, to_box, size, flags=cv2.INTER_NEAREST) > 0) & (valid_i[y0:y1, x0:x1] > 0)
+    if seen.sum() < 1024 or float(ref[seen].std()) < 1.0:
+        return "no texture in the overlap"
+    ref = np.where(seen, ref - ref[seen].mean(), 0).astype(np.float32)
+    mov = np.where(seen, mov - mov[seen].mean(), 0).astype(np.float32)
+    (dx, dy), _ = cv2.phaseCorrelate(ref, mov, cv2.createHanningWindow(size, cv2.CV_32F))
+    M = compose(translation(-dx, -dy), prior)
+    box = overlap_box(M, hw_i, hw_j, 0.0)
+    if box is None:
+        return "no overlap at the correlation peak"
+    x0, y0, x1, y1 = box
+    size = (x1 - x0, y1 - y0)
+    j_valid = cv2.warpAffine(valid_j, compose(translation(-x0, -y0), M), size, flags=cv2.INTER_NEAREST)
+    mask = cv2.erode(((j_valid > 0) & (valid_i[y0:y1, x0:x1] > 0)).astype(np.uint8), np.ones((9, 9), np.uint8))
+    if mask.sum() < 1024:
+        return "no overlap at the correlation peak"
+    W0 = compose(invert(M), translation(x0, y0)).astype(np.float32)
+    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 200, 1e-6)
+    try:
+        cc, W = cv2.findTransformECCWithMask(
+            gi[y0:y1, x0:x1].astype(np.float32),
+            gj.astype(np.float32),
+            mask,
+            cv2.erode(valid_j, np.ones((5, 5), np.uint8)),
+            W0,
+            cv2.MOTION_AFFINE,
+            crit,
+            5,
+        )
+    except cv2.error as exc:
+        return f"ECC did not converge ({str(exc).strip().splitlines()[-1][:80]})"
+    if not np.isfinite(cc) or cc < opts.min_correlation:
+        return f"correlation {cc:.2f} < {opts.min_correlation}"
+    ys, xs = np.nonzero(mask)
+    k = opts.fallback_points
+    gx = np.linspace(xs.min(), xs.max(), k)
+    gy = np.linspace(ys.min(), ys.max(), k)
+    grid = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)
+    grid = grid[mask[grid[:, 1].astype(int), grid[:, 0].astype(int)] > 0]
+    grid_j = apply(np.asarray(W, np.float64), grid)
+    return _fit_similarity(grid_j, grid + (x0, y0)), float(cc), grid_j
+
+
+def _register_features(edge: Edge, gi, valid_i, gj, valid_j, prior, opts: RegisterOptions) -> str:
+    """SIFT + RANSAC on the expected overlaps; fills ``edge`` and returns ``""``, or why it failed."""
+    hw_i, hw_j = gi.shape[:2], gj.shape[:2]
+    box_i = box_j = None
+    if prior is not None:
+        box_i = overlap_box(prior, hw_i, hw_j, opts.search_margin)
+        box_j = overlap_box(invert(prior), hw_j, hw_i, opts.search_margin)
+        if box_i is None or box_j is None:
+            return "no expected overlap"
+    pi, di = detect(gi, valid_i, box_i, opts.max_features)
+    pj, dj = detect(gj, valid_j, box_j, opts.max_features)
+    edge.keypoints = (len(pi), len(pj))
+    if min(len(pi), len(pj)) < opts.min_inliers:
+        return f"too few features ({len(pi)}, {len(pj)})"
+    mt = match(di, dj, opts.ratio)
+    edge.matches = len(mt)
+    if len(mt) < opts.min_inliers:
+        return f"too few matches ({len(mt)})"
+    a, b = pi[mt[:, 0]], pj[mt[:, 1]]
+    M, inl = cv2.estimateAffinePartial2D(
+        b, a, method=cv2.RANSAC, ransacReprojThreshold=opts.ransac_px, maxIters=5000, confidence=0.999, refineIters=20
+    )
+    if M is None:
+        return "RANSAC found no model"
+    inl = inl.ravel().astype(bool)
+    edge.inliers = int(inl.sum())
+    if edge.inliers < opts.min_inliers or edge.inliers < opts.min_inlier_ratio * len(mt):
+        return f"too few inliers ({edge.inliers} of {len(mt)})"
+    why = similarity_ok(M, prior, hw_j, opts)
+    if why:
+        return why
+    edge.all_i, edge.all_j = a, b
+    edge.M, edge.pts_i, edge.pts_j, edge.ok = M, a[inl], b[inl], True
+    edge.fit_rms_px = float(np.sqrt(np.mean(np.sum((apply(M, b[inl]) - a[inl]) ** 2, axis=1))))
+    return ""
+
+
 def register_pair(
     i: int,
     j: int,
@@ -141,44 +256,30 @@ def register_pair(
     prior: np.ndarray | None,
     opts: RegisterOptions = RegisterOptions(),
 ) -> Edge:
-    """Register frame ``j`` onto frame ``i``; ``prior`` (j→i) bounds the search, or ``None`` for whole frames."""
+    """Register frame ``j`` onto frame ``i``; ``prior`` (j→i) bounds the search, or ``None`` for whole frames.
+
+    Where keypoints fail and a ``prior`` is given, the overlap's intensities are registered
+    instead (:func:`register_intensity`).
+    """
     gi, gj = to_grey(img_i), to_grey(img_j)
-    hw_i, hw_j = gi.shape[:2], gj.shape[:2]
-    box_i = box_j = None
-    if prior is not None:
-        box_i = overlap_box(prior, hw_i, hw_j, opts.search_margin)
-        box_j = overlap_box(invert(prior), hw_j, hw_i, opts.search_margin)
-        if box_i is None or box_j is None:
-            return Edge(i, j, False, "no expected overlap")
-    pi, di = detect(gi, valid_i, box_i, opts.max_features)
-    pj, dj = detect(gj, valid_j, box_j, opts.max_features)
-    edge = Edge(i, j, False, keypoints=(len(pi), len(pj)))
-    if min(len(pi), len(pj)) < opts.min_inliers:
-        edge.reason = f"too few features ({len(pi)}, {len(pj)})"
-        return edge
-    mt = match(di, dj, opts.ratio)
-    edge.matches = len(mt)
-    if len(mt) < opts.min_inliers:
-        edge.reason = f"too few matches ({len(mt)})"
-        return edge
-    a, b = pi[mt[:, 0]], pj[mt[:, 1]]
-    M, inl = cv2.estimateAffinePartial2D(
-        b, a, method=cv2.RANSAC, ransacReprojThreshold=opts.ransac_px, maxIters=5000, confidence=0.999, refineIters=20
-    )
-    if M is None:
-        edge.reason = "RANSAC found no model"
-        return edge
-    inl = inl.ravel().astype(bool)
-    edge.inliers = int(inl.sum())
-    if edge.inliers < opts.min_inliers or edge.inliers < opts.min_inlier_ratio * len(mt):
-        edge.reason = f"too few inliers ({edge.inliers} of {len(mt)})"
-        return edge
-    why = similarity_ok(M, prior, hw_j, opts)
-    if why:
+    edge = Edge(i, j, False)
+    why = _register_features(edge, gi, valid_i, gj, valid_j, prior, opts)
+    if not why or prior is None or not opts.intensity_fallback or why == "no expected overlap":
         edge.reason = why
         return edge
-    edge.all_i, edge.all_j = a, b
-    a, b = a[inl], b[inl]
-    edge.M, edge.pts_i, edge.pts_j, edge.ok = M, a, b, True
-    edge.fit_rms_px = float(np.sqrt(np.mean(np.sum((apply(M, b) - a) ** 2, axis=1))))
+    got = register_intensity(gi, valid_i, gj, valid_j, prior, opts)
+    if isinstance(got, str):
+        edge.reason = f"{why}; intensity: {got}"
+        return edge
+    M, cc, grid_j = got
+    bad = similarity_ok(M, prior, gj.shape[:2], opts)
+    if bad:
+        edge.reason = f"{why}; intensity: {bad}"
+        return edge
+    grid_i = apply(M, grid_j)
+    edge.M, edge.ok, edge.method, edge.correlation = M, True, "intensity", cc
+    edge.pts_i = edge.all_i = grid_i
+    edge.pts_j = edge.all_j = grid_j
+    edge.fit_rms_px = 0.0
+    edge.reason = f"registered by intensity ({why})"
     return edge

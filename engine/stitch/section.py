@@ -449,6 +449,8 @@ def build_report(
             "matches": e.matches,
             "inliers": e.inliers,
             "fit_rms_px": None if not np.isfinite(e.fit_rms_px) else round(e.fit_rms_px, 4),
+            "method": e.method,
+            "correlation": None if not np.isfinite(e.correlation) else round(e.correlation, 4),
         }
         if key in al.rejected:
             row["rejected"] = al.rejected[key]

@@ -37,3 +37,29 @@ def test_featureless_and_unrelated_frames_fail_with_a_reason():
     caps, prior = _pair(isolated_frames=(1,))
     e = register_pair(0, 1, caps.frames[0], FULL, caps.frames[1], FULL, prior)
     assert not e.ok and e.reason
+
+
+def _smooth_source(shape, sigma=8.0):
+    """Texture too smooth for keypoints (blurred noise): what intensity registration is for."""
+    import cv2
+
+    f = cv2.GaussianBlur(np.random.default_rng(5).standard_normal(shape).astype(np.float32), (0, 0), sigma)
+    return np.repeat(np.clip(128 + f / f.std() * 40, 0, 255)[..., None], 3, axis=2).astype(np.uint8)
+
+
+def test_smooth_overlap_keeps_its_edge_by_intensity_registration():
+    from engine.stitch.register import RegisterOptions
+
+    cfg = CaptureConfig(rows=1, cols=2, frame_hw=HW, seed=11, jitter_px=8)
+    caps = capture_grid(_smooth_source(cfg.source_hw), cfg)
+    prior = translation(*(caps.nominal_xy[1] - caps.nominal_xy[0]))
+    off = register_pair(
+        0, 1, caps.frames[0], FULL, caps.frames[1], FULL, prior, RegisterOptions(intensity_fallback=False)
+    )
+    assert not off.ok and "features" in off.reason
+    e = register_pair(0, 1, caps.frames[0], FULL, caps.frames[1], FULL, prior)
+    assert e.ok and e.method == "intensity" and e.correlation > 0.9 and len(e.pts_j) >= 16
+    true = compose(invert(caps.transforms[0]), caps.transforms[1])
+    q = np.stack(np.meshgrid(np.arange(0, 75, 15), np.arange(0, 200, 20)), -1).reshape(-1, 2).astype(float)
+    assert np.sqrt(np.mean(np.sum((apply(e.M, q) - apply(true, q)) ** 2, axis=1))) < 0.15
+    assert np.abs(apply(e.M, e.pts_j) - e.pts_i).max() < 1e-9
