@@ -101,13 +101,18 @@ def overlap_box(
 def detect(
     grey: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int] | None, max_features: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """SIFT keypoints ``(n, 2)`` (frame coordinates) and descriptors inside ``box``."""
+    """SIFT keypoints ``(n, 2)`` (frame coordinates) and descriptors inside ``box``, in a fixed order.
+
+    OpenCV's threads find keypoints in an order that varies from run to run, and RANSAC's samples
+    and the global solve's points follow that order: they are sorted by position, scale and angle.
+    """
     x0, y0, x1, y1 = box if box else (0, 0, grey.shape[1], grey.shape[0])
     sift = cv2.SIFT_create(nfeatures=max_features)  # type: ignore[attr-defined]  # in OpenCV, not its stubs
     m = None if mask is None else np.ascontiguousarray(mask[y0:y1, x0:x1])
     kps, desc = sift.detectAndCompute(np.ascontiguousarray(grey[y0:y1, x0:x1]), m)
-    pts = np.array([k.pt for k in kps], np.float64).reshape(-1, 2) + (x0, y0)
-    return pts, desc
+    order = sorted(range(len(kps)), key=lambda k: (kps[k].pt[1], kps[k].pt[0], kps[k].size, kps[k].angle))
+    pts = np.array([kps[k].pt for k in order], np.float64).reshape(-1, 2) + (x0, y0)
+    return pts, None if desc is None else desc[order]
 
 
 def match(desc_i: np.ndarray | None, desc_j: np.ndarray | None, ratio: float) -> np.ndarray:

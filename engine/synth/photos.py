@@ -100,8 +100,9 @@ def photo_config(
     """A grid of frames as a new user's stage gives them: jitter up to ±30 px and ±0.3°, 25 % overlap;
     ``degraded`` adds the camera of :meth:`CaptureConfig.degraded` (lens, vignetting, gains, noise, JPEG)."""
     base: dict[str, Any] = dict(
-        rows=rows, cols=cols, frame_hw=frame_hw, overlap=0.25, jitter_px=30.0, rotation_deg=0.3, seed=seed, **kw
+        rows=rows, cols=cols, frame_hw=frame_hw, overlap=0.25, jitter_px=30.0, rotation_deg=0.3, seed=seed
     )
+    base.update(kw)
     return CaptureConfig.degraded(**base) if degraded else CaptureConfig(**base)
 
 

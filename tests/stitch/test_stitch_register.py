@@ -63,3 +63,24 @@ def test_smooth_overlap_keeps_its_edge_by_intensity_registration():
     q = np.stack(np.meshgrid(np.arange(0, 75, 15), np.arange(0, 200, 20)), -1).reshape(-1, 2).astype(float)
     assert np.sqrt(np.mean(np.sum((apply(e.M, q) - apply(true, q)) ** 2, axis=1))) < 0.15
     assert np.abs(apply(e.M, e.pts_j) - e.pts_i).max() < 1e-9
+
+
+def test_registration_does_not_depend_on_threads_or_on_what_ran_before():
+    import cv2
+
+    from engine.synth.photos import photo_config, photo_grid
+
+    caps = photo_grid(photo_config(1, 3, HW, degraded=True, seed=1, jitter_px=10.0))
+    prior = [translation(*(caps.nominal_xy[j] - caps.nominal_xy[i])) for i, j in ((0, 1), (1, 2))]
+    threads = cv2.getNumThreads()
+    runs = []
+    try:
+        for n in (1, 4):
+            cv2.setNumThreads(n)
+            runs.append(
+                [register_pair(i, i + 1, caps.frames[i], FULL, caps.frames[i + 1], FULL, prior[i]) for i in (1, 0)]
+            )
+    finally:
+        cv2.setNumThreads(threads)
+    assert [e.method for e in runs[0] if e.ok] == ["intensity", "features"]
+    assert all(np.array_equal(a.M, b.M) and np.array_equal(a.pts_j, b.pts_j) for a, b in zip(*runs))
