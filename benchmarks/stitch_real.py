@@ -3,10 +3,11 @@
 ``python -m benchmarks.stitch_real --json OUT`` cuts 5×5 and 4×4 grids of frames (default 640×480, 25 %
 overlap, jitter up to ±30 px and ±0.3°) from mosaics of the photographs that ship inside scikit-image
 (:mod:`engine.synth.photos`), twice: clean, and degraded (barrel distortion, vignetting, per-frame gain,
-noise, JPEG) with calibration frames rendered through the same camera. Then, per condition, one
-``lode stitch`` run over both grids (the degraded one fits lens and flat from its own calibration
-frames), ``cv2.Stitcher`` in SCANS mode on the same frames, and ASHLAR 1.20 when a Python that has it
-is given (``--ashlar-python``; else the JSON says why it was skipped).
+noise, JPEG) with calibration frames rendered through the same camera. Then, per condition, Lode over
+both grids in one process as ``lode stitch`` runs it up to the render, which is not scored here
+(calibration fitted from the collection's own frames, every section prepared as a Ray task),
+``cv2.Stitcher`` in SCANS mode on the same frames, and ASHLAR 1.20 (``EdgeAligner``, translations) when
+a Python that has it is given (``--ashlar-python``; else the JSON says why it was skipped).
 
 Per grid and condition: RMS (px) against truth of a 12×12 grid of raw pixels per frame after removing
 the global similarity, max per-frame error, frames placed, the report's RMS over the true RMS, and every
@@ -118,6 +119,28 @@ def score_lode(summary: dict, section: str, truth: dict) -> dict:
     }
 
 
+def _lode_child(collection: str, store: str) -> None:
+    """What ``lode stitch COLLECTION`` does up to the render: calibration fitted from the collection's own
+    frames, every section prepared (corrected, registered, solved, reported) as a Ray task; prints a
+    summary shaped like ``<store>.stitch.json``."""
+    import ray
+
+    from engine.runtime import init_ray
+    from engine.stitch.collection import load_correction, section_dirs
+    from engine.stitch.section import create_root, prepare_section
+
+    t = time.perf_counter()
+    corr = load_correction(collection)
+    init_ray(num_cpus=2)
+    create_root(store)
+    remote = ray.remote(num_cpus=0)(prepare_section)
+    dirs = {Path(d).name: d for d in section_dirs(collection)}
+    reports = dict(zip(dirs, (r for _, r in ray.get([remote.remote(d, store, corr) for d in dirs.values()]))))
+    lens = None if corr.lens is None else corr.lens.to_dict()
+    summary = {"calibration": {"lens": lens}, "sections": reports, "seconds": round(time.perf_counter() - t, 2)}
+    print(json.dumps(summary))
+
+
 def _ashlar_case(py: str, tiles: Path, rows: int, cols: int, hw: tuple[int, int], timeout: float) -> dict:
     return _measured([py, "-c", ASHLAR_CHILD, str(tiles), str(rows), str(cols), str(hw[1]), str(hw[0])], timeout)
 
@@ -143,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_child", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
-        _opencv_child(args._child[1])  # ["opencv", TILES]
+        if args._child[0] == "lode":
+            _lode_child(args._child[1], args._child[2])  # ["lode", COLLECTION, STORE]
+        else:
+            _opencv_child(args._child[1])  # ["opencv", TILES]
         return 0
     w, h = (int(v) for v in args.frame.lower().split("x"))
     work = Path(args.work) if args.work else Path(args.json).resolve().parent / "stitch_real_work"
@@ -176,32 +202,50 @@ def main(argv: list[str] | None = None) -> int:
         results["ashlar"] = {"skipped": why_no_ashlar}
     for cond in CONDITIONS:
         coll = work / cond
+        me = [sys.executable, "-m", "benchmarks.stitch_real", "--json", args.json, "--_child"]
         if "lode" in tools:
-            store = work / f"{cond}.zarr"
-            cmd = [sys.executable, "-m", "jobs.cli", "stitch", str(coll), "--out", str(store), "--shard", "1024"]
-            run = _measured(cmd, args.timeout)
-            run.pop("child", None)
-            if run["returncode"] == 0:
-                summary = json.loads(Path(str(store) + ".stitch.json").read_text())
-                run["job_s"] = summary["seconds"]
+            run = _measured([*me, "lode", str(coll), str(work / f"{cond}.zarr")], args.timeout)
+            summary = run.pop("child", None)
+            if summary:
+                run["prepare_s"] = summary["seconds"]
                 for name in GRIDS:
                     results["lode"][f"{name}_{cond}"] = score_lode(summary, name, truth[f"{name}_{cond}"])
             results["lode"][f"run_{cond}"] = run
         for name, (rows, cols) in GRIDS.items():
             case = f"{name}_{cond}"
             if "opencv" in tools:
-                me = [sys.executable, "-m", "benchmarks.stitch_real", "--json", args.json, "--_child", "opencv"]
-                run = _measured([*me, str(coll / name / "tiles")], args.timeout)
+                run = _measured([*me, "opencv", str(coll / name / "tiles")], args.timeout)
                 results["opencv_scans"][case] = _scored(run, truth[case])
             if "ashlar" in tools and not why_no_ashlar:
                 run = _ashlar_case(args.ashlar_python, coll / name / "tiles", rows, cols, (h, w), args.timeout)
                 results["ashlar"][case] = _scored(run, truth[case])
             print(case, json.dumps({k: results[k].get(case) for k in ("lode", "opencv_scans", "ashlar")}), flush=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
+    results["acceptance"] = _acceptance(results["lode"], results["targets"])
     Path(args.json).write_text(json.dumps(results, indent=1))
+    print(json.dumps(results["acceptance"]))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _acceptance(lode: dict, targets: dict) -> dict:
+    """Issue 17's targets per case: RMS vs truth, every frame placed, report RMS within 1.5× of the true RMS,
+    every frame whose true error exceeds 0.5 px flagged."""
+    out = {}
+    for case, r in lode.items():
+        if case.startswith("run_") or "rms_px" not in r:
+            continue
+        limit = targets["clean_rms_px"] if case.endswith("clean") else targets["degraded_rms_px"]
+        lo, hi = targets["report_over_true"]
+        ratio = r["report_over_true_rms"]
+        out[case] = {
+            "rms_ok": r["rms_px"] <= limit,
+            "all_placed": r["frames_placed"] == r["frames_total"],
+            "report_within_1_5x": ratio is not None and lo <= ratio <= hi,
+            "bad_frames_flagged": r["all_over_0_5px_flagged"],
+        }
+    return out
 
 
 def _scored(run: dict, truth: dict) -> dict:
