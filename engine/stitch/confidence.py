@@ -2,7 +2,8 @@
 
 Per edge, two residuals of its pairwise transform against the global solution: ``fit`` (with the
 edge in the solve, which pulls the solution towards it) and ``loo`` (leave-one-edge-out: the
-rest of the graph alone predicts the pair). For least squares with independent edge errors of
+rest of the graph alone predicts the pair), both with the robust solve's final weights (an edge
+the soft-L1 loss discounted does not spoil its neighbours' ``loo``). For least squares with independent edge errors of
 size σ, ``fit² ≈ σ²(1 - h)`` and ``loo² ≈ σ²/(1 - h)`` (``h``: the edge's leverage), so
 ``σ ≈ √(fit · loo)``. Each edge's σ is then propagated through the linear solve to every frame
 (a random similarity of that size on the edge's points), and the global similarity, which no
@@ -91,11 +92,14 @@ def predict_errors(
     sub = [Edge(idx[e.i], idx[e.j], True, M=e.M, pts_i=e.pts_i, pts_j=e.pts_j) for e in active]
     A, y, col, spans = edge_system(len(members), sub, ref, mats[ref], opts)  # type: ignore[arg-type]
     d = 1.0 / np.maximum(np.sqrt(np.asarray(A.multiply(A).sum(axis=0))).ravel(), 1e-12)
-    As = (A @ sp.diags(d)).tocsr()
-    N = (As.T @ As).toarray()
-    z = np.zeros(As.shape[1])
+    z = np.zeros(A.shape[1])
     for k, c in col.items():
         z[c : c + 4] = params_of(mats[k]) / d[c : c + 4]  # type: ignore[arg-type]
+    As = (A @ sp.diags(d)).tocsr()
+    if opts.loss == "soft_l1":
+        sw = (1 + ((As @ z - y) / opts.loss_scale_px) ** 2) ** -0.25
+        As, y = (sp.diags(sw) @ As).tocsr(), sw * y
+    N = (As.T @ As).toarray()
     b = As.T @ y
     pairs = [(e.i, e.j) for e in sub]
     sigma: dict[int, float] = {}
