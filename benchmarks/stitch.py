@@ -121,12 +121,13 @@ def generate(work: Path, rows: int, cols: int, hw: tuple[int, int], seed: int) -
     return out
 
 
-def _opencv_child(collection: str) -> None:
+def _opencv_child(tiles: str) -> None:
+    """``cv2.Stitcher`` (SCANS) on the images of folder ``tiles``; prints its result as one JSON line."""
     import cv2
 
     from engine.io.images import list_images, read_rgb
 
-    paths = list_images(Path(collection) / "section" / "tiles")
+    paths = list_images(Path(tiles))
     imgs = [read_rgb(p)[..., ::-1].copy() for p in paths]
     st = cv2.Stitcher_create(cv2.Stitcher_SCANS)
     t = time.perf_counter()
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_child", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
-        _opencv_child(args._child[1])  # ["opencv", COLLECTION]
+        _opencv_child(args._child[1])  # ["opencv", TILES]
         return 0
     w, h = (int(v) for v in args.frame.lower().split("x"))
     work = Path(args.work) if args.work else Path(args.json).resolve().parent / "stitch_bench_work"
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             if run["returncode"] == 0:
                 run.update(_score_lode(work, case, truth[data], src))
         else:
-            run = _measured(me + ["opencv", str(work / data)], args.timeout)
+            run = _measured(me + ["opencv", str(work / data / "section" / "tiles")], args.timeout)
             if run.get("child"):
                 run.update(_score_opencv(run["child"], truth[data]))
         if case.startswith("opencv"):

@@ -53,7 +53,7 @@ def _params_to_mat(p: np.ndarray) -> np.ndarray:
     return np.array([[a, -b, tx], [b, a, ty]])
 
 
-def _edge_points(e: Edge, k: int) -> tuple[np.ndarray, np.ndarray]:
+def edge_points(e: Edge, k: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.linspace(0, len(e.pts_j) - 1, min(k, len(e.pts_j))).astype(int)
     q = e.pts_j[idx]
     if e.M is None:
@@ -75,17 +75,21 @@ def _rows(P: np.ndarray, col0: int, sign: float, n_params: int, row0: int) -> tu
     return rows, cols, vals
 
 
-def _solve_once(n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: AlignOptions) -> tuple[np.ndarray, dict]:
+def edge_system(
+    n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: AlignOptions
+) -> tuple[sp.csr_matrix, np.ndarray, dict[int, int], list[tuple[int, int]]]:
+    """The linear system ``A x = y`` of every edge's points (x rows then y rows per point); the column of
+    each free frame's ``(a, b, tx, ty)`` and each edge's row span."""
     var = [k for k in range(n) if k != ref]
     col = {k: 4 * c for c, k in enumerate(var)}
     rows: list = []
     cols: list = []
     vals: list = []
-    rhs, spans = [], {}
+    rhs, spans = [], []
     row = 0
-    fixed = np.array([ref_M[0, 0], ref_M[1, 0], ref_M[0, 2], ref_M[1, 2]])
+    fixed = params_of(ref_M)
     for e in edges:
-        P, Q = _edge_points(e, opts.points_per_edge)
+        P, Q = edge_points(e, opts.points_per_edge)
         m = len(P)
         b = np.zeros(2 * m)
         for pts, k, sign in ((P, e.i, 1.0), (Q, e.j, -1.0)):
@@ -97,10 +101,18 @@ def _solve_once(n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: Al
                 cols += c
                 vals += v
         rhs.append(b)
-        spans[(e.i, e.j)] = (row, row + 2 * m)
+        spans.append((row, row + 2 * m))
         row += 2 * m
     A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(row, 4 * len(var)))
-    y = np.concatenate(rhs)
+    return A, np.concatenate(rhs), col, spans
+
+
+def params_of(M: np.ndarray) -> np.ndarray:
+    return np.array([M[0, 0], M[1, 0], M[0, 2], M[1, 2]])
+
+
+def _solve_once(n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: AlignOptions) -> np.ndarray:
+    A, y, col, _ = edge_system(n, edges, ref, ref_M, opts)
     d = 1.0 / np.maximum(np.sqrt(np.asarray(A.multiply(A).sum(axis=0))).ravel(), 1e-12)
     As = A @ sp.diags(d)
     x0 = d * np.linalg.solve((As.T @ As).toarray(), As.T @ y)
@@ -115,10 +127,10 @@ def _solve_once(n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: Al
         x_scale="jac",
     )
     params = np.zeros((n, 4))
-    params[ref] = fixed
-    for k in var:
-        params[k] = sol.x[col[k] : col[k] + 4]
-    return params, spans
+    params[ref] = params_of(ref_M)
+    for k, c in col.items():
+        params[k] = sol.x[c : c + 4]
+    return params
 
 
 def solve(
@@ -143,11 +155,11 @@ def solve(
         idx = {k: c for c, k in enumerate(members)}
         sub = [Edge(idx[e.i], idx[e.j], True, M=e.M, pts_i=e.pts_i, pts_j=e.pts_j) for e in active]
         ref_M = reference_M if reference_M is not None else np.eye(2, 3)
-        params, spans = _solve_once(len(members), sub, idx[ref], ref_M, opts)
+        params = _solve_once(len(members), sub, idx[ref], ref_M, opts)
         mats = [_params_to_mat(p) for p in params]
         grid_rms = {}
         for e, s in zip(active, sub):
-            P, Q = _edge_points(s, opts.points_per_edge)
+            P, Q = edge_points(s, opts.points_per_edge)
             r = apply(mats[s.i], P) - apply(mats[s.j], Q)
             grid_rms[(e.i, e.j)] = float(np.sqrt(np.mean(np.sum(r**2, axis=1))))
         worst = max(grid_rms, key=grid_rms.get)  # type: ignore[arg-type]

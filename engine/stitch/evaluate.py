@@ -55,6 +55,34 @@ def alignment_rms(
     return float(np.sqrt(np.mean(np.sum(r**2, axis=1)))), G
 
 
+def frame_errors(
+    est: list[np.ndarray | None],
+    est_lens: LensModel | None,
+    truth: list[np.ndarray | None],
+    true_lens: LensModel,
+    frame_hw: tuple[int, int],
+    grid: int = 12,
+    margin: float = 0.05,
+) -> list[float | None]:
+    """Per frame, the RMS (px) of :func:`alignment_rms`'s grid after the same global similarity
+    (``None`` where either side is missing)."""
+    _, G = alignment_rms(est, est_lens, truth, true_lens, frame_hw, grid, margin)
+    h, w = frame_hw
+    xs = np.linspace(margin * w, (1 - margin) * w, grid)
+    ys = np.linspace(margin * h, (1 - margin) * h, grid)
+    raw = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+    e_ideal = raw if est_lens is None else ideal_points(raw, est_lens)
+    t_ideal = ideal_points(raw, true_lens)
+    out: list[float | None] = []
+    for me, mt in zip(est, truth):
+        if me is None or mt is None:
+            out.append(None)
+            continue
+        r = apply(G, apply(me, e_ideal)) - apply(mt, t_ideal)
+        out.append(float(np.sqrt(np.mean(np.sum(r**2, axis=1)))))
+    return out
+
+
 def sample_delta_e(
     pano: np.ndarray, source: np.ndarray, G: np.ndarray, keep: np.ndarray, n: int = 200_000, seed: int = 0
 ) -> float:

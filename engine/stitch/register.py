@@ -1,7 +1,9 @@
-"""Pairwise registration: full-resolution SIFT + RANSAC similarity, refined by phase correlation.
+"""Pairwise registration: full-resolution SIFT + RANSAC similarity.
 
 A pair ``(i, j)`` yields ``M`` (2×3), the similarity that maps pixels of frame ``j`` to
 pixels of frame ``i``. Only the expected overlap (from a prior transform) is searched.
+The RANSAC fit (refined on its inliers) is kept as it is: a phase-correlation refinement
+after it moved textured pairs of photographs by up to 0.66 px away from the truth.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ class RegisterOptions:
     max_deviation: float = 0.1
     max_rotation_deg: float = 3.0
     max_scale_dev: float = 0.03
-    phase_refine: bool = True
-    max_phase_px: float = 1.5
-    min_phase_overlap_px: int = 256
+    intensity_fallback: bool = True
+    min_correlation: float = 0.6
+    fallback_points: int = 8
 
 
 @dataclass
@@ -34,7 +36,9 @@ class Edge:
 
     ``pts_i``/``pts_j``: RANSAC inliers; ``all_i``/``all_j``: every ratio-test match,
     kept so residuals can be judged against the global solution rather than the
-    pairwise model that selected them.
+    pairwise model that selected them. An edge registered from intensities
+    (``method == "intensity"``) carries a grid of its overlap mapped through ``M`` instead,
+    and its ECC ``correlation``.
     """
 
     i: int
@@ -46,7 +50,8 @@ class Edge:
     inliers: int = 0
     keypoints: tuple[int, int] = (0, 0)
     fit_rms_px: float = float("nan")
-    phase_shift: tuple[float, float] = (0.0, 0.0)
+    method: str = "features"
+    correlation: float = float("nan")
     pts_i: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     pts_j: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     all_i: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
@@ -96,21 +101,29 @@ def overlap_box(
 def detect(
     grey: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int] | None, max_features: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """SIFT keypoints ``(n, 2)`` (frame coordinates) and descriptors inside ``box``."""
+    """SIFT keypoints ``(n, 2)`` (frame coordinates) and descriptors inside ``box``, in a fixed order.
+
+    OpenCV's threads find keypoints in an order that varies from run to run, and RANSAC's samples
+    and the global solve's points follow that order: they are sorted by position, scale and angle.
+    """
     x0, y0, x1, y1 = box if box else (0, 0, grey.shape[1], grey.shape[0])
     sift = cv2.SIFT_create(nfeatures=max_features)  # type: ignore[attr-defined]  # in OpenCV, not its stubs
     m = None if mask is None else np.ascontiguousarray(mask[y0:y1, x0:x1])
     kps, desc = sift.detectAndCompute(np.ascontiguousarray(grey[y0:y1, x0:x1]), m)
-    pts = np.array([k.pt for k in kps], np.float64).reshape(-1, 2) + (x0, y0)
-    return pts, desc
+    order = sorted(range(len(kps)), key=lambda k: (kps[k].pt[1], kps[k].pt[0], kps[k].size, kps[k].angle))
+    pts = np.array([kps[k].pt for k in order], np.float64).reshape(-1, 2) + (x0, y0)
+    return pts, None if desc is None else desc[order]
 
 
 def match(desc_i: np.ndarray | None, desc_j: np.ndarray | None, ratio: float) -> np.ndarray:
-    """Index pairs ``(k, 2)`` passing Lowe's ratio test (mutual nearest not required)."""
+    """Index pairs ``(k, 2)`` passing Lowe's ratio test (mutual nearest not required).
+
+    Exact (brute-force) nearest neighbours: FLANN's randomised trees draw from the process's
+    ``rand()``, so the same pair matched differently from run to run.
+    """
     if desc_i is None or desc_j is None or len(desc_i) < 2 or len(desc_j) < 2:
         return np.zeros((0, 2), int)
-    flann = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 4}, {"checks": 64})
-    knn = flann.knnMatch(desc_j, desc_i, k=2)
+    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(desc_j, desc_i, k=2)
     good = [(m[0].trainIdx, m[0].queryIdx) for m in knn if len(m) == 2 and m[0].distance < ratio * m[1].distance]
     return np.array(good, int).reshape(-1, 2)
 
@@ -130,50 +143,112 @@ def similarity_ok(M: np.ndarray, prior: np.ndarray | None, hw_j: tuple[int, int]
     return ""
 
 
-def phase_refine(
-    grey_i: np.ndarray,
-    valid_i: np.ndarray,
-    grey_j: np.ndarray,
-    valid_j: np.ndarray,
-    M: np.ndarray,
-    max_px: float,
-    min_side: int = 256,
-    iterations: int = 3,
-) -> tuple[np.ndarray, tuple[float, float]]:
-    """Residual translation of warped ``j`` against ``i`` over their overlap (phase correlation).
+def _fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (2×3) taking points ``src`` to ``dst`` (no outliers)."""
+    x, y = src[:, 0], src[:, 1]
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    A = np.concatenate([np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)])
+    (a, b, tx, ty), *_ = np.linalg.lstsq(A, np.concatenate([dst[:, 0], dst[:, 1]]), rcond=None)
+    return np.array([[a, -b, tx], [b, a, ty]])
 
-    The correlation is repeated on the re-warped frame until the shift vanishes, so
-    the sub-pixel peak estimate (biased away from zero shift) is only used near zero.
-    Overlaps narrower than ``min_side`` are left alone: there the windowed peak is
-    less certain than the keypoint fit.
+
+def register_intensity(
+    gi: np.ndarray, valid_i: np.ndarray, gj: np.ndarray, valid_j: np.ndarray, prior: np.ndarray, opts: RegisterOptions
+) -> tuple[np.ndarray, float, np.ndarray] | str:
+    """Similarity ``j → i`` from the pixels of the expected overlap, for overlaps too smooth for keypoints.
+
+    Phase correlation of the overlap at ``prior`` finds the shift; ECC (``cv2.findTransformECC``,
+    affine, invariant to gain and offset) refines it on the overlap of frame ``i``, and the affine
+    is projected onto the similarity that best reproduces it over that overlap. Returns
+    ``(M, correlation, grid_j)`` (``grid_j``: points of the overlap in frame ``j``) or why it failed.
     """
-    h, w = grey_i.shape
-    wv = cv2.warpAffine(valid_j, M, (w, h), flags=cv2.INTER_NEAREST)
-    both = (wv > 0) & (valid_i > 0)
-    ys, xs = np.nonzero(both)
-    if len(xs) < 1024:
-        return M, (0.0, 0.0)
-    x0, x1, y0, y1 = xs.min() + 4, xs.max() - 4, ys.min() + 4, ys.max() - 4
-    if x1 - x0 < min_side or y1 - y0 < min_side:
-        return M, (0.0, 0.0)
-    ref = grey_i[y0:y1, x0:x1].astype(np.float32)
-    ref -= ref.mean()
-    src = grey_j.astype(np.float32)
-    win = cv2.createHanningWindow((x1 - x0, y1 - y0), cv2.CV_32F)
-    total = np.zeros(2)
-    out = M
-    for _ in range(iterations):
-        warped = cv2.warpAffine(src, compose(translation(-x0, -y0), out), (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC)
-        (dx, dy), resp = cv2.phaseCorrelate(ref, warped - warped.mean(), win)
-        if not np.isfinite(dx) or resp < 0.05:
-            return M, (0.0, 0.0)
-        total += (dx, dy)
-        out = compose(translation(-total[0], -total[1]), M)
-        if np.hypot(dx, dy) < 0.005:
-            break
-    if np.hypot(*total) > max_px:
-        return M, (0.0, 0.0)
-    return out, (float(total[0]), float(total[1]))
+    hw_i, hw_j = gi.shape[:2], gj.shape[:2]
+    box = overlap_box(prior, hw_i, hw_j, 0.0)
+    if box is None:
+        return "no expected overlap"
+    x0, y0, x1, y1 = box
+    size = (x1 - x0, y1 - y0)
+    to_box = compose(translation(-x0, -y0), prior)
+    ref = gi[y0:y1, x0:x1].astype(np.float32)
+    mov = cv2.warpAffine(gj.astype(np.float32), to_box, size, flags=cv2.INTER_LINEAR)
+    seen = (cv2.warpAffine(valid_j, to_box, size, flags=cv2.INTER_NEAREST) > 0) & (valid_i[y0:y1, x0:x1] > 0)
+    if seen.sum() < 1024 or float(ref[seen].std()) < 1.0:
+        return "no texture in the overlap"
+    ref = np.where(seen, ref - ref[seen].mean(), 0).astype(np.float32)
+    mov = np.where(seen, mov - mov[seen].mean(), 0).astype(np.float32)
+    (dx, dy), _ = cv2.phaseCorrelate(ref, mov, cv2.createHanningWindow(size, cv2.CV_32F))
+    M = compose(translation(-dx, -dy), prior)
+    box = overlap_box(M, hw_i, hw_j, 0.0)
+    if box is None:
+        return "no overlap at the correlation peak"
+    x0, y0, x1, y1 = box
+    size = (x1 - x0, y1 - y0)
+    j_valid = cv2.warpAffine(valid_j, compose(translation(-x0, -y0), M), size, flags=cv2.INTER_NEAREST)
+    mask = cv2.erode(((j_valid > 0) & (valid_i[y0:y1, x0:x1] > 0)).astype(np.uint8), np.ones((9, 9), np.uint8))
+    if mask.sum() < 1024:
+        return "no overlap at the correlation peak"
+    W0 = compose(invert(M), translation(x0, y0)).astype(np.float32)
+    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 200, 1e-6)
+    try:
+        cc, W = cv2.findTransformECCWithMask(
+            gi[y0:y1, x0:x1].astype(np.float32),
+            gj.astype(np.float32),
+            mask,
+            cv2.erode(valid_j, np.ones((5, 5), np.uint8)),
+            W0,
+            cv2.MOTION_AFFINE,
+            crit,
+            5,
+        )
+    except cv2.error as exc:
+        return f"ECC did not converge ({str(exc).strip().splitlines()[-1][:80]})"
+    if not np.isfinite(cc) or cc < opts.min_correlation:
+        return f"correlation {cc:.2f} < {opts.min_correlation}"
+    ys, xs = np.nonzero(mask)
+    k = opts.fallback_points
+    gx = np.linspace(xs.min(), xs.max(), k)
+    gy = np.linspace(ys.min(), ys.max(), k)
+    grid = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)
+    grid = grid[mask[grid[:, 1].astype(int), grid[:, 0].astype(int)] > 0]
+    grid_j = apply(np.asarray(W, np.float64), grid)
+    return _fit_similarity(grid_j, grid + (x0, y0)), float(cc), grid_j
+
+
+def _register_features(edge: Edge, gi, valid_i, gj, valid_j, prior, opts: RegisterOptions) -> str:
+    """SIFT + RANSAC on the expected overlaps; fills ``edge`` and returns ``""``, or why it failed."""
+    hw_i, hw_j = gi.shape[:2], gj.shape[:2]
+    box_i = box_j = None
+    if prior is not None:
+        box_i = overlap_box(prior, hw_i, hw_j, opts.search_margin)
+        box_j = overlap_box(invert(prior), hw_j, hw_i, opts.search_margin)
+        if box_i is None or box_j is None:
+            return "no expected overlap"
+    pi, di = detect(gi, valid_i, box_i, opts.max_features)
+    pj, dj = detect(gj, valid_j, box_j, opts.max_features)
+    edge.keypoints = (len(pi), len(pj))
+    if min(len(pi), len(pj)) < opts.min_inliers:
+        return f"too few features ({len(pi)}, {len(pj)})"
+    mt = match(di, dj, opts.ratio)
+    edge.matches = len(mt)
+    if len(mt) < opts.min_inliers:
+        return f"too few matches ({len(mt)})"
+    a, b = pi[mt[:, 0]], pj[mt[:, 1]]
+    M, inl = cv2.estimateAffinePartial2D(
+        b, a, method=cv2.RANSAC, ransacReprojThreshold=opts.ransac_px, maxIters=5000, confidence=0.999, refineIters=20
+    )
+    if M is None:
+        return "RANSAC found no model"
+    inl = inl.ravel().astype(bool)
+    edge.inliers = int(inl.sum())
+    if edge.inliers < opts.min_inliers or edge.inliers < opts.min_inlier_ratio * len(mt):
+        return f"too few inliers ({edge.inliers} of {len(mt)})"
+    why = similarity_ok(M, prior, hw_j, opts)
+    if why:
+        return why
+    edge.all_i, edge.all_j = a, b
+    edge.M, edge.pts_i, edge.pts_j, edge.ok = M, a[inl], b[inl], True
+    edge.fit_rms_px = float(np.sqrt(np.mean(np.sum((apply(M, b[inl]) - a[inl]) ** 2, axis=1))))
+    return ""
 
 
 def register_pair(
@@ -186,46 +261,30 @@ def register_pair(
     prior: np.ndarray | None,
     opts: RegisterOptions = RegisterOptions(),
 ) -> Edge:
-    """Register frame ``j`` onto frame ``i``; ``prior`` (j→i) bounds the search, or ``None`` for whole frames."""
+    """Register frame ``j`` onto frame ``i``; ``prior`` (j→i) bounds the search, or ``None`` for whole frames.
+
+    Where keypoints fail and a ``prior`` is given, the overlap's intensities are registered
+    instead (:func:`register_intensity`).
+    """
     gi, gj = to_grey(img_i), to_grey(img_j)
-    hw_i, hw_j = gi.shape[:2], gj.shape[:2]
-    box_i = box_j = None
-    if prior is not None:
-        box_i = overlap_box(prior, hw_i, hw_j, opts.search_margin)
-        box_j = overlap_box(invert(prior), hw_j, hw_i, opts.search_margin)
-        if box_i is None or box_j is None:
-            return Edge(i, j, False, "no expected overlap")
-    pi, di = detect(gi, valid_i, box_i, opts.max_features)
-    pj, dj = detect(gj, valid_j, box_j, opts.max_features)
-    edge = Edge(i, j, False, keypoints=(len(pi), len(pj)))
-    if min(len(pi), len(pj)) < opts.min_inliers:
-        edge.reason = f"too few features ({len(pi)}, {len(pj)})"
-        return edge
-    mt = match(di, dj, opts.ratio)
-    edge.matches = len(mt)
-    if len(mt) < opts.min_inliers:
-        edge.reason = f"too few matches ({len(mt)})"
-        return edge
-    a, b = pi[mt[:, 0]], pj[mt[:, 1]]
-    M, inl = cv2.estimateAffinePartial2D(
-        b, a, method=cv2.RANSAC, ransacReprojThreshold=opts.ransac_px, maxIters=5000, confidence=0.999, refineIters=20
-    )
-    if M is None:
-        edge.reason = "RANSAC found no model"
-        return edge
-    inl = inl.ravel().astype(bool)
-    edge.inliers = int(inl.sum())
-    if edge.inliers < opts.min_inliers or edge.inliers < opts.min_inlier_ratio * len(mt):
-        edge.reason = f"too few inliers ({edge.inliers} of {len(mt)})"
-        return edge
-    why = similarity_ok(M, prior, hw_j, opts)
-    if why:
+    edge = Edge(i, j, False)
+    why = _register_features(edge, gi, valid_i, gj, valid_j, prior, opts)
+    if not why or prior is None or not opts.intensity_fallback or why == "no expected overlap":
         edge.reason = why
         return edge
-    if opts.phase_refine:
-        M, edge.phase_shift = phase_refine(gi, valid_i, gj, valid_j, M, opts.max_phase_px, opts.min_phase_overlap_px)
-    edge.all_i, edge.all_j = a, b
-    a, b = a[inl], b[inl]
-    edge.M, edge.pts_i, edge.pts_j, edge.ok = M, a, b, True
-    edge.fit_rms_px = float(np.sqrt(np.mean(np.sum((apply(M, b) - a) ** 2, axis=1))))
+    got = register_intensity(gi, valid_i, gj, valid_j, prior, opts)
+    if isinstance(got, str):
+        edge.reason = f"{why}; intensity: {got}"
+        return edge
+    M, cc, grid_j = got
+    bad = similarity_ok(M, prior, gj.shape[:2], opts)
+    if bad:
+        edge.reason = f"{why}; intensity: {bad}"
+        return edge
+    grid_i = apply(M, grid_j)
+    edge.M, edge.ok, edge.method, edge.correlation = M, True, "intensity", cc
+    edge.pts_i = edge.all_i = grid_i
+    edge.pts_j = edge.all_j = grid_j
+    edge.fit_rms_px = 0.0
+    edge.reason = f"registered by intensity ({why})"
     return edge

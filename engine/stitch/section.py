@@ -34,6 +34,7 @@ from engine.io.manifest import RunManifest
 from engine.io.ome import PyramidLayout, create_image, open_store
 from engine.raster.runner import RunOptions, StageRun, run_stage
 from engine.stitch.align import AlignOptions, solve
+from engine.stitch.confidence import Confidence, predict_errors
 from engine.stitch.exposure import overlap_means, solve_gains
 from engine.stitch.frames import Correction, correct, grey_std, read_section
 from engine.stitch.register import (
@@ -63,6 +64,7 @@ class StitchOptions:
     levels: int = 3
     coarse_px: int = 800
     flag_residual_px: float = 1.0
+    flag_error_px: float = 0.3
     blank_std: float = 3.0
 
 
@@ -240,6 +242,7 @@ def prepare_section(
     timings["register"] = time.perf_counter() - t
     t = time.perf_counter()
     al = solve(n, edges, opts=opts.align)
+    conf = predict_errors(edges, al, hw, opts.align)
     timings["align"] = time.perf_counter() - t
     if n == 1 and al.transforms[0] is None:
         al.transforms[0], al.reference = np.eye(2, 3), 0
@@ -299,7 +302,7 @@ def prepare_section(
     )
     create_partial(plan, labels, opts.levels)
     timings["prepare"] = time.perf_counter() - t0
-    report = build_report(sec, hw, edges, al, mats, gains, (H, W), placed, opts, timings, len(plan.blocks), stds)
+    report = build_report(sec, hw, edges, al, conf, mats, gains, (H, W), placed, opts, timings, len(plan.blocks), stds)
     report["seam_labels"] = {"array": SEAM_LABELS, "scale": s}
     atomic_write_bytes(
         _plan_file(work, sec.section_id), pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint})
@@ -421,6 +424,7 @@ def build_report(
     hw,
     edges: list[Edge],
     al,
+    conf: Confidence,
     mats,
     gains,
     shape,
@@ -449,18 +453,23 @@ def build_report(
             "matches": e.matches,
             "inliers": e.inliers,
             "fit_rms_px": None if not np.isfinite(e.fit_rms_px) else round(e.fit_rms_px, 4),
-            "phase_shift_px": [round(v, 4) for v in e.phase_shift],
+            "method": e.method,
+            "correlation": None if not np.isfinite(e.correlation) else round(e.correlation, 4),
         }
         if key in al.rejected:
             row["rejected"] = al.rejected[key]
         if key in al.edge_rms_px:
             row["rms_px"] = round(al.edge_rms_px[key], 4)
+            row["fit_px"] = round(conf.edge_fit_px[key], 4)
+            loo = conf.edge_loo_px[key]
+            row["leave_one_out_px"] = None if loo is None else round(loo, 4)
+            row["sigma_px"] = round(conf.edge_sigma_px[key], 4)
             row["max_px"] = round(al.edge_max_px[key], 4)
             row["residual_points"] = al.edge_points[key]
         edge_rows.append(row)
     sq = sum(v**2 * al.edge_points[k] for k, v in al.edge_rms_px.items())
     npts = sum(al.edge_points.values())
-    rms = float(np.sqrt(sq / npts)) if npts else None
+    match_rms = float(np.sqrt(sq / npts)) if npts else None
     frames, flagged = [], []
     for k in range(n):
         mine = by_frame[k]
@@ -478,6 +487,12 @@ def build_report(
         worst = max((al.edge_rms_px.get((e.i, e.j), 0.0) for e in mine), default=0.0)
         if placed[k] and worst >= opts.flag_residual_px:
             flags.append(f"edge residual {worst:.2f} px >= {opts.flag_residual_px} px (lens or motion?)")
+        if k in conf.one_edge:
+            i, j = conf.one_edge[k]
+            flags.append(f"supported by one edge ({names[i]}–{names[j]}): its position is not cross-checked")
+        err = conf.frame_error_px.get(k)
+        if err is not None and err >= opts.flag_error_px:
+            flags.append(f"predicted error {err:.2f} px >= {opts.flag_error_px} px")
         row = {
             "file": names[k],
             "placed": placed[k],
@@ -485,6 +500,7 @@ def build_report(
             "grey_std": round(stds[k], 3),
             "flags": flags,
             "edges_used": sum(1 for e in mine if (e.i, e.j) in al.edge_rms_px),
+            "predicted_error_px": None if err is None else round(err, 4),
         }
         if mats[k] is not None:
             sc, ang = _similarity(mats[k])
@@ -497,7 +513,8 @@ def build_report(
         "frames_total": n,
         "frames_placed": int(sum(placed)),
         "flagged": flagged,
-        "rms_px": None if rms is None else round(rms, 4),
+        "rms_px": None if conf.rms_px is None else round(conf.rms_px, 4),
+        "match_rms_px": None if match_rms is None else round(match_rms, 4),
         "max_edge_rms_px": round(max(al.edge_rms_px.values()), 4) if al.edge_rms_px else None,
         "panorama_hw": list(shape),
         "reference_frame": names[al.reference] if al.reference >= 0 else None,
