@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lode-installed
 OUT ?= demo_out
 
-.PHONY: venv sysdeps viewer demo lint test test-all bench docs clean
+.PHONY: venv sysdeps viewer demo lint test test-all ashlar bench docs clean
 
 # Headless Chromium renders report.html in the report test (Debian package).
 sysdeps:
@@ -56,7 +56,16 @@ test: venv sysdeps viewer lint
 test-all: venv sysdeps viewer lint
 	$(PYTEST) --durations=25
 
-bench: venv
+# ASHLAR, the peer of benchmarks.stitch_real, in a venv of its own (its pins differ from Lode's).
+ASHLAR_STAMP := .venv-ashlar/.installed
+$(ASHLAR_STAMP): requirements-ashlar.lock
+	test -x .venv-ashlar/bin/python || $(PYTHON) -m venv .venv-ashlar
+	.venv-ashlar/bin/python -m pip install -q -r requirements-ashlar.lock
+	touch $(ASHLAR_STAMP)
+
+ashlar: $(ASHLAR_STAMP)
+
+bench: venv ashlar
 	$(VENV)/bin/lode bench --out bench_out
 
 # The documentation site (mkdocs-material), built offline into site/; fails on any warning.
@@ -70,4 +79,4 @@ docs: $(DOCS_STAMP)
 	@echo "site/index.html"
 
 clean:
-	rm -rf $(VENV) $(OUT) bench_out site .pytest_cache .mypy_cache .ruff_cache $(VIEWER)/node_modules $(VIEWER)/dist
+	rm -rf $(VENV) .venv-ashlar $(OUT) bench_out site .pytest_cache .mypy_cache .ruff_cache $(VIEWER)/node_modules $(VIEWER)/dist

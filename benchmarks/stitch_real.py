@@ -31,7 +31,8 @@ from benchmarks.stitch import _measured, _opencv_child, _score_opencv
 
 GRIDS = {"5x5": (5, 5), "4x4": (4, 4)}
 CONDITIONS = ("clean", "degraded")
-ASHLAR_PYTHON = "/tmp/ashlar-venv/bin/python"
+# `make ashlar` builds this venv from requirements-ashlar.lock (ASHLAR 1.20 beside its own numpy and scikit-image).
+ASHLAR_PYTHON = str(Path(__file__).resolve().parent.parent / ".venv-ashlar" / "bin" / "python")
 ASHLAR_CHILD = r"""
 import json, os, sys, tempfile
 import numpy as np

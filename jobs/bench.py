@@ -61,6 +61,27 @@ HEADLINES: dict[str, list[Headline]] = {
         Headline("wall, degraded (s)", "lode_degraded.wall_s", "cv2.Stitcher SCANS", "opencv_scans.wall_s"),
         Headline("RMS vs truth, clean frames (px)", "lode_clean.rms_px"),
     ],
+    "stitch_real": [
+        Headline(
+            "RMS vs truth, 5×5 degraded real textures (px)",
+            "lode.5x5_degraded.rms_px",
+            "ASHLAR 1.20",
+            "ashlar.5x5_degraded.rms_px",
+        ),
+        Headline(
+            "RMS vs truth, 4×4 degraded real textures (px)",
+            "lode.4x4_degraded.rms_px",
+            "ASHLAR 1.20",
+            "ashlar.4x4_degraded.rms_px",
+        ),
+        Headline(
+            "frames placed, 5×5 clean",
+            "lode.5x5_clean.frames_placed",
+            "cv2.Stitcher SCANS",
+            "opencv_scans.5x5_clean.frames_kept",
+        ),
+        Headline("report RMS / true RMS, 4×4 degraded", "lode.4x4_degraded.report_over_true_rms"),
+    ],
     "analyze_grains": [
         Headline("wall, Ray tasks (s)", "ray.wall_s", "serial", "serial.wall_s"),
         Headline("peak RSS, Ray tasks (GiB)", "ray.peak_rss_gib", "serial", "serial.peak_rss_gib"),
@@ -140,6 +161,7 @@ HEADLINES: dict[str, list[Headline]] = {
 QUICK: dict[str, list[str]] = {
     "segment_throughput": ["--size", "1024x1024", "--window", "256", "--batch-size", "4"],
     "stitch": ["--rows", "2", "--cols", "3", "--frame", "600x400"],
+    "stitch_real": ["--frame", "480x360", "--tools", "lode,opencv"],
     "analyze_grains": ["--height", "2000", "--width", "1500"],
     "lineaments": ["--n", "2", "--size", "256"],
     "prospect": ["--size", "256", "--seeds", "1", "--steps", "20"],
