@@ -70,6 +70,7 @@ def sample_batch(
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
+    import ray.train.torch
     import torch
 
     from engine.geophys.model import build_model, dice_bce_loss, load_checkpoint, normalise_windows, save_checkpoint
@@ -78,7 +79,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = ray.train.torch.get_device()
     card = {**DEFAULT_CARD, "encoder": cfg.encoder, "window": cfg.window, **cfg.card}
     if cfg.init_checkpoint:
         model, card = load_checkpoint(cfg.init_checkpoint)
@@ -121,9 +122,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def train(config: TrainConfig) -> Path:
     """Run the Ray Train loop; returns the path of the final checkpoint (``<out>/model.pt``)."""
 
-    import torch
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig
     from ray.train.torch import TorchTrainer
+
+    from engine.train.scaling import scaling_config
 
     out = Path(config.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +136,7 @@ def train(config: TrainConfig) -> Path:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dataclasses.asdict(config),
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=torch.cuda.is_available()),
+        scaling_config=scaling_config(1),
         run_config=RunConfig(
             name="lineaments", storage_path=str(out / "ray_results"), checkpoint_config=CheckpointConfig(num_to_keep=1)
         ),

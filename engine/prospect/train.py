@@ -236,8 +236,10 @@ def train_with_ray(
 ) -> dict:
     """Run ``train_local`` as a one-worker Ray ``TorchTrainer`` (GPU when there is one) and copy the
     checkpoint to ``out``."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
+
+    from engine.train.scaling import scaling_config
 
     open_stack(stack_path)
     from engine.runtime import init_ray
@@ -256,7 +258,7 @@ def train_with_ray(
             pool_blocks=pool_blocks,
             config=config,
         ),
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=torch.cuda.is_available()),
+        scaling_config=scaling_config(1),
         run_config=RunConfig(name=f"prospect-{kind}", storage_path=str(storage_dir.resolve())),
     )
     result = trainer.fit()

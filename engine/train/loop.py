@@ -385,10 +385,11 @@ def _cpus_per_worker(workers: int) -> float:
 def train(cfg: TrainOptions) -> Path:
     """Train and write ``<out>/model.pt`` (best validation mIoU), ``<out>/last/`` (to resume from),
     ``curves.csv``/``curves.png`` and ``train_metrics.json``; returns the path of ``model.pt``."""
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from engine.runtime import init_ray
+    from engine.train.scaling import scaling_config
 
     if cfg.batch_size % cfg.workers:
         raise LodeInputError(
@@ -423,11 +424,7 @@ def train(cfg: TrainOptions) -> Path:
             "resume": str(Path(cfg.resume).resolve()) if cfg.resume else None,
             "out": str(out),
         },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.workers,
-            use_gpu=cfg.gpu,
-            resources_per_worker=None if cfg.gpu else {"CPU": _cpus_per_worker(cfg.workers)},
-        ),
+        scaling_config=scaling_config(cfg.workers, cfg.gpu, _cpus_per_worker(cfg.workers)),
         datasets={"train": dataset},
         dataset_config=DataConfig(execution_options=ingest),
         run_config=RunConfig(

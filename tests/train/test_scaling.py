@@ -1,0 +1,61 @@
+"""Every trainer asks for GPUs from the cluster's resources, never from the driver's devices."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.train.scaling import scaling_config
+
+pytestmark = pytest.mark.ray
+
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def test_a_cluster_with_a_fake_gpu_gets_gpu_workers_whatever_the_driver_sees():
+    script = textwrap.dedent("""
+        import json
+        import ray
+        import torch
+        torch.cuda.is_available = lambda: False  # the driver (a CPU head node) sees no GPU
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        from engine.train.scaling import scaling_config
+        auto, cpu = scaling_config(1), scaling_config(2, gpu=False, cpus_per_worker=0.5)
+        cpu_resources = cpu._resources_per_worker_not_none
+        print(json.dumps({"auto": [auto.use_gpu, auto.num_workers], "cpu": [cpu.use_gpu, cpu_resources]}))
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": ROOT},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["auto"] == [True, 1]
+    assert found["cpu"] == [False, {"CPU": 0.5}]
+
+
+def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(ray_session, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = scaling_config(2, cpus_per_worker=0.5)
+    assert cfg.use_gpu is False and cfg.num_workers == 2
+    assert cfg._resources_per_worker_not_none == {"CPU": 0.5}
+
+
+@pytest.mark.parametrize("module", ["engine.geophys.train", "engine.prospect.train", "engine.train.loop"])
+def test_trainers_build_their_scaling_in_the_one_place(module):
+    """No trainer decides ``use_gpu`` itself (the driver's ``torch.cuda.is_available()`` was the bug)."""
+    import importlib
+    import inspect
+
+    src = inspect.getsource(importlib.import_module(module))
+    assert "scaling_config(" in src and "ScalingConfig(" not in src and "use_gpu=" not in src
