@@ -215,8 +215,9 @@ def run(cfg: Any) -> int:
 
 
 def _run_all(cfg: Any) -> None:
+    from engine.export.survey import deposits_geojson
     from engine.prospect.score import write_geotiff
-    from engine.prospect.stack import build_stack
+    from engine.prospect.stack import build_stack, open_stack
 
     out: Path = cfg.out
     out.mkdir(parents=True, exist_ok=True)
@@ -237,6 +238,7 @@ def _run_all(cfg: Any) -> None:
         timings[method] = time.perf_counter() - t
     for m in maps:
         write_geotiff(m, beside(m, ".tif"))
+    deposits_geojson(cfg.region / "deposits.csv", open_stack(stack).grid.crs, out / "deposits.geojson")
     _score(maps, cfg.region / "deposits.csv", "heldout", out / "eval")
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     import shapely
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON"}
+GPKG_DATE = "2000-01-01T00:00:00.000Z"
+"""The change date a GeoPackage records (GDAL's ``OGR_CURRENT_DATE``): fixed, so that a rerun writes
+the same bytes."""
 
 
 def write_vectors(
@@ -33,6 +36,7 @@ def write_vectors(
     GeoPackage or GeoJSON file (by suffix), atomically. An integer ``id`` field becomes the feature id
     (the GeoPackage's FID column, the GeoJSON features' ``id``); ``properties`` (GeoJSON only) become
     the collection's ``properties`` member."""
+    import pyogrio
     import pyogrio.raw
     import shapely
 
@@ -46,18 +50,23 @@ def write_vectors(
         options["ID_FIELD" if driver == "GeoJSON" else "FID"] = "id"
     if driver == "GeoJSON" and properties:
         options["FOREIGN_MEMBERS_COLLECTION"] = json.dumps({"properties": dict(properties)}, default=str)
-    with atomic_path(path) as tmp:
-        pyogrio.raw.write(
-            tmp,
-            shapely.to_wkb(np.asarray(geometries, dtype=object)),
-            [np.asarray(v) for v in fields.values()],
-            list(fields),
-            layer=path.stem,
-            driver=driver,
-            geometry_type=kinds[0],
-            crs=crs,
-            layer_options=options or None,
-        )
+    date = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": GPKG_DATE})
+    try:
+        with atomic_path(path) as tmp:
+            pyogrio.raw.write(
+                tmp,
+                shapely.to_wkb(np.asarray(geometries, dtype=object)),
+                [np.asarray(v) for v in fields.values()],
+                list(fields),
+                layer=path.stem,
+                driver=driver,
+                geometry_type=kinds[0],
+                crs=crs,
+                layer_options=options or None,
+            )
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": date})
     return path
 
 

@@ -142,9 +142,10 @@ def check_crs(samples: Samples, crs: str, source: str | Path) -> None:
     from pyproj.exceptions import CRSError
 
     try:
-        same = CRS.from_user_input(samples.crs) == CRS.from_user_input(crs)
+        a, b = CRS.from_user_input(samples.crs), CRS.from_user_input(crs)
     except CRSError as exc:
         raise LodeInputError(source, f"unreadable CRS {samples.crs!r}: {exc}") from None
+    same = a.equals(b, ignore_axis_order=True) or (a.to_epsg() is not None and a.to_epsg() == b.to_epsg())
     if not same:
         raise LodeInputError(source, f"samples are in {samples.crs}, the stack's grid in {crs}; reproject them")
 

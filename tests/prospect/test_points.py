@@ -16,7 +16,7 @@ import shapely
 from scipy.spatial import cKDTree
 
 from engine.errors import LodeInputError
-from engine.prospect.points import Samples, grid_samples, read_samples
+from engine.prospect.points import Samples, check_crs, grid_samples, read_samples
 from engine.prospect.stack import Grid, build_stack, open_stack
 
 CRS = "EPSG:32633"
@@ -120,6 +120,15 @@ def test_geoparquet_points_with_crs_metadata(tmp_path):
     assert got.crs == CRS
     np.testing.assert_array_equal(got.easting, samples.easting)
     np.testing.assert_array_equal(got.values, samples.values)
+
+
+def test_crs_spelled_another_way_is_the_grids_and_another_crs_is_refused():
+    s = Samples(np.zeros(1), np.zeros(1), np.zeros(1), "+proj=utm +zone=33 +datum=WGS84 +units=m +no_defs")
+    check_crs(s, CRS, "s.csv")
+    with pytest.raises(LodeInputError, match="EPSG:32634"):
+        check_crs(s, "EPSG:32634", "s.csv")
+    with pytest.raises(LodeInputError, match="unreadable CRS"):
+        check_crs(Samples(s.easting, s.northing, s.values, "EPSG:nonsense"), CRS, "s.csv")
 
 
 def _projjson(crs: str) -> dict:
