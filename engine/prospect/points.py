@@ -173,16 +173,19 @@ def grid_samples(
     coords, values = vd.BlockReduce("median", spacing=block * cell).filter(data, samples.values)
     out = np.empty((northing.size, easting.size), dtype=np.float32)
     # the triangulation makes one tiny LAPACK call per triangle: BLAS threads only add overhead
+    # (100 times slower on a busy 2-core machine)
     with threadpool_limits(1, user_api="blas"):
         try:
             cubic = vd.Cubic().fit(coords, values)
         except (QhullError, ValueError) as exc:
-            raise LodeInputError(source, f"cannot triangulate {len(values)} sample blocks: {exc}") from None
+            first = str(exc).strip().splitlines()[0]
+            raise LodeInputError(
+                source, f"cannot triangulate {len(values)} sample blocks (need 3 or more, not on one line): {first}"
+            ) from None
         nearest = vd.KNeighbors(k=1).fit(coords, values)
         for r0 in range(0, northing.size, BAND):
             ee, nn = (c.ravel() for c in np.meshgrid(easting, northing[r0 : r0 + BAND]))
-            # the interpolator on an (M, 2) array: scipy's path for a tuple of arrays is far slower
-            z = cubic.interpolator_(np.column_stack([ee, nn]))
+            z = cubic.predict((ee, nn))
             hull = ~np.isfinite(z)
             if hull.any():
                 z[hull] = nearest.predict((ee[hull], nn[hull]))

@@ -73,6 +73,14 @@ def test_linear_field_is_reproduced_inside_the_hull():
     assert params["blocks"] == params["samples"] == rows.size
 
 
+def test_too_few_or_collinear_samples_are_refused_in_one_line():
+    line = Samples(GRID.west + np.arange(5.0) * 20, np.full(5, GRID.north - 100), np.arange(5.0), CRS)
+    for samples in (Samples(line.easting[:2], line.northing[:2], line.values[:2], CRS), line):
+        with pytest.raises(LodeInputError, match="cannot triangulate") as e:
+            grid_samples(samples, GRID.easting, GRID.northing, "s.csv")
+        assert "\n" not in str(e.value) and e.value.source == "s.csv"
+
+
 def _write_csv(path: Path, samples: Samples, **extra) -> Path:
     pd.DataFrame(
         {"x": samples.easting, "y": samples.northing, "crs": samples.crs, "Cu": samples.values, **extra}
