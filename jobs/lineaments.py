@@ -9,7 +9,8 @@
 
 GRID is a GeoTIFF, netCDF or zarr grid (dims northing/easting or y/x, metres), opened lazily.
 OUT receives the probability grid axis_probability.zarr (chunked by --block, CRS and transform
-in its attributes; --geotiff also writes axis_probability.tif), lineaments.geojson, rose.png,
+in its attributes; --geotiff also writes axis_probability.tif), the axes as lineaments.geojson and
+lineaments.gpkg (with the grid's CRS), rose.png,
 summary.json, manifest.json and the per-block inference record (_inference/): a rerun into the same OUT
 skips the blocks already done. The classical route writes total_gradient_amplitude in GRID's format;
 on a grid larger than --block it filters block by block (through OUT/_classical/, removed after).
@@ -102,7 +103,7 @@ def run_grid(cfg: Any) -> int:
         probability_lines,
         read_card,
         unet_probability_zarr,
-        write_geojson,
+        write_lines,
         write_rose,
     )
 
@@ -152,7 +153,9 @@ def run_grid(cfg: Any) -> int:
         shutil.rmtree(work, ignore_errors=True)
     crs = da.attrs.get("crs")
     cell = float(abs(da.easting.values[1] - da.easting.values[0]))
-    write_geojson(lines, out / "lineaments.geojson", crs, {"cell_size": cell, "method": method, "source": str(source)})
+    vectors = [out / "lineaments.geojson", out / "lineaments.gpkg"]
+    for path in vectors:
+        write_lines(lines, path, crs, {"cell_size": cell, "method": method, "source": str(source)})
     write_rose(lines, out / "rose.png")
     summary = {
         "grid": str(source),
@@ -162,7 +165,7 @@ def run_grid(cfg: Any) -> int:
         "lines": len(lines),
         "total_length_m": float(sum(ln.length_m for ln in lines)),
         "seconds": round(time.perf_counter() - t0, 2),
-        "outputs": [str(grid_path), str(out / "lineaments.geojson"), str(out / "rose.png")],
+        "outputs": [str(grid_path), *map(str, vectors), str(out / "rose.png")],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))

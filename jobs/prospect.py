@@ -1,9 +1,12 @@
 """Unsupervised mineral prospectivity: stack source grids, train without labels, map, score.
 
 lode prospect stack  --spec REGION/layers.json --out stack.zarr [--allow-sparse]
+                     (layers: grids, fault lines, point samples in CSV / GeoParquet)
 lode prospect train  --stack stack.zarr --out mae.pt [--kind mae|cae] [--steps N] [--no-ray]
 lode prospect map    --stack stack.zarr --method mae --model mae.pt --out map.zarr [--geotiff map.tif]
+                     (and map.tif beside it: a cloud-optimised GeoTIFF)
 lode prospect score  --map map.zarr --deposits REGION/deposits.csv [--split heldout] --out eval/
+                     (metrics.json, deposit_ranks.csv, plots)
 lode prospect run    --region REGION --out OUT   (all of the above, MAE and baselines)
 lode prospect synth  --out REGION [--size 512] [--seed 0]
 """
@@ -29,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=512, help="cells per side (25 m cells)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("stack", help="align, transform and stack the layers of a spec into zarr")
+    p = sub.add_parser(
+        "stack", help="align, transform and stack the layers of a spec (grids, lines, point samples) into zarr"
+    )
     p.add_argument("--spec", required=True, type=location, help="layers.json")
     p.add_argument("--out", required=True, type=location)
     _sparse_arg(p)
@@ -47,7 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("map", help="prospectivity map by blocked sliding window")
     _map_args(p)
     p.add_argument("--out", required=True, type=location)
-    p.add_argument("--geotiff", type=location, help="also write the prospectivity as a GeoTIFF")
+    p.add_argument(
+        "--geotiff",
+        type=location,
+        help="where to write the prospectivity as a cloud-optimised GeoTIFF (default: beside --out, NAME.tif; "
+        "none with --max-blocks)",
+    )
     p.add_argument("--no-ray", action="store_true", help="map in this process instead of on Ray")
     p.add_argument("--max-blocks", type=int, help="score only the first N pending blocks (timing and memory runs)")
 
@@ -67,6 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--shifts", type=int, default=2)
     p.add_argument("--no-ray", action="store_true", help="train and map in this process instead of on Ray")
     _sparse_arg(p)
+
+
+def default_outputs(args: argparse.Namespace) -> None:
+    if args.action == "map" and args.geotiff is None and args.max_blocks is None:
+        args.geotiff = beside(args.out, ".tif")
+
+
+def beside(out: Path | str, suffix: str) -> Path | str:
+    """``out`` (a path or URI) with its ``.zarr`` suffix, if any, replaced by ``suffix``."""
+    text = str(out).rstrip("/")
+    return type(out)(text.removesuffix(".zarr") + suffix)
 
 
 def _sparse_arg(p: argparse.ArgumentParser) -> None:
@@ -194,8 +215,9 @@ def run(cfg: Any) -> int:
 
 
 def _run_all(cfg: Any) -> None:
+    from engine.export.survey import deposits_geojson
     from engine.prospect.score import write_geotiff
-    from engine.prospect.stack import build_stack
+    from engine.prospect.stack import build_stack, open_stack
 
     out: Path = cfg.out
     out.mkdir(parents=True, exist_ok=True)
@@ -214,14 +236,21 @@ def _run_all(cfg: Any) -> None:
             _map(stack, method, model, out / f"map_{method}.zarr", cfg.block, cfg.sigma, 0, cfg.shifts, cfg.no_ray)
         )
         timings[method] = time.perf_counter() - t
-    if (out / "map_mae.zarr").exists():
-        write_geotiff(out / "map_mae.zarr", out / "prospectivity_mae.tif")
+    for m in maps:
+        write_geotiff(m, beside(m, ".tif"))
+    deposits_geojson(cfg.region / "deposits.csv", open_stack(stack).grid.crs, out / "deposits.geojson")
     _score(maps, cfg.region / "deposits.csv", "heldout", out / "eval")
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
 
 JOB = Job(
-    "prospect", add_arguments, run, description=__doc__, outputs={"geotiff": "file"}, file_out={"action": ("train",)}
+    "prospect",
+    add_arguments,
+    run,
+    description=__doc__,
+    outputs={"geotiff": "file"},
+    file_out={"action": ("train",)},
+    default_outputs=default_outputs,
 )
 
 if __name__ == "__main__":

@@ -18,6 +18,14 @@ from pydantic import (
 )
 
 KINDS = ("geochem", "continuous", "categorical", "lines", "fault_raster")
+POINT_SUFFIXES = (".csv", ".parquet", ".geoparquet")
+"""Files of point samples (one row per sample), gridded by :mod:`engine.prospect.points`."""
+POINT_KINDS = ("geochem", "continuous")
+POINT_KEYS = ("column", "block", "max_distance")
+
+
+def is_point_file(path: str) -> bool:
+    return str(path).lower().endswith(POINT_SUFFIXES)
 
 
 class _Strict(BaseModel):
@@ -44,6 +52,25 @@ class StackLayer(_Strict):
     classes: list[int] | None = Field(default=None, description="class codes of a categorical layer")
     clr_group: str | None = Field(default=None, description="geochem layers sharing a group get centred log-ratios")
     crs: str | None = Field(default=None, description="the file's CRS when it states none")
+    column: str | None = Field(default=None, description="point file: the value column (default: the layer's name)")
+    block: PositiveFloat | None = Field(
+        default=None, description="point file: block size of the sample medians, in grid cells (default 1)"
+    )
+    max_distance: PositiveFloat | None = Field(
+        default=None,
+        description="point file: cells farther than this from every sample, in grid cells, are no-data "
+        "(default 3 times the samples' median spacing, at least 1)",
+    )
+
+    @model_validator(mode="after")
+    def _point_keys(self) -> StackLayer:
+        points = is_point_file(self.path)
+        if points and self.kind not in POINT_KINDS:
+            raise ValueError(f"point samples ({self.path}) can be {' or '.join(POINT_KINDS)} layers, not {self.kind}")
+        extra = [k for k in POINT_KEYS if getattr(self, k) is not None]
+        if extra and not points:
+            raise ValueError(f"{', '.join(extra)} apply to point files ({', '.join(POINT_SUFFIXES)}) only")
+        return self
 
     @field_validator("kind")
     @classmethod

@@ -1,2 +1,3 @@
 """Exports for tools that do not read Lode's stores: QuPath (GeoJSON detections), OME-TIFF
-label pyramids, and QGIS layers (GeoJSON with CRS) of survey outputs."""
+label pyramids, and QGIS layers of survey outputs (GeoPackage / GeoJSON with CRS, cloud-optimised
+GeoTIFF)."""

@@ -90,7 +90,7 @@ def write_survey_files(
     ``seed + i``): ``survey_NNN.nc`` grids with field angles in their attributes and
     ``survey_NNN_truth.geojson`` axes."""
     from engine.geophys.grid import write_grid
-    from engine.geophys.lineaments import write_geojson
+    from engine.geophys.lineaments import write_lines
     from engine.geophys.vectorize import Lineament, axial_azimuth
 
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def write_survey_files(
         s = make_survey(seed + i, cfg)
         grid = write_grid(s.to_dataarray(), out / f"survey_{i:03d}.nc")
         truth = [Lineament(ln, ln.length, axial_azimuth(ln)) for ln in s.axes_lines()]
-        write_geojson(
+        write_lines(
             truth,
             out / f"survey_{i:03d}_truth.geojson",
             None,

@@ -1,5 +1,5 @@
 """Lineament extraction from survey grids: the U-Net route and the classical baseline, and
-their outputs (probability grid, GeoJSON lines, rose diagram).
+their outputs (probability grid, GeoJSON / GeoPackage lines, rose diagram).
 
 Classical baseline: reduction to the pole, upward continuation, total gradient amplitude,
 Blakely-Simpson crest picking, then the same skeletonise-and-vectorise step as the U-Net.
@@ -20,12 +20,13 @@ import xarray as xr
 from scipy import ndimage
 
 from engine.errors import LodeInputError
+from engine.export.survey import write_vectors
 from engine.geophys.blockwise import blockwise_tga_ridges
 from engine.geophys.grid import grid_spacing, grid_transform
 from engine.geophys.ridges import ridge_mask
 from engine.geophys.transforms import rtp_tga
 from engine.geophys.vectorize import Lineament, mask_to_lineaments
-from engine.io.atomic import atomic_path, atomic_write_json
+from engine.io.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -261,30 +262,17 @@ def unet_probability_zarr(
     return zpath, doc
 
 
-def write_geojson(
+def write_lines(
     lines: Sequence[Lineament], path: str | Path, crs: str | None = None, properties: dict | None = None
 ) -> Path:
-    """Write lines as a GeoJSON FeatureCollection (``length_m``, ``azimuth_deg`` per feature), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc: dict = {
-        "type": "FeatureCollection",
-        "features": [
-            {
-                "type": "Feature",
-                "id": i,
-                "geometry": shapely.geometry.mapping(ln.line),
-                "properties": {"length_m": round(ln.length_m, 3), "azimuth_deg": round(ln.azimuth_deg, 2)},
-            }
-            for i, ln in enumerate(lines)
-        ],
+    """Write lines as a GeoJSON or GeoPackage layer (by suffix; ``length_m``, ``azimuth_deg`` per
+    feature) with the CRS, atomically; ``properties`` go in a GeoJSON collection's ``properties``."""
+    fields = {
+        "id": np.arange(len(lines), dtype=np.int64),
+        "length_m": np.array([round(ln.length_m, 3) for ln in lines], dtype=np.float64),
+        "azimuth_deg": np.array([round(ln.azimuth_deg, 2) for ln in lines], dtype=np.float64),
     }
-    if properties:
-        doc["properties"] = properties
-    if crs:
-        doc["crs"] = {"type": "name", "properties": {"name": crs}}
-    atomic_write_json(path, doc)
-    return path
+    return write_vectors(path, [ln.line for ln in lines], fields, crs, properties)
 
 
 def read_geojson_lines(path: str | Path) -> list[shapely.Geometry]:

@@ -57,6 +57,21 @@ def area_ranks(score: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.nda
     return (above + 0.5 * ties) / n, ok
 
 
+def deposit_ranks(score: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each deposit's score and area rank, in the deposits' order (NaN for one outside the grid or on an
+    invalid cell; deposits sharing a cell share its rank)."""
+    score = np.asarray(score)
+    rows, cols = np.asarray(rows, dtype=int), np.asarray(cols, dtype=int)
+    inside = np.flatnonzero((rows >= 0) & (rows < score.shape[0]) & (cols >= 0) & (cols < score.shape[1]))
+    cells = np.ravel_multi_index((rows[inside], cols[inside]), score.shape)
+    at = np.full(rows.shape, np.nan)
+    at[inside] = score.ravel()[cells]
+    ranks, ok = area_ranks(score, cells)
+    rank = np.full(rows.shape, np.nan)
+    rank[inside[ok]] = ranks
+    return at, rank
+
+
 def roc_auc(score: np.ndarray, cells: np.ndarray) -> float:
     """ROC AUC with deposit cells as positives and all other valid cells as negatives."""
     flat = np.asarray(score, dtype=np.float64).ravel()

@@ -73,7 +73,6 @@ import numpy as np
 import zarr
 
 from engine.errors import LodeInputError
-from engine.io.atomic import atomic_path
 from engine.io.layout import array_at
 from engine.io.manifest import RunManifest
 from engine.prospect.checkpoint import checkpoint_meta
@@ -598,31 +597,14 @@ def read_score(path: str | Path, name: str = SCORE, partial: bool = False) -> np
 
 
 def write_geotiff(map_path: str | Path, out: str | Path, name: str = SCORE, block: int = 512) -> Path:
-    """Copy one map of a (complete) score store to a tiled float32 GeoTIFF, block by block."""
-    import rasterio
+    """Copy one map of a (complete) score store to a cloud-optimised GeoTIFF with the map's CRS and
+    transform, block by block."""
     from rasterio.transform import from_origin
+
+    from engine.export.survey import write_cog
 
     root = _open_map(map_path, partial=False)
     g = root.attrs["grid"]
-    arr = root[name]
-    h, w = arr.shape
-    out = Path(out)
-    profile = dict(
-        driver="GTiff",
-        height=h,
-        width=w,
-        count=1,
-        dtype="float32",
-        crs=g["crs"],
-        nodata=np.nan,
-        transform=from_origin(g["west"], g["north"], g["cell_size"], g["cell_size"]),
-        tiled=True,
-        blockxsize=256,
-        blockysize=256,
-        compress="deflate",
-    )
-    with atomic_path(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        for b in block_grid(h, w, block):
-            tile = np.asarray(arr[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w])
-            dst.write(tile, 1, window=rasterio.windows.Window(b.x0, b.y0, b.w, b.h))
-    return out
+    arr = array_at(root, name)
+    transform = from_origin(g["west"], g["north"], g["cell_size"], g["cell_size"])
+    return write_cog(out, arr.shape, lambda y0, y1, x0, x1: np.asarray(arr[y0:y1, x0:x1]), g["crs"], transform, block)

@@ -4,7 +4,8 @@ benchmark share.
 - :func:`make_scorer`: the window scorer of a method (``mae``/``cae`` from a checkpoint, loaded where
   it runs; ``iforest``/``pca`` fitted here on sampled cells).
 - :func:`read_deposits`: the deposits of a split, from a CSV with ``easting`` and ``northing``.
-- :func:`score_maps`: every map's metrics on those deposits, with plots and ``metrics.json``.
+- :func:`score_maps`: every map's metrics on those deposits, with plots, ``metrics.json`` and the
+  deposits' scores and area ranks (``deposit_ranks.csv``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from engine.prospect.score import CellScorer, CheckpointScorer
 
 METHODS = ("mae", "cae", "iforest", "pca")
+DEPOSIT_RANKS = "deposit_ranks.csv"
 
 
 def make_scorer(
@@ -68,9 +70,12 @@ def read_deposits(path: Path, split: str = "heldout") -> pd.DataFrame:
 
 def score_maps(maps: list[Path], deposits: Path, split: str, out: Path) -> dict[str, dict[str, Any]]:
     """Score each map (named by its ``method`` attribute) on the deposits of ``split``: a prediction-area
-    plot and a map per method, one success-rate plot, ``metrics.json``; returns the summary per method."""
+    plot and a map per method, one success-rate plot, ``metrics.json``, and ``deposit_ranks.csv`` (the
+    deposits with each map's score and area rank, ``<method>_score`` and ``<method>_area_rank``: the
+    share of valid area scoring above the deposit); returns the summary per method."""
     import zarr
 
+    from engine.io.atomic import atomic_write_text
     from engine.prospect import evaluate as ev
     from engine.prospect.score import read_score
     from engine.prospect.stack import Grid
@@ -78,6 +83,7 @@ def score_maps(maps: list[Path], deposits: Path, split: str, out: Path) -> dict[
     dep = read_deposits(deposits, split)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
+    table = dep.copy()
     for m in maps:
         s = read_score(m)
         attrs = zarr.open_group(m, mode="r").attrs
@@ -85,10 +91,12 @@ def score_maps(maps: list[Path], deposits: Path, split: str, out: Path) -> dict[
         rows, cols = grid.rowcol(dep["easting"].to_numpy(), dep["northing"].to_numpy())
         name = str(attrs.get("method", m.stem))
         results[name] = ev.evaluate(s, rows, cols)
+        table[f"{name}_score"], table[f"{name}_area_rank"] = ev.deposit_ranks(s, rows, cols)
         ev.plot_prediction_area(s, rows, cols, out / f"prediction_area_{name}.png", title=name)
         ev.plot_map(s, rows, cols, out / f"map_{name}.png", title=f"{name} prospectivity, {split} deposits")
     ev.plot_success(results, out / "success_rate.png")
     ev.write_report(results, out / "metrics.json", {"deposits": str(deposits), "split": split})
+    atomic_write_text(out / DEPOSIT_RANKS, table.to_csv(index=False))
     return {
         k: {
             "auc": v.auc,

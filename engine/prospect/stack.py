@@ -16,6 +16,12 @@ distance feature). Optional per layer: ``nodata`` (overrides the file's),
 get centred log-ratios), ``crs`` (when the file states none). The spec is validated by
 :class:`schemas.stack.StackSpec`: unknown keys and duplicate names are refused.
 
+A ``geochem`` or ``continuous`` layer may also be point samples (a CSV or GeoParquet file,
+``{"name": "Cu", "path": "soil.csv", "kind": "geochem", "column": "Cu_ppm"}``): geochem values
+are log10-transformed per sample, then gridded onto the stack's grid by
+:mod:`engine.prospect.points` (optional ``block`` and ``max_distance``, in cells); the gridding
+parameters are kept in the layer's entry of ``layers`` (``points``).
+
 Refused too: infinite values in a layer, a layer without valid cells, two layers reading
 the same data (same file, and for netCDF the same variable), and a layer valid on less than
 :data:`MIN_COVERAGE` of the grid, since every stack cell needs every layer
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -235,8 +241,11 @@ def _channels_for(layer: dict, base: Path, grid: Grid, read: dict) -> tuple[list
     """Aligned, transformed channels of one layer (before robust scaling) and its fitted parameters;
     ``read`` maps the (file, variable) pairs read so far to their layer names."""
     from engine.prospect import transforms as T
+    from schemas.stack import is_point_file
 
     kind, name, path = layer["kind"], layer["name"], base / layer["path"]
+    if is_point_file(layer["path"]):
+        return _point_channels(layer, path, grid, read)
     if kind == "lines":
         _claim(read, path, None, name)
         dist = T.distance_to_mask(rasterise_lines(path, grid), grid.cell_size)
@@ -255,6 +264,23 @@ def _channels_for(layer: dict, base: Path, grid: Grid, read: dict) -> tuple[list
         trace = np.nan_to_num(values) > 0
         return [name], [T.distance_feature(T.distance_to_mask(trace, grid.cell_size), grid.cell_size)], {}
     return [name], [values], {}
+
+
+def _point_channels(layer: dict, path: Path, grid: Grid, read: dict) -> tuple[list[str], list[np.ndarray], dict]:
+    """The gridded channel of a point-sample layer and its gridding parameters."""
+    from engine.prospect import points as P
+    from engine.prospect import transforms as T
+
+    column = layer.get("column", layer["name"])
+    _claim(read, path, column, layer["name"])
+    samples = P.read_samples(path, column, layer.get("crs"), layer.get("nodata"))
+    P.check_crs(samples, grid.crs, path)
+    if layer["kind"] == "geochem":
+        samples = replace(samples, values=T.log10_positive(samples.values))
+    values, params = P.grid_samples(
+        samples, grid.easting, grid.northing, path, layer.get("block", 1.0), layer.get("max_distance")
+    )
+    return [layer["name"]], [values], {"points": {"column": column, **params}}
 
 
 def read_spec(spec_path: str | Path) -> StackSpec:
