@@ -91,8 +91,8 @@ def run(cfg: Any) -> int:
     init_ray(num_cpus=cfg.num_cpus)
     create_root(cfg.out)
     dirs = {fs.name(s): str(s) for s in secs}
-    k = cfg.sections_in_flight or sections_in_flight(
-        ray.cluster_resources(), max(section_bytes(d) for d in dirs.values())
+    k = cfg.sections_in_flight or min(
+        len(dirs), sections_in_flight(ray.cluster_resources(), max(section_bytes(d) for d in dirs.values()))
     )
     stream = _Stream(cfg, dirs, corr, opts, k)
     stream.run()
