@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sections-in-flight",
         type=_at_least_one,
         default=None,
-        help="sections prepared at once (default: one per CPU, as many as half the object store holds; at least 1)",
+        help="sections prepared at once (default: one per 2 CPUs, as many as half the object store holds; at least 1)",
     )
 
 

@@ -91,9 +91,10 @@ def section_bytes(section_dir: str | Path) -> int:
 
 
 def sections_in_flight(resources: Mapping[str, float], largest_section_bytes: int) -> int:
-    """How many sections to prepare at once: one per CPU at most, and with their frames
-    (``largest_section_bytes`` each) within half the object store; at least one."""
-    cpus = max(1, int(resources.get("CPU", 1)))
+    """How many sections to prepare at once: one per two CPUs (a section's own frames already keep
+    two busy; another section in flight adds its frames and workers, not speed), and with their
+    frames (``largest_section_bytes`` each) within half the object store; at least one."""
+    cpus = max(1, int(resources.get("CPU", 1)) // 2)
     store = float(resources.get("object_store_memory", 0.0))
     fit = int(0.5 * store // largest_section_bytes) if store and largest_section_bytes else cpus
     return max(1, min(cpus, fit))

@@ -51,10 +51,11 @@ def _chunks(store: Path) -> dict[str, bytes]:
 
 def test_default_in_flight_follows_cpus_and_object_store():
     gib = 2**30
-    assert sections_in_flight({"CPU": 2.0, "object_store_memory": 8.0 * gib}, 100 * 2**20) == 2
+    assert sections_in_flight({"CPU": 2.0, "object_store_memory": 8.0 * gib}, 100 * 2**20) == 1
+    assert sections_in_flight({"CPU": 8.0, "object_store_memory": 8.0 * gib}, 100 * 2**20) == 4
     assert sections_in_flight({"CPU": 16.0, "object_store_memory": 8.0 * gib}, 1 * gib) == 4
     assert sections_in_flight({"CPU": 16.0, "object_store_memory": 1.0 * gib}, 3 * gib) == 1
-    assert sections_in_flight({"CPU": 2.0}, 0) == 2
+    assert sections_in_flight({"CPU": 6.0}, 0) == 3
 
 
 def test_bad_in_flight_is_refused():
