@@ -2,11 +2,15 @@
 
 Each section becomes a multiscale image group ``<section_id>`` with its stitch report in
 ``attrs["lode"]["stitch"]``; all reports also go to ``<STORE>.stitch.json`` beside the store.
-Sections are prepared (corrected, registered, seamed) as parallel Ray tasks, then the shards of
-all of them render on the raster runner, which records each finished shard in
-``.<STORE>.stitch-work`` beside the store: a killed run resumes at its unfinished shards. A section
-appears in the store only once all its shards are written; the store's root group is created once,
-before the sections fan out.
+A collection streams: at most ``--sections-in-flight`` sections are in flight at once (default: one per
+two CPUs of the cluster, as many as half its object store holds, at least one). Each is prepared
+(corrected, registered, seamed) as a Ray task, then its shards render on the raster runner, which
+records each finished shard in ``.<STORE>.stitch-work`` beside the store: a killed run resumes at
+its unfinished shards. Only when a section is published (it appears in the store once all its shards
+are written) does the next one start, and no frame of it stays in the object store. Each finished
+section is recorded at once, with the fingerprint of its inputs, in ``<STORE>.manifest.json``; a
+rerun skips those, so a killed job resumes at its first unfinished section. The store's root group
+is created once, before any section starts.
 
 A section with a bad tile (truncated, corrupt, 16-bit, grey or RGBA; see ``engine.io.images.read_rgb``)
 fails alone: the others are stitched, the manifest records each failure, and the job ends with one
