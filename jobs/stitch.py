@@ -2,11 +2,15 @@
 
 Each section becomes a multiscale image group ``<section_id>`` with its stitch report in
 ``attrs["lode"]["stitch"]``; all reports also go to ``<STORE>.stitch.json`` beside the store.
-Sections are prepared (corrected, registered, seamed) as parallel Ray tasks, then the shards of
-all of them render on the raster runner, which records each finished shard in
-``.<STORE>.stitch-work`` beside the store: a killed run resumes at its unfinished shards. A section
-appears in the store only once all its shards are written; the store's root group is created once,
-before the sections fan out.
+A collection streams: at most ``--sections-in-flight`` sections are in flight at once (default: one per
+two CPUs of the cluster, as many as half its object store holds, at least one). Each is prepared
+(corrected, registered, seamed) as a Ray task, then its shards render on the raster runner, which
+records each finished shard in ``.<STORE>.stitch-work`` beside the store: a killed run resumes at
+its unfinished shards. Only when a section is published (it appears in the store once all its shards
+are written) does the next one start, and no frame of it stays in the object store. Each finished
+section is recorded at once, with the fingerprint of its inputs, in ``<STORE>.manifest.json``; a
+rerun skips those, so a killed job resumes at its first unfinished section. The store's root group
+is created once, before any section starts.
 
 A section with a bad tile (truncated, corrupt, 16-bit, grey or RGBA; see ``engine.io.images.read_rgb``)
 fails alone: the others are stitched, the manifest records each failure, and the job ends with one
@@ -32,6 +36,16 @@ def _pattern(text: str) -> tuple[int, int]:
     return a, b
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("collection", help="folder with <section_id>/tiles/* (+ positions.csv) and calibration/")
     parser.add_argument("--out", required=True, help="output OME-Zarr store (created or extended)")
@@ -44,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=int, default=2048, help="output shard (= render block) size in pixels")
     parser.add_argument("--levels", type=int, default=3, help="pyramid levels")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
+    parser.add_argument(
+        "--sections-in-flight",
+        type=_at_least_one,
+        default=None,
+        help="sections prepared at once (default: one per 2 CPUs, as many as half the object store holds; at least 1)",
+    )
 
 
 def report_path(store: str | Path) -> str:
@@ -55,15 +75,15 @@ def report_path(store: str | Path) -> str:
 def run(cfg: Any) -> int:
     import ray
 
-    from engine.errors import LodeInputError, input_error_of, strip_ansi
+    from engine.errors import LodeInputError
     from engine.io import fs
-    from engine.io.atomic import atomic_write_text
-    from engine.io.manifest import manifest_path, write_job_manifest
     from engine.runtime import init_ray
-    from engine.stitch.collection import load_correction, section_dirs
-    from engine.stitch.section import StitchOptions, create_root, finish_section, prepare_section, render_sections
+    from engine.stitch.collection import load_correction, section_bytes, section_dirs, sections_in_flight
+    from engine.stitch.section import StitchOptions, create_root, drop_work
 
     t0 = time.perf_counter()
+    if cfg.sections_in_flight is not None and cfg.sections_in_flight < 1:
+        raise LodeInputError("--sections-in-flight", f"must be at least 1, not {cfg.sections_in_flight}")
     secs = section_dirs(cfg.collection)
     if cfg.sections:
         unknown = sorted(set(cfg.sections) - {fs.name(s) for s in secs})
@@ -74,68 +94,199 @@ def run(cfg: Any) -> int:
     opts = StitchOptions(shard=cfg.shard, levels=cfg.levels)
     init_ray(num_cpus=cfg.num_cpus)
     create_root(cfg.out)
-    remote = ray.remote(num_cpus=0, **fs.ray_remote_args())(prepare_section)
     dirs = {fs.name(s): str(s) for s in secs}
-    futures = {name: remote.remote(d, cfg.out, corr, opts) for name, d in dirs.items()}
-    results: dict[str, dict] = {}
-    errors: dict[str, LodeInputError] = {}
-    prepared = {}
-    for name, fut in futures.items():
+    k = cfg.sections_in_flight or min(
+        len(dirs), sections_in_flight(ray.cluster_resources(), max(section_bytes(d) for d in dirs.values()))
+    )
+    stream = _Stream(cfg, dirs, corr, opts, k)
+    stream.run()
+    drop_work(cfg.out)
+    return stream.close(time.perf_counter() - t0)
+
+
+class _Stream:
+    """Stitch a collection's sections with at most ``k`` in flight: a section is prepared as a Ray
+    task, rendered once prepared and published; only then does the next one start. Each finished
+    (or failed) section is recorded at once in the job's manifest with its fingerprint; a rerun
+    skips the sections recorded done with the same fingerprint whose group is in the store."""
+
+    def __init__(self, cfg: Any, dirs: dict[str, str], corr: Any, opts: Any, k: int):
+        from engine.io import fs
+        from engine.stitch.section import section_fingerprint
+
+        self.cfg, self.dirs, self.corr, self.opts, self.k = cfg, dirs, corr, opts, k
+        self.units = _previous_units(cfg.out)
+        self.results: dict[str, dict] = {}
+        self.errors: dict[str, Any] = {}
+        self.fingerprints: dict[str, str | None] = {}
+        for name, d in dirs.items():
+            try:
+                self.fingerprints[name] = section_fingerprint(d, corr, opts)
+            except Exception:  # an unreadable section fails in its own task, with its reason
+                self.fingerprints[name] = None
+        self.skipped = [
+            name
+            for name in dirs
+            if self.fingerprints[name] is not None
+            and self.units.get(name, {}).get("status") == "done"
+            and self.units[name].get("fingerprint") == self.fingerprints[name]
+            and fs.exists(fs.join(cfg.out, name, "zarr.json"))
+        ]
+        self.event = 0
+        self.shards = {"ran": 0, "skipped": 0}
+
+    def run(self) -> None:
+        import ray
+
+        from engine.stitch.section import prepare_section
+
+        for name in self.skipped:
+            self.results[name] = _stored_report(self.cfg.out, name)
+        remote = ray.remote(num_cpus=0, **_remote_args())(prepare_section)
+        corr_ref = ray.put(self.corr)
+        todo = [name for name in self.dirs if name not in self.skipped]
+        in_flight: dict[Any, str] = {}
+        started: dict[str, int] = {}
+        while todo or in_flight:
+            while todo and len(in_flight) < self.k:
+                name = todo.pop(0)
+                in_flight[remote.remote(self.dirs[name], self.cfg.out, corr_ref, self.opts)] = name
+                started[name] = self._tick()
+            [ready], _ = ray.wait(list(in_flight), num_returns=1)
+            name = in_flight.pop(ready)
+            self._finish(name, ready, started[name])
+            del ready
+
+    def _tick(self) -> int:
+        self.event += 1
+        return self.event
+
+    def _finish(self, name: str, ref: Any, started: int) -> None:
+        """Render and publish a prepared section (or record why it failed), then record it."""
+        import ray
+
+        from engine.errors import LodeInputError, input_error_of, strip_ansi
+        from engine.io import fs
+        from engine.stitch.section import finish_section, render_sections
+
         try:
-            prepared[name] = ray.get(fut)
+            plan, report = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
             cause = input_error_of(exc)
             if cause is None:
                 raise
-            errors[name] = LodeInputError(cause.source, strip_ansi(cause.reason))
-    t_render = time.perf_counter()
-    run = render_sections([plan for plan, _ in prepared.values()])
-    render_s = time.perf_counter() - t_render
-    for key, reason in run.failed.items():
-        name = key.split("/")[0]
-        errors.setdefault(
-            name, LodeInputError(fs.join(dirs[name], "tiles"), f"shard {key} failed: {strip_ansi(reason)}")
-        )
-    for name, (plan, report) in prepared.items():
-        if name not in errors:
-            results[name] = finish_section(plan, report, render_s)
-    results = {name: results.get(name) or {"section": name, "error": str(errors[name])} for name in futures}
-    summary = {
-        "collection": _absolute(cfg.collection),
-        "store": _absolute(cfg.out),
-        "calibration": {"lens": None if corr.lens is None else corr.lens.to_dict(), "flat": corr.flat is not None},
-        "seconds": round(time.perf_counter() - t0, 3),
-        "sections": results,
-        "render": {"shards": run.ran + run.skipped, "ran": run.ran, "skipped": run.skipped},
-    }
-    atomic_write_text(report_path(cfg.out), json.dumps(summary, indent=1))
-    units = {
-        name: (
-            {"status": "failed", "reason": rep["error"]}
-            if "error" in rep
-            else {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]}
-        )
-        for name, rep in results.items()
-    }
-    error = _failure(errors, list(futures), manifest_path(cfg.out)) if errors else None
-    write_job_manifest(
-        cfg.out,
-        "stitch",
-        cfg.model_dump(),
-        {"total_s": summary["seconds"]},
-        "complete" if not errors else "partial" if len(errors) < len(futures) else "failed",
-        units=units,
-        error=None if error is None else str(error),
-    )
-    for name, rep in results.items():
-        if "error" not in rep:
-            print(
-                f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
-                f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, flagged {', '.join(rep['flagged']) or 'none'}"
+            self._fail(name, LodeInputError(cause.source, strip_ansi(cause.reason)), started)
+            return
+        t = time.perf_counter()
+        run = render_sections([plan])
+        self.shards["ran"] += run.ran
+        self.shards["skipped"] += run.skipped
+        if run.failed:
+            key, reason = next(iter(run.failed.items()))
+            self._fail(
+                name,
+                LodeInputError(fs.join(self.dirs[name], "tiles"), f"shard {key} failed: {strip_ansi(reason)}"),
+                started,
             )
-    if error is not None:
-        raise error
-    return 0
+            return
+        rep = finish_section(plan, report, time.perf_counter() - t)
+        self.results[name] = rep
+        self._record(
+            name,
+            {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]},
+            started,
+        )
+
+    def _fail(self, name: str, error: Any, started: int) -> None:
+        self.errors[name] = error
+        self.results[name] = {"section": name, "error": str(error)}
+        self._record(name, {"status": "failed", "reason": str(error)}, started)
+
+    def _record(self, name: str, unit: dict, started: int) -> None:
+        from engine.io.manifest import write_job_manifest
+
+        self.units[name] = {**unit, "fingerprint": self.fingerprints[name], "events": [started, self._tick()]}
+        write_job_manifest(
+            self.cfg.out,
+            "stitch",
+            self.cfg.model_dump(),
+            {},
+            "running",
+            units=self.units,
+            extra={"sections_in_flight": self.k},
+        )
+
+    def close(self, seconds: float) -> int:
+        """Write the summary and the final manifest; raise the first failure (bad input, exit 2)."""
+        from engine.io.atomic import atomic_write_text
+        from engine.io.manifest import manifest_path, write_job_manifest
+
+        sections = list(self.dirs)
+        results = {name: self.results[name] for name in sections}
+        summary = {
+            "collection": _absolute(self.cfg.collection),
+            "store": _absolute(self.cfg.out),
+            "calibration": {
+                "lens": None if self.corr.lens is None else self.corr.lens.to_dict(),
+                "flat": self.corr.flat is not None,
+            },
+            "seconds": round(seconds, 3),
+            "sections_in_flight": self.k,
+            "sections": results,
+            "skipped_sections": self.skipped,
+            "render": {"shards": self.shards["ran"] + self.shards["skipped"], **self.shards},
+        }
+        atomic_write_text(report_path(self.cfg.out), json.dumps(summary, indent=1))
+        errors = self.errors
+        error = _failure(errors, sections, manifest_path(self.cfg.out)) if errors else None
+        write_job_manifest(
+            self.cfg.out,
+            "stitch",
+            self.cfg.model_dump(),
+            {"total_s": summary["seconds"]},
+            "complete" if not errors else "partial" if len(errors) < len(sections) else "failed",
+            units=self.units,
+            error=None if error is None else str(error),
+            extra={"sections_in_flight": self.k},
+        )
+        for name, rep in results.items():
+            if "error" not in rep:
+                print(
+                    f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
+                    f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, flagged {', '.join(rep['flagged']) or 'none'}"
+                    + (" (stitched before)" if name in self.skipped else "")
+                )
+        if error is not None:
+            raise error
+        return 0
+
+
+def _remote_args() -> dict:
+    from engine.io import fs
+
+    return fs.ray_remote_args()
+
+
+def _previous_units(store: str) -> dict[str, dict]:
+    """The units of the store's job manifest (a killed run's progress included); none when unreadable."""
+    from engine.io import fs
+    from engine.io.manifest import manifest_path
+
+    path = manifest_path(store)
+    if not fs.exists(path):
+        return {}
+    try:
+        doc = json.loads(fs.read_bytes(path))
+    except json.JSONDecodeError:
+        return {}
+    return dict(doc.get("units") or {}) if doc.get("job") == "stitch" else {}
+
+
+def _stored_report(store: str, name: str) -> dict:
+    from engine.io.layout import attrs_of
+    from engine.io.ome import open_store
+
+    return attrs_of(open_store(store, mode="r")[name])["lode"]["stitch"]
 
 
 def _failure(errors: dict, sections: list[str], manifest: str | None):

@@ -84,9 +84,11 @@ def write_job_manifest(
     status: str,
     units: dict[str, dict] | None = None,
     error: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> str | None:
-    """Record a run (versions, config, timings, status, per-unit status); a failed run keeps the
-    record of the run it replaces under ``previous``."""
+    """Record a run (versions, config, timings, status, per-unit status, ``extra`` fields); a failed
+    run keeps the record of the run it replaces under ``previous``. A ``running`` record is a run's
+    progress, not a run to keep: the record after it keeps what it kept."""
     path = manifest_path(out)
     if not fs.exists(fs.parent(path)):
         return None
@@ -100,13 +102,18 @@ def write_job_manifest(
     }
     if units is not None:
         doc["units"] = _jsonable(units)
+    doc.update(_jsonable(extra or {}))
     if error:
         doc["error"] = error
     if status != "complete" and fs.exists(path):
         try:
             prev = json.loads(fs.read_bytes(path))
-            prev.pop("previous", None)
-            doc["previous"] = prev
+            if prev.get("status") == "running":
+                prev = prev.get("previous")
+            else:
+                prev.pop("previous", None)
+            if prev is not None:
+                doc["previous"] = prev
         except json.JSONDecodeError:
             pass
     atomic_write_text(path, json.dumps(doc, indent=1))

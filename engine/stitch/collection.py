@@ -8,6 +8,7 @@ Layout: ``<collection>/<section_id>/tiles/*`` (+ ``positions.csv``) and an optio
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from engine.calibrate.flat import FlatField, fit_flat
@@ -73,3 +74,27 @@ def load_correction(
             darks = read_folder(cal / "dark") if (cal / "dark").is_dir() else None
             ff = fit_flat(read_folder(cal / "flat"), darks, source=cal)
     return Correction(lens_model, ff)
+
+
+def section_bytes(section_dir: str | Path) -> int:
+    """Bytes a section's corrected frames hold while it is prepared (RGB plus valid mask per tile);
+    0 for a section whose tiles cannot be listed or read (it fails on its own when prepared)."""
+    from engine.io.images import image_header
+    from engine.stitch.frames import read_section
+
+    try:
+        tiles = read_section(section_dir).tiles
+        h, w = image_header(tiles[0])[:2]
+    except (LodeInputError, IndexError, OSError):
+        return 0
+    return len(tiles) * h * w * 4
+
+
+def sections_in_flight(resources: Mapping[str, float], largest_section_bytes: int) -> int:
+    """How many sections to prepare at once: one per two CPUs (a section's own frames already keep
+    two busy; another section in flight adds its frames and workers, not speed), and with their
+    frames (``largest_section_bytes`` each) within half the object store; at least one."""
+    cpus = max(1, int(resources.get("CPU", 1)) // 2)
+    store = float(resources.get("object_store_memory", 0.0))
+    fit = int(0.5 * store // largest_section_bytes) if store and largest_section_bytes else cpus
+    return max(1, min(cpus, fit))

@@ -180,6 +180,13 @@ def _fingerprint(sec, correction: Correction, opts: StitchOptions) -> str:
     return hashlib.sha256(pickle.dumps(inputs)).hexdigest()
 
 
+def section_fingerprint(
+    section_dir: str | Path, correction: Correction = Correction(), opts: StitchOptions = StitchOptions()
+) -> str:
+    """What a stitched section depends on (its tiles, positions, calibration and options), as a hash."""
+    return _fingerprint(read_section(section_dir), correction, opts)
+
+
 def _resumable(work: str, sec, store: str, fingerprint: str) -> tuple[RenderPlan, dict] | None:
     """The plan and report base of an unfinished earlier run of this section with the same inputs."""
     path = _plan_file(work, sec.section_id)
@@ -357,7 +364,8 @@ def render_sections(plans: Sequence[RenderPlan], executor: str = "ray") -> Stage
 
 
 def finish_section(plan: RenderPlan, report: dict, render_seconds: float) -> dict:
-    """Record the report in the partial group, give it its final name and drop the section's work files."""
+    """Record the report in the partial group, give it its final name and drop the section's work files
+    (the work folder itself stays: other sections may be preparing there; see :func:`drop_work`)."""
     report = {
         **report,
         "timings_s": {
@@ -372,12 +380,16 @@ def finish_section(plan: RenderPlan, report: dict, render_seconds: float) -> dic
     ome["multiscales"] = [{**ome["multiscales"][0], "name": plan.section}]
     grp.attrs["ome"] = ome
     _publish(plan.store, plan.group, plan.section)
-    work = work_root(plan.store)
     fs.remove(plan.work)
-    fs.remove(fs.join(RunManifest(work).status_dir, plan.section))
+    fs.remove(fs.join(RunManifest(work_root(plan.store)).status_dir, plan.section))
+    return report
+
+
+def drop_work(store: str | Path) -> None:
+    """Remove the store's work folder once no section's plan is left in it (none is preparing)."""
+    work = work_root(store)
     if not fs.glob(fs.join(work, "*", "plan.pkl")):
         fs.remove(work)
-    return report
 
 
 def stitch_section(
@@ -399,7 +411,9 @@ def stitch_section(
     if run.failed:
         key, reason = next(iter(run.failed.items()))
         raise LodeInputError(fs.join(str(section_dir), "tiles"), f"shard {key} failed: {reason}")
-    return finish_section(plan, report, time.perf_counter() - t)
+    report = finish_section(plan, report, time.perf_counter() - t)
+    drop_work(store)
+    return report
 
 
 def _publish(store: str, partial: str, name: str) -> None:
