@@ -82,8 +82,13 @@ def test_a_truncated_jpeg_section_fails_alone_and_a_blank_frame_is_flagged(tmp_p
 
     blank = _tile(coll, "secA", 3).name
     report = json.loads((tmp_path / "out.zarr.stitch.json").read_text())["sections"]
-    assert report["secA"]["flagged"] == [blank] and report["secC"]["flagged"] == []
-    assert report["secA"]["frames"][3]["flags"][0].startswith("blank")
+    # Without the blank frame, secA's three placed frames form a chain: each one hangs on a single
+    # edge and is flagged for it (its position cannot be cross-checked); a full 2×2 (secC) has a loop.
+    frames = report["secA"]["frames"]
+    assert blank in report["secA"]["flagged"] and report["secC"]["flagged"] == []
+    assert frames[3]["flags"][0].startswith("blank")
+    others = [f for k, f in enumerate(frames) if k != 3 and f["flags"]]
+    assert others and all(any(m.startswith("supported by one edge") for m in f["flags"]) for f in others)
     said = {line.split(":")[0]: line for line in out.splitlines() if line.startswith("sec")}
-    assert said["secA"].endswith(f"flagged {blank}") and said["secC"].endswith("flagged none")
+    assert blank in said["secA"] and said["secC"].endswith("flagged none")
     assert "secB" not in said
