@@ -82,6 +82,9 @@ HEADLINES: dict[str, list[Headline]] = {
         ),
         Headline("report RMS / true RMS, 4×4 degraded", "lode.4x4_degraded.report_over_true_rms"),
     ],
+    "stitch_collection": [
+        Headline("summed peak RSS, 12 sections (GiB)", "runs.12.peak_rss_gib", "1 section", "runs.1.peak_rss_gib"),
+    ],
     "analyze_grains": [
         Headline("wall, Ray tasks (s)", "ray.wall_s", "serial", "serial.wall_s"),
         Headline("peak RSS, Ray tasks (GiB)", "ray.peak_rss_gib", "serial", "serial.peak_rss_gib"),
@@ -161,6 +164,7 @@ HEADLINES: dict[str, list[Headline]] = {
 QUICK: dict[str, list[str]] = {
     "segment_throughput": ["--size", "1024x1024", "--window", "256", "--batch-size", "4"],
     "stitch": ["--rows", "2", "--cols", "3", "--frame", "600x400"],
+    "stitch_collection": ["--counts", "1", "2"],
     "stitch_real": ["--frame", "480x360", "--tools", "lode,opencv"],
     "analyze_grains": ["--height", "2000", "--width", "1500"],
     "lineaments": ["--n", "2", "--size", "256"],
