@@ -46,9 +46,9 @@ lint: venv
 	$(VENV)/bin/mypy engine schemas
 	$(PY) -m tests.house.layering
 
-# Two pytest workers (pytest-xdist), each test file on one worker so module fixtures run once: much of
-# the suite waits on process and Ray start-up, which the other worker's tests fill.
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+# Two pytest workers (pytest-xdist): the tests that run Ray go to one of them, in turn (tests/conftest.py
+# groups them), and the other takes the tests without Ray meanwhile.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadgroup
 
 test: venv sysdeps viewer lint
 	$(PYTEST) -m "not slow" --durations=15

@@ -190,12 +190,11 @@ SLOW = {
 
 
 def _normalise(value, numbers: bool = True):
-    """JSON up to what differs between a local and an S3 run: paths and timings (and, for a job
-    that is not bit-reproducible, numbers)."""
+    """JSON up to what differs between a local and an S3 run: paths, hashes of paths (fingerprints) and
+    timings (and, for a job that is not bit-reproducible, numbers)."""
+    skip = r"second|time|_s$|finished|started|fingerprint"
     if isinstance(value, dict):
-        return {
-            k: _normalise(v, numbers) for k, v in value.items() if not re.search(r"second|time|_s$|finished|started", k)
-        }
+        return {k: _normalise(v, numbers) for k, v in value.items() if not re.search(skip, k)}
     if isinstance(value, list):
         return [_normalise(v, numbers) for v in value]
     if isinstance(value, str) and "/" in value:
