@@ -46,9 +46,7 @@ lint: venv
 	$(VENV)/bin/mypy engine schemas
 	$(PY) -m tests.house.layering
 
-# Two pytest workers (pytest-xdist): the tests that run Ray go to one of them, in turn (tests/conftest.py
-# groups them), and the other takes the tests without Ray meanwhile.
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadgroup
+PYTEST := $(PY) -m pytest -q
 
 test: venv sysdeps viewer lint
 	$(PYTEST) -m "not slow" --durations=15

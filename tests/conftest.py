@@ -157,17 +157,3 @@ def s3():
         yield endpoint
         s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n 2 --dist loadgroup`` (``make test``), every test that runs Ray goes to one
-    worker, one after another: two Ray sessions on two cores starve each other (a Ray Train test
-    ran 4× slower beside another). The other worker takes the tests without Ray meanwhile, a module at
-    a time (so module fixtures run once)."""
-    for item in items:
-        uses_ray = (
-            item.get_closest_marker("ray") is not None
-            or {"ray_session", "ray_head"} & set(item.fixturenames)
-            or "tests/jobs/" in item.path.as_posix()
-        )
-        item.add_marker(pytest.mark.xdist_group("ray" if uses_ray else item.path.as_posix()))

@@ -21,6 +21,7 @@ def test_training_set_matches_direct_generation(tmp_path, ray_session):
     assert not (tmp_path / ".set.zarr.tmp").exists()
 
 
+@pytest.mark.slow
 def test_ray_train_loop_writes_loadable_checkpoint(tmp_path, ray_session):
     import torch
 

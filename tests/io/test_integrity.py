@@ -136,6 +136,7 @@ def test_a_flipped_byte_inside_a_chunk_is_reported_with_the_array_and_region(tmp
         read_checked(arr, (slice(0, 64), slice(64, 128)), str(store))
 
 
+@pytest.mark.slow
 def test_a_killed_segmentation_is_incomplete_until_its_rerun_finishes(
     tmp_path, ray_session, small_panorama, tiny_checkpoint
 ):

@@ -272,6 +272,7 @@ def test_input_errors_survive_pickling_through_ray():
     )
 
 
+@pytest.mark.slow
 def test_an_input_error_raised_in_a_ray_train_worker_is_one_line(tmp_path, earlier_output, capsys):
     """Images smaller than the patch are found by the sampler inside Ray Data/Train workers."""
     ds = lumenstone(tmp_path)

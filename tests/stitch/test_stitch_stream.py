@@ -100,6 +100,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_killed_collection_resumes_at_its_first_unfinished_section(tmp_path, ray_session):
     coll, killed, whole = _collection(tmp_path / "coll", 3), tmp_path / "killed.zarr", tmp_path / "whole.zarr"
