@@ -63,11 +63,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         for k, v in (extra or {}).items():
             self.send_header(k, v)
+        if self.log_request_line is not None:
+            self.log_request_line(f"{self.command} {self.path} {self.headers.get('Range', '-')} {status} {len(body)}")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        if self.log_request_line is not None:
-            self.log_request_line(f"{self.command} {self.path} {self.headers.get('Range', '-')} {status} {len(body)}")
 
     def _json(self, data: object, status: int = 200) -> None:
         self._send(status, json.dumps(data).encode(), "application/json")
