@@ -1,5 +1,8 @@
 """The raster-runner map equals the serial score_map it replaced (pinned in fixtures/score_reference.pt
-by fixtures/make_score_reference.py at f4383f6): |Δ| ≤ 1e-5 and the same AUC."""
+by fixtures/make_score_reference.py at f4383f6): |Δ| ≤ 1e-5 + 1e-5·|ref| and the same AUC.
+
+The relative term admits float32 summation order, which differs between BLAS builds: the PCA case
+moved by up to 1.2e-5 on maps of magnitude 6.5 (5e-6 relative, ~25 ulp) between two installs of the same pins."""
 
 from pathlib import Path
 
@@ -62,7 +65,7 @@ def _check(ref_case: dict, out: Path, deposits) -> float:
         got = np.asarray(root[name][:])
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         worst = max(worst, float(np.nanmax(np.abs(got - want))))
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, equal_nan=True)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
     auc = ev.evaluate(read_score(out), deposits.row.values, deposits.col.values).auc
     assert auc == ref_case["auc"]
     for n, s in ref_case["standardisation"].items():
