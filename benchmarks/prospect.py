@@ -71,7 +71,7 @@ def run_region(
     from engine.prospect.select import make_scorer
     from engine.prospect.stack import build_stack, open_stack
     from engine.prospect.synth import synth_region, write_region
-    from engine.prospect.train import train_local, train_with_ray
+    from engine.prospect.train import train as train_model
 
     region = synth_region(size, seed)
     rdir = write_region(region, work / f"region{seed}")
@@ -94,7 +94,7 @@ def run_region(
             model = work / f"{method}{seed}.pt"
             if not (reuse and model.exists()):
                 t = time.perf_counter()
-                (train_with_ray if use_ray else train_local)(stack, model, method, steps, 32, 1e-3, seed)
+                train_model(stack, model, method, steps, 32, 1e-3, seed, executor="ray" if use_ray else "local")
                 out["seconds"][method + ":train"] = time.perf_counter() - t
         variants = [
             (k, d)
@@ -182,7 +182,7 @@ def run_memory(size: int, blocks: int, work: Path, steps: int, reuse: bool = Fal
     from engine.prospect.score import read_score
     from engine.prospect.stack import build_stack, open_stack
     from engine.prospect.synth import synth_region, write_region
-    from engine.prospect.train import train_local
+    from engine.prospect.train import train
 
     rdir, stack = work / "big", work / "big.zarr"
     t_synth = t_stack = t_train = 0.0
@@ -197,7 +197,7 @@ def run_memory(size: int, blocks: int, work: Path, steps: int, reuse: bool = Fal
             t_stack = time.perf_counter() - t
         with PeakSampler() as mem_train:
             t = time.perf_counter()
-            train_local(stack, work / "big.pt", "mae", steps, 32, 1e-3, 0, pool_blocks=8)
+            train(stack, work / "big.pt", "mae", steps, 32, 1e-3, 0, pool_blocks=8, executor="local")
             t_train = time.perf_counter() - t
     shutil.rmtree(work / "big_map.zarr", ignore_errors=True)
     (work / "big_map.zarr.manifest.json").unlink(missing_ok=True)

@@ -84,6 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-minutes", type=float, help="train: stop after the epoch that passes this time")
+    parser.add_argument("--workers", type=int, default=1, help="train: data-parallel Ray Train workers")
+    parser.add_argument(
+        "--gpu", action="store_true", default=None, help="train: GPU workers (default: when the cluster has GPUs)"
+    )
+    parser.add_argument("--resume", help="train: checkpoint folder to continue from (OUT/last)")
 
 
 def _need(cfg: Any, *names: str) -> None:
@@ -225,6 +230,9 @@ def run_train(cfg: Any) -> int:
         lr=cfg.lr,
         seed=cfg.seed,
         max_minutes=cfg.max_minutes,
+        workers=cfg.workers,
+        gpu=cfg.gpu,
+        resume=cfg.resume,
     )
     print(json.dumps({"checkpoint": str(train(options))}))
     return 0

@@ -2,7 +2,7 @@
 
 lode prospect stack  --spec REGION/layers.json --out stack.zarr [--allow-sparse]
                      (layers: grids, fault lines, point samples in CSV / GeoParquet)
-lode prospect train  --stack stack.zarr --out mae.pt [--kind mae|cae] [--steps N] [--no-ray]
+lode prospect train  --stack stack.zarr --out mae.pt [--kind mae|cae] [--steps N] [--workers N] [--no-ray]
 lode prospect map    --stack stack.zarr --method mae --model mae.pt --out map.zarr [--geotiff map.tif]
                      (and map.tif beside it: a cloud-optimised GeoTIFF)
 lode prospect score  --map map.zarr --deposits REGION/deposits.csv [--split heldout] --out eval/
@@ -47,7 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-ray", action="store_true", help="train in this process instead of a Ray Train worker")
+    p.add_argument("--epochs", type=int, default=5, help="checkpoints (OUT.train/last) over the steps")
+    p.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers; --batch is split over them")
+    p.add_argument("--gpu", action="store_true", default=None, help="GPU workers (default: when the cluster has GPUs)")
+    p.add_argument("--resume", type=location, help="checkpoint folder to continue from (OUT.train/last)")
+    p.add_argument("--no-ray", action="store_true", help="train in this process instead of on Ray Train")
 
     p = sub.add_parser("map", help="prospectivity map by blocked sliding window")
     _map_args(p)
@@ -113,21 +117,12 @@ def _map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _train(stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float, seed: int, no_ray: bool) -> dict:
-    from engine.prospect.train import train_local, train_with_ray
+def _train(
+    stack: Path, out: Path, kind: str, steps: int, batch: int, lr: float, seed: int, no_ray: bool, **more: Any
+) -> dict:
+    from engine.prospect.train import train
 
-    if no_ray:
-        return train_local(
-            stack,
-            out,
-            kind,
-            steps,
-            batch,
-            lr,
-            seed,
-            log=lambda step, loss: print(f"step {step} loss {loss:.4f}", flush=True),
-        )
-    return train_with_ray(stack, out, kind, steps, batch, lr, seed)
+    return train(stack, out, kind, steps, batch, lr, seed, executor="local" if no_ray else "ray", **more)
 
 
 def _map(
@@ -187,7 +182,8 @@ def run(cfg: Any) -> int:
 
         print(f"stack written to {build_stack(cfg.spec, cfg.out, allow_sparse=cfg.allow_sparse)}")
     elif cfg.action == "train":
-        metrics = _train(cfg.stack, cfg.out, cfg.kind, cfg.steps, cfg.batch, cfg.lr, cfg.seed, cfg.no_ray)
+        more = {"epochs": cfg.epochs, "workers": cfg.workers, "gpu": cfg.gpu, "resume": cfg.resume}
+        metrics = _train(cfg.stack, cfg.out, cfg.kind, cfg.steps, cfg.batch, cfg.lr, cfg.seed, cfg.no_ray, **more)
         print(json.dumps(metrics, indent=2, default=str))
     elif cfg.action == "map":
         out = _map(

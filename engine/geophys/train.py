@@ -1,25 +1,27 @@
-"""Train the lineament U-Net on a zarr training set with Ray Train (``TorchTrainer``).
+"""Train the lineament U-Net on a zarr training set, through :func:`engine.train.fit.fit` (Ray
+Train over N workers, DDP, or in this process).
 
 Each step draws a batch of random windows (random crop, flips and quarter turns, which map a
 survey onto another valid field geometry) from the in-memory training set; the loss is BCE +
-Dice against the axis band. Every epoch has the same fixed number of steps. The final
-checkpoint is written with :func:`engine.geophys.model.save_checkpoint`.
+Dice against the axis band. Every epoch has the same fixed number of steps; ``batch_size`` is
+the global batch, split equally over the workers, each drawing from its own random stream. The
+checkpoint of each epoch is written with :func:`engine.geophys.model.save_checkpoint`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from engine.errors import LodeInputError
 from engine.geophys.model import DEFAULT_CARD
-from engine.io.atomic import atomic_copy, atomic_write_json
 from engine.io.layout import array_at
+from engine.train.fit import CHECKPOINT_NAME, Context, FitSpec, fit, read_state, save_state, worker_threads
 
 
 @dataclass
@@ -37,6 +39,10 @@ class TrainConfig:
     threads: int | None = None
     init_checkpoint: str | None = None
     card: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    gpu: bool | None = None
+    resume: str | None = None
+    executor: Literal["ray", "local"] = "ray"
 
 
 def _load_set(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,38 +74,49 @@ def sample_batch(
     return xb, yb
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
+def train_loop(config: dict[str, Any], ctx: Context) -> None:
+    """One worker of :func:`train`: draws ``batch_size / world`` windows a step from its own stream."""
     import torch
 
     from engine.geophys.model import build_model, dice_bce_loss, load_checkpoint, normalise_windows, save_checkpoint
 
     cfg = TrainConfig(**config)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    worker_threads(ctx, cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
+    device = ctx.device
     card = {**DEFAULT_CARD, "encoder": cfg.encoder, "window": cfg.window, **cfg.card}
-    if cfg.init_checkpoint:
-        model, card = load_checkpoint(cfg.init_checkpoint)
+    state = read_state(cfg.resume) if cfg.resume else None
+    start = cfg.resume or cfg.init_checkpoint
+    if start:
+        net, card = load_checkpoint(Path(start) / CHECKPOINT_NAME if cfg.resume else start)
         card = {**card, "window": cfg.window}
     else:
-        model = build_model(card)
-    model = ray.train.torch.prepare_model(model) if ray.train.get_context().get_world_size() > 1 else model.to(device)
+        net = build_model(card)
+    model = ctx.prepare(net)
     x, y = _load_set(cfg.data)
-    rank = ray.train.get_context().get_world_rank()
-    rng = np.random.default_rng([cfg.seed, rank])
+    rng = np.random.default_rng([cfg.seed, ctx.rank])
+    local_batch = cfg.batch_size // ctx.world
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
-    start = time.monotonic()
-    step = 0
-    for epoch in range(cfg.epochs):
+    history: list[dict[str, Any]] = []
+    first = 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, first = list(state["history"]), int(state["epoch"]) + 1
+        streams = state.get("rng") or []
+        if len(streams) == ctx.world:
+            rng.bit_generator.state = streams[ctx.rank]
+        else:
+            rng = np.random.default_rng([cfg.seed, ctx.rank, first])
+    start_time = time.monotonic() - 60 * (history[-1]["minutes"] if history else 0.0)
+    step = first * cfg.steps_per_epoch
+    for epoch in range(first, cfg.epochs):
         model.train()
         losses = []
         for _ in range(cfg.steps_per_epoch):
-            xb, yb = sample_batch(rng, x, y, cfg.batch_size, cfg.window)
+            xb, yb = sample_batch(rng, x, y, local_batch, cfg.window)
             xt = normalise_windows(torch.from_numpy(xb).to(device))
             loss = dice_bce_loss(model(xt), torch.from_numpy(yb).to(device))
             opt.zero_grad(set_to_none=True)
@@ -108,45 +125,47 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sched.step()
             step += 1
             losses.append(float(loss.detach()))
-        elapsed = (time.monotonic() - start) / 60
-        stop = cfg.max_minutes is not None and elapsed >= cfg.max_minutes
-        metrics = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "minutes": elapsed}
-        with tempfile.TemporaryDirectory() as tmp:
+        mean_loss = float(ctx.all_reduce(torch.tensor([float(np.mean(losses))], dtype=torch.float64))[0]) / ctx.world
+        elapsed = (time.monotonic() - start_time) / 60
+        row = {"epoch": epoch, "step": step, "loss": mean_loss, "minutes": elapsed, "world_size": ctx.world}
+        history.append(row)
+        streams = ctx.gather(rng.bit_generator.state)
+
+        def write(
+            folder: Path, epoch: int = epoch, step: int = step, loss: float = mean_loss, streams: list = streams
+        ) -> None:
             net = getattr(model, "module", model)
-            save_checkpoint(Path(tmp) / "model.pt", net, {**card, "trained": {"steps": step, "loss": metrics["loss"]}})
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
-        if stop:
-            break
+            save_checkpoint(folder / CHECKPOINT_NAME, net, {**card, "trained": {"steps": step, "loss": loss}})
+            save_state(folder, epoch, history, optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=streams)
+
+        ctx.report(row, write)
+        if cfg.max_minutes is not None:
+            late = ctx.all_reduce(torch.tensor([float(elapsed >= cfg.max_minutes)], dtype=torch.float64))
+            if late[0] > 0:
+                break
 
 
 def train(config: TrainConfig) -> Path:
-    """Run the Ray Train loop; returns the path of the final checkpoint (``<out>/model.pt``)."""
-
-    from ray.train import CheckpointConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-
-    from engine.train.scaling import scaling_config
-
-    out = Path(config.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
-    from engine.runtime import init_ray
-
-    init_ray()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=dataclasses.asdict(config),
-        scaling_config=scaling_config(1),
-        run_config=RunConfig(
-            name="lineaments", storage_path=str(out / "ray_results"), checkpoint_config=CheckpointConfig(num_to_keep=1)
-        ),
+    """Train on ``config.workers`` workers; returns the path of the exported checkpoint
+    (``<out>/model.pt``, the last epoch's, with ``model.pt.json``); ``<out>/last/`` resumes."""
+    if config.batch_size % config.workers:
+        raise LodeInputError(
+            "--batch-size", f"global batch {config.batch_size} does not split equally over {config.workers} workers"
+        )
+    if config.resume and int(read_state(config.resume)["epoch"]) + 1 >= config.epochs:
+        raise LodeInputError(config.resume, f"checkpoint is at the last of {config.epochs} epochs: nothing to train")
+    config = dataclasses.replace(
+        config,
+        data=str(Path(config.data).resolve()),
+        resume=config.resume and str(Path(config.resume).resolve()),
+        init_checkpoint=config.init_checkpoint and str(Path(config.init_checkpoint).resolve()),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training produced no checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        final = out / "model.pt"
-        atomic_copy(Path(d) / "model.pt", final)
-        atomic_copy(Path(d) / "model.pt.json", out / "model.pt.json")
-    atomic_write_json(out / "metrics.json", result.metrics, indent=2, default=str)
-    return final
+    spec = FitSpec(
+        name="lineaments",
+        out=config.out,
+        workers=config.workers,
+        gpu=config.gpu,
+        executor=config.executor,
+        export=(CHECKPOINT_NAME, CHECKPOINT_NAME + ".json"),
+    )
+    return fit(train_loop, dataclasses.asdict(config), spec).model

@@ -152,11 +152,12 @@ class ProspectMAE(nn.Module):
         p, c, g = self.patch, self.channels, self.grid
         return out.reshape(b, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * p, g * p)
 
+    def loss_weight(self, valid: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """(B, W, W): the valid cells of masked tokens, where the reconstruction is scored."""
+        return self._pixel_mask(token_mask)[:, 0] * valid
+
     def loss(self, x: torch.Tensor, valid: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        pred = self.forward(x, valid, token_mask)
-        w = self._pixel_mask(token_mask)[:, 0] * valid
-        err = ((pred - x) ** 2).mean(dim=1)
-        return (err * w).sum() / w.sum().clamp_min(1.0)
+        return reconstruction_loss(self.forward(x, valid, token_mask), x, self.loss_weight(valid, token_mask))
 
 
 class ConvAutoencoder(nn.Module):
@@ -189,8 +190,13 @@ class ConvAutoencoder(nn.Module):
         return self.dec(self.enc(torch.cat([x, valid[:, None]], dim=1)))
 
     def loss(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        err = ((self.forward(x, valid) - x) ** 2).mean(dim=1)
-        return (err * valid).sum() / valid.sum().clamp_min(1.0)
+        return reconstruction_loss(self.forward(x, valid), x, valid)
+
+
+def reconstruction_loss(pred: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean over channels of the squared error of ``pred`` (B, C, W, W), averaged with ``weight`` (B, W, W)."""
+    err = ((pred - x) ** 2).mean(dim=1)
+    return (err * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def build(kind: str, config: dict) -> ProspectMAE | ConvAutoencoder:

@@ -1,21 +1,21 @@
-"""Label-free training of the prospectivity models, through Ray Train.
+"""Label-free training of the prospectivity models, through :func:`engine.train.fit.fit` (Ray
+Train over N workers, DDP, or in this process).
 
 Windows come from a pool of stack blocks held in memory (a few blocks, however
 large the region); each step draws a random batch of windows with at least half
-their cells valid, with random flips and quarter turns. ``fit`` is the plain
-torch loop; ``train_with_ray`` runs it inside a ``TorchTrainer`` worker and brings
-the checkpoint back. A checkpoint (``torch.save`` dict) carries the model kind,
-config and weights, the stack channel names, and for the MAE the Gaussian fitted
-to training latents (mean, precision) used for the latent-density score.
+their cells valid, with random flips and quarter turns. A checkpoint (``torch.save``
+dict) carries the model kind, config and weights, the stack channel names, and for
+the MAE the Gaussian fitted to training latents (mean, precision) used for the
+latent-density score.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
+from collections import deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,15 +23,22 @@ import torch
 from engine.errors import LodeInputError
 from engine.io.atomic import atomic_copy
 from engine.prospect.checkpoint import load_checkpoint, save_checkpoint
-from engine.prospect.model import ConvAutoencoder, ProspectMAE, build, count_parameters
+from engine.prospect.model import ProspectMAE, build, count_parameters, reconstruction_loss
 from engine.prospect.stack import Stack, open_stack
+from engine.train.fit import CHECKPOINT_NAME, Context, FitSpec, fit, read_state, save_state, worker_threads
 
 
 class WindowPool:
     """Random training windows from up to ``blocks`` stack blocks of ``block`` cells."""
 
     def __init__(
-        self, stack: Stack, window: int, blocks: int = 8, block: int = 512, seed: int = 0, min_valid: float = 0.5
+        self,
+        stack: Stack,
+        window: int,
+        blocks: int = 8,
+        block: int = 512,
+        seed: int | list[int] = 0,
+        min_valid: float = 0.5,
     ):
         rng = np.random.default_rng(seed)
         h, w = stack.shape
@@ -72,41 +79,6 @@ class WindowPool:
             xs.append(np.ascontiguousarray(dw))
             vs.append(np.ascontiguousarray(vw))
         return np.stack(xs), np.stack(vs)
-
-
-def fit(
-    model: ProspectMAE | ConvAutoencoder,
-    pool: WindowPool,
-    steps: int,
-    batch: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    log=None,
-) -> list[float]:
-    """Plain torch loop: AdamW, cosine decay; returns the per-step losses."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    losses = []
-    for step in range(steps):
-        xb, vb = pool.batch(batch)
-        x, v = torch.from_numpy(xb).to(device), torch.from_numpy(vb).to(device)
-        if isinstance(model, ProspectMAE):
-            loss = model.loss(x, v, model.random_mask(x.shape[0], gen, torch.device(device)))
-        else:
-            loss = model.loss(x, v)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss))
-        if log and (step % 100 == 0 or step == steps - 1):
-            log(step, float(np.mean(losses[-100:])))
-    return losses
 
 
 @torch.no_grad()
@@ -166,63 +138,115 @@ def default_config(kind: str, channels: int) -> dict:
     return dict(channels=channels, width=32, window=64)
 
 
-def train_local(
-    stack_path: str | Path,
-    out: str | Path,
-    kind: str = "mae",
-    steps: int = 1500,
-    batch: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
-    pool_blocks: int = 8,
-    config: dict | None = None,
-    log=None,
-) -> dict:
-    """Train one model on one stack in this process and write its checkpoint; returns a summary."""
-    stack = open_stack(stack_path)
-    cfg = config or default_config(kind, len(stack.channels))
-    torch.manual_seed(seed)
-    model = build(kind, cfg)
-    pool = WindowPool(stack, cfg["window"], blocks=pool_blocks, seed=seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    t0 = time.perf_counter()
-    losses = fit(model, pool, steps, batch, lr, seed, device, log)
-    extra: dict[str, Any] = {
-        "train": {
-            "steps": steps,
-            "batch": batch,
-            "lr": lr,
-            "seed": seed,
-            "final_loss": float(np.mean(losses[-50:])),
+@dataclass(frozen=True)
+class TrainOptions:
+    """One training run of a prospect model on one stack; ``batch`` is the global batch, split
+    equally over ``workers``, and the ``steps`` are reported in ``epochs`` (checkpoints to resume from)."""
+
+    stack: str
+    kind: str = "mae"
+    steps: int = 1500
+    batch: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    pool_blocks: int = 8
+    config: dict | None = None
+    epochs: int = 5
+    threads: int | None = None
+    resume: str | None = None
+
+
+def train_loop(config: dict[str, Any], ctx: Context) -> None:
+    """One worker of :func:`train`: AdamW with one-cycle decay over all steps, gradient clipping at
+    1; rank 0 draws windows with ``seed`` (as a single process does), rank r with ``[seed, r]``."""
+    o = TrainOptions(**config)
+    worker_threads(ctx, o.threads)
+    stack = open_stack(o.stack)
+    cfg = o.config or default_config(o.kind, len(stack.channels))
+    torch.manual_seed(o.seed)
+    net = build(o.kind, cfg)
+    state = read_state(o.resume) if o.resume else None
+    if state is not None:
+        net.load_state_dict(load_checkpoint(Path(o.resume or "") / CHECKPOINT_NAME)[0].state_dict())
+    pool = WindowPool(stack, cfg["window"], blocks=o.pool_blocks, seed=o.seed if ctx.rank == 0 else [o.seed, ctx.rank])
+    gen = torch.Generator().manual_seed(o.seed + ctx.rank)
+    torch.manual_seed(o.seed + ctx.rank)
+    device = ctx.device
+    model = ctx.prepare(net)
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=o.steps, pct_start=0.1)
+    history: list[dict[str, Any]] = []
+    first = 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, first = list(state["history"]), int(state["epoch"]) + 1
+        if len(state["rng"]) == ctx.world:
+            pool.rng.bit_generator.state, mask_state, torch_state = state["rng"][ctx.rank]
+            gen.set_state(mask_state)
+            torch.set_rng_state(torch_state)
+    local = o.batch // ctx.world
+    per_epoch = -(-o.steps // o.epochs)
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    recent: deque[float] = deque(maxlen=50)
+    for epoch in range(first, o.epochs):
+        model.train()
+        losses = []
+        for _ in range(min(per_epoch, o.steps - epoch * per_epoch)):
+            xb, vb = pool.batch(local)
+            x, v = torch.from_numpy(xb).to(device), torch.from_numpy(vb).to(device)
+            if isinstance(net, ProspectMAE):
+                mask = net.random_mask(x.shape[0], gen, device)
+                loss = reconstruction_loss(model(x, v, mask), x, net.loss_weight(v, mask))
+            else:
+                loss = reconstruction_loss(model(x, v), x, v)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        recent.extend(losses)
+        tail = ctx.all_reduce(torch.tensor([sum(losses), len(losses), sum(recent), len(recent)], dtype=torch.float64))
+        row = {
+            "epoch": epoch,
+            "step": min(o.steps, (epoch + 1) * per_epoch),
+            "loss": float(tail[0] / tail[1]),
+            "final_loss": float(tail[2] / tail[3]),
             "seconds": time.perf_counter() - t0,
-            "parameters": count_parameters(model),
+            "world_size": ctx.world,
         }
-    }
-    if isinstance(model, ProspectMAE):
-        extra["latent"] = fit_latent_gaussian(model, pool, device=device)
-    save_checkpoint(out, model, kind, stack.channels, extra)
-    return extra["train"]
+        history.append(row)
+        streams = ctx.gather((pool.rng.bit_generator.state, gen.get_state(), torch.get_rng_state()))
+        last = epoch == o.epochs - 1
+
+        def write(
+            folder: Path, row: dict = row, epoch: int = epoch, last: bool = last, streams: list = streams
+        ) -> None:
+            train = {
+                "steps": row["step"],
+                "batch": o.batch,
+                "lr": o.lr,
+                "seed": o.seed,
+                "workers": ctx.world,
+                "final_loss": row["final_loss"],
+                "seconds": row["seconds"],
+                "parameters": count_parameters(net),
+            }
+            extra: dict[str, Any] = {"train": train}
+            if isinstance(net, ProspectMAE):
+                saved = pool.rng.bit_generator.state
+                extra["latent"] = fit_latent_gaussian(net, pool, device=device)
+                if not last:
+                    pool.rng.bit_generator.state = saved
+                net.train()
+            save_checkpoint(folder / CHECKPOINT_NAME, net, o.kind, stack.channels, extra)
+            save_state(folder, epoch, history, optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=streams)
+
+        ctx.report(row, write)
 
 
-def _ray_worker(cfg: dict) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = train_local(
-            cfg["stack"],
-            Path(tmp) / "model.pt",
-            cfg["kind"],
-            cfg["steps"],
-            cfg["batch"],
-            cfg["lr"],
-            cfg["seed"],
-            cfg["pool_blocks"],
-            cfg.get("config"),
-        )
-        ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def train_with_ray(
+def train(
     stack_path: str | Path,
     out: str | Path,
     kind: str = "mae",
@@ -232,45 +256,47 @@ def train_with_ray(
     seed: int = 0,
     pool_blocks: int = 8,
     config: dict | None = None,
-    storage: str | Path | None = None,
+    *,
+    epochs: int = 5,
+    workers: int = 1,
+    gpu: bool | None = None,
+    executor: Literal["ray", "local"] = "ray",
+    threads: int | None = None,
+    resume: str | Path | None = None,
 ) -> dict:
-    """Run ``train_local`` as a one-worker Ray ``TorchTrainer`` (GPU when there is one) and copy the
-    checkpoint to ``out``."""
-    from ray.train import RunConfig
-    from ray.train.torch import TorchTrainer
-
-    from engine.train.scaling import scaling_config
-
+    """Train one model on one stack (:func:`engine.train.fit.fit`: Ray Train over ``workers`` or in
+    this process) and write its checkpoint to ``out``; the run (``last/`` to resume from, curves,
+    metrics) goes to ``<out>.train/``. Returns the checkpoint's training summary."""
     open_stack(stack_path)
-    from engine.runtime import init_ray
-
-    init_ray()
-    storage_dir = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="lode-prospect-train-"))
-    trainer = TorchTrainer(
-        _ray_worker,
-        train_loop_config=dict(
-            stack=str(Path(stack_path).resolve()),
-            kind=kind,
-            steps=steps,
-            batch=batch,
-            lr=lr,
-            seed=seed,
-            pool_blocks=pool_blocks,
-            config=config,
-        ),
-        scaling_config=scaling_config(1),
-        run_config=RunConfig(name=f"prospect-{kind}", storage_path=str(storage_dir.resolve())),
+    if batch % workers:
+        raise LodeInputError("--batch", f"global batch {batch} does not split equally over {workers} workers")
+    epochs = min(epochs, steps)
+    if resume and int(read_state(resume)["epoch"]) + 1 >= epochs:
+        raise LodeInputError(resume, f"checkpoint is at the last of {epochs} epochs: nothing to train")
+    options = TrainOptions(
+        str(Path(stack_path).resolve()),
+        kind,
+        steps,
+        batch,
+        lr,
+        seed,
+        pool_blocks,
+        config,
+        epochs,
+        threads,
+        str(Path(resume).resolve()) if resume else None,
     )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError("prospect training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        atomic_copy(Path(d) / "model.pt", out)
-    if not storage:
-        shutil.rmtree(storage_dir, ignore_errors=True)
-    return dict(result.metrics or {})
+    out = Path(out)
+    spec = FitSpec(
+        name=f"prospect-{kind}",
+        out=str(out.with_name(out.name + ".train")),
+        workers=workers,
+        gpu=gpu,
+        executor=executor,
+    )
+    result = fit(train_loop, asdict(options), spec)
+    atomic_copy(result.model, out)
+    return dict(load_checkpoint(out)[1]["train"])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Ray Train loop: balanced patch streams from Ray Data, DDP, validation with the sliding-window
-predictor, checkpoints through ``ray.train.report`` (best by validation mIoU kept), resume.
+"""The segmentation training loop: balanced patch streams from Ray Data, DDP, validation with the
+sliding-window predictor, run by :func:`engine.train.fit.fit` (best by validation mIoU kept, resume).
 
 A checkpoint folder holds ``model.pt`` (state dict + model card, what ``lode segment`` reads) and
 ``state.pt`` (optimizer, scheduler, scaler, epoch, curves).
@@ -7,12 +7,7 @@ A checkpoint folder holds ``model.pt`` (state dict + model card, what ``lode seg
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,17 +17,14 @@ import numpy as np
 
 from engine.classes import LUMENSTONE, ClassSet
 from engine.errors import LodeInputError
-from engine.io.atomic import atomic_copy, atomic_path, atomic_write_text, staged_directory
-from engine.io.torchfile import entries, load_torch
 from engine.segment.checkpoint import ModelCard, read_blob, save_checkpoint
 from engine.train.augment import VOID, AugmentParams
 from engine.train.data import Sample, channel_stats, codes_present, load_split, mask_codes, pairs
+from engine.train.fit import CHECKPOINT_NAME, Context, FitSpec, fit, read_state, save_state, worker_threads
 from engine.train.sampler import SamplerParams, Tally
 from engine.train.source import StreamPlan, patch_dataset
 
 log = logging.getLogger("lode.train")
-CHECKPOINT_NAME = "model.pt"
-STATE_NAME = "state.pt"
 CURVE_KEYS = ("epoch", "step", "loss", "val_miou", "val_pixel_accuracy", "lr", "seconds")
 
 
@@ -74,13 +66,6 @@ class TrainOptions:
     @property
     def steps_per_epoch(self) -> int:
         return -(-self.steps // self.epochs)
-
-
-def read_state(folder: Path) -> dict:
-    """The training state saved beside a checkpoint (optimizer, scheduler, epoch, history), loaded
-    with ``weights_only=True``; errors name the file."""
-    path = folder / STATE_NAME
-    return entries(load_torch(path, path, "Lode training state"), path, "Lode training state", ("epoch",))
 
 
 def _loss(kind: str):
@@ -131,21 +116,17 @@ def validate(model, card: ModelCard, samples: list[Sample], void_border: int = 0
     return scores
 
 
-def _worker_loop(config: dict[str, Any]) -> None:
+def _worker_loop(config: dict[str, Any], ctx: Context) -> None:
     import ray.train
     import torch
-    import torch.distributed as dist
-    from ray.train.torch import prepare_model
 
     from engine.segment.models import create_model
 
     cfg = TrainOptions(**config["cfg"])
     card = ModelCard.model_validate(config["card"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = ctx.rank, ctx.world
     torch.manual_seed(cfg.seed)
-    if not cfg.gpu:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    worker_threads(ctx)
     classes = card.class_set()
     codes = classes.codes
     val = [
@@ -162,8 +143,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
         net.load_state_dict(read_blob(Path(config["resume"]) / CHECKPOINT_NAME)["state_dict"])
     if world > 1 and cfg.gpu:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    model = prepare_model(net)
-    device = next(model.parameters()).device
+    model = ctx.prepare(net)
+    device = ctx.device
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=cfg.plateau_patience)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -197,9 +178,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
         scores = validate(getattr(model, "module", model), card, val, cfg.void_border)
         conf = torch.from_numpy(scores.confusion)
         stats = torch.tensor([float(np.sum(losses)), float(len(losses))], dtype=torch.float64)
-        if world > 1:
-            for t in (conf, stats, tally):
-                dist.all_reduce(t)
+        for t in (conf, stats, tally):
+            ctx.all_reduce(t)
         scores.confusion = conf.numpy()
         sched.step(scores.mean_iou)
         drawn = Tally(tuple(codes), tally.numpy().astype(np.int64))
@@ -217,26 +197,20 @@ def _worker_loop(config: dict[str, Any]) -> None:
         }
         history.append(row)
         metrics = {k: row[k] for k in CURVE_KEYS} | {"first_loss": history[0]["loss"], "world_size": world}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(Path(tmp) / CHECKPOINT_NAME, model, card)
-                torch.save(
-                    {
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "epoch": epoch,
-                        "history": history,
-                        "torch_rng": torch.get_rng_state(),
-                    },
-                    Path(tmp) / STATE_NAME,
-                )
-                with staged_directory(Path(config["out"]) / "last") as staged:
-                    for f in (CHECKPOINT_NAME, STATE_NAME):
-                        shutil.copy2(Path(tmp) / f, staged / f)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+
+        def write(folder: Path, epoch: int = epoch) -> None:
+            save_checkpoint(folder / CHECKPOINT_NAME, model, card)
+            save_state(
+                folder,
+                epoch,
+                history,
+                optimizer=opt.state_dict(),
+                scheduler=sched.state_dict(),
+                scaler=scaler.state_dict(),
+                torch_rng=torch.get_rng_state(),
+            )
+
+        ctx.report(metrics, write)
 
 
 def reference_colors(samples, classes: ClassSet) -> dict[str, list[float]]:
@@ -284,36 +258,6 @@ def stream_plan(cfg: TrainOptions, codes: list[int], epochs: range, cache_dir: P
         -(-per_epoch // tasks),
         str(cache_dir),
     )
-
-
-def write_curves(history: list[dict], out: Path) -> tuple[Path, Path]:
-    """``curves.csv`` (one row per epoch) and ``curves.png`` (loss and validation mIoU by step)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(CURVE_KEYS))
-    w.writeheader()
-    for row in history:
-        w.writerow({k: row[k] for k in CURVE_KEYS})
-    atomic_write_text(out / "curves.csv", buf.getvalue())
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-    steps = [r["step"] for r in history]
-    ax[0].plot(steps, [r["loss"] for r in history], "o-")
-    ax[0].set(xlabel="step", ylabel="training loss")
-    ax[1].plot(steps, [r["val_miou"] for r in history], "o-", label="mIoU")
-    ax[1].plot(steps, [r["val_pixel_accuracy"] for r in history], "s--", label="pixel accuracy")
-    ax[1].set(xlabel="step", ylabel="validation", ylim=(0, 1))
-    ax[1].legend()
-    fig.tight_layout()
-    with atomic_path(out / "curves.png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return out / "curves.csv", out / "curves.png"
 
 
 def _card(cfg: TrainOptions) -> ModelCard:
@@ -385,11 +329,9 @@ def _cpus_per_worker(workers: int) -> float:
 def train(cfg: TrainOptions) -> Path:
     """Train and write ``<out>/model.pt`` (best validation mIoU), ``<out>/last/`` (to resume from),
     ``curves.csv``/``curves.png`` and ``train_metrics.json``; returns the path of ``model.pt``."""
-    from ray.train import CheckpointConfig, DataConfig, RunConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import DataConfig
 
     from engine.runtime import init_ray
-    from engine.train.scaling import scaling_config
 
     if cfg.batch_size % cfg.workers:
         raise LodeInputError(
@@ -397,10 +339,7 @@ def train(cfg: TrainOptions) -> Path:
         )
     start = 0
     if cfg.resume:
-        state_path = Path(cfg.resume) / STATE_NAME
-        if not state_path.is_file():
-            raise LodeInputError(cfg.resume, f"not a training checkpoint folder ({STATE_NAME} missing)")
-        start = int(read_state(Path(cfg.resume))["epoch"]) + 1
+        start = int(read_state(cfg.resume)["epoch"]) + 1
         if start >= cfg.epochs:
             raise LodeInputError(cfg.resume, f"checkpoint is at epoch {start} of {cfg.epochs}: nothing left to train")
     card = _card(cfg)
@@ -412,56 +351,25 @@ def train(cfg: TrainOptions) -> Path:
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     plan = stream_plan(cfg, card.class_set().codes, range(start, cfg.epochs), out / "sampler_cache")
-    dataset = patch_dataset(plan, AugmentParams() if cfg.augment else None)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={
-            "cfg": asdict(cfg),
-            "card": card.model_dump(),
-            "val_split": val_split,
-            "resume": str(Path(cfg.resume).resolve()) if cfg.resume else None,
-            "out": str(out),
+    spec = FitSpec(
+        name="lode-train",
+        out=str(out),
+        workers=cfg.workers,
+        gpu=cfg.gpu,
+        cpus_per_worker=_cpus_per_worker(cfg.workers),
+        best="val_miou",
+        curves=(("loss",), ("val_miou", "val_pixel_accuracy")),
+        ray_options={
+            "datasets": {"train": patch_dataset(plan, AugmentParams() if cfg.augment else None)},
+            "dataset_config": DataConfig(execution_options=ingest),
         },
-        scaling_config=scaling_config(cfg.workers, cfg.gpu, _cpus_per_worker(cfg.workers)),
-        datasets={"train": dataset},
-        dataset_config=DataConfig(execution_options=ingest),
-        run_config=RunConfig(
-            name=f"lode-train-{int(time.time() * 1000)}",
-            storage_path=str(out / "ray_results"),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="val_miou", checkpoint_score_order="max"
-            ),
-        ),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint: {result.error}")
-    best = (
-        max(result.best_checkpoints, key=lambda cm: cm[1]["val_miou"])[0]
-        if result.best_checkpoints
-        else result.checkpoint
-    )
-    with best.as_directory() as d:
-        atomic_copy(Path(d) / CHECKPOINT_NAME, out / CHECKPOINT_NAME)
-    with result.checkpoint.as_directory() as d, staged_directory(out / "last") as staged:
-        for f in (CHECKPOINT_NAME, STATE_NAME):
-            shutil.copy2(Path(d) / f, staged / f)
-    history = read_state(out / "last")["history"]
-    write_curves(history, out)
-    best_row = max(history, key=lambda r: r["val_miou"])
-    atomic_write_text(
-        out / "train_metrics.json",
-        json.dumps(
-            {
-                **(result.metrics or {}),
-                "best_epoch": best_row["epoch"],
-                "best_val_miou": best_row["val_miou"],
-                "history": history,
-            },
-            indent=1,
-            default=str,
-        ),
-    )
-    return out / CHECKPOINT_NAME
+    config = {
+        "cfg": asdict(cfg),
+        "card": card.model_dump(),
+        "val_split": val_split,
+        "resume": str(Path(cfg.resume).resolve()) if cfg.resume else None,
+    }
+    return fit(_worker_loop, config, spec).model

@@ -52,10 +52,15 @@ def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(ray_session
 
 
 @pytest.mark.parametrize("module", ["engine.geophys.train", "engine.prospect.train", "engine.train.loop"])
-def test_trainers_build_their_scaling_in_the_one_place(module):
-    """No trainer decides ``use_gpu`` itself (the driver's ``torch.cuda.is_available()`` was the bug)."""
+def test_trainers_run_through_the_one_fit_helper(module):
+    """No trainer builds its own ``TorchTrainer`` or decides ``use_gpu`` (the driver's
+    ``torch.cuda.is_available()`` was the bug): they call :func:`engine.train.fit.fit`, which asks
+    :func:`scaling_config`."""
     import importlib
     import inspect
 
+    from engine.train import fit
+
     src = inspect.getsource(importlib.import_module(module))
-    assert "scaling_config(" in src and "ScalingConfig(" not in src and "use_gpu=" not in src
+    assert " fit(" in src and "TorchTrainer" not in src and "ScalingConfig(" not in src and "use_gpu" not in src
+    assert "scaling_config(" in inspect.getsource(fit)

@@ -9,7 +9,8 @@ import torch
 from engine.errors import LodeInputError
 from engine.segment.checkpoint import load_checkpoint
 from engine.synth import write_lumenstone
-from engine.train.loop import STATE_NAME, TrainOptions, train
+from engine.train.fit import STATE_NAME
+from engine.train.loop import TrainOptions, train
 
 pytestmark = pytest.mark.ray
 
