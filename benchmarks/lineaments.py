@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from engine.geophys.evaluate import buffer_scores
     from engine.geophys.lineaments import ClassicalParams, VectorParams, classical_lineaments, unet_lineaments
-    from engine.geophys.score import buffer_scores
     from engine.geophys.synth import SurveyConfig
 
     cfg = SurveyConfig(

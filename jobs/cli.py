@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("jobs.demo", "generate a synthetic collection, train, segment and score it end to end"),
-    "synth": ("jobs.synth", "generate synthetic sections, collections and panoramas with exact truth"),
+    "synth": (
+        "jobs.synth",
+        "synthetic data with exact truth: collections, panoramas, magnetic surveys, prospectivity regions",
+    ),
     "segment": ("jobs.segment", "segment panoramas or image folders into mineral label images"),
     "train": ("jobs.train", "train a segmentation model with Ray Train"),
     "evaluate": ("jobs.evaluate", "score a segmentation store against truth masks: IoU table and JSON"),
@@ -25,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "annotate": ("jobs.annotate", "annotation aids: expand scribbles to a label map, pick uncertain regions"),
     "prospect": (
         "jobs.prospect",
-        "unsupervised mineral prospectivity: stack grids, train the ViT MAE, map and score against deposits",
+        "unsupervised mineral prospectivity: stack grids, train the ViT MAE, map and evaluate against deposits",
     ),
     "stitch": ("jobs.stitch", "stitch every section of a collection into an OME-Zarr panorama store"),
     "calibrate": (
@@ -34,7 +37,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "lineaments": (
         "jobs.lineaments",
-        "magnetic anomaly lineaments: U-Net or classical axes of survey grids, scoring, synthetic surveys, training",
+        "magnetic anomaly lineaments: U-Net or classical axes of survey grids, evaluation, training",
     ),
     "view": ("jobs.view", "browse a section store or survey output in a local web page (127.0.0.1)"),
     "bench": ("jobs.bench", "run every benchmark and write a Markdown report"),

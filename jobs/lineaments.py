@@ -2,10 +2,11 @@
 
   lode lineaments GRID --model CKPT --out OUT        U-Net axes of a survey grid
   lode lineaments GRID --method classical --out OUT  classical baseline (RTP, TGA, Blakely-Simpson)
-  lode lineaments score PRED.geojson TRUTH.geojson   buffer precision/recall/F1 at 1 and 2 cells
-  lode lineaments synth --out SET.zarr [--n 500]     synthetic training set (parallel Ray tasks)
-  lode lineaments synth --surveys --out DIR          held-out survey grids (netCDF) + truth GeoJSON
-  lode lineaments train --data SET.zarr --out DIR    train the U-Net with Ray Train
+  lode lineaments evaluate PRED.geojson TRUTH.geojson  buffer precision/recall/F1 at 1 and 2 cells
+  lode lineaments train --data SET.zarr --out DIR      train the U-Net with Ray Train [--workers N] [--gpu]
+
+Synthetic surveys with their true axes come from ``lode synth survey`` (a training set, or with
+--files held-out netCDF grids and truth GeoJSON).
 
 GRID is a GeoTIFF, netCDF or zarr grid (dims northing/easting or y/x, metres), opened lazily.
 OUT receives the probability grid axis_probability.zarr (chunked by --block, CRS and transform
@@ -27,15 +28,16 @@ from typing import Any
 
 from jobs.contract import Job
 
-ACTIONS = ("score", "synth", "train")
+ACTIONS = ("evaluate", "train")
+MOVED = {"synth": "lode synth survey", "score": "lode lineaments evaluate"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
-    parser.add_argument("target", help="survey grid to process, or one of: score, synth, train")
-    parser.add_argument("inputs", nargs="*", help="for score: PRED.geojson TRUTH.geojson")
-    parser.add_argument("--out", help="output folder (grid, synth --surveys, train) or file (synth set, score JSON)")
+    parser.add_argument("target", help="survey grid to process, or one of: evaluate, train")
+    parser.add_argument("inputs", nargs="*", help="for evaluate: PRED.geojson TRUTH.geojson")
+    parser.add_argument("--out", help="output folder (grid, train) or file (evaluate JSON)")
     parser.add_argument("--model", help="U-Net checkpoint (model.pt)")
     parser.add_argument(
         "--method", choices=("unet", "classical"), default=None, help="default: unet with --model, else classical"
@@ -70,13 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--geotiff", action="store_true", help="U-Net: also export the probability grid as GeoTIFF")
     parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: 16 on a GPU, 4 on a CPU)")
     parser.add_argument("--stride", type=int, help="window step in cells (default: half the model window)")
-    parser.add_argument("--cell", type=float, help="score: cell size in map units (default from PRED properties)")
-    parser.add_argument("--n", type=int, default=500, help="synth: number of examples or surveys")
-    parser.add_argument("--size", type=int, default=256, help="synth: survey size in cells")
-    parser.add_argument("--spacing", type=float, default=50.0, help="synth: cell size in metres")
-    parser.add_argument("--noise", type=float, default=0.5, help="synth: noise in nT")
+    parser.add_argument("--cell", type=float, help="evaluate: cell size in map units (default from PRED properties)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--surveys", action="store_true", help="synth: write individual survey grids with truth")
     parser.add_argument("--data", help="train: zarr training set")
     parser.add_argument("--encoder", default="vgg16_bn", help="train: smp encoder")
     parser.add_argument("--window", type=int, default=128, help="train: window size")
@@ -177,13 +174,13 @@ def run_grid(cfg: Any) -> int:
     return 0
 
 
-def run_score(cfg: Any) -> int:
+def run_evaluate(cfg: Any) -> int:
     from engine.errors import LodeInputError
+    from engine.geophys.evaluate import buffer_scores
     from engine.geophys.lineaments import read_geojson_lines
-    from engine.geophys.score import buffer_scores
 
     if len(cfg.inputs) != 2:
-        raise LodeInputError("score", "expected PRED.geojson TRUTH.geojson")
+        raise LodeInputError("evaluate", "expected PRED.geojson TRUTH.geojson")
     pred_path, truth_path = map(Path, cfg.inputs)
     cell = cfg.cell
     if cell is None:
@@ -196,23 +193,6 @@ def run_score(cfg: Any) -> int:
     if cfg.out:
         Path(cfg.out).write_text(text)
     print(text)
-    return 0
-
-
-def run_synth(cfg: Any) -> int:
-    _need(cfg, "out")
-    if cfg.surveys:
-        from engine.geophys.dataset import write_survey_files
-
-        paths = write_survey_files(Path(cfg.out), cfg.n, cfg.size, cfg.spacing, cfg.noise, cfg.seed)
-        print(json.dumps({"surveys": len(paths), "out": cfg.out}))
-        return 0
-    from engine.geophys.dataset import generate_training_set
-    from engine.geophys.synth import SurveyConfig
-
-    survey = SurveyConfig(shape=(cfg.size, cfg.size), spacing_m=cfg.spacing, noise_nt=cfg.noise)
-    path = generate_training_set(cfg.out, cfg.n, survey, cfg.seed)
-    print(json.dumps({"training_set": str(path), "n": cfg.n}))
     return 0
 
 
@@ -239,16 +219,18 @@ def run_train(cfg: Any) -> int:
 
 
 def run(cfg: Any) -> int:
-    if cfg.target == "score":
-        return run_score(cfg)
-    if cfg.target == "synth":
-        return run_synth(cfg)
+    if cfg.target in MOVED:
+        from engine.errors import LodeInputError
+
+        raise LodeInputError(f"lode lineaments {cfg.target}", f"now '{MOVED[cfg.target]}'")
+    if cfg.target == "evaluate":
+        return run_evaluate(cfg)
     if cfg.target == "train":
         return run_train(cfg)
     return run_grid(cfg)
 
 
-JOB = Job("lineaments", add_arguments, run, description=__doc__, file_out={"target": ("score",)})
+JOB = Job("lineaments", add_arguments, run, description=__doc__, file_out={"target": ("evaluate",)})
 
 if __name__ == "__main__":
     from jobs._entry import run_module

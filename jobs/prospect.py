@@ -1,14 +1,15 @@
-"""Unsupervised mineral prospectivity: stack source grids, train without labels, map, score.
+"""Unsupervised mineral prospectivity: stack source grids, train without labels, map, evaluate.
 
 lode prospect stack  --spec REGION/layers.json --out stack.zarr [--allow-sparse]
                      (layers: grids, fault lines, point samples in CSV / GeoParquet)
 lode prospect train  --stack stack.zarr --out mae.pt [--kind mae|cae] [--steps N] [--workers N] [--no-ray]
 lode prospect map    --stack stack.zarr --method mae --model mae.pt --out map.zarr [--geotiff map.tif]
                      (and map.tif beside it: a cloud-optimised GeoTIFF)
-lode prospect score  --map map.zarr --deposits REGION/deposits.csv [--split heldout] --out eval/
+lode prospect evaluate --map map.zarr --deposits REGION/deposits.csv [--split heldout] --out eval/
                      (metrics.json, deposit_ranks.csv, plots)
 lode prospect run    --region REGION --out OUT   (all of the above, MAE and baselines)
-lode prospect synth  --out REGION [--size 512] [--seed 0]
+
+A synthetic region with planted deposits comes from ``lode synth region``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,6 @@ from jobs.contract import Job
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    p = sub.add_parser("synth", help="write a synthetic region with planted deposits (layers, faults, deposits.csv)")
-    p.add_argument("--out", required=True, type=location)
-    p.add_argument("--size", type=int, default=512, help="cells per side (25 m cells)")
-    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser(
         "stack", help="align, transform and stack the layers of a spec (grids, lines, point samples) into zarr"
@@ -65,13 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ray", action="store_true", help="map in this process instead of on Ray")
     p.add_argument("--max-blocks", type=int, help="score only the first N pending blocks (timing and memory runs)")
 
-    p = sub.add_parser("score", help="ROC AUC, success-rate curve, top-10%% capture, prediction-area plot (PNG + JSON)")
-    p.add_argument("--map", required=True, type=location, action="append", help="score store(s); repeat to compare")
+    p = sub.add_parser(
+        "evaluate", help="ROC AUC, success-rate curve, top-10%% capture, prediction-area plot (PNG + JSON)"
+    )
+    p.add_argument("--map", required=True, type=location, action="append", help="map store(s); repeat to compare")
     p.add_argument("--deposits", required=True, type=location, help="CSV with easting, northing (and optional split)")
     p.add_argument("--split", default="heldout", help="deposit split to score on ('all' for every deposit)")
     p.add_argument("--out", required=True, type=location)
 
-    p = sub.add_parser("run", help="stack, train, map with the MAE and every baseline, and score a region folder")
+    p = sub.add_parser("run", help="stack, train, map with the MAE and every baseline, and evaluate on a region folder")
     p.add_argument("--region", required=True, type=location, help="folder with layers.json and deposits.csv")
     p.add_argument("--out", required=True, type=location)
     p.add_argument("--methods", default=",".join(METHODS))
@@ -163,21 +161,16 @@ def _map(
     )
 
 
-def _score(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
-    from engine.prospect.select import score_maps
+def _evaluate(maps: list[Path], deposits: Path, split: str, out: Path) -> dict:
+    from engine.prospect.select import evaluate_maps
 
-    table = score_maps(maps, deposits, split, out)
+    table = evaluate_maps(maps, deposits, split, out)
     print(json.dumps(table, indent=2))
     return table
 
 
 def run(cfg: Any) -> int:
-    if cfg.action == "synth":
-        from engine.prospect.synth import synth_region, write_region
-
-        out = write_region(synth_region(cfg.size, cfg.seed), cfg.out)
-        print(f"region written to {out}")
-    elif cfg.action == "stack":
+    if cfg.action == "stack":
         from engine.prospect.stack import build_stack
 
         print(f"stack written to {build_stack(cfg.spec, cfg.out, allow_sparse=cfg.allow_sparse)}")
@@ -203,8 +196,8 @@ def run(cfg: Any) -> int:
 
             write_geotiff(out, cfg.geotiff)
         print(f"map written to {out}")
-    elif cfg.action == "score":
-        _score(cfg.map, cfg.deposits, cfg.split, cfg.out)
+    elif cfg.action == "evaluate":
+        _evaluate(cfg.map, cfg.deposits, cfg.split, cfg.out)
     elif cfg.action == "run":
         _run_all(cfg)
     return 0
@@ -235,7 +228,7 @@ def _run_all(cfg: Any) -> None:
     for m in maps:
         write_geotiff(m, beside(m, ".tif"))
     deposits_geojson(cfg.region / "deposits.csv", open_stack(stack).grid.crs, out / "deposits.geojson")
-    _score(maps, cfg.region / "deposits.csv", "heldout", out / "eval")
+    _evaluate(maps, cfg.region / "deposits.csv", "heldout", out / "eval")
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
 

@@ -1,4 +1,6 @@
-"""Generate synthetic data with exact truth: LumenStone-layout collections and whole panoramas."""
+"""Generate synthetic data with exact truth, the one place for each kind: LumenStone-layout
+collections (``collection``, ``xpl``), whole sections (``panorama``), magnetic surveys of dyke
+swarms (``survey``) and multi-source regions with planted deposits (``region``)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument(
         "--size", type=int, default=None, help="cells per side (default 256 for a training set, 1024 for --files)"
     )
-    v.add_argument("--files", action="store_true", help="write netCDF grids + truth GeoJSON instead of zarr")
+    v.add_argument("--spacing", type=float, default=50.0, help="cell size in metres")
+    v.add_argument("--noise", type=float, default=0.5, help="noise in nT")
+    v.add_argument(
+        "--files",
+        action="store_true",
+        help="held-out style netCDF grids + truth GeoJSON instead of a zarr training set",
+    )
     v.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("region", help="multi-source geoscience grids with planted deposits (prospectivity)")
     r.add_argument("out", help="output folder (layers, faults.geojson, deposits.csv, layers.json)")
@@ -55,17 +63,16 @@ def run(cfg: Any) -> int:
     from engine.synth import SectionSpec, write_lumenstone, write_panorama
 
     if cfg.what == "survey":
-        from dataclasses import replace
-
         from engine.geophys.dataset import generate_training_set, write_survey_files
         from engine.geophys.synth import SurveyConfig
 
         if cfg.files:
-            paths = write_survey_files(Path(cfg.out), cfg.n, size=cfg.size or 1024, seed=cfg.seed)
+            paths = write_survey_files(Path(cfg.out), cfg.n, cfg.size or 1024, cfg.spacing, cfg.noise, cfg.seed)
             print(f"surveys: {len(paths)} files in {cfg.out}")
         else:
-            cfg = SurveyConfig() if cfg.size is None else replace(SurveyConfig(), shape=(cfg.size, cfg.size))
-            print(f"training set: {generate_training_set(cfg.out, cfg.n, cfg, seed=cfg.seed)}")
+            size = cfg.size or SurveyConfig().shape[0]
+            survey = SurveyConfig(shape=(size, size), spacing_m=cfg.spacing, noise_nt=cfg.noise)
+            print(f"training set: {generate_training_set(cfg.out, cfg.n, survey, seed=cfg.seed)}")
     elif cfg.what == "region":
         from engine.prospect.synth import synth_region, write_region
 

@@ -4,7 +4,7 @@ benchmark share.
 - :func:`make_scorer`: the window scorer of a method (``mae``/``cae`` from a checkpoint, loaded where
   it runs; ``iforest``/``pca`` fitted here on sampled cells).
 - :func:`read_deposits`: the deposits of a split, from a CSV with ``easting`` and ``northing``.
-- :func:`score_maps`: every map's metrics on those deposits, with plots, ``metrics.json`` and the
+- :func:`evaluate_maps`: every map's metrics on those deposits, with plots, ``metrics.json`` and the
   deposits' scores and area ranks (``deposit_ranks.csv``).
 """
 
@@ -68,7 +68,7 @@ def read_deposits(path: Path, split: str = "heldout") -> pd.DataFrame:
     return dep
 
 
-def score_maps(maps: list[Path], deposits: Path, split: str, out: Path) -> dict[str, dict[str, Any]]:
+def evaluate_maps(maps: list[Path], deposits: Path, split: str, out: Path) -> dict[str, dict[str, Any]]:
     """Score each map (named by its ``method`` attribute) on the deposits of ``split``: a prediction-area
     plot and a map per method, one success-rate plot, ``metrics.json``, and ``deposit_ranks.csv`` (the
     deposits with each map's score and area rank, ``<method>_score`` and ``<method>_area_rank``: the

@@ -66,13 +66,13 @@ def test_lineament_axes_open_as_geopackage_and_geojson_with_the_grid_crs(lineame
 
 @pytest.fixture(scope="module")
 def prospect(tmp_path_factory) -> Path:
-    """A small synthetic region, stacked, mapped (PCA, in process) and scored on all its deposits."""
+    """A small synthetic region, stacked, mapped (PCA, in process) and evaluated on all its deposits."""
     tmp = tmp_path_factory.mktemp("prospect")
     r, s, m = tmp / "r", tmp / "s.zarr", tmp / "m.zarr"
-    assert lode(["prospect", "synth", "--out", str(r), "--size", "96", "--seed", "4"]) == 0
+    assert lode(["synth", "region", str(r), "--size", "96", "--seed", "4"]) == 0
     assert lode(["prospect", "stack", "--spec", str(r / "layers.json"), "--out", str(s)]) == 0
     assert lode(["prospect", "map", "--stack", str(s), "--method", "pca", "--out", str(m), "--no-ray"]) == 0
-    argv = ["prospect", "score", "--map", str(m), "--deposits", str(r / "deposits.csv"), "--split", "all"]
+    argv = ["prospect", "evaluate", "--map", str(m), "--deposits", str(r / "deposits.csv"), "--split", "all"]
     assert lode([*argv, "--out", str(tmp / "eval")]) == 0
     return tmp
 

@@ -12,10 +12,10 @@ import rasterio
 import zarr
 
 from engine.errors import LodeInputError
+from engine.geophys.evaluate import buffer_scores
 from engine.geophys.grid import read_grid, write_grid
 from engine.geophys.lineaments import classical_lineaments, read_geojson_lines
 from engine.geophys.model import DEFAULT_CARD, build_model, load_checkpoint, save_checkpoint
-from engine.geophys.score import buffer_scores
 from engine.geophys.synth import SurveyConfig, make_survey
 from jobs import lineaments as job
 
@@ -180,17 +180,22 @@ def test_killed_job_resumes_byte_identical(tmp_path, checkpoint):
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
 
-def test_synth_surveys_then_classical_then_score(tmp_path):
-    assert job.run(_args("synth", out=tmp_path / "surveys", surveys=True, n=1, size=96, seed=5)) == 0
+def test_synth_surveys_then_classical_then_evaluate(tmp_path):
+    from jobs.cli import main as lode
+
+    assert (
+        lode(["synth", "survey", str(tmp_path / "surveys"), "--files", "--n", "1", "--size", "96", "--seed", "5"]) == 0
+    )
     grid = tmp_path / "surveys" / "survey_000.nc"
     truth = tmp_path / "surveys" / "survey_000_truth.geojson"
     assert job.run(_args(str(grid), out=tmp_path / "cl", method="classical")) == 0
     assert read_geojson_lines(tmp_path / "cl" / "lineaments.geojson")
-    assert job.run(_args("score", str(truth), str(truth), out=tmp_path / "self.json")) == 0
+    assert job.run(_args("evaluate", str(truth), str(truth), out=tmp_path / "self.json")) == 0
     self_score = json.loads((tmp_path / "self.json").read_text())
     assert self_score["2_cells"]["f1"] == pytest.approx(1.0)
     assert (
-        job.run(_args("score", str(tmp_path / "cl" / "lineaments.geojson"), str(truth), out=tmp_path / "cl.json")) == 0
+        job.run(_args("evaluate", str(tmp_path / "cl" / "lineaments.geojson"), str(truth), out=tmp_path / "cl.json"))
+        == 0
     )
     scores = json.loads((tmp_path / "cl.json").read_text())
     assert 0.0 <= scores["1_cells"]["f1"] <= scores["2_cells"]["f1"] <= 1.0
@@ -200,7 +205,7 @@ def test_job_rejects_bad_inputs(tmp_path):
     with pytest.raises(LodeInputError, match="missing.nc"):
         job.run(_args(str(tmp_path / "missing.nc"), out=tmp_path / "o"))
     with pytest.raises(LodeInputError, match="PRED"):
-        job.run(_args("score", "only_one.geojson"))
+        job.run(_args("evaluate", "only_one.geojson"))
     (tmp_path / "pts.geojson").write_text(
         json.dumps(
             {
@@ -230,4 +235,4 @@ def test_help_works_without_ray():
         text=True,
         check=True,
     )
-    assert "score" in out.stdout and out.stdout.strip().endswith("False")
+    assert "evaluate" in out.stdout and out.stdout.strip().endswith("False")

@@ -78,12 +78,10 @@ FOLDER_OUTPUTS = {
     "train": ["train", "IN", "--out", "OUT"],
     "stitch": ["stitch", "IN", "--out", "OUT"],
     "lineaments grid": ["lineaments", "IN", "--out", "OUT"],
-    "lineaments synth": ["lineaments", "synth", "--out", "OUT"],
     "lineaments train": ["lineaments", "train", "--data", "IN", "--out", "OUT"],
     "prospect stack": ["prospect", "stack", "--spec", "IN", "--out", "OUT"],
     "prospect map": ["prospect", "map", "--stack", "IN", "--method", "pca", "--out", "OUT"],
-    "prospect score": ["prospect", "score", "--map", "IN", "--deposits", "IN", "--out", "OUT"],
-    "prospect synth": ["prospect", "synth", "--out", "OUT"],
+    "prospect evaluate": ["prospect", "evaluate", "--map", "IN", "--deposits", "IN", "--out", "OUT"],
     "prospect run": ["prospect", "run", "--region", "IN", "--out", "OUT"],
     "calibrate colour --apply": [
         "calibrate",
@@ -111,7 +109,7 @@ FILE_OUTPUTS = {
     "calibrate flat": ["calibrate", "flat", "IN", "--out", "OUT"],
     "calibrate colour": ["calibrate", "colour", "IN", "--annotations", "IN", "--reference", "IN", "--out", "OUT"],
     "annotate expand": ["annotate", "expand", "--image", "IN", "--scribbles", "IN", "--out", "OUT"],
-    "lineaments score": ["lineaments", "score", "IN", "IN", "--out", "OUT"],
+    "lineaments evaluate": ["lineaments", "evaluate", "IN", "IN", "--out", "OUT"],
     "prospect train": ["prospect", "train", "--stack", "IN", "--out", "OUT"],
     "prospect map --geotiff": [
         "prospect",

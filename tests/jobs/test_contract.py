@@ -27,7 +27,7 @@ def test_a_failed_job_records_its_error_in_the_manifest(tmp_path, capsys):
     (out / "manifest.json").write_text(json.dumps({"job": "earlier", "status": "complete", "run": 1}))
     missing = tmp_path / "no-deposits.csv"
     assert (
-        lode(["prospect", "score", "--map", str(tmp_path / "m.zarr"), "--deposits", str(missing), "--out", str(out)])
+        lode(["prospect", "evaluate", "--map", str(tmp_path / "m.zarr"), "--deposits", str(missing), "--out", str(out)])
         == 2
     )
     err = capsys.readouterr().err

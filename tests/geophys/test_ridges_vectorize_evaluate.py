@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import shapely
 
+from engine.geophys.evaluate import buffer_scores
 from engine.geophys.ridges import blakely_simpson, ridge_mask
-from engine.geophys.score import buffer_scores
 from engine.geophys.vectorize import axial_azimuth, mask_to_lineaments, trace_skeleton
 
 
