@@ -31,16 +31,11 @@ DEFAULT_CARD: dict[str, Any] = {
 
 
 def build_model(card: dict[str, Any]) -> torch.nn.Module:
-    """Build the (untrained) network a model card describes; never downloads weights."""
-    import segmentation_models_pytorch as smp
+    """Build the (untrained) network a model card describes, with the segmentation model factory
+    (:func:`engine.segment.models.create_model`); never downloads weights."""
+    from engine.segment.models import create_model
 
-    return smp.create_model(
-        card["architecture"],
-        encoder_name=card["encoder"],
-        encoder_weights=None,
-        in_channels=card["in_channels"],
-        classes=card["classes"],
-    )
+    return create_model(card["architecture"], card["encoder"], card["in_channels"], card["classes"])
 
 
 def normalise_windows(x: torch.Tensor) -> torch.Tensor:

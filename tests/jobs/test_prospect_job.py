@@ -17,14 +17,14 @@ def _parse(argv):
 
 def test_help_without_ray(capsys):
     with pytest.raises(SystemExit) as e:
-        _parse(["score", "--help"])
+        _parse(["evaluate", "--help"])
     assert e.value.code == 0
     assert "--deposits" in capsys.readouterr().out
 
 
-def test_synth_stack_map_score(tmp_path):
+def test_synth_stack_map_evaluate(tmp_path):
     r, s, m, ev = tmp_path / "r", tmp_path / "s.zarr", tmp_path / "m.zarr", tmp_path / "eval"
-    assert prospect.run(_parse(["synth", "--out", str(r), "--size", "96", "--seed", "4"])) == 0
+    assert lode(["synth", "region", str(r), "--size", "96", "--seed", "4"]) == 0
     assert prospect.run(_parse(["stack", "--spec", str(r / "layers.json"), "--out", str(s)])) == 0
     assert (
         prospect.run(
@@ -48,7 +48,7 @@ def test_synth_stack_map_score(tmp_path):
     assert (
         prospect.run(
             _parse(
-                ["score", "--map", str(m), "--deposits", str(r / "deposits.csv"), "--split", "all", "--out", str(ev)]
+                ["evaluate", "--map", str(m), "--deposits", str(r / "deposits.csv"), "--split", "all", "--out", str(ev)]
             )
         )
         == 0
