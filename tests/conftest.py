@@ -157,3 +157,32 @@ def s3():
         yield endpoint
         s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
+
+
+class KilledAfterEpoch(Exception):
+    """What :func:`kill_after_epoch` raises in place of a SIGKILL."""
+
+
+@pytest.fixture
+def kill_after_epoch():
+    """``with kill_after_epoch(n): train(...)``: in-process training (``executor="local"``) inside
+    the block stops once epoch ``n``'s checkpoint is written, as a killed run would; the block
+    fails unless it was stopped."""
+    from contextlib import contextmanager
+
+    from engine.train import fit as fit_module
+
+    report = fit_module._LocalContext.report
+
+    @contextmanager
+    def armed(epoch: int):
+        def killed(self, metrics, write):
+            report(self, metrics, write)
+            if metrics["epoch"] == epoch:
+                raise KilledAfterEpoch
+
+        with pytest.MonkeyPatch.context() as m, pytest.raises(KilledAfterEpoch):
+            m.setattr(fit_module._LocalContext, "report", killed)
+            yield
+
+    return armed

@@ -21,7 +21,16 @@ import numpy as np
 from engine.errors import LodeInputError
 from engine.geophys.model import DEFAULT_CARD
 from engine.io.layout import array_at
-from engine.train.fit import CHECKPOINT_NAME, Context, FitSpec, fit, read_state, save_state, worker_threads
+from engine.train.fit import (
+    CHECKPOINT_NAME,
+    Context,
+    FitSpec,
+    fit,
+    read_state,
+    restore,
+    save_state,
+    worker_threads,
+)
 
 
 @dataclass
@@ -99,12 +108,8 @@ def train_loop(config: dict[str, Any], ctx: Context) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
-    history: list[dict[str, Any]] = []
-    first = 0
+    history, first = restore(state, optimizer=opt, scheduler=sched)
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, first = list(state["history"]), int(state["epoch"]) + 1
         streams = state.get("rng") or []
         if len(streams) == ctx.world:
             rng.bit_generator.state = streams[ctx.rank]

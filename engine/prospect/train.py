@@ -25,7 +25,16 @@ from engine.io.atomic import atomic_copy
 from engine.prospect.checkpoint import load_checkpoint, save_checkpoint
 from engine.prospect.model import ProspectMAE, build, count_parameters, reconstruction_loss
 from engine.prospect.stack import Stack, open_stack
-from engine.train.fit import CHECKPOINT_NAME, Context, FitSpec, fit, read_state, save_state, worker_threads
+from engine.train.fit import (
+    CHECKPOINT_NAME,
+    Context,
+    FitSpec,
+    fit,
+    read_state,
+    restore,
+    save_state,
+    worker_threads,
+)
 
 
 class WindowPool:
@@ -175,16 +184,11 @@ def train_loop(config: dict[str, Any], ctx: Context) -> None:
     model = ctx.prepare(net)
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=o.steps, pct_start=0.1)
-    history: list[dict[str, Any]] = []
-    first = 0
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, first = list(state["history"]), int(state["epoch"]) + 1
-        if len(state["rng"]) == ctx.world:
-            pool.rng.bit_generator.state, mask_state, torch_state = state["rng"][ctx.rank]
-            gen.set_state(mask_state)
-            torch.set_rng_state(torch_state)
+    history, first = restore(state, optimizer=opt, scheduler=sched)
+    if state is not None and len(state["rng"]) == ctx.world:
+        pool.rng.bit_generator.state, mask_state, torch_state = state["rng"][ctx.rank]
+        gen.set_state(mask_state)
+        torch.set_rng_state(torch_state)
     local = o.batch // ctx.world
     per_epoch = -(-o.steps // o.epochs)
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)

@@ -112,6 +112,17 @@ def read_state(folder: str | Path) -> dict[str, Any]:
     return entries(load_torch(path, path, "Lode training state"), path, "Lode training state", ("epoch", "history"))
 
 
+def restore(state: dict[str, Any] | None, **stateful: Any) -> tuple[list[dict[str, Any]], int]:
+    """Load each of ``stateful`` (optimizer, scheduler, scaler: anything with ``load_state_dict``)
+    from the entry of ``state`` of the same name; returns the history so far and the first epoch
+    to run (``[], 0`` without a state)."""
+    if state is None:
+        return [], 0
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    return list(state["history"]), int(state["epoch"]) + 1
+
+
 def worker_threads(ctx: Context, threads: int | None = None) -> None:
     """CPU workers share the machine's cores (``threads`` overrides)."""
     import torch

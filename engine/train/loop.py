@@ -20,7 +20,16 @@ from engine.errors import LodeInputError
 from engine.segment.checkpoint import ModelCard, read_blob, save_checkpoint
 from engine.train.augment import VOID, AugmentParams
 from engine.train.data import Sample, channel_stats, codes_present, load_split, mask_codes, pairs
-from engine.train.fit import CHECKPOINT_NAME, Context, FitSpec, fit, read_state, save_state, worker_threads
+from engine.train.fit import (
+    CHECKPOINT_NAME,
+    Context,
+    FitSpec,
+    fit,
+    read_state,
+    restore,
+    save_state,
+    worker_threads,
+)
 from engine.train.sampler import SamplerParams, Tally
 from engine.train.source import StreamPlan, patch_dataset
 
@@ -148,13 +157,8 @@ def _worker_loop(config: dict[str, Any], ctx: Context) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=cfg.plateau_patience)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    history: list[dict] = []
-    start = 0
+    history, start = restore(state, optimizer=opt, scheduler=sched, scaler=scaler)
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history, start = state["history"], state["epoch"] + 1
         torch.set_rng_state(state["torch_rng"])
     loss_fn = _loss(cfg.loss)
     mean = torch.tensor(card.mean, device=device).view(1, -1, 1, 1)

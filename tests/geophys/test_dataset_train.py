@@ -49,11 +49,7 @@ def test_ray_train_loop_writes_loadable_checkpoint(tmp_path, ray_session):
         assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_a_resumed_lineament_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
+def test_a_resumed_lineament_run_ends_where_an_uninterrupted_one_does(tmp_path, kill_after_epoch):
     """In-process executor: a run killed after epoch 1's checkpoint and resumed from ``last/`` gives
     bit-identical weights to the uninterrupted run, and its history runs on without a gap."""
     import torch
@@ -61,7 +57,6 @@ def test_a_resumed_lineament_run_ends_where_an_uninterrupted_one_does(tmp_path, 
     from engine.errors import LodeInputError
     from engine.geophys.model import load_checkpoint
     from engine.geophys.train import TrainConfig, train
-    from engine.train import fit as fit_module
 
     surveys = [make_survey(example_seed(1, i), SurveyConfig(shape=(48, 48))) for i in range(2)]
     data = tmp_path / "set.zarr"
@@ -71,17 +66,8 @@ def test_a_resumed_lineament_run_ends_where_an_uninterrupted_one_does(tmp_path, 
     common = dict(data=str(data), window=32, batch_size=2, epochs=3, steps_per_epoch=1, threads=1, executor="local")
     whole = train(TrainConfig(out=str(tmp_path / "whole"), **common))
 
-    report = fit_module._LocalContext.report
-
-    def killed_after_epoch_1(self, metrics, write):
-        report(self, metrics, write)
-        if metrics["epoch"] == 1:
-            raise _Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(fit_module._LocalContext, "report", killed_after_epoch_1)
-        with pytest.raises(_Killed):
-            train(TrainConfig(out=str(tmp_path / "cut"), **common))
+    with kill_after_epoch(1):
+        train(TrainConfig(out=str(tmp_path / "cut"), **common))
     last = tmp_path / "cut" / "last"
     resumed = train(TrainConfig(out=str(tmp_path / "cut"), resume=str(last), **common))
     a, b = load_checkpoint(whole)[0].state_dict(), load_checkpoint(resumed)[0].state_dict()

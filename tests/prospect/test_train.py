@@ -47,31 +47,17 @@ def test_training_lowers_masked_reconstruction_loss(stack, tmp_path):
     assert lat["mean"].shape == (16,) and np.all(np.linalg.eigvalsh(lat["precision"]) > 0)
 
 
-class _Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("kind", ["mae", "cae"])
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(stack, tmp_path, kind, monkeypatch):
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(stack, tmp_path, kind, kill_after_epoch):
     """A run killed after its second epoch's checkpoint, resumed from its ``last/``, ends with the
     same weights (and latent Gaussian) as the run that was never stopped."""
-    from engine.train import fit as fit_module
 
     cfg = dict(channels=14, **TINY) if kind == "mae" else dict(channels=14, width=8, window=16)
     common = dict(kind=kind, steps=8, batch=8, config=cfg, epochs=4, executor="local", threads=1)
     train(stack, tmp_path / "whole.pt", **common)
 
-    report = fit_module._LocalContext.report
-
-    def killed_after_epoch_1(self, metrics, write):
-        report(self, metrics, write)
-        if metrics["epoch"] == 1:
-            raise _Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(fit_module._LocalContext, "report", killed_after_epoch_1)
-        with pytest.raises(_Killed):
-            train(stack, tmp_path / "cut.pt", **common)
+    with kill_after_epoch(1):
+        train(stack, tmp_path / "cut.pt", **common)
     last = tmp_path / "cut.pt.train" / "last"
     assert torch.load(last / "state.pt", weights_only=False)["epoch"] == 1
     summary = train(stack, tmp_path / "cut.pt", **common, resume=last)
