@@ -16,17 +16,50 @@ pytestmark = pytest.mark.ray
 ROOT = str(Path(__file__).resolve().parents[2])
 
 
-def test_a_cluster_with_a_fake_gpu_gets_gpu_workers_whatever_the_driver_sees():
-    script = textwrap.dedent("""
+def test_a_cluster_with_a_fake_gpu_gets_gpu_workers_whatever_the_driver_sees(tmp_path):
+    """On a cluster with a (fake) GPU and a driver that sees none, :func:`scaling_config` asks for
+    GPU workers, and so do the lineament and prospect ``train`` entry points (stopped as their
+    trainer is built), for the asked number of workers; with ``gpu=False`` none is asked for."""
+    script = textwrap.dedent(f"""
         import json
         import ray
+        import ray.train.torch
         import torch
-        torch.cuda.is_available = lambda: False  # the driver (a CPU head node) sees no GPU
+        torch.cuda.is_available = lambda: False
         ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        from engine.geophys.train import TrainConfig, train as train_lineaments
+        from engine.prospect.stack import build_stack
+        from engine.prospect.synth import synth_region, write_region
+        from engine.prospect.train import train as train_prospect
+
+        class Built(Exception):
+            pass
+
+        asked = []
+
+        class Recorder:
+            def __init__(self, *args, scaling_config, **kwargs):
+                asked.append([scaling_config.use_gpu, scaling_config.num_workers])
+                raise Built
+
+        ray.train.torch.TorchTrainer = Recorder
+        tmp = {str(tmp_path)!r}
+        stack = build_stack(write_region(synth_region(96, seed=1), tmp + "/r") / "layers.json", tmp + "/s.zarr")
+        runs = [
+            lambda: train_lineaments(TrainConfig(data=tmp + "/set.zarr", out=tmp + "/l", batch_size=4, workers=2)),
+            lambda: train_lineaments(TrainConfig(data=tmp + "/set.zarr", out=tmp + "/l", workers=1, gpu=False)),
+            lambda: train_prospect(stack, tmp + "/m.pt", batch=8, workers=2),
+            lambda: train_prospect(stack, tmp + "/m.pt", workers=1, gpu=False),
+        ]
+        for run in runs:
+            try:
+                run()
+            except Built:
+                pass
         from engine.train.scaling import scaling_config
         auto, cpu = scaling_config(1), scaling_config(2, gpu=False, cpus_per_worker=0.5)
-        cpu_resources = cpu._resources_per_worker_not_none
-        print(json.dumps({"auto": [auto.use_gpu, auto.num_workers], "cpu": [cpu.use_gpu, cpu_resources]}))
+        found = {{"auto": [auto.use_gpu, auto.num_workers], "cpu": [cpu.use_gpu, cpu._resources_per_worker_not_none]}}
+        print(json.dumps({{**found, "asked": asked}}))
     """)
     proc = subprocess.run(
         [sys.executable, "-c", script],
@@ -40,6 +73,7 @@ def test_a_cluster_with_a_fake_gpu_gets_gpu_workers_whatever_the_driver_sees():
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["auto"] == [True, 1]
     assert found["cpu"] == [False, {"CPU": 0.5}]
+    assert found["asked"] == [[True, 2], [False, 1], [True, 2], [False, 1]]
 
 
 def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(ray_session, monkeypatch):
