@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,3 +173,29 @@ def test_segmentation_with_a_damaged_checkpoint_fails_in_one_line(tmp_path, tiny
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert str(bad) in proc.stderr and "tensor(s) missing" in proc.stderr and "raylet" not in proc.stderr
     assert not (tmp_path / "o" / "lode.ome.zarr").exists()
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_checkpoint_from_before_the_shared_format_loads_and_predicts_identically():
+    """``fixtures/checkpoint_2026_12.pt`` was written by the segmentation checkpoint writer of
+    December 2026 (pspnet on timm's 133k-parameter test ResNet, random weights), and its logits on a
+    seeded batch were stored beside it. It keeps loading: the card reads without torch, the eager
+    model and the traced program both give those logits, and the whole-file check passes."""
+    path = FIXTURES / "checkpoint_2026_12.pt"
+    x = torch.from_numpy(np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32))
+    want = torch.from_numpy(np.load(FIXTURES / "checkpoint_2026_12_logits.npz")["logits"])
+    card = read_card(path)
+    assert (card.arch, card.encoder, card.window, card.class_set().codes) == ("pspnet", "tu-test_resnet", 64, [1, 2, 3, 4])
+    assert card.model_id == "pspnet-tu-test_resnet-6728780d209d12d5"
+    model, loaded = load_checkpoint(path)
+    assert loaded == card
+    program, _ = load_inference_model(path, 64)
+    with torch.no_grad():
+        eager = model(x)
+        traced = program(x.contiguous(memory_format=torch.channels_last))
+    assert (eager - want).abs().max().item() <= 1e-5
+    assert (traced - want).abs().max().item() <= 1e-5
+    assert torch.equal(eager.argmax(1), want.argmax(1)) and torch.equal(traced.argmax(1), want.argmax(1))
+    assert check_checkpoint(path) == card
