@@ -126,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         t2 = time.perf_counter()
         row["classical_s"] = t2 - t1
         if model is not None:
-            vp = VectorParams(
-                threshold=args.threshold if args.threshold is not None else float(card.get("threshold", 0.5))
-            )
+            vp = VectorParams(threshold=args.threshold if args.threshold is not None else card.threshold)
             _, lines = unet_lineaments(da, model, card, vp, stride=args.stride)
             t3 = time.perf_counter()
             for k in (1, 2):
@@ -148,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "noise_nt": args.noise,
         "seed0": args.seed,
         "model": args.model,
-        "card": card,
+        "card": card.model_dump(mode="json") if card is not None else None,
         "classical_block": args.block,
     }
     for method in ("classical", "unet"):
@@ -350,7 +348,8 @@ def _memory_main(args) -> int:
 
     import torch
 
-    from engine.geophys.model import DEFAULT_CARD, build_model, save_checkpoint
+    from engine.geophys.card import LineamentCard
+    from engine.geophys.model import build_model, save_checkpoint
 
     work = Path(args.work or tempfile.mkdtemp(prefix="lode-bench-lineaments-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -366,12 +365,8 @@ def _memory_main(args) -> int:
         model = args.model
         if model is None:
             torch.manual_seed(0)
-            card = dict(DEFAULT_CARD)
-            model = str(
-                save_checkpoint(
-                    work / "random_vgg16_unet.pt", build_model(card), {**card, "weights": "random (memory measurement)"}
-                )
-            )
+            card = LineamentCard(trained={"weights": "random (memory measurement)"})
+            model = str(save_checkpoint(work / "random_vgg16_unet.pt", build_model(card), card))
         extra = ["--stride", str(args.stride)] if args.stride else []
         extra += ["--block", str(args.block), "--executor", args.executor]
         blocks = (-(-args.memory_size // args.block)) ** 2

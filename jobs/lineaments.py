@@ -101,9 +101,9 @@ def run_grid(cfg: Any) -> int:
     from engine.geophys.lineaments import (
         ClassicalParams,
         VectorParams,
+        check_checkpoint,
         classical_lineaments,
         probability_lines,
-        read_card,
         unet_probability_zarr,
         write_lines,
         write_rose,
@@ -120,8 +120,8 @@ def run_grid(cfg: Any) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if method == "unet":
-        card = read_card(cfg.model)
-        threshold = cfg.threshold if cfg.threshold is not None else float(card.get("threshold", 0.5))
+        card = check_checkpoint(cfg.model)
+        threshold = cfg.threshold if cfg.threshold is not None else card.threshold
         params = VectorParams(threshold=threshold, min_length_cells=cfg.min_length)
         grid_path, _ = unet_probability_zarr(
             source,

@@ -22,6 +22,7 @@ from scipy import ndimage
 from engine.errors import LodeInputError
 from engine.export.survey import write_vectors
 from engine.geophys.blockwise import blockwise_tga_ridges
+from engine.geophys.card import LineamentCard
 from engine.geophys.grid import grid_spacing, grid_transform
 from engine.geophys.ridges import ridge_mask
 from engine.geophys.transforms import rtp_tga
@@ -126,7 +127,7 @@ def classical_lineaments(
 def unet_lineaments(
     da: xr.DataArray,
     model,
-    card: dict,
+    card: LineamentCard,
     params: VectorParams | None = None,
     block: int = 2048,
     batch_size: int | None = None,
@@ -136,8 +137,8 @@ def unet_lineaments(
     this process (the block stage run serially; :func:`unet_probability_zarr` runs it on Ray)."""
     from engine.geophys.predict import predict_grid
 
-    params = params or VectorParams(threshold=float(card.get("threshold", 0.5)))
-    prob = predict_grid(model, da.data, window=int(card["window"]), stride=stride, block=block, batch_size=batch_size)
+    params = params or VectorParams(threshold=card.threshold)
+    prob = predict_grid(model, da.data, window=card.window, stride=stride, block=block, batch_size=batch_size)
     out = xr.DataArray(
         prob,
         dims=da.dims,
@@ -163,21 +164,18 @@ def probability_lines(prob: xr.DataArray, grid: xr.DataArray, params: VectorPara
     )
 
 
-def read_card(checkpoint: str | Path) -> dict:
-    """A lineament checkpoint's model card (the JSON beside it, else the checkpoint itself), once the
-    whole checkpoint has passed :func:`engine.geophys.model.verify_checkpoint` in a child process."""
+def check_checkpoint(checkpoint: str | Path) -> LineamentCard:
+    """A lineament checkpoint's model card (read without torch), once the whole checkpoint has
+    passed :func:`engine.geophys.model.verify_checkpoint` in a child process."""
+    from engine.geophys.card import WHAT, read_card
     from engine.io.torchfile import verify_in_child
 
     path = Path(checkpoint)
     if not path.is_file():
         raise LodeInputError(path, "no such model checkpoint")
-    verify_in_child(path, "engine.geophys.model", what="lineament model checkpoint")
-    side = path.with_suffix(path.suffix + ".json")
-    if side.is_file():
-        return json.loads(side.read_text())
-    from engine.geophys.model import load_checkpoint
-
-    return load_checkpoint(path)[1]
+    card = read_card(path)
+    verify_in_child(path, "engine.geophys.model", what=WHAT)
+    return card
 
 
 def unet_probability_zarr(
@@ -209,8 +207,8 @@ def unet_probability_zarr(
 
     t0 = time.perf_counter()
     grid_path, out = Path(grid_path).resolve(), Path(out).resolve()
-    card = read_card(checkpoint)
-    window = int(card["window"])
+    card = check_checkpoint(checkpoint)
+    window = card.window
     stride = stride or window // 2
     ref = GridRef(str(grid_path), variable, halo_chunk(block, window))
     da = open_grid(ref.path, variable, ref.chunk)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from engine.errors import LodeInputError
-from engine.geophys.model import DEFAULT_CARD
+from engine.geophys.card import LineamentCard
 from engine.io.layout import array_at
 from engine.train.fit import (
     CHECKPOINT_NAME,
@@ -47,7 +47,6 @@ class TrainConfig:
     max_minutes: float | None = None
     threads: int | None = None
     init_checkpoint: str | None = None
-    card: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
     gpu: bool | None = None
     resume: str | None = None
@@ -93,12 +92,12 @@ def train_loop(config: dict[str, Any], ctx: Context) -> None:
     worker_threads(ctx, cfg.threads)
     torch.manual_seed(cfg.seed)
     device = ctx.device
-    card = {**DEFAULT_CARD, "encoder": cfg.encoder, "window": cfg.window, **cfg.card}
+    card = LineamentCard(encoder=cfg.encoder, window=cfg.window)
     state = read_state(cfg.resume) if cfg.resume else None
     start = cfg.resume or cfg.init_checkpoint
     if start:
         net, card = load_checkpoint(Path(start) / CHECKPOINT_NAME if cfg.resume else start)
-        card = {**card, "window": cfg.window}
+        card = card.model_copy(update={"window": cfg.window})
     else:
         net = build_model(card)
     model = ctx.prepare(net)
@@ -140,7 +139,9 @@ def train_loop(config: dict[str, Any], ctx: Context) -> None:
             folder: Path, epoch: int = epoch, step: int = step, loss: float = mean_loss, streams: list = streams
         ) -> None:
             net = getattr(model, "module", model)
-            save_checkpoint(folder / CHECKPOINT_NAME, net, {**card, "trained": {"steps": step, "loss": loss}})
+            save_checkpoint(
+                folder / CHECKPOINT_NAME, net, card.model_copy(update={"trained": {"steps": step, "loss": loss}})
+            )
             save_state(folder, epoch, history, optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=streams)
 
         ctx.report(row, write)
@@ -152,7 +153,7 @@ def train_loop(config: dict[str, Any], ctx: Context) -> None:
 
 def train(config: TrainConfig) -> Path:
     """Train on ``config.workers`` workers; returns the path of the exported checkpoint
-    (``<out>/model.pt``, the last epoch's, with ``model.pt.json``); ``<out>/last/`` resumes."""
+    (``<out>/model.pt``, the last epoch's); ``<out>/last/`` resumes."""
     if config.batch_size % config.workers:
         raise LodeInputError(
             "--batch-size", f"global batch {config.batch_size} does not split equally over {config.workers} workers"
@@ -171,6 +172,5 @@ def train(config: TrainConfig) -> Path:
         workers=config.workers,
         gpu=config.gpu,
         executor=config.executor,
-        export=(CHECKPOINT_NAME, CHECKPOINT_NAME + ".json"),
     )
     return fit(train_loop, dataclasses.asdict(config), spec).model

@@ -75,7 +75,7 @@ import zarr
 from engine.errors import LodeInputError
 from engine.io.layout import array_at
 from engine.io.manifest import RunManifest
-from engine.prospect.checkpoint import checkpoint_meta
+from engine.prospect.checkpoint import read_card
 from engine.prospect.stack import open_stack
 from engine.raster.blend import blend_weights
 from engine.raster.grid import Block, block_grid, lattice_offsets, lattice_starts
@@ -303,10 +303,10 @@ class CheckpointScorer:
     ) -> CheckpointScorer:
         if not Path(path).exists():
             raise LodeInputError(path, "model checkpoint not found")
-        meta = checkpoint_meta(path)
-        if meta["kind"] != kind:
-            raise LodeInputError(path, f"checkpoint is a {meta['kind']} model, not {kind}")
-        if meta["channels"] != channels:
+        card = read_card(path)
+        if card.kind != kind:
+            raise LodeInputError(path, f"checkpoint is a {card.kind} model, not {kind}")
+        if card.channels != channels:
             raise LodeInputError(path, "checkpoint channels differ from the stack's")
         return cls(
             str(Path(path).resolve()),
@@ -314,17 +314,17 @@ class CheckpointScorer:
             tuple(score_channels),
             shifts,
             drop_top,
-            **_geometry(kind, meta["config"], shifts),
+            **_geometry(kind, card.config, shifts),
         )
 
     def to(self, device: str) -> WindowScorer:
         from engine.prospect.checkpoint import load_checkpoint
         from engine.prospect.model import ProspectMAE
 
-        net, ck = load_checkpoint(self.path)
+        net, _, latent = load_checkpoint(self.path)
         channels, shifts, drop = list(self.score_channels), self.shifts, self.drop_top
         if isinstance(net, ProspectMAE):
-            return MAEScorer(net, ck["latent"], device, score_channels=channels, shifts=shifts, drop_top=drop)
+            return MAEScorer(net, latent, device, score_channels=channels, shifts=shifts, drop_top=drop)
         return CAEScorer(net, device, score_channels=channels, shifts=shifts, drop_top=drop)
 
 

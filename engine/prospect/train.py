@@ -22,7 +22,7 @@ import torch
 
 from engine.errors import LodeInputError
 from engine.io.atomic import atomic_copy
-from engine.prospect.checkpoint import load_checkpoint, save_checkpoint
+from engine.prospect.checkpoint import ProspectCard, load_checkpoint, read_card, save_checkpoint
 from engine.prospect.model import ProspectMAE, build, count_parameters, reconstruction_loss
 from engine.prospect.stack import Stack, open_stack
 from engine.train.fit import (
@@ -110,24 +110,24 @@ def fit_latent_gaussian(
     return {"mean": lw.location_.astype(np.float32), "precision": lw.precision_.astype(np.float32)}
 
 
-def verify_checkpoint(path: str | Path) -> dict:
+def verify_checkpoint(path: str | Path) -> ProspectCard:
     """Load the whole checkpoint and score one blank window with it: weights and scores must be
-    finite. Returns the checkpoint; raises ``LodeInputError`` naming the file."""
+    finite. Returns the card; raises ``LodeInputError`` naming the file."""
     from engine.prospect.score import CAEScorer, MAEScorer
 
-    net, ck = load_checkpoint(path)
+    net, card, latent = load_checkpoint(path)
     if not all(torch.isfinite(t).all() for t in net.state_dict().values() if t.is_floating_point()):
         raise LodeInputError(path, "weights hold NaN or infinite values")
-    c, w = int(ck["config"]["channels"]), int(ck["config"]["window"])
+    c, w = int(card.config["channels"]), int(card.config["window"])
     channels = list(range(c))
     scorer = (
-        MAEScorer(net, ck["latent"], "cpu", score_channels=channels, shifts=1, drop_top=0)
+        MAEScorer(net, latent, "cpu", score_channels=channels, shifts=1, drop_top=0)
         if isinstance(net, ProspectMAE)
         else CAEScorer(net, "cpu", score_channels=channels, shifts=1, drop_top=0)
     )
     if not np.isfinite(scorer(np.zeros((1, c, w, w), np.float32), np.ones((1, w, w), np.float32))).all():
         raise LodeInputError(path, "the model gives non-finite scores on a blank window")
-    return ck
+    return card
 
 
 def default_config(kind: str, channels: int) -> dict:
@@ -237,14 +237,14 @@ def train_loop(config: dict[str, Any], ctx: Context) -> None:
                 "seconds": row["seconds"],
                 "parameters": count_parameters(net),
             }
-            extra: dict[str, Any] = {"train": train}
+            latent = None
             if isinstance(net, ProspectMAE):
                 saved = pool.rng.bit_generator.state
-                extra["latent"] = fit_latent_gaussian(net, pool, device=device)
+                latent = fit_latent_gaussian(net, pool, device=device)
                 if not last:
                     pool.rng.bit_generator.state = saved
                 net.train()
-            save_checkpoint(folder / CHECKPOINT_NAME, net, o.kind, stack.channels, extra)
+            save_checkpoint(folder / CHECKPOINT_NAME, net, o.kind, stack.channels, latent, train)
             save_state(folder, epoch, history, optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=streams)
 
         ctx.report(row, write)
@@ -300,7 +300,7 @@ def train(
     )
     result = fit(train_loop, asdict(options), spec)
     atomic_copy(result.model, out)
-    return dict(load_checkpoint(out)[1]["train"])
+    return dict(read_card(out).train)
 
 
 if __name__ == "__main__":

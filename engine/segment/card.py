@@ -1,27 +1,22 @@
-"""The model card: everything needed to rebuild a model and run it on new images.
+"""The segmentation model card: everything needed to rebuild a model and run it on new images.
 
-A checkpoint (``engine.segment.checkpoint``) stores the card inside torch's pickle and once
-more as a JSON entry of the same zip archive, so a job's driver and its read and write tasks
-learn the card without importing torch (about 400 MB resident per process). Checkpoints
-written before the entry existed are read through torch.
+Checkpoints are Lode's one format (:mod:`engine.io.checkpoint`): the card is read from the
+archive's JSON entry without torch, so a job's driver and its read and write tasks stay free of it.
 """
 
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from engine.classes import ClassSet
 from engine.errors import LodeInputError
 
 if TYPE_CHECKING:
     import numpy as np
-
-CARD_ENTRY = "lode_card.json"
 
 
 class ModelCard(BaseModel):
@@ -54,15 +49,14 @@ class ModelCard(BaseModel):
         return ClassSet.from_dicts(self.classes, name="model", source=source)
 
 
+WHAT = "Lode checkpoint"
+
+
 def validate_card(raw: object, path: str | Path) -> ModelCard:
     """A card from a checkpoint, checked for consistency; errors name the checkpoint."""
-    if not isinstance(raw, dict):
-        raise LodeInputError(path, "not a Lode checkpoint (no 'card' entry)")
-    try:
-        card = ModelCard.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'card'}: {e['msg']}" for e in exc.errors())
-        raise LodeInputError(path, f"not a Lode checkpoint (model card: {problems})") from exc
+    from engine.io.checkpoint import validate
+
+    card = validate(raw, ModelCard, path, WHAT)
     card.class_set(source=str(path))
     if (
         len(card.channels) != card.in_channels
@@ -74,50 +68,11 @@ def validate_card(raw: object, path: str | Path) -> ModelCard:
 
 
 def read_card(path: str | Path) -> ModelCard:
-    """The validated model card of a checkpoint, without building the model (and, for
-    checkpoints that carry the JSON entry, without importing torch). ``path`` is a local path
-    or URI; from an object store only the zip's directory and the card entry are fetched."""
-    from engine.io import fs
+    """The validated model card of a checkpoint, without building the model or importing torch
+    (:func:`engine.io.checkpoint.raw_card`); ``path`` is a local path or URI."""
+    from engine.io.checkpoint import raw_card
 
-    path = str(path) if fs.is_uri(path) else Path(fs.local(path))
-    if not fs.exists(path) or fs.isdir(path):
-        raise LodeInputError(path, "checkpoint not found")
-    filesystem, inner = fs.filesystem(path)
-    try:
-        with filesystem.open(inner, "rb") as f, zipfile.ZipFile(f) as z:
-            entry = next((n for n in z.namelist() if n.rsplit("/", 1)[-1] == CARD_ENTRY), None)
-            raw = json.loads(z.read(entry)) if entry else None
-    except zipfile.BadZipFile as exc:
-        raise LodeInputError(path, "not a Lode checkpoint (unreadable torch file: not a torch zip archive)") from exc
-    except (OSError, ValueError) as exc:
-        raise LodeInputError(path, f"not a Lode checkpoint: {exc}") from exc
-    if raw is None:
-        raw = _blob(path).get("card")
-    return validate_card(raw, path)
-
-
-def _blob(path: str | Path) -> dict:
-    """The checkpoint's pickled contents with tensors as shapes (``torchfile.read_without_torch``)."""
-    import io
-
-    from engine.io import fs
-    from engine.io.torchfile import entries, read_without_torch
-
-    file = io.BytesIO(fs.read_bytes(str(path))) if fs.is_uri(path) else fs.local(path)
-    return entries(read_without_torch(file, path, "Lode checkpoint"), path, "Lode checkpoint", ("state_dict",))
-
-
-def read_blob(path: str | Path) -> dict:
-    """The checkpoint's pickled contents (torch is imported here), from a local path or URI."""
-    import io
-
-    from engine.io import fs
-    from engine.io.torchfile import load_torch
-
-    path = str(path)
-    if not fs.exists(path) or fs.isdir(path):
-        raise LodeInputError(path, "checkpoint not found")
-    return load_torch(io.BytesIO(fs.read_bytes(path)) if fs.is_uri(path) else fs.local(path), path, "Lode checkpoint")
+    return validate_card(raw_card(path, WHAT), path)
 
 
 def reference_from_file(path: str | Path) -> dict[int, np.ndarray]:

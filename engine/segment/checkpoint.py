@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from engine.errors import LodeInputError
-from engine.io.atomic import atomic_write_bytes
-from engine.io.torchfile import check_tensors, entries, tensor_list
-from engine.segment.card import CARD_ENTRY, ModelCard, read_blob, read_card, validate_card
+from engine.io.checkpoint import load_weights, read_checkpoint, write_checkpoint
+from engine.io.torchfile import check_tensors
+from engine.segment.card import WHAT, ModelCard, read_card, validate_card
 from engine.segment.models import create_model
 
 __all__ = [
@@ -29,7 +27,6 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_inference_model",
-    "read_blob",
     "verify_checkpoint",
 ]
 
@@ -43,18 +40,12 @@ def _state_hash(state: dict[str, torch.Tensor]) -> str:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> ModelCard:
-    """Write ``{"state_dict", "card"}`` atomically; returns the card with its model id."""
+    """Write the checkpoint (:func:`engine.io.checkpoint.write_checkpoint`, with the traced program
+    as the extra entry ``program``); returns the card with its model id."""
     model = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     card = card.model_copy(update={"model_id": f"{card.arch}-{card.encoder}-{_state_hash(state)}"})
-    buf = io.BytesIO()
-    torch.save(
-        {"state_dict": state, "tensors": tensor_list(state), "card": card.model_dump(), "program": _trace(model, card)},
-        buf,
-    )
-    with zipfile.ZipFile(buf, "a") as z:
-        z.writestr(f"{z.namelist()[0].split('/')[0]}/{CARD_ENTRY}", json.dumps(card.model_dump()))
-    atomic_write_bytes(Path(path), buf.getvalue())
+    write_checkpoint(path, state, card, {"program": _trace(model, card)})
     return card
 
 
@@ -73,8 +64,13 @@ def _trace(model: nn.Module, card: ModelCard) -> bytes:
 
 
 def _read(path: str) -> tuple[dict, ModelCard]:
-    blob = entries(read_blob(path), path, "Lode checkpoint", ("state_dict",))
-    return blob, validate_card(blob.get("card"), path)
+    blob, _ = read_checkpoint(path, ModelCard, WHAT)
+    return blob, validate_card(blob["card"], path)
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's state dict (its card checked)."""
+    return _read(str(path))[0]["state_dict"]
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
@@ -82,10 +78,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     path = str(path)
     blob, card = _read(path)
     model = create_model(card.arch, card.encoder, card.in_channels, len(card.classes))
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
-        raise LodeInputError(path, f"state dict does not fit the model card: {exc}") from exc
+    load_weights(model, blob["state_dict"], path, WHAT)
     return model.to(device).eval(), card
 
 

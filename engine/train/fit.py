@@ -72,8 +72,8 @@ class Context(Protocol):
 @dataclass(frozen=True)
 class FitSpec:
     """Where and how a loop runs. ``best`` names the metric that picks the exported checkpoint
-    (``best_order`` "max" or "min"); without one the latest is exported. ``export`` lists the
-    checkpoint files copied to ``out``; ``curves`` the metrics plotted, one panel per group."""
+    (``best_order`` "max" or "min"); without one the latest is exported (``out/model.pt``);
+    ``curves`` names the metrics plotted, one panel per group."""
 
     name: str
     out: str
@@ -83,7 +83,6 @@ class FitSpec:
     executor: Literal["ray", "local"] = "ray"
     best: str | None = None
     best_order: Literal["max", "min"] = "max"
-    export: tuple[str, ...] = (CHECKPOINT_NAME,)
     curves: tuple[tuple[str, ...], ...] = (("loss",),)
     ray_options: dict[str, Any] = field(default_factory=dict)
 
@@ -138,14 +137,14 @@ def _copy_files(src: Path, dst: Path, names: Sequence[str]) -> None:
 
 
 class _RayContext:
-    def __init__(self, last: str, files: tuple[str, ...]):
+    def __init__(self, last: str):
         import ray.train
         import ray.train.torch
 
         ctx = ray.train.get_context()
         self.world, self.rank = ctx.get_world_size(), ctx.get_world_rank()
         self._device = ray.train.torch.get_device()
-        self.last, self.files = Path(last), files
+        self.last = Path(last)
 
     @property
     def device(self) -> torch.device:
@@ -217,8 +216,7 @@ class _LocalContext:
         log.info("%s epoch %s: %s", self.spec.name, metrics.get("epoch"), shown)
         if _improves(self.spec, metrics, self.best):
             self.best = float(metrics[self.spec.best]) if self.spec.best else None
-            for f in self.spec.export:
-                atomic_copy(last / f, self.out / f)
+            atomic_copy(last / CHECKPOINT_NAME, self.out / CHECKPOINT_NAME)
 
 
 def _improves(spec: FitSpec, metrics: dict[str, Any], best: float | None) -> bool:
@@ -229,7 +227,7 @@ def _improves(spec: FitSpec, metrics: dict[str, Any], best: float | None) -> boo
 
 
 def _ray_entry(config: dict[str, Any]) -> None:
-    config["loop"](config["config"], _RayContext(config["last"], config["export"]))
+    config["loop"](config["config"], _RayContext(config["last"]))
 
 
 def fit(loop: Callable[[dict[str, Any], Context], None], config: dict[str, Any], spec: FitSpec) -> FitResult:
@@ -271,7 +269,7 @@ def _fit_on_ray(loop: Callable, config: dict[str, Any], spec: FitSpec, out: Path
     init_ray()
     trainer = TorchTrainer(
         _ray_entry,
-        train_loop_config={"loop": loop, "config": config, "last": str(out / "last"), "export": spec.export},
+        train_loop_config={"loop": loop, "config": config, "last": str(out / "last")},
         scaling_config=scaling_config(spec.workers, spec.gpu, spec.cpus_per_worker),
         run_config=RunConfig(
             name=f"{spec.name}-{int(time.time() * 1000)}",
@@ -292,8 +290,7 @@ def _fit_on_ray(loop: Callable, config: dict[str, Any], spec: FitSpec, out: Path
         pick = max if spec.best_order == "max" else min
         best = pick(result.best_checkpoints, key=lambda cm: float(cm[1][key]))[0]
     with best.as_directory() as d:
-        for f in spec.export:
-            atomic_copy(Path(d) / f, out / f)
+        atomic_copy(Path(d) / CHECKPOINT_NAME, out / CHECKPOINT_NAME)
     with result.checkpoint.as_directory() as d:
         _copy_files(Path(d), out / "last", sorted(p.name for p in Path(d).iterdir()))
     return dict(result.metrics or {})

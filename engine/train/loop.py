@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.classes import LUMENSTONE, ClassSet
 from engine.errors import LodeInputError
-from engine.segment.checkpoint import ModelCard, read_blob, save_checkpoint
+from engine.segment.checkpoint import ModelCard, read_weights, save_checkpoint
 from engine.train.augment import VOID, AugmentParams
 from engine.train.data import Sample, channel_stats, codes_present, load_split, mask_codes, pairs
 from engine.train.fit import (
@@ -149,7 +149,7 @@ def _worker_loop(config: dict[str, Any], ctx: Context) -> None:
     state = None
     if config["resume"]:
         state = read_state(Path(config["resume"]))
-        net.load_state_dict(read_blob(Path(config["resume"]) / CHECKPOINT_NAME)["state_dict"])
+        net.load_state_dict(read_weights(Path(config["resume"]) / CHECKPOINT_NAME))
     if world > 1 and cfg.gpu:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     model = ctx.prepare(net)

@@ -44,7 +44,7 @@ def test_ray_train_loop_writes_loadable_checkpoint(tmp_path, ray_session):
         )
     )
     model, card = load_checkpoint(ckpt)
-    assert card["encoder"] == "vgg16_bn" and card["window"] == 32 and card["trained"]["steps"] == 2
+    assert card.encoder == "vgg16_bn" and card.window == 32 and card.trained["steps"] == 2
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
 
@@ -98,6 +98,6 @@ def test_two_ray_train_workers_split_the_lineament_batch(tmp_path, ray_session):
         )
     )
     _, card = load_checkpoint(ckpt)
-    assert card["trained"]["steps"] == 2
+    assert card.trained["steps"] == 2
     history = json.loads((tmp_path / "run" / "train_metrics.json").read_text())["history"]
     assert [r["world_size"] for r in history] == [2, 2]

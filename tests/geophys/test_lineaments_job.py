@@ -12,10 +12,11 @@ import rasterio
 import zarr
 
 from engine.errors import LodeInputError
+from engine.geophys.card import LineamentCard
 from engine.geophys.evaluate import buffer_scores
 from engine.geophys.grid import read_grid, write_grid
 from engine.geophys.lineaments import classical_lineaments, read_geojson_lines
-from engine.geophys.model import DEFAULT_CARD, build_model, load_checkpoint, save_checkpoint
+from engine.geophys.model import build_model, load_checkpoint, save_checkpoint
 from engine.geophys.synth import SurveyConfig, make_survey
 from jobs import lineaments as job
 
@@ -49,7 +50,7 @@ def checkpoint(tmp_path_factory):
     import torch
 
     torch.manual_seed(0)
-    card = {**DEFAULT_CARD, "window": 64}
+    card = LineamentCard(window=64)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     return save_checkpoint(path, build_model(card), card)
 
@@ -58,8 +59,7 @@ def test_checkpoint_roundtrip_rebuilds_same_network(checkpoint):
     import torch
 
     model, card = load_checkpoint(checkpoint)
-    assert card["encoder"] == "vgg16_bn" and card["window"] == 64
-    assert json.loads(checkpoint.with_suffix(".pt.json").read_text()) == card
+    assert card.encoder == "vgg16_bn" and card.window == 64
     again, _ = load_checkpoint(checkpoint)
     x = torch.randn(1, 1, 64, 64)
     with torch.no_grad():

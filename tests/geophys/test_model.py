@@ -1,6 +1,7 @@
 import torch
 
-from engine.geophys.model import DEFAULT_CARD, build_model
+from engine.geophys.card import LineamentCard
+from engine.geophys.model import build_model, load_checkpoint, save_checkpoint
 
 
 def test_the_unet_comes_from_the_one_model_factory_unchanged():
@@ -9,7 +10,7 @@ def test_the_unet_comes_from_the_one_model_factory_unchanged():
     import segmentation_models_pytorch as smp
 
     torch.manual_seed(3)
-    ours = build_model(DEFAULT_CARD).state_dict()
+    ours = build_model(LineamentCard()).state_dict()
     torch.manual_seed(3)
     direct = smp.create_model(
         "Unet", encoder_name="vgg16_bn", encoder_weights=None, in_channels=1, classes=1
@@ -17,3 +18,69 @@ def test_the_unet_comes_from_the_one_model_factory_unchanged():
     assert ours.keys() == direct.keys()
     for k in ours:
         torch.testing.assert_close(ours[k], direct[k], rtol=0, atol=0, msg=k)
+
+
+def _small() -> tuple[torch.nn.Module, LineamentCard]:
+    torch.manual_seed(0)
+    card = LineamentCard(encoder="mobilenet_v2", window=32, trained={"steps": 3})
+    return build_model(card).eval(), card
+
+
+def test_a_checkpoint_is_lodes_one_format_and_its_card_reads_without_torch(tmp_path):
+    """State dict + tensor list + card, the card once more as the JSON entry; in a fresh process
+    the card reads back equal without importing torch."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    from engine.io.checkpoint import CARD_ENTRY
+
+    net, card = _small()
+    path = save_checkpoint(tmp_path / "m.pt", net, card)
+    with zipfile.ZipFile(path) as z:
+        assert any(n.endswith("/" + CARD_ENTRY) for n in z.namelist())
+    blob = torch.load(path, weights_only=True)
+    assert set(blob) == {"state_dict", "tensors", "card"} and LineamentCard(**blob["card"]) == card
+    code = (
+        "import sys; from engine.geophys.card import read_card; "
+        "print(read_card(sys.argv[1]).model_dump_json()); print('torch' in sys.modules)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=Path(__file__).parents[2]
+    )
+    assert r.returncode == 0, r.stderr
+    text, has_torch = r.stdout.splitlines()
+    assert LineamentCard.model_validate_json(text) == card and has_torch == "False"
+    model, loaded = load_checkpoint(path)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert loaded == card and torch.equal(model(x), net(x))
+
+
+def test_a_lineament_checkpoint_of_the_earlier_format_still_loads(tmp_path):
+    """The format before the shared one (``torch.save({"card": dict, "state_dict", "tensors"})``,
+    no JSON entry, written here as its writer did) loads: card read without torch, same outputs."""
+    from engine.geophys.card import read_card
+    from engine.io.torchfile import tensor_list
+
+    net, card = _small()
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    old = card.model_dump(exclude={"trained"}) | {"trained": {"steps": 3, "loss": 0.5}}
+    torch.save({"card": old, "state_dict": state, "tensors": tensor_list(state)}, tmp_path / "old.pt")
+    assert read_card(tmp_path / "old.pt").trained == {"steps": 3, "loss": 0.5}
+    model, loaded = load_checkpoint(tmp_path / "old.pt")
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert loaded.window == 32 and torch.equal(model(x), net(x))
+
+
+def test_a_card_that_does_not_describe_a_network_names_the_file_and_field(tmp_path):
+    import pytest
+
+    from engine.errors import LodeInputError
+
+    net, card = _small()
+    path = save_checkpoint(tmp_path / "m.pt", net, card.model_copy(update={"window": -4}))
+    with pytest.raises(LodeInputError, match=r"m\.pt: not a lineament model checkpoint \(model card: window"):
+        load_checkpoint(path)

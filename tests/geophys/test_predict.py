@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import engine.geophys.predict as predict
+from engine.geophys.card import LineamentCard
 from engine.geophys.grid import make_dataarray
 from engine.geophys.lineaments import VectorParams, hole_geometry, unet_lineaments, write_lines
 from engine.geophys.predict import predict_grid
@@ -73,7 +74,13 @@ def test_port_equals_pinned_old_output(tmp_path):
     within 1e-5; the kernel is the old one (peak-normalised, floor 1e-3 of the peak)."""
     net, da, pinned = _pinned_conv_case()
     prob, lines = unet_lineaments(
-        da, net, {"window": 32}, VectorParams(threshold=0.5, min_length_cells=5), block=64, stride=16, batch_size=5
+        da,
+        net,
+        LineamentCard(window=32),
+        VectorParams(threshold=0.5, min_length_cells=5),
+        block=64,
+        stride=16,
+        batch_size=5,
     )
     assert np.array_equal(np.isnan(prob.values), np.isnan(pinned))
     assert np.nanmax(np.abs(prob.values - pinned)) <= 1e-5
@@ -92,7 +99,7 @@ def test_small_grid_and_nan_hole_never_yield_lines_in_hole():
     v = np.random.default_rng(2).normal(size=(60, 70))
     v[20:35, 25:50] = np.nan
     da = make_dataarray(v, 100.0, (1000.0, 2000.0), crs="EPSG:32633")
-    card = {"window": 32, "threshold": 0.5}
+    card = LineamentCard(window=32, threshold=0.5)
     prob, lines = unet_lineaments(da, always_on.eval(), card, VectorParams(min_length_cells=3))
     assert np.isnan(prob.values[20:35, 25:50]).all()
     assert (prob.values[np.isfinite(v)] > 0.99).all()
@@ -108,6 +115,7 @@ SCRIPT = textwrap.dedent(
     import json, resource, sys, time
     import cv2, numpy as np, torch
     from engine.geophys.grid import make_dataarray
+    from engine.geophys.card import LineamentCard
     from engine.geophys.lineaments import VectorParams, unet_lineaments
     n = int(sys.argv[1])
     g = np.zeros((n, n), np.float32)
@@ -120,7 +128,7 @@ SCRIPT = textwrap.dedent(
     torch.nn.init.constant_(model.weight, 10.0); torch.nn.init.constant_(model.bias, -30.0)
     t = time.perf_counter()
     params = VectorParams(min_length_cells=20)
-    prob, lines = unet_lineaments(da, model.eval(), {"window": 256}, params, block=2048, batch_size=16)
+    prob, lines = unet_lineaments(da, model.eval(), LineamentCard(window=256), params, block=2048, batch_size=16)
     hole = prob.values[n // 3 + 1 : n // 2 - 1, n // 3 + 1 : n // 2 - 1]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({"lines": len(lines), "seconds": time.perf_counter() - t, "peak_gib": peak,

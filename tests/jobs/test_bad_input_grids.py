@@ -148,10 +148,11 @@ def lineament_checkpoint(tmp_path_factory) -> Path:
     """A small untrained lineament U-Net (MobileNetV2 encoder, 64-cell window)."""
     import torch
 
-    from engine.geophys.model import DEFAULT_CARD, build_model, save_checkpoint
+    from engine.geophys.card import LineamentCard
+    from engine.geophys.model import build_model, save_checkpoint
 
     torch.manual_seed(0)
-    card = {**DEFAULT_CARD, "encoder": "mobilenet_v2", "window": 64}
+    card = LineamentCard(encoder="mobilenet_v2", window=64)
     return save_checkpoint(tmp_path_factory.mktemp("lineaments") / "model.pt", build_model(card), card)
 
 

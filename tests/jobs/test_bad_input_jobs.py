@@ -310,9 +310,10 @@ def test_an_intact_card_over_damaged_weights(job, damage, reason, tmp_path, stac
     """The whole checkpoint is checked before Ray starts (a child process loads every tensor and
     runs one blank window), not only its card."""
     if job == "lineaments":
-        from engine.geophys.model import DEFAULT_CARD, build_model, save_checkpoint
+        from engine.geophys.card import LineamentCard
+        from engine.geophys.model import build_model, save_checkpoint
 
-        card = {**DEFAULT_CARD, "encoder": "mobilenet_v2", "window": 64}
+        card = LineamentCard(encoder="mobilenet_v2", window=64)
         torch.manual_seed(0)
         model = save_checkpoint(tmp_path / "model.pt", build_model(card), card)
         argv = bad_model_argv(job, model, tmp_path, None, stack, earlier_output)

@@ -74,7 +74,7 @@ def test_sigkilled_map_resumes_to_the_same_store(tmp_path):
     torch.manual_seed(0)
     net = build("mae", default_config("mae", len(st.channels)))
     latent = {"mean": np.zeros(64, np.float32), "precision": np.eye(64, dtype=np.float32)}
-    model = save_checkpoint(tmp_path / "mae.pt", net, "mae", st.channels, {"latent": latent})
+    model = save_checkpoint(tmp_path / "mae.pt", net, "mae", st.channels, latent)
     killed, whole = tmp_path / "killed.zarr", tmp_path / "whole.zarr"
 
     proc = _job(stack, model, killed)

@@ -199,13 +199,14 @@ def test_checkpoint_scorer_reads_without_torch_and_maps_like_the_model(small_sta
     from pathlib import Path
 
     from engine.errors import LodeInputError
-    from engine.prospect.score import CheckpointScorer, checkpoint_meta
+    from engine.prospect.checkpoint import ProspectCard, read_card
+    from engine.prospect.score import CheckpointScorer
     from engine.prospect.train import save_checkpoint
 
     st = open_stack(small_stack)
     mae = _mae(len(st.channels))
-    ck = save_checkpoint(tmp_path / "m.pt", mae.model, "mae", st.channels, {"latent": mae.latent})
-    assert checkpoint_meta(ck) == {"kind": "mae", "config": mae.model.config, "channels": st.channels}
+    ck = save_checkpoint(tmp_path / "m.pt", mae.model, "mae", st.channels, mae.latent)
+    assert read_card(ck) == ProspectCard(kind="mae", config=mae.model.config, channels=st.channels)
     code = (
         "import sys; from pathlib import Path; from engine.prospect.select import make_scorer; "
         f"s = make_scorer('mae', Path({str(small_stack)!r}), Path({str(ck)!r}), shifts=1); "
@@ -226,7 +227,7 @@ def test_checkpoint_scorer_reads_without_torch_and_maps_like_the_model(small_sta
     b = score_map(small_stack, mae, tmp_path / "b.zarr", block=48)
     for name in ("recon_error", "latent_distance", "prospectivity"):
         np.testing.assert_array_equal(read_score(a, name), read_score(b, name))
-    save_checkpoint(ck, _mae(len(st.channels)).model, "mae", st.channels, {"latent": mae.latent})
+    save_checkpoint(ck, _mae(len(st.channels)).model, "mae", st.channels, mae.latent)
     shipped = CheckpointScorer.open(ck, "mae", st.channels, list(range(len(st.channels))), shifts=1)
     score_map(small_stack, shipped, a, block=48)
     assert json.loads((a / "_run" / "manifest.json").read_text())["skipped_already_done"] == 0

@@ -39,9 +39,9 @@ def test_training_lowers_masked_reconstruction_loss(stack, tmp_path):
     history = json.loads((tmp_path / "m.pt.train" / "train_metrics.json").read_text())["history"]
     assert [r["step"] for r in history] == [10, 20, 30, 40, 50, 60]
     assert history[-1]["loss"] < 0.7 * history[0]["loss"]
-    model, ck = load_checkpoint(tmp_path / "m.pt")
-    assert summary["steps"] == 60 and ck["channels"] == open_stack(stack).channels
-    assert isinstance(model, ProspectMAE) and np.all(np.linalg.eigvalsh(ck["latent"]["precision"]) > 0)
+    model, card, latent = load_checkpoint(tmp_path / "m.pt")
+    assert summary["steps"] == 60 and card.train == summary and card.channels == open_stack(stack).channels
+    assert isinstance(model, ProspectMAE) and np.all(np.linalg.eigvalsh(latent["precision"]) > 0)
     pool = WindowPool(open_stack(stack), window=16, seed=0)
     lat = fit_latent_gaussian(model, pool, windows=64, batch=16)
     assert lat["mean"].shape == (16,) and np.all(np.linalg.eigvalsh(lat["precision"]) > 0)
@@ -68,7 +68,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(stack, tmp_path, kin
     history = json.loads((tmp_path / "cut.pt.train" / "train_metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [0, 1, 2, 3]
     if kind == "mae":
-        a, b = load_checkpoint(tmp_path / "whole.pt")[1]["latent"], load_checkpoint(tmp_path / "cut.pt")[1]["latent"]
+        a, b = load_checkpoint(tmp_path / "whole.pt")[2], load_checkpoint(tmp_path / "cut.pt")[2]
         np.testing.assert_array_equal(a["mean"], b["mean"])
     with pytest.raises(LodeInputError, match="nothing to train"):
         train(stack, tmp_path / "again.pt", **common, resume=last)
@@ -90,5 +90,5 @@ def test_two_ray_train_workers_share_the_global_batch(stack, tmp_path, ray_sessi
     assert summary["steps"] == 4 and summary["workers"] == 2
     history = json.loads((tmp_path / "m.pt.train" / "train_metrics.json").read_text())["history"]
     assert [r["world_size"] for r in history] == [2, 2]
-    model, ck = load_checkpoint(tmp_path / "m.pt")
-    assert ck["kind"] == "mae" and isinstance(model, ProspectMAE)
+    model, card, _ = load_checkpoint(tmp_path / "m.pt")
+    assert card.kind == "mae" and isinstance(model, ProspectMAE)

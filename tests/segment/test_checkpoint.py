@@ -124,7 +124,7 @@ def _damaged(src: Path, dst: Path, edit) -> Path:
 
     import torch
 
-    from engine.segment.card import CARD_ENTRY
+    from engine.io.checkpoint import CARD_ENTRY
 
     blob = torch.load(src, map_location="cpu", weights_only=True)
     edit(blob["state_dict"])
@@ -187,7 +187,12 @@ def test_a_checkpoint_from_before_the_shared_format_loads_and_predicts_identical
     x = torch.from_numpy(np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32))
     want = torch.from_numpy(np.load(FIXTURES / "checkpoint_2026_12_logits.npz")["logits"])
     card = read_card(path)
-    assert (card.arch, card.encoder, card.window, card.class_set().codes) == ("pspnet", "tu-test_resnet", 64, [1, 2, 3, 4])
+    assert (card.arch, card.encoder, card.window, card.class_set().codes) == (
+        "pspnet",
+        "tu-test_resnet",
+        64,
+        [1, 2, 3, 4],
+    )
     assert card.model_id == "pspnet-tu-test_resnet-6728780d209d12d5"
     model, loaded = load_checkpoint(path)
     assert loaded == card
