@@ -70,7 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="GPU per model actor when the cluster has one (auto)",
     )
     parser.add_argument("--geotiff", action="store_true", help="U-Net: also export the probability grid as GeoTIFF")
-    parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: 16 on a GPU, 4 on a CPU)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="windows per forward pass (default: 16 on a GPU, 4 on a CPU); train: the global batch (default 8)",
+    )
     parser.add_argument("--stride", type=int, help="window step in cells (default: half the model window)")
     parser.add_argument("--cell", type=float, help="evaluate: cell size in map units (default from PRED properties)")
     parser.add_argument("--seed", type=int, default=0)
@@ -210,6 +214,7 @@ def run_train(cfg: Any) -> int:
         lr=cfg.lr,
         seed=cfg.seed,
         max_minutes=cfg.max_minutes,
+        **({"batch_size": cfg.batch_size} if cfg.batch_size else {}),
         workers=cfg.workers,
         gpu=cfg.gpu,
         resume=cfg.resume,

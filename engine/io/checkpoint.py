@@ -89,11 +89,11 @@ def raw_card(path: str | Path, what: str, upgrade: Upgrade | None = None) -> obj
         raise LodeInputError(path, f"not a {what} (unreadable torch file: not a torch zip archive)") from exc
     except (OSError, ValueError) as exc:
         raise LodeInputError(path, f"not a {what}: {exc}") from exc
-    plain = read_plain(located, what)
+    plain = _read_plain(located, what)
     return (upgrade(plain) if upgrade else plain).get("card")
 
 
-def read_plain(path: str | Path, what: str) -> dict:
+def _read_plain(path: str | Path, what: str) -> dict:
     """The archive's pickled contents with every tensor as a ``TensorInfo`` (no torch)."""
     from engine.io import fs
     from engine.io.torchfile import entries, read_without_torch

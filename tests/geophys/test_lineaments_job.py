@@ -236,3 +236,11 @@ def test_help_works_without_ray():
         check=True,
     )
     assert "evaluate" in out.stdout and out.stdout.strip().endswith("False")
+
+
+def test_train_takes_its_global_batch_from_batch_size(tmp_path):
+    """``--batch-size`` is the training batch too: one that does not split over the workers is
+    refused naming the flag, before any training starts."""
+    with pytest.raises(LodeInputError, match="--batch-size.*global batch 3 does not split equally over 2 workers"):
+        job.run(_args("train", data=str(tmp_path / "set.zarr"), out=tmp_path / "m", batch_size=3, workers=2))
+    assert not (tmp_path / "m").exists()
