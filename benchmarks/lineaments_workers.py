@@ -19,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def _run(cmd: list[str], log: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", required=True)
-    p.add_argument("--work", default="lineaments_workers_work")
+    p.add_argument("--work", help="working folder, reused when run again (default: a temporary one)")
     p.add_argument("--n-train", type=int, default=64, help="training surveys")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--steps", type=int, default=80, help="steps per epoch")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=20, help="held-out surveys")
     p.add_argument("--size", type=int, default=1024, help="held-out survey size in cells")
     args = p.parse_args(argv)
-    work = Path(args.work)
+    work = Path(args.work or tempfile.mkdtemp(prefix="lode-bench-lineament-workers-"))
     work.mkdir(parents=True, exist_ok=True)
     lode = [sys.executable, "-m", "jobs.cli"]
     data = work / "set.zarr"

@@ -94,6 +94,10 @@ HEADLINES: dict[str, list[Headline]] = {
         Headline("F1 at 2 cells, U-Net", "summary.mean_unet_2.f1", "classical", "summary.mean_classical_2.f1"),
         Headline("F1 at 2 cells, classical", "summary.mean_classical_2.f1"),
     ],
+    "lineaments_workers": [
+        Headline("F1 at 2 cells, 2 Ray Train workers", "workers_2.unet_f1_2", "1 worker", "workers_1.unet_f1_2"),
+        Headline("F1 at 2 cells, 2 workers minus 1", "f1_2_difference"),
+    ],
     "prospect": [
         Headline(
             "AUC on held-out deposits, ViT MAE",
@@ -168,6 +172,7 @@ QUICK: dict[str, list[str]] = {
     "stitch_real": ["--frame", "480x360", "--tools", "lode,opencv"],
     "analyze_grains": ["--height", "2000", "--width", "1500"],
     "lineaments": ["--n", "2", "--size", "256"],
+    "lineaments_workers": ["--n-train", "4", "--epochs", "1", "--steps", "2", "--n", "1", "--size", "256"],
     "prospect": ["--size", "256", "--seeds", "1", "--steps", "20"],
     "sampler": ["--patches", "1000", "--images", "4", "--size", "768", "1024", "--big", "2000", "3000"],
     "sampler_ablation": ["--steps", "40", "--train", "4", "--test", "2", "--size", "256", "320", "--patch", "64"],
