@@ -97,15 +97,15 @@ def _setup(work: Path, h: int, w: int, classes: int, arch: str, encoder: str, wi
 
     from engine.classes import LUMENSTONE, ClassSet
     from engine.io.ome import PyramidLayout
+    from engine.nets import build
     from engine.segment.checkpoint import ModelCard, save_checkpoint
-    from engine.segment.models import create_model
     from engine.synth import SectionSpec, write_panorama
 
     if classes > len(LUMENSTONE):
         raise SystemExit(f"--classes at most {len(LUMENSTONE)}")
     cs = ClassSet(LUMENSTONE.classes[:classes], name="bench")
     torch.manual_seed(0)
-    model = create_model(arch, encoder, 3, classes)
+    model = build(arch, encoder=encoder, in_channels=3, classes=classes)
     save_checkpoint(
         work / "model.pt",
         model,

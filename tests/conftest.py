@@ -64,12 +64,12 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     import torch
 
     from engine.classes import LUMENSTONE
+    from engine.nets import build
     from engine.segment.checkpoint import ModelCard, save_checkpoint
-    from engine.segment.models import create_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    model = create_model("unet", "resnet18", 3, len(LUMENSTONE))
+    model = build("unet", encoder="resnet18", in_channels=3, classes=len(LUMENSTONE))
     save_checkpoint(
         path,
         model,

@@ -14,11 +14,11 @@ from engine.io.checkpoint import load_weights, read_checkpoint, write_checkpoint
 
 
 def build_model(card: LineamentCard) -> torch.nn.Module:
-    """Build the (untrained) network a model card describes, with the segmentation model factory
-    (:func:`engine.segment.models.create_model`); never downloads weights."""
-    from engine.segment.models import create_model
+    """The (untrained) network a model card describes, from Lode's one factory
+    (:func:`engine.nets.build`); never downloads weights."""
+    from engine.nets import build
 
-    return create_model(card.architecture, card.encoder, card.in_channels, card.classes)
+    return build(card.architecture, encoder=card.encoder, in_channels=card.in_channels, classes=card.classes)
 
 
 def normalise_windows(x: torch.Tensor) -> torch.Tensor:

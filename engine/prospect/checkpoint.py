@@ -8,7 +8,7 @@ the top level, the latent Gaussian as numpy arrays) still load."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -18,7 +18,7 @@ from engine.errors import LodeInputError
 if TYPE_CHECKING:
     import torch
 
-    from engine.prospect.model import ConvAutoencoder, ProspectMAE
+    from engine.nets.mae import ConvAutoencoder, ProspectMAE
 
 CHECKPOINT = "prospect checkpoint"
 Latent = dict[str, np.ndarray]
@@ -79,7 +79,7 @@ def load_checkpoint(path: str | Path) -> tuple[ProspectMAE | ConvAutoencoder, Pr
     """``(model in eval mode, card, latent Gaussian)`` (the Gaussian is empty for the conv-AE);
     errors name the file."""
     from engine.io.checkpoint import load_weights, read_checkpoint
-    from engine.prospect.model import build
+    from engine.nets import build
 
     path = Path(path)
     if not path.exists():
@@ -94,7 +94,7 @@ def load_checkpoint(path: str | Path) -> tuple[ProspectMAE | ConvAutoencoder, Pr
     )
     blob, card = read_checkpoint(path, ProspectCard, CHECKPOINT, earlier_numpy, _earlier)
     try:
-        model = build(card.kind, card.config)
+        model = cast("ProspectMAE | ConvAutoencoder", build(card.kind, **card.config))
     except (TypeError, ValueError) as exc:
         raise LodeInputError(path, f"not a {CHECKPOINT}: {' '.join(str(exc).split())}") from exc
     load_weights(model, blob["state_dict"], path, CHECKPOINT)

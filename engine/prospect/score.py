@@ -85,7 +85,7 @@ from engine.raster.stage import BlockStage, Unit, release_heap, units_of
 if TYPE_CHECKING:
     import torch
 
-    from engine.prospect.model import ConvAutoencoder, ProspectMAE
+    from engine.nets.mae import ConvAutoencoder, ProspectMAE
 
 SCORE = "prospectivity"
 RUN = "_run"
@@ -318,8 +318,8 @@ class CheckpointScorer:
         )
 
     def to(self, device: str) -> WindowScorer:
+        from engine.nets.mae import ProspectMAE
         from engine.prospect.checkpoint import load_checkpoint
-        from engine.prospect.model import ProspectMAE
 
         net, _, latent = load_checkpoint(self.path)
         channels, shifts, drop = list(self.score_channels), self.shifts, self.drop_top

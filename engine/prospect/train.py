@@ -22,8 +22,9 @@ import torch
 
 from engine.errors import LodeInputError
 from engine.io.atomic import atomic_copy
+from engine.nets import build, count_parameters
+from engine.nets.mae import ProspectMAE, reconstruction_loss
 from engine.prospect.checkpoint import ProspectCard, load_checkpoint, read_card, save_checkpoint
-from engine.prospect.model import ProspectMAE, build, count_parameters, reconstruction_loss
 from engine.prospect.stack import Stack, open_stack
 from engine.train.fit import (
     CHECKPOINT_NAME,
@@ -173,7 +174,7 @@ def train_loop(config: dict[str, Any], ctx: Context) -> None:
     stack = open_stack(o.stack)
     cfg = o.config or default_config(o.kind, len(stack.channels))
     torch.manual_seed(o.seed)
-    net = build(o.kind, cfg)
+    net = build(o.kind, **cfg)
     state = read_state(o.resume) if o.resume else None
     if state is not None:
         net.load_state_dict(load_checkpoint(Path(o.resume or "") / CHECKPOINT_NAME)[0].state_dict())

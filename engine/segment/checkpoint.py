@@ -18,8 +18,8 @@ from torch import nn
 from engine.errors import LodeInputError
 from engine.io.checkpoint import load_weights, read_checkpoint, write_checkpoint
 from engine.io.torchfile import check_tensors
+from engine.nets import build
 from engine.segment.card import WHAT, ModelCard, read_card, validate_card
-from engine.segment.models import create_model
 
 __all__ = [
     "ModelCard",
@@ -77,7 +77,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Rebuild the model from a checkpoint (local path or URI); errors name the file."""
     path = str(path)
     blob, card = _read(path)
-    model = create_model(card.arch, card.encoder, card.in_channels, len(card.classes))
+    model = build(card.arch, encoder=card.encoder, in_channels=card.in_channels, classes=len(card.classes))
     load_weights(model, blob["state_dict"], path, WHAT)
     return model.to(device).eval(), card
 

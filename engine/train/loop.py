@@ -129,7 +129,7 @@ def _worker_loop(config: dict[str, Any], ctx: Context) -> None:
     import ray.train
     import torch
 
-    from engine.segment.models import create_model
+    from engine.nets import build
 
     cfg = TrainOptions(**config["cfg"])
     card = ModelCard.model_validate(config["card"])
@@ -145,7 +145,7 @@ def _worker_loop(config: dict[str, Any], ctx: Context) -> None:
     ]
     local_batch = cfg.batch_size // world
 
-    net = create_model(card.arch, card.encoder, card.in_channels, len(codes))
+    net = build(card.arch, encoder=card.encoder, in_channels=card.in_channels, classes=len(codes))
     state = None
     if config["resume"]:
         state = read_state(Path(config["resume"]))

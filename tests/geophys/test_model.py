@@ -5,7 +5,7 @@ from engine.geophys.model import build_model, load_checkpoint, save_checkpoint
 
 
 def test_the_unet_comes_from_the_one_model_factory_unchanged():
-    """``build_model`` goes through ``engine.segment.models.create_model``; with the same seed it
+    """``build_model`` goes through the one factory ``engine.nets.build``; with the same seed it
     gives the very network ``smp.create_model`` built before (so old checkpoints load the same)."""
     import segmentation_models_pytorch as smp
 

@@ -318,13 +318,13 @@ def test_an_intact_card_over_damaged_weights(job, damage, reason, tmp_path, stac
         model = save_checkpoint(tmp_path / "model.pt", build_model(card), card)
         argv = bad_model_argv(job, model, tmp_path, None, stack, earlier_output)
     else:
-        from engine.prospect.model import build
+        from engine.nets import build
         from engine.prospect.stack import open_stack
         from engine.prospect.train import default_config, save_checkpoint
 
         channels = open_stack(stack).channels
         model = save_checkpoint(
-            tmp_path / "model.pt", build("cae", default_config("cae", len(channels))), "cae", channels
+            tmp_path / "model.pt", build("cae", **default_config("cae", len(channels))), "cae", channels
         )
         argv = [
             "prospect",
@@ -350,8 +350,8 @@ def resume_folder(tmp_path_factory):
     """A training checkpoint folder (model.pt + state.pt at epoch 0) of a model over classes 0 and 1;
     its model.pt in the older form without a traced program (tracing costs seconds)."""
     from engine.classes import ClassSet
+    from engine.nets import build
     from engine.segment.checkpoint import ModelCard
-    from engine.segment.models import create_model
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("run") / "last"
@@ -366,7 +366,10 @@ def resume_folder(tmp_path_factory):
         overlap=0.25,
     )
     torch.save(
-        {"state_dict": create_model("unet", "resnet18", 3, 2).state_dict(), "card": card.model_dump()},
+        {
+            "state_dict": build("unet", encoder="resnet18", in_channels=3, classes=2).state_dict(),
+            "card": card.model_dump(),
+        },
         folder / "model.pt",
     )
     torch.save({"epoch": 0, "history": []}, folder / "state.pt")

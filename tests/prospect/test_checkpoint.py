@@ -6,8 +6,8 @@ import torch
 
 from engine.errors import LodeInputError
 from engine.io.torchfile import tensor_list
+from engine.nets import build
 from engine.prospect.checkpoint import ProspectCard, load_checkpoint, read_card, save_checkpoint
-from engine.prospect.model import build
 
 CHANNELS = ["mag", "grav", "k", "th"]
 CONFIG = dict(
@@ -29,7 +29,7 @@ def _mae():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     a = rng.normal(size=(16, 16)).astype(np.float32)
-    return build("mae", CONFIG).eval(), {"mean": rng.normal(size=16).astype(np.float32), "precision": a @ a.T}
+    return build("mae", **CONFIG).eval(), {"mean": rng.normal(size=16).astype(np.float32), "precision": a @ a.T}
 
 
 def _encode(net) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import zarr
 
 from engine.errors import LodeInputError
-from engine.prospect.model import build
+from engine.nets import build
 from engine.prospect.score import read_score
 from engine.prospect.stack import build_stack, open_stack
 from engine.prospect.synth import synth_region, write_region
@@ -72,7 +72,7 @@ def test_sigkilled_map_resumes_to_the_same_store(tmp_path):
     stack = build_stack(tmp_path / "r" / "layers.json", tmp_path / "s.zarr")
     st = open_stack(stack)
     torch.manual_seed(0)
-    net = build("mae", default_config("mae", len(st.channels)))
+    net = build("mae", **default_config("mae", len(st.channels)))
     latent = {"mean": np.zeros(64, np.float32), "precision": np.eye(64, dtype=np.float32)}
     model = save_checkpoint(tmp_path / "mae.pt", net, "mae", st.channels, latent)
     killed, whole = tmp_path / "killed.zarr", tmp_path / "whole.zarr"

@@ -5,9 +5,9 @@ import pytest
 import torch
 import zarr
 
+from engine.nets.mae import ProspectMAE
 from engine.prospect import evaluate as ev
 from engine.prospect.baselines import PCAScorer, sample_cells
-from engine.prospect.model import ProspectMAE
 from engine.prospect.score import (
     CellScorer,
     MAEScorer,

@@ -11,9 +11,9 @@ import pytest
 import torch
 import zarr
 
+from engine.nets.mae import ConvAutoencoder, ProspectMAE
 from engine.prospect import evaluate as ev
 from engine.prospect.baselines import PCAScorer, sample_cells
-from engine.prospect.model import ConvAutoencoder, ProspectMAE
 from engine.prospect.score import (
     CAEScorer,
     CellScorer,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.errors import LodeInputError
-from engine.prospect.model import ProspectMAE
+from engine.nets.mae import ProspectMAE
 from engine.prospect.stack import build_stack, open_stack
 from engine.prospect.synth import synth_region, write_region
 from engine.prospect.train import WindowPool, fit_latent_gaussian, load_checkpoint, train

@@ -9,9 +9,9 @@ import torch
 
 from engine.classes import LUMENSTONE, ClassSet
 from engine.errors import LodeInputError
+from engine.nets import build
 from engine.segment.card import check_checkpoint
 from engine.segment.checkpoint import ModelCard, load_checkpoint, load_inference_model, read_card, save_checkpoint
-from engine.segment.models import create_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_roundtrip_rebuilds_model_from_card_alone(tmp_path):
     torch.manual_seed(0)
     classes = ClassSet.from_codes([0, 1, 6, 8])
-    m = create_model("fpn", "resnet18", 5, len(classes)).eval()
+    m = build("fpn", encoder="resnet18", in_channels=5, classes=len(classes)).eval()
     card = save_checkpoint(
         tmp_path / "m.pt",
         m,
@@ -38,7 +38,7 @@ def test_roundtrip_rebuilds_model_from_card_alone(tmp_path):
 def test_inference_program_matches_eager_model(tmp_path, arch):
     torch.manual_seed(2)
     classes = ClassSet.from_codes([0, 1, 2, 6, 8])
-    m = create_model(arch, "resnet18", 4, len(classes)).eval()
+    m = build(arch, encoder="resnet18", in_channels=4, classes=len(classes)).eval()
     save_checkpoint(
         tmp_path / "m.pt",
         m,
@@ -65,7 +65,7 @@ def test_inference_program_matches_eager_model(tmp_path, arch):
 
 @pytest.mark.parametrize("arch", ["pspnet", "unet", "upernet", "fpn"])
 def test_factory_builds_each_architecture(arch):
-    m = create_model(arch, "resnet18", 4, 7).eval()
+    m = build(arch, encoder="resnet18", in_channels=4, classes=7).eval()
     with torch.no_grad():
         assert m(torch.randn(1, 4, 128, 128)).shape == (1, 7, 128, 128)
 
@@ -73,7 +73,7 @@ def test_factory_builds_each_architecture(arch):
 @pytest.mark.parametrize("read", [load_checkpoint, read_card])
 @pytest.mark.parametrize("writer", ["save_checkpoint", "bare torch.save"])
 def test_unknown_class_code_in_checkpoint_names_the_file(tmp_path, read, writer):
-    m = create_model("unet", "resnet18", 3, 2)
+    m = build("unet", encoder="resnet18", in_channels=3, classes=2)
     classes = LUMENSTONE.to_dicts()[:1] + [{"code": 99, "name": "unobtainium", "color": [1, 2, 3]}]
     card = ModelCard(arch="unet", classes=classes, window=64)
     if writer == "save_checkpoint":
@@ -85,7 +85,7 @@ def test_unknown_class_code_in_checkpoint_names_the_file(tmp_path, read, writer)
 
 
 def test_card_of_an_older_checkpoint_without_the_json_entry(tmp_path):
-    m = create_model("unet", "resnet18", 3, 3)
+    m = build("unet", encoder="resnet18", in_channels=3, classes=3)
     card = ModelCard(arch="unet", classes=ClassSet.from_codes([0, 4, 9]).to_dicts(), window=64, model_id="old")
     torch.save({"state_dict": m.state_dict(), "card": card.model_dump()}, tmp_path / "old.pt")
     assert read_card(tmp_path / "old.pt") == card
@@ -95,7 +95,7 @@ def test_segmentation_driver_and_block_tasks_read_the_card_without_torch(tmp_pat
     """Read and write tasks import the pipeline module; only the model actor needs torch."""
     card = save_checkpoint(
         tmp_path / "m.pt",
-        create_model("unet", "resnet18", 3, 2),
+        build("unet", encoder="resnet18", in_channels=3, classes=2),
         ModelCard(arch="unet", classes=ClassSet.from_codes([0, 1]).to_dicts(), window=64),
     )
     code = (

@@ -14,9 +14,9 @@ import zarr
 from engine.calibrate.colour import fit_captures, load_matrices, reference_from_card
 from engine.classes import ClassSet
 from engine.errors import LodeInputError
+from engine.nets import build
 from engine.register.xpl import load_registered
 from engine.segment.checkpoint import ModelCard, save_checkpoint
-from engine.segment.models import create_model
 from engine.segment.pipeline import STORE_NAME, SegmentOptions, run_segmentation
 from engine.synth.casts import partial_annotation, random_cast
 from engine.synth.section import Section, SectionSpec
@@ -45,7 +45,7 @@ def cast_captures(tmp_path_factory):
     ckpt = root / "model.pt"
     save_checkpoint(
         ckpt,
-        create_model("unet", "resnet18", 3, len(CLASSES)),
+        build("unet", encoder="resnet18", in_channels=3, classes=len(CLASSES)),
         ModelCard(arch="unet", encoder="resnet18", classes=CLASSES.to_dicts(), window=128, reference_colors=ref),
     )
     cast = random_cast(np.random.default_rng(7), filter_name="yellow")
@@ -192,7 +192,7 @@ def test_segment_reads_xpl_folders(ray_session, xpl_set, tmp_path):
     ckpt = tmp_path / "xpl.pt"
     save_checkpoint(
         ckpt,
-        create_model("unet", "resnet18", 9, len(classes)),
+        build("unet", encoder="resnet18", in_channels=9, classes=len(classes)),
         ModelCard(
             arch="unet",
             encoder="resnet18",

@@ -5,9 +5,9 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
+from engine.nets import build
 from engine.raster import block_grid
 from engine.raster.grid import PaddedGrid
-from engine.segment.models import create_model
 from engine.segment.predictor import BlockPredictor
 
 
@@ -21,7 +21,7 @@ from engine.segment.predictor import BlockPredictor
 )
 def test_blocked_equals_monai(h, w, window, overlap, block):
     torch.manual_seed(1)
-    model = create_model("unet", "resnet18", 3, 5).eval()
+    model = build("unet", encoder="resnet18", in_channels=3, classes=5).eval()
     img = np.random.default_rng(0).integers(0, 255, (3, h, w), dtype=np.uint8)
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
     x = (torch.from_numpy(img).float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from engine.segment.models import create_model
+from engine.nets import build
 from engine.train.loop import _loss, train_step
 
 PALETTE = np.array([[200, 60, 40], [40, 160, 60], [50, 70, 190]], np.float32) / 255
@@ -27,7 +27,7 @@ def test_training_lowers_the_loss_and_beats_a_constant_predictor_on_held_out_pat
     torch.set_num_threads(2)
     x, y = patches(32, seed=1)
     x_val, y_val = patches(16, seed=2)
-    model = create_model("unet", "resnet18", 3, 3)
+    model = build("unet", encoder="resnet18", in_channels=3, classes=3)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loss_fn = _loss("ce")

@@ -1,4 +1,5 @@
-"""Fusion layer + vision-Transformer masked autoencoder for stacked geoscience grids.
+"""The prospectivity networks: a fusion layer + vision-Transformer masked autoencoder for stacked
+geoscience grids, and the convolutional-autoencoder baseline.
 
 Input windows are (B, C + 1, W, W): the C stack channels (NaN filled with 0) and the
 validity mask. The fusion layer mixes sources per pixel (1x1) and then in a 3x3
@@ -197,15 +198,3 @@ def reconstruction_loss(pred: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     """Mean over channels of the squared error of ``pred`` (B, C, W, W), averaged with ``weight`` (B, W, W)."""
     err = ((pred - x) ** 2).mean(dim=1)
     return (err * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-def build(kind: str, config: dict) -> ProspectMAE | ConvAutoencoder:
-    if kind == "mae":
-        return ProspectMAE(**config)
-    if kind == "cae":
-        return ConvAutoencoder(**config)
-    raise ValueError(f"unknown model kind {kind!r}")
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
