@@ -112,6 +112,10 @@ HEADLINES: dict[str, list[Headline]] = {
             "table.{best_baseline}.capture_top10_pooled",
         ),
     ],
+    "prospect_points": [
+        Headline("AUC, map from gridded point samples", "mean_auc_points", "full grids", "mean_auc_layers"),
+        Headline("AUC, points minus grids, largest |difference|", "max_abs_difference"),
+    ],
     "sampler": [
         Headline("max/min class share, Lode", "lode.max_min_ratio", "petroscope 0.0.12", "petroscope.max_min_ratio"),
         Headline(
@@ -174,6 +178,7 @@ QUICK: dict[str, list[str]] = {
     "lineaments": ["--n", "2", "--size", "256"],
     "lineaments_workers": ["--n-train", "4", "--epochs", "1", "--steps", "2", "--n", "1", "--size", "256"],
     "prospect": ["--size", "256", "--seeds", "1", "--steps", "20"],
+    "prospect_points": ["--size", "256", "--regions", "0", "--forests", "1"],
     "sampler": ["--patches", "1000", "--images", "4", "--size", "768", "1024", "--big", "2000", "3000"],
     "sampler_ablation": ["--steps", "40", "--train", "4", "--test", "2", "--size", "256", "320", "--patch", "64"],
     "colour": ["--trials", "4", "--size", "384", "512", "--skip-model"],

@@ -54,6 +54,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = sub.add_parser("region", help="multi-source geoscience grids with planted deposits (prospectivity)")
     r.add_argument("out", help="output folder (layers, faults.geojson, deposits.csv, layers.json)")
     r.add_argument("--size", type=int, default=512, help="cells per side")
+    r.add_argument(
+        "--points",
+        type=float,
+        default=None,
+        metavar="PER_CELL",
+        help="also sample the geochemistry as points, PER_CELL samples per cell (samples.csv, points.json)",
+    )
+    r.add_argument("--point-noise", type=float, default=0.05, help="log10 noise of a point sample")
     r.add_argument("--seed", type=int, default=0)
 
 
@@ -74,9 +82,11 @@ def run(cfg: Any) -> int:
             survey = SurveyConfig(shape=(size, size), spacing_m=cfg.spacing, noise_nt=cfg.noise)
             print(f"training set: {generate_training_set(cfg.out, cfg.n, survey, seed=cfg.seed)}")
     elif cfg.what == "region":
-        from engine.prospect.synth import synth_region, write_region
+        from engine.prospect.synth import sample_points, synth_region, write_region
 
-        print(f"region: {write_region(synth_region(cfg.size, cfg.seed), cfg.out)}")
+        region = synth_region(cfg.size, cfg.seed)
+        points = None if cfg.points is None else sample_points(region, cfg.points, cfg.point_noise, cfg.seed)
+        print(f"region: {write_region(region, cfg.out, points)}")
     elif cfg.what == "xpl":
         from engine.synth.xpl import XplConfig, write_xpl_collection
 

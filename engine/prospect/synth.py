@@ -405,15 +405,47 @@ def synth_region(
     return Region(layers=layers, faults=_cell_lines_to_world(fault_cells), deposits=dep, decoys=dec, grid=grid)
 
 
-def write_region(region: Region, out_dir: str | Path) -> Path:
+def sample_points(region: Region, per_cell: float = 0.25, noise: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """Point samples of the region's geochemistry, as a survey would take them: ``per_cell`` samples
+    per truth cell at uniformly random places, each element the layer's bilinear value times
+    ``10 ** N(0, noise)`` (NaN in the layer's no-data area).
+
+    Returns a table with ``x``, ``y`` (metres), ``crs`` and one column per element of ``ELEMENTS``.
+    """
+    rng = np.random.default_rng(seed)
+    g = region.grid
+    size = g["shape"][0]
+    count = int(per_cell * size * size)
+    e = g["west"] + rng.uniform(0, size, count) * g["cell_size"]
+    n = g["north"] - rng.uniform(0, size, count) * g["cell_size"]
+    table: dict = {"x": e, "y": n, "crs": CRS}
+    for el in ELEMENTS:
+        da, _ = region.layers[el]
+        if da.attrs.get("nodata") is not None:
+            da = da.where(da != da.attrs["nodata"])
+        at = da.interp(easting=xr.DataArray(e, dims="s"), northing=xr.DataArray(n, dims="s")).values
+        table[el] = at * 10 ** rng.normal(0, noise, count)
+    return pd.DataFrame(table)
+
+
+def write_region(region: Region, out_dir: str | Path, points: pd.DataFrame | None = None) -> Path:
     """Write a region as files: one GeoTIFF or netCDF per layer, faults.geojson,
     deposits.csv, decoys.csv and ``layers.json`` (the stack spec ``lode prospect stack``
-    reads). Written to a temporary folder first, then renamed into place."""
+    reads). With ``points`` (:func:`sample_points`), also ``samples.csv`` and ``points.json``:
+    the same spec with the geochemical layers gridded from the samples. Written to a temporary
+    folder first, then renamed into place."""
     import rioxarray  # noqa: F401
 
     out = Path(out_dir)
     with staged_directory(out) as tmp:
         _write_region_files(region, tmp)
+        if points is not None:
+            points.to_csv(tmp / "samples.csv", index=False)
+            spec = json.loads((tmp / "layers.json").read_text())
+            for layer in spec["layers"]:
+                if layer["name"] in ELEMENTS:
+                    layer["path"] = "samples.csv"
+            (tmp / "points.json").write_text(json.dumps(spec, indent=2))
     return out
 
 

@@ -73,3 +73,17 @@ def test_bad_input_exit_code(tmp_path, capsys):
     assert lode(["prospect", "stack", "--spec", str(tmp_path / "nope.json"), "--out", str(tmp_path / "s.zarr")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope.json" in err and err.startswith("lode prospect: error: ")
+
+
+def test_synth_region_with_points_stacks_from_the_samples(tmp_path):
+    import zarr
+
+    r, s = tmp_path / "r", tmp_path / "s.zarr"
+    assert lode(["synth", "region", str(r), "--size", "64", "--seed", "1", "--points", "0.5"]) == 0
+    samples = pd.read_csv(r / "samples.csv")
+    assert len(samples) == 64 * 64 // 2 and {"x", "y", "crs", "Cu", "Ni"} <= set(samples.columns)
+    assert prospect.run(_parse(["stack", "--spec", str(r / "points.json"), "--out", str(s)])) == 0
+    layers = zarr.open_group(s, mode="r").attrs["layers"]
+    assert [m["channel"] for m in layers if "points" in m] == ["Cu", "Au", "As", "Zn", "Ni"]
+    counts = {m["channel"]: m["points"]["samples"] for m in layers if "points" in m}
+    assert counts == {el: int(samples[el].notna().sum()) for el in counts}  # no-data samples left out

@@ -173,60 +173,46 @@ def test_malformed_point_files_are_named(tmp_path, name, text, column, reason):
     assert e.value.source == str(path)
 
 
-def _sampled_region(tmp_path: Path, size: int, seed: int, per_cell: float = 0.25, noise: float = 0.05) -> Path:
-    """A synthetic region (engine/prospect/synth.py) whose geochemistry is replaced by point samples
-    drawn from its own layers: ``per_cell`` samples per cell at random places, each the layer's
-    bilinear value times ``10 ** N(0, noise)``; samples in a layer's no-data area have no value.
+def _sampled_region(tmp_path: Path, size: int, seed: int) -> Path:
+    """A synthetic region (engine/prospect/synth.py, 100 deposits per 512² cells before spacing)
+    whose geochemistry is also sampled as points: 1 sample per 4 cells, noise 10 ** N(0, 0.05).
     Returns the folder, with ``layers.json`` (the grids) and ``points.json`` (the samples)."""
-    import xarray as xr
-
-    from engine.prospect.synth import CRS as REGION_CRS
-    from engine.prospect.synth import ELEMENTS, synth_region, write_region
+    from engine.prospect.synth import sample_points, synth_region, write_region
 
     region = synth_region(size, seed, deposit_density=100 / 512**2, fault_count=8)
-    folder = write_region(region, tmp_path / "region")
-    rng = np.random.default_rng(seed)
-    count = int(per_cell * size * size)
-    g = region.grid
-    e = g["west"] + rng.uniform(0, size, count) * g["cell_size"]
-    n = g["north"] - rng.uniform(0, size, count) * g["cell_size"]
-    table: dict = {"x": e, "y": n, "crs": REGION_CRS}
-    for el in ELEMENTS:
-        da, _ = region.layers[el]
-        if da.attrs.get("nodata") is not None:
-            da = da.where(da != da.attrs["nodata"])
-        at = da.interp(easting=xr.DataArray(e, dims="s"), northing=xr.DataArray(n, dims="s")).values
-        table[el] = at * 10 ** rng.normal(0, noise, count)
-    pd.DataFrame(table).to_csv(folder / "samples.csv", index=False)
-    spec = json.loads((folder / "layers.json").read_text())
-    for layer in spec["layers"]:
-        if layer["name"] in ELEMENTS:
-            layer["path"] = "samples.csv"
-    (folder / "points.json").write_text(json.dumps(spec))
-    region.deposits.to_csv(folder / "deposits.csv", index=False)
-    return folder
+    return write_region(region, tmp_path / "region", sample_points(region, 0.25, 0.05, seed))
 
 
 def test_map_from_gridded_samples_scores_like_the_full_grids(tmp_path):
     """Acceptance: ~1 sample per 4 cells with noise, gridded, gives the same prospectivity map's AUC
     within 0.03 of the full grids' (isolation forest, the cheapest baseline that is stable across
-    regions: PCA's component count jumps with small changes of the data)."""
+    regions: PCA's component count jumps with small changes of the data). One forest's AUC moves
+    by up to 0.05 with its seed alone, so each map's AUC is the mean over three forest seeds; a
+    512² region, the size of the held-out table's regions. ``benchmarks.prospect_points`` repeats
+    this on six regions."""
     import zarr
 
     from engine.prospect import evaluate as ev
     from engine.prospect.score import read_score, score_map
     from engine.prospect.select import make_scorer
 
-    folder = _sampled_region(tmp_path, 256, seed=0)
+    folder = _sampled_region(tmp_path, 512, seed=0)
     dep = pd.read_csv(folder / "deposits.csv")
     auc = {}
     for spec in ("layers", "points"):
         stack = build_stack(folder / f"{spec}.json", tmp_path / f"{spec}.zarr")
-        score = read_score(score_map(stack, make_scorer("iforest", stack), tmp_path / f"{spec}_map.zarr", block=256))
-        auc[spec] = ev.evaluate(score, dep["row"], dep["col"]).auc
+        runs = [
+            ev.evaluate(
+                read_score(score_map(stack, make_scorer("iforest", stack, seed=s), tmp_path / f"{spec}{s}.zarr")),
+                dep["row"],
+                dep["col"],
+            ).auc
+            for s in range(3)
+        ]
+        auc[spec] = float(np.mean(runs))
     gridded = [
         m["channel"] for m in zarr.open_group(tmp_path / "points.zarr", mode="r").attrs["layers"] if "points" in m
     ]
     assert gridded == ["Cu", "Au", "As", "Zn", "Ni"]
-    assert len(dep) >= 12 and auc["layers"] > 0.6
+    assert len(dep) >= 20 and auc["layers"] > 0.7
     assert abs(auc["points"] - auc["layers"]) <= 0.03, auc

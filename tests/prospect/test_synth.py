@@ -61,3 +61,31 @@ def test_footprints_are_zoned_and_cells_stay_in_range():
     core, ring = np.array(core), np.array(ring)
     fine = core > -9  # As no-data (-9999) east of 0.8 n
     assert np.median(ring[fine] - core[fine]) > 0.15
+
+
+def test_point_samples_are_the_layers_bilinear_values_with_log_noise():
+    from scipy.interpolate import RegularGridInterpolator
+
+    from engine.prospect.synth import ELEMENTS, sample_points
+
+    region = synth_region(128, seed=2)
+    clean = sample_points(region, per_cell=0.25, noise=0.0, seed=2)
+    noisy = sample_points(region, per_cell=0.25, noise=0.05, seed=2)
+    assert len(clean) == 128 * 128 // 4 and (clean.crs == region.grid["crs"]).all()
+    np.testing.assert_array_equal(clean[["x", "y"]].values, noisy[["x", "y"]].values)
+    for el in ELEMENTS:
+        da = region.layers[el][0]
+        values = da.values.astype(float)
+        if da.attrs.get("nodata") is not None:
+            values[values == da.attrs["nodata"]] = np.nan
+        north, east = da.northing.values, da.easting.values
+        truth = RegularGridInterpolator((north[::-1], east), values[::-1], bounds_error=False, fill_value=np.nan)(
+            np.c_[clean.y, clean.x]
+        )
+        np.testing.assert_allclose(clean[el].values, truth, rtol=1e-9, equal_nan=True)
+        ok = np.isfinite(truth)
+        assert ok.mean() > 0.5 and np.isnan(noisy[el].values[~ok]).all()
+        err = np.log10(noisy[el].values[ok] / truth[ok])
+        assert abs(err.mean()) < 0.005 and abs(err.std() - 0.05) < 0.005
+    east_fifth = clean.x > region.grid["west"] + 0.8 * 128 * region.grid["cell_size"] + 100
+    assert clean.As[east_fifth].isna().all() and clean.Cu[east_fifth].notna().mean() > 0.8
