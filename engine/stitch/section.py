@@ -319,7 +319,11 @@ def prepare_section(
 
 def _frames_read(refs: list) -> list[float]:
     """Wait for every frame's correction; the first unreadable frame (in tile order) raises its
-    ``LodeInputError``, unwrapped from Ray's task error."""
+    ``LodeInputError``, unwrapped from Ray's task error.
+
+    Every task has ended before anything raises, so no frame task still writes into the section's
+    work folder when the failed section's work is removed."""
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
     try:
         return [float(v) for v in ray.get(refs)]
     except ray.exceptions.RayTaskError as exc:

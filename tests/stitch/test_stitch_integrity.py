@@ -121,3 +121,27 @@ def test_fifty_fresh_stores_with_three_concurrent_sections_lose_none(tmp_path):
         _sections_into_fresh_store(store, 3)
         groups = sorted(name for name, _ in zarr.open_group(store, mode="r").groups())
         assert groups == [".s0.partial", ".s1.partial", ".s2.partial"], (i, groups)
+
+
+@pytest.mark.ray
+def test_a_failed_frame_raises_only_after_every_frame_task_has_ended(tmp_path, ray_session):
+    """A section's work folder is removed once its failure is recorded; a frame task still writing
+    into it then (CI saw ``Directory not empty``) must be impossible."""
+    import time
+
+    import ray
+
+    from engine.stitch.section import _frames_read
+
+    @ray.remote
+    def frame(k: int, out: str) -> float:
+        if k == 0:
+            raise LodeInputError(f"tile{k}.png", "expected an 8-bit image")
+        time.sleep(1.5)
+        Path(out, f"frame{k}.npy").write_bytes(b"x")
+        return 1.0
+
+    with pytest.raises(LodeInputError, match="8-bit") as err:
+        _frames_read([frame.remote(k, str(tmp_path)) for k in range(3)])
+    assert err.value.source == "tile0.png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frame1.npy", "frame2.npy"]
