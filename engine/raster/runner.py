@@ -48,6 +48,12 @@ class RunOptions:
             Ray Data's own object-store budget (a share of the object store, flat in the
             number of units).
         remote_args: extra Ray remote arguments for every task and actor (``runtime_env``).
+        read_on_cpu_actor: a model stage whose actors compute on the CPU reads each unit in its
+            actor (the read task yields the unit alone), so its input never passes through the
+            object store, where each process that touches it counts it again. Worth it where a
+            unit's input is much larger than its result and its compute much slower than its
+            read: the read cannot run ahead of a CPU actor that has the cores anyway. With GPUs,
+            reads always run ahead in tasks.
     """
 
     executor: Literal["ray", "serial"] = "ray"
@@ -57,6 +63,7 @@ class RunOptions:
     max_units: int | None = None
     in_flight: int | None = None
     remote_args: dict[str, Any] = field(default_factory=dict)
+    read_on_cpu_actor: bool = False
 
 
 @dataclass
@@ -108,8 +115,8 @@ def _data(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in _UNIT and k != "error"}
 
 
-def _read_table(stage: BlockStage, unit: Unit) -> list:
-    return [_table(_read(stage, unit))]
+def _read_table(stage: BlockStage, unit: Unit, read: bool = True) -> list:
+    return [_table(_read(stage, unit) if read else _unit_row(unit))]
 
 
 def _table(row: dict[str, Any]):
@@ -199,14 +206,17 @@ def _batch(row: dict[str, Any]) -> dict[str, np.ndarray]:
 class _StageActor:
     """Holds one stage (and its model) in an actor process on the device it picked itself."""
 
-    def __init__(self, stage: BlockStage):
+    def __init__(self, stage: BlockStage, reads: bool = False):
         import ray
 
-        self.stage = stage
+        self.stage, self.reads = stage, reads
         stage.setup(local_device(bool(ray.get_gpu_ids())))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return _batch(_compute(self.stage, _unbatch(batch)))
+        row = _unbatch(batch)
+        if self.reads:
+            row = _read(self.stage, _unit_of(row))
+        return _batch(_compute(self.stage, row))
 
 
 def _compute_task(batch: dict[str, np.ndarray], stage: BlockStage) -> dict[str, np.ndarray]:
@@ -214,19 +224,22 @@ def _compute_task(batch: dict[str, np.ndarray], stage: BlockStage) -> dict[str, 
     return _batch(_compute(stage, _unbatch(batch)))
 
 
-def _datasource(stage: BlockStage, units: Sequence[Unit]):
+def _datasource(stage: BlockStage, units: Sequence[Unit], read: bool = True):
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
+    def _size(u: Unit) -> int:
+        return stage.size_bytes(u) if read else 64
+
     class UnitSource(Datasource):
         def estimate_inmemory_data_size(self) -> int:
-            return sum(stage.size_bytes(u) for u in units)
+            return sum(_size(u) for u in units)
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
             return [
                 ReadTask(
-                    partial(_read_table, stage, u),
-                    BlockMetadata(num_rows=1, size_bytes=stage.size_bytes(u), input_files=None, exec_stats=None),
+                    partial(_read_table, stage, u, read),
+                    BlockMetadata(num_rows=1, size_bytes=_size(u), input_files=None, exec_stats=None),
                     per_task_row_limit=per_task_row_limit,
                 )
                 for u in units
@@ -285,13 +298,16 @@ def run_stage(
         remote = dict(options.remote_args)
         if stage.model:
             actors = options.actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
-        ds = ray.data.read_datasource(_datasource(stage, pending), override_num_blocks=len(pending), **remote)
+        reads_in_actor = stage.model and not gpu and options.read_on_cpu_actor
+        ds = ray.data.read_datasource(
+            _datasource(stage, pending, read=not reads_in_actor), override_num_blocks=len(pending), **remote
+        )
         if stage.model:
             cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if gpu else 0.5)
             actor = type(f"{type(stage).__name__}Actor", (_StageActor,), {})  # names the actor processes
             ds = ds.map_batches(
                 actor,
-                fn_constructor_kwargs={"stage": stage},
+                fn_constructor_kwargs={"stage": stage, "reads": reads_in_actor},
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 batch_size=1,
                 batch_format="numpy",

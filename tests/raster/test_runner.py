@@ -37,7 +37,7 @@ class BoxFilter(BlockStage):
         if unit.raster == "broken":
             raise LodeInputError(f"{self.src}/{unit.raster}", "unreadable")
         y0, y1, x0, x1 = unit.block.halo(1, *arr.shape)
-        return {"region": np.asarray(arr[y0:y1, x0:x1]), "origin": np.array([y0, x0])}
+        return {"region": np.asarray(arr[y0:y1, x0:x1]), "origin": np.array([y0, x0]), "read_pid": os.getpid()}
 
     def setup(self, device: str) -> None:
         self.device = device
@@ -54,13 +54,20 @@ class BoxFilter(BlockStage):
         import ray
 
         gpus = len(ray.get_gpu_ids()) if ray.is_initialized() else 0
-        return {"mean": mean[oy : oy + b.h, ox : ox + b.w].astype(np.float32), "device": self.device, "gpus": gpus}
+        return {
+            "mean": mean[oy : oy + b.h, ox : ox + b.w].astype(np.float32),
+            "device": self.device,
+            "gpus": gpus,
+            "read_here": int(data["read_pid"]) == os.getpid(),
+        }
 
     def write(self, unit: Unit, result: dict) -> dict:
         b = unit.block
         zarr.open_array(f"{self.out}/{unit.raster}", mode="r+")[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = result["mean"]
         Path(f"{self.out}.{unit.raster}.{b.key}.json").write_text(
-            json.dumps({"device": str(result["device"]), "gpus": int(result["gpus"])})
+            json.dumps(
+                {"device": str(result["device"]), "gpus": int(result["gpus"]), "read_here": bool(result["read_here"])}
+            )
         )
         return {"windows": 1}
 
@@ -108,13 +115,18 @@ def test_serial_without_manifest_raises_naming_the_input(tmp_path):
         run_stage(BoxFilter(src, out), _units(data), None, RunOptions(executor="serial"))
 
 
-@pytest.mark.parametrize("model", [False, True], ids=["tasks", "actors"])
-def test_ray_runner_equals_whole_raster_and_a_broken_raster_fails_alone(tmp_path, ray_session, model):
+@pytest.mark.parametrize(
+    "model, actor_reads", [(False, False), (True, False), (True, True)], ids=["tasks", "actors", "actors-read"]
+)
+def test_ray_runner_equals_whole_raster_and_a_broken_raster_fails_alone(tmp_path, ray_session, model, actor_reads):
     src, out, data = _rasters(tmp_path, ("a", "broken", "b"))
     manifest = RunManifest(tmp_path / "run")
     units = _units(data)
-    run = run_stage(BoxFilter(src, out, model), units, manifest, RunOptions())
+    run = run_stage(BoxFilter(src, out, model), units, manifest, RunOptions(read_on_cpu_actor=actor_reads))
     assert run.device == "cpu" and run.actors == (1 if model else 0)
+    if model:  # a CPU actor reads its units itself only when asked to; else tasks read them
+        records = [json.loads(p.read_text()) for p in tmp_path.glob("out.zarr.*.json")]
+        assert records and {r["read_here"] for r in records} == {actor_reads}
     for n in ("a", "b"):
         np.testing.assert_allclose(_result(out, n), _truth(data[n]), atol=1e-6)
     broken = {u.key for u in units if u.raster == "broken"}
@@ -166,7 +178,7 @@ def test_device_is_chosen_from_cluster_resources_not_the_driver(tmp_path):
         tmp = Path(sys.argv[1])
         src, out, data = _rasters(tmp, ("a",))
         stage = BoxFilter(src, out, model=True)
-        run = run_stage(stage, _units(data), RunManifest(tmp / "run"), RunOptions())
+        run = run_stage(stage, _units(data), RunManifest(tmp / "run"), RunOptions(read_on_cpu_actor=True))
         seen = [json.loads(p.read_text()) for p in sorted(tmp.glob("out.zarr.a.*.json"))]
         print(json.dumps({"wants": wants_gpu(stage, "auto"), "run_device": run.device, "actors": seen}))
     """)
@@ -182,8 +194,9 @@ def test_device_is_chosen_from_cluster_resources_not_the_driver(tmp_path):
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["wants"] is True and found["run_device"] == "cuda"
     # Each actor was given the cluster's GPU and picked its device itself: no CUDA in its process.
+    # With GPUs, reads run ahead in tasks even where CPU actors would read their own units.
     local = "cuda" if torch.cuda.is_available() else "cpu"
-    assert found["actors"] and all(a == {"device": local, "gpus": 1} for a in found["actors"])
+    assert found["actors"] and all(a == {"device": local, "gpus": 1, "read_here": False} for a in found["actors"])
 
 
 def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(tmp_path, ray_session, monkeypatch):
@@ -195,7 +208,7 @@ def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(tmp_path, r
     run = run_stage(stage, _units(data), RunManifest(tmp_path / "run"), RunOptions())
     assert wants_gpu(stage, "auto") is False and run.device == "cpu"
     seen = [json.loads(p.read_text()) for p in tmp_path.glob("out.zarr.a.*.json")]
-    assert seen and all(a == {"device": "cpu", "gpus": 0} for a in seen)
+    assert seen and all(a == {"device": "cpu", "gpus": 0, "read_here": False} for a in seen)
 
 
 def test_cuda_on_a_cluster_without_gpus_is_refused(ray_session):
