@@ -32,8 +32,12 @@ def normalise_windows(x: torch.Tensor) -> torch.Tensor:
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, card: LineamentCard) -> Path:
-    """Write the checkpoint whole; returns its path."""
-    write_checkpoint(path, getattr(model, "module", model).state_dict(), card)
+    """Write the checkpoint whole, with the network traced at the card's window as ``program``
+    (:mod:`engine.nets.program`); returns its path."""
+    from engine.nets.program import trace
+
+    model = getattr(model, "module", model)
+    write_checkpoint(path, model.state_dict(), card, {"program": trace(model, card.in_channels, card.window)})
     return Path(path)
 
 
@@ -48,6 +52,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         model = build_model(card)
     load_weights(model, blob["state_dict"], path, WHAT, assign=True)
     return model.to(device).eval(), card
+
+
+def load_inference_model(path: str | Path, device: str) -> torch.nn.Module:
+    """The checkpoint's network for inference on ``device``: on the CPU its traced program when it
+    has one (torch alone, the same output as the rebuilt network), else the rebuilt network."""
+    if device != "cpu":
+        return load_checkpoint(path, device)[0]
+    blob, _ = read_checkpoint(path, LineamentCard, WHAT, mmap=True)
+    if "program" not in blob:
+        return load_checkpoint(path, device)[0]
+    from engine.nets.program import load_program
+
+    return load_program(blob["program"], path)
 
 
 def verify_checkpoint(path: str | Path) -> LineamentCard:

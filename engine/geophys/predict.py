@@ -106,11 +106,11 @@ class LineamentStage(BlockStage):
             return
         self.batch_size = self.batch_size or (16 if device.startswith("cuda") else 4)
         if self.net is None:
-            from engine.geophys.model import load_checkpoint
+            from engine.geophys.model import load_inference_model
 
             if self.checkpoint is None:
                 raise ValueError("a lineament stage needs a checkpoint or a loaded net")
-            self.net, _ = load_checkpoint(self.checkpoint, device)
+            self.net = load_inference_model(self.checkpoint, device)
             self.device = torch.device(device)
         else:
             self.device = next(self.net.parameters()).device

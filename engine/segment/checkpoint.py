@@ -8,8 +8,6 @@ timm and torchvision (several seconds per fresh process), and freeze it for the 
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ from engine.errors import LodeInputError
 from engine.io.checkpoint import load_weights, read_checkpoint, write_checkpoint
 from engine.io.torchfile import check_tensors
 from engine.nets import build
+from engine.nets.program import load_program, trace
 from engine.segment.card import WHAT, ModelCard, read_card, validate_card
 
 __all__ = [
@@ -45,22 +44,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard) -> Mode
     model = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     card = card.model_copy(update={"model_id": f"{card.arch}-{card.encoder}-{_state_hash(state)}"})
-    write_checkpoint(path, state, card, {"program": _trace(model, card)})
+    write_checkpoint(path, state, card, {"program": trace(model, card.in_channels, card.window)})
     return card
-
-
-def _trace(model: nn.Module, card: ModelCard) -> bytes:
-    """The model traced on CPU at the card's window size, serialised (TorchScript)."""
-    import copy
-
-    cpu = copy.deepcopy(model).cpu().eval()
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        # smp's input-size checks become constants at the traced size; TorchScript is deprecated
-        # in favour of torch.export/compile, whose loaders import the compiler stack (seconds).
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(cpu, torch.zeros(1, card.in_channels, card.window, card.window)), buf)
-    return buf.getvalue()
 
 
 def _read(path: str) -> tuple[dict, ModelCard]:
@@ -93,12 +78,7 @@ def verify_checkpoint(path: str | Path) -> ModelCard:
     x = torch.zeros(1, card.in_channels, card.window, card.window)
     want = (1, len(card.classes), card.window, card.window)
     if "program" in blob:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                program = torch.jit.load(io.BytesIO(blob["program"]), map_location="cpu").eval()
-            except Exception as exc:
-                raise LodeInputError(path, f"unreadable inference program: {exc}") from exc
+        program = load_program(blob["program"], path)
         check_tensors(state, {k: list(v.shape) for k, v in program.state_dict().items()}, path)
         if not all(torch.is_floating_point(v) <= bool(torch.isfinite(v).all()) for v in state.values()):
             raise LodeInputError(path, "weights hold NaN or infinite values")
@@ -135,13 +115,8 @@ def load_inference_model(
     if device.type != "cpu" or "program" not in blob or window != card.window:
         model, card = load_checkpoint(path, device)
         return model.to(memory_format=torch.channels_last), card
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation of TorchScript: see _trace
-        try:
-            program = torch.jit.load(io.BytesIO(blob["program"]), map_location="cpu")
-        except Exception as exc:
-            raise LodeInputError(path, f"unreadable inference program: {exc}") from exc
-        return torch.jit.freeze(program.eval().to(memory_format=torch.channels_last)), card
+    program = load_program(blob["program"], path)
+    return torch.jit.freeze(program.to(memory_format=torch.channels_last)), card
 
 
 if __name__ == "__main__":

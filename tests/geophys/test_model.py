@@ -1,7 +1,7 @@
 import torch
 
 from engine.geophys.card import LineamentCard
-from engine.geophys.model import build_model, load_checkpoint, save_checkpoint
+from engine.geophys.model import build_model, load_checkpoint, load_inference_model, save_checkpoint
 
 
 def test_the_unet_comes_from_the_one_model_factory_unchanged():
@@ -41,7 +41,7 @@ def test_a_checkpoint_is_lodes_one_format_and_its_card_reads_without_torch(tmp_p
     with zipfile.ZipFile(path) as z:
         assert any(n.endswith("/" + CARD_ENTRY) for n in z.namelist())
     blob = torch.load(path, weights_only=True)
-    assert set(blob) == {"state_dict", "tensors", "card"} and LineamentCard(**blob["card"]) == card
+    assert set(blob) == {"state_dict", "tensors", "card", "program"} and LineamentCard(**blob["card"]) == card
     code = (
         "import sys; from engine.geophys.card import read_card; "
         "print(read_card(sys.argv[1]).model_dump_json()); print('torch' in sys.modules)"
@@ -56,6 +56,43 @@ def test_a_checkpoint_is_lodes_one_format_and_its_card_reads_without_torch(tmp_p
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         assert loaded == card and torch.equal(model(x), net(x))
+
+
+def test_cpu_inference_runs_the_traced_program_without_the_model_library_and_the_same_output(tmp_path):
+    """A CPU actor loads the checkpoint's traced program with torch alone (no smp, timm,
+    torchvision or torch's compiler stack imported) and it gives the rebuilt network's output bit
+    for bit; a checkpoint without a program (written before) falls back to the rebuilt network."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from engine.io.checkpoint import write_checkpoint
+
+    net, card = _small()
+    path = save_checkpoint(tmp_path / "m.pt", net, card)
+    x = torch.randn(3, 1, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch; from engine.geophys.model import load_inference_model; "
+        "net = load_inference_model(sys.argv[1], 'cpu'); x = torch.load(sys.argv[2]); "
+        "torch.save(net(x).detach(), sys.argv[3]); "
+        "print(sorted(m for m in ('segmentation_models_pytorch', 'timm', 'torchvision', 'torch._dynamo') "
+        "if m in sys.modules))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[-2] == "[]"
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "y.pt"), net(x))
+    write_checkpoint(tmp_path / "old.pt", net.state_dict(), card)
+    old = load_inference_model(tmp_path / "old.pt", "cpu")
+    with torch.no_grad():
+        assert not isinstance(old, torch.jit.ScriptModule) and torch.equal(old(x), net(x))
 
 
 def test_a_lineament_checkpoint_of_the_earlier_format_still_loads(tmp_path):
@@ -80,7 +117,10 @@ def test_a_card_that_does_not_describe_a_network_names_the_file_and_field(tmp_pa
 
     from engine.errors import LodeInputError
 
+    from engine.io.checkpoint import write_checkpoint
+
     net, card = _small()
-    path = save_checkpoint(tmp_path / "m.pt", net, card.model_copy(update={"window": -4}))
+    path = tmp_path / "m.pt"
+    write_checkpoint(path, net.state_dict(), card.model_copy(update={"window": -4}))
     with pytest.raises(LodeInputError, match=r"m\.pt: not a lineament model checkpoint \(model card: window"):
         load_checkpoint(path)
