@@ -70,6 +70,9 @@ def write_vectors(
     return path
 
 
+COG_CACHE_MB = 16
+
+
 def write_cog(
     path: str | Path,
     shape: tuple[int, ...],
@@ -101,7 +104,12 @@ def write_cog(
         blockysize=512,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as scratch:
+    # GDAL's block cache (default 5 % of RAM) would keep the whole grid and its overviews resident;
+    # blocks are written once and read back once for the copy, so a small cache serves.
+    with (
+        rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB),
+        tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as scratch,
+    ):
         src = Path(scratch) / "blocks.tif"
         with rasterio.open(src, "w", **profile) as dst:
             for y0 in range(0, h, block):

@@ -119,7 +119,9 @@ def open_grid(
     suffix = path.suffix.lower()
     try:
         if suffix in GEOTIFF_SUFFIXES:
-            os.environ.setdefault("GDAL_CACHEMAX", "64")  # MB; GDAL's default (5 % of RAM) per reading process
+            # MB of decoded tiles per reading process (GDAL's default: 5 % of RAM). Blocks are read
+            # once, sharing only their halo tiles with the next block: a small cache serves them.
+            os.environ.setdefault("GDAL_CACHEMAX", "16")
             import rioxarray
 
             raw = rioxarray.open_rasterio(path, masked=True, cache=False)
