@@ -220,8 +220,8 @@ def _ray_tagged(tag: str) -> list[int]:
     return pids
 
 
-def _route_memory(pid: int, tag: str) -> tuple[float, float, int]:
-    """Summed RSS and PSS (MiB) over the job's process tree and every process of its Ray session, and their count."""
+def _route_memory(pid: int, tag: str) -> list[tuple[str, float, float]]:
+    """``(name, RSS, PSS)`` (MiB) of each process of the job's tree and of its Ray session."""
     import psutil
 
     try:
@@ -235,9 +235,9 @@ def _route_memory(pid: int, tag: str) -> tuple[float, float, int]:
                 procs[q] = psutil.Process(q)
             except psutil.NoSuchProcess:
                 continue
-    from benchmarks.segment_throughput import summed_memory
+    from benchmarks.segment_throughput import process_memory
 
-    return (*summed_memory(procs.values()), len(procs))
+    return process_memory(procs.values())
 
 
 def _measure_route(
@@ -274,17 +274,21 @@ def _measure_route(
         return len(list(status.glob("*.json"))) if status is not None and status.is_dir() else 0
 
     peaks = {"inference": [0.0, 0.0, 0], "after_inference": [0.0, 0.0, 0]}
+    at_peak: dict[str, list] = {"inference": [], "after_inference": []}
     timeline: list[list[float]] = []
     stop = threading.Event()
 
     def sample() -> None:
         last = -10.0
         while not stop.is_set():
-            rss, pss, n = _route_memory(proc.pid, tag)
+            each = _route_memory(proc.pid, tag)
+            rss, pss, n = sum(e[1] for e in each), sum(e[2] for e in each), len(each)
             k = done()
-            phase = peaks["after_inference" if blocks_total and k >= blocks_total else "inference"]
+            name = "after_inference" if blocks_total and k >= blocks_total else "inference"
+            phase = peaks[name]
             if rss > phase[0]:
                 phase[:] = [rss, max(phase[1], pss), n]
+                at_peak[name] = sorted(each, key=lambda e: -e[1])
             phase[1] = max(phase[1], pss)
             now = time.perf_counter() - t
             if now - last >= 10:
@@ -320,7 +324,12 @@ def _measure_route(
             pass
     shutil.rmtree(tag, ignore_errors=True)
     gib = {
-        k: {"peak_rss_gib": v[0] / 1024, "peak_pss_gib": v[1] / 1024, "processes_at_peak": v[2]}
+        k: {
+            "peak_rss_gib": v[0] / 1024,
+            "peak_pss_gib": v[1] / 1024,
+            "processes_at_peak": v[2],
+            "rss_mib_at_peak": {f"{n} [{i}]": round(r, 1) for i, (n, r, _) in enumerate(at_peak[k])},
+        }
         for k, v in peaks.items()
     }
     res = {
@@ -344,6 +353,7 @@ def _measure_route(
 
 
 def _memory_main(args) -> int:
+    import shutil
     import tempfile
 
     import torch
@@ -371,6 +381,7 @@ def _memory_main(args) -> int:
         extra += ["--block", str(args.block), "--executor", args.executor]
         blocks = (-(-args.memory_size // args.block)) ** 2
         status = work / "unet" / "_inference" / "_status" / "axis_probability"
+        shutil.rmtree(work / "unet", ignore_errors=True)  # never resume an earlier (partial) run
         route = _measure_route(
             [str(grid), "--model", model, "--out", str(work / "unet"), *extra],
             args.nice,

@@ -239,6 +239,7 @@ def run_memory(size: int, blocks: int, work: Path, steps: int, reuse: bool = Fal
         "train_steps": steps if mem_train else "model reused from --work",
         "map_peak_rss_gib": mem_map.peak_rss / 1024,
         "map_peak_pss_gib": mem_map.peak_pss / 1024,
+        "map_processes_at_peak": mem_map.breakdown(),
         "map_measured": "python -m jobs.prospect map on Ray: RSS and PSS summed over the job's processes, "
         "Ray's own included",
         "stack_peak_rss_gib": mem_stack.peak_rss / 1024 if mem_stack else "not re-measured (reused)",

@@ -41,47 +41,80 @@ from pathlib import Path
 import numpy as np
 
 
-def summed_memory(procs) -> tuple[float, float]:
-    """Summed RSS and PSS (MiB) of ``procs`` (psutil processes; those gone are skipped)."""
+def process_memory(procs) -> list[tuple[str, float, float]]:
+    """``(name, RSS, PSS)`` in MiB of each of ``procs`` (psutil processes; those gone are skipped).
+    The name is the process title (Ray's workers title themselves ``ray::<actor or task>``)."""
     import psutil
 
-    rss = pss = 0.0
+    out = []
     for p in procs:
         try:
             info = p.memory_full_info()
-            rss += info.rss
-            pss += getattr(info, "pss", info.rss)
+            name = _title(p.cmdline()) or p.name()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return rss / 2**20, pss / 2**20
+        out.append((name, info.rss / 2**20, getattr(info, "pss", info.rss) / 2**20))
+    return out
 
 
-def _tree_memory(pid: int) -> tuple[float, float]:
+def _title(args: list[str]) -> str:
+    """``ray::<actor>`` for Ray's workers, the program (or a Python process's script or module) else."""
+    if not args:
+        return ""
+    words = args[0].split()
+    if words[0].startswith("ray::"):
+        return words[0]
+    rest = words[1:] + args[1:]
+    if os.path.basename(words[0]).startswith("python"):
+        if "-c" in rest:
+            return "python -c"
+        if "-m" in rest and rest.index("-m") + 1 < len(rest):
+            return rest[rest.index("-m") + 1]
+        script = next((a for a in rest if not a.startswith("-")), "")
+        return "/".join(script.split("/")[-2:]) or "python"
+    return os.path.basename(words[0])
+
+
+def summed_memory(procs) -> tuple[float, float]:
+    """Summed RSS and PSS (MiB) of ``procs`` (psutil processes; those gone are skipped)."""
+    each = process_memory(procs)
+    return sum(r for _, r, _ in each), sum(q for _, _, q in each)
+
+
+def _tree(pid: int) -> list:
     import psutil
 
     try:
         root = psutil.Process(pid)
-        procs = [root] + root.children(recursive=True)
+        return [root] + root.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0.0, 0.0
-    return summed_memory(procs)
+        return []
 
 
 class PeakSampler:
-    """Samples the memory of a process (default: this one) and all its descendants in a thread."""
+    """Samples the memory of a process (default: this one) and all its descendants in a thread;
+    ``at_peak`` holds each process's ``(name, RSS, PSS)`` (MiB) at the summed RSS peak."""
 
     def __init__(self, interval: float = 0.25, pid: int | None = None):
         self.interval = interval
         self.pid = pid or os.getpid()
         self.peak_rss = self.peak_pss = 0.0
+        self.at_peak: list[tuple[str, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss, pss = _tree_memory(self.pid)
+            each = process_memory(_tree(self.pid))
+            rss, pss = sum(r for _, r, _ in each), sum(q for _, _, q in each)
+            if rss > self.peak_rss:
+                self.at_peak = sorted(each, key=lambda e: -e[1])
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
             self._stop.wait(self.interval)
+
+    def breakdown(self) -> list[dict[str, float | str]]:
+        """The processes at the RSS peak, largest first, as JSON rows."""
+        return [{"process": n, "rss_mib": round(r, 1), "pss_mib": round(q, 1)} for n, r, q in self.at_peak]
 
     def __enter__(self) -> PeakSampler:
         self._thread.start()

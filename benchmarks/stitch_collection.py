@@ -49,7 +49,8 @@ def measure(collection: Path, store: Path, extra: list[str]) -> dict:
 
     def sample() -> None:
         while not stop.is_set():
-            rss, pss, n = _route_memory(proc.pid, tag)
+            each = _route_memory(proc.pid, tag)
+            rss, pss, n = sum(e[1] for e in each), sum(e[2] for e in each), len(each)
             if rss > peak[0]:
                 peak[0], peak[2] = rss, n
             peak[1] = max(peak[1], pss)
