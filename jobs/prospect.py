@@ -145,9 +145,7 @@ def _map(
     options = RunOptions(executor="serial")
     if not no_ray:
         from engine.io import fs
-        from engine.runtime import init_ray
 
-        init_ray()
         options = RunOptions(executor="ray", remote_args=fs.ray_remote_args(), in_flight=4, read_on_cpu_actor=True)
     return score_map(
         stack,

@@ -515,7 +515,8 @@ def score_map(
     chunk per block, resuming a killed run of the same map (same stack, scorer geometry and
     checkpoint file, ``block``, ``sigma`` and ``attrs``; an in-memory scorer is trusted to be the
     same one); a store of another map is replaced. ``options`` choose the executor (default: in
-    process; ``RunOptions(executor="ray")`` needs Ray initialised).
+    process; with ``RunOptions(executor="ray")`` an embedded Ray is started when none is connected,
+    and shut down again once the blocks are mapped).
 
     ``max_blocks`` scores only the first pending blocks (row-major) and leaves the rest NaN,
     for measuring time and memory per block on large regions; the store is then left
@@ -543,7 +544,19 @@ def score_map(
     units = units_of(RASTER, blocks)
     stage = ScoreStage(str(Path(stack_path).resolve()), str(out), scorer, sigma)
     opts = options or RunOptions(executor="serial")
-    run = run_stage(stage, units, manifest, replace(opts, max_units=max_blocks))
+    started = False
+    if opts.executor == "ray":
+        import ray
+
+        from engine.runtime import init_ray
+
+        started = not ray.is_initialized()
+        init_ray()
+    try:
+        run = run_stage(stage, units, manifest, replace(opts, max_units=max_blocks))
+    finally:
+        if started:
+            ray.shutdown()  # standardising (and exporting) need no Ray: its processes go first
     if run.failed:
         raise LodeInputError(stack_path, f"map blocks failed: {run.failed}")
     done = manifest.done_keys()

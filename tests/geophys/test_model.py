@@ -116,7 +116,6 @@ def test_a_card_that_does_not_describe_a_network_names_the_file_and_field(tmp_pa
     import pytest
 
     from engine.errors import LodeInputError
-
     from engine.io.checkpoint import write_checkpoint
 
     net, card = _small()
