@@ -376,7 +376,11 @@ def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
                 units,
                 manifest,
                 RunOptions(
-                    device=cfg.device, actors=cfg.num_actors, max_units=cfg.max_blocks, remote_args=fs.ray_remote_args()
+                    device=cfg.device,
+                    actors=cfg.num_actors,
+                    max_units=cfg.max_blocks,
+                    remote_args=fs.ray_remote_args(),
+                    read_on_cpu_actor=True,
                 ),
             )
             skipped = run.skipped
