@@ -55,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-lens", action="store_true", help="do not undistort")
     parser.add_argument("--no-flat", action="store_true", help="do not flat-field correct")
     parser.add_argument("--pattern", type=_pattern, default=(9, 6), help="checkerboard inner corners (default 9x6)")
+    parser.add_argument(
+        "--matcher",
+        choices=("sift", "loftr"),
+        default="sift",
+        help="pair matcher: SIFT (default), or kornia's LoFTR with --matcher-weights (on a GPU if the cluster has one)",
+    )
+    parser.add_argument("--matcher-weights", help="local LoFTR weights file (state dict); nothing is downloaded")
     parser.add_argument("--shard", type=int, default=2048, help="output shard (= render block) size in pixels")
     parser.add_argument("--levels", type=int, default=3, help="pyramid levels")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
@@ -79,6 +86,8 @@ def run(cfg: Any) -> int:
     from engine.io import fs
     from engine.runtime import init_ray
     from engine.stitch.collection import load_correction, section_bytes, section_dirs, sections_in_flight
+    from engine.stitch.learned import check_weights, load_loftr
+    from engine.stitch.register import RegisterOptions
     from engine.stitch.section import StitchOptions, create_root, drop_work
 
     t0 = time.perf_counter()
@@ -91,7 +100,14 @@ def run(cfg: Any) -> int:
             raise LodeInputError(cfg.collection, f"no section(s) {', '.join(unknown)}")
         secs = [s for s in secs if fs.name(s) in set(cfg.sections)]
     corr = load_correction(cfg.collection, cfg.lens, cfg.flat, cfg.pattern, not cfg.no_lens, not cfg.no_flat)
-    opts = StitchOptions(shard=cfg.shard, levels=cfg.levels)
+    register = RegisterOptions()
+    if cfg.matcher == "loftr":
+        weights = check_weights(cfg.matcher_weights)
+        load_loftr(str(weights))  # foreign weights fail here, before any frame is read
+        register = RegisterOptions(matcher="loftr", matcher_weights=str(weights.resolve()))
+    elif cfg.matcher_weights:
+        raise LodeInputError("--matcher-weights", "is only used with --matcher loftr")
+    opts = StitchOptions(shard=cfg.shard, levels=cfg.levels, register=register)
     init_ray(num_cpus=cfg.num_cpus)
     create_root(cfg.out)
     dirs = {fs.name(s): str(s) for s in secs}

@@ -1,7 +1,9 @@
-"""Pairwise registration: full-resolution SIFT + RANSAC similarity.
+"""Pairwise registration: full-resolution SIFT (or, optionally, LoFTR) + RANSAC similarity.
 
 A pair ``(i, j)`` yields ``M`` (2×3), the similarity that maps pixels of frame ``j`` to
 pixels of frame ``i``. Only the expected overlap (from a prior transform) is searched.
+``RegisterOptions.matcher = "loftr"`` finds the candidate matches with kornia's LoFTR
+(:mod:`engine.stitch.learned`, weights from a local file) instead of SIFT + the ratio test.
 The RANSAC fit (refined on its inliers) is kept as it is: a phase-correlation refinement
 after it moved textured pairs of photographs by up to 0.66 px away from the truth.
 """
@@ -9,6 +11,7 @@ after it moved textured pairs of photographs by up to 0.66 px away from the trut
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -28,6 +31,13 @@ class RegisterOptions:
     intensity_fallback: bool = True
     min_correlation: float = 0.6
     fallback_points: int = 8
+    matcher: Literal["sift", "loftr"] = "sift"
+    matcher_weights: str | None = None
+    min_confidence: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.matcher not in ("sift", "loftr"):
+            raise ValueError(f"matcher must be 'sift' or 'loftr', not {self.matcher!r}")
 
 
 @dataclass
@@ -223,16 +233,26 @@ def _register_features(edge: Edge, gi, valid_i, gj, valid_j, prior, opts: Regist
         box_j = overlap_box(invert(prior), hw_j, hw_i, opts.search_margin)
         if box_i is None or box_j is None:
             return "no expected overlap"
-    pi, di = detect(gi, valid_i, box_i, opts.max_features)
-    pj, dj = detect(gj, valid_j, box_j, opts.max_features)
-    edge.keypoints = (len(pi), len(pj))
-    if min(len(pi), len(pj)) < opts.min_inliers:
-        return f"too few features ({len(pi)}, {len(pj)})"
-    mt = match(di, dj, opts.ratio)
-    edge.matches = len(mt)
-    if len(mt) < opts.min_inliers:
-        return f"too few matches ({len(mt)})"
-    a, b = pi[mt[:, 0]], pj[mt[:, 1]]
+    if opts.matcher == "loftr":
+        from engine.stitch.learned import load_loftr, loftr_matches
+
+        net = load_loftr(str(opts.matcher_weights), _device())
+        a, b = loftr_matches(net, gi, valid_i, box_i, gj, valid_j, box_j, opts.min_confidence)
+        edge.keypoints = (len(a), len(b))
+        edge.matches = len(a)
+        if len(a) < opts.min_inliers:
+            return f"too few LoFTR matches ({len(a)})"
+    else:
+        pi, di = detect(gi, valid_i, box_i, opts.max_features)
+        pj, dj = detect(gj, valid_j, box_j, opts.max_features)
+        edge.keypoints = (len(pi), len(pj))
+        if min(len(pi), len(pj)) < opts.min_inliers:
+            return f"too few features ({len(pi)}, {len(pj)})"
+        mt = match(di, dj, opts.ratio)
+        edge.matches = len(mt)
+        if len(mt) < opts.min_inliers:
+            return f"too few matches ({len(mt)})"
+        a, b = pi[mt[:, 0]], pj[mt[:, 1]]
     M, inl = cv2.estimateAffinePartial2D(
         b, a, method=cv2.RANSAC, ransacReprojThreshold=opts.ransac_px, maxIters=5000, confidence=0.999, refineIters=20
     )
@@ -240,8 +260,8 @@ def _register_features(edge: Edge, gi, valid_i, gj, valid_j, prior, opts: Regist
         return "RANSAC found no model"
     inl = inl.ravel().astype(bool)
     edge.inliers = int(inl.sum())
-    if edge.inliers < opts.min_inliers or edge.inliers < opts.min_inlier_ratio * len(mt):
-        return f"too few inliers ({edge.inliers} of {len(mt)})"
+    if edge.inliers < opts.min_inliers or edge.inliers < opts.min_inlier_ratio * len(a):
+        return f"too few inliers ({edge.inliers} of {len(a)})"
     why = similarity_ok(M, prior, hw_j, opts)
     if why:
         return why
@@ -249,6 +269,15 @@ def _register_features(edge: Edge, gi, valid_i, gj, valid_j, prior, opts: Regist
     edge.M, edge.pts_i, edge.pts_j, edge.ok = M, a[inl], b[inl], True
     edge.fit_rms_px = float(np.sqrt(np.mean(np.sum((apply(M, b[inl]) - a[inl]) ** 2, axis=1))))
     return ""
+
+
+def _device() -> str:
+    """This process's device: CUDA only where Ray gave the task a GPU (and torch sees it)."""
+    import ray
+
+    from engine.raster.runner import local_device
+
+    return local_device(ray.is_initialized() and bool(ray.get_gpu_ids()))
 
 
 def register_pair(

@@ -239,9 +239,12 @@ def prepare_section(
     else:
         pairs = _coarse_pairs(img_refs, valid_refs, hw, opts)
     t = time.perf_counter()
+    register = _register_task
+    if opts.register.matcher == "loftr" and ray.cluster_resources().get("GPU", 0) > 0:
+        register = _register_task.options(num_gpus=1)  # the learned matcher runs on the task's GPU
     edges: list[Edge] = ray.get(
         [
-            _register_task.remote(i, j, img_refs[i], valid_refs[i], img_refs[j], valid_refs[j], prior, opts.register)
+            register.remote(i, j, img_refs[i], valid_refs[i], img_refs[j], valid_refs[j], prior, opts.register)
             for i, j, prior in pairs
         ]
     )
