@@ -154,19 +154,20 @@ class _Stream:
     def run(self) -> None:
         import ray
 
-        from engine.stitch.section import prepare_section
+        from engine.stitch.section import frame_corrector, prepare_section
 
         for name in self.skipped:
             self.results[name] = _stored_report(self.cfg.out, name)
         remote = ray.remote(num_cpus=0, **_remote_args())(prepare_section)
         corr_ref = ray.put(self.corr)
         todo = [name for name in self.dirs if name not in self.skipped]
+        corrector = frame_corrector() if todo else None
         in_flight: dict[Any, str] = {}
         started: dict[str, int] = {}
         while todo or in_flight:
             while todo and len(in_flight) < self.k:
                 name = todo.pop(0)
-                in_flight[remote.remote(self.dirs[name], self.cfg.out, corr_ref, self.opts)] = name
+                in_flight[remote.remote(self.dirs[name], self.cfg.out, corr_ref, self.opts, corrector)] = name
                 started[name] = self._tick()
             [ready], _ = ray.wait(list(in_flight), num_returns=1)
             name = in_flight.pop(ready)

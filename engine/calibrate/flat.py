@@ -1,7 +1,7 @@
 """Flat-field and dark-frame correction.
 
-``corrected = (raw - dark) / flat`` where ``flat`` is the dark-subtracted white
-reference, fitted by a smooth 2-D polynomial (vignetting is smooth; noise and dust
+``corrected = (raw - dark) / flat`` (applied by :mod:`engine.calibrate.capture`) where
+``flat`` is the dark-subtracted white reference, fitted by a smooth 2-D polynomial (vignetting is smooth; noise and dust
 are not) and normalised to 1 at the optical centre, so the centre keeps its level
 and the falloff towards the corners is undone.
 """
@@ -96,10 +96,3 @@ def fit_flat(
     if np.any(centre <= 0) or gain.min() <= 0:
         raise LodeInputError(Path(source) / "flat", "flat frames are not brighter than the dark frames")
     return FlatField((gain / centre).astype(np.float32), dark.astype(np.float32))
-
-
-def apply_flat(raw: np.ndarray, ff: FlatField) -> np.ndarray:
-    """Flat- and dark-corrected float32 frame (same shape as ``raw``)."""
-    if raw.shape[:2] != ff.frame_hw:
-        raise ValueError(f"frame of shape {raw.shape[:2]} vs flat field {ff.frame_hw}")
-    return ((raw.astype(np.float32) - ff.dark.reshape(raw.shape)) / ff.flat.reshape(raw.shape)).astype(np.float32)

@@ -1,7 +1,8 @@
-"""Lens (Brown–Conrady) calibration from checkerboard frames, and undistortion.
+"""Lens (Brown–Conrady) calibration from checkerboard frames, and point undistortion.
 
 A corrected frame keeps the camera matrix of the lens (``newCameraMatrix = K``), so
-its pixel grid is the ideal pinhole grid of the same size.
+its pixel grid is the ideal pinhole grid of the same size. Frames are undistorted by
+:mod:`engine.calibrate.capture`.
 """
 
 from __future__ import annotations
@@ -127,27 +128,6 @@ def fit_lens(
         obj_pts, img_pts, (hw[1], hw[0]), None, None, flags=cv2.CALIB_FIX_K3 if fix_k3 else 0
     )
     return LensModel(K, dist.ravel()[:5], (int(hw[0]), int(hw[1])), float(rms), len(img_pts))
-
-
-def undistort_maps(lens: LensModel) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-point remap tables from the ideal grid to the observed frame."""
-    h, w = lens.frame_hw
-    return cv2.initUndistortRectifyMap(
-        lens.camera_matrix, lens.dist_coeffs, None, lens.camera_matrix, (w, h), cv2.CV_32FC1
-    )
-
-
-def undistort(
-    image: np.ndarray,
-    lens: LensModel,
-    maps: tuple[np.ndarray, np.ndarray] | None = None,
-    interpolation: int = cv2.INTER_CUBIC,
-) -> np.ndarray:
-    """Resample an observed frame onto the ideal pinhole grid (black outside the frame)."""
-    if lens.is_identity:
-        return image
-    m1, m2 = maps if maps is not None else undistort_maps(lens)
-    return cv2.remap(image, m1, m2, interpolation, borderMode=cv2.BORDER_CONSTANT)
 
 
 def ideal_points(points: np.ndarray, lens: LensModel) -> np.ndarray:

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from engine.calibrate.flat import FlatField, apply_flat
-from engine.calibrate.lens import LensModel, undistort, undistort_maps
+from engine.calibrate.flat import FlatField
+from engine.calibrate.lens import LensModel
 from engine.errors import LodeInputError
 from engine.io import fs
-from engine.io.images import IMAGE_SUFFIXES, list_images
+from engine.io.atomic import atomic_write_bytes
+from engine.io.images import IMAGE_SUFFIXES, list_images, read_rgb
+
+if TYPE_CHECKING:
+    from engine.calibrate.capture import CaptureCalibration
 
 
 @dataclass(frozen=True)
@@ -31,11 +38,69 @@ class Correction:
     lens: LensModel | None = None
     flat: FlatField | None = None
 
+    @property
+    def key(self) -> str:
+        """A hash of the lens and flat field: corrections with the same key correct frames alike."""
+        h = hashlib.sha256()
+        if self.lens is not None:
+            h.update(json.dumps(self.lens.to_dict(), sort_keys=True).encode())
+        if self.flat is not None:
+            h.update(np.ascontiguousarray(self.flat.flat).tobytes())
+            h.update(np.ascontiguousarray(self.flat.dark).tobytes())
+        return h.hexdigest()
 
-@dataclass
-class CorrectedFrame:
-    image: np.ndarray
-    valid: np.ndarray
+
+class FrameCorrector:
+    """Corrects a section's raw frames on their way in (:class:`~engine.calibrate.capture.CaptureCalibration`
+    on the device this process was given), caches each corrected frame in the section's work folder and
+    returns what the section needs of it in the driver: a thumbnail and the grey-level spread.
+
+    Ray runs it as one actor per job (``section.py``), so torch is imported once and the
+    undistortion maps are built once per lens and frame size.
+    """
+
+    def __init__(self, device: str = "cpu", threads: int | None = None):
+        self.device = device
+        self.threads = threads
+        self._cal: dict[tuple[str, tuple[int, int]], CaptureCalibration] = {}
+
+    def calibration(self, corr: Correction, hw: tuple[int, int], source: str | Path) -> CaptureCalibration:
+        """The frame calibration of ``corr`` for frames ``hw`` (built once, then kept)."""
+        from engine.calibrate.capture import CaptureCalibration
+
+        key = (corr.key, hw)
+        if key not in self._cal:
+            if self.threads:
+                import torch
+
+                torch.set_num_threads(self.threads)
+            self._cal = {key: CaptureCalibration(corr.lens, corr.flat, hw, self.device, source)}
+        return self._cal[key]
+
+    def correct(
+        self, path: str, corr: Correction, hw: tuple[int, int], thumb_scale: float, work: str, k: int
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], float]:
+        """Read frame ``k`` at ``path``, correct it, write it to ``work``: image ``(h, w, 3)`` uint8,
+        valid ``(h, w)`` uint8, thumbnail ``thumb_scale``× with its valid mask, grey-level std."""
+        from engine.calibrate.capture import edge_mask, is_identity
+        from engine.stitch.render import frame_path
+
+        raw = read_rgb(path)
+        if raw.shape[:2] != hw:
+            raise LodeInputError(
+                path, f"frame is {raw.shape[0]}×{raw.shape[1]} but the section's first frame is {hw[0]}×{hw[1]}"
+            )
+        if is_identity(corr.lens, corr.flat):
+            image, valid = raw, edge_mask(hw)
+        else:
+            image, valid = self.calibration(corr, hw, path)(raw, path)
+        for kind, arr in (("image", image), ("valid", valid)):
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            atomic_write_bytes(frame_path(work, k, kind), buf.getvalue())
+        thumb = cv2.resize(image, None, fx=thumb_scale, fy=thumb_scale, interpolation=cv2.INTER_AREA)
+        tvalid = cv2.resize(valid, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA)
+        return image, valid, (thumb, np.where(tvalid == 255, 255, 0).astype(np.uint8)), grey_std(image, valid)
 
 
 def read_section(section_dir: str | Path) -> SectionInput:
@@ -64,31 +129,9 @@ def read_section(section_dir: str | Path) -> SectionInput:
     return SectionInput(fs.name(sec), tiles, xy)
 
 
-def correct(
-    raw: np.ndarray, corr: Correction, maps: tuple[np.ndarray, np.ndarray] | None = None, source: str | Path = "frame"
-) -> CorrectedFrame:
-    """Flat/dark correction then undistortion; ``valid`` marks pixels seen by the sensor (eroded 2 px)."""
-    h, w = raw.shape[:2]
-    img = raw.astype(np.float32)
-    if corr.flat is not None:
-        if corr.flat.frame_hw != (h, w):
-            raise LodeInputError(source, f"frame is {h}×{w} but the flat field is {corr.flat.frame_hw}")
-        img = apply_flat(raw, corr.flat)
-    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    valid: np.ndarray = np.full((h, w), 255, np.uint8)
-    if corr.lens is not None and not corr.lens.is_identity:
-        if tuple(corr.lens.frame_hw) != (h, w):
-            raise LodeInputError(source, f"frame is {h}×{w} but the lens was calibrated at {corr.lens.frame_hw}")
-        maps = maps or undistort_maps(corr.lens)
-        img = undistort(img, corr.lens, maps)
-        valid = cv2.remap(valid, maps[0], maps[1], cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
-    valid = cv2.erode(valid, np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    return CorrectedFrame(img, valid)
-
-
-def grey_std(frame: CorrectedFrame) -> float:
-    """Standard deviation (DN) of the corrected frame's grey levels over its valid pixels: near 0 for a
-    blank frame (lens cap, lamp off, bare epoxy or glass once flat-field corrected)."""
-    grey = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)
-    _, std = cv2.meanStdDev(grey, mask=frame.valid)
+def grey_std(image: np.ndarray, valid: np.ndarray) -> float:
+    """Standard deviation (DN) of a corrected frame's grey levels ``(h, w, 3)`` over its ``valid`` pixels:
+    near 0 for a blank frame (lens cap, lamp off, bare epoxy or glass once flat-field corrected)."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    _, std = cv2.meanStdDev(grey, mask=valid)
     return float(std[0, 0])

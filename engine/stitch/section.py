@@ -1,4 +1,4 @@
-"""Stitch one section: correct (Ray tasks), register pairs (Ray tasks), solve, gains, seams, then render
+"""Stitch one section: correct (an actor), register pairs (Ray tasks), solve, gains, seams, then render
 the panorama's shards on the raster runner (:class:`~engine.stitch.render.RenderStage`).
 
 Preparing a section (:func:`prepare_section`) writes its corrected frames and its render plan
@@ -13,22 +13,21 @@ placed, per-edge residuals, RMS, gains, flagged frames) goes into the image grou
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import ray
 
-from engine.calibrate.lens import undistort_maps
 from engine.errors import LodeInputError, input_error_of
 from engine.io import fs
 from engine.io.atomic import atomic_write_bytes, publish
-from engine.io.images import image_header, read_rgb
+from engine.io.images import image_header
 from engine.io.layout import SEAM_LABELS, attrs_of, group_at
 from engine.io.manifest import RunManifest
 from engine.io.ome import PyramidLayout, create_image, open_store
@@ -36,7 +35,7 @@ from engine.raster.runner import RunOptions, StageRun, run_stage
 from engine.stitch.align import AlignOptions, solve
 from engine.stitch.confidence import Confidence, predict_errors
 from engine.stitch.exposure import overlap_means, solve_gains
-from engine.stitch.frames import Correction, correct, grey_std, read_section
+from engine.stitch.frames import Correction, FrameCorrector, read_section
 from engine.stitch.register import (
     Edge,
     RegisterOptions,
@@ -49,7 +48,7 @@ from engine.stitch.register import (
     to_grey,
     translation,
 )
-from engine.stitch.render import RenderPlan, RenderStage, frame_box, frame_path
+from engine.stitch.render import RenderPlan, RenderStage, frame_box
 from engine.stitch.seams import seam_labels
 
 
@@ -72,22 +71,23 @@ def _similarity(M: np.ndarray) -> tuple[float, float]:
     return float(np.hypot(M[0, 0], M[1, 0])), float(np.degrees(np.arctan2(M[1, 0], M[0, 0])))
 
 
-@ray.remote(num_returns=4)
-def _correct_task(path: str, corr: Correction, thumb_scale: float, work: str, k: int, hw: tuple[int, int]):
-    raw = read_rgb(path)
-    if raw.shape[:2] != hw:
-        raise LodeInputError(
-            path, f"frame is {raw.shape[0]}×{raw.shape[1]} but the section's first frame is {hw[0]}×{hw[1]}"
-        )
-    maps = undistort_maps(corr.lens) if corr.lens is not None and not corr.lens.is_identity else None
-    cf = correct(raw, corr, maps, path)
-    for kind, arr in (("image", cf.image), ("valid", cf.valid)):
-        buf = io.BytesIO()
-        np.save(buf, arr)
-        atomic_write_bytes(frame_path(work, k, kind), buf.getvalue())
-    thumb = cv2.resize(cf.image, None, fx=thumb_scale, fy=thumb_scale, interpolation=cv2.INTER_AREA)
-    tvalid = cv2.resize(cf.valid, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA)
-    return cf.image, cf.valid, (thumb, np.where(tvalid == 255, 255, 0).astype(np.uint8)), grey_std(cf)
+def frame_corrector(resources: dict[str, float] | None = None) -> ray.actor.ActorHandle:
+    """The actor that corrects captures on their way in (:class:`~engine.stitch.frames.FrameCorrector`):
+    on a GPU when the cluster has one, else on the CPU with torch's threads over the node's cores; the
+    actor picks its device in its own process. One per job: sections share it."""
+    gpus = (resources if resources is not None else ray.cluster_resources()).get("GPU", 0) > 0
+    actor: Any = ray.remote(_Corrector)
+    return actor.options(num_cpus=0, num_gpus=1 if gpus else 0, max_concurrency=2).remote()
+
+
+class _Corrector(FrameCorrector):
+    def __init__(self) -> None:
+        import os
+
+        from engine.raster.runner import local_device
+
+        device = local_device(bool(ray.get_gpu_ids()))
+        super().__init__(device, None if device != "cpu" else os.cpu_count())
 
 
 @ray.remote
@@ -204,8 +204,11 @@ def prepare_section(
     store: str | Path,
     correction: Correction = Correction(),
     opts: StitchOptions = StitchOptions(),
+    corrector: ray.actor.ActorHandle | None = None,
 ) -> tuple[RenderPlan, dict]:
     """Correct, register, solve, gains and seams of one section: its render plan and report base.
+
+    Frames are corrected by ``corrector`` (:func:`frame_corrector`; one of its own when none is given).
 
     Writes the corrected frames and the plan to the section's work folder and creates the
     partial image group; a plan left by an unfinished run with the same inputs is reused as it
@@ -227,12 +230,18 @@ def prepare_section(
     hw = image_header(sec.tiles[0])[:2]
     thumb_scale = _seam_scale(n, hw, opts.seam_megapixels)
     corr_ref = ray.put(correction)
-    outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, section_work, k, hw) for k, p in enumerate(sec.tiles)]
-    # num_returns=4: each call gives four refs (ray's stubs type .remote() as one ObjectRef)
-    img_refs = [o[0] for o in outs]  # type: ignore[index]
-    valid_refs = [o[1] for o in outs]  # type: ignore[index]
-    thumb_refs = [o[2] for o in outs]  # type: ignore[index]
-    stds = _frames_read([o[3] for o in outs])  # type: ignore[index]
+    own = corrector is None
+    corrector = frame_corrector() if corrector is None else corrector
+    correct: Any = corrector.correct.options(num_returns=4)
+    outs = [correct.remote(str(p), corr_ref, hw, thumb_scale, section_work, k) for k, p in enumerate(sec.tiles)]
+    img_refs = [o[0] for o in outs]
+    valid_refs = [o[1] for o in outs]
+    thumb_refs = [o[2] for o in outs]
+    try:
+        stds = _frames_read([o[3] for o in outs])
+    finally:
+        if own:
+            ray.kill(corrector, no_restart=True)
     timings["correct"] = time.perf_counter() - t0
     if sec.nominal_xy is not None:
         pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)

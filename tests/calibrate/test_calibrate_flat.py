@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from engine.calibrate.flat import FlatField, apply_flat, fit_flat
+from engine.calibrate.capture import CaptureCalibration
+from engine.calibrate.flat import FlatField, fit_flat
 from engine.errors import LodeInputError
 from engine.synth.captures import CaptureConfig, calibration_frames, vignette
 
@@ -14,8 +15,8 @@ def test_fit_flat_recovers_vignetting_and_dark():
     assert np.abs(ff.flat[..., 1] - v).max() < 0.01
     assert abs(float(ff.dark.mean()) - 7.0) < 0.2
     scene = np.full((120, 160, 3), 150.0, np.float32)
-    raw = scene * v[..., None] + 7.0
-    err = np.abs(apply_flat(raw, ff) - scene)
+    raw = np.rint(scene * v[..., None] + 7.0).astype(np.uint8)
+    err = np.abs(CaptureCalibration(None, ff, cfg.frame_hw)(raw)[0] - scene)
     assert err.mean() < 0.8 and np.percentile(err, 99) < 2.5
 
 

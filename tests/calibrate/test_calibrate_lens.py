@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from engine.calibrate.lens import LensModel, fit_lens, ideal_points, undistort
+from engine.calibrate.capture import CaptureCalibration
+from engine.calibrate.lens import LensModel, fit_lens, ideal_points
 from engine.errors import LodeInputError
 from engine.synth.captures import CaptureConfig, calibration_frames, capture_grid
 
@@ -32,7 +33,7 @@ def test_undistort_straightens_a_frame_onto_the_ideal_grid():
     cfg_0 = CaptureConfig(rows=1, cols=1, frame_hw=(120, 180), jitter_px=0, rotation_deg=0, scale_jitter=0, seed=5)
     distorted = capture_grid(None, cfg_d).frames[0]
     ideal = capture_grid(None, cfg_0).frames[0]
-    fixed = undistort(distorted, _truth(cfg_d))
+    fixed, _ = CaptureCalibration(_truth(cfg_d), None, cfg_d.frame_hw)(distorted)
     inner = (slice(10, 110), slice(10, 170))
     before = np.abs(distorted[inner].astype(float) - ideal[inner]).mean()
     after = np.abs(fixed[inner].astype(float) - ideal[inner]).mean()

@@ -1,0 +1,105 @@
+"""Capture calibration on tensors: dark subtraction, flat field, Brown–Conrady undistortion (kornia).
+
+The same code runs on the CPU and on a GPU: :class:`CaptureCalibration` holds the dark, flat and
+undistortion maps as tensors on the device it is built for (the caller picks the device in its own
+process). A raw frame ``(h, w, 3)`` uint8 becomes ``(raw - dark) / flat`` rounded to uint8, then is
+resampled onto the lens's ideal pinhole grid (bicubic, ``newCameraMatrix = K``, black outside the
+frame), as OpenCV's ``initUndistortRectifyMap`` + ``remap`` do. ``valid`` marks the pixels the sensor
+saw, less 2 px at every edge; it is the same for every frame, so it is computed once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from engine.calibrate.flat import FlatField
+from engine.calibrate.lens import LensModel
+from engine.errors import LodeInputError
+
+if TYPE_CHECKING:
+    import torch
+
+EDGE_PX = 2
+
+
+def is_identity(lens: LensModel | None, flat: FlatField | None) -> bool:
+    """Nothing to correct: no flat field and no (or an identity) lens."""
+    return flat is None and (lens is None or lens.is_identity)
+
+
+def edge_mask(hw: tuple[int, int]) -> np.ndarray:
+    """``(h, w)`` uint8: 255 except the ``EDGE_PX`` pixels at every edge of the frame."""
+    h, w = hw
+    valid = np.zeros((h, w), np.uint8)
+    valid[EDGE_PX : h - EDGE_PX, EDGE_PX : w - EDGE_PX] = 255
+    return valid
+
+
+class CaptureCalibration:
+    """Dark, flat and undistortion of frames of size ``hw`` on ``device`` (``"cpu"``, ``"cuda"``);
+    ``source`` names the frames in the error raised when the calibration was made for another size."""
+
+    def __init__(
+        self,
+        lens: LensModel | None,
+        flat: FlatField | None,
+        hw: tuple[int, int],
+        device: str = "cpu",
+        source: str | Path = "frames",
+    ):
+        import torch
+        import torch.nn.functional as F
+        from kornia.geometry.calibration import distort_points
+
+        self.hw = (int(hw[0]), int(hw[1]))
+        self.device = torch.device(device)
+        h, w = self.hw
+        if flat is not None and flat.frame_hw != self.hw:
+            raise LodeInputError(source, f"frame is {h}×{w} but the flat field is {flat.frame_hw}")
+        if lens is not None and not lens.is_identity and tuple(lens.frame_hw) != self.hw:
+            raise LodeInputError(source, f"frame is {h}×{w} but the lens was calibrated at {tuple(lens.frame_hw)}")
+        self.flat: torch.Tensor | None = None
+        self.dark: torch.Tensor | None = None
+        if flat is not None:
+            self.flat = self._chw(flat.flat)
+            self.dark = self._chw(flat.dark)
+        self.maps: tuple[torch.Tensor, torch.Tensor] | None = None
+        inside = torch.ones((1, 1, h, w), device=self.device)
+        if lens is not None and not lens.is_identity:
+            K = torch.as_tensor(np.asarray(lens.camera_matrix, np.float64), device=self.device)[None]
+            dist = torch.as_tensor(np.asarray(lens.dist_coeffs, np.float64).ravel(), device=self.device)[None]
+            ys, xs = torch.meshgrid(
+                torch.arange(h, dtype=torch.float64, device=self.device),
+                torch.arange(w, dtype=torch.float64, device=self.device),
+                indexing="ij",
+            )
+            src = distort_points(torch.stack([xs, ys], -1).reshape(1, -1, 2), K, dist).reshape(1, h, w, 2)
+            mx, my = src[..., 0].float(), src[..., 1].float()
+            self.maps = (mx, my)
+            inside = ((mx >= -0.5) & (mx < w - 0.5) & (my >= -0.5) & (my < h - 0.5)).float()[None]
+        k = 2 * EDGE_PX + 1
+        eroded = -F.max_pool2d(-F.pad(inside, (EDGE_PX,) * 4, value=0.0), k, stride=1)
+        self.valid = np.ascontiguousarray((eroded[0, 0] > 0).to(torch.uint8).mul(255).cpu().numpy())
+
+    def _chw(self, a: np.ndarray) -> torch.Tensor:
+        import torch
+
+        return torch.as_tensor(np.ascontiguousarray(np.moveaxis(a, -1, 0)), device=self.device)[None].float()
+
+    def __call__(self, raw: np.ndarray, source: str | Path = "frame") -> tuple[np.ndarray, np.ndarray]:
+        """Corrected image ``(h, w, 3)`` uint8 and valid mask ``(h, w)`` uint8 (255: seen) of ``raw``."""
+        import torch
+        from kornia.geometry.transform import remap
+
+        if raw.shape[:2] != self.hw:
+            raise LodeInputError(source, f"frame is {raw.shape[0]}×{raw.shape[1]}, calibrated for {self.hw}")
+        x = torch.from_numpy(np.ascontiguousarray(raw)).to(self.device).permute(2, 0, 1)[None].float()
+        if self.flat is not None and self.dark is not None:
+            x = ((x - self.dark) / self.flat).round().clamp(0, 255)
+        if self.maps is not None:
+            x = remap(x, self.maps[0], self.maps[1], mode="bicubic", align_corners=True).round().clamp(0, 255)
+        image = x[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+        return np.ascontiguousarray(image), self.valid
