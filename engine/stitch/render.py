@@ -264,7 +264,8 @@ def _load(path: str) -> np.ndarray:
 @dataclass(frozen=True)
 class RenderPlan:
     """How one section's panorama is rendered: frame placement and gains, seam map scale, the
-    partial group written and the work folder that holds the corrected frames."""
+    blend (``multiband`` with ``blend_levels``, ``None``: from the frame size; or ``feather`` with
+    ``sigma_low``), the partial group written and the work folder that holds the corrected frames."""
 
     section: str
     store: str
