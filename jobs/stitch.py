@@ -64,6 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--matcher-weights", help="local LoFTR weights file (state dict); nothing is downloaded")
     parser.add_argument("--shard", type=int, default=2048, help="output shard (= render block) size in pixels")
     parser.add_argument("--levels", type=int, default=3, help="pyramid levels")
+    parser.add_argument(
+        "--blend",
+        choices=("multiband", "feather"),
+        default="multiband",
+        help="seam blending: Laplacian-pyramid multiband (default) or the feathered low-res seam",
+    )
+    parser.add_argument(
+        "--blend-levels", type=int, default=None, help="multiband pyramid levels (default: from the frame size)"
+    )
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
     parser.add_argument(
         "--sections-in-flight",
@@ -107,7 +116,12 @@ def run(cfg: Any) -> int:
         register = RegisterOptions(matcher="loftr", matcher_weights=str(weights.resolve()))
     elif cfg.matcher_weights:
         raise LodeInputError("--matcher-weights", "is only used with --matcher loftr")
-    opts = StitchOptions(shard=cfg.shard, levels=cfg.levels, register=register)
+    try:
+        opts = StitchOptions(
+            shard=cfg.shard, levels=cfg.levels, register=register, blend=cfg.blend, blend_levels=cfg.blend_levels
+        )
+    except ValueError as exc:
+        raise LodeInputError("--blend-levels", str(exc)) from exc
     init_ray(num_cpus=cfg.num_cpus)
     create_root(cfg.out)
     dirs = {fs.name(s): str(s) for s in secs}

@@ -1,18 +1,25 @@
 """Render the output shards of a panorama from the frames that touch them, on the raster runner.
 
-Blend weights come from the low-resolution seam label map: each frame's ownership is
-blurred (a feathered seam a few low-res pixels wide), upsampled to the shard and cut
-by the frame's valid mask. Shards share no state, so neighbours agree at their edges.
+Blend weights come from the low-resolution seam label map. ``multiband`` (the default) gives
+each pixel to one frame (the label map's owner, upsampled and cut by the frames' valid masks;
+a pixel whose owner does not cover it goes to the covering frame it lies deepest in) and blends
+Laplacian pyramids of the gain-corrected frames with Gaussian pyramids of those hard masks
+(Burt & Adelson): low frequencies, where exposure steps live, mix over about ``2**levels`` px,
+fine detail switches within a pixel or two. Each frame's invalid pixels are first filled by a
+push-pull extension of its valid ones, so frame borders near a seam leave no dark fringe.
+``feather`` blurs each frame's low-res ownership (a seam a few low-res pixels wide) into a
+weight. Shards share no state: a multiband shard is computed over the shard plus a halo on a
+pyramid grid aligned to the panorama, then cropped, so neighbours agree at their edges.
 :class:`RenderStage` is the block stage: its units are the shards of each section's
-panorama; a read loads the corrected frames that touch the shard from the section's
-frame cache, compute is :func:`render_shard`, write puts the shard into the partial group.
+panorama; a read loads the corrected frames that touch the shard (and its halo) from the
+section's frame cache, compute is :func:`render_shard`, write puts the shard into the partial group.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -64,6 +71,32 @@ def seam_weight(
     return cv2.warpAffine(own, up, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
+Blend = Literal["multiband", "feather"]
+BLENDS: tuple[str, ...] = ("multiband", "feather")
+
+
+def auto_blend_levels(frame_hw: tuple[int, int]) -> int:
+    """Pyramid levels whose coarsest band (about ``2**levels`` px) is a twelfth of the frame's short
+    side, at most 6 (a 256 px halo per shard): a frame overlap of 10-25 % holds the blend."""
+    return int(np.clip(np.rint(np.log2(min(frame_hw) / 12)), 1, 6))
+
+
+def blend_halo(levels: int) -> int:
+    """Margin (px) around a shard past which a ``levels``-level pyramid no longer reaches it."""
+    return 4 << levels
+
+
+def blend_box(y0: int, x0: int, h: int, w: int, levels: int) -> tuple[int, int, int, int]:
+    """``(y0, x0, h, w)`` of the box a multiband shard is computed over: the shard plus
+    :func:`blend_halo`, its corners on multiples of ``2**levels`` in the panorama (every shard's
+    pyramid samples the same grid)."""
+    step = 1 << levels
+    halo = blend_halo(levels)
+    by0, bx0 = (y0 - halo) // step * step, (x0 - halo) // step * step
+    by1, bx1 = -(-(y0 + h + halo) // step) * step, -(-(x0 + w + halo) // step) * step
+    return by0, bx0, by1 - by0, bx1 - bx0
+
+
 def render_shard(
     y0: int,
     x0: int,
@@ -76,8 +109,38 @@ def render_shard(
     scale: float,
     sigma_low: float = 1.5,
     interpolation: int = cv2.INTER_CUBIC,
+    blend: Blend = "multiband",
+    levels: int = 4,
 ) -> np.ndarray:
-    """The shard ``(3, h, w)`` uint8 at panorama offset ``(y0, x0)``."""
+    """The shard ``(3, h, w)`` uint8 at panorama offset ``(y0, x0)``.
+
+    ``frames[i]`` places ``images[i]`` ``(fh, fw, 3)`` uint8 and ``valids[i]`` ``(fh, fw)`` uint8;
+    ``labels`` ``(Lh, Lw)`` is the seam label map at ``scale``. ``sigma_low`` is the feather's
+    blur (low-res px), ``levels`` the multiband pyramid's depth; for ``multiband`` the frames
+    must cover the shard's :func:`blend_box`.
+    """
+    if blend == "feather":
+        return _feather(y0, x0, h, w, frames, images, valids, labels, scale, sigma_low, interpolation)
+    by0, bx0, bh, bw = blend_box(y0, x0, h, w, levels)
+    out = _multiband(by0, bx0, bh, bw, frames, images, valids, labels, scale, interpolation, levels)
+    crop = out[y0 - by0 : y0 - by0 + h, x0 - bx0 : x0 - bx0 + w]
+    return np.clip(np.rint(crop), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+def _feather(
+    y0: int,
+    x0: int,
+    h: int,
+    w: int,
+    frames: list[ShardFrame],
+    images: list[np.ndarray],
+    valids: list[np.ndarray],
+    labels: np.ndarray,
+    scale: float,
+    sigma_low: float,
+    interpolation: int,
+) -> np.ndarray:
+    """The feathered shard ``(3, h, w)`` uint8: blurred low-res ownership × valid mask as weights."""
     acc = np.zeros((h, w, 3), np.float32)
     wsum = np.zeros((h, w), np.float32)
     acc_any = np.zeros((h, w, 3), np.float32)
@@ -98,6 +161,94 @@ def render_shard(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
+def _gaussian(a: np.ndarray, levels: int) -> list[np.ndarray]:
+    out = [a]
+    for _ in range(levels):
+        out.append(cv2.pyrDown(out[-1]))
+    return out
+
+
+def _up(a: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return cv2.pyrUp(a, dstsize=(like.shape[1], like.shape[0]))
+
+
+def _fill(a: np.ndarray, valid: np.ndarray, levels: int) -> np.ndarray:
+    """``a`` ``(h, w, 3)`` float32 with the pixels outside ``valid`` ``(h, w)`` bool replaced by a
+    push-pull extension of the valid ones (normalised Gaussian pyramid, coarse to fine)."""
+    wt = valid.astype(np.float32)
+    sums, wts = _gaussian(a * wt[..., None], levels), _gaussian(wt, levels)
+    f = sums[-1] / np.maximum(wts[-1], 1e-6)[..., None]
+    for s, c in zip(reversed(sums[:-1]), reversed(wts[:-1])):
+        f = np.where((c > 1e-3)[..., None], s / np.maximum(c, 1e-6)[..., None], _up(f, s))
+    return f
+
+
+def _extend(a: np.ndarray, valid: np.ndarray, total: np.ndarray, count: np.ndarray, levels: int) -> np.ndarray:
+    """A frame ``a`` ``(h, w, 3)`` float32 continued past its ``valid`` ``(h, w)`` bool pixels: where
+    other frames are valid, by their mean plus the smooth (push-pull) extension of ``a`` minus that
+    mean, so detail runs on across the frame's border; elsewhere by the push-pull extension of ``a``.
+    ``total`` ``(h, w, 3)`` and ``count`` ``(h, w)`` are the sum and number of all valid frames."""
+    n = count - valid
+    others = (total - a * valid[..., None]) / np.maximum(n, 1)[..., None]
+    both = valid & (n > 0)
+    return np.where(
+        valid[..., None],
+        a,
+        np.where((n > 0)[..., None], others + _fill(a - others, both, levels), _fill(a, valid, levels)),
+    )
+
+
+def _multiband(
+    y0: int,
+    x0: int,
+    h: int,
+    w: int,
+    frames: list[ShardFrame],
+    images: list[np.ndarray],
+    valids: list[np.ndarray],
+    labels: np.ndarray,
+    scale: float,
+    interpolation: int,
+    levels: int,
+) -> np.ndarray:
+    """The multiband blend ``(h, w, 3)`` float32 over the box at ``(y0, x0)`` (sides multiples of
+    ``2**levels``), 0 where no frame is valid."""
+    best = np.full((h, w), -1.0, np.float32)
+    owner = np.full((h, w), -1, np.int32)
+    total = np.zeros((h, w, 3), np.float32)
+    count = np.zeros((h, w), np.float32)
+    warped: list[tuple[np.ndarray, np.ndarray]] = []
+    for i, (f, img, valid) in enumerate(zip(frames, images, valids)):
+        F = compose(translation(-x0, -y0), f.M)
+        im = cv2.warpAffine(img, F, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT)
+        v = cv2.warpAffine(valid, F, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT) > 0
+        inside = cv2.copyMakeBorder((valid > 0).astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+        depth = cv2.warpAffine(
+            cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1], F, (w, h), flags=cv2.INTER_LINEAR
+        )
+        score = np.where(v, seam_weight(labels, scale, f.index, y0, x0, h, w, 0.0) * 1e4 + depth, -1.0)
+        better = score > best
+        best[better], owner[better] = score[better], i
+        total += im * f.gain.astype(np.float32) * v[..., None]
+        count += v
+        warped.append((im, v))
+    acc = [np.zeros((h >> lv, w >> lv, 3), np.float32) for lv in range(levels + 1)]
+    wsum = [np.zeros((h >> lv, w >> lv), np.float32) for lv in range(levels + 1)]
+    for i, ((im, v), f) in enumerate(zip(warped, frames)):
+        mask = (owner == i).astype(np.float32)
+        if not mask.any():
+            continue
+        g = _gaussian(_extend(im * f.gain.astype(np.float32), v, total, count, levels + 2), levels)
+        for lv, m in enumerate(_gaussian(mask, levels)):
+            band = g[lv] - _up(g[lv + 1], g[lv]) if lv < levels else g[lv]
+            acc[lv] += band * m[..., None]
+            wsum[lv] += m
+    out = acc[-1] / np.maximum(wsum[-1], 1e-6)[..., None]
+    for a, s in zip(reversed(acc[:-1]), reversed(wsum[:-1])):
+        out = _up(out, a) + a / np.maximum(s, 1e-6)[..., None]
+    return out * (owner >= 0)[..., None]
+
+
 def frame_path(work: str, k: int, kind: str) -> str:
     """Where the correction step caches frame ``k``'s ``image`` (h, w, 3) or ``valid`` (h, w) as .npy."""
     return fs.join(work, "frames", f"{k:05d}.{kind}.npy")
@@ -113,7 +264,8 @@ def _load(path: str) -> np.ndarray:
 @dataclass(frozen=True)
 class RenderPlan:
     """How one section's panorama is rendered: frame placement and gains, seam map scale, the
-    partial group written and the work folder that holds the corrected frames."""
+    blend (``multiband`` with ``blend_levels``, ``None``: from the frame size; or ``feather`` with
+    ``sigma_low``), the partial group written and the work folder that holds the corrected frames."""
 
     section: str
     store: str
@@ -126,6 +278,8 @@ class RenderPlan:
     sigma_low: float
     shape: tuple[int, int]
     shard: int
+    blend: Blend = "multiband"
+    blend_levels: int | None = None
 
     @property
     def blocks(self) -> list[Block]:
@@ -135,9 +289,19 @@ class RenderPlan:
     def units(self) -> list[Unit]:
         return units_of(self.section, self.blocks)
 
+    @property
+    def levels(self) -> int:
+        """The multiband pyramid's depth: ``blend_levels``, else :func:`auto_blend_levels`."""
+        return auto_blend_levels(self.frame_hw) if self.blend_levels is None else self.blend_levels
+
+    def box(self, b: Block) -> tuple[int, int, int, int]:
+        """``(y0, x0, h, w)`` of the panorama box that block ``b``'s render reads."""
+        return (b.y0, b.x0, b.h, b.w) if self.blend == "feather" else blend_box(b.y0, b.x0, b.h, b.w, self.levels)
+
     def touching(self, b: Block) -> list[int]:
-        """Indices of the placed frames that touch block ``b``."""
-        return [k for k, m in enumerate(self.mats) if m is not None and touches(m, self.frame_hw, b.y0, b.x0, b.h, b.w)]
+        """Indices of the placed frames that touch the box block ``b``'s render reads."""
+        box = self.box(b)
+        return [k for k, m in enumerate(self.mats) if m is not None and touches(m, self.frame_hw, *box)]
 
 
 class RenderStage(BlockStage):
@@ -176,6 +340,8 @@ class RenderStage(BlockStage):
             data["labels"],
             plan.scale,
             plan.sigma_low,
+            blend=plan.blend,
+            levels=plan.levels,
         )
         return {"image": image, "nframes": len(ks)}
 

@@ -48,7 +48,7 @@ from engine.stitch.register import (
     to_grey,
     translation,
 )
-from engine.stitch.render import RenderPlan, RenderStage, frame_box
+from engine.stitch.render import BLENDS, Blend, RenderPlan, RenderStage, frame_box
 from engine.stitch.seams import seam_labels
 
 
@@ -65,6 +65,14 @@ class StitchOptions:
     flag_residual_px: float = 1.0
     flag_error_px: float = 0.3
     blank_std: float = 3.0
+    blend: Blend = "multiband"
+    blend_levels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.blend not in BLENDS:
+            raise ValueError(f"blend must be one of {', '.join(BLENDS)}, not {self.blend!r}")
+        if self.blend_levels is not None and not 1 <= self.blend_levels <= 10:
+            raise ValueError(f"blend_levels must be None (from the frame size) or 1 to 10, not {self.blend_levels!r}")
 
 
 def _similarity(M: np.ndarray) -> tuple[float, float]:
@@ -318,6 +326,8 @@ def prepare_section(
         opts.blend_sigma_low,
         (H, W),
         opts.shard,
+        blend=opts.blend,
+        blend_levels=opts.blend_levels,
     )
     create_partial(plan, labels, opts.levels)
     timings["prepare"] = time.perf_counter() - t0

@@ -53,7 +53,9 @@ def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, ray_session,
     frozen = []
     for name, pin in pinned.items():
         write_section(tmp_path / "coll", name, capture_grid(None, _config(pin["config"])))
-        plan, _ = prepare_section(tmp_path / "coll" / name, store, Correction(), StitchOptions(shard=128))
+        plan, _ = prepare_section(
+            tmp_path / "coll" / name, store, Correction(), StitchOptions(shard=128, blend="feather")
+        )
         mats = tuple(np.array(m) for m in plans[f"{name}_mats"])
         plan = replace(
             plan,
