@@ -56,7 +56,8 @@ class FrameCorrector:
     returns what the section needs of it in the driver: a thumbnail and the grey-level spread.
 
     Ray runs it as one actor per job (``section.py``), so torch is imported once and the
-    undistortion maps are built once per lens and frame size.
+    undistortion maps are built once per lens and frame size. Registration and rendering read the
+    corrected frames from the work folder, so no section's frames are held in the object store.
     """
 
     def __init__(self, device: str = "cpu", threads: int | None = None):
@@ -79,9 +80,9 @@ class FrameCorrector:
 
     def correct(
         self, path: str, corr: Correction, hw: tuple[int, int], thumb_scale: float, work: str, k: int
-    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], float]:
-        """Read frame ``k`` at ``path``, correct it, write it to ``work``: image ``(h, w, 3)`` uint8,
-        valid ``(h, w)`` uint8, thumbnail ``thumb_scale``× with its valid mask, grey-level std."""
+    ) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+        """Read frame ``k`` at ``path``, correct it and write its image ``(h, w, 3)`` uint8 and valid mask
+        ``(h, w)`` uint8 to ``work``: its thumbnail ``thumb_scale``× with its valid mask, grey-level std."""
         from engine.calibrate.capture import edge_mask, is_identity
         from engine.stitch.render import frame_path
 
@@ -100,7 +101,7 @@ class FrameCorrector:
             atomic_write_bytes(frame_path(work, k, kind), buf.getvalue())
         thumb = cv2.resize(image, None, fx=thumb_scale, fy=thumb_scale, interpolation=cv2.INTER_AREA)
         tvalid = cv2.resize(valid, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA)
-        return image, valid, (thumb, np.where(tvalid == 255, 255, 0).astype(np.uint8)), grey_std(image, valid)
+        return (thumb, np.where(tvalid == 255, 255, 0).astype(np.uint8)), grey_std(image, valid)
 
 
 def read_section(section_dir: str | Path) -> SectionInput:

@@ -254,7 +254,8 @@ def frame_path(work: str, k: int, kind: str) -> str:
     return fs.join(work, "frames", f"{k:05d}.{kind}.npy")
 
 
-def _load(path: str) -> np.ndarray:
+def load_frame(path: str) -> np.ndarray:
+    """A corrected frame's cached array (:func:`frame_path`)."""
     try:
         return np.load(io.BytesIO(fs.read_bytes(path)))
     except (OSError, ValueError) as exc:
@@ -319,8 +320,8 @@ class RenderStage(BlockStage):
         images = np.zeros((max(len(ks), 1), h, w, 3), np.uint8)
         valids = np.zeros((max(len(ks), 1), h, w), np.uint8)
         for i, k in enumerate(ks):
-            images[i] = _load(frame_path(plan.work, k, "image"))
-            valids[i] = _load(frame_path(plan.work, k, "valid"))
+            images[i] = load_frame(frame_path(plan.work, k, "image"))
+            valids[i] = load_frame(frame_path(plan.work, k, "valid"))
         labels = array_at(open_store(plan.store), f"{plan.group}/{SEAM_LABELS}")[:]
         return {"frames": np.array(ks + [-1], np.int64), "images": images, "valids": valids, "labels": labels}
 

@@ -48,7 +48,7 @@ from engine.stitch.register import (
     to_grey,
     translation,
 )
-from engine.stitch.render import BLENDS, Blend, RenderPlan, RenderStage, frame_box
+from engine.stitch.render import BLENDS, Blend, RenderPlan, RenderStage, frame_box, frame_path, load_frame
 from engine.stitch.seams import seam_labels
 
 
@@ -85,7 +85,8 @@ def frame_corrector(resources: dict[str, float] | None = None) -> ray.actor.Acto
     actor picks its device in its own process. One per job: sections share it."""
     gpus = (resources if resources is not None else ray.cluster_resources()).get("GPU", 0) > 0
     actor: Any = ray.remote(_Corrector)
-    return actor.options(num_cpus=0, num_gpus=1 if gpus else 0, max_concurrency=2).remote()
+    opts = dict(num_cpus=0, num_gpus=1 if gpus else 0, max_concurrency=2, **fs.ray_remote_args())
+    return actor.options(**opts).remote()
 
 
 class _Corrector(FrameCorrector):
@@ -98,8 +99,14 @@ class _Corrector(FrameCorrector):
         super().__init__(device, None if device != "cpu" else os.cpu_count())
 
 
+def _cached(work: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Corrected frame ``k`` ``(h, w, 3)`` and its valid mask ``(h, w)`` from the section's work folder."""
+    return load_frame(frame_path(work, k, "image")), load_frame(frame_path(work, k, "valid"))
+
+
 @ray.remote
-def _coarse_features(img: np.ndarray, valid: np.ndarray, scale: float, max_features: int):
+def _coarse_features(work: str, k: int, scale: float, max_features: int):
+    img, valid = _cached(work, k)
     g = cv2.resize(to_grey(img), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     v = cv2.resize(valid, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_NEAREST)
     pts, desc = detect(g, v, None, max_features)
@@ -107,9 +114,9 @@ def _coarse_features(img: np.ndarray, valid: np.ndarray, scale: float, max_featu
 
 
 @ray.remote
-def _register_task(i: int, j: int, img_i, valid_i, img_j, valid_j, prior, opts: RegisterOptions) -> Edge:
+def _register_task(i: int, j: int, work: str, prior, opts: RegisterOptions) -> Edge:
     cv2.setRNGSeed(i * 7919 + j)  # RANSAC draws the same samples in whichever worker runs the pair
-    return register_pair(i, j, img_i, valid_i, img_j, valid_j, prior, opts)
+    return register_pair(i, j, *_cached(work, i), *_cached(work, j), prior, opts)
 
 
 def _nominal_pairs(xy: np.ndarray, hw: tuple[int, int], min_overlap: float) -> list[tuple[int, int, np.ndarray]]:
@@ -124,10 +131,10 @@ def _nominal_pairs(xy: np.ndarray, hw: tuple[int, int], min_overlap: float) -> l
     return out
 
 
-def _coarse_pairs(img_refs, valid_refs, hw, opts: StitchOptions) -> list[tuple[int, int, np.ndarray]]:
+def _coarse_pairs(work: str, n: int, hw, opts: StitchOptions) -> list[tuple[int, int, np.ndarray]]:
     """All-pairs overlap search on downscaled features when no positions are given."""
     scale = min(1.0, opts.coarse_px / max(hw))
-    feats = ray.get([_coarse_features.remote(a, b, scale, 2000) for a, b in zip(img_refs, valid_refs)])
+    feats = ray.get([_coarse_features.remote(work, k, scale, 2000) for k in range(n)])
     cv2.setRNGSeed(0)
     ro = opts.register
     out = []
@@ -240,13 +247,11 @@ def prepare_section(
     corr_ref = ray.put(correction)
     own = corrector is None
     corrector = frame_corrector() if corrector is None else corrector
-    correct: Any = corrector.correct.options(num_returns=4)
+    correct: Any = corrector.correct.options(num_returns=2)
     outs = [correct.remote(str(p), corr_ref, hw, thumb_scale, section_work, k) for k, p in enumerate(sec.tiles)]
-    img_refs = [o[0] for o in outs]
-    valid_refs = [o[1] for o in outs]
-    thumb_refs = [o[2] for o in outs]
+    thumb_refs = [o[0] for o in outs]
     try:
-        stds = _frames_read([o[3] for o in outs])
+        stds = _frames_read([o[1] for o in outs])
     finally:
         if own:
             ray.kill(corrector, no_restart=True)
@@ -254,18 +259,13 @@ def prepare_section(
     if sec.nominal_xy is not None:
         pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
     else:
-        pairs = _coarse_pairs(img_refs, valid_refs, hw, opts)
+        pairs = _coarse_pairs(section_work, n, hw, opts)
     t = time.perf_counter()
     register = _register_task
     if opts.register.matcher == "loftr" and ray.cluster_resources().get("GPU", 0) > 0:
         register = _register_task.options(num_gpus=1)  # the learned matcher runs on the task's GPU
-    edges: list[Edge] = ray.get(
-        [
-            register.remote(i, j, img_refs[i], valid_refs[i], img_refs[j], valid_refs[j], prior, opts.register)
-            for i, j, prior in pairs
-        ]
-    )
-    del outs, img_refs, valid_refs
+    edges: list[Edge] = ray.get([register.remote(i, j, section_work, prior, opts.register) for i, j, prior in pairs])
+    del outs
     timings["register"] = time.perf_counter() - t
     t = time.perf_counter()
     al = solve(n, edges, opts=opts.align)
