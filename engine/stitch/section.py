@@ -17,7 +17,7 @@ import io
 import pickle
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -34,6 +34,7 @@ from engine.io.manifest import RunManifest
 from engine.io.ome import PyramidLayout, create_image, open_store
 from engine.raster.runner import RunOptions, StageRun, run_stage
 from engine.stitch.align import AlignOptions, solve
+from engine.stitch.bundle import refine_section_lens
 from engine.stitch.confidence import Confidence, predict_errors
 from engine.stitch.exposure import overlap_means, solve_gains
 from engine.stitch.frames import Correction, correct, grey_std, read_section
@@ -66,6 +67,7 @@ class StitchOptions:
     flag_residual_px: float = 1.0
     flag_error_px: float = 0.3
     blank_std: float = 3.0
+    refine_lens: bool = True
 
 
 def _similarity(M: np.ndarray) -> tuple[float, float]:
@@ -226,13 +228,7 @@ def prepare_section(
     n = len(sec.tiles)
     hw = image_header(sec.tiles[0])[:2]
     thumb_scale = _seam_scale(n, hw, opts.seam_megapixels)
-    corr_ref = ray.put(correction)
-    outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, section_work, k, hw) for k, p in enumerate(sec.tiles)]
-    # num_returns=4: each call gives four refs (ray's stubs type .remote() as one ObjectRef)
-    img_refs = [o[0] for o in outs]  # type: ignore[index]
-    valid_refs = [o[1] for o in outs]  # type: ignore[index]
-    thumb_refs = [o[2] for o in outs]  # type: ignore[index]
-    stds = _frames_read([o[3] for o in outs])  # type: ignore[index]
+    img_refs, valid_refs, thumb_refs, stds = _correct_frames(sec, correction, thumb_scale, section_work, hw)
     timings["correct"] = time.perf_counter() - t0
     if sec.nominal_xy is not None:
         pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
@@ -248,10 +244,19 @@ def prepare_section(
             for i, j, prior in pairs
         ]
     )
-    del outs, img_refs, valid_refs
+    del img_refs, valid_refs
     timings["register"] = time.perf_counter() - t
     t = time.perf_counter()
     al = solve(n, edges, opts=opts.align)
+    lens_fit = None
+    if correction.lens is not None and not correction.lens.is_identity:
+        tl = time.perf_counter()
+        lens_fit, edges = refine_section_lens(edges, al, correction.lens, opts.refine_lens)
+        if lens_fit.refined:
+            correction = replace(correction, lens=lens_fit.lens)
+            _, _, thumb_refs, stds = _correct_frames(sec, correction, thumb_scale, section_work, hw)
+            al = solve(n, edges, opts=opts.align)
+        timings["refine_lens"] = time.perf_counter() - tl
     conf = predict_errors(edges, al, hw, opts.align)
     timings["align"] = time.perf_counter() - t
     if n == 1 and al.transforms[0] is None:
@@ -314,10 +319,23 @@ def prepare_section(
     timings["prepare"] = time.perf_counter() - t0
     report = build_report(sec, hw, edges, al, conf, mats, gains, (H, W), placed, opts, timings, len(plan.blocks), stds)
     report["seam_labels"] = {"array": SEAM_LABELS, "scale": s}
+    report["lens"] = None if lens_fit is None else lens_fit.to_dict()
     atomic_write_bytes(
         _plan_file(work, sec.section_id), pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint})
     )
     return plan, report
+
+
+def _correct_frames(sec, correction: Correction, thumb_scale: float, work: str, hw: tuple[int, int]):
+    """Correct every frame of ``sec`` (Ray tasks) into ``work``: refs to the corrected images, their valid
+    masks and thumbnails, and the frames' grey-level std (waited for)."""
+    corr_ref = ray.put(correction)
+    outs = [_correct_task.remote(str(p), corr_ref, thumb_scale, work, k, hw) for k, p in enumerate(sec.tiles)]
+    # num_returns=4: each call gives four refs (ray's stubs type .remote() as one ObjectRef)
+    img_refs = [o[0] for o in outs]  # type: ignore[index]
+    valid_refs = [o[1] for o in outs]  # type: ignore[index]
+    thumb_refs = [o[2] for o in outs]  # type: ignore[index]
+    return img_refs, valid_refs, thumb_refs, _frames_read([o[3] for o in outs])  # type: ignore[index]
 
 
 def _frames_read(refs: list) -> list[float]:
