@@ -153,7 +153,7 @@ def similarity_ok(M: np.ndarray, prior: np.ndarray | None, hw_j: tuple[int, int]
     return ""
 
 
-def _fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (2×3) taking points ``src`` to ``dst`` (no outliers)."""
     x, y = src[:, 0], src[:, 1]
     one, zero = np.ones_like(x), np.zeros_like(x)
@@ -221,7 +221,7 @@ def register_intensity(
     grid = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)
     grid = grid[mask[grid[:, 1].astype(int), grid[:, 0].astype(int)] > 0]
     grid_j = apply(np.asarray(W, np.float64), grid)
-    return _fit_similarity(grid_j, grid + (x0, y0)), float(cc), grid_j
+    return fit_similarity(grid_j, grid + (x0, y0)), float(cc), grid_j
 
 
 def _register_features(edge: Edge, gi, valid_i, gj, valid_j, prior, opts: RegisterOptions) -> str:

@@ -16,7 +16,7 @@ import hashlib
 import pickle
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from engine.io.manifest import RunManifest
 from engine.io.ome import PyramidLayout, create_image, open_store
 from engine.raster.runner import RunOptions, StageRun, run_stage
 from engine.stitch.align import AlignOptions, solve
+from engine.stitch.bundle import refine_section_lens
 from engine.stitch.confidence import Confidence, predict_errors
 from engine.stitch.exposure import overlap_means, solve_gains
 from engine.stitch.frames import Correction, FrameCorrector, read_section
@@ -65,6 +66,7 @@ class StitchOptions:
     flag_residual_px: float = 1.0
     flag_error_px: float = 0.3
     blank_std: float = 3.0
+    refine_lens: bool = True
     blend: Blend = "multiband"
     blend_levels: int | None = None
 
@@ -244,31 +246,37 @@ def prepare_section(
     n = len(sec.tiles)
     hw = image_header(sec.tiles[0])[:2]
     thumb_scale = _seam_scale(n, hw, opts.seam_megapixels)
-    corr_ref = ray.put(correction)
     own = corrector is None
     corrector = frame_corrector() if corrector is None else corrector
-    correct: Any = corrector.correct.options(num_returns=2)
-    outs = [correct.remote(str(p), corr_ref, hw, thumb_scale, section_work, k) for k, p in enumerate(sec.tiles)]
-    thumb_refs = [o[0] for o in outs]
     try:
-        stds = _frames_read([o[1] for o in outs])
+        thumb_refs, stds = _correct_frames(corrector, sec, correction, thumb_scale, section_work, hw)
+        timings["correct"] = time.perf_counter() - t0
+        if sec.nominal_xy is not None:
+            pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
+        else:
+            pairs = _coarse_pairs(section_work, n, hw, opts)
+        t = time.perf_counter()
+        register = _register_task
+        if opts.register.matcher == "loftr" and ray.cluster_resources().get("GPU", 0) > 0:
+            register = _register_task.options(num_gpus=1)  # the learned matcher runs on the task's GPU
+        edges: list[Edge] = ray.get(
+            [register.remote(i, j, section_work, prior, opts.register) for i, j, prior in pairs]
+        )
+        timings["register"] = time.perf_counter() - t
+        t = time.perf_counter()
+        al = solve(n, edges, opts=opts.align)
+        lens_fit = None
+        if correction.lens is not None and not correction.lens.is_identity:
+            tl = time.perf_counter()
+            lens_fit, edges = refine_section_lens(edges, al, correction.lens, opts.refine_lens)
+            if lens_fit.refined:
+                correction = replace(correction, lens=lens_fit.lens)
+                thumb_refs, stds = _correct_frames(corrector, sec, correction, thumb_scale, section_work, hw)
+                al = solve(n, edges, opts=opts.align)
+            timings["refine_lens"] = time.perf_counter() - tl
     finally:
         if own:
             ray.kill(corrector, no_restart=True)
-    timings["correct"] = time.perf_counter() - t0
-    if sec.nominal_xy is not None:
-        pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
-    else:
-        pairs = _coarse_pairs(section_work, n, hw, opts)
-    t = time.perf_counter()
-    register = _register_task
-    if opts.register.matcher == "loftr" and ray.cluster_resources().get("GPU", 0) > 0:
-        register = _register_task.options(num_gpus=1)  # the learned matcher runs on the task's GPU
-    edges: list[Edge] = ray.get([register.remote(i, j, section_work, prior, opts.register) for i, j, prior in pairs])
-    del outs
-    timings["register"] = time.perf_counter() - t
-    t = time.perf_counter()
-    al = solve(n, edges, opts=opts.align)
     conf = predict_errors(edges, al, hw, opts.align)
     timings["align"] = time.perf_counter() - t
     if n == 1 and al.transforms[0] is None:
@@ -333,10 +341,22 @@ def prepare_section(
     timings["prepare"] = time.perf_counter() - t0
     report = build_report(sec, hw, edges, al, conf, mats, gains, (H, W), placed, opts, timings, len(plan.blocks), stds)
     report["seam_labels"] = {"array": SEAM_LABELS, "scale": s}
+    report["lens"] = None if lens_fit is None else lens_fit.to_dict()
     atomic_write_bytes(
         _plan_file(work, sec.section_id), pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint})
     )
     return plan, report
+
+
+def _correct_frames(
+    corrector: Any, sec, correction: Correction, thumb_scale: float, work: str, hw: tuple[int, int]
+) -> tuple[list, list[float]]:
+    """Correct every frame of ``sec`` with ``corrector`` (:func:`frame_corrector`) into ``work``: refs to
+    the thumbnails, and the frames' grey-level std (waited for)."""
+    corr_ref = ray.put(correction)
+    correct = corrector.correct.options(num_returns=2)
+    outs = [correct.remote(str(p), corr_ref, hw, thumb_scale, work, k) for k, p in enumerate(sec.tiles)]
+    return [o[0] for o in outs], _frames_read([o[1] for o in outs])
 
 
 def _frames_read(refs: list) -> list[float]:

@@ -1,0 +1,164 @@
+"""Bundle adjustment of the lens's k1, k2 with every frame's similarity (engine.stitch.bundle)."""
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.calibrate.flat import fit_flat
+from engine.calibrate.lens import LensModel, fit_lens, ideal_points
+from engine.io.images import read_rgb
+from engine.stitch.align import solve
+from engine.stitch.bundle import distort_points, refine_lens, remap_points, undistort_points
+from engine.stitch.evaluate import alignment_rms
+from engine.stitch.frames import Correction, correct
+from engine.stitch.register import Edge, apply, compose, fit_similarity, invert
+from engine.stitch.render import frame_path
+from engine.stitch.section import StitchOptions, create_root, prepare_section, stitch_section
+from engine.synth.captures import CaptureConfig, Lens, calibration_frames, capture_grid, textured_section, write_section
+
+HW = (200, 300)
+DIST = CaptureConfig.degraded().distortion
+
+
+def _truth(side: int, rng) -> list[np.ndarray]:
+    h, w = HW
+    out = []
+    for k in range(side * side):
+        a, s = np.radians(rng.uniform(-0.3, 0.3)), 1 + rng.uniform(-0.002, 0.002)
+        tx, ty = 0.75 * w * (k % side) + rng.uniform(-4, 4), 0.75 * h * (k // side) + rng.uniform(-4, 4)
+        out.append(np.array([[s * np.cos(a), -s * np.sin(a), tx], [s * np.sin(a), s * np.cos(a), ty]]))
+    return out
+
+
+def _edges(truth, true_lens, lens, noise, rng, per_edge=150) -> list[Edge]:
+    """Neighbours' correspondences: observed through ``true_lens`` with ``noise`` px, given in ``lens``'s ideal
+    coordinates (as registration on frames corrected with ``lens`` finds them)."""
+    h, w = HW
+    side = int(round(np.sqrt(len(truth))))
+    edges = []
+    for i in range(len(truth)):
+        for j in range(i + 1, len(truth)):
+            if max(abs(i // side - j // side), abs(i % side - j % side)) != 1:
+                continue
+            qi = rng.uniform((0, 0), (w - 1, h - 1), (20000, 2))
+            qj = apply(compose(invert(truth[j]), truth[i]), qi)
+            oi, oj = distort_points(qi, true_lens), distort_points(qj, true_lens)
+            inside = np.all((oi >= 0) & (oi <= (w - 1, h - 1)) & (oj >= 0) & (oj <= (w - 1, h - 1)), axis=1)
+            if inside.sum() < per_edge:
+                continue
+            oi, oj = (o[inside][:per_edge] + rng.normal(0, noise, (per_edge, 2)) for o in (oi, oj))
+            pi, pj = undistort_points(oi, lens), undistort_points(oj, lens)
+            edges.append(Edge(i, j, True, M=fit_similarity(pj, pi), pts_i=pi, pts_j=pj, inliers=per_edge))
+    return edges
+
+
+def _lens(dist) -> LensModel:
+    return LensModel(Lens.centred(HW).camera_matrix, np.asarray(dist, np.float64), HW)
+
+
+def test_points_map_as_opencv_does():
+    lens = _lens(DIST)
+    K = lens.camera_matrix
+    p = np.random.default_rng(0).uniform((0, 0), (299, 199), (200, 2))
+    norm = np.c_[(p[:, 0] - K[0, 2]) / K[0, 0], (p[:, 1] - K[1, 2]) / K[1, 1], np.ones(len(p))]
+    projected = cv2.projectPoints(norm, np.zeros(3), np.zeros(3), K, lens.dist_coeffs)[0].reshape(-1, 2)
+    assert np.abs(distort_points(p, lens) - projected).max() < 1e-9
+    assert np.abs(undistort_points(p, lens) - ideal_points(p, lens)).max() < 1e-6
+    assert np.abs(remap_points(p, lens, lens) - p).max() < 1e-9
+
+
+@pytest.mark.parametrize("scale", [(1.3, 1.0, 1.0), (1.3, 0.4, 1.0), (1.0, 1.0, 0.7)])
+def test_a_mis_fitted_lens_is_recovered_from_the_overlaps(scale):
+    rng = np.random.default_rng(7)
+    truth = _truth(4, rng)
+    true_lens = _lens(DIST)
+    L0 = _lens(np.array(DIST) * (*scale, scale[-1], 1))
+    edges = _edges(truth, true_lens, L0, 0.05, rng)
+    al = solve(len(truth), edges)
+    before = alignment_rms(al.transforms, L0, truth, true_lens, HW)[0]
+    fit = refine_lens(edges, al.transforms, al.reference, L0)
+    assert fit.refined, fit.reason
+    k1, k2, p1, p2, k3 = fit.lens.dist_coeffs
+    assert abs(k1 - DIST[0]) < 0.03 * abs(DIST[0]) and abs(k2 - DIST[1]) < 0.1 * DIST[1]
+    assert abs(p1 - DIST[2]) < 0.1 * abs(DIST[2]) and abs(p2 - DIST[3]) < 0.1 * abs(DIST[3]) and k3 == 0
+    assert np.array_equal(fit.lens.camera_matrix, L0.camera_matrix) and fit.lens.rms_px == L0.rms_px
+    assert fit.rms_after_px < min(0.11, fit.rms_before_px)  # residual noise: 2 × 0.05 px
+    after = alignment_rms(fit.transforms, fit.lens, truth, true_lens, HW)[0]
+    assert after < 0.03 and before > 3 * after
+
+
+def test_a_right_lens_is_left_as_it_is():
+    rng = np.random.default_rng(8)
+    truth = _truth(4, rng)
+    lens = _lens(DIST)
+    edges = _edges(truth, lens, lens, 0.05, rng)
+    al = solve(len(truth), edges)
+    fit = refine_lens(edges, al.transforms, al.reference, lens)
+    assert np.abs(fit.lens.dist_coeffs - lens.dist_coeffs).max() < 0.002
+    assert alignment_rms(fit.transforms, fit.lens, truth, lens, HW)[0] < 0.03
+
+
+def test_too_few_correspondences_keep_the_checkerboard_lens():
+    rng = np.random.default_rng(9)
+    truth = _truth(2, rng)
+    true_lens = _lens(DIST)
+    L0 = replace(true_lens, dist_coeffs=true_lens.dist_coeffs * 1.3)
+    edges = _edges(truth, true_lens, L0, 0.05, rng, per_edge=40)[:1]
+    al = solve(len(truth), edges)
+    fit = refine_lens(edges, al.transforms, al.reference, L0)
+    assert not fit.refined and fit.lens is L0 and "too few correspondences" in fit.reason
+    assert fit.transforms == al.transforms
+
+
+def _stitch_rms(tmp_path, caps, cfg, corr, refine: bool) -> tuple[float, dict]:
+    out = tmp_path / f"refine{refine}.zarr"
+    opts = StitchOptions(shard=256, refine_lens=refine)
+    rep = stitch_section(tmp_path / "coll" / "s1", out, corr, opts, executor="serial")
+    est = [np.array(f["transform"]) if f["placed"] else None for f in rep["frames"]]
+    used = replace(corr.lens, dist_coeffs=np.array(rep["lens"]["dist_coeffs"]))
+    return alignment_rms(est, used, caps.transforms, _lens(cfg.distortion), HW)[0], rep
+
+
+@pytest.mark.ray
+def test_stitching_refines_a_mis_fitted_lens_and_keeps_a_good_fit(tmp_path, ray_session):
+    cfg = CaptureConfig.degraded(frame_hw=HW, seed=22)
+    cal = calibration_frames(cfg)
+    fitted = Correction(fit_lens(cal["checkerboard"]), fit_flat(cal["flat"], cal["dark"]))
+    caps = capture_grid(textured_section(cfg.source_hw, seed=23), cfg)
+    write_section(tmp_path / "coll", "s1", caps)
+    off, _ = _stitch_rms(tmp_path, caps, cfg, fitted, False)
+    on, rep = _stitch_rms(tmp_path, caps, cfg, fitted, True)
+    assert on <= off + 1e-4 and rep["lens"]["checkerboard"] == fitted.lens.to_dict()
+
+    k = fitted.lens.dist_coeffs.copy()
+    k[0] *= 1.3
+    wrong = replace(fitted, lens=replace(fitted.lens, dist_coeffs=k))
+    off, rep_off = _stitch_rms(tmp_path, caps, cfg, wrong, False)
+    on, rep = _stitch_rms(tmp_path, caps, cfg, wrong, True)
+    assert rep_off["lens"]["reason"] == "lens refinement is off" and not rep_off["lens"]["refined"]
+    lens = rep["lens"]
+    assert lens["refined"] and lens["rms_after_px"] < lens["rms_before_px"]
+    assert abs(lens["k1_k2_p1_p2"]["used"][0] - cfg.distortion[0]) < 0.1 * abs(cfg.distortion[0])
+    assert on < 0.05 < 0.12 < off
+    assert rep["match_rms_px"] < rep_off["match_rms_px"]
+
+
+@pytest.mark.ray
+def test_prepared_frames_are_corrected_with_the_refined_lens(tmp_path, ray_session):
+    cfg = CaptureConfig.degraded(frame_hw=HW, seed=22)
+    cal = calibration_frames(cfg)
+    lens = fit_lens(cal["checkerboard"])
+    wrong = Correction(replace(lens, dist_coeffs=lens.dist_coeffs * (1.3, 1, 1, 1, 1)))
+    caps = capture_grid(textured_section(cfg.source_hw, seed=23), cfg)
+    write_section(tmp_path / "coll", "s1", caps)
+    store = tmp_path / "out.zarr"
+    create_root(store)
+    plan, rep = prepare_section(tmp_path / "coll" / "s1", store, wrong, StitchOptions(shard=256))
+    refined = replace(lens, dist_coeffs=np.array(rep["lens"]["dist_coeffs"]))
+    assert rep["lens"]["refined"] and not np.allclose(refined.dist_coeffs, wrong.lens.dist_coeffs)
+    raw = read_rgb(sorted((tmp_path / "coll" / "s1" / "tiles").iterdir())[4])
+    assert np.array_equal(np.load(frame_path(plan.work, 4, "image")), correct(raw, Correction(refined)).image)
+    again, rep_again = prepare_section(tmp_path / "coll" / "s1", store, wrong, StitchOptions(shard=256))
+    assert rep_again == rep and all(np.array_equal(a, b) for a, b in zip(again.mats, plan.mats))
