@@ -6,13 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
+from engine.calibrate.capture import CaptureCalibration
 from engine.calibrate.flat import fit_flat
 from engine.calibrate.lens import LensModel, fit_lens, ideal_points
 from engine.io.images import read_rgb
 from engine.stitch.align import solve
 from engine.stitch.bundle import distort_points, refine_lens, remap_points, undistort_points
 from engine.stitch.evaluate import alignment_rms
-from engine.stitch.frames import Correction, correct
+from engine.stitch.frames import Correction
 from engine.stitch.register import Edge, apply, compose, fit_similarity, invert
 from engine.stitch.render import frame_path
 from engine.stitch.section import StitchOptions, create_root, prepare_section, stitch_section
@@ -159,6 +160,6 @@ def test_prepared_frames_are_corrected_with_the_refined_lens(tmp_path, ray_sessi
     refined = replace(lens, dist_coeffs=np.array(rep["lens"]["dist_coeffs"]))
     assert rep["lens"]["refined"] and not np.allclose(refined.dist_coeffs, wrong.lens.dist_coeffs)
     raw = read_rgb(sorted((tmp_path / "coll" / "s1" / "tiles").iterdir())[4])
-    assert np.array_equal(np.load(frame_path(plan.work, 4, "image")), correct(raw, Correction(refined)).image)
+    assert np.array_equal(np.load(frame_path(plan.work, 4, "image")), CaptureCalibration(refined, None, HW)(raw)[0])
     again, rep_again = prepare_section(tmp_path / "coll" / "s1", store, wrong, StitchOptions(shard=256))
     assert rep_again == rep and all(np.array_equal(a, b) for a, b in zip(again.mats, plan.mats))
