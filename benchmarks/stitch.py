@@ -160,7 +160,14 @@ def _score_lode(work: Path, case: str, truth: dict, src: np.ndarray) -> dict:
 
     from engine.calibrate.lens import LensModel
     from engine.io.layout import FULL_RESOLUTION, SEAM_LABELS
-    from engine.stitch.evaluate import alignment_rms, gradient_ratio, sample_delta_e, seam_masks, truth_in_panorama
+    from engine.stitch.evaluate import (
+        alignment_rms,
+        gradient_ratio,
+        sample_delta_e,
+        seam_masks,
+        section_lens,
+        truth_in_panorama,
+    )
 
     store = work / f"{case}.zarr"
     summary = json.loads(Path(str(store) + ".stitch.json").read_text())
@@ -168,7 +175,8 @@ def _score_lode(work: Path, case: str, truth: dict, src: np.ndarray) -> dict:
     if "error" in rep:
         return {"error": rep["error"]}
     hw = tuple(truth["frame_hw"])
-    lens = LensModel.from_dict(summary["calibration"]["lens"]) if summary["calibration"]["lens"] else None
+    checkerboard = LensModel.from_dict(summary["calibration"]["lens"]) if summary["calibration"]["lens"] else None
+    lens = section_lens(rep, checkerboard)
     true_lens = LensModel.from_dict(
         {
             "camera_matrix": [

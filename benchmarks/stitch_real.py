@@ -83,13 +83,14 @@ def _true_lens(truth: dict):
 def score_lode(summary: dict, section: str, truth: dict) -> dict:
     """Accuracy of one section of a ``lode stitch`` summary against truth, and how well its report predicts it."""
     from engine.calibrate.lens import LensModel
-    from engine.stitch.evaluate import alignment_rms, frame_errors
+    from engine.stitch.evaluate import alignment_rms, frame_errors, section_lens
 
     rep = summary["sections"][section]
     if "error" in rep:
         return {"error": rep["error"]}
     hw = tuple(truth["frame_hw"])
-    lens = LensModel.from_dict(summary["calibration"]["lens"]) if summary["calibration"]["lens"] else None
+    checkerboard = LensModel.from_dict(summary["calibration"]["lens"]) if summary["calibration"]["lens"] else None
+    lens = section_lens(rep, checkerboard)
     names = [f["file"].rsplit(".", 1)[0] for f in rep["frames"]]
     est = [np.array(f["transform"]) if f["placed"] else None for f in rep["frames"]]
     tt = [None if truth["transforms"][n] is None else np.array(truth["transforms"][n]) for n in names]

@@ -8,7 +8,7 @@ together with the similarity ``M_k`` of every frame that has a feature edge, min
 :mod:`engine.stitch.align`) the panorama-space disagreement ``M_i(U(a; k)) - M_j(U(b; k))`` of
 corresponding points. ``a``, ``b`` are the registered points mapped back to observed pixels with
 ``L0``; ``U(·; k)`` undistorts observed pixels with the candidate lens (``newCameraMatrix = K``,
-as :func:`engine.calibrate.lens.undistort`). One frame is held as the gauge.
+as :mod:`engine.calibrate.capture` does). One frame is held as the gauge.
 
 The terms are added one group at a time (``BundleOptions.terms``): frames only with ``L0``, then
 ``k1``, ``k2``, ``(p1, p2)``; a group is kept when it lowers the robust cost significantly against

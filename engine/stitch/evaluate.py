@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from skimage.color import deltaE_ciede2000, rgb2lab
 
 from engine.calibrate.lens import LensModel, ideal_points
 from engine.stitch.register import apply
 from engine.stitch.seams import seam_boundary
+
+
+def section_lens(report: dict, checkerboard: LensModel | None) -> LensModel | None:
+    """The lens a section was stitched with: its report's refined lens (bundle adjustment), else the
+    ``checkerboard`` fit the job was given."""
+    fit = report.get("lens") or {}
+    if checkerboard is None or not fit.get("refined"):
+        return checkerboard
+    return replace(checkerboard, dist_coeffs=np.asarray(fit["dist_coeffs"], np.float64))
 
 
 def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
