@@ -183,6 +183,8 @@ class _Stream:
                 name = todo.pop(0)
                 in_flight[remote.remote(self.dirs[name], self.cfg.out, corr_ref, self.opts, corrector)] = name
                 started[name] = self._tick()
+            if not todo:
+                corrector = None  # the actor (and its memory) goes once the last preparing section is done with it
             [ready], _ = ray.wait(list(in_flight), num_returns=1)
             name = in_flight.pop(ready)
             self._finish(name, ready, started[name])

@@ -317,7 +317,12 @@ def run_stage(
             )
         else:
             ds = ds.map_batches(
-                _compute_task, fn_kwargs={"stage": stage}, batch_size=1, batch_format="numpy", num_cpus=0.5, **remote
+                _compute_task,
+                fn_kwargs={"stage": stage},
+                batch_size=1,
+                batch_format="numpy",
+                num_cpus=stage.task_cpus,
+                **remote,
             )
         ctx = ray.data.DataContext.get_current()
         limits = ctx.execution_options.resource_limits

@@ -19,6 +19,7 @@ from engine.errors import LodeInputError
 from engine.io import fs
 from engine.io.atomic import atomic_write_bytes
 from engine.io.images import IMAGE_SUFFIXES, list_images, read_rgb
+from engine.raster.stage import release_heap
 
 if TYPE_CHECKING:
     from engine.calibrate.capture import CaptureCalibration
@@ -101,7 +102,10 @@ class FrameCorrector:
             atomic_write_bytes(frame_path(work, k, kind), buf.getvalue())
         thumb = cv2.resize(image, None, fx=thumb_scale, fy=thumb_scale, interpolation=cv2.INTER_AREA)
         tvalid = cv2.resize(valid, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA)
-        return (thumb, np.where(tvalid == 255, 255, 0).astype(np.uint8)), grey_std(image, valid)
+        std = grey_std(image, valid)
+        del raw, image, valid
+        release_heap()
+        return (thumb, np.where(tvalid == 255, 255, 0).astype(np.uint8)), std
 
 
 def read_section(section_dir: str | Path) -> SectionInput:

@@ -188,14 +188,39 @@ def _extend(a: np.ndarray, valid: np.ndarray, total: np.ndarray, count: np.ndarr
     other frames are valid, by their mean plus the smooth (push-pull) extension of ``a`` minus that
     mean, so detail runs on across the frame's border; elsewhere by the push-pull extension of ``a``.
     ``total`` ``(h, w, 3)`` and ``count`` ``(h, w)`` are the sum and number of all valid frames."""
+    if valid.all():
+        return a
     n = count - valid
-    others = (total - a * valid[..., None]) / np.maximum(n, 1)[..., None]
-    both = valid & (n > 0)
-    return np.where(
-        valid[..., None],
-        a,
-        np.where((n > 0)[..., None], others + _fill(a - others, both, levels), _fill(a, valid, levels)),
-    )
+    out = a.copy()
+    seen = ~valid & (n > 0)
+    if seen.any():
+        others = total - a * valid[..., None]
+        others /= np.maximum(n, 1)[..., None]
+        filled = _fill(a - others, valid & (n > 0), levels)
+        filled += others
+        out[seen] = filled[seen]
+    alone = ~valid & (n <= 0)
+    if alone.any():
+        out[alone] = _fill(a, valid, levels)[alone]
+    return out
+
+
+def _footprint(M: np.ndarray, hw: tuple[int, int], h: int, w: int, y0: int, x0: int) -> tuple[slice, slice] | None:
+    """The part of the box ``(y0, x0, h, w)`` that a frame of size ``hw`` placed by ``M`` can reach."""
+    bx0, by0, bx1, by1 = frame_box(M, hw)
+    ys, ye = max(0, int(np.floor(by0)) - y0 - 2), min(h, int(np.ceil(by1)) - y0 + 3)
+    xs, xe = max(0, int(np.floor(bx0)) - x0 - 2), min(w, int(np.ceil(bx1)) - x0 + 3)
+    return (slice(ys, ye), slice(xs, xe)) if ye > ys and xe > xs else None
+
+
+def _around(mask: np.ndarray, margin: int, step: int) -> tuple[slice, slice]:
+    """The box around ``mask``'s pixels grown by ``margin``, its sides on multiples of ``step``
+    (``mask``'s own sides are), within ``mask``."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    y0, x0 = max(0, (rows[0] - margin) // step * step), max(0, (cols[0] - margin) // step * step)
+    y1, x1 = min(h, -(-(rows[-1] + 1 + margin) // step) * step), min(w, -(-(cols[-1] + 1 + margin) // step) * step)
+    return slice(y0, y1), slice(x0, x1)
 
 
 def _multiband(
@@ -210,39 +235,67 @@ def _multiband(
     scale: float,
     interpolation: int,
     levels: int,
+    margin: int | None = None,
 ) -> np.ndarray:
     """The multiband blend ``(h, w, 3)`` float32 over the box at ``(y0, x0)`` (sides multiples of
-    ``2**levels``), 0 where no frame is valid."""
+    ``2**levels``), 0 where no frame is valid.
+
+    Each frame is warped over its footprint in the box only, and its pyramids are built over the
+    box around the pixels it owns grown by ``margin`` (default: the reach of the coarsest band,
+    :func:`blend_halo` plus one coarse pixel's upsampling): past that its weight is 0 at every level."""
     best = np.full((h, w), -1.0, np.float32)
     owner = np.full((h, w), -1, np.int32)
     total = np.zeros((h, w, 3), np.float32)
     count = np.zeros((h, w), np.float32)
-    warped: list[tuple[np.ndarray, np.ndarray]] = []
+    warped: list[tuple[tuple[slice, slice], np.ndarray, np.ndarray]] = []
     for i, (f, img, valid) in enumerate(zip(frames, images, valids)):
-        F = compose(translation(-x0, -y0), f.M)
-        im = cv2.warpAffine(img, F, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT)
-        v = cv2.warpAffine(valid, F, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT) > 0
+        sl = _footprint(f.M, valid.shape, h, w, y0, x0)  # type: ignore[arg-type]
+        if sl is None:
+            continue
+        sy, sx = sl
+        fh, fw, fy, fx = sy.stop - sy.start, sx.stop - sx.start, y0 + sy.start, x0 + sx.start
+        F = compose(translation(-fx, -fy), f.M)
+        im = cv2.warpAffine(img, F, (fw, fh), flags=interpolation, borderMode=cv2.BORDER_CONSTANT)
+        v = cv2.warpAffine(valid, F, (fw, fh), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT) > 0
         inside = cv2.copyMakeBorder((valid > 0).astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
         depth = cv2.warpAffine(
-            cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1], F, (w, h), flags=cv2.INTER_LINEAR
+            cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1], F, (fw, fh), flags=cv2.INTER_LINEAR
         )
-        score = np.where(v, seam_weight(labels, scale, f.index, y0, x0, h, w, 0.0) * 1e4 + depth, -1.0)
-        better = score > best
-        best[better], owner[better] = score[better], i
-        total += im * f.gain.astype(np.float32) * v[..., None]
-        count += v
-        warped.append((im, v))
+        score = np.where(v, seam_weight(labels, scale, f.index, fy, fx, fh, fw, 0.0) * 1e4 + depth, -1.0)
+        better = score > best[sl]
+        best[sl][better], owner[sl][better] = score[better], i
+        total[sl] += im * (f.gain.astype(np.float32) * v[..., None])
+        count[sl] += v
+        warped.append((sl, im, v))
+        del depth, score, better
     acc = [np.zeros((h >> lv, w >> lv, 3), np.float32) for lv in range(levels + 1)]
     wsum = [np.zeros((h >> lv, w >> lv), np.float32) for lv in range(levels + 1)]
-    for i, ((im, v), f) in enumerate(zip(warped, frames)):
-        mask = (owner == i).astype(np.float32)
+    margin = blend_halo(levels) + (2 << levels) if margin is None else margin
+    for i, ((sl, im, v), f) in enumerate(zip(warped, frames)):
+        mask = owner == i
         if not mask.any():
             continue
-        g = _gaussian(_extend(im * f.gain.astype(np.float32), v, total, count, levels + 2), levels)
-        for lv, m in enumerate(_gaussian(mask, levels)):
+        cy, cx = _around(mask, margin, 1 << levels)
+        a = np.zeros((cy.stop - cy.start, cx.stop - cx.start, 3), np.float32)
+        va = np.zeros(a.shape[:2], bool)
+        iy = slice(max(cy.start, sl[0].start), min(cy.stop, sl[0].stop))
+        ix = slice(max(cx.start, sl[1].start), min(cx.stop, sl[1].stop))
+        if iy.stop > iy.start and ix.stop > ix.start:
+            src = (
+                slice(iy.start - sl[0].start, iy.stop - sl[0].start),
+                slice(ix.start - sl[1].start, ix.stop - sl[1].start),
+            )
+            dst = (slice(iy.start - cy.start, iy.stop - cy.start), slice(ix.start - cx.start, ix.stop - cx.start))
+            a[dst], va[dst] = im[src] * f.gain.astype(np.float32), v[src]
+        g = _gaussian(_extend(a, va, total[cy, cx], count[cy, cx], levels + 2), levels)
+        del a, va
+        for lv, m in enumerate(_gaussian(mask[cy, cx].astype(np.float32), levels)):
             band = g[lv] - _up(g[lv + 1], g[lv]) if lv < levels else g[lv]
-            acc[lv] += band * m[..., None]
-            wsum[lv] += m
+            at = (slice(cy.start >> lv, cy.stop >> lv), slice(cx.start >> lv, cx.stop >> lv))
+            acc[lv][at] += band * m[..., None]
+            wsum[lv][at] += m
+        del g, band
+    del warped, total, count, best
     out = acc[-1] / np.maximum(wsum[-1], 1e-6)[..., None]
     for a, s in zip(reversed(acc[:-1]), reversed(wsum[:-1])):
         out = _up(out, a) + a / np.maximum(s, 1e-6)[..., None]
@@ -309,6 +362,7 @@ class RenderStage(BlockStage):
     """Shards of the panoramas of ``plans`` (by section): corrected frames in → RGB shard out."""
 
     name = "stitch-render"
+    task_cpus = 1.0
 
     def __init__(self, plans: dict[str, RenderPlan]):
         self.plans = plans

@@ -32,6 +32,7 @@ from engine.io.layout import SEAM_LABELS, attrs_of, group_at
 from engine.io.manifest import RunManifest
 from engine.io.ome import PyramidLayout, create_image, open_store
 from engine.raster.runner import RunOptions, StageRun, run_stage
+from engine.raster.stage import release_heap
 from engine.stitch.align import AlignOptions, solve
 from engine.stitch.bundle import refine_section_lens
 from engine.stitch.confidence import Confidence, predict_errors
@@ -112,13 +113,17 @@ def _coarse_features(work: str, k: int, scale: float, max_features: int):
     g = cv2.resize(to_grey(img), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     v = cv2.resize(valid, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_NEAREST)
     pts, desc = detect(g, v, None, max_features)
+    del img, valid
+    release_heap()
     return (pts + 0.5) / scale - 0.5, desc
 
 
 @ray.remote
 def _register_task(i: int, j: int, work: str, prior, opts: RegisterOptions) -> Edge:
     cv2.setRNGSeed(i * 7919 + j)  # RANSAC draws the same samples in whichever worker runs the pair
-    return register_pair(i, j, *_cached(work, i), *_cached(work, j), prior, opts)
+    edge = register_pair(i, j, *_cached(work, i), *_cached(work, j), prior, opts)
+    release_heap()
+    return edge
 
 
 def _nominal_pairs(xy: np.ndarray, hw: tuple[int, int], min_overlap: float) -> list[tuple[int, int, np.ndarray]]:

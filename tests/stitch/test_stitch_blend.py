@@ -16,7 +16,7 @@ import zarr
 from engine.io.layout import SEAM_LABELS
 from engine.stitch.frames import Correction
 from engine.stitch.register import compose, invert, translation
-from engine.stitch.render import RenderPlan, ShardFrame, render_shard
+from engine.stitch.render import RenderPlan, ShardFrame, _multiband, blend_box, blend_halo, render_shard
 from engine.stitch.seams import seam_labels
 from engine.stitch.section import StitchOptions, create_partial, create_root, prepare_section, render_sections
 from engine.synth.captures import CaptureConfig, capture_grid, textured_section, write_section
@@ -145,6 +145,26 @@ def test_shards_rendered_apart_equal_the_panorama_rendered_whole(levels):
     diff = np.abs(whole.astype(np.int16) - apart.astype(np.int16))
     assert np.mean(diff <= 1) >= 0.9999 and diff.max() <= 2
     assert (whole > 0).any(axis=-1).mean() > 0.9
+
+
+def test_multiband_built_around_each_frames_pixels_equals_it_built_over_the_whole_box():
+    """Each frame's pyramids span only the pixels it owns plus the coarsest band's reach: the blend
+    equals the one whose every pyramid spans the whole box (the renderer before that bound)."""
+    mats = [
+        compose(translation((k % 2) * STEP[1] + 0.3 * k, (k // 2) * STEP[0] - 0.4 * k), _rotation(0.5 * k, 150, 100))
+        for k in range(4)
+    ]
+    valids = [np.full((FH, FW), 255, np.uint8) for _ in mats]
+    cv2.circle(valids[3], (0, 0), 50, 0, -1)
+    _, images, labels = _section(mats, valids, seed=11)
+    frames = [ShardFrame(k, M, EXPOSURE[k] / EXPOSURE[0]) for k, M in enumerate(mats)]
+    levels = 3
+    by0, bx0, bh, bw = blend_box(0, 0, H, W, levels)
+    args = (by0, bx0, bh, bw, frames, images, valids, labels, SCALE, cv2.INTER_CUBIC, levels)
+    bounded, whole = _multiband(*args), _multiband(*args, margin=10**6)
+    assert blend_halo(levels) + (2 << levels) < min(H, W) / 3
+    diff = np.abs(bounded - whole)
+    assert diff.max() <= 0.25, diff.max()
 
 
 def test_multiband_spreads_the_exposure_step_and_keeps_detail():
