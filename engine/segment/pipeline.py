@@ -37,6 +37,7 @@ from engine.raster.stage import BlockStage, Unit
 from engine.segment.card import ModelCard, check_checkpoint
 
 if TYPE_CHECKING:
+    from engine.calibrate.colour import ColourMatrix
     from engine.register.xpl import XplStackSource
 
 Source: TypeAlias = "SectionSource | XplStackSource"
@@ -89,7 +90,7 @@ class SegmentStage(BlockStage):
         probabilities: str,
         threads: int | None,
         copy_image: bool,
-        matrices: dict[str, dict] | None = None,
+        matrices: dict[str, ColourMatrix] | None = None,
     ):
         self.sources, self.out, self.checkpoint = sources, out, checkpoint
         self.window, self.overlap, self.batch_size = window, overlap, batch_size
@@ -139,22 +140,16 @@ class SegmentStage(BlockStage):
             # Ray Data may call this from another thread than setup; OpenMP's thread count is
             # per calling thread (Ray workers start with OMP_NUM_THREADS=1).
             torch.set_num_threads(self.threads)
-        region = data["region"]
-        m = self.matrices.get(unit.raster)
-        if m is not None:
-            from engine.calibrate.colour import ColourMatrix
-
-            region = region.copy()
-            region[..., :3] = ColourMatrix.from_dict(m).apply(np.ascontiguousarray(region[..., :3]))
         src = self.sources[unit.raster]
         before = self.predictor.windows_run
         idx, probs = self.predictor.predict(
-            np.moveaxis(region, -1, 0),
+            np.moveaxis(data["region"], -1, 0),
             (int(data["ry0"]), int(data["rx0"])),
             (src.height, src.width),
             unit.block,
             len(self.codes),
             None if self.probabilities == "none" else self.probabilities,
+            self.matrices.get(unit.raster),
         )
         out: dict[str, Any] = {"labels": self.codes[idx], "windows": self.predictor.windows_run - before}
         if probs is not None:
@@ -279,7 +274,7 @@ def _section_means(src: Source, annotation: str, gamma: float) -> dict:
     return class_means(np.ascontiguousarray(rgb), read_mask(annotation, rgb.shape[:2]), gamma, source=annotation)
 
 
-def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[Source]) -> dict[str, Any]:
+def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[Source]) -> dict[str, ColourMatrix]:
     """Fit the colour stage's matrices (Ray tasks read each annotated section): ``{section: ColourMatrix}``."""
     import ray
 
@@ -369,7 +364,7 @@ def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
                 cfg.probabilities,
                 cfg.threads,
                 cfg.copy_image,
-                {k: m.to_dict() for k, m in matrices.items()},
+                matrices,
             )
             run = run_stage(
                 stage,

@@ -12,12 +12,14 @@ gaussian mode), including its symmetric zero padding of images smaller than a wi
 Everything runs channels-last: windows are cut from an interleaved copy of the block,
 the model runs on NHWC memory (faster convolutions on the CPU), and the accumulators are
 ``(h, w, classes)`` so blending reads model outputs contiguously and the label of a pixel
-is an argmax over contiguous memory.
+is an argmax over contiguous memory. A colour matrix, when given, corrects the block's first three
+channels once on the model's device before any window is cut.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +27,9 @@ from torch import nn
 
 from engine.raster.blend import blend_weights
 from engine.raster.grid import Block, PaddedGrid
+
+if TYPE_CHECKING:
+    from engine.calibrate.colour import ColourMatrix
 
 
 class BlockPredictor:
@@ -106,6 +111,7 @@ class BlockPredictor:
         block: Block,
         num_classes: int,
         probabilities: str | None = None,
+        colour: ColourMatrix | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Blend every window touching ``block``.
 
@@ -116,6 +122,8 @@ class BlockPredictor:
             image_size: full image ``(height, width)``.
             probabilities: ``None``, or the dtype to return blended probabilities in
                 (``uint8`` quantises ×255).
+            colour: corrects channels 0-2 of ``region`` on the model's device (later channels,
+                such as XPL captures, pass unchanged).
 
         Returns:
             ``labels (h, w) uint8`` (channel index of the most probable class) and the
@@ -139,6 +147,8 @@ class BlockPredictor:
             # A read-only view of the object store is only ever read here.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             hwc = torch.from_numpy(np.ascontiguousarray(np.moveaxis(region, 0, -1))).to(self.device)
+        if colour is not None:
+            hwc = torch.cat([colour.apply_torch(hwc[..., :3]), hwc[..., 3:]], dim=-1)
         base = xs[0]
 
         def finalize(upto: int) -> None:

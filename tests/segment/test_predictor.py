@@ -49,3 +49,28 @@ def test_blocked_equals_monai(h, w, window, overlap, block):
     assert ((labels == top2.indices[0]) | (labels == top2.indices[1])).all()
     assert tie.sum().item() <= max(2, 1e-4 * tie.numel())
     assert torch.equal(labels, out.argmax(0))
+
+
+def test_colour_matrix_corrects_the_rgb_channels_on_the_model_device():
+    """Same blend as predicting on the region corrected beforehand; channels after RGB pass unchanged."""
+    from engine.calibrate.colour import ColourMatrix
+
+    torch.manual_seed(2)
+    h, w, window = 150, 120, 64
+    model = build("unet", encoder="resnet18", in_channels=5, classes=4).eval()
+    img = np.random.default_rng(4).integers(0, 256, (5, h, w), dtype=np.uint8)
+    colour = ColourMatrix(np.array([[1.6, -0.3, 0.1], [-0.2, 1.4, -0.1], [0.1, -0.2, 1.9], [0.02, -0.01, 0.0]]))
+    corrected = img.copy()
+    corrected[:3] = np.moveaxis(colour.apply(np.ascontiguousarray(np.moveaxis(img[:3], 0, -1))), -1, 0)
+    pred = BlockPredictor(model, [0.5] * 5, [0.25] * 5, window, 0.25, batch_size=4)
+    pg = PaddedGrid(h, w, window, 0.25)
+    for b in block_grid(h, w, (64, 96)):
+        y0, y1, x0, x1 = pg.input_region(b)
+        region = img[:, y0:y1, x0:x1].copy()
+        region.flags.writeable = False
+        lab, p = pred.predict(region, (y0, x0), (h, w), b, 4, "float32", colour)
+        lab_ref, p_ref = pred.predict(corrected[:, y0:y1, x0:x1], (y0, x0), (h, w), b, 4, "float32")
+        assert np.array_equal(lab, lab_ref) and np.array_equal(p, p_ref)
+        assert np.array_equal(region, img[:, y0:y1, x0:x1])
+    _, plain = pred.predict(img, (0, 0), (h, w), b, 4, "float32")
+    assert not np.array_equal(plain, p)
