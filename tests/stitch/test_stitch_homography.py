@@ -150,3 +150,29 @@ def test_model_is_validated():
         AlignOptions(model="affine")  # type: ignore[arg-type]
     opts = StitchOptions(model="homography")
     assert opts.register.model == opts.align.model == "homography"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_prepared_section_with_homographies(tmp_path, ray_session):
+    """Registration to the render plan (the render stage takes 2×3 transforms until it is rewritten): an
+    untilted degraded grid, its lens not refined, within 0.3 px of the truth and predicted so."""
+    from engine.calibrate.lens import LensModel, fit_lens
+    from engine.stitch.evaluate import alignment_rms
+    from engine.stitch.frames import Correction
+    from engine.stitch.section import StitchOptions, create_root, prepare_section
+    from engine.synth.captures import CaptureConfig, calibration_frames, capture_grid, write_section
+
+    cfg = CaptureConfig.degraded(frame_hw=(200, 300), seed=22)
+    lens = fit_lens(calibration_frames(cfg)["checkerboard"])
+    caps = capture_grid(textured_section(cfg.source_hw, seed=23), cfg)
+    write_section(tmp_path / "coll", "s1", caps)
+    create_root(tmp_path / "out.zarr")
+    opts = StitchOptions(shard=256, model="homography")
+    plan, rep = prepare_section(tmp_path / "coll" / "s1", tmp_path / "out.zarr", Correction(lens), opts)
+    assert all(m is not None and m.shape == (3, 3) for m in plan.mats)
+    assert rep["frames_placed"] == 9 and not rep["lens"]["refined"] and "homography" in rep["lens"]["reason"]
+    assert all(abs(f["scale"] - 1) < 0.01 and abs(f["rotation_deg"]) < 0.5 for f in rep["frames"])
+    true_lens = LensModel(caps.lens.camera_matrix, caps.lens.dist_coeffs, cfg.frame_hw)
+    rms, _ = alignment_rms(list(plan.mats), lens, caps.transforms, true_lens, cfg.frame_hw)
+    assert rms < 0.3 and rep["rms_px"] < 0.3
