@@ -348,7 +348,7 @@ def register_pair(
     """Register frame ``j`` onto frame ``i``; ``prior`` (j→i) bounds the search, or ``None`` for whole frames.
 
     Where keypoints fail and a ``prior`` is given, the overlap's intensities are registered
-    instead (:func:`register_intensity`).
+    instead (:func:`register_intensity`); that fit is a similarity, as a 3×3 matrix under the homography model.
     """
     gi, gj = to_grey(img_i), to_grey(img_j)
     edge = Edge(i, j, False)
