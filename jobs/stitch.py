@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--blend-levels", type=int, default=None, help="multiband pyramid levels (default: from the frame size)"
     )
+    parser.add_argument(
+        "--model",
+        choices=("similarity", "homography"),
+        default="similarity",
+        help="frame transform: similarity (default), or homography for stages that tilt (the lens is then not refined)",
+    )
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
     parser.add_argument(
         "--sections-in-flight",
@@ -118,7 +124,12 @@ def run(cfg: Any) -> int:
         raise LodeInputError("--matcher-weights", "is only used with --matcher loftr")
     try:
         opts = StitchOptions(
-            shard=cfg.shard, levels=cfg.levels, register=register, blend=cfg.blend, blend_levels=cfg.blend_levels
+            shard=cfg.shard,
+            levels=cfg.levels,
+            register=register,
+            blend=cfg.blend,
+            blend_levels=cfg.blend_levels,
+            model=cfg.model,
         )
     except ValueError as exc:
         raise LodeInputError("--blend-levels", str(exc)) from exc

@@ -6,6 +6,12 @@ with pairwise ``M_ij`` (j → i) asks ``M_i(M_ij q) = M_j(q)`` at points ``q`` o
 overlap; the residuals are linear in the parameters, so the exact linear least-squares
 solution starts a robust (soft-L1) refinement. Edges whose residual stays far
 above the rest (inconsistent loops) are dropped one at a time and the solve repeated.
+
+With ``AlignOptions.model = "homography"`` (stages that tilt) every frame instead gets a
+homography ``M_k`` (3×3, ``M_k[2, 2] = 1``: 8 parameters; the reference frame is held at its
+prior), fitted by the same robust loss over the same edge points from the similarity solution,
+in each round of edge rejection; its residuals are not linear, so the Jacobian is that of the
+projective divide.
 """
 
 from __future__ import annotations
@@ -17,18 +23,23 @@ import scipy.sparse as sp
 from scipy.optimize import least_squares
 from scipy.sparse.csgraph import connected_components
 
-from engine.stitch.register import Edge, apply
+from engine.stitch.register import MODELS, Edge, Model, apply, projective
 
 
 @dataclass(frozen=True)
 class AlignOptions:
     points_per_edge: int = 64
+    model: Model = "similarity"
     reject_px: float = 1.0
     reject_factor: float = 4.0
     loss: str = "soft_l1"
     loss_scale_px: float = 0.5
     residual_gate_px: float = 10.0
     residual_trim: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
 
 
 @dataclass
@@ -133,6 +144,75 @@ def _solve_once(n: int, edges: list[Edge], ref: int, ref_M: np.ndarray, opts: Al
     return params
 
 
+def homography_params(M: np.ndarray) -> np.ndarray:
+    """The 8 free entries (row-major) of ``M`` (2×3 or 3×3) scaled to ``M[2, 2] = 1``."""
+    return projective(M).ravel()[:8]
+
+
+def point_jacobian(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """``(m, 2, 8)``: derivative of ``apply(M, pts)`` (``pts`` ``(m, 2)``) by :func:`homography_params`."""
+    H = projective(M)
+    x, y = pts[:, 0], pts[:, 1]
+    w = H[2, 0] * x + H[2, 1] * y + 1
+    u, v = apply(H, pts).T
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    Ju = np.stack([x, y, one, zero, zero, zero, -u * x, -u * y], 1)
+    Jv = np.stack([zero, zero, zero, x, y, one, -v * x, -v * y], 1)
+    return np.stack([Ju, Jv], 1) / w[:, None, None]
+
+
+def homography_system(
+    edges: list[Edge], mats: list[np.ndarray], ref: int, opts: AlignOptions
+) -> tuple[sp.csr_matrix, np.ndarray, dict[int, int], list[tuple[int, int]]]:
+    """Every edge's residuals ``M_i(P) - M_j(Q)`` (x, y rows per point) at frame transforms ``mats`` and their
+    Jacobian by each free frame's :func:`homography_params`; the column of each free frame and each edge's
+    row span (as :func:`edge_system`)."""
+    var = [k for k in range(len(mats)) if k != ref]
+    col = {k: 8 * c for c, k in enumerate(var)}
+    rows: list = []
+    cols: list = []
+    vals: list = []
+    res, spans = [], []
+    row = 0
+    for e in edges:
+        P, Q = edge_points(e, opts.points_per_edge)
+        m = len(P)
+        res.append((apply(mats[e.i], P) - apply(mats[e.j], Q)).ravel())
+        for pts, k, sign in ((P, e.i, 1.0), (Q, e.j, -1.0)):
+            if k != ref:
+                rows.append(np.repeat(row + np.arange(2 * m), 8))
+                cols.append(np.tile(col[k] + np.arange(8), 2 * m))
+                vals.append(sign * point_jacobian(mats[k], pts).ravel())
+        spans.append((row, row + 2 * m))
+        row += 2 * m
+    J = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(row, 8 * len(var)))
+    return J, np.concatenate(res), col, spans
+
+
+def _refine_homographies(edges: list[Edge], start: list[np.ndarray], ref: int, opts: AlignOptions) -> list[np.ndarray]:
+    """Every frame's homography (3×3) from ``start`` (frame → panorama, ``start[ref]`` held), by the robust loss."""
+    mats = [projective(m) for m in start]
+    _, _, col, _ = homography_system(edges, mats, ref, opts)
+
+    def at(x: np.ndarray) -> list[np.ndarray]:
+        return [mats[k] if k == ref else np.append(x[col[k] : col[k] + 8], 1.0).reshape(3, 3) for k in range(len(mats))]
+
+    x0 = np.zeros(8 * len(col))
+    for k, c in col.items():
+        x0[c : c + 8] = homography_params(mats[k])
+    sol = least_squares(
+        lambda x: homography_system(edges, at(x), ref, opts)[1],
+        x0,
+        jac=lambda x: homography_system(edges, at(x), ref, opts)[0],
+        loss=opts.loss,
+        f_scale=opts.loss_scale_px,
+        method="trf",
+        tr_solver="lsmr",
+        x_scale="jac",
+    )
+    return at(sol.x)
+
+
 def solve(
     n: int,
     edges: list[Edge],
@@ -140,7 +220,9 @@ def solve(
     reference_M: np.ndarray | None = None,
     opts: AlignOptions = AlignOptions(),
 ) -> Alignment:
-    """Place every frame reachable from ``reference`` through good edges; reject inconsistent edges."""
+    """Place every frame reachable from ``reference`` (held at ``reference_M``, 2×3 or 3×3; the identity when
+    ``None``) through good edges; reject inconsistent edges. Transforms are 2×3 similarities, or 3×3
+    homographies with ``opts.model = "homography"``."""
     good = [e for e in edges if e.ok]
     rejected: dict[tuple[int, int], str] = {}
     while True:
@@ -148,15 +230,20 @@ def solve(
         members = [k for k in range(n) if comp[k] == comp[ref]] if ref is not None else []
         active = [e for e in good if comp[e.i] == comp[ref] and comp[e.j] == comp[ref]] if ref is not None else []
         transforms: list[np.ndarray | None] = [None] * n
+        ref_M = reference_M if reference_M is not None else np.eye(2, 3)
+        if opts.model == "homography":
+            ref_M = projective(ref_M)
         if not active or ref is None:
             if ref is not None:
-                transforms[ref] = reference_M if reference_M is not None else np.eye(2, 3)
+                transforms[ref] = ref_M
             return Alignment(transforms, -1 if ref is None else ref, rejected=rejected)
         idx = {k: c for c, k in enumerate(members)}
         sub = [Edge(idx[e.i], idx[e.j], True, M=e.M, pts_i=e.pts_i, pts_j=e.pts_j) for e in active]
-        ref_M = reference_M if reference_M is not None else np.eye(2, 3)
         params = _solve_once(len(members), sub, idx[ref], ref_M, opts)
         mats = [_params_to_mat(p) for p in params]
+        if opts.model == "homography":
+            mats[idx[ref]] = ref_M
+            mats = _refine_homographies(sub, mats, idx[ref], opts)
         grid_rms = {}
         for e, s in zip(active, sub):
             P, Q = edge_points(s, opts.points_per_edge)

@@ -295,9 +295,13 @@ def refine_lens(
 
     ``transforms`` (frame → panorama, 2×3 or ``None``) start the fit; ``reference`` is held as the gauge
     (when it has no feature edge, the frame with the most points is). Returns ``lens`` unchanged, with
-    the reason, when the overlaps do not constrain it.
+    the reason, when the overlaps do not constrain it, or when ``transforms`` are homographies (3×3: the
+    ``homography`` model, whose perspective terms would trade off against the distortion; not fitted yet).
     """
     out = LensRefinement(lens, lens, list(transforms), False)
+    if any(m is not None and len(m) == 3 for m in transforms):
+        out.reason = "not refined with the homography model (the lens is refined with similarities only)"
+        return out
     d0 = _coeffs(lens)
     if d0 is None:
         out.reason = "only the 5-coefficient Brown–Conrady model is refined"

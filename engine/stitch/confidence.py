@@ -8,7 +8,9 @@ size σ, ``fit² ≈ σ²(1 - h)`` and ``loo² ≈ σ²/(1 - h)`` (``h``: the ed
 ``σ ≈ √(fit · loo)``. Each edge's σ is then propagated through the linear solve to every frame
 (a random similarity of that size on the edge's points), and the global similarity, which no
 stitch can know, is projected out: what is left is each frame's predicted error in the same
-terms as :func:`engine.stitch.evaluate.alignment_rms`.
+terms as :func:`engine.stitch.evaluate.alignment_rms`. Homographies (3×3 transforms, the
+``homography`` model) go through the same algebra on the solve's Jacobian at the solution, with
+8 parameters per frame, and the global homography is projected out instead.
 
 An edge whose removal splits the graph (a bridge) cannot be checked: the frames on its smaller
 side are supported by that one edge, and its σ is taken as the median of the checked edges'.
@@ -22,8 +24,17 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from engine.stitch.align import Alignment, AlignOptions, edge_points, edge_system, params_of
-from engine.stitch.register import Edge, apply
+from engine.stitch.align import (
+    Alignment,
+    AlignOptions,
+    edge_points,
+    edge_system,
+    homography_params,
+    homography_system,
+    params_of,
+    point_jacobian,
+)
+from engine.stitch.register import Edge, apply, projective
 
 UNCHECKED_SIGMA_PX = 0.25
 
@@ -70,8 +81,11 @@ def _basis(P: np.ndarray) -> np.ndarray:
     return np.stack(fields, 1)
 
 
-def _frame_jacobian(grid: np.ndarray) -> np.ndarray:
-    """``(2g, 4)``: displacement of frame points ``grid`` per unit change of ``(a, b, tx, ty)``."""
+def _frame_jacobian(grid: np.ndarray, M: np.ndarray | None = None) -> np.ndarray:
+    """``(2g, 4)``: displacement of frame points ``grid`` per unit change of ``(a, b, tx, ty)``; with a 3×3 ``M``,
+    ``(2g, 8)`` per unit change of its :func:`~engine.stitch.align.homography_params`."""
+    if M is not None and len(M) == 3:
+        return point_jacobian(M, grid).reshape(-1, 8)
     x, y = grid[:, 0], grid[:, 1]
     one, zero = np.ones_like(x), np.zeros_like(x)
     return np.stack([np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)], 1).reshape(-1, 4)
@@ -90,11 +104,19 @@ def predict_errors(
     ref = idx[al.reference]
     mats = [al.transforms[k] for k in members]
     sub = [Edge(idx[e.i], idx[e.j], True, M=e.M, pts_i=e.pts_i, pts_j=e.pts_j) for e in active]
-    A, y, col, spans = edge_system(len(members), sub, ref, mats[ref], opts)  # type: ignore[arg-type]
+    homography = len(mats[ref]) == 3  # type: ignore[arg-type]
+    p = 8 if homography else 4
+    if homography:
+        mats = [projective(m) for m in mats]  # type: ignore[arg-type]
+        A, r, col, spans = homography_system(sub, mats, ref, opts)  # type: ignore[arg-type]
+    else:
+        A, y, col, spans = edge_system(len(members), sub, ref, mats[ref], opts)  # type: ignore[arg-type]
     d = 1.0 / np.maximum(np.sqrt(np.asarray(A.multiply(A).sum(axis=0))).ravel(), 1e-12)
     z = np.zeros(A.shape[1])
     for k, c in col.items():
-        z[c : c + 4] = params_of(mats[k]) / d[c : c + 4]  # type: ignore[arg-type]
+        z[c : c + p] = (homography_params if homography else params_of)(mats[k]) / d[c : c + p]  # type: ignore[arg-type]
+    if homography:
+        y = A @ (z * d) - r
     As = (A @ sp.diags(d)).tocsr()
     if opts.loss == "soft_l1":
         sw = (1 + ((As @ z - y) / opts.loss_scale_px) ** 2) ** -0.25
@@ -123,12 +145,11 @@ def predict_errors(
             conf.one_edge.setdefault(members[far], (active[k].i, active[k].j))
     h, w = frame_hw
     g = np.stack(np.meshgrid(np.linspace(0, w - 1, grid), np.linspace(0, h - 1, grid)), -1).reshape(-1, 2)
-    Jg = _frame_jacobian(g)
     npts = len(g)
     H = np.zeros((2 * npts * len(members), As.shape[1]))
     for k, c in col.items():
-        H[2 * npts * k : 2 * npts * (k + 1), c : c + 4] = Jg * d[c : c + 4]
-    S = _frame_jacobian(np.concatenate([apply(m, g) for m in mats]))  # type: ignore[arg-type]
+        H[2 * npts * k : 2 * npts * (k + 1), c : c + p] = _frame_jacobian(g, mats[k]) * d[c : c + p]
+    S = _frame_jacobian(np.concatenate([apply(m, g) for m in mats]), np.eye(3) if homography else None)  # type: ignore[arg-type]
     Ninv = np.linalg.pinv(N)
     mse = np.zeros(len(members))
     for k, (r0, r1) in enumerate(spans):

@@ -1,7 +1,9 @@
-"""Pairwise registration: full-resolution SIFT (or, optionally, LoFTR) + RANSAC similarity.
+"""Pairwise registration: full-resolution SIFT (or, optionally, LoFTR) + RANSAC similarity or homography.
 
-A pair ``(i, j)`` yields ``M`` (2×3), the similarity that maps pixels of frame ``j`` to
-pixels of frame ``i``. Only the expected overlap (from a prior transform) is searched.
+A pair ``(i, j)`` yields ``M``, the transform that maps pixels of frame ``j`` to pixels of frame
+``i``: a similarity (2×3) by default, a homography (3×3, ``M[2, 2] = 1``) with
+``RegisterOptions.model = "homography"`` (stages that tilt). Only the expected overlap (from a
+prior transform) is searched.
 ``RegisterOptions.matcher = "loftr"`` finds the candidate matches with kornia's LoFTR
 (:mod:`engine.stitch.learned`, weights from a local file) instead of SIFT + the ratio test.
 The RANSAC fit (refined on its inliers) is kept as it is: a phase-correlation refinement
@@ -15,6 +17,9 @@ from typing import Literal
 
 import cv2
 import numpy as np
+
+Model = Literal["similarity", "homography"]
+MODELS: tuple[str, ...] = ("similarity", "homography")
 
 
 @dataclass(frozen=True)
@@ -34,10 +39,14 @@ class RegisterOptions:
     matcher: Literal["sift", "loftr"] = "sift"
     matcher_weights: str | None = None
     min_confidence: float = 0.5
+    model: Model = "similarity"
+    max_perspective: float = 0.02
 
     def __post_init__(self) -> None:
         if self.matcher not in ("sift", "loftr"):
             raise ValueError(f"matcher must be 'sift' or 'loftr', not {self.matcher!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
 
 
 @dataclass
@@ -73,16 +82,25 @@ def to_grey(img: np.ndarray) -> np.ndarray:
 
 
 def apply(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return pts @ M[:, :2].T + M[:, 2]
+    """Points ``(n, 2)`` through ``M``: 2×3 affine, or 3×3 projective (with the divide)."""
+    out = pts @ M[:, :2].T + M[:, 2]
+    return out if len(M) == 2 else out[:, :2] / out[:, 2:]
+
+
+def projective(M: np.ndarray) -> np.ndarray:
+    """``M`` as a 3×3 matrix with ``[2, 2] = 1`` (a 2×3 affine gains the row ``[0, 0, 1]``)."""
+    return np.vstack([M, [0, 0, 1]]) if len(M) == 2 else M / M[2, 2]
 
 
 def invert(M: np.ndarray) -> np.ndarray:
-    return cv2.invertAffineTransform(M)
+    """The inverse of a 2×3 affine (2×3) or of a 3×3 projective matrix (3×3)."""
+    return cv2.invertAffineTransform(M) if len(M) == 2 else projective(np.linalg.inv(M))
 
 
 def compose(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``A ∘ B`` for 2×3 affine matrices."""
-    return (np.vstack([A, [0, 0, 1]]) @ np.vstack([B, [0, 0, 1]]))[:2]
+    """``A ∘ B``: 2×3 when both are 2×3 affine, else 3×3 projective."""
+    AB = projective(A) @ projective(B)
+    return AB[:2] if len(A) == len(B) == 2 else projective(AB)
 
 
 def translation(dx: float, dy: float) -> np.ndarray:
@@ -138,9 +156,29 @@ def match(desc_i: np.ndarray | None, desc_j: np.ndarray | None, ratio: float) ->
     return np.array(good, int).reshape(-1, 2)
 
 
-def similarity_ok(M: np.ndarray, prior: np.ndarray | None, hw_j: tuple[int, int], opts: RegisterOptions) -> str:
-    s = float(np.sqrt(abs(np.linalg.det(M[:, :2]))))
-    ang = float(np.degrees(np.arctan2(M[1, 0], M[0, 0])))
+def local_similarity(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """The similarity (2×3) closest to ``M`` at points ``pts`` ``(n, 2)``: ``M`` itself when 2×3.
+
+    A homography's upper-left 2×2 is not its local scale and rotation: its translation, times the
+    perspective terms, is folded into it."""
+    return M if len(M) == 2 else fit_similarity(pts, apply(M, pts))
+
+
+def similarity_ok(
+    M: np.ndarray, prior: np.ndarray | None, hw_j: tuple[int, int], opts: RegisterOptions, pts: np.ndarray | None = None
+) -> str:
+    """Why ``M`` (j → i) is implausible for a stage move, or ``""``: rotation, scale, the distance from ``prior``
+    and, for a homography, how far it bends away from a similarity. A homography is judged at the points
+    ``pts`` of frame ``j`` it was fitted to (the frame's corners when ``None``): it is used there only, and a
+    fit to a narrow overlap is loose elsewhere."""
+    S = local_similarity(M, _rect_pts(hw_j) if pts is None else pts)
+    if len(M) == 3:
+        q = _rect_pts(hw_j) if pts is None else pts
+        bend = float(np.abs(apply(M, q) - apply(S, q)).max())
+        if bend > opts.max_perspective * max(hw_j):
+            return f"perspective bends the overlap by {bend:.1f} px"
+    s = float(np.sqrt(abs(np.linalg.det(S[:, :2]))))
+    ang = float(np.degrees(np.arctan2(S[1, 0], S[0, 0])))
     if abs(ang) > opts.max_rotation_deg:
         return f"rotation {ang:.2f} deg"
     if abs(s - 1) > opts.max_scale_dev:
@@ -253,22 +291,39 @@ def _register_features(edge: Edge, gi, valid_i, gj, valid_j, prior, opts: Regist
         if len(mt) < opts.min_inliers:
             return f"too few matches ({len(mt)})"
         a, b = pi[mt[:, 0]], pj[mt[:, 1]]
-    M, inl = cv2.estimateAffinePartial2D(
-        b, a, method=cv2.RANSAC, ransacReprojThreshold=opts.ransac_px, maxIters=5000, confidence=0.999, refineIters=20
-    )
+    M, inl = _ransac(b, a, opts)
     if M is None:
         return "RANSAC found no model"
-    inl = inl.ravel().astype(bool)
     edge.inliers = int(inl.sum())
     if edge.inliers < opts.min_inliers or edge.inliers < opts.min_inlier_ratio * len(a):
         return f"too few inliers ({edge.inliers} of {len(a)})"
-    why = similarity_ok(M, prior, hw_j, opts)
+    why = similarity_ok(M, prior, hw_j, opts, b[inl])
     if why:
         return why
     edge.all_i, edge.all_j = a, b
     edge.M, edge.pts_i, edge.pts_j, edge.ok = M, a[inl], b[inl], True
     edge.fit_rms_px = float(np.sqrt(np.mean(np.sum((apply(M, b[inl]) - a[inl]) ** 2, axis=1))))
     return ""
+
+
+def _ransac(src: np.ndarray, dst: np.ndarray, opts: RegisterOptions) -> tuple[np.ndarray | None, np.ndarray]:
+    """RANSAC of ``opts.model`` taking ``src`` ``(n, 2)`` to ``dst`` ``(n, 2)``, refined on its inliers
+    (OpenCV's Levenberg–Marquardt): ``M`` (2×3 or 3×3, or ``None``) and the inlier mask ``(n,)``."""
+    if opts.model == "similarity":
+        M, inl = cv2.estimateAffinePartial2D(
+            src,
+            dst,
+            method=cv2.RANSAC,
+            ransacReprojThreshold=opts.ransac_px,
+            maxIters=5000,
+            confidence=0.999,
+            refineIters=20,
+        )
+    else:
+        M, inl = cv2.findHomography(src, dst, cv2.RANSAC, opts.ransac_px, maxIters=5000, confidence=0.999)
+    if M is None:
+        return None, np.zeros(len(src), bool)
+    return (M if len(M) == 2 else projective(M)), inl.ravel().astype(bool)
 
 
 def _device() -> str:
@@ -293,7 +348,7 @@ def register_pair(
     """Register frame ``j`` onto frame ``i``; ``prior`` (j→i) bounds the search, or ``None`` for whole frames.
 
     Where keypoints fail and a ``prior`` is given, the overlap's intensities are registered
-    instead (:func:`register_intensity`).
+    instead (:func:`register_intensity`); that fit is a similarity, as a 3×3 matrix under the homography model.
     """
     gi, gj = to_grey(img_i), to_grey(img_j)
     edge = Edge(i, j, False)
@@ -310,6 +365,8 @@ def register_pair(
     if bad:
         edge.reason = f"{why}; intensity: {bad}"
         return edge
+    if opts.model == "homography":
+        M = projective(M)
     grid_i = apply(M, grid_j)
     edge.M, edge.ok, edge.method, edge.correlation = M, True, "intensity", cc
     edge.pts_i = edge.all_i = grid_i

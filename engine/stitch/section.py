@@ -39,12 +39,15 @@ from engine.stitch.confidence import Confidence, predict_errors
 from engine.stitch.exposure import overlap_means, solve_gains
 from engine.stitch.frames import Correction, FrameCorrector, read_section
 from engine.stitch.register import (
+    MODELS,
     Edge,
+    Model,
     RegisterOptions,
     apply,
     compose,
     detect,
     invert,
+    local_similarity,
     match,
     register_pair,
     to_grey,
@@ -56,6 +59,10 @@ from engine.stitch.seams import seam_labels
 
 @dataclass(frozen=True)
 class StitchOptions:
+    """``model``: the frames' transform, ``similarity`` or ``homography`` (stages that tilt); it sets
+    ``register.model`` and ``align.model``. The lens is not refined with ``homography``
+    (:func:`engine.stitch.bundle.refine_lens` says so in the report's ``lens.reason``)."""
+
     register: RegisterOptions = field(default_factory=RegisterOptions)
     align: AlignOptions = field(default_factory=AlignOptions)
     min_overlap: float = 0.1
@@ -70,16 +77,28 @@ class StitchOptions:
     refine_lens: bool = True
     blend: Blend = "multiband"
     blend_levels: int | None = None
+    model: Model = "similarity"
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
+        object.__setattr__(self, "register", replace(self.register, model=self.model))
+        object.__setattr__(self, "align", replace(self.align, model=self.model))
         if self.blend not in BLENDS:
             raise ValueError(f"blend must be one of {', '.join(BLENDS)}, not {self.blend!r}")
         if self.blend_levels is not None and not 1 <= self.blend_levels <= 10:
             raise ValueError(f"blend_levels must be None (from the frame size) or 1 to 10, not {self.blend_levels!r}")
 
 
-def _similarity(M: np.ndarray) -> tuple[float, float]:
-    return float(np.hypot(M[0, 0], M[1, 0])), float(np.degrees(np.arctan2(M[1, 0], M[0, 0])))
+def _corners(hw: tuple[int, int]) -> np.ndarray:
+    h, w = hw
+    return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+
+
+def _similarity(M: np.ndarray, hw: tuple[int, int]) -> tuple[float, float]:
+    """Scale and rotation (degrees) of ``M`` (of a homography: of its closest similarity over the frame)."""
+    S = local_similarity(M, _corners(hw))
+    return float(np.hypot(S[0, 0], S[1, 0])), float(np.degrees(np.arctan2(S[1, 0], S[0, 0])))
 
 
 def frame_corrector(resources: dict[str, float] | None = None) -> ray.actor.ActorHandle:
@@ -168,7 +187,7 @@ def _coarse_pairs(work: str, n: int, hw, opts: StitchOptions) -> list[tuple[int,
 
 def level_axes(mats: list[np.ndarray | None], hw: tuple[int, int]) -> list[np.ndarray | None]:
     """Turn and scale the panorama so the frames' mean rotation is 0 and mean scale 1 (stage axes)."""
-    placed = [m for m in mats if m is not None]
+    placed = [local_similarity(m, _corners(hw)) for m in mats if m is not None]
     if not placed:
         return mats
     ang = float(np.mean([np.arctan2(m[1, 0], m[0, 0]) for m in placed]))
@@ -318,8 +337,9 @@ def prepare_section(
         cx, cy = int(np.floor(bx0)), int(np.floor(by0))
         size = (int(np.ceil(bx1)) - cx + 2, int(np.ceil(by1)) - cy + 2)
         Mc = compose(translation(-cx, -cy), Ml)
-        warped.append(cv2.warpAffine(th, Mc, size, flags=cv2.INTER_LINEAR))
-        wmasks.append(cv2.warpAffine(tv, Mc, size, flags=cv2.INTER_NEAREST))
+        warp = cv2.warpAffine if len(Mc) == 2 else cv2.warpPerspective
+        warped.append(warp(th, Mc, size, flags=cv2.INTER_LINEAR))
+        wmasks.append(warp(tv, Mc, size, flags=cv2.INTER_NEAREST))
         corners.append((cx, cy))
     pairs_means = overlap_means(warped, wmasks, corners)
     gains = solve_gains(n, pairs_means, placed)
@@ -568,7 +588,7 @@ def build_report(
             "predicted_error_px": None if err is None else round(err, 4),
         }
         if mats[k] is not None:
-            sc, ang = _similarity(mats[k])
+            sc, ang = _similarity(mats[k], hw)
             row.update(transform=np.round(mats[k], 6).tolist(), scale=round(sc, 6), rotation_deg=round(ang, 5))
         frames.append(row)
         if flags:
