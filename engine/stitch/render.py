@@ -34,11 +34,19 @@ from engine.stitch.register import apply, compose, translation
 
 @dataclass(frozen=True)
 class ShardFrame:
-    """A frame's index, its frame→panorama transform and its per-channel gain."""
+    """A frame's index, its frame→panorama transform (2×3 affine or 3×3 homography) and its per-channel gain."""
 
     index: int
     M: np.ndarray
     gain: np.ndarray
+
+
+def warp(src: np.ndarray, F: np.ndarray, size: tuple[int, int], flags: int) -> np.ndarray:
+    """``src`` warped by ``F`` (2×3 affine or 3×3 projective, source → output px) onto ``size`` ``(w, h)``,
+    zero outside."""
+    if len(F) == 2:
+        return cv2.warpAffine(src, F, size, flags=flags, borderMode=cv2.BORDER_CONSTANT)
+    return cv2.warpPerspective(src, F, size, flags=flags, borderMode=cv2.BORDER_CONSTANT)
 
 
 def frame_box(M: np.ndarray, hw: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -147,8 +155,8 @@ def _feather(
     n_any = np.zeros((h, w), np.float32)
     for f, img, valid in zip(frames, images, valids):
         F = compose(translation(-x0, -y0), f.M)
-        warped = cv2.warpAffine(img, F, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT)
-        v = cv2.warpAffine(valid, F, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT) > 0
+        warped = warp(img, F, (w, h), interpolation)
+        v = warp(valid, F, (w, h), cv2.INTER_NEAREST) > 0
         vals = warped.astype(np.float32) * f.gain.astype(np.float32)
         wt = seam_weight(labels, scale, f.index, y0, x0, h, w, sigma_low) * v
         acc += vals * wt[..., None]
@@ -249,18 +257,16 @@ def _multiband(
     count = np.zeros((h, w), np.float32)
     warped: list[tuple[tuple[slice, slice], np.ndarray, np.ndarray]] = []
     for i, (f, img, valid) in enumerate(zip(frames, images, valids)):
-        sl = _footprint(f.M, valid.shape, h, w, y0, x0)  # type: ignore[arg-type]
+        sl = _footprint(f.M, valid.shape, h, w, y0, x0)
         if sl is None:
             continue
         sy, sx = sl
         fh, fw, fy, fx = sy.stop - sy.start, sx.stop - sx.start, y0 + sy.start, x0 + sx.start
         F = compose(translation(-fx, -fy), f.M)
-        im = cv2.warpAffine(img, F, (fw, fh), flags=interpolation, borderMode=cv2.BORDER_CONSTANT)
-        v = cv2.warpAffine(valid, F, (fw, fh), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT) > 0
+        im = warp(img, F, (fw, fh), interpolation)
+        v = warp(valid, F, (fw, fh), cv2.INTER_NEAREST) > 0
         inside = cv2.copyMakeBorder((valid > 0).astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-        depth = cv2.warpAffine(
-            cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1], F, (fw, fh), flags=cv2.INTER_LINEAR
-        )
+        depth = warp(cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1], F, (fw, fh), cv2.INTER_LINEAR)
         score = np.where(v, seam_weight(labels, scale, f.index, fy, fx, fh, fw, 0.0) * 1e4 + depth, -1.0)
         better = score > best[sl]
         best[sl][better], owner[sl][better] = score[better], i

@@ -155,8 +155,8 @@ def test_model_is_validated():
 @pytest.mark.slow
 @pytest.mark.ray
 def test_prepared_section_with_homographies(tmp_path, ray_session):
-    """Registration to the render plan (the render stage takes 2×3 transforms until it is rewritten): an
-    untilted degraded grid, its lens not refined, within 0.3 px of the truth and predicted so."""
+    """Registration to the render plan (its 3×3 transforms render: see the test above): an untilted
+    degraded grid, its lens not refined, within 0.3 px of the truth and predicted so."""
     from engine.calibrate.lens import LensModel, fit_lens
     from engine.stitch.evaluate import alignment_rms
     from engine.stitch.frames import Correction
@@ -176,3 +176,45 @@ def test_prepared_section_with_homographies(tmp_path, ray_session):
     true_lens = LensModel(caps.lens.camera_matrix, caps.lens.dist_coeffs, cfg.frame_hw)
     rms, _ = alignment_rms(list(plan.mats), lens, caps.transforms, true_lens, cfg.frame_hw)
     assert rms < 0.3 and rep["rms_px"] < 0.3
+
+
+def test_render_warps_frames_through_their_homographies():
+    """Tilted frames rendered (multiband, 128 px shards) at their true homographies give back the section
+    they were cut from; with the perspective row dropped they do not."""
+    from engine.stitch.render import ShardFrame, blend_box, render_shard, touches
+
+    truth, frames = _captures(TILT)
+    src = textured_section((int(2 * MARGIN + 2 * STEP[0] + HW[0]), int(2 * MARGIN + 2 * STEP[1] + HW[1])), seed=1)
+    H, W = src.shape[:2]
+    scale = 0.25
+    lh, lw = int(np.ceil(H * scale)), int(np.ceil(W * scale))
+    centres = np.concatenate([apply(M, np.array([[(HW[1] - 1) / 2, (HW[0] - 1) / 2]])) for M in truth])
+    yy, xx = np.mgrid[:lh, :lw]
+    pts = np.stack([(xx + 0.5) / scale - 0.5, (yy + 0.5) / scale - 0.5], -1)
+    labels = np.argmin(np.linalg.norm(pts[..., None, :] - centres, axis=-1), axis=-1).astype(np.int16)
+
+    def render(mats: list[np.ndarray]) -> np.ndarray:
+        out = np.zeros((H, W, 3), np.uint8)
+        for y0 in range(0, H, 128):
+            for x0 in range(0, W, 128):
+                h, w = min(128, H - y0), min(128, W - x0)
+                ks = [k for k, M in enumerate(mats) if touches(M, HW, *blend_box(y0, x0, h, w, 3))]
+                shard = render_shard(
+                    y0,
+                    x0,
+                    h,
+                    w,
+                    [ShardFrame(k, mats[k], np.ones(3)) for k in ks],
+                    [frames[k] for k in ks],
+                    [FULL] * len(ks),
+                    labels,
+                    scale,
+                    levels=3,
+                )
+                out[y0 : y0 + h, x0 : x0 + w] = shard.transpose(1, 2, 0)
+        return out
+
+    inner = (slice(MARGIN + 10, H - MARGIN - 10), slice(MARGIN + 10, W - MARGIN - 10))
+    err_h = np.abs(render(truth).astype(np.float32) - src)[inner].mean()
+    err_a = np.abs(render([M[:2] / M[2, 2] for M in truth]).astype(np.float32) - src)[inner].mean()
+    assert err_h < 1.0 and err_a > 10 * err_h, (err_h, err_a)
