@@ -255,7 +255,7 @@ def _multiband(
     owner = np.full((h, w), -1, np.int32)
     total = np.zeros((h, w, 3), np.float32)
     count = np.zeros((h, w), np.float32)
-    warped: list[tuple[tuple[slice, slice], np.ndarray, np.ndarray]] = []
+    warped: list[tuple[int, ShardFrame, tuple[slice, slice], np.ndarray, np.ndarray]] = []
     for i, (f, img, valid) in enumerate(zip(frames, images, valids)):
         sl = _footprint(f.M, valid.shape, h, w, y0, x0)
         if sl is None:
@@ -272,12 +272,12 @@ def _multiband(
         best[sl][better], owner[sl][better] = score[better], i
         total[sl] += im * (f.gain.astype(np.float32) * v[..., None])
         count[sl] += v
-        warped.append((sl, im, v))
+        warped.append((i, f, sl, im, v))
         del depth, score, better
     acc = [np.zeros((h >> lv, w >> lv, 3), np.float32) for lv in range(levels + 1)]
     wsum = [np.zeros((h >> lv, w >> lv), np.float32) for lv in range(levels + 1)]
     margin = blend_halo(levels) + (2 << levels) if margin is None else margin
-    for i, ((sl, im, v), f) in enumerate(zip(warped, frames)):
+    for i, f, sl, im, v in warped:
         mask = owner == i
         if not mask.any():
             continue
@@ -418,5 +418,6 @@ class RenderStage(BlockStage):
         return {"windows": int(result["nframes"])}
 
     def size_bytes(self, unit: Unit) -> int:
-        h, w = self.plans[unit.raster].frame_hw
-        return 4 * h * w * 4 + unit.block.h * unit.block.w * 3
+        plan = self.plans[unit.raster]
+        h, w = plan.frame_hw
+        return max(len(plan.touching(unit.block)), 1) * h * w * 4 + unit.block.h * unit.block.w * 3
