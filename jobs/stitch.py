@@ -74,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--blend-levels", type=int, default=None, help="multiband pyramid levels (default: from the frame size)"
     )
     parser.add_argument(
+        "--no-seam-refine",
+        action="store_true",
+        help="keep the low-res seam as it is (default: cut it again at full resolution near the seam; multiband only)",
+    )
+    parser.add_argument(
         "--model",
         choices=("similarity", "homography"),
         default="similarity",
@@ -129,6 +134,7 @@ def run(cfg: Any) -> int:
             register=register,
             blend=cfg.blend,
             blend_levels=cfg.blend_levels,
+            seam_refine=not cfg.no_seam_refine,
             model=cfg.model,
         )
     except ValueError as exc:

@@ -24,6 +24,8 @@ PROBABILITIES = "probabilities"
 """Per-class probabilities, an image group under the section."""
 SEAM_LABELS = "seam_labels"
 """A stitched section's array of which frame each output pixel came from (``lode stitch``)."""
+SEAM_REFINED = "seam_refined"
+"""A stitched section's full-resolution owner frame of each pixel near its seams, -1 elsewhere."""
 FULL_RESOLUTION = "0"
 """Level 0 of a multiscale image: full resolution."""
 

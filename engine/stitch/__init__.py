@@ -8,7 +8,8 @@ Modules, in pipeline order:
 - ``confidence``: each frame's predicted error (edge residuals, leave-one-edge-out, propagation); one-edge frames.
 - ``exposure``: per-frame, per-channel gains by least squares over overlaps.
 - ``seams``: graph-cut seams (OpenCV) as a low-resolution ownership map.
-- ``render``: one output shard from the frames that touch it (feathered seams).
+- ``refine``: those seams cut again at full resolution in a band around them, pair by pair.
+- ``render``: one output shard from the frames that touch it (multiband or feathered seams).
 - ``section``: the Ray orchestration of one section and its stitch report.
 - ``collection``: sections and calibration of a collection folder.
 - ``evaluate``: scores against synthetic truth (RMS, ΔE2000, seam gradients).

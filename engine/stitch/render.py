@@ -2,7 +2,8 @@
 
 Blend weights come from the low-resolution seam label map. ``multiband`` (the default) gives
 each pixel to one frame (the label map's owner, upsampled and cut by the frames' valid masks;
-a pixel whose owner does not cover it goes to the covering frame it lies deepest in) and blends
+a pixel whose owner does not cover it goes to the covering frame it lies deepest in; near the
+seams, when the section refined them, the full-resolution cut's owner comes first) and blends
 Laplacian pyramids of the gain-corrected frames with Gaussian pyramids of those hard masks
 (Burt & Adelson): low frequencies, where exposure steps live, mix over about ``2**levels`` px,
 fine detail switches within a pixel or two. Each frame's invalid pixels are first filled by a
@@ -26,7 +27,7 @@ import numpy as np
 
 from engine.errors import LodeInputError
 from engine.io import fs
-from engine.io.layout import SEAM_LABELS, array_at, group_at
+from engine.io.layout import SEAM_LABELS, SEAM_REFINED, array_at, group_at
 from engine.io.ome import open_store, write_block
 from engine.raster import Block, BlockStage, Unit, block_grid, units_of
 from engine.stitch.register import apply, compose, translation
@@ -119,18 +120,21 @@ def render_shard(
     interpolation: int = cv2.INTER_CUBIC,
     blend: Blend = "multiband",
     levels: int = 4,
+    refined: np.ndarray | None = None,
 ) -> np.ndarray:
     """The shard ``(3, h, w)`` uint8 at panorama offset ``(y0, x0)``.
 
     ``frames[i]`` places ``images[i]`` ``(fh, fw, 3)`` uint8 and ``valids[i]`` ``(fh, fw)`` uint8;
     ``labels`` ``(Lh, Lw)`` is the seam label map at ``scale``. ``sigma_low`` is the feather's
     blur (low-res px), ``levels`` the multiband pyramid's depth; for ``multiband`` the frames
-    must cover the shard's :func:`blend_box`.
+    must cover the shard's :func:`blend_box`, and ``refined`` (``multiband`` only), the
+    full-resolution owners near the seams over that box (:func:`read_box`; -1 elsewhere),
+    overrides the owner from ``labels`` where the frame it names is valid.
     """
     if blend == "feather":
         return _feather(y0, x0, h, w, frames, images, valids, labels, scale, sigma_low, interpolation)
     by0, bx0, bh, bw = blend_box(y0, x0, h, w, levels)
-    out = _multiband(by0, bx0, bh, bw, frames, images, valids, labels, scale, interpolation, levels)
+    out = _multiband(by0, bx0, bh, bw, frames, images, valids, labels, scale, interpolation, levels, refined=refined)
     crop = out[y0 - by0 : y0 - by0 + h, x0 - bx0 : x0 - bx0 + w]
     return np.clip(np.rint(crop), 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
@@ -244,9 +248,11 @@ def _multiband(
     interpolation: int,
     levels: int,
     margin: int | None = None,
+    refined: np.ndarray | None = None,
 ) -> np.ndarray:
     """The multiband blend ``(h, w, 3)`` float32 over the box at ``(y0, x0)`` (sides multiples of
-    ``2**levels``), 0 where no frame is valid.
+    ``2**levels``), 0 where no frame is valid. A pixel goes to the frame ``refined`` ``(h, w)`` int16
+    names there if that frame is valid, else to its owner in ``labels``.
 
     Each frame is warped over its footprint in the box only, and its pyramids are built over the
     box around the pixels it owns grown by ``margin`` (default: the reach of the coarsest band,
@@ -267,7 +273,10 @@ def _multiband(
         v = warp(valid, F, (fw, fh), cv2.INTER_NEAREST) > 0
         inside = cv2.copyMakeBorder((valid > 0).astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
         depth = warp(cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1], F, (fw, fh), cv2.INTER_LINEAR)
-        score = np.where(v, seam_weight(labels, scale, f.index, fy, fx, fh, fw, 0.0) * 1e4 + depth, -1.0)
+        score = seam_weight(labels, scale, f.index, fy, fx, fh, fw, 0.0) * 1e4 + depth
+        if refined is not None:
+            score += (refined[sl] == f.index) * np.float32(1e7)
+        score = np.where(v, score, -1.0)
         better = score > best[sl]
         best[sl][better], owner[sl][better] = score[better], i
         total[sl] += im * (f.gain.astype(np.float32) * v[..., None])
@@ -308,6 +317,17 @@ def _multiband(
     return out * (owner >= 0)[..., None]
 
 
+def read_box(arr: Any, y0: int, x0: int, h: int, w: int, fill: int = -1) -> np.ndarray:
+    """The box ``(h, w)`` at ``(y0, x0)`` of the 2-D array ``arr`` (numpy or zarr, read only there),
+    ``fill`` where the box lies outside it."""
+    out = np.full((h, w), fill, arr.dtype)
+    ys, xs = max(y0, 0), max(x0, 0)
+    ye, xe = min(y0 + h, arr.shape[0]), min(x0 + w, arr.shape[1])
+    if ye > ys and xe > xs:
+        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = arr[ys:ye, xs:xe]
+    return out
+
+
 def frame_path(work: str, k: int, kind: str) -> str:
     """Where the correction step caches frame ``k``'s ``image`` (h, w, 3) or ``valid`` (h, w) as .npy."""
     return fs.join(work, "frames", f"{k:05d}.{kind}.npy")
@@ -325,7 +345,9 @@ def load_frame(path: str) -> np.ndarray:
 class RenderPlan:
     """How one section's panorama is rendered: frame placement and gains, seam map scale, the
     blend (``multiband`` with ``blend_levels``, ``None``: from the frame size; or ``feather`` with
-    ``sigma_low``), the partial group written and the work folder that holds the corrected frames."""
+    ``sigma_low``), the partial group written and the work folder that holds the corrected frames;
+    ``seam_refined``: the partial group holds the full-resolution owners near the seams
+    (``SEAM_REFINED``, :mod:`engine.stitch.refine`), which the multiband render follows."""
 
     section: str
     store: str
@@ -340,6 +362,7 @@ class RenderPlan:
     shard: int
     blend: Blend = "multiband"
     blend_levels: int | None = None
+    seam_refined: bool = False
 
     @property
     def blocks(self) -> list[Block]:
@@ -382,8 +405,20 @@ class RenderStage(BlockStage):
         for i, k in enumerate(ks):
             images[i] = load_frame(frame_path(plan.work, k, "image"))
             valids[i] = load_frame(frame_path(plan.work, k, "valid"))
-        labels = array_at(open_store(plan.store), f"{plan.group}/{SEAM_LABELS}")[:]
-        return {"frames": np.array(ks + [-1], np.int64), "images": images, "valids": valids, "labels": labels}
+        root = open_store(plan.store)
+        labels = array_at(root, f"{plan.group}/{SEAM_LABELS}")[:]
+        refined = (
+            read_box(array_at(root, f"{plan.group}/{SEAM_REFINED}"), *plan.box(unit.block))
+            if plan.seam_refined
+            else np.full((1, 1), -1, np.int16)
+        )
+        return {
+            "frames": np.array(ks + [-1], np.int64),
+            "images": images,
+            "valids": valids,
+            "labels": labels,
+            "refined": refined,
+        }
 
     def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
         plan = self.plans[unit.raster]
@@ -403,6 +438,7 @@ class RenderStage(BlockStage):
             plan.sigma_low,
             blend=plan.blend,
             levels=plan.levels,
+            refined=np.ascontiguousarray(data["refined"]) if plan.seam_refined else None,
         )
         return {"image": image, "nframes": len(ks)}
 
@@ -420,4 +456,6 @@ class RenderStage(BlockStage):
     def size_bytes(self, unit: Unit) -> int:
         plan = self.plans[unit.raster]
         h, w = plan.frame_hw
-        return max(len(plan.touching(unit.block)), 1) * h * w * 4 + unit.block.h * unit.block.w * 3
+        _, _, bh, bw = plan.box(unit.block)
+        frames = max(len(plan.touching(unit.block)), 1) * h * w * 4
+        return frames + unit.block.h * unit.block.w * 3 + (2 * bh * bw if plan.seam_refined else 0)

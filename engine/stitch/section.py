@@ -28,7 +28,7 @@ from engine.errors import LodeInputError, input_error_of
 from engine.io import fs
 from engine.io.atomic import atomic_write_bytes, publish
 from engine.io.images import image_header
-from engine.io.layout import SEAM_LABELS, attrs_of, group_at
+from engine.io.layout import SEAM_LABELS, SEAM_REFINED, array_at, attrs_of, group_at
 from engine.io.manifest import RunManifest
 from engine.io.ome import PyramidLayout, create_image, open_store
 from engine.raster.runner import RunOptions, StageRun, run_stage
@@ -38,6 +38,7 @@ from engine.stitch.bundle import refine_section_lens
 from engine.stitch.confidence import Confidence, predict_errors
 from engine.stitch.exposure import overlap_means, solve_gains
 from engine.stitch.frames import Correction, FrameCorrector, read_section
+from engine.stitch.refine import PairFrame, Strip, paste, refine_pair, seam_pairs, seam_partners
 from engine.stitch.register import (
     MODELS,
     Edge,
@@ -61,12 +62,15 @@ from engine.stitch.seams import seam_labels
 class StitchOptions:
     """``model``: the frames' transform, ``similarity`` or ``homography`` (stages that tilt); it sets
     ``register.model`` and ``align.model``. The lens is not refined with ``homography``
-    (:func:`engine.stitch.bundle.refine_lens` says so in the report's ``lens.reason``)."""
+    (:func:`engine.stitch.bundle.refine_lens` says so in the report's ``lens.reason``).
+    ``seam_refine``: cut the seams again at full resolution near the low-res seam
+    (:mod:`engine.stitch.refine`; the multiband blend follows it, ``feather`` does not)."""
 
     register: RegisterOptions = field(default_factory=RegisterOptions)
     align: AlignOptions = field(default_factory=AlignOptions)
     min_overlap: float = 0.1
     seam_megapixels: float = 1.0
+    seam_refine: bool = True
     blend_sigma_low: float = 1.5
     shard: int = 2048
     levels: int = 3
@@ -135,6 +139,37 @@ def _coarse_features(work: str, k: int, scale: float, max_features: int):
     del img, valid
     release_heap()
     return (pts + 0.5) / scale - 0.5, desc
+
+
+@ray.remote
+def _refine_task(
+    work: str, seams: tuple[np.ndarray, np.ndarray], scale: float, placed: list[tuple[int, Any, Any]], shape
+) -> Strip:
+    """The refined seam strip of the pair ``placed`` (each frame's index, transform and gain) from
+    ``seams`` (the low-res labels and their :func:`seam_partners`); the corrected frames are read
+    from ``work``."""
+    fa, fb = (PairFrame(k, *_cached(work, k), M, gain) for k, M, gain in placed)
+    strip = refine_pair(*seams, scale, fa, fb, shape)
+    del fa, fb
+    release_heap()
+    return strip
+
+
+def _refine_seams(plan: RenderPlan, labels: np.ndarray) -> int:
+    """Cut every low-res seam of ``labels`` again at full resolution (a Ray task per pair of frames)
+    into the plan's ``SEAM_REFINED`` array, strip by strip (one Ray task's strip in memory here at a
+    time, in pair order); the number of pairs."""
+    target = array_at(open_store(plan.store, mode="r+"), f"{plan.group}/{SEAM_REFINED}")
+    partners = seam_partners(labels)
+    ref = ray.put((labels, partners))
+    pending = [
+        _refine_task.remote(plan.work, ref, plan.scale, [(k, plan.mats[k], plan.gains[k]) for k in pair], plan.shape)
+        for pair in seam_pairs(labels, partners)
+    ]
+    n = len(pending)
+    while pending:
+        paste(target, ray.get(pending.pop(0)))
+    return n
 
 
 @ray.remote
@@ -361,11 +396,21 @@ def prepare_section(
         opts.shard,
         blend=opts.blend,
         blend_levels=opts.blend_levels,
+        seam_refined=opts.seam_refine and opts.blend == "multiband",
     )
     create_partial(plan, labels, opts.levels)
+    refined_pairs = 0
+    if plan.seam_refined:
+        t = time.perf_counter()
+        refined_pairs = _refine_seams(plan, labels)
+        timings["seam_refine"] = time.perf_counter() - t
     timings["prepare"] = time.perf_counter() - t0
     report = build_report(sec, hw, edges, al, conf, mats, gains, (H, W), placed, opts, timings, len(plan.blocks), stds)
-    report["seam_labels"] = {"array": SEAM_LABELS, "scale": s}
+    report["seam_labels"] = {
+        "array": SEAM_LABELS,
+        "scale": s,
+        "refined": {"array": SEAM_REFINED, "pairs": refined_pairs} if plan.seam_refined else None,
+    }
     report["lens"] = None if lens_fit is None else lens_fit.to_dict()
     atomic_write_bytes(
         _plan_file(work, sec.section_id), pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint})
@@ -408,8 +453,9 @@ def create_root(store: str | Path) -> None:
 
 
 def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int) -> None:
-    """(Re)create the plan's hidden partial image group, holding the seam label map (Lh, Lw); the
-    store's root must exist (:func:`create_root`)."""
+    """(Re)create the plan's hidden partial image group, holding the seam label map (Lh, Lw) and,
+    when the plan refines seams, an empty refined owner map ``plan.shape`` (chunked like the
+    shards; chunks no band reaches are never stored); the store's root must exist (:func:`create_root`)."""
     root = open_store(plan.store, mode="r+")
     layout = PyramidLayout((plan.shard, plan.shard), levels=levels)
     create_image(root, plan.group, (3, *plan.shape), layout, channel_names=["R", "G", "B"], overwrite=True)
@@ -417,6 +463,10 @@ def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int) -> None:
         SEAM_LABELS, shape=labels.shape, dtype=np.int16, chunks=labels.shape, fill_value=-1
     )
     seams[...] = labels
+    if plan.seam_refined:
+        group_at(root, plan.group).create_array(
+            SEAM_REFINED, shape=plan.shape, dtype=np.int16, chunks=(plan.shard, plan.shard), fill_value=-1
+        )
 
 
 def render_sections(plans: Sequence[RenderPlan], executor: str = "ray") -> StageRun:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from engine.io.layout import SEAM_LABELS
+from engine.io.layout import SEAM_LABELS, SEAM_REFINED
 from engine.stitch.frames import Correction
 from engine.stitch.register import compose, invert, translation
 from engine.stitch.render import RenderPlan, ShardFrame, _multiband, blend_box, blend_halo, render_shard
@@ -203,17 +203,20 @@ def test_multiband_spreads_the_exposure_step_and_keeps_detail():
 @pytest.mark.ray
 def test_stitch_render_shards_agree_with_one_shard(tmp_path, ray_session):
     """Through the render stage: a degraded section's 128 px multiband shards, each read with the
-    frames its halo touches, equal the panorama rendered as one shard."""
+    frames its halo touches and its box of the refined seam map, equal the panorama rendered as one shard."""
     pin = json.loads((Path(__file__).parent / "fixtures" / "render_pinned.json").read_text())["secA"]["config"]
     cfg = CaptureConfig.degraded(frame_hw=(200, 300), seed=pin["seed"], rows=pin["rows"], cols=pin["cols"])
     write_section(tmp_path / "coll", "secA", capture_grid(None, cfg))
     store = tmp_path / "out.zarr"
     create_root(store)
     plan, _ = prepare_section(tmp_path / "coll" / "secA", store, Correction(), StitchOptions(shard=128))
-    assert plan.blend == "multiband" and plan.levels == 4 and len(plan.units) > 10
-    labels = zarr.open_group(str(store), mode="r")[plan.group][SEAM_LABELS][:]
+    assert plan.blend == "multiband" and plan.levels == 4 and len(plan.units) > 10 and plan.seam_refined
+    group = zarr.open_group(str(store), mode="r")[plan.group]
     whole = replace(plan, section="whole", group=".whole.partial", shard=1024)
-    create_partial(whole, labels, 1)
+    create_partial(whole, group[SEAM_LABELS][:], 1)
+    refined = group[SEAM_REFINED][:]
+    assert (refined >= 0).mean() > 0.01
+    zarr.open_group(str(store), mode="r+")[whole.group][SEAM_REFINED][...] = refined
     run = render_sections([plan, whole], "serial")
     assert not run.failed and run.ran == len(plan.units) + 1
     root = zarr.open_group(str(store), mode="r")
