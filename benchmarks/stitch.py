@@ -163,6 +163,7 @@ def _score_lode(work: Path, case: str, truth: dict, src: np.ndarray) -> dict:
     from engine.stitch.evaluate import (
         alignment_rms,
         gradient_ratio,
+        noise_floor_delta_e,
         sample_delta_e,
         seam_masks,
         section_lens,
@@ -213,6 +214,8 @@ def _score_lode(work: Path, case: str, truth: dict, src: np.ndarray) -> dict:
         pano = np.asarray(g[FULL_RESOLUTION][...]).transpose(1, 2, 0)
         on_seam, away = seam_masks(np.asarray(g[SEAM_LABELS][...]), rep["seam_labels"]["scale"], pano.shape[:2], 16)
         out["delta_e2000_away_from_seams"] = round(sample_delta_e(pano, src, G, away), 3)
+        sigma = float(truth["config"]["noise_sigma"])
+        out["delta_e2000_sensor_noise_alone"] = round(noise_floor_delta_e(src, G, away, sigma), 3) if sigma else 0.0
         out["seam_gradient_ratio"] = round(gradient_ratio(pano, on_seam, away), 3)
         out["truth_gradient_ratio_same_pixels"] = round(
             gradient_ratio(truth_in_panorama(src, G, pano.shape[:2]), on_seam, away), 3

@@ -94,10 +94,8 @@ def frame_errors(
     return out
 
 
-def sample_delta_e(
-    pano: np.ndarray, source: np.ndarray, G: np.ndarray, keep: np.ndarray, n: int = 200_000, seed: int = 0
-) -> float:
-    """Mean ΔE2000 between panorama pixels (``(h, w, 3)``, where ``keep``) and the source at ``G``·xy."""
+def _sampled(source: np.ndarray, G: np.ndarray, keep: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Up to ``n`` random pixels where ``keep``: their rows, columns and the source ``(n, 3)`` float64 at ``G``·xy."""
     import cv2
 
     ys, xs = np.nonzero(keep)
@@ -106,12 +104,30 @@ def sample_delta_e(
     pts = np.stack([xs[pick], ys[pick]], -1).astype(np.float64)
     q = apply(G, pts).astype(np.float32)
     truth = cv2.remap(source, q[:, 0].reshape(256, -1), q[:, 1].reshape(256, -1), cv2.INTER_CUBIC).reshape(-1, 3)
-    got = pano[ys[pick], xs[pick]]
-    return float(
-        np.mean(
-            deltaE_ciede2000(rgb2lab(got[None].astype(np.float64) / 255), rgb2lab(truth[None].astype(np.float64) / 255))
-        )
-    )
+    return ys[pick], xs[pick], truth.astype(np.float64)
+
+
+def _mean_delta_e(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(deltaE_ciede2000(rgb2lab(a[None] / 255), rgb2lab(b[None] / 255))))
+
+
+def sample_delta_e(
+    pano: np.ndarray, source: np.ndarray, G: np.ndarray, keep: np.ndarray, n: int = 200_000, seed: int = 0
+) -> float:
+    """Mean ΔE2000 between panorama pixels (``(h, w, 3)``, where ``keep``) and the source at ``G``·xy."""
+    ys, xs, truth = _sampled(source, G, keep, n, seed)
+    return _mean_delta_e(pano[ys, xs].astype(np.float64), truth)
+
+
+def noise_floor_delta_e(
+    source: np.ndarray, G: np.ndarray, keep: np.ndarray, sigma: float, n: int = 200_000, seed: int = 0
+) -> float:
+    """Mean ΔE2000 that sensor noise alone costs on the pixels :func:`sample_delta_e` draws: the source there
+    against itself plus N(0, ``sigma``) grey levels, rounded to 8 bits. A panorama built from frames with that
+    noise cannot come closer without smoothing the section itself."""
+    _, _, truth = _sampled(source, G, keep, n, seed)
+    noisy = np.clip(np.round(truth + np.random.default_rng(seed + 1).normal(0.0, sigma, truth.shape)), 0, 255)
+    return _mean_delta_e(noisy, truth)
 
 
 def seam_masks(
