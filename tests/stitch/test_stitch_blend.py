@@ -16,7 +16,7 @@ import zarr
 from engine.io.layout import SEAM_LABELS, SEAM_REFINED
 from engine.stitch.frames import Correction
 from engine.stitch.register import compose, invert, translation
-from engine.stitch.render import RenderPlan, ShardFrame, _multiband, blend_box, blend_halo, render_shard
+from engine.stitch.render import RenderPlan, ShardFrame, _multiband, blend_box, blend_halo, read_box, render_shard
 from engine.stitch.seams import seam_labels
 from engine.stitch.section import StitchOptions, create_partial, create_root, prepare_section, render_sections
 from engine.synth.captures import CaptureConfig, capture_grid, textured_section, write_section
@@ -58,19 +58,37 @@ def _section(
     return scene, images, labels
 
 
-def _render(
+def render_by_shards(
     images: list[np.ndarray],
     valids: list[np.ndarray],
     mats: list[np.ndarray],
     labels: np.ndarray,
     shard: int,
-    blend: str,
+    blend: str = "multiband",
     levels: int | None = None,
+    hw: tuple[int, int] = (H, W),
+    refined: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The panorama ``(H, W, 3)`` uint8 rendered shard by shard, each from the frames the plan reads for it."""
+    """The panorama ``hw`` ``(H, W, 3)`` uint8 rendered shard by shard, each from the frames the plan reads for it
+    and its box of ``refined`` (full-resolution seam owners) if given."""
     gains = tuple(np.ones(3) for _ in mats)
-    plan = RenderPlan("s", "", "", "", (FH, FW), tuple(mats), gains, SCALE, 1.5, (H, W), shard, blend, levels)  # type: ignore[arg-type]
-    out = np.zeros((H, W, 3), np.uint8)
+    plan = RenderPlan(
+        "s",
+        "",
+        "",
+        "",
+        (FH, FW),
+        tuple(mats),
+        gains,
+        SCALE,
+        1.5,
+        hw,
+        shard,
+        blend,
+        levels,
+        refined is not None,  # type: ignore[arg-type]
+    )
+    out = np.zeros((*hw, 3), np.uint8)
     for b in plan.blocks:
         ks = plan.touching(b)
         shard_px = render_shard(
@@ -85,6 +103,7 @@ def _render(
             SCALE,
             blend=plan.blend,
             levels=plan.levels,
+            refined=None if refined is None else read_box(refined, *plan.box(b)),
         )
         out[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = shard_px.transpose(1, 2, 0)
     return out
@@ -140,8 +159,8 @@ def test_shards_rendered_apart_equal_the_panorama_rendered_whole(levels):
     cv2.fillPoly(valids[1], [np.array([[0, 0], [90, 0], [0, 70]])], 0)
     cv2.circle(valids[2], (FW - 1, 0), 40, 0, -1)
     _, images, labels = _section(mats, valids, seed=7)
-    whole = _render(images, valids, mats, labels, 1024, "multiband", levels)
-    apart = _render(images, valids, mats, labels, 128, "multiband", levels)
+    whole = render_by_shards(images, valids, mats, labels, 1024, "multiband", levels)
+    apart = render_by_shards(images, valids, mats, labels, 128, "multiband", levels)
     diff = np.abs(whole.astype(np.int16) - apart.astype(np.int16))
     assert np.mean(diff <= 1) >= 0.9999 and diff.max() <= 2
     assert (whole > 0).any(axis=-1).mean() > 0.9
@@ -172,8 +191,8 @@ def test_multiband_spreads_the_exposure_step_and_keeps_detail():
     valids = [np.full((FH, FW), 255, np.uint8) for _ in mats]
     scene, images, labels = _section(mats, valids, seed=5)
     owners = _owners(labels)
-    feather = _render(images, valids, mats, labels, 1024, "feather")
-    multi = _render(images, valids, mats, labels, 1024, "multiband")
+    feather = render_by_shards(images, valids, mats, labels, 1024, "feather")
+    multi = render_by_shards(images, valids, mats, labels, 1024, "multiband")
     truth = scene.astype(np.float32)
     jumps = {
         name: [_seam_jump(out.astype(np.float32) - truth, owners, r) for r in (1, 2, 4)]

@@ -14,38 +14,12 @@ from engine.io.layout import SEAM_REFINED
 from engine.stitch.frames import Correction
 from engine.stitch.refine import PairFrame, refine_seams, seam_pairs, seam_partners
 from engine.stitch.register import compose, invert, translation
-from engine.stitch.render import RenderPlan, ShardFrame, read_box, render_shard
 from engine.stitch.seams import seam_labels
 from engine.stitch.section import StitchOptions, stitch_section
 from engine.synth.captures import CaptureConfig, capture_grid, textured_section, write_section
+from tests.stitch.test_stitch_blend import FH, FW, SCALE, render_by_shards
 
-FH, FW = 200, 300
-SCALE = 0.5
 MAGENTA = (255, 0, 255)
-
-
-def _render(images, valids, mats, labels, refined, hw: tuple[int, int], shard: int = 1024) -> np.ndarray:
-    """The multiband panorama ``(H, W, 3)`` uint8 rendered shard by shard, each reading its box of ``refined``."""
-    gains = tuple(np.ones(3) for _ in mats)
-    plan = RenderPlan("s", "", "", "", (FH, FW), tuple(mats), gains, SCALE, 1.5, hw, shard, seam_refined=True)
-    out = np.zeros((*hw, 3), np.uint8)
-    for b in plan.blocks:
-        ks = plan.touching(b)
-        px = render_shard(
-            b.y0,
-            b.x0,
-            b.h,
-            b.w,
-            [ShardFrame(k, mats[k], gains[k]) for k in ks],
-            [images[k] for k in ks],
-            [valids[k] for k in ks],
-            labels,
-            SCALE,
-            levels=plan.levels,
-            refined=None if refined is None else read_box(refined, *plan.box(b)),
-        )
-        out[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = px.transpose(1, 2, 0)
-    return out
 
 
 def _pair(speck_in: int, seed: int = 3):
@@ -103,8 +77,8 @@ def test_refined_seam_shows_a_speck_whole_or_not_at_all(speck_in):
     refined = refine_seams(labels, SCALE, [PairFrame(k, images[k], valids[k], mats[k], np.ones(3)) for k in (0, 1)], hw)
     owners = np.unique(refined[speck])
     assert len(owners) == 1 and owners[0] >= 0
-    plain = _render(images, valids, mats, labels, None, hw).astype(np.float32)
-    refine = _render(images, valids, mats, labels, refined, hw).astype(np.float32)
+    plain = render_by_shards(images, valids, mats, labels, 1024, hw=hw, refined=None).astype(np.float32)
+    refine = render_by_shards(images, valids, mats, labels, 1024, hw=hw, refined=refined).astype(np.float32)
     err = {
         name: float(np.abs(out - truth)[speck].max())
         for name, out, truth in (
@@ -178,11 +152,11 @@ def test_shards_rendered_apart_with_refined_seams_equal_the_panorama_rendered_wh
     assert len(seam_pairs(labels, seam_partners(labels))) >= 4
     assert len(np.unique(refined[refined >= 0])) == 4
     assert ((refined >= 0) & (refined != _upsampled(labels, hw))).sum() > 100
-    whole = _render(images, valids, mats, labels, refined, hw, 1024)
-    apart = _render(images, valids, mats, labels, refined, hw, 128)
+    whole = render_by_shards(images, valids, mats, labels, 1024, hw=hw, refined=refined)
+    apart = render_by_shards(images, valids, mats, labels, 128, hw=hw, refined=refined)
     diff = np.abs(whole.astype(np.int16) - apart.astype(np.int16))
     assert np.mean(diff <= 1) >= 0.9999 and diff.max() <= 2
-    assert not np.array_equal(whole, _render(images, valids, mats, labels, None, hw, 1024))
+    assert not np.array_equal(whole, render_by_shards(images, valids, mats, labels, 1024, hw=hw, refined=None))
 
 
 @pytest.mark.ray
