@@ -519,14 +519,17 @@ def stitch_section(
     correction: Correction = Correction(),
     opts: StitchOptions = StitchOptions(),
     executor: str = "ray",
+    corrector: ray.actor.ActorHandle | None = None,
 ) -> dict:
     """Stitch ``<section_dir>/tiles`` into image group ``<section_id>`` of the OME-Zarr ``store``;
-    ``executor`` renders the shards on Ray Data (``ray``) or in this process (``serial``).
+    ``executor`` renders the shards on Ray Data (``ray``) or in this process (``serial``);
+    ``corrector``: a :func:`frame_corrector` to share (one of its own, dropped once the frames are
+    prepared, when ``None``).
 
     Returns the stitch report (also stored in the group's attributes).
     """
     create_root(store)
-    plan, report = prepare_section(section_dir, store, correction, opts)
+    plan, report = prepare_section(section_dir, store, correction, opts, corrector)
     t = time.perf_counter()
     run = render_sections([plan], executor)
     if run.failed:

@@ -220,7 +220,7 @@ def test_multiband_spreads_the_exposure_step_and_keeps_detail():
 
 
 @pytest.mark.ray
-def test_stitch_render_shards_agree_with_one_shard(tmp_path, ray_session):
+def test_stitch_render_shards_agree_with_one_shard(tmp_path, corrector):
     """Through the render stage: a degraded section's 128 px multiband shards, each read with the
     frames its halo touches and its box of the refined seam map, equal the panorama rendered as one shard."""
     pin = json.loads((Path(__file__).parent / "fixtures" / "render_pinned.json").read_text())["secA"]["config"]
@@ -228,7 +228,7 @@ def test_stitch_render_shards_agree_with_one_shard(tmp_path, ray_session):
     write_section(tmp_path / "coll", "secA", capture_grid(None, cfg))
     store = tmp_path / "out.zarr"
     create_root(store)
-    plan, _ = prepare_section(tmp_path / "coll" / "secA", store, Correction(), StitchOptions(shard=128))
+    plan, _ = prepare_section(tmp_path / "coll" / "secA", store, Correction(), StitchOptions(shard=128), corrector)
     assert plan.blend == "multiband" and plan.levels == 4 and len(plan.units) > 10 and plan.seam_refined
     group = zarr.open_group(str(store), mode="r")[plan.group]
     whole = replace(plan, section="whole", group=".whole.partial", shard=1024)

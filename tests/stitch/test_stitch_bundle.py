@@ -16,7 +16,7 @@ from engine.stitch.evaluate import alignment_rms
 from engine.stitch.frames import Correction
 from engine.stitch.register import Edge, apply, compose, fit_similarity, invert
 from engine.stitch.render import frame_path
-from engine.stitch.section import StitchOptions, create_root, prepare_section, stitch_section
+from engine.stitch.section import StitchOptions, create_root, prepare_section
 from engine.synth.captures import CaptureConfig, Lens, calibration_frames, capture_grid, textured_section, write_section
 
 HW = (200, 300)
@@ -113,31 +113,33 @@ def test_too_few_correspondences_keep_the_checkerboard_lens():
     assert fit.transforms == al.transforms
 
 
-def _stitch_rms(tmp_path, caps, cfg, corr, refine: bool) -> tuple[float, dict]:
+def _stitch_rms(tmp_path, corrector, caps, cfg, corr, refine: bool) -> tuple[float, dict]:
+    """Alignment RMS and report of the section prepared (placed, not rendered) with ``corr``."""
     out = tmp_path / f"refine{refine}.zarr"
-    opts = StitchOptions(shard=256, refine_lens=refine)
-    rep = stitch_section(tmp_path / "coll" / "s1", out, corr, opts, executor="serial")
+    create_root(out)
+    opts = StitchOptions(shard=256, refine_lens=refine, seam_refine=False)
+    _, rep = prepare_section(tmp_path / "coll" / "s1", out, corr, opts, corrector)
     est = [np.array(f["transform"]) if f["placed"] else None for f in rep["frames"]]
     used = replace(corr.lens, dist_coeffs=np.array(rep["lens"]["dist_coeffs"]))
     return alignment_rms(est, used, caps.transforms, _lens(cfg.distortion), HW)[0], rep
 
 
 @pytest.mark.ray
-def test_stitching_refines_a_mis_fitted_lens_and_keeps_a_good_fit(tmp_path, ray_session):
+def test_stitching_refines_a_mis_fitted_lens_and_keeps_a_good_fit(tmp_path, corrector):
     cfg = CaptureConfig.degraded(frame_hw=HW, seed=22)
     cal = calibration_frames(cfg)
     fitted = Correction(fit_lens(cal["checkerboard"]), fit_flat(cal["flat"], cal["dark"]))
     caps = capture_grid(textured_section(cfg.source_hw, seed=23), cfg)
     write_section(tmp_path / "coll", "s1", caps)
-    off, _ = _stitch_rms(tmp_path, caps, cfg, fitted, False)
-    on, rep = _stitch_rms(tmp_path, caps, cfg, fitted, True)
+    off, _ = _stitch_rms(tmp_path, corrector, caps, cfg, fitted, False)
+    on, rep = _stitch_rms(tmp_path, corrector, caps, cfg, fitted, True)
     assert on <= off + 1e-4 and rep["lens"]["checkerboard"] == fitted.lens.to_dict()
 
     k = fitted.lens.dist_coeffs.copy()
     k[0] *= 1.3
     wrong = replace(fitted, lens=replace(fitted.lens, dist_coeffs=k))
-    off, rep_off = _stitch_rms(tmp_path, caps, cfg, wrong, False)
-    on, rep = _stitch_rms(tmp_path, caps, cfg, wrong, True)
+    off, rep_off = _stitch_rms(tmp_path, corrector, caps, cfg, wrong, False)
+    on, rep = _stitch_rms(tmp_path, corrector, caps, cfg, wrong, True)
     assert rep_off["lens"]["reason"] == "lens refinement is off" and not rep_off["lens"]["refined"]
     lens = rep["lens"]
     assert lens["refined"] and lens["rms_after_px"] < lens["rms_before_px"]
@@ -147,7 +149,7 @@ def test_stitching_refines_a_mis_fitted_lens_and_keeps_a_good_fit(tmp_path, ray_
 
 
 @pytest.mark.ray
-def test_prepared_frames_are_corrected_with_the_refined_lens(tmp_path, ray_session):
+def test_prepared_frames_are_corrected_with_the_refined_lens(tmp_path, corrector):
     cfg = CaptureConfig.degraded(frame_hw=HW, seed=22)
     cal = calibration_frames(cfg)
     lens = fit_lens(cal["checkerboard"])
@@ -156,10 +158,10 @@ def test_prepared_frames_are_corrected_with_the_refined_lens(tmp_path, ray_sessi
     write_section(tmp_path / "coll", "s1", caps)
     store = tmp_path / "out.zarr"
     create_root(store)
-    plan, rep = prepare_section(tmp_path / "coll" / "s1", store, wrong, StitchOptions(shard=256))
+    plan, rep = prepare_section(tmp_path / "coll" / "s1", store, wrong, StitchOptions(shard=256), corrector)
     refined = replace(lens, dist_coeffs=np.array(rep["lens"]["dist_coeffs"]))
     assert rep["lens"]["refined"] and not np.allclose(refined.dist_coeffs, wrong.lens.dist_coeffs)
     raw = read_rgb(sorted((tmp_path / "coll" / "s1" / "tiles").iterdir())[4])
     assert np.array_equal(np.load(frame_path(plan.work, 4, "image")), CaptureCalibration(refined, None, HW)(raw)[0])
-    again, rep_again = prepare_section(tmp_path / "coll" / "s1", store, wrong, StitchOptions(shard=256))
+    again, rep_again = prepare_section(tmp_path / "coll" / "s1", store, wrong, StitchOptions(shard=256), corrector)
     assert rep_again == rep and all(np.array_equal(a, b) for a, b in zip(again.mats, plan.mats))

@@ -154,7 +154,7 @@ def test_model_is_validated():
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_prepared_section_with_homographies(tmp_path, ray_session):
+def test_prepared_section_with_homographies(tmp_path, corrector):
     """Registration to the render plan (its 3×3 transforms render: see the test above): an untilted
     degraded grid, its lens not refined, within 0.3 px of the truth and predicted so."""
     from engine.calibrate.lens import LensModel, fit_lens
@@ -169,7 +169,7 @@ def test_prepared_section_with_homographies(tmp_path, ray_session):
     write_section(tmp_path / "coll", "s1", caps)
     create_root(tmp_path / "out.zarr")
     opts = StitchOptions(shard=256, model="homography")
-    plan, rep = prepare_section(tmp_path / "coll" / "s1", tmp_path / "out.zarr", Correction(lens), opts)
+    plan, rep = prepare_section(tmp_path / "coll" / "s1", tmp_path / "out.zarr", Correction(lens), opts, corrector)
     assert all(m is not None and m.shape == (3, 3) for m in plan.mats)
     assert rep["frames_placed"] == 9 and not rep["lens"]["refined"] and "homography" in rep["lens"]["reason"]
     assert all(abs(f["scale"] - 1) < 0.01 and abs(f["rotation_deg"]) < 0.5 for f in rep["frames"])

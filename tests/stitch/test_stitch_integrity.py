@@ -73,7 +73,7 @@ def _other_size(tile: Path) -> tuple[Path, bytes]:
         (_other_size, "first frame"),
     ],
 )
-def test_a_bad_tile_fails_its_section_naming_the_file(tmp_path, ray_session, damage, reason):
+def test_a_bad_tile_fails_its_section_naming_the_file(tmp_path, corrector, damage, reason):
     tile = _section(tmp_path / "coll")[1]
     bad, data = damage(tile)
     tile.unlink()
@@ -81,7 +81,7 @@ def test_a_bad_tile_fails_its_section_naming_the_file(tmp_path, ray_session, dam
     store = tmp_path / "out.zarr"
     create_root(store)
     with pytest.raises(LodeInputError, match=reason) as err:
-        prepare_section(tmp_path / "coll" / "s1", store, Correction(), StitchOptions(shard=128))
+        prepare_section(tmp_path / "coll" / "s1", store, Correction(), StitchOptions(shard=128), corrector)
     assert err.value.source == str(bad) and "\x1b" not in str(err.value)
     assert list(zarr.open_group(str(store), mode="r").groups()) == []
 

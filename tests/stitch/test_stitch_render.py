@@ -45,7 +45,7 @@ def _hashes(group: zarr.Group) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("executor", [pytest.param("ray", marks=pytest.mark.slow), "serial"])
-def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, ray_session, executor):
+def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, corrector, executor):
     pinned = json.loads((FIXTURES / "render_pinned.json").read_text())
     plans = np.load(FIXTURES / "render_plans.npz")
     store = tmp_path / "out.zarr"
@@ -54,7 +54,7 @@ def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, ray_session,
     for name, pin in pinned.items():
         write_section(tmp_path / "coll", name, capture_grid(None, _config(pin["config"])))
         plan, _ = prepare_section(
-            tmp_path / "coll" / name, store, Correction(), StitchOptions(shard=128, blend="feather")
+            tmp_path / "coll" / name, store, Correction(), StitchOptions(shard=128, blend="feather"), corrector
         )
         mats = tuple(np.array(m) for m in plans[f"{name}_mats"])
         plan = replace(

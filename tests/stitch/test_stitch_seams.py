@@ -160,7 +160,7 @@ def test_shards_rendered_apart_with_refined_seams_equal_the_panorama_rendered_wh
 
 
 @pytest.mark.ray
-def test_stitch_refines_seams_unless_switched_off(tmp_path, ray_session):
+def test_stitch_refines_seams_unless_switched_off(tmp_path, corrector):
     """A 2×2 section stitched with ``seam_refine`` on and off: the report records the switch, and
     only the refined section stores a full-resolution owner map, -1 away from its seams."""
     write_section(tmp_path / "coll", "s", capture_grid(None, CaptureConfig(rows=2, cols=2, frame_hw=(FH, FW), seed=4)))
@@ -171,6 +171,7 @@ def test_stitch_refines_seams_unless_switched_off(tmp_path, ray_session):
             Correction(),
             StitchOptions(shard=256, seam_refine=on),
             executor="serial",
+            corrector=corrector,
         )
         for on in (True, False)
     }

@@ -16,18 +16,18 @@ OPTS = StitchOptions(shard=256)
 pytestmark = pytest.mark.ray
 
 
-def _run(tmp_path, cfg, correction=Correction(), positions=True, source=None):
+def _run(tmp_path, corrector, cfg, correction=Correction(), positions=True, source=None):
     caps = capture_grid(source, cfg)
     write_section(tmp_path / "coll", "s1", caps, positions=positions)
-    rep = stitch_section(tmp_path / "coll" / "s1", tmp_path / "out.zarr", correction, OPTS, executor="serial")
+    rep = stitch_section(tmp_path / "coll" / "s1", tmp_path / "out.zarr", correction, OPTS, "serial", corrector)
     est = [np.array(f["transform"]) if f["placed"] else None for f in rep["frames"]]
     truth_lens = LensModel(cfg.lens.camera_matrix, cfg.lens.dist_coeffs, HW)
     return caps, rep, est, truth_lens
 
 
-def test_clean_grid_places_every_frame_within_a_tenth_of_a_pixel(tmp_path, ray_session):
+def test_clean_grid_places_every_frame_within_a_tenth_of_a_pixel(tmp_path, corrector):
     cfg = CaptureConfig(frame_hw=HW, seed=21)
-    caps, rep, est, tl = _run(tmp_path, cfg)
+    caps, rep, est, tl = _run(tmp_path, corrector, cfg)
     assert rep["frames_placed"] == 9 and rep["flagged"] == []
     rms, _ = alignment_rms(est, None, caps.transforms, tl, HW)
     assert rms < 0.1
@@ -39,12 +39,12 @@ def test_clean_grid_places_every_frame_within_a_tenth_of_a_pixel(tmp_path, ray_s
     assert rep["max_edge_rms_px"] < 0.5
 
 
-def test_degraded_grid_with_fitted_calibration(tmp_path, ray_session):
+def test_degraded_grid_with_fitted_calibration(tmp_path, corrector):
     cfg = CaptureConfig.degraded(frame_hw=HW, seed=22)
     cal = calibration_frames(cfg)
     corr = Correction(fit_lens(cal["checkerboard"]), fit_flat(cal["flat"], cal["dark"]))
     src = textured_section(cfg.source_hw, seed=23)
-    caps, rep, est, tl = _run(tmp_path, cfg, corr, source=src)
+    caps, rep, est, tl = _run(tmp_path, corrector, cfg, corr, source=src)
     assert rep["frames_placed"] == 9
     rms, G = alignment_rms(est, corr.lens, caps.transforms, tl, HW)
     assert rms < 0.2
@@ -58,17 +58,17 @@ def test_degraded_grid_with_fitted_calibration(tmp_path, ray_session):
     assert gradient_ratio(pano, on_seam, away) < 1.2
 
 
-def test_without_positions_all_pairs_search_finds_the_grid(tmp_path, ray_session):
+def test_without_positions_all_pairs_search_finds_the_grid(tmp_path, corrector):
     cfg = CaptureConfig(frame_hw=HW, seed=24)
-    caps, rep, est, tl = _run(tmp_path, cfg, positions=False)
+    caps, rep, est, tl = _run(tmp_path, corrector, cfg, positions=False)
     assert rep["positions"] == "all-pairs search" and rep["frames_placed"] == 9
     assert sum(e["registered"] for e in rep["edges"]) >= 12
     assert alignment_rms(est, None, caps.transforms, tl, HW)[0] < 0.1
 
 
-def test_blank_and_unrelated_frames_are_flagged_not_placed(tmp_path, ray_session):
+def test_blank_and_unrelated_frames_are_flagged_not_placed(tmp_path, corrector):
     cfg = CaptureConfig(frame_hw=HW, seed=25, blank_frames=(4,), isolated_frames=(2,))
-    caps, rep, est, tl = _run(tmp_path, cfg)
+    caps, rep, est, tl = _run(tmp_path, corrector, cfg)
     flagged = {f["file"]: f["flags"] for f in rep["frames"] if f["flags"]}
     assert flagged["r01_c01.png"][0].startswith("blank") and "featureless" in flagged["r01_c01.png"][1]
     assert flagged["r00_c02.png"] == ["no overlap found with any neighbour: not placed"]
@@ -81,29 +81,29 @@ def test_blank_and_unrelated_frames_are_flagged_not_placed(tmp_path, ray_session
     assert alignment_rms(est, None, caps.transforms, tl, HW)[0] < 0.15
 
 
-def test_uncorrected_lens_distortion_shows_in_the_residuals(tmp_path, ray_session):
+def test_uncorrected_lens_distortion_shows_in_the_residuals(tmp_path, corrector):
     cfg = CaptureConfig(frame_hw=HW, seed=26, distortion=(-0.25, 0.0, 0.0, 0.0, 0.0))
-    caps, rep, est, tl = _run(tmp_path, cfg)
+    caps, rep, est, tl = _run(tmp_path, corrector, cfg)
     assert rep["max_edge_rms_px"] >= 2.0 and rep["flagged"]
     cal = calibration_frames(cfg)
-    caps, rep, est, tl = _run(tmp_path, cfg, Correction(fit_lens(cal["checkerboard"])))
+    caps, rep, est, tl = _run(tmp_path, corrector, cfg, Correction(fit_lens(cal["checkerboard"])))
     assert rep["max_edge_rms_px"] < 0.5 and not rep["flagged"]
 
 
-def test_real_texture_grid_is_accurate_predicted_and_repeatable(tmp_path, ray_session):
+def test_real_texture_grid_is_accurate_predicted_and_repeatable(tmp_path, corrector):
     from engine.stitch.evaluate import frame_errors
     from engine.synth.photos import photo_config, photo_mosaic
 
     cfg = photo_config(3, 3, HW, degraded=True, seed=4, jitter_px=10.0)
     cal = calibration_frames(cfg)
     corr = Correction(fit_lens(cal["checkerboard"]), fit_flat(cal["flat"], cal["dark"]))
-    caps, rep, est, tl = _run(tmp_path, cfg, corr, source=photo_mosaic(cfg.source_hw, cfg.seed))
+    caps, rep, est, tl = _run(tmp_path, corrector, cfg, corr, source=photo_mosaic(cfg.source_hw, cfg.seed))
     assert rep["frames_placed"] == 9
     rms, _ = alignment_rms(est, corr.lens, caps.transforms, tl, HW)
     assert rms < 0.2
     assert 0.5 < rep["rms_px"] / rms < 2.0  # a 3×3 grid has few loops to judge by
     errors = frame_errors(est, corr.lens, caps.transforms, tl, HW)
     assert all(f["flags"] for f, e in zip(rep["frames"], errors) if e > 0.5)
-    again = stitch_section(tmp_path / "coll" / "s1", tmp_path / "again.zarr", corr, OPTS, executor="serial")
+    again = stitch_section(tmp_path / "coll" / "s1", tmp_path / "again.zarr", corr, OPTS, "serial", corrector)
     assert [f["transform"] for f in again["frames"]] == [f["transform"] for f in rep["frames"]]
     assert again["rms_px"] == rep["rms_px"]
