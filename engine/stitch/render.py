@@ -186,13 +186,17 @@ def _up(a: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 def _fill(a: np.ndarray, valid: np.ndarray, levels: int) -> np.ndarray:
     """``a`` ``(h, w, 3)`` float32 with the pixels outside ``valid`` ``(h, w)`` bool replaced by a
-    push-pull extension of the valid ones (normalised Gaussian pyramid, coarse to fine)."""
+    push-pull extension of the valid ones (normalised Gaussian pyramid, coarse to fine; ``levels`` ≥ 1).
+    At full resolution the weights are 0 or 1, so a valid pixel keeps ``a`` and the others take the
+    next level up, upsampled."""
     wt = valid.astype(np.float32)
     sums, wts = _gaussian(a * wt[..., None], levels), _gaussian(wt, levels)
     f = sums[-1] / np.maximum(wts[-1], 1e-6)[..., None]
-    for s, c in zip(reversed(sums[:-1]), reversed(wts[:-1])):
+    for s, c in zip(reversed(sums[1:-1]), reversed(wts[1:-1])):
         f = np.where((c > 1e-3)[..., None], s / np.maximum(c, 1e-6)[..., None], _up(f, s))
-    return f
+    out = _up(f, a)
+    np.copyto(out, a, where=valid[..., None])
+    return out
 
 
 def _extend(a: np.ndarray, valid: np.ndarray, total: np.ndarray, count: np.ndarray, levels: int) -> np.ndarray:
@@ -210,10 +214,10 @@ def _extend(a: np.ndarray, valid: np.ndarray, total: np.ndarray, count: np.ndarr
         others /= np.maximum(n, 1)[..., None]
         filled = _fill(a - others, valid & (n > 0), levels)
         filled += others
-        out[seen] = filled[seen]
+        np.copyto(out, filled, where=seen[..., None])
     alone = ~valid & (n <= 0)
     if alone.any():
-        out[alone] = _fill(a, valid, levels)[alone]
+        np.copyto(out, _fill(a, valid, levels), where=alone[..., None])
     return out
 
 
@@ -262,6 +266,7 @@ def _multiband(
     total = np.zeros((h, w, 3), np.float32)
     count = np.zeros((h, w), np.float32)
     warped: list[tuple[int, ShardFrame, tuple[slice, slice], np.ndarray, np.ndarray]] = []
+    depths: list[tuple[np.ndarray, np.ndarray]] = []  # (valid, its depth): frames mostly share one mask
     for i, (f, img, valid) in enumerate(zip(frames, images, valids)):
         sl = _footprint(f.M, valid.shape, h, w, y0, x0)
         if sl is None:
@@ -271,14 +276,19 @@ def _multiband(
         F = compose(translation(-fx, -fy), f.M)
         im = warp(img, F, (fw, fh), interpolation)
         v = warp(valid, F, (fw, fh), cv2.INTER_NEAREST) > 0
-        inside = cv2.copyMakeBorder((valid > 0).astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-        depth = warp(cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1], F, (fw, fh), cv2.INTER_LINEAR)
+        dist = next((d for m, d in depths if np.array_equal(m, valid)), None)
+        if dist is None:
+            inside = cv2.copyMakeBorder((valid > 0).astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+            dist = cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1]
+            depths.append((valid, dist))
+        depth = warp(dist, F, (fw, fh), cv2.INTER_LINEAR)
         score = seam_weight(labels, scale, f.index, fy, fx, fh, fw, 0.0) * 1e4 + depth
         if refined is not None:
             score += (refined[sl] == f.index) * np.float32(1e7)
         score = np.where(v, score, -1.0)
         better = score > best[sl]
-        best[sl][better], owner[sl][better] = score[better], i
+        np.copyto(best[sl], score, where=better)
+        np.copyto(owner[sl], i, where=better)
         total[sl] += im * (f.gain.astype(np.float32) * v[..., None])
         count[sl] += v
         warped.append((i, f, sl, im, v))
@@ -310,7 +320,7 @@ def _multiband(
             acc[lv][at] += band * m[..., None]
             wsum[lv][at] += m
         del g, band
-    del warped, total, count, best
+    del warped, total, count, best, depths
     out = acc[-1] / np.maximum(wsum[-1], 1e-6)[..., None]
     for a, s in zip(reversed(acc[:-1]), reversed(wsum[:-1])):
         out = _up(out, a) + a / np.maximum(s, 1e-6)[..., None]
