@@ -68,8 +68,13 @@ def smooth_surface(img: np.ndarray, degree: int = 4, step: int = 4) -> np.ndarra
 
     ys, xs = np.mgrid[0:h:step, 0:w:step]
     coef, *_ = np.linalg.lstsq(basis(ys.ravel(), xs.ravel()), img[::step, ::step].reshape(-1, c), rcond=None)
-    yy, xx = np.mgrid[0:h, 0:w]
-    return (basis(yy.astype(np.float32), xx.astype(np.float32)) @ coef.astype(np.float32)).reshape(h, w, c)
+    # Evaluated over the whole frame as a sum of separable terms: rows (h, degree+1) @ coefficients @ columns.
+    powers = np.arange(degree + 1)
+    rows = (np.arange(h) / max(h - 1, 1) * 2 - 1)[:, None] ** powers
+    cols = (np.arange(w) / max(w - 1, 1) * 2 - 1)[:, None] ** powers
+    grid = np.zeros((degree + 1, degree + 1, c))
+    grid[[i for i in powers for j in range(degree + 1 - i)], [j for i in powers for j in range(degree + 1 - i)]] = coef
+    return np.stack([rows @ grid[:, :, k].T @ cols.T for k in range(c)], axis=-1).astype(np.float32)
 
 
 def fit_flat(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -129,7 +131,8 @@ def read_folder(folder: str | Path) -> list[np.ndarray]:
     files = list_images(folder)
     if not files:
         raise LodeInputError(folder, f"folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return [read_rgb(p) for p in files]
+    with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1)) as pool:
+        return list(pool.map(read_rgb, files))
 
 
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,9 +40,10 @@ class Correction:
     lens: LensModel | None = None
     flat: FlatField | None = None
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """A hash of the lens and flat field: corrections with the same key correct frames alike."""
+        """A hash of the lens and flat field: corrections with the same key correct frames alike.
+        Computed once and pickled with the correction, so the actor does not hash the flat per frame."""
         h = hashlib.sha256()
         if self.lens is not None:
             h.update(json.dumps(self.lens.to_dict(), sort_keys=True).encode())

@@ -250,7 +250,7 @@ def _fingerprint(sec, correction: Correction, opts: StitchOptions) -> str:
     inputs = (
         [str(t) for t in sec.tiles],
         None if sec.nominal_xy is None else sec.nominal_xy.tolist(),
-        correction,
+        correction.key,
         _options_dict(opts),
     )
     return hashlib.sha256(pickle.dumps(inputs)).hexdigest()
@@ -423,6 +423,7 @@ def _correct_frames(
 ) -> tuple[list, list[float]]:
     """Correct every frame of ``sec`` with ``corrector`` (:func:`frame_corrector`) into ``work``: refs to
     the thumbnails, and the frames' grey-level std (waited for)."""
+    assert correction.key  # hashed here once and pickled with it, not by the actor for every frame
     corr_ref = ray.put(correction)
     correct = corrector.correct.options(num_returns=2)
     outs = [correct.remote(str(p), corr_ref, hw, thumb_scale, work, k) for k, p in enumerate(sec.tiles)]
