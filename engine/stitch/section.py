@@ -423,7 +423,7 @@ def _correct_frames(
 ) -> tuple[list, list[float]]:
     """Correct every frame of ``sec`` with ``corrector`` (:func:`frame_corrector`) into ``work``: refs to
     the thumbnails, and the frames' grey-level std (waited for)."""
-    assert correction.key  # hashed here once and pickled with it, not by the actor for every frame
+    _ = correction.key  # hashed here once and pickled with it, not by the actor for every frame
     corr_ref = ray.put(correction)
     correct = corrector.correct.options(num_returns=2)
     outs = [correct.remote(str(p), corr_ref, hw, thumb_scale, work, k) for k, p in enumerate(sec.tiles)]
