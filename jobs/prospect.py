@@ -146,7 +146,7 @@ def _map(
     if not no_ray:
         from engine.io import fs
 
-        options = RunOptions(executor="ray", remote_args=fs.ray_remote_args(), in_flight=4, read_on_cpu_actor=True)
+        options = RunOptions(executor="ray", remote_args=fs.ray_remote_args(), in_flight=4, read_in_compute=True)
     return score_map(
         stack,
         scorer,

@@ -250,7 +250,7 @@ def unet_probability_zarr(
         started = not ray.is_initialized()
         init_ray()
     # model-bound: reading ahead more than a few blocks only holds memory; a CPU actor reads its own
-    options = RunOptions(executor=executor, device=device, in_flight=4, read_on_cpu_actor=True)  # type: ignore[arg-type]
+    options = RunOptions(executor=executor, device=device, in_flight=4, read_in_compute=True)  # type: ignore[arg-type]
     run = run_stage(stage, units, manifest, options)
     if started:
         ray.shutdown()  # the vectoriser that follows runs without Ray's processes

@@ -48,12 +48,12 @@ class RunOptions:
             Ray Data's own object-store budget (a share of the object store, flat in the
             number of units).
         remote_args: extra Ray remote arguments for every task and actor (``runtime_env``).
-        read_on_cpu_actor: a model stage whose actors compute on the CPU reads each unit in its
-            actor (the read task yields the unit alone), so its input never passes through the
-            object store, where each process that touches it counts it again. Worth it where a
-            unit's input is much larger than its result and its compute much slower than its
-            read: the read cannot run ahead of a CPU actor that has the cores anyway. With GPUs,
-            reads always run ahead in tasks.
+        read_in_compute: a stage computed on the CPU (in its tasks, or in its model actors when they
+            have no GPU) reads each unit where it computes it (the read task yields the unit alone),
+            so its input never passes through the object store, where each process that touches
+            it counts it again. Worth it where a unit's input is much larger than its result and
+            its compute much slower than its read: the read cannot run ahead of compute that has
+            the cores anyway. With GPUs, reads always run ahead in tasks.
     """
 
     executor: Literal["ray", "serial"] = "ray"
@@ -63,7 +63,7 @@ class RunOptions:
     max_units: int | None = None
     in_flight: int | None = None
     remote_args: dict[str, Any] = field(default_factory=dict)
-    read_on_cpu_actor: bool = False
+    read_in_compute: bool = False
 
 
 @dataclass
@@ -219,9 +219,12 @@ class _StageActor:
         return _batch(_compute(self.stage, row))
 
 
-def _compute_task(batch: dict[str, np.ndarray], stage: BlockStage) -> dict[str, np.ndarray]:
+def _compute_task(batch: dict[str, np.ndarray], stage: BlockStage, reads: bool = False) -> dict[str, np.ndarray]:
     stage.setup("cpu")
-    return _batch(_compute(stage, _unbatch(batch)))
+    row = _unbatch(batch)
+    if reads:
+        row = _read(stage, _unit_of(row))
+    return _batch(_compute(stage, row))
 
 
 def _datasource(stage: BlockStage, units: Sequence[Unit], read: bool = True):
@@ -298,16 +301,16 @@ def run_stage(
         remote = dict(options.remote_args)
         if stage.model:
             actors = options.actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
-        reads_in_actor = stage.model and not gpu and options.read_on_cpu_actor
+        reads_here = not gpu and options.read_in_compute
         ds = ray.data.read_datasource(
-            _datasource(stage, pending, read=not reads_in_actor), override_num_blocks=len(pending), **remote
+            _datasource(stage, pending, read=not reads_here), override_num_blocks=len(pending), **remote
         )
         if stage.model:
             cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if gpu else 0.5)
             actor = type(f"{type(stage).__name__}Actor", (_StageActor,), {})  # names the actor processes
             ds = ds.map_batches(
                 actor,
-                fn_constructor_kwargs={"stage": stage, "reads": reads_in_actor},
+                fn_constructor_kwargs={"stage": stage, "reads": reads_here},
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 batch_size=1,
                 batch_format="numpy",
@@ -318,7 +321,7 @@ def run_stage(
         else:
             ds = ds.map_batches(
                 _compute_task,
-                fn_kwargs={"stage": stage},
+                fn_kwargs={"stage": stage, "reads": reads_here},
                 batch_size=1,
                 batch_format="numpy",
                 num_cpus=stage.task_cpus,

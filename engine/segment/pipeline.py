@@ -375,7 +375,7 @@ def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
                     actors=cfg.num_actors,
                     max_units=cfg.max_blocks,
                     remote_args=fs.ray_remote_args(),
-                    read_on_cpu_actor=True,
+                    read_in_compute=True,
                 ),
             )
             skipped = run.skipped

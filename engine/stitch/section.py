@@ -478,7 +478,7 @@ def render_sections(plans: Sequence[RenderPlan], executor: str = "ray") -> Stage
     manifest.begin("stitch", {}, {})
     units = [u for p in plans for u in p.units]
     options = (
-        RunOptions(executor="ray", remote_args=fs.ray_remote_args())
+        RunOptions(executor="ray", remote_args=fs.ray_remote_args(), read_in_compute=True)
         if executor == "ray"
         else RunOptions(executor="serial")
     )

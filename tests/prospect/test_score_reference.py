@@ -97,6 +97,6 @@ def test_ray_runner_equals_pinned_maps(reference, region, tmp_path, ray_session)
             tmp_path / f"{name}.zarr",
             block=case["block"],
             sigma=case["sigma"],
-            options=RunOptions(executor="ray", read_on_cpu_actor=name.startswith("mae")),  # as lode prospect map
+            options=RunOptions(executor="ray", read_in_compute=name.startswith("mae")),  # as lode prospect map
         )
         print(name, "max |Δ|", _check(case, out, reg.deposits))
