@@ -61,19 +61,20 @@ def _mean_stack(frames: Sequence[np.ndarray], source: str | Path, hw: tuple[int,
 def smooth_surface(img: np.ndarray, degree: int = 4, step: int = 4) -> np.ndarray:
     """Least-squares 2-D polynomial of ``degree`` fitted to each channel of ``img`` (h, w, c)."""
     h, w, c = img.shape
+    terms = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]  # x**i * y**j
 
-    def basis(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-        u, v = xs / max(w - 1, 1) * 2 - 1, ys / max(h - 1, 1) * 2 - 1
-        return np.stack([u**i * v**j for i in range(degree + 1) for j in range(degree + 1 - i)], axis=-1)
+    def scaled(t: np.ndarray, n: int) -> np.ndarray:
+        return t / max(n - 1, 1) * 2 - 1
 
     ys, xs = np.mgrid[0:h:step, 0:w:step]
-    coef, *_ = np.linalg.lstsq(basis(ys.ravel(), xs.ravel()), img[::step, ::step].reshape(-1, c), rcond=None)
-    # Evaluated over the whole frame as a sum of separable terms: rows (h, degree+1) @ coefficients @ columns.
+    u, v = scaled(xs.ravel(), w), scaled(ys.ravel(), h)
+    basis = np.stack([u**i * v**j for i, j in terms], axis=-1)
+    coef, *_ = np.linalg.lstsq(basis, img[::step, ::step].reshape(-1, c), rcond=None)
+    # Over the whole frame, as separable terms: rows (h, degree+1) @ coefficients (j, i) @ columns (i, w).
     powers = np.arange(degree + 1)
-    rows = (np.arange(h) / max(h - 1, 1) * 2 - 1)[:, None] ** powers
-    cols = (np.arange(w) / max(w - 1, 1) * 2 - 1)[:, None] ** powers
+    rows, cols = scaled(np.arange(h), h)[:, None] ** powers, scaled(np.arange(w), w)[:, None] ** powers
     grid = np.zeros((degree + 1, degree + 1, c))
-    grid[[i for i in powers for j in range(degree + 1 - i)], [j for i in powers for j in range(degree + 1 - i)]] = coef
+    grid[tuple(np.array(terms).T)] = coef
     return np.stack([rows @ grid[:, :, k].T @ cols.T for k in range(c)], axis=-1).astype(np.float32)
 
 
