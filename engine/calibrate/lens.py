@@ -124,9 +124,14 @@ def fit_lens(
         raise LodeInputError(
             source, f"checkerboard {pattern} found in {len(img_pts)} of {len(images)} frames; need {min_views}"
         )
-    rms, K, dist, _, _ = cv2.calibrateCamera(
-        obj_pts, img_pts, (hw[1], hw[0]), None, None, flags=cv2.CALIB_FIX_K3 if fix_k3 else 0
-    )
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # OpenCV's threaded solver differs between runs in the 12th digit
+    try:
+        rms, K, dist, _, _ = cv2.calibrateCamera(
+            obj_pts, img_pts, (hw[1], hw[0]), None, None, flags=cv2.CALIB_FIX_K3 if fix_k3 else 0
+        )
+    finally:
+        cv2.setNumThreads(threads)
     return LensModel(K, dist.ravel()[:5], (int(hw[0]), int(hw[1])), float(rms), len(img_pts))
 
 
