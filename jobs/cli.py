@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from jobs.contract import Job
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("jobs.run", "a whole collection from raw captures: stitch, segment, measure and report, in one job"),
     "demo": ("jobs.demo", "generate a synthetic collection, train, segment and score it end to end"),
     "synth": (
         "jobs.synth",

@@ -31,6 +31,16 @@ def setup_logging(verbose: bool = False, fmt: str = "%(asctime)s %(levelname)s %
     handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
 
 
+def quiet_ray_data() -> None:
+    """Keep Ray Data's per-execution progress and INFO lines off the console (a job prints its own
+    progress per stage); its warnings and errors still show."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
 def location(text: str) -> Path | str:
     """Argument type for a path that may also be an object-store URI: a ``Path``, or the URI as text."""
     from engine.io.fs import is_uri

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="similarity",
         help="frame transform: similarity (default), or homography for stages that tilt (the lens is then not refined)",
     )
+    parser.add_argument(
+        "--pixel-size-um",
+        type=float,
+        default=None,
+        help="pixel size in µm (default: calibration/pixel_size.json; none: the panorama stays in pixels)",
+    )
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
     parser.add_argument(
         "--sections-in-flight",
@@ -105,7 +112,13 @@ def run(cfg: Any) -> int:
     from engine.errors import LodeInputError
     from engine.io import fs
     from engine.runtime import init_ray
-    from engine.stitch.collection import load_correction, section_bytes, section_dirs, sections_in_flight
+    from engine.stitch.collection import (
+        load_correction,
+        load_pixel_size,
+        section_bytes,
+        section_dirs,
+        sections_in_flight,
+    )
     from engine.stitch.learned import check_weights, load_loftr
     from engine.stitch.register import RegisterOptions
     from engine.stitch.section import StitchOptions, create_root, drop_work
@@ -127,6 +140,9 @@ def run(cfg: Any) -> int:
         register = RegisterOptions(matcher="loftr", matcher_weights=str(weights.resolve()))
     elif cfg.matcher_weights:
         raise LodeInputError("--matcher-weights", "is only used with --matcher loftr")
+    pixel_size = cfg.pixel_size_um if cfg.pixel_size_um is not None else load_pixel_size(cfg.collection)
+    if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
+        raise LodeInputError("--pixel-size-um", f"must be a positive number of micrometres, not {pixel_size}")
     try:
         opts = StitchOptions(
             shard=cfg.shard,
@@ -136,6 +152,7 @@ def run(cfg: Any) -> int:
             blend_levels=cfg.blend_levels,
             seam_refine=not cfg.no_seam_refine,
             model=cfg.model,
+            pixel_size_um=pixel_size,
         )
     except ValueError as exc:
         raise LodeInputError("--blend-levels", str(exc)) from exc

@@ -80,6 +80,9 @@ class SegmentConfig(JobConfig):
         description="folder of <section>/ subfolders of crossed-polar captures, "
         "registered to PPL and stacked as extra channels",
     )
+    records: str | None = Field(
+        default=None, description="folder of the run manifest and per-block records (default: out)"
+    )
 
     @field_validator("window")
     @classmethod

@@ -95,8 +95,10 @@ def analyze_store(
     report: bool = True,
     label_name: str = MINERALS,
     allow_incomplete: bool = False,
+    sections: Sequence[str] | None = None,
 ) -> AnalysisResult:
-    """Measure every section of ``store`` and write grains.parquet, statistics.parquet and report.html.
+    """Measure every section of ``store`` (``sections``: just these) and write grains.parquet,
+    statistics.parquet and report.html.
 
     An incomplete section (a killed or failed segmentation) is refused unless ``allow_incomplete``;
     then only its written blocks are measured (unwritten pixels are void: no grain, no area)."""
@@ -110,20 +112,20 @@ def analyze_store(
         out = fs.local(out)
         Path(out).mkdir(parents=True, exist_ok=True)
     dens = load_densities(densities)
-    sections = open_sections(store, label_name, allow_incomplete)
-    classes = union_classes(sections)
+    opened = open_sections(store, label_name, allow_incomplete, only=sections)
+    classes = union_classes(opened)
     lut = grain_lut_for(classes.codes, non_grain)
     grain_codes = [c for c in classes.codes if lut[c]]
     timings: dict[str, float] = {}
-    blocks = {s.name: block or block_of(s) for s in sections}
-    units = {s.name: units_of(s.name, block_grid(*s.shape, blocks[s.name])) for s in sections}
+    blocks = {s.name: block or block_of(s) for s in opened}
+    units = {s.name: units_of(s.name, block_grid(*s.shape, blocks[s.name])) for s in opened}
     work = fs.join(out, WORK)
     t0 = time.perf_counter()
-    run = _run_blocks(store, sections, units, work, lut, connectivity, executor, label_name)
+    run = _run_blocks(store, opened, units, work, lut, connectivity, executor, label_name)
     timings["blocks"] = time.perf_counter() - t0
     log.info("grain blocks: %d run, %d already done, %.1f s", run.ran, run.skipped, timings["blocks"])
     tables, measured = [], []
-    for s in sections:
+    for s in opened:
         t0 = time.perf_counter()
         df, tally = merge_blocks(read_block_results(work, units[s.name]), s.shape, blocks[s.name], connectivity)
         px = pixel_size_um or s.pixel_size_um
@@ -143,7 +145,7 @@ def analyze_store(
         from engine.analyze.report import write_report
 
         t0 = time.perf_counter()
-        rp = write_report(gp, sp, out, sections=sections, classes=classes)
+        rp = write_report(gp, sp, out, sections=opened, classes=classes)
         timings["report"] = time.perf_counter() - t0
     fs.remove(work)
     return AnalysisResult(
@@ -152,7 +154,7 @@ def analyze_store(
         _location(rp) if rp else None,
         timings,
         {"ran": run.ran, "skipped": run.skipped},
-        {s.name: len(s.missing) for s in sections if s.missing},
+        {s.name: len(s.missing) for s in opened if s.missing},
     )
 
 

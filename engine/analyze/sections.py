@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +76,13 @@ def classes_of(labels: zarr.Group, source: str) -> ClassSet:
     )
 
 
-def open_sections(store: str | Path, label_name: str = MINERALS, allow_incomplete: bool = False) -> list[Section]:
-    """Every section of a segmentation store that has a ``labels/<label_name>`` image.
+def open_sections(
+    store: str | Path,
+    label_name: str = MINERALS,
+    allow_incomplete: bool = False,
+    only: Sequence[str] | None = None,
+) -> list[Section]:
+    """Every section of a segmentation store that has a ``labels/<label_name>`` image (``only``: just these).
 
     Raises ``LodeInputError`` naming the section and its missing blocks when a section is
     incomplete (a killed or failed run) unless ``allow_incomplete``, and always when a section
@@ -84,6 +90,8 @@ def open_sections(store: str | Path, label_name: str = MINERALS, allow_incomplet
     root = open_store(store)
     out = []
     for name, image in image_groups(root).items():
+        if only is not None and name not in only:
+            continue
         src = f"{store}/{name}"
         try:
             labels = labels_of(image, label_name)

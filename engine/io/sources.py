@@ -40,6 +40,14 @@ class SectionSource:
                     group, array_at(group, FULL_RESOLUTION), f"{self.path}/{self.group}" if self.group else self.path
                 )
 
+    def stitch_report(self) -> dict | None:
+        """The stitch report a stitched section carries (``attrs["lode"]["stitch"]``), else ``None``."""
+        if self.kind != "zarr":
+            return None
+        root = open_store(self.path)
+        group = group_at(root, self.group) if self.group else root
+        return attrs_of(group).get("lode", {}).get("stitch")
+
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``(c, y1-y0, x1-x0)`` uint8."""
         if self.kind == "zarr":

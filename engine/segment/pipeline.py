@@ -49,7 +49,9 @@ log = logging.getLogger("lode.segment")
 @dataclass(frozen=True)
 class SegmentOptions:
     """One segmentation run: inputs, checkpoint, output and how to run. ``jobs.segment`` builds it
-    from the job's validated config (``schemas.config.SegmentConfig``: same fields and defaults)."""
+    from the job's validated config (``schemas.config.SegmentConfig``: same fields and defaults).
+    ``records``: the folder of the run's manifest and per-block records (default ``out``; ``lode run``
+    keeps them in its work folder, so that its own manifest is the output's)."""
 
     inputs: list[str]
     out: str
@@ -69,6 +71,7 @@ class SegmentOptions:
     colour: Literal["none", "per-image", "series"] = "none"
     annotations: str | None = None
     xpl: str | None = None
+    records: str | None = None
 
 
 class SegmentStage(BlockStage):
@@ -246,7 +249,12 @@ def _prepare_store(
             channel_names=card.channels,
             pixel_size_um=s.pixel_size_um,
             overwrite=True,
-            attributes={"model_id": card.model_id, "source": {"path": s.path, "group": s.group}, "complete": False},
+            attributes={
+                "model_id": card.model_id,
+                "source": {"path": s.path, "group": s.group},
+                "complete": False,
+                **_carried(s),
+            },
         )
         create_labels(img, MINERALS, classes, lay, pixel_size_um=s.pixel_size_um, overwrite=True)
         if cfg.probabilities != "none":
@@ -263,6 +271,14 @@ def _prepare_store(
             )
     list_sections(root)
     root.attrs.update({"lode": {"model_id": card.model_id, "model_card": card.model_dump()}})
+
+
+def _carried(src: Source) -> dict[str, Any]:
+    """What a stitched source section hands on to its segmentation: its stitch report (frames placed,
+    RMS, flagged frames, the lens and flat used, the pixel size)."""
+    base: SectionSource = getattr(src, "base", src)
+    report = base.stitch_report()
+    return {} if report is None else {"stitch": report}
 
 
 def _section_means(src: Source, annotation: str, gamma: float) -> dict:
@@ -314,8 +330,10 @@ def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
     card = check_checkpoint(cfg.checkpoint)
     p = plan(cfg, card)
     sources, layouts, window, overlap = p.sources, p.layouts, p.window, p.overlap
-    manifest = RunManifest(cfg.out)
+    manifest = RunManifest(cfg.records or cfg.out)
     manifest.check_writable()
+    if cfg.records:
+        RunManifest(cfg.out).check_writable()
     fingerprint = {
         "model_id": card.model_id,
         "window": window,

@@ -2,11 +2,14 @@
 
 Layout: ``<collection>/<section_id>/tiles/*`` (+ ``positions.csv``) and an optional
 ``<collection>/calibration/`` holding ``lens.json`` and ``flat.npz`` (fitted) or raw
-``checkerboard/``, ``flat/`` and ``dark/`` frames (fitted here on the fly).
+``checkerboard/``, ``flat/`` and ``dark/`` frames (fitted here on the fly), and
+``pixel_size.json`` (``{"pixel_size_um": 0.65}``: the camera's pixel size on the section).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +22,22 @@ from engine.io.images import read_folder
 from engine.stitch.frames import Correction
 
 CALIBRATION = "calibration"
+PIXEL_SIZE = "pixel_size.json"
+
+
+def load_pixel_size(collection: str | Path) -> float | None:
+    """The collection's pixel size in µm (``calibration/pixel_size.json``), ``None`` when it has none."""
+    path = fs.join(str(collection), CALIBRATION, PIXEL_SIZE)
+    if not fs.exists(path):
+        return None
+    try:
+        value = json.loads(fs.read_bytes(path))["pixel_size_um"]
+        size = float(value)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise LodeInputError(path, f'expected {{"pixel_size_um": <micrometres>}}: {exc}') from exc
+    if not (math.isfinite(size) and size > 0):
+        raise LodeInputError(path, f"pixel_size_um must be a positive number of micrometres, not {value!r}")
+    return size
 
 
 def section_dirs(collection: str | Path) -> list[Path] | list[str]:

@@ -64,7 +64,9 @@ class StitchOptions:
     ``register.model`` and ``align.model``. The lens is not refined with ``homography``
     (:func:`engine.stitch.bundle.refine_lens` says so in the report's ``lens.reason``).
     ``seam_refine``: cut the seams again at full resolution near the low-res seam
-    (:mod:`engine.stitch.refine`; the multiband blend follows it, ``feather`` does not)."""
+    (:mod:`engine.stitch.refine`; the multiband blend follows it, ``feather`` does not).
+    ``pixel_size_um``: the frames' pixel size, written into the panorama's NGFF scale (axis unit
+    ``micrometer``); ``None`` leaves the panorama in pixels."""
 
     register: RegisterOptions = field(default_factory=RegisterOptions)
     align: AlignOptions = field(default_factory=AlignOptions)
@@ -82,8 +84,11 @@ class StitchOptions:
     blend: Blend = "multiband"
     blend_levels: int | None = None
     model: Model = "similarity"
+    pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
+        if self.pixel_size_um is not None and not (np.isfinite(self.pixel_size_um) and self.pixel_size_um > 0):
+            raise ValueError(f"pixel_size_um must be a positive number of micrometres, not {self.pixel_size_um!r}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
         object.__setattr__(self, "register", replace(self.register, model=self.model))
@@ -398,7 +403,7 @@ def prepare_section(
         blend_levels=opts.blend_levels,
         seam_refined=opts.seam_refine and opts.blend == "multiband",
     )
-    create_partial(plan, labels, opts.levels)
+    create_partial(plan, labels, opts.levels, opts.pixel_size_um)
     refined_pairs = 0
     if plan.seam_refined:
         t = time.perf_counter()
@@ -412,6 +417,8 @@ def prepare_section(
         "refined": {"array": SEAM_REFINED, "pairs": refined_pairs} if plan.seam_refined else None,
     }
     report["lens"] = None if lens_fit is None else lens_fit.to_dict()
+    report["correction"] = correction_record(correction)
+    report["pixel_size_um"] = opts.pixel_size_um
     atomic_write_bytes(
         _plan_file(work, sec.section_id), pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint})
     )
@@ -453,13 +460,21 @@ def create_root(store: str | Path) -> None:
     open_store(store, mode="a")
 
 
-def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int) -> None:
+def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int, pixel_size_um: float | None = None) -> None:
     """(Re)create the plan's hidden partial image group, holding the seam label map (Lh, Lw) and,
     when the plan refines seams, an empty refined owner map ``plan.shape`` (chunked like the
     shards; chunks no band reaches are never stored); the store's root must exist (:func:`create_root`)."""
     root = open_store(plan.store, mode="r+")
     layout = PyramidLayout((plan.shard, plan.shard), levels=levels)
-    create_image(root, plan.group, (3, *plan.shape), layout, channel_names=["R", "G", "B"], overwrite=True)
+    create_image(
+        root,
+        plan.group,
+        (3, *plan.shape),
+        layout,
+        channel_names=["R", "G", "B"],
+        pixel_size_um=pixel_size_um,
+        overwrite=True,
+    )
     seams = group_at(root, plan.group).create_array(
         SEAM_LABELS, shape=labels.shape, dtype=np.int16, chunks=labels.shape, fill_value=-1
     )
@@ -663,6 +678,16 @@ def build_report(
         "shards": n_shards,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "options": _options_dict(opts),
+    }
+
+
+def correction_record(correction: Correction) -> dict:
+    """What a section's frames were corrected with: the lens used (after refinement), whether a flat
+    field was applied, and the correction's key (a hash of both)."""
+    return {
+        "lens": None if correction.lens is None else correction.lens.to_dict(),
+        "flat": correction.flat is not None,
+        "key": correction.key,
     }
 
 

@@ -1,0 +1,257 @@
+"""``lode run COLLECTION --model MODEL.pt --out OUT``: a collection from raw captures to its report, in one job.
+
+Per section, the stages of the individual jobs, with their code: capture calibration and stitching
+(``lode stitch``), segmentation (``lode segment``), then grain analysis and the section and collection
+reports (``lode analyze``). ``OUT`` holds
+
+- ``lode.ome.zarr``: each section's panorama (in µm when the collection gives a pixel size), its
+  mineral labels and, in its attributes, the stitch report (frames placed, RMS, flagged frames, the
+  lens and flat used, the pixel size) and the model id;
+- the tables, exports and report of ``lode analyze`` (``grains.parquet``, ``statistics.parquet``,
+  ``report.html``, ...);
+- ``manifest.json``: the run, with each section's status per stage (``units``).
+
+The stages keep their own records in ``OUT/.lode-run/`` (the stitched panoramas the segmentation
+reads, and the per-shard and per-block status), so a rerun of the same command resumes each section
+at its first unfinished stage. A section that fails (an unreadable tile, too few overlaps) fails
+alone: the others go on, its reason is in the manifest, and the job ends naming its input (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from jobs.contract import Job
+
+WORK = ".lode-run"
+STAGES = ("stitch", "segment", "analyze")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("collection", help="folder with <section_id>/tiles/* (+ positions.csv) and calibration/")
+    parser.add_argument("--model", "--checkpoint", dest="model", required=True, help="model checkpoint (.pt)")
+    parser.add_argument("--out", required=True, help="output folder (lode.ome.zarr, tables, report, manifest.json)")
+    parser.add_argument("--sections", nargs="*", help="only these section ids")
+    parser.add_argument("--shard", type=int, default=2048, help="panorama shard (= render block) size in pixels")
+    parser.add_argument(
+        "--pixel-size-um",
+        type=float,
+        default=None,
+        help="pixel size in µm (default: calibration/pixel_size.json; none: measurements stay in pixels)",
+    )
+    parser.add_argument(
+        "--probabilities",
+        choices=["none", "uint8", "float16", "float32"],
+        default="none",
+        help="also store class probabilities",
+    )
+    parser.add_argument("--no-report", action="store_true", help="write only the tables, not report.html")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
+
+
+def stitch_argv(cfg: Any, store: str) -> list[str]:
+    """The ``lode stitch`` command line of the run's stitching stage."""
+    argv = [cfg.collection, "--out", store, "--shard", str(cfg.shard), "--num-cpus", str(cfg.num_cpus)]
+    if cfg.sections:
+        argv += ["--sections", *cfg.sections]
+    if cfg.pixel_size_um is not None:
+        argv += ["--pixel-size-um", str(cfg.pixel_size_um)]
+    return argv
+
+
+def run(cfg: Any) -> int:
+    from engine.errors import LodeInputError
+    from engine.io import fs
+    from engine.io.layout import STORE_NAME
+    from engine.runtime import init_ray
+    from engine.segment.card import check_checkpoint
+    from engine.stitch.collection import section_dirs
+    from jobs.common import quiet_ray_data
+
+    t0 = time.perf_counter()
+    check_checkpoint(cfg.model)  # a bad model fails here, before any section is stitched
+    names = [fs.name(s) for s in section_dirs(cfg.collection)]
+    if cfg.sections:
+        unknown = sorted(set(cfg.sections) - set(names))
+        if unknown:
+            raise LodeInputError(cfg.collection, f"no section(s) {', '.join(unknown)}")
+        names = [n for n in names if n in set(cfg.sections)]
+    init_ray(num_cpus=cfg.num_cpus)
+    quiet_ray_data()
+    work = fs.join(cfg.out, WORK)
+    progress = _Progress(cfg, names)
+    timings: dict[str, float] = {}
+
+    print(f"[1/3] stitching {len(names)} section(s) from raw captures ...", flush=True)
+    t = time.perf_counter()
+    panoramas = fs.join(work, "panoramas.zarr")
+    progress.stitched(_stitch(cfg, panoramas))
+    timings["stitch_s"] = time.perf_counter() - t
+
+    todo = progress.ready_for("segment")
+    if todo:
+        print(f"[2/3] segmenting {len(todo)} section(s) ...", flush=True)
+        t = time.perf_counter()
+        progress.segmented(_segment(cfg, panoramas, fs.join(work, "segment")), todo)
+        timings["segment_s"] = time.perf_counter() - t
+
+    todo = progress.ready_for("analyze")
+    if todo:
+        print(f"[3/3] measuring grains and writing the reports of {len(todo)} section(s) ...", flush=True)
+        t = time.perf_counter()
+        progress.analyzed(_analyze(cfg, fs.join(cfg.out, STORE_NAME), todo), todo)
+        timings["analyze_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    return progress.close(timings)
+
+
+def _stitch(cfg: Any, store: str) -> dict[str, dict]:
+    """Stitch the sections (``lode stitch``'s code): each section's unit of the stitch manifest."""
+    from engine.errors import LodeInputError
+    from engine.io import fs
+    from engine.io.manifest import manifest_path
+    from jobs import stitch
+
+    try:
+        stitch.run(stitch.JOB.validate(stitch.JOB.parser().parse_args(stitch_argv(cfg, store))))
+    except LodeInputError:
+        if not fs.exists(manifest_path(store)):
+            raise  # refused before any section was stitched: the run's own error
+    return dict(json.loads(fs.read_bytes(manifest_path(store))).get("units") or {})
+
+
+def _segment(cfg: Any, panoramas: str, records: str) -> dict[str, Any]:
+    """Segment every stitched section (``lode segment``'s code) into ``OUT/lode.ome.zarr``; its run record."""
+    from engine.errors import LodeInputError
+    from engine.io.manifest import RunManifest
+    from engine.segment.pipeline import SegmentOptions, run_segmentation
+
+    opts = SegmentOptions(
+        inputs=[panoramas], out=cfg.out, checkpoint=cfg.model, probabilities=cfg.probabilities, records=records
+    )
+    try:
+        return run_segmentation(opts)
+    except LodeInputError as exc:
+        doc = RunManifest(records).read()
+        if doc is None or "blocks" not in doc:
+            return {"error": exc}
+        return doc
+
+
+def _analyze(cfg: Any, store: str, sections: list[str]) -> Any:
+    """Grains, statistics, exports and the report (``lode analyze``'s code) of the segmented sections."""
+    from engine.analyze.collection import analyze_store
+    from engine.export.sections import export_sections
+    from engine.io import fs
+
+    res = analyze_store(store, cfg.out, executor="ray", sections=sections, report=not cfg.no_report)
+    export_sections(store, res.grains_path, fs.parent(str(res.grains_path)))
+    return res
+
+
+class _Progress:
+    """Each section's status per stage, recorded in ``OUT/manifest.json`` after every stage."""
+
+    def __init__(self, cfg: Any, names: list[str]):
+        self.cfg, self.names = cfg, names
+        self.units: dict[str, dict[str, dict]] = {n: {} for n in names}
+        self.error: Exception | None = None
+
+    def ready_for(self, stage: str) -> list[str]:
+        before = STAGES[STAGES.index(stage) - 1]
+        return [n for n in self.names if self.units[n].get(before, {}).get("status") == "done"]
+
+    def stitched(self, units: dict[str, dict]) -> None:
+        for n in self.names:
+            u = units.get(n, {"status": "failed", "reason": "not stitched"})
+            keep = ("status", "reason", "frames_placed", "rms_px")
+            self.units[n]["stitch"] = {k: u[k] for k in keep if k in u}
+        self._record("running")
+
+    def segmented(self, doc: dict[str, Any], todo: list[str]) -> None:
+        if "error" in doc:
+            for n in todo:
+                self.units[n]["segment"] = {"status": "failed", "reason": str(doc["error"])}
+        else:
+            failed = doc.get("failed_sections", {})
+            blocks: dict[str, list[str]] = {}
+            for b in doc["blocks"]:
+                blocks.setdefault(b["unit"].split("/")[0], []).append(b["status"])
+            for n in todo:
+                states = blocks.get(n, [])
+                if n in failed or not states or any(s != "done" for s in states):
+                    self.units[n]["segment"] = {"status": "failed", "reason": failed.get(n, "not segmented")}
+                else:
+                    self.units[n]["segment"] = {"status": "done", "blocks": len(states)}
+        self._record("running")
+
+    def analyzed(self, res: Any, todo: list[str]) -> None:
+        import pandas as pd
+
+        grains = pd.read_parquet(str(res.grains_path), columns=["section"])["section"].value_counts()
+        stats = pd.read_parquet(str(res.statistics_path))
+        area = stats[(stats["scope"] == "section") & (stats["statistic"] == "area_fraction")]
+        for n in todo:
+            mine = area[area["section"] == n].nlargest(3, "value")
+            self.units[n]["analyze"] = {
+                "status": "done",
+                "grains": int(grains.get(n, 0)),
+                "composition": {r.class_name: round(100 * float(r.value), 1) for r in mine.itertuples()},
+            }
+        self._record("running")
+
+    def _record(self, status: str, timings: dict | None = None, error: str | None = None) -> None:
+        from engine.io.manifest import write_job_manifest
+
+        write_job_manifest(
+            self.cfg.out, "run", self.cfg.model_dump(), timings or {}, status, units=self.units, error=error
+        )
+
+    def close(self, timings: dict[str, float]) -> int:
+        """Write the final manifest, print a line per section; raise for the first failed section."""
+        from engine.errors import LodeInputError
+        from engine.io import fs
+
+        failed = {
+            n: (stage, self.units[n][stage].get("reason", ""))
+            for n in self.names
+            for stage in STAGES
+            if self.units[n].get(stage, {}).get("status") == "failed"
+        }
+        status = "complete" if not failed else "partial" if len(failed) < len(self.names) else "failed"
+        error = None
+        if failed:
+            first = next(iter(failed))
+            stage, reason = failed[first]
+            error = LodeInputError(
+                fs.join(str(self.cfg.collection), first),
+                f"section {first} failed at {stage} ({reason}); {len(failed) - 1} other section(s) failed, "
+                f"{len(self.names) - len(failed)} complete: see {fs.join(str(self.cfg.out), 'manifest.json')}",
+            )
+        self._record(status, {k: round(v, 3) for k, v in timings.items()}, None if error is None else str(error))
+        for n in self.names:
+            u = self.units[n]
+            if n in failed:
+                print(f"{n}: FAILED at {failed[n][0]}")
+                continue
+            st, sg, an = u["stitch"], u["segment"], u["analyze"]
+            modes = ", ".join(f"{k} {v} %" for k, v in an["composition"].items())
+            print(
+                f"{n}: {st.get('frames_placed')} frames stitched (RMS {st.get('rms_px')} px), "
+                f"{sg['blocks']} block(s) segmented, {an['grains']} grains; {modes}"
+            )
+        print(f"Finished in {timings['total_s']:.0f} s: {fs.join(str(self.cfg.out), 'manifest.json')}")
+        if error is not None:
+            raise error
+        return 0
+
+
+JOB = Job("run", add_arguments, run, description=__doc__, uri_fields=("collection", "out", "model"), own_manifest=True)
+
+if __name__ == "__main__":
+    from jobs._entry import run_module
+
+    run_module(JOB)

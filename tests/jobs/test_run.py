@@ -1,0 +1,122 @@
+"""``lode run``: a collection from raw captures to its tables in one job, equal to the chain of the
+individual jobs run by hand; a section that fails does so alone, and the rerun completes it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from engine.io.layout import STORE_NAME, label_path
+from engine.synth.captures import CaptureConfig, calibration_frames, capture_grid, write_calibration, write_section
+from jobs import run as run_job_module
+from jobs.contract import parse, run_job
+
+pytestmark = pytest.mark.ray
+SECTIONS = ("secA", "secB", "secC")
+PIXEL_UM = 0.8
+
+
+def _lode(module, *argv: str) -> int:
+    return run_job(module.JOB, parse(module.JOB, [str(a) for a in argv]))
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    """Three sections of 2×2 degraded frames (lens, vignetting, drift, noise, JPEG), the collection's
+    raw calibration frames and its pixel size."""
+    root = tmp_path_factory.mktemp("run") / "coll"
+    for i, name in enumerate(SECTIONS):
+        caps = capture_grid(None, CaptureConfig.degraded(frame_hw=(160, 240), seed=41 + i, rows=2, cols=2))
+        write_section(root, name, caps)
+    write_calibration(root, calibration_frames(CaptureConfig.degraded(frame_hw=(160, 240), seed=41)))
+    (root / "calibration" / "pixel_size.json").write_text(json.dumps({"pixel_size_um": PIXEL_UM}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def whole(ray_session, collection, tiny_checkpoint) -> Path:
+    out = collection.parent / "whole"
+    assert _lode(run_job_module, collection, "--model", tiny_checkpoint, "--out", out, "--shard", "256") == 0
+    return out
+
+
+def _same_store(a: Path, b: Path) -> None:
+    ra, rb = zarr.open_group(str(a / STORE_NAME), mode="r"), zarr.open_group(str(b / STORE_NAME), mode="r")
+    for name in SECTIONS:
+        for path in (f"{name}/0", label_path(name), label_path(name, k=1)):
+            assert np.array_equal(ra[path][:], rb[path][:]), path
+    for table in ("grains.parquet", "statistics.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(a / table), pd.read_parquet(b / table))
+
+
+def test_lode_run_equals_the_chain_of_jobs(whole, collection, tiny_checkpoint, tmp_path):
+    from jobs import analyze, segment, stitch
+
+    panoramas = tmp_path / "panoramas.zarr"
+    assert _lode(stitch, collection, "--out", panoramas, "--shard", "256") == 0
+    assert _lode(segment, panoramas, "--model", tiny_checkpoint, "--out", tmp_path) == 0
+    assert _lode(analyze, tmp_path / STORE_NAME, "--out", tmp_path) == 0
+    _same_store(whole, tmp_path)
+
+    manifest = json.loads((whole / "manifest.json").read_text())
+    assert manifest["job"] == "run" and manifest["status"] == "complete"
+    for name in SECTIONS:
+        unit = manifest["units"][name]
+        assert [unit[s]["status"] for s in ("stitch", "segment", "analyze")] == ["done"] * 3
+        assert unit["stitch"]["frames_placed"] == 4
+
+
+def test_lode_run_carries_the_pixel_size_and_the_stitch_record(whole, tiny_checkpoint):
+    from engine.segment.card import check_checkpoint
+
+    root = zarr.open_group(str(whole / STORE_NAME), mode="r")
+    grains = pd.read_parquet(whole / "grains.parquet")
+    assert set(grains["section"]) == set(SECTIONS)
+    np.testing.assert_allclose(grains["area_um2"], grains["area_px"] * PIXEL_UM**2)
+    np.testing.assert_allclose(grains["ecd_um"], grains["ecd_px"] * PIXEL_UM)
+    for name in SECTIONS:
+        for node in (root[name], root[f"{name}/labels/minerals"]):
+            ms = node.attrs["ome"]["multiscales"][0]
+            assert [a.get("unit") for a in ms["axes"] if a["type"] == "space"] == ["micrometer"] * 2
+            assert ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1] == PIXEL_UM
+        lode = root[name].attrs["lode"]
+        assert lode["model_id"] == check_checkpoint(tiny_checkpoint).model_id
+        stitch = lode["stitch"]
+        assert stitch["frames_placed"] == 4 and stitch["pixel_size_um"] == PIXEL_UM
+        assert stitch["correction"]["flat"] is True
+        assert stitch["correction"]["lens"]["dist_coeffs"][0] < -0.02  # the barrel lens fitted from checkerboards
+
+
+def test_a_failed_section_fails_alone_and_the_rerun_completes_it(whole, collection, tiny_checkpoint, tmp_path, capsys):
+    coll = tmp_path / "coll"
+    shutil.copytree(collection, coll)
+    tile = sorted((coll / "secB" / "tiles").iterdir())[1]
+    good = tile.read_bytes()
+    tile.write_bytes(good[: len(good) // 3])
+    out = tmp_path / "out"
+    assert _lode(run_job_module, coll, "--model", tiny_checkpoint, "--out", out, "--shard", "256") == 2
+    assert "secB" in capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "partial"
+    assert manifest["units"]["secB"]["stitch"]["status"] == "failed"
+    assert tile.name in manifest["units"]["secB"]["stitch"]["reason"]
+    assert sorted(pd.read_parquet(out / "grains.parquet")["section"].unique()) == ["secA", "secC"]
+    for name in ("secA", "secC"):
+        assert manifest["units"][name]["analyze"]["status"] == "done"
+
+    tile.write_bytes(good)
+    assert _lode(run_job_module, coll, "--model", tiny_checkpoint, "--out", out, "--shard", "256") == 0
+    lines: dict[str, str] = {}  # each section's first line: the stitching stage's
+    for ln in capsys.readouterr().out.splitlines():
+        lines.setdefault(ln.split(":")[0], ln)
+    assert "(stitched before)" in lines["secA"] and "(stitched before)" not in lines["secB"]
+    segment = json.loads((out / ".lode-run" / "segment" / "manifest.json").read_text())
+    assert segment["skipped_already_done"] == 2  # secA's and secC's blocks
+    _same_store(whole, out)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
