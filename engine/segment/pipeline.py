@@ -276,7 +276,7 @@ def _prepare_store(
 def _carried(src: Source) -> dict[str, Any]:
     """What a stitched source section hands on to its segmentation: its stitch report (frames placed,
     RMS, flagged frames, the lens and flat used, the pixel size)."""
-    base: SectionSource = getattr(src, "base", src)
+    base = src if isinstance(src, SectionSource) else src.base
     report = base.stitch_report()
     return {} if report is None else {"stitch": report}
 
