@@ -6,7 +6,7 @@ reports (``lode analyze``). ``OUT`` holds
 
 - ``lode.ome.zarr``: each section's panorama (in µm when the collection gives a pixel size), its
   mineral labels and, in its attributes, the stitch report (frames placed, RMS, flagged frames, the
-  lens and flat used, the pixel size) and the model id;
+  lens and flat used, the pixel size), the model id and, with ``--ccm``, the colour matrix applied;
 - the tables, exports and report of ``lode analyze`` (``grains.parquet``, ``statistics.parquet``,
   ``report.html``, ...);
 - ``manifest.json``: the run, with each section's status per stage (``units``).
@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["none", "uint8", "float16", "float32"],
         default="none",
         help="also store class probabilities",
+    )
+    parser.add_argument(
+        "--ccm", help="saved colour matrices (ccm.json from lode calibrate colour) applied before segmentation"
     )
     parser.add_argument("--no-report", action="store_true", help="write only the tables, not report.html")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
@@ -130,7 +133,12 @@ def _segment(cfg: Any, panoramas: str, records: str) -> dict[str, Any]:
     from engine.segment.pipeline import SegmentOptions, run_segmentation
 
     opts = SegmentOptions(
-        inputs=[panoramas], out=cfg.out, checkpoint=cfg.model, probabilities=cfg.probabilities, records=records
+        inputs=[panoramas],
+        out=cfg.out,
+        checkpoint=cfg.model,
+        probabilities=cfg.probabilities,
+        ccm=cfg.ccm,
+        records=records,
     )
     try:
         return run_segmentation(opts)

@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--annotations",
         help="folder of sparse annotation masks <section>.png for --colour (class codes, 255 = not annotated)",
     )
+    p.add_argument("--ccm", help="saved colour matrices (ccm.json from lode calibrate colour) applied before the model")
     p.add_argument("--xpl", help="folder of <section>/ subfolders of crossed-polar captures (extra channels)")
 
 

@@ -80,6 +80,11 @@ class SegmentConfig(JobConfig):
         description="folder of <section>/ subfolders of crossed-polar captures, "
         "registered to PPL and stacked as extra channels",
     )
+    ccm: str | None = Field(
+        default=None,
+        description="saved colour matrices (ccm.json of lode calibrate colour) applied before segmentation: "
+        "its one matrix to every section, else each section's own by section id",
+    )
     records: str | None = Field(
         default=None, description="folder of the run manifest and per-block records (default: out)"
     )

@@ -6,6 +6,7 @@ A block is recorded as done only after all its shards are written; reruns skip d
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -50,6 +51,7 @@ log = logging.getLogger("lode.segment")
 class SegmentOptions:
     """One segmentation run: inputs, checkpoint, output and how to run. ``jobs.segment`` builds it
     from the job's validated config (``schemas.config.SegmentConfig``: same fields and defaults).
+    ``ccm``: a saved colour matrix file (``lode calibrate colour``) applied instead of fitting one.
     ``records``: the folder of the run's manifest and per-block records (default ``out``; ``lode run``
     keeps them in its work folder, so that its own manifest is the output's)."""
 
@@ -71,6 +73,7 @@ class SegmentOptions:
     colour: Literal["none", "per-image", "series"] = "none"
     annotations: str | None = None
     xpl: str | None = None
+    ccm: str | None = None
     records: str | None = None
 
 
@@ -224,9 +227,28 @@ def plan(cfg: SegmentOptions, card: ModelCard) -> Plan:
 
 def _record_colour(cfg: SegmentOptions, matrices: dict[str, Any]) -> None:
     root = open_store(fs.join(cfg.out, STORE_NAME), mode="r+")
+    how = {"mode": "saved", "file": cfg.ccm} if cfg.ccm else {"mode": cfg.colour}
     for section, m in matrices.items():
         if section in root:
-            root[section].attrs.update({"colour_calibration": {"mode": cfg.colour, **m.to_dict()}})
+            root[section].attrs.update({"colour_calibration": {**how, **m.to_dict()}})
+
+
+def saved_matrices(path: str, sections: list[str]) -> dict[str, ColourMatrix]:
+    """The matrices of a ``ccm.json`` (``lode calibrate colour``) for ``sections``: its one matrix for
+    every section (a ``series`` fit), else each section's own, by section id."""
+    from engine.calibrate.colour import load_matrices
+
+    saved = load_matrices(path)
+    distinct = {json.dumps(m.to_dict(), sort_keys=True): m for m in saved.values()}
+    if len(distinct) == 1:
+        (only,) = distinct.values()
+        return {s: only for s in sections}
+    missing = [s for s in sections if s not in saved]
+    if missing:
+        raise LodeInputError(
+            path, f"holds no colour matrix for section(s) {', '.join(missing)} (has {', '.join(saved)})"
+        )
+    return {s: saved[s] for s in sections}
 
 
 def _prepare_store(
@@ -296,6 +318,10 @@ def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[Source])
 
     from engine.calibrate.colour import fit_means, reference_from_card
 
+    if cfg.ccm:
+        if cfg.colour != "none":
+            raise LodeInputError("--ccm", f"applies a saved matrix; it cannot be combined with --colour {cfg.colour}")
+        return saved_matrices(cfg.ccm, [s.section for s in sources])
     if cfg.colour == "none":
         return {}
     if not card.reference_colors:
@@ -340,6 +366,7 @@ def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
         "overlap": overlap,
         "probabilities": cfg.probabilities,
         "colour": cfg.colour,
+        "ccm": cfg.ccm,
         "annotations": cfg.annotations,
         "xpl": cfg.xpl,
         "sections": {

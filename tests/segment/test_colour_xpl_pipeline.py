@@ -94,6 +94,47 @@ def test_colour_stage_equals_segmenting_corrected_captures(ray_session, cast_cap
         assert a["cap0"].attrs["colour_calibration"]["matrix"] != a["cap1"].attrs["colour_calibration"]["matrix"]
 
 
+@pytest.mark.ray
+def test_a_saved_ccm_equals_segmenting_corrected_captures(ray_session, cast_captures, tmp_path):
+    """``--ccm ccm.json`` (``lode calibrate colour``'s file) applies each section's saved matrix in the model actor."""
+    from engine.calibrate.colour import save_matrices
+
+    root, ckpt = cast_captures
+    caps = sorted((root / "caps").glob("*.png"))
+    card = ModelCard.model_validate(torch.load(ckpt, weights_only=True)["card"])
+    matrices = fit_captures(caps, root / "ann", reference_from_card(card.reference_colors), "per-image")
+    save_matrices(tmp_path / "ccm.json", matrices, "per-image")
+    for p in caps:
+        _write_rgb(tmp_path / "corrected" / p.name, matrices[p.stem].apply(cv2.imread(str(p))[..., ::-1].copy()))
+    common = dict(checkpoint=str(ckpt), probabilities="float32", block=(128, 128), chunk=64, levels=1)
+    run_segmentation(
+        SegmentOptions(inputs=[str(root / "caps")], out=str(tmp_path / "ccm"), ccm=str(tmp_path / "ccm.json"), **common)
+    )
+    run_segmentation(SegmentOptions(inputs=[str(tmp_path / "corrected")], out=str(tmp_path / "direct"), **common))
+    a = zarr.open_group(str(tmp_path / "ccm" / STORE_NAME), mode="r")
+    b = zarr.open_group(str(tmp_path / "direct" / STORE_NAME), mode="r")
+    for p in caps:
+        assert np.abs(a[f"{p.stem}/probabilities/0"][:] - b[f"{p.stem}/probabilities/0"][:]).max() < 1e-5
+        rec = a[p.stem].attrs["colour_calibration"]
+        assert rec["mode"] == "saved" and rec["file"] == str(tmp_path / "ccm.json")
+        np.testing.assert_allclose(rec["matrix"], matrices[p.stem].matrix, atol=1e-9)
+
+
+def test_a_saved_ccm_covers_every_section_or_names_the_file(tmp_path):
+    from engine.calibrate.colour import ColourMatrix, save_matrices
+    from engine.segment.pipeline import saved_matrices
+
+    one = ColourMatrix(np.vstack([np.eye(3) * 1.1, np.zeros((1, 3))]))
+    other = ColourMatrix(np.vstack([np.eye(3) * 0.9, np.zeros((1, 3))]))
+    save_matrices(tmp_path / "series.json", {"capA": one, "capB": one}, "series")
+    got = saved_matrices(str(tmp_path / "series.json"), ["s1", "s2"])
+    assert all(np.array_equal(m.matrix, one.matrix) for m in got.values()) and sorted(got) == ["s1", "s2"]
+    save_matrices(tmp_path / "each.json", {"s1": one, "s2": other}, "per-image")
+    assert np.array_equal(saved_matrices(str(tmp_path / "each.json"), ["s2"])["s2"].matrix, other.matrix)
+    with pytest.raises(LodeInputError, match=r"each\.json.*no colour matrix for section\(s\) s3"):
+        saved_matrices(str(tmp_path / "each.json"), ["s1", "s3"])
+
+
 def test_colour_stage_needs_annotations(cast_captures, tmp_path):
     root, ckpt = cast_captures
     (tmp_path / "ann").mkdir()
