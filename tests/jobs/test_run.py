@@ -120,3 +120,80 @@ def test_a_failed_section_fails_alone_and_the_rerun_completes_it(whole, collecti
     assert segment["skipped_already_done"] == 2  # secA's and secC's blocks
     _same_store(whole, out)
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+def _kill_group(proc) -> None:
+    """SIGKILL the job and every process of the session it leads (its embedded Ray)."""
+    import os
+    import signal
+
+    import psutil
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) == proc.pid:
+                p.kill()
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+
+
+def _stitched(out: Path) -> int:
+    path = out / ".lode-run" / "panoramas.zarr.manifest.json"
+    try:
+        units = json.loads(path.read_text()).get("units") or {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+    return sum(u.get("status") == "done" for u in units.values())
+
+
+KILL_WHEN = {
+    "stitching": lambda out: _stitched(out) >= 1,
+    "segmentation": lambda out: len(list((out / ".lode-run" / "segment" / "_status").glob("*/*.json"))) >= 1,
+    "analysis": lambda out: (out / ".grains-work").exists(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", list(KILL_WHEN))
+def test_lode_run_killed_during_a_stage_resumes_byte_identical(whole, collection, tiny_checkpoint, tmp_path, stage):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    argv = [str(collection), "--model", str(tiny_checkpoint), "--out", str(out), "--shard", "256"]
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.run", *argv],
+        cwd=root,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not KILL_WHEN[stage](out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode != 0, f"the run ended before it was killed: {proc.stderr.read()[-2000:]}"
+    assert not (out / "grains.parquet").exists()
+    segmented = len(list((out / ".lode-run" / "segment" / "_status").glob("*/*.json")))
+    assert {
+        "stitching": _stitched(out) < len(SECTIONS) and segmented == 0,
+        "segmentation": _stitched(out) == len(SECTIONS) and segmented < len(SECTIONS),
+        "analysis": segmented == len(SECTIONS),
+    }[stage], "killed in another stage"
+
+    assert _lode(run_job_module, *argv) == 0
+    _same_store(whole, out)
+    for table in ("grains.parquet", "statistics.parquet"):
+        assert (out / table).read_bytes() == (whole / table).read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
