@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from jobs.contract import Job
@@ -88,22 +91,24 @@ def run(cfg: Any) -> int:
     progress = _Progress(cfg, names)
     timings: dict[str, float] = {}
 
-    print(f"[1/3] stitching {len(names)} section(s) from raw captures ...", flush=True)
+    print(
+        f"[1/2] stitching {len(names)} section(s) from raw captures, each segmented once it is stitched ...",
+        flush=True,
+    )
     t = time.perf_counter()
     panoramas = fs.join(work, "panoramas.zarr")
-    progress.stitched(_stitch(cfg, panoramas))
-    timings["stitch_s"] = time.perf_counter() - t
-
-    todo = progress.ready_for("segment")
-    if todo:
-        print(f"[2/3] segmenting {len(todo)} section(s) ...", flush=True)
-        t = time.perf_counter()
-        progress.segmented(_segment(cfg, panoramas, fs.join(work, "segment")), todo)
-        timings["segment_s"] = time.perf_counter() - t
+    segmenter = _Segmenter(cfg, panoramas, fs.join(work, "segment"))
+    try:
+        progress.stitched(_stitch(cfg, panoramas, segmenter.add))
+    finally:
+        batches = segmenter.close()
+    for batch, doc in batches:
+        progress.segmented(doc, [n for n in batch if n in progress.units])
+    timings["stitch_segment_s"] = time.perf_counter() - t
 
     todo = progress.ready_for("analyze")
     if todo:
-        print(f"[3/3] measuring grains and writing the reports of {len(todo)} section(s) ...", flush=True)
+        print(f"[2/2] measuring grains and writing the reports of {len(todo)} section(s) ...", flush=True)
         t = time.perf_counter()
         progress.analyzed(_analyze(cfg, fs.join(cfg.out, STORE_NAME), todo), todo)
         timings["analyze_s"] = time.perf_counter() - t
@@ -111,29 +116,77 @@ def run(cfg: Any) -> int:
     return progress.close(timings)
 
 
-def _stitch(cfg: Any, store: str) -> dict[str, dict]:
-    """Stitch the sections (``lode stitch``'s code): each section's unit of the stitch manifest."""
+def _stitch(cfg: Any, store: str, on_section: Callable[[str], None]) -> dict[str, dict]:
+    """Stitch the sections (``lode stitch``'s code), handing each to ``on_section`` once it is in the
+    store: each section's unit of the stitch manifest."""
     from engine.errors import LodeInputError
     from engine.io import fs
     from engine.io.manifest import manifest_path
     from jobs import stitch
 
+    argv = stitch_argv(cfg, store)
     try:
-        stitch.run(stitch.JOB.validate(stitch.JOB.parser().parse_args(stitch_argv(cfg, store))))
+        stitch.stitch_collection(stitch.JOB.validate(stitch.JOB.parser().parse_args(argv)), on_section)
     except LodeInputError:
         if not fs.exists(manifest_path(store)):
             raise  # refused before any section was stitched: the run's own error
     return dict(json.loads(fs.read_bytes(manifest_path(store))).get("units") or {})
 
 
-def _segment(cfg: Any, panoramas: str, records: str) -> dict[str, Any]:
-    """Segment every stitched section (``lode segment``'s code) into ``OUT/lode.ome.zarr``; its run record."""
+class _Segmenter:
+    """Segments stitched sections (``lode segment``'s code) in a thread of the driver while the next
+    ones are stitched: each segmentation takes every section stitched since the last one began, so a
+    section waits for at most one other and the model actor starts once per batch, not per section.
+    Only section names wait in the queue; their panoramas are in the work store."""
+
+    def __init__(self, cfg: Any, panoramas: str, records: str):
+        self.cfg, self.panoramas, self.records = cfg, panoramas, records
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.batches: list[tuple[list[str], dict[str, Any]]] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="lode-segment", daemon=True)
+        self.thread.start()
+
+    def add(self, name: str) -> None:
+        self.queue.put(name)
+
+    def close(self) -> list[tuple[list[str], dict[str, Any]]]:
+        """Wait for the sections handed in so far; each batch's sections and its segmentation record."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.batches
+
+    def _loop(self) -> None:
+        from engine.io import fs
+
+        last = False
+        while not last:
+            names = [self.queue.get()]
+            while not self.queue.empty():
+                names.append(self.queue.get_nowait())
+            last = None in names
+            batch = [n for n in names if n is not None]
+            if not batch or self.error is not None:
+                continue
+            try:
+                doc = _segment(self.cfg, [fs.join(self.panoramas, n) for n in batch], self.records)
+            except BaseException as exc:  # raised in the driver's thread by close()
+                self.error = exc
+                continue
+            self.batches.append((batch, doc))
+            print(f"  segmented {', '.join(batch)}", flush=True)
+
+
+def _segment(cfg: Any, inputs: list[str], records: str) -> dict[str, Any]:
+    """Segment stitched sections (``lode segment``'s code) into ``OUT/lode.ome.zarr``; the run's record."""
     from engine.errors import LodeInputError
     from engine.io.manifest import RunManifest
     from engine.segment.pipeline import SegmentOptions, run_segmentation
 
     opts = SegmentOptions(
-        inputs=[panoramas],
+        inputs=inputs,
         out=cfg.out,
         checkpoint=cfg.model,
         probabilities=cfg.probabilities,
@@ -142,11 +195,8 @@ def _segment(cfg: Any, panoramas: str, records: str) -> dict[str, Any]:
     )
     try:
         return run_segmentation(opts)
-    except LodeInputError as exc:
-        doc = RunManifest(records).read()
-        if doc is None or "blocks" not in doc:
-            return {"error": exc}
-        return doc
+    except LodeInputError as exc:  # some sections failed (the record says which), or the batch could not start
+        return {**(RunManifest(records).read() or {}), "error": str(exc)}
 
 
 def _analyze(cfg: Any, store: str, sections: list[str]) -> Any:
@@ -180,20 +230,19 @@ class _Progress:
         self._record("running")
 
     def segmented(self, doc: dict[str, Any], todo: list[str]) -> None:
-        if "error" in doc:
-            for n in todo:
-                self.units[n]["segment"] = {"status": "failed", "reason": str(doc["error"])}
-        else:
-            failed = doc.get("failed_sections", {})
-            blocks: dict[str, list[str]] = {}
-            for b in doc["blocks"]:
-                blocks.setdefault(b["unit"].split("/")[0], []).append(b["status"])
-            for n in todo:
-                states = blocks.get(n, [])
-                if n in failed or not states or any(s != "done" for s in states):
-                    self.units[n]["segment"] = {"status": "failed", "reason": failed.get(n, "not segmented")}
-                else:
-                    self.units[n]["segment"] = {"status": "done", "blocks": len(states)}
+        """Record a segmentation batch: a section is done when all its blocks are (``doc["blocks"]``: the
+        batch's record); otherwise failed, with its reason, or the batch's error when it did not start."""
+        failed = doc.get("failed_sections", {})
+        blocks: dict[str, list[str]] = {}
+        for b in doc.get("blocks", []):
+            blocks.setdefault(b["unit"].split("/")[0], []).append(b["status"])
+        for n in todo:
+            states = blocks.get(n, [])
+            if states and all(s == "done" for s in states):
+                self.units[n]["segment"] = {"status": "done", "blocks": len(states)}
+            else:
+                reason = failed.get(n) or doc.get("error") or "not segmented"
+                self.units[n]["segment"] = {"status": "failed", "reason": reason}
         self._record("running")
 
     def analyzed(self, res: Any, todo: list[str]) -> None:

@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,12 @@ def report_path(store: str | Path) -> str:
 
 
 def run(cfg: Any) -> int:
+    return stitch_collection(cfg)
+
+
+def stitch_collection(cfg: Any, on_section: Callable[[str], None] | None = None) -> int:
+    """The job's body; ``on_section(name)`` is called in this thread as each section is in the store
+    (stitched now, or before and skipped), so a caller can start its next stage on it."""
     import ray
 
     from engine.errors import LodeInputError
@@ -162,7 +169,7 @@ def run(cfg: Any) -> int:
     k = cfg.sections_in_flight or min(
         len(dirs), sections_in_flight(ray.cluster_resources(), max(section_bytes(d) for d in dirs.values()))
     )
-    stream = _Stream(cfg, dirs, corr, opts, k)
+    stream = _Stream(cfg, dirs, corr, opts, k, on_section)
     stream.run()
     drop_work(cfg.out)
     return stream.close(time.perf_counter() - t0)
@@ -174,11 +181,20 @@ class _Stream:
     (or failed) section is recorded at once in the job's manifest with its fingerprint; a rerun
     skips the sections recorded done with the same fingerprint whose group is in the store."""
 
-    def __init__(self, cfg: Any, dirs: dict[str, str], corr: Any, opts: Any, k: int):
+    def __init__(
+        self,
+        cfg: Any,
+        dirs: dict[str, str],
+        corr: Any,
+        opts: Any,
+        k: int,
+        on_section: Callable[[str], None] | None = None,
+    ):
         from engine.io import fs
         from engine.stitch.section import section_fingerprint
 
         self.cfg, self.dirs, self.corr, self.opts, self.k = cfg, dirs, corr, opts, k
+        self.on_section = on_section or (lambda name: None)
         self.units = _previous_units(cfg.out)
         self.results: dict[str, dict] = {}
         self.errors: dict[str, Any] = {}
@@ -206,6 +222,7 @@ class _Stream:
 
         for name in self.skipped:
             self.results[name] = _stored_report(self.cfg.out, name)
+            self.on_section(name)
         remote = ray.remote(num_cpus=0, **_remote_args())(prepare_section)
         corr_ref = ray.put(self.corr)
         todo = [name for name in self.dirs if name not in self.skipped]
@@ -263,6 +280,7 @@ class _Stream:
             {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]},
             started,
         )
+        self.on_section(name)
 
     def _fail(self, name: str, error: Any, started: int) -> None:
         self.errors[name] = error

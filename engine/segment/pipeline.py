@@ -392,38 +392,38 @@ def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
         )
 
         t_ray = time.perf_counter()
-        skipped = len(units) - pending
+        matrices: dict[str, ColourMatrix] = {}
         if pending:
             init_ray()
             matrices = colour_matrices(cfg, card, sources)
             if matrices:
                 _record_colour(cfg, matrices)
-            out_abs = _absolute(cfg.out)
-            stage = SegmentStage(
-                {s.section: s for s in sources},
-                out_abs,
-                _absolute(cfg.checkpoint),
-                window,
-                overlap,
-                cfg.batch_size,
-                cfg.probabilities,
-                cfg.threads,
-                cfg.copy_image,
-                matrices,
-            )
-            run = run_stage(
-                stage,
-                units,
-                manifest,
-                RunOptions(
-                    device=cfg.device,
-                    actors=cfg.num_actors,
-                    max_units=cfg.max_blocks,
-                    remote_args=fs.ray_remote_args(),
-                    read_in_compute=True,
-                ),
-            )
-            skipped = run.skipped
+        stage = SegmentStage(
+            {s.section: s for s in sources},
+            _absolute(cfg.out),
+            _absolute(cfg.checkpoint),
+            window,
+            overlap,
+            cfg.batch_size,
+            cfg.probabilities,
+            cfg.threads,
+            cfg.copy_image,
+            matrices,
+        )
+        # with nothing pending this only marks complete the sections a killed run finished but never marked
+        run = run_stage(
+            stage,
+            units,
+            manifest,
+            RunOptions(
+                device=cfg.device,
+                actors=cfg.num_actors,
+                max_units=cfg.max_blocks,
+                remote_args=fs.ray_remote_args(),
+                read_in_compute=True,
+            ),
+        )
+        skipped = run.skipped
     except BaseException as exc:
         manifest.abort(exc)
         raise

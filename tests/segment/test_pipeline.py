@@ -125,6 +125,36 @@ def test_interrupted_run_resumes_byte_identical(segmented, small_panorama, tiny_
     assert got.tobytes() == want.tobytes()
 
 
+def test_a_run_killed_after_its_last_block_is_completed_by_the_rerun(
+    segmented, small_panorama, tiny_checkpoint, tmp_path
+):
+    """Killed between its last block's write and marking the section complete, a run leaves every block done
+    and the section incomplete; the rerun has no block to run and must still mark it complete."""
+    import shutil
+
+    from engine.io.integrity import is_complete, mark_complete
+
+    ref_out, _ = segmented
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    root = zarr.open_group(str(out / STORE_NAME), mode="r+")
+    for group in (root["sec-a"], root["sec-a/labels/minerals"]):
+        mark_complete(group, False)
+    cfg = SegmentOptions(
+        inputs=[str(small_panorama)],
+        out=str(out),
+        checkpoint=str(tiny_checkpoint),
+        block=(128, 128),
+        chunk=64,
+        levels=2,
+        probabilities="float32",
+    )
+    manifest = run_segmentation(cfg)
+    assert manifest["status"] == "complete" and manifest["skipped_already_done"] == 12
+    root = zarr.open_group(str(out / STORE_NAME), mode="r")
+    assert is_complete(root["sec-a"]) and is_complete(root["sec-a/labels/minerals"])
+
+
 def test_missing_input_names_it(tiny_checkpoint, tmp_path):
     cfg = SegmentOptions(inputs=[str(tmp_path / "nope.zarr")], out=str(tmp_path / "o"), checkpoint=str(tiny_checkpoint))
     with pytest.raises(LodeInputError, match="nope.zarr"):
