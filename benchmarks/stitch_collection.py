@@ -35,15 +35,18 @@ def write_collection(root: Path, sections: int, grid: int = 3) -> Path:
     return root
 
 
-def measure(collection: Path, store: Path, extra: list[str]) -> dict:
-    """Run one stitch job; its wall time and peak summed RSS/PSS (GiB) with its Ray session."""
+def run_measured(argv: list[str]) -> dict:
+    """Run ``python -m <argv>`` in its own process with its own Ray session: its wall time, the peak of
+    the RSS and PSS (GiB) summed over its process tree and every process of its Ray session (sampled every
+    0.5 s), and its standard output. Raises with the end of its stderr when it fails."""
     from benchmarks.lineaments import _ray_tagged, _route_memory
 
     tag = tempfile.mkdtemp(prefix="lbs")  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_TMPDIR": tag, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_AUTH_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "jobs.stitch", str(collection), "--out", str(store), "--shard", "1024", *extra]
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     peak = [0.0, 0.0, 0]
     stop = threading.Event()
 
@@ -68,13 +71,23 @@ def measure(collection: Path, store: Path, extra: list[str]) -> dict:
             pass
     shutil.rmtree(tag, ignore_errors=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"stitch failed ({proc.returncode}): {err[-3000:]}")
-    summary = json.loads(Path(str(store) + ".stitch.json").read_text())
+        raise RuntimeError(f"{' '.join(argv[:1])} failed ({proc.returncode}): {err[-3000:]}")
     return {
         "seconds": round(time.perf_counter() - t, 2),
         "peak_rss_gib": round(peak[0] / 1024, 4),
         "peak_pss_gib": round(peak[1] / 1024, 4),
         "processes_at_peak": peak[2],
+        "stdout": out,
+    }
+
+
+def measure(collection: Path, store: Path, extra: list[str]) -> dict:
+    """Run one stitch job; its wall time and peak summed RSS/PSS (GiB) with its Ray session."""
+    run = run_measured(["jobs.stitch", str(collection), "--out", str(store), "--shard", "1024", *extra])
+    run.pop("stdout")
+    summary = json.loads(Path(str(store) + ".stitch.json").read_text())
+    return {
+        **run,
         "sections_in_flight": summary["sections_in_flight"],
         "frames_placed": sum(r["frames_placed"] for r in summary["sections"].values()),
     }

@@ -90,7 +90,9 @@ def run(cfg: Any) -> int:
     from engine.export.sections import export_sections
     from engine.io import fs
 
-    exports = export_sections(cfg.store, res.grains_path, fs.parent(str(res.grains_path)), label_name=cfg.labels)
+    exports = export_sections(
+        cfg.store, res.grains_path, fs.parent(str(res.grains_path)), label_name=cfg.labels, executor=cfg.executor
+    )
     for section, n in res.incomplete.items():
         print(f"INCOMPLETE {section}: {n} block(s) never written are left out of these measurements")
     print(

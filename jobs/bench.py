@@ -85,6 +85,20 @@ HEADLINES: dict[str, list[Headline]] = {
     "stitch_collection": [
         Headline("summed peak RSS, 12 sections (GiB)", "runs.12.peak_rss_gib", "1 section", "runs.1.peak_rss_gib"),
     ],
+    "collection": [
+        Headline(
+            "lode run, summed peak RSS, many sections (GiB)",
+            "lode_run.{many}.peak_rss_gib",
+            "few sections",
+            "lode_run.{few}.peak_rss_gib",
+        ),
+        Headline(
+            "lode run, sections per hour",
+            "sections_per_hour.lode_run",
+            "stitch, segment, analyze one after another",
+            "sections_per_hour.individual_jobs",
+        ),
+    ],
     "analyze_grains": [
         Headline("wall, Ray tasks (s)", "ray.wall_s", "serial", "serial.wall_s"),
         Headline("peak RSS, Ray tasks (GiB)", "ray.peak_rss_gib", "serial", "serial.peak_rss_gib"),
@@ -173,6 +187,7 @@ QUICK: dict[str, list[str]] = {
     "segment_throughput": ["--size", "1024x1024", "--window", "256", "--batch-size", "4"],
     "stitch": ["--rows", "2", "--cols", "3", "--frame", "600x400"],
     "stitch_collection": ["--counts", "1", "2"],
+    "collection": ["--counts", "1", "2", "--size", "900", "600"],
     "stitch_real": ["--frame", "480x360", "--tools", "lode,opencv"],
     "analyze_grains": ["--height", "2000", "--width", "1500"],
     "lineaments": ["--n", "2", "--size", "256"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -38,28 +39,34 @@ def cluster_env() -> dict[str, str]:
     return env
 
 
-@contextmanager
-def local_head(num_cpus: int = 2) -> Iterator[str]:
-    """Yield the dashboard address (http://127.0.0.1:PORT) of a fresh head node."""
-    tmp = tempfile.mkdtemp(prefix="lr", dir="/tmp")
+def _node_ports() -> list[int]:
+    """Ten free ports for one node; the last opens a free range of 200 worker ports."""
     while True:
-        gcs, dash, nm, om, client, agent, agent_grpc, metrics, rte, wmin = ports = free_ports(10)
+        ports = free_ports(10)
+        wmin = ports[-1]
         if wmin + 200 < 65535 and not any(wmin <= p <= wmin + 200 for p in ports[:-1]):
-            break
+            return ports
+
+
+def _start_node(tmp: str, num_cpus: int, head_gcs: int | None) -> tuple[int, int]:
+    """``ray start`` one node under ``tmp`` on its own ports: the head (``head_gcs`` None) or a worker
+    node joining the head's GCS port. The head's GCS and dashboard ports."""
+    port, dash, nm, om, client, agent, agent_grpc, metrics, rte, wmin = _node_ports()
+    role = (
+        ["--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1"]
+        + ["--include-dashboard=true", f"--ray-client-server-port={client}"]
+        if head_gcs is None
+        else [f"--address=127.0.0.1:{head_gcs}"]
+    )
     cmd = [
         RAY,
         "start",
-        "--head",
-        f"--port={gcs}",
-        f"--dashboard-port={dash}",
-        "--dashboard-host=127.0.0.1",
-        "--include-dashboard=true",
+        *role,
         f"--temp-dir={tmp}",
         f"--num-cpus={num_cpus}",
         "--num-gpus=0",
         f"--node-manager-port={nm}",
         f"--object-manager-port={om}",
-        f"--ray-client-server-port={client}",
         f"--dashboard-agent-listen-port={agent}",
         f"--dashboard-agent-grpc-port={agent_grpc}",
         f"--metrics-export-port={metrics}",
@@ -69,21 +76,52 @@ def local_head(num_cpus: int = 2) -> Iterator[str]:
         "--disable-usage-stats",
         "--object-store-memory=500000000",
     ]
+    r = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, timeout=180)
+    if r.returncode:
+        raise RuntimeError(f"ray start failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return port, dash
+
+
+@contextmanager
+def local_cluster(num_cpus: int = 2, workers: int = 0, worker_cpus: int = 1) -> Iterator[tuple[str, str]]:
+    """Yield the dashboard address (http://127.0.0.1:PORT) and the GCS address (127.0.0.1:PORT) of a
+    fresh head node and ``workers`` worker nodes, all under one temp dir of their own; stops only them."""
+    tmp = tempfile.mkdtemp(prefix="lr", dir="/tmp")
     try:
-        r = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, timeout=180)
-        if r.returncode:
-            raise RuntimeError(f"ray start failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        gcs, dash = _start_node(tmp, num_cpus, None)
+        for _ in range(workers):
+            _start_node(tmp, worker_cpus, gcs)
         address = f"http://127.0.0.1:{dash}"
-        deadline = time.time() + 60
+        deadline = time.time() + 90
         while time.time() < deadline:
-            r = subprocess.run([RAY, "job", "list", "--address", address], env=cluster_env(), capture_output=True)
-            if r.returncode == 0:
+            jobs = subprocess.run([RAY, "job", "list", "--address", address], env=cluster_env(), capture_output=True)
+            if jobs.returncode == 0 and _alive_nodes(address) == 1 + workers:
                 break
             time.sleep(1)
-        yield address
+        else:
+            raise RuntimeError(f"the local cluster under {tmp} did not come up with {1 + workers} node(s)")
+        yield address, f"127.0.0.1:{gcs}"
     finally:
         _kill_tree_under(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive_nodes(address: str) -> int:
+    """The alive nodes the dashboard at ``address`` knows (0 while it does not answer)."""
+    r = subprocess.run(
+        [RAY, "list", "nodes", "--address", address, "--format", "json", "--filter", "state=ALIVE"],
+        env=cluster_env(),
+        capture_output=True,
+        text=True,
+    )
+    return len(json.loads(r.stdout)) if r.returncode == 0 else 0
+
+
+@contextmanager
+def local_head(num_cpus: int = 2) -> Iterator[str]:
+    """Yield the dashboard address (http://127.0.0.1:PORT) of a fresh head node."""
+    with local_cluster(num_cpus) as (address, _):
+        yield address
 
 
 def _kill_tree_under(tmp: str) -> None:

@@ -204,6 +204,38 @@ th:first-child{text-align:left}img.plot{max-width:100%;display:block;margin:0.5e
 section.sample{border-top:2px solid #888;margin-top:2em}"""
 
 
+def _qc_table(sections: Sequence) -> str:
+    """Per section, what the stitching and colour calibration recorded in the store: frames placed, the
+    stitch RMS (px) and flagged frames (``attrs["lode"]["stitch"]``), the colour fit's mean ΔE2000
+    (``attrs["colour_calibration"]``); empty when no section carries either."""
+    from engine.io.layout import attrs_of
+
+    rows = []
+    for s in sections:
+        attrs = attrs_of(s.image)
+        st = attrs.get("lode", {}).get("stitch")
+        colour = attrs.get("colour_calibration")
+        if st is None and colour is None:
+            continue
+        info = (colour or {}).get("info", {})
+        cells = [
+            html.escape(s.name),
+            "" if st is None else f"{st['frames_placed']}/{st['frames_total']}",
+            "" if st is None or st.get("rms_px") is None else f"{st['rms_px']:.3f}",
+            "" if st is None else html.escape(", ".join(st.get("flagged", [])) or "none"),
+            "" if st is None or st.get("pixel_size_um") is None else f"{st['pixel_size_um']:g}",
+            "" if "mean_delta_e_fit" not in info else f"{info['mean_delta_e_fit']:.2f}",
+        ]
+        rows.append(f'<tr data-section="{html.escape(s.name)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("section", "frames placed", "stitch RMS (px)", "flagged frames", "pixel (µm)", "colour ΔE2000 fit")
+    )
+    return f'<h2>Quality</h2><table class="qc"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
 def _read_parquet(path: str | Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
@@ -249,6 +281,7 @@ def write_report(
         _img(pngs["composition"], "plot-composition", "modal composition"),
         _img(pngs["sizes"], "plot-sizes", "grain-size distributions"),
         _img(pngs["association"], "plot-association", "association matrix"),
+        _qc_table([by_name[n] for n in names if n in by_name]),
     ]
     for name in names:
         n = int((grains.section == name).sum())

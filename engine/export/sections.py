@@ -4,6 +4,7 @@ image as an OME-TIFF pyramid, written into ``OUT/exports/``."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -19,24 +20,46 @@ EXPORTS = "exports"
 
 
 def export_sections(
-    store: str | Path, grains_path: str | Path, out: str | Path, label_name: str = "minerals"
+    store: str | Path,
+    grains_path: str | Path,
+    out: str | Path,
+    label_name: str = "minerals",
+    *,
+    sections: Sequence[str] | None = None,
+    executor: str = "serial",
 ) -> dict[str, dict[str, str]]:
     """Write ``<section>.grains.geojson`` (QuPath detections) and ``<section>.labels.ome.tif`` for
-    every section of ``store`` that has the label image; returns their locations by section."""
-    root = open_store(store)
+    every section of ``store`` (``sections``: just these) that has the label image; returns their
+    locations by section. ``executor="ray"``: one Ray task per section, side by side."""
     grains = pd.read_parquet(str(grains_path))
-    written: dict[str, dict[str, str]] = {}
-    for name, image in image_groups(root).items():
-        path = f"{LABELS_GROUP}/{label_name}"
-        if path not in image:
-            continue
-        labels = image[path]
-        classes = classes_of(labels, f"{store}/{name}/{path}")  # type: ignore[arg-type]
-        levels = label_levels(labels)
-        colours = {c.code: tuple(c.color) for c in classes.classes}
-        features = list(grain_features(levels[0], grains[grains.section == name], colours))  # type: ignore[arg-type]
-        geojson = fs.join(out, EXPORTS, f"{name}.grains.geojson")
-        atomic_write_text(geojson, json.dumps({"type": "FeatureCollection", "features": features}))
-        tiff = write_label_pyramid(levels, fs.join(out, EXPORTS, f"{name}.labels.ome.tif"), name, pixel_size_of(image))
-        written[name] = {"qupath_geojson": geojson, "labels_ome_tiff": tiff}
-    return written
+    path = f"{LABELS_GROUP}/{label_name}"
+    names = [
+        n
+        for n, image in image_groups(open_store(store)).items()
+        if path in image and (sections is None or n in sections)
+    ]
+    work = {n: (str(store), n, grains[grains.section == n], str(out), label_name) for n in names}
+    if executor == "ray":
+        import ray
+
+        task = ray.remote(num_cpus=1)(export_section).options(**fs.ray_remote_args())
+        refs = {n: task.remote(*args) for n, args in work.items()}
+        return {n: ray.get(ref) for n, ref in refs.items()}
+    if executor != "serial":
+        raise ValueError(f"unknown executor {executor!r} (serial or ray)")
+    return {n: export_section(*args) for n, args in work.items()}
+
+
+def export_section(store: str, name: str, grains: pd.DataFrame, out: str, label_name: str) -> dict[str, str]:
+    """The exports of section ``name`` from its rows of the grain table."""
+    image = open_store(store)[name]
+    path = f"{LABELS_GROUP}/{label_name}"
+    labels = image[path]
+    classes = classes_of(labels, f"{store}/{name}/{path}")  # type: ignore[arg-type]
+    levels = label_levels(labels)
+    colours = {c.code: tuple(c.color) for c in classes.classes}
+    features = list(grain_features(levels[0], grains, colours))  # type: ignore[arg-type]
+    geojson = fs.join(out, EXPORTS, f"{name}.grains.geojson")
+    atomic_write_text(geojson, json.dumps({"type": "FeatureCollection", "features": features}))
+    tiff = write_label_pyramid(levels, fs.join(out, EXPORTS, f"{name}.labels.ome.tif"), name, pixel_size_of(image))
+    return {"qupath_geojson": geojson, "labels_ome_tiff": tiff}

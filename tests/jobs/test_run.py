@@ -4,6 +4,7 @@ individual jobs run by hand; a section that fails does so alone, and the rerun c
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,11 @@ def _same_store(a: Path, b: Path) -> None:
             assert np.array_equal(ra[path][:], rb[path][:]), path
     for table in ("grains.parquet", "statistics.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(a / table), pd.read_parquet(b / table))
+    exports = sorted(p.name for p in (a / "exports").iterdir())
+    assert exports == sorted(p.name for p in (b / "exports").iterdir()) and len(exports) == 2 * len(SECTIONS)
+    for name in exports:  # the OME-XML's UUID is new for every file written
+        same = (re.sub(rb'UUID="urn:uuid:[0-9a-f-]+"', b"", (d / "exports" / name).read_bytes()) for d in (a, b))
+        assert next(same) == next(same), name
 
 
 def test_lode_run_equals_the_chain_of_jobs(whole, collection, tiny_checkpoint, tmp_path):
@@ -91,6 +97,12 @@ def test_lode_run_carries_the_pixel_size_and_the_stitch_record(whole, tiny_check
         assert stitch["frames_placed"] == 4 and stitch["pixel_size_um"] == PIXEL_UM
         assert stitch["correction"]["flat"] is True
         assert stitch["correction"]["lens"]["dist_coeffs"][0] < -0.02  # the barrel lens fitted from checkerboards
+    report = (whole / "report.html").read_text()
+    for name in SECTIONS:
+        stitch = root[name].attrs["lode"]["stitch"]
+        row = re.search(rf'<tr data-section="{name}">(.*?)</tr>', report).group(1)
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        assert cells[:5] == [name, "4/4", f"{stitch['rms_px']:.3f}", "none", f"{PIXEL_UM:g}"]
 
 
 def test_a_failed_section_fails_alone_and_the_rerun_completes_it(whole, collection, tiny_checkpoint, tmp_path, capsys):
@@ -200,3 +212,45 @@ def test_lode_run_killed_during_a_stage_resumes_byte_identical(whole, collection
     for table in ("grains.parquet", "statistics.parquet"):
         assert (out / table).read_bytes() == (whole / table).read_bytes()
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_lode_run_on_three_nodes_with_s3_equals_the_local_run(whole, collection, tiny_checkpoint, s3, tmp_path):
+    """A head and two worker nodes of one CPU each (own processes, temp dir and ports), inputs and outputs
+    only on S3 (moto's server): ``lode run`` completes, its work spread over the nodes, and its labels
+    and tables equal the local run's."""
+    import subprocess
+    import sys
+
+    import s3fs
+
+    from tests.cluster_utils import RAY, cluster_env, local_cluster
+
+    bucket = s3fs.S3FileSystem()
+    bucket.put(str(collection), "lode-test/coll", recursive=True)
+    bucket.put_file(str(tiny_checkpoint), "lode-test/model/tiny.pt")
+    root = Path(__file__).resolve().parents[2]
+    argv = ["s3://lode-test/coll", "--model", "s3://lode-test/model/tiny.pt", "--out", "s3://lode-test/run"]
+    with local_cluster(num_cpus=1, workers=2) as (dashboard, gcs):
+        env = {**cluster_env(), "PYTHONPATH": str(root), "RAY_ADDRESS": gcs}
+        r = subprocess.run(
+            [sys.executable, "-m", "jobs.run", *argv, "--shard", "256"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        tasks = subprocess.run(
+            [RAY, "list", "tasks", "--address", dashboard, "--format", "json", "--limit", "10000", "--detail"],
+            env=cluster_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    assert len({t["node_id"] for t in json.loads(tasks.stdout) if t.get("node_id")}) == 3
+    local = tmp_path / "from-s3"
+    bucket.get("lode-test/run/", str(local), recursive=True)
+    _same_store(whole, local)
+    assert json.loads((local / "manifest.json").read_text())["status"] == "complete"
