@@ -92,36 +92,25 @@ def run(cfg: Any) -> int:
     timings: dict[str, float] = {}
 
     print(
-        f"[1/2] stitching {len(names)} section(s) from raw captures, "
-        "each segmented once it is stitched and measured once it is segmented ...",
+        f"[1/2] stitching {len(names)} section(s) from raw captures, each segmented once it is stitched ...",
         flush=True,
     )
     t = time.perf_counter()
-    panoramas, store = fs.join(work, "panoramas.zarr"), fs.join(cfg.out, STORE_NAME)
-    measurer = _Batches("measured", lambda batch: _measure(cfg, store, fs.join(work, "measure"), batch))
-    segmenter = _Batches(
-        "segmented",
-        lambda batch: _segment(cfg, [fs.join(panoramas, n) for n in batch], fs.join(work, "segment")),
-        then=lambda batch, doc: [
-            measurer.add(n) for n, u in segment_units(doc, batch).items() if u["status"] == "done"
-        ],
-    )
+    panoramas = fs.join(work, "panoramas.zarr")
+    segmenter = _Segmenter(cfg, panoramas, fs.join(work, "segment"))
     try:
-        try:
-            progress.stitched(_stitch(cfg, panoramas, segmenter.add))
-        finally:
-            segmented = segmenter.close()
+        progress.stitched(_stitch(cfg, panoramas, segmenter.add))
     finally:
-        measurer.close()
-    for batch, doc in segmented:
+        batches = segmenter.close()
+    for batch, doc in batches:
         progress.segmented(doc, [n for n in batch if n in progress.units])
-    timings["stitch_segment_measure_s"] = time.perf_counter() - t
+    timings["stitch_segment_s"] = time.perf_counter() - t
 
     todo = progress.ready_for("analyze")
     if todo:
-        print(f"[2/2] writing the tables and reports of {len(todo)} section(s) ...", flush=True)
+        print(f"[2/2] measuring grains and writing the reports of {len(todo)} section(s) ...", flush=True)
         t = time.perf_counter()
-        progress.analyzed(_analyze(cfg, store, todo), todo)
+        progress.analyzed(_analyze(cfg, fs.join(cfg.out, STORE_NAME), todo), todo)
         timings["analyze_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     return progress.close(timings)
@@ -144,31 +133,25 @@ def _stitch(cfg: Any, store: str, on_section: Callable[[str], None]) -> dict[str
     return dict(json.loads(fs.read_bytes(manifest_path(store))).get("units") or {})
 
 
-class _Batches:
-    """Runs a stage (``work(names)``) in a thread of the driver over the sections handed in while the
-    driver goes on (the next sections are stitched): each call takes every section handed in since the
-    previous call began, so a section waits for at most one call and a model actor starts once per
-    call, not per section. ``then(names, result)`` hands the call's sections on to the next stage.
-    Only section names wait in the queue; their data are in the stores."""
+class _Segmenter:
+    """Segments stitched sections (``lode segment``'s code) in a thread of the driver while the next
+    ones are stitched: each segmentation takes every section stitched since the last one began, so a
+    section waits for at most one other and the model actor starts once per batch, not per section.
+    Only section names wait in the queue; their panoramas are in the work store."""
 
-    def __init__(
-        self,
-        verb: str,
-        work: Callable[[list[str]], Any],
-        then: Callable[[list[str], Any], Any] | None = None,
-    ):
-        self.verb, self.work, self.then = verb, work, then
+    def __init__(self, cfg: Any, panoramas: str, records: str):
+        self.cfg, self.panoramas, self.records = cfg, panoramas, records
         self.queue: queue.Queue[str | None] = queue.Queue()
-        self.batches: list[tuple[list[str], Any]] = []
+        self.batches: list[tuple[list[str], dict[str, Any]]] = []
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._loop, name=f"lode-{verb}", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name="lode-segment", daemon=True)
         self.thread.start()
 
     def add(self, name: str) -> None:
         self.queue.put(name)
 
-    def close(self) -> list[tuple[list[str], Any]]:
-        """Wait for the sections handed in so far; each call's sections and its result."""
+    def close(self) -> list[tuple[list[str], dict[str, Any]]]:
+        """Wait for the sections handed in so far; each batch's sections and its segmentation record."""
         self.queue.put(None)
         self.thread.join()
         if self.error is not None:
@@ -176,6 +159,8 @@ class _Batches:
         return self.batches
 
     def _loop(self) -> None:
+        from engine.io import fs
+
         last = False
         while not last:
             names = [self.queue.get()]
@@ -186,14 +171,12 @@ class _Batches:
             if not batch or self.error is not None:
                 continue
             try:
-                result = self.work(batch)
-                if self.then is not None:
-                    self.then(batch, result)
+                doc = _segment(self.cfg, [fs.join(self.panoramas, n) for n in batch], self.records)
             except BaseException as exc:  # raised in the driver's thread by close()
                 self.error = exc
                 continue
-            self.batches.append((batch, result))
-            print(f"  {self.verb} {', '.join(batch)}", flush=True)
+            self.batches.append((batch, doc))
+            print(f"  segmented {', '.join(batch)}", flush=True)
 
 
 def _segment(cfg: Any, inputs: list[str], records: str) -> dict[str, Any]:
@@ -216,43 +199,16 @@ def _segment(cfg: Any, inputs: list[str], records: str) -> dict[str, Any]:
         return {**(RunManifest(records).read() or {}), "error": str(exc)}
 
 
-def _measure(cfg: Any, store: str, work: str, names: list[str]) -> dict[str, dict[str, str]]:
-    """Segmented sections measured on their own (``lode analyze``'s code) for their exports: QuPath
-    grain detections and the label OME-TIFF in ``OUT/exports/``, one Ray task per section; the
-    collection's tables and reports are written at the end (:func:`_analyze`)."""
+def _analyze(cfg: Any, store: str, sections: list[str]) -> Any:
+    """Grains, statistics, exports (one Ray task per section) and the reports (``lode analyze``'s code)
+    of the segmented sections."""
     from engine.analyze.collection import analyze_store
     from engine.export.sections import export_sections
     from engine.io import fs
 
-    folder = fs.join(work, names[0])
-    res = analyze_store(store, folder, executor="ray", sections=names, report=False)
-    written = export_sections(store, res.grains_path, cfg.out, sections=names, executor="ray")
-    fs.remove(folder)
-    return written
-
-
-def _analyze(cfg: Any, store: str, sections: list[str]) -> Any:
-    """Grains, statistics and the reports (``lode analyze``'s code) of the segmented sections."""
-    from engine.analyze.collection import analyze_store
-
-    return analyze_store(store, cfg.out, executor="ray", sections=sections, report=not cfg.no_report)
-
-
-def segment_units(doc: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Each section's unit of a segmentation call's record (``doc["blocks"]``): done when all its blocks
-    are, otherwise failed with its reason, or the call's error when it did not start."""
-    failed = doc.get("failed_sections", {})
-    blocks: dict[str, list[str]] = {}
-    for b in doc.get("blocks", []):
-        blocks.setdefault(b["unit"].split("/")[0], []).append(b["status"])
-    units = {}
-    for n in names:
-        states = blocks.get(n, [])
-        if states and all(s == "done" for s in states):
-            units[n] = {"status": "done", "blocks": len(states)}
-        else:
-            units[n] = {"status": "failed", "reason": failed.get(n) or doc.get("error") or "not segmented"}
-    return units
+    res = analyze_store(store, cfg.out, executor="ray", sections=sections, report=not cfg.no_report)
+    export_sections(store, res.grains_path, fs.parent(str(res.grains_path)), sections=sections, executor="ray")
+    return res
 
 
 class _Progress:
@@ -275,8 +231,19 @@ class _Progress:
         self._record("running")
 
     def segmented(self, doc: dict[str, Any], todo: list[str]) -> None:
-        for n, unit in segment_units(doc, todo).items():
-            self.units[n]["segment"] = unit
+        """Record a segmentation batch: a section is done when all its blocks are (``doc["blocks"]``: the
+        batch's record); otherwise failed, with its reason, or the batch's error when it did not start."""
+        failed = doc.get("failed_sections", {})
+        blocks: dict[str, list[str]] = {}
+        for b in doc.get("blocks", []):
+            blocks.setdefault(b["unit"].split("/")[0], []).append(b["status"])
+        for n in todo:
+            states = blocks.get(n, [])
+            if states and all(s == "done" for s in states):
+                self.units[n]["segment"] = {"status": "done", "blocks": len(states)}
+            else:
+                reason = failed.get(n) or doc.get("error") or "not segmented"
+                self.units[n]["segment"] = {"status": "failed", "reason": reason}
         self._record("running")
 
     def analyzed(self, res: Any, todo: list[str]) -> None:
