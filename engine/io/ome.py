@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
@@ -265,11 +265,18 @@ def open_store(path: str | Path, mode: Literal["r", "r+", "a", "w", "w-"] = "r")
         raise LodeInputError(text, f"cannot open as a zarr group: {exc}") from exc
 
 
+def group_name(group: zarr.Group) -> str:
+    """The last part of a group's location: of its path in the store, or else of the store's own root
+    (a local folder, or an fsspec store's path): ``"secA"`` for ``s3://bucket/run.zarr/secA``."""
+    where = group.path or str(getattr(group.store, "root", None) or getattr(group.store, "path", ""))
+    return PurePosixPath(where.rstrip("/")).name or "image"
+
+
 def image_groups(root: zarr.Group) -> dict[str, zarr.Group]:
     """Every NGFF multiscale image group directly below (or at) ``root``, by name."""
     out: dict[str, zarr.Group] = {}
     if "multiscales" in attrs_of(root).get("ome", {}):
-        out[Path(str(root.store_path)).name or "image"] = root
+        out[group_name(root)] = root
         return out
     for name, child in sorted(root.groups()):
         if "multiscales" in attrs_of(child).get("ome", {}):

@@ -13,7 +13,7 @@ from engine.io.fs import is_uri
 from engine.io.images import IMAGE_SUFFIXES, image_header, list_images, read_rgb
 from engine.io.integrity import check_raster, is_complete, read_checked
 from engine.io.layout import FULL_RESOLUTION, array_at, attrs_of, group_at
-from engine.io.ome import open_store
+from engine.io.ome import group_name, open_store
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def _zarr_sources(location: str, failed: dict[str, LodeInputError] | None = None
     root = open_store(location)
     if "multiscales" in attrs_of(root).get("ome", {}):
         grp, arr = _image_group(root, location, "")
-        name = Path(str(root.store_path)).name or "image"
+        name = group_name(root)
         return [SectionSource(name, "zarr", location, "", arr.shape[1], arr.shape[2], arr.shape[0], _pixel_size(grp))]
     out = []
     for meta in fs.glob(fs.join(location, "*", "zarr.json")):

@@ -38,3 +38,19 @@ def test_downsample_odd_edges_replicate():
     a = np.arange(9, dtype=np.uint8).reshape(1, 3, 3)
     assert downsample(a, "image").shape == (1, 2, 2)
     assert downsample(a, "image")[0, 1, 1] == 8
+
+
+def test_an_image_group_opened_by_its_own_location_is_named_for_it_locally_and_on_fsspec(tmp_path):
+    """The segmentation names a section opened directly (``…/panoramas.zarr/secA``) by that location's
+    last part, on a local folder and on an fsspec store (before: ``"secA)>"`` from the store's repr)."""
+    from zarr.storage import FsspecStore
+
+    from engine.io.ome import group_name, image_groups
+
+    lay = PyramidLayout((64, 64), chunk=32, levels=1)
+    for url in (str(tmp_path / "p.zarr"), "memory://lode-names/p.zarr"):
+        create_image(zarr.open_group(url, mode="w"), "secA", (3, 40, 50), lay)
+        own = zarr.open_group(FsspecStore.from_url(f"{url}/secA") if "://" in url else f"{url}/secA", mode="r")
+        assert group_name(own) == "secA"
+        assert list(image_groups(own)) == ["secA"]
+        assert list(image_groups(zarr.open_group(url, mode="r"))) == ["secA"]
