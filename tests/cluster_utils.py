@@ -139,3 +139,18 @@ def _kill_tree_under(tmp: str) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(victims, timeout=10)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL a job started with ``start_new_session=True`` and every process of the session it leads
+    (its embedded Ray)."""
+    import signal
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) == proc.pid:
+                p.kill()
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue

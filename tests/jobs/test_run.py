@@ -17,6 +17,7 @@ from engine.io.layout import STORE_NAME, label_path
 from engine.synth.captures import CaptureConfig, calibration_frames, capture_grid, write_calibration, write_section
 from jobs import run as run_job_module
 from jobs.contract import parse, run_job
+from tests.cluster_utils import kill_session
 
 pytestmark = pytest.mark.ray
 SECTIONS = ("secA", "secB", "secC")
@@ -105,6 +106,7 @@ def test_lode_run_carries_the_pixel_size_and_the_stitch_record(whole, tiny_check
         assert cells[:5] == [name, "4/4", f"{stitch['rms_px']:.3f}", "none", f"{PIXEL_UM:g}"]
 
 
+@pytest.mark.slow  # 62 s: two more runs; failing alone is also covered per stage (test_fault_tolerance, stitch)
 def test_a_failed_section_fails_alone_and_the_rerun_completes_it(whole, collection, tiny_checkpoint, tmp_path, capsys):
     coll = tmp_path / "coll"
     shutil.copytree(collection, coll)
@@ -135,23 +137,6 @@ def test_a_failed_section_fails_alone_and_the_rerun_completes_it(whole, collecti
     assert {p.parent.name for p in status.glob("*/*.json")} == set(SECTIONS)
     _same_store(whole, out)
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
-
-
-def _kill_group(proc) -> None:
-    """SIGKILL the job and every process of the session it leads (its embedded Ray)."""
-    import os
-    import signal
-
-    import psutil
-
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if os.getsid(p.pid) == proc.pid:
-                p.kill()
-        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
-            continue
 
 
 def _stitched(out: Path) -> int:
@@ -197,7 +182,7 @@ def test_lode_run_killed_during_a_stage_resumes_byte_identical(whole, collection
         while not KILL_WHEN[stage](out) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
-        _kill_group(proc)
+        kill_session(proc)
     assert proc.returncode != 0, f"the run ended before it was killed: {proc.stderr.read()[-2000:]}"
     assert not (out / "grains.parquet").exists()
     segmented = len(list((out / ".lode-run" / "segment" / "_status").glob("*/*.json")))

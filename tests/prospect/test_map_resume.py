@@ -3,7 +3,6 @@ skips the finished blocks and its store holds the same values as an uninterrupte
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from engine.prospect.score import read_score
 from engine.prospect.stack import build_stack, open_stack
 from engine.prospect.synth import synth_region, write_region
 from engine.prospect.train import default_config, save_checkpoint
+from tests.cluster_utils import kill_session
 
 ROOT = Path(__file__).resolve().parents[2]
 ARRAYS = ("recon_error", "latent_distance", "prospectivity")
@@ -52,20 +52,6 @@ def _done(out: Path) -> list[Path]:
     return sorted((out / "_run" / "_status" / "map").glob("*.json"))
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the job and every process of the session it leads (its embedded Ray)."""
-    import psutil
-
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if os.getsid(p.pid) == proc.pid:
-                p.kill()
-        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
-            continue
-
-
 @pytest.mark.slow
 def test_sigkilled_map_resumes_to_the_same_store(tmp_path):
     write_region(synth_region(96, seed=5), tmp_path / "r")
@@ -83,7 +69,7 @@ def test_sigkilled_map_resumes_to_the_same_store(tmp_path):
         while not _done(killed) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        _kill_group(proc)
+        kill_session(proc)
     done = {p.name for p in _done(killed)}
     assert 1 <= len(done) < 36, f"{len(done)} blocks done when killed: {proc.stderr.read()[-2000:]}"
     assert zarr.open_group(killed, mode="r", use_consolidated=False).attrs["complete"] is False

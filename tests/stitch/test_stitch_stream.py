@@ -3,7 +3,6 @@ manifest and skipped on rerun, and a SIGKILLed job resumes to the same store as 
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 from engine.stitch.collection import sections_in_flight
 from engine.synth.captures import CaptureConfig, capture_grid, write_section
 from jobs import stitch as stitch_job
+from tests.cluster_utils import kill_session
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,20 +86,6 @@ def test_never_more_than_k_sections_in_flight_and_a_rerun_skips_them(tmp_path, r
     assert _chunks(store) == before
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the job and every process of the session it leads (its embedded Ray)."""
-    import psutil
-
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if os.getsid(p.pid) == proc.pid:
-                p.kill()
-        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
-            continue
-
-
 @pytest.mark.slow
 @pytest.mark.ray
 def test_killed_collection_resumes_at_its_first_unfinished_section(tmp_path, ray_session):
@@ -114,7 +100,7 @@ def test_killed_collection_resumes_at_its_first_unfinished_section(tmp_path, ray
         while not _units(killed) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
-        _kill_group(proc)
+        kill_session(proc)
     done = {k for k, u in _units(killed).items() if u["status"] == "done"}
     assert done == {"sec0"}, f"{done} done when killed: {proc.stderr.read()[-2000:]}"
     assert not (killed / "sec1").exists() and not (killed / "sec2").exists()
