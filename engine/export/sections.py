@@ -52,7 +52,7 @@ def export_sections(
 
 def export_section(store: str, name: str, grains: pd.DataFrame, out: str, label_name: str) -> dict[str, str]:
     """The exports of section ``name`` from its rows of the grain table."""
-    image = open_store(store)[name]
+    image = image_groups(open_store(store))[name]
     path = f"{LABELS_GROUP}/{label_name}"
     labels = image[path]
     classes = classes_of(labels, f"{store}/{name}/{path}")  # type: ignore[arg-type]
