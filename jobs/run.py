@@ -6,7 +6,9 @@ reports (``lode analyze``). ``OUT`` holds
 
 - ``lode.ome.zarr``: each section's panorama (in µm when the collection gives a pixel size), its
   mineral labels and, in its attributes, the stitch report (frames placed, RMS, flagged frames, the
-  lens and flat used, the pixel size), the model id and, with ``--ccm``, the colour matrix applied;
+  lens and flat used, the pixel size), the model id and the colour matrix applied: a saved one
+  (``--ccm``), or one fitted to the model's reference colours for each section annotated in
+  ``--annotations`` (default ``COLLECTION/annotations/<section>.png``, sparse masks on the panorama);
 - the tables, exports and report of ``lode analyze`` (``grains.parquet``, ``statistics.parquet``,
   ``report.html``, ...);
 - ``manifest.json``: the run, with each section's status per stage (``units``).
@@ -30,6 +32,7 @@ from typing import Any
 from jobs.contract import Job
 
 WORK = ".lode-run"
+ANNOTATIONS = "annotations"
 STAGES = ("stitch", "segment", "analyze")
 
 
@@ -53,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ccm", help="saved colour matrices (ccm.json from lode calibrate colour) applied before segmentation"
+    )
+    parser.add_argument(
+        "--annotations",
+        help="folder of sparse annotation masks <section>.png on the stitched panoramas (class codes, 255 = none): "
+        "each annotated section gets a colour matrix fitted to the model's reference colours "
+        f"(default: COLLECTION/{ANNOTATIONS}/ when present)",
     )
     parser.add_argument("--no-report", action="store_true", help="write only the tables, not report.html")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
@@ -78,7 +87,8 @@ def run(cfg: Any) -> int:
     from jobs.common import quiet_ray_data
 
     t0 = time.perf_counter()
-    check_checkpoint(cfg.model)  # a bad model fails here, before any section is stitched
+    check_checkpoint(cfg.model)  # a bad model or colour option fails here, before any section is stitched
+    segment_options(cfg, [], "")
     names = [fs.name(s) for s in section_dirs(cfg.collection)]
     if cfg.sections:
         unknown = sorted(set(cfg.sections) - set(names))
@@ -179,22 +189,39 @@ class _Segmenter:
             print(f"  segmented {', '.join(batch)}", flush=True)
 
 
-def _segment(cfg: Any, inputs: list[str], records: str) -> dict[str, Any]:
-    """Segment stitched sections (``lode segment``'s code) into ``OUT/lode.ome.zarr``; the run's record."""
+def segment_options(cfg: Any, inputs: list[str], records: str) -> Any:
+    """The ``SegmentOptions`` of the run's segmentation of ``inputs`` (stitched sections): a saved
+    ``--ccm``, else a colour matrix for each section with an annotation (``--annotations``, by default
+    ``COLLECTION/annotations/`` when present), else none."""
     from engine.errors import LodeInputError
-    from engine.io.manifest import RunManifest
-    from engine.segment.pipeline import SegmentOptions, run_segmentation
+    from engine.io import fs
+    from engine.segment.pipeline import SegmentOptions
 
-    opts = SegmentOptions(
+    annotations = cfg.annotations
+    if annotations is None and cfg.ccm is None and fs.isdir(fs.join(cfg.collection, ANNOTATIONS)):
+        annotations = fs.join(cfg.collection, ANNOTATIONS)
+    if annotations is not None and cfg.ccm is not None:
+        raise LodeInputError(annotations, "--ccm applies saved matrices; it cannot be combined with --annotations")
+    return SegmentOptions(
         inputs=inputs,
         out=cfg.out,
         checkpoint=cfg.model,
         probabilities=cfg.probabilities,
         ccm=cfg.ccm,
+        colour="none" if annotations is None else "annotated",
+        annotations=annotations,
         records=records,
     )
+
+
+def _segment(cfg: Any, inputs: list[str], records: str) -> dict[str, Any]:
+    """Segment stitched sections (``lode segment``'s code) into ``OUT/lode.ome.zarr``; the run's record."""
+    from engine.errors import LodeInputError
+    from engine.io.manifest import RunManifest
+    from engine.segment.pipeline import run_segmentation
+
     try:
-        return run_segmentation(opts)
+        return run_segmentation(segment_options(cfg, inputs, records))
     except LodeInputError as exc:  # some sections failed (the record says which), or the batch could not start
         return {**(RunManifest(records).read() or {}), "error": str(exc)}
 
@@ -307,7 +334,14 @@ class _Progress:
         return 0
 
 
-JOB = Job("run", add_arguments, run, description=__doc__, uri_fields=("collection", "out", "model"), own_manifest=True)
+JOB = Job(
+    "run",
+    add_arguments,
+    run,
+    description=__doc__,
+    uri_fields=("collection", "out", "model", "annotations"),
+    own_manifest=True,
+)
 
 if __name__ == "__main__":
     from jobs._entry import run_module

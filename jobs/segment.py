@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--colour",
         "--color",
         dest="colour",
-        choices=["none", "per-image", "series"],
-        help="colour calibration stage before segmentation (default none)",
+        choices=["none", "per-image", "series", "annotated"],
+        help="colour calibration stage before segmentation (default none; annotated: only sections with one)",
     )
     p.add_argument(
         "--annotations",

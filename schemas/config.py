@@ -66,10 +66,11 @@ class SegmentConfig(JobConfig):
     threads: int | None = Field(default=None, ge=1, description="torch threads per CPU actor")
     copy_image: bool = Field(default=True, description="write the input image into the output store")
     max_blocks: int | None = Field(default=None, ge=1, description="stop after this many blocks (for testing)")
-    colour: Literal["none", "per-image", "series"] = Field(
+    colour: Literal["none", "per-image", "series", "annotated"] = Field(
         default="none",
         description="colour calibration before segmentation: a ΔE2000-fitted matrix per section "
-        "or one for the whole series, fitted to the model card's reference colours",
+        "(annotated: only the annotated ones) or one for the whole series, fitted to the model card's "
+        "reference colours",
     )
     annotations: str | None = Field(
         default=None,

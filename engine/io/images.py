@@ -136,9 +136,12 @@ def read_folder(folder: str | Path) -> list[np.ndarray]:
 
 
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a class-code mask (single channel uint8)."""
-    path = Path(path)
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """Read a class-code mask (single channel uint8) from a local path or a URI."""
+    try:
+        data = fs.read_bytes(path)
+    except OSError as exc:
+        raise LodeInputError(path, f"mask missing or unreadable: {exc}") from exc
+    m = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if m is None:
         raise LodeInputError(path, "mask missing, unreadable or corrupt")
     if m.ndim != 2 or m.dtype != np.uint8:

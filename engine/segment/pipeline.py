@@ -51,6 +51,9 @@ log = logging.getLogger("lode.segment")
 class SegmentOptions:
     """One segmentation run: inputs, checkpoint, output and how to run. ``jobs.segment`` builds it
     from the job's validated config (``schemas.config.SegmentConfig``: same fields and defaults).
+    ``colour``: fit a matrix from ``annotations/<section>.png`` (sparse class masks on the image) per
+    section (``per-image``: every section needs one), one for all (``series``), or per annotated
+    section, leaving the others as they are (``annotated``, what ``lode run`` does).
     ``ccm``: a saved colour matrix file (``lode calibrate colour``) applied instead of fitting one.
     ``records``: the folder of the run's manifest and per-block records (default ``out``; ``lode run``
     keeps them in its work folder, so that its own manifest is the output's)."""
@@ -70,7 +73,7 @@ class SegmentOptions:
     threads: int | None = None
     copy_image: bool = True
     max_blocks: int | None = None
-    colour: Literal["none", "per-image", "series"] = "none"
+    colour: Literal["none", "per-image", "series", "annotated"] = "none"
     annotations: str | None = None
     xpl: str | None = None
     ccm: str | None = None
@@ -328,12 +331,14 @@ def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[Source])
         raise LodeInputError(cfg.checkpoint, "model card carries no reference colours for --colour")
     if not cfg.annotations:
         raise LodeInputError("--annotations", f"--colour {cfg.colour} needs a folder of annotation masks")
-    anns = {s.section: Path(cfg.annotations) / f"{s.section}.png" for s in sources}
-    annotated = [s for s in sources if anns[s.section].is_file()]
-    missing = [str(anns[s.section]) for s in sources if s not in annotated]
+    anns = {s.section: fs.join(cfg.annotations, f"{s.section}.png") for s in sources}
+    annotated = [s for s in sources if fs.exists(anns[s.section])]
+    missing = [anns[s.section] for s in sources if s not in annotated]
     if cfg.colour == "per-image" and missing:
         raise LodeInputError(missing[0], "annotation not found (per-image colour mode needs one per section)")
     if not annotated:
+        if cfg.colour == "annotated":
+            return {}
         raise LodeInputError(cfg.annotations, "no annotation matches any section")
     task = ray.remote(num_cpus=0.25, **fs.ray_remote_args())(_section_means)
     means = ray.get([task.remote(s, str(anns[s.section]), card.reference_gamma) for s in annotated])

@@ -106,6 +106,26 @@ def test_lode_run_carries_the_pixel_size_and_the_stitch_record(whole, tiny_check
         assert cells[:5] == [name, "4/4", f"{stitch['rms_px']:.3f}", "none", f"{PIXEL_UM:g}"]
 
 
+def test_lode_run_fits_colour_for_annotated_sections_or_applies_a_saved_ccm(tmp_path, tiny_checkpoint):
+    from engine.errors import LodeInputError
+
+    coll = tmp_path / "coll"
+    (coll / "secA").mkdir(parents=True)
+
+    def options(*extra: str):
+        argv = [str(coll), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out"), *extra]
+        return run_job_module.segment_options(parse(run_job_module.JOB, argv), ["p/secA"], "rec")
+
+    assert (options().colour, options().annotations) == ("none", None)
+    (coll / "annotations").mkdir()
+    assert (options().colour, options().annotations) == ("annotated", str(coll / "annotations"))
+    assert (options("--annotations", str(tmp_path)).annotations) == str(tmp_path)
+    saved = options("--ccm", str(tmp_path / "ccm.json"))
+    assert (saved.colour, saved.annotations, saved.ccm) == ("none", None, str(tmp_path / "ccm.json"))
+    with pytest.raises(LodeInputError, match=re.escape(str(tmp_path))):
+        options("--ccm", str(tmp_path / "ccm.json"), "--annotations", str(tmp_path))
+
+
 @pytest.mark.slow  # 62 s: two more runs; failing alone is also covered per stage (test_fault_tolerance, stitch)
 def test_a_failed_section_fails_alone_and_the_rerun_completes_it(whole, collection, tiny_checkpoint, tmp_path, capsys):
     coll = tmp_path / "coll"

@@ -153,6 +153,37 @@ def test_colour_stage_needs_annotations(cast_captures, tmp_path):
         colour_matrices(cfg, read_card(ckpt), discover(cfg.inputs))
 
 
+@pytest.mark.ray
+def test_annotated_colour_fits_only_the_annotated_sections(ray_session, cast_captures, tmp_path):
+    """``colour="annotated"`` (``lode run``): each section with a mask gets its per-image matrix, the
+    others none; a folder with no matching mask is no error."""
+    import shutil
+
+    from engine.io.sources import discover
+    from engine.segment.checkpoint import read_card
+    from engine.segment.pipeline import colour_matrices
+
+    root, ckpt = cast_captures
+    (tmp_path / "ann").mkdir()
+    shutil.copy(root / "ann" / "cap1.png", tmp_path / "ann" / "cap1.png")
+    cfg = SegmentOptions(
+        inputs=[str(root / "caps")],
+        out=str(tmp_path / "o"),
+        checkpoint=str(ckpt),
+        colour="annotated",
+        annotations=str(tmp_path / "ann"),
+    )
+    card = read_card(ckpt)
+    got = colour_matrices(cfg, card, discover(cfg.inputs))
+    want = fit_captures(
+        [root / "caps" / "cap1.png"], root / "ann", reference_from_card(card.reference_colors), "per-image"
+    )
+    assert set(got) == {"cap1"}
+    np.testing.assert_allclose(got["cap1"].matrix, want["cap1"].matrix, atol=1e-9)
+    (tmp_path / "ann" / "cap1.png").unlink()
+    assert colour_matrices(cfg, card, discover(cfg.inputs)) == {}
+
+
 def test_lode_calibrate_colour_writes_matrices_and_corrected_images(cast_captures, tmp_path, capsys):
     root, ckpt = cast_captures
     out = tmp_path / "ccm.json"
