@@ -29,19 +29,25 @@ class _Dom(HTMLParser):
         self.headings: list[str] = []
         self._table = None
         self._heading = False
+        self._section: str | None = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         if tag == "img":
-            self.imgs.append(a)
+            self.imgs.append({**a, "section": self._section})
         elif tag == "section" and "data-section" in a:
             self.sections.append(a["data-section"])
+            self._section = a["data-section"]
         elif tag == "table" and "data-scope" in a:
             self._table = a["data-scope"]
             self.tables.append(self._table)
         elif tag == "td" and "data-value" in a:
             self.cells.append({**a, "scope": self._table})
         self._heading = tag == "h2"
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self._section = None
 
     def handle_data(self, data):
         if self._heading:
@@ -80,10 +86,17 @@ def test_every_section_and_plot_is_shown(rendered):
     assert dom.sections == sorted(truth)
     ids = {img["id"]: img for img in dom.imgs}
     files = {"plot-composition": "composition", "plot-sizes": "sizes", "plot-association": "association"}
+    block: dict[str, str | None] = dict.fromkeys(files)
     for s in truth:
-        files |= {f"overlay-{s}": f"overlay_{s}", f"plot-sizes-{s}": f"sizes_{s}"}
-        files[f"plot-association-{s}"] = f"association_{s}"
+        mine = {
+            f"overlay-{s}": f"overlay_{s}",
+            f"plot-sizes-{s}": f"sizes_{s}",
+            f"plot-association-{s}": f"association_{s}",
+        }
+        files |= mine
+        block |= dict.fromkeys(mine, s)
     assert set(ids) == set(files)
+    assert {ident: img["section"] for ident, img in ids.items()} == block
     import cv2
 
     for ident, img in ids.items():
