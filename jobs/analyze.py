@@ -1,6 +1,6 @@
 """``lode analyze STORE``: grain table, statistics and report of a segmentation store.
 
-Writes ``grains.parquet``, ``statistics.parquet``, ``report.html`` and the report's PNGs
+Writes ``grains.parquet``, ``statistics.parquet``, ``quality.parquet``, ``report.html`` and the report's PNGs
 into ``--out`` (default: the directory that contains the store). The grain pass runs block by
 block on the raster runner and records each block in ``--out``/.grains-work (removed once the
 tables are written): a killed run resumes at its first unfinished block.
@@ -100,6 +100,7 @@ def run(cfg: Any) -> int:
             {
                 "grains": str(res.grains_path),
                 "statistics": str(res.statistics_path),
+                "quality": str(res.quality_path),
                 "incomplete_sections": res.incomplete,
                 "exports": exports,
                 "report": str(res.report_path) if res.report_path else None,

@@ -59,11 +59,12 @@ STATISTICS_SCHEMA = pa.schema(
     ],
     metadata={
         "description": "scope is 'section' (section set) or 'collection' (section null). statistic is one of "
-        "area_px, area_fraction, weight_percent, grain_count, mean_ecd, size_count, size_area_fraction "
-        "(size_lo <= ECD < size_hi), boundary_length (shared boundary of the class/other pair, each "
-        "unordered pair once with class_code < other_code), liberation (share of the class's grain area in grains "
-        "touching no other ore mineral). unit: every row has one: px or um for lengths and ECDs, 1 for "
-        "fractions, % for weight percent, count for grain counts; size rows give the unit of size_lo/size_hi",
+        "area_px, area_fraction, weight_percent, density (the g/cm3 that weight_percent used), grain_count, "
+        "mean_ecd, size_count, size_area_fraction (size_lo <= ECD < size_hi), boundary_length (shared boundary "
+        "of the class/other pair, each unordered pair once with class_code < other_code), liberation (share of "
+        "the class's grain area in grains touching no other ore mineral). unit: every row has one: px or um for "
+        "lengths and ECDs, 1 for fractions, % for weight percent, g/cm3 for densities, count for grain counts; "
+        "size rows give the unit of size_lo/size_hi",
     },
 )
 
@@ -71,10 +72,35 @@ STATISTICS = (
     "area_px",
     "area_fraction",
     "weight_percent",
+    "density",
     "grain_count",
     "mean_ecd",
     "size_count",
     "size_area_fraction",
     "boundary_length",
     "liberation",
+)
+
+QUALITY_SCHEMA = pa.schema(
+    [
+        pa.field("section", pa.string(), nullable=False),
+        pa.field("frames_placed", pa.int32()),
+        pa.field("frames_total", pa.int32()),
+        pa.field("stitch_rms_px", pa.float64()),
+        pa.field("flagged_frames", pa.int32()),
+        pa.field("flagged", pa.string()),
+        pa.field("pixel_size_um", pa.float64()),
+        pa.field("colour_mode", pa.string()),
+        pa.field("delta_e_before", pa.float64()),
+        pa.field("delta_e_after", pa.float64()),
+    ],
+    metadata={
+        "description": "One row per section of what its stitching and colour calibration recorded in the store. "
+        "frames_placed, frames_total, stitch_rms_px (RMS of the alignment residuals), flagged_frames (count) and "
+        "flagged (their names, comma-separated), pixel_size_um: the stitch report (attrs lode.stitch); "
+        "colour_mode, delta_e_before (mean CIEDE2000 of the fit's colour pairs uncorrected) and delta_e_after "
+        "(after the fitted matrix): the colour calibration (attrs colour_calibration). Null where the section "
+        "carries no such record (not stitched by lode, no colour calibration, a matrix saved before "
+        "delta_e_before was recorded)",
+    },
 )

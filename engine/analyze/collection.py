@@ -22,6 +22,7 @@ from engine.analyze.grains import (
     merge_blocks,
     read_block_results,
 )
+from engine.analyze.quality import quality_table
 from engine.analyze.sections import Section, open_sections
 from engine.analyze.statistics import load_densities, measured_section, statistics_table
 from engine.classes import ClassSet, MineralClass
@@ -45,6 +46,7 @@ class AnalysisResult:
     grains_path: Path | str
     statistics_path: Path | str
     report_path: Path | str | None
+    quality_path: Path | str
     timings: dict[str, float] = field(default_factory=dict)
     blocks: dict[str, int] = field(default_factory=dict)
     incomplete: dict[str, int] = field(default_factory=dict)
@@ -98,11 +100,14 @@ def analyze_store(
     sections: Sequence[str] | None = None,
 ) -> AnalysisResult:
     """Measure every section of ``store`` (``sections``: just these) and write grains.parquet,
-    statistics.parquet and report.html.
+    statistics.parquet, quality.parquet and report.html.
+
+    quality.parquet always has one row per section, null where a section carries no stitch or colour
+    record (:func:`~engine.analyze.quality.quality_table`).
 
     An incomplete section (a killed or failed segmentation) is refused unless ``allow_incomplete``;
     then only its written blocks are measured (unwritten pixels are void: no grain, no area)."""
-    from schemas.tables import GRAINS_SCHEMA, STATISTICS_SCHEMA
+    from schemas.tables import GRAINS_SCHEMA, QUALITY_SCHEMA, STATISTICS_SCHEMA
 
     if pixel_size_um is not None and not (pixel_size_um > 0 and np.isfinite(pixel_size_um)):
         raise LodeInputError("--pixel-size-um", f"must be a positive number of micrometres, got {pixel_size_um}")
@@ -136,22 +141,24 @@ def analyze_store(
     t0 = time.perf_counter()
     grains = pd.concat(tables, ignore_index=True)
     stats = statistics_table(measured, classes, grain_codes, dens, size_edges)
-    gp, sp = fs.join(out, "grains.parquet"), fs.join(out, "statistics.parquet")
+    gp, sp, qp = (fs.join(out, f"{name}.parquet") for name in ("grains", "statistics", "quality"))
     write_parquet_atomic(grains, GRAINS_SCHEMA, gp)
     write_parquet_atomic(stats, STATISTICS_SCHEMA, sp)
+    write_parquet_atomic(quality_table(opened), QUALITY_SCHEMA, qp)
     timings["statistics"] = time.perf_counter() - t0
     rp = None
     if report:
         from engine.analyze.report import write_report
 
         t0 = time.perf_counter()
-        rp = write_report(gp, sp, out, sections=opened, classes=classes)
+        rp = write_report(gp, sp, out, sections=opened, classes=classes, quality_path=qp)
         timings["report"] = time.perf_counter() - t0
     fs.remove(work)
     return AnalysisResult(
         _location(gp),
         _location(sp),
         _location(rp) if rp else None,
+        _location(qp),
         timings,
         {"ran": run.ran, "skipped": run.skipped},
         {s.name: len(s.missing) for s in opened if s.missing},

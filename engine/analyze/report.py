@@ -1,7 +1,8 @@
 """Self-contained ``report.html`` of a collection, with the same plots written as PNG.
 
-Every number and plot is drawn from ``grains.parquet`` and ``statistics.parquet`` (read
-back from disk), except the overlay thumbnails, which show the stored label images.
+Every number and plot is drawn from ``grains.parquet``, ``statistics.parquet`` and
+``quality.parquet`` (read back from disk), except the overlay thumbnails, which show the
+stored label images.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.analyze.quality import quality_table
+from engine.analyze.sections import Section
 from engine.classes import ClassSet
 from engine.io import fs
 from engine.io.atomic import atomic_write_bytes
+from engine.io.layout import array_at
 
 THUMB_MAX = 800
 
@@ -73,9 +77,23 @@ def composition_plot(stats: pd.DataFrame, classes: ClassSet) -> bytes:
     return _png(fig)
 
 
-def size_plot(stats: pd.DataFrame, classes: ClassSet) -> bytes:
+def _in_scope(stats: pd.DataFrame, section: str | None) -> pd.DataFrame:
+    """The statistics of one section, or of the collection when ``section`` is None."""
+    if section is None:
+        return stats[stats.scope == "collection"]
+    return stats[(stats.scope == "section") & (stats.section == section)]
+
+
+def _scope_title(section: str | None) -> str:
+    return "collection" if section is None else f"section {section}"
+
+
+def size_plot(stats: pd.DataFrame, classes: ClassSet, section: str | None = None) -> bytes:
+    """Grain-size distribution (share of each mineral's grain area per size class) of one section, or
+    of the collection when ``section`` is None."""
     plt = _figure()
-    sz = stats[(stats.statistic == "size_area_fraction") & (stats.scope == "collection")]
+    sz = _in_scope(stats, section)
+    sz = sz[sz.statistic == "size_area_fraction"]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     unit = sz.unit.iloc[0] if len(sz) else "px"
     for code, g in sz.groupby("class_code"):
@@ -88,15 +106,26 @@ def size_plot(stats: pd.DataFrame, classes: ClassSet) -> bytes:
     ax.set_xscale("log")
     ax.set_xlabel(f"equivalent circle diameter ({'µm' if unit == 'um' else 'px'}), √2 classes")
     ax.set_ylabel("% of mineral grain area")
-    ax.set_title("Grain-size distribution by mineral (collection)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title(f"Grain-size distribution by mineral ({_scope_title(section)})")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _png(fig)
 
 
-def association_plot(stats: pd.DataFrame, classes: ClassSet) -> bytes:
+def association_plot(stats: pd.DataFrame, classes: ClassSet, section: str | None = None) -> bytes:
+    """Each mineral's share of its boundary shared with every other phase, of one section or of the
+    collection when ``section`` is None."""
     plt = _figure()
-    bl = stats[(stats.statistic == "boundary_length") & (stats.scope == "collection")]
+    bl = _in_scope(stats, section)
+    bl = bl[bl.statistic == "boundary_length"]
     present = sorted(set(bl[bl.value > 0].class_code) | set(bl[bl.value > 0].other_code.dropna().astype(int)))
+    title = f"Mineral association (shared boundary, {_scope_title(section)})"
+    if not present:
+        fig, ax = plt.subplots(figsize=(5, 1.2))
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no boundary between two phases", ha="center", va="center")
+        ax.set_title(title)
+        return _png(fig)
     names = {c.code: c.name for c in classes.classes}
     idx = {c: i for i, c in enumerate(present)}
     m = np.zeros((len(present), len(present)))
@@ -121,21 +150,21 @@ def association_plot(stats: pd.DataFrame, classes: ClassSet) -> bytes:
                     color="white" if share[i, j] < 60 else "black",
                 )
     fig.colorbar(im, ax=ax, label="% of row mineral's boundary")
-    ax.set_title("Mineral association (shared boundary)", pad=12)
+    ax.set_title(title, pad=12)
     return _png(fig)
 
 
-def overlay_thumbnail(section, classes: ClassSet) -> bytes:
+def overlay_thumbnail(section: Section, classes: ClassSet) -> bytes:
     """Label colours blended over the section image at a coarse pyramid level, with a legend."""
     plt = _figure()
-    levels = sorted(int(k) for k in section.labels.array_keys() if k.isdigit())
-    k = levels[-1]
-    lab = section.labels[str(k)]
-    step = max(1, -(-max(lab.shape) // THUMB_MAX))
-    lab = np.asarray(lab[::step, ::step])
+    level = str(max(int(k) for k in section.labels.array_keys() if k.isdigit()))
+    labels = array_at(section.labels, level)
+    step = max(1, -(-max(labels.shape) // THUMB_MAX))
+    lab = np.asarray(labels[::step, ::step])
     rgb = classes.palette()[lab].astype(np.float32)
-    if str(k) in section.image and section.image[str(k)].shape[0] == 3:
-        img = np.asarray(section.image[str(k)][:, ::step, ::step]).transpose(1, 2, 0).astype(np.float32)
+    image = array_at(section.image, level) if level in section.image.array_keys() else None
+    if image is not None and image.shape[0] == 3:
+        img = np.asarray(image[:, ::step, ::step]).transpose(1, 2, 0).astype(np.float32)
         if img.shape[:2] == rgb.shape[:2] and img.max() > 0:
             rgb = 0.55 * rgb + 0.45 * img
     fig, ax = plt.subplots(figsize=(7, 7 * lab.shape[0] / max(lab.shape[1], 1) + 0.3))
@@ -166,10 +195,13 @@ def _img(png: bytes, ident: str, alt: str) -> str:
     )
 
 
-def _composition_table(stats: pd.DataFrame, scope: str, section: str | None) -> str:
-    sel = stats[(stats.scope == scope) & ((stats.section == section) if section is not None else stats.section.isna())]
+def _composition_table(stats: pd.DataFrame, section: str | None) -> str:
+    """Area %, weight % with the density it used, grains, mean ECD and liberation of each mineral
+    present in one section, or in the collection when ``section`` is None."""
+    sel = _in_scope(stats, section)
     af = sel[sel.statistic == "area_fraction"].set_index("class_code")
     wp = sel[sel.statistic == "weight_percent"].set_index("class_code")
+    dn = sel[sel.statistic == "density"].set_index("class_code")
     gc = sel[sel.statistic == "grain_count"].set_index("class_code")
     me = sel[sel.statistic == "mean_ecd"].set_index("class_code")
     lib = sel[sel.statistic == "liberation"].set_index("class_code")
@@ -187,14 +219,15 @@ def _composition_table(stats: pd.DataFrame, scope: str, section: str | None) -> 
             continue
         rows.append(
             f"<tr><th>{html.escape(r.class_name)}</th>{cell(af, code, 'area_fraction', '.4f', 100)}"
-            f"{cell(wp, code, 'weight_percent', '.4f')}{cell(gc, code, 'grain_count', '.0f')}"
+            f"{cell(wp, code, 'weight_percent', '.4f')}{cell(dn, code, 'density', '.2f')}"
+            f"{cell(gc, code, 'grain_count', '.0f')}"
             f"{cell(me, code, 'mean_ecd', '.2f')}{cell(lib, code, 'liberation', '.1f', 100)}</tr>"
         )
     head = (
-        f"<tr><th>mineral</th><th>area %</th><th>weight %</th><th>grains</th><th>mean ECD ({unit})</th>"
-        f"<th>liberated %</th></tr>"
+        f"<tr><th>mineral</th><th>area %</th><th>weight %</th><th>density (g/cm³)</th><th>grains</th>"
+        f"<th>mean ECD ({unit})</th><th>liberated %</th></tr>"
     )
-    key = "collection" if scope == "collection" else f"section:{section}"
+    key = "collection" if section is None else f"section:{section}"
     return f'<table class="composition" data-scope="{html.escape(key)}">{head}{"".join(rows)}</table>'
 
 
@@ -204,34 +237,43 @@ th:first-child{text-align:left}img.plot{max-width:100%;display:block;margin:0.5e
 section.sample{border-top:2px solid #888;margin-top:2em}"""
 
 
-def _qc_table(sections: Sequence) -> str:
-    """Per section, what the stitching and colour calibration recorded in the store: frames placed, the
-    stitch RMS (px) and flagged frames (``attrs["lode"]["stitch"]``), the colour fit's mean ΔE2000
-    (``attrs["colour_calibration"]``); empty when no section carries either."""
-    from engine.io.layout import attrs_of
+def _qc_number(row: pd.Series, column: str, fmt: str) -> str:
+    v = row[column]
+    if pd.isna(v):
+        return f'<td class="{column}"></td>'
+    return f'<td class="{column}" data-value="{float(v)!r}">{format(float(v), fmt)}</td>'
 
-    rows = []
-    for s in sections:
-        attrs = attrs_of(s.image)
-        st = attrs.get("lode", {}).get("stitch")
-        colour = attrs.get("colour_calibration")
-        if st is None and colour is None:
-            continue
-        info = (colour or {}).get("info", {})
-        cells = [
-            html.escape(s.name),
-            "" if st is None else f"{st['frames_placed']}/{st['frames_total']}",
-            "" if st is None or st.get("rms_px") is None else f"{st['rms_px']:.3f}",
-            "" if st is None else html.escape(", ".join(st.get("flagged", [])) or "none"),
-            "" if st is None or st.get("pixel_size_um") is None else f"{st['pixel_size_um']:g}",
-            "" if "mean_delta_e_fit" not in info else f"{info['mean_delta_e_fit']:.2f}",
-        ]
-        rows.append(f'<tr data-section="{html.escape(s.name)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    if not rows:
+
+def _qc_table(quality: pd.DataFrame) -> str:
+    """The Quality table: one row per section of ``quality`` (the rows of ``quality.parquet``, from
+    :func:`engine.analyze.quality.quality_table`); empty when no section carries a stitch or colour
+    record."""
+    if quality.drop(columns="section").isna().all(axis=None):
         return ""
+    rows = []
+    for _, r in quality.iterrows():
+        frames = "" if pd.isna(r.frames_placed) else f"{int(r.frames_placed)}/{int(r.frames_total)}"
+        flagged = "" if pd.isna(r.flagged_frames) else html.escape(r.flagged) or "none"
+        mode = "" if pd.isna(r.colour_mode) else html.escape(r.colour_mode)
+        rows.append(
+            f'<tr data-section="{html.escape(r.section)}"><td>{html.escape(r.section)}</td>'
+            f'<td class="frames">{frames}</td>{_qc_number(r, "stitch_rms_px", ".3f")}'
+            f'<td class="flagged">{flagged}</td>{_qc_number(r, "pixel_size_um", "g")}'
+            f'<td class="colour_mode">{mode}</td>{_qc_number(r, "delta_e_before", ".2f")}'
+            f"{_qc_number(r, 'delta_e_after', '.2f')}</tr>"
+        )
     head = "".join(
         f"<th>{h}</th>"
-        for h in ("section", "frames placed", "stitch RMS (px)", "flagged frames", "pixel (µm)", "colour ΔE2000 fit")
+        for h in (
+            "section",
+            "frames placed",
+            "stitch RMS (px)",
+            "flagged frames",
+            "pixel (µm)",
+            "colour mode",
+            "colour ΔE2000 before",
+            "colour ΔE2000 after",
+        )
     )
     return f'<h2>Quality</h2><table class="qc"><tr>{head}</tr>{"".join(rows)}</table>'
 
@@ -247,51 +289,68 @@ def write_report(
     grains_path: str | Path,
     statistics_path: str | Path,
     out_dir: str | Path,
-    sections: Sequence | None = None,
+    sections: Sequence[Section] | None = None,
     classes: ClassSet | None = None,
     title: str = "Lode mineralogy report",
+    quality_path: str | Path | None = None,
 ) -> str:
-    """Write report.html and composition.png, sizes.png, association.png, overlay_<section>.png
-    (local folder or URI)."""
+    """Write report.html and its plots as composition.png, sizes.png, association.png and, per section,
+    sizes_<section>.png, association_<section>.png, overlay_<section>.png (local folder or URI).
+
+    The Quality table shows the rows of ``quality_path`` (``quality.parquet``); without one, those
+    :func:`~engine.analyze.quality.quality_table` makes of ``sections``."""
     grains = _read_parquet(grains_path)
     stats = _read_parquet(statistics_path)
     if classes is None:
         c = stats[["class_code", "class_name"]].drop_duplicates().sort_values("class_code")
         classes = ClassSet.from_codes(c.class_code.astype(int))
+    names = list(dict.fromkeys(stats[stats.scope == "section"].section))
+    by_name = {s.name: s for s in sections or []}
+    quality = (
+        _read_parquet(quality_path)
+        if quality_path is not None
+        else quality_table([by_name[n] for n in names if n in by_name])
+    )
     pngs: dict[str, bytes] = {
         "composition": composition_plot(stats, classes),
         "sizes": size_plot(stats, classes),
         "association": association_plot(stats, classes),
     }
-    names = list(dict.fromkeys(stats[stats.scope == "section"].section))
-    by_name = {s.name: s for s in sections or []}
     for name in names:
+        slug = _slug(name)
+        pngs[f"sizes_{slug}"] = size_plot(stats, classes, name)
+        pngs[f"association_{slug}"] = association_plot(stats, classes, name)
         if name in by_name:
-            pngs[f"overlay_{_slug(name)}"] = overlay_thumbnail(by_name[name], classes)
+            pngs[f"overlay_{slug}"] = overlay_thumbnail(by_name[name], classes)
     for key, data in pngs.items():
         atomic_write_bytes(fs.join(out_dir, f"{key}.png"), data)
 
+    tables = [grains_path, statistics_path] + ([quality_path] if quality_path is not None else [])
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-        f"<p>{len(names)} section(s), {len(grains)} grains. Tables: <code>{html.escape(fs.name(grains_path))}"
-        f"</code>, <code>{html.escape(fs.name(statistics_path))}</code>.</p>",
+        f"<p>{len(names)} section(s), {len(grains)} grains. Tables: "
+        + ", ".join(f"<code>{html.escape(fs.name(t))}</code>" for t in tables)
+        + ".</p>",
         "<h2>Collection</h2>",
-        _composition_table(stats, "collection", None),
+        _composition_table(stats, None),
         _img(pngs["composition"], "plot-composition", "modal composition"),
         _img(pngs["sizes"], "plot-sizes", "grain-size distributions"),
         _img(pngs["association"], "plot-association", "association matrix"),
-        _qc_table([by_name[n] for n in names if n in by_name]),
+        _qc_table(quality),
     ]
     for name in names:
+        slug = _slug(name)
         n = int((grains.section == name).sum())
         parts.append(
-            f'<section class="sample" id="section-{html.escape(_slug(name))}" '
+            f'<section class="sample" id="section-{html.escape(slug)}" '
             f'data-section="{html.escape(name)}"><h2>Section {html.escape(name)}</h2><p>{n} grains</p>'
         )
-        parts.append(_composition_table(stats, "section", name))
-        if f"overlay_{_slug(name)}" in pngs:
-            parts.append(_img(pngs[f"overlay_{_slug(name)}"], f"overlay-{_slug(name)}", f"labels of {name}"))
+        if f"overlay_{slug}" in pngs:
+            parts.append(_img(pngs[f"overlay_{slug}"], f"overlay-{slug}", f"labels of {name}"))
+        parts.append(_composition_table(stats, name))
+        parts.append(_img(pngs[f"sizes_{slug}"], f"plot-sizes-{slug}", f"grain-size distributions of {name}"))
+        parts.append(_img(pngs[f"association_{slug}"], f"plot-association-{slug}", f"association matrix of {name}"))
         parts.append("</section>")
     parts.append("</body></html>")
     out = fs.join(out_dir, "report.html")

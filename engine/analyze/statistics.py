@@ -1,7 +1,7 @@
 """Modal mineralogy from grain tables and pixel tallies: per section and per collection.
 
 Area fractions come from pixel counts (exact); weight % converts area (= volume for a
-random section, Delesse) with mineral densities; grain sizes are equivalent circle
+random section, Delesse) with mineral densities (recorded beside it); grain sizes are equivalent circle
 diameters binned in size classes (default a √2 series); the association matrix is the
 shared boundary length between phases; liberation is the share of a mineral's grain
 area in grains that touch no other ore mineral.
@@ -157,6 +157,8 @@ def statistics_rows(
     msum = sum(mass.values())
     for c, v in mass.items():
         add("weight_percent", c, 100.0 * v / msum if msum else 0.0, "%")
+    for c in mass:
+        add("density", c, densities[names[c]], "g/cm3")
 
     g = m.grains
     for c in grain_codes:

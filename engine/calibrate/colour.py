@@ -55,7 +55,8 @@ WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
 # 0.862 / 0.864 / 0.89 / 0.95 / 1.13 at 0 / 100 / 200 / 300 / 500 / 1000 / 3000 (flat at 200-300).
 CROSSTALK_PRIOR = 300.0
 _CPU_CHUNK = 1 << 16  # pixels per step of apply_torch on the CPU
-_OFF_DIAGONAL = ~np.vstack([np.eye(3, dtype=bool), np.zeros((1, 3), bool)]).ravel()
+IDENTITY = np.vstack([np.eye(3), np.zeros((1, 3))])
+_OFF_DIAGONAL = IDENTITY.ravel() == 0
 
 
 def linearize(rgb: np.ndarray, gamma: float = GAMMA) -> np.ndarray:
@@ -150,7 +151,7 @@ class ColourMatrix:
 
     @classmethod
     def identity(cls, gamma: float = GAMMA) -> ColourMatrix:
-        return cls(np.vstack([np.eye(3), np.zeros((1, 3))]), gamma)
+        return cls(IDENTITY.copy(), gamma)
 
     def apply_linear(self, linear: np.ndarray) -> np.ndarray:
         return np.asarray(linear, np.float64) @ self.matrix[:3] + self.matrix[3]
@@ -256,7 +257,8 @@ def fit_delta_e(
     """Affine 4×3 matrix minimising ``Σ w ΔE00(src @ M, ref)² + crosstalk_prior · Σ offdiag(M)²``.
 
     ``src`` and ``ref`` are colour pairs ``(n, 3)`` in linear RGB; ``crosstalk_prior=0`` is the
-    paper's plain objective.
+    paper's plain objective. ``info`` records the mean ΔE00 of the pairs before any correction
+    (``mean_delta_e_before``: ``src`` as it is), at the white-balance start and after the fit.
     """
     src, ref = np.asarray(src, np.float64), np.asarray(ref, np.float64)
     if src.shape != ref.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) < 2:
@@ -276,9 +278,10 @@ def fit_delta_e(
     def residuals(p: np.ndarray) -> np.ndarray:
         return np.concatenate([colour_residuals(p).ravel(), ridge * p[_OFF_DIAGONAL]])
 
+    def mean_delta_e(p: np.ndarray) -> float:
+        return float((np.sqrt((colour_residuals(p) ** 2).sum(1)) / sw).mean())
+
     res = least_squares(residuals, m0.ravel(), method="trf", x_scale="jac", max_nfev=2000)
-    de = np.sqrt((colour_residuals(res.x) ** 2).sum(1)) / sw
-    de0 = np.sqrt((colour_residuals(m0.ravel()) ** 2).sum(1)) / sw
     return ColourMatrix(
         res.x.reshape(4, 3),
         gamma,
@@ -286,8 +289,9 @@ def fit_delta_e(
             "method": "ciede2000",
             "pairs": len(src),
             "crosstalk_prior": float(crosstalk_prior),
-            "mean_delta_e_fit": float(de.mean()),
-            "mean_delta_e_white_balance": float(de0.mean()),
+            "mean_delta_e_before": mean_delta_e(IDENTITY.ravel()),
+            "mean_delta_e_fit": mean_delta_e(res.x),
+            "mean_delta_e_white_balance": mean_delta_e(m0.ravel()),
             "evaluations": int(res.nfev),
         },
     )

@@ -1,4 +1,5 @@
-"""report.html renders in headless Chromium (Debian package ``chromium``) with every section and plot."""
+"""report.html renders in headless Chromium (Debian package ``chromium``) with every section and plot:
+the collection's and each section's."""
 
 import shutil
 import subprocess
@@ -25,19 +26,33 @@ class _Dom(HTMLParser):
         self.sections: list[str] = []
         self.cells: list[dict] = []
         self.tables: list[str] = []
+        self.headings: list[str] = []
         self._table = None
+        self._heading = False
+        self._section: str | None = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         if tag == "img":
-            self.imgs.append(a)
+            self.imgs.append({**a, "section": self._section})
         elif tag == "section" and "data-section" in a:
             self.sections.append(a["data-section"])
+            self._section = a["data-section"]
         elif tag == "table" and "data-scope" in a:
             self._table = a["data-scope"]
             self.tables.append(self._table)
         elif tag == "td" and "data-value" in a:
             self.cells.append({**a, "scope": self._table})
+        self._heading = tag == "h2"
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self._section = None
+
+    def handle_data(self, data):
+        if self._heading:
+            self.headings.append(data)
+            self._heading = False
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +85,33 @@ def test_every_section_and_plot_is_shown(rendered):
     dom, res, truth, out = rendered
     assert dom.sections == sorted(truth)
     ids = {img["id"]: img for img in dom.imgs}
-    expected = {"plot-composition", "plot-sizes", "plot-association"} | {f"overlay-{s}" for s in truth}
-    assert set(ids) == expected
+    files = {"plot-composition": "composition", "plot-sizes": "sizes", "plot-association": "association"}
+    block: dict[str, str | None] = dict.fromkeys(files)
+    for s in truth:
+        mine = {
+            f"overlay-{s}": f"overlay_{s}",
+            f"plot-sizes-{s}": f"sizes_{s}",
+            f"plot-association-{s}": f"association_{s}",
+        }
+        files |= mine
+        block |= dict.fromkeys(mine, s)
+    assert set(ids) == set(files)
+    assert {ident: img["section"] for ident, img in ids.items()} == block
     import cv2
 
     for ident, img in ids.items():
-        png = "overlay_" + ident.split("-", 1)[1] if ident.startswith("overlay-") else ident.split("-", 1)[1]
-        width = cv2.imread(str(out / f"{png}.png")).shape[1]
+        width = cv2.imread(str(out / f"{files[ident]}.png")).shape[1]
         assert int(img.get("data-w", 0)) == width, f"{ident} was not decoded by the browser"
+    plots = {k: (out / f"{v}.png").read_bytes() for k, v in files.items() if k.startswith("plot-sizes")}
+    assert len(set(plots.values())) == len(plots), "each section's size plot shows its own grains"
+
+
+def test_no_quality_table_without_stitch_or_colour_records(rendered):
+    dom, res, truth, _ = rendered
+    quality = pd.read_parquet(res.quality_path)
+    assert list(quality.section) == sorted(truth)
+    assert quality.drop(columns="section").isna().all(axis=None)
+    assert "Quality" not in dom.headings
 
 
 def test_composition_numbers_equal_parquet(rendered):
@@ -94,3 +128,5 @@ def test_composition_numbers_equal_parquet(rendered):
     af = stats[(stats.statistic == "area_fraction") & (stats.value > 0)]
     shown = [c for c in dom.cells if c["class"] == "area_fraction"]
     assert len(shown) == len(af) and checked > len(af)
+    densities = [c for c in dom.cells if c["class"] == "density"]
+    assert {(c["scope"], c["data-code"]) for c in densities} == {(c["scope"], c["data-code"]) for c in shown}

@@ -23,10 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Units the statistics table gained after the tables were pinned (it had none for these rows).
 UNITS_SINCE = {"area_fraction": "1", "liberation": "1", "weight_percent": "%", "grain_count": "count"}
+# Statistics it gained after the tables were pinned.
+STATISTICS_SINCE = {"density"}
 
 
 def _same_tables(got: Path, pinned: Path) -> None:
     a, b = pq.read_table(got).to_pandas(), pq.read_table(pinned).to_pandas()
+    if "statistic" in a:
+        a = a[~a.statistic.isin(STATISTICS_SINCE)].reset_index(drop=True)
     if "unit" in b:
         added = b.statistic.map(UNITS_SINCE)
         assert b.unit[added.notna()].isna().all()

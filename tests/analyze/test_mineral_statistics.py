@@ -69,6 +69,10 @@ def test_weight_percent_from_densities(analysed):
     total = sum(mass.values())
     for code, m in mass.items():
         assert _stat(stats, "weight_percent", "s2", code).value.item() == pytest.approx(100 * m / total)
+    for section in ("s1", "s2", None):
+        used = _stat(stats, "density", section).set_index("class_name")
+        assert used.value.to_dict() == {c.name: DEFAULT_DENSITIES[c.name] for c in LUMENSTONE.classes}
+        assert used.unit.eq("g/cm3").all()
 
 
 def test_size_classes_match_truth_histogram(analysed):

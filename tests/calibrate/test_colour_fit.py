@@ -54,6 +54,26 @@ def test_white_balance_start_is_improved_upon():
     assert ccm.info["mean_delta_e_fit"] < 0.2 * ccm.info["mean_delta_e_white_balance"]
 
 
+def test_delta_e_before_is_that_of_the_uncorrected_pairs():
+    """``mean_delta_e_before`` equals scikit-image's CIEDE2000 of ``src`` as it is against ``ref`` (its own
+    sRGB → CIELAB), and a cast leaves the pairs much further apart than the fit."""
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    rng = np.random.default_rng(6)
+    ref = rng.uniform(0.03, 0.6, (10, 3))
+    src = random_cast(rng, strength=1.0).apply_linear(ref)
+    assert np.all((src > 0) & (src < 1))
+
+    def lab(linear: np.ndarray) -> np.ndarray:
+        srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+        return rgb2lab(srgb[None])[0]
+
+    ccm = fit_delta_e(src, ref)
+    before = deltaE_ciede2000(lab(src), lab(ref)).mean()
+    assert ccm.info["mean_delta_e_before"] == pytest.approx(before, rel=1e-6)
+    assert ccm.info["mean_delta_e_before"] > 3 * ccm.info["mean_delta_e_fit"]
+
+
 def test_apply_matches_float_reference():
     rng = np.random.default_rng(5)
     img = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
