@@ -53,7 +53,7 @@ def _same_store(a: Path, b: Path) -> None:
     for name in SECTIONS:
         for path in (f"{name}/0", label_path(name), label_path(name, k=1)):
             assert np.array_equal(ra[path][:], rb[path][:]), path
-    for table in ("grains.parquet", "statistics.parquet"):
+    for table in ("grains.parquet", "statistics.parquet", "quality.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(a / table), pd.read_parquet(b / table))
     exports = sorted(p.name for p in (a / "exports").iterdir())
     assert exports == sorted(p.name for p in (b / "exports").iterdir()) and len(exports) == 2 * len(SECTIONS)
@@ -102,7 +102,7 @@ def test_lode_run_carries_the_pixel_size_and_the_stitch_record(whole, tiny_check
     for name in SECTIONS:
         stitch = root[name].attrs["lode"]["stitch"]
         row = re.search(rf'<tr data-section="{name}">(.*?)</tr>', report).group(1)
-        cells = re.findall(r"<td>(.*?)</td>", row)
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
         assert cells[:5] == [name, "4/4", f"{stitch['rms_px']:.3f}", "none", f"{PIXEL_UM:g}"]
 
 
@@ -214,7 +214,7 @@ def test_lode_run_killed_during_a_stage_resumes_byte_identical(whole, collection
 
     assert _lode(run_job_module, *argv) == 0
     _same_store(whole, out)
-    for table in ("grains.parquet", "statistics.parquet"):
+    for table in ("grains.parquet", "statistics.parquet", "quality.parquet"):
         assert (out / table).read_bytes() == (whole / table).read_bytes()
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
