@@ -109,8 +109,9 @@ def _colour(cfg: Any) -> int:
                 "out": cfg.out,
                 "mode": cfg.mode,
                 "captures": len(paths),
-                "mean_delta_e_fit": {
-                    k: round(m.info.get("mean_delta_e_fit", float("nan")), 4) for k, m in matrices.items()
+                **{
+                    key: {k: round(m.info.get(key, float("nan")), 4) for k, m in matrices.items()}
+                    for key in ("mean_delta_e_before", "mean_delta_e_fit")
                 },
             }
         )

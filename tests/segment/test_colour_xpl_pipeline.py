@@ -212,7 +212,11 @@ def test_lode_calibrate_colour_writes_matrices_and_corrected_images(cast_capture
     raw = cv2.imread(str(root / "caps" / "cap1.png"))[..., ::-1].copy()
     fixed = cv2.imread(str(tmp_path / "fixed" / "cap1.png"))[..., ::-1]
     assert np.array_equal(fixed, mats["cap1"].apply(raw))
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["captures"] == 2
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["captures"] == 2
+    for k in ("cap0", "cap1"):  # the yellow cast, against what the fitted matrix leaves
+        assert printed["mean_delta_e_before"][k] == round(mats[k].info["mean_delta_e_before"], 4)
+        assert printed["mean_delta_e_before"][k] > 2 * printed["mean_delta_e_fit"][k]
 
 
 @pytest.fixture(scope="module")
