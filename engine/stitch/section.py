@@ -6,8 +6,8 @@ to the section's work folder beside the store and creates the hidden ``.<section
 group; rendering records every finished shard in the run manifest of that work folder, so a
 killed run resumes at its first unfinished shard from the same plan; :func:`finish_section`
 renames the partial group into place once every shard is written. The stitch report (frames
-placed, per-edge residuals, RMS, gains, flagged frames) goes into the image group's
-``attrs["lode"]["stitch"]`` and is returned.
+placed, per-edge residuals, RMS, gains, flagged frames, the pixel size and where it came from)
+goes into the image group's ``attrs["lode"]["stitch"]`` and is returned.
 """
 
 from __future__ import annotations
