@@ -4,8 +4,8 @@ A section's optional ``positions.csv`` gives one row per tile, with one of two h
 
 - ``file,x,y``: nominal positions in pixels of the frames (the stitcher pairs frames that overlap there);
 - ``file,x_um,y_um``: stage positions in micrometres, as a microscope's stage records them (the
-  stitcher tries each frame against its nearest stage positions, and the pixel size is fitted
-  from them after the alignment: :mod:`engine.stitch.stage`).
+  stitcher turns them into nominal positions in pixels through coarse matches between frames at
+  nearby stage positions, and fits the pixel size to them after the alignment: :mod:`engine.stitch.stage`).
 
 Any other column, a tile without a row, a file named twice, a position that is not a finite number,
 or two frames at one position is refused, naming the file.

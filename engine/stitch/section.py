@@ -57,7 +57,7 @@ from engine.stitch.register import (
 )
 from engine.stitch.render import BLENDS, Blend, RenderPlan, RenderStage, frame_box, frame_path, load_frame
 from engine.stitch.seams import seam_labels
-from engine.stitch.stage import fit_stage, section_pixel_size, stage_neighbours
+from engine.stitch.stage import fit_stage, section_pixel_size, stage_neighbours, stage_pixels
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,8 @@ def _coarse_pairs(
     work: str, n: int, hw, opts: StitchOptions, candidates: list[tuple[int, int]] | None = None
 ) -> list[tuple[int, int, np.ndarray]]:
     """Overlap search on downscaled features over the ``candidates`` pairs ``(i, j)``, ``i < j``: every
-    pair when no positions are given, a frame's nearest stage positions when they are in micrometres."""
+    pair when no positions are given, each frame with its nearest stage positions when they are in
+    micrometres (:mod:`engine.stitch.stage`)."""
     scale = min(1.0, opts.coarse_px / max(hw))
     feats = ray.get([_coarse_features.remote(work, k, scale, 2000) for k in range(n)])
     cv2.setRNGSeed(0)
@@ -339,6 +340,8 @@ def prepare_section(
             pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
         elif sec.stage_um is not None:
             pairs = _coarse_pairs(section_work, n, hw, opts, stage_neighbours(sec.stage_um))
+            nominal = stage_pixels(sec.stage_um, pairs, hw)
+            pairs = pairs if nominal is None else _nominal_pairs(nominal, hw, opts.min_overlap)
         else:
             pairs = _coarse_pairs(section_work, n, hw, opts)
         t = time.perf_counter()
@@ -703,11 +706,7 @@ def build_report(
         "panorama_hw": list(shape),
         "reference_frame": names[al.reference] if al.reference >= 0 else None,
         "positions": (
-            "nominal"
-            if sec.nominal_xy is not None
-            else "stage neighbours"
-            if sec.stage_um is not None
-            else "all-pairs search"
+            "nominal" if sec.nominal_xy is not None else "stage" if sec.stage_um is not None else "all-pairs search"
         ),
         "edges": edge_rows,
         "frames": frames,

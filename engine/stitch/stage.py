@@ -1,10 +1,13 @@
 """Stage positions in micrometres: which frames to pair, and the pixel size they give.
 
 A section's ``positions.csv`` may give its frames' stage positions in micrometres
-(``file,x_um,y_um``; :mod:`engine.stitch.frames`). How many micrometres a pixel is is not known
-before the frames are aligned, so pairs are chosen without it: each frame is tried against its
-:data:`NEIGHBOURS` nearest stage positions (:func:`stage_neighbours`; in a grid, the eight frames
-around it), and those candidates are matched on coarse features as the all-pairs search does.
+(``file,x_um,y_um``; :mod:`engine.stitch.frames`). How many micrometres a pixel is, and how the
+stage's axes lie on the camera's, is not known before the frames are matched, so each frame is first
+matched on coarse features with its :data:`NEIGHBOURS` nearest stage positions
+(:func:`stage_neighbours`; in a grid, the eight frames around it). :func:`stage_pixels` fits the
+similarity taking the stage's moves between the matched frames to theirs in pixels and turns the
+stage positions into nominal positions in pixels: from there the section is stitched as one with
+nominal positions (every pair that overlaps there is registered).
 
 Once the section is aligned, :func:`fit_stage` fits a similarity (scale, rotation, one axis mirrored
 or not) from the frames' centres in panorama pixels to their stage positions by least squares
@@ -54,6 +57,34 @@ def stage_neighbours(stage_um: np.ndarray, k: int = NEIGHBOURS) -> list[tuple[in
     return sorted({(min(i, int(j)), max(i, int(j))) for i, row in enumerate(idx) for j in row if j != i})
 
 
+def _scaled_orthogonal(p: np.ndarray, q: np.ndarray) -> tuple[float, np.ndarray]:
+    """Scale ``c`` and orthogonal ``R`` (a rotation, or one with an axis mirrored) minimising
+    ``|q - c p Rᵀ|²`` over vectors ``p``, ``q`` ``(n, 2)`` (Umeyama's closed form)."""
+    U, S, Vt = np.linalg.svd(q.T @ p)
+    return float(S.sum()) / float((p**2).sum()), U @ Vt
+
+
+def stage_pixels(
+    stage_um: np.ndarray, matches: list[tuple[int, int, np.ndarray]], hw: tuple[int, int]
+) -> np.ndarray | None:
+    """Nominal positions in pixels ``(n, 2)`` of frames ``hw`` at ``stage_um``, given coarse ``matches``
+    ``(i, j, M)`` (``M``: frame ``j`` → frame ``i``): the stage positions through the similarity that takes
+    the stage's moves between matched frames to theirs, fitted again without the matches more than
+    three times the median residual (+1 px) from it; ``None`` without a match that moves."""
+    h, w = hw
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    moves_um = np.array([stage_um[j] - stage_um[i] for i, j, _ in matches]).reshape(-1, 2)
+    moves_px = np.array([M[:2, :2] @ centre + M[:2, 2] - centre for _, _, M in matches]).reshape(-1, 2)
+    keep = np.any(moves_um != 0, axis=1)
+    for _ in range(3):
+        if not keep.any():
+            return None
+        scale, R = _scaled_orthogonal(moves_um[keep], moves_px[keep])
+        residual = np.linalg.norm(moves_px - scale * moves_um @ R.T, axis=1)
+        keep &= residual <= 3 * np.median(residual[keep]) + 1.0
+    return scale * stage_um @ R.T
+
+
 def fit_stage(stage_um: np.ndarray, pixel_xy: np.ndarray) -> StageFit | None:
     """The least-squares similarity taking ``pixel_xy`` (frame centres in panorama pixels, ``(n, 2)``)
     to ``stage_um`` (the same frames' stage positions); ``None`` for fewer than two distinct positions."""
@@ -61,12 +92,9 @@ def fit_stage(stage_um: np.ndarray, pixel_xy: np.ndarray) -> StageFit | None:
         return None
     p = pixel_xy - pixel_xy.mean(axis=0)
     q = stage_um - stage_um.mean(axis=0)
-    var = float((p**2).sum())
-    if var == 0.0 or not np.any(q):
+    if not np.any(p) or not np.any(q):
         return None
-    U, S, Vt = np.linalg.svd(q.T @ p)
-    R = U @ Vt
-    scale = float(S.sum()) / var
+    scale, R = _scaled_orthogonal(p, q)
     residual = np.linalg.norm(q - scale * p @ R.T, axis=1)
     return StageFit(
         pixel_size_um=float(f"{scale:.6g}"),

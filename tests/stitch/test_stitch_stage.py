@@ -14,16 +14,19 @@ import pytest
 import zarr
 
 from engine.analyze.sections import pixel_size_of
+from engine.calibrate.lens import LensModel
 from engine.errors import LodeInputError
+from engine.stitch.evaluate import alignment_rms
 from engine.stitch.frames import Correction, read_section
+from engine.stitch.register import translation
 from engine.stitch.section import StitchOptions, stitch_section
-from engine.stitch.stage import NEIGHBOURS, fit_stage, section_pixel_size, stage_neighbours
+from engine.stitch.stage import NEIGHBOURS, fit_stage, section_pixel_size, stage_neighbours, stage_pixels
 from engine.synth.captures import CaptureConfig, capture_grid, stage_centres, write_section
 
 TRUTH_UM = 0.65
-CFG = CaptureConfig(frame_hw=(160, 220), rows=2, cols=3, seed=51)
+CFG = CaptureConfig(frame_hw=(120, 160), rows=3, cols=4, seed=51)
 # lode stitch of CFG's nominal positions in pixels at 35d4cd8 (before stage positions): its level 0
-PINNED_PIXEL_PANORAMA = "4e7cc0837ba0fc5a8287fe7e98f7fde1a2e93ed1e9c9d2f378e88fa198f6444e"
+PINNED_PIXEL_PANORAMA = "71819843c88bec7ad486b8cac1a7ec46e5c8992e1307834cb96b54e7da10ccea"
 
 
 @pytest.mark.parametrize("mirrored", [False, True])
@@ -49,6 +52,18 @@ def test_stage_neighbours_of_a_grid_are_the_frames_around_each():
     # beyond the eight around it, a frame at the grid's edge takes the next nearest (its row or column)
     assert all(np.all(np.abs(grid[j] - grid[i]) <= [600, 600]) for i, j in pairs)
     assert stage_neighbours(grid[:1]) == []
+
+
+def test_stage_pixels_turn_the_stage_onto_the_matched_moves_without_a_wrong_match():
+    px = np.array([(c * 240.0, r * 160.0) for r in range(3) for c in range(4)])
+    stage = 0.5 * px * [1.0, -1.0] + [800.0, 900.0]  # the stage's y axis runs up the image
+    pairs = stage_neighbours(stage)
+    matches = [(i, j, translation(*(px[j] - px[i]))) for i, j in pairs if np.all(np.abs(px[j] - px[i]) <= [240, 160])]
+    i, j, _ = matches[3]
+    matches[3] = (i, j, translation(*(px[j] - px[i] + [70.0, -40.0])))
+    nominal = stage_pixels(stage, matches, (200, 300))
+    assert nominal is not None and np.allclose(nominal - nominal[0], px - px[0], atol=1e-6)
+    assert stage_pixels(stage, [], (200, 300)) is None
 
 
 def test_a_given_pixel_size_comes_first_and_a_stage_fit_far_from_it_is_a_warning():
@@ -121,6 +136,9 @@ def test_stage_positions_in_micrometres_give_the_pixel_size_and_pixels_stitch_as
     caps = capture_grid(None, CFG)
     write_section(tmp_path / "coll", "px", caps)
     write_section(tmp_path / "coll", "um", caps, pixel_size_um=TRUTH_UM)
+    flipped = write_section(tmp_path / "coll", "flipped", caps, pixel_size_um=TRUTH_UM) / "positions.csv"
+    rows = [line.split(",") for line in flipped.read_text().splitlines()]
+    flipped.write_text("\n".join([",".join(rows[0])] + [f"{f},{x},{-float(y) + 5000.0:.4f}" for f, x, y in rows[1:]]))
     store = tmp_path / "out.zarr"
     opts = StitchOptions(shard=256)
     px = stitch_section(tmp_path / "coll" / "px", store, Correction(), opts, "serial", corrector)
@@ -131,7 +149,7 @@ def test_stage_positions_in_micrometres_give_the_pixel_size_and_pixels_stitch_as
     assert hashlib.sha256(level0.tobytes()).hexdigest() == PINNED_PIXEL_PANORAMA
     assert pixel_size_of(_panorama(store, "px")) is None
 
-    assert um["positions"] == "stage neighbours" and um["frames_placed"] == 6
+    assert um["positions"] == "stage" and um["frames_placed"] == 12
     assert um["pixel_size_source"] == "stage" and um["stage"]["warning"] is None
     assert abs(um["pixel_size_um"] / TRUTH_UM - 1) < 0.005
     assert um["stage"]["rms_um"] < 0.1 and not um["stage"]["mirrored"]
@@ -139,10 +157,17 @@ def test_stage_positions_in_micrometres_give_the_pixel_size_and_pixels_stitch_as
     assert pixel_size_of(group) == um["pixel_size_um"] == group.attrs["lode"]["stitch"]["pixel_size_um"]
     axes = group.attrs["ome"]["multiscales"][0]["axes"]
     assert [a.get("unit") for a in axes] == [None, "micrometer", "micrometer"]
-    # the same captures, placed through their stage neighbours, land where the nominal grid put them
-    assert um["panorama_hw"] == px["panorama_hw"]
-    for a, b in zip(px["frames"], um["frames"]):
-        assert np.abs(np.array(a["transform"]) - np.array(b["transform"]))[:, 2].max() < 0.05
+    # the same captures, placed from their stage positions, are as close to the truth as from the nominal grid
+    assert um["panorama_hw"] == px["panorama_hw"] and len(um["edges"]) == len(px["edges"])
+    truth_lens = LensModel(CFG.lens.camera_matrix, CFG.lens.dist_coeffs, CFG.frame_hw)
+    for rep in (px, um):
+        placed = [np.array(f["transform"]) for f in rep["frames"]]
+        assert alignment_rms(placed, None, caps.transforms, truth_lens, CFG.frame_hw)[0] < 0.1
+
+    # a stage whose y axis runs up the image gives the same pixel size, mirrored
+    up = stitch_section(tmp_path / "coll" / "flipped", store, Correction(), opts, "serial", corrector)
+    assert up["stage"]["mirrored"] and abs(up["pixel_size_um"] / TRUTH_UM - 1) < 0.005
+    assert up["frames_placed"] == 12 and len(up["edges"]) == len(px["edges"])
 
     calibrated = StitchOptions(shard=256, pixel_size_um=0.7, pixel_size_source="calibration")
     with caplog.at_level(logging.WARNING, logger="engine.stitch.section"):
