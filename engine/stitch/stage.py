@@ -76,12 +76,12 @@ def stage_pixels(
     moves_um = np.array([stage_um[j] - stage_um[i] for i, j, _ in matches]).reshape(-1, 2)
     moves_px = np.array([M[:2, :2] @ centre + M[:2, 2] - centre for _, _, M in matches]).reshape(-1, 2)
     keep = np.any(moves_um != 0, axis=1)
-    for _ in range(3):
-        if not keep.any():
-            return None
-        scale, R = _scaled_orthogonal(moves_um[keep], moves_px[keep])
-        residual = np.linalg.norm(moves_px - scale * moves_um @ R.T, axis=1)
-        keep &= residual <= 3 * np.median(residual[keep]) + 1.0
+    if not keep.any():
+        return None
+    scale, R = _scaled_orthogonal(moves_um[keep], moves_px[keep])
+    residual = np.linalg.norm(moves_px - scale * moves_um @ R.T, axis=1)
+    keep &= residual <= 3 * np.median(residual[keep]) + 1.0
+    scale, R = _scaled_orthogonal(moves_um[keep], moves_px[keep])
     return scale * stage_um @ R.T
 
 
