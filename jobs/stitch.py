@@ -15,6 +15,11 @@ is created once, before any section starts.
 A section with a bad tile (truncated, corrupt, 16-bit, grey or RGBA; see ``engine.io.images.read_rgb``)
 fails alone: the others are stitched, the manifest records each failure, and the job ends with one
 line naming the first bad input (exit 2). Blank frames are flagged in the report.
+
+A panorama's pixel size (its NGFF scale, in micrometres) is ``--pixel-size-um``, else the collection's
+``calibration/pixel_size.json``, else the one a section's stage positions in micrometres give
+(``positions.csv`` with columns ``file,x_um,y_um``; :mod:`engine.stitch.stage`); the report says which
+(``pixel_size_source``), and a stage fit more than 2 % from the given size is logged as a warning.
 """
 
 from __future__ import annotations
@@ -90,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pixel-size-um",
         type=float,
         default=None,
-        help="pixel size in µm (default: calibration/pixel_size.json; none: the panorama stays in pixels)",
+        help="pixel size in µm (default: calibration/pixel_size.json, else fitted to a section's stage positions "
+        "in µm; none: the panorama stays in pixels)",
     )
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (ignored with RAY_ADDRESS)")
     parser.add_argument(
@@ -147,6 +153,7 @@ def stitch_collection(cfg: Any, on_section: Callable[[str], None] | None = None)
         register = RegisterOptions(matcher="loftr", matcher_weights=str(weights.resolve()))
     elif cfg.matcher_weights:
         raise LodeInputError("--matcher-weights", "is only used with --matcher loftr")
+    source = "option" if cfg.pixel_size_um is not None else "calibration"
     pixel_size = cfg.pixel_size_um if cfg.pixel_size_um is not None else load_pixel_size(cfg.collection)
     if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
         raise LodeInputError("--pixel-size-um", f"must be a positive number of micrometres, not {pixel_size}")
@@ -160,6 +167,7 @@ def stitch_collection(cfg: Any, on_section: Callable[[str], None] | None = None)
             seam_refine=not cfg.no_seam_refine,
             model=cfg.model,
             pixel_size_um=pixel_size,
+            pixel_size_source=source,
         )
     except ValueError as exc:
         raise LodeInputError("--blend-levels", str(exc)) from exc
@@ -338,12 +346,21 @@ class _Stream:
             if "error" not in rep:
                 print(
                     f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
-                    f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, flagged {', '.join(rep['flagged']) or 'none'}"
+                    f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, {_pixel_size(rep)}, "
+                    f"flagged {', '.join(rep['flagged']) or 'none'}"
                     + (" (stitched before)" if name in self.skipped else "")
                 )
         if error is not None:
             raise error
         return 0
+
+
+def _pixel_size(report: dict) -> str:
+    """A section's pixel size and where it came from, as its summary line says it."""
+    size, source = report.get("pixel_size_um"), report.get("pixel_size_source")
+    if size is None:
+        return "no pixel size"
+    return f"{size:g} µm/px" + (f" ({source})" if source else "")
 
 
 def _remote_args() -> dict:

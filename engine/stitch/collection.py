@@ -1,9 +1,10 @@
 """A collection of sections to stitch, and the calibration that comes with it.
 
-Layout: ``<collection>/<section_id>/tiles/*`` (+ ``positions.csv``) and an optional
-``<collection>/calibration/`` holding ``lens.json`` and ``flat.npz`` (fitted) or raw
-``checkerboard/``, ``flat/`` and ``dark/`` frames (fitted here on the fly), and
-``pixel_size.json`` (``{"pixel_size_um": 0.65}``: the camera's pixel size on the section).
+Layout: ``<collection>/<section_id>/tiles/*`` (+ ``positions.csv``, in pixels or stage micrometres:
+:mod:`engine.stitch.frames`) and an optional ``<collection>/calibration/`` holding ``lens.json`` and
+``flat.npz`` (fitted) or raw ``checkerboard/``, ``flat/`` and ``dark/`` frames (fitted here on the
+fly), and ``pixel_size.json`` (``{"pixel_size_um": 0.65}``: the camera's pixel size on the section;
+without it a section's stage positions in micrometres give one: :mod:`engine.stitch.stage`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,15 @@
-"""A section's raw tiles, nominal positions and per-frame correction (flat field, lens)."""
+"""A section's raw tiles, nominal positions and per-frame correction (flat field, lens).
+
+A section's optional ``positions.csv`` gives one row per tile, with one of two headers:
+
+- ``file,x,y``: nominal positions in pixels of the frames (the stitcher pairs frames that overlap there);
+- ``file,x_um,y_um``: stage positions in micrometres, as a microscope's stage records them (the
+  stitcher turns them into nominal positions in pixels through coarse matches between frames at
+  nearby stage positions, and fits the pixel size to them after the alignment: :mod:`engine.stitch.stage`).
+
+Any other column, a tile without a row, a file named twice, a position that is not a finite number,
+or two frames at one position is refused, naming the file.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +37,19 @@ if TYPE_CHECKING:
     from engine.calibrate.capture import CaptureCalibration
 
 
+PIXEL_COLUMNS = ("file", "x", "y")
+STAGE_COLUMNS = ("file", "x_um", "y_um")
+
+
 @dataclass(frozen=True)
 class SectionInput:
+    """A section's tiles with their nominal positions in pixels (``nominal_xy``) or stage positions in
+    micrometres (``stage_um``), ``(n, 2)`` in tile order; neither without ``positions.csv``."""
+
     section_id: str
     tiles: list[Path | str]
     nominal_xy: np.ndarray | None
+    stage_um: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -111,8 +130,8 @@ class FrameCorrector:
 
 
 def read_section(section_dir: str | Path) -> SectionInput:
-    """``<section>/tiles/*`` and, if present, ``<section>/positions.csv`` (file, x, y in pixels);
-    ``section_dir`` is a local path or URI."""
+    """``<section>/tiles/*`` and, if present, ``<section>/positions.csv`` (pixels or micrometres, see
+    the module's docstring); ``section_dir`` is a local path or URI."""
     sec = str(section_dir) if fs.is_uri(section_dir) else Path(section_dir)
     tile_dir = sec / "tiles" if isinstance(sec, Path) else fs.join(sec, "tiles")
     tiles = list_images(tile_dir)
@@ -121,19 +140,50 @@ def read_section(section_dir: str | Path) -> SectionInput:
     pos_file = sec / "positions.csv" if isinstance(sec, Path) else fs.join(sec, "positions.csv")
     if not fs.exists(pos_file):
         return SectionInput(fs.name(sec), tiles, None)
+    xy, columns = read_positions(pos_file, [fs.name(t) for t in tiles])
+    if columns == STAGE_COLUMNS:
+        return SectionInput(fs.name(sec), tiles, None, xy)
+    return SectionInput(fs.name(sec), tiles, xy)
+
+
+def read_positions(path: str | Path, names: list[str]) -> tuple[np.ndarray, tuple[str, str, str]]:
+    """The positions ``(n, 2)`` of the tiles ``names`` in ``path`` (a ``positions.csv``), and its columns:
+    :data:`PIXEL_COLUMNS` or :data:`STAGE_COLUMNS`."""
     try:
-        text = io.StringIO(fs.read_bytes(pos_file).decode(), newline="")
-        rows = {r["file"]: (float(r["x"]), float(r["y"])) for r in csv.DictReader(text)}
-    except (KeyError, ValueError, csv.Error) as exc:
-        raise LodeInputError(pos_file, f"needs columns file, x, y with numbers: {exc}") from exc
-    names = [fs.name(t) for t in tiles]
+        reader = csv.DictReader(io.StringIO(fs.read_bytes(path).decode(), newline=""))
+        header = tuple(reader.fieldnames or ())
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LodeInputError(path, f"not a CSV text: {exc}") from exc
+    columns = next((c for c in (PIXEL_COLUMNS, STAGE_COLUMNS) if sorted(header) == sorted(c)), None)
+    if columns is None:
+        raise LodeInputError(
+            path,
+            f"needs columns {', '.join(PIXEL_COLUMNS)} (pixels) or {', '.join(STAGE_COLUMNS)} (micrometres), "
+            f"not {', '.join(header) or 'none'}",
+        )
+    _, x, y = columns
+    try:
+        found = [(r["file"], (float(r[x]), float(r[y]))) for r in reader]
+    except (TypeError, ValueError, csv.Error) as exc:
+        raise LodeInputError(path, f"needs numbers in {x} and {y} on every row: {exc}") from exc
+    rows = dict(found)
+    if len(rows) < len(found):
+        listed = [n for n, _ in found]
+        raise LodeInputError(path, f"{next(n for n in listed if listed.count(n) > 1)} is listed twice")
     missing = [n for n in names if n not in rows]
     if missing:
-        raise LodeInputError(pos_file, f"no position for {', '.join(missing[:5])}")
+        raise LodeInputError(path, f"no position for {', '.join(missing[:5])}")
     xy = np.array([rows[n] for n in names], np.float64)
     if not np.all(np.isfinite(xy)):
-        raise LodeInputError(pos_file, "positions must be finite")
-    return SectionInput(fs.name(sec), tiles, xy)
+        raise LodeInputError(path, "positions must be finite")
+    if len(xy) > 1 and np.all(xy == xy[0]):
+        raise LodeInputError(path, f"all {len(xy)} frames are at one position ({xy[0, 0]:g}, {xy[0, 1]:g})")
+    _, first, counts = np.unique(xy, axis=0, return_index=True, return_counts=True)
+    if np.any(counts > 1):
+        p = xy[first[np.argmax(counts > 1)]]
+        twins = [n for n, q in zip(names, xy) if np.array_equal(p, q)]
+        raise LodeInputError(path, f"{twins[0]} and {twins[1]} are at one position ({p[0]:g}, {p[1]:g})")
+    return xy, columns
 
 
 def grey_std(image: np.ndarray, valid: np.ndarray) -> float:

@@ -6,19 +6,20 @@ to the section's work folder beside the store and creates the hidden ``.<section
 group; rendering records every finished shard in the run manifest of that work folder, so a
 killed run resumes at its first unfinished shard from the same plan; :func:`finish_section`
 renames the partial group into place once every shard is written. The stitch report (frames
-placed, per-edge residuals, RMS, gains, flagged frames) goes into the image group's
-``attrs["lode"]["stitch"]`` and is returned.
+placed, per-edge residuals, RMS, gains, flagged frames, the pixel size and where it came from)
+goes into the image group's ``attrs["lode"]["stitch"]`` and is returned.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -56,6 +57,9 @@ from engine.stitch.register import (
 )
 from engine.stitch.render import BLENDS, Blend, RenderPlan, RenderStage, frame_box, frame_path, load_frame
 from engine.stitch.seams import seam_labels
+from engine.stitch.stage import fit_stage, section_pixel_size, stage_neighbours, stage_pixels
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,9 @@ class StitchOptions:
     ``seam_refine``: cut the seams again at full resolution near the low-res seam
     (:mod:`engine.stitch.refine`; the multiband blend follows it, ``feather`` does not).
     ``pixel_size_um``: the frames' pixel size, written into the panorama's NGFF scale (axis unit
-    ``micrometer``); ``None`` leaves the panorama in pixels."""
+    ``micrometer``), and ``pixel_size_source``, where it came from (``calibration``: the collection's
+    ``pixel_size.json``; ``option``: the caller). ``None`` takes the pixel size a section's stage
+    positions in micrometres give (:mod:`engine.stitch.stage`), else leaves the panorama in pixels."""
 
     register: RegisterOptions = field(default_factory=RegisterOptions)
     align: AlignOptions = field(default_factory=AlignOptions)
@@ -85,10 +91,13 @@ class StitchOptions:
     blend_levels: int | None = None
     model: Model = "similarity"
     pixel_size_um: float | None = None
+    pixel_size_source: Literal["calibration", "option"] = "option"
 
     def __post_init__(self) -> None:
         if self.pixel_size_um is not None and not (np.isfinite(self.pixel_size_um) and self.pixel_size_um > 0):
             raise ValueError(f"pixel_size_um must be a positive number of micrometres, not {self.pixel_size_um!r}")
+        if self.pixel_size_source not in ("calibration", "option"):
+            raise ValueError(f"pixel_size_source must be calibration or option, not {self.pixel_size_source!r}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
         object.__setattr__(self, "register", replace(self.register, model=self.model))
@@ -197,31 +206,35 @@ def _nominal_pairs(xy: np.ndarray, hw: tuple[int, int], min_overlap: float) -> l
     return out
 
 
-def _coarse_pairs(work: str, n: int, hw, opts: StitchOptions) -> list[tuple[int, int, np.ndarray]]:
-    """All-pairs overlap search on downscaled features when no positions are given."""
+def _coarse_pairs(
+    work: str, n: int, hw, opts: StitchOptions, candidates: list[tuple[int, int]] | None = None
+) -> list[tuple[int, int, np.ndarray]]:
+    """Overlap search on downscaled features over the ``candidates`` pairs ``(i, j)``, ``i < j``: every
+    pair when no positions are given, each frame with its nearest stage positions when they are in
+    micrometres (:mod:`engine.stitch.stage`)."""
     scale = min(1.0, opts.coarse_px / max(hw))
     feats = ray.get([_coarse_features.remote(work, k, scale, 2000) for k in range(n)])
     cv2.setRNGSeed(0)
     ro = opts.register
     out = []
-    n = len(feats)
-    for i in range(n):
-        for j in range(i + 1, n):
-            (pi, di), (pj, dj) = feats[i], feats[j]
-            mt = match(di, dj, ro.ratio)
-            if len(mt) < ro.min_inliers:
-                continue
-            M, inl = cv2.estimateAffinePartial2D(
-                pj[mt[:, 1]], pi[mt[:, 0]], method=cv2.RANSAC, ransacReprojThreshold=max(2.0, 1.5 / scale)
-            )
-            if M is None or int(inl.sum()) < ro.min_inliers:
-                continue
-            h, w = hw
-            c = apply(M, np.array([[0, 0], [w - 1, h - 1]], float))
-            ox = max(0.0, min(c[1, 0], w - 1) - max(c[0, 0], 0))
-            oy = max(0.0, min(c[1, 1], h - 1) - max(c[0, 1], 0))
-            if ox * oy >= opts.min_overlap * h * w:
-                out.append((i, j, M))
+    if candidates is None:
+        candidates = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    for i, j in candidates:
+        (pi, di), (pj, dj) = feats[i], feats[j]
+        mt = match(di, dj, ro.ratio)
+        if len(mt) < ro.min_inliers:
+            continue
+        M, inl = cv2.estimateAffinePartial2D(
+            pj[mt[:, 1]], pi[mt[:, 0]], method=cv2.RANSAC, ransacReprojThreshold=max(2.0, 1.5 / scale)
+        )
+        if M is None or int(inl.sum()) < ro.min_inliers:
+            continue
+        h, w = hw
+        c = apply(M, np.array([[0, 0], [w - 1, h - 1]], float))
+        ox = max(0.0, min(c[1, 0], w - 1) - max(c[0, 0], 0))
+        oy = max(0.0, min(c[1, 1], h - 1) - max(c[0, 1], 0))
+        if ox * oy >= opts.min_overlap * h * w:
+            out.append((i, j, M))
     return out
 
 
@@ -235,6 +248,13 @@ def level_axes(mats: list[np.ndarray | None], hw: tuple[int, int]) -> list[np.nd
     c, s = np.cos(-ang) / sc, np.sin(-ang) / sc
     G = np.array([[c, -s, 0.0], [s, c, 0.0]])
     return [None if m is None else compose(G, m) for m in mats]
+
+
+def _centres(mats: Sequence[np.ndarray | None], hw: tuple[int, int]) -> np.ndarray:
+    """The placed frames' centres ``(n, 2)`` in panorama pixels."""
+    h, w = hw
+    centre = np.array([[(w - 1) / 2, (h - 1) / 2]])
+    return np.array([apply(m, centre)[0] for m in mats if m is not None])
 
 
 def _seam_scale(n: int, hw: tuple[int, int], megapixels: float) -> float:
@@ -255,6 +275,7 @@ def _fingerprint(sec, correction: Correction, opts: StitchOptions) -> str:
     inputs = (
         [str(t) for t in sec.tiles],
         None if sec.nominal_xy is None else sec.nominal_xy.tolist(),
+        None if sec.stage_um is None else sec.stage_um.tolist(),
         correction.key,
         _options_dict(opts),
     )
@@ -317,6 +338,10 @@ def prepare_section(
         timings["correct"] = time.perf_counter() - t0
         if sec.nominal_xy is not None:
             pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
+        elif sec.stage_um is not None:
+            pairs = _coarse_pairs(section_work, n, hw, opts, stage_neighbours(sec.stage_um))
+            nominal = stage_pixels(sec.stage_um, pairs, hw)
+            pairs = pairs if nominal is None else _nominal_pairs(nominal, hw, opts.min_overlap)
         else:
             pairs = _coarse_pairs(section_work, n, hw, opts)
         t = time.perf_counter()
@@ -356,6 +381,10 @@ def prepare_section(
     mats: list[np.ndarray | None] = [None if m is None else compose(shift, m) for m in al.transforms]
     W = int(np.ceil(max(b[2] for b in boxes) - np.floor(x0))) + 1
     H = int(np.ceil(max(b[3] for b in boxes) - np.floor(y0))) + 1
+    stage = None if sec.stage_um is None else fit_stage(sec.stage_um[placed], _centres(mats, hw))
+    pixel_size, pixel_source, warning = section_pixel_size(
+        opts.pixel_size_um, opts.pixel_size_source, stage, sec.section_id
+    )
 
     t = time.perf_counter()
     thumbs = ray.get(thumb_refs)
@@ -403,7 +432,7 @@ def prepare_section(
         blend_levels=opts.blend_levels,
         seam_refined=opts.seam_refine and opts.blend == "multiband",
     )
-    create_partial(plan, labels, opts.levels, opts.pixel_size_um)
+    create_partial(plan, labels, opts.levels, pixel_size)
     refined_pairs = 0
     if plan.seam_refined:
         t = time.perf_counter()
@@ -418,7 +447,9 @@ def prepare_section(
     }
     report["lens"] = None if lens_fit is None else lens_fit.to_dict()
     report["correction"] = correction_record(correction)
-    report["pixel_size_um"] = opts.pixel_size_um
+    report["pixel_size_um"] = pixel_size
+    report["pixel_size_source"] = pixel_source
+    report["stage"] = None if stage is None else {**stage.to_dict(), "warning": warning}
     atomic_write_bytes(
         _plan_file(work, sec.section_id), pickle.dumps({"plan": plan, "report": report, "fingerprint": fingerprint})
     )
@@ -511,6 +542,8 @@ def finish_section(plan: RenderPlan, report: dict, render_seconds: float) -> dic
             "total": round(report["timings_s"]["prepare"] + render_seconds, 3),
         },
     }
+    if (report.get("stage") or {}).get("warning"):
+        log.warning(report["stage"]["warning"])
     grp = open_store(plan.store, mode="a")[plan.group]
     grp.attrs["lode"] = {**attrs_of(grp)["lode"], "stitch": report}
     ome = dict(attrs_of(grp)["ome"])
@@ -672,7 +705,9 @@ def build_report(
         "max_edge_rms_px": round(max(al.edge_rms_px.values()), 4) if al.edge_rms_px else None,
         "panorama_hw": list(shape),
         "reference_frame": names[al.reference] if al.reference >= 0 else None,
-        "positions": "nominal" if sec.nominal_xy is not None else "all-pairs search",
+        "positions": (
+            "nominal" if sec.nominal_xy is not None else "stage" if sec.stage_um is not None else "all-pairs search"
+        ),
         "edges": edge_rows,
         "frames": frames,
         "shards": n_shards,

@@ -359,24 +359,49 @@ def _write_image(path: Path, rgb: np.ndarray, jpeg_quality: int | None) -> None:
     write_image(path, np.ascontiguousarray(rgb[..., ::-1]), params)
 
 
-def write_section(root: str | Path, section_id: str, caps: Captures, positions: bool = True) -> Path:
+def write_section(
+    root: str | Path, section_id: str, caps: Captures, positions: bool = True, pixel_size_um: float | None = None
+) -> Path:
     """Write ``<root>/<section_id>/tiles/*.png`` (+ ``positions.csv``) and ``truth.json``.
 
-    Frames are stored losslessly (JPEG artefacts, if any, are already in the pixels).
+    ``positions.csv`` holds the nominal grid in pixels (``file,x,y``), or with ``pixel_size_um`` the
+    stage positions in micrometres (``file,x_um,y_um``) of a camera with that pixel size: the frames'
+    true centres in the mosaic (jitter included, as a stage's encoders read them) times the pixel size
+    (``truth.json`` records it). Frames are stored losslessly (JPEG artefacts, if any, are already in
+    the pixels).
     """
     sec = Path(root) / section_id
     tiles = sec / "tiles"
     tiles.mkdir(parents=True, exist_ok=True)
     for name, frame in zip(caps.names, caps.frames):
         _write_image(tiles / f"{name}.png", frame, None)
+    truth = caps.truth_dict()
     if positions:
+        if pixel_size_um is None:
+            header, xy, digits = ["file", "x", "y"], caps.nominal_xy, 2
+        else:
+            header, xy, digits = ["file", "x_um", "y_um"], stage_centres(caps) * pixel_size_um, 4
+            truth["pixel_size_um"] = pixel_size_um
         with open(sec / "positions.csv", "w", newline="") as fh:
             wr = csv.writer(fh)
-            wr.writerow(["file", "x", "y"])
-            for name, (x, y) in zip(caps.names, caps.nominal_xy):
-                wr.writerow([f"{name}.png", f"{x:.2f}", f"{y:.2f}"])
-    (sec / "truth.json").write_text(json.dumps(caps.truth_dict(), indent=1))
+            wr.writerow(header)
+            for name, (x, y) in zip(caps.names, xy):
+                wr.writerow([f"{name}.png", f"{x:.{digits}f}", f"{y:.{digits}f}"])
+    (sec / "truth.json").write_text(json.dumps(truth, indent=1))
     return sec
+
+
+def stage_centres(caps: Captures) -> np.ndarray:
+    """Where each frame's centre truly is in the mosaic (source pixels less the margin), ``(n, 2)``; a
+    blank or unrelated frame (no truth transform) at its nominal place."""
+    h, w = caps.config.frame_hw
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    return np.array(
+        [
+            nominal + centre if M is None else M[:, :2] @ centre + M[:, 2] - caps.config.margin
+            for M, nominal in zip(caps.transforms, caps.nominal_xy)
+        ]
+    )
 
 
 def write_calibration(root: str | Path, frames: dict[str, list[np.ndarray]]) -> Path:
