@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pixel-size-um",
         type=float,
         default=None,
-        help="pixel size in µm (default: calibration/pixel_size.json; none: measurements stay in pixels)",
+        help="pixel size in µm (default: calibration/pixel_size.json, else each section's fit of its stage "
+        "positions in µm, positions.csv file,x_um,y_um; none: measurements stay in pixels)",
     )
     parser.add_argument(
         "--probabilities",
