@@ -215,17 +215,17 @@ def _correct(corrector: Any, files: Sequence[str], corr: Correction, hw: tuple[i
 
 def covered_box(valid: np.ndarray, step: int = 4) -> tuple[int, int, int, int]:
     """``(y0, y1, x0, x1)`` of a box holding only ``valid`` ``(h, w)`` bool pixels: the valid pixels'
-    bounding box, shrunk ``step`` px at a time on the side with the most invalid pixels."""
+    bounding box, shrunk ``step`` px at a time on the side with the largest share of invalid pixels."""
     ys, xs = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
     if not len(ys):
         return 0, 0, 0, 0
     y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
     while y1 - y0 > 2 * step and x1 - x0 > 2 * step:
         bad = [
-            int((~valid[y0 : y0 + step, x0:x1]).sum()),
-            int((~valid[y1 - step : y1, x0:x1]).sum()),
-            int((~valid[y0:y1, x0 : x0 + step]).sum()),
-            int((~valid[y0:y1, x1 - step : x1]).sum()),
+            float((~valid[y0 : y0 + step, x0:x1]).mean()),
+            float((~valid[y1 - step : y1, x0:x1]).mean()),
+            float((~valid[y0:y1, x0 : x0 + step]).mean()),
+            float((~valid[y0:y1, x1 - step : x1]).mean()),
         ]
         worst = int(np.argmax(bad))
         if bad[worst] == 0:
@@ -244,14 +244,14 @@ def covered_box(valid: np.ndarray, step: int = 4) -> tuple[int, int, int, int]:
 def refine(
     ppl: np.ndarray, xpl: np.ndarray, options: XplSectionOptions = XplSectionOptions(), source: str = "xpl"
 ) -> tuple[XplRegistration, float]:
-    """Register the XPL panorama ``xpl`` onto the PPL panorama ``ppl`` (both ``(H, W, 3)`` uint8, 0
-    where no frame is valid; same grid) over the central box (at most ``register_px`` a side) of
-    their covered interior: the registration, its ``M`` in panorama px, and its shift (px: the most
-    a corner of that box moves). Raises naming ``source`` when it fails or moves more than
-    ``max_shift_px``."""
+    """Register the XPL panorama ``xpl`` onto the PPL panorama ``ppl`` (both ``(H, W, 3)`` uint8 on the
+    same grid, rendered from the same frames: 0 where none is valid) over the central box (at most
+    ``register_px`` a side) of their covered interior: the registration, with its ``M`` in panorama
+    px, and its shift (px: the most a corner of that box moves). Raises naming ``source`` when it
+    fails or moves more than ``max_shift_px``."""
     import cv2
 
-    y0, y1, x0, x1 = covered_box((ppl.max(-1) > 0) & (xpl.max(-1) > 0))
+    y0, y1, x0, x1 = covered_box(ppl.max(-1) > 0)  # XPL is legitimately black: isotropic phases, epoxy
     half = options.register_px // 2
     cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
     y0, y1, x0, x1 = max(y0, cy - half), min(y1, cy + half), max(x0, cx - half), min(x1, cx + half)
