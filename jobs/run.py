@@ -40,7 +40,9 @@ STAGES = ("stitch", "segment", "analyze")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("collection", help="folder with <section_id>/tiles/* (+ positions.csv) and calibration/")
+    parser.add_argument(
+        "collection", help="folder with <section_id>/tiles/* (+ positions.csv, xpl/<angle>/*) and calibration/"
+    )
     parser.add_argument("--model", "--checkpoint", dest="model", required=True, help="model checkpoint (.pt)")
     parser.add_argument("--out", required=True, help="output folder (lode.ome.zarr, tables, report, manifest.json)")
     parser.add_argument("--sections", nargs="*", help="only these section ids")

@@ -13,7 +13,7 @@ import zarr
 from engine.calibrate.flat import fit_flat
 from engine.calibrate.lens import LensModel, fit_lens
 from engine.errors import LodeInputError
-from engine.register.xpl_section import XplSectionOptions, covered_box, stack_section_xpl, xpl_angles
+from engine.register.xpl_section import XplSectionOptions, angles_for, covered_box, stack_section_xpl, xpl_angles
 from engine.stitch.evaluate import alignment_rms, section_lens, truth_in_panorama
 from engine.stitch.frames import Correction
 from engine.stitch.section import StitchOptions, stitch_section
@@ -21,12 +21,11 @@ from engine.synth.captures import CaptureConfig, calibration_frames
 from engine.synth.xpl import s3_lookalike_spec
 from engine.synth.xpl_captures import XplCaptureConfig, capture_xpl_section, write_xpl_section
 
-pytestmark = pytest.mark.ray
 HW = (160, 240)
 CHANNELS = ["XPL000", "XPL045"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # 40-60 s here (Ray, the corrector actor, the calibration fit): its tests are slow
 def stitched(ray_session, tmp_path_factory):
     """A 3×3 grid of degraded frames (lens, vignetting, drift, noise, JPEG) of an S3 look-alike section
     with XPL captures at 0° and 45°, each 1.5 px off the PPL frames; stitched with the fitted calibration."""
@@ -65,6 +64,8 @@ def _shift(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array([dx, dy])
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_xpl_panorama_matches_the_truth_scene_in_the_panorama_frame(stitched):
     root, caps, cfg, corr, report, record, _ = stitched
     g = zarr.open_group(str(root / "xpl.zarr"), mode="r")["s1"]
@@ -91,6 +92,8 @@ def test_xpl_panorama_matches_the_truth_scene_in_the_panorama_frame(stitched):
     assert record["angles"] == ["000", "045"] and record["residual_px"] < 1.5
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_stacked_section_holds_the_ppl_then_the_xpl_panoramas_in_channel_order(stitched):
     root, *_, record, _ = stitched
     g = zarr.open_group(str(root / "xpl.zarr"), mode="r")["s1"]
@@ -105,6 +108,8 @@ def test_stacked_section_holds_the_ppl_then_the_xpl_panoramas_in_channel_order(s
     assert g.attrs["lode"]["stitch"]["xpl"] == record and g.attrs["lode"]["complete"] is True
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_channels_in_another_order_are_stacked_in_that_order(stitched, tmp_path):
     root, caps, cfg, corr, report, record, corrector = stitched
     rec = stack_section_xpl(
@@ -138,3 +143,20 @@ def test_xpl_layout_errors_name_the_folder(tmp_path):
         xpl_angles(sec)
     cv2.imwrite(str(sec / "xpl" / "000" / "b.png"), np.zeros((8, 8, 3), np.uint8))
     assert [Path(p).name for p in xpl_angles(sec)["000"]] == ["a.png", "b.png"]
+
+
+def test_covered_box_holds_only_covered_pixels():
+    valid = np.zeros((290, 430), np.uint8)
+    for x, y, a in [(3, 2, 0.3), (180, 5, -0.3), (2, 122, 0.2), (185, 120, -0.25)]:
+        cv2.fillPoly(valid, [np.int32(cv2.boxPoints(((x + 120, y + 80), (240, 160), a)))], 1)
+    y0, y1, x0, x1 = covered_box(valid > 0)
+    assert valid[y0:y1, x0:x1].all()
+    assert (y1 - y0) * (x1 - x0) > 0.9 * 280 * 420
+
+
+def test_channels_pick_their_angle_folders():
+    assert angles_for(["XPL045", "XPL000"], ["000", "045", "090"], "f") == ["045", "000"]
+    assert angles_for(["XPL45"], ["000", "045"], "f") == ["045"]
+    with pytest.raises(LodeInputError, match="no angle folder for channel XPL030") as exc:
+        angles_for(["XPL030"], ["000", "045"], "sec/xpl")
+    assert exc.value.source == "sec/xpl"
