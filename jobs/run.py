@@ -174,7 +174,6 @@ class _Segmenter:
         return self.batches
 
     def _loop(self) -> None:
-
         last = False
         while not last:
             names = [self.queue.get()]

@@ -35,7 +35,7 @@ from engine.errors import LodeInputError, input_error_of
 from engine.io import fs
 from engine.io.images import image_header, list_images
 from engine.io.integrity import is_complete, mark_complete
-from engine.io.layout import FULL_RESOLUTION, array_at, attrs_of, group_at
+from engine.io.layout import FULL_RESOLUTION, array_at, attrs_of, group_at, level
 from engine.io.manifest import RunManifest
 from engine.io.ome import create_image, layout_of, open_store, write_block
 from engine.raster import Unit, block_grid
@@ -127,6 +127,12 @@ def section_plan(store: str, section: str, frame_hw: tuple[int, int]) -> tuple[R
     if report is None:
         raise LodeInputError(fs.join(store, section), "holds no stitch report: not a stitched section")
     opts = report["options"]
+    if opts.get("model", "similarity") == "homography":
+        raise LodeInputError(
+            fs.join(store, section),
+            "stitched with --model homography: its report keeps the transforms to 6 decimals, too few "
+            "to render XPL captures with them (similarity transforms are kept exactly enough)",
+        )
     mats = tuple(np.asarray(f["transform"], np.float64) if f["placed"] else None for f in report["frames"])
     gains = tuple(np.asarray(f["gain"], np.float64) for f in report["frames"])
     seams = report["seam_labels"]
@@ -241,27 +247,42 @@ def covered_box(valid: np.ndarray, step: int = 4) -> tuple[int, int, int, int]:
     return y0, y1, x0, x1
 
 
+def registration_box(group: Any, register_px: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of the box of the stitched panorama image ``group`` that the XPL
+    refinement registers: the central part (at most ``register_px`` a side) of its covered interior,
+    found on its coarsest level (0 where no frame is valid) and kept a coarse pixel inside."""
+    k = layout_of(group).levels - 1
+    coarse = np.asarray(array_at(group, level(k))[...])
+    y0, y1, x0, x1 = (v << k for v in covered_box(coarse.max(0) > 0))
+    f = 2 << k
+    y0, y1, x0, x1 = y0 + f, y1 - f, x0 + f, x1 - f
+    half = register_px // 2
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    return max(y0, cy - half), min(y1, cy + half), max(x0, cx - half), min(x1, cx + half)
+
+
 def refine(
-    ppl: np.ndarray, xpl: np.ndarray, options: XplSectionOptions = XplSectionOptions(), source: str = "xpl"
+    ppl: np.ndarray,
+    xpl: np.ndarray,
+    origin: tuple[int, int],
+    options: XplSectionOptions = XplSectionOptions(),
+    source: str = "xpl",
 ) -> tuple[XplRegistration, float]:
-    """Register the XPL panorama ``xpl`` onto the PPL panorama ``ppl`` (both ``(H, W, 3)`` uint8 on the
-    same grid, rendered from the same frames: 0 where none is valid) over the central box (at most
-    ``register_px`` a side) of their covered interior: the registration, with its ``M`` in panorama
-    px, and its shift (px: the most a corner of that box moves). Raises naming ``source`` when it
-    fails or moves more than ``max_shift_px``."""
+    """Register the XPL panorama's box ``xpl`` onto the PPL panorama's same box ``ppl`` (both
+    ``(h, w, 3)`` uint8, at panorama px ``origin`` ``(y0, x0)``): the registration, with its ``M``
+    in panorama px, and its shift (px: the most a corner of the box moves). Raises naming
+    ``source`` when it fails or moves more than ``max_shift_px``."""
     import cv2
 
-    y0, y1, x0, x1 = covered_box(ppl.max(-1) > 0)  # XPL is legitimately black: isotropic phases, epoxy
-    half = options.register_px // 2
-    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-    y0, y1, x0, x1 = max(y0, cy - half), min(y1, cy + half), max(x0, cx - half), min(x1, cx + half)
-    if min(y1 - y0, x1 - x0) < 64:
-        raise LodeInputError(source, f"the panorama's covered interior ({y1 - y0}×{x1 - x0} px) is too small")
+    h, w = ppl.shape[:2]
+    if min(h, w) < 64:
+        raise LodeInputError(source, f"the panorama's covered interior ({h}×{w} px) is too small to register")
     cv2.setRNGSeed(0)
-    reg = register_xpl(ppl[y0:y1, x0:x1], xpl[y0:y1, x0:x1], options.registration, source)
+    reg = register_xpl(ppl, xpl, options.registration, source)
+    o = np.array(origin[::-1], np.float64)
     M = reg.M.copy()
-    M[:, 2] += np.array([x0, y0], np.float64) - M[:, :2] @ np.array([x0, y0], np.float64)
-    corners = np.array([[x0, y0], [x1 - 1, y0], [x0, y1 - 1], [x1 - 1, y1 - 1]], np.float64)
+    M[:, 2] += o - M[:, :2] @ o
+    corners = o + np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)
     shift = float(np.hypot(*(corners @ M[:, :2].T + M[:, 2] - corners).T).max())
     if shift > options.max_shift_px:
         raise LodeInputError(
@@ -270,9 +291,10 @@ def refine(
     return replace(reg, M=M), shift
 
 
-def _full(store: str, path: str) -> np.ndarray:
-    """Level 0 of image group ``path`` of ``store`` as ``(H, W, c)``."""
-    return np.moveaxis(np.asarray(array_at(group_at(open_store(store), path), FULL_RESOLUTION)[...]), 0, -1)
+def _box(group: Any, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Level 0 of image ``group`` over ``box`` ``(y0, y1, x0, x1)`` as ``(h, w, c)``."""
+    y0, y1, x0, x1 = box
+    return np.ascontiguousarray(np.moveaxis(np.asarray(array_at(group, FULL_RESOLUTION)[:, y0:y1, x0:x1]), 0, -1))
 
 
 def _fingerprint(report: dict, channels: Sequence[str], captures: dict[str, list[str]]) -> str:
@@ -304,7 +326,7 @@ def stack_section_xpl(
     folder = xpl_folder(section_dir)
     captures = xpl_angles(section_dir)
     use = angles_for(channels, list(captures), folder)
-    hw = image_header(captures[use[0]][0])[:2]
+    hw = image_header(read_section(section_dir).tiles[0])[:2]
     plan, report = section_plan(panoramas, section, hw)
     fingerprint = _fingerprint(report, channels, {a: captures[a] for a in use})
     root = open_store(out, mode="a")
@@ -330,7 +352,8 @@ def stack_section_xpl(
     angles_group = grp.create_group(XPL)
     for a in use:
         create_image(angles_group, a, (3, *plan.shape), layout, channel_names=["R", "G", "B"], pixel_size_um=pixel_size)
-    ppl = _full(panoramas, section)
+    box = registration_box(ppl_group, options.register_px)
+    ppl_box = _box(ppl_group, box)
     plans = {f"{section}.{XPL}.{a}": replace(plan, section=f"{section}.{XPL}.{a}", work=fs.join(work, a)) for a in use}
     targets = {k: (out, f"{section}/{XPL}/{a}") for k, a in zip(plans, use)}
     per_angle: dict[str, Any] = {}
@@ -340,7 +363,8 @@ def stack_section_xpl(
             _correct(corrector, captures[a], corr, hw, p.work)
         _render(plans, targets, fs.join(work, "render"), options.executor)
         for (key, p), a in zip(list(plans.items()), use):
-            reg, shift = refine(ppl, _full(out, targets[key][1]), options, fs.join(folder, a))
+            xpl_box = _box(group_at(grp, f"{XPL}/{a}"), box)
+            reg, shift = refine(ppl_box, xpl_box, (box[0], box[2]), options, fs.join(folder, a))
             plans[key] = replace(p, mats=tuple(None if m is None else compose(reg.M, m) for m in p.mats))
             per_angle[a] = {
                 "channel": channels[use.index(a)],
@@ -356,7 +380,7 @@ def stack_section_xpl(
         fs.remove(work)
     for b in block_grid(*plan.shape, layout.block):
         ys, xs = slice(b.y0, b.y0 + b.h), slice(b.x0, b.x0 + b.w)
-        chans = [ppl[ys, xs].transpose(2, 0, 1)]
+        chans = [np.asarray(array_at(ppl_group, FULL_RESOLUTION)[:, ys, xs])]
         for a in use:
             xpl = array_at(group_at(grp, f"{XPL}/{a}"), FULL_RESOLUTION)[:, ys, xs]
             chans.append(to_grey(np.ascontiguousarray(np.moveaxis(np.asarray(xpl), 0, -1)))[None])
