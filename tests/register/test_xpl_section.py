@@ -126,6 +126,15 @@ def test_channels_in_another_order_are_stacked_in_that_order(stitched, tmp_path)
     assert np.array_equal(a[3], b[4]) and np.array_equal(a[4], b[3])
 
 
+@pytest.mark.ray
+def test_a_stack_with_the_same_inputs_is_kept(stitched):
+    root, caps, cfg, corr, report, record, _ = stitched
+    again = stack_section_xpl(
+        root / "coll" / "s1", str(root / "pano.zarr"), "s1", str(root / "xpl.zarr"), CHANNELS, corr.flat, None, "unused"
+    )  # no corrector: nothing is rendered again
+    assert again == record
+
+
 def test_xpl_layout_errors_name_the_folder(tmp_path):
     sec = tmp_path / "s1"
     (sec / "tiles").mkdir(parents=True)
