@@ -2,13 +2,18 @@
 
 Per section, the stages of the individual jobs, with their code: capture calibration and stitching
 (``lode stitch``), segmentation (``lode segment``), then grain analysis and the section and collection
-reports (``lode analyze``). ``OUT`` holds
+reports (``lode analyze``). When the model takes XPL channels (its card's channels after R, G, B),
+each section's crossed-polar captures (``<section>/xpl/<angle>/*``, the tiles' file stems) are
+stitched with the PPL frames' transforms, registered onto the PPL panorama and stacked as those
+channels before it is segmented (:mod:`engine.register.xpl_section`); a section without ``xpl/``
+then fails alone. With a PPL-only model, ``xpl/`` folders are ignored (one line says so). ``OUT`` holds
 
-- ``lode.ome.zarr``: each section's panorama (in µm when the collection gives a pixel size), its
-  mineral labels and, in its attributes, the stitch report (frames placed, RMS, flagged frames, the
-  lens and flat used, the pixel size), the model id and the colour matrix applied: a saved one
-  (``--ccm``), or one fitted to the model's reference colours for each section annotated in
-  ``--annotations`` (default ``COLLECTION/annotations/<section>.png``, sparse masks on the panorama);
+- ``lode.ome.zarr``: each section's panorama (in µm when the collection gives a pixel size; with its
+  XPL channels when the model takes them), its mineral labels and, in its attributes, the stitch
+  report (frames placed, RMS, flagged frames, the lens and flat used, the pixel size; ``xpl``: the
+  angles used and each angle's refinement and residual), the model id and the colour matrix applied:
+  a saved one (``--ccm``), or one fitted to the model's reference colours for each section annotated
+  in ``--annotations`` (default ``COLLECTION/annotations/<section>.png``, sparse masks on the panorama);
 - the tables, exports and report of ``lode analyze`` (``grains.parquet``, ``statistics.parquet``,
   ``report.html``, ...);
 - ``manifest.json``: the run, with each section's status per stage (``units``).
@@ -37,7 +42,9 @@ STAGES = ("stitch", "segment", "analyze")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("collection", help="folder with <section_id>/tiles/* (+ positions.csv) and calibration/")
+    parser.add_argument(
+        "collection", help="folder with <section_id>/tiles/* (+ positions.csv, xpl/<angle>/*) and calibration/"
+    )
     parser.add_argument("--model", "--checkpoint", dest="model", required=True, help="model checkpoint (.pt)")
     parser.add_argument("--out", required=True, help="output folder (lode.ome.zarr, tables, report, manifest.json)")
     parser.add_argument("--sections", nargs="*", help="only these section ids")
@@ -88,9 +95,10 @@ def run(cfg: Any) -> int:
     from jobs.common import quiet_ray_data
 
     t0 = time.perf_counter()
-    check_checkpoint(cfg.model)  # a bad model or colour option fails here, before any section is stitched
+    card = check_checkpoint(cfg.model)  # a bad model or colour option fails here, before any section is stitched
     segment_options(cfg, [], "")
-    names = [fs.name(s) for s in section_dirs(cfg.collection)]
+    dirs = {fs.name(s): str(s) for s in section_dirs(cfg.collection)}
+    names = list(dirs)
     if cfg.sections:
         unknown = sorted(set(cfg.sections) - set(names))
         if unknown:
@@ -100,6 +108,9 @@ def run(cfg: Any) -> int:
     quiet_ray_data()
     work = fs.join(cfg.out, WORK)
     progress = _Progress(cfg, names)
+    xpl_channels = list(card.channels[3:])
+    if not xpl_channels:
+        _note_ignored_xpl(names, dirs, card.channels)
     timings: dict[str, float] = {}
 
     print(
@@ -108,7 +119,8 @@ def run(cfg: Any) -> int:
     )
     t = time.perf_counter()
     panoramas = fs.join(work, "panoramas.zarr")
-    segmenter = _Segmenter(cfg, panoramas, fs.join(work, "segment"))
+    stacker = _XplStacker(cfg, dirs, panoramas, work, xpl_channels) if xpl_channels else None
+    segmenter = _Segmenter(cfg, panoramas, fs.join(work, "segment"), stacker)
     try:
         progress.stitched(_stitch(cfg, panoramas, segmenter.add))
     finally:
@@ -150,8 +162,8 @@ class _Segmenter:
     section waits for at most one other and the model actor starts once per batch, not per section.
     Only section names wait in the queue; their panoramas are in the work store."""
 
-    def __init__(self, cfg: Any, panoramas: str, records: str):
-        self.cfg, self.panoramas, self.records = cfg, panoramas, records
+    def __init__(self, cfg: Any, panoramas: str, records: str, stacker: _XplStacker | None = None):
+        self.cfg, self.panoramas, self.records, self.stacker = cfg, panoramas, records, stacker
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.batches: list[tuple[list[str], dict[str, Any]]] = []
         self.error: BaseException | None = None
@@ -165,13 +177,13 @@ class _Segmenter:
         """Wait for the sections handed in so far; each batch's sections and its segmentation record."""
         self.queue.put(None)
         self.thread.join()
+        if self.stacker is not None:
+            self.stacker.close()
         if self.error is not None:
             raise self.error
         return self.batches
 
     def _loop(self) -> None:
-        from engine.io import fs
-
         last = False
         while not last:
             names = [self.queue.get()]
@@ -182,12 +194,94 @@ class _Segmenter:
             if not batch or self.error is not None:
                 continue
             try:
-                doc = _segment(self.cfg, [fs.join(self.panoramas, n) for n in batch], self.records)
+                inputs, failed = self._inputs(batch)
+                doc = _segment(self.cfg, inputs, self.records) if inputs else {}
             except BaseException as exc:  # raised in the driver's thread by close()
                 self.error = exc
                 continue
+            if failed:
+                doc = {**doc, "failed_sections": {**doc.get("failed_sections", {}), **failed}}
             self.batches.append((batch, doc))
-            print(f"  segmented {', '.join(batch)}", flush=True)
+            if inputs:
+                print(f"  segmented {', '.join(n for n in batch if n not in failed)}", flush=True)
+
+    def _inputs(self, batch: list[str]) -> tuple[list[str], dict[str, str]]:
+        """The segmentation inputs of ``batch``: each stitched panorama, or with a model that takes XPL
+        channels its XPL stack; and the sections whose XPL could not be stacked, with the reason."""
+        from engine.errors import LodeInputError
+        from engine.io import fs
+
+        if self.stacker is None:
+            return [fs.join(self.panoramas, n) for n in batch], {}
+        inputs, failed = [], {}
+        for n in batch:
+            try:
+                inputs.append(self.stacker.stack(n))
+            except LodeInputError as exc:
+                failed[n] = str(exc)
+                print(f"  {n}: no XPL channels ({exc})", flush=True)
+        return inputs, failed
+
+
+def _note_ignored_xpl(names: list[str], dirs: dict[str, str], channels: list[str]) -> None:
+    """One line when sections have XPL captures that a PPL-only model does not take."""
+    from engine.register.xpl_section import has_xpl
+
+    with_xpl = [n for n in names if has_xpl(dirs[n])]
+    if with_xpl:
+        print(
+            f"note: {len(with_xpl)} section(s) have xpl/ captures ({', '.join(with_xpl[:5])}); the model takes "
+            f"{', '.join(channels)} only: XPL ignored",
+            flush=True,
+        )
+
+
+class _XplStacker:
+    """Each stitched section's XPL channels (``engine.register.xpl_section``) in ``OUT/.lode-run/xpl.zarr``:
+    the stacked section the segmentation reads instead of the PPL panorama. The collection's flat
+    field is loaded and the frame corrector started for the first section."""
+
+    def __init__(self, cfg: Any, dirs: dict[str, str], panoramas: str, work: str, channels: list[str]):
+        from engine.io import fs
+
+        self.cfg, self.dirs, self.panoramas, self.channels = cfg, dirs, panoramas, channels
+        self.store, self.work = fs.join(work, "xpl.zarr"), fs.join(work, "xpl-work")
+        self.flat: Any = None
+        self.corrector: Any = None
+
+    def stack(self, name: str) -> str:
+        """The stacked section of ``name`` (made, or kept from an earlier run with the same inputs)."""
+        from engine.io import fs
+        from engine.register.xpl_section import stack_section_xpl
+        from engine.stitch.collection import load_correction
+        from engine.stitch.section import frame_corrector
+
+        if self.corrector is None:
+            self.flat = load_correction(self.cfg.collection, use_lens=False).flat
+            self.corrector = frame_corrector()
+        rec = stack_section_xpl(
+            self.dirs[name],
+            self.panoramas,
+            name,
+            self.store,
+            self.channels,
+            self.flat,
+            self.corrector,
+            fs.join(self.work, name),
+        )
+        print(
+            f"  {name}: XPL {', '.join(rec['angles'])} stitched with the PPL transforms, refined by at most "
+            f"{rec['max_shift_px']} px (residual {rec['residual_px']} px)",
+            flush=True,
+        )
+        return fs.join(self.store, name)
+
+    def close(self) -> None:
+        import ray
+
+        if self.corrector is not None:
+            ray.kill(self.corrector, no_restart=True)
+            self.corrector = None
 
 
 def segment_options(cfg: Any, inputs: list[str], records: str) -> Any:

@@ -1,10 +1,13 @@
 """A collection of sections to stitch, and the calibration that comes with it.
 
 Layout: ``<collection>/<section_id>/tiles/*`` (+ ``positions.csv``, in pixels or stage micrometres:
-:mod:`engine.stitch.frames`) and an optional ``<collection>/calibration/`` holding ``lens.json`` and
-``flat.npz`` (fitted) or raw ``checkerboard/``, ``flat/`` and ``dark/`` frames (fitted here on the
-fly), and ``pixel_size.json`` (``{"pixel_size_um": 0.65}``: the camera's pixel size on the section;
-without it a section's stage positions in micrometres give one: :mod:`engine.stitch.stage`).
+:mod:`engine.stitch.frames`; optional crossed-polar captures ``<section_id>/xpl/<angle>/*``, one
+folder per stage angle with one capture per tile under the tile's file stem, taken at the same stage
+position: :mod:`engine.register.xpl_section`) and an optional ``<collection>/calibration/`` holding
+``lens.json`` and ``flat.npz`` (fitted) or raw ``checkerboard/``, ``flat/`` and ``dark/`` frames
+(fitted here on the fly), and ``pixel_size.json`` (``{"pixel_size_um": 0.65}``: the camera's pixel
+size on the section; without it a section's stage positions in micrometres give one:
+:mod:`engine.stitch.stage`).
 """
 
 from __future__ import annotations

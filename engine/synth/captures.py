@@ -237,12 +237,15 @@ def _drift(n: int, amount: float, rng: np.random.Generator) -> np.ndarray:
     return g / g.mean()
 
 
-def capture_grid(source: np.ndarray | None, cfg: CaptureConfig) -> Captures:
+def capture_grid(source: np.ndarray | None, cfg: CaptureConfig, frame_offset: np.ndarray | None = None) -> Captures:
     """Photograph ``source`` (or a fresh :func:`textured_section`) as ``cfg`` says.
 
     ``source`` must be at least ``cfg.source_hw``; frames in ``cfg.blank_frames``
     show featureless epoxy and frames in ``cfg.isolated_frames`` show another part of
     the section that overlaps nothing (their truth transform is ``None``).
+    ``frame_offset`` (2×3, ideal frame px → the grid's ideal frame px): every frame is taken that
+    much off its grid position (a second capture pass at the same stage positions); the truth
+    transforms stay the grid's.
     """
     rng = np.random.default_rng(cfg.seed)
     if source is None:
@@ -279,6 +282,8 @@ def capture_grid(source: np.ndarray | None, cfg: CaptureConfig) -> Captures:
                 truth.append(None)
             else:
                 truth.append(M)
+            if frame_offset is not None:
+                Mi = Mi @ np.vstack([frame_offset, [0.0, 0.0, 1.0]])
             mx = Mi[0, 0] * ideal[..., 0] + Mi[0, 1] * ideal[..., 1] + Mi[0, 2]
             my = Mi[1, 0] * ideal[..., 0] + Mi[1, 1] * ideal[..., 1] + Mi[1, 2]
             scene = cv2.remap(
