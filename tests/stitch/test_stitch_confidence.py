@@ -69,7 +69,7 @@ def test_a_frame_hanging_on_one_edge_is_reported_and_flagged():
     assert conf.one_edge == {2: (1, 2)} and conf.edge_loo_px[(1, 2)] is None
     assert conf.edge_sigma_px[(1, 2)] > 0
     names = [f"f{k}.png" for k in range(9)]
-    sec = SimpleNamespace(tiles=names, section_id="s", nominal_xy=None)
+    sec = SimpleNamespace(tiles=names, section_id="s", nominal_xy=None, stage_um=None)
     rep = build_report(
         sec, HW, edges, al, conf, al.transforms, [np.ones(3)] * 9, (1, 1), [True] * 9, StitchOptions(), {}, 0, [9.0] * 9
     )
