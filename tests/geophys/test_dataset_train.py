@@ -49,6 +49,7 @@ def test_ray_train_loop_writes_loadable_checkpoint(tmp_path, ray_session):
         assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
 
 
+@pytest.mark.slow  # ~25 s; the same resume from last/ is in the default suite for the prospectivity trainers
 def test_a_resumed_lineament_run_ends_where_an_uninterrupted_one_does(tmp_path, kill_after_epoch):
     """In-process executor: a run killed after epoch 1's checkpoint and resumed from ``last/`` gives
     bit-identical weights to the uninterrupted run, and its history runs on without a gap."""

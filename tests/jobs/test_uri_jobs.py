@@ -185,8 +185,9 @@ CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
 
 
 # the prospect round trip trains a model (~60 s on a loaded 2-core machine), the segmentation one runs a model
-# actor twice (~30 s); the default run keeps the S3 round trip of every other job
-SLOW = {"prospect", "segment"}
+# actor twice (~30 s), the stitch one ~30 s (stitching on S3 is also the slow 3-node lode run, tests/jobs/test_run.py);
+# the default run keeps the S3 round trip of every other job
+SLOW = {"prospect", "segment", "stitch"}
 
 
 def _normalise(value, numbers: bool = True):

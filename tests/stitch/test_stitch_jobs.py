@@ -15,6 +15,7 @@ def _parse(module, argv):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~20 s; raw calibration frames through stitching are also lode run's default tests (test_run.py)
 def test_lode_stitch_collection_with_raw_calibration(tmp_path, ray_session):
     cfg = CaptureConfig.degraded(frame_hw=(200, 300), seed=31, rows=2, cols=3)
     write_section(tmp_path / "coll", "secA", capture_grid(None, cfg))
