@@ -54,6 +54,8 @@ def test_unexpected_tile_formats_are_refused_not_converted(
     assert list(zarr.open_group(str(store), mode="r").groups()) == []
 
 
+@pytest.mark.slow  # ~20 s; also in the default suite: a corrupt section fails alone (test_fault_tolerance), a
+# truncated JPEG is named (test_bad_input), a blank frame is flagged (tests/stitch/test_stitch_section.py)
 def test_a_truncated_jpeg_section_fails_alone_and_a_blank_frame_is_flagged(tmp_path, ray_session, capsys):
     coll = _collection(tmp_path / "coll", ("secA", "secB", "secC"), blank={"secA": (3,)})
     png = _tile(coll, "secB")

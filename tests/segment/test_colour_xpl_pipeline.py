@@ -95,6 +95,7 @@ def test_colour_stage_equals_segmenting_corrected_captures(ray_session, cast_cap
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~20 s; the matrix applied in the model actor is the per-image test's, the file's mapping the next
 def test_a_saved_ccm_equals_segmenting_corrected_captures(ray_session, cast_captures, tmp_path):
     """``--ccm ccm.json`` (``lode calibrate colour``'s file) applies each section's saved matrix in the model actor."""
     from engine.calibrate.colour import save_matrices
