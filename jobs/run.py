@@ -119,21 +119,26 @@ def run(cfg: Any) -> int:
     )
     t = time.perf_counter()
     panoramas = fs.join(work, "panoramas.zarr")
+    store = fs.join(cfg.out, STORE_NAME)
     stacker = _XplStacker(cfg, dirs, panoramas, work, xpl_channels) if xpl_channels else None
-    segmenter = _Segmenter(cfg, panoramas, fs.join(work, "segment"), stacker)
+    measurer = _Measurer(cfg, store)
+    segmenter = _Segmenter(cfg, panoramas, fs.join(work, "segment"), stacker, measurer.add)
     try:
-        progress.stitched(_stitch(cfg, panoramas, segmenter.add))
+        try:
+            progress.stitched(_stitch(cfg, panoramas, segmenter.add))
+        finally:
+            batches = segmenter.close()
     finally:
-        batches = segmenter.close()
+        exported = measurer.close()
     for batch, doc in batches:
         progress.segmented(doc, [n for n in batch if n in progress.units])
     timings["stitch_segment_s"] = time.perf_counter() - t
 
     todo = progress.ready_for("analyze")
     if todo:
-        print(f"[2/2] measuring grains and writing the reports of {len(todo)} section(s) ...", flush=True)
+        print(f"[2/2] writing the tables and reports of {len(todo)} section(s) ...", flush=True)
         t = time.perf_counter()
-        progress.analyzed(_analyze(cfg, fs.join(cfg.out, STORE_NAME), todo), todo)
+        progress.analyzed(_analyze(cfg, store, todo, [n for n in todo if n not in exported]), todo)
         timings["analyze_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     return progress.close(timings)
@@ -160,10 +165,19 @@ class _Segmenter:
     """Segments stitched sections (``lode segment``'s code) in a thread of the driver while the next
     ones are stitched: each segmentation takes every section stitched since the last one began, so a
     section waits for at most one other and the model actor starts once per batch, not per section.
-    Only section names wait in the queue; their panoramas are in the work store."""
+    Only section names wait in the queue; their panoramas are in the work store. The sections of a
+    batch that are wholly segmented go on to ``on_segmented``."""
 
-    def __init__(self, cfg: Any, panoramas: str, records: str, stacker: _XplStacker | None = None):
+    def __init__(
+        self,
+        cfg: Any,
+        panoramas: str,
+        records: str,
+        stacker: _XplStacker | None = None,
+        on_segmented: Callable[[list[str]], None] = lambda names: None,
+    ):
         self.cfg, self.panoramas, self.records, self.stacker = cfg, panoramas, records, stacker
+        self.on_segmented = on_segmented
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.batches: list[tuple[list[str], dict[str, Any]]] = []
         self.error: BaseException | None = None
@@ -202,8 +216,10 @@ class _Segmenter:
             if failed:
                 doc = {**doc, "failed_sections": {**doc.get("failed_sections", {}), **failed}}
             self.batches.append((batch, doc))
-            if inputs:
-                print(f"  segmented {', '.join(n for n in batch if n not in failed)}", flush=True)
+            done = [n for n, u in segment_units(doc, batch).items() if u["status"] == "done"]
+            if done:
+                print(f"  segmented {', '.join(done)}", flush=True)
+                self.on_segmented(done)
 
     def _inputs(self, batch: list[str]) -> tuple[list[str], dict[str, str]]:
         """The segmentation inputs of ``batch``: each stitched panorama, or with a model that takes XPL
@@ -321,16 +337,72 @@ def _segment(cfg: Any, inputs: list[str], records: str) -> dict[str, Any]:
         return {**(RunManifest(records).read() or {}), "error": str(exc)}
 
 
-def _analyze(cfg: Any, store: str, sections: list[str]) -> Any:
-    """Grains, statistics, exports (one Ray task per section) and the reports (``lode analyze``'s code)
-    of the segmented sections."""
+class _Measurer:
+    """Measures each segmented batch's grains and writes its exports (``lode analyze``'s code) in a
+    thread of the driver, while later sections are stitched and segmented. The grain blocks stay in
+    ``OUT/.grains-work`` for the collection's tables (:func:`_analyze`), which then only merge them.
+    A batch that fails here is measured again there, where its error is reported."""
+
+    def __init__(self, cfg: Any, store: str):
+        self.cfg, self.store = cfg, store
+        self.queue: queue.Queue[list[str] | None] = queue.Queue()
+        self.exported: set[str] = set()
+        self.thread = threading.Thread(target=self._loop, name="lode-measure", daemon=True)
+        self.thread.start()
+
+    def add(self, names: list[str]) -> None:
+        self.queue.put(names)
+
+    def close(self) -> set[str]:
+        """Wait for the batches handed in so far; the sections measured and exported."""
+        self.queue.put(None)
+        self.thread.join()
+        return self.exported
+
+    def _loop(self) -> None:
+        from engine.analyze.collection import measure_grains
+        from engine.export.sections import export_sections
+
+        while (names := self.queue.get()) is not None:
+            try:
+                grains = measure_grains(self.store, self.cfg.out, executor="ray", sections=names)
+                export_sections(self.store, grains.grain_table(), self.cfg.out, sections=names, executor="ray")
+            except Exception as exc:  # noqa: BLE001 - the collection's analysis measures them again and reports
+                print(f"  {', '.join(names)}: measured again at the end ({type(exc).__name__})", flush=True)
+                continue
+            self.exported.update(names)
+            counts = ", ".join(f"{n} {len(t)}" for n, t in zip(names, grains.tables, strict=True))
+            print(f"  measured and exported {counts} grains", flush=True)
+
+
+def _analyze(cfg: Any, store: str, sections: list[str], export: list[str]) -> Any:
+    """Grains (the blocks not measured yet), statistics and the reports (``lode analyze``'s code) of
+    the segmented sections, and the exports of those in ``export`` (one Ray task per section)."""
     from engine.analyze.collection import analyze_store
     from engine.export.sections import export_sections
     from engine.io import fs
 
     res = analyze_store(store, cfg.out, executor="ray", sections=sections, report=not cfg.no_report)
-    export_sections(store, res.grains_path, fs.parent(str(res.grains_path)), sections=sections, executor="ray")
+    if export:
+        export_sections(store, res.grains_path, fs.parent(str(res.grains_path)), sections=export, executor="ray")
     return res
+
+
+def segment_units(doc: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each section's segmentation status in a batch's record ``doc``: done when all its blocks are
+    (``doc["blocks"]``); otherwise failed, with its reason, or the batch's error when it did not start."""
+    failed = doc.get("failed_sections", {})
+    blocks: dict[str, list[str]] = {}
+    for b in doc.get("blocks", []):
+        blocks.setdefault(b["unit"].split("/")[0], []).append(b["status"])
+    units = {}
+    for n in names:
+        states = blocks.get(n, [])
+        if states and all(s == "done" for s in states):
+            units[n] = {"status": "done", "blocks": len(states)}
+        else:
+            units[n] = {"status": "failed", "reason": failed.get(n) or doc.get("error") or "not segmented"}
+    return units
 
 
 class _Progress:
@@ -353,19 +425,9 @@ class _Progress:
         self._record("running")
 
     def segmented(self, doc: dict[str, Any], todo: list[str]) -> None:
-        """Record a segmentation batch: a section is done when all its blocks are (``doc["blocks"]``: the
-        batch's record); otherwise failed, with its reason, or the batch's error when it did not start."""
-        failed = doc.get("failed_sections", {})
-        blocks: dict[str, list[str]] = {}
-        for b in doc.get("blocks", []):
-            blocks.setdefault(b["unit"].split("/")[0], []).append(b["status"])
-        for n in todo:
-            states = blocks.get(n, [])
-            if states and all(s == "done" for s in states):
-                self.units[n]["segment"] = {"status": "done", "blocks": len(states)}
-            else:
-                reason = failed.get(n) or doc.get("error") or "not segmented"
-                self.units[n]["segment"] = {"status": "failed", "reason": reason}
+        """Record a segmentation batch (:func:`segment_units`)."""
+        for n, unit in segment_units(doc, todo).items():
+            self.units[n]["segment"] = unit
         self._record("running")
 
     def analyzed(self, res: Any, todo: list[str]) -> None:

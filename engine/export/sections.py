@@ -21,7 +21,7 @@ EXPORTS = "exports"
 
 def export_sections(
     store: str | Path,
-    grains_path: str | Path,
+    grains: pd.DataFrame | str | Path,
     out: str | Path,
     label_name: str = "minerals",
     *,
@@ -30,8 +30,10 @@ def export_sections(
 ) -> dict[str, dict[str, str]]:
     """Write ``<section>.grains.geojson`` (QuPath detections) and ``<section>.labels.ome.tif`` for
     every section of ``store`` (``sections``: just these) that has the label image; returns their
-    locations by section. ``executor="ray"``: one Ray task per section, side by side."""
-    grains = pd.read_parquet(str(grains_path))
+    locations by section. ``grains``: the grain table (``grains.parquet`` or its rows of these sections).
+    ``executor="ray"``: one Ray task per section, side by side."""
+    if not isinstance(grains, pd.DataFrame):
+        grains = pd.read_parquet(str(grains))
     path = f"{LABELS_GROUP}/{label_name}"
     names = [
         n

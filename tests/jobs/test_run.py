@@ -168,10 +168,14 @@ def _stitched(out: Path) -> int:
     return sum(u.get("status") == "done" for u in units.values())
 
 
+def _segmented(out: Path) -> int:
+    return len(list((out / ".lode-run" / "segment" / "_status").glob("*/*.json")))
+
+
 KILL_WHEN = {
     "stitching": lambda out: _stitched(out) >= 1,
-    "segmentation": lambda out: len(list((out / ".lode-run" / "segment" / "_status").glob("*/*.json"))) >= 1,
-    "analysis": lambda out: (out / ".grains-work").exists(),
+    "segmentation": lambda out: _segmented(out) >= 1,
+    "analysis": lambda out: _segmented(out) == len(SECTIONS) and (out / ".grains-work").exists(),
 }
 
 
@@ -205,7 +209,7 @@ def test_lode_run_killed_during_a_stage_resumes_byte_identical(whole, collection
         kill_session(proc)
     assert proc.returncode != 0, f"the run ended before it was killed: {proc.stderr.read()[-2000:]}"
     assert not (out / "grains.parquet").exists()
-    segmented = len(list((out / ".lode-run" / "segment" / "_status").glob("*/*.json")))
+    segmented = _segmented(out)
     assert {
         "stitching": _stitched(out) < len(SECTIONS),
         "segmentation": 0 < segmented < len(SECTIONS),
