@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from engine.analyze.collection import WORK, analyze_store
+from engine.analyze.collection import WORK, analyze_store, measure_grains
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,3 +84,17 @@ def test_killed_job_resumes_with_identical_tables(two_sections, tmp_path):
     _same_tables(out / "grains.parquet", FIXTURES / "two_sections_grains.parquet")
     _same_tables(out / "statistics.parquet", FIXTURES / "two_sections_statistics_b64.parquet")
     assert not (out / WORK).exists()
+
+
+def test_a_pass_over_one_section_is_kept_for_the_tables_of_all(two_sections, tmp_path):
+    """``lode run`` measures each section once it is segmented: the collection's tables then run only
+    the other sections' blocks, and equal the pinned ones."""
+    store, _ = two_sections
+    first = measure_grains(store, tmp_path, sections=["s1"])
+    assert (first.ran, first.skipped) == (12, 0) and [s.name for s in first.sections] == ["s1"]
+    res = analyze_store(store, tmp_path, report=False)
+    assert res.blocks == {"ran": 12, "skipped": 12}
+    _same_tables(res.grains_path, FIXTURES / "two_sections_grains.parquet")
+    _same_tables(res.statistics_path, FIXTURES / "two_sections_statistics.parquet")
+    pd.testing.assert_frame_equal(first.grain_table(), pd.read_parquet(res.grains_path).query("section == 's1'"))
+    assert not (tmp_path / WORK).exists()
