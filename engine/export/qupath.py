@@ -29,7 +29,6 @@ from rasterio.transform import Affine
 from shapely.geometry.base import BaseGeometry
 
 from engine.export.grains import bbox_of, grain_mask
-from engine.export.validity import make_valid
 
 MEASUREMENTS = (
     "area_px",
@@ -58,10 +57,9 @@ def outline(mask: np.ndarray, y0: int, x0: int) -> dict:
     return _finish(shapely.unary_union(parts))
 
 
-def _finish(union: BaseGeometry, valid: bool | None = None) -> dict:
-    """The GeoJSON geometry of a grain from the union of its traced parts (``valid``: whether that
-    union is known to be valid)."""
-    geom = make_valid(union, valid)  # rings touching at a corner are split
+def _finish(union: BaseGeometry) -> dict:
+    """The GeoJSON geometry of a grain from the union of its traced parts."""
+    geom = shapely.make_valid(union)  # rings touching at a corner are split
     if geom.geom_type == "GeometryCollection":
         geom = shapely.unary_union([g for g in geom.geoms if g.geom_type in ("Polygon", "MultiPolygon")])
     return dict(shapely.geometry.mapping(geom))
@@ -146,9 +144,7 @@ def _settle(out: list[dict | None], found: dict[int, int], traced: list[dict], p
         return
     regions = np.unique(np.fromiter(found.values(), np.int64, len(found)))
     valid = shapely.is_valid(polygons[regions]).tolist()
-    geometry = {
-        int(i): traced[i] if ok else _finish(polygons[i], valid=False) for i, ok in zip(regions, valid, strict=True)
-    }
+    geometry = {int(i): traced[i] if ok else _finish(polygons[i]) for i, ok in zip(regions, valid, strict=True)}
     for r, i in found.items():
         out[r] = geometry[i]
 

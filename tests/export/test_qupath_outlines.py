@@ -16,7 +16,6 @@ from rasterio.transform import Affine
 from scipy import ndimage as ndi
 from skimage.measure import label as sk_label
 
-import engine.export.validity as validity
 from engine.analyze.grains import finish_grain_table, grain_lut_for, measure_labels
 from engine.classes import LUMENSTONE
 from engine.export.qupath import MEASUREMENTS, grain_features
@@ -189,42 +188,3 @@ def test_section_with_no_grains():
     lab = np.zeros((20, 30), np.uint8)
     grains = _table(lab, 2)
     assert list(grain_features(lab, grains, COLOURS)) == []
-
-
-def _traced(seed: int, n: int = 400) -> list[shapely.Polygon]:
-    rng = np.random.default_rng(seed)
-    lab = rng.choice(np.array([0, 1, 2], np.uint8), size=(n, 60), p=[0.45, 0.35, 0.2])
-    return [shapely.geometry.shape(g) for g, v in shapes(lab, mask=lab > 0, connectivity=8)]
-
-
-def test_make_valid_equals_shapely():
-    polys = _traced(8)
-    invalid = [p for p in polys if not p.is_valid]
-    assert len(invalid) > 50
-    odd = [
-        shapely.Polygon([(0, 0), (2, 2), (2, 0), (0, 2), (0, 0)]),  # a bow tie: not axis-parallel
-        shapely.Polygon([(0, 0), (0, 1.5), (1, 1.5), (1, 3), (2, 3), (2, 1.5), (1, 1.5), (1, 0), (0, 0)]),
-        shapely.MultiPolygon([shapely.box(0, 0, 2, 2), shapely.box(1, 1, 3, 3)]),
-    ]
-    for p in polys + odd:
-        want, got = shapely.make_valid(p), validity.make_valid(p)
-        assert got.geom_type == want.geom_type
-        assert shapely.equals_exact(got, want, tolerance=0), p.wkt
-
-
-def test_make_valid_leftover_edges(monkeypatch):
-    """Polygons whose first built area leaves cut edges over (GEOS builds again) come out as GEOS's."""
-    calls = []
-    difference = shapely.difference
-    monkeypatch.setattr(validity.shapely, "difference", lambda a, b: calls.append(1) or difference(a, b))
-    lab = np.full((64, 64), 3, np.uint8)
-    rng = np.random.default_rng(2)
-    holes = rng.random(lab.shape) < 0.3
-    lab[holes] = 0
-    lab[0, :] = lab[-1, :] = lab[:, 0] = lab[:, -1] = 3
-    big = max((shapely.geometry.shape(g) for g, v in shapes(lab, connectivity=8) if v == 3), key=lambda p: p.area)
-    assert not big.is_valid
-    got = validity.make_valid(big)
-    assert calls, "the cut edges were all used by the first area"
-    want = shapely.make_valid(big)
-    assert got.geom_type == want.geom_type and shapely.equals_exact(got, want, tolerance=0)
