@@ -58,7 +58,9 @@ def cast_captures(tmp_path_factory):
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("mode", ["per-image", pytest.param("series", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 24-36 s: two segmentations. Default covers: the matrix applied in the model actor
+# (test_predictor), which sections get which fitted matrix (test_annotated_colour_fits_only_the_annotated_sections)
+@pytest.mark.parametrize("mode", ["per-image", "series"])
 def test_colour_stage_equals_segmenting_corrected_captures(ray_session, cast_captures, tmp_path, mode):
     root, ckpt = cast_captures
     caps = sorted((root / "caps").glob("*.png"))
