@@ -371,7 +371,7 @@ class _Measurer:
                 print(f"  {', '.join(names)}: measured again at the end ({type(exc).__name__})", flush=True)
                 continue
             self.exported.update(names)
-            counts = ", ".join(f"{n} {len(t)}" for n, t in zip(names, grains.tables, strict=True))
+            counts = ", ".join(f"{s.name} {len(t)}" for s, t in zip(grains.sections, grains.tables, strict=True))
             print(f"  measured and exported {counts} grains", flush=True)
 
 
