@@ -10,7 +10,11 @@ Every job runs as ``python -m jobs.<name>`` in its own process with its own Ray 
 - the same 8 sections through ``lode stitch``, ``lode segment`` and ``lode analyze`` run one after
   another: their summed wall time. Throughput (sections per hour) of both; the pipelined run must be faster.
 
-``python -m benchmarks.collection --json OUT [--size W H] [--counts 2 8]``
+The 8-section runs are interleaved A B B A (``lode run``, the jobs, the jobs, ``lode run``; ``--repeats``
+pairs), so that a drift of the shared machine weighs on both alike; the figures are the sums over the
+repeats, beside each run's own wall time and the machine's busy and stolen CPU seconds during it.
+
+``python -m benchmarks.collection --json OUT [--size W H] [--counts 2 8] [--repeats 2]``
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -87,6 +92,8 @@ def _chain(coll: Path, model: Path, out: Path) -> dict:
         print(f"  {name}: {steps[name]}", flush=True)
     return {
         "seconds": round(sum(s["seconds"] for s in steps.values()), 2),
+        "cpu_s": round(sum(s["cpu_s"] for s in steps.values()), 1),
+        "steal_s": round(sum(s["steal_s"] for s in steps.values()), 1),
         "peak_rss_gib": max(s["peak_rss_gib"] for s in steps.values()),
         "jobs": steps,
     }
@@ -97,25 +104,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--counts", type=int, nargs=2, default=[2, 8], metavar=("FEW", "MANY"))
     ap.add_argument("--size", type=int, nargs=2, default=[6000, 4000], metavar=("W", "H"), help="panorama size")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs of each way on the larger collection, interleaved A B B A (default 2)",
+    )
     ap.add_argument("--work", type=Path, help="keep inputs and outputs here (default: a temporary folder)")
     args = ap.parse_args(argv)
     few, many = args.counts
     hw = frame_hw(*args.size)
+    order = ["run", "chain", "chain", "run"] * (args.repeats // 2) + ["run", "chain"] * (args.repeats % 2)
     with tempfile.TemporaryDirectory(prefix="lode-bench-collection-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         model = write_model(work / "model.pt")
         colls = {n: write_collection(work / f"c{n}", n, hw) for n in (few, many)}
         print(f"{few} and {many} sections of {GRID}×{GRID} frames of {hw[1]}×{hw[0]} written", flush=True)
-        runs = {}
-        for n in (few, many):
-            runs[str(n)] = _run(colls[n], model, work / f"run{n}")
-            print(f"lode run, {n} sections: {runs[str(n)]}", flush=True)
-        chain = _chain(colls[many], model, work / f"chain{many}")
-        print(f"stitch + segment + analyze, {many} sections: {chain['seconds']} s", flush=True)
-    ratio = runs[str(many)]["peak_rss_gib"] / runs[str(few)]["peak_rss_gib"]
-    pipelined = 3600 * many / runs[str(many)]["seconds"]
-    sequential = 3600 * many / chain["seconds"]
+        few_run = _run(colls[few], model, work / f"run{few}")
+        print(f"lode run, {few} sections: {few_run}", flush=True)
+        runs: dict[str, list[dict]] = {"run": [], "chain": []}
+        for i, mode in enumerate(order):
+            out = work / f"{mode}{many}_{i}"
+            res = _run(colls[many], model, out) if mode == "run" else _chain(colls[many], model, out)
+            shutil.rmtree(out, ignore_errors=True)
+            runs[mode].append(res)
+            print(f"{'lode run' if mode == 'run' else 'the jobs'}, {many} sections: {res['seconds']} s", flush=True)
+    total = {mode: sum(r["seconds"] for r in rs) for mode, rs in runs.items()}
+    ratio = max(r["peak_rss_gib"] for r in runs["run"]) / few_run["peak_rss_gib"]
+    pipelined = 3600 * many * len(runs["run"]) / total["run"]
+    sequential = 3600 * many * len(runs["chain"]) / total["chain"]
     result = {
         "benchmark": "collection",
         "sections": {"grid": f"{GRID}x{GRID}", "frame_hw": list(hw), "panorama_about_wh": args.size},
@@ -123,11 +141,16 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "few": few,
         "many": many,
-        "lode_run": runs,
-        "individual_jobs": {str(many): chain},
+        "order": order,
+        "lode_run": {str(few): few_run, str(many): runs["run"]},
+        "individual_jobs": {str(many): runs["chain"]},
         "rss_ratio": round(ratio, 4),
         "sections_per_hour": {"lode_run": round(pipelined, 2), "individual_jobs": round(sequential, 2)},
         "speedup": round(pipelined / sequential, 4),
+        "speedup_per_pair": [
+            round(c["seconds"] / r["seconds"], 4) for r, c in zip(runs["run"], runs["chain"], strict=True)
+        ],
+        "cpu_s_ratio": round(sum(r["cpu_s"] for r in runs["run"]) / sum(c["cpu_s"] for c in runs["chain"]), 4),
         "acceptance": {
             "rss_ratio_max": TARGET_RATIO,
             "rss_met": ratio <= TARGET_RATIO,

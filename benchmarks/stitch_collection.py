@@ -35,15 +35,29 @@ def write_collection(root: Path, sections: int, grid: int = 3) -> Path:
     return root
 
 
+def machine_cpu() -> tuple[float, float]:
+    """Seconds of CPU this machine has spent busy (user, nice, system, interrupts) and stolen by its host
+    since boot (``/proc/stat``); ``(nan, nan)`` where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return float("nan"), float("nan")
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
 def run_measured(argv: list[str]) -> dict:
     """Run ``python -m <argv>`` in its own process with its own Ray session: its wall time, the peak of
     the RSS and PSS (GiB) summed over its process tree and every process of its Ray session (sampled every
-    0.5 s), and its standard output. Raises with the end of its stderr when it fails."""
+    0.5 s), the machine's busy and stolen CPU seconds meanwhile (the sampling's own included; nothing else
+    should run), and its standard output. Raises with the end of its stderr when it fails."""
     from benchmarks.lineaments import _ray_tagged, _route_memory
 
     tag = tempfile.mkdtemp(prefix="lbs")  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_TMPDIR": tag, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_AUTH_MODE": "disabled"}
-    t = time.perf_counter()
+    t, (cpu0, steal0) = time.perf_counter(), machine_cpu()
     proc = subprocess.Popen(
         [sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -62,6 +76,7 @@ def run_measured(argv: list[str]) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     out, err = proc.communicate()
+    seconds, (cpu1, steal1) = time.perf_counter() - t, machine_cpu()
     stop.set()
     sampler.join()
     for q in _ray_tagged(tag):  # what is left of the job's own Ray session
@@ -73,7 +88,9 @@ def run_measured(argv: list[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:1])} failed ({proc.returncode}): {err[-3000:]}")
     return {
-        "seconds": round(time.perf_counter() - t, 2),
+        "seconds": round(seconds, 2),
+        "cpu_s": round(cpu1 - cpu0, 1),
+        "steal_s": round(steal1 - steal0, 1),
         "peak_rss_gib": round(peak[0] / 1024, 4),
         "peak_pss_gib": round(peak[1] / 1024, 4),
         "processes_at_peak": peak[2],

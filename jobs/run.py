@@ -125,21 +125,24 @@ def run(cfg: Any) -> int:
     segmenter = _Segmenter(cfg, panoramas, fs.join(work, "segment"), stacker, measurer.add)
     try:
         try:
-            progress.stitched(_stitch(cfg, panoramas, segmenter.add))
+            try:
+                progress.stitched(_stitch(cfg, panoramas, segmenter.add))
+            finally:
+                batches = segmenter.close()
         finally:
-            batches = segmenter.close()
-    finally:
-        exported = measurer.close()
-    for batch, doc in batches:
-        progress.segmented(doc, [n for n in batch if n in progress.units])
-    timings["stitch_segment_s"] = time.perf_counter() - t
+            measurer.close()
+        for batch, doc in batches:
+            progress.segmented(doc, [n for n in batch if n in progress.units])
+        timings["stitch_segment_s"] = time.perf_counter() - t
 
-    todo = progress.ready_for("analyze")
-    if todo:
-        print(f"[2/2] writing the tables and reports of {len(todo)} section(s) ...", flush=True)
-        t = time.perf_counter()
-        progress.analyzed(_analyze(cfg, store, todo, [n for n in todo if n not in exported]), todo)
-        timings["analyze_s"] = time.perf_counter() - t
+        todo = progress.ready_for("analyze")
+        if todo:
+            print(f"[2/2] writing the tables and reports of {len(todo)} section(s) ...", flush=True)
+            t = time.perf_counter()
+            progress.analyzed(_analyze(cfg, store, todo, measurer), todo)
+            timings["analyze_s"] = time.perf_counter() - t
+    finally:
+        measurer.exported()  # no export is cut off half-written
     timings["total_s"] = time.perf_counter() - t0
     return progress.close(timings)
 
@@ -338,51 +341,69 @@ def _segment(cfg: Any, inputs: list[str], records: str) -> dict[str, Any]:
 
 
 class _Measurer:
-    """Measures each segmented batch's grains and writes its exports (``lode analyze``'s code) in a
-    thread of the driver, while later sections are stitched and segmented. The grain blocks stay in
-    ``OUT/.grains-work`` for the collection's tables (:func:`_analyze`), which then only merge them.
-    A batch that fails here is measured again there, where its error is reported."""
+    """Measures each segmented batch's grains (``lode analyze``'s code) in a thread of the driver,
+    while later sections are stitched and segmented, and starts the batch's exports (one Ray task
+    per section), which run on while the next batch is measured and the collection's tables are
+    written. The grain blocks stay in ``OUT/.grains-work`` for the collection's tables
+    (:func:`_analyze`), which then only merge them. A batch that fails here is measured again
+    there, where its error is reported; an export that fails here is written again after them."""
 
     def __init__(self, cfg: Any, store: str):
         self.cfg, self.store = cfg, store
         self.queue: queue.Queue[list[str] | None] = queue.Queue()
-        self.exported: set[str] = set()
+        self.exports: dict[str, Any] = {}
+        self.written: set[str] | None = None
         self.thread = threading.Thread(target=self._loop, name="lode-measure", daemon=True)
         self.thread.start()
 
     def add(self, names: list[str]) -> None:
         self.queue.put(names)
 
-    def close(self) -> set[str]:
-        """Wait for the batches handed in so far; the sections measured and exported."""
+    def close(self) -> None:
+        """Wait for the grain passes of the batches handed in so far (their exports may still run)."""
         self.queue.put(None)
         self.thread.join()
-        return self.exported
+
+    def exported(self) -> set[str]:
+        """Wait for the exports started (once); the sections whose exports are written."""
+        import ray
+
+        if self.written is None:
+            self.written = set()
+            for name, ref in self.exports.items():
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - written again after the collection's tables, which report
+                    print(f"  {name}: exported again at the end ({type(exc).__name__})", flush=True)
+                    continue
+                self.written.add(name)
+        return self.written
 
     def _loop(self) -> None:
         from engine.analyze.collection import measure_grains
-        from engine.export.sections import export_sections
+        from engine.export.sections import submit_exports
 
         while (names := self.queue.get()) is not None:
             try:
                 grains = measure_grains(self.store, self.cfg.out, executor="ray", sections=names)
-                export_sections(self.store, grains.grain_table(), self.cfg.out, sections=names, executor="ray")
+                self.exports.update(submit_exports(self.store, grains.grain_table(), self.cfg.out, sections=names))
             except Exception as exc:  # noqa: BLE001 - the collection's analysis measures them again and reports
                 print(f"  {', '.join(names)}: measured again at the end ({type(exc).__name__})", flush=True)
                 continue
-            self.exported.update(names)
             counts = ", ".join(f"{s.name} {len(t)}" for s, t in zip(grains.sections, grains.tables, strict=True))
-            print(f"  measured and exported {counts} grains", flush=True)
+            print(f"  measured {counts} grains", flush=True)
 
 
-def _analyze(cfg: Any, store: str, sections: list[str], export: list[str]) -> Any:
+def _analyze(cfg: Any, store: str, sections: list[str], measurer: _Measurer) -> Any:
     """Grains (the blocks not measured yet), statistics and the reports (``lode analyze``'s code) of
-    the segmented sections, and the exports of those in ``export`` (one Ray task per section)."""
+    the segmented sections, while the measurer's exports finish; then the exports of the others
+    (one Ray task per section)."""
     from engine.analyze.collection import analyze_store
     from engine.export.sections import export_sections
     from engine.io import fs
 
     res = analyze_store(store, cfg.out, executor="ray", sections=sections, report=not cfg.no_report)
+    export = [n for n in sections if n not in measurer.exported()]
     if export:
         export_sections(store, res.grains_path, fs.parent(str(res.grains_path)), sections=export, executor="ray")
     return res

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -32,6 +33,38 @@ def export_sections(
     every section of ``store`` (``sections``: just these) that has the label image; returns their
     locations by section. ``grains``: the grain table (``grains.parquet`` or its rows of these sections).
     ``executor="ray"``: one Ray task per section, side by side."""
+    if executor == "ray":
+        import ray
+
+        return {n: ray.get(ref) for n, ref in submit_exports(store, grains, out, label_name, sections=sections).items()}
+    if executor != "serial":
+        raise ValueError(f"unknown executor {executor!r} (serial or ray)")
+    return {n: export_section(*args) for n, args in _work(store, grains, out, label_name, sections).items()}
+
+
+def submit_exports(
+    store: str | Path,
+    grains: pd.DataFrame | str | Path,
+    out: str | Path,
+    label_name: str = "minerals",
+    *,
+    sections: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """:func:`export_sections` on Ray without waiting: each section's task (``ray.get`` gives its
+    exports' locations, or raises its error)."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(export_section).options(**fs.ray_remote_args())
+    return {n: task.remote(*args) for n, args in _work(store, grains, out, label_name, sections).items()}
+
+
+def _work(
+    store: str | Path,
+    grains: pd.DataFrame | str | Path,
+    out: str | Path,
+    label_name: str,
+    sections: Sequence[str] | None,
+) -> dict[str, tuple]:
     if not isinstance(grains, pd.DataFrame):
         grains = pd.read_parquet(str(grains))
     path = f"{LABELS_GROUP}/{label_name}"
@@ -40,16 +73,7 @@ def export_sections(
         for n, image in image_groups(open_store(store)).items()
         if path in image and (sections is None or n in sections)
     ]
-    work = {n: (str(store), n, grains[grains.section == n], str(out), label_name) for n in names}
-    if executor == "ray":
-        import ray
-
-        task = ray.remote(num_cpus=1)(export_section).options(**fs.ray_remote_args())
-        refs = {n: task.remote(*args) for n, args in work.items()}
-        return {n: ray.get(ref) for n, ref in refs.items()}
-    if executor != "serial":
-        raise ValueError(f"unknown executor {executor!r} (serial or ray)")
-    return {n: export_section(*args) for n, args in work.items()}
+    return {n: (str(store), n, grains[grains.section == n], str(out), label_name) for n in names}
 
 
 def export_section(store: str, name: str, grains: pd.DataFrame, out: str, label_name: str) -> dict[str, str]:

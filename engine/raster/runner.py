@@ -53,7 +53,11 @@ class RunOptions:
             so its input never passes through the object store, where each process that touches
             it counts it again. Worth it where a unit's input is much larger than its result and
             its compute much slower than its read: the read cannot run ahead of compute that has
-            the cores anyway. With GPUs, reads always run ahead in tasks.
+            the cores anyway. Its read tasks then only name units and ask for what the compute
+            asks for, and each read block (one unit) is one batch, so that Ray Data fuses the
+            reads into the compute: no read task waits for a CPU that another stage holds while
+            this stage's compute could run.
+            With GPUs, reads always run ahead in tasks.
     """
 
     executor: Literal["ray", "serial"] = "ray"
@@ -188,6 +192,9 @@ def _commit(stage: BlockStage, manifest: RunManifest | None, row: dict[str, Any]
 
 
 def _unbatch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    rows = {len(v) for v in batch.values()}
+    if rows != {1}:
+        raise RuntimeError(f"a block stage takes one unit per batch, got {rows}")
     return {k: v[0] for k, v in batch.items()}
 
 
@@ -302,17 +309,19 @@ def run_stage(
         if stage.model:
             actors = options.actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
         reads_here = not gpu and options.read_in_compute
+        cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if gpu else 0.5)
         ds = ray.data.read_datasource(
-            _datasource(stage, pending, read=not reads_here), override_num_blocks=len(pending), **remote
+            _datasource(stage, pending, read=not reads_here),
+            override_num_blocks=len(pending),
+            **({**remote, "num_cpus": cpus if stage.model else stage.task_cpus} if reads_here else remote),
         )
         if stage.model:
-            cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if gpu else 0.5)
             actor = type(f"{type(stage).__name__}Actor", (_StageActor,), {})  # names the actor processes
             ds = ds.map_batches(
                 actor,
                 fn_constructor_kwargs={"stage": stage, "reads": reads_here},
                 compute=ray.data.ActorPoolStrategy(size=actors),
-                batch_size=1,
+                batch_size=None if reads_here else 1,
                 batch_format="numpy",
                 num_gpus=1 if gpu else 0,
                 num_cpus=cpus,
@@ -322,7 +331,7 @@ def run_stage(
             ds = ds.map_batches(
                 _compute_task,
                 fn_kwargs={"stage": stage, "reads": reads_here},
-                batch_size=1,
+                batch_size=None if reads_here else 1,
                 batch_format="numpy",
                 num_cpus=stage.task_cpus,
                 **remote,
@@ -336,7 +345,7 @@ def run_stage(
                 object_store_memory=min(limits.object_store_memory, budget)
             )
         try:
-            ds.write_datasink(_datasink(stage, manifest), ray_remote_args=remote)
+            ds.write_datasink(_datasink(stage, manifest), ray_remote_args={**remote, "num_cpus": stage.task_cpus})
         finally:
             ctx.execution_options.resource_limits = limits
     failed = manifest.failed() if manifest is not None else {}

@@ -35,10 +35,10 @@ class BlockStage(ABC):
     """Base class of every blocked stage.
 
     Subclasses set ``name`` and ``model`` and implement :meth:`read`, :meth:`compute` and
-    :meth:`write`. ``read`` and ``write`` run in CPU tasks; ``compute`` runs on an actor pool
-    when ``model`` is true (one GPU per actor when the cluster has GPUs), else in tasks of
-    ``task_cpus`` CPUs each (a stage whose compute holds much memory asks for a whole CPU, so
-    that no more of them run at once than there are cores).
+    :meth:`write`. ``read`` and ``write`` run in CPU tasks (writes of ``task_cpus`` CPUs each);
+    ``compute`` runs on an actor pool when ``model`` is true (one GPU per actor when the cluster
+    has GPUs), else in tasks of ``task_cpus`` CPUs each (a stage whose compute holds much memory
+    asks for a whole CPU, so that no more of them run at once than there are cores).
     Values passed between the three are numpy arrays, numbers, strings or bytes.
     """
 

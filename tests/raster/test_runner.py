@@ -138,6 +138,46 @@ def test_ray_runner_equals_whole_raster_and_a_broken_raster_fails_alone(tmp_path
     assert manifest.done_keys() == {u.key for u in units} - broken
 
 
+@pytest.mark.parametrize("model, held", [(False, 1.5), (True, 1.0)], ids=["tasks", "actors"])
+def test_a_stage_that_reads_in_compute_runs_while_another_holds_the_other_cpus(tmp_path, ray_session, model, held):
+    """Another stage's work (an export, a render task) holds all but what this stage's compute and
+    writes ask for: its read tasks, fused into the compute, wait for no CPU of their own (a read task
+    of a whole CPU, as Ray Data's default, would wait until that work ends)."""
+    import threading
+
+    import ray
+
+    src, out, data = _rasters(tmp_path, ("a",))
+    holder = ray.remote(num_cpus=held)(_Holder).remote()
+    ray.get(holder.ping.remote())
+    done: dict = {}
+    try:
+        worker = threading.Thread(
+            target=lambda: done.update(
+                run=run_stage(
+                    BoxFilter(src, out, model),
+                    _units(data),
+                    RunManifest(tmp_path / "run"),
+                    RunOptions(read_in_compute=True),
+                )
+            ),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(120)
+        assert "run" in done, f"the stage waited for a CPU while {held} of 2 were held"
+    finally:
+        ray.kill(holder)
+        worker.join(120)
+    np.testing.assert_allclose(_result(out, "a"), _truth(data["a"]), atol=1e-6)
+    assert done["run"].ran == len(_units(data)) and not done["run"].failed
+
+
+class _Holder:
+    def ping(self) -> int:
+        return 1
+
+
 def test_blend_kernels():
     g = blend_weights(64)
     assert g.shape == (64, 64) and g.dtype == np.float32
