@@ -230,6 +230,7 @@ class _Stream:
 
         for name in self.skipped:
             self.results[name] = _stored_report(self.cfg.out, name)
+            self._say(name)
             self.on_section(name)
         remote = ray.remote(num_cpus=0, **_remote_args())(prepare_section)
         corr_ref = ray.put(self.corr)
@@ -288,7 +289,20 @@ class _Stream:
             {"status": "done", "frames_placed": rep["frames_placed"], "rms_px": rep["rms_px"]},
             started,
         )
+        self._say(name)
         self.on_section(name)
+
+    def _say(self, name: str) -> None:
+        """The section's summary line, as soon as it is in the store."""
+        rep = self.results[name]
+        if "error" in rep:
+            return
+        print(
+            f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
+            f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, {_pixel_size(rep)}, "
+            f"flagged {', '.join(rep['flagged']) or 'none'}" + (" (stitched before)" if name in self.skipped else ""),
+            flush=True,
+        )
 
     def _fail(self, name: str, error: Any, started: int) -> None:
         self.errors[name] = error
@@ -342,14 +356,6 @@ class _Stream:
             error=None if error is None else str(error),
             extra={"sections_in_flight": self.k},
         )
-        for name, rep in results.items():
-            if "error" not in rep:
-                print(
-                    f"{name}: {rep['frames_placed']}/{rep['frames_total']} frames, RMS {rep['rms_px']} px, "
-                    f"{rep['panorama_hw'][1]}×{rep['panorama_hw'][0]} px, {_pixel_size(rep)}, "
-                    f"flagged {', '.join(rep['flagged']) or 'none'}"
-                    + (" (stitched before)" if name in self.skipped else "")
-                )
         if error is not None:
             raise error
         return 0
