@@ -22,6 +22,9 @@ throughput does not depend on them), measures in one run:
 - ``checkpoint_check_s``: the whole-checkpoint check every job runs before Ray starts (once per
   checkpoint file, then cached), taken before the timed runs and reported on its own.
 
+The engine and the bare runs are timed ``--repeats`` times each (default 2), interleaved A B B A, and
+reported as means with each run's seconds beside them (``engine_runs_s``, ...) and the ratio per repeat.
+
 ``--engine-only`` (12000×8000): the engine, its memory and ``engine_vs_bare_program``.
 """
 
@@ -289,6 +292,30 @@ def _run_part(part: str, work: Path, batch: int, extra: list[str] | None = None)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+_SECONDS = {"engine": "engine", "bare": "bare_model", "bare_program": "bare_program"}
+
+
+def _interleaved(work: Path, batch: int, parts: list[str], repeats: int, mpx: float) -> dict:
+    """The timed parts run ``repeats`` times, in turn forwards and backwards (A B, B A, ...), so that a
+    machine whose speed drifts weighs on both sides alike. Seconds and rates are means over the
+    repeats; each part's seconds per repeat are kept (``<key>_runs_s``)."""
+    runs: dict[str, list[dict]] = {p: [] for p in parts}
+    for r in range(repeats):
+        for part in parts if r % 2 == 0 else parts[::-1]:
+            fresh = ["--out-name", f"engine_out_{r}"] if part == "engine" else []
+            runs[part].append(_run_part(part, work, batch, fresh))
+    out: dict = {}
+    for part, results in runs.items():
+        key = _SECONDS[part]
+        seconds = [r[f"{key}_s"] for r in results]
+        out.update({k: v for k, v in results[0].items() if k not in (f"{key}_s", f"{key}_mpx_s")})
+        out[f"{key}_s"] = float(np.mean(seconds))
+        out[f"{key}_mpx_s"] = mpx / out[f"{key}_s"]
+        out[f"{key}_runs_s"] = seconds
+    out["repeats"] = repeats
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="write results here")
@@ -303,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         "--engine-only",
         action="store_true",
         help="only the engine and its frozen program, bare (e.g. memory at 12000×8000)",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="timed runs of the engine and the bare model each, interleaved"
     )
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -344,14 +374,15 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         check_checkpoint(work / "model.pt")  # once per checkpoint file (cached), before every job's Ray
         res["checkpoint_check_s"] = time.perf_counter() - t
-        res.update(_run_part("engine", work, args.batch_size))
+        timed = ["engine", "bare_program"] if args.engine_only else ["engine", "bare", "bare_program"]
+        res.update(_interleaved(work, args.batch_size, timed, args.repeats, h * w / 1e6))
         res.update(_run_part("engine_memory", work, args.batch_size))
         if args.engine_only:
-            res.update(_run_part("bare_program", work, args.batch_size))
             res["engine_vs_bare_program"] = res["engine_mpx_s"] / res["bare_program_mpx_s"]
+            res["engine_vs_bare_program_per_repeat"] = [
+                b / e for e, b in zip(res["engine_runs_s"], res["bare_program_runs_s"], strict=True)
+            ]
         else:
-            res.update(_run_part("bare", work, args.batch_size))
-            res.update(_run_part("bare_program", work, args.batch_size))
             res.update(_run_part("monai", work, args.batch_size))
             _run_part("engine", work, args.batch_size, ["--probabilities", "float32", "--out-name", "check"])
             import zarr
@@ -367,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
             res["argmax_identical_vs_monai"] = mismatch == 0
             res["argmax_mismatch_pixels"] = mismatch
             res["engine_vs_bare"] = res["engine_mpx_s"] / res["bare_model_mpx_s"]
+            res["engine_vs_bare_per_repeat"] = [
+                b / e for e, b in zip(res["engine_runs_s"], res["bare_model_runs_s"], strict=True)
+            ]
             res["engine_vs_bare_program"] = res["engine_mpx_s"] / res["bare_program_mpx_s"]
             res["engine_vs_monai"] = res["engine_mpx_s"] / res["monai_mpx_s"]
             res["redundant_window_fraction"] = res["engine_windows"] / res["windows"] - 1

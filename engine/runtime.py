@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from engine.io import fs
+
 log = logging.getLogger("lode")
 
 
@@ -34,6 +36,7 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) ->
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
     ray.init(**kwargs)
+    fs.note_started_cluster(ray.get_runtime_context().get_node_id())
     _start_reaper()
 
 

@@ -143,12 +143,32 @@ def upload(src: str | Path, dest: str) -> None:
         fs.put_file(str(p), f"{inner.rstrip('/')}/{p.relative_to(src).as_posix()}")
 
 
+_started: tuple[str, dict[str, str]] | None = None
+"""The node id of the local Ray cluster this process started, and the settings its workers inherited."""
+
+
 def ray_env() -> dict[str, str]:
     """The environment variables that configure object-store access (endpoint, credentials, region)."""
     return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
 
 
+def note_started_cluster(node_id: str) -> None:
+    """Record that this process just started the local Ray cluster of head node ``node_id``: its
+    workers inherit this process's environment, so they need no runtime environment for it."""
+    global _started
+    _started = (node_id, ray_env())
+
+
 def ray_remote_args() -> dict[str, Any]:
-    """``ray_remote_args`` that hand this process's object-store settings to the workers of a stage."""
+    """``ray_remote_args`` that hand this process's object-store settings to the workers of a stage.
+
+    On a cluster this process started, only settings changed since are passed: a runtime
+    environment makes Ray start workers of their own (seconds each) instead of reusing its pool."""
     env = ray_env()
+    if _started is not None:
+        import ray
+
+        node, inherited = _started
+        if ray.is_initialized() and ray.get_runtime_context().get_node_id() == node:
+            env = {k: v for k, v in env.items() if inherited.get(k) != v}
     return {"runtime_env": {"env_vars": env}} if env else {}

@@ -112,7 +112,7 @@ def block_grid(height: int, width: int, block: tuple[int, int] | int) -> list[Bl
 
 
 def auto_block(
-    height: int, width: int, window: int, shard: int = 1024, target: int = 4096, max_block_pixels: int = 4096 * 8192
+    height: int, width: int, window: int, shard: int = 1024, target: int = 4096, max_block_pixels: int = 4096 * 12288
 ) -> tuple[int, int]:
     """Block geometry: full-width strips about ``target`` high, rounded to whole shards.
 

@@ -14,8 +14,10 @@ with its reason (its raster fails alone) and is retried by the next run.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -211,19 +213,26 @@ def _batch(row: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 class _StageActor:
-    """Holds one stage (and its model) in an actor process on the device it picked itself."""
+    """Holds one stage (and its model) in an actor process on the device it picked itself.
+
+    Setup and every compute run in one thread of the actor's own (one thread team for the model's
+    OpenMP). An actor that reads its own units takes two calls at once: one reads while the other
+    computes (reads, like computes, take turns)."""
 
     def __init__(self, stage: BlockStage, reads: bool = False):
         import ray
 
         self.stage, self.reads = stage, reads
-        stage.setup(local_device(bool(ray.get_gpu_ids())))
+        self._reading = threading.Lock()
+        self._computer = ThreadPoolExecutor(1, thread_name_prefix="compute")
+        self._computer.submit(stage.setup, local_device(bool(ray.get_gpu_ids()))).result()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         row = _unbatch(batch)
         if self.reads:
-            row = _read(self.stage, _unit_of(row))
-        return _batch(_compute(self.stage, row))
+            with self._reading:
+                row = _read(self.stage, _unit_of(row))
+        return _batch(self._computer.submit(_compute, self.stage, row).result())
 
 
 def _compute_task(batch: dict[str, np.ndarray], stage: BlockStage, reads: bool = False) -> dict[str, np.ndarray]:
@@ -320,7 +329,14 @@ def run_stage(
             ds = ds.map_batches(
                 actor,
                 fn_constructor_kwargs={"stage": stage, "reads": reads_here},
-                compute=ray.data.ActorPoolStrategy(size=actors),
+                compute=ray.data.ActorPoolStrategy(
+                    size=actors,
+                    **(
+                        dict(max_tasks_in_flight_per_actor=2, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
+                        if reads_here
+                        else {}
+                    ),
+                ),
                 batch_size=None if reads_here else 1,
                 batch_format="numpy",
                 num_gpus=1 if gpu else 0,

@@ -34,9 +34,10 @@ def test_touching_windows_cover_block_and_only_touch_it():
 
 def test_full_width_strips_keep_redundancy_small():
     g = WindowGrid(8000, 12000, 512, 0.25)
-    blocks = block_grid(8000, 12000, auto_block(8000, 12000, 512, max_block_pixels=4096 * 12288))
-    assert redundancy(g, blocks) <= 1.06
-    bounded = auto_block(8000, 12000, 512, shard=4096)
+    strips = auto_block(8000, 12000, 512, shard=2048)
+    assert strips == (4096, 12288)
+    assert redundancy(g, block_grid(8000, 12000, strips)) <= 1.06
+    bounded = auto_block(8000, 12000, 512, shard=4096, max_block_pixels=4096 * 8192)
     assert bounded == (4096, 8192)
     assert redundancy(g, block_grid(8000, 12000, bounded)) <= 1.09
     square = block_grid(8000, 12000, (1024, 1024))
