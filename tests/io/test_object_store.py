@@ -70,6 +70,38 @@ def test_ray_workers_get_the_object_store_settings_of_the_driver(ray_session, s3
     assert ray.get(ray.remote(endpoint).options(**fs.ray_remote_args()).remote()) == s3
 
 
+_INHERITED = """
+import os
+import ray
+from engine.io import fs
+from engine.runtime import init_ray
+
+def endpoint():
+    return os.environ.get("AWS_ENDPOINT_URL")
+
+os.environ["AWS_ENDPOINT_URL"] = "http://one"
+init_ray(num_cpus=1)
+assert fs.ray_remote_args() == {}, fs.ray_remote_args()
+assert ray.get(ray.remote(endpoint).options(**fs.ray_remote_args()).remote()) == "http://one"
+os.environ["AWS_ENDPOINT_URL"] = "http://two"
+assert fs.ray_remote_args() == {"runtime_env": {"env_vars": {"AWS_ENDPOINT_URL": "http://two"}}}
+assert ray.get(ray.remote(endpoint).options(**fs.ray_remote_args()).remote()) == "http://two"
+"""
+
+
+def test_workers_of_the_cluster_a_job_started_inherit_its_settings_and_get_later_changes():
+    """No runtime environment for the settings that the workers of the job's own local cluster inherited
+    (Ray would start workers of their own for one, seconds each); a setting changed since reaches them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(fs.ENV_PREFIXES) and k != "RAY_ADDRESS"}
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _INHERITED], env=env, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_segment_to_s3_resumes_after_an_interruption_and_with_analyze_equals_the_local_run(local_run, s3_inputs):
     store, checkpoint = s3_inputs
