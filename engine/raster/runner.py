@@ -212,6 +212,12 @@ def _batch(row: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
+_READ_WHILE_COMPUTING: dict[str, Any] = dict(
+    max_tasks_in_flight_per_actor=2, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
+)
+"""An actor that reads its own units takes two calls at once: one reads while the other computes."""
+
+
 class _StageActor:
     """Holds one stage (and its model) in an actor process on the device it picked itself.
 
@@ -329,14 +335,7 @@ def run_stage(
             ds = ds.map_batches(
                 actor,
                 fn_constructor_kwargs={"stage": stage, "reads": reads_here},
-                compute=ray.data.ActorPoolStrategy(
-                    size=actors,
-                    **(
-                        dict(max_tasks_in_flight_per_actor=2, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
-                        if reads_here
-                        else {}
-                    ),
-                ),
+                compute=ray.data.ActorPoolStrategy(size=actors, **(_READ_WHILE_COMPUTING if reads_here else {})),
                 batch_size=None if reads_here else 1,
                 batch_format="numpy",
                 num_gpus=1 if gpu else 0,
