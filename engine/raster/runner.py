@@ -59,7 +59,8 @@ class RunOptions:
             asks for, and each read block (one unit) is one batch, so that Ray Data fuses the
             reads into the compute: no read task waits for a CPU that another stage holds while
             this stage's compute could run.
-            With GPUs, reads always run ahead in tasks.
+            A model actor that reads its own units takes two at once and reads one while it
+            computes the other. With GPUs, reads always run ahead in tasks.
     """
 
     executor: Literal["ray", "serial"] = "ray"
