@@ -325,6 +325,7 @@ def segment_options(cfg: Any, inputs: list[str], records: str) -> Any:
         colour="none" if annotations is None else "annotated",
         annotations=annotations,
         records=records,
+        read_ahead=False,
     )
 
 

@@ -65,6 +65,11 @@ class SegmentConfig(JobConfig):
     num_actors: int | None = Field(default=None, ge=1, description="segmentation actors (default: GPUs or 1)")
     threads: int | None = Field(default=None, ge=1, description="torch threads per CPU actor")
     copy_image: bool = Field(default=True, description="write the input image into the output store")
+    read_ahead: bool = Field(
+        default=True,
+        description="on CPU, read blocks in tasks ahead of the model actor (the first while the actor starts); "
+        "off: the actor reads each block itself, with no copy through the object store",
+    )
     max_blocks: int | None = Field(default=None, ge=1, description="stop after this many blocks (for testing)")
     colour: Literal["none", "per-image", "series", "annotated"] = Field(
         default="none",

@@ -77,6 +77,10 @@ class WindowGrid:
         return ([s for s in self.ys if s < y1 and s + w > y0], [s for s in self.xs if s < x1 and s + w > x0])
 
 
+BLOCK_PIXELS = 8192 * 12288
+"""The most pixels of an automatic block (of labels: its accumulators are ``classes × height × 2 windows``)."""
+
+
 @dataclass(frozen=True)
 class Block:
     """An output block ``[y0, y0+h) × [x0, x0+w)``; it owns whole shards of the output."""
@@ -112,15 +116,17 @@ def block_grid(height: int, width: int, block: tuple[int, int] | int) -> list[Bl
 
 
 def auto_block(
-    height: int, width: int, window: int, shard: int = 1024, target: int = 4096, max_block_pixels: int = 4096 * 12288
+    height: int, width: int, window: int, shard: int = 1024, target: int = 8192, max_block_pixels: int | None = None
 ) -> tuple[int, int]:
     """Block geometry: full-width strips about ``target`` high, rounded to whole shards.
 
     Strips only recompute windows along y, so redundant work per block is about
-    ``(block + window) / block``; wide images are split into as few equal columns as keep
-    a block within ``max_block_pixels``, which bounds the memory of a block in flight
+    ``(block + window) / block``, and a raster that fits one block (12000×8000 does) runs no window
+    twice; wide images are split into as few equal columns as keep a block within
+    ``max_block_pixels`` (default ``BLOCK_PIXELS``), which bounds the memory of a block in flight
     (its pixels in the object store, the model actor's accumulators and labels).
     """
+    max_block_pixels = max_block_pixels or BLOCK_PIXELS
 
     def round_up(v: int) -> int:
         return max(shard, -(-v // shard) * shard)

@@ -56,7 +56,10 @@ class SegmentOptions:
     section, leaving the others as they are (``annotated``, what ``lode run`` does).
     ``ccm``: a saved colour matrix file (``lode calibrate colour``) applied instead of fitting one.
     ``records``: the folder of the run's manifest and per-block records (default ``out``; ``lode run``
-    keeps them in its work folder, so that its own manifest is the output's)."""
+    keeps them in its work folder, so that its own manifest is the output's).
+    ``read_ahead``: on CPU, read (and stage) blocks in Ray tasks of their own, so that the first block is
+    read while the model actor starts; off, the model actor reads each block itself (no copy through the
+    object store, no read task waiting for a CPU: what ``lode run`` does while its stitching holds the CPUs)."""
 
     inputs: list[str]
     out: str
@@ -72,6 +75,7 @@ class SegmentOptions:
     num_actors: int | None = None
     threads: int | None = None
     copy_image: bool = True
+    read_ahead: bool = True
     max_blocks: int | None = None
     colour: Literal["none", "per-image", "series", "annotated"] = "none"
     annotations: str | None = None
@@ -183,6 +187,9 @@ def _open_out(out: str):
     return open_store(fs.join(out, STORE_NAME), mode="r+")
 
 
+_PROBABILITY_BLOCK_PIXELS = 4096 * 12288
+
+
 @dataclass
 class Plan:
     """Sections that can run, their block layouts, and the sections that cannot be planned
@@ -223,7 +230,9 @@ def plan(cfg: SegmentOptions, card: ModelCard) -> Plan:
     layouts = {}
     for s in sources:
         step = cfg.chunk * 2 ** (cfg.levels - 1) if cfg.chunk * 2 ** (cfg.levels - 1) <= 4096 else 2 ** (cfg.levels - 1)
-        block = tuple(cfg.block) if cfg.block else auto_block(s.height, s.width, window, shard=max(step, 256))
+        # A block of probabilities holds (classes × dtype) bytes per pixel: half the pixels of labels alone.
+        most = _PROBABILITY_BLOCK_PIXELS if cfg.probabilities != "none" else None
+        block = tuple(cfg.block) if cfg.block else auto_block(s.height, s.width, window, max(step, 256), max_block_pixels=most)
         layouts[s.section] = PyramidLayout(block, chunk=cfg.chunk, levels=cfg.levels)  # type: ignore[arg-type]
     return Plan(sources, layouts, window, overlap, failed)
 
@@ -425,7 +434,7 @@ def run_segmentation(cfg: SegmentOptions) -> dict[str, Any]:
                 actors=cfg.num_actors,
                 max_units=cfg.max_blocks,
                 remote_args=fs.ray_remote_args(),
-                read_in_compute=True,
+                read_in_compute=not cfg.read_ahead,
             ),
         )
         skipped = run.skipped

@@ -40,6 +40,22 @@ def test_downsample_odd_edges_replicate():
     assert downsample(a, "image")[0, 1, 1] == 8
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(3, 64, 90), (2, 7, 9), (5, 6)])
+def test_downsample_of_integer_images_is_the_2x2_mean_rounded_half_up(dtype, shape):
+    """Against the mean written out pixel by pixel, with odd edges repeating their last row/column."""
+    a = np.random.default_rng(3).integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+    h, w = shape[-2:]
+    ref = np.empty((*shape[:-2], (h + 1) // 2, (w + 1) // 2), dtype)
+    for y in range(ref.shape[-2]):
+        for x in range(ref.shape[-1]):
+            ys, xs = [2 * y, min(2 * y + 1, h - 1)], [2 * x, min(2 * x + 1, w - 1)]
+            total = sum(a[..., yy, xx].astype(np.int64) for yy in ys for xx in xs)
+            ref[..., y, x] = (total + 2) // 4
+    out = downsample(a, "image")
+    assert out.dtype == dtype and np.array_equal(out, ref)
+
+
 def test_an_image_group_opened_by_its_own_location_is_named_for_it_locally_and_on_fsspec(tmp_path):
     """The segmentation names a section opened directly (``…/panoramas.zarr/secA``) by that location's
     last part, on a local folder and on an fsspec store (before: ``"secA)>"`` from the store's repr)."""

@@ -34,11 +34,17 @@ def test_touching_windows_cover_block_and_only_touch_it():
 
 def test_full_width_strips_keep_redundancy_small():
     g = WindowGrid(8000, 12000, 512, 0.25)
-    strips = auto_block(8000, 12000, 512, shard=2048)
+    assert auto_block(8000, 12000, 512, shard=2048) == (8192, 12288)
+    assert redundancy(g, block_grid(8000, 12000, (8192, 12288))) == 1.0
+    halves = auto_block(8000, 12000, 512, shard=2048, max_block_pixels=4096 * 12288)
+    assert halves == (8192, 6144)
+    assert redundancy(g, block_grid(8000, 12000, halves)) <= 1.04
+    strips = auto_block(8000, 12000, 512, shard=2048, target=4096)
     assert strips == (4096, 12288)
     assert redundancy(g, block_grid(8000, 12000, strips)) <= 1.06
+    assert auto_block(20000, 12000, 512, shard=2048) == (8192, 12288)
     bounded = auto_block(8000, 12000, 512, shard=4096, max_block_pixels=4096 * 8192)
-    assert bounded == (4096, 8192)
-    assert redundancy(g, block_grid(8000, 12000, bounded)) <= 1.09
+    assert bounded == (8192, 4096)
+    assert redundancy(g, block_grid(8000, 12000, bounded)) <= 1.07
     square = block_grid(8000, 12000, (1024, 1024))
     assert redundancy(g, square) > 1.5
