@@ -3,9 +3,9 @@
 For one output block, every window of the global grid that touches the block runs
 through the model, and the softmax outputs are blended with Gaussian weights. The
 block is swept column of windows by column of windows (batches may span columns): pixels
-left of a window's start are final once that window is reached, so the accumulators hold
-two window widths of the block (``classes × block_h × 2 window`` floats) however wide the
-block is. The result equals
+left of a window's start are final once that window is reached, so the accumulators are a
+ring of one window's width of the block (``classes × block_h × window`` floats) however wide
+the block is. The result equals
 a global sliding window over the whole image (MONAI's ``sliding_window_inference``,
 gaussian mode), including its symmetric zero padding of images smaller than a window.
 
@@ -77,7 +77,7 @@ class BlockPredictor:
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax numerators ``(n, h, w, classes)`` of channels-last windows ``(n, c, h, w)`` (the exp of
-        the logits less their maximum) and their sums over the classes ``(n, h, w)``."""
+        the logits less a per-pixel shift) and their sums over the classes ``(n, h, w)``."""
         with torch.inference_mode():
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
                 logits = self.model(x)
@@ -85,7 +85,15 @@ class BlockPredictor:
             # torch.softmax(dim=1) over channels-last logits takes twice as long, and a new tensor for
             # each batch costs as much as the arithmetic. The division is left to the blend weights.
             z = logits.float().permute(0, 2, 3, 1)
-            z = z.sub_(z.amax(-1, keepdim=True)).exp_()
+            # Any per-pixel shift gives the same softmax: the first class's logit is a strided copy where
+            # the maximum over the classes is a slow reduction. Logits 80 above it are shifted again.
+            shift = z[..., :1].clone()
+            if not torch.isfinite(shift).all():
+                shift = z.amax(-1, keepdim=True)
+            z.sub_(shift)
+            if z.max() > 80:
+                z.sub_(z.amax(-1, keepdim=True))
+            z = z.exp_()
             return z, z.sum(-1)
 
     def _windows(
@@ -146,9 +154,9 @@ class BlockPredictor:
 
         labels = np.empty((block.h, block.w), np.uint8)
         probs = None if probabilities is None else np.empty((num_classes, block.h, block.w), probabilities)
-        span = 2 * w
-        acc = torch.zeros((block.h, span, num_classes), dtype=torch.float32, device=self.device)
-        cnt = None if probs is None else torch.zeros((block.h, span), dtype=torch.float32, device=self.device)
+        # A ring of one window's columns: column x accumulates in slot x % window until it is final.
+        acc = torch.zeros((block.h, w, num_classes), dtype=torch.float32, device=self.device)
+        cnt = None if probs is None else torch.zeros((block.h, w), dtype=torch.float32, device=self.device)
         weights = self.weights[..., None]
         with warnings.catch_warnings():
             # A read-only view of the object store is only ever read here.
@@ -156,20 +164,32 @@ class BlockPredictor:
             hwc = torch.from_numpy(np.ascontiguousarray(np.moveaxis(region, 0, -1))).to(self.device)
         if colour is not None:
             hwc = torch.cat([colour.apply_torch(hwc[..., :3]), hwc[..., 3:]], dim=-1)
-        base = xs[0]
+        done = max(xs[0], bx0)
+
+        def ring(c0: int, c1: int) -> list[tuple[int, int, int]]:
+            """Columns ``[c0, c1)`` (at most a window) as ``(slot0, slot1, column0)`` runs of the ring."""
+            runs = []
+            while c0 < c1:
+                s0 = c0 % w
+                n = min(c1 - c0, w - s0)
+                runs.append((s0, s0 + n, c0))
+                c0 += n
+            return runs
 
         def finalize(upto: int) -> None:
-            f0, f1 = max(base, bx0), min(upto, bx1)
-            if f1 <= f0:
-                return
-            part = acc[:, f0 - base : f1 - base]
-            # The weight sum is positive and per pixel, so the argmax needs no division.
-            labels[:, f0 - bx0 : f1 - bx0] = part.argmax(-1).to(torch.uint8).cpu().numpy()
-            if cnt is not None:
-                slab = part / cnt[:, f0 - base : f1 - base, None]
-                if probabilities == "uint8":
-                    slab = torch.round(slab * 255)
-                probs[:, :, f0 - bx0 : f1 - bx0] = slab.permute(2, 0, 1).cpu().numpy().astype(probabilities)
+            nonlocal done
+            for s0, s1, c in ring(done, min(upto, bx1)):
+                part = acc[:, s0:s1]
+                # The weight sum is positive and per pixel, so the argmax needs no division.
+                labels[:, c - bx0 : c - bx0 + s1 - s0] = part.argmax(-1).to(torch.uint8).cpu().numpy()
+                if cnt is not None:
+                    slab = part / cnt[:, s0:s1, None]
+                    if probabilities == "uint8":
+                        slab = torch.round(slab * 255)
+                    probs[:, :, c - bx0 : c - bx0 + s1 - s0] = slab.permute(2, 0, 1).cpu().numpy().astype(probabilities)
+                    cnt[:, s0:s1] = 0
+                part.zero_()
+            done = max(done, min(upto, bx1))
 
         starts = [(sy, sx) for sx in xs for sy in ys]
         for b in range(0, len(starts), self.batch_size):
@@ -177,21 +197,17 @@ class BlockPredictor:
             out, sums = self._forward(self._windows(hwc, origin, (py, px), chunk, image_size))
             self.windows_run += len(chunk)
             for (sy, sx), p, total in zip(chunk, out, sums):
-                if sx + w > base + span:
-                    finalize(sx)
-                    keep = base + span - sx
-                    acc[:, :keep] = acc[:, sx - base :].clone()
-                    acc[:, keep:] = 0
-                    if cnt is not None:
-                        cnt[:, :keep] = cnt[:, sx - base :].clone()
-                        cnt[:, keep:] = 0
-                    base = sx
                 r0, r1 = max(sy, by0), min(sy + w, by1)
                 c0, c1 = max(sx, bx0), min(sx + w, bx1)
-                wts = weights[r0 - sy : r1 - sy, c0 - sx : c1 - sx]
-                scale = wts / total[r0 - sy : r1 - sy, c0 - sx : c1 - sx, None]
-                acc[r0 - by0 : r1 - by0, c0 - base : c1 - base].addcmul_(p[r0 - sy : r1 - sy, c0 - sx : c1 - sx], scale)
-                if cnt is not None:
-                    cnt[r0 - by0 : r1 - by0, c0 - base : c1 - base] += wts[..., 0]
+                if c1 - done > w:
+                    finalize(sx)  # windows come column by column: columns left of this one are final
+                rows = slice(r0 - sy, r1 - sy)
+                for s0, s1, c in ring(c0, c1):
+                    cols = slice(c - sx, c - sx + s1 - s0)
+                    wts = weights[rows, cols]
+                    scale = wts / total[rows, cols, None]
+                    acc[r0 - by0 : r1 - by0, s0:s1].addcmul_(p[rows, cols], scale)
+                    if cnt is not None:
+                        cnt[r0 - by0 : r1 - by0, s0:s1] += wts[..., 0]
         finalize(bx1)
         return labels, probs

@@ -17,6 +17,7 @@ from engine.segment.predictor import BlockPredictor
         (300, 430, 128, 0.25, (128, 256)),
         (100, 90, 128, 0.25, (64, 64)),
         (257, 300, 64, 0.5, (64, 128)),
+        (100, 700, 64, 0.25, (100, 700)),  # one block 14 window columns wide: the ring wraps many times
     ],
 )
 def test_blocked_equals_monai(h, w, window, overlap, block):
@@ -74,3 +75,40 @@ def test_colour_matrix_corrects_the_rgb_channels_on_the_model_device():
         assert np.array_equal(region, img[:, y0:y1, x0:x1])
     _, plain = pred.predict(img, (0, 0), (h, w), b, 4, "float32")
     assert not np.array_equal(plain, p)
+
+
+class _Extreme(torch.nn.Module):
+    """Logits far apart (hundreds), the first class's -inf where ``first_inf``."""
+
+    def __init__(self, first_inf: bool):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.first_inf = first_inf
+
+    def forward(self, x):
+        logits = self.conv(x) * 300
+        if self.first_inf:
+            logits[:, 0] = float("-inf")
+        return logits
+
+
+@pytest.mark.parametrize("first_inf", [False, True])
+def test_blend_of_extreme_logits_equals_monai(first_inf):
+    """The softmax shift (the first class's logit, redone from the maximum where exp would overflow)
+    gives MONAI's blend for logits hundreds apart and for a class that is never possible."""
+    model = _Extreme(first_inf).eval()
+    h, w, window = 150, 170, 64
+    img = np.random.default_rng(5).integers(0, 255, (3, h, w), dtype=np.uint8)
+    x = (torch.from_numpy(img).float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        ref = sliding_window_inference(
+            x[None], (window, window), 4, lambda t: torch.softmax(model(t), 1), overlap=0.25, mode="gaussian"
+        )[0]
+    pred = BlockPredictor(model, [0.5] * 3, [0.25] * 3, window, 0.25, batch_size=4)
+    b = block_grid(h, w, (h, w))[0]
+    lab, p = pred.predict(img, (0, 0), (h, w), b, 4, "float32")
+    assert np.isfinite(p).all()
+    assert np.abs(p - ref.numpy()).max() <= 1e-4
+    assert np.array_equal(lab, p.argmax(0))
+    assert (p[0] == 0).all() if first_inf else (p.max(0) > 0.99).mean() > 0.5
