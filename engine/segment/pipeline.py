@@ -326,10 +326,6 @@ def _section_means(src: Source, annotation: str, gamma: float) -> dict:
 
 def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[Source]) -> dict[str, ColourMatrix]:
     """Fit the colour stage's matrices (Ray tasks read each annotated section): ``{section: ColourMatrix}``."""
-    import ray
-
-    from engine.calibrate.colour import fit_means, reference_from_card
-
     if cfg.ccm:
         if cfg.colour != "none":
             raise LodeInputError("--ccm", f"applies a saved matrix; it cannot be combined with --colour {cfg.colour}")
@@ -340,6 +336,10 @@ def colour_matrices(cfg: SegmentOptions, card: ModelCard, sources: list[Source])
         raise LodeInputError(cfg.checkpoint, "model card carries no reference colours for --colour")
     if not cfg.annotations:
         raise LodeInputError("--annotations", f"--colour {cfg.colour} needs a folder of annotation masks")
+    import ray
+
+    from engine.calibrate.colour import fit_means, reference_from_card  # scipy.optimize: 0.6 s to import
+
     anns = {s.section: fs.join(cfg.annotations, f"{s.section}.png") for s in sources}
     annotated = [s for s in sources if fs.exists(anns[s.section])]
     missing = [anns[s.section] for s in sources if s not in annotated]
