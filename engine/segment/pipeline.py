@@ -232,7 +232,8 @@ def plan(cfg: SegmentOptions, card: ModelCard) -> Plan:
         step = cfg.chunk * 2 ** (cfg.levels - 1) if cfg.chunk * 2 ** (cfg.levels - 1) <= 4096 else 2 ** (cfg.levels - 1)
         # A block of probabilities holds (classes × dtype) bytes per pixel: half the pixels of labels alone.
         most = _PROBABILITY_BLOCK_PIXELS if cfg.probabilities != "none" else None
-        block = tuple(cfg.block) if cfg.block else auto_block(s.height, s.width, window, max(step, 256), max_block_pixels=most)
+        shard = max(step, 256)
+        block = tuple(cfg.block) if cfg.block else auto_block(s.height, s.width, window, shard, max_block_pixels=most)
         layouts[s.section] = PyramidLayout(block, chunk=cfg.chunk, levels=cfg.levels)  # type: ignore[arg-type]
     return Plan(sources, layouts, window, overlap, failed)
 

@@ -182,7 +182,7 @@ class BlockPredictor:
                 part = acc[:, s0:s1]
                 # The weight sum is positive and per pixel, so the argmax needs no division.
                 labels[:, c - bx0 : c - bx0 + s1 - s0] = part.argmax(-1).to(torch.uint8).cpu().numpy()
-                if cnt is not None:
+                if probs is not None and cnt is not None:
                     slab = part / cnt[:, s0:s1, None]
                     if probabilities == "uint8":
                         slab = torch.round(slab * 255)
