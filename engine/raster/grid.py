@@ -78,7 +78,7 @@ class WindowGrid:
 
 
 BLOCK_PIXELS = 8192 * 12288
-"""The most pixels of an automatic block (of labels: its accumulators are ``classes × height × 2 windows``)."""
+"""The most pixels of an automatic block (its model actor accumulates ``classes × height × window`` floats)."""
 
 
 @dataclass(frozen=True)
