@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 EDGE_PX = 2
+MAP_ROWS = 256
 
 
 def is_identity(lens: LensModel | None, flat: FlatField | None) -> bool:
@@ -71,13 +72,14 @@ class CaptureCalibration:
         if lens is not None and not lens.is_identity:
             K = torch.as_tensor(np.asarray(lens.camera_matrix, np.float64), device=self.device)[None]
             dist = torch.as_tensor(np.asarray(lens.dist_coeffs, np.float64).ravel(), device=self.device)[None]
-            ys, xs = torch.meshgrid(
-                torch.arange(h, dtype=torch.float64, device=self.device),
-                torch.arange(w, dtype=torch.float64, device=self.device),
-                indexing="ij",
-            )
-            src = distort_points(torch.stack([xs, ys], -1).reshape(1, -1, 2), K, dist).reshape(1, h, w, 2)
-            mx, my = src[..., 0].float(), src[..., 1].float()
+            mx = torch.empty((1, h, w), dtype=torch.float32, device=self.device)
+            my = torch.empty_like(mx)
+            xs = torch.arange(w, dtype=torch.float64, device=self.device)
+            for y0 in range(0, h, MAP_ROWS):  # point by point, so bands of rows bound the float64 temporaries
+                ys = torch.arange(y0, min(h, y0 + MAP_ROWS), dtype=torch.float64, device=self.device)
+                gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+                src = distort_points(torch.stack([gx, gy], -1).reshape(1, -1, 2), K, dist).reshape(len(ys), w, 2)
+                mx[0, y0 : y0 + len(ys)], my[0, y0 : y0 + len(ys)] = src[..., 0], src[..., 1]
             self.maps = (mx, my)
             inside = ((mx >= -0.5) & (mx < w - 0.5) & (my >= -0.5) & (my < h - 0.5)).float()[None]
         k = 2 * EDGE_PX + 1
@@ -98,8 +100,8 @@ class CaptureCalibration:
             raise LodeInputError(source, f"frame is {raw.shape[0]}×{raw.shape[1]}, calibrated for {self.hw}")
         x = torch.from_numpy(np.ascontiguousarray(raw)).to(self.device).permute(2, 0, 1)[None].float()
         if self.flat is not None and self.dark is not None:
-            x = ((x - self.dark) / self.flat).round().clamp(0, 255)
+            x = x.sub_(self.dark).div_(self.flat).round_().clamp_(0, 255)
         if self.maps is not None:
-            x = remap(x, self.maps[0], self.maps[1], mode="bicubic", align_corners=True).round().clamp(0, 255)
+            x = remap(x, self.maps[0], self.maps[1], mode="bicubic", align_corners=True).round_().clamp_(0, 255)
         image = x[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
         return np.ascontiguousarray(image), self.valid

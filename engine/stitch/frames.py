@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -86,18 +87,21 @@ class FrameCorrector:
         self.device = device
         self.threads = threads
         self._cal: dict[tuple[str, tuple[int, int]], CaptureCalibration] = {}
+        self._building = threading.Lock()
 
     def calibration(self, corr: Correction, hw: tuple[int, int], source: str | Path) -> CaptureCalibration:
         """The frame calibration of ``corr`` for frames ``hw`` (built once, then kept)."""
         from engine.calibrate.capture import CaptureCalibration
 
         key = (corr.key, hw)
-        if key not in self._cal:
-            if self.threads:
-                import torch
+        with self._building:  # frames corrected side by side wait for one build
+            if key not in self._cal:
+                if self.threads:
+                    import torch
 
-                torch.set_num_threads(self.threads)
-            self._cal = {key: CaptureCalibration(corr.lens, corr.flat, hw, self.device, source)}
+                    torch.set_num_threads(self.threads)
+                self._cal = {}
+                self._cal[key] = CaptureCalibration(corr.lens, corr.flat, hw, self.device, source)
         return self._cal[key]
 
     def correct(
