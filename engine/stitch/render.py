@@ -184,41 +184,61 @@ def _up(a: np.ndarray, like: np.ndarray) -> np.ndarray:
     return cv2.pyrUp(a, dstsize=(like.shape[1], like.shape[0]))
 
 
-def _fill(a: np.ndarray, valid: np.ndarray, levels: int) -> np.ndarray:
-    """``a`` ``(h, w, 3)`` float32 with the pixels outside ``valid`` ``(h, w)`` bool replaced by a
-    push-pull extension of the valid ones (normalised Gaussian pyramid, coarse to fine; ``levels`` ≥ 1).
-    At full resolution the weights are 0 or 1, so a valid pixel keeps ``a`` and the others take the
-    next level up, upsampled."""
-    wt = valid.astype(np.float32)
-    sums, wts = _gaussian(a * wt[..., None], levels), _gaussian(wt, levels)
-    f = sums[-1] / np.maximum(wts[-1], 1e-6)[..., None]
+def _weights(valid: np.ndarray, levels: int) -> list[np.ndarray]:
+    """The Gaussian pyramid of ``valid`` ``(h, w)`` bool as weights, ``levels`` deep: float32 but
+    for the full-resolution level, ``valid`` itself (a weight of 0 or 1)."""
+    pyramid = _gaussian(valid.astype(np.float32), levels)
+    pyramid[0] = valid
+    return pyramid
+
+
+def _pushpull(a: np.ndarray, wts: list[np.ndarray], own: bool = False) -> np.ndarray:
+    """The push-pull extension ``(h, w)`` float32 of one channel ``a`` ``(h, w)`` float32 from its valid
+    pixels, whose :func:`_weights` (at least 2 levels) are ``wts``: a normalised Gaussian pyramid,
+    coarse to fine; each pixel takes the next level up, upsampled (callers take the pixels outside
+    the valid ones). ``own``: ``a`` is the caller's to overwrite."""
+    h, w = a.shape
+    sums = _gaussian(np.multiply(a, wts[0], out=a if own else None), len(wts) - 1)
+    del a
+    f = sums[-1] / np.maximum(wts[-1], 1e-6)
     for s, c in zip(reversed(sums[1:-1]), reversed(wts[1:-1])):
-        f = np.where((c > 1e-3)[..., None], s / np.maximum(c, 1e-6)[..., None], _up(f, s))
-    out = _up(f, a)
-    np.copyto(out, a, where=valid[..., None])
-    return out
+        f = np.where(c > 1e-3, s / np.maximum(c, 1e-6), _up(f, s))
+    del sums
+    return cv2.pyrUp(f, dstsize=(w, h))
 
 
-def _extend(a: np.ndarray, valid: np.ndarray, total: np.ndarray, count: np.ndarray, levels: int) -> np.ndarray:
-    """A frame ``a`` ``(h, w, 3)`` float32 continued past its ``valid`` ``(h, w)`` bool pixels: where
-    other frames are valid, by their mean plus the smooth (push-pull) extension of ``a`` minus that
-    mean, so detail runs on across the frame's border; elsewhere by the push-pull extension of ``a``.
-    ``total`` ``(h, w, 3)`` and ``count`` ``(h, w)`` are the sum and number of all valid frames."""
-    if valid.all():
+class _Extension:
+    """How a frame is continued past its ``valid`` ``(h, w)`` bool pixels, channel by channel
+    (:meth:`extend`): where other frames are valid, by their mean plus the smooth (push-pull)
+    extension of the frame minus that mean, so detail runs on across the frame's border; elsewhere
+    by the push-pull extension of the frame. ``count`` ``(h, w)`` uint8 is the number of valid
+    frames, this one included; the masks and weight pyramids are the channels' to share."""
+
+    def __init__(self, valid: np.ndarray, count: np.ndarray, levels: int):
+        self.valid = valid
+        self.per = count - valid
+        self.seen = ~valid & (self.per > 0)
+        self.alone = ~valid & (self.per <= 0)
+        self.shared = valid & (self.per > 0)
+        np.maximum(self.per, 1, out=self.per)
+        self.w_seen = _weights(self.shared, levels) if self.seen.any() else None
+        self.w_alone = _weights(valid, levels) if self.alone.any() else None
+
+    def extend(self, a: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """One channel ``a`` ``(h, w)`` float32 of the frame, continued in place; ``total`` ``(h, w)``:
+        that channel's sum over all valid frames."""
+        if self.w_seen is not None:
+            others = a * self.valid
+            np.subtract(total, others, out=others)
+            others /= self.per
+            filled = _pushpull(a - others, self.w_seen, own=True)
+            filled += others
+            del others
+            np.copyto(a, filled, where=self.seen)
+            del filled
+        if self.w_alone is not None:  # its valid pixels, all the push-pull reads, are as they came
+            np.copyto(a, _pushpull(a, self.w_alone), where=self.alone)
         return a
-    n = count - valid
-    out = a.copy()
-    seen = ~valid & (n > 0)
-    if seen.any():
-        others = total - a * valid[..., None]
-        others /= np.maximum(n, 1)[..., None]
-        filled = _fill(a - others, valid & (n > 0), levels)
-        filled += others
-        np.copyto(out, filled, where=seen[..., None])
-    alone = ~valid & (n <= 0)
-    if alone.any():
-        np.copyto(out, _fill(a, valid, levels), where=alone[..., None])
-    return out
 
 
 def _footprint(M: np.ndarray, hw: tuple[int, int], h: int, w: int, y0: int, x0: int) -> tuple[slice, slice] | None:
@@ -262,9 +282,9 @@ def _multiband(
     box around the pixels it owns grown by ``margin`` (default: the reach of the coarsest band,
     :func:`blend_halo` plus one coarse pixel's upsampling): past that its weight is 0 at every level."""
     best = np.full((h, w), -1.0, np.float32)
-    owner = np.full((h, w), -1, np.int32)
+    owner = np.full((h, w), -1, np.int16)
     total = np.zeros((h, w, 3), np.float32)
-    count = np.zeros((h, w), np.float32)
+    count = np.zeros((h, w), np.uint8)
     warped: list[tuple[int, ShardFrame, tuple[slice, slice], np.ndarray, np.ndarray]] = []
     depths: list[tuple[np.ndarray, np.ndarray]] = []  # (valid, its depth): frames mostly share one mask
     for i, (f, img, valid) in enumerate(zip(frames, images, valids)):
@@ -293,37 +313,60 @@ def _multiband(
         count[sl] += v
         warped.append((i, f, sl, im, v))
         del depth, score, better
-    acc = [np.zeros((h >> lv, w >> lv, 3), np.float32) for lv in range(levels + 1)]
-    wsum = [np.zeros((h >> lv, w >> lv), np.float32) for lv in range(levels + 1)]
     margin = blend_halo(levels) + (2 << levels) if margin is None else margin
-    for i, f, sl, im, v in warped:
+    del best, depths
+    owned: list[tuple[int, ShardFrame, slice, slice, tuple[Any, np.ndarray, np.ndarray] | None]] = []
+    while warped:  # each frame keeps only its warp over the box its pyramids are built on
+        i, f, sl, im, v = warped.pop(0)
         mask = owner == i
         if not mask.any():
             continue
         cy, cx = _around(mask, margin, 1 << levels)
-        a = np.zeros((cy.stop - cy.start, cx.stop - cx.start, 3), np.float32)
-        va = np.zeros(a.shape[:2], bool)
         iy = slice(max(cy.start, sl[0].start), min(cy.stop, sl[0].stop))
         ix = slice(max(cx.start, sl[1].start), min(cx.stop, sl[1].stop))
+        part = None
         if iy.stop > iy.start and ix.stop > ix.start:
             src = (
                 slice(iy.start - sl[0].start, iy.stop - sl[0].start),
                 slice(ix.start - sl[1].start, ix.stop - sl[1].start),
             )
             dst = (slice(iy.start - cy.start, iy.stop - cy.start), slice(ix.start - cx.start, ix.stop - cx.start))
-            a[dst], va[dst] = im[src] * f.gain.astype(np.float32), v[src]
-        g = _gaussian(_extend(a, va, total[cy, cx], count[cy, cx], levels + 2), levels)
-        del a, va
-        for lv, m in enumerate(_gaussian(mask[cy, cx].astype(np.float32), levels)):
-            band = g[lv] - _up(g[lv + 1], g[lv]) if lv < levels else g[lv]
-            at = (slice(cy.start >> lv, cy.stop >> lv), slice(cx.start >> lv, cx.stop >> lv))
-            acc[lv][at] += band * m[..., None]
-            wsum[lv][at] += m
-        del g, band
-    del warped, total, count, best, depths
+            part = (dst, np.ascontiguousarray(im[src]), np.ascontiguousarray(v[src]))
+        owned.append((i, f, cy, cx, part))
+        del im, v, mask
+    acc = [np.zeros((h >> lv, w >> lv, 3), np.float32) for lv in range(levels + 1)]
+    # the masks partition the owned pixels, so their full-resolution sum is owner >= 0: only the coarser are summed
+    wsum = [(owner >= 0).astype(np.float32)] + [np.zeros((h >> lv, w >> lv), np.float32) for lv in range(1, levels + 1)]
+    while owned:
+        i, f, cy, cx, part = owned.pop(0)
+        va = np.zeros((cy.stop - cy.start, cx.stop - cx.start), bool)
+        if part is not None:
+            va[part[0]] = part[2]
+        ext = _Extension(va, count[cy, cx], levels + 2)
+        del va
+        masks = _gaussian((owner[cy, cx] == i).astype(np.float32), levels)
+        ats = [(slice(cy.start >> lv, cy.stop >> lv), slice(cx.start >> lv, cx.stop >> lv)) for lv in range(levels + 1)]
+        for lv in range(1, levels + 1):
+            wsum[lv][ats[lv]] += masks[lv]
+        gain = f.gain.astype(np.float32)
+        for c in range(3):  # channel by channel: a third of the working memory of all three at once
+            a = np.zeros(ext.valid.shape, np.float32)
+            if part is not None:
+                np.multiply(part[1][..., c], gain[c], out=a[part[0]])
+            g = _gaussian(ext.extend(a, total[cy, cx, c]), levels)
+            del a
+            for lv, m in enumerate(masks):
+                band = g.pop(0)  # the Laplacian band is made in place of its Gaussian level, which is then let go
+                if g:
+                    np.subtract(band, _up(g[0], band), out=band)
+                band *= m
+                acc[lv][ats[lv]][..., c] += band
+                del band
+        del ext, masks, part
+    del total, count
     out = acc[-1] / np.maximum(wsum[-1], 1e-6)[..., None]
-    for a, s in zip(reversed(acc[:-1]), reversed(wsum[:-1])):
-        out = _up(out, a) + a / np.maximum(s, 1e-6)[..., None]
+    for band_sum, s in zip(reversed(acc[:-1]), reversed(wsum[:-1])):
+        out = _up(out, band_sum) + band_sum / np.maximum(s, 1e-6)[..., None]
     return out * (owner >= 0)[..., None]
 
 
@@ -411,10 +454,14 @@ class RenderStage(BlockStage):
         ks = plan.touching(unit.block)
         h, w = plan.frame_hw
         images = np.zeros((max(len(ks), 1), h, w, 3), np.uint8)
-        valids = np.zeros((max(len(ks), 1), h, w), np.uint8)
+        valids: list[np.ndarray] = []  # each distinct mask once: a section's frames mostly share one
+        valid_of = []
         for i, k in enumerate(ks):
             images[i] = load_frame(frame_path(plan.work, k, "image"))
-            valids[i] = load_frame(frame_path(plan.work, k, "valid"))
+            v = load_frame(frame_path(plan.work, k, "valid"))
+            j = next((j for j, u in enumerate(valids) if np.array_equal(u, v)), len(valids))
+            valids += [v] if j == len(valids) else []
+            valid_of.append(j)
         root = open_store(plan.store)
         labels = array_at(root, f"{plan.group}/{SEAM_LABELS}")[:]
         refined = (
@@ -425,7 +472,8 @@ class RenderStage(BlockStage):
         return {
             "frames": np.array(ks + [-1], np.int64),
             "images": images,
-            "valids": valids,
+            "valids": np.stack(valids) if valids else np.zeros((1, h, w), np.uint8),
+            "valid_of": np.array(valid_of + [-1], np.int64),
             "labels": labels,
             "refined": refined,
         }
@@ -442,7 +490,7 @@ class RenderStage(BlockStage):
             b.w,
             frames,
             [np.ascontiguousarray(a) for a in data["images"][: len(ks)]],
-            [np.ascontiguousarray(a) for a in data["valids"][: len(ks)]],
+            [np.ascontiguousarray(data["valids"][j]) for j in data["valid_of"][:-1]],
             data["labels"],
             plan.scale,
             plan.sigma_low,
@@ -467,5 +515,5 @@ class RenderStage(BlockStage):
         plan = self.plans[unit.raster]
         h, w = plan.frame_hw
         _, _, bh, bw = plan.box(unit.block)
-        frames = max(len(plan.touching(unit.block)), 1) * h * w * 4
+        frames = max(len(plan.touching(unit.block)), 1) * h * w * 3 + h * w
         return frames + unit.block.h * unit.block.w * 3 + (2 * bh * bw if plan.seam_refined else 0)
