@@ -1,6 +1,6 @@
 """Shard rendering on the raster runner: from the exact plans the old shard tasks rendered
-(fixtures/render_plans.npz), every pyramid level has the bytes the old code wrote
-(fixtures/render_pinned.json); a killed ``lode stitch`` resumes at its unfinished shards."""
+(fixtures/render_plans.npz), every pyramid level has the bytes the old code wrote, feathered and
+multiband (fixtures/render_pinned.json); a killed ``lode stitch`` resumes at its unfinished shards."""
 
 from __future__ import annotations
 
@@ -44,8 +44,11 @@ def _hashes(group: zarr.Group) -> dict[str, str]:
     return {k: hashlib.sha256(group[k][:].tobytes()).hexdigest() for k in ("0", "1", "2")}
 
 
+@pytest.mark.parametrize("blend", ["feather", "multiband"])
 @pytest.mark.parametrize("executor", [pytest.param("ray", marks=pytest.mark.slow), "serial"])
-def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, corrector, executor):
+def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, corrector, executor, blend):
+    """``sha256``: the feathered bytes of the old shard tasks; ``multiband_sha256``: the multiband
+    bytes of the render before it went channel by channel (at 1d1a7f5)."""
     pinned = json.loads((FIXTURES / "render_pinned.json").read_text())
     plans = np.load(FIXTURES / "render_plans.npz")
     store = tmp_path / "out.zarr"
@@ -54,7 +57,11 @@ def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, corrector, e
     for name, pin in pinned.items():
         write_section(tmp_path / "coll", name, capture_grid(None, _config(pin["config"])))
         plan, _ = prepare_section(
-            tmp_path / "coll" / name, store, Correction(), StitchOptions(shard=128, blend="feather"), corrector
+            tmp_path / "coll" / name,
+            store,
+            Correction(),
+            StitchOptions(shard=128, blend=blend, seam_refine=False),
+            corrector,
         )
         mats = tuple(np.array(m) for m in plans[f"{name}_mats"])
         plan = replace(
@@ -72,7 +79,23 @@ def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, corrector, e
     assert run.ran == sum(p["shards"] for p in pinned.values()) and not run.failed
     root = zarr.open_group(str(store), mode="r")
     for plan in frozen:
-        assert _hashes(root[plan.group]) == pinned[plan.section]["sha256"], plan.section
+        key = "sha256" if blend == "feather" else "multiband_sha256"
+        assert _hashes(root[plan.group]) == pinned[plan.section][key], plan.section
+
+
+def _settled(status: Path, quiet_s: float = 3.0, limit_s: float = 60.0) -> set[str]:
+    """The shards recorded done once the killed job's workers are gone: a worker in the middle of a
+    shard when its driver is killed may still record it before the job's reaper ends it, so the
+    record is read once it has not changed for ``quiet_s``."""
+    seen: set[str] = set()
+    quiet_since = time.time()
+    deadline = time.time() + limit_s
+    while time.time() < deadline and time.time() - quiet_since < quiet_s:
+        now = {p.parent.name + "/" + p.stem for p in status.glob("*/[!.]*.json")}
+        if now != seen:
+            seen, quiet_since = now, time.time()
+        time.sleep(0.1)
+    return seen
 
 
 @pytest.mark.slow
@@ -108,7 +131,7 @@ def test_killed_stitch_resumes_byte_identical(tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = {p.parent.name + "/" + p.stem for p in status.glob("*/*.json")}
+    done = _settled(status)
     assert done, "no shard was finished before the kill"
     root = zarr.open_group(str(out), mode="r")
     groups = {n for n, _ in root.groups()}
