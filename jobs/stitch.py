@@ -126,7 +126,6 @@ def stitch_collection(cfg: Any, on_section: Callable[[str], None] | None = None)
     from engine.io import fs
     from engine.runtime import init_ray
     from engine.stitch.collection import (
-        load_correction,
         load_pixel_size,
         section_bytes,
         section_dirs,
@@ -145,7 +144,6 @@ def stitch_collection(cfg: Any, on_section: Callable[[str], None] | None = None)
         if unknown:
             raise LodeInputError(cfg.collection, f"no section(s) {', '.join(unknown)}")
         secs = [s for s in secs if fs.name(s) in set(cfg.sections)]
-    corr = load_correction(cfg.collection, cfg.lens, cfg.flat, cfg.pattern, not cfg.no_lens, not cfg.no_flat)
     register = RegisterOptions()
     if cfg.matcher == "loftr":
         weights = check_weights(cfg.matcher_weights)
@@ -172,20 +170,23 @@ def stitch_collection(cfg: Any, on_section: Callable[[str], None] | None = None)
     except ValueError as exc:
         raise LodeInputError("--blend-levels", str(exc)) from exc
     init_ray(num_cpus=cfg.num_cpus)
+    corr_ref, corr = _fitted_correction(cfg)
     create_root(cfg.out)
     dirs = {fs.name(s): str(s) for s in secs}
     k = cfg.sections_in_flight or min(
         len(dirs), sections_in_flight(ray.cluster_resources(), max(section_bytes(d) for d in dirs.values()))
     )
-    stream = _Stream(cfg, dirs, corr, opts, k, on_section)
+    stream = _Stream(cfg, dirs, corr_ref, corr, opts, k, on_section)
     stream.run()
     drop_work(cfg.out)
     return stream.close(time.perf_counter() - t0)
 
 
 class _Stream:
-    """Stitch a collection's sections with at most ``k`` in flight: a section is prepared as a Ray
-    task, rendered once prepared and published; only then does the next one start. Each finished
+    """Stitch a collection's sections with at most ``k`` in flight: a section's frames are corrected
+    by the job's frame corrector (a Ray task), then it is registered and planned (another, which no
+    longer holds the corrector: the actor goes once the last section's frames are corrected),
+    rendered once planned and published; only then does the next one start. Each finished
     (or failed) section is recorded at once in the job's manifest with its fingerprint; a rerun
     skips the sections recorded done with the same fingerprint whose group is in the store."""
 
@@ -193,6 +194,7 @@ class _Stream:
         self,
         cfg: Any,
         dirs: dict[str, str],
+        corr_ref: Any,
         corr: Any,
         opts: Any,
         k: int,
@@ -201,7 +203,8 @@ class _Stream:
         from engine.io import fs
         from engine.stitch.section import section_fingerprint
 
-        self.cfg, self.dirs, self.corr, self.opts, self.k = cfg, dirs, corr, opts, k
+        self.cfg, self.dirs, self.opts, self.k = cfg, dirs, opts, k
+        self.calibration = {"lens": None if corr.lens is None else corr.lens.to_dict(), "flat": corr.flat is not None}
         self.on_section = on_section or (lambda name: None)
         self.units = _previous_units(cfg.out)
         self.results: dict[str, dict] = {}
@@ -222,32 +225,38 @@ class _Stream:
         ]
         self.event = 0
         self.shards = {"ran": 0, "skipped": 0}
+        self.corr_ref = corr_ref
 
     def run(self) -> None:
         import ray
 
-        from engine.stitch.section import frame_corrector, prepare_section
+        from engine.stitch.section import CorrectionRef, correct_section, frame_corrector, plan_section
 
         for name in self.skipped:
             self.results[name] = _stored_report(self.cfg.out, name)
             self._say(name)
             self.on_section(name)
-        remote = ray.remote(num_cpus=0, **_remote_args())(prepare_section)
-        corr_ref = ray.put(self.corr)
+        correct = ray.remote(num_cpus=0, **_remote_args())(correct_section)
+        plan = ray.remote(num_cpus=0, **_remote_args())(plan_section)
         todo = [name for name in self.dirs if name not in self.skipped]
         corrector = frame_corrector() if todo else None
-        in_flight: dict[Any, str] = {}
+        correcting: dict[Any, str] = {}
+        planning: dict[Any, str] = {}
         started: dict[str, int] = {}
-        while todo or in_flight:
-            while todo and len(in_flight) < self.k:
+        while todo or correcting or planning:
+            while todo and len(correcting) + len(planning) < self.k:
                 name = todo.pop(0)
-                in_flight[remote.remote(self.dirs[name], self.cfg.out, corr_ref, self.opts, corrector)] = name
+                ref = CorrectionRef(self.corr_ref)
+                correcting[correct.remote(self.dirs[name], self.cfg.out, ref, self.opts, corrector)] = name
                 started[name] = self._tick()
-            if not todo:
-                corrector = None  # the actor (and its memory) goes once the last preparing section is done with it
-            [ready], _ = ray.wait(list(in_flight), num_returns=1)
-            name = in_flight.pop(ready)
-            self._finish(name, ready, started[name])
+            if not todo and not correcting:
+                corrector = None  # the actor (and its memory) goes once no section still needs its frames corrected
+            [ready], _ = ray.wait([*correcting, *planning], num_returns=1)
+            if ready in correcting:  # a failed correction fails its plan task with its error
+                planning[plan.remote(ready, self.corr_ref, self.opts)] = correcting.pop(ready)
+            else:
+                name = planning.pop(ready)
+                self._finish(name, ready, started[name])
             del ready
 
     def _tick(self) -> int:
@@ -333,10 +342,7 @@ class _Stream:
         summary = {
             "collection": _absolute(self.cfg.collection),
             "store": _absolute(self.cfg.out),
-            "calibration": {
-                "lens": None if self.corr.lens is None else self.corr.lens.to_dict(),
-                "flat": self.corr.flat is not None,
-            },
+            "calibration": self.calibration,
             "seconds": round(seconds, 3),
             "sections_in_flight": self.k,
             "sections": results,
@@ -367,6 +373,31 @@ def _pixel_size(report: dict) -> str:
     if size is None:
         return "no pixel size"
     return f"{size:g} µm/px" + (f" ({source})" if source else "")
+
+
+def _fitted_correction(cfg: Any) -> tuple[Any, Any]:
+    """The collection's correction (lens and flat field) and its ref in the object store, fitted from
+    its calibration frames in a worker that exits afterwards: the driver neither reads the frames the
+    fit reads nor touches the flat field (it reads the lens and the key; the flat stays in the object
+    store, read there by the frame corrector). A bad calibration input raises its ``LodeInputError``."""
+    import ray
+
+    from engine.errors import input_error_of
+    from engine.stitch.collection import load_correction
+
+    def fit() -> Any:
+        corr = load_correction(cfg.collection, cfg.lens, cfg.flat, cfg.pattern, not cfg.no_lens, not cfg.no_flat)
+        _ = corr.key  # hashed here and pickled with it: no reader hashes the flat again
+        return corr
+
+    ref = ray.remote(num_cpus=1, max_calls=1, **_remote_args())(fit).remote()
+    try:
+        return ref, ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = input_error_of(exc)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _remote_args() -> dict:

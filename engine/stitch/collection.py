@@ -23,6 +23,7 @@ from engine.calibrate.lens import LensModel, fit_lens
 from engine.errors import LodeInputError
 from engine.io import fs
 from engine.io.images import read_folder
+from engine.raster.stage import release_heap
 from engine.stitch.frames import Correction
 
 CALIBRATION = "calibration"
@@ -96,6 +97,7 @@ def load_correction(
         elif (cal / "flat").is_dir():
             darks = read_folder(cal / "dark") if (cal / "dark").is_dir() else None
             ff = fit_flat(read_folder(cal / "flat"), darks, source=cal)
+    release_heap()  # the calibration frames read for the fits are freed: hand their heap back
     return Correction(lens_model, ff)
 
 

@@ -1,7 +1,10 @@
 """Stitch one section: correct (an actor), register pairs (Ray tasks), solve, gains, seams, then render
 the panorama's shards on the raster runner (:class:`~engine.stitch.render.RenderStage`).
 
-Preparing a section (:func:`prepare_section`) writes its corrected frames and its render plan
+Preparing a section (:func:`prepare_section`: :func:`correct_section`, which needs the frame
+corrector, then :func:`plan_section`, which needs it only when the lens refined over the section's
+overlaps changes, so a job can let the actor go once its last section's frames are corrected) writes
+its corrected frames and its render plan
 to the section's work folder beside the store and creates the hidden ``.<section>.partial``
 group; rendering records every finished shard in the run manifest of that work folder, so a
 killed run resumes at its first unfinished shard from the same plan; :func:`finish_section`
@@ -38,7 +41,7 @@ from engine.stitch.align import AlignOptions, solve
 from engine.stitch.bundle import refine_section_lens
 from engine.stitch.confidence import Confidence, predict_errors
 from engine.stitch.exposure import overlap_means, solve_gains
-from engine.stitch.frames import Correction, FrameCorrector, read_section
+from engine.stitch.frames import Correction, FrameCorrector, SectionInput, read_section
 from engine.stitch.refine import PairFrame, Strip, paste, refine_pair, seam_pairs, seam_partners
 from engine.stitch.register import (
     MODELS,
@@ -301,78 +304,153 @@ def _resumable(work: str, sec, store: str, fingerprint: str) -> tuple[RenderPlan
     return plan, saved["report"]
 
 
-def prepare_section(
+@dataclass(frozen=True)
+class CorrectionRef:
+    """A :class:`Correction` already in the object store: the frame corrector's calls read it from
+    there, so a task handed one makes no copy of the flat field."""
+
+    ref: Any
+
+    def get(self) -> Correction:
+        return ray.get(self.ref)
+
+
+@dataclass
+class CorrectedSection:
+    """A section whose frames :func:`correct_section` has corrected into its work folder ``work``:
+    what :func:`plan_section` goes on from. ``thumbs``: each frame's thumbnail ``thumb_scale``× with
+    its valid mask; ``stds``: each frame's grey-level spread; ``seconds``: how long correcting took."""
+
+    section_dir: str
+    sec: SectionInput
+    store: str
+    work: str
+    fingerprint: str
+    hw: tuple[int, int]
+    thumb_scale: float
+    thumbs: list[tuple[np.ndarray, np.ndarray]]
+    stds: list[float]
+    seconds: float
+
+
+Prepared = tuple[RenderPlan, dict]
+
+
+def correct_section(
     section_dir: str | Path,
     store: str | Path,
-    correction: Correction = Correction(),
-    opts: StitchOptions = StitchOptions(),
-    corrector: ray.actor.ActorHandle | None = None,
-) -> tuple[RenderPlan, dict]:
-    """Correct, register, solve, gains and seams of one section: its render plan and report base.
-
-    Frames are corrected by ``corrector`` (:func:`frame_corrector`; one of its own when none is given).
-
-    Writes the corrected frames and the plan to the section's work folder and creates the
-    partial image group; a plan left by an unfinished run with the same inputs is reused as it
-    is (its finished shards are kept), else the section starts afresh.
-    """
+    correction: Correction | CorrectionRef,
+    opts: StitchOptions,
+    corrector: ray.actor.ActorHandle,
+) -> CorrectedSection | Prepared:
+    """Correct a section's frames with ``corrector`` (:func:`frame_corrector`) into its work folder,
+    afresh: the first half of :func:`prepare_section`. A plan left by an unfinished run with the same
+    inputs is returned as it is instead (its finished shards are kept)."""
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
     sec = read_section(section_dir)
     store = str(store) if fs.is_uri(store) else str(Path(fs.local(store)).resolve())
     work = work_root(store)
-    fingerprint = _fingerprint(sec, correction, opts)
+    corr = correction.get() if isinstance(correction, CorrectionRef) else correction
+    fingerprint = _fingerprint(sec, corr, opts)
     resumed = _resumable(work, sec, store, fingerprint)
     if resumed is not None:
         return resumed
     section_work = fs.join(work, sec.section_id)
     fs.remove(section_work)
     fs.remove(fs.join(RunManifest(work).status_dir, sec.section_id))
-    n = len(sec.tiles)
     hw = image_header(sec.tiles[0])[:2]
-    thumb_scale = _seam_scale(n, hw, opts.seam_megapixels)
+    thumb_scale = _seam_scale(len(sec.tiles), hw, opts.seam_megapixels)
+    given = correction.ref if isinstance(correction, CorrectionRef) else corr
+    thumbs, stds = _correct_frames(corrector, sec, given, thumb_scale, section_work, hw)
+    return CorrectedSection(
+        str(section_dir), sec, store, section_work, fingerprint, hw, thumb_scale, thumbs, stds, time.perf_counter() - t0
+    )
+
+
+def prepare_section(
+    section_dir: str | Path,
+    store: str | Path,
+    correction: Correction = Correction(),
+    opts: StitchOptions = StitchOptions(),
+    corrector: ray.actor.ActorHandle | None = None,
+) -> Prepared:
+    """Correct, register, solve, gains and seams of one section: its render plan and report base
+    (:func:`correct_section`, then :func:`plan_section`).
+
+    Frames are corrected by ``corrector`` (:func:`frame_corrector`; one of its own, dropped once
+    the frames are corrected, when none is given).
+
+    Writes the corrected frames and the plan to the section's work folder and creates the
+    partial image group; a plan left by an unfinished run with the same inputs is reused as it
+    is (its finished shards are kept), else the section starts afresh.
+    """
     own = corrector is None
-    corrector = frame_corrector() if corrector is None else corrector
+    actor = frame_corrector() if corrector is None else corrector
     try:
-        thumb_refs, stds = _correct_frames(corrector, sec, correction, thumb_scale, section_work, hw)
-        timings["correct"] = time.perf_counter() - t0
-        if sec.nominal_xy is not None:
-            pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
-        elif sec.stage_um is not None:
-            pairs = _coarse_pairs(section_work, n, hw, opts, stage_neighbours(sec.stage_um))
-            nominal = stage_pixels(sec.stage_um, pairs, hw)
-            pairs = pairs if nominal is None else _nominal_pairs(nominal, hw, opts.min_overlap)
-        else:
-            pairs = _coarse_pairs(section_work, n, hw, opts)
-        t = time.perf_counter()
-        register = _register_task
-        if opts.register.matcher == "loftr" and ray.cluster_resources().get("GPU", 0) > 0:
-            register = _register_task.options(num_gpus=1)  # the learned matcher runs on the task's GPU
-        edges: list[Edge] = ray.get(
-            [register.remote(i, j, section_work, prior, opts.register) for i, j, prior in pairs]
-        )
-        timings["register"] = time.perf_counter() - t
-        t = time.perf_counter()
-        al = solve(n, edges, opts=opts.align)
-        lens_fit = None
-        if correction.lens is not None and not correction.lens.is_identity:
-            tl = time.perf_counter()
-            lens_fit, edges = refine_section_lens(edges, al, correction.lens, opts.refine_lens)
-            if lens_fit.refined:
-                correction = replace(correction, lens=lens_fit.lens)
-                thumb_refs, stds = _correct_frames(corrector, sec, correction, thumb_scale, section_work, hw)
-                al = solve(n, edges, opts=opts.align)
-            timings["refine_lens"] = time.perf_counter() - tl
+        corrected = correct_section(section_dir, store, correction, opts, actor)
     finally:
         if own:
-            ray.kill(corrector, no_restart=True)
+            ray.kill(actor, no_restart=True)
+        del actor
+    return plan_section(corrected, correction, opts, corrector)
+
+
+def plan_section(
+    corrected: CorrectedSection | Prepared,
+    correction: Correction,
+    opts: StitchOptions,
+    corrector: ray.actor.ActorHandle | None = None,
+) -> Prepared:
+    """Register, solve, gains and seams of a section :func:`correct_section` corrected: its render
+    plan and report base (a resumed plan is passed through). When the lens refined over the
+    section's overlaps changes, its frames are corrected again, by ``corrector`` or, when none is
+    given, by one of its own."""
+    if not isinstance(corrected, CorrectedSection):
+        return corrected
+    t0 = time.perf_counter() - corrected.seconds  # "prepare" counts the correction too
+    timings: dict[str, float] = {"correct": corrected.seconds}
+    sec, store, section_work, hw = corrected.sec, corrected.store, corrected.work, corrected.hw
+    thumb_scale, thumbs, stds = corrected.thumb_scale, corrected.thumbs, corrected.stds
+    section_dir, fingerprint = corrected.section_dir, corrected.fingerprint
+    work = work_root(store)
+    n = len(sec.tiles)
+    if sec.nominal_xy is not None:
+        pairs = _nominal_pairs(sec.nominal_xy, hw, opts.min_overlap)
+    elif sec.stage_um is not None:
+        pairs = _coarse_pairs(section_work, n, hw, opts, stage_neighbours(sec.stage_um))
+        nominal = stage_pixels(sec.stage_um, pairs, hw)
+        pairs = pairs if nominal is None else _nominal_pairs(nominal, hw, opts.min_overlap)
+    else:
+        pairs = _coarse_pairs(section_work, n, hw, opts)
+    t = time.perf_counter()
+    register = _register_task
+    if opts.register.matcher == "loftr" and ray.cluster_resources().get("GPU", 0) > 0:
+        register = _register_task.options(num_gpus=1)  # the learned matcher runs on the task's GPU
+    edges: list[Edge] = ray.get([register.remote(i, j, section_work, prior, opts.register) for i, j, prior in pairs])
+    timings["register"] = time.perf_counter() - t
+    t = time.perf_counter()
+    al = solve(n, edges, opts=opts.align)
+    lens_fit = None
+    if correction.lens is not None and not correction.lens.is_identity:
+        tl = time.perf_counter()
+        lens_fit, edges = refine_section_lens(edges, al, correction.lens, opts.refine_lens)
+        if lens_fit.refined:
+            correction = replace(correction, lens=lens_fit.lens)
+            actor = frame_corrector() if corrector is None else corrector
+            try:
+                thumbs, stds = _correct_frames(actor, sec, correction, thumb_scale, section_work, hw)
+            finally:
+                if corrector is None:
+                    ray.kill(actor, no_restart=True)
+            al = solve(n, edges, opts=opts.align)
+        timings["refine_lens"] = time.perf_counter() - tl
     conf = predict_errors(edges, al, hw, opts.align)
     timings["align"] = time.perf_counter() - t
     if n == 1 and al.transforms[0] is None:
         al.transforms[0], al.reference = np.eye(2, 3), 0
     placed = [m is not None for m in al.transforms]
     if not any(placed):
-        raise LodeInputError(fs.join(str(section_dir), "tiles"), f"no pair of its {n} frames could be registered")
+        raise LodeInputError(fs.join(section_dir, "tiles"), f"no pair of its {n} frames could be registered")
     al.transforms = level_axes(al.transforms, hw)
     boxes = [frame_box(m, hw) for m in al.transforms if m is not None]
     x0 = min(b[0] for b in boxes)
@@ -387,7 +465,6 @@ def prepare_section(
     )
 
     t = time.perf_counter()
-    thumbs = ray.get(thumb_refs)
     s = thumb_scale
     S = np.array([[s, 0, 0.5 * s - 0.5], [0, s, 0.5 * s - 0.5]])
     Lh, Lw = int(np.ceil(H * s)), int(np.ceil(W * s))
@@ -457,15 +534,18 @@ def prepare_section(
 
 
 def _correct_frames(
-    corrector: Any, sec, correction: Correction, thumb_scale: float, work: str, hw: tuple[int, int]
-) -> tuple[list, list[float]]:
-    """Correct every frame of ``sec`` with ``corrector`` (:func:`frame_corrector`) into ``work``: refs to
-    the thumbnails, and the frames' grey-level std (waited for)."""
-    _ = correction.key  # hashed here once and pickled with it, not by the actor for every frame
-    corr_ref = ray.put(correction)
+    corrector: Any, sec, correction: Correction | Any, thumb_scale: float, work: str, hw: tuple[int, int]
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[float]]:
+    """Correct every frame of ``sec`` with ``corrector`` (:func:`frame_corrector`) into ``work`` with
+    ``correction`` (or the ref of one in the object store): the thumbnails and their valid masks, and
+    the frames' grey-level std."""
+    if isinstance(correction, Correction):
+        _ = correction.key  # hashed here once and pickled with it, not by the actor for every frame
+        correction = ray.put(correction)
     correct = corrector.correct.options(num_returns=2)
-    outs = [correct.remote(str(p), corr_ref, hw, thumb_scale, work, k) for k, p in enumerate(sec.tiles)]
-    return [o[0] for o in outs], _frames_read([o[1] for o in outs])
+    outs = [correct.remote(str(p), correction, hw, thumb_scale, work, k) for k, p in enumerate(sec.tiles)]
+    stds = _frames_read([o[1] for o in outs])
+    return ray.get([o[0] for o in outs]), stds
 
 
 def _frames_read(refs: list) -> list[float]:
