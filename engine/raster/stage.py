@@ -78,3 +78,16 @@ def release_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def own_pages_for_large_blocks(nbytes: int = 16 << 20) -> None:
+    """Give every allocation of ``nbytes`` or more pages of its own, returned to the OS when freed.
+    glibc otherwise raises this threshold to the largest block freed (up to 32 MiB) and serves such
+    blocks from its heap, which a process allocating box-sized arrays unit after unit leaves
+    fragmented: 12 stitch shards rendered in one process kept 130-170 MB more after each than
+    before the first, and their peaks grew from 610 to 730 MB (550 with this), for about 15 % more
+    time (fresh pages are faulted in). Process-wide and for good: a stage calls it from ``setup``."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass

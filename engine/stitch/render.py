@@ -19,6 +19,7 @@ section's frame cache, compute is :func:`render_shard`, write puts the shard int
 from __future__ import annotations
 
 import io
+import mmap
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,7 +31,8 @@ from engine.io import fs
 from engine.io.layout import SEAM_LABELS, SEAM_REFINED, array_at, group_at
 from engine.io.ome import open_store, write_block
 from engine.raster import Block, BlockStage, Unit, block_grid, units_of
-from engine.stitch.register import apply, compose, translation
+from engine.raster.stage import own_pages_for_large_blocks
+from engine.stitch.register import apply, compose, invert, translation
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,33 @@ def frame_box(M: np.ndarray, hw: tuple[int, int]) -> tuple[float, float, float, 
     h, w = hw
     c = apply(M, np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64))
     return float(c[:, 0].min()), float(c[:, 1].min()), float(c[:, 0].max()), float(c[:, 1].max())
+
+
+def source_window(
+    M: np.ndarray, hw: tuple[int, int], box: tuple[int, int, int, int], reach: int = 8
+) -> tuple[slice, slice] | None:
+    """The rows and columns of a frame of size ``hw`` placed by ``M`` that warping it into the
+    panorama box ``(y0, x0, h, w)`` can read: the box within ``reach`` px of the frame's bounding box,
+    mapped back into the frame (its corners bound it: ``M`` maps lines to lines), grown by ``reach``
+    px (the cubic kernel reaches 2) and clipped to the frame; ``None`` when the render reads none of it."""
+    y0, x0, h, w = box
+    bx0, by0, bx1, by1 = frame_box(M, hw)
+    ys, ye = max(y0, int(np.floor(by0)) - reach), min(y0 + h, int(np.ceil(by1)) + reach + 1)
+    xs, xe = max(x0, int(np.floor(bx0)) - reach), min(x0 + w, int(np.ceil(bx1)) + reach + 1)
+    if ye <= ys or xe <= xs:
+        return None
+    c = apply(invert(M), np.array([[xs, ys], [xe, ys], [xe, ye], [xs, ye]], np.float64))
+    r0, r1 = max(0, int(np.floor(c[:, 1].min())) - reach), min(hw[0], int(np.ceil(c[:, 1].max())) + reach + 1)
+    c0, c1 = max(0, int(np.floor(c[:, 0].min())) - reach), min(hw[1], int(np.ceil(c[:, 0].max())) + reach + 1)
+    return (slice(r0, r1), slice(c0, c1)) if r1 > r0 and c1 > c0 else None
+
+
+def untouched_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Zeros of ``shape`` on fresh anonymous pages, which take memory only where written (or read):
+    frames of which a render reads windows are held at the size of those windows."""
+    n = int(np.prod(shape))
+    pages = mmap.mmap(-1, max(n, 1) * np.dtype(dtype).itemsize, flags=mmap.MAP_PRIVATE)
+    return np.frombuffer(pages, dtype, count=n).reshape(shape)
 
 
 def touches(M: np.ndarray, hw: tuple[int, int], y0: int, x0: int, h: int, w: int) -> bool:
@@ -449,15 +478,21 @@ class RenderStage(BlockStage):
     def __init__(self, plans: dict[str, RenderPlan]):
         self.plans = plans
 
+    def setup(self, device: str) -> None:
+        own_pages_for_large_blocks()
+
     def read(self, unit: Unit) -> dict[str, Any]:
         plan = self.plans[unit.raster]
         ks = plan.touching(unit.block)
         h, w = plan.frame_hw
-        images = np.zeros((max(len(ks), 1), h, w, 3), np.uint8)
+        box = plan.box(unit.block)
+        images = untouched_zeros((max(len(ks), 1), h, w, 3), np.uint8)  # each frame's window only is stored
         valids: list[np.ndarray] = []  # each distinct mask once: a section's frames mostly share one
         valid_of = []
         for i, k in enumerate(ks):
-            images[i] = load_frame(frame_path(plan.work, k, "image"))
+            window = source_window(plan.mats[k], plan.frame_hw, box)  # type: ignore[arg-type]
+            if window is not None:
+                images[i][window] = load_frame(frame_path(plan.work, k, "image"))[window]
             v = load_frame(frame_path(plan.work, k, "valid"))
             j = next((j for j, u in enumerate(valids) if np.array_equal(u, v)), len(valids))
             valids += [v] if j == len(valids) else []

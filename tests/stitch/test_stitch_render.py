@@ -156,3 +156,39 @@ def test_killed_stitch_resumes_byte_identical(tmp_path):
     summary = json.loads((tmp_path / "run.zarr.stitch.json").read_text())
     assert all("error" not in r for r in summary["sections"].values())
     assert summary["render"]["skipped"] == len(done)
+
+
+@pytest.mark.parametrize("homography", [False, True])
+def test_a_frame_cut_to_its_source_window_warps_into_the_box_alike(homography):
+    """What a render reads of a frame (:func:`source_window`) is all its warp into the box needs: the
+    frame zeroed outside that window warps to the same bytes, cubic and nearest."""
+    import cv2
+
+    from engine.stitch.register import compose, translation
+    from engine.stitch.render import source_window, untouched_zeros, warp
+
+    rng = np.random.default_rng(5)
+    hw = (200, 300)
+    frame = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    cuts = 0
+    for _ in range(20):
+        a, s = rng.uniform(-0.05, 0.05), rng.uniform(0.97, 1.03)
+        M = np.array([[s * np.cos(a), -s * np.sin(a), rng.uniform(-60, 60)], [s * np.sin(a), s * np.cos(a), 0.0]])
+        M[1, 2] = rng.uniform(-40, 40)
+        if homography:
+            M = np.vstack([M, [rng.uniform(-2e-5, 2e-5), rng.uniform(-2e-5, 2e-5), 1.0]])
+        box = (int(rng.integers(-60, 200)), int(rng.integers(-80, 300)), 96, 128)
+        window = source_window(M, hw, box)
+        F = compose(translation(-box[1], -box[0]), M)
+        full = warp(frame, F, (box[3], box[2]), cv2.INTER_CUBIC)
+        cut = untouched_zeros((*hw, 3), np.uint8)
+        if window is None:
+            assert not full.any()
+            continue
+        cuts += (window[0].stop - window[0].start) * (window[1].stop - window[1].start) < hw[0] * hw[1]
+        cut[window] = frame[window]
+        assert np.array_equal(warp(cut, F, (box[3], box[2]), cv2.INTER_CUBIC), full)
+        assert np.array_equal(
+            warp(cut, F, (box[3], box[2]), cv2.INTER_NEAREST), warp(frame, F, (box[3], box[2]), cv2.INTER_NEAREST)
+        )
+    assert cuts >= 10  # the windows are real cuts, not whole frames
