@@ -143,14 +143,18 @@ def _kill_tree_under(tmp: str) -> None:
 
 def kill_session(proc: subprocess.Popen) -> None:
     """SIGKILL a job started with ``start_new_session=True`` and every process of the session it leads
-    (its embedded Ray)."""
+    (its embedded Ray), and wait until they are gone: a worker outside the job's process group could
+    otherwise still record a unit after the caller has read what was done."""
     import signal
 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    killed = []
     for p in psutil.process_iter(["pid"]):
         try:
             if os.getsid(p.pid) == proc.pid:
                 p.kill()
+                killed.append(p)
         except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
             continue
+    psutil.wait_procs(killed, timeout=30)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from engine.stitch.section import (
     work_root,
 )
 from engine.synth.captures import CaptureConfig, capture_grid, write_section
+from tests.cluster_utils import kill_session
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,21 +83,6 @@ def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, corrector, e
         assert _hashes(root[plan.group]) == pinned[plan.section][key], plan.section
 
 
-def _settled(status: Path, quiet_s: float = 3.0, limit_s: float = 60.0) -> set[str]:
-    """The shards recorded done once the killed job's workers are gone: a worker in the middle of a
-    shard when its driver is killed may still record it before the job's reaper ends it, so the
-    record is read once it has not changed for ``quiet_s``."""
-    seen: set[str] = set()
-    quiet_since = time.time()
-    deadline = time.time() + limit_s
-    while time.time() < deadline and time.time() - quiet_since < quiet_s:
-        now = {p.parent.name + "/" + p.stem for p in status.glob("*/[!.]*.json")}
-        if now != seen:
-            seen, quiet_since = now, time.time()
-        time.sleep(0.1)
-    return seen
-
-
 @pytest.mark.slow
 def test_killed_stitch_resumes_byte_identical(tmp_path):
     for name, cfg in (
@@ -129,9 +114,8 @@ def test_killed_stitch_resumes_byte_identical(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(status.glob("*/*.json")):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = _settled(status)
+    kill_session(proc)
+    done = {p.parent.name + "/" + p.stem for p in status.glob("*/[!.]*.json")}
     assert done, "no shard was finished before the kill"
     root = zarr.open_group(str(out), mode="r")
     groups = {n for n, _ in root.groups()}
