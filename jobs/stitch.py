@@ -253,7 +253,7 @@ class _Stream:
                 corrector = None  # the actor (and its memory) goes once no section still needs its frames corrected
             [ready], _ = ray.wait([*correcting, *planning], num_returns=1)
             if ready in correcting:  # a failed correction fails its plan task with its error
-                planning[plan.remote(ready, self.corr_ref, self.opts)] = correcting.pop(ready)
+                planning[plan.remote(ready, CorrectionRef(self.corr_ref), self.opts)] = correcting.pop(ready)
             else:
                 name = planning.pop(ready)
                 self._finish(name, ready, started[name])

@@ -8,8 +8,10 @@ and the falloff towards the corners is undone.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,14 @@ class FlatField:
     @property
     def frame_hw(self) -> tuple[int, int]:
         return self.flat.shape[:2]
+
+    @cached_property
+    def key(self) -> str:
+        """A hash of ``flat`` and ``dark``, computed once and pickled with the field."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.flat).tobytes())
+        h.update(np.ascontiguousarray(self.dark).tobytes())
+        return h.hexdigest()
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,13 +63,13 @@ class Correction:
     @cached_property
     def key(self) -> str:
         """A hash of the lens and flat field: corrections with the same key correct frames alike.
-        Computed once and pickled with the correction, so the actor does not hash the flat per frame."""
+        Computed once and pickled with the correction; the flat's own hash (:attr:`FlatField.key`) goes
+        with it, so a correction with another lens is hashed without reading the flat again."""
         h = hashlib.sha256()
         if self.lens is not None:
             h.update(json.dumps(self.lens.to_dict(), sort_keys=True).encode())
         if self.flat is not None:
-            h.update(np.ascontiguousarray(self.flat.flat).tobytes())
-            h.update(np.ascontiguousarray(self.flat.dark).tobytes())
+            h.update(self.flat.key.encode())
         return h.hexdigest()
 
 
@@ -105,12 +105,23 @@ class FrameCorrector:
         return self._cal[key]
 
     def correct(
-        self, path: str, corr: Correction, hw: tuple[int, int], thumb_scale: float, work: str, k: int
+        self,
+        path: str,
+        corr: Correction,
+        hw: tuple[int, int],
+        thumb_scale: float,
+        work: str,
+        k: int,
+        lens: LensModel | None = None,
     ) -> tuple[tuple[np.ndarray, np.ndarray], float]:
-        """Read frame ``k`` at ``path``, correct it and write its image ``(h, w, 3)`` uint8 and valid mask
-        ``(h, w)`` uint8 to ``work``: its thumbnail ``thumb_scale``× with its valid mask, grey-level std."""
+        """Read frame ``k`` at ``path``, correct it (with ``lens`` in place of ``corr``'s, when given) and
+        write its image ``(h, w, 3)`` uint8 and valid mask ``(h, w)`` uint8 to ``work``: its thumbnail
+        ``thumb_scale``× with its valid mask, grey-level std."""
         from engine.calibrate.capture import edge_mask, is_identity
         from engine.stitch.render import frame_path
+
+        if lens is not None:
+            corr = replace(corr, lens=lens)
 
         raw = read_rgb(path)
         if raw.shape[:2] != hw:

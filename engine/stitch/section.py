@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import ray
 
+from engine.calibrate.lens import LensModel
 from engine.errors import LodeInputError, input_error_of
 from engine.io import fs
 from engine.io.atomic import atomic_write_bytes, publish
@@ -397,14 +398,15 @@ def prepare_section(
 
 def plan_section(
     corrected: CorrectedSection | Prepared,
-    correction: Correction,
+    correction: Correction | CorrectionRef,
     opts: StitchOptions,
     corrector: ray.actor.ActorHandle | None = None,
 ) -> Prepared:
     """Register, solve, gains and seams of a section :func:`correct_section` corrected: its render
     plan and report base (a resumed plan is passed through). When the lens refined over the
     section's overlaps changes, its frames are corrected again, by ``corrector`` or, when none is
-    given, by one of its own."""
+    given, by one of its own, which is handed the refined lens and the correction as it is (a
+    :class:`CorrectionRef` is not copied: this task never touches the flat field)."""
     if not isinstance(corrected, CorrectedSection):
         return corrected
     t0 = time.perf_counter() - corrected.seconds  # "prepare" counts the correction too
@@ -431,14 +433,16 @@ def plan_section(
     t = time.perf_counter()
     al = solve(n, edges, opts=opts.align)
     lens_fit = None
-    if correction.lens is not None and not correction.lens.is_identity:
+    corr = correction.get() if isinstance(correction, CorrectionRef) else correction
+    if corr.lens is not None and not corr.lens.is_identity:
         tl = time.perf_counter()
-        lens_fit, edges = refine_section_lens(edges, al, correction.lens, opts.refine_lens)
+        lens_fit, edges = refine_section_lens(edges, al, corr.lens, opts.refine_lens)
         if lens_fit.refined:
-            correction = replace(correction, lens=lens_fit.lens)
+            given = correction.ref if isinstance(correction, CorrectionRef) else corr
+            corr = replace(corr, lens=lens_fit.lens)
             actor = frame_corrector() if corrector is None else corrector
             try:
-                thumbs, stds = _correct_frames(actor, sec, correction, thumb_scale, section_work, hw)
+                thumbs, stds = _correct_frames(actor, sec, given, thumb_scale, section_work, hw, lens_fit.lens)
             finally:
                 if corrector is None:
                     ray.kill(actor, no_restart=True)
@@ -523,7 +527,7 @@ def plan_section(
         "refined": {"array": SEAM_REFINED, "pairs": refined_pairs} if plan.seam_refined else None,
     }
     report["lens"] = None if lens_fit is None else lens_fit.to_dict()
-    report["correction"] = correction_record(correction)
+    report["correction"] = correction_record(corr)
     report["pixel_size_um"] = pixel_size
     report["pixel_size_source"] = pixel_source
     report["stage"] = None if stage is None else {**stage.to_dict(), "warning": warning}
@@ -534,16 +538,22 @@ def plan_section(
 
 
 def _correct_frames(
-    corrector: Any, sec, correction: Correction | Any, thumb_scale: float, work: str, hw: tuple[int, int]
+    corrector: Any,
+    sec,
+    correction: Correction | Any,
+    thumb_scale: float,
+    work: str,
+    hw: tuple[int, int],
+    lens: LensModel | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[float]]:
     """Correct every frame of ``sec`` with ``corrector`` (:func:`frame_corrector`) into ``work`` with
-    ``correction`` (or the ref of one in the object store): the thumbnails and their valid masks, and
-    the frames' grey-level std."""
+    ``correction`` (or the ref of one in the object store), and ``lens`` in place of its own when
+    given: the thumbnails and their valid masks, and the frames' grey-level std."""
     if isinstance(correction, Correction):
         _ = correction.key  # hashed here once and pickled with it, not by the actor for every frame
         correction = ray.put(correction)
     correct = corrector.correct.options(num_returns=2)
-    outs = [correct.remote(str(p), correction, hw, thumb_scale, work, k) for k, p in enumerate(sec.tiles)]
+    outs = [correct.remote(str(p), correction, hw, thumb_scale, work, k, lens) for k, p in enumerate(sec.tiles)]
     stds = _frames_read([o[1] for o in outs])
     return ray.get([o[0] for o in outs]), stds
 
