@@ -54,6 +54,7 @@ class CaptureCalibration:
         import torch
         import torch.nn.functional as F
         from kornia.geometry.calibration import distort_points
+        from kornia.geometry.conversions import normalize_pixel_coordinates
 
         self.hw = (int(hw[0]), int(hw[1]))
         self.device = torch.device(device)
@@ -80,8 +81,10 @@ class CaptureCalibration:
                 gy, gx = torch.meshgrid(ys, xs, indexing="ij")
                 src = distort_points(torch.stack([gx, gy], -1).reshape(1, -1, 2), K, dist).reshape(len(ys), w, 2)
                 mx[0, y0 : y0 + len(ys)], my[0, y0 : y0 + len(ys)] = src[..., 0], src[..., 1]
-            self.maps = (mx, my)
             inside = ((mx >= -0.5) & (mx < w - 0.5) & (my >= -0.5) & (my < h - 0.5)).float()[None]
+            grid = normalize_pixel_coordinates(torch.stack([mx, my], -1), h, w)  # once, not per frame
+            self.maps = (grid[..., 0], grid[..., 1])
+            del grid, mx, my
         k = 2 * EDGE_PX + 1
         eroded = -F.max_pool2d(-F.pad(inside, (EDGE_PX,) * 4, value=0.0), k, stride=1)
         self.valid = np.ascontiguousarray((eroded[0, 0] > 0).to(torch.uint8).mul(255).cpu().numpy())
@@ -102,6 +105,7 @@ class CaptureCalibration:
         if self.flat is not None and self.dark is not None:
             x = x.sub_(self.dark).div_(self.flat).round_().clamp_(0, 255)
         if self.maps is not None:
-            x = remap(x, self.maps[0], self.maps[1], mode="bicubic", align_corners=True).round_().clamp_(0, 255)
+            x = remap(x, *self.maps, mode="bicubic", align_corners=True, normalized_coordinates=True)
+            x = x.round_().clamp_(0, 255)
         image = x[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
         return np.ascontiguousarray(image), self.valid
