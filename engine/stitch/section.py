@@ -371,7 +371,7 @@ def correct_section(
 def prepare_section(
     section_dir: str | Path,
     store: str | Path,
-    correction: Correction = Correction(),
+    correction: Correction | CorrectionRef = Correction(),
     opts: StitchOptions = StitchOptions(),
     corrector: ray.actor.ActorHandle | None = None,
 ) -> Prepared:

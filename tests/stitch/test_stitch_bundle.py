@@ -5,6 +5,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+import ray
 
 from engine.calibrate.capture import CaptureCalibration
 from engine.calibrate.flat import fit_flat
@@ -23,7 +24,7 @@ from engine.stitch.evaluate import alignment_rms
 from engine.stitch.frames import Correction
 from engine.stitch.register import Edge, apply, compose, fit_similarity, invert
 from engine.stitch.render import frame_path
-from engine.stitch.section import StitchOptions, create_root, prepare_section
+from engine.stitch.section import CorrectionRef, StitchOptions, create_root, prepare_section
 from engine.synth.captures import CaptureConfig, Lens, calibration_frames, capture_grid, textured_section, write_section
 
 HW = (200, 300)
@@ -209,19 +210,25 @@ def test_stitching_refines_a_mis_fitted_lens_and_keeps_a_good_fit(tmp_path, corr
 
 
 @pytest.mark.ray
-def test_prepared_frames_are_corrected_with_the_refined_lens(tmp_path, corrector):
+@pytest.mark.parametrize("as_ref", [False, True], ids=["correction", "object-store-ref"])
+def test_prepared_frames_are_corrected_with_the_refined_lens(tmp_path, corrector, as_ref):
+    """Also when the correction comes as a ref (as ``lode stitch`` hands it): the corrector gets the refined lens
+    beside the correction as it is, and the report's key is that of the refined lens with the same flat."""
     cfg = CaptureConfig.degraded(frame_hw=HW, seed=22)
     cal = calibration_frames(cfg)
     lens = fit_lens(cal["checkerboard"])
-    wrong = Correction(replace(lens, dist_coeffs=lens.dist_coeffs * (1.3, 1, 1, 1, 1)))
+    flat = fit_flat(cal["flat"], cal["dark"])
+    wrong = Correction(replace(lens, dist_coeffs=lens.dist_coeffs * (1.3, 1, 1, 1, 1)), flat)
+    given = CorrectionRef(ray.put(wrong)) if as_ref else wrong
     caps = capture_grid(textured_section(cfg.source_hw, seed=23), cfg)
     write_section(tmp_path / "coll", "s1", caps)
     store = tmp_path / "out.zarr"
     create_root(store)
-    plan, rep = prepare_section(tmp_path / "coll" / "s1", store, wrong, StitchOptions(shard=256), corrector)
+    plan, rep = prepare_section(tmp_path / "coll" / "s1", store, given, StitchOptions(shard=256), corrector)
     refined = replace(lens, dist_coeffs=np.array(rep["lens"]["dist_coeffs"]))
     assert rep["lens"]["refined"] and not np.allclose(refined.dist_coeffs, wrong.lens.dist_coeffs)
+    assert rep["correction"]["key"] == Correction(refined, flat).key != wrong.key
     raw = read_rgb(sorted((tmp_path / "coll" / "s1" / "tiles").iterdir())[4])
-    assert np.array_equal(np.load(frame_path(plan.work, 4, "image")), CaptureCalibration(refined, None, HW)(raw)[0])
-    again, rep_again = prepare_section(tmp_path / "coll" / "s1", store, wrong, StitchOptions(shard=256), corrector)
+    assert np.array_equal(np.load(frame_path(plan.work, 4, "image")), CaptureCalibration(refined, flat, HW)(raw)[0])
+    again, rep_again = prepare_section(tmp_path / "coll" / "s1", store, given, StitchOptions(shard=256), corrector)
     assert rep_again == rep and all(np.array_equal(a, b) for a, b in zip(again.mats, plan.mats))
