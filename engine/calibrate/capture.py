@@ -4,8 +4,10 @@ The same code runs on the CPU and on a GPU: :class:`CaptureCalibration` holds th
 undistortion maps as tensors on the device it is built for (the caller picks the device in its own
 process). A raw frame ``(h, w, 3)`` uint8 becomes ``(raw - dark) / flat`` rounded to uint8, then is
 resampled onto the lens's ideal pinhole grid (bicubic, ``newCameraMatrix = K``, black outside the
-frame), as OpenCV's ``initUndistortRectifyMap`` + ``remap`` do. ``valid`` marks the pixels the sensor
-saw, less 2 px at every edge; it is the same for every frame, so it is computed once.
+frame), as OpenCV's ``initUndistortRectifyMap`` + ``remap`` do, in bands of ``MAP_ROWS`` output rows
+(no full-frame float output or sampling grid per frame). On the CPU the flat and dark tensors are views
+of the :class:`FlatField`'s own arrays. ``valid`` marks the pixels the sensor saw, less 2 px at every
+edge; it is the same for every frame, so it is computed once.
 """
 
 from __future__ import annotations
@@ -90,9 +92,16 @@ class CaptureCalibration:
         self.valid = np.ascontiguousarray((eroded[0, 0] > 0).to(torch.uint8).mul(255).cpu().numpy())
 
     def _chw(self, a: np.ndarray) -> torch.Tensor:
+        """``a`` ``(h, w, c)`` float32 as ``(1, c, h, w)`` on the device: on the CPU a view of ``a`` itself
+        (channels-last strides, as the frames are laid out), not a copy."""
+        import warnings
+
         import torch
 
-        return torch.as_tensor(np.ascontiguousarray(np.moveaxis(a, -1, 0)), device=self.device)[None].float()
+        with warnings.catch_warnings():  # a flat from the object store is read-only; it is only ever read
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(np.asarray(a, np.float32))
+        return t.to(self.device).permute(2, 0, 1)[None]
 
     def __call__(self, raw: np.ndarray, source: str | Path = "frame") -> tuple[np.ndarray, np.ndarray]:
         """Corrected image ``(h, w, 3)`` uint8 and valid mask ``(h, w)`` uint8 (255: seen) of ``raw``."""
@@ -104,8 +113,17 @@ class CaptureCalibration:
         x = torch.from_numpy(np.ascontiguousarray(raw)).to(self.device).permute(2, 0, 1)[None].float()
         if self.flat is not None and self.dark is not None:
             x = x.sub_(self.dark).div_(self.flat).round_().clamp_(0, 255)
-        if self.maps is not None:
-            x = remap(x, *self.maps, mode="bicubic", align_corners=True, normalized_coordinates=True)
-            x = x.round_().clamp_(0, 255)
-        image = x[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
-        return np.ascontiguousarray(image), self.valid
+        if self.maps is None:
+            return np.ascontiguousarray(x[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()), self.valid
+        image = np.empty((*self.hw, 3), np.uint8)
+        for y0 in range(0, self.hw[0], MAP_ROWS):  # bands of output rows: no full-frame float output or grid
+            band = remap(
+                x,
+                self.maps[0][:, y0 : y0 + MAP_ROWS],
+                self.maps[1][:, y0 : y0 + MAP_ROWS],
+                mode="bicubic",
+                align_corners=True,
+                normalized_coordinates=True,
+            )
+            image[y0 : y0 + MAP_ROWS] = band.round_().clamp_(0, 255)[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+        return image, self.valid

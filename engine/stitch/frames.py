@@ -102,6 +102,7 @@ class FrameCorrector:
                     torch.set_num_threads(self.threads)
                 self._cal = {}
                 self._cal[key] = CaptureCalibration(corr.lens, corr.flat, hw, self.device, source)
+                release_heap()  # the temporaries of building the maps
         return self._cal[key]
 
     def correct(

@@ -76,6 +76,19 @@ def test_flat_only_and_identity():
     assert np.array_equal(same, raw) and valid.sum() == 255 * (HW[0] - 4) * (HW[1] - 4)
 
 
+def test_bands_of_rows_give_the_whole_frame_remap_and_the_flat_is_not_copied(monkeypatch):
+    import engine.calibrate.capture as capture
+
+    lens, ff = _lens(), _flat()
+    raw = _raw(ff, 4)
+    whole = CaptureCalibration(lens, ff, HW)(raw)[0]  # HW[0] < MAP_ROWS: one band
+    monkeypatch.setattr(capture, "MAP_ROWS", 48)  # 240 rows: five bands
+    cal = CaptureCalibration(lens, ff, HW)
+    assert np.array_equal(cal(raw)[0], whole)
+    assert cal.flat is not None and cal.dark is not None
+    assert cal.flat.data_ptr() == ff.flat.ctypes.data and cal.dark.data_ptr() == ff.dark.ctypes.data
+
+
 def test_frames_of_another_size_are_refused_by_name():
     with pytest.raises(LodeInputError, match="flat field") as err:
         CaptureCalibration(None, _flat((100, 120)), HW, source="sec/tiles/a.png")
