@@ -98,15 +98,20 @@ def read_rgb(path: str | Path) -> np.ndarray:
         data = path.read_bytes()
     if not data:
         raise LodeInputError(path, "image file is empty")
+    pixels = None
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
             im.load()
+            if fmt == "PNG" and im.mode == "RGB" and data[24] == 8:  # IHDR bit depth: 8-bit RGB, decoded as is
+                pixels = np.array(im)
     except UnidentifiedImageError as exc:
         raise LodeInputError(path, "unreadable or corrupt image (not a recognised image format)") from exc
     except Exception as exc:
         raise LodeInputError(path, f"corrupt image data: {exc}") from exc
     _check_complete(path, io.BytesIO(data), fmt)
+    if pixels is not None:  # lossless: PIL's pixels are OpenCV's, without decoding the file twice
+        return pixels
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise LodeInputError(path, "unreadable or corrupt image")
