@@ -416,8 +416,11 @@ def frame_path(work: str, k: int, kind: str) -> str:
 
 
 def load_frame(path: str) -> np.ndarray:
-    """A corrected frame's cached array (:func:`frame_path`)."""
+    """A corrected frame's cached array (:func:`frame_path`); a local file is mapped read-only, so
+    only the parts of it that are read are read."""
     try:
+        if not fs.is_uri(path):
+            return np.load(fs.local(path), mmap_mode="r")
         return np.load(io.BytesIO(fs.read_bytes(path)))
     except (OSError, ValueError) as exc:
         raise LodeInputError(path, f"corrected frame cache unreadable: {exc}") from exc

@@ -15,7 +15,7 @@ import zarr
 from engine.calibrate.capture import edge_mask
 from engine.errors import LodeInputError
 from engine.stitch.frames import Correction, grey_std
-from engine.stitch.render import RenderPlan
+from engine.stitch.render import RenderPlan, load_frame
 from engine.stitch.section import StitchOptions, create_partial, create_root, prepare_section
 from engine.synth.captures import CaptureConfig, capture_grid, write_section
 
@@ -84,6 +84,18 @@ def test_a_bad_tile_fails_its_section_naming_the_file(tmp_path, corrector, damag
         prepare_section(tmp_path / "coll" / "s1", store, Correction(), StitchOptions(shard=128), corrector)
     assert err.value.source == str(bad) and "\x1b" not in str(err.value)
     assert list(zarr.open_group(str(store), mode="r").groups()) == []
+
+
+def test_a_cached_frame_reads_back_mapped_and_a_damaged_one_is_named(tmp_path):
+    frame = np.random.default_rng(5).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    path = tmp_path / "00000.image.npy"
+    np.save(path, frame)
+    got = load_frame(str(path))
+    assert np.array_equal(got, frame) and not got.flags.writeable
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(LodeInputError, match="corrected frame cache unreadable") as err:
+        load_frame(str(path))
+    assert err.value.source == str(path)
 
 
 def test_grey_std_tells_a_blank_frame_from_content():
