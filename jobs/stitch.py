@@ -133,7 +133,7 @@ def stitch_collection(cfg: Any, on_section: Callable[[str], None] | None = None)
     )
     from engine.stitch.learned import check_weights, load_loftr
     from engine.stitch.register import RegisterOptions
-    from engine.stitch.section import StitchOptions, create_root, drop_work
+    from engine.stitch.section import StitchOptions, create_root, drop_work, frame_corrector
 
     t0 = time.perf_counter()
     if cfg.sections_in_flight is not None and cfg.sections_in_flight < 1:
@@ -170,14 +170,17 @@ def stitch_collection(cfg: Any, on_section: Callable[[str], None] | None = None)
     except ValueError as exc:
         raise LodeInputError("--blend-levels", str(exc)) from exc
     init_ray(num_cpus=cfg.num_cpus)
+    dirs = {fs.name(s): str(s) for s in secs}
+    done = _previous_units(cfg.out)
+    # the frame corrector's process starts (and imports torch) while the calibration is fitted
+    started = [frame_corrector()] if any(done.get(n, {}).get("status") != "done" for n in dirs) else []
     corr_ref, corr = _fitted_correction(cfg)
     create_root(cfg.out)
-    dirs = {fs.name(s): str(s) for s in secs}
     k = cfg.sections_in_flight or min(
         len(dirs), sections_in_flight(ray.cluster_resources(), max(section_bytes(d) for d in dirs.values()))
     )
     stream = _Stream(cfg, dirs, corr_ref, corr, opts, k, on_section)
-    stream.run()
+    stream.run(started)
     drop_work(cfg.out)
     return stream.close(time.perf_counter() - t0)
 
@@ -227,7 +230,10 @@ class _Stream:
         self.shards = {"ran": 0, "skipped": 0}
         self.corr_ref = corr_ref
 
-    def run(self) -> None:
+    def run(self, started: list[Any]) -> None:
+        """Stitch the sections not skipped. ``started`` holds the job's frame corrector if it was started
+        already (else one is started here, when a section is to be corrected); it is taken out of the
+        list, so that no other reference keeps the actor once no section needs it."""
         import ray
 
         from engine.stitch.section import CorrectionRef, correct_section, frame_corrector, plan_section
@@ -239,7 +245,11 @@ class _Stream:
         correct = ray.remote(num_cpus=0, **_remote_args())(correct_section)
         plan = ray.remote(num_cpus=0, **_remote_args())(plan_section)
         todo = [name for name in self.dirs if name not in self.skipped]
-        corrector = frame_corrector() if todo else None
+        corrector = started.pop() if started else None
+        if not todo:
+            corrector = None
+        elif corrector is None:
+            corrector = frame_corrector()
         correcting: dict[Any, str] = {}
         planning: dict[Any, str] = {}
         started: dict[str, int] = {}

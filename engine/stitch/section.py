@@ -405,7 +405,8 @@ def plan_section(
     """Register, solve, gains and seams of a section :func:`correct_section` corrected: its render
     plan and report base (a resumed plan is passed through). When the lens refined over the
     section's overlaps changes, its frames are corrected again, by ``corrector`` or, when none is
-    given, by one of its own, which is handed the refined lens and the correction as it is (a
+    given, by one of its own (started as the lens refinement starts, so that its process starts
+    while the bundle runs), which is handed the refined lens and the correction as it is (a
     :class:`CorrectionRef` is not copied: this task never touches the flat field)."""
     if not isinstance(corrected, CorrectedSection):
         return corrected
@@ -436,17 +437,19 @@ def plan_section(
     corr = correction.get() if isinstance(correction, CorrectionRef) else correction
     if corr.lens is not None and not corr.lens.is_identity:
         tl = time.perf_counter()
-        lens_fit, edges = refine_section_lens(edges, al, corr.lens, opts.refine_lens)
-        if lens_fit.refined:
-            given = correction.ref if isinstance(correction, CorrectionRef) else corr
-            corr = replace(corr, lens=lens_fit.lens)
-            actor = frame_corrector() if corrector is None else corrector
-            try:
+        # a corrector of its own starts (its process imports torch) while the bundle runs here
+        actor = frame_corrector() if corrector is None and opts.refine_lens else corrector
+        try:
+            lens_fit, edges = refine_section_lens(edges, al, corr.lens, opts.refine_lens)
+            if lens_fit.refined:
+                given = correction.ref if isinstance(correction, CorrectionRef) else corr
+                corr = replace(corr, lens=lens_fit.lens)
                 thumbs, stds = _correct_frames(actor, sec, given, thumb_scale, section_work, hw, lens_fit.lens)
-            finally:
-                if corrector is None:
-                    ray.kill(actor, no_restart=True)
-            al = solve(n, edges, opts=opts.align)
+                al = solve(n, edges, opts=opts.align)
+        finally:
+            if corrector is None and actor is not None:
+                ray.kill(actor, no_restart=True)
+            del actor
         timings["refine_lens"] = time.perf_counter() - tl
     conf = predict_errors(edges, al, hw, opts.align)
     timings["align"] = time.perf_counter() - t

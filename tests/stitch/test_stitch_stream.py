@@ -64,9 +64,15 @@ def test_bad_in_flight_is_refused():
 
 
 @pytest.mark.ray
-def test_never_more_than_k_sections_in_flight_and_a_rerun_skips_them(tmp_path, ray_session):
+def test_never_more_than_k_sections_in_flight_and_a_rerun_skips_them(tmp_path, ray_session, monkeypatch):
+    from engine.stitch import section
+
+    started = []
+    start = section.frame_corrector
+    monkeypatch.setattr(section, "frame_corrector", lambda *a: started.append(1) or start(*a))
     coll, store = _collection(tmp_path / "coll", 3), tmp_path / "out.zarr"
     assert _run(coll, store, 2) == 0
+    assert len(started) == 1  # one frame corrector for the job, started before the calibration is fitted
     units = _units(store)
     assert sorted(units) == [f"sec{s}" for s in range(3)] and all(u["status"] == "done" for u in units.values())
     events = sorted((e, +1 if i == 0 else -1) for u in units.values() for i, e in enumerate(u["events"]))
@@ -82,6 +88,7 @@ def test_never_more_than_k_sections_in_flight_and_a_rerun_skips_them(tmp_path, r
     assert _run(coll, store, 2) == 0
     summary = json.loads((tmp_path / "out.zarr.stitch.json").read_text())
     assert summary["skipped_sections"] == [f"sec{s}" for s in range(3)] and summary["render"]["shards"] == 0
+    assert len(started) == 1  # a rerun with every section done starts none
     assert summary["sections"]["sec1"]["frames_placed"] == 4
     assert _chunks(store) == before
 
