@@ -25,6 +25,7 @@ than ``max_shift`` of the frame's diagonal. Otherwise ``L0`` comes back with the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -329,6 +330,7 @@ def refine_lens(
     reference: int,
     lens: LensModel,
     opts: BundleOptions = BundleOptions(),
+    on_refining: Callable[[], None] | None = None,
 ) -> LensRefinement:
     """Fit the distortion terms ``opts.terms`` of ``lens`` with the similarity of every frame over the inlier
     points of the feature ``edges`` (points in ``lens``'s ideal coordinates) whose frames are both placed.
@@ -337,7 +339,8 @@ def refine_lens(
     of its group of frames joined by feature edges, and the frame with the most points of every other
     group. Returns ``lens`` unchanged, with the reason, when the overlaps do not constrain it, or when
     ``transforms`` are homographies (3×3: the ``homography`` model, whose perspective terms would trade
-    off against the distortion; not fitted yet).
+    off against the distortion; not fitted yet). ``on_refining`` is called once, as the first term is
+    kept (the caller can start on what a refined lens will need while the other terms are tried).
     """
     out = LensRefinement(lens, lens, list(transforms), False)
     if any(m is not None and len(m) == 3 for m in transforms):
@@ -405,6 +408,8 @@ def refine_lens(
             idx += _TERMS[best]
             terms.append(best)
             left.remove(best)
+            if on_refining is not None and len(terms) == 1:
+                on_refining()
     except FloatingPointError as exc:
         out.reason = str(exc)
         return out
@@ -431,7 +436,12 @@ def refine_lens(
 
 
 def refine_section_lens(
-    edges: list[Edge], al: Alignment, lens: LensModel, enabled: bool = True, opts: BundleOptions = BundleOptions()
+    edges: list[Edge],
+    al: Alignment,
+    lens: LensModel,
+    enabled: bool = True,
+    opts: BundleOptions = BundleOptions(),
+    on_refining: Callable[[], None] | None = None,
 ) -> tuple[LensRefinement, list[Edge]]:
     """:func:`refine_lens` over the edges that ``al`` kept (unless not ``enabled``), and every edge with its
     points (and ``M``, refitted to its inliers) in the ideal coordinates of the lens it returns (the same
@@ -439,7 +449,7 @@ def refine_section_lens(
     if not enabled:
         return LensRefinement(lens, lens, list(al.transforms), False, "lens refinement is off"), edges
     kept = [e for e in edges if (e.i, e.j) in al.edge_rms_px]
-    fit = refine_lens(kept, al.transforms, al.reference, lens, opts)
+    fit = refine_lens(kept, al.transforms, al.reference, lens, opts, on_refining)
     if not fit.refined:
         return fit, edges
     moved = []

@@ -405,8 +405,8 @@ def plan_section(
     """Register, solve, gains and seams of a section :func:`correct_section` corrected: its render
     plan and report base (a resumed plan is passed through). When the lens refined over the
     section's overlaps changes, its frames are corrected again, by ``corrector`` or, when none is
-    given, by one of its own (started as the lens refinement starts, so that its process starts
-    while the bundle runs), which is handed the refined lens and the correction as it is (a
+    given, by one of its own (started as the lens bundle keeps its first term, so that its process
+    starts while the bundle tries the others), which is handed the refined lens and the correction as it is (a
     :class:`CorrectionRef` is not copied: this task never touches the flat field)."""
     if not isinstance(corrected, CorrectedSection):
         return corrected
@@ -437,19 +437,26 @@ def plan_section(
     corr = correction.get() if isinstance(correction, CorrectionRef) else correction
     if corr.lens is not None and not corr.lens.is_identity:
         tl = time.perf_counter()
-        # a corrector of its own starts (its process imports torch) while the bundle runs here
-        actor = frame_corrector() if corrector is None and opts.refine_lens else corrector
+        own: list[ray.actor.ActorHandle] = []  # started as the bundle keeps a first term, while it tries the others
+
+        def start() -> None:
+            if corrector is None:
+                own.append(frame_corrector())
+
         try:
-            lens_fit, edges = refine_section_lens(edges, al, corr.lens, opts.refine_lens)
+            lens_fit, edges = refine_section_lens(edges, al, corr.lens, opts.refine_lens, on_refining=start)
             if lens_fit.refined:
                 given = correction.ref if isinstance(correction, CorrectionRef) else corr
                 corr = replace(corr, lens=lens_fit.lens)
+                if not own:
+                    start()
+                actor = corrector if corrector is not None else own[0]
                 thumbs, stds = _correct_frames(actor, sec, given, thumb_scale, section_work, hw, lens_fit.lens)
+                del actor
                 al = solve(n, edges, opts=opts.align)
         finally:
-            if corrector is None and actor is not None:
+            for actor in own:
                 ray.kill(actor, no_restart=True)
-            del actor
         timings["refine_lens"] = time.perf_counter() - tl
     conf = predict_errors(edges, al, hw, opts.align)
     timings["align"] = time.perf_counter() - t

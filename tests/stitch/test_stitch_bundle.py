@@ -87,8 +87,10 @@ def test_a_mis_fitted_lens_is_recovered_from_the_overlaps(scale):
     edges = _edges(truth, true_lens, L0, 0.05, rng)
     al = solve(len(truth), edges)
     before = alignment_rms(al.transforms, L0, truth, true_lens, HW)[0]
-    fit = refine_lens(edges, al.transforms, al.reference, L0)
+    kept_a_term = []
+    fit = refine_lens(edges, al.transforms, al.reference, L0, on_refining=lambda: kept_a_term.append(1))
     assert fit.refined, fit.reason
+    assert kept_a_term == [1]  # told once, however many terms are kept
     k1, k2, p1, p2, k3 = fit.lens.dist_coeffs
     assert abs(k1 - DIST[0]) < 0.03 * abs(DIST[0]) and abs(k2 - DIST[1]) < 0.1 * DIST[1]
     assert abs(p1 - DIST[2]) < 0.1 * abs(DIST[2]) and abs(p2 - DIST[3]) < 0.1 * abs(DIST[3]) and k3 == 0
@@ -154,8 +156,12 @@ def test_noise_does_not_pull_the_lens():
     lens = _lens(DIST)
     edges = _edges(truth, lens, lens, 0.3, rng, per_edge=2000)
     al = solve(len(truth), edges)
-    fit = refine_lens(edges, al.transforms, al.reference, lens, BundleOptions(points_per_edge=2048))
+    kept_a_term = []
+    fit = refine_lens(
+        edges, al.transforms, al.reference, lens, BundleOptions(points_per_edge=2048), lambda: kept_a_term.append(1)
+    )
     assert not fit.refined and fit.reason.count("does not lower the residual significantly") == 3, fit.reason
+    assert kept_a_term == []
     forced = refine_lens(
         edges, al.transforms, al.reference, lens, BundleOptions(2048, terms=("k1",), min_significance=0)
     )
