@@ -173,14 +173,14 @@ def stitch_collection(cfg: Any, on_section: Callable[[str], None] | None = None)
     dirs = {fs.name(s): str(s) for s in secs}
     done = _previous_units(cfg.out)
     # the frame corrector's process starts (and imports torch) while the calibration is fitted
-    started = [frame_corrector()] if any(done.get(n, {}).get("status") != "done" for n in dirs) else []
+    prestarted = [frame_corrector()] if any(done.get(n, {}).get("status") != "done" for n in dirs) else []
     corr_ref, corr = _fitted_correction(cfg)
     create_root(cfg.out)
     k = cfg.sections_in_flight or min(
         len(dirs), sections_in_flight(ray.cluster_resources(), max(section_bytes(d) for d in dirs.values()))
     )
     stream = _Stream(cfg, dirs, corr_ref, corr, opts, k, on_section)
-    stream.run(started)
+    stream.run(prestarted)
     drop_work(cfg.out)
     return stream.close(time.perf_counter() - t0)
 
@@ -230,8 +230,8 @@ class _Stream:
         self.shards = {"ran": 0, "skipped": 0}
         self.corr_ref = corr_ref
 
-    def run(self, started: list[Any]) -> None:
-        """Stitch the sections not skipped. ``started`` holds the job's frame corrector if it was started
+    def run(self, prestarted: list[Any]) -> None:
+        """Stitch the sections not skipped. ``prestarted`` holds the job's frame corrector if it was started
         already (else one is started here, when a section is to be corrected); it is taken out of the
         list, so that no other reference keeps the actor once no section needs it."""
         import ray
@@ -245,7 +245,7 @@ class _Stream:
         correct = ray.remote(num_cpus=0, **_remote_args())(correct_section)
         plan = ray.remote(num_cpus=0, **_remote_args())(plan_section)
         todo = [name for name in self.dirs if name not in self.skipped]
-        corrector = started.pop() if started else None
+        corrector = prestarted.pop() if prestarted else None
         if not todo:
             corrector = None
         elif corrector is None:
