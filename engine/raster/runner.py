@@ -152,13 +152,17 @@ def _read(stage: BlockStage, unit: Unit) -> dict[str, Any]:
 
 
 def _compute(stage: BlockStage, row: dict[str, Any]) -> dict[str, Any]:
+    """The stage's compute of ``row``'s unit; ``row`` is emptied first, so the data dict handed to
+    the compute holds its inputs alone and the compute can let each go once used."""
     out = {k: row[k] for k in (*_UNIT, "error")}
     if row["error"]:
         return out
     unit = _unit_of(row)
+    data = _data(row)
+    row.clear()
     t0 = time.perf_counter()
     try:
-        result = stage.compute(unit, _data(row))
+        result = stage.compute(unit, data)
     except LodeInputError as exc:
         return {**out, "error": str(exc)}
     finally:

@@ -55,6 +55,8 @@ class BlockStage(ABC):
         """Build heavy state (a model) on ``device`` (``cpu`` or ``cuda``); once per process."""
 
     def compute(self, unit: Unit, data: dict[str, Any]) -> dict[str, Any]:
+        """The unit's result from what :meth:`read` returned; ``data`` is the compute's own (the runner
+        keeps no other reference), so it may pop inputs and let them go once used."""
         return data
 
     @abstractmethod

@@ -150,6 +150,7 @@ def render_shard(
     blend: Blend = "multiband",
     levels: int = 4,
     refined: np.ndarray | None = None,
+    release: bool = False,
 ) -> np.ndarray:
     """The shard ``(3, h, w)`` uint8 at panorama offset ``(y0, x0)``.
 
@@ -158,12 +159,15 @@ def render_shard(
     blur (low-res px), ``levels`` the multiband pyramid's depth; for ``multiband`` the frames
     must cover the shard's :func:`blend_box`, and ``refined`` (``multiband`` only), the
     full-resolution owners near the seams over that box (:func:`read_box`; -1 elsewhere),
-    overrides the owner from ``labels`` where the frame it names is valid.
+    overrides the owner from ``labels`` where the frame it names is valid. ``release`` (``multiband``):
+    the lists ``images`` and ``valids`` are emptied once the frames are warped (see :func:`_multiband`).
     """
     if blend == "feather":
         return _feather(y0, x0, h, w, frames, images, valids, labels, scale, sigma_low, interpolation)
     by0, bx0, bh, bw = blend_box(y0, x0, h, w, levels)
-    out = _multiband(by0, bx0, bh, bw, frames, images, valids, labels, scale, interpolation, levels, refined=refined)
+    out = _multiband(
+        by0, bx0, bh, bw, frames, images, valids, labels, scale, interpolation, levels, refined=refined, release=release
+    )
     crop = out[y0 - by0 : y0 - by0 + h, x0 - bx0 : x0 - bx0 + w]
     return np.clip(np.rint(crop), 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
@@ -302,6 +306,7 @@ def _multiband(
     levels: int,
     margin: int | None = None,
     refined: np.ndarray | None = None,
+    release: bool = False,
 ) -> np.ndarray:
     """The multiband blend ``(h, w, 3)`` float32 over the box at ``(y0, x0)`` (sides multiples of
     ``2**levels``), 0 where no frame is valid. A pixel goes to the frame ``refined`` ``(h, w)`` int16
@@ -309,7 +314,9 @@ def _multiband(
 
     Each frame is warped over its footprint in the box only, and its pyramids are built over the
     box around the pixels it owns grown by ``margin`` (default: the reach of the coarsest band,
-    :func:`blend_halo` plus one coarse pixel's upsampling): past that its weight is 0 at every level."""
+    :func:`blend_halo` plus one coarse pixel's upsampling): past that its weight is 0 at every level.
+    ``release``: ``images`` and ``valids`` are emptied once every frame is warped (the caller holds no
+    other reference to them), so the pyramids are built without them in memory."""
     best = np.full((h, w), -1.0, np.float32)
     owner = np.full((h, w), -1, np.int16)
     total = np.zeros((h, w, 3), np.float32)
@@ -342,6 +349,10 @@ def _multiband(
         count[sl] += v
         warped.append((i, f, sl, im, v))
         del depth, score, better
+    img = valid = None  # type: ignore[assignment]  # the last frame's, as the lists' go
+    if release:
+        images.clear()
+        valids.clear()
     margin = blend_halo(levels) + (2 << levels) if margin is None else margin
     del best, depths
     owned: list[tuple[int, ShardFrame, slice, slice, tuple[Any, np.ndarray, np.ndarray] | None]] = []
@@ -521,20 +532,25 @@ class RenderStage(BlockStage):
         ks = [int(k) for k in data["frames"][:-1]]
         frames = [ShardFrame(k, plan.mats[k], plan.gains[k]) for k in ks]  # type: ignore[arg-type]
         b = unit.block
+        images, valids = data.pop("images"), data.pop("valids")
+        frame_images = [np.ascontiguousarray(a) for a in images[: len(ks)]]
+        frame_valids = [np.ascontiguousarray(valids[j]) for j in data["valid_of"][:-1]]
+        del images, valids  # the frames' windows go once warped (release)
         image = render_shard(
             b.y0,
             b.x0,
             b.h,
             b.w,
             frames,
-            [np.ascontiguousarray(a) for a in data["images"][: len(ks)]],
-            [np.ascontiguousarray(data["valids"][j]) for j in data["valid_of"][:-1]],
+            frame_images,
+            frame_valids,
             data["labels"],
             plan.scale,
             plan.sigma_low,
             blend=plan.blend,
             levels=plan.levels,
             refined=np.ascontiguousarray(data["refined"]) if plan.seam_refined else None,
+            release=True,
         )
         return {"image": image, "nframes": len(ks)}
 

@@ -184,6 +184,10 @@ def test_multiband_built_around_each_frames_pixels_equals_it_built_over_the_whol
     assert blend_halo(levels) + (2 << levels) < min(H, W) / 3
     diff = np.abs(bounded - whole)
     assert diff.max() <= 0.25, diff.max()
+    mine_images, mine_valids = list(images), list(valids)
+    released = _multiband(*args[:5], mine_images, mine_valids, *args[7:], release=True)
+    assert np.array_equal(released, bounded) and mine_images == [] and mine_valids == []
+    assert len(images) == len(valids) == 4  # without release the caller's lists are left as they are
 
 
 def test_multiband_spreads_the_exposure_step_and_keeps_detail():
