@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lode-installed
 OUT ?= demo_out
 
-.PHONY: venv sysdeps viewer demo lint test test-all ashlar bench docs clean
+.PHONY: venv bytecode sysdeps viewer demo lint test test-all ashlar bench docs clean
 
 # Headless Chromium renders report.html in the report test (Debian package).
 sysdeps:
@@ -15,15 +15,21 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # uv installs the pinned lock (about 7 GB with torch's CUDA wheels) in parallel: ~30 s against ~175 s for pip.
+# Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set (as on this workplace's machines),
+# every process, each Ray worker included, would otherwise compile every module it imports, each time.
 UV_VERSION := 0.13.8
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The project's own modules, compiled once per change rather than in every process that imports them.
+bytecode: venv
+	@$(PY) -m compileall -q -j 2 engine jobs schemas benchmarks tests
 
 # The `lode view` page: npm packages from the lockfile, bundled by esbuild into engine/view/web/dist/.
 VIEWER := engine/view/web
@@ -35,7 +41,7 @@ $(VIEWER)/dist/viewer.js: $(VIEWER)/node_modules/.package-lock.json $(VIEWER)/sr
 
 viewer: $(VIEWER)/dist/viewer.js
 
-demo: venv viewer
+demo: venv bytecode viewer
 	$(VENV)/bin/lode demo --out $(OUT)
 
 # Guard rails, run before the tests and failing the run: ruff (rules and line length in
@@ -48,10 +54,10 @@ lint: venv
 
 PYTEST := $(PY) -m pytest -q
 
-test: venv sysdeps viewer lint
+test: venv bytecode sysdeps viewer lint
 	$(PYTEST) -m "not slow" --durations=15
 
-test-all: venv sysdeps viewer lint
+test-all: venv bytecode sysdeps viewer lint
 	$(PYTEST) --durations=25
 
 # ASHLAR, the peer of benchmarks.stitch_real, in a venv of its own (its pins differ from Lode's).
