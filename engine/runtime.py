@@ -13,7 +13,8 @@ log = logging.getLogger("lode")
 
 def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
     """Connect to the cluster named by RAY_ADDRESS (``ray job submit`` sets it), or start an
-    embedded local Ray on this machine without token auth (it never writes ``~/.ray/auth_token``).
+    embedded local Ray on this machine without token auth (it never writes ``~/.ray/auth_token``), which
+    keeps no idle worker processes.
 
     Workers' output stays in Ray's session logs (``LODE_RAY_LOGS=1`` streams it here): an error
     raised in a worker reaches the user once, as the job's one-line message."""
@@ -31,7 +32,14 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int | None = None) ->
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=stream)
         return
-    kwargs: dict = {"include_dashboard": False, "log_to_driver": stream, "configure_logging": False}
+    # Idle workers go after a second: Ray otherwise keeps one per CPU, each a few hundred MB that a
+    # job's next stage (a torch actor, say) adds to rather than replaces.
+    kwargs: dict = {
+        "include_dashboard": False,
+        "log_to_driver": stream,
+        "configure_logging": False,
+        "_system_config": {"num_workers_soft_limit": 0},
+    }
     kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
