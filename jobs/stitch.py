@@ -233,7 +233,7 @@ class _Stream:
     def run(self, prestarted: list[Any]) -> None:
         """Stitch the sections not skipped. ``prestarted`` holds the job's frame corrector if it was started
         already (else one is started here, when a section is to be corrected); it is taken out of the
-        list, so that no other reference keeps the actor once no section needs it."""
+        list, and the actor is killed as the last section's frames are corrected, before that section registers."""
         import ray
 
         from engine.stitch.section import CorrectionRef, correct_section, frame_corrector, plan_section
@@ -259,11 +259,13 @@ class _Stream:
                 ref = CorrectionRef(self.corr_ref)
                 correcting[correct.remote(self.dirs[name], self.cfg.out, ref, self.opts, corrector)] = name
                 started[name] = self._tick()
-            if not todo and not correcting:
-                corrector = None  # the actor (and its memory) goes once no section still needs its frames corrected
             [ready], _ = ray.wait([*correcting, *planning], num_returns=1)
             if ready in correcting:  # a failed correction fails its plan task with its error
-                planning[plan.remote(ready, CorrectionRef(self.corr_ref), self.opts)] = correcting.pop(ready)
+                name = correcting.pop(ready)
+                if not todo and not correcting:
+                    ray.kill(corrector, no_restart=True)  # no section needs it: its memory goes before they register
+                    corrector = None
+                planning[plan.remote(ready, CorrectionRef(self.corr_ref), self.opts)] = name
             else:
                 name = planning.pop(ready)
                 self._finish(name, ready, started[name])

@@ -67,12 +67,19 @@ def test_bad_in_flight_is_refused():
 def test_never_more_than_k_sections_in_flight_and_a_rerun_skips_them(tmp_path, ray_session, monkeypatch):
     from engine.stitch import section
 
-    started = []
-    start = section.frame_corrector
-    monkeypatch.setattr(section, "frame_corrector", lambda *a: started.append(1) or start(*a))
+    started, killed = [], []
+    start, kill = section.frame_corrector, ray_session.kill
+
+    def frame_corrector(*a):
+        started.append(start(*a))
+        return started[-1]
+
+    monkeypatch.setattr(section, "frame_corrector", frame_corrector)
+    monkeypatch.setattr(ray_session, "kill", lambda actor, **kw: killed.append(actor) or kill(actor, **kw))
     coll, store = _collection(tmp_path / "coll", 3), tmp_path / "out.zarr"
     assert _run(coll, store, 2) == 0
     assert len(started) == 1  # one frame corrector for the job, started before the calibration is fitted
+    assert killed == started  # and ended as the last section's frames are corrected, not left to Ray's collector
     units = _units(store)
     assert sorted(units) == [f"sec{s}" for s in range(3)] and all(u["status"] == "done" for u in units.values())
     events = sorted((e, +1 if i == 0 else -1) for u in units.values() for i, e in enumerate(u["events"]))
