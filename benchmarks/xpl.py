@@ -69,6 +69,7 @@ def models(
 ) -> dict:
     from benchmarks._segment_eval import scores
     from engine.classes import LUMENSTONE_CATALOGUE
+    from engine.segment.card import read_card
     from engine.synth.minerals import ANISOTROPIC
     from engine.synth.xpl import write_xpl_collection
     from engine.train.data import load_split
@@ -110,7 +111,7 @@ def models(
         aniso = [i for i, c in enumerate(s.codes) if c in ANISOTROPIC]
         per_class[name] = {LUMENSTONE_CATALOGUE[c].name: float(v) for c, v in zip(s.codes, s.iou)}
         result[name] = {
-            "channels": 3 if name == "ppl" else 9,
+            "channels": read_card(ckpt).in_channels,
             "train_s": train_s,
             "mean_iou": s.mean_iou,
             "pixel_accuracy": s.pixel_accuracy,
