@@ -59,8 +59,14 @@ class RunOptions:
             asks for, and each read block (one unit) is one batch, so that Ray Data fuses the
             reads into the compute: no read task waits for a CPU that another stage holds while
             this stage's compute could run.
-            A model actor that reads its own units takes two at once and reads one while it
-            computes the other. With GPUs, reads always run ahead in tasks.
+            A model actor that reads its own units also writes them (the driver records them as
+            done: no write tasks, no worker processes of their own), and takes two at once: it reads
+            one while it computes the other. With GPUs, reads always run ahead in tasks.
+        compute_threads: units a model actor on the CPU computes side by side, each in a thread of
+            its own (the stage's compute must be thread-safe and leave the GIL in its heavy calls):
+            one process, and one copy of what ``setup`` built, serves that many units at once. An
+            actor that reads its own units then takes that many calls at once (at least two). On a
+            GPU an actor computes one unit at a time.
     """
 
     executor: Literal["ray", "serial"] = "ray"
@@ -71,6 +77,7 @@ class RunOptions:
     in_flight: int | None = None
     remote_args: dict[str, Any] = field(default_factory=dict)
     read_in_compute: bool = False
+    compute_threads: int = 1
 
 
 @dataclass
@@ -170,7 +177,21 @@ def _compute(stage: BlockStage, row: dict[str, Any]) -> dict[str, Any]:
     return {**out, "seconds": time.perf_counter() - t0, **result}
 
 
-def _commit(stage: BlockStage, manifest: RunManifest | None, row: dict[str, Any]) -> None:
+def _write(stage: BlockStage, row: dict[str, Any]) -> dict[str, Any]:
+    """``row``'s unit written where it was computed: the row its status record needs (``written``)."""
+    out = {k: row[k] for k in (*_UNIT, "error")}
+    if row["error"]:
+        return out
+    data = _data(row)
+    seconds = float(data.pop("seconds", 0.0))
+    extra = stage.write(_unit_of(row), data) or {}
+    release_heap()
+    return {**out, "written": True, "windows": int(extra.get("windows", 0)), "seconds": extra.get("seconds", seconds)}
+
+
+def _commit(stage: BlockStage | None, manifest: RunManifest | None, row: dict[str, Any]) -> None:
+    """Write ``row``'s unit (unless it was ``written`` where it was computed; ``stage`` may then be
+    ``None``) and record it in ``manifest``: done, or failed with its error."""
     unit = _unit_of(row)
     if row["error"]:
         if manifest is None:
@@ -179,8 +200,12 @@ def _commit(stage: BlockStage, manifest: RunManifest | None, row: dict[str, Any]
         return
     data = _data(row)
     seconds = float(data.pop("seconds", 0.0))
-    extra = stage.write(unit, data) or {}
-    release_heap()
+    if data.pop("written", False):
+        extra = data
+    else:
+        assert stage is not None
+        extra = stage.write(unit, data) or {}
+        release_heap()
     if manifest is not None:
         b = unit.block
         manifest.mark_done(
@@ -217,33 +242,36 @@ def _batch(row: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-_READ_WHILE_COMPUTING: dict[str, Any] = dict(
-    max_tasks_in_flight_per_actor=2, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
-)
-"""An actor that reads its own units takes two calls at once: one reads while the other computes."""
+def _calls_at_once(calls: int) -> dict[str, Any]:
+    """An actor that takes ``calls`` calls at once (one reads while others compute)."""
+    return dict(
+        max_tasks_in_flight_per_actor=calls, max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True
+    )
 
 
 class _StageActor:
     """Holds one stage (and its model) in an actor process on the device it picked itself.
 
-    Setup and every compute run in one thread of the actor's own (one thread team for the model's
-    OpenMP). An actor that reads its own units takes two calls at once: one reads while the other
-    computes (reads, like computes, take turns)."""
+    Setup and every compute run in ``threads`` threads of the actor's own (one, one thread team for a
+    model's OpenMP, on a GPU). An actor that reads its own units takes calls side by side: one reads
+    while the others compute (reads take turns)."""
 
-    def __init__(self, stage: BlockStage, reads: bool = False):
+    def __init__(self, stage: BlockStage, reads: bool = False, threads: int = 1):
         import ray
 
         self.stage, self.reads = stage, reads
+        device = local_device(bool(ray.get_gpu_ids()))
         self._reading = threading.Lock()
-        self._computer = ThreadPoolExecutor(1, thread_name_prefix="compute")
-        self._computer.submit(stage.setup, local_device(bool(ray.get_gpu_ids()))).result()
+        self._computer = ThreadPoolExecutor(threads if device == "cpu" else 1, thread_name_prefix="compute")
+        self._computer.submit(stage.setup, device).result()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         row = _unbatch(batch)
-        if self.reads:
-            with self._reading:
-                row = _read(self.stage, _unit_of(row))
-        return _batch(self._computer.submit(_compute, self.stage, row).result())
+        if not self.reads:
+            return _batch(self._computer.submit(_compute, self.stage, row).result())
+        with self._reading:
+            row = _read(self.stage, _unit_of(row))
+        return _batch(_write(self.stage, self._computer.submit(_compute, self.stage, row).result()))
 
 
 def _compute_task(batch: dict[str, np.ndarray], stage: BlockStage, reads: bool = False) -> dict[str, np.ndarray]:
@@ -329,6 +357,8 @@ def run_stage(
         if stage.model:
             actors = options.actors or (int(ray.cluster_resources().get("GPU", 1)) if gpu else 1)
         reads_here = not gpu and options.read_in_compute
+        threads = 1 if gpu else max(1, options.compute_threads)
+        calls = _calls_at_once(threads) if threads > 1 else {}
         cpus = options.actor_cpus if options.actor_cpus is not None else (1.0 if gpu else 0.5)
         ds = ray.data.read_datasource(
             _datasource(stage, pending, read=not reads_here),
@@ -339,8 +369,10 @@ def run_stage(
             actor = type(f"{type(stage).__name__}Actor", (_StageActor,), {})  # names the actor processes
             ds = ds.map_batches(
                 actor,
-                fn_constructor_kwargs={"stage": stage, "reads": reads_here},
-                compute=ray.data.ActorPoolStrategy(size=actors, **(_READ_WHILE_COMPUTING if reads_here else {})),
+                fn_constructor_kwargs={"stage": stage, "reads": reads_here, "threads": threads},
+                compute=ray.data.ActorPoolStrategy(
+                    size=actors, **(_calls_at_once(max(2, threads)) if reads_here else calls)
+                ),
                 batch_size=None if reads_here else 1,
                 batch_format="numpy",
                 num_gpus=1 if gpu else 0,
@@ -365,7 +397,12 @@ def run_stage(
                 object_store_memory=min(limits.object_store_memory, budget)
             )
         try:
-            ds.write_datasink(_datasink(stage, manifest), ray_remote_args={**remote, "num_cpus": stage.task_cpus})
+            if stage.model and reads_here:  # written in the actors: the driver records their status rows
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    for i in range(len(batch["raster"])):
+                        _commit(None, manifest, {k: v[i] for k, v in batch.items()})
+            else:
+                ds.write_datasink(_datasink(stage, manifest), ray_remote_args={**remote, "num_cpus": stage.task_cpus})
         finally:
             ctx.execution_options.resource_limits = limits
     failed = manifest.failed() if manifest is not None else {}

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from engine.stitch.register import compose, translation
-from engine.stitch.render import warp
+from engine.stitch.warp import warp
 
 BAND = 2
 """Half-width (low-res px) of the band around a low-res seam that is cut again at full resolution."""

@@ -33,6 +33,7 @@ from engine.io.ome import open_store, write_block
 from engine.raster import Block, BlockStage, Unit, block_grid, units_of
 from engine.raster.stage import own_pages_for_large_blocks
 from engine.stitch.register import apply, compose, invert, translation
+from engine.stitch.warp import FrameWarper
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,6 @@ class ShardFrame:
     index: int
     M: np.ndarray
     gain: np.ndarray
-
-
-def warp(src: np.ndarray, F: np.ndarray, size: tuple[int, int], flags: int) -> np.ndarray:
-    """``src`` warped by ``F`` (2×3 affine or 3×3 projective, source → output px) onto ``size`` ``(w, h)``,
-    zero outside."""
-    if len(F) == 2:
-        return cv2.warpAffine(src, F, size, flags=flags, borderMode=cv2.BORDER_CONSTANT)
-    return cv2.warpPerspective(src, F, size, flags=flags, borderMode=cv2.BORDER_CONSTANT)
 
 
 def frame_box(M: np.ndarray, hw: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -146,11 +139,11 @@ def render_shard(
     labels: np.ndarray,
     scale: float,
     sigma_low: float = 1.5,
-    interpolation: int = cv2.INTER_CUBIC,
     blend: Blend = "multiband",
     levels: int = 4,
     refined: np.ndarray | None = None,
     release: bool = False,
+    warper: FrameWarper | None = None,
 ) -> np.ndarray:
     """The shard ``(3, h, w)`` uint8 at panorama offset ``(y0, x0)``.
 
@@ -161,12 +154,14 @@ def render_shard(
     full-resolution owners near the seams over that box (:func:`read_box`; -1 elsewhere),
     overrides the owner from ``labels`` where the frame it names is valid. ``release`` (``multiband``):
     the lists ``images`` and ``valids`` are emptied once the frames are warped (see :func:`_multiband`).
+    ``warper`` warps the frames (images bicubic, masks nearest; default: on the CPU).
     """
+    warper = warper or FrameWarper()
     if blend == "feather":
-        return _feather(y0, x0, h, w, frames, images, valids, labels, scale, sigma_low, interpolation)
+        return _feather(y0, x0, h, w, frames, images, valids, labels, scale, sigma_low, warper)
     by0, bx0, bh, bw = blend_box(y0, x0, h, w, levels)
     out = _multiband(
-        by0, bx0, bh, bw, frames, images, valids, labels, scale, interpolation, levels, refined=refined, release=release
+        by0, bx0, bh, bw, frames, images, valids, labels, scale, warper, levels, refined=refined, release=release
     )
     crop = out[y0 - by0 : y0 - by0 + h, x0 - bx0 : x0 - bx0 + w]
     return np.clip(np.rint(crop), 0, 255).astype(np.uint8).transpose(2, 0, 1)
@@ -183,7 +178,7 @@ def _feather(
     labels: np.ndarray,
     scale: float,
     sigma_low: float,
-    interpolation: int,
+    warper: FrameWarper,
 ) -> np.ndarray:
     """The feathered shard ``(3, h, w)`` uint8: blurred low-res ownership × valid mask as weights."""
     acc = np.zeros((h, w, 3), np.float32)
@@ -192,8 +187,8 @@ def _feather(
     n_any = np.zeros((h, w), np.float32)
     for f, img, valid in zip(frames, images, valids):
         F = compose(translation(-x0, -y0), f.M)
-        warped = warp(img, F, (w, h), interpolation)
-        v = warp(valid, F, (w, h), cv2.INTER_NEAREST) > 0
+        warped, v = warper.many([(img, "bicubic"), (valid, "nearest")], F, (w, h))
+        v = v > 0
         vals = warped.astype(np.float32) * f.gain.astype(np.float32)
         wt = seam_weight(labels, scale, f.index, y0, x0, h, w, sigma_low) * v
         acc += vals * wt[..., None]
@@ -302,7 +297,7 @@ def _multiband(
     valids: list[np.ndarray],
     labels: np.ndarray,
     scale: float,
-    interpolation: int,
+    warper: FrameWarper,
     levels: int,
     margin: int | None = None,
     refined: np.ndarray | None = None,
@@ -330,14 +325,13 @@ def _multiband(
         sy, sx = sl
         fh, fw, fy, fx = sy.stop - sy.start, sx.stop - sx.start, y0 + sy.start, x0 + sx.start
         F = compose(translation(-fx, -fy), f.M)
-        im = warp(img, F, (fw, fh), interpolation)
-        v = warp(valid, F, (fw, fh), cv2.INTER_NEAREST) > 0
         dist = next((d for m, d in depths if np.array_equal(m, valid)), None)
         if dist is None:
             inside = cv2.copyMakeBorder((valid > 0).astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
             dist = cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1]
             depths.append((valid, dist))
-        depth = warp(dist, F, (fw, fh), cv2.INTER_LINEAR)
+        im, v, depth = warper.many([(img, "bicubic"), (valid, "nearest"), (dist, "bilinear")], F, (fw, fh))
+        v = v > 0
         score = seam_weight(labels, scale, f.index, fy, fx, fh, fw, 0.0) * 1e4 + depth
         if refined is not None:
             score += (refined[sl] == f.index) * np.float32(1e7)
@@ -487,13 +481,16 @@ class RenderStage(BlockStage):
     """Shards of the panoramas of ``plans`` (by section): corrected frames in → RGB shard out."""
 
     name = "stitch-render"
+    model = True
     task_cpus = 1.0
 
     def __init__(self, plans: dict[str, RenderPlan]):
         self.plans = plans
+        self._warper: FrameWarper | None = None
 
     def setup(self, device: str) -> None:
         own_pages_for_large_blocks()
+        self._warper = FrameWarper(device)
 
     def read(self, unit: Unit) -> dict[str, Any]:
         plan = self.plans[unit.raster]
@@ -551,6 +548,7 @@ class RenderStage(BlockStage):
             levels=plan.levels,
             refined=np.ascontiguousarray(data["refined"]) if plan.seam_refined else None,
             release=True,
+            warper=self._warper,
         )
         return {"image": image, "nframes": len(ks)}
 

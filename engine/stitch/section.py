@@ -62,8 +62,12 @@ from engine.stitch.register import (
 from engine.stitch.render import BLENDS, Blend, RenderPlan, RenderStage, frame_box, frame_path, load_frame
 from engine.stitch.seams import seam_labels
 from engine.stitch.stage import fit_stage, section_pixel_size, stage_neighbours, stage_pixels
+from engine.stitch.warp import warp
 
 log = logging.getLogger(__name__)
+
+RENDER_THREADS = 2
+"""Shards a render actor on the CPU computes side by side (numpy, OpenCV and torch leave the GIL)."""
 
 
 @dataclass(frozen=True)
@@ -497,9 +501,8 @@ def plan_section(
         cx, cy = int(np.floor(bx0)), int(np.floor(by0))
         size = (int(np.ceil(bx1)) - cx + 2, int(np.ceil(by1)) - cy + 2)
         Mc = compose(translation(-cx, -cy), Ml)
-        warp = cv2.warpAffine if len(Mc) == 2 else cv2.warpPerspective
-        warped.append(warp(th, Mc, size, flags=cv2.INTER_LINEAR))
-        wmasks.append(warp(tv, Mc, size, flags=cv2.INTER_NEAREST))
+        warped.append(warp(th, Mc, size, cv2.INTER_LINEAR))
+        wmasks.append(warp(tv, Mc, size, cv2.INTER_NEAREST))
         corners.append((cx, cy))
     pairs_means = overlap_means(warped, wmasks, corners)
     gains = solve_gains(n, pairs_means, placed)
@@ -617,17 +620,27 @@ def create_partial(plan: RenderPlan, labels: np.ndarray, levels: int, pixel_size
 
 
 def render_sections(plans: Sequence[RenderPlan], executor: str = "ray") -> StageRun:
-    """Render every shard of ``plans`` on the raster runner (shards already done are skipped)."""
+    """Render every shard of ``plans`` on the raster runner (shards already done are skipped): in an
+    actor per GPU when the cluster has GPUs, else in an actor per :data:`RENDER_THREADS` CPUs, each
+    rendering that many shards side by side (one torch per actor; one CPU reserved, the rest left
+    to the shards' writes)."""
     if not plans:
         return StageRun(0, 0, {}, "cpu", 0, 0.0)
     manifest = RunManifest(work_root(plans[0].store))
     manifest.begin("stitch", {}, {})
     units = [u for p in plans for u in p.units]
-    options = (
-        RunOptions(executor="ray", remote_args=fs.ray_remote_args(), read_in_compute=True)
-        if executor == "ray"
-        else RunOptions(executor="serial")
-    )
+    options = RunOptions(executor="serial")
+    if executor == "ray":
+        resources = ray.cluster_resources()
+        actors = None if resources.get("GPU", 0) > 0 else max(1, int(resources.get("CPU", 1)) // RENDER_THREADS)
+        options = RunOptions(
+            executor="ray",
+            remote_args=fs.ray_remote_args(),
+            read_in_compute=True,
+            actors=actors,
+            actor_cpus=None if actors is None else 1.0,
+            compute_threads=RENDER_THREADS,
+        )
     return run_stage(RenderStage({p.section: p for p in plans}), units, manifest, options)
 
 

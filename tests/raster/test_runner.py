@@ -59,6 +59,7 @@ class BoxFilter(BlockStage):
             "device": self.device,
             "gpus": gpus,
             "read_here": int(data["read_pid"]) == os.getpid(),
+            "compute_pid": os.getpid(),
         }
 
     def write(self, unit: Unit, result: dict) -> dict:
@@ -66,7 +67,12 @@ class BoxFilter(BlockStage):
         zarr.open_array(f"{self.out}/{unit.raster}", mode="r+")[b.y0 : b.y0 + b.h, b.x0 : b.x0 + b.w] = result["mean"]
         Path(f"{self.out}.{unit.raster}.{b.key}.json").write_text(
             json.dumps(
-                {"device": str(result["device"]), "gpus": int(result["gpus"]), "read_here": bool(result["read_here"])}
+                {
+                    "device": str(result["device"]),
+                    "gpus": int(result["gpus"]),
+                    "read_here": bool(result["read_here"]),
+                    "written_here": int(result["compute_pid"]) == os.getpid(),
+                }
             )
         )
         return {"windows": 1}
@@ -127,8 +133,9 @@ def test_ray_runner_equals_whole_raster_and_a_broken_raster_fails_alone(tmp_path
     run = run_stage(BoxFilter(src, out, model), units, manifest, RunOptions(read_in_compute=reads))
     assert run.device == "cpu" and run.actors == (1 if model else 0)
     records = [json.loads(p.read_text()) for p in tmp_path.glob("out.zarr.*.json")]
-    if model:  # a CPU actor reads its units itself only when asked to; else tasks read them
+    if model:  # a CPU actor reads (and writes) its units itself only when asked to; else tasks do
         assert records and {r["read_here"] for r in records} == {reads}
+        assert {r["written_here"] for r in records} == {reads}
     elif reads:  # (without, a read task may by chance run in the worker process that computes)
         assert records and all(r["read_here"] for r in records)
     for n in ("a", "b"):
@@ -171,6 +178,35 @@ def test_a_stage_that_reads_in_compute_runs_while_another_holds_the_other_cpus(t
         worker.join(120)
     np.testing.assert_allclose(_result(out, "a"), _truth(data["a"]), atol=1e-6)
     assert done["run"].ran == len(_units(data)) and not done["run"].failed
+
+
+class _Slow(BoxFilter):
+    """The box filter, its compute taking 0.4 s and recording when and where it ran."""
+
+    def compute(self, unit: Unit, data: dict) -> dict:
+        import threading
+        import time
+
+        t0 = time.time()
+        time.sleep(0.4)
+        out = super().compute(unit, data)
+        Path(f"{self.out}.{unit.raster}.{unit.block.key}.span").write_text(
+            json.dumps([t0, time.time(), os.getpid(), threading.get_ident()])
+        )
+        return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_cpu_actor_computes_units_side_by_side_in_its_threads(tmp_path, ray_session, threads):
+    src, out, data = _rasters(tmp_path, ("a",))
+    options = RunOptions(read_in_compute=True, actors=1, actor_cpus=1.0, compute_threads=threads)
+    run = run_stage(_Slow(src, out, model=True), _units(data), RunManifest(tmp_path / "run"), options)
+    assert run.ran == len(_units(data)) == 9 and not run.failed
+    np.testing.assert_allclose(_result(out, "a"), _truth(data["a"]), atol=1e-6)
+    spans = sorted(json.loads(p.read_text()) for p in tmp_path.glob("out.zarr.a.*.span"))
+    assert len({s[2] for s in spans}) == 1 and len({s[3] for s in spans}) == threads  # one process
+    overlaps = sum(b[0] < a[1] - 0.05 for a, b in zip(spans, spans[1:]))
+    assert (overlaps >= 3) if threads == 2 else (overlaps == 0)
 
 
 class _Holder:
@@ -240,7 +276,9 @@ def test_device_is_chosen_from_cluster_resources_not_the_driver(tmp_path):
     # Each actor was given the cluster's GPU and picked its device itself: no CUDA in its process.
     # With GPUs, reads run ahead in tasks even where CPU actors would read their own units.
     local = "cuda" if torch.cuda.is_available() else "cpu"
-    assert found["actors"] and all(a == {"device": local, "gpus": 1, "read_here": False} for a in found["actors"])
+    assert found["actors"] and all(
+        a == {"device": local, "gpus": 1, "read_here": False, "written_here": False} for a in found["actors"]
+    )
 
 
 def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(tmp_path, ray_session, monkeypatch):
@@ -252,7 +290,7 @@ def test_a_driver_with_cuda_does_not_ask_a_gpu_less_cluster_for_gpus(tmp_path, r
     run = run_stage(stage, _units(data), RunManifest(tmp_path / "run"), RunOptions())
     assert wants_gpu(stage, "auto") is False and run.device == "cpu"
     seen = [json.loads(p.read_text()) for p in tmp_path.glob("out.zarr.a.*.json")]
-    assert seen and all(a == {"device": "cpu", "gpus": 0, "read_here": False} for a in seen)
+    assert seen and all(a == {"device": "cpu", "gpus": 0, "read_here": False, "written_here": False} for a in seen)
 
 
 def test_cuda_on_a_cluster_without_gpus_is_refused(ray_session):

@@ -19,6 +19,7 @@ from engine.stitch.register import compose, invert, translation
 from engine.stitch.render import RenderPlan, ShardFrame, _multiband, blend_box, blend_halo, read_box, render_shard
 from engine.stitch.seams import seam_labels
 from engine.stitch.section import StitchOptions, create_partial, create_root, prepare_section, render_sections
+from engine.stitch.warp import FrameWarper
 from engine.synth.captures import CaptureConfig, capture_grid, textured_section, write_section
 
 FH, FW = 200, 300
@@ -179,7 +180,7 @@ def test_multiband_built_around_each_frames_pixels_equals_it_built_over_the_whol
     frames = [ShardFrame(k, M, EXPOSURE[k] / EXPOSURE[0]) for k, M in enumerate(mats)]
     levels = 3
     by0, bx0, bh, bw = blend_box(0, 0, H, W, levels)
-    args = (by0, bx0, bh, bw, frames, images, valids, labels, SCALE, cv2.INTER_CUBIC, levels)
+    args = (by0, bx0, bh, bw, frames, images, valids, labels, SCALE, FrameWarper(), levels)
     bounded, whole = _multiband(*args), _multiband(*args, margin=10**6)
     assert blend_halo(levels) + (2 << levels) < min(H, W) / 3
     diff = np.abs(bounded - whole)

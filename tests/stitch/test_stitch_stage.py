@@ -25,7 +25,8 @@ from engine.synth.captures import CaptureConfig, capture_grid, stage_centres, wr
 
 TRUTH_UM = 0.65
 CFG = CaptureConfig(frame_hw=(120, 160), rows=3, cols=4, seed=51)
-# lode stitch of CFG's nominal positions in pixels at 35d4cd8 (before stage positions): its level 0
+# lode stitch of CFG's nominal positions in pixels at 35d4cd8 (before stage positions): its level 0 (the render's
+# warps then were OpenCV's: the test renders with them)
 PINNED_PIXEL_PANORAMA = "71819843c88bec7ad486b8cac1a7ec46e5c8992e1307834cb96b54e7da10ccea"
 
 
@@ -132,7 +133,9 @@ def _panorama(store: Path, name: str) -> zarr.Group:
 
 
 @pytest.mark.ray
-def test_stage_positions_in_micrometres_give_the_pixel_size_and_pixels_stitch_as_before(tmp_path, corrector, caplog):
+def test_stage_positions_in_micrometres_give_the_pixel_size_and_pixels_stitch_as_before(
+    tmp_path, corrector, caplog, opencv_warps
+):
     caps = capture_grid(None, CFG)
     write_section(tmp_path / "coll", "px", caps)
     write_section(tmp_path / "coll", "um", caps, pixel_size_um=TRUTH_UM)
