@@ -14,6 +14,9 @@ pyramid grid aligned to the panorama, then cropped, so neighbours agree at their
 :class:`RenderStage` is the block stage: its units are the shards of each section's
 panorama; a read loads the corrected frames that touch the shard (and its halo) from the
 section's frame cache, compute is :func:`render_shard`, write puts the shard into the partial group.
+It runs in actors (a model stage) that pick their device in their own process: the frames are
+warped with kornia on that device (:class:`~engine.stitch.warp.FrameWarper`), the pyramids are
+built on the CPU.
 """
 
 from __future__ import annotations
