@@ -495,18 +495,36 @@ class RenderStage(BlockStage):
         own_pages_for_large_blocks()
         self._warper = FrameWarper(device)
 
-    def read(self, unit: Unit) -> dict[str, Any]:
+    def windows(self, unit: Unit) -> list[tuple[int, tuple[slice, slice] | None]]:
+        """Each frame touching ``unit``'s box with the window of it the render reads (``None``: none)."""
         plan = self.plans[unit.raster]
-        ks = plan.touching(unit.block)
-        h, w = plan.frame_hw
         box = plan.box(unit.block)
-        images = untouched_zeros((max(len(ks), 1), h, w, 3), np.uint8)  # each frame's window only is stored
+        return [(k, source_window(plan.mats[k], plan.frame_hw, box)) for k in plan.touching(unit.block)]  # type: ignore[arg-type]
+
+    def read(self, unit: Unit) -> dict[str, Any]:
+        """The unit's frames as the windows of them its render reads, packed one after another
+        (``pixels``, flat uint8; ``windows`` ``(n + 1, 4)``: each frame's rows and columns), so a read
+        that travels (GPU actors read in tasks) carries those windows alone; each distinct valid mask
+        whole, once; the section's seam labels and refined owners."""
+        plan = self.plans[unit.raster]
+        h, w = plan.frame_hw
+        frames = self.windows(unit)
+        bounds = np.zeros((len(frames) + 1, 4), np.int64)
+        for i, (_, win) in enumerate(frames):
+            if win is not None:
+                bounds[i] = win[0].start, win[0].stop, win[1].start, win[1].stop
+        sizes = (bounds[:, 1] - bounds[:, 0]) * (bounds[:, 3] - bounds[:, 2]) * 3
+        pixels = np.empty(int(sizes.sum()), np.uint8)
         valids: list[np.ndarray] = []  # each distinct mask once: a section's frames mostly share one
         valid_of = []
-        for i, k in enumerate(ks):
-            window = source_window(plan.mats[k], plan.frame_hw, box)  # type: ignore[arg-type]
-            if window is not None:
-                images[i][window] = load_frame(frame_path(plan.work, k, "image"))[window]
+        at = 0
+        for i, (k, win) in enumerate(frames):
+            if win is not None:
+                r0, r1, c0, c1 = bounds[i]
+                pixels[at : at + sizes[i]].reshape(r1 - r0, c1 - c0, 3)[:] = load_frame(
+                    frame_path(plan.work, k, "image")
+                )[win]
+                at += int(sizes[i])
             v = load_frame(frame_path(plan.work, k, "valid"))
             j = next((j for j, u in enumerate(valids) if np.array_equal(u, v)), len(valids))
             valids += [v] if j == len(valids) else []
@@ -519,8 +537,9 @@ class RenderStage(BlockStage):
             else np.full((1, 1), -1, np.int16)
         )
         return {
-            "frames": np.array(ks + [-1], np.int64),
-            "images": images,
+            "frames": np.array([k for k, _ in frames] + [-1], np.int64),
+            "pixels": pixels,
+            "windows": bounds,
             "valids": np.stack(valids) if valids else np.zeros((1, h, w), np.uint8),
             "valid_of": np.array(valid_of + [-1], np.int64),
             "labels": labels,
@@ -532,10 +551,10 @@ class RenderStage(BlockStage):
         ks = [int(k) for k in data["frames"][:-1]]
         frames = [ShardFrame(k, plan.mats[k], plan.gains[k]) for k in ks]  # type: ignore[arg-type]
         b = unit.block
-        images, valids = data.pop("images"), data.pop("valids")
-        frame_images = [np.ascontiguousarray(a) for a in images[: len(ks)]]
+        frame_images = self._frames(plan.frame_hw, data.pop("pixels"), data["windows"][: len(ks)])
+        valids = data.pop("valids")
         frame_valids = [np.ascontiguousarray(valids[j]) for j in data["valid_of"][:-1]]
-        del images, valids  # the frames' windows go once warped (release)
+        del valids  # the frames' windows go once warped (release)
         image = render_shard(
             b.y0,
             b.x0,
@@ -555,6 +574,19 @@ class RenderStage(BlockStage):
         )
         return {"image": image, "nframes": len(ks)}
 
+    @staticmethod
+    def _frames(hw: tuple[int, int], pixels: np.ndarray, windows: np.ndarray) -> list[np.ndarray]:
+        """Whole frames ``(h, w, 3)`` holding the packed ``windows`` of :meth:`read` where they lie, on
+        untouched pages (each takes memory for its window alone)."""
+        images = untouched_zeros((max(len(windows), 1), *hw, 3), np.uint8)
+        at = 0
+        for image, (r0, r1, c0, c1) in zip(images, windows):
+            n = int((r1 - r0) * (c1 - c0) * 3)
+            if n:
+                image[r0:r1, c0:c1] = pixels[at : at + n].reshape(r1 - r0, c1 - c0, 3)
+            at += n
+        return list(images[: len(windows)])
+
     def write(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
         plan = self.plans[unit.raster]
         write_block(
@@ -570,5 +602,6 @@ class RenderStage(BlockStage):
         plan = self.plans[unit.raster]
         h, w = plan.frame_hw
         _, _, bh, bw = plan.box(unit.block)
-        frames = max(len(plan.touching(unit.block)), 1) * h * w * 3 + h * w
+        wins = [win for _, win in self.windows(unit) if win is not None]
+        frames = sum((r.stop - r.start) * (c.stop - c.start) * 3 for r, c in wins) + h * w
         return frames + unit.block.h * unit.block.w * 3 + (2 * bh * bw if plan.seam_refined else 0)

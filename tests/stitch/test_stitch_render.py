@@ -48,8 +48,8 @@ def _hashes(group: zarr.Group) -> dict[str, str]:
     return {k: hashlib.sha256(group[k][:].tobytes()).hexdigest() for k in ("0", "1", "2")}
 
 
-def _render_pinned(tmp_path: Path, corrector, blend: str, executor: str, out: str) -> dict[str, zarr.Group]:
-    """Each pinned section's partial group, rendered by ``executor`` from its pinned plan into ``out``."""
+def _pinned_plans(tmp_path: Path, corrector, blend: str, out: str) -> list[render.RenderPlan]:
+    """Each pinned section's plan, with its partial group created in the store ``out``."""
     pinned = json.loads((FIXTURES / "render_pinned.json").read_text())
     plans = np.load(FIXTURES / "render_plans.npz")
     store = tmp_path / out
@@ -76,10 +76,17 @@ def _render_pinned(tmp_path: Path, corrector, blend: str, executor: str, out: st
         create_partial(plan, plans[f"{name}_labels"], 3)
         assert len(plan.units) == pin["shards"]
         frozen.append(plan)
+    return frozen
+
+
+def _render_pinned(tmp_path: Path, corrector, blend: str, executor: str, out: str) -> dict[str, zarr.Group]:
+    """Each pinned section's partial group, rendered by ``executor`` from its pinned plan into ``out``."""
+    pinned = json.loads((FIXTURES / "render_pinned.json").read_text())
+    frozen = _pinned_plans(tmp_path, corrector, blend, out)
     run = render_sections(frozen, executor)
     assert run.ran == sum(p["shards"] for p in pinned.values()) and not run.failed
     assert run.device == "cpu" and (run.actors == 1 if executor == "ray" else True)
-    root = zarr.open_group(str(store), mode="r")
+    root = zarr.open_group(str(tmp_path / out), mode="r")
     return {p.section: root[p.group] for p in frozen}
 
 
@@ -105,6 +112,49 @@ def test_render_from_pinned_plans_writes_the_pinned_bytes(tmp_path, corrector, e
         for level in ("0", "1", "2"):
             diff = np.abs(group[level][:].astype(np.int16) - opencv[name][level][:].astype(np.int16))
             assert (diff == 0).mean() >= 0.999 and (diff <= 1).mean() >= 0.99999 and diff.max() <= 2, (name, level)
+
+
+def test_a_shard_read_carries_the_windows_its_render_reads_and_renders_alike_read_in_tasks(tmp_path, corrector):
+    """What a shard's read hands its render (over the object store when reads run in tasks, as they do
+    for GPU actors) holds of each frame only the window the render reads, not the whole frame; and
+    shards read in Ray tasks and rendered in an actor have the bytes of shards read and rendered in
+    one process."""
+    import pickle
+
+    from engine.io.manifest import RunManifest
+    from engine.raster.runner import RunOptions, run_stage
+
+    plans = _pinned_plans(tmp_path, corrector, "multiband", "tasks.zarr")
+    stage = render.RenderStage({p.section: p for p in plans})
+    units = [u for p in plans for u in p.units]
+    whole = cut = 0
+    for u in units:
+        plan = stage.plans[u.raster]
+        data = stage.read(u)
+        windows = [win for _, win in stage.windows(u) if win is not None]
+        assert data["pixels"].nbytes == sum((r.stop - r.start) * (c.stop - c.start) * 3 for r, c in windows)
+        frames = stage._frames(plan.frame_hw, data["pixels"], data["windows"][:-1])
+        for k, win, image in zip(data["frames"][:-1], [w for _, w in stage.windows(u)], frames):
+            truth = render.load_frame(render.frame_path(plan.work, int(k), "image"))
+            if win is not None:
+                assert np.array_equal(image[win], truth[win])
+            outside = np.ones(plan.frame_hw, bool)
+            if win is not None:
+                outside[win] = False
+            assert not image[outside].any()
+        whole += len(data["frames"][:-1]) * plan.frame_hw[0] * plan.frame_hw[1] * 3
+        cut += len(pickle.dumps(data["pixels"], protocol=5))
+    assert cut < 0.6 * whole, (cut, whole)
+
+    manifest = RunManifest(work_root(plans[0].store))
+    manifest.begin("stitch", {}, {})
+    options = RunOptions(executor="ray", read_in_compute=False, actors=1, actor_cpus=1.0)
+    run = run_stage(stage, units, manifest, options)
+    assert run.ran == len(units) and not run.failed
+    one = _render_pinned(tmp_path, corrector, "multiband", "serial", "serial.zarr")
+    got = zarr.open_group(str(tmp_path / "tasks.zarr"), mode="r")
+    for p in plans:
+        assert np.array_equal(got[p.group]["0"][:], one[p.section]["0"][:]), p.section
 
 
 @pytest.mark.slow
