@@ -127,7 +127,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", required=True, help="output JSON")
     p.add_argument("--stacks", type=int, default=4)
-    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--steps", type=int, default=500)
     p.add_argument("--train", type=int, default=8)
     p.add_argument("--test", type=int, default=3)
     p.add_argument("--size", type=int, nargs=2, default=(384, 512))

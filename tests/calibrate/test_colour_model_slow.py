@@ -20,6 +20,6 @@ def test_corrected_casts_keep_95_percent_of_uncast_accuracy(ray_session, tmp_pat
 def test_six_xpl_channels_beat_ppl_only_on_anisotropic_classes(ray_session, tmp_path):
     from benchmarks.xpl import models
 
-    r = models(tmp_path, steps=250, seed=0, n_train=8, n_test=3, size=(384, 512))
+    r = models(tmp_path, steps=500, seed=0, n_train=8, n_test=3, size=(384, 512))
     assert r["ppl_xpl6"]["channels"] == 9 and r["ppl"]["channels"] == 3
     assert r["anisotropic_iou_gain"] >= 0.05
