@@ -1,10 +1,11 @@
 """The CPU work of one ``lode stitch`` section, stage by stage: what a machine must spend, whatever its
 scheduling, set beside the wall time ``benchmarks.stitch`` measures.
 
-``python -m benchmarks.stitch_cpu_work --json OUT --work W`` takes the degraded section of
-``benchmarks.stitch`` (5×5 frames of 3000×2000, lens and flat fitted from its calibration frames;
-generated into ``W`` unless it is there), prepares it once with ``lode stitch``'s own code under Ray
-(for the plan, the seam labels and the corrected frames), then runs each stage's real functions again
+``python -m benchmarks.stitch_cpu_work --json OUT [--work W]`` takes the degraded section of
+``benchmarks.stitch`` (default 5×5 frames of 3000×2000, lens and flat fitted from its calibration
+frames; generated into ``W`` unless frames are there already, which are then used as they are),
+prepares it once with ``lode stitch``'s own code under Ray (for the plan, the seam labels and the
+corrected frames), then runs each stage's real functions again
 in this process with one thread (OpenCV and torch) and reports the CPU seconds of each:
 
 - ``calibration_fit``: the lens from the checkerboards and the flat field from the flat frames;
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,7 +130,9 @@ def measure(work: Path) -> dict:
         shutil.rmtree(scratch_path, ignore_errors=True)
     total = round(sum(cpu.values()), 1)
     return {
-        "what": "CPU seconds of each stitch stage of the degraded 5x5 section of 3000x2000, one thread, in one process",
+        "what": "CPU seconds of each stitch stage of the degraded section, one thread, in one process",
+        "frames": len(sec.tiles),
+        "frame_hw": list(hw),
         "cpus": os.cpu_count(),
         "pairs": len(pairs),
         "seam_pairs": seam_pairs_n,
@@ -144,15 +148,22 @@ def measure(work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True, help="write results here")
-    ap.add_argument("--work", required=True, help="folder with (or for) benchmarks.stitch's frames")
+    ap.add_argument(
+        "--work", default=None, help="folder with (or for) benchmarks.stitch's frames (default: a temporary one)"
+    )
+    ap.add_argument("--rows", type=int, default=5)
+    ap.add_argument("--cols", type=int, default=5)
+    ap.add_argument("--frame", default="3000x2000", help="frame width×height")
     args = ap.parse_args(argv)
-    work = Path(args.work)
-    if not (work / "degraded" / "section" / "truth.json").exists():
-        from benchmarks.stitch import generate
+    with tempfile.TemporaryDirectory(prefix="lode-cpu-work-") as tmp:
+        work = Path(args.work or tmp)
+        if not (work / "degraded" / "section" / "truth.json").exists():
+            from benchmarks.stitch import generate
 
-        work.mkdir(parents=True, exist_ok=True)
-        generate(work, 5, 5, (2000, 3000), 7)
-    results = measure(work)
+            w, h = (int(v) for v in args.frame.lower().split("x"))
+            work.mkdir(parents=True, exist_ok=True)
+            generate(work, args.rows, args.cols, (h, w), 7)
+        results = measure(work)
     Path(args.json).write_text(json.dumps(results, indent=1))
     print(json.dumps(results))
     return 0

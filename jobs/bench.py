@@ -174,6 +174,12 @@ HEADLINES: dict[str, list[Headline]] = {
             "models.ppl.anisotropic_mean_iou",
         ),
     ],
+    "stitch_cpu_work": [
+        Headline("CPU seconds of one degraded section, all stages", "core_seconds"),
+        Headline("shortest wall on 2 cores (s)", "two_core_floor_s"),
+        Headline("CPU seconds, registration", "cpu_s.register"),
+        Headline("CPU seconds, render", "cpu_s.render"),
+    ],
     "viewer": [
         Headline("first image (ms)", "first_image_ms", "store that fits the page", "small.first_image_ms"),
         Headline(
@@ -187,6 +193,7 @@ QUICK: dict[str, list[str]] = {
     "segment_throughput": ["--size", "1024x1024", "--window", "256", "--batch-size", "4"],
     "stitch": ["--rows", "2", "--cols", "3", "--frame", "600x400"],
     "stitch_collection": ["--counts", "1", "2"],
+    "stitch_cpu_work": ["--rows", "2", "--cols", "3", "--frame", "600x400"],
     "collection": ["--counts", "1", "2", "--size", "900", "600"],
     "stitch_real": ["--frame", "480x360", "--tools", "lode,opencv"],
     "analyze_grains": ["--height", "2000", "--width", "1500"],
